@@ -1,0 +1,1 @@
+"""The HTTP boundary: thin Starlette routes over the ``counters`` domain."""

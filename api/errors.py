@@ -1,0 +1,80 @@
+"""Where errors and refused outcomes become HTTP statuses: the only place that assigns them."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.http import json_response
+from counters.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    IdempotencyMismatch,
+    InvalidRequest,
+    MalformedBody,
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+    StorageError,
+)
+from counters.exp import AwardOutcome
+
+log = logging.getLogger("counters.api")
+
+REQUEST_ERROR_STATUS: dict[type[RequestError], int] = {
+    MalformedBody: 400,
+    AuthError: 401,
+    ForbiddenError: 403,
+    NotFound: 404,
+    ConflictError: 409,
+    PayloadTooLarge: 413,
+    InvalidRequest: 422,
+    IdempotencyMismatch: 422,
+}
+
+AWARD_STATUS: dict[AwardOutcome, int] = {
+    AwardOutcome.AWARDED: 200,
+    AwardOutcome.LIMIT_REACHED: 429,
+    AwardOutcome.CAP_REACHED: 429,
+    AwardOutcome.ALREADY_TRIGGERED: 409,
+}
+
+
+def status_of(error: RequestError) -> int:
+    for kind in type(error).__mro__:
+        if kind in REQUEST_ERROR_STATUS:
+            return REQUEST_ERROR_STATUS[kind]
+    return 400
+
+
+async def request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+    return json_response({"detail": exc.detail}, status_of(exc), headers)
+
+
+async def storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage unavailable: %s", exc)
+    return json_response({"detail": "Storage unavailable, try again"}, 503, {"Retry-After": "1"})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return json_response({"detail": exc.detail}, exc.status_code, dict(exc.headers or {}))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return json_response({"detail": "Internal error"}, 500)
+
+
+EXCEPTION_HANDLERS = {
+    RequestError: request_error,
+    StorageError: storage_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

@@ -1,0 +1,87 @@
+"""Request and response plumbing shared by every route: body limits, decoding, auth, JSON."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from counters.auth import Principal
+from counters.errors import InvalidRequest, MalformedBody, PayloadTooLarge
+from counters.idempotency import Idempotency
+from counters.services import Services
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response encoded with msgspec (Structs, dicts, lists)."""
+    return Response(_encoder.encode(content), status, headers, "application/json")
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused with 413 as soon as it passes the configured limit."""
+    limit = services(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode a JSON body into its request type; errors say what is wrong and where."""
+    if not body.strip():
+        raise MalformedBody("Request body must be a JSON object")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid request: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"Malformed JSON: {exc}") from exc
+
+
+def principal(request: Request) -> Principal:
+    """Who is calling (401 without valid credentials)."""
+    return services(request).auth.authenticate(
+        request.headers.get("authorization"), request.headers.get("x-user-id")
+    )
+
+
+def service_caller(request: Request) -> str:
+    """The caller id of a service key, for service-only routes (403 for user tokens)."""
+    return services(request).auth.authenticate_service(request.headers.get("authorization"))
+
+
+def idempotency(
+    request: Request, caller: str, acting_for: str, payload: object
+) -> Idempotency | None:
+    """The request's Idempotency-Key, scoped to its caller and fingerprinted.
+
+    The fingerprint covers the route, the user acted for and the decoded request re-encoded,
+    so a retry that only differs in whitespace or key order is still the same request.
+    """
+    operation = f"{request.method} {request.url.path} {acting_for}"
+    key = request.headers.get("idempotency-key")
+    return Idempotency.of(caller, key, operation, _encoder.encode(payload))
+
+
+def replay_headers(replayed: bool) -> dict[str, str] | None:
+    return {"Idempotent-Replayed": "true"} if replayed else None

@@ -1,0 +1,1 @@
+"""counters: EXP/levels and XP credits, enforced atomically in Redis, ledgered in Postgres."""

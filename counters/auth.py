@@ -1,0 +1,117 @@
+"""Who is calling: a user with a JWT, or a trusted service with a key acting for a user.
+
+- ``Bearer <JWT>``: HS256 signed with COUNTERS_JWT_SECRET; ``sub`` is the user, ``exp`` required.
+  A user acts only as themself: ``X-User-Id`` naming anybody else is refused.
+- ``Bearer <service key>``: one of COUNTERS_SERVICE_KEYS, acting for the user in ``X-User-Id``.
+
+JWT expiry is checked against real time, not the shifted service clock: tokens come from an
+issuer that lives in real time. Verified tokens are cached until they expire.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jwt
+
+from counters.errors import AuthError, ForbiddenError, InvalidRequest
+
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+_CACHE_LIMIT = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str  # the user the request acts as
+    caller: str  # who sent it: "user:<id>" or "service:<n>"; scopes idempotency keys
+    is_service: bool
+
+
+def check_user_id(user_id: str, where: str) -> str:
+    """A valid user id, or ``InvalidRequest`` naming where it came from."""
+    if not USER_ID.match(user_id):
+        raise InvalidRequest(
+            f"{where} must be 1-128 characters of letters, digits and ._@:- "
+            "starting with a letter or digit"
+        )
+    return user_id
+
+
+class Authenticator:
+    def __init__(self, jwt_secret: str | None, service_keys: Sequence[str]) -> None:
+        self._secret = jwt_secret
+        self._service_keys = [key.encode() for key in service_keys]
+        self._verified: dict[str, tuple[str, float]] = {}
+
+    def authenticate(self, authorization: str | None, x_user_id: str | None) -> Principal:
+        """The principal of a request, from its Authorization and X-User-Id headers."""
+        token = _bearer(authorization)
+        service = self._service_index(token)
+        if service is not None:
+            if not x_user_id:
+                raise InvalidRequest("A service key must name the user in the X-User-Id header")
+            user_id = check_user_id(x_user_id, "X-User-Id")
+            return Principal(user_id, f"service:{service}", True)
+        user_id = self._verify_jwt(token)
+        if x_user_id is not None and x_user_id != user_id:
+            raise ForbiddenError("A user token acts only as its own user; X-User-Id is refused")
+        return Principal(user_id, f"user:{user_id}", False)
+
+    def authenticate_service(self, authorization: str | None) -> str:
+        """The caller id of a service key (routes that name their user in the body)."""
+        token = _bearer(authorization)
+        service = self._service_index(token)
+        if service is None:
+            self._verify_jwt(token)  # 401 for a bad token, else a valid user: 403
+            raise ForbiddenError("This route is for services only")
+        return f"service:{service}"
+
+    def _service_index(self, token: str) -> int | None:
+        encoded = token.encode()
+        found = None
+        for index, key in enumerate(self._service_keys):
+            if hmac.compare_digest(encoded, key):  # no early exit: constant time over keys
+                found = index
+        return found
+
+    def _verify_jwt(self, token: str) -> str:
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        if self._secret is None:
+            raise AuthError("Unknown service key, and user tokens are not enabled")
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("Token has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"Invalid token: {exc}") from exc
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not USER_ID.match(sub):
+            raise AuthError("Invalid token: 'sub' is not a valid user id")
+        if len(self._verified) >= _CACHE_LIMIT:
+            self._verified.clear()
+        self._verified[token] = (sub, float(claims["exp"]))
+        return sub
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthError("Missing Authorization header: send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return token
+
+
+def issue_token(secret: str, user_id: str, ttl_seconds: int = 86_400) -> str:
+    """A user token (for dev credentials, tests and load generators)."""
+    now = int(time.time())
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl_seconds}, secret, "HS256")

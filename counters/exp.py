@@ -1,0 +1,281 @@
+"""EXP and levels: awards with per-action daily limits and level-based daily caps, corrections.
+
+Each operation is one Lua script (one round trip); this module chooses the keys, passes the
+rules as arguments and decodes the fixed-shape reply. Reaching a limit or a cap is an outcome,
+not an error.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from counters.auth import Principal
+from counters.clock import Clock, next_utc_midnight, utc_day
+from counters.entities import Entities, Target
+from counters.errors import (
+    ConflictError,
+    ForbiddenError,
+    IdempotencyMismatch,
+    InvalidRequest,
+    NotFound,
+    ScriptReplyError,
+)
+from counters.hydration import Hydrator, run_hydrated
+from counters.idempotency import Idempotency, script_args
+from counters.keys import UserKeys
+from counters.rules import Action, ExpRules
+from counters.scripts import Arg, Scripts
+
+_NOT_OWNER, _IDEMPOTENCY_MISMATCH = 5, 7
+
+
+class AwardOutcome(IntEnum):
+    AWARDED = 1
+    LIMIT_REACHED = 2
+    CAP_REACHED = 3
+    ALREADY_TRIGGERED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class AwardResult:
+    outcome: AwardOutcome
+    awarded_to: str
+    action: str
+    exp_added: int
+    total_exp: int
+    level: int
+    previous_level: int
+    daily_exp_gained: int
+    daily_exp_cap: int
+    action_count: int
+    action_limit: int | None
+    actor: str
+    target: Target | None
+    replayed: bool
+
+    @property
+    def leveled_up(self) -> bool:
+        return self.level > self.previous_level
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    user_id: str
+    total_exp: int
+    level: int
+    daily_exp_gained: int
+    daily_exp_cap: int
+    daily_action_counts: dict[str, int]
+
+    @property
+    def remaining_exp(self) -> int:
+        return max(self.daily_exp_cap - self.daily_exp_gained, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    user_id: str
+    applied_delta: int
+    total_exp: int
+    level: int
+    previous_level: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DayWindow:
+    day: str
+    expire_at: int
+
+
+class ExpService:
+    def __init__(
+        self,
+        rules: ExpRules,
+        scripts: Scripts,
+        entities: Entities,
+        hydrator: Hydrator,
+        clock: Clock,
+        *,
+        buckets: int,
+        idempotency_ttl: int,
+        day_grace: int,
+        day_jitter: int,
+    ) -> None:
+        self.rules = rules
+        self._scripts = scripts
+        self._entities = entities
+        self._hydrator = hydrator
+        self._clock = clock
+        self._buckets = buckets
+        self._idempotency_ttl = idempotency_ttl
+        self._day_grace = day_grace
+        self._day_jitter = day_jitter
+        self._thresholds = ",".join(map(str, rules.thresholds))
+        self._caps = ",".join(map(str, rules.caps_by_level))
+
+    def action(self, name: str) -> Action:
+        """The rule of an action, or ``InvalidRequest`` listing the known ones."""
+        action = self.rules.actions.get(name)
+        if action is None:
+            known = ", ".join(self.rules.actions)
+            raise InvalidRequest(f"Unknown action '{name}'; known actions: {known}")
+        return action
+
+    def window(self, user_id: str, now: float) -> DayWindow:
+        """Today's key window and clean-up time (next midnight + grace + per-user jitter)."""
+        jitter = zlib.crc32(user_id.encode()) % (self._day_jitter + 1)
+        return DayWindow(utc_day(now), next_utc_midnight(now) + self._day_grace + jitter)
+
+    async def award(
+        self,
+        principal: Principal,
+        action_name: str,
+        target: Target | None,
+        idem: Idempotency | None,
+    ) -> AwardResult:
+        """Award EXP for one action by ``principal`` (to its user, or to the target's owner)."""
+        action = self.action(action_name)
+        if not action.user_may_trigger and not principal.is_service:
+            raise ForbiddenError(f"{action_name} may only be triggered by a service")
+        target = self._check_target(action_name, action, target)
+        actor = principal.user_id
+        if action.awards == "actor":
+            mode = "actor"
+            if target is not None and action.records_ownership:
+                await self._entities.claim(target, actor)
+                mode = "actor_owns"
+            return await self._award(action_name, action, actor, actor, target, idem, mode)
+        assert target is not None
+        mode = "creator_once" if action.once_per_actor else "creator"
+        for attempt in range(2):
+            owner = await self._entities.owner_of(target)
+            if owner is None:
+                raise NotFound(f"Unknown {target.type} {target.id}: no owner is recorded")
+            if owner == actor:
+                raise ConflictError(f"{action_name} on your own {target.type} awards nothing")
+            try:
+                return await self._award(action_name, action, owner, actor, target, idem, mode)
+            except _StaleOwner:
+                if attempt == 0:
+                    await self._entities.repair_marker(target)
+        raise ScriptReplyError(f"owner of {target} kept changing")
+
+    async def _award(
+        self,
+        action_name: str,
+        action: Action,
+        user_id: str,
+        actor: str,
+        target: Target | None,
+        idem: Idempotency | None,
+        mode: str,
+    ) -> AwardResult:
+        now = self._clock.now()
+        window = self.window(user_id, now)
+        user = UserKeys.of(user_id, self._buckets)
+        fingerprint, idem_key = script_args(idem)
+        unused = user.unused
+        keys = [
+            user.user,
+            user.day(window.day),
+            user.events,
+            user.idempotency(idem.caller, idem.key) if idem else unused,
+            user.owned(target.type, target.id) if target and mode != "actor" else unused,
+            user.likers(target.type, target.id) if target and mode == "creator_once" else unused,
+        ]
+
+        async def call(may_create: str) -> list[int]:
+            args: list[Arg] = [
+                user_id, action_name, action.exp, action.daily_limit or 0,
+                self._thresholds, self._caps, window.day, window.expire_at,
+                int(now * 1000), fingerprint, self._idempotency_ttl, mode, actor,
+                self.rules.liker_memory_days * 86_400, may_create,
+                str(target) if target else "", idem_key,
+            ]  # fmt: skip
+            return await self._scripts.run("award_exp", keys, args)
+
+        code, added, total, level, previous, gained, count, _seq, replayed = await run_hydrated(
+            self._hydrator, user_id, call
+        )
+        if code == _NOT_OWNER:
+            raise _StaleOwner
+        if code == _IDEMPOTENCY_MISMATCH:
+            raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        try:
+            outcome = AwardOutcome(code)
+        except ValueError as exc:
+            raise ScriptReplyError(f"award_exp replied with unknown code {code}") from exc
+        return AwardResult(
+            outcome=outcome, awarded_to=user_id, action=action_name, exp_added=added,
+            total_exp=total, level=level, previous_level=previous, daily_exp_gained=gained,
+            daily_exp_cap=self.rules.cap_for(level), action_count=count,
+            action_limit=action.daily_limit, actor=actor, target=target, replayed=bool(replayed),
+        )  # fmt: skip
+
+    def _check_target(self, name: str, action: Action, target: Target | None) -> Target | None:
+        if not action.target_types:
+            return None  # the action names no entity; a target sent with it is ignored
+        if target is None:
+            if action.awards == "creator":
+                raise InvalidRequest(f"{name} needs target_type and target_id")
+            return None
+        if target.type not in action.target_types:
+            allowed = ", ".join(action.target_types)
+            raise InvalidRequest(f"{name} takes target_type {allowed}, not '{target.type}'")
+        return target
+
+    async def usage(self, user_id: str) -> DailyUsage:
+        """The user's total EXP and today's gains and action counts."""
+        now = self._clock.now()
+        user = UserKeys.of(user_id, self._buckets)
+        keys = [user.user, user.day(utc_day(now))]
+
+        async def call(may_create: str) -> list[object]:
+            return await self._scripts.run("read_exp", keys, [may_create])
+
+        _, total, _seq, day_fields = await run_hydrated(self._hydrator, user_id, call)
+        assert isinstance(total, int) and isinstance(day_fields, list)
+        fields = dict(zip(day_fields[::2], day_fields[1::2], strict=True))
+        level = self.rules.level_for(total)
+        counts = {name[2:]: int(value) for name, value in fields.items() if name.startswith("a:")}
+        return DailyUsage(
+            user_id=user_id, total_exp=total, level=level,
+            daily_exp_gained=int(fields.get("exp", 0)), daily_exp_cap=self.rules.cap_for(level),
+            daily_action_counts=counts,
+        )  # fmt: skip
+
+    async def adjust(
+        self, user_id: str, delta: int, reason: str, actor: str, idem: Idempotency | None
+    ) -> Adjustment:
+        """A support correction: no limit or cap applies; the total never drops below zero."""
+        user = UserKeys.of(user_id, self._buckets)
+        fingerprint, idem_key = script_args(idem)
+        keys = [
+            user.user,
+            user.events,
+            user.idempotency(idem.caller, idem.key) if idem else user.unused,
+        ]
+        now_ms = int(self._clock.now() * 1000)
+
+        async def call(may_create: str) -> list[int]:
+            args: list[Arg] = [
+                user_id, delta, reason, self._thresholds, now_ms, fingerprint,
+                self._idempotency_ttl, actor, may_create, idem_key,
+            ]  # fmt: skip
+            return await self._scripts.run("adjust_exp", keys, args)
+
+        code, applied, total, level, previous, _seq, replayed = await run_hydrated(
+            self._hydrator, user_id, call
+        )
+        if code == _IDEMPOTENCY_MISMATCH:
+            raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        if code != 1:
+            raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
+        return Adjustment(user_id, applied, total, level, previous, bool(replayed))
+
+
+class _StaleOwner(Exception):
+    """The cached owner no longer owns the target; look it up again."""

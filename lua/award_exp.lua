@@ -1,0 +1,128 @@
+--[[ award_exp: award EXP for one action, enforcing the per-action daily limit and the daily cap.
+
+All-or-nothing: every check runs before the first write, so a refused award changes no EXP or
+count. (In "actor_owns" mode the ownership marker is written whatever the outcome: the entity
+exists even when its creator is past today's limit.)
+
+KEYS[1]  user      HASH   ctr:{bN}:user:<uid>                exp, level, seq
+KEYS[2]  day       HASH   ctr:{bN}:day:<YYYYMMDD>:<uid>      exp, a:<action> (counts)
+KEYS[3]  events    STREAM ctr:{bN}:events                    ledger events of the bucket
+KEYS[4]  idem      STRING ctr:{bN}:idem:<caller>:<key>       "<fingerprint>|<reply json>" (or an unused key)
+KEYS[5]  owned     STRING ctr:{bN}:owned:<type>:<id>         set in actor_owns mode, must exist in creator modes
+KEYS[6]  likers    SET    ctr:{bN}:likers:<type>:<id>        once-per-actor record (or unused)
+
+ARGV[1]  user_id        string   the user who receives the EXP
+ARGV[2]  action         string
+ARGV[3]  reward         int      EXP the action is worth
+ARGV[4]  daily_limit    int      awards per UTC day; 0 = no limit
+ARGV[5]  thresholds     csv int  EXP required for levels 1..n
+ARGV[6]  caps           csv int  daily EXP cap of levels 1..n
+ARGV[7]  day            string   UTC day YYYYMMDD (the window is in the key; this is for the event)
+ARGV[8]  day_expire_at  int      unix seconds when KEYS[2] may be cleaned up
+ARGV[9]  now_ms         int      unix milliseconds
+ARGV[10] fingerprint    string   request fingerprint; "" = not idempotent
+ARGV[11] idem_ttl       int      seconds an idempotency record lives
+ARGV[12] mode           string   "actor" | "actor_owns" (records KEYS[5]) | "creator" (KEYS[5] must
+                                 exist) | "creator_once" (as creator, and once per actor via KEYS[6])
+ARGV[13] actor          string   who triggered the action
+ARGV[14] likers_ttl     int      seconds the once-per-actor record lives after its last write
+ARGV[15] may_create     "0"|"1"  "1": a missing user is new; "0": a missing user must be hydrated first
+ARGV[16] target         string   "<type>:<id>" or ""
+ARGV[17] idem_key       string   the Idempotency-Key, recorded on the event
+
+Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, action_count, seq, replayed}
+  code 1 awarded (possibly partial)   2 daily limit reached   3 daily cap reached
+       4 already triggered by actor   5 not the owner (stale)  6 needs hydration
+       7 idempotency key reused with a different request
+]]
+
+local user_id, action = ARGV[1], ARGV[2]
+local reward, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local day, day_expire_at, now_ms = ARGV[7], ARGV[8], ARGV[9]
+local fingerprint, idem_ttl = ARGV[10], ARGV[11]
+local mode, actor, likers_ttl = ARGV[12], ARGV[13], ARGV[14]
+local may_create, target, idem_key = ARGV[15], ARGV[16], ARGV[17]
+
+local function csv(text)
+  local out = {}
+  for n in string.gmatch(text, '[^,]+') do out[#out + 1] = tonumber(n) end
+  return out
+end
+
+local function level_of(exp, thresholds)
+  local level = 1
+  for i = 1, #thresholds do
+    if exp >= thresholds[i] then level = i end
+  end
+  return level
+end
+
+if fingerprint ~= '' then
+  local stored = redis.call('GET', KEYS[4])
+  if stored then
+    local sep = string.find(stored, '|', 1, true)
+    if string.sub(stored, 1, sep - 1) ~= fingerprint then
+      return {7, 0, 0, 0, 0, 0, 0, 0, 0}
+    end
+    local reply = cjson.decode(string.sub(stored, sep + 1))
+    reply[9] = 1
+    return reply
+  end
+end
+
+if redis.call('EXISTS', KEYS[1]) == 0 and may_create ~= '1' then
+  return {6, 0, 0, 0, 0, 0, 0, 0, 0}
+end
+if mode == 'actor_owns' then
+  redis.call('SET', KEYS[5], '1')
+elseif mode ~= 'actor' and redis.call('EXISTS', KEYS[5]) == 0 then
+  return {5, 0, 0, 0, 0, 0, 0, 0, 0}
+end
+
+local thresholds, caps = csv(ARGV[5]), csv(ARGV[6])
+local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
+local total = tonumber(user[1]) or 0
+local seq = tonumber(user[2]) or 0
+local level = level_of(total, thresholds)
+local action_field = 'a:' .. action
+local day_state = redis.call('HMGET', KEYS[2], 'exp', action_field)
+local gained = tonumber(day_state[1]) or 0
+local count = tonumber(day_state[2]) or 0
+
+local function finish(reply)
+  if fingerprint ~= '' then
+    redis.call('SET', KEYS[4], fingerprint .. '|' .. cjson.encode(reply), 'EX', idem_ttl)
+  end
+  return reply
+end
+
+if mode == 'creator_once' and redis.call('SISMEMBER', KEYS[6], actor) == 1 then
+  return finish({4, 0, total, level, level, gained, count, seq, 0})
+end
+if daily_limit > 0 and count >= daily_limit then
+  return finish({2, 0, total, level, level, gained, count, seq, 0})
+end
+local cap = caps[level]
+if gained >= cap then
+  return finish({3, 0, total, level, level, gained, count, seq, 0})
+end
+
+local added = math.min(reward, cap - gained)
+total = total + added
+gained = gained + added
+count = count + 1
+seq = seq + 1
+local new_level = level_of(total, thresholds)
+
+redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
+redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)
+redis.call('EXPIREAT', KEYS[2], day_expire_at)
+if mode == 'creator_once' then
+  redis.call('SADD', KEYS[6], actor)
+  redis.call('EXPIRE', KEYS[6], likers_ttl)
+end
+redis.call('XADD', KEYS[3], '*',
+  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms,
+  'kind', 'exp_award', 'action', action, 'amount', added, 'actor', actor, 'target', target,
+  'day', day, 'idem', idem_key, 'exp', total, 'level', new_level)
+return finish({1, added, total, new_level, level, gained, count, seq, 0})

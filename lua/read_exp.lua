@@ -1,0 +1,16 @@
+--[[ read_exp: a user's total and today's counters, in one round trip. Writes nothing.
+
+KEYS[1]  user  HASH  ctr:{bN}:user:<uid>
+KEYS[2]  day   HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>
+
+ARGV[1]  may_create  "0"|"1"  "0": a missing user must be hydrated first (reply code 6)
+
+Reply: {code, total_exp, seq, {field, value, ...} of the day hash}
+  code 1 read   6 needs hydration
+]]
+
+if redis.call('EXISTS', KEYS[1]) == 0 and ARGV[1] ~= '1' then
+  return {6, 0, 0, {}}
+end
+local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
+return {1, tonumber(user[1]) or 0, tonumber(user[2]) or 0, redis.call('HGETALL', KEYS[2])}

@@ -1,0 +1,78 @@
+"""Fixtures: a real Redis and a real Postgres started by the suite itself, on free ports, with data
+in a temp dir; never a server that happens to run on the machine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx2
+import pytest
+import redis
+
+from api.app import create_app
+from counters.clock import ManualClock
+from counters.embedded import PostgresServer, RedisServer
+from counters.settings import Settings
+from tests.support import JWT_SECRET, NOON, SERVICE_KEY
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persistent=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The suite's own Redis, emptied before each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOON)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        jwt_secret=JWT_SECRET,
+        service_keys=(SERVICE_KEY,),
+        day_jitter_seconds=0,
+    )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(settings: Settings, clock: ManualClock) -> AsyncIterator[httpx2.AsyncClient]:
+    """An HTTP client for the app (in-process ASGI), its lifespan running, on the real Redis."""
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+            yield http

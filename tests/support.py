@@ -1,0 +1,24 @@
+"""Constants and small helpers shared by the tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from counters.auth import issue_token
+
+JWT_SECRET = "test-secret-for-the-counters-suite-0123456789"
+SERVICE_KEY = "test-service-key-0123456789abcdef"
+NOON = datetime(2026, 11, 21, 12, 0, tzinfo=UTC).timestamp()
+
+
+def user_headers(user_id: str, **extra: str) -> dict[str, str]:
+    """Headers of a request made with ``user_id``'s own token."""
+    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, user_id)}", **extra}
+
+
+def service_headers(user_id: str | None = None, **extra: str) -> dict[str, str]:
+    """Headers of a request made with the service key, acting for ``user_id``."""
+    headers = {"Authorization": f"Bearer {SERVICE_KEY}", **extra}
+    if user_id is not None:
+        headers["X-User-Id"] = user_id
+    return headers
