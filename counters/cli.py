@@ -1,0 +1,75 @@
+"""The ``counters`` command: serve the API (with embedded servers when none are configured)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from dataclasses import replace
+
+import click
+import uvicorn
+
+from counters.devcreds import DevCredentials
+from counters.embedded import RedisServer
+from counters.errors import ConfigError
+from counters.rules import load_rules
+from counters.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+def main() -> None:
+    """Counters: EXP/levels and XP credits on Redis, ledgered in Postgres."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address [env COUNTERS_HOST; 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="Port [env COUNTERS_PORT; 8000]")
+@click.option("--workers", type=int, default=None, help="Worker processes [COUNTERS_WORKERS; 1]")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the HTTP API; starts an embedded Redis when COUNTERS_REDIS_URL is unset."""
+    settings = _settings()
+    settings = replace(
+        settings,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+    )
+    try:
+        load_rules(settings.rules)  # fail before starting anything when the rules are invalid
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with ExitStack() as stack:
+        env: dict[str, str] = {}
+        if settings.redis_url is None:
+            redis = RedisServer(settings.data_dir / "redis", persistent=True)
+            try:
+                redis.start()
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from exc
+            stack.callback(redis.stop)
+            env["COUNTERS_REDIS_URL"] = redis.url
+            click.echo(f"embedded Redis at {redis.url} (data in {redis.data_dir})")
+        if settings.jwt_secret is None and not settings.service_keys:
+            creds = DevCredentials.load_or_create(settings.data_dir)
+            env["COUNTERS_JWT_SECRET"] = creds.jwt_secret
+            env["COUNTERS_SERVICE_KEYS"] = creds.service_key
+            click.echo(creds.banner(f"http://{settings.host}:{settings.port}"))
+        os.environ.update(env)  # worker processes read their settings from the environment
+        uvicorn.run(
+            "api.main:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="info",
+        )

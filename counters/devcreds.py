@@ -1,0 +1,50 @@
+"""Development credentials for `counters serve` when no secrets are configured.
+
+They are made once, kept under the data dir so tokens survive restarts, and printed with a curl
+example that works as pasted. Never used when COUNTERS_JWT_SECRET or COUNTERS_SERVICE_KEYS is set.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from counters.auth import issue_token
+
+DEMO_USER = "demo-user"
+
+
+@dataclass(frozen=True, slots=True)
+class DevCredentials:
+    jwt_secret: str
+    service_key: str
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> DevCredentials:
+        path = data_dir / "dev-credentials.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            return cls(stored["jwt_secret"], stored["service_key"])
+        creds = cls(secrets.token_urlsafe(32), secrets.token_urlsafe(24))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps({"jwt_secret": creds.jwt_secret, "service_key": creds.service_key})
+        )
+        path.chmod(0o600)
+        return creds
+
+    def banner(self, base_url: str) -> str:
+        """What to paste to try the service."""
+        token = issue_token(self.jwt_secret, DEMO_USER, ttl_seconds=30 * 86_400)
+        return "\n".join(
+            [
+                "Dev credentials (no COUNTERS_JWT_SECRET / COUNTERS_SERVICE_KEYS set):",
+                f"  user token for {DEMO_USER} (30 days): {token}",
+                f"  service key: {self.service_key}",
+                "Try:",
+                f"  curl -s -X POST {base_url}/api/exp/gain -H 'Authorization: Bearer {token}' "
+                "-H 'Content-Type: application/json' -d '{\"action\": \"daily_chat\"}'",
+            ]
+        )
