@@ -4,8 +4,8 @@
   A user acts only as themself: ``X-User-Id`` naming anybody else is refused.
 - ``Bearer <service key>``: one of COUNTERS_SERVICE_KEYS, acting for the user in ``X-User-Id``.
 
-JWT expiry is checked against real time, not the shifted service clock: tokens come from an
-issuer that lives in real time. Verified tokens are cached until they expire.
+JWT expiry is checked against real time (``now``, injectable), not the shifted service clock:
+tokens come from an issuer that lives in real time. Verified tokens are cached until they expire.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jwt
@@ -42,8 +42,14 @@ def check_user_id(user_id: str, where: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, jwt_secret: str | None, service_keys: Sequence[str]) -> None:
+    def __init__(
+        self,
+        jwt_secret: str | None,
+        service_keys: Sequence[str],
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._secret = jwt_secret
+        self._now = now
         self._service_keys = [key.encode() for key in service_keys]
         self._verified: dict[str, tuple[str, float]] = {}
 
@@ -79,25 +85,32 @@ class Authenticator:
         return found
 
     def _verify_jwt(self, token: str) -> str:
+        now = self._now()
         cached = self._verified.get(token)
-        if cached is not None and cached[1] > time.time():
+        if cached is not None and cached[1] > now:
             return cached[0]
         if self._secret is None:
             raise AuthError("Unknown service key, and user tokens are not enabled")
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                options={"require": ["sub", "exp"], "verify_exp": False},
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise AuthError("Token has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"Invalid token: {exc}") from exc
+        expires = claims["exp"]
+        if not isinstance(expires, int | float):
+            raise AuthError("Invalid token: 'exp' is not a number")
+        if expires <= now:  # checked here rather than by PyJWT so that time is injectable
+            raise AuthError("Token has expired")
         sub = claims["sub"]
         if not isinstance(sub, str) or not USER_ID.match(sub):
             raise AuthError("Invalid token: 'sub' is not a valid user id")
         if len(self._verified) >= _CACHE_LIMIT:
             self._verified.clear()
-        self._verified[token] = (sub, float(claims["exp"]))
+        self._verified[token] = (sub, float(expires))
         return sub
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -117,14 +117,38 @@ def _check_exp(exp: ExpRules) -> None:
             raise RulesError(f"{where}: once_per_actor applies to creator-awarded actions")
 
 
+# Tables keyed by name: each entry is checked on its own first, so an error names the entry
+# (msgspec reports a bad dict value only as ``actions[...]``).
+NAMED_TABLES: dict[tuple[str, ...], type[msgspec.Struct]] = {("exp", "actions"): Action}
+
+
+def _check_named_entries(document: dict[str, Any]) -> None:
+    for path, entry_type in NAMED_TABLES.items():
+        table: Any = document
+        for part in path:
+            table = table.get(part, {}) if isinstance(table, dict) else {}
+        if not isinstance(table, dict):
+            continue
+        for name, entry in table.items():
+            try:
+                msgspec.convert(entry, entry_type)
+            except msgspec.ValidationError as exc:
+                where = ".".join((*path, str(name)))
+                raise RulesError(f"{where}: {exc}") from exc
+
+
 def parse_rules(text: str, source: str = "rules") -> Rules:
     """Decode and validate a rules document; errors name the bad entry."""
     try:
-        rules = msgspec.toml.decode(text, type=Rules)
+        document = msgspec.toml.decode(text)
+        _check_named_entries(document)
+        rules = msgspec.convert(document, Rules)
     except msgspec.ValidationError as exc:
         raise RulesError(f"{source}: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise RulesError(f"{source}: not valid TOML: {exc}") from exc
+    except RulesError as exc:
+        raise RulesError(f"{source}: {exc}") from exc
     try:
         _check_exp(rules.exp)
     except RulesError as exc:

@@ -22,7 +22,7 @@ def connect_redis(url: str, max_connections: int) -> Redis:
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, decode_responses=True
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
 
 
 @dataclass(slots=True)
