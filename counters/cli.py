@@ -60,7 +60,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             creds = DevCredentials.load_or_create(settings.data_dir)
             env["COUNTERS_JWT_SECRET"] = creds.jwt_secret
             env["COUNTERS_SERVICE_KEYS"] = creds.service_key
-            click.echo(creds.banner(f"http://{settings.host}:{settings.port}"))
+            click.echo(creds.banner(f"http://{settings.host}:{settings.port}", settings.data_dir))
         os.environ.update(env)  # worker processes read their settings from the environment
         uvicorn.run(
             "api.main:app_from_env",

@@ -35,12 +35,21 @@ class DevCredentials:
         path.chmod(0o600)
         return creds
 
-    def banner(self, base_url: str) -> str:
-        """What to paste to try the service."""
+    def write_env(self, data_dir: Path) -> tuple[Path, str]:
+        """Write ``dev.env`` (TOKEN, SERVICE_KEY) for the README's examples; the file and token."""
         token = issue_token(self.jwt_secret, DEMO_USER, ttl_seconds=30 * 86_400)
+        path = data_dir / "dev.env"
+        path.write_text(f"export TOKEN={token}\nexport SERVICE_KEY={self.service_key}\n")
+        path.chmod(0o600)
+        return path, token
+
+    def banner(self, base_url: str, data_dir: Path) -> str:
+        """What to paste to try the service."""
+        env_file, token = self.write_env(data_dir)
         return "\n".join(
             [
-                "Dev credentials (no COUNTERS_JWT_SECRET / COUNTERS_SERVICE_KEYS set):",
+                "Dev credentials (no COUNTERS_JWT_SECRET / COUNTERS_SERVICE_KEYS set),",
+                f"also in {env_file} (source it to run the README's examples):",
                 f"  user token for {DEMO_USER} (30 days): {token}",
                 f"  service key: {self.service_key}",
                 "Try:",
