@@ -89,6 +89,8 @@ class Authenticator:
         cached = self._verified.get(token)
         if cached is not None and cached[1] > now:
             return cached[0]
+        if token.count(".") != 2:  # not shaped like a JWT: meant as a service key
+            raise AuthError("Unknown service key")
         if self._secret is None:
             raise AuthError("Unknown service key, and user tokens are not enabled")
         try:

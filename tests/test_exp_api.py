@@ -28,7 +28,8 @@ def snapshot(redis_client: redis.Redis) -> dict[str, bytes | None]:
     [
         ({}, 401, "Missing Authorization header: send 'Authorization: Bearer <token>'"),
         ({"Authorization": "Basic abc"}, 401, "Authorization must be 'Bearer <token>'"),
-        ({"Authorization": "Bearer not-a-key"}, 401, "Invalid token: Not enough segments"),
+        ({"Authorization": "Bearer not-a-key"}, 401, "Unknown service key"),
+        ({"Authorization": "Bearer a.b.c"}, 401, "Invalid token: Invalid header padding"),
         (
             {"Authorization": "Bearer " + jwt.encode({"sub": "u1", "exp": 2**40}, "x" * 40)},
             401,
