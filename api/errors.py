@@ -22,6 +22,7 @@ from counters.errors import (
     StorageError,
 )
 from counters.exp import AwardOutcome
+from counters.xp_state import XpOutcome
 
 log = logging.getLogger("counters.api")
 
@@ -42,6 +43,22 @@ AWARD_STATUS: dict[AwardOutcome, int] = {
     AwardOutcome.CAP_REACHED: 429,
     AwardOutcome.ALREADY_TRIGGERED: 409,
 }
+
+XP_STATUS: dict[XpOutcome, int] = {
+    XpOutcome.DONE: 200,
+    XpOutcome.UNCHANGED: 200,
+    XpOutcome.INSUFFICIENT: 402,
+    XpOutcome.TIER_REQUIRED: 403,
+    XpOutcome.NOT_FOUND: 404,
+    XpOutcome.ALREADY_SETTLED: 409,
+    XpOutcome.HOLD_EXPIRED: 409,
+    XpOutcome.NOT_CAPTURED: 409,
+    XpOutcome.NO_SUBSCRIPTION: 409,
+    XpOutcome.PERIOD_START_CONFLICT: 409,
+    XpOutcome.TOO_MANY: 409,
+    XpOutcome.ABOVE_HELD: 422,
+}
+XP_HOLD_CREATED = 201  # a new hold (XpOutcome.DONE on POST /api/v1/xp/holds)
 
 
 def status_of(error: RequestError) -> int:

@@ -5,12 +5,13 @@ event stream of the user's bucket, carry the bucket's hash tag ``{bN}``, so ever
 one Cluster slot and runs unchanged on Redis Cluster. The bucket count is fixed for the life of
 a deployment (changing it moves every key).
 
-    ctr:{bN}:user:<uid>                 HASH    exp, level, seq, ... (the user's totals)
+    ctr:{bN}:user:<uid>                 HASH    exp, level, seq, xp (the XP state, JSON), ...
     ctr:{bN}:day:<YYYYMMDD>:<uid>       HASH    exp gained and a:<action> counts that UTC day
     ctr:{bN}:idem:<caller>:<key>        STRING  fingerprint and reply of an idempotent write
     ctr:{bN}:events                     STREAM  the ledger events of the bucket's users
     ctr:{bN}:owned:<type>:<id>          STRING  present while the bucket's user owns the entity
     ctr:{bN}:likers:<type>:<id>         SET     actors who already triggered a once-per-actor award
+    ctr:{bN}:xptx:<uid>:<txid>          STRING  an XP debit or hold (JSON), kept for refunds
     ctr:{bE}:entity:<type>:<id>         STRING  owner id, in the entity's own bucket
 """
 
@@ -66,6 +67,10 @@ class UserKeys:
 
     def likers(self, target_type: str, target_id: str) -> str:
         return f"{self.tag}:likers:{target_type}:{target_id}"
+
+    def xp_transaction(self, transaction_id: str) -> str:
+        """An XP debit or hold of this user: what it burned, and whether it was refunded."""
+        return f"{self.tag}:xptx:{self.user_id}:{transaction_id}"
 
     @property
     def unused(self) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from counters.errors import RulesError
+from counters.xp_rules import GenerationCost, XpRules, check_xp, default_xp_rules
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -82,6 +83,7 @@ class ExpRules(_Rule, frozen=True, dict=True):
 
 class Rules(_Rule, frozen=True):
     exp: ExpRules
+    xp: XpRules = msgspec.field(default_factory=default_xp_rules)  # none given: the shipped tables
 
 
 def _check_exp(exp: ExpRules) -> None:
@@ -119,7 +121,10 @@ def _check_exp(exp: ExpRules) -> None:
 
 # Tables keyed by name: each entry is checked on its own first, so an error names the entry
 # (msgspec reports a bad dict value only as ``actions[...]``).
-NAMED_TABLES: dict[tuple[str, ...], type[msgspec.Struct]] = {("exp", "actions"): Action}
+NAMED_TABLES: dict[tuple[str, ...], type[msgspec.Struct]] = {
+    ("exp", "actions"): Action,
+    ("xp", "costs"): GenerationCost,
+}
 
 
 def _check_named_entries(document: dict[str, Any]) -> None:
@@ -151,6 +156,7 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
         raise RulesError(f"{source}: {exc}") from exc
     try:
         _check_exp(rules.exp)
+        check_xp(rules.xp)
     except RulesError as exc:
         raise RulesError(f"{source}: {exc}") from exc
     return rules

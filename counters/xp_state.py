@@ -1,0 +1,117 @@
+"""One user's XP state as the scripts keep it (the ``xp`` field of the user hash), and the
+fixed-shape reply every XP script answers with.
+
+The state is written only by ``lua/lib/xp_state.lua``; Python decodes it to report balances.
+Times are unix seconds; an ``expires_at`` of None never expires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Literal
+
+import msgspec
+
+from counters.errors import ScriptReplyError
+
+
+class Part(msgspec.Struct, frozen=True, kw_only=True):
+    """XP a hold or debit took from one credit: the period's allocation or a top-up."""
+
+    src: Literal["alloc", "grant"]
+    xp: int
+    epoch: int = 0
+    id: str | None = None
+    expires_at: int | None = None
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    left: int
+    expires_at: int | None
+
+
+class Hold(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    amount: int
+    expires_at: int
+    generation_type: str
+    parts: tuple[Part, ...]
+
+
+class XpState(msgspec.Struct, frozen=True, kw_only=True):
+    tier: str | None = None
+    anchor: int = 0
+    period_start: int = 0
+    period_end: int = 0
+    alloc: int = 0
+    epoch: int = 0
+    next_tier: str | None = None
+    cancel_at_period_end: bool = False
+    grants: tuple[Grant, ...] = ()
+    holds: tuple[Hold, ...] = ()
+
+    @property
+    def topup(self) -> int:
+        return sum(grant.left for grant in self.grants)
+
+    @property
+    def held(self) -> int:
+        return sum(hold.amount for hold in self.holds)
+
+    @property
+    def balance(self) -> int:
+        """What the user can spend: the allocation left plus top-ups (held XP is not in it)."""
+        return self.alloc + self.topup
+
+
+_state_decoder = msgspec.json.Decoder(XpState)
+
+
+class XpOutcome(IntEnum):
+    """Reply codes of the XP scripts (6 and 7 are the shared hydration and idempotency codes)."""
+
+    DONE = 1
+    INSUFFICIENT = 2
+    TIER_REQUIRED = 3
+    NOT_FOUND = 4
+    ALREADY_SETTLED = 5
+    HOLD_EXPIRED = 8
+    ABOVE_HELD = 9
+    NOT_CAPTURED = 10
+    NO_SUBSCRIPTION = 11
+    UNCHANGED = 12
+    TOO_MANY = 13
+    PERIOD_START_CONFLICT = 14
+
+
+IDEMPOTENCY_MISMATCH = 7
+
+
+@dataclass(frozen=True, slots=True)
+class XpReply:
+    """A decoded script reply; what ``amount``, ``ref`` and ``extra`` mean is per script."""
+
+    outcome: XpOutcome
+    amount: int
+    ref: str
+    expires_at: int
+    extra: int
+    seq: int
+    replayed: bool
+    state: XpState
+
+
+def decode_reply(script: str, reply: list[Any]) -> XpReply:
+    """The typed reply of an XP script; an unknown code or shape is a ``ScriptReplyError``."""
+    try:
+        code, amount, ref, expires_at, extra, seq, replayed, state = reply
+        outcome = XpOutcome(code)
+        decoded = _state_decoder.decode(state)
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise ScriptReplyError(f"{script} replied {reply[:7]!r}: {exc}") from exc
+    return XpReply(
+        outcome, int(amount), str(ref), int(expires_at), int(extra), int(seq), bool(replayed),
+        decoded,
+    )  # fmt: skip

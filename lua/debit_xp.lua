@@ -1,0 +1,51 @@
+-- requires: xp_state
+--[[ debit_xp: charge one generation's XP at once ("debit") or reserve it ("hold").
+
+Every check runs before the first write: a refused debit or hold changes no XP. The cost is the
+current tier's (after any renewal that came due); a tier that does not allow the type refuses.
+
+KEYS[1]  user         HASH   ctr:{bN}:user:<uid>                xp (JSON state), seq
+KEYS[2]  events       STREAM ctr:{bN}:events
+KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused key)
+KEYS[4]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the new debit or hold record
+
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+            (see lua/lib/xp_state.lua)
+ARGV[9]  generation_type  string
+ARGV[10] costs            json    {"<tier>": XP} for every tier that allows the type
+ARGV[11] transaction_id   string  id of the new debit or hold
+ARGV[12] mode             string  "debit" | "hold"
+ARGV[13] hold_expires_at  int     unix seconds a hold returns to the balance by itself
+ARGV[14] max_holds        int     open holds a user may have
+ARGV[15] record_ttl       int     seconds the record (for capture and refund) is kept
+
+Reply: {code, xp taken, transaction id, hold expires_at (0 for a debit), cost, seq, replayed,
+        state json}
+  code 1 debited or held   2 insufficient XP (cost = what it needs)   3 tier does not allow it
+       6 needs hydration   7 idempotency mismatch   13 too many open holds
+]]
+
+local generation_type, costs_json, transaction_id = ARGV[9], ARGV[10], ARGV[11]
+local mode, hold_expires_at = ARGV[12], tonumber(ARGV[13])
+local max_holds, record_ttl = tonumber(ARGV[14]), ARGV[15]
+
+local early = XP.open()
+if early then return early end
+local s = XP.s
+local cost = s.tier and cjson.decode(costs_json)[s.tier]
+if not cost then return XP.finish(3, 0, '', 0, 0) end
+if XP.balance(s) < cost then return XP.finish(2, 0, '', 0, cost) end
+if mode == 'hold' and #s.holds >= max_holds then return XP.finish(13, 0, '', 0, cost) end
+
+local parts = XP.burn(cost)
+local record = {kind = mode, status = mode == 'hold' and 'held' or 'debited', xp = cost,
+                generation_type = generation_type, parts = parts}
+redis.call('SET', KEYS[4], XP.encode_record(record), 'EX', record_ttl)
+if mode == 'hold' then
+  s.holds[#s.holds + 1] = {id = transaction_id, amount = cost, expires_at = hold_expires_at,
+                           generation_type = generation_type, parts = parts}
+  XP.emit('xp_hold', generation_type, -cost, transaction_id)
+  return XP.finish(1, cost, transaction_id, hold_expires_at, cost)
+end
+XP.emit('xp_debit', generation_type, -cost, transaction_id)
+return XP.finish(1, cost, transaction_id, 0, cost)

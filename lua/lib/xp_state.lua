@@ -1,0 +1,410 @@
+--[[ lib/xp_state: the XP state of one user, shared by every XP script.
+
+Prepended to each script whose first line is `-- requires: xp_state` (counters/scripts.py). It
+binds the KEYS and ARGV every XP script shares, replays idempotent requests, loads the state,
+applies the transitions that came due since the user's last touch (each one an event), and
+writes the state and the fixed-shape reply back.
+
+Shared KEYS and ARGV (each script's header lists them again, with its own after them):
+KEYS[1]  user     HASH   ctr:{bN}:user:<uid>             xp (the state below, JSON), seq
+KEYS[2]  events   STREAM ctr:{bN}:events                 ledger events of the bucket
+KEYS[3]  idem     STRING ctr:{bN}:idem:<caller>:<key>    "<fingerprint>|<reply json>" (or unused)
+ARGV[1]  user_id      string
+ARGV[2]  now_ms       int      unix milliseconds from the service clock (never Redis TIME)
+ARGV[3]  fingerprint  string   request fingerprint; "" = not idempotent
+ARGV[4]  idem_ttl     int      seconds an idempotency record lives
+ARGV[5]  idem_key     string   the Idempotency-Key, recorded on events
+ARGV[6]  actor        string   who asked, recorded on events
+ARGV[7]  may_create   "0"|"1"  "1": a missing user is new; "0": a missing user must be hydrated
+ARGV[8]  tiers        json     {"<tier>": {"level": int, "monthly_xp": int, "rollover": bool}}
+
+State (times in unix seconds; expires_at null = never):
+  {"tier": name|null, "anchor": subscription start, "period_start", "period_end",
+   "alloc": allocation left, "epoch": bumped whenever the allocation expires,
+   "next_tier": tier from the next renewal (a downgrade)|null, "cancel_at_period_end": bool,
+   "grants": [{"id", "left", "expires_at"}],
+   "holds": [{"id", "amount", "expires_at", "generation_type", "parts": [part, ...]}]}
+  part: {"src": "alloc", "xp", "epoch"} | {"src": "grant", "xp", "id", "expires_at"}
+  The balance is alloc + the grants' left; held XP is not in it. Periods follow the anchor's
+  anniversary by calendar month (Jan 31 -> Feb 28 -> Mar 31).
+
+Reply of every XP script: {code, amount, ref, expires_at, extra, seq, replayed, state json}
+  code 1 done   2 insufficient XP   3 tier required   4 not found   5 already settled
+       6 needs hydration   7 idempotency key reused with a different request   8 hold expired
+       9 above the held amount   10 not captured   11 no subscription   12 unchanged
+       13 too many active grants or holds   14 period_start differs from the subscription's
+]]
+
+local XP = {}
+local NEVER = 0 -- expires_at of a grant that never expires
+
+local function num(v)
+  if v == nil or v == cjson.null then return 0 end
+  return tonumber(v)
+end
+
+local function opt(v)
+  if v == nil or v == cjson.null then return nil end
+  return v
+end
+
+local function fdiv(a, b) return math.floor(a / b) end
+
+-- Civil-date arithmetic (proleptic Gregorian, H. Hinnant's days_from_civil / civil_from_days).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = fdiv(y, 400)
+  local yoe = y - era * 400
+  local doy = fdiv(153 * ((m + 9) % 12) + 2, 5) + d - 1
+  local doe = yoe * 365 + fdiv(yoe, 4) - fdiv(yoe, 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = fdiv(z, 146097)
+  local doe = z - era * 146097
+  local yoe = fdiv(doe - fdiv(doe, 1460) + fdiv(doe, 36524) - fdiv(doe, 146096), 365)
+  local doy = doe - (365 * yoe + fdiv(yoe, 4) - fdiv(yoe, 100))
+  local mp = fdiv(5 * doy + 2, 153)
+  local d = doy - fdiv(153 * mp + 2, 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function days_in_month(y, m)
+  if m == 2 then
+    if (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0 then return 29 end
+    return 28
+  end
+  if m == 4 or m == 6 or m == 9 or m == 11 then return 30 end
+  return 31
+end
+
+-- ts plus k calendar months, the day of month clamped to the target month's length.
+function XP.add_months(ts, k)
+  local days = fdiv(ts, 86400)
+  local secs = ts - days * 86400
+  local y, m, d = civil_from_days(days)
+  local m0 = m - 1 + k
+  y = y + fdiv(m0, 12)
+  m = m0 % 12 + 1
+  return days_from_civil(y, m, math.min(d, days_in_month(y, m))) * 86400 + secs
+end
+
+-- The k with add_months(anchor, k) <= ts < add_months(anchor, k + 1).
+function XP.period_of(anchor, ts)
+  local k = math.max(fdiv(ts - anchor, 31 * 86400), 0) -- no month is longer: a lower bound
+  while XP.add_months(anchor, k + 1) <= ts do k = k + 1 end
+  return k
+end
+
+-- Encoding by hand keeps empty lists as [] (cjson writes {}) and the key order fixed.
+local function jint(n) return string.format('%d', n) end
+local function jstr(v)
+  if v == nil then return 'null' end
+  return cjson.encode(v)
+end
+local function jexp(n)
+  if n == NEVER then return 'null' end
+  return jint(n)
+end
+
+function XP.encode_parts(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    if p.src == 'alloc' then
+      out[i] = '{"src":"alloc","xp":' .. jint(p.xp) .. ',"epoch":' .. jint(p.epoch) .. '}'
+    else
+      out[i] = '{"src":"grant","xp":' .. jint(p.xp) .. ',"id":' .. jstr(p.id)
+        .. ',"expires_at":' .. jexp(p.expires_at) .. '}'
+    end
+  end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
+function XP.decode_parts(raw)
+  local parts = {}
+  for i, p in ipairs(raw or {}) do
+    parts[i] = {src = p.src, xp = num(p.xp), epoch = num(p.epoch), id = opt(p.id),
+                expires_at = num(p.expires_at)}
+  end
+  return parts
+end
+
+function XP.encode(s)
+  local grants, holds = {}, {}
+  for i, g in ipairs(s.grants) do
+    grants[i] = '{"id":' .. jstr(g.id) .. ',"left":' .. jint(g.left) .. ',"expires_at":'
+      .. jexp(g.expires_at) .. '}'
+  end
+  for i, h in ipairs(s.holds) do
+    holds[i] = '{"id":' .. jstr(h.id) .. ',"amount":' .. jint(h.amount) .. ',"expires_at":'
+      .. jint(h.expires_at) .. ',"generation_type":' .. jstr(h.generation_type) .. ',"parts":'
+      .. XP.encode_parts(h.parts) .. '}'
+  end
+  return '{"tier":' .. jstr(s.tier) .. ',"anchor":' .. jint(s.anchor) .. ',"period_start":'
+    .. jint(s.period_start) .. ',"period_end":' .. jint(s.period_end) .. ',"alloc":'
+    .. jint(s.alloc) .. ',"epoch":' .. jint(s.epoch) .. ',"next_tier":' .. jstr(s.next_tier)
+    .. ',"cancel_at_period_end":' .. tostring(s.cancel_at_period_end) .. ',"grants":['
+    .. table.concat(grants, ',') .. '],"holds":[' .. table.concat(holds, ',') .. ']}'
+end
+
+function XP.decode(text)
+  local s = {tier = nil, anchor = 0, period_start = 0, period_end = 0, alloc = 0, epoch = 0,
+             next_tier = nil, cancel_at_period_end = false, grants = {}, holds = {}}
+  if not text then return s end
+  local raw = cjson.decode(text)
+  s.tier, s.next_tier = opt(raw.tier), opt(raw.next_tier)
+  s.anchor, s.period_start, s.period_end = num(raw.anchor), num(raw.period_start), num(raw.period_end)
+  s.alloc, s.epoch = num(raw.alloc), num(raw.epoch)
+  s.cancel_at_period_end = raw.cancel_at_period_end == true
+  for i, g in ipairs(raw.grants or {}) do
+    s.grants[i] = {id = g.id, left = num(g.left), expires_at = num(g.expires_at)}
+  end
+  for i, h in ipairs(raw.holds or {}) do
+    s.holds[i] = {id = h.id, amount = num(h.amount), expires_at = num(h.expires_at),
+                  generation_type = h.generation_type, parts = XP.decode_parts(h.parts)}
+  end
+  return s
+end
+
+-- A debit or hold record (KEYS[4] of the scripts that take one): what it burned, its status.
+function XP.encode_record(r)
+  return '{"kind":' .. jstr(r.kind) .. ',"status":' .. jstr(r.status) .. ',"xp":' .. jint(r.xp)
+    .. ',"generation_type":' .. jstr(r.generation_type) .. ',"parts":'
+    .. XP.encode_parts(r.parts) .. '}'
+end
+
+function XP.read_record(key)
+  local text = redis.call('GET', key)
+  if not text then return nil end
+  local raw = cjson.decode(text)
+  return {kind = raw.kind, status = raw.status, xp = num(raw.xp),
+          generation_type = raw.generation_type, parts = XP.decode_parts(raw.parts)}
+end
+
+function XP.topup(s)
+  local total = 0
+  for _, g in ipairs(s.grants) do total = total + g.left end
+  return total
+end
+
+function XP.held(s)
+  local total = 0
+  for _, h in ipairs(s.holds) do total = total + h.amount end
+  return total
+end
+
+function XP.balance(s) return s.alloc + XP.topup(s) end
+
+-- One ledger event. `at` (unix s) marks a transition that came due then: its actor is "system".
+function XP.emit(kind, action, amount, target, at, extra)
+  local c, s = XP.c, XP.s
+  c.seq = c.seq + 1
+  c.dirty = true
+  if amount == 0 then amount = 0 end -- never "-0"
+  local fields = {
+    'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
+    'kind', kind, 'action', action, 'amount', amount,
+    'actor', at and 'system' or c.actor, 'target', target, 'idem', at and '' or c.idem_key,
+    'effective_ts', at and jint(at * 1000) or c.now_ms,
+    'xp_balance', XP.balance(s), 'xp_allocation', s.alloc, 'xp_topup', XP.topup(s),
+    'xp_held', XP.held(s), 'tier', s.tier or '', 'xp_state', XP.encode(s)}
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  redis.call('XADD', c.events, '*', unpack(fields))
+end
+
+-- Put burned parts back where they came from; a part whose source expired by `at` is lost.
+function XP.restore(parts, at)
+  local s = XP.s
+  local back = 0
+  for _, p in ipairs(parts) do
+    if p.src == 'alloc' then
+      if s.tier and p.epoch == s.epoch then
+        s.alloc = s.alloc + p.xp
+        back = back + p.xp
+      end
+    elseif p.expires_at == NEVER or p.expires_at > at then
+      local found = nil
+      for _, g in ipairs(s.grants) do
+        if g.id == p.id then found = g end
+      end
+      if found then
+        found.left = found.left + p.xp
+      else
+        s.grants[#s.grants + 1] = {id = p.id, left = p.xp, expires_at = p.expires_at}
+      end
+      back = back + p.xp
+    end
+  end
+  return back
+end
+
+-- Burn `amount` (<= the balance), soonest-expiring credit first; never-expiring credit last.
+function XP.burn(amount)
+  local s = XP.s
+  local tier = XP.c.tiers[s.tier or '']
+  local alloc_at = s.period_end
+  if tier and tier.rollover and not s.cancel_at_period_end then alloc_at = NEVER end
+  local sources = {}
+  if s.alloc > 0 then sources[1] = {at = alloc_at, order = 0} end
+  for i, g in ipairs(s.grants) do
+    if g.left > 0 then sources[#sources + 1] = {at = g.expires_at, order = i, grant = g} end
+  end
+  table.sort(sources, function(a, b)
+    local x = a.at == NEVER and math.huge or a.at
+    local y = b.at == NEVER and math.huge or b.at
+    if x ~= y then return x < y end
+    return a.order < b.order
+  end)
+  local parts = {}
+  for _, src in ipairs(sources) do
+    if amount <= 0 then break end
+    local g = src.grant
+    local take = math.min(amount, g and g.left or s.alloc)
+    amount = amount - take
+    if g then
+      g.left = g.left - take
+      parts[#parts + 1] = {src = 'grant', xp = take, id = g.id, expires_at = g.expires_at}
+    else
+      s.alloc = s.alloc - take
+      parts[#parts + 1] = {src = 'alloc', xp = take, epoch = s.epoch}
+    end
+  end
+  local kept = {}
+  for _, g in ipairs(s.grants) do
+    if g.left > 0 then kept[#kept + 1] = g end
+  end
+  s.grants = kept
+  return parts
+end
+
+-- The first `amount` XP of parts, and the rest.
+function XP.split(parts, amount)
+  local taken, rest = {}, {}
+  for _, p in ipairs(parts) do
+    local take = math.min(p.xp, amount)
+    amount = amount - take
+    if take > 0 then
+      taken[#taken + 1] = {src = p.src, xp = take, epoch = p.epoch, id = p.id, expires_at = p.expires_at}
+    end
+    if p.xp > take then
+      rest[#rest + 1] = {src = p.src, xp = p.xp - take, epoch = p.epoch, id = p.id,
+                         expires_at = p.expires_at}
+    end
+  end
+  return taken, rest
+end
+
+-- The period that ended at period_end gives way to the next (or the subscription ends).
+function XP.renew()
+  local s, tiers = XP.s, XP.c.tiers
+  local at = s.period_end
+  local old = tiers[s.tier]
+  local before = s.alloc
+  if s.cancel_at_period_end or old == nil then
+    s.alloc, s.epoch = 0, s.epoch + 1
+    s.tier, s.next_tier, s.cancel_at_period_end = nil, nil, false
+    s.anchor, s.period_start, s.period_end = 0, 0, 0
+    if before > 0 then XP.emit('xp_allocation', 'expired', -before, '', at) end
+    XP.emit('xp_subscription', 'ended', 0, '', at)
+    return
+  end
+  local carried = 0
+  if old.rollover then carried = before else s.epoch = s.epoch + 1 end
+  if s.next_tier and tiers[s.next_tier] then
+    s.tier, s.next_tier = s.next_tier, nil
+    XP.emit('xp_subscription', 'downgrade', 0, '', at)
+  end
+  s.next_tier = nil
+  s.period_start = at
+  s.period_end = XP.add_months(s.anchor, XP.period_of(s.anchor, at) + 1)
+  s.alloc = carried + tiers[s.tier].monthly_xp
+  XP.emit('xp_allocation', 'renewal', s.alloc - before, '', at)
+end
+
+-- Every transition due by `now`, oldest first (at one instant: holds, then grants, then renewal).
+function XP.advance(now)
+  local s = XP.s
+  while true do
+    local at, kind, index = nil, nil, nil
+    for i, h in ipairs(s.holds) do
+      if h.expires_at <= now and (at == nil or h.expires_at < at) then
+        at, kind, index = h.expires_at, 'hold', i
+      end
+    end
+    for i, g in ipairs(s.grants) do
+      if g.expires_at ~= NEVER and g.expires_at <= now and (at == nil or g.expires_at < at) then
+        at, kind, index = g.expires_at, 'grant', i
+      end
+    end
+    if s.tier and s.period_end <= now and (at == nil or s.period_end < at) then
+      at, kind = s.period_end, 'renew'
+    end
+    if at == nil then return end
+    if kind == 'hold' then
+      local hold = table.remove(s.holds, index)
+      local back = XP.restore(hold.parts, at)
+      XP.emit('xp_hold_expired', hold.generation_type, back, hold.id, at)
+    elseif kind == 'grant' then
+      local grant = table.remove(s.grants, index)
+      XP.emit('xp_grant_expired', 'expired', -grant.left, grant.id, at)
+    else
+      XP.renew()
+    end
+  end
+end
+
+-- Bind the shared KEYS/ARGV, answer a replay or a missing user, load and advance the state.
+-- Returns a reply to return at once, or nil to go on with XP.s.
+function XP.open()
+  local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], user_id = ARGV[1],
+             now_ms = ARGV[2], fingerprint = ARGV[3], idem_ttl = ARGV[4], idem_key = ARGV[5],
+             actor = ARGV[6], may_create = ARGV[7], tiers = cjson.decode(ARGV[8])}
+  c.now = fdiv(tonumber(c.now_ms), 1000)
+  XP.c = c
+  if c.fingerprint ~= '' then
+    local stored = redis.call('GET', c.idem)
+    if stored then
+      local sep = string.find(stored, '|', 1, true)
+      if string.sub(stored, 1, sep - 1) ~= c.fingerprint then
+        return {7, 0, '', 0, 0, 0, 0, ''}
+      end
+      local reply = cjson.decode(string.sub(stored, sep + 1))
+      reply[7] = 1
+      return reply
+    end
+  end
+  if redis.call('EXISTS', c.user_key) == 0 and c.may_create ~= '1' then
+    return {6, 0, '', 0, 0, 0, 0, ''}
+  end
+  local user = redis.call('HMGET', c.user_key, 'xp', 'seq')
+  c.seq = tonumber(user[2]) or 0
+  c.dirty = false
+  XP.s = XP.decode(user[1])
+  XP.advance(c.now)
+  return nil
+end
+
+-- Write the state back if anything changed, remember the reply for replays, and return it.
+function XP.finish(code, amount, ref, expires_at, extra)
+  local c = XP.c
+  local state = XP.encode(XP.s)
+  if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', c.seq) end
+  local reply = {code, amount, ref, expires_at, extra, c.seq, 0, state}
+  if c.fingerprint ~= '' then
+    redis.call('SET', c.idem, c.fingerprint .. '|' .. cjson.encode(reply), 'EX', c.idem_ttl)
+  end
+  return reply
+end
+
+-- Why an id is not among the open holds: 4 never a hold, 8 expired, 5 captured or released.
+function XP.closed_hold_code(record_key)
+  local record = XP.read_record(record_key)
+  if not record or record.kind ~= 'hold' then return 4 end
+  if record.status == 'held' then return 8 end
+  return 5
+end
