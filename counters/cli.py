@@ -10,6 +10,7 @@ import click
 import uvicorn
 
 from counters.devcreds import DevCredentials
+from counters.durable_cli import apply_migrations, database_url, flush, migrate, reconcile
 from counters.embedded import RedisServer
 from counters.errors import ConfigError
 from counters.rules import load_rules
@@ -28,12 +29,17 @@ def main() -> None:
     """Counters: EXP/levels and XP credits on Redis, ledgered in Postgres."""
 
 
+main.add_command(migrate)
+main.add_command(flush)
+main.add_command(reconcile)
+
+
 @main.command()
 @click.option("--host", default=None, help="Bind address [env COUNTERS_HOST; 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="Port [env COUNTERS_PORT; 8000]")
 @click.option("--workers", type=int, default=None, help="Worker processes [COUNTERS_WORKERS; 1]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the HTTP API; starts an embedded Redis when COUNTERS_REDIS_URL is unset."""
+    """Serve the HTTP API; starts an embedded Redis and Postgres when their URLs are unset."""
     settings = _settings()
     settings = replace(
         settings,
@@ -56,6 +62,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             stack.callback(redis.stop)
             env["COUNTERS_REDIS_URL"] = redis.url
             click.echo(f"embedded Redis at {redis.url} (data in {redis.data_dir})")
+        # The durable ledger: the embedded Postgres when COUNTERS_DATABASE_URL is unset.
+        env["COUNTERS_DATABASE_URL"] = database_url(settings, stack)
+        apply_migrations(env["COUNTERS_DATABASE_URL"])
         if settings.jwt_secret is None and not settings.service_keys:
             creds = DevCredentials.load_or_create(settings.data_dir)
             env["COUNTERS_JWT_SECRET"] = creds.jwt_secret

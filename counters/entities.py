@@ -83,9 +83,11 @@ class Entities:
     async def claim(self, target: Target, owner: str) -> None:
         """Record ``owner`` as the creator of a new entity; refused if somebody else owns it."""
         key = keys.entity_key(target.type, target.id, self._buckets)
-        code, _owner = await self._scripts.run("assign_entity", [key], [owner, "claim"])
+        code, previous = await self._scripts.run("assign_entity", [key], [owner, "claim"])
         if code == _CLAIM_REFUSED:
             raise ConflictError(f"{target.type} {target.id} is already owned by another user")
+        if not previous:
+            await self._record_durably(target)
         self._remember(target, owner)
 
     async def assign(self, target: Target, owner: str) -> str | None:
@@ -93,8 +95,19 @@ class Entities:
         key = keys.entity_key(target.type, target.id, self._buckets)
         _, previous = await self._scripts.run("assign_entity", [key], [owner, "assign"])
         await self._record(target, owner, previous)
+        if previous != owner:
+            await self._record_durably(target)
         self._remember(target, owner)
         return previous or None
+
+    async def _record_durably(self, target: Target) -> None:
+        """With a durable store, put the entity's owner on its bucket's stream for the ledger."""
+        if self._durable_lookup is None:
+            return
+        identity = str(target)
+        stream = keys.stream_key(keys.bucket_of(identity, self._buckets))
+        key = keys.entity_key(target.type, target.id, self._buckets)
+        await self._scripts.run("record_owner", [key, stream], [identity])
 
     async def _record(self, target: Target, owner: str, previous: str) -> None:
         new_marker = keys.UserKeys.of(owner, self._buckets).owned(target.type, target.id)

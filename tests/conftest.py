@@ -4,15 +4,18 @@ in a temp dir; never a server that happens to run on the machine."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import httpx2
 import pytest
 import redis
+from starlette.applications import Starlette
 
 from api.app import create_app
 from counters.clock import ManualClock
 from counters.embedded import PostgresServer, RedisServer
 from counters.settings import Settings
+from tests.persistence_support import migrate_and_truncate
 from tests.support import JWT_SECRET, NOON, SERVICE_KEY
 
 
@@ -76,3 +79,33 @@ async def client(settings: Settings, clock: ManualClock) -> AsyncIterator[httpx2
         transport = httpx2.ASGITransport(app=app)
         async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
             yield http
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> str:
+    """The suite's Postgres, running, with the ledger schema and every table emptied."""
+    postgres_server.start()  # a no-op unless a test stopped it
+    migrate_and_truncate(postgres_server.url)
+    return postgres_server.url
+
+
+@pytest.fixture
+def durable_settings(settings: Settings, database_url: str) -> Settings:
+    """Settings with the durable store; tests run the flusher themselves (burst mode)."""
+    return replace(settings, database_url=database_url, flusher_enabled=False)
+
+
+@pytest.fixture
+async def durable_app(durable_settings: Settings, clock: ManualClock) -> AsyncIterator[Starlette]:
+    """The app with Postgres behind it, its lifespan running."""
+    app = create_app(durable_settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def durable_client(durable_app: Starlette) -> AsyncIterator[httpx2.AsyncClient]:
+    """An HTTP client for ``durable_app``."""
+    transport = httpx2.ASGITransport(app=durable_app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+        yield http

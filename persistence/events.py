@@ -1,0 +1,189 @@
+"""Stream entries as the flusher reads them, turned into ledger rows, totals and owner records.
+
+Generic on purpose: any event carrying the common fields is ledgered whatever its kind, and every
+other field lands in the row's ``totals`` JSON. The per-user totals know two families of fields
+(EXP, XP); an event updates a family only when it carries that family's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+COMMON = ("event_id", "user", "seq", "ts", "kind", "action", "amount", "actor", "target", "day")
+REQUIRED = ("event_id", "user", "seq", "ts", "kind", "amount")
+EXP_FIELDS = ("exp", "level")
+XP_FIELDS = ("xp_balance", "xp_allocation", "xp_topup", "xp_held", "tier")
+_XP_FIELD_SET = frozenset(XP_FIELDS)
+XP_STATE = "xp_state"  # the whole XP state (JSON text): kept in totals, not on every ledger row
+_NOT_TOTALS = frozenset((*COMMON, "idem", XP_STATE))
+OWNER_KIND = "entity_owner"  # fields: target "<type>:<id>", owner
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    stream: str
+    stream_id: str
+    event_id: str
+    user_id: str
+    seq: int
+    kind: str
+    action: str
+    amount: int
+    actor: str
+    target: str
+    day: str | None
+    idem: str | None
+    ts_ms: int
+    totals: dict[str, Any]
+    xp_state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerEvent:
+    entity_type: str
+    entity_id: str
+    owner_id: str
+    position: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    stream: str
+    stream_id: str
+    reason: str
+    fields: dict[str, str]
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one read of the streams holds, sorted by destination."""
+
+    events: list[LedgerEvent] = field(default_factory=list)
+    owners: list[OwnerEvent] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.owners) + len(self.rejected)
+
+
+def position(stream_id: str) -> tuple[int, int]:
+    """A stream id ``<ms>-<n>`` as a comparable pair."""
+    ms, _, n = stream_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+_BIGINT = 2**63
+_YEAR_10000_MS = 253_402_300_800_000
+
+
+def _scalar(value: str) -> int | str:
+    try:
+        number = int(value)
+    except ValueError:
+        return value
+    return number if -_BIGINT <= number < _BIGINT else value
+
+
+def _timestamp_ms(fields: Mapping[str, str]) -> int:
+    ts = _bigint(fields, "ts")
+    if not 0 <= ts < _YEAR_10000_MS:
+        raise ValueError("ts out of range")
+    return ts
+
+
+def _bigint(fields: Mapping[str, str], name: str) -> int:
+    number = int(fields[name])  # ValueError for anything but an integer
+    if not -_BIGINT <= number < _BIGINT:
+        raise ValueError(f"{name} out of range")
+    return number
+
+
+def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent | OwnerEvent:
+    """One stream entry; ``ValueError`` says why it cannot be ledgered."""
+    if fields.get("kind") == OWNER_KIND:
+        entity_type, sep, entity_id = fields.get("target", "").partition(":")
+        owner = fields.get("owner", "")
+        if not (sep and entity_type and entity_id and owner):
+            raise ValueError("entity_owner event without target <type>:<id> and owner")
+        return OwnerEvent(entity_type, entity_id, owner, position(stream_id))
+    missing = [name for name in REQUIRED if not fields.get(name)]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if any("\x00" in text for item in fields.items() for text in item):
+        raise ValueError("a NUL character (Postgres text cannot hold it)")
+    totals = {name: _scalar(value) for name, value in fields.items() if name not in _NOT_TOTALS}
+    return LedgerEvent(
+        stream=stream,
+        stream_id=stream_id,
+        event_id=fields["event_id"],
+        user_id=fields["user"],
+        seq=_bigint(fields, "seq"),
+        kind=fields["kind"],
+        action=fields.get("action", ""),
+        amount=_bigint(fields, "amount"),
+        actor=fields.get("actor", ""),
+        target=fields.get("target", ""),
+        day=fields.get("day") or None,
+        idem=fields.get("idem") or None,
+        ts_ms=_timestamp_ms(fields),
+        totals=totals,
+        xp_state=fields.get(XP_STATE) or None,
+    )
+
+
+def sort_entries(entries: Iterable[tuple[str, str, Mapping[str, str] | None]]) -> Batch:
+    """Sort (stream, id, fields) entries into a batch; a deleted entry (fields None) is skipped."""
+    batch = Batch()
+    for stream, stream_id, fields in entries:
+        if fields is None:
+            continue
+        try:
+            parsed = parse(stream, stream_id, fields)
+        except ValueError as exc:
+            batch.rejected.append(Rejected(stream, stream_id, str(exc), dict(fields)))
+            continue
+        if isinstance(parsed, OwnerEvent):
+            batch.owners.append(parsed)
+        else:
+            batch.events.append(parsed)
+    return batch
+
+
+@dataclass(slots=True)
+class TotalsRow:
+    """The newest totals of one user in a batch, family by family."""
+
+    user_id: str
+    seq: int = 0
+    exp_seq: int = 0
+    exp: int = 0
+    level: int = 1
+    xp_seq: int = 0
+    xp: dict[str, Any] = field(default_factory=dict)
+    xp_state: str | None = None
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) else default
+
+
+def collapse(events: Iterable[LedgerEvent]) -> list[TotalsRow]:
+    """One totals row per user: each family as the highest-seq event carrying it left it."""
+    rows: dict[str, TotalsRow] = {}
+    for event in events:
+        row = rows.get(event.user_id)
+        if row is None:
+            row = rows[event.user_id] = TotalsRow(event.user_id)
+        row.seq = max(row.seq, event.seq)
+        if "exp" in event.totals and event.seq > row.exp_seq:
+            row.exp_seq = event.seq
+            row.exp = _int(event.totals["exp"], 0)
+            row.level = _int(event.totals.get("level"), 1)
+        has_xp = event.xp_state is not None or not _XP_FIELD_SET.isdisjoint(event.totals)
+        if has_xp and event.seq > row.xp_seq:
+            row.xp_seq = event.seq
+            row.xp = {name: event.totals.get(name) for name in XP_FIELDS}
+            row.xp_state = event.xp_state
+    return sorted(rows.values(), key=lambda r: r.user_id)  # a fixed lock order across writers

@@ -1,0 +1,119 @@
+"""The Postgres side of the service: one asyncpg pool and the queries the service runs on it.
+
+Only cold paths use it: the flusher, hydrating a user Redis forgot, an owner Redis does not
+know, health checks and reconciliation. Driver failures become ``StorageError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg  # type: ignore[import-untyped]
+
+from counters.errors import StorageError
+from persistence.events import Batch
+from persistence.writer import WriteResult, write_batch
+
+# What asyncpg raises when the server is down, restarting or the connection broke.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class DurableUser:
+    """What Postgres knows of a user: totals and today's EXP counters (from the ledger)."""
+
+    user_id: str
+    seq: int = 0
+    exp: int = 0
+    level: int = 1
+    xp_state: str | None = None
+    day_exp: int = 0
+    day_counts: dict[str, int] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def storage_errors(what: str) -> AsyncIterator[None]:
+    """Re-raise driver failures as ``StorageError`` naming ``what`` was being done."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise StorageError(f"postgres {what}: {type(exc).__name__}: {exc}") from exc
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, max_connections: int = 10, timeout: float = 5.0) -> Store:
+        """A pool that connects lazily: creating it succeeds while Postgres is down."""
+        pool = await asyncpg.create_pool(
+            url, min_size=0, max_size=max_connections, timeout=timeout, command_timeout=30
+        )
+        return cls(pool)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close the pool; connections still busy after ``timeout`` seconds are cut."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        except TimeoutError:
+            self.pool.terminate()
+
+    @asynccontextmanager
+    async def connection(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; failures while acquiring or using it are ``StorageError``."""
+        async with storage_errors(what), self.pool.acquire() as conn:
+            yield conn
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """True when Postgres answers within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self.connection("ping") as conn:
+                await conn.fetchval("SELECT 1")
+        except (StorageError, TimeoutError):
+            return False
+        return True
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Write one batch of events in one transaction (idempotent)."""
+        async with self.connection("write batch") as conn:
+            return await write_batch(conn, batch)
+
+    async def owner_of(self, entity_type: str, entity_id: str) -> str | None:
+        """The recorded owner of an entity, or None."""
+        async with self.connection("owner lookup") as conn:
+            owner: str | None = await conn.fetchval(
+                "SELECT owner_id FROM entity_owners WHERE entity_type = $1 AND entity_id = $2",
+                entity_type,
+                entity_id,
+            )
+            return owner
+
+    async def load_user(self, user_id: str, day: str) -> DurableUser:
+        """The user's durable totals and ``day``'s awards; an unknown user is an empty one."""
+        async with self.connection("load user") as conn:
+            totals = await conn.fetchrow(
+                "SELECT seq, exp, level, xp_state::text AS xp_state FROM user_totals"
+                " WHERE user_id = $1",
+                user_id,
+            )
+            awards = await conn.fetch(
+                "SELECT action, count(*) AS n, sum(amount) AS exp FROM ledger"
+                " WHERE user_id = $1 AND day = $2 AND kind = 'exp_award' GROUP BY action",
+                user_id,
+                day,
+            )
+        if totals is None:
+            return DurableUser(user_id)
+        return DurableUser(
+            user_id=user_id,
+            seq=totals["seq"],
+            exp=totals["exp"],
+            level=totals["level"],
+            xp_state=totals["xp_state"],
+            day_exp=sum(int(row["exp"]) for row in awards),
+            day_counts={row["action"]: int(row["n"]) for row in awards},
+        )
