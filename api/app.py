@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from api import exp_routes
+from api import batch_routes, exp_routes, health_routes, xp_routes
 from api.errors import EXCEPTION_HANDLERS
 from counters.clock import Clock
+from counters.durability import Durability
 from counters.rules import Rules
 from counters.services import Services
 from counters.settings import Settings
@@ -22,15 +23,23 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = Services.build(settings, rules=rules, clock=clock)
+        durability = await Durability.open(settings)  # Postgres, when a database is configured
+        services = Services.build(settings, rules=rules, clock=clock, store=durability.store)
         app.state.services = services
+        app.state.durability = durability.start(services)
         try:
             yield
         finally:
+            await durability.close()
             await services.close()
 
     return Starlette(
-        routes=[*exp_routes.routes],
+        routes=[
+            *exp_routes.routes,
+            *batch_routes.routes,
+            *health_routes.routes,
+            *xp_routes.routes,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -20,6 +20,7 @@ from api.http import (
 from api.schemas import (
     TARGET_ID,
     AdjustResponse,
+    GainRequest,
     GainResponse,
     LimitsResponse,
     OwnerResponse,
@@ -33,23 +34,35 @@ from counters.entities import Target
 from counters.errors import InvalidRequest, NotFound
 from counters.exp import AwardOutcome, AwardResult
 from counters.levels import progress
+from counters.services import Services
 
 
 async def gain(request: Request) -> Response:
     svc = services(request)
     caller = principal(request)
     req = decode(await read_body(request), gain_decoder)
-    if (req.target_type is None) != (req.target_id is None):
-        raise InvalidRequest("target_type and target_id must be sent together")
-    target = None
-    if req.target_type is not None:
-        target = Target(req.target_type, str(req.target_id))
+    target = gain_target(req)
     idem = idempotency(request, caller.caller, caller.user_id, req)
     result = await svc.exp.award(caller, req.action, target, idem)
     return _award_response(request, result)
 
 
+def gain_target(req: GainRequest) -> Target | None:
+    """The entity a gain names, if any (target_type and target_id come together)."""
+    if (req.target_type is None) != (req.target_id is None):
+        raise InvalidRequest("target_type and target_id must be sent together")
+    if req.target_type is None:
+        return None
+    return Target(req.target_type, str(req.target_id))
+
+
 def _award_response(request: Request, result: AwardResult) -> Response:
+    status, body, headers = award_reply(services(request), result)
+    return json_response(body, status, headers)
+
+
+def award_reply(svc: Services, result: AwardResult) -> tuple[int, object, dict[str, str]]:
+    """Status, body and headers of an award's outcome (the single and the batch route)."""
     headers = replay_headers(result.replayed) or {}
     status = AWARD_STATUS[result.outcome]
     if result.outcome is AwardOutcome.AWARDED:
@@ -59,23 +72,23 @@ def _award_response(request: Request, result: AwardResult) -> Response:
             leveled_up=result.leveled_up, daily_exp_gained=result.daily_exp_gained,
             daily_exp_cap=result.daily_exp_cap, action_count=result.action_count,
             action_limit=result.action_limit,
-            progress=progress(services(request).exp.rules, result.total_exp),
+            progress=progress(svc.exp.rules, result.total_exp),
         )  # fmt: skip
-        return json_response(body, status, headers)
+        return status, body, headers
     if result.outcome is AwardOutcome.ALREADY_TRIGGERED:
         assert result.target is not None
         detail = (
             f"{result.actor} already triggered {result.action} on {result.target.type} "
             f"{result.target.id}; no EXP awarded"
         )
-        return json_response({"detail": detail}, status, headers)
+        return status, {"detail": detail}, headers
     if result.outcome is AwardOutcome.LIMIT_REACHED:
         detail = f"Daily limit reached for {result.action} ({result.action_limit}/day)"
     else:
         detail = f"Daily EXP cap reached ({result.daily_exp_cap} EXP/day for level {result.level})"
-    now = services(request).clock.now()
+    now = svc.clock.now()
     headers["Retry-After"] = str(max(next_utc_midnight(now) - int(now), 1))
-    return json_response({"detail": detail}, status, headers)
+    return status, {"detail": detail}, headers
 
 
 async def levels(request: Request) -> Response:

@@ -30,9 +30,9 @@ def services(request: Request) -> Services:
     return svc
 
 
-async def read_body(request: Request) -> bytes:
-    """The raw body, refused with 413 as soon as it passes the configured limit."""
-    limit = services(request).settings.max_body_bytes
+async def read_body(request: Request, limit: int | None = None) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` (default: the setting)."""
+    limit = limit or services(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Body is larger than {limit} bytes")
@@ -78,9 +78,17 @@ def idempotency(
     The fingerprint covers the route, the user acted for and the decoded request re-encoded,
     so a retry that only differs in whitespace or key order is still the same request.
     """
-    operation = f"{request.method} {request.url.path} {acting_for}"
     key = request.headers.get("idempotency-key")
-    return Idempotency.of(caller, key, operation, _encoder.encode(payload))
+    if key is None:  # the common case: skip building the URL and the fingerprint
+        return None
+    return idempotency_of(caller, key, f"{request.method} {request.url.path}", acting_for, payload)
+
+
+def idempotency_of(
+    caller: str, key: str | None, route: str, acting_for: str, payload: object
+) -> Idempotency | None:
+    """An Idempotency-Key sent for ``route`` (e.g. in a batch item), fingerprinted as above."""
+    return Idempotency.of(caller, key, f"{route} {acting_for}", _encoder.encode(payload))
 
 
 def replay_headers(replayed: bool) -> dict[str, str] | None:

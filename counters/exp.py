@@ -7,9 +7,12 @@ not an error.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from counters.auth import Principal
 from counters.clock import Clock, next_utc_midnight, utc_day
@@ -20,15 +23,18 @@ from counters.errors import (
     IdempotencyMismatch,
     InvalidRequest,
     NotFound,
+    RequestError,
     ScriptReplyError,
+    StorageError,
 )
 from counters.hydration import Hydrator, run_hydrated
 from counters.idempotency import Idempotency, script_args
 from counters.keys import UserKeys
 from counters.rules import Action, ExpRules
-from counters.scripts import Arg, Scripts
+from counters.scripts import NEEDS_HYDRATION, Arg, Scripts
 
 _NOT_OWNER, _IDEMPOTENCY_MISMATCH = 5, 7
+_MAY_CREATE = 14  # index of ARGV[15] of award_exp.lua
 
 
 class AwardOutcome(IntEnum):
@@ -58,6 +64,33 @@ class AwardResult:
     @property
     def leveled_up(self) -> bool:
         return self.level > self.previous_level
+
+
+class AwardRequest(NamedTuple):
+    """One award of a batch: the arguments of ``ExpService.award``."""
+
+    principal: Principal
+    action_name: str
+    target: Target | None
+    idem: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True)
+class AwardCall:
+    """One checked award's script call: run on its own, or pipelined with others."""
+
+    action_name: str
+    action: Action
+    user_id: str  # who receives the EXP
+    actor: str
+    target: Target | None
+    keys: list[str]
+    argv: list[Arg]  # may_create (ARGV[15]) is filled in per run
+
+    def args(self, may_create: str) -> list[Arg]:
+        args = list(self.argv)
+        args[_MAY_CREATE] = may_create
+        return args
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +148,7 @@ class ExpService:
         self._day_jitter = day_jitter
         self._thresholds = ",".join(map(str, rules.thresholds))
         self._caps = ",".join(map(str, rules.caps_by_level))
+        self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
 
     def action(self, name: str) -> Action:
         """The rule of an action, or ``InvalidRequest`` listing the known ones."""
@@ -127,7 +161,10 @@ class ExpService:
     def window(self, user_id: str, now: float) -> DayWindow:
         """Today's key window and clean-up time (next midnight + grace + per-user jitter)."""
         jitter = zlib.crc32(user_id.encode()) % (self._day_jitter + 1)
-        return DayWindow(utc_day(now), next_utc_midnight(now) + self._day_grace + jitter)
+        midnight = next_utc_midnight(now)
+        if midnight != self._day[0]:  # formatting the day costs more than the rest of a window
+            self._day = (midnight, utc_day(now))
+        return DayWindow(self._day[1], midnight + self._day_grace + jitter)
 
     async def award(
         self,
@@ -137,6 +174,72 @@ class ExpService:
         idem: Idempotency | None,
     ) -> AwardResult:
         """Award EXP for one action by ``principal`` (to its user, or to the target's owner)."""
+        for attempt in range(2):
+            call = await self.prepare_award(principal, action_name, target, idem)
+            try:
+                return await self._run_award(call)
+            except _StaleOwner:
+                if attempt == 0 and call.target is not None:
+                    await self._entities.repair_marker(call.target)
+        raise ScriptReplyError(f"owner of {target} kept changing")
+
+    async def award_many(
+        self, requests: Sequence[AwardRequest]
+    ) -> list[AwardResult | RequestError | StorageError]:
+        """Many awards, each checked and applied on its own (its own outcome or error, in order),
+        their scripts run in one pipelined round trip. Not a transaction: each award is atomic.
+
+        The rare award whose user must first be hydrated, or whose target's owner changed, runs
+        after the others, through the single path (a user's such awards in the batch's order).
+        """
+        prepared = await asyncio.gather(
+            *(self.prepare_award(*request) for request in requests), return_exceptions=True
+        )
+        results: list[AwardResult | RequestError | StorageError | None] = [None] * len(requests)
+        calls: list[tuple[int, AwardCall]] = []
+        for index, item in enumerate(prepared):
+            if isinstance(item, AwardCall):
+                calls.append((index, item))
+            elif isinstance(item, RequestError | StorageError):
+                results[index] = item
+            else:
+                raise item
+        may_create = "1" if self._hydrator.may_create else "0"
+        replies = await self._scripts.run_many(
+            "award_exp", [(call.keys, call.args(may_create)) for _, call in calls]
+        )
+        again: dict[str, list[int]] = {}  # by receiving user
+        for (index, call), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, StorageError):
+                results[index] = reply
+            elif reply[0] in (NEEDS_HYDRATION, _NOT_OWNER):
+                again.setdefault(call.user_id, []).append(index)
+            else:
+                try:
+                    results[index] = self._award_result(call, reply)
+                except (RequestError, StorageError) as exc:
+                    results[index] = exc
+
+        async def in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                try:
+                    results[index] = await self.award(*requests[index])
+                except (RequestError, StorageError) as exc:
+                    results[index] = exc
+
+        await asyncio.gather(*(in_order(indexes) for indexes in again.values()))
+        done = [result for result in results if result is not None]
+        assert len(done) == len(results)
+        return done
+
+    async def prepare_award(
+        self,
+        principal: Principal,
+        action_name: str,
+        target: Target | None,
+        idem: Idempotency | None,
+    ) -> AwardCall:
+        """Check an award and build its script call: claims the target, or finds its owner."""
         action = self.action(action_name)
         if not action.user_may_trigger and not principal.is_service:
             raise ForbiddenError(f"{action_name} may only be triggered by a service")
@@ -147,23 +250,17 @@ class ExpService:
             if target is not None and action.records_ownership:
                 await self._entities.claim(target, actor)
                 mode = "actor_owns"
-            return await self._award(action_name, action, actor, actor, target, idem, mode)
+            return self._award_call(action_name, action, actor, actor, target, idem, mode)
         assert target is not None
+        owner = await self._entities.owner_of(target)
+        if owner is None:
+            raise NotFound(f"Unknown {target.type} {target.id}: no owner is recorded")
+        if owner == actor:
+            raise ConflictError(f"{action_name} on your own {target.type} awards nothing")
         mode = "creator_once" if action.once_per_actor else "creator"
-        for attempt in range(2):
-            owner = await self._entities.owner_of(target)
-            if owner is None:
-                raise NotFound(f"Unknown {target.type} {target.id}: no owner is recorded")
-            if owner == actor:
-                raise ConflictError(f"{action_name} on your own {target.type} awards nothing")
-            try:
-                return await self._award(action_name, action, owner, actor, target, idem, mode)
-            except _StaleOwner:
-                if attempt == 0:
-                    await self._entities.repair_marker(target)
-        raise ScriptReplyError(f"owner of {target} kept changing")
+        return self._award_call(action_name, action, owner, actor, target, idem, mode)
 
-    async def _award(
+    def _award_call(
         self,
         action_name: str,
         action: Action,
@@ -172,7 +269,7 @@ class ExpService:
         target: Target | None,
         idem: Idempotency | None,
         mode: str,
-    ) -> AwardResult:
+    ) -> AwardCall:
         now = self._clock.now()
         window = self.window(user_id, now)
         user = UserKeys.of(user_id, self._buckets)
@@ -186,20 +283,22 @@ class ExpService:
             user.owned(target.type, target.id) if target and mode != "actor" else unused,
             user.likers(target.type, target.id) if target and mode == "creator_once" else unused,
         ]
+        argv: list[Arg] = [
+            user_id, action_name, action.exp, action.daily_limit or 0,
+            self._thresholds, self._caps, window.day, window.expire_at,
+            int(now * 1000), fingerprint, self._idempotency_ttl, mode, actor,
+            self.rules.liker_memory_days * 86_400, "", str(target) if target else "", idem_key,
+        ]  # fmt: skip
+        return AwardCall(action_name, action, user_id, actor, target, keys, argv)
 
-        async def call(may_create: str) -> list[int]:
-            args: list[Arg] = [
-                user_id, action_name, action.exp, action.daily_limit or 0,
-                self._thresholds, self._caps, window.day, window.expire_at,
-                int(now * 1000), fingerprint, self._idempotency_ttl, mode, actor,
-                self.rules.liker_memory_days * 86_400, may_create,
-                str(target) if target else "", idem_key,
-            ]  # fmt: skip
-            return await self._scripts.run("award_exp", keys, args)
+    async def _run_award(self, call: AwardCall) -> AwardResult:
+        async def run(may_create: str) -> list[int]:
+            return await self._scripts.run("award_exp", call.keys, call.args(may_create))
 
-        code, added, total, level, previous, gained, count, _seq, replayed = await run_hydrated(
-            self._hydrator, user_id, call
-        )
+        return self._award_result(call, await run_hydrated(self._hydrator, call.user_id, run))
+
+    def _award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
+        code, added, total, level, previous, gained, count, _seq, replayed = reply
         if code == _NOT_OWNER:
             raise _StaleOwner
         if code == _IDEMPOTENCY_MISMATCH:
@@ -209,10 +308,11 @@ class ExpService:
         except ValueError as exc:
             raise ScriptReplyError(f"award_exp replied with unknown code {code}") from exc
         return AwardResult(
-            outcome=outcome, awarded_to=user_id, action=action_name, exp_added=added,
+            outcome=outcome, awarded_to=call.user_id, action=call.action_name, exp_added=added,
             total_exp=total, level=level, previous_level=previous, daily_exp_gained=gained,
             daily_exp_cap=self.rules.cap_for(level), action_count=count,
-            action_limit=action.daily_limit, actor=actor, target=target, replayed=bool(replayed),
+            action_limit=call.action.daily_limit, actor=call.actor, target=call.target,
+            replayed=bool(replayed),
         )  # fmt: skip
 
     def _check_target(self, name: str, action: Action, target: Target | None) -> Target | None:

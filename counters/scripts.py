@@ -6,22 +6,28 @@ into a typed result; a code they do not know is a ``ScriptReplyError``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 import lua
 from counters.errors import StorageError
+from counters.pipelining import AutoPipeline, CommandError
 
 # Reply code shared by every script that touches a user: the user is missing and must be
 # hydrated from the durable store before the operation can run (see counters/hydration.py).
 NEEDS_HYDRATION = 6
 
 Arg = str | int | float
+
+# A script whose first line is ``-- requires: xp_state`` runs with ``lua/lib/xp_state.lua`` first.
+_REQUIRES = re.compile(r"^--\s*requires:\s*([a-z0-9_, ]+?)\s*$")
 
 
 def script_names() -> list[str]:
@@ -30,19 +36,118 @@ def script_names() -> list[str]:
     return sorted(f.name[: -len(".lua")] for f in files if f.name.endswith(".lua"))
 
 
-class Scripts:
-    """Every script in ``lua/``, registered on one client (EVALSHA, loaded on first miss)."""
+def script_source(name: str) -> str:
+    """The text Redis runs for ``lua/<name>.lua``: the libraries it requires, then the script."""
+    text = lua.source(name)
+    match = _REQUIRES.match(text.split("\n", 1)[0])
+    if match is None:
+        return text
+    lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
+    libs = [lib.strip() for lib in match.group(1).split(",") if lib.strip()]
+    return "\n".join([*(lib_dir.joinpath(f"{lib}.lua").read_text("utf-8") for lib in libs), text])
 
-    def __init__(self, redis: Redis) -> None:
+
+class Scripts:
+    """Every script in ``lua/``, registered on one client (EVALSHA, loaded on first miss).
+
+    With an ``AutoPipeline`` the calls go through it (coalesced per event-loop tick, see
+    counters/pipelining.py); without one, through the client's connection pool.
+    """
+
+    def __init__(self, redis: Redis, pipeline: AutoPipeline | None = None) -> None:
+        self._redis = redis
+        self._pipeline = pipeline
+        self._sources = {name: script_source(name) for name in script_names()}
+        self._shas = {
+            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
+        }
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(lua.source(name)) for name in script_names()
+            name: redis.register_script(text) for name, text in self._sources.items()
         }
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         """Run one script: one round trip. Redis failures become ``StorageError``."""
-        try:
-            reply = await self._scripts[name](keys=keys, args=args)
-        except RedisError as exc:
-            raise StorageError(f"{name}: {exc}") from exc
+        if self._pipeline is not None:
+            reply = await self._evalsha(self._pipeline, name, keys, args)
+        else:
+            try:
+                reply = await self._scripts[name](keys=keys, args=args)
+            except RedisError as exc:
+                raise StorageError(f"{name}: {exc}") from exc
         assert isinstance(reply, list)
         return reply
+
+    async def aclose(self) -> None:
+        """Close the auto-pipeline's connection (the client's pool is closed by its owner)."""
+        if self._pipeline is not None:
+            await self._pipeline.aclose()
+
+    async def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
+    ) -> list[list[Any] | StorageError]:
+        """Run one script many times in one pipelined round trip (not a transaction: each call
+        is atomic on its own). A call Redis refused gets its ``StorageError`` in its place; a
+        lost connection raises ``StorageError`` for them all."""
+        if self._pipeline is not None:
+            return await self._evalsha_many(self._pipeline, name, calls)
+        sha = self._shas[name]
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+            if missing:
+                await self._redis.script_load(self._sources[name])
+                for i in missing:
+                    keys, args = calls[i]
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
+        except RedisError as exc:
+            raise StorageError(f"{name}: {exc}") from exc
+        return [
+            StorageError(f"{name}: {reply}") if isinstance(reply, Exception) else reply
+            for reply in replies
+        ]
+
+    async def _evalsha(
+        self, pipeline: AutoPipeline, name: str, keys: Sequence[str], args: Sequence[Arg]
+    ) -> Any:
+        try:
+            return await pipeline.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        except CommandError as exc:
+            if not _is_noscript(exc):
+                raise CommandError(f"{name}: {exc}") from exc
+        await pipeline.execute("SCRIPT", "LOAD", self._sources[name])
+        try:
+            return await pipeline.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        except CommandError as exc:
+            raise CommandError(f"{name}: {exc}") from exc
+
+    async def _evalsha_many(
+        self,
+        pipeline: AutoPipeline,
+        name: str,
+        calls: Sequence[tuple[Sequence[str], Sequence[Arg]]],
+    ) -> list[Any]:
+        sha = self._shas[name]
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await pipeline.execute_many(commands)
+        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if missing:  # Redis restarted or SCRIPT FLUSH: load once, then run those calls again
+            await pipeline.execute("SCRIPT", "LOAD", self._sources[name])
+            again = await pipeline.execute_many([commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return [
+            CommandError(f"{name}: {reply}") if isinstance(reply, CommandError) else reply
+            for reply in replies
+        ]
+
+
+def _is_noscript(reply: object) -> bool:
+    """Redis does not know the script (restarted, failed over, or SCRIPT FLUSH)."""
+    if isinstance(reply, CommandError):
+        return str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, NoScriptError)

@@ -12,9 +12,13 @@ from counters.entities import Entities
 from counters.errors import ConfigError
 from counters.exp import ExpService
 from counters.hydration import Hydrator, NoDurableStore
+from counters.pipelining import AutoPipeline
+from counters.recovery import PostgresHydrator, durable_owner_lookup
 from counters.rules import Rules, load_rules
 from counters.scripts import Scripts
 from counters.settings import Settings
+from counters.xp import XpService
+from persistence.store import Store
 
 
 def connect_redis(url: str, max_connections: int) -> Redis:
@@ -35,6 +39,7 @@ class Services:
     auth: Authenticator
     entities: Entities
     exp: ExpService
+    xp: XpService
 
     @classmethod
     def build(
@@ -44,16 +49,29 @@ class Services:
         rules: Rules | None = None,
         clock: Clock | None = None,
         hydrator: Hydrator | None = None,
+        store: Store | None = None,
     ) -> Services:
-        """Wire every part from settings; nothing here talks to Redis yet."""
+        """Wire every part from settings; nothing here talks to Redis yet.
+
+        With a ``store`` (Postgres), users Redis forgot are hydrated from it and entity owners
+        Redis does not know are looked up in it.
+        """
         if settings.redis_url is None:
             raise ConfigError("COUNTERS_REDIS_URL is not set (serve starts an embedded Redis)")
         rules = rules or load_rules(settings.rules)
         clock = clock or SystemClock(settings.clock_offset_seconds)
-        hydrator = hydrator or NoDurableStore()
         redis = connect_redis(settings.redis_url, settings.redis_max_connections)
-        scripts = Scripts(redis)
-        entities = Entities(redis, scripts, settings.key_buckets)
+        pipeline = AutoPipeline(settings.redis_url) if settings.redis_autopipeline else None
+        scripts = Scripts(redis, pipeline)
+        if store is not None and hydrator is None:
+            # exp is built below; the hydrator asks it for today's window only when it runs.
+            hydrator = PostgresHydrator(
+                store, scripts, clock, buckets=settings.key_buckets,
+                window=lambda user_id, now: exp.window(user_id, now),
+            )  # fmt: skip
+        hydrator = hydrator or NoDurableStore()
+        owner_lookup = durable_owner_lookup(store) if store is not None else None
+        entities = Entities(redis, scripts, settings.key_buckets, durable_lookup=owner_lookup)
         exp = ExpService(
             rules.exp, scripts, entities, hydrator, clock,
             buckets=settings.key_buckets,
@@ -61,8 +79,15 @@ class Services:
             day_grace=settings.day_grace_seconds,
             day_jitter=settings.day_jitter_seconds,
         )  # fmt: skip
+        xp = XpService(
+            rules.xp, scripts, hydrator, clock,
+            buckets=settings.key_buckets,
+            idempotency_ttl=settings.idempotency_ttl_seconds,
+            hold_ttl=settings.hold_ttl_seconds,
+        )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
-        return cls(settings, rules, clock, redis, scripts, auth, entities, exp)
+        return cls(settings, rules, clock, redis, scripts, auth, entities, exp, xp=xp)
 
     async def close(self) -> None:
+        await self.scripts.aclose()
         await self.redis.aclose()

@@ -42,6 +42,17 @@ class Settings:
     day_jitter_seconds: int = 600
     max_body_bytes: int = 65_536
     redis_max_connections: int = 256
+    # Script calls issued in one event-loop tick go to Redis as one write (counters/pipelining.py).
+    redis_autopipeline: bool = True
+    # An XP hold not captured or released by then returns to the balance by itself.
+    hold_ttl_seconds: int = 900
+    # The durable ledger (persistence/): the flusher runs inside every `serve` worker by default.
+    database_max_connections: int = 10
+    flusher_enabled: bool = True
+    flush_batch: int = 1_000  # events read per stream per iteration (one transaction)
+    flush_block_ms: int = 500  # how long one read waits for new events
+    flush_claim_idle_ms: int = 30_000  # a dead consumer's unacknowledged events are taken after
+    flush_backoff_max_seconds: float = 5.0  # retry delay cap while Postgres (or Redis) is down
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +83,12 @@ class Settings:
             "COUNTERS_DAY_JITTER_SECONDS": self.day_jitter_seconds >= 0,
             "COUNTERS_MAX_BODY_BYTES": self.max_body_bytes > 0,
             "COUNTERS_REDIS_MAX_CONNECTIONS": self.redis_max_connections > 0,
+            "COUNTERS_HOLD_TTL_SECONDS": 0 < self.hold_ttl_seconds <= 7 * 86_400,
+            "COUNTERS_DATABASE_MAX_CONNECTIONS": self.database_max_connections > 0,
+            "COUNTERS_FLUSH_BATCH": self.flush_batch > 0,
+            "COUNTERS_FLUSH_BLOCK_MS": self.flush_block_ms > 0,
+            "COUNTERS_FLUSH_CLAIM_IDLE_MS": self.flush_claim_idle_ms >= 0,
+            "COUNTERS_FLUSH_BACKOFF_MAX_SECONDS": self.flush_backoff_max_seconds > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -1,0 +1,1 @@
+"""The benchmark: the service side by side with its ceilings and the Postgres-only design."""

@@ -1,0 +1,229 @@
+"""What the bench does to Redis directly, with the service's own code: seeding, the raw ceiling of
+the award script, and memory per active user-day.
+
+Keys and arguments always come from ``counters`` (``ExpService.prepare_award`` builds the exact
+EVALSHA a request would send); nothing here spells a key or an ARGV itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from bench import scenarios
+from bench.scenarios import Award
+from counters.auth import Principal
+from counters.entities import Target
+from counters.errors import RequestError
+from counters.exp import AwardCall
+from counters.keys import stream_key
+from counters.scripts import script_source
+from counters.services import Services
+from counters.settings import Settings
+
+SERVICE = "service:0"
+_CHUNK = 1_000
+
+
+def bench_settings(redis_url: str, database_url: str | None = None) -> Settings:
+    """The settings every target runs with (the servers get them as COUNTERS_* variables)."""
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        jwt_secret=scenarios.JWT_SECRET,
+        service_keys=(scenarios.SERVICE_KEY,),
+    )
+
+
+@asynccontextmanager
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    svc = Services.build(settings)
+    try:
+        yield svc
+    finally:
+        await svc.close()
+
+
+async def in_chunks(coroutines: Sequence[Any], size: int = _CHUNK) -> list[Any]:
+    """Await many coroutines, ``size`` at a time (they pipeline; memory stays bounded)."""
+    results: list[Any] = []
+    for start in range(0, len(coroutines), size):
+        results += await asyncio.gather(*coroutines[start : start + size])
+    return results
+
+
+async def seed_owners(svc: Services) -> None:
+    """Record the owners of the entities that exist before a run (fresh Redis each time)."""
+    entities = scenarios.owned_entities()
+    await in_chunks([svc.entities.assign(Target(kind, id_), who) for kind, id_, who in entities])
+
+
+async def subscribe(svc: Services, users: Sequence[str], tier: str, top_up: int) -> None:
+    """Subscribe each user to ``tier`` and give them a top-up (for the XP debit scenario)."""
+    await in_chunks([svc.xp.set_subscription(user, SERVICE, tier, None, None) for user in users])
+    await in_chunks([svc.xp.grant(user, SERVICE, top_up, "bench", None, None) for user in users])
+
+
+async def award_calls(svc: Services, awards: Sequence[Award]) -> list[AwardCall]:
+    """The EVALSHA each award would send, built by the service (awards it refuses are left out)."""
+
+    async def prepare(award: Award) -> AwardCall | None:
+        target = None
+        if award.target_type is not None and award.target_id is not None:
+            target = Target(award.target_type, award.target_id)
+        principal = Principal(award.user_id, SERVICE, True)
+        try:
+            return await svc.exp.prepare_award(principal, award.action, target, None)
+        except RequestError:
+            return None
+
+    calls = await in_chunks([prepare(award) for award in awards])
+    return [call for call in calls if call is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class CeilingResult:
+    awards: int
+    seconds: float
+    per_second: float
+    batch: int
+    connections: int
+
+
+async def lua_ceiling(
+    url: str, calls: Sequence[AwardCall], *, batch: int = 200, connections: int = 2
+) -> CeilingResult:
+    """Awards/s of the award script alone: pipelined EVALSHA from plain redis-py clients, in
+    batches, ``connections`` pipelines in flight (so Redis never waits for the client)."""
+    sha = await load_award_script(url)
+    chunks = [calls[i : i + batch] for i in range(0, len(calls), batch)]
+    clients = [aioredis.Redis.from_url(url) for _ in range(connections)]
+    queue = list(reversed(chunks))
+
+    async def drive(client: aioredis.Redis) -> int:
+        done = 0
+        while queue:
+            chunk = queue.pop()
+            pipe = client.pipeline(transaction=False)
+            for call in chunk:
+                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args("1"))
+            await pipe.execute()
+            done += len(chunk)
+        return done
+
+    try:
+        started = time.perf_counter()
+        done = sum(await asyncio.gather(*(drive(client) for client in clients)))
+        seconds = time.perf_counter() - started
+    finally:
+        for client in clients:
+            await client.aclose()
+    return CeilingResult(done, seconds, done / seconds, batch, connections)
+
+
+async def load_award_script(url: str) -> str:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        sha: str = await client.script_load(script_source("award_exp"))
+    finally:
+        await client.aclose()
+    return sha
+
+
+async def run_calls(url: str, calls: Sequence[AwardCall], batch: int = 500) -> None:
+    """Apply awards as fast as possible (seeding a day of activity)."""
+    sha = await load_award_script(url)
+    client = aioredis.Redis.from_url(url)
+    try:
+        for start in range(0, len(calls), batch):
+            pipe = client.pipeline(transaction=False)
+            for call in calls[start : start + batch]:
+                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args("1"))
+            await pipe.execute()
+    finally:
+        await client.aclose()
+
+
+def typical_day(users: int, prefix: str) -> list[Award]:
+    """A day of ``users`` active users: the daily chat, a character created, a scene forked
+    and a few likes given (received by the owners of existing characters)."""
+    awards: list[Award] = []
+    for n in range(users):
+        user = f"{prefix}{n}"
+        awards.append(Award(user, "daily_chat"))
+        awards.append(Award(user, "create_character", "character", f"{prefix}-c{n}"))
+        awards.append(Award(user, "forked", "scene", f"s{n % scenarios.OWNED_SCENES}"))
+        for like in range(3):
+            character = (n * 7 + like * 1_009) % scenarios.OWNED_CHARACTERS
+            awards.append(Award(user, "character_liked", "character", f"c{character}"))
+    return awards
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryResult:
+    users: int
+    awards: int
+    bytes_total: int
+    bytes_per_user_day: float
+    stream_bytes: int
+    bytes_per_user_day_without_streams: float  # once the flusher has moved the events
+
+
+async def memory_per_user_day(url: str, svc: Services, users: int) -> MemoryResult:
+    """INFO memory before and after ``users`` users each do a typical day."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        awards = typical_day(users, "m")
+        await client.memory_purge()
+        before = int((await client.info("memory"))["used_memory"])
+        before_streams = await _stream_bytes(client, svc)
+        await run_calls(url, await award_calls(svc, awards))
+        await client.memory_purge()
+        after = int((await client.info("memory"))["used_memory"])
+        streams = await _stream_bytes(client, svc) - before_streams
+    finally:
+        await client.aclose()
+    total = after - before
+    return MemoryResult(
+        users, len(awards), total, total / users, streams, (total - streams) / users
+    )
+
+
+async def _stream_bytes(client: aioredis.Redis, svc: Services) -> int:
+    total = 0
+    for bucket in range(svc.settings.key_buckets):
+        total += int(await client.memory_usage(stream_key(bucket), samples=0) or 0)
+    return total
+
+
+def snapshot(url: str) -> list[tuple[bytes, bytes]]:
+    """Every key of Redis, dumped (to start each target from the same seeded state quickly)."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(count=1_000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+        return list(zip(keys, pipe.execute(), strict=True))
+    finally:
+        client.close()
+
+
+def restore(url: str, dumped: list[tuple[bytes, bytes]]) -> None:
+    """Empty Redis, then put back what ``snapshot`` took."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+        pipe = client.pipeline(transaction=False)
+        for key, value in dumped:
+            pipe.restore(key, 0, value, replace=True)
+        pipe.execute()
+    finally:
+        client.close()

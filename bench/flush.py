@@ -1,0 +1,179 @@
+"""The flusher under load: awards produced at a fixed rate (the peak the service reached), one
+flusher consumer (as in one ``serve`` worker) moving them to Postgres, the lag sampled."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import uvloop
+
+from bench.direct import load_award_script
+from counters.exp import AwardCall
+from counters.flusher import Flusher, stream_lag
+from counters.keys import stream_key
+from persistence.store import Store
+
+_SAMPLE_EVERY = 0.25
+_TICK = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    events: int
+    seconds: float
+    rows_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateResult:
+    target_rate: float
+    awards_per_second: float  # award calls made (a refused award writes no event)
+    events_per_second: float  # ledger events they produced
+    flushed_per_second: float  # ledger rows written per second while producing
+    max_lag_seconds: float
+    max_lag_events: int
+    catch_up_seconds: float  # after producing stopped, until the streams were empty
+
+
+async def _open(redis_url: str, database_url: str, buckets: int) -> tuple[Flusher, Store]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = await Store.open(database_url)
+    return Flusher(client, store, buckets=buckets, block_ms=100), store
+
+
+async def empty_ledger(database_url: str) -> None:
+    """Empty the ledger's tables: each bench target restarts Redis from the same state, so the
+    same event ids come again (in production Redis never forgets what Postgres has not seen)."""
+    store = await Store.open(database_url)
+    try:
+        async with store.connection("bench") as conn:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'schema_migrations'"
+            )
+            names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+            await conn.execute(f"TRUNCATE {names}")
+    finally:
+        await store.close()
+
+
+async def drain(redis_url: str, database_url: str, buckets: int) -> DrainResult:
+    """Flush everything the streams hold, flat out: the flusher's capacity."""
+    flusher, store = await _open(redis_url, database_url, buckets)
+    try:
+        started = time.perf_counter()
+        events = await flusher.drain()
+        seconds = time.perf_counter() - started
+    finally:
+        await store.close()
+    return DrainResult(events, seconds, events / seconds if seconds else 0.0)
+
+
+def _consume(redis_url: str, database_url: str, buckets: int, stop: object) -> None:
+    async def run() -> None:
+        flusher, store = await _open(redis_url, database_url, buckets)
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():  # type: ignore[attr-defined]
+                await asyncio.sleep(0.05)
+            done.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await flusher.run(done)
+        finally:
+            watcher.cancel()
+            await store.close()
+
+    uvloop.run(run())
+
+
+async def at_rate(
+    redis_url: str, database_url: str, buckets: int, calls: Sequence[AwardCall], rate: float
+) -> RateResult:
+    """Produce ``calls`` at ``rate`` awards/s while one flusher process drains them."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    consumer = context.Process(
+        target=_consume, args=(redis_url, database_url, buckets, stop), daemon=True
+    )
+    consumer.start()
+    sha = await load_award_script(redis_url)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    streams = [stream_key(bucket) for bucket in range(buckets)]
+    max_lag_seconds, max_lag_events = 0.0, 0
+    producing = True
+
+    async def sample() -> None:
+        nonlocal max_lag_seconds, max_lag_events
+        while producing:
+            lag = await stream_lag(client, streams)
+            max_lag_seconds = max(max_lag_seconds, lag.seconds)
+            max_lag_events = max(max_lag_events, lag.events)
+            await asyncio.sleep(_SAMPLE_EVERY)
+
+    try:
+        await asyncio.sleep(2.0)  # the consumer process starts and joins the group
+        ledger_before = await _ledger_rows(database_url)
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        sent = 0
+        while sent < len(calls):
+            due = min(int((time.perf_counter() - started) * rate), len(calls))
+            if due > sent:
+                pipe = client.pipeline(transaction=False)
+                for call in calls[sent:due]:
+                    pipe.evalsha(sha, len(call.keys), *call.keys, *call.args("1"))
+                await pipe.execute()
+                sent = due
+            await asyncio.sleep(_TICK)
+        produced_seconds = time.perf_counter() - started
+        flushed = await _ledger_rows(database_url) - ledger_before
+        producing = False
+        await sampler
+        catch_up_started = time.perf_counter()
+        while (await stream_lag(client, streams)).events and time.perf_counter() < (
+            catch_up_started + 60
+        ):
+            await asyncio.sleep(0.05)
+        catch_up = time.perf_counter() - catch_up_started
+        events = await _ledger_rows(database_url) - ledger_before
+    finally:
+        stop.set()
+        consumer.join(20)
+        if consumer.is_alive():
+            consumer.kill()
+        await client.aclose()
+    return RateResult(
+        rate, sent / produced_seconds, events / produced_seconds, flushed / produced_seconds,
+        max_lag_seconds, max_lag_events, catch_up,
+    )  # fmt: skip
+
+
+async def _ledger_rows(database_url: str) -> int:
+    store = await Store.open(database_url)
+    try:
+        async with store.connection("bench") as conn:
+            count: int = await conn.fetchval("SELECT count(*) FROM ledger")
+    finally:
+        await store.close()
+    return count
+
+
+async def quarantined(database_url: str) -> dict[str, int]:
+    """Events the flusher could not ledger, by reason (there should be none)."""
+    store = await Store.open(database_url)
+    try:
+        async with store.connection("bench") as conn:
+            rows = await conn.fetch(
+                "SELECT reason, count(*) AS n FROM ledger_quarantine GROUP BY reason"
+            )
+    finally:
+        await store.close()
+    return {row["reason"]: row["n"] for row in rows}

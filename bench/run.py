@@ -1,0 +1,393 @@
+"""``make bench``: every target measured in one run, side by side, on this machine.
+
+Throwaway servers only (an embedded Redis without persistence, an embedded Postgres), all on
+127.0.0.1 and free ports; every HTTP target runs under the same uvicorn settings and is driven by
+the same load generator (bench/load.py) from a process of its own. Each target starts from the
+same Redis state: emptied, with the entities that likes and forks go to already owned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import cpu, direct, flush, scenarios
+from bench.baselines import pg_award
+from bench.load import LoadResult, LoadSpec, run_load
+from bench.report import Report, Row, render, write_json
+from bench.servers import Server, uvicorn_server
+from counters.embedded import PostgresServer, RedisServer
+from counters.errors import ConfigError, StorageError
+from persistence.migrate import migrate_url
+
+GAIN_APP = "api.main:app_from_env"
+BARE_APP = "bench.baselines.bare:app_from_env"
+PG_APP = "bench.baselines.pg_award:app_from_env"
+XP_DEBIT = "/api/v1/xp/debit"
+XP_TIER = "pixel_rookie"  # the lowest tier that allows EDIT_IMAGE
+_NOISY = 10.0  # % of the CPU taken by others (or stolen) during a window that makes it noisy
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    workers: int = 2
+    connections: int = 64
+    warmup: float = 2.0
+    duration: float = 10.0
+    ablation_duration: float = 6.0
+    batch_size: int = 100
+    batch_connections: int = 4
+    debit_users: int = 20_000
+    memory_users: int = 10_000
+    ablations: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Measured:
+    result: LoadResult
+    cpu_us: dict[str, float]  # CPU µs per request: server, db (Redis or Postgres), load
+    machine: dict[str, float]  # % of the machine's CPU: used by others, stolen by the hypervisor
+
+
+class Bench:
+    def __init__(self, options: Options, tmp: Path) -> None:
+        self.options = options
+        self.tmp = tmp
+        self.report = Report()
+        self.redis = RedisServer(tmp / "redis", persistent=False)
+        self.postgres: PostgresServer | None = PostgresServer(tmp / "postgres")
+        self.gain_awards = scenarios.gain_awards()
+        self.gain_requests = scenarios.gain_requests(self.gain_awards)
+        self.bare_requests = scenarios.gain_requests(self.gain_awards, path="/")
+        self.seeded: list[tuple[bytes, bytes]] = []
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "COUNTERS_REDIS_URL": self.redis.url,
+            "COUNTERS_SERVICE_KEYS": scenarios.SERVICE_KEY,
+            "COUNTERS_JWT_SECRET": scenarios.JWT_SECRET,
+            "COUNTERS_DATA_DIR": str(self.tmp / "data"),
+            **extra,
+        }
+
+    def fresh_redis(self, seeded: bool = True) -> None:
+        """Redis as every target starts: empty, plus the entities that exist before a run."""
+        direct.restore(self.redis.url, self.seeded if seeded else [])
+
+    def with_services(self, work: Callable[[Any], Any]) -> Any:
+        """Run ``work(services)`` against the bench's Redis, with the service's own code."""
+
+        async def run() -> Any:
+            async with direct.services(direct.bench_settings(self.redis.url)) as svc:
+                return await work(svc)
+
+        return asyncio.run(run())
+
+    def http(
+        self,
+        factory: str,
+        requests: list[bytes],
+        *,
+        env: dict[str, str] | None = None,
+        probe: str = "/api/levels",
+        workers: int | None = None,
+        loop: str = "uvloop",
+        http: str = "httptools",
+        ablation: bool = False,
+        db: Callable[[], float] | None = None,
+        **spec: Any,
+    ) -> Measured:
+        """Serve ``factory`` as ``counters serve`` would and drive ``requests`` at it."""
+        options = self.options
+        spec.setdefault("connections", options.connections)
+        duration = options.ablation_duration if ablation else options.duration
+        with uvicorn_server(
+            factory,
+            self.env() if env is None else env,
+            workers=workers or options.workers,
+            probe_path=probe,
+            loop=loop,
+            http=http,
+        ) as server:
+            window = cpu.CpuWindow(self._meters(server, factory, db))
+            load = LoadSpec(server.port, requests, warmup=options.warmup, duration=duration, **spec)
+            result = run_load(load, window)
+        usage = window.per_request_us(result.requests)
+        if result.requests:
+            usage["load"] = round(result.cpu_seconds / result.requests * 1e6, 1)
+        return Measured(result, usage, window.others_percent(result.cpu_seconds))
+
+    def _meters(
+        self, server: Server, factory: str, db: Callable[[], float] | None
+    ) -> dict[str, Callable[[], float]]:
+        meters: dict[str, Callable[[], float]] = {"server": lambda: cpu.tree_cpu(server.pid)}
+        if db is None and factory == GAIN_APP:
+            db = lambda: cpu.redis_cpu(self.redis.url)  # noqa: E731
+        if db is not None:
+            meters["db"] = db
+        return meters
+
+    def postgres_cpu(self) -> float:
+        assert self.postgres is not None
+        pid = int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        return cpu.tree_cpu(pid)
+
+    @staticmethod
+    def row(key: str, name: str, measured: Measured, note: str = "", unit: str = "req/s") -> Row:
+        result = measured.result
+        rate = result.items_per_second if unit == "awards/s" else result.rps
+        statuses = " ".join(f"{code}:{n}" for code, n in result.statuses.items())
+        note = f"{note} [{statuses}]".strip() if statuses else note
+        if result.errors:
+            note += f" ({result.errors} connections lost)"
+        others = measured.machine.get("others", 0.0) + measured.machine.get("steal", 0.0)
+        if others >= _NOISY:
+            note += f" NOISY: other processes {measured.machine['others']:.0f}%"
+            note += f", stolen {measured.machine['steal']:.0f}% of the CPU"
+        detail = dataclasses.asdict(result) | {"machine_cpu_percent": measured.machine}
+        return Row(
+            key, name, rate, unit, result.p50_ms, result.p99_ms, note, detail, measured.cpu_us,
+        )  # fmt: skip
+
+    # -- the targets ----------------------------------------------------------------------
+
+    def run(self) -> Report:
+        with self._servers():
+            self.with_services(direct.seed_owners)
+            self.seeded = direct.snapshot(self.redis.url)
+            self.bare()
+            peak = self.gain()
+            self.gain_half_peak(peak)
+            self.xp_debit()
+            self.postgres_only()
+            self.lua_ceiling()
+            self.batch()
+            self.memory()
+            self.flusher(peak)
+            if self.options.ablations:
+                self.ways_there()
+        return self.report
+
+    @contextmanager
+    def _servers(self) -> Iterator[None]:
+        self.redis.start()
+        try:
+            try:
+                assert self.postgres is not None
+                self.postgres.start()
+                asyncio.run(migrate_url(self.postgres.url))
+            except (ConfigError, StorageError, OSError) as exc:
+                self.report.notes.append(f"Postgres unavailable, its rows are skipped: {exc}")
+                self.postgres = None
+            yield
+        finally:
+            if self.postgres is not None:
+                self.postgres.stop()
+            self.redis.stop()
+
+    def bare(self) -> None:
+        measured = self.http(BARE_APP, self.bare_requests, env={}, probe="/")
+        name = "bare Starlette, fixed JSON (HTTP ceiling)"
+        self.report.rows.append(self.row("1", name, measured))
+        # The machine's own latency floor, to read the service's half-peak p99 against.
+        rate = measured.result.rps / 2
+        measured = self.http(BARE_APP, self.bare_requests, env={}, probe="/", rate=rate)
+        name = f"  the same, open loop at half of peak ({rate:,.0f}/s)"
+        self.report.rows.append(self.row("1h", name, measured))
+
+    def gain(self) -> float:
+        self.fresh_redis()
+        measured = self.http(GAIN_APP, self.gain_requests)
+        name = "POST /api/exp/gain, mixed actions, 100k users"
+        self.report.rows.append(self.row("2", name, measured, "service key"))
+        return measured.result.rps
+
+    def gain_half_peak(self, peak: float) -> None:
+        self.fresh_redis()
+        measured = self.http(GAIN_APP, self.gain_requests, rate=peak / 2)
+        name = f"  the same, open loop at half of peak ({peak / 2:,.0f}/s)"
+        self.report.rows.append(self.row("2h", name, measured))
+
+    def xp_debit(self) -> None:
+        try:
+            from api import xp_routes  # noqa: F401  (the XP credits issue's routes)
+        except ImportError:
+            self.report.rows.append(Row("3", "POST /api/v1/xp/debit", None, note="not available"))
+            return
+        users = [scenarios.user_id(n) for n in range(self.options.debit_users)]
+        self.fresh_redis(seeded=False)
+        self.with_services(lambda svc: direct.subscribe(svc, users, XP_TIER, 10_000_000))
+        body = b'{"generation_type":"EDIT_IMAGE"}'
+        requests = [
+            scenarios.http_request("POST", XP_DEBIT, scenarios.service_headers(user), body)
+            for user in users
+        ]
+        measured = self.http(GAIN_APP, requests)
+        name = f"POST /api/v1/xp/debit, EDIT_IMAGE, {len(users) // 1000}k users"
+        self.report.rows.append(self.row("3", name, measured, "service key"))
+
+    def postgres_only(self) -> None:
+        if self.postgres is None:
+            self.report.rows.append(Row("4", "Postgres-only gain", None, note="not available"))
+            return
+        url = self.postgres.url
+        asyncio.run(pg_award.prepare(url, scenarios.owned_entities()))
+        env = {"COUNTERS_DATABASE_URL": url, "COUNTERS_SERVICE_KEYS": scenarios.SERVICE_KEY}
+        measured = self.http(PG_APP, self.gain_requests, env=env, probe="/", db=self.postgres_cpu)
+        name = "Postgres-only gain, SELECT ... FOR UPDATE"
+        self.report.rows.append(self.row("4", name, measured, "synchronous_commit=on"))
+
+    def lua_ceiling(self) -> None:
+        self.fresh_redis()
+        awards = scenarios.gain_awards(prefix="l")
+
+        async def measure(svc: Any) -> direct.CeilingResult:
+            calls = await direct.award_calls(svc, awards)
+            return await direct.lua_ceiling(self.redis.url, calls)
+
+        result: direct.CeilingResult = self.with_services(measure)
+        note = f"redis-py pipelines of {result.batch}, {result.connections} in flight"
+        name = "award_exp.lua alone: pipelined EVALSHA, same mix"
+        detail = dataclasses.asdict(result)
+        row = Row("5", name, result.per_second, "awards/s", note=note, detail=detail)
+        self.report.rows.append(row)
+
+    def batch(self) -> None:
+        self.fresh_redis()
+        size = self.options.batch_size
+        requests = scenarios.batch_requests(scenarios.gain_awards(prefix="b"), size)
+        connections = self.options.batch_connections
+        measured = self.http(GAIN_APP, requests, connections=connections, items_per_request=size)
+        name = f"POST /api/exp/gain/batch, {size} awards a request"
+        note = f"{measured.result.rps:,.0f} req/s, {connections} connections"
+        self.report.rows.append(self.row("6", name, measured, note, unit="awards/s"))
+
+    def memory(self) -> None:
+        self.fresh_redis()
+        users = self.options.memory_users
+        result: direct.MemoryResult = self.with_services(
+            lambda svc: direct.memory_per_user_day(self.redis.url, svc, users)
+        )
+        self.report.extras["redis_memory_per_active_user_day"] = {
+            "users": result.users,
+            "awards": result.awards,
+            "bytes": round(result.bytes_per_user_day),
+            "bytes_once_flushed": round(result.bytes_per_user_day_without_streams),
+        }
+
+    def flusher(self, peak: float) -> None:
+        if self.postgres is None:
+            self.report.notes.append("flusher not measured: no Postgres")
+            return
+        url = self.postgres.url
+        buckets = direct.bench_settings(self.redis.url).key_buckets
+        # Capacity: the memory scenario's events, drained flat out by one flusher.
+        asyncio.run(flush.empty_ledger(url))
+        drained = asyncio.run(flush.drain(self.redis.url, url, buckets))
+        self.report.extras["flusher_capacity"] = {
+            "events": drained.events,
+            "rows_per_second": round(drained.rows_per_second),
+        }
+        # At the peak award rate: awards produced for `duration` seconds while one flusher runs.
+        self.fresh_redis()
+        asyncio.run(flush.empty_ledger(url))
+        count = min(int(peak * self.options.duration), scenarios.USERS)
+        awards = scenarios.gain_awards(count=count, prefix="f")
+
+        async def measure(svc: Any) -> flush.RateResult:
+            calls = await direct.award_calls(svc, awards)
+            return await flush.at_rate(self.redis.url, url, buckets, calls, peak)
+
+        result: flush.RateResult = self.with_services(measure)
+        self.report.extras["flusher_at_peak"] = {
+            k: round(v, 2) if isinstance(v, float) else v
+            for k, v in dataclasses.asdict(result).items()
+        }
+        quarantined = asyncio.run(flush.quarantined(url))
+        if quarantined:
+            reasons = "; ".join(f"{n} x {reason}" for reason, n in list(quarantined.items())[:5])
+            self.report.notes.append(f"the flusher quarantined events: {reasons}")
+
+    # -- ways there -----------------------------------------------------------------------
+
+    def ways_there(self) -> None:
+        other = 2 if self.options.workers == 1 else 1
+        jwt_requests = scenarios.user_token_requests(self.gain_awards)
+        no_autopipeline = self.env(COUNTERS_REDIS_AUTOPIPELINE="0")
+        runs: list[tuple[str, str, Callable[[], Measured]]] = [
+            ("a1", "gain, one redis-py call per request (no auto-pipelining)",
+             lambda: self.http(GAIN_APP, self.gain_requests, env=no_autopipeline, ablation=True)),
+            ("w1", f"bare, {other} worker(s)",
+             lambda: self.http(BARE_APP, self.bare_requests, env={}, probe="/", workers=other,
+                               ablation=True)),
+            ("w2", f"gain, {other} worker(s)",
+             lambda: self.http(GAIN_APP, self.gain_requests, workers=other, ablation=True)),
+            ("h1", "bare, asyncio loop + h11 (no uvloop, no httptools)",
+             lambda: self.http(BARE_APP, self.bare_requests, env={}, probe="/", loop="asyncio",
+                               http="h11", ablation=True)),
+            ("h2", "gain, asyncio loop + h11 (no uvloop, no httptools)",
+             lambda: self.http(GAIN_APP, self.gain_requests, loop="asyncio", http="h11",
+                               ablation=True)),
+            ("j1", "gain, a user JWT per request (100k distinct: no cache hits)",
+             lambda: self.http(GAIN_APP, jwt_requests, ablation=True)),
+        ]  # fmt: skip
+        if self.postgres is not None:
+            durable = self.env(COUNTERS_DATABASE_URL=self.postgres.url)
+            both = lambda: cpu.redis_cpu(self.redis.url) + self.postgres_cpu()  # noqa: E731
+            runs.append(
+                ("d1", "gain with Postgres: flusher in the workers, users hydrated on first touch",
+                 lambda: self.http(GAIN_APP, self.gain_requests, env=durable, db=both,
+                                   ablation=True))
+            )  # fmt: skip
+        for key, name, measure in runs:
+            self.fresh_redis()
+            if self.postgres is not None:
+                asyncio.run(flush.empty_ledger(self.postgres.url))
+            self.report.ablations.append(self.row(key, name, measure()))
+
+
+def parse(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    defaults = Options()
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--connections", type=int, default=defaults.connections)
+    parser.add_argument("--duration", type=float, default=defaults.duration)
+    parser.add_argument("--warmup", type=float, default=defaults.warmup)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--no-ablations", action="store_true", help="skip the 'ways there' runs")
+    parser.add_argument("--quick", action="store_true", help="3 s windows, to try it out")
+    args = parser.parse_args(argv)
+    options = Options(
+        workers=args.workers,
+        connections=args.connections,
+        duration=args.duration,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        ablations=not args.no_ablations,
+    )
+    if args.quick:
+        options = dataclasses.replace(options, duration=3.0, warmup=1.0, ablation_duration=3.0)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.micro import measure
+
+    options = parse(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="counters-bench-") as tmp:
+        report = Bench(options, Path(tmp)).run()
+    report.extras["micro_us"] = measure()
+    print(render(report))
+    path = write_json(report, dataclasses.asdict(options))
+    print(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")
+    return 0

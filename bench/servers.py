@@ -1,0 +1,86 @@
+"""The servers under test: uvicorn with the settings ``counters serve`` uses, one per target."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from counters.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def uvicorn_argv(
+    factory: str, port: int, workers: int, loop: str = "uvloop", http: str = "httptools"
+) -> list[str]:
+    """The command line of ``counters serve`` (see counters/cli.py), for any app factory."""
+    return [
+        sys.executable, "-m", "uvicorn", factory, "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--loop", loop, "--http", http, "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _answers(port: int, probe: bytes) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(probe)
+            return sock.recv(64).startswith(b"HTTP/1.1 ")
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    port: int
+    pid: int  # uvicorn's process (with several workers, their parent)
+
+
+@contextmanager
+def uvicorn_server(
+    factory: str,
+    env: Mapping[str, str],
+    *,
+    workers: int,
+    probe_path: str = "/",
+    loop: str = "uvloop",
+    http: str = "httptools",
+) -> Iterator[Server]:
+    """Run ``factory`` under uvicorn on a free port until the block ends.
+
+    The server sees only the COUNTERS_* variables in ``env``, none inherited from our own.
+    """
+    port = free_port()
+    probe = f"GET {probe_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
+    proc = subprocess.Popen(
+        uvicorn_argv(factory, port, workers, loop, http),
+        env={**inherited, **env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(port, probe):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{factory} did not start (exit code {proc.poll()})")
+            time.sleep(0.1)
+        time.sleep(0.5 * workers)  # let every worker finish its lifespan start-up
+        yield Server(port, proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

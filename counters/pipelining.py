@@ -1,0 +1,188 @@
+"""Auto-pipelining: the Redis commands a process issues in one event-loop tick go out as one write.
+
+Under load many requests are in flight in one worker at once, each waiting on one script call.
+Sent one by one through a connection pool, every call pays its own write, its own read wake-up
+and redis-py's per-command Python. Here every call issued before the loop next runs is packed
+(by hiredis, in C), queued, and written with the others in one ``write`` on one connection; the
+replies come back in order, are parsed in C, and resolve the callers' futures in order. Redis runs
+each command on its own as before: a pipeline is not a transaction, and each script stays atomic.
+
+- A reply that is a Redis error fails only its own call (``CommandError``), never its neighbours.
+- A lost connection fails every call still waiting on it (``StorageError``: they may or may not
+  have run, as with any lost connection); the next call connects again.
+- A caller that is cancelled simply never sees its reply; the order of the others is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+
+from counters.errors import StorageError
+
+Arg = str | int | float | bytes
+
+
+# hiredis's stub types the command as a 1-tuple; it takes any number of arguments.
+_pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+
+class CommandError(StorageError):
+    """Redis answered one command with an error reply (the message is Redis's)."""
+
+
+class _Protocol(asyncio.Protocol):
+    """One connection: commands queued in this tick, and the futures awaiting replies in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.queued: list[bytes] = []
+        self.reader = hiredis.Reader(encoding="utf-8")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, packed: bytes, future: asyncio.Future[Any]) -> None:
+        """Queue one packed command; the first of a tick schedules the write of them all."""
+        if not self.queued:
+            future.get_loop().call_soon(self.flush)
+        self.queued.append(packed)
+        self.waiting.append(future)
+
+    def flush(self) -> None:
+        queued, self.queued = self.queued, []
+        if self.transport is not None and queued:
+            self.transport.write(b"".join(queued))
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self.reader, self.waiting
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            future = waiting.popleft()
+            if future.done():  # the caller was cancelled
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(CommandError(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.queued = []
+        error = StorageError(f"Redis connection lost: {exc or 'closed by the server'}")
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+class AutoPipeline:
+    """One connection per process; calls made in one loop tick are written together.
+
+    Like a redis-py pool, it belongs to the event loop it first connects on.
+    """
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        options = parse_url(url)
+        self._host = str(options.get("host", "localhost"))
+        self._port = int(options.get("port", 6379))
+        self._path = options.get("path")
+        self._ssl = url.startswith("rediss://")
+        self._db = int(options.get("db", 0))
+        self._username = options.get("username")
+        self._password = options.get("password")
+        self._connect_timeout = connect_timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task[_Protocol] | None = None
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command with those queued in the same tick; its reply, or ``CommandError``."""
+        protocol = self._protocol
+        if protocol is None or not protocol.usable:
+            protocol = await self._connect()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        protocol.send(_pack(args), future)
+        return await future
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Several commands in the same write; each reply in order, a ``CommandError`` in the
+        place of each command Redis refused. A lost connection raises ``StorageError``."""
+        protocol = self._protocol
+        if protocol is None or not protocol.usable:
+            protocol = await self._connect()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for command in commands:
+            future = loop.create_future()
+            protocol.send(_pack(tuple(command)), future)
+            futures.append(future)
+        replies: list[Any] = []
+        try:
+            for future in futures:
+                try:
+                    replies.append(await future)
+                except CommandError as exc:
+                    replies.append(exc)
+        except BaseException:  # lost connection or cancelled: settle the rest quietly
+            for future in futures:
+                if not future.cancel() and not future.cancelled():
+                    future.exception()
+            raise
+        return replies
+
+    async def _connect(self) -> _Protocol:
+        """The connection, opened once however many calls are waiting for it."""
+        connecting = self._connecting
+        if connecting is None or connecting.done():
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(_retrieve)
+        return await asyncio.shield(connecting)
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if self._path:
+                    _, protocol = await loop.create_unix_connection(_Protocol, str(self._path))
+                else:
+                    context = ssl.create_default_context() if self._ssl else None
+                    _, protocol = await loop.create_connection(
+                        _Protocol, self._host, self._port, ssl=context
+                    )
+                setup: list[tuple[Arg, ...]] = []
+                if self._password is not None:
+                    user = (self._username,) if self._username else ()
+                    setup.append(("AUTH", *user, self._password))
+                if self._db:
+                    setup.append(("SELECT", self._db))
+                futures = [loop.create_future() for _ in setup]
+                for command, future in zip(setup, futures, strict=True):
+                    protocol.send(_pack(command), future)
+                await asyncio.gather(*futures)
+        except (OSError, TimeoutError, StorageError) as exc:
+            raise StorageError(f"cannot connect to Redis: {exc}") from exc
+        self._protocol = protocol
+        return protocol
+
+    async def aclose(self) -> None:
+        """Close the connection; calls still waiting fail with ``StorageError``."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+
+
+def _retrieve(task: asyncio.Task[_Protocol]) -> None:
+    """Mark a failed connect as seen, even when every caller waiting for it was cancelled."""
+    if not task.cancelled():
+        task.exception()
