@@ -110,8 +110,8 @@ class Authenticator:
         sub = claims["sub"]
         if not isinstance(sub, str) or not USER_ID.match(sub):
             raise AuthError("Invalid token: 'sub' is not a valid user id")
-        if len(self._verified) >= _CACHE_LIMIT:
-            self._verified.clear()
+        if len(self._verified) >= _CACHE_LIMIT:  # evict the oldest entry (dicts keep order)
+            del self._verified[next(iter(self._verified))]
         self._verified[token] = (sub, float(expires))
         return sub
 

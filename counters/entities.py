@@ -59,11 +59,8 @@ class Entities:
         cached = self._cache.get(target)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        try:
-            found = await self._redis.get(keys.entity_key(target.type, target.id, self._buckets))
-            owner = None if found is None else str(found)
-        except RedisError as exc:
-            raise StorageError(f"owner lookup: {exc}") from exc
+        # Through the auto-pipeline: the lookup shares the tick's write with other requests'.
+        owner = await self._scripts.get(keys.entity_key(target.type, target.id, self._buckets))
         if owner is None and self._durable_lookup is not None:
             owner = await self._durable_lookup(target)
             if owner is not None:

@@ -77,6 +77,17 @@ class Scripts:
         assert isinstance(reply, list)
         return reply
 
+    async def get(self, key: str) -> str | None:
+        """A plain GET, through the auto-pipeline when there is one."""
+        try:
+            if self._pipeline is not None:
+                value = await self._pipeline.execute("GET", key)
+            else:
+                value = await self._redis.get(key)
+        except RedisError as exc:
+            raise StorageError(f"GET: {exc}") from exc
+        return None if value is None else str(value)
+
     async def aclose(self) -> None:
         """Close the auto-pipeline's connection (the client's pool is closed by its owner)."""
         if self._pipeline is not None:
