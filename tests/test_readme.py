@@ -63,20 +63,28 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's examples use curl")
 def test_the_try_it_examples_work_as_written(served: tuple[Path, int]) -> None:
     workdir, port = served
-    [script] = shell_blocks("Try it")
-    script = script.replace("localhost:8000", f"localhost:{port}")
-    commands = [c for c in re.split(r"\n(?=curl )", script) if c.startswith("curl ")]
-    assert len(commands) >= 8
-    assert script.startswith("source .counters/dev.env ")
-    prelude = "source .counters/dev.env\n"
-    for command in commands:
+    blocks = shell_blocks("Try it")
+    assert len(blocks) == 2  # EXP, then XP
+    for block in blocks:
+        assert block.startswith("source .counters/dev.env")
+        script = "set -euo pipefail\n" + block.replace("localhost:8000", f"localhost:{port}")
         run = subprocess.run(
-            ["bash", "-c", prelude + command.replace("-s -i", "-s")],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=30,
+            ["bash", "-c", script], cwd=workdir, capture_output=True, text=True, timeout=60
         )
         assert run.returncode == 0, run.stderr
-        body = json.loads(run.stdout)
-        assert "detail" not in body and "error" not in body, (command, body)
+        printed = [line for line in block.splitlines() if line.startswith("curl ")]
+        bodies = list(json_documents(run.stdout))
+        assert len(bodies) == len(printed), run.stdout
+        for command, body in zip(printed, bodies, strict=True):
+            assert "detail" not in body and "error" not in body, (command, body)
+
+
+def json_documents(text: str) -> Iterator[dict[str, object]]:
+    """The JSON documents curl printed back to back (its bodies end without a newline)."""
+    decoder = json.JSONDecoder()
+    position = 0
+    while position < len(text.rstrip()):
+        document, position = decoder.raw_decode(text, position)
+        yield document
+        while position < len(text) and text[position].isspace():
+            position += 1
