@@ -10,18 +10,17 @@ import click
 import uvicorn
 
 from counters.devcreds import DevCredentials
-from counters.durable_cli import apply_migrations, database_url, flush, migrate, reconcile
-from counters.embedded import RedisServer
+from counters.durable_cli import (
+    apply_migrations,
+    database_url,
+    flush,
+    load_settings,
+    migrate,
+    reconcile,
+    redis_url,
+)
 from counters.errors import ConfigError
 from counters.rules import load_rules
-from counters.settings import Settings
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -40,7 +39,7 @@ main.add_command(reconcile)
 @click.option("--workers", type=int, default=None, help="Worker processes [COUNTERS_WORKERS; 1]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the HTTP API; starts an embedded Redis and Postgres when their URLs are unset."""
-    settings = _settings()
+    settings = load_settings()
     settings = replace(
         settings,
         host=host or settings.host,
@@ -52,18 +51,11 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     with ExitStack() as stack:
-        env: dict[str, str] = {}
-        if settings.redis_url is None:
-            redis = RedisServer(settings.data_dir / "redis", persistent=True)
-            try:
-                redis.start()
-            except ConfigError as exc:
-                raise click.ClickException(str(exc)) from exc
-            stack.callback(redis.stop)
-            env["COUNTERS_REDIS_URL"] = redis.url
-            click.echo(f"embedded Redis at {redis.url} (data in {redis.data_dir})")
-        # The durable ledger: the embedded Postgres when COUNTERS_DATABASE_URL is unset.
-        env["COUNTERS_DATABASE_URL"] = database_url(settings, stack)
+        # Embedded servers under the data dir for any URL not configured, stopped on exit.
+        env = {
+            "COUNTERS_REDIS_URL": redis_url(settings, stack),
+            "COUNTERS_DATABASE_URL": database_url(settings, stack),
+        }
         apply_migrations(env["COUNTERS_DATABASE_URL"])
         if settings.jwt_secret is None and not settings.service_keys:
             creds = DevCredentials.load_or_create(settings.data_dir)

@@ -36,11 +36,24 @@ class CommandError(click.ClickException):
     exit_code = EXIT_ERROR
 
 
-def _settings() -> Settings:
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value ends the command with its message."""
     try:
         return Settings.from_env()
     except CountersError as exc:
         raise CommandError(str(exc)) from exc
+
+
+def _embedded(server: RedisServer | PostgresServer, variable: str, stack: ExitStack) -> str:
+    """Start an embedded server until the stack closes; its URL."""
+    try:
+        server.start()
+    except CountersError as exc:
+        raise CommandError(f"{exc} (or set {variable})") from exc
+    stack.callback(server.stop)
+    name = "Redis" if isinstance(server, RedisServer) else "Postgres"
+    click.echo(f"embedded {name} at {server.url} (data in {server.data_dir})", err=True)
+    return server.url
 
 
 def database_url(settings: Settings, stack: ExitStack) -> str:
@@ -48,13 +61,7 @@ def database_url(settings: Settings, stack: ExitStack) -> str:
     if settings.database_url is not None:
         return settings.database_url
     server = PostgresServer(settings.data_dir / "postgres")
-    try:
-        server.start()
-    except CountersError as exc:
-        raise CommandError(f"{exc} (while serve runs, set COUNTERS_DATABASE_URL)") from exc
-    stack.callback(server.stop)
-    click.echo(f"embedded Postgres at {server.url} (data in {server.data_dir})", err=True)
-    return server.url
+    return _embedded(server, "COUNTERS_DATABASE_URL", stack)
 
 
 def redis_url(settings: Settings, stack: ExitStack) -> str:
@@ -62,13 +69,7 @@ def redis_url(settings: Settings, stack: ExitStack) -> str:
     if settings.redis_url is not None:
         return settings.redis_url
     server = RedisServer(settings.data_dir / "redis", persistent=True)
-    try:
-        server.start()
-    except CountersError as exc:
-        raise CommandError(f"{exc} (while serve runs, set COUNTERS_REDIS_URL)") from exc
-    stack.callback(server.stop)
-    click.echo(f"embedded Redis at {server.url} (data in {server.data_dir})", err=True)
-    return server.url
+    return _embedded(server, "COUNTERS_REDIS_URL", stack)
 
 
 def apply_migrations(url: str) -> None:
@@ -86,7 +87,7 @@ def apply_migrations(url: str) -> None:
 @click.command()
 def migrate() -> None:
     """Apply the Postgres schema migrations (serve applies them too)."""
-    settings = _settings()
+    settings = load_settings()
     with ExitStack() as stack:
         apply_migrations(database_url(settings, stack))
     click.echo("schema up to date")
@@ -96,7 +97,7 @@ def migrate() -> None:
 @click.option("--burst", is_flag=True, help="Flush until the streams are empty, then exit.")
 def flush(burst: bool) -> None:
     """Move the event streams into the Postgres ledger (serve runs this in every worker)."""
-    settings = _settings()
+    settings = load_settings()
     with ExitStack() as stack:
         settings = replace(
             settings,
@@ -133,7 +134,7 @@ async def _flush(settings: Settings, burst: bool) -> int:
 @click.option("--no-flush", is_flag=True, help="Compare without draining the streams first.")
 def reconcile(repair: bool, no_flush: bool) -> None:
     """Compare Redis, Postgres totals and ledger sums for every user; exit 1 on drift."""
-    settings = _settings()
+    settings = load_settings()
     with ExitStack() as stack:
         settings = replace(
             settings,
