@@ -26,7 +26,8 @@ NEEDS_HYDRATION = 6
 
 Arg = str | int | float
 
-# A script whose first line is ``-- requires: xp_state`` runs with ``lua/lib/xp_state.lua`` first.
+# A script (or library) whose first line is ``-- requires: a, b`` runs with ``lua/lib/a.lua`` and
+# ``lua/lib/b.lua`` first.
 _REQUIRES = re.compile(r"^--\s*requires:\s*([a-z0-9_, ]+?)\s*$")
 
 
@@ -36,15 +37,30 @@ def script_names() -> list[str]:
     return sorted(f.name[: -len(".lua")] for f in files if f.name.endswith(".lua"))
 
 
-def script_source(name: str) -> str:
-    """The text Redis runs for ``lua/<name>.lua``: the libraries it requires, then the script."""
-    text = lua.source(name)
+def _requires(text: str) -> list[str]:
     match = _REQUIRES.match(text.split("\n", 1)[0])
-    if match is None:
-        return text
+    return (
+        [] if match is None else [lib.strip() for lib in match.group(1).split(",") if lib.strip()]
+    )
+
+
+def script_source(name: str) -> str:
+    """The text Redis runs for ``lua/<name>.lua``: the libraries it requires (and theirs, each
+    once, dependencies first), then the script."""
     lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
-    libs = [lib.strip() for lib in match.group(1).split(",") if lib.strip()]
-    return "\n".join([*(lib_dir.joinpath(f"{lib}.lua").read_text("utf-8") for lib in libs), text])
+    included: dict[str, str] = {}
+
+    def include(lib: str) -> None:
+        if lib not in included:
+            text = lib_dir.joinpath(f"{lib}.lua").read_text("utf-8")
+            for needed in _requires(text):
+                include(needed)
+            included[lib] = text
+
+    text = lua.source(name)
+    for lib in _requires(text):
+        include(lib)
+    return "\n".join([*included.values(), text])
 
 
 class Scripts:

@@ -1,3 +1,4 @@
+-- requires: idempotency, levels
 --[[ adjust_exp: a support correction of a user's total EXP; no daily limit or cap applies.
 
 The total never goes below zero: a larger negative delta is clamped and the applied delta returned.
@@ -25,47 +26,25 @@ local user_id, delta, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now_ms, fingerprint, idem_ttl = ARGV[5], ARGV[6], ARGV[7]
 local actor, may_create, idem_key = ARGV[8], ARGV[9], ARGV[10]
 
-if fingerprint ~= '' then
-  local stored = redis.call('GET', KEYS[3])
-  if stored then
-    local sep = string.find(stored, '|', 1, true)
-    if string.sub(stored, 1, sep - 1) ~= fingerprint then
-      return {7, 0, 0, 0, 0, 0, 0}
-    end
-    local reply = cjson.decode(string.sub(stored, sep + 1))
-    reply[7] = 1
-    return reply
-  end
-end
+local replayed = Idempotency.replay(KEYS[3], fingerprint, 7, {7, 0, 0, 0, 0, 0, 0})
+if replayed then return replayed end
 if redis.call('EXISTS', KEYS[1]) == 0 and may_create ~= '1' then
   return {6, 0, 0, 0, 0, 0, 0}
 end
 
-local thresholds = {}
-for n in string.gmatch(ARGV[4], '[^,]+') do thresholds[#thresholds + 1] = tonumber(n) end
-local function level_of(exp)
-  local level = 1
-  for i = 1, #thresholds do
-    if exp >= thresholds[i] then level = i end
-  end
-  return level
-end
+local thresholds = Levels.csv(ARGV[4])
 
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
 local total = tonumber(user[1]) or 0
 local seq = (tonumber(user[2]) or 0) + 1
-local previous_level = level_of(total)
+local previous_level = Levels.of(total, thresholds)
 local applied = math.max(delta, -total)
 total = total + applied
-local level = level_of(total)
+local level = Levels.of(total, thresholds)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', level, 'seq', seq)
 redis.call('XADD', KEYS[2], '*',
   'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms,
   'kind', 'exp_adjust', 'action', reason, 'amount', applied, 'actor', actor, 'target', '',
   'idem', idem_key, 'exp', total, 'level', level)
-local reply = {1, applied, total, level, previous_level, seq, 0}
-if fingerprint ~= '' then
-  redis.call('SET', KEYS[3], fingerprint .. '|' .. cjson.encode(reply), 'EX', idem_ttl)
-end
-return reply
+return Idempotency.remember(KEYS[3], fingerprint, idem_ttl, {1, applied, total, level, previous_level, seq, 0})

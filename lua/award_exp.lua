@@ -1,3 +1,4 @@
+-- requires: idempotency, levels
 --[[ award_exp: award EXP for one action, enforcing the per-action daily limit and the daily cap.
 
 All-or-nothing: every check runs before the first write, so a refused award changes no EXP or
@@ -43,32 +44,8 @@ local fingerprint, idem_ttl = ARGV[10], ARGV[11]
 local mode, actor, likers_ttl = ARGV[12], ARGV[13], ARGV[14]
 local may_create, target, idem_key = ARGV[15], ARGV[16], ARGV[17]
 
-local function csv(text)
-  local out = {}
-  for n in string.gmatch(text, '[^,]+') do out[#out + 1] = tonumber(n) end
-  return out
-end
-
-local function level_of(exp, thresholds)
-  local level = 1
-  for i = 1, #thresholds do
-    if exp >= thresholds[i] then level = i end
-  end
-  return level
-end
-
-if fingerprint ~= '' then
-  local stored = redis.call('GET', KEYS[4])
-  if stored then
-    local sep = string.find(stored, '|', 1, true)
-    if string.sub(stored, 1, sep - 1) ~= fingerprint then
-      return {7, 0, 0, 0, 0, 0, 0, 0, 0}
-    end
-    local reply = cjson.decode(string.sub(stored, sep + 1))
-    reply[9] = 1
-    return reply
-  end
-end
+local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, {7, 0, 0, 0, 0, 0, 0, 0, 0})
+if replayed then return replayed end
 
 if redis.call('EXISTS', KEYS[1]) == 0 and may_create ~= '1' then
   return {6, 0, 0, 0, 0, 0, 0, 0, 0}
@@ -79,21 +56,18 @@ elseif mode ~= 'actor' and redis.call('EXISTS', KEYS[5]) == 0 then
   return {5, 0, 0, 0, 0, 0, 0, 0, 0}
 end
 
-local thresholds, caps = csv(ARGV[5]), csv(ARGV[6])
+local thresholds, caps = Levels.csv(ARGV[5]), Levels.csv(ARGV[6])
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
 local total = tonumber(user[1]) or 0
 local seq = tonumber(user[2]) or 0
-local level = level_of(total, thresholds)
+local level = Levels.of(total, thresholds)
 local action_field = 'a:' .. action
 local day_state = redis.call('HMGET', KEYS[2], 'exp', action_field)
 local gained = tonumber(day_state[1]) or 0
 local count = tonumber(day_state[2]) or 0
 
 local function finish(reply)
-  if fingerprint ~= '' then
-    redis.call('SET', KEYS[4], fingerprint .. '|' .. cjson.encode(reply), 'EX', idem_ttl)
-  end
-  return reply
+  return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply)
 end
 
 if mode == 'creator_once' and redis.call('SISMEMBER', KEYS[6], actor) == 1 then
@@ -112,7 +86,7 @@ total = total + added
 gained = gained + added
 count = count + 1
 seq = seq + 1
-local new_level = level_of(total, thresholds)
+local new_level = Levels.of(total, thresholds)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
 redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)

@@ -37,9 +37,13 @@ def test_xp_scripts_get_the_library_and_others_do_not() -> None:
     assert "xp_state" not in names  # lua/lib/ holds libraries, not scripts
     for name in XP_SCRIPTS:
         source = script_source(name)
-        assert source.startswith("--[[ lib/xp_state")
+        # Dependencies first, each once: idempotency (required by xp_state), xp_state, the script.
+        assert source.startswith("-- Idempotency records")
+        assert source.count("local Idempotency = {}") == 1
+        assert source.index("local Idempotency = {}") < source.index("--[[ lib/xp_state")
         assert f"-- requires: xp_state\n--[[ {name}:" in source
     assert "XP.open" not in script_source("award_exp")
+    assert "local Levels = {}" in script_source("award_exp")
 
 
 def test_add_months_matches_python(redis_client: redis.Redis) -> None:

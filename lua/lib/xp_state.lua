@@ -1,3 +1,4 @@
+-- requires: idempotency
 --[[ lib/xp_state: the XP state of one user, shared by every XP script.
 
 Prepended to each script whose first line is `-- requires: xp_state` (counters/scripts.py). It
@@ -366,18 +367,8 @@ function XP.open()
              actor = ARGV[6], may_create = ARGV[7], tiers = cjson.decode(ARGV[8])}
   c.now = fdiv(tonumber(c.now_ms), 1000)
   XP.c = c
-  if c.fingerprint ~= '' then
-    local stored = redis.call('GET', c.idem)
-    if stored then
-      local sep = string.find(stored, '|', 1, true)
-      if string.sub(stored, 1, sep - 1) ~= c.fingerprint then
-        return {7, 0, '', 0, 0, 0, 0, ''}
-      end
-      local reply = cjson.decode(string.sub(stored, sep + 1))
-      reply[7] = 1
-      return reply
-    end
-  end
+  local replayed = Idempotency.replay(c.idem, c.fingerprint, 7, {7, 0, '', 0, 0, 0, 0, ''})
+  if replayed then return replayed end
   if redis.call('EXISTS', c.user_key) == 0 and c.may_create ~= '1' then
     return {6, 0, '', 0, 0, 0, 0, ''}
   end
@@ -395,10 +386,7 @@ function XP.finish(code, amount, ref, expires_at, extra)
   local state = XP.encode(XP.s)
   if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', c.seq) end
   local reply = {code, amount, ref, expires_at, extra, c.seq, 0, state}
-  if c.fingerprint ~= '' then
-    redis.call('SET', c.idem, c.fingerprint .. '|' .. cjson.encode(reply), 'EX', c.idem_ttl)
-  end
-  return reply
+  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply)
 end
 
 -- Why an id is not among the open holds: 4 never a hold, 8 expired, 5 captured or released.
