@@ -61,6 +61,10 @@ XP_STATUS: dict[XpOutcome, int] = {
 XP_HOLD_CREATED = 201  # a new hold (XpOutcome.DONE on POST /api/v1/xp/holds)
 
 
+# Readiness: 503 takes an instance out of a load balancer.
+READINESS_STATUS: dict[bool, int] = {True: 200, False: 503}
+
+
 def status_of(error: RequestError) -> int:
     for kind in type(error).__mro__:
         if kind in REQUEST_ERROR_STATUS:

@@ -11,16 +11,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.errors import READINESS_STATUS
 from api.http import json_response, services
 from counters.durability import Durability
 from counters.flusher import stream_lag
 from counters.keys import stream_key
 
-# Readiness is the one status this module decides (it is not an error): 503 takes an instance
-# out of a load balancer. Only Redis gates it by default: the API serves from Redis alone while
-# Postgres is down (the flusher catches up later), so failing readiness then would turn a
-# Postgres outage into a full outage. ``?strict=1`` also requires Postgres.
-NOT_READY = 503
+# Only Redis gates readiness by default: the API serves from Redis alone while Postgres is down
+# (the flusher catches up later), so failing readiness then would turn a Postgres outage into a
+# full outage. ``?strict=1`` also requires Postgres.
 _TIMEOUT = 1.0
 
 
@@ -53,7 +52,7 @@ async def readyz(request: Request) -> Response:
         body["flusher"] = flusher
     ready = redis_ok and (postgres_ok or not strict)
     body["status"] = ("ready" if postgres_ok else "degraded") if ready else "not ready"
-    return json_response(body, 200 if ready else NOT_READY)
+    return json_response(body, READINESS_STATUS[ready])
 
 
 async def _redis_ok(request: Request) -> bool:
