@@ -79,32 +79,28 @@ class Entities:
 
     async def claim(self, target: Target, owner: str) -> None:
         """Record ``owner`` as the creator of a new entity; refused if somebody else owns it."""
-        key = keys.entity_key(target.type, target.id, self._buckets)
-        code, previous = await self._scripts.run("assign_entity", [key], [owner, "claim"])
+        code, _previous = await self._assign_entity(target, owner, "claim")
         if code == _CLAIM_REFUSED:
             raise ConflictError(f"{target.type} {target.id} is already owned by another user")
-        if not previous:
-            await self._record_durably(target)
         self._remember(target, owner)
 
     async def assign(self, target: Target, owner: str) -> str | None:
         """Make ``owner`` the owner (a transfer, or a service's record); returns the previous."""
-        key = keys.entity_key(target.type, target.id, self._buckets)
-        _, previous = await self._scripts.run("assign_entity", [key], [owner, "assign"])
+        _, previous = await self._assign_entity(target, owner, "assign")
         await self._record(target, owner, previous)
-        if previous != owner:
-            await self._record_durably(target)
         self._remember(target, owner)
         return previous or None
 
-    async def _record_durably(self, target: Target) -> None:
-        """With a durable store, put the entity's owner on its bucket's stream for the ledger."""
-        if self._durable_lookup is None:
-            return
+    async def _assign_entity(self, target: Target, owner: str, mode: str) -> tuple[int, str]:
+        """Run assign_entity.lua; with a durable store it also ledgers an owner change."""
         identity = str(target)
+        entity = keys.entity_key(target.type, target.id, self._buckets)
         stream = keys.stream_key(keys.bucket_of(identity, self._buckets))
-        key = keys.entity_key(target.type, target.id, self._buckets)
-        await self._scripts.run("record_owner", [key, stream], [identity])
+        ledger = "1" if self._durable_lookup is not None else "0"
+        code, previous = await self._scripts.run(
+            "assign_entity", [entity, stream], [owner, mode, ledger, identity]
+        )
+        return int(code), str(previous)
 
     async def _record(self, target: Target, owner: str, previous: str) -> None:
         new_marker = keys.UserKeys.of(owner, self._buckets).owned(target.type, target.id)
