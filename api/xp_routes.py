@@ -79,12 +79,17 @@ async def balance(request: Request) -> Response:
     return json_response(balance_response(svc.xp.rules, caller.user_id, state))
 
 
-async def debit(request: Request) -> Response:
+async def _charge(request: Request, hold: bool) -> XpChange:
+    """Decode a debit or hold request and apply it: the change, done or refused."""
     svc = services(request)
     caller = principal(request)
     req = decode(await read_body(request), generation_decoder)
     idem = idempotency(request, caller.caller, caller.user_id, req)
-    change = await svc.xp.charge(caller.user_id, caller.caller, req.generation_type, False, idem)
+    return await svc.xp.charge(caller.user_id, caller.caller, req.generation_type, hold, idem)
+
+
+async def debit(request: Request) -> Response:
+    change = await _charge(request, hold=False)
     if change.outcome is not XpOutcome.DONE:
         return _refused(change)
     body = DebitResponse(
@@ -94,11 +99,7 @@ async def debit(request: Request) -> Response:
 
 
 async def create_hold(request: Request) -> Response:
-    svc = services(request)
-    caller = principal(request)
-    req = decode(await read_body(request), generation_decoder)
-    idem = idempotency(request, caller.caller, caller.user_id, req)
-    change = await svc.xp.charge(caller.user_id, caller.caller, req.generation_type, True, idem)
+    change = await _charge(request, hold=True)
     if change.outcome is not XpOutcome.DONE:
         return _refused(change)
     body = HoldResponse(
