@@ -12,12 +12,11 @@ import uvicorn
 from counters.devcreds import DevCredentials
 from counters.durable_cli import (
     apply_migrations,
-    database_url,
     flush,
     load_settings,
     migrate,
     reconcile,
-    redis_url,
+    with_servers,
 )
 from counters.errors import ConfigError
 from counters.rules import load_rules
@@ -52,11 +51,13 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         raise click.ClickException(str(exc)) from exc
     with ExitStack() as stack:
         # Embedded servers under the data dir for any URL not configured, stopped on exit.
+        settings = with_servers(settings, stack)
+        assert settings.redis_url is not None and settings.database_url is not None
         env = {
-            "COUNTERS_REDIS_URL": redis_url(settings, stack),
-            "COUNTERS_DATABASE_URL": database_url(settings, stack),
+            "COUNTERS_REDIS_URL": settings.redis_url,
+            "COUNTERS_DATABASE_URL": settings.database_url,
         }
-        apply_migrations(env["COUNTERS_DATABASE_URL"])
+        apply_migrations(settings.database_url)
         if settings.jwt_secret is None and not settings.service_keys:
             creds = DevCredentials.load_or_create(settings.data_dir)
             env["COUNTERS_JWT_SECRET"] = creds.jwt_secret

@@ -72,6 +72,15 @@ def redis_url(settings: Settings, stack: ExitStack) -> str:
     return _embedded(server, "COUNTERS_REDIS_URL", stack)
 
 
+def with_servers(settings: Settings, stack: ExitStack) -> Settings:
+    """The settings with Redis and Postgres URLs: embedded servers (until exit) for any unset."""
+    return replace(
+        settings,
+        redis_url=redis_url(settings, stack),
+        database_url=database_url(settings, stack),
+    )
+
+
 def apply_migrations(url: str) -> None:
     """Apply every pending migration; say which."""
     try:
@@ -99,11 +108,7 @@ def flush(burst: bool) -> None:
     """Move the event streams into the Postgres ledger (serve runs this in every worker)."""
     settings = load_settings()
     with ExitStack() as stack:
-        settings = replace(
-            settings,
-            database_url=database_url(settings, stack),
-            redis_url=redis_url(settings, stack),
-        )
+        settings = with_servers(settings, stack)
         assert settings.database_url is not None
         apply_migrations(settings.database_url)
         total = asyncio.run(_flush(settings, burst))
@@ -136,11 +141,7 @@ def reconcile(repair: bool, no_flush: bool) -> None:
     """Compare Redis, Postgres totals and ledger sums for every user; exit 1 on drift."""
     settings = load_settings()
     with ExitStack() as stack:
-        settings = replace(
-            settings,
-            database_url=database_url(settings, stack),
-            redis_url=redis_url(settings, stack),
-        )
+        settings = with_servers(settings, stack)
         report = asyncio.run(_reconcile(settings, repair, not no_flush))
     click.echo(summary(report))
     sys.exit(EXIT_CLEAN if report.clean else EXIT_DRIFT)
