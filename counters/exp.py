@@ -20,20 +20,19 @@ from counters.entities import Entities, Target
 from counters.errors import (
     ConflictError,
     ForbiddenError,
-    IdempotencyMismatch,
     InvalidRequest,
     NotFound,
     RequestError,
     ScriptReplyError,
     StorageError,
 )
-from counters.hydration import Hydrator, run_hydrated
-from counters.idempotency import Idempotency, script_args
+from counters.hydration import Hydrator, may_create_arg, run_hydrated
+from counters.idempotency import Idempotency, reject_reused_key, script_args
 from counters.keys import UserKeys
 from counters.rules import Action, ExpRules
 from counters.scripts import NEEDS_HYDRATION, Arg, Scripts
 
-_NOT_OWNER, _IDEMPOTENCY_MISMATCH = 5, 7
+_NOT_OWNER = 5
 _MAY_CREATE = 14  # index of ARGV[15] of award_exp.lua
 
 
@@ -204,7 +203,7 @@ class ExpService:
                 results[index] = item
             else:
                 raise item
-        may_create = "1" if self._hydrator.may_create else "0"
+        may_create = may_create_arg(self._hydrator)
         replies = await self._scripts.run_many(
             "award_exp", [(call.keys, call.args(may_create)) for _, call in calls]
         )
@@ -301,8 +300,7 @@ class ExpService:
         code, added, total, level, previous, gained, count, _seq, replayed = reply
         if code == _NOT_OWNER:
             raise _StaleOwner
-        if code == _IDEMPOTENCY_MISMATCH:
-            raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        reject_reused_key(code)
         try:
             outcome = AwardOutcome(code)
         except ValueError as exc:
@@ -370,8 +368,7 @@ class ExpService:
         code, applied, total, level, previous, _seq, replayed = await run_hydrated(
             self._hydrator, user_id, call
         )
-        if code == _IDEMPOTENCY_MISMATCH:
-            raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        reject_reused_key(code)
         if code != 1:
             raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
         return Adjustment(user_id, applied, total, level, previous, bool(replayed))

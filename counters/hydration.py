@@ -36,11 +36,16 @@ class NoDurableStore:
         raise StorageError(f"user {user_id} needs hydration but no durable store is configured")
 
 
+def may_create_arg(hydrator: Hydrator) -> str:
+    """The ``may_create`` argument every user-touching script takes."""
+    return "1" if hydrator.may_create else "0"
+
+
 async def run_hydrated(
     hydrator: Hydrator, user_id: str, call: Callable[[str], Awaitable[list[Any]]]
 ) -> list[Any]:
     """Run ``call(may_create)``; if the user must be hydrated first, hydrate and run it again."""
-    may_create = "1" if hydrator.may_create else "0"
+    may_create = may_create_arg(hydrator)
     reply = await call(may_create)
     if reply[0] == NEEDS_HYDRATION:
         await hydrator.hydrate(user_id)

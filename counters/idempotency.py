@@ -11,9 +11,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from counters.errors import InvalidRequest
+from counters.errors import IdempotencyMismatch, InvalidRequest
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+# The reply code lua/lib/idempotency.lua gives, in every script, for a key reused with another
+# request.
+KEY_REUSED = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +42,9 @@ class Idempotency:
 def script_args(idem: Idempotency | None) -> tuple[str, str]:
     """(fingerprint, key) as scripts take them: empty strings when not idempotent."""
     return ("", "") if idem is None else (idem.fingerprint, idem.key)
+
+
+def reject_reused_key(code: int) -> None:
+    """Raise ``IdempotencyMismatch`` when a script answered that the key was reused."""
+    if code == KEY_REUSED:
+        raise IdempotencyMismatch("Idempotency-Key was already used with a different request")

@@ -17,14 +17,14 @@ from typing import Any
 import msgspec
 
 from counters.clock import Clock, to_datetime
-from counters.errors import IdempotencyMismatch, InvalidRequest, NotFound
+from counters.errors import InvalidRequest, NotFound
 from counters.hydration import Hydrator, run_hydrated
-from counters.idempotency import Idempotency, script_args
+from counters.idempotency import Idempotency, reject_reused_key, script_args
 from counters.keys import UserKeys
 from counters.scripts import Arg, Scripts
 from counters.xp_guidance import XpCheck, evaluate, require_generation_type
 from counters.xp_rules import Tier, XpRules
-from counters.xp_state import IDEMPOTENCY_MISMATCH, XpOutcome, XpReply, XpState, decode_reply
+from counters.xp_state import XpOutcome, XpReply, XpState, decode_reply
 
 # How long a debit or capture can be refunded (and a hold's record is kept).
 TRANSACTION_TTL = 30 * 86_400
@@ -127,8 +127,7 @@ class XpService:
             return await self._scripts.run(script, keys, [*common, *args])
 
         reply = await run_hydrated(self._hydrator, user_id, call)
-        if reply[0] == IDEMPOTENCY_MISMATCH:
-            raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        reject_reused_key(reply[0])
         return decode_reply(script, reply)
 
     def _change(self, reply: XpReply, detail: str | None = None) -> XpChange:

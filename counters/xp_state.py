@@ -86,9 +86,6 @@ class XpOutcome(IntEnum):
     PERIOD_START_CONFLICT = 14
 
 
-IDEMPOTENCY_MISMATCH = 7
-
-
 @dataclass(frozen=True, slots=True)
 class XpReply:
     """A decoded script reply; what ``amount``, ``ref`` and ``extra`` mean is per script."""
