@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 from api import batch_routes, exp_routes, health_routes, xp_routes
+from api.asgi import CountersApp
 from api.errors import EXCEPTION_HANDLERS
 from counters.clock import Clock
 from counters.durability import Durability
@@ -18,7 +19,7 @@ from counters.settings import Settings
 
 def create_app(
     settings: Settings, *, rules: Rules | None = None, clock: Clock | None = None
-) -> Starlette:
+) -> CountersApp:
     """The service as an ASGI app; Redis and scripts are set up when its lifespan starts."""
 
     @asynccontextmanager
@@ -33,7 +34,8 @@ def create_app(
             await durability.close()
             await services.close()
 
-    return Starlette(
+    return CountersApp(
+        hot=[exp_routes.hot_gain, xp_routes.hot_debit],
         routes=[
             *exp_routes.routes,
             *batch_routes.routes,

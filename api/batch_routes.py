@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.errors import status_of
-from api.exp_routes import award_reply, gain_target
+from api.exp_routes import award_reply, gain_target, hot_gain
 from api.http import decode, idempotency_of, json_response, read_body, service_caller, services
 from api.schemas import GainRequest, UserId
 from counters.auth import Principal
@@ -28,7 +28,7 @@ from counters.exp import AwardRequest, AwardResult
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size
-_SINGLE_ROUTE = "POST /api/exp/gain"  # batch items share its idempotency keys and fingerprints
+_SINGLE_ROUTE = hot_gain.name  # batch items share its idempotency keys and fingerprints
 _STORAGE_DETAIL = "Storage unavailable, try again"
 
 log = logging.getLogger("counters.api")

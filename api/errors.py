@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.http import json_response
+from api.http import Reply, reply_response
 from counters.errors import (
     AuthError,
     ConflictError,
@@ -72,30 +72,27 @@ def status_of(error: RequestError) -> int:
     return 400
 
 
-async def request_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
-    return json_response({"detail": exc.detail}, status_of(exc), headers)
+def error_reply(exc: Exception, route: str) -> Reply:
+    """The answer to an error raised while serving ``route`` ("METHOD /path")."""
+    if isinstance(exc, RequestError):
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        return status_of(exc), {"detail": exc.detail}, headers
+    if isinstance(exc, StorageError):
+        log.error("storage unavailable: %s", exc)
+        return 503, {"detail": "Storage unavailable, try again"}, {"Retry-After": "1"}
+    if isinstance(exc, HTTPException):
+        return exc.status_code, {"detail": exc.detail}, dict(exc.headers or {})
+    log.error("unhandled error on %s", route, exc_info=exc)
+    return 500, {"detail": "Internal error"}, None
 
 
-async def storage_error(request: Request, exc: Exception) -> Response:
-    log.error("storage unavailable: %s", exc)
-    return json_response({"detail": "Storage unavailable, try again"}, 503, {"Retry-After": "1"})
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return json_response({"detail": exc.detail}, exc.status_code, dict(exc.headers or {}))
-
-
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return json_response({"detail": "Internal error"}, 500)
+async def _error_response(request: Request, exc: Exception) -> Response:
+    return reply_response(error_reply(exc, f"{request.method} {request.url.path}"))
 
 
 EXCEPTION_HANDLERS = {
-    RequestError: request_error,
-    StorageError: storage_error,
-    HTTPException: http_error,
-    Exception: unexpected_error,
+    RequestError: _error_response,
+    StorageError: _error_response,
+    HTTPException: _error_response,
+    Exception: _error_response,
 }

@@ -6,10 +6,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.asgi import Exchange, HotRoute
 from api.errors import AWARD_STATUS
 from api.http import (
+    Reply,
     decode,
     idempotency,
+    idempotency_of,
     json_response,
     principal,
     read_body,
@@ -37,14 +40,17 @@ from counters.levels import progress
 from counters.services import Services
 
 
-async def gain(request: Request) -> Response:
-    svc = services(request)
-    caller = principal(request)
-    req = decode(await read_body(request), gain_decoder)
+async def gain(svc: Services, exchange: Exchange) -> Reply:
+    headers = exchange.headers
+    caller = svc.auth.authenticate(headers.get("authorization"), headers.get("x-user-id"))
+    req = decode(exchange.body, gain_decoder)
     target = gain_target(req)
-    idem = idempotency(request, caller.caller, caller.user_id, req)
-    result = await svc.exp.award(caller, req.action, target, idem)
-    return _award_response(request, result)
+    key = headers.get("idempotency-key")
+    idem = idempotency_of(caller.caller, key, hot_gain.name, caller.user_id, req)
+    return award_reply(svc, await svc.exp.award(caller, req.action, target, idem))
+
+
+hot_gain = HotRoute("POST", "/api/exp/gain", gain)
 
 
 def gain_target(req: GainRequest) -> Target | None:
@@ -56,14 +62,9 @@ def gain_target(req: GainRequest) -> Target | None:
     return Target(req.target_type, str(req.target_id))
 
 
-def _award_response(request: Request, result: AwardResult) -> Response:
-    status, body, headers = award_reply(services(request), result)
-    return json_response(body, status, headers)
-
-
-def award_reply(svc: Services, result: AwardResult) -> tuple[int, object, dict[str, str]]:
+def award_reply(svc: Services, result: AwardResult) -> Reply:
     """Status, body and headers of an award's outcome (the single and the batch route)."""
-    headers = replay_headers(result.replayed) or {}
+    headers: dict[str, str] = replay_headers(result.replayed) or {}
     status = AWARD_STATUS[result.outcome]
     if result.outcome is AwardOutcome.AWARDED:
         body = GainResponse(
@@ -169,7 +170,7 @@ async def assign_owner(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/exp/gain", gain, methods=["POST"]),
+    Route(hot_gain.path, hot_gain, methods=[hot_gain.method]),
     Route("/api/levels", levels, methods=["GET"]),
     Route("/api/exp/limits", limits, methods=["GET"]),
     Route("/api/exp/progress", exp_progress, methods=["GET"]),

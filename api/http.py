@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from counters.auth import Principal
 from counters.errors import InvalidRequest, MalformedBody, PayloadTooLarge
@@ -16,13 +17,22 @@ from counters.services import Services
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+encode = _encoder.encode  # JSON of Structs, dicts and lists
+
+# An answer: status, JSON body and extra headers.
+Reply = tuple[int, Any, dict[str, str] | None]
 
 
 def json_response(
     content: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A JSON response encoded with msgspec (Structs, dicts, lists)."""
-    return Response(_encoder.encode(content), status, headers, "application/json")
+    return Response(encode(content), status, headers, "application/json")
+
+
+def reply_response(reply: Reply) -> Response:
+    status, content, headers = reply
+    return json_response(content, status, headers)
 
 
 def services(request: Request) -> Services:
@@ -33,17 +43,27 @@ def services(request: Request) -> Services:
 async def read_body(request: Request, limit: int | None = None) -> bytes:
     """The raw body, refused with 413 as soon as it passes ``limit`` (default: the setting)."""
     limit = limit or services(request).settings.max_body_bytes
-    declared = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body from ASGI messages, refused with 413 as soon as it (or its declared length)
+    passes ``limit``; ``ClientDisconnect`` if the client went away first."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"Body is larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
@@ -88,7 +108,9 @@ def idempotency_of(
     caller: str, key: str | None, route: str, acting_for: str, payload: object
 ) -> Idempotency | None:
     """An Idempotency-Key sent for ``route`` (e.g. in a batch item), fingerprinted as above."""
-    return Idempotency.of(caller, key, f"{route} {acting_for}", _encoder.encode(payload))
+    if key is None:
+        return None
+    return Idempotency.of(caller, key, f"{route} {acting_for}", encode(payload))
 
 
 def replay_headers(replayed: bool) -> dict[str, str] | None:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.asgi import Exchange, HotRoute
 from api.errors import XP_HOLD_CREATED, XP_STATUS
 from api.http import (
+    Reply,
     decode,
     idempotency,
+    idempotency_of,
     json_response,
     principal,
     read_body,
     replay_headers,
+    reply_response,
     service_caller,
     services,
 )
@@ -39,6 +45,7 @@ from api.xp_schemas import (
 from counters.auth import check_user_id
 from counters.clock import to_datetime
 from counters.errors import ForbiddenError, InvalidRequest
+from counters.services import Services
 from counters.xp import XpChange
 from counters.xp_state import XpOutcome
 
@@ -46,12 +53,16 @@ _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 
 
 def _refused(change: XpChange) -> Response:
+    return reply_response(_refusal_reply(change))
+
+
+def _refusal_reply(change: XpChange) -> Reply:
     """A refused XP write: the seed's 402/403 body, or a ``detail``."""
     headers = replay_headers(change.replayed)
     status = XP_STATUS[change.outcome]
     if change.check is not None:
-        return json_response(refusal(change), status, headers)
-    return json_response({"detail": change.detail}, status, headers)
+        return status, refusal(change), headers
+    return status, {"detail": change.detail}, headers
 
 
 async def check_xp(request: Request) -> Response:
@@ -79,27 +90,34 @@ async def balance(request: Request) -> Response:
     return json_response(balance_response(svc.xp.rules, caller.user_id, state))
 
 
-async def _charge(request: Request, hold: bool) -> XpChange:
+async def _charge(
+    svc: Services, headers: Mapping[str, str], body: bytes, route: str, hold: bool
+) -> XpChange:
     """Decode a debit or hold request and apply it: the change, done or refused."""
-    svc = services(request)
-    caller = principal(request)
-    req = decode(await read_body(request), generation_decoder)
-    idem = idempotency(request, caller.caller, caller.user_id, req)
+    caller = svc.auth.authenticate(headers.get("authorization"), headers.get("x-user-id"))
+    req = decode(body, generation_decoder)
+    key = headers.get("idempotency-key")
+    idem = idempotency_of(caller.caller, key, route, caller.user_id, req)
     return await svc.xp.charge(caller.user_id, caller.caller, req.generation_type, hold, idem)
 
 
-async def debit(request: Request) -> Response:
-    change = await _charge(request, hold=False)
+async def debit(svc: Services, exchange: Exchange) -> Reply:
+    change = await _charge(svc, exchange.headers, exchange.body, hot_debit.name, hold=False)
     if change.outcome is not XpOutcome.DONE:
-        return _refused(change)
+        return _refusal_reply(change)
     body = DebitResponse(
         transaction_id=change.ref, xp_debited=change.amount, xp_balance=change.state.balance
     )
-    return json_response(body, XP_STATUS[change.outcome], replay_headers(change.replayed))
+    return XP_STATUS[change.outcome], body, replay_headers(change.replayed)
+
+
+hot_debit = HotRoute("POST", "/api/v1/xp/debit", debit)
+_HOLDS = "/api/v1/xp/holds"
 
 
 async def create_hold(request: Request) -> Response:
-    change = await _charge(request, hold=True)
+    raw = await read_body(request)
+    change = await _charge(services(request), request.headers, raw, f"POST {_HOLDS}", hold=True)
     if change.outcome is not XpOutcome.DONE:
         return _refused(change)
     body = HoldResponse(
@@ -234,8 +252,8 @@ routes = [
     Route("/api/v1/subscriptions/{user_id}", cancel_subscription, methods=["DELETE"]),
     Route("/api/v1/xp/costs", costs, methods=["GET"]),
     Route("/api/v1/xp/balance", balance, methods=["GET"]),
-    Route("/api/v1/xp/debit", debit, methods=["POST"]),
-    Route("/api/v1/xp/holds", create_hold, methods=["POST"]),
+    Route(hot_debit.path, hot_debit, methods=[hot_debit.method]),
+    Route(_HOLDS, create_hold, methods=["POST"]),
     Route("/api/v1/xp/holds/{hold_id}/capture", capture_hold, methods=["POST"]),
     Route("/api/v1/xp/holds/{hold_id}/release", release_hold, methods=["POST"]),
     Route("/api/v1/xp/refunds", refund, methods=["POST"]),

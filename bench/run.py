@@ -47,6 +47,7 @@ class Options:
     debit_users: int = 20_000
     memory_users: int = 10_000
     ablations: bool = True
+    only: frozenset[str] = frozenset()  # row keys to run (empty: all), e.g. {"1", "2"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,18 +165,30 @@ class Bench:
         with self._servers():
             self.with_services(direct.seed_owners)
             self.seeded = direct.snapshot(self.redis.url)
-            self.bare()
-            peak = self.gain()
-            self.gain_half_peak(peak)
-            self.xp_debit()
-            self.postgres_only()
-            self.lua_ceiling()
-            self.batch()
-            self.memory()
-            self.flusher(peak)
-            if self.options.ablations:
+            if self.wanted("1"):
+                self.bare()
+            if self.wanted("2", "flusher"):  # the flusher runs at row 2's peak rate
+                peak = self.gain()
+                self.gain_half_peak(peak)
+            if self.wanted("3"):
+                self.xp_debit()
+            if self.wanted("4"):
+                self.postgres_only()
+            if self.wanted("5"):
+                self.lua_ceiling()
+            if self.wanted("6"):
+                self.batch()
+            if self.wanted("memory"):
+                self.memory()
+            if self.wanted("flusher"):
+                self.flusher(peak)
+            if self.options.ablations and not self.options.only:
                 self.ways_there()
         return self.report
+
+    def wanted(self, *keys: str) -> bool:
+        only = self.options.only
+        return not only or any(key in only for key in keys)
 
     @contextmanager
     def _servers(self) -> Iterator[None]:
@@ -365,6 +378,12 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--no-ablations", action="store_true", help="skip the 'ways there' runs")
     parser.add_argument("--quick", action="store_true", help="3 s windows, to try it out")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only these, comma-separated: 1 (with 1h), 2 (with 2h), 3, 4, 5, 6, memory, "
+        "flusher (runs 2 for its rate); no ways-there runs",
+    )
     args = parser.parse_args(argv)
     options = Options(
         workers=args.workers,
@@ -373,6 +392,7 @@ def parse(argv: list[str] | None) -> Options:
         warmup=args.warmup,
         batch_size=args.batch_size,
         ablations=not args.no_ablations,
+        only=frozenset(key.strip() for key in args.only.split(",") if key.strip()),
     )
     if args.quick:
         options = dataclasses.replace(options, duration=3.0, warmup=1.0, ablation_duration=3.0)
