@@ -15,8 +15,7 @@ replies (``api.errors.error_reply``), the same JSON encoder.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
@@ -29,8 +28,7 @@ from counters.services import Services
 _JSON = (b"content-type", b"application/json")
 
 
-@dataclass(frozen=True, slots=True)
-class Exchange:
+class Exchange(NamedTuple):
     """One hot request: lower-cased header names (the first of repeats), and its whole body."""
 
     headers: dict[str, str]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
+import gc
 
 from api.app import create_app
+from api.asgi import CountersApp
 from counters.settings import Settings
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> CountersApp:
     """Uvicorn factory (``api.main:app_from_env``): every worker reads COUNTERS_* itself."""
-    return create_app(Settings.from_env())
+    app = create_app(Settings.from_env())
+    # Everything built so far (modules, rules, the app) lives as long as the worker: freeze it
+    # out of the collector's sight. Measured under the gain load, a full collection then pauses
+    # a worker for ~4 ms instead of ~30 ms (bench/README.md, "Ways there").
+    gc.collect()
+    gc.freeze()
+    return app

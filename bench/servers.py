@@ -25,7 +25,8 @@ def uvicorn_argv(
     return [
         sys.executable, "-m", "uvicorn", factory, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--loop", loop, "--http", http, "--no-access-log", "--log-level", "warning",
+        "--loop", loop, "--http", http, "--no-access-log", "--no-proxy-headers",
+        "--no-server-header", "--log-level", "warning",
     ]  # fmt: skip
 
 

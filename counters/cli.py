@@ -73,5 +73,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             loop="uvloop",
             http="httptools",
             access_log=False,
+            proxy_headers=False,  # nothing reads the client's address; it cost ~3% CPU a request
+            server_header=False,
             log_level="info",
         )

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import msgspec
 
 from counters.auth import Principal
 from counters.clock import Clock, next_utc_midnight, utc_day
@@ -26,7 +28,7 @@ from counters.errors import (
     ScriptReplyError,
     StorageError,
 )
-from counters.hydration import Hydrator, may_create_arg, run_hydrated
+from counters.hydration import Hydrator, hydrate_and_rerun, may_create_arg, run_hydrated
 from counters.idempotency import Idempotency, reject_reused_key, script_args
 from counters.keys import UserKeys
 from counters.rules import Action, ExpRules
@@ -43,8 +45,7 @@ class AwardOutcome(IntEnum):
     ALREADY_TRIGGERED = 4
 
 
-@dataclass(frozen=True, slots=True)
-class AwardResult:
+class AwardResult(msgspec.Struct, frozen=True, gc=False):  # a Struct: built per award, fast
     outcome: AwardOutcome
     awarded_to: str
     action: str
@@ -74,8 +75,7 @@ class AwardRequest(NamedTuple):
     idem: Idempotency | None
 
 
-@dataclass(frozen=True, slots=True)
-class AwardCall:
+class AwardCall(msgspec.Struct, frozen=True, gc=False):
     """One checked award's script call: run on its own, or pipelined with others."""
 
     action_name: str
@@ -291,10 +291,14 @@ class ExpService:
         return AwardCall(action_name, action, user_id, actor, target, keys, argv)
 
     async def _run_award(self, call: AwardCall) -> AwardResult:
-        async def run(may_create: str) -> list[int]:
-            return await self._scripts.run("award_exp", call.keys, call.args(may_create))
+        def run(may_create: str) -> Awaitable[list[Any]]:
+            return self._scripts.run("award_exp", call.keys, call.args(may_create))
 
-        return self._award_result(call, await run_hydrated(self._hydrator, call.user_id, run))
+        # run_hydrated, unrolled: the hot path awaits the script and nothing else.
+        reply = await run(may_create_arg(self._hydrator))
+        if reply[0] == NEEDS_HYDRATION:
+            reply = await hydrate_and_rerun(self._hydrator, call.user_id, run)
+        return self._award_result(call, reply)
 
     def _award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         code, added, total, level, previous, gained, count, _seq, replayed = reply

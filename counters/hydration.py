@@ -45,11 +45,18 @@ async def run_hydrated(
     hydrator: Hydrator, user_id: str, call: Callable[[str], Awaitable[list[Any]]]
 ) -> list[Any]:
     """Run ``call(may_create)``; if the user must be hydrated first, hydrate and run it again."""
-    may_create = may_create_arg(hydrator)
-    reply = await call(may_create)
+    reply = await call(may_create_arg(hydrator))
     if reply[0] == NEEDS_HYDRATION:
-        await hydrator.hydrate(user_id)
-        reply = await call(may_create)
-        if reply[0] == NEEDS_HYDRATION:
-            raise StorageError(f"user {user_id} is still missing after hydration")
+        reply = await hydrate_and_rerun(hydrator, user_id, call)
+    return reply
+
+
+async def hydrate_and_rerun(
+    hydrator: Hydrator, user_id: str, call: Callable[[str], Awaitable[list[Any]]]
+) -> list[Any]:
+    """``call`` answered NEEDS_HYDRATION: hydrate the user, then run it again."""
+    await hydrator.hydrate(user_id)
+    reply = await call(may_create_arg(hydrator))
+    if reply[0] == NEEDS_HYDRATION:
+        raise StorageError(f"user {user_id} is still missing after hydration")
     return reply

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -41,6 +41,7 @@ class _Protocol(asyncio.Protocol):
     """One connection: commands queued in this tick, and the futures awaiting replies in order."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.queued: list[bytes] = []
@@ -56,7 +57,7 @@ class _Protocol(asyncio.Protocol):
     def send(self, packed: bytes, future: asyncio.Future[Any]) -> None:
         """Queue one packed command; the first of a tick schedules the write of them all."""
         if not self.queued:
-            future.get_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.queued.append(packed)
         self.waiting.append(future)
 
@@ -106,12 +107,24 @@ class AutoPipeline:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
 
-    async def execute(self, *args: Arg) -> Any:
-        """Send one command with those queued in the same tick; its reply, or ``CommandError``."""
+    def submit(self, *args: Arg) -> Awaitable[Any]:
+        """Send one command with those queued in the same tick: await its reply (or
+        ``CommandError``). While connected this is a bare future, not a coroutine: the hot path
+        pays for no extra frame."""
         protocol = self._protocol
         if protocol is None or not protocol.usable:
-            protocol = await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            return self._submit_connected(args)
+        future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.send(_pack(args), future)
+        return future
+
+    async def execute(self, *args: Arg) -> Any:
+        """As ``submit``, as a coroutine."""
+        return await self.submit(*args)
+
+    async def _submit_connected(self, args: tuple[Arg, ...]) -> Any:
+        protocol = await self._connect()
+        future: asyncio.Future[Any] = protocol.loop.create_future()
         protocol.send(_pack(args), future)
         return await future
 
@@ -121,10 +134,9 @@ class AutoPipeline:
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             protocol = await self._connect()
-        loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = []
         for command in commands:
-            future = loop.create_future()
+            future = protocol.loop.create_future()
             protocol.send(_pack(tuple(command)), future)
             futures.append(future)
         replies: list[Any] = []

@@ -84,7 +84,11 @@ class Scripts:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         """Run one script: one round trip. Redis failures become ``StorageError``."""
         if self._pipeline is not None:
-            reply = await self._evalsha(self._pipeline, name, keys, args)
+            command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            try:
+                reply = await self._pipeline.submit(*command)
+            except CommandError as exc:
+                reply = await self._after_refusal(self._pipeline, name, command, exc)
         else:
             try:
                 reply = await self._scripts[name](keys=keys, args=args)
@@ -97,7 +101,7 @@ class Scripts:
         """A plain GET, through the auto-pipeline when there is one."""
         try:
             if self._pipeline is not None:
-                value = await self._pipeline.execute("GET", key)
+                value = await self._pipeline.submit("GET", key)
             else:
                 value = await self._redis.get(key)
         except RedisError as exc:
@@ -138,19 +142,18 @@ class Scripts:
             for reply in replies
         ]
 
-    async def _evalsha(
-        self, pipeline: AutoPipeline, name: str, keys: Sequence[str], args: Sequence[Arg]
+    async def _after_refusal(
+        self, pipeline: AutoPipeline, name: str, command: tuple[Arg, ...], exc: CommandError
     ) -> Any:
-        try:
-            return await pipeline.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
-        except CommandError as exc:
-            if not _is_noscript(exc):
-                raise CommandError(f"{name}: {exc}") from exc
+        """Redis refused a script call: load the script and run the call again if Redis did not
+        know it (restarted, failed over, SCRIPT FLUSH); otherwise the refusal, named."""
+        if not _is_noscript(exc):
+            raise CommandError(f"{name}: {exc}") from exc
         await pipeline.execute("SCRIPT", "LOAD", self._sources[name])
         try:
-            return await pipeline.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
-        except CommandError as exc:
-            raise CommandError(f"{name}: {exc}") from exc
+            return await pipeline.execute(*command)
+        except CommandError as again:
+            raise CommandError(f"{name}: {again}") from again
 
     async def _evalsha_many(
         self,

@@ -1,5 +1,7 @@
 BODY = b'{"ok":true,"detail":"fixed body"}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         msg = await receive()
@@ -14,5 +16,7 @@ async def app(scope, receive, send):
         more = m.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
+
+
 def app_from_env():
     return app
