@@ -8,6 +8,7 @@ not an error.
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -145,8 +146,8 @@ class ExpService:
         self._idempotency_ttl = idempotency_ttl
         self._day_grace = day_grace
         self._day_jitter = day_jitter
-        self._thresholds = ",".join(map(str, rules.thresholds))
-        self._caps = ",".join(map(str, rules.caps_by_level))
+        self._thresholds = json.dumps(list(rules.thresholds))  # JSON arrays: Levels.list
+        self._caps = json.dumps(list(rules.caps_by_level))
         self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
 
     def action(self, name: str) -> Action:

@@ -10,7 +10,7 @@ KEYS[3]  idem    STRING ctr:{bN}:idem:<caller>:<key>   (or an unused key)
 ARGV[1]  user_id      string
 ARGV[2]  delta        int      signed EXP change requested
 ARGV[3]  reason       string   recorded on the event
-ARGV[4]  thresholds   csv int  EXP required for levels 1..n
+ARGV[4]  thresholds   json     [int]: EXP required for levels 1..n
 ARGV[5]  now_ms       int      unix milliseconds
 ARGV[6]  fingerprint  string   "" = not idempotent
 ARGV[7]  idem_ttl     int      seconds
@@ -32,7 +32,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 and may_create ~= '1' then
   return {6, 0, 0, 0, 0, 0, 0}
 end
 
-local thresholds = Levels.csv(ARGV[4])
+local thresholds = Levels.list(ARGV[4])
 
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
 local total = tonumber(user[1]) or 0

@@ -16,8 +16,8 @@ ARGV[1]  user_id        string   the user who receives the EXP
 ARGV[2]  action         string
 ARGV[3]  reward         int      EXP the action is worth
 ARGV[4]  daily_limit    int      awards per UTC day; 0 = no limit
-ARGV[5]  thresholds     csv int  EXP required for levels 1..n
-ARGV[6]  caps           csv int  daily EXP cap of levels 1..n
+ARGV[5]  thresholds     json     [int]: EXP required for levels 1..n
+ARGV[6]  caps           json     [int]: daily EXP cap of levels 1..n
 ARGV[7]  day            string   UTC day YYYYMMDD (the window is in the key; this is for the event)
 ARGV[8]  day_expire_at  int      unix seconds when KEYS[2] may be cleaned up
 ARGV[9]  now_ms         int      unix milliseconds
@@ -56,7 +56,7 @@ elseif mode ~= 'actor' and redis.call('EXISTS', KEYS[5]) == 0 then
   return {5, 0, 0, 0, 0, 0, 0, 0, 0}
 end
 
-local thresholds, caps = Levels.csv(ARGV[5]), Levels.csv(ARGV[6])
+local thresholds, caps = Levels.list(ARGV[5]), Levels.list(ARGV[6])
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
 local total = tonumber(user[1]) or 0
 local seq = tonumber(user[2]) or 0
@@ -90,7 +90,9 @@ local new_level = Levels.of(total, thresholds)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
 redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)
-redis.call('EXPIREAT', KEYS[2], day_expire_at)
+if not day_state[1] then  -- the day's first award creates the hash: its clean-up time, once
+  redis.call('EXPIREAT', KEYS[2], day_expire_at)
+end
 if mode == 'creator_once' then
   redis.call('SADD', KEYS[6], actor)
   redis.call('EXPIRE', KEYS[6], likers_ttl)
