@@ -6,6 +6,7 @@ one Cluster slot and runs unchanged on Redis Cluster. The bucket count is fixed 
 a deployment (changing it moves every key).
 
     ctr:{bN}:user:<uid>                 HASH    exp, level, seq, xp (the XP state, JSON), ...
+                                                (every write sets seq: no seq, no user)
     ctr:{bN}:day:<YYYYMMDD>:<uid>       HASH    exp gained and a:<action> counts that UTC day
     ctr:{bN}:idem:<caller>:<key>        STRING  fingerprint and reply of an idempotent write
     ctr:{bN}:events                     STREAM  the ledger events of the bucket's users

@@ -47,7 +47,10 @@ local may_create, target, idem_key = ARGV[15], ARGV[16], ARGV[17]
 local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, {7, 0, 0, 0, 0, 0, 0, 0, 0})
 if replayed then return replayed end
 
-if redis.call('EXISTS', KEYS[1]) == 0 and may_create ~= '1' then
+-- Every script that writes the user hash writes its seq, so no seq means no user (one read
+-- instead of an EXISTS and then the HMGET).
+local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
+if not user[2] and may_create ~= '1' then
   return {6, 0, 0, 0, 0, 0, 0, 0, 0}
 end
 if mode == 'actor_owns' then
@@ -57,7 +60,6 @@ elseif mode ~= 'actor' and redis.call('EXISTS', KEYS[5]) == 0 then
 end
 
 local thresholds, caps = Levels.list(ARGV[5]), Levels.list(ARGV[6])
-local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
 local total = tonumber(user[1]) or 0
 local seq = tonumber(user[2]) or 0
 local level = Levels.of(total, thresholds)
