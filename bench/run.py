@@ -29,6 +29,7 @@ from persistence.migrate import migrate_url
 
 GAIN_APP = "api.main:app_from_env"
 BARE_APP = "bench.baselines.bare:app_from_env"
+RAW_APP = "bench.baselines.raw_asgi:app_from_env"
 PG_APP = "bench.baselines.pg_award:app_from_env"
 XP_DEBIT = "/api/v1/xp/debit"
 XP_TIER = "pixel_rookie"  # the lowest tier that allows EDIT_IMAGE
@@ -339,6 +340,8 @@ class Bench:
         runs: list[tuple[str, str, Callable[[], Measured]]] = [
             ("a1", "gain, one redis-py call per request (no auto-pipelining)",
              lambda: self.http(GAIN_APP, self.gain_requests, env=no_autopipeline, ablation=True)),
+            ("r1", "bare route's body from a raw ASGI app (uvicorn's own floor, no Starlette)",
+             lambda: self.http(RAW_APP, self.bare_requests, env={}, probe="/", ablation=True)),
             ("w1", f"bare, {other} worker(s)",
              lambda: self.http(BARE_APP, self.bare_requests, env={}, probe="/", workers=other,
                                ablation=True)),
