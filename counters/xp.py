@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
@@ -18,10 +18,10 @@ import msgspec
 
 from counters.clock import Clock, to_datetime
 from counters.errors import InvalidRequest, NotFound
-from counters.hydration import Hydrator, run_hydrated
+from counters.hydration import Hydrator, hydrate_and_rerun, may_create_arg
 from counters.idempotency import Idempotency, reject_reused_key, script_args
 from counters.keys import UserKeys
-from counters.scripts import Arg, Scripts
+from counters.scripts import NEEDS_HYDRATION, Arg, Scripts
 from counters.xp_guidance import XpCheck, evaluate, require_generation_type
 from counters.xp_rules import Tier, XpRules
 from counters.xp_state import XpOutcome, XpReply, XpState, decode_reply
@@ -31,8 +31,7 @@ TRANSACTION_TTL = 30 * 86_400
 TRANSACTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-@dataclass(frozen=True, slots=True)
-class XpChange:
+class XpChange(msgspec.Struct, frozen=True, gc=False):
     """The outcome of one XP write and the state after it.
 
     ``amount`` is the XP the operation moved (debited, held, captured, returned, granted, or the
@@ -119,14 +118,17 @@ class XpService:
         if transaction_id is not None:
             keys.append(user.xp_transaction(transaction_id))
 
-        async def call(may_create: str) -> list[Any]:
+        def call(may_create: str) -> Awaitable[list[Any]]:
             common: list[Arg] = [
                 user_id, now_ms, fingerprint, self._idempotency_ttl, idem_key, actor, may_create,
                 self._tiers,
             ]  # fmt: skip
-            return await self._scripts.run(script, keys, [*common, *args])
+            return self._scripts.run(script, keys, [*common, *args])
 
-        reply = await run_hydrated(self._hydrator, user_id, call)
+        # run_hydrated, unrolled (as for awards): the hot path awaits the script alone.
+        reply = await call(may_create_arg(self._hydrator))
+        if reply[0] == NEEDS_HYDRATION:
+            reply = await hydrate_and_rerun(self._hydrator, user_id, call)
         reject_reused_key(reply[0])
         return decode_reply(script, reply)
 

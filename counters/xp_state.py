@@ -7,7 +7,6 @@ Times are unix seconds; an ``expires_at`` of None never expires.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
 
@@ -86,8 +85,7 @@ class XpOutcome(IntEnum):
     PERIOD_START_CONFLICT = 14
 
 
-@dataclass(frozen=True, slots=True)
-class XpReply:
+class XpReply(msgspec.Struct, frozen=True, gc=False):
     """A decoded script reply; what ``amount``, ``ref`` and ``extra`` mean is per script."""
 
     outcome: XpOutcome
