@@ -1,0 +1,32 @@
+"""The bench reports the median of repeated runs, so one disturbed window cannot decide a row."""
+
+from __future__ import annotations
+
+from bench.load import LoadResult
+from bench.run import Measured, median_run
+
+
+def _run(rps: float, p99_ms: float) -> Measured:
+    result = LoadResult(
+        requests=int(rps), seconds=1.0, rps=rps, p50_ms=1.0, p99_ms=p99_ms, p999_ms=p99_ms
+    )
+    return Measured(result, {"server": 100.0}, {"others": 0.0, "steal": 0.0})
+
+
+def test_closed_loop_rows_take_the_median_throughput() -> None:
+    runs = [_run(9_000, 5.0), _run(4_000, 90.0), _run(10_000, 4.0)]
+    chosen = median_run(runs, open_loop=False)
+    assert chosen.result.rps == 9_000
+    assert chosen.spread == "4,000-10,000 req/s"
+
+
+def test_open_loop_rows_take_the_median_p99() -> None:
+    runs = [_run(5_000, 7.0), _run(5_000, 61.0), _run(5_000, 3.0)]
+    chosen = median_run(runs, open_loop=True)
+    assert chosen.result.p99_ms == 7.0
+    assert chosen.spread == "p99 3.00-61.00 ms"
+
+
+def test_one_run_is_its_own_median() -> None:
+    only = _run(8_000, 6.0)
+    assert median_run([only], open_loop=False) is only
