@@ -3,10 +3,11 @@
 ``POST /api/exp/gain`` and ``POST /api/v1/xp/debit`` are called thousands of times a second by
 chat and generation servers. Through Starlette each request would also pay for two middleware
 layers, route matching, a ``Request``, a ``Response`` and their wrappers of ``send``: measured,
-that is more CPU than the work itself (bench/README.md). ``CountersApp`` hands exact matches of
-those routes to a ``HotRoute`` before any of that; every other request, and every non-HTTP scope,
-goes through Starlette as usual. Starlette still lists the hot routes (so a GET to them is its
-405) and serves them the same way when a request reaches them through the router.
+about a fifth of a gain request's server CPU (193 -> 155 us without them; README, Performance).
+``CountersApp`` hands exact matches of those routes to a ``HotRoute`` before any of that; every
+other request, and every non-HTTP scope, goes through Starlette as usual. Starlette still lists
+the hot routes (so a GET to them is its 405) and serves them the same way when a request reaches
+them through the router.
 
 A hot route answers exactly as a Starlette route would: the same body limit, the same error
 replies (``api.errors.error_reply``), the same JSON encoder.
@@ -48,7 +49,7 @@ class HotRoute:
 
     @property
     def name(self) -> str:
-        """ "METHOD /path", as idempotency fingerprints and logs name a route."""
+        """The route as idempotency fingerprints and logs name it: "METHOD /path"."""
         return f"{self.method} {self.path}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
