@@ -120,7 +120,15 @@ class Adjustment:
 @dataclass(frozen=True, slots=True)
 class DayWindow:
     day: str
-    expire_at: int
+    expire_at: int  # unix seconds, by the service's clock
+    now: float
+
+    @property
+    def ttl(self) -> int:
+        """Seconds the day's key lives from now. Scripts take this, not ``expire_at``: Redis's
+        clock may differ from the service's (or a test's), and an EXPIREAT in Redis's past
+        would delete the key at once."""
+        return max(self.expire_at - int(self.now), 1)
 
 
 class ExpService:
@@ -164,7 +172,7 @@ class ExpService:
         midnight = next_utc_midnight(now)
         if midnight != self._day[0]:  # formatting the day costs more than the rest of a window
             self._day = (midnight, utc_day(now))
-        return DayWindow(self._day[1], midnight + self._day_grace + jitter)
+        return DayWindow(self._day[1], midnight + self._day_grace + jitter, now)
 
     async def award(
         self,
@@ -285,7 +293,7 @@ class ExpService:
         ]
         argv: list[Arg] = [
             user_id, action_name, action.exp, action.daily_limit or 0,
-            self._thresholds, self._caps, window.day, window.expire_at,
+            self._thresholds, self._caps, window.day, window.ttl,
             int(now * 1000), fingerprint, self._idempotency_ttl, mode, actor,
             self.rules.liker_memory_days * 86_400, "", str(target) if target else "", idem_key,
         ]  # fmt: skip

@@ -72,7 +72,7 @@ class PostgresHydrator:
 
 def hydrate_args(user: DurableUser, window: DayWindow) -> list[Arg]:
     """ARGV of ``hydrate_user.lua`` for ``user``."""
-    args: list[Arg] = [user.exp, user.level, user.seq, user.xp_state or "", window.expire_at]
+    args: list[Arg] = [user.exp, user.level, user.seq, user.xp_state or "", window.ttl]
     if user.day_counts:
         args += ["exp", user.day_exp]
         for action, count in sorted(user.day_counts.items()):

@@ -19,7 +19,8 @@ ARGV[4]  daily_limit    int      awards per UTC day; 0 = no limit
 ARGV[5]  thresholds     json     [int]: EXP required for levels 1..n
 ARGV[6]  caps           json     [int]: daily EXP cap of levels 1..n
 ARGV[7]  day            string   UTC day YYYYMMDD (the window is in the key; this is for the event)
-ARGV[8]  day_expire_at  int      unix seconds when KEYS[2] may be cleaned up
+ARGV[8]  day_ttl        int      seconds KEYS[2] lives from now (to midnight + grace, by the
+                                 service's clock: Redis's may differ, so no absolute EXPIREAT)
 ARGV[9]  now_ms         int      unix milliseconds
 ARGV[10] fingerprint    string   request fingerprint; "" = not idempotent
 ARGV[11] idem_ttl       int      seconds an idempotency record lives
@@ -39,7 +40,7 @@ Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, act
 
 local user_id, action = ARGV[1], ARGV[2]
 local reward, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local day, day_expire_at, now_ms = ARGV[7], ARGV[8], ARGV[9]
+local day, day_ttl, now_ms = ARGV[7], ARGV[8], ARGV[9]
 local fingerprint, idem_ttl = ARGV[10], ARGV[11]
 local mode, actor, likers_ttl = ARGV[12], ARGV[13], ARGV[14]
 local may_create, target, idem_key = ARGV[15], ARGV[16], ARGV[17]
@@ -93,7 +94,7 @@ local new_level = Levels.of(total, thresholds)
 redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
 redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)
 if not day_state[1] then  -- the day's first award creates the hash: its clean-up time, once
-  redis.call('EXPIREAT', KEYS[2], day_expire_at)
+  redis.call('EXPIRE', KEYS[2], day_ttl)
 end
 if mode == 'creator_once' then
   redis.call('SADD', KEYS[6], actor)

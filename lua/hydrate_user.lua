@@ -11,14 +11,14 @@ ARGV[1]  exp            int      total EXP
 ARGV[2]  level          int
 ARGV[3]  seq            int      the user's last change counter: new events continue from it
 ARGV[4]  xp_state       string   the XP state (JSON) for field xp; "" = none
-ARGV[5]  day_expire_at  int      unix seconds when KEYS[2] may be cleaned up
+ARGV[5]  day_ttl        int      seconds KEYS[2] lives from now (as in award_exp.lua)
 ARGV[6..] day fields    string, int pairs: "exp", gained today, "a:<action>", count, ...
 
 Reply: {code}   code 1 hydrated   0 Redis already had the user (nothing written)
 ]]
 
 local exp, level, seq, xp_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local day_expire_at = ARGV[5]
+local day_ttl = ARGV[5]
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0}
@@ -30,6 +30,6 @@ else
 end
 if #ARGV > 5 and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], unpack(ARGV, 6))
-  redis.call('EXPIREAT', KEYS[2], day_expire_at)
+  redis.call('EXPIRE', KEYS[2], day_ttl)
 end
 return {1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx2
 import pytest
 import redis
@@ -176,8 +178,9 @@ async def test_midnight_utc_one_second_before_and_after(
     assert (await gain(client, "u1", "daily_chat")).status_code == 429
     day_keys = redis_client.keys("*:day:20261121:u1")
     assert len(day_keys) == 1
-    # The key's clean-up is the next midnight plus the grace (jitter is 0 in tests).
-    assert redis_client.expiretime(day_keys[0]) == MIDNIGHT + 3600
+    # The key's clean-up is the next midnight plus the grace (jitter is 0 in tests), counted
+    # from the service's clock: a TTL, whatever Redis's own clock says.
+    assert 3600 < redis_client.ttl(day_keys[0]) <= 3601
     clock.at = MIDNIGHT
     again = await gain(client, "u1", "daily_chat")
     assert again.status_code == 200
@@ -228,3 +231,17 @@ async def test_every_award_is_an_event(
         "kind": "exp_award", "action": "create_scene", "amount": "15", "actor": "u1",
         "target": "scene:s1", "day": "20261121", "idem": "", "exp": "35", "level": "1",
     }  # fmt: skip
+
+
+async def test_a_service_clock_behind_redis_still_counts_the_day(
+    client: httpx2.AsyncClient, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    # Three days behind Redis's clock (COUNTERS_CLOCK_OFFSET_SECONDS, skew, a test's clock): the
+    # day key's clean-up is counted from the service's now, so the key is not deleted at once.
+    clock.at = time.time() - 3 * 86_400
+    first = await gain(client, "u1", "create_scene")
+    second = await gain(client, "u1", "create_scene")
+    assert (first.json()["action_count"], second.json()["action_count"]) == (1, 2)
+    assert (await gain(client, "u1", "create_scene")).status_code == 429
+    (day_key,) = redis_client.keys("*:day:*:u1")
+    assert 0 < redis_client.ttl(day_key) <= 86_400 + 3600
