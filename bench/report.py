@@ -131,6 +131,29 @@ TARGETS: list[Target] = [
 ]
 
 
+def gain_budget(report: Report, goal: float = 0.6) -> str | None:
+    """What ``goal`` x the bare ceiling leaves the service's own Python per gain request.
+
+    On a CPU-bound machine rates go as the inverse of total CPU per request, so gain reaches
+    ``goal`` x bare only if its server + Redis + generator CPU stays under bare's / ``goal``.
+    Take away uvicorn's own floor (ablation r1), Redis's and the generator's share of a gain
+    request: what is left is the budget of everything the service itself does in Python.
+    """
+    bare, gain = report.row("1"), report.row("2")
+    floor = next((row for row in report.ablations if row.key == "r1" and row.rate), None)
+    if bare is None or gain is None or floor is None or "server" not in gain.cpu_us:
+        return None
+    budget = sum(bare.cpu_us.values()) / goal
+    uvicorn, redis = floor.cpu_us.get("server", 0.0), gain.cpu_us.get("db", 0.0)
+    load = gain.cpu_us.get("load", 0.0)
+    left, used = budget - uvicorn - redis - load, gain.cpu_us["server"] - uvicorn
+    return (
+        f"gain's CPU budget at {goal} x bare: {budget:.0f} us/request; uvicorn's floor (r1) "
+        f"{uvicorn:.0f} + Redis {redis:.0f} + generator {load:.0f} leave the service's own "
+        f"Python {left:.0f} us; it uses {used:.0f}"
+    )
+
+
 def render(report: Report) -> str:
     parts = [table(report.rows), ""]
     ratios = [("2/1", "2", "1"), ("3/1", "3", "1"), ("2/4", "2", "4"), ("batch/5", "6", "5")]
@@ -142,6 +165,9 @@ def render(report: Report) -> str:
         _, met, text = check(report)
         verdict = {True: "MET", False: "NOT MET", None: "n/a"}[met]
         parts.append(f"  {verdict:8} {label}: {text}")
+    budget = gain_budget(report)
+    if budget is not None:
+        parts += ["", budget]
     if report.extras:
         parts.append("")
         for name, value in report.extras.items():
@@ -181,6 +207,7 @@ def write_json(report: Report, options: dict[str, Any]) -> Path:
             "batch/5": report.ratio("6", "5"),
         },
         "targets": targets,
+        "gain_budget": gain_budget(report),
         "extras": report.extras,
         "ablations": [vars_of(row) for row in report.ablations],
         "notes": report.notes,

@@ -1,8 +1,9 @@
-"""The bench reports the median of repeated runs, so one disturbed window cannot decide a row."""
+"""The bench's arithmetic: medians of repeated runs, and the CPU budget behind the 0.6 target."""
 
 from __future__ import annotations
 
 from bench.load import LoadResult
+from bench.report import Report, Row, gain_budget
 from bench.run import Measured, median_run
 
 
@@ -30,3 +31,19 @@ def test_open_loop_rows_take_the_median_p99() -> None:
 def test_one_run_is_its_own_median() -> None:
     only = _run(8_000, 6.0)
     assert median_run([only], open_loop=False) is only
+
+
+def test_the_gain_budget_is_what_bare_over_the_goal_leaves_after_the_floors() -> None:
+    report = Report(
+        rows=[
+            Row("1", "bare", 26_000.0, cpu_us={"server": 56.0, "load": 19.0}),
+            Row("2", "gain", 8_900.0, cpu_us={"server": 134.0, "db": 44.0, "load": 31.0}),
+        ],
+        ablations=[Row("r1", "raw ASGI", 33_000.0, cpu_us={"server": 39.0, "load": 16.0})],
+    )
+    # (56 + 19) / 0.6 = 125; 125 - 39 - 44 - 31 = 11; the service uses 134 - 39 = 95.
+    assert gain_budget(report) == (
+        "gain's CPU budget at 0.6 x bare: 125 us/request; uvicorn's floor (r1) 39 + Redis 44 + "
+        "generator 31 leave the service's own Python 11 us; it uses 95"
+    )
+    assert gain_budget(Report(rows=report.rows)) is None  # no r1: no floor to take away
