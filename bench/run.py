@@ -8,7 +8,6 @@ same Redis state: emptied, with the entities that likes and forks go to already 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import tempfile
@@ -19,63 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu, direct, flush, scenarios
+from bench.ablations import ways_there
 from bench.baselines import pg_award
-from bench.load import LoadResult, LoadSpec, run_load
+from bench.load import LoadSpec, run_load
+from bench.measured import Measured, median_run
+from bench.options import Options, parse
 from bench.report import Report, Row, render, write_json
-from bench.servers import Server, uvicorn_server
+from bench.servers import BARE_APP, GAIN_APP, PG_APP, Server, uvicorn_server
 from counters.embedded import PostgresServer, RedisServer
 from counters.errors import ConfigError, StorageError
 from persistence.migrate import migrate_url
 
-GAIN_APP = "api.main:app_from_env"
-BARE_APP = "bench.baselines.bare:app_from_env"
-RAW_APP = "bench.baselines.raw_asgi:app_from_env"
-PG_APP = "bench.baselines.pg_award:app_from_env"
 XP_DEBIT = "/api/v1/xp/debit"
 XP_TIER = "pixel_rookie"  # the lowest tier that allows EDIT_IMAGE
 _NOISY = 10.0  # % of the CPU taken by others (or stolen) during a window that makes it noisy
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Options:
-    workers: int = 2
-    connections: int = 64
-    warmup: float = 2.0
-    duration: float = 10.0
-    ablation_duration: float = 6.0
-    batch_size: int = 100
-    batch_connections: int = 4
-    debit_users: int = 20_000
-    memory_users: int = 10_000
-    ablations: bool = True
-    repeat: int = 3  # runs of each main HTTP row; the table shows the median run
-    only: frozenset[str] = frozenset()  # row keys to run (empty: all), e.g. {"1", "2"}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Measured:
-    result: LoadResult
-    cpu_us: dict[str, float]  # CPU µs per request: server, db (Redis or Postgres), load
-    machine: dict[str, float]  # % of the machine's CPU: used by others, stolen by the hypervisor
-    spread: str = ""  # with repeats: what the runs ranged over, e.g. "8,682-10,499 req/s"
-
-
-def median_run(runs: list[Measured], open_loop: bool) -> Measured:
-    """The median of repeated runs: by throughput, or by p99 for open-loop (fixed-rate) runs.
-
-    Single runs on a shared VM vary by +-20%; the median of three does not move with one
-    disturbed window.
-    """
-    if len(runs) == 1:
-        return runs[0]
-    ordered = sorted(runs, key=lambda m: m.result.p99_ms if open_loop else m.result.rps)
-    low, high = ordered[0].result, ordered[-1].result
-    spread = (
-        f"p99 {low.p99_ms:.2f}-{high.p99_ms:.2f} ms"
-        if open_loop
-        else f"{low.rps:,.0f}-{high.rps:,.0f} req/s"
-    )
-    return dataclasses.replace(ordered[(len(ordered) - 1) // 2], spread=spread)
 
 
 class Bench:
@@ -225,7 +181,7 @@ class Bench:
             if self.wanted("flusher"):
                 self.flusher(peak)
             if self.options.ablations and not self.options.only:
-                self.ways_there()
+                ways_there(self)
         return self.report
 
     def wanted(self, *keys: str) -> bool:
@@ -379,87 +335,11 @@ class Bench:
             reasons = "; ".join(f"{n} x {reason}" for reason, n in list(quarantined.items())[:5])
             self.report.notes.append(f"the flusher quarantined events: {reasons}")
 
-    # -- ways there -----------------------------------------------------------------------
-
-    def ways_there(self) -> None:
-        other = 2 if self.options.workers == 1 else 1
-        jwt_requests = scenarios.user_token_requests(self.gain_awards)
-        no_autopipeline = self.env(COUNTERS_REDIS_AUTOPIPELINE="0")
-        runs: list[tuple[str, str, Callable[[], Measured]]] = [
-            ("a1", "gain, one redis-py call per request (no auto-pipelining)",
-             lambda: self.http(GAIN_APP, self.gain_requests, env=no_autopipeline, ablation=True)),
-            ("r1", "bare route's body from a raw ASGI app (uvicorn's own floor, no Starlette)",
-             lambda: self.http(RAW_APP, self.bare_requests, env={}, probe="/", ablation=True)),
-            ("w1", f"bare, {other} worker(s)",
-             lambda: self.http(BARE_APP, self.bare_requests, env={}, probe="/", workers=other,
-                               ablation=True)),
-            ("w2", f"gain, {other} worker(s)",
-             lambda: self.http(GAIN_APP, self.gain_requests, workers=other, ablation=True)),
-            ("h1", "bare, asyncio loop + h11 (no uvloop, no httptools)",
-             lambda: self.http(BARE_APP, self.bare_requests, env={}, probe="/", loop="asyncio",
-                               http="h11", ablation=True)),
-            ("h2", "gain, asyncio loop + h11 (no uvloop, no httptools)",
-             lambda: self.http(GAIN_APP, self.gain_requests, loop="asyncio", http="h11",
-                               ablation=True)),
-            ("j1", "gain, a user JWT per request (100k distinct: no cache hits)",
-             lambda: self.http(GAIN_APP, jwt_requests, ablation=True)),
-        ]  # fmt: skip
-        if self.postgres is not None:
-            durable = self.env(COUNTERS_DATABASE_URL=self.postgres.url)
-            both = lambda: cpu.redis_cpu(self.redis.url) + self.postgres_cpu()  # noqa: E731
-            runs.append(
-                ("d1", "gain with Postgres: flusher in the workers, users hydrated on first touch",
-                 lambda: self.http(GAIN_APP, self.gain_requests, env=durable, db=both,
-                                   ablation=True))
-            )  # fmt: skip
-        for key, name, measure in runs:
-            self.fresh_redis()
-            if self.postgres is not None:
-                asyncio.run(flush.empty_ledger(self.postgres.url))
-            self.report.ablations.append(self.row(key, name, measure()))
-
-
-def parse(argv: list[str] | None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    defaults = Options()
-    parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--connections", type=int, default=defaults.connections)
-    parser.add_argument("--duration", type=float, default=defaults.duration)
-    parser.add_argument("--warmup", type=float, default=defaults.warmup)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument(
-        "--repeat", type=int, default=defaults.repeat, help="runs of each main row (median shown)"
-    )
-    parser.add_argument("--no-ablations", action="store_true", help="skip the 'ways there' runs")
-    parser.add_argument("--quick", action="store_true", help="3 s windows, to try it out")
-    parser.add_argument(
-        "--only",
-        default="",
-        help="run only these, comma-separated: 1 (with 1h), 2 (with 2h), 3, 4, 5, 6, memory, "
-        "flusher (runs 2 for its rate); no ways-there runs",
-    )
-    args = parser.parse_args(argv)
-    options = Options(
-        workers=args.workers,
-        connections=args.connections,
-        duration=args.duration,
-        warmup=args.warmup,
-        batch_size=args.batch_size,
-        ablations=not args.no_ablations,
-        repeat=max(args.repeat, 1),
-        only=frozenset(key.strip() for key in args.only.split(",") if key.strip()),
-    )
-    if args.quick:
-        options = dataclasses.replace(
-            options, duration=3.0, warmup=1.0, ablation_duration=3.0, repeat=1
-        )
-    return options
-
 
 def main(argv: list[str] | None = None) -> int:
     from bench.micro import measure
 
-    options = parse(argv)
+    options = parse(argv, __doc__ or "")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="counters-bench-") as tmp:
         report = Bench(options, Path(tmp)).run()

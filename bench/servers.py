@@ -17,6 +17,12 @@ from counters.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The app factories served: the service, and the baselines it is measured against.
+GAIN_APP = "api.main:app_from_env"
+BARE_APP = "bench.baselines.bare:app_from_env"
+RAW_APP = "bench.baselines.raw_asgi:app_from_env"
+PG_APP = "bench.baselines.pg_award:app_from_env"
+
 
 def uvicorn_argv(
     factory: str, port: int, workers: int, loop: str = "uvloop", http: str = "httptools"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bench.load import LoadResult
+from bench.measured import Measured, median_run
 from bench.report import Report, Row, gain_budget
-from bench.run import Measured, median_run
 
 
 def _run(rps: float, p99_ms: float) -> Measured:
