@@ -24,7 +24,7 @@ from api.http import decode, idempotency_of, json_response, read_body, service_c
 from api.schemas import GainRequest, UserId
 from counters.auth import Principal
 from counters.errors import InvalidRequest, RequestError, StorageError
-from counters.exp import AwardRequest, AwardResult
+from counters.exp_types import AwardRequest, AwardResult
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size

@@ -21,7 +21,7 @@ from counters.errors import (
     RequestError,
     StorageError,
 )
-from counters.exp import AwardOutcome
+from counters.exp_types import AwardOutcome
 from counters.xp_state import XpOutcome
 
 log = logging.getLogger("counters.api")

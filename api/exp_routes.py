@@ -35,7 +35,7 @@ from api.schemas import (
 from counters.clock import next_utc_midnight
 from counters.entities import Target
 from counters.errors import InvalidRequest, NotFound
-from counters.exp import AwardOutcome, AwardResult
+from counters.exp_types import AwardOutcome, AwardResult
 from counters.levels import progress
 from counters.services import Services
 

@@ -22,7 +22,7 @@ from bench.scenarios import Award
 from counters.auth import Principal
 from counters.entities import Target
 from counters.errors import RequestError
-from counters.exp import AwardCall
+from counters.exp_types import AwardCall
 from counters.keys import stream_key
 from counters.scripts import script_source
 from counters.services import Services

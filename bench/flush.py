@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.direct import load_award_script
-from counters.exp import AwardCall
+from counters.exp_types import AwardCall
 from counters.flusher import Flusher, stream_lag
 from counters.keys import stream_key
 from persistence.store import Store

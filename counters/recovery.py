@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from counters.clock import Clock
 from counters.entities import DurableOwnerLookup, Target
-from counters.exp import DayWindow
+from counters.exp_types import DayWindow
 from counters.keys import UserKeys
 from counters.scripts import Arg, Scripts
 from persistence.store import DurableUser, Store

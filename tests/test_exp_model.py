@@ -15,7 +15,7 @@ from counters.auth import Principal
 from counters.clock import ManualClock, utc_day
 from counters.entities import Target
 from counters.errors import ConflictError
-from counters.exp import AwardOutcome
+from counters.exp_types import AwardOutcome
 from counters.rules import ExpRules, load_rules
 from counters.services import Services
 from counters.settings import Settings
