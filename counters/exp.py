@@ -34,7 +34,7 @@ from counters.exp_types import (
     DailyUsage,
     DayWindow,
 )
-from counters.hydration import Hydrator, hydrate_and_rerun, may_create_arg, run_hydrated
+from counters.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.idempotency import Idempotency, reject_reused_key, script_args
 from counters.keys import UserKeys
 from counters.rules import Action, ExpRules
@@ -215,11 +215,7 @@ class ExpService:
         def run(may_create: str) -> Awaitable[list[Any]]:
             return self._scripts.run("award_exp", call.keys, call.args(may_create))
 
-        # run_hydrated, unrolled: the hot path awaits the script and nothing else.
-        reply = await run(may_create_arg(self._hydrator))
-        if reply[0] == NEEDS_HYDRATION:
-            reply = await hydrate_and_rerun(self._hydrator, call.user_id, run)
-        return self._award_result(call, reply)
+        return self._award_result(call, await run_hydrated(self._hydrator, call.user_id, run))
 
     def _award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         code, added, total, level, previous, gained, count, _seq, replayed = reply

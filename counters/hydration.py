@@ -44,19 +44,14 @@ def may_create_arg(hydrator: Hydrator) -> str:
 async def run_hydrated(
     hydrator: Hydrator, user_id: str, call: Callable[[str], Awaitable[list[Any]]]
 ) -> list[Any]:
-    """Run ``call(may_create)``; if the user must be hydrated first, hydrate and run it again."""
+    """Run ``call(may_create)``; if the user must be hydrated first, hydrate and run it again.
+
+    On the hot path ``call`` should be a plain function returning the script's awaitable, not a
+    coroutine function: then this is the only frame between the caller and the reply."""
     reply = await call(may_create_arg(hydrator))
     if reply[0] == NEEDS_HYDRATION:
-        reply = await hydrate_and_rerun(hydrator, user_id, call)
-    return reply
-
-
-async def hydrate_and_rerun(
-    hydrator: Hydrator, user_id: str, call: Callable[[str], Awaitable[list[Any]]]
-) -> list[Any]:
-    """``call`` answered NEEDS_HYDRATION: hydrate the user, then run it again."""
-    await hydrator.hydrate(user_id)
-    reply = await call(may_create_arg(hydrator))
-    if reply[0] == NEEDS_HYDRATION:
-        raise StorageError(f"user {user_id} is still missing after hydration")
+        await hydrator.hydrate(user_id)
+        reply = await call(may_create_arg(hydrator))
+        if reply[0] == NEEDS_HYDRATION:
+            raise StorageError(f"user {user_id} is still missing after hydration")
     return reply

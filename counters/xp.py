@@ -18,10 +18,10 @@ import msgspec
 
 from counters.clock import Clock, to_datetime
 from counters.errors import InvalidRequest, NotFound
-from counters.hydration import Hydrator, hydrate_and_rerun, may_create_arg
+from counters.hydration import Hydrator, run_hydrated
 from counters.idempotency import Idempotency, reject_reused_key, script_args
 from counters.keys import UserKeys
-from counters.scripts import NEEDS_HYDRATION, Arg, Scripts
+from counters.scripts import Arg, Scripts
 from counters.xp_guidance import XpCheck, evaluate, require_generation_type
 from counters.xp_rules import Tier, XpRules
 from counters.xp_state import XpOutcome, XpReply, XpState, decode_reply
@@ -125,10 +125,7 @@ class XpService:
             ]  # fmt: skip
             return self._scripts.run(script, keys, [*common, *args])
 
-        # run_hydrated, unrolled (as for awards): the hot path awaits the script alone.
-        reply = await call(may_create_arg(self._hydrator))
-        if reply[0] == NEEDS_HYDRATION:
-            reply = await hydrate_and_rerun(self._hydrator, user_id, call)
+        reply = await run_hydrated(self._hydrator, user_id, call)
         reject_reused_key(reply[0])
         return decode_reply(script, reply)
 
