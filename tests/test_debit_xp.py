@@ -10,18 +10,11 @@ import redis
 
 from counters.clock import ManualClock
 from tests.support import NOON, service_headers, user_headers
-from tests.xp_support import balance, debit, events, grant, kinds, spend_to, subscribe
+from tests.xp_support import ARCADE, balance, debit, events, grant, kinds, spend_to, subscribe
 
 pytestmark = pytest.mark.anyio
 
 DAY = 86_400
-ARCADE = {
-    "tier_name": "arcade_artist",
-    "tier_display_name": "Arcade Artist",
-    "tier_level": 2,
-    "monthly_xp_allocation": 800,
-    "monthly_price_aud": 20,
-}
 
 
 async def test_a_debit_takes_the_cost_and_records_an_event(

@@ -8,17 +8,10 @@ import redis
 
 from counters.keys import UserKeys
 from tests.support import service_headers, user_headers
-from tests.xp_support import BUCKETS, grant, kinds, spend_to, subscribe
+from tests.xp_support import ARCADE, BUCKETS, grant, kinds, spend_to, subscribe
 
 pytestmark = pytest.mark.anyio
 
-ARCADE = {
-    "tier_name": "arcade_artist",
-    "tier_display_name": "Arcade Artist",
-    "tier_level": 2,
-    "monthly_xp_allocation": 800,
-    "monthly_price_aud": 20,
-}
 GAME_MASTER = {
     "tier_name": "game_master",
     "tier_display_name": "Game Master",

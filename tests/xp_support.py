@@ -21,6 +21,15 @@ from tests.support import service_headers, user_headers
 
 BUCKETS = 16  # Settings.key_buckets, as the suite's settings fixture leaves it
 
+# The seed's recommended_tier for a Pixel Rookie who is short of XP.
+ARCADE = {
+    "tier_name": "arcade_artist",
+    "tier_display_name": "Arcade Artist",
+    "tier_level": 2,
+    "monthly_xp_allocation": 800,
+    "monthly_price_aud": 20,
+}
+
 
 def iso(ts: float) -> str:
     """A unix time as the API writes it."""
