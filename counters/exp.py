@@ -84,7 +84,7 @@ class ExpService:
         midnight = next_utc_midnight(now)
         if midnight != self._day[0]:  # formatting the day costs more than the rest of a window
             self._day = (midnight, utc_day(now))
-        return DayWindow(self._day[1], midnight + self._day_grace + jitter, now)
+        return DayWindow(self._day[1], max(midnight + self._day_grace + jitter - int(now), 1))
 
     async def award(
         self,

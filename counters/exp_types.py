@@ -101,13 +101,8 @@ class Adjustment:
 
 @dataclass(frozen=True, slots=True)
 class DayWindow:
-    day: str
-    expire_at: int  # unix seconds, by the service's clock
-    now: float
-
-    @property
-    def ttl(self) -> int:
-        """Seconds the day's key lives from now. Scripts take this, not ``expire_at``: Redis's
-        clock may differ from the service's (or a test's), and an EXPIREAT in Redis's past
-        would delete the key at once."""
-        return max(self.expire_at - int(self.now), 1)
+    day: str  # the UTC day in the key, YYYYMMDD
+    # Seconds the day's key lives from now (to the next midnight + grace + jitter, by the
+    # service's clock). Scripts take a TTL, not an EXPIREAT: Redis's clock may differ from the
+    # service's (or a test's), and an EXPIREAT in Redis's past would delete the key at once.
+    ttl: int
