@@ -7,13 +7,16 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from api import batch_routes, exp_routes, health_routes, xp_routes
 from api.asgi import CountersApp
 from api.errors import EXCEPTION_HANDLERS
+from api.routes import batch as batch_routes
+from api.routes import exp as exp_routes
+from api.routes import health as health_routes
+from api.routes import xp as xp_routes
 from counters.clock import Clock
-from counters.durability import Durability
 from counters.rules import Rules
-from counters.services import Services
+from counters.runtime.durability import Durability
+from counters.runtime.services import Services
 from counters.settings import Settings
 
 

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.errors import error_reply
 from api.http import Reply, encode, receive_body
-from counters.services import Services
+from counters.runtime.services import Services
 
 _JSON = (b"content-type", b"application/json")
 

@@ -21,8 +21,8 @@ from counters.errors import (
     RequestError,
     StorageError,
 )
-from counters.exp_types import AwardOutcome
-from counters.xp_state import XpOutcome
+from counters.exp.types import AwardOutcome
+from counters.xp.state import XpOutcome
 
 log = logging.getLogger("counters.api")
 

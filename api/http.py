@@ -11,8 +11,8 @@ from starlette.types import Receive
 
 from counters.auth import Principal
 from counters.errors import InvalidRequest, MalformedBody, PayloadTooLarge
-from counters.idempotency import Idempotency
-from counters.services import Services
+from counters.redis.idempotency import Idempotency
+from counters.runtime.services import Services
 
 T = TypeVar("T")
 

@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 from bench import scenarios
 from bench.scenarios import Award
 from counters.auth import Principal
-from counters.entities import Target
 from counters.errors import RequestError
-from counters.exp_types import AwardCall
-from counters.keys import stream_key
-from counters.scripts import script_source
-from counters.services import Services
+from counters.exp.entities import Target
+from counters.exp.types import AwardCall
+from counters.redis.keys import stream_key
+from counters.redis.scripts import script_source
+from counters.runtime.services import Services
 from counters.settings import Settings
 
 SERVICE = "service:0"

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.direct import load_award_script
-from counters.exp_types import AwardCall
-from counters.flusher import Flusher, stream_lag
-from counters.keys import stream_key
+from counters.exp.types import AwardCall
+from counters.redis.keys import stream_key
+from persistence.flusher import Flusher, stream_lag
 from persistence.store import Store
 
 _SAMPLE_EVERY = 0.25

@@ -10,10 +10,10 @@ import jwt
 import msgspec
 import orjson
 
-from api.schemas import GainRequest, GainResponse, gain_decoder
+from api.schemas.exp import GainRequest, GainResponse, gain_decoder
 from bench import scenarios
 from counters.auth import Authenticator, issue_token
-from counters.levels import progress
+from counters.exp.levels import progress
 from counters.rules import load_rules
 
 

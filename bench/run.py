@@ -25,7 +25,7 @@ from bench.measured import Measured, median_run
 from bench.options import Options, parse
 from bench.report import Report, Row, render, write_json
 from bench.servers import BARE_APP, GAIN_APP, PG_APP, Server, uvicorn_server
-from counters.embedded import PostgresServer, RedisServer
+from counters.cli.embedded import PostgresServer, RedisServer
 from counters.errors import ConfigError, StorageError
 from persistence.migrate import migrate_url
 
@@ -228,7 +228,7 @@ class Bench:
 
     def xp_debit(self) -> None:
         try:
-            from api import xp_routes  # noqa: F401  (the XP credits issue's routes)
+            from api.routes import xp  # noqa: F401  (the XP credits issue's routes)
         except ImportError:
             self.report.rows.append(Row("3", "POST /api/v1/xp/debit", None, note="not available"))
             return

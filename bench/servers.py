@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from counters.embedded import free_port
+from counters.cli.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ PG_APP = "bench.baselines.pg_award:app_from_env"
 def uvicorn_argv(
     factory: str, port: int, workers: int, loop: str = "uvloop", http: str = "httptools"
 ) -> list[str]:
-    """The command line of ``counters serve`` (see counters/cli.py), for any app factory."""
+    """The command line of ``counters serve`` (see counters/cli/main.py), for any app factory."""
     return [
         sys.executable, "-m", "uvicorn", factory, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),

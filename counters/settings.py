@@ -42,7 +42,8 @@ class Settings:
     day_jitter_seconds: int = 600
     max_body_bytes: int = 65_536
     redis_max_connections: int = 256
-    # Script calls issued in one event-loop tick go to Redis as one write (counters/pipelining.py).
+    # Script calls issued in one event-loop tick go to Redis as one write
+    # (counters/redis/pipelining.py).
     redis_autopipeline: bool = True
     # An XP hold not captured or released by then returns to the balance by itself.
     hold_ttl_seconds: int = 900

@@ -12,11 +12,11 @@ import redis
 from starlette.applications import Starlette
 
 from api.app import create_app
+from counters.cli.embedded import PostgresServer, RedisServer
 from counters.clock import ManualClock
-from counters.embedded import PostgresServer, RedisServer
 from counters.settings import Settings
-from tests.persistence_support import migrate_and_truncate
-from tests.support import JWT_SECRET, NOON, SERVICE_KEY
+from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY
+from tests.support.persistence import migrate_and_truncate
 
 
 @pytest.fixture(scope="session")

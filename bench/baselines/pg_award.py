@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.schemas import GainResponse, gain_decoder
+from api.schemas.exp import GainResponse, gain_decoder
 from counters.auth import Authenticator
 from counters.clock import SystemClock, next_utc_midnight, utc_day
-from counters.levels import progress
+from counters.exp.levels import progress
 from counters.rules import load_rules
 
 SCHEMA = """

@@ -1,0 +1,179 @@
+"""EXP and level routes: decode, one call into ``counters.exp.service``, encode."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.asgi import Exchange, HotRoute
+from api.errors import AWARD_STATUS
+from api.http import (
+    Reply,
+    decode,
+    idempotency,
+    idempotency_of,
+    json_response,
+    principal,
+    read_body,
+    replay_headers,
+    service_caller,
+    services,
+)
+from api.schemas.exp import (
+    TARGET_ID,
+    AdjustResponse,
+    GainRequest,
+    GainResponse,
+    LimitsResponse,
+    OwnerResponse,
+    ProgressResponse,
+    adjust_decoder,
+    gain_decoder,
+    owner_decoder,
+)
+from counters.clock import next_utc_midnight
+from counters.errors import InvalidRequest, NotFound
+from counters.exp.entities import Target
+from counters.exp.levels import progress
+from counters.exp.types import AwardOutcome, AwardResult
+from counters.runtime.services import Services
+
+
+async def gain(svc: Services, exchange: Exchange) -> Reply:
+    headers = exchange.headers
+    caller = svc.auth.authenticate(headers.get("authorization"), headers.get("x-user-id"))
+    req = decode(exchange.body, gain_decoder)
+    target = gain_target(req)
+    key = headers.get("idempotency-key")
+    idem = idempotency_of(caller.caller, key, hot_gain.name, caller.user_id, req)
+    return award_reply(svc, await svc.exp.award(caller, req.action, target, idem))
+
+
+hot_gain = HotRoute("POST", "/api/exp/gain", gain)
+
+
+def gain_target(req: GainRequest) -> Target | None:
+    """The entity a gain names, if any (target_type and target_id come together)."""
+    if (req.target_type is None) != (req.target_id is None):
+        raise InvalidRequest("target_type and target_id must be sent together")
+    if req.target_type is None:
+        return None
+    return Target(req.target_type, str(req.target_id))
+
+
+def award_reply(svc: Services, result: AwardResult) -> Reply:
+    """Status, body and headers of an award's outcome (the single and the batch route)."""
+    headers: dict[str, str] = replay_headers(result.replayed) or {}
+    status = AWARD_STATUS[result.outcome]
+    if result.outcome is AwardOutcome.AWARDED:
+        body = GainResponse(
+            awarded_to=result.awarded_to, action=result.action, success=True,
+            exp_added=result.exp_added, total_exp=result.total_exp, level=result.level,
+            leveled_up=result.leveled_up, daily_exp_gained=result.daily_exp_gained,
+            daily_exp_cap=result.daily_exp_cap, action_count=result.action_count,
+            action_limit=result.action_limit,
+            progress=progress(svc.exp.rules, result.total_exp),
+        )  # fmt: skip
+        return status, body, headers
+    if result.outcome is AwardOutcome.ALREADY_TRIGGERED:
+        assert result.target is not None
+        detail = (
+            f"{result.actor} already triggered {result.action} on {result.target.type} "
+            f"{result.target.id}; no EXP awarded"
+        )
+        return status, {"detail": detail}, headers
+    if result.outcome is AwardOutcome.LIMIT_REACHED:
+        detail = f"Daily limit reached for {result.action} ({result.action_limit}/day)"
+    else:
+        detail = f"Daily EXP cap reached ({result.daily_exp_cap} EXP/day for level {result.level})"
+    now = svc.clock.now()
+    headers["Retry-After"] = str(max(next_utc_midnight(now) - int(now), 1))
+    return status, {"detail": detail}, headers
+
+
+async def levels(request: Request) -> Response:
+    rules = services(request).exp.rules
+    body = {
+        str(level.level): {
+            "name": level.name,
+            "unlock": level.unlock,
+            "exp_required": level.exp_required,
+        }
+        for level in rules.levels
+    }
+    return json_response(body)
+
+
+async def limits(request: Request) -> Response:
+    svc = services(request)
+    usage = await svc.exp.usage(principal(request).user_id)
+    actions = svc.exp.rules.actions
+    body = LimitsResponse(
+        level=usage.level,
+        daily_exp_gained=usage.daily_exp_gained,
+        daily_exp_cap=usage.daily_exp_cap,
+        remaining_exp=usage.remaining_exp,
+        daily_action_counts=usage.daily_action_counts,
+        action_limits={name: action.daily_limit for name, action in actions.items()},
+        exp_rewards={name: action.exp for name, action in actions.items()},
+    )
+    return json_response(body)
+
+
+async def exp_progress(request: Request) -> Response:
+    svc = services(request)
+    usage = await svc.exp.usage(principal(request).user_id)
+    body = ProgressResponse(
+        user_id=usage.user_id,
+        total_exp=usage.total_exp,
+        level=usage.level,
+        progress=progress(svc.exp.rules, usage.total_exp),
+    )
+    return json_response(body)
+
+
+async def adjust(request: Request) -> Response:
+    svc = services(request)
+    caller = service_caller(request)
+    req = decode(await read_body(request), adjust_decoder)
+    idem = idempotency(request, caller, req.user_id, req)
+    result = await svc.exp.adjust(req.user_id, req.delta, req.reason, caller, idem)
+    body = AdjustResponse(
+        user_id=result.user_id,
+        applied_delta=result.applied_delta,
+        total_exp=result.total_exp,
+        level=result.level,
+        leveled_up=result.level > result.previous_level,
+        progress=progress(svc.exp.rules, result.total_exp),
+    )
+    return json_response(body, 200, replay_headers(result.replayed))
+
+
+async def assign_owner(request: Request) -> Response:
+    svc = services(request)
+    service_caller(request)
+    target_type = request.path_params["target_type"]
+    target_id = request.path_params["target_id"]
+    known = {t for action in svc.exp.rules.actions.values() for t in action.target_types}
+    if target_type not in known:
+        raise NotFound(f"Unknown target_type '{target_type}'; known: {', '.join(sorted(known))}")
+    if not TARGET_ID.match(target_id):
+        raise InvalidRequest("target_id must be 1-128 letters, digits and _.- characters")
+    req = decode(await read_body(request), owner_decoder)
+    previous = await svc.entities.assign(Target(target_type, target_id), req.owner_id)
+    body = OwnerResponse(
+        target_type=target_type, target_id=target_id, owner_id=req.owner_id,
+        previous_owner_id=previous,
+    )  # fmt: skip
+    return json_response(body)
+
+
+routes = [
+    Route(hot_gain.path, hot_gain, methods=[hot_gain.method]),
+    Route("/api/levels", levels, methods=["GET"]),
+    Route("/api/exp/limits", limits, methods=["GET"]),
+    Route("/api/exp/progress", exp_progress, methods=["GET"]),
+    Route("/api/admin/exp/adjust", adjust, methods=["POST"]),
+    Route("/api/entities/{target_type}/{target_id}", assign_owner, methods=["PUT"]),
+]

@@ -1,0 +1,66 @@
+"""Health: GET /healthz (the process answers) and GET /readyz (it can serve, and how far behind
+the durable ledger is)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.errors import READINESS_STATUS
+from api.http import json_response, services
+from counters.runtime.durability import Durability
+
+# Only Redis gates readiness by default: the API serves from Redis alone while Postgres is down
+# (the flusher catches up later), so failing readiness then would turn a Postgres outage into a
+# full outage. ``?strict=1`` also requires Postgres.
+_TIMEOUT = 1.0
+
+
+async def healthz(request: Request) -> Response:
+    """The process is alive and answering."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Whether this instance can serve, with Postgres's status and the flusher's lag."""
+    svc = services(request)
+    durability: Durability = request.app.state.durability
+    strict = request.query_params.get("strict", "") in {"1", "true", "yes"}
+    redis_ok = await _redis_ok(request)
+    body: dict[str, object] = {"redis": "ok" if redis_ok else "down"}
+    postgres_ok = True
+    if durability.store is None:
+        body["postgres"] = "not configured"
+    else:
+        postgres_ok = await durability.store.ping(_TIMEOUT)
+        body["postgres"] = "ok" if postgres_ok else "down"
+        flusher: dict[str, object] = {"running": svc.settings.flusher_enabled}
+        if redis_ok:
+            with contextlib.suppress(RedisError):  # Redis went away since the ping: no lag
+                lag = await durability.flusher_lag(svc)
+                flusher |= {"lag_events": lag.events, "lag_seconds": lag.seconds}
+        if durability.flusher is not None and durability.flusher.stats.last_error:
+            flusher["last_error"] = durability.flusher.stats.last_error
+        body["flusher"] = flusher
+    ready = redis_ok and (postgres_ok or not strict)
+    body["status"] = ("ready" if postgres_ok else "degraded") if ready else "not ready"
+    return json_response(body, READINESS_STATUS[ready])
+
+
+async def _redis_ok(request: Request) -> bool:
+    try:
+        async with asyncio.timeout(_TIMEOUT):
+            return bool(await services(request).redis.ping())
+    except Exception:  # any failure to answer is "down"; the body says so
+        return False
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

@@ -1,0 +1,1 @@
+"""Request and response bodies as msgspec Structs, one module per concern."""

@@ -1,0 +1,91 @@
+"""Request and response shapes of the EXP routes, as the seed documents them."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+from counters.exp.levels import Progress
+
+TARGET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TargetType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+TargetId = (
+    Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    | Annotated[str, msgspec.Meta(pattern=TARGET_ID.pattern)]
+)
+UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")]
+
+
+class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class GainRequest(_Request, frozen=True):
+    action: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    target_type: TargetType | None = None
+    target_id: TargetId | None = None
+
+
+class AdjustRequest(_Request, frozen=True):
+    user_id: UserId
+    delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class OwnerRequest(_Request, frozen=True):
+    owner_id: UserId
+
+
+class GainResponse(msgspec.Struct, frozen=True, kw_only=True):
+    awarded_to: str
+    action: str
+    success: bool
+    exp_added: int
+    total_exp: int
+    level: int
+    leveled_up: bool
+    daily_exp_gained: int
+    daily_exp_cap: int
+    action_count: int
+    action_limit: int | None
+    progress: Progress
+
+
+class LimitsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    level: int
+    daily_exp_gained: int
+    daily_exp_cap: int
+    remaining_exp: int
+    daily_action_counts: dict[str, int]
+    action_limits: dict[str, int | None]
+    exp_rewards: dict[str, int]
+
+
+class ProgressResponse(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    total_exp: int
+    level: int
+    progress: Progress
+
+
+class AdjustResponse(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    applied_delta: int
+    total_exp: int
+    level: int
+    leveled_up: bool
+    progress: Progress
+
+
+class OwnerResponse(msgspec.Struct, frozen=True, kw_only=True):
+    target_type: str
+    target_id: str
+    owner_id: str
+    previous_owner_id: str | None
+
+
+gain_decoder = msgspec.json.Decoder(GainRequest)
+adjust_decoder = msgspec.json.Decoder(AdjustRequest)
+owner_decoder = msgspec.json.Decoder(OwnerRequest)

@@ -1,0 +1,1 @@
+"""Commands (``counters serve|flush|reconcile|migrate``), embedded servers, dev credentials."""

@@ -1,0 +1,187 @@
+"""The durable-ledger commands: ``counters migrate``, ``counters flush``, ``counters reconcile``.
+
+Each uses COUNTERS_DATABASE_URL and COUNTERS_REDIS_URL; when one is unset it starts the embedded
+server under COUNTERS_DATA_DIR for the command's duration (as ``serve`` does). While ``serve``
+runs the embedded servers, give these commands the URLs ``serve`` printed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from contextlib import ExitStack
+from dataclasses import replace
+
+import click
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from counters.cli.embedded import PostgresServer, RedisServer
+from counters.errors import CountersError
+from counters.redis.scripts import Scripts
+from counters.rules import load_rules
+from counters.runtime.durability import make_flusher
+from counters.runtime.services import connect_redis
+from counters.settings import Settings
+from persistence.migrate import migrate_url
+from persistence.reconcile.reconciler import Reconciler, Report
+from persistence.reconcile.sources import Finding, known_users
+from persistence.store import Store
+
+EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
+
+
+class CommandError(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value ends the command with its message."""
+    try:
+        return Settings.from_env()
+    except CountersError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _embedded(server: RedisServer | PostgresServer, variable: str, stack: ExitStack) -> str:
+    """Start an embedded server until the stack closes; its URL."""
+    try:
+        server.start()
+    except CountersError as exc:
+        raise CommandError(f"{exc} (or set {variable})") from exc
+    stack.callback(server.stop)
+    name = "Redis" if isinstance(server, RedisServer) else "Postgres"
+    click.echo(f"embedded {name} at {server.url} (data in {server.data_dir})", err=True)
+    return server.url
+
+
+def database_url(settings: Settings, stack: ExitStack) -> str:
+    """COUNTERS_DATABASE_URL, or the embedded Postgres under the data dir, started until exit."""
+    if settings.database_url is not None:
+        return settings.database_url
+    server = PostgresServer(settings.data_dir / "postgres")
+    return _embedded(server, "COUNTERS_DATABASE_URL", stack)
+
+
+def redis_url(settings: Settings, stack: ExitStack) -> str:
+    """COUNTERS_REDIS_URL, or the embedded Redis under the data dir, started until exit."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    server = RedisServer(settings.data_dir / "redis", persistent=True)
+    return _embedded(server, "COUNTERS_REDIS_URL", stack)
+
+
+def with_servers(settings: Settings, stack: ExitStack) -> Settings:
+    """The settings with Redis and Postgres URLs: embedded servers (until exit) for any unset."""
+    return replace(
+        settings,
+        redis_url=redis_url(settings, stack),
+        database_url=database_url(settings, stack),
+    )
+
+
+def apply_migrations(url: str) -> None:
+    """Apply every pending migration; say which."""
+    try:
+        applied = asyncio.run(migrate_url(url))
+    except (CountersError, OSError) as exc:
+        raise CommandError(f"migrate: {exc}") from exc
+    except Exception as exc:  # asyncpg's errors share no base we can name without its stubs
+        raise CommandError(f"migrate: {type(exc).__name__}: {exc}") from exc
+    for migration in applied:
+        click.echo(f"applied migration {migration.version:04d}_{migration.name}", err=True)
+
+
+@click.command()
+def migrate() -> None:
+    """Apply the Postgres schema migrations (serve applies them too)."""
+    settings = load_settings()
+    with ExitStack() as stack:
+        apply_migrations(database_url(settings, stack))
+    click.echo("schema up to date")
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Flush until the streams are empty, then exit.")
+def flush(burst: bool) -> None:
+    """Move the event streams into the Postgres ledger (serve runs this in every worker)."""
+    settings = load_settings()
+    with ExitStack() as stack:
+        settings = with_servers(settings, stack)
+        assert settings.database_url is not None
+        apply_migrations(settings.database_url)
+        total = asyncio.run(_flush(settings, burst))
+    click.echo(f"flushed {total} events")
+
+
+async def _flush(settings: Settings, burst: bool) -> int:
+    assert settings.database_url is not None and settings.redis_url is not None
+    store = await Store.open(settings.database_url)
+    redis = connect_redis(settings.redis_url, 4)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+            loop.add_signal_handler(sig, stop.set)  # finish the batch in hand, then exit
+    try:
+        flusher = make_flusher(settings, redis, store)
+        return await flusher.run(stop, burst=burst, max_failures=20 if burst else None)
+    except CountersError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        await redis.aclose()
+        await store.close()
+
+
+@click.command()
+@click.option("--repair", is_flag=True, help="Fix drift in the safe direction (see README).")
+@click.option("--no-flush", is_flag=True, help="Compare without draining the streams first.")
+def reconcile(repair: bool, no_flush: bool) -> None:
+    """Compare Redis, Postgres totals and ledger sums for every user; exit 1 on drift."""
+    settings = load_settings()
+    with ExitStack() as stack:
+        settings = with_servers(settings, stack)
+        report = asyncio.run(_reconcile(settings, repair, not no_flush))
+    click.echo(summary(report))
+    sys.exit(EXIT_CLEAN if report.clean else EXIT_DRIFT)
+
+
+def summary(report: Report) -> str:
+    """The closing lines of a reconcile run."""
+    verdict = "clean" if report.clean else "DRIFT"
+    lines = [
+        f"{verdict}: {report.users} users checked, {report.drifted} drifted,"
+        f" {report.repaired} repaired, {report.in_flight} in flight,"
+        f" {report.quarantined} quarantined events"
+    ]
+    if report.unrepaired:
+        lines.append("left drifted: " + ", ".join(report.unrepaired))
+    return "\n".join(lines)
+
+
+def _print_drift(finding: Finding, outcome: str) -> None:
+    problems = "; ".join(finding.problems)
+    tqdm.write(f"drift {finding.observed.user_id}: {problems} -> {outcome}", file=sys.stdout)
+
+
+async def _reconcile(settings: Settings, repair: bool, flush_first: bool) -> Report:
+    assert settings.database_url is not None and settings.redis_url is not None
+    rules = load_rules(settings.rules)
+    store = await Store.open(settings.database_url)
+    redis = connect_redis(settings.redis_url, 4)
+    try:
+        total = await known_users(store)
+        # Shown only when the run lasts over a second, and only on a terminal.
+        with tqdm(total=total, unit="user", file=sys.stderr, delay=1.0, disable=None) as bar:
+            reconciler = Reconciler(
+                redis, store, Scripts(redis), settings.key_buckets, rules.exp.level_for,
+                repair=repair, on_drift=_print_drift, on_progress=bar.update,
+            )  # fmt: skip
+            flusher = make_flusher(settings, redis, store) if flush_first else None
+            return await reconciler.run(flusher)
+    except CountersError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        await redis.aclose()
+        await store.close()

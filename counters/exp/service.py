@@ -1,0 +1,299 @@
+"""EXP and levels: awards with per-action daily limits and level-based daily caps, corrections.
+
+Each operation is one Lua script (one round trip); this module chooses the keys, passes the
+rules as arguments and decodes the fixed-shape reply. Reaching a limit or a cap is an outcome,
+not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from counters.auth import Principal
+from counters.clock import Clock, next_utc_midnight, utc_day
+from counters.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidRequest,
+    NotFound,
+    RequestError,
+    ScriptReplyError,
+    StorageError,
+)
+from counters.exp.entities import Entities, Target
+from counters.exp.types import (
+    Adjustment,
+    AwardCall,
+    AwardOutcome,
+    AwardRequest,
+    AwardResult,
+    DailyUsage,
+    DayWindow,
+)
+from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
+from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
+from counters.redis.keys import UserKeys
+from counters.redis.scripts import NEEDS_HYDRATION, Arg, Scripts
+from counters.rules import Action, ExpRules
+
+_NOT_OWNER = 5
+
+
+class ExpService:
+    def __init__(
+        self,
+        rules: ExpRules,
+        scripts: Scripts,
+        entities: Entities,
+        hydrator: Hydrator,
+        clock: Clock,
+        *,
+        buckets: int,
+        idempotency_ttl: int,
+        day_grace: int,
+        day_jitter: int,
+    ) -> None:
+        self.rules = rules
+        self._scripts = scripts
+        self._entities = entities
+        self._hydrator = hydrator
+        self._clock = clock
+        self._buckets = buckets
+        self._idempotency_ttl = idempotency_ttl
+        self._day_grace = day_grace
+        self._day_jitter = day_jitter
+        self._thresholds = json.dumps(list(rules.thresholds))  # JSON arrays: Levels.list
+        self._caps = json.dumps(list(rules.caps_by_level))
+        self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
+
+    def action(self, name: str) -> Action:
+        """The rule of an action, or ``InvalidRequest`` listing the known ones."""
+        action = self.rules.actions.get(name)
+        if action is None:
+            known = ", ".join(self.rules.actions)
+            raise InvalidRequest(f"Unknown action '{name}'; known actions: {known}")
+        return action
+
+    def window(self, user_id: str, now: float) -> DayWindow:
+        """Today's key window and clean-up time (next midnight + grace + per-user jitter)."""
+        jitter = zlib.crc32(user_id.encode()) % (self._day_jitter + 1)
+        midnight = next_utc_midnight(now)
+        if midnight != self._day[0]:  # formatting the day costs more than the rest of a window
+            self._day = (midnight, utc_day(now))
+        return DayWindow(self._day[1], max(midnight + self._day_grace + jitter - int(now), 1))
+
+    async def award(
+        self,
+        principal: Principal,
+        action_name: str,
+        target: Target | None,
+        idem: Idempotency | None,
+    ) -> AwardResult:
+        """Award EXP for one action by ``principal`` (to its user, or to the target's owner)."""
+        for attempt in range(2):
+            call = await self.prepare_award(principal, action_name, target, idem)
+            try:
+                return await self._run_award(call)
+            except _StaleOwner:
+                if attempt == 0 and call.target is not None:
+                    await self._entities.repair_marker(call.target)
+        raise ScriptReplyError(f"owner of {target} kept changing")
+
+    async def award_many(
+        self, requests: Sequence[AwardRequest]
+    ) -> list[AwardResult | RequestError | StorageError]:
+        """Many awards, each checked and applied on its own (its own outcome or error, in order),
+        their scripts run in one pipelined round trip. Not a transaction: each award is atomic.
+
+        The rare award whose user must first be hydrated, or whose target's owner changed, runs
+        after the others, through the single path (a user's such awards in the batch's order).
+        """
+        prepared = await asyncio.gather(
+            *(self.prepare_award(*request) for request in requests), return_exceptions=True
+        )
+        results: list[AwardResult | RequestError | StorageError | None] = [None] * len(requests)
+        calls: list[tuple[int, AwardCall]] = []
+        for index, item in enumerate(prepared):
+            if isinstance(item, AwardCall):
+                calls.append((index, item))
+            elif isinstance(item, RequestError | StorageError):
+                results[index] = item
+            else:
+                raise item
+        may_create = may_create_arg(self._hydrator)
+        replies = await self._scripts.run_many(
+            "award_exp", [(call.keys, call.args(may_create)) for _, call in calls]
+        )
+        again: dict[str, list[int]] = {}  # by receiving user
+        for (index, call), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, StorageError):
+                results[index] = reply
+            elif reply[0] in (NEEDS_HYDRATION, _NOT_OWNER):
+                again.setdefault(call.user_id, []).append(index)
+            else:
+                try:
+                    results[index] = self._award_result(call, reply)
+                except (RequestError, StorageError) as exc:
+                    results[index] = exc
+
+        async def in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                try:
+                    results[index] = await self.award(*requests[index])
+                except (RequestError, StorageError) as exc:
+                    results[index] = exc
+
+        await asyncio.gather(*(in_order(indexes) for indexes in again.values()))
+        done = [result for result in results if result is not None]
+        assert len(done) == len(results)
+        return done
+
+    async def prepare_award(
+        self,
+        principal: Principal,
+        action_name: str,
+        target: Target | None,
+        idem: Idempotency | None,
+    ) -> AwardCall:
+        """Check an award and build its script call: claims the target, or finds its owner."""
+        action = self.action(action_name)
+        if not action.user_may_trigger and not principal.is_service:
+            raise ForbiddenError(f"{action_name} may only be triggered by a service")
+        target = self._check_target(action_name, action, target)
+        actor = principal.user_id
+        if action.awards == "actor":
+            mode = "actor"
+            if target is not None and action.records_ownership:
+                await self._entities.claim(target, actor)
+                mode = "actor_owns"
+            return self._award_call(action_name, action, actor, actor, target, idem, mode)
+        assert target is not None
+        owner = await self._entities.owner_of(target)
+        if owner is None:
+            raise NotFound(f"Unknown {target.type} {target.id}: no owner is recorded")
+        if owner == actor:
+            raise ConflictError(f"{action_name} on your own {target.type} awards nothing")
+        mode = "creator_once" if action.once_per_actor else "creator"
+        return self._award_call(action_name, action, owner, actor, target, idem, mode)
+
+    def _award_call(
+        self,
+        action_name: str,
+        action: Action,
+        user_id: str,
+        actor: str,
+        target: Target | None,
+        idem: Idempotency | None,
+        mode: str,
+    ) -> AwardCall:
+        now = self._clock.now()
+        window = self.window(user_id, now)
+        user = UserKeys.of(user_id, self._buckets)
+        fingerprint, idem_key = script_args(idem)
+        unused = user.unused
+        keys = [
+            user.user,
+            user.day(window.day),
+            user.events,
+            user.idempotency(idem.caller, idem.key) if idem else unused,
+            user.owned(target.type, target.id) if target and mode != "actor" else unused,
+            user.likers(target.type, target.id) if target and mode == "creator_once" else unused,
+        ]
+        argv: list[Arg] = [
+            user_id, action_name, action.exp, action.daily_limit or 0,
+            self._thresholds, self._caps, window.day, window.ttl,
+            int(now * 1000), fingerprint, self._idempotency_ttl, mode, actor,
+            self.rules.liker_memory_days * 86_400, "", str(target) if target else "", idem_key,
+        ]  # fmt: skip
+        return AwardCall(action_name, action, user_id, actor, target, keys, argv)
+
+    async def _run_award(self, call: AwardCall) -> AwardResult:
+        def run(may_create: str) -> Awaitable[list[Any]]:
+            return self._scripts.run("award_exp", call.keys, call.args(may_create))
+
+        return self._award_result(call, await run_hydrated(self._hydrator, call.user_id, run))
+
+    def _award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
+        code, added, total, level, previous, gained, count, _seq, replayed = reply
+        if code == _NOT_OWNER:
+            raise _StaleOwner
+        reject_reused_key(code)
+        try:
+            outcome = AwardOutcome(code)
+        except ValueError as exc:
+            raise ScriptReplyError(f"award_exp replied with unknown code {code}") from exc
+        return AwardResult(
+            outcome=outcome, awarded_to=call.user_id, action=call.action_name, exp_added=added,
+            total_exp=total, level=level, previous_level=previous, daily_exp_gained=gained,
+            daily_exp_cap=self.rules.cap_for(level), action_count=count,
+            action_limit=call.action.daily_limit, actor=call.actor, target=call.target,
+            replayed=bool(replayed),
+        )  # fmt: skip
+
+    def _check_target(self, name: str, action: Action, target: Target | None) -> Target | None:
+        if not action.target_types:
+            return None  # the action names no entity; a target sent with it is ignored
+        if target is None:
+            if action.awards == "creator":
+                raise InvalidRequest(f"{name} needs target_type and target_id")
+            return None
+        if target.type not in action.target_types:
+            allowed = ", ".join(action.target_types)
+            raise InvalidRequest(f"{name} takes target_type {allowed}, not '{target.type}'")
+        return target
+
+    async def usage(self, user_id: str) -> DailyUsage:
+        """The user's total EXP and today's gains and action counts."""
+        now = self._clock.now()
+        user = UserKeys.of(user_id, self._buckets)
+        keys = [user.user, user.day(utc_day(now))]
+
+        async def call(may_create: str) -> list[object]:
+            return await self._scripts.run("read_exp", keys, [may_create])
+
+        _, total, _seq, day_fields = await run_hydrated(self._hydrator, user_id, call)
+        assert isinstance(total, int) and isinstance(day_fields, list)
+        fields = dict(zip(day_fields[::2], day_fields[1::2], strict=True))
+        level = self.rules.level_for(total)
+        counts = {name[2:]: int(value) for name, value in fields.items() if name.startswith("a:")}
+        return DailyUsage(
+            user_id=user_id, total_exp=total, level=level,
+            daily_exp_gained=int(fields.get("exp", 0)), daily_exp_cap=self.rules.cap_for(level),
+            daily_action_counts=counts,
+        )  # fmt: skip
+
+    async def adjust(
+        self, user_id: str, delta: int, reason: str, actor: str, idem: Idempotency | None
+    ) -> Adjustment:
+        """A support correction: no limit or cap applies; the total never drops below zero."""
+        user = UserKeys.of(user_id, self._buckets)
+        fingerprint, idem_key = script_args(idem)
+        keys = [
+            user.user,
+            user.events,
+            user.idempotency(idem.caller, idem.key) if idem else user.unused,
+        ]
+        now_ms = int(self._clock.now() * 1000)
+
+        async def call(may_create: str) -> list[int]:
+            args: list[Arg] = [
+                user_id, delta, reason, self._thresholds, now_ms, fingerprint,
+                self._idempotency_ttl, actor, may_create, idem_key,
+            ]  # fmt: skip
+            return await self._scripts.run("adjust_exp", keys, args)
+
+        code, applied, total, level, previous, _seq, replayed = await run_hydrated(
+            self._hydrator, user_id, call
+        )
+        reject_reused_key(code)
+        if code != 1:
+            raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
+        return Adjustment(user_id, applied, total, level, previous, bool(replayed))
+
+
+class _StaleOwner(Exception):
+    """The cached owner no longer owns the target; look it up again."""

@@ -1,0 +1,1 @@
+"""The Redis side: key names, the Lua scripts' calls, auto-pipelining, idempotency, hydration."""

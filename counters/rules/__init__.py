@@ -1,0 +1,174 @@
+"""The rules file: levels, actions, daily caps (and the XP tables), validated once at start.
+
+Rules are data. They ship as ``default_rules.toml`` (the seed's tables) and ``COUNTERS_RULES``
+points at another file. Every error names the entry that is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from counters.errors import RulesError
+from counters.rules.xp import GenerationCost, XpRules, check_xp, default_xp_rules
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class _Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Level(_Rule, frozen=True):
+    level: PositiveInt
+    name: str
+    unlock: str
+    exp_required: NonNegativeInt
+
+
+class DailyCap(_Rule, frozen=True):
+    min_level: PositiveInt
+    max_level: PositiveInt
+    cap: PositiveInt
+
+
+class Action(_Rule, frozen=True):
+    exp: PositiveInt
+    daily_limit: PositiveInt | None = None
+    awards: Literal["actor", "creator"] = "actor"
+    user_may_trigger: bool = True
+    target_types: tuple[Name, ...] = ()
+    records_ownership: bool = False
+    once_per_actor: bool = False
+
+
+class ExpRules(_Rule, frozen=True, dict=True):
+    levels: tuple[Level, ...]
+    daily_caps: tuple[DailyCap, ...]
+    actions: dict[Name, Action]
+    liker_memory_days: PositiveInt = 30
+
+    @cached_property
+    def thresholds(self) -> tuple[int, ...]:
+        """EXP needed for level 1, 2, ... in order."""
+        return tuple(level.exp_required for level in self.levels)
+
+    @cached_property
+    def caps_by_level(self) -> tuple[int, ...]:
+        """The daily EXP cap of level 1, 2, ... in order."""
+        by_level: dict[int, int] = {}
+        for cap in self.daily_caps:
+            for number in range(cap.min_level, cap.max_level + 1):
+                by_level[number] = cap.cap
+        return tuple(by_level[level.level] for level in self.levels)
+
+    def level_for(self, total_exp: int) -> int:
+        """The level a total EXP reaches."""
+        level = 1
+        for number, required in enumerate(self.thresholds, start=1):
+            if total_exp >= required:
+                level = number
+        return level
+
+    def cap_for(self, level: int) -> int:
+        """The daily EXP cap of a level."""
+        return self.caps_by_level[level - 1]
+
+
+class Rules(_Rule, frozen=True):
+    exp: ExpRules
+    xp: XpRules = msgspec.field(default_factory=default_xp_rules)  # none given: the shipped tables
+
+
+def _check_exp(exp: ExpRules) -> None:
+    if not exp.levels:
+        raise RulesError("exp.levels: at least one level is required")
+    for index, level in enumerate(exp.levels):
+        where = f"exp.levels[{index}]"
+        if level.level != index + 1:
+            raise RulesError(f"{where}: levels must be numbered 1, 2, ... in order")
+        if index == 0 and level.exp_required != 0:
+            raise RulesError(f"{where}: level 1 must require 0 EXP")
+        if index > 0 and level.exp_required <= exp.levels[index - 1].exp_required:
+            raise RulesError(f"{where}: exp_required must grow with each level")
+    covered: dict[int, int] = {}
+    for index, cap in enumerate(exp.daily_caps):
+        where = f"exp.daily_caps[{index}]"
+        if cap.min_level > cap.max_level or cap.max_level > len(exp.levels):
+            raise RulesError(f"{where}: level range {cap.min_level}-{cap.max_level} is invalid")
+        for number in range(cap.min_level, cap.max_level + 1):
+            if number in covered:
+                raise RulesError(f"{where}: level {number} already has a cap")
+            covered[number] = cap.cap
+    missing = [level.level for level in exp.levels if level.level not in covered]
+    if missing:
+        raise RulesError(f"exp.daily_caps: no cap for level(s) {missing}")
+    for name, action in exp.actions.items():
+        where = f"exp.actions.{name}"
+        if action.awards == "creator" and not action.target_types:
+            raise RulesError(f"{where}: a creator-awarded action needs target_types")
+        if action.records_ownership and action.awards == "creator":
+            raise RulesError(f"{where}: records_ownership applies to actor-awarded actions")
+        if action.once_per_actor and action.awards != "creator":
+            raise RulesError(f"{where}: once_per_actor applies to creator-awarded actions")
+
+
+# Tables keyed by name: each entry is checked on its own first, so an error names the entry
+# (msgspec reports a bad dict value only as ``actions[...]``).
+NAMED_TABLES: dict[tuple[str, ...], type[msgspec.Struct]] = {
+    ("exp", "actions"): Action,
+    ("xp", "costs"): GenerationCost,
+}
+
+
+def _check_named_entries(document: dict[str, Any]) -> None:
+    for path, entry_type in NAMED_TABLES.items():
+        table: Any = document
+        for part in path:
+            table = table.get(part, {}) if isinstance(table, dict) else {}
+        if not isinstance(table, dict):
+            continue
+        for name, entry in table.items():
+            try:
+                msgspec.convert(entry, entry_type)
+            except msgspec.ValidationError as exc:
+                where = ".".join((*path, str(name)))
+                raise RulesError(f"{where}: {exc}") from exc
+
+
+def parse_rules(text: str, source: str = "rules") -> Rules:
+    """Decode and validate a rules document; errors name the bad entry."""
+    try:
+        document = msgspec.toml.decode(text)
+        _check_named_entries(document)
+        rules = msgspec.convert(document, Rules)
+    except msgspec.ValidationError as exc:
+        raise RulesError(f"{source}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise RulesError(f"{source}: not valid TOML: {exc}") from exc
+    except RulesError as exc:
+        raise RulesError(f"{source}: {exc}") from exc
+    try:
+        _check_exp(rules.exp)
+        check_xp(rules.xp)
+    except RulesError as exc:
+        raise RulesError(f"{source}: {exc}") from exc
+    return rules
+
+
+def load_rules(path: Path | None = None) -> Rules:
+    """Load the rules file at ``path``, or the shipped defaults."""
+    if path is None:
+        resource = importlib.resources.files("counters.rules").joinpath("default_rules.toml")
+        return parse_rules(resource.read_text("utf-8"), "default_rules.toml")
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from exc
+    return parse_rules(text, str(path))

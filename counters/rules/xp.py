@@ -1,0 +1,171 @@
+"""The ``[xp]`` part of the rules file: generation costs, subscription tiers, guidance texts.
+
+Kept apart from ``counters.rules`` (which embeds it as ``Rules.xp``) so the XP tables, their
+validation and the lookups built on them read as one unit. Every error names the bad entry.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import string
+from functools import cache, cached_property
+from typing import Annotated
+
+import msgspec
+
+from counters.errors import RulesError
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+TierName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+GenerationType = Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+# The placeholders a message or guidance template may use.
+PLACEHOLDERS = frozenset(
+    {
+        "generation_type",
+        "xp_required",
+        "xp_balance",
+        "xp_deficit",
+        "current_tier",
+        "recommended_tier",
+        "recommended_price",
+        "recommended_xp",
+    }
+)
+
+
+class _Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class GenerationCost(_Rule, frozen=True):
+    xp: PositiveInt
+    model: Text
+
+
+class Tier(_Rule, frozen=True):
+    name: TierName
+    display_name: Text
+    level: PositiveInt
+    price_aud: Annotated[float, msgspec.Meta(gt=0)]
+    monthly_xp: PositiveInt
+    allows: tuple[GenerationType, ...]
+    cost_overrides: dict[GenerationType, PositiveInt] = {}
+    rollover: bool = False
+
+    @property
+    def price(self) -> int | float:
+        """The monthly price as the seed prints it: 20, not 20.0."""
+        return int(self.price_aud) if self.price_aud.is_integer() else self.price_aud
+
+
+class XpMessages(_Rule, frozen=True):
+    """The ``message`` of a check, one per situation."""
+
+    sufficient: Text
+    insufficient: Text
+    no_subscription: Text
+    tier_required: Text
+
+
+class XpGuidance(_Rule, frozen=True):
+    """Pieces of the ``guidance`` of a check; counters.xp.guidance joins them with spaces."""
+
+    sufficient: Text
+    deficit: Text
+    upgrade_or_wait: Text
+    wait_or_top_up: Text
+    no_subscription: Text
+    tier_required: Text
+    recommended: Text
+
+
+class XpRules(_Rule, frozen=True, dict=True):
+    subscription_url: Text
+    costs: dict[GenerationType, GenerationCost]
+    tiers: tuple[Tier, ...]
+    messages: XpMessages
+    guidance: XpGuidance
+    # Bounds on the per-user state document (one JSON value in the user hash).
+    max_active_grants: PositiveInt = 100
+    max_active_holds: PositiveInt = 100
+
+    @cached_property
+    def tiers_by_name(self) -> dict[str, Tier]:
+        return {tier.name: tier for tier in self.tiers}
+
+    def tier(self, name: str | None) -> Tier | None:
+        """The tier called ``name`` (None for no subscription or a tier the rules dropped)."""
+        return None if name is None else self.tiers_by_name.get(name)
+
+    def cost_for(self, generation_type: str, tier: Tier | None) -> int:
+        """XP one generation costs on ``tier`` (its override, else the base cost)."""
+        base = self.costs[generation_type].xp
+        return base if tier is None else tier.cost_overrides.get(generation_type, base)
+
+    def lowest_allowing(self, generation_type: str, above_level: int = 0) -> Tier | None:
+        """The lowest tier above ``above_level`` that allows the type and can afford it monthly."""
+        for tier in self.tiers:
+            if tier.level <= above_level or generation_type not in tier.allows:
+                continue
+            if tier.monthly_xp >= self.cost_for(generation_type, tier):
+                return tier
+        return None
+
+
+def check_xp(xp: XpRules) -> None:
+    """Cross-entry checks msgspec cannot express; raises ``RulesError`` naming the entry."""
+    if not xp.costs:
+        raise RulesError("xp.costs: at least one generation type is required")
+    if not xp.tiers:
+        raise RulesError("xp.tiers: at least one tier is required")
+    names: set[str] = set()
+    for index, tier in enumerate(xp.tiers):
+        where = f"xp.tiers[{index}] ({tier.name})"
+        if tier.level != index + 1:
+            raise RulesError(f"{where}: tiers must have levels 1, 2, ... in order")
+        if tier.name in names:
+            raise RulesError(f"{where}: tier name is used twice")
+        names.add(tier.name)
+        for kind in tier.allows:
+            if kind not in xp.costs:
+                raise RulesError(f"{where}: allows unknown generation type {kind}")
+        for kind in tier.cost_overrides:
+            if kind not in tier.allows:
+                raise RulesError(f"{where}: cost_overrides names {kind}, which it does not allow")
+    for section in (xp.messages, xp.guidance):
+        label = "messages" if section is xp.messages else "guidance"
+        for field in section.__struct_fields__:
+            _check_template(f"xp.{label}.{field}", getattr(section, field))
+
+
+def _check_template(where: str, template: str) -> None:
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise RulesError(f"{where}: not a valid template: {exc}") from exc
+    unknown = sorted(set(fields) - PLACEHOLDERS)
+    if unknown or any(name == "" for name in fields):
+        known = ", ".join(sorted(PLACEHOLDERS))
+        raise RulesError(f"{where}: unknown placeholder(s) {unknown or ['{}']}; known: {known}")
+
+
+class _XpOnly(msgspec.Struct, frozen=True):
+    xp: XpRules
+
+
+@cache
+def default_xp_rules() -> XpRules:
+    """The shipped ``[xp]`` tables (used when a rules file has no ``[xp]`` section)."""
+    text = (
+        importlib.resources.files("counters.rules")
+        .joinpath("default_rules.toml")
+        .read_text("utf-8")
+    )
+    try:
+        xp = msgspec.toml.decode(text, type=_XpOnly).xp
+    except msgspec.ValidationError as exc:
+        raise RulesError(f"default_rules.toml: {exc}") from exc
+    check_xp(xp)
+    return xp

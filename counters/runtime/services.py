@@ -1,0 +1,93 @@
+"""The long-lived parts of a running service, built once (in a lifespan or a CLI command)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from counters.auth import Authenticator
+from counters.clock import Clock, SystemClock
+from counters.errors import ConfigError
+from counters.exp.entities import Entities
+from counters.exp.service import ExpService
+from counters.redis.hydration import Hydrator, NoDurableStore
+from counters.redis.pipelining import AutoPipeline
+from counters.redis.scripts import Scripts
+from counters.rules import Rules, load_rules
+from counters.settings import Settings
+from counters.xp.service import XpService
+from persistence.recovery import PostgresHydrator, durable_owner_lookup
+from persistence.store import Store
+
+
+def connect_redis(url: str, max_connections: int) -> Redis:
+    """A client whose pool waits for a free connection instead of failing under bursts."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10, decode_responses=True
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    rules: Rules
+    clock: Clock
+    redis: Redis
+    scripts: Scripts
+    auth: Authenticator
+    entities: Entities
+    exp: ExpService
+    xp: XpService
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        rules: Rules | None = None,
+        clock: Clock | None = None,
+        hydrator: Hydrator | None = None,
+        store: Store | None = None,
+    ) -> Services:
+        """Wire every part from settings; nothing here talks to Redis yet.
+
+        With a ``store`` (Postgres), users Redis forgot are hydrated from it and entity owners
+        Redis does not know are looked up in it.
+        """
+        if settings.redis_url is None:
+            raise ConfigError("COUNTERS_REDIS_URL is not set (serve starts an embedded Redis)")
+        rules = rules or load_rules(settings.rules)
+        clock = clock or SystemClock(settings.clock_offset_seconds)
+        redis = connect_redis(settings.redis_url, settings.redis_max_connections)
+        pipeline = AutoPipeline(settings.redis_url) if settings.redis_autopipeline else None
+        scripts = Scripts(redis, pipeline)
+        if store is not None and hydrator is None:
+            # exp is built below; the hydrator asks it for today's window only when it runs.
+            hydrator = PostgresHydrator(
+                store, scripts, clock, buckets=settings.key_buckets,
+                window=lambda user_id, now: exp.window(user_id, now),
+            )  # fmt: skip
+        hydrator = hydrator or NoDurableStore()
+        owner_lookup = durable_owner_lookup(store) if store is not None else None
+        entities = Entities(redis, scripts, settings.key_buckets, durable_lookup=owner_lookup)
+        exp = ExpService(
+            rules.exp, scripts, entities, hydrator, clock,
+            buckets=settings.key_buckets,
+            idempotency_ttl=settings.idempotency_ttl_seconds,
+            day_grace=settings.day_grace_seconds,
+            day_jitter=settings.day_jitter_seconds,
+        )  # fmt: skip
+        xp = XpService(
+            rules.xp, scripts, hydrator, clock,
+            buckets=settings.key_buckets,
+            idempotency_ttl=settings.idempotency_ttl_seconds,
+            hold_ttl=settings.hold_ttl_seconds,
+        )  # fmt: skip
+        auth = Authenticator(settings.jwt_secret, settings.service_keys)
+        return cls(settings, rules, clock, redis, scripts, auth, entities, exp, xp=xp)
+
+    async def close(self) -> None:
+        await self.scripts.aclose()
+        await self.redis.aclose()

@@ -1,0 +1,1 @@
+"""XP credits: checks, debits, holds, refunds, grants and subscriptions (seed 004)."""

@@ -1,0 +1,293 @@
+"""XP credits: subscriptions, top-ups, debits, holds (reserve, capture, release) and refunds.
+
+Each operation is one Lua script over the user's whole XP state (``lua/lib/xp_state.lua``), so a
+balance never goes below zero however many calls race, and renewals and expiries that came due
+are applied in the same atomic step, on the user's next touch. Too little XP, or a tier that
+does not allow a generation, is an outcome, not an error.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from counters.clock import Clock, to_datetime
+from counters.errors import InvalidRequest, NotFound
+from counters.redis.hydration import Hydrator, run_hydrated
+from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
+from counters.redis.keys import UserKeys
+from counters.redis.scripts import Arg, Scripts
+from counters.rules.xp import Tier, XpRules
+from counters.xp.guidance import XpCheck, evaluate, require_generation_type
+from counters.xp.state import XpOutcome, XpReply, XpState, decode_reply
+
+# How long a debit or capture can be refunded (and a hold's record is kept).
+TRANSACTION_TTL = 30 * 86_400
+TRANSACTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class XpChange(msgspec.Struct, frozen=True, gc=False):
+    """The outcome of one XP write and the state after it.
+
+    ``amount`` is the XP the operation moved (debited, held, captured, returned, granted, or the
+    allocation added), ``ref`` its id (or the kind of subscription change), ``extra`` the second
+    number of the script's reply. ``check`` tells a refused debit or hold what to do next;
+    ``detail`` says why any other refusal happened.
+    """
+
+    outcome: XpOutcome
+    amount: int
+    ref: str
+    expires_at: int
+    extra: int
+    replayed: bool
+    state: XpState
+    check: XpCheck | None = None
+    detail: str | None = None
+
+    @property
+    def error(self) -> str:
+        """The seed's ``error`` of a refused debit or hold."""
+        return "insufficient_xp" if self.outcome is XpOutcome.INSUFFICIENT else "tier_required"
+
+
+class XpService:
+    def __init__(
+        self,
+        rules: XpRules,
+        scripts: Scripts,
+        hydrator: Hydrator,
+        clock: Clock,
+        *,
+        buckets: int,
+        idempotency_ttl: int,
+        hold_ttl: int,
+    ) -> None:
+        self.rules = rules
+        self._scripts = scripts
+        self._hydrator = hydrator
+        self._clock = clock
+        self._buckets = buckets
+        self._idempotency_ttl = idempotency_ttl
+        self.hold_ttl = hold_ttl
+        tiers = {t.name: {"level": t.level, "monthly_xp": t.monthly_xp, "rollover": t.rollover}
+                 for t in rules.tiers}  # fmt: skip
+        self._tiers = msgspec.json.encode(tiers).decode()
+        self._costs = {
+            kind: msgspec.json.encode(
+                {t.name: rules.cost_for(kind, t) for t in rules.tiers if kind in t.allows}
+            ).decode()
+            for kind in rules.costs
+        }
+
+    def now(self) -> int:
+        return int(self._clock.now())
+
+    def tier(self, name: str) -> Tier:
+        """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
+        tier = self.rules.tier(name)
+        if tier is None:
+            raise InvalidRequest(f"Unknown tier '{name}'; known tiers: {', '.join(self._names())}")
+        return tier
+
+    def _names(self) -> list[str]:
+        return [tier.name for tier in self.rules.tiers]
+
+    async def _run(
+        self,
+        script: str,
+        user_id: str,
+        actor: str,
+        idem: Idempotency | None,
+        now_ms: int,
+        args: list[Arg],
+        transaction_id: str | None = None,
+    ) -> XpReply:
+        user = UserKeys.of(user_id, self._buckets)
+        fingerprint, idem_key = script_args(idem)
+        keys = [
+            user.user,
+            user.events,
+            user.idempotency(idem.caller, idem.key) if idem else user.unused,
+        ]
+        if transaction_id is not None:
+            keys.append(user.xp_transaction(transaction_id))
+
+        def call(may_create: str) -> Awaitable[list[Any]]:
+            common: list[Arg] = [
+                user_id, now_ms, fingerprint, self._idempotency_ttl, idem_key, actor, may_create,
+                self._tiers,
+            ]  # fmt: skip
+            return self._scripts.run(script, keys, [*common, *args])
+
+        reply = await run_hydrated(self._hydrator, user_id, call)
+        reject_reused_key(reply[0])
+        return decode_reply(script, reply)
+
+    def _change(self, reply: XpReply, detail: str | None = None) -> XpChange:
+        return XpChange(
+            reply.outcome, reply.amount, reply.ref, reply.expires_at, reply.extra, reply.replayed,
+            reply.state, detail=None if reply.outcome is XpOutcome.DONE else detail,
+        )  # fmt: skip
+
+    async def state(self, user_id: str) -> XpState:
+        """The user's XP state, after the renewals and expiries that came due."""
+        now_ms = int(self._clock.now() * 1000)
+        return (await self._run("read_xp", user_id, "system", None, now_ms, [])).state
+
+    async def check(self, user_id: str, generation_type: str, include_guidance: bool) -> XpCheck:
+        """Whether the user can run one generation now, and what to tell them."""
+        require_generation_type(self.rules, generation_type)
+        state = await self.state(user_id)
+        return evaluate(self.rules, generation_type, state.tier, state.balance, include_guidance)
+
+    async def check_xp_availability(
+        self, user_id: str, generation_type: str, include_guidance: bool = False
+    ) -> dict[str, Any]:
+        """The seed's ``check_xp_availability``: the check-xp body as a dict."""
+        body: dict[str, Any] = msgspec.to_builtins(
+            await self.check(user_id, generation_type, include_guidance)
+        )
+        return body
+
+    async def charge(
+        self, user_id: str, actor: str, generation_type: str, hold: bool, idem: Idempotency | None
+    ) -> XpChange:
+        """Debit one generation's XP (``hold=False``) or reserve it until captured or expired."""
+        require_generation_type(self.rules, generation_type)
+        now = self._clock.now()
+        prefix = "xh_" if hold else "xd_"
+        transaction_id = prefix + secrets.token_hex(12)
+        args: list[Arg] = [
+            generation_type, self._costs[generation_type], transaction_id,
+            "hold" if hold else "debit", int(now) + self.hold_ttl, self.rules.max_active_holds,
+            TRANSACTION_TTL,
+        ]  # fmt: skip
+        reply = await self._run(
+            "debit_xp", user_id, actor, idem, int(now * 1000), args, transaction_id
+        )
+        change = self._change(
+            reply,
+            f"{self.rules.max_active_holds} holds are open; capture or release one first",
+        )
+        if reply.outcome in (XpOutcome.INSUFFICIENT, XpOutcome.TIER_REQUIRED):
+            check = evaluate(
+                self.rules, generation_type, reply.state.tier, reply.state.balance, True
+            )
+            return XpChange(
+                change.outcome, 0, "", 0, reply.extra, reply.replayed, reply.state, check=check
+            )
+        return change
+
+    async def capture(
+        self,
+        user_id: str,
+        actor: str,
+        hold_id: str,
+        xp_amount: int | None,
+        idem: Idempotency | None,
+    ) -> XpChange:
+        """Take all (``xp_amount=None``) or part of a hold; the rest returns to the balance."""
+        _check_id(hold_id, "hold")
+        if xp_amount is not None and xp_amount <= 0:
+            raise InvalidRequest("xp_amount must be a positive number of XP")
+        now_ms = int(self._clock.now() * 1000)
+        args: list[Arg] = [hold_id, xp_amount or 0, TRANSACTION_TTL]
+        reply = await self._run("capture_hold", user_id, actor, idem, now_ms, args, hold_id)
+        detail = _hold_detail(reply, hold_id)
+        if reply.outcome is XpOutcome.ABOVE_HELD:
+            detail = f"Cannot capture {xp_amount} XP: hold {hold_id} holds {reply.extra} XP"
+        return self._change(reply, detail)
+
+    async def release(
+        self, user_id: str, actor: str, hold_id: str, idem: Idempotency | None
+    ) -> XpChange:
+        """Give up a hold: all of its XP returns to the balance."""
+        _check_id(hold_id, "hold")
+        now_ms = int(self._clock.now() * 1000)
+        reply = await self._run("release_hold", user_id, actor, idem, now_ms, [hold_id], hold_id)
+        return self._change(reply, _hold_detail(reply, hold_id))
+
+    async def refund(
+        self, user_id: str, actor: str, transaction_id: str, idem: Idempotency | None
+    ) -> XpChange:
+        """Return the XP of a debit or captured hold whose generation failed, once."""
+        _check_id(transaction_id, "transaction")
+        now_ms = int(self._clock.now() * 1000)
+        args: list[Arg] = [transaction_id]
+        reply = await self._run("refund_xp", user_id, actor, idem, now_ms, args, transaction_id)
+        details = {
+            XpOutcome.NOT_FOUND: f"Unknown transaction {transaction_id}",
+            XpOutcome.ALREADY_SETTLED: f"Transaction {transaction_id} was already refunded",
+            XpOutcome.NOT_CAPTURED: f"Hold {transaction_id} was not captured "
+            "(it is open, released or expired): there is nothing to refund",
+        }
+        return self._change(reply, details.get(reply.outcome))
+
+    async def grant(
+        self,
+        user_id: str,
+        actor: str,
+        xp_amount: int,
+        reason: str,
+        expires_at: datetime | None,
+        idem: Idempotency | None,
+    ) -> XpChange:
+        """Add a top-up to the user's balance, optionally expiring."""
+        now = self._clock.now()
+        expiry = 0 if expires_at is None else int(expires_at.timestamp())
+        if expires_at is not None and expiry <= now:
+            raise InvalidRequest(f"expires_at must be in the future (now is {to_datetime(now)})")
+        grant_id = "xg_" + secrets.token_hex(12)
+        args: list[Arg] = [grant_id, xp_amount, expiry, reason, self.rules.max_active_grants]
+        reply = await self._run("grant_xp", user_id, actor, idem, int(now * 1000), args)
+        detail = f"{self.rules.max_active_grants} top-ups are live; no more can be added now"
+        return self._change(reply, detail)
+
+    async def set_subscription(
+        self,
+        user_id: str,
+        actor: str,
+        tier_name: str,
+        period_start: datetime | None,
+        idem: Idempotency | None,
+    ) -> XpChange:
+        """Start a subscription or change its tier (upgrades now, downgrades at renewal)."""
+        self.tier(tier_name)
+        now = self._clock.now()
+        start = 0 if period_start is None else int(period_start.timestamp())
+        if period_start is not None and (start > now or start <= 0):
+            raise InvalidRequest(f"period_start must be in the past (now is {to_datetime(now)})")
+        args: list[Arg] = [tier_name, start]
+        reply = await self._run("set_subscription", user_id, actor, idem, int(now * 1000), args)
+        detail = (
+            f"period_start differs from the subscription's start "
+            f"({to_datetime(reply.state.anchor)}); cancel it and subscribe again to move it"
+        )
+        return self._change(reply, detail)
+
+    async def cancel_subscription(
+        self, user_id: str, actor: str, idem: Idempotency | None
+    ) -> XpChange:
+        """End the subscription at the end of its current period."""
+        now_ms = int(self._clock.now() * 1000)
+        reply = await self._run("cancel_subscription", user_id, actor, idem, now_ms, [])
+        return self._change(reply, f"User {user_id} has no subscription to cancel")
+
+
+def _check_id(value: str, what: str) -> None:
+    if not TRANSACTION_ID.match(value):
+        raise NotFound(f"Unknown {what} {value[:80]!r}")
+
+
+def _hold_detail(reply: XpReply, hold_id: str) -> str | None:
+    return {
+        XpOutcome.NOT_FOUND: f"Unknown hold {hold_id}",
+        XpOutcome.ALREADY_SETTLED: f"Hold {hold_id} was already captured or released",
+        XpOutcome.HOLD_EXPIRED: f"Hold {hold_id} expired; its XP went back to the balance",
+    }.get(reply.outcome)

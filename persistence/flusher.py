@@ -1,0 +1,290 @@
+"""The flusher: moves the event streams into the Postgres ledger, each event exactly once.
+
+One iteration (``flush_once``) reads a batch from every bucket's stream through the consumer
+group ``flusher``, writes it to Postgres in one transaction, then acknowledges and deletes the
+entries (XACK + XDEL in one MULTI). So a stream holds exactly the events not yet in Postgres, and
+its length and oldest id are the flusher's lag.
+
+Exactly once: the write is idempotent (``persistence.writer``: the ledger's key is the event id,
+totals only move forward), and an entry is acknowledged only after its transaction committed.
+A crash before the commit leaves the entries pending, a crash after it leaves them pending too;
+either way they are delivered again (this consumer re-reads its own pending entries first; a dead
+consumer's are claimed with XAUTOCLAIM once idle) and the second write changes nothing.
+
+Every ``serve`` worker runs one consumer in the same group: no election, batches spread over the
+workers, and a worker that dies has its pending entries claimed by the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from counters.errors import StorageError
+from counters.redis.keys import stream_key
+from persistence.events import Batch, sort_entries
+from persistence.store import Store
+
+log = logging.getLogger("persistence.flusher")
+
+GROUP = "flusher"
+_FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
+
+Entry = tuple[str, str, dict[str, str] | None]  # (stream, id, fields; None if deleted)
+AfterCommit = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class FlusherStats:
+    events: int = 0  # entries acknowledged (ledgered, duplicate or quarantined)
+    inserted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    failures: int = 0  # consecutive failed iterations (0 when healthy)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    events: int  # entries not yet in Postgres
+    seconds: float  # age of the oldest of them
+
+
+class Flusher:
+    def __init__(
+        self,
+        redis: Redis,
+        store: Store,
+        *,
+        buckets: int,
+        batch: int = 1_000,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30_000,
+        backoff_max: float = 5.0,
+        consumer: str | None = None,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self.streams = [stream_key(bucket) for bucket in range(buckets)]
+        self._batch = batch
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._backoff_max = backoff_max
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._after_commit = after_commit  # tests inject a crash between commit and ack here
+        self._groups_ready = False
+        self._own_pending_first = True  # after a start or a failure, retry our own entries first
+        self._next_claim = 0.0
+        self.stats = FlusherStats()
+
+    async def flush_once(self, *, block: bool = True) -> int:
+        """One iteration: read, write in one transaction, acknowledge. Returns entries handled."""
+        try:
+            try:
+                entries = await self._read(block)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
+                self._groups_ready = False  # Redis lost the streams (FLUSHALL, failover)
+                entries = await self._read(block=False)
+        except RedisError as exc:
+            raise StorageError(f"flusher read: {exc}") from exc
+        if not entries:
+            return 0
+        batch = sort_entries(entries)
+        try:
+            result = await self._store.write(batch)
+            if self._after_commit is not None:
+                await self._after_commit(batch)
+            await self._ack(entries)
+        except BaseException:
+            self._own_pending_first = True  # they stay pending with us: read them again first
+            raise
+        self.stats.events += len(entries)
+        self.stats.inserted += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.quarantined += result.quarantined
+        if result.quarantined:
+            log.error("flusher quarantined %d entries (see ledger_quarantine)", result.quarantined)
+        return len(entries)
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        burst: bool = False,
+        max_failures: int | None = None,
+    ) -> int:
+        """Flush until ``stop`` is set (or, in burst mode, until the streams are drained).
+
+        Failures are retried with capped exponential backoff: while Postgres is down the events
+        wait in Redis, and the flusher catches up when it returns. After ``max_failures`` failures
+        in a row the last one is raised. Returns the entries handled.
+        """
+        stop = stop or asyncio.Event()
+        total = 0
+        while not stop.is_set():
+            try:
+                handled = await self.flush_once(block=not burst)
+            except Exception as exc:
+                if max_failures is not None and self.stats.failures + 1 >= max_failures:
+                    self.stats.failures += 1
+                    self.stats.last_error = str(exc)
+                    raise
+                self.stats.failures += 1
+                self.stats.last_error = str(exc)
+                delay = min(self._backoff_max, 0.05 * 2 ** min(self.stats.failures, 16))
+                delay *= random.uniform(0.5, 1.0)
+                if isinstance(exc, StorageError):
+                    log.warning("flush failed (%s); retrying in %.2fs", exc, delay)
+                else:  # a bug: keep the events safe in Redis and keep trying, loudly
+                    log.exception("flush failed unexpectedly; retrying in %.2fs", delay)
+                await _wait(stop, delay)
+                continue
+            if self.stats.failures:
+                log.info("flusher recovered after %d failed attempts", self.stats.failures)
+                self.stats.failures, self.stats.last_error = 0, None
+            total += handled
+            if burst and handled == 0:
+                break
+        return total
+
+    async def drain(self, max_failures: int | None = None) -> int:
+        """Burst mode: flush (retrying failures) until nothing is left to flush."""
+        return await self.run(burst=True, max_failures=max_failures)
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every stream (and the stream) if missing."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise StorageError(f"create consumer group: {reply}")
+        self._groups_ready = True
+
+    async def _read(self, block: bool) -> list[Entry]:
+        if not self._groups_ready:
+            await self.ensure_groups()
+        if self._own_pending_first:
+            entries = await self._read_group("0", block_ms=None)
+            if entries:
+                return entries
+            self._own_pending_first = False
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + self._claim_idle_ms / 2000
+            entries = await self._claim()
+            if entries:
+                return entries
+        return await self._read_group(">", block_ms=self._block_ms if block else None)
+
+    async def _read_group(self, start: str, block_ms: int | None) -> list[Entry]:
+        streams: dict[Any, Any] = dict.fromkeys(self.streams, start)
+        reply: Any = await self._redis.xreadgroup(
+            GROUP, self.consumer, streams, count=self._batch, block=block_ms
+        )
+        return [(stream, sid, fields) for stream, items in reply or [] for sid, fields in items]
+
+    async def _claim(self) -> list[Entry]:
+        """Take over entries another consumer read but did not acknowledge for a while."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xautoclaim(
+                    stream, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
+                )
+                pipe.xinfo_consumers(stream, GROUP)
+            replies = await pipe.execute()
+        entries: list[Entry] = []
+        forget: list[tuple[str, str]] = []
+        for stream, claimed, consumers in zip(
+            self.streams, replies[::2], replies[1::2], strict=True
+        ):
+            entries += [(stream, sid, fields) for sid, fields in claimed[1]]
+            forget += [(stream, c["name"]) for c in consumers if self._forgettable(c)]
+        if forget:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, name in forget:
+                    pipe.xgroup_delconsumer(stream, GROUP, name)
+                await pipe.execute()
+        if entries:
+            log.info("flusher claimed %d entries left by other consumers", len(entries))
+        return entries
+
+    def _forgettable(self, consumer: dict[str, Any]) -> bool:
+        return (
+            consumer["name"] != self.consumer
+            and int(consumer["pending"]) == 0
+            and int(consumer["idle"]) > _FORGET_CONSUMER_MS
+        )
+
+    async def _ack(self, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for stream, sid, _ in entries:
+            by_stream.setdefault(stream, []).append(sid)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, GROUP, *ids)
+                    pipe.xdel(stream, *ids)
+                await pipe.execute()
+        except RedisError as exc:
+            # Written but not acknowledged: delivered again later, and written again as a no-op.
+            raise StorageError(f"flusher ack: {exc}") from exc
+
+
+async def stream_lag(redis: Redis, streams: list[str]) -> Lag:
+    """How far Postgres is behind: entries left in the streams, and the oldest one's age."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+        pipe.time()
+        replies = await pipe.execute()
+    now_ms = replies[-1][0] * 1000 + replies[-1][1] // 1000
+    events = sum(int(n) for n in replies[0:-1:2])
+    firsts = [int(first[0][0].split("-")[0]) for first in replies[1:-1:2] if first]
+    seconds = max(now_ms - min(firsts), 0) / 1000 if firsts else 0.0
+    return Lag(events, seconds)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+@dataclass(slots=True)
+class FlusherTask:
+    """A flusher running in the background of a process, stopped cleanly on ``stop()``."""
+
+    flusher: Flusher
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[int] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.flusher.run(self._stop), name="flusher")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let the current iteration finish (cancel it after ``timeout``); safe at any point."""
+        self._stop.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()  # safe: an interrupted iteration is redone by the next consumer
+        except Exception:
+            log.exception("flusher stopped with an error")

@@ -1,0 +1,1 @@
+"""Reconcile: compare Redis with the Postgres ledger and repair drift in the safe direction."""

@@ -1,0 +1,90 @@
+"""Recovery: a user Redis forgot is loaded back from Postgres before the operation runs.
+
+When Redis loses state (a restart without persistence, a failover, FLUSHALL), the next script
+that touches a user answers "needs hydration" (``counters.redis.hydration``).
+``PostgresHydrator`` then
+loads the user's durable totals (EXP, level, seq, the XP state) and today's EXP counters (summed
+from today's ``exp_award`` rows) and writes them with ``lua/hydrate_user.lua``, which writes only
+if the user is still missing, so a concurrent hydration or write wins cleanly. A user Postgres does
+not know either becomes an empty user. The user's seq continues from Postgres's, so new event ids
+never repeat a ledgered one. Concurrent hydrations of one user in a process share one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from counters.clock import Clock
+from counters.exp.entities import DurableOwnerLookup, Target
+from counters.exp.types import DayWindow
+from counters.redis.keys import UserKeys
+from counters.redis.scripts import Arg, Scripts
+from persistence.store import DurableUser, Store
+
+DayWindowOf = Callable[[str, float], DayWindow]  # (user_id, now) -> today's key and expiry
+
+
+class PostgresHydrator:
+    """Loads users from Postgres into Redis; a missing user is never assumed new."""
+
+    may_create = False
+
+    def __init__(
+        self, store: Store, scripts: Scripts, clock: Clock, *, buckets: int, window: DayWindowOf
+    ) -> None:
+        self._store = store
+        self._scripts = scripts
+        self._clock = clock
+        self._buckets = buckets
+        self._window = window
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+
+    async def hydrate(self, user_id: str) -> None:
+        """Load the user's durable totals into Redis unless Redis already has the user."""
+        running = self._inflight.get(user_id)
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[user_id] = future
+        try:
+            await self._hydrate(user_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it; nobody else must log it
+            raise
+        else:
+            future.set_result(None)
+        finally:
+            del self._inflight[user_id]
+
+    async def _hydrate(self, user_id: str) -> None:
+        window = self._window(user_id, self._clock.now())
+        user = await self._store.load_user(user_id, window.day)
+        keys = UserKeys.of(user_id, self._buckets)
+        await self._scripts.run(
+            "hydrate_user", [keys.user, keys.day(window.day)], hydrate_args(user, window)
+        )
+
+
+def hydrate_args(user: DurableUser, window: DayWindow) -> list[Arg]:
+    """ARGV of ``hydrate_user.lua`` for ``user``."""
+    args: list[Arg] = [user.exp, user.level, user.seq, user.xp_state or "", window.ttl]
+    if user.day_counts:
+        args += ["exp", user.day_exp]
+        for action, count in sorted(user.day_counts.items()):
+            args += [f"a:{action}", count]
+    return args
+
+
+def durable_owner_lookup(store: Store) -> DurableOwnerLookup:
+    """``Entities``'s cold-path owner lookup: only asked when Redis has no owner."""
+
+    async def lookup(target: Target) -> str | None:
+        return await store.owner_of(target.type, target.id)
+
+    return lookup

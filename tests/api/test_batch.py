@@ -1,0 +1,255 @@
+"""POST /api/exp/gain/batch: per-item outcomes and errors, the single route's exact limits under
+concurrency, idempotency per item, and recovery paths (NOSCRIPT, stale owner, hydration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import httpx2
+import pytest
+import redis
+from starlette.applications import Starlette
+
+from api.app import create_app
+from api.routes.batch import MAX_ITEMS
+from counters.clock import ManualClock
+from counters.redis.keys import UserKeys
+from counters.settings import Settings
+from tests.support.core import service_headers, user_headers
+from tests.support.persistence import flusher
+
+pytestmark = pytest.mark.anyio
+
+BATCH = "/api/exp/gain/batch"
+
+
+@pytest.fixture(params=[True, False], ids=["autopipeline", "pool"])
+async def batch_client(
+    request: pytest.FixtureRequest, settings: Settings, clock: ManualClock
+) -> AsyncIterator[httpx2.AsyncClient]:
+    """The app with and without auto-pipelining: the batch takes a different path in each."""
+    app = create_app(replace(settings, redis_autopipeline=request.param), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+            yield http
+
+
+async def batch(
+    http: httpx2.AsyncClient, awards: list[dict[str, Any]], expect: int = 200
+) -> list[dict[str, Any]]:
+    response = await http.post(BATCH, json={"awards": awards}, headers=service_headers())
+    assert response.status_code == expect, response.text
+    results: list[dict[str, Any]] = response.json().get("results", [])
+    assert len(results) == (len(awards) if expect == 200 else 0)
+    return results
+
+
+def statuses(results: list[dict[str, Any]]) -> list[int]:
+    return [result["status"] for result in results]
+
+
+async def own(http: httpx2.AsyncClient, kind: str, entity: str, owner: str) -> None:
+    path, body = f"/api/entities/{kind}/{entity}", {"owner_id": owner}
+    response = await http.put(path, json=body, headers=service_headers())
+    assert response.status_code == 200, response.text
+
+
+async def total(http: httpx2.AsyncClient, user: str) -> int:
+    body = (await http.get("/api/exp/progress", headers=user_headers(user))).json()
+    return int(body["total_exp"])
+
+
+async def test_each_item_gets_the_single_routes_status_and_body(
+    batch_client: httpx2.AsyncClient,
+) -> None:
+    await own(batch_client, "character", "c1", "maker")
+    like = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
+    results = await batch(
+        batch_client,
+        [
+            {"user_id": "u1", "action": "daily_chat"},
+            {"user_id": "u1", "action": "daily_chat"},
+            {"user_id": "fan", **like},
+            {"user_id": "fan", **like},
+            {"user_id": "maker", **like},
+            {"user_id": "u2", "action": "character_liked", "target_type": "character",
+             "target_id": "nobody-owns-it"},
+            {"user_id": "u3", "action": "paid_char_sold", "target_type": "character",
+             "target_id": "c1"},
+            {"user_id": "u4", "action": "create_character", "target_type": "character",
+             "target_id": "c1"},
+        ],
+    )  # fmt: skip
+    assert statuses(results) == [200, 429, 200, 409, 409, 404, 200, 409]
+    # What the single route answers for the same award by another user, in the same state:
+    single = await batch_client.post(
+        "/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("u9")
+    )
+    assert results[0]["body"] == {**single.json(), "awarded_to": "u1"}
+    assert "headers" not in results[0]
+    again = await batch_client.post(
+        "/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("u9")
+    )
+    assert results[1]["body"] == again.json()
+    assert results[1]["headers"] == {"Retry-After": again.headers["Retry-After"]}
+    assert results[3]["body"] == {
+        "detail": "fan already triggered character_liked on character c1; no EXP awarded"
+    }
+    assert results[4]["body"] == {"detail": "character_liked on your own character awards nothing"}
+    assert results[5]["body"]["detail"].startswith("Unknown character nobody-owns-it")
+    assert results[6]["body"]["awarded_to"] == "maker"
+    assert results[7]["body"] == {"detail": "character c1 is already owned by another user"}
+    assert await total(batch_client, "maker") == 5 + 50
+
+
+async def test_bad_items_are_their_own_4xx_and_the_rest_still_apply(
+    batch_client: httpx2.AsyncClient,
+) -> None:
+    results = await batch(
+        batch_client,
+        [
+            {"user_id": "u1", "action": "no_such_action"},
+            {"user_id": "not a valid id!", "action": "daily_chat"},
+            {"action": "daily_chat"},
+            {"user_id": "u1", "action": "daily_chat", "surprise": 1},
+            {"user_id": "u1", "action": "forked"},
+            {"user_id": "u1", "action": "forked", "target_type": "scene"},
+            {"user_id": "u1", "action": "forked", "target_type": "planet", "target_id": "p1"},
+            [1, 2, 3],
+            {"user_id": "u1", "action": "daily_chat"},
+        ],
+    )
+    assert statuses(results) == [422] * 8 + [200]
+    assert results[0]["body"]["detail"].startswith("Unknown action 'no_such_action'")
+    assert "user_id" in results[2]["body"]["detail"]
+    assert results[5]["body"] == {"detail": "target_type and target_id must be sent together"}
+    assert await total(batch_client, "u1") == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"", 400),
+        (b"{not json", 400),
+        (b'{"awards": []}', 422),
+        (b'{"awards": {"user_id": "u1"}}', 422),
+        (b'{"awards": [], "extra": 1}', 422),
+    ],
+)
+async def test_a_bad_batch_is_refused_whole(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, body: bytes, status: int
+) -> None:
+    response = await client.post(BATCH, content=body, headers=service_headers())
+    assert response.status_code == status, response.text
+    assert redis_client.keys("*") == []
+
+
+async def test_batch_size_is_capped(client: httpx2.AsyncClient, redis_client: redis.Redis) -> None:
+    awards = [{"user_id": f"u{n}", "action": "daily_chat"} for n in range(MAX_ITEMS + 1)]
+    await batch(client, awards, expect=422)
+    assert redis_client.keys("*") == []
+    results = await batch(client, awards[:MAX_ITEMS])
+    assert statuses(results) == [200] * MAX_ITEMS
+
+
+async def test_batches_are_for_services_only(client: httpx2.AsyncClient) -> None:
+    awards = {"awards": [{"user_id": "u1", "action": "daily_chat"}]}
+    response = await client.post(BATCH, json=awards, headers=user_headers("u1"))
+    assert response.status_code == 403
+    response = await client.post(BATCH, json=awards)
+    assert response.status_code == 401
+
+
+async def test_concurrent_batches_and_single_calls_keep_the_exact_limits(
+    batch_client: httpx2.AsyncClient,
+) -> None:
+    await own(batch_client, "character", "c1", "maker")
+    like = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
+    scenes = [{"user_id": "u1", "action": "create_scene"}] * 25
+    likes = [[{"user_id": f"fan{b}-{n}", **like} for n in range(10)] for b in range(8)]
+    singles = [
+        batch_client.post("/api/exp/gain", json=like, headers=service_headers(f"solo{n}"))
+        for n in range(20)
+    ]
+    replies = await asyncio.gather(
+        *(batch(batch_client, scenes) for _ in range(4)),
+        *(batch(batch_client, items) for items in likes),
+        *singles,
+    )
+    scene_statuses = Counter(s for results in replies[:4] for s in statuses(results))
+    assert scene_statuses == Counter({200: 2, 429: 98})
+    like_statuses = Counter(s for results in replies[4:12] for s in statuses(results))
+    like_statuses.update(response.status_code for response in replies[12:])
+    assert like_statuses == Counter({200: 20, 429: 80})
+    assert await total(batch_client, "u1") == 30
+    assert await total(batch_client, "maker") == 100
+
+
+async def test_idempotency_keys_per_item_scoped_to_the_service(
+    batch_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    create = {"user_id": "u1", "action": "create_character", "idempotency_key": "k1"}
+    first = await batch(batch_client, [create, {**create, "idempotency_key": "k2"}])
+    again = await batch(batch_client, [create, {**create, "user_id": "u2"}])
+    assert statuses(first) == [200, 200]
+    assert again[0] == {**first[0], "headers": {"Idempotent-Replayed": "true"}}
+    assert again[1]["status"] == 200 and again[1]["body"]["awarded_to"] == "u2"
+    # The same key and award through the single route is the same request: replayed.
+    single = await batch_client.post(
+        "/api/exp/gain",
+        json={"action": "create_character"},
+        headers=service_headers("u1", **{"Idempotency-Key": "k1"}),
+    )
+    assert single.status_code == 200
+    assert single.headers["Idempotent-Replayed"] == "true"
+    assert single.json() == first[0]["body"]
+    # The same key with a different award is refused, and changes nothing.
+    other = await batch(batch_client, [{**create, "action": "daily_chat"}])
+    assert other[0] == {
+        "status": 422,
+        "body": {"detail": "Idempotency-Key was already used with a different request"},
+    }
+    assert await total(batch_client, "u1") == 60
+    events = sum(redis_client.xlen(key) for key in redis_client.keys("*:events"))
+    assert events == 3  # u1 twice (k1, k2), u2 once
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    batch_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    awards = [{"user_id": f"u{n}", "action": "daily_chat"} for n in range(5)]
+    assert statuses(await batch(batch_client, awards[:2])) == [200, 200]
+    redis_client.script_flush()
+    assert statuses(await batch(batch_client, awards)) == [429, 429, 200, 200, 200]
+
+
+async def test_a_stale_cached_owner_is_repaired_for_that_item(
+    batch_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    await own(batch_client, "character", "c1", "maker")
+    like = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
+    assert statuses(await batch(batch_client, [{"user_id": "fan1", **like}])) == [200]
+    # The owned marker is lost behind the cached owner's back: the award script refuses it.
+    redis_client.delete(UserKeys.of("maker", 16).owned("character", "c1"))
+    results = await batch(
+        batch_client, [{"user_id": "fan2", **like}, {"user_id": "u1", "action": "daily_chat"}]
+    )
+    assert statuses(results) == [200, 200]
+    assert await total(batch_client, "maker") == 10
+
+
+async def test_users_redis_forgot_are_hydrated_item_by_item(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    awards = [{"user_id": f"u{n}", "action": "create_scene"} for n in range(3)]
+    assert statuses(await batch(durable_client, awards)) == [200, 200, 200]
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    results = await batch(durable_client, [*awards, *awards, {**awards[0], "user_id": "new"}])
+    assert statuses(results) == [200, 200, 200, 429, 429, 429, 200]
+    assert [r["body"]["total_exp"] for r in results[:3]] == [30, 30, 30]

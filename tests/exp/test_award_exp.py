@@ -1,0 +1,247 @@
+"""lua/award_exp.lua through POST /api/exp/gain: limits, caps, partial awards, levels, midnight."""
+
+from __future__ import annotations
+
+import time
+
+import httpx2
+import pytest
+import redis
+
+from counters.clock import ManualClock
+from tests.support.core import NOON, service_headers, user_headers
+
+pytestmark = pytest.mark.anyio
+
+MIDNIGHT = NOON + 12 * 3600  # 2026-11-22 00:00:00 UTC
+
+
+async def gain(http: httpx2.AsyncClient, user: str, action: str, **body: object) -> httpx2.Response:
+    return await http.post(
+        "/api/exp/gain", json={"action": action, **body}, headers=user_headers(user)
+    )
+
+
+async def adjust(http: httpx2.AsyncClient, user: str, delta: int) -> httpx2.Response:
+    body = {"user_id": user, "delta": delta, "reason": "test setup"}
+    return await http.post("/api/admin/exp/adjust", json=body, headers=service_headers())
+
+
+@pytest.mark.parametrize("action", ["create_character", "create_scene", "create_persona"])
+async def test_limit_minus_one_limit_and_limit_plus_one(
+    client: httpx2.AsyncClient, action: str
+) -> None:
+    first = await gain(client, "u1", action)
+    second = await gain(client, "u1", action)
+    third = await gain(client, "u1", action)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.json()["action_count"], second.json()["action_count"]) == (1, 2)
+    assert second.json()["action_limit"] == 2
+    assert third.status_code == 429
+    assert third.json() == {"detail": f"Daily limit reached for {action} (2/day)"}
+    limits = (await client.get("/api/exp/limits", headers=user_headers("u1"))).json()
+    assert limits["daily_action_counts"] == {action: 2}
+    assert limits["daily_exp_gained"] == second.json()["daily_exp_gained"]
+
+
+async def test_the_seed_success_body(client: httpx2.AsyncClient) -> None:
+    await adjust(client, "u1", 100)
+    response = await gain(client, "u1", "create_character")
+    assert response.status_code == 200
+    assert response.json() == {
+        "awarded_to": "u1",
+        "action": "create_character",
+        "success": True,
+        "exp_added": 30,
+        "total_exp": 130,
+        "level": 2,
+        "leveled_up": False,
+        "daily_exp_gained": 30,
+        "daily_exp_cap": 150,
+        "action_count": 1,
+        "action_limit": 2,
+        "progress": {
+            "current_level": 2,
+            "level_name": "Creator",
+            "total_exp": 130,
+            "current_level_exp": 30,
+            "exp_needed_for_next": 200,
+            "exp_to_next_level": 170,
+            "progress_percentage": 15.0,
+            "is_max_level": False,
+        },
+    }
+
+
+async def test_level_up_is_reported_once(client: httpx2.AsyncClient) -> None:
+    await adjust(client, "u1", 80)
+    up = (await gain(client, "u1", "daily_chat")).json()
+    assert (up["total_exp"], up["level"], up["leveled_up"]) == (100, 2, True)
+    after = (await gain(client, "u1", "create_scene")).json()
+    assert (after["level"], after["leveled_up"]) == (2, False)
+
+
+async def test_cap_minus_one_cap_and_cap_plus_one_with_the_partial_award(
+    client: httpx2.AsyncClient,
+) -> None:
+    # forked has no daily limit: 14 forks reach 140 of the 150 cap.
+    await client.put(
+        "/api/entities/character/c1", json={"owner_id": "creator"}, headers=service_headers()
+    )
+    for n in range(14):
+        assert (
+            await gain(client, f"fan{n}", "forked", target_type="character", target_id="c1")
+        ).status_code == 200
+    usage = (await client.get("/api/exp/limits", headers=user_headers("creator"))).json()
+    assert (usage["daily_exp_gained"], usage["remaining_exp"]) == (140, 10)
+    # cap - 1 would be a 9-EXP award; here the 15th fork (10 EXP) lands exactly on the cap.
+    at_cap = (await gain(client, "fan14", "forked", target_type="character", target_id="c1")).json()
+    assert (at_cap["exp_added"], at_cap["daily_exp_gained"]) == (10, 150)
+    over = await gain(client, "fan15", "forked", target_type="character", target_id="c1")
+    assert over.status_code == 429
+    assert over.json() == {"detail": "Daily EXP cap reached (150 EXP/day for level 2)"}
+
+
+async def test_service_only_action_and_the_cap_on_a_creator(client: httpx2.AsyncClient) -> None:
+    await client.put(
+        "/api/entities/character/c1", json={"owner_id": "cr"}, headers=service_headers()
+    )
+    sale = {"action": "paid_char_sold", "target_type": "character", "target_id": "c1"}
+    by_user = await client.post("/api/exp/gain", json=sale, headers=user_headers("buyer"))
+    assert by_user.status_code == 403
+    assert by_user.json() == {"detail": "paid_char_sold may only be triggered by a service"}
+    statuses = [
+        (
+            await client.post("/api/exp/gain", json=sale, headers=service_headers(f"b{n}"))
+        ).status_code
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]  # 3 x 50 = the 150 cap of level 1-2
+    gained = (await client.get("/api/exp/limits", headers=user_headers("cr"))).json()
+    assert gained["daily_exp_gained"] == 150
+    assert gained["daily_action_counts"] == {"paid_char_sold": 3}
+
+
+async def test_partial_award_cut_to_what_reaches_the_cap(client: httpx2.AsyncClient) -> None:
+    # 2 characters (60) + 2 scenes (30) + 2 personas (30) + chat (20) + a like (5) = 145:
+    # a 10-EXP fork is then cut to the 5 that reach the cap, and the next one is refused.
+    await client.put(
+        "/api/entities/character/c9", json={"owner_id": "u1"}, headers=service_headers()
+    )
+    for action in ["create_character"] * 2 + ["create_scene"] * 2 + ["create_persona"] * 2:
+        assert (await gain(client, "u1", action)).status_code == 200
+    assert (await gain(client, "u1", "daily_chat")).json()["daily_exp_gained"] == 140
+    liked = (
+        await gain(client, "fan", "character_liked", target_type="character", target_id="c9")
+    ).json()
+    assert liked["daily_exp_gained"] == 145
+    await client.put("/api/entities/scene/s9", json={"owner_id": "u1"}, headers=service_headers())
+    partial = (await gain(client, "fan", "forked", target_type="scene", target_id="s9")).json()
+    assert (partial["exp_added"], partial["daily_exp_gained"], partial["total_exp"]) == (
+        5,
+        150,
+        150,
+    )
+    refused = await gain(client, "fan2", "forked", target_type="scene", target_id="s9")
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == "Daily EXP cap reached (150 EXP/day for level 2)"
+
+
+async def test_the_cap_follows_the_level_held_when_awarding(client: httpx2.AsyncClient) -> None:
+    await adjust(client, "u1", 290)  # level 2 (cap 150)
+    await client.put(
+        "/api/entities/character/c1", json={"owner_id": "u1"}, headers=service_headers()
+    )
+    sale = await client.post(
+        "/api/exp/gain",
+        json={"action": "paid_char_sold", "target_type": "character", "target_id": "c1"},
+        headers=service_headers("buyer"),
+    )  # fmt: skip
+    body = sale.json()
+    assert (body["total_exp"], body["level"], body["leveled_up"]) == (340, 3, True)
+    assert body["daily_exp_cap"] == 300  # the new level's cap applies from now on
+
+
+async def test_max_level(client: httpx2.AsyncClient) -> None:
+    await adjust(client, "u1", 1490)
+    body = (await gain(client, "u1", "daily_chat")).json()
+    assert (body["level"], body["leveled_up"], body["daily_exp_cap"]) == (6, True, 500)
+    assert body["progress"]["is_max_level"] is True
+    assert body["progress"]["level_name"] == "Master"
+
+
+async def test_midnight_utc_one_second_before_and_after(
+    client: httpx2.AsyncClient, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    clock.at = MIDNIGHT - 1
+    assert (await gain(client, "u1", "daily_chat")).status_code == 200
+    assert (await gain(client, "u1", "daily_chat")).status_code == 429
+    day_keys = redis_client.keys("*:day:20261121:u1")
+    assert len(day_keys) == 1
+    # The key's clean-up is the next midnight plus the grace (jitter is 0 in tests), counted
+    # from the service's clock: a TTL, whatever Redis's own clock says.
+    assert 3600 < redis_client.ttl(day_keys[0]) <= 3601
+    clock.at = MIDNIGHT
+    again = await gain(client, "u1", "daily_chat")
+    assert again.status_code == 200
+    assert (again.json()["action_count"], again.json()["daily_exp_gained"]) == (1, 20)
+    assert again.json()["total_exp"] == 40
+    assert redis_client.keys("*:day:20261122:u1")
+
+
+async def test_429_says_when_to_retry(client: httpx2.AsyncClient, clock: ManualClock) -> None:
+    clock.at = MIDNIGHT - 90
+    await gain(client, "u1", "daily_chat")
+    refused = await gain(client, "u1", "daily_chat")
+    assert refused.headers["retry-after"] == "90"
+
+
+async def test_a_refused_award_changes_nothing(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    await gain(client, "u1", "daily_chat")
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    assert (await gain(client, "u1", "daily_chat")).status_code == 429
+    after = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    assert after == before
+
+
+async def test_every_key_of_one_user_shares_one_hash_tag(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    await gain(client, "u1", "create_character", target_type="character", target_id="c1")
+    await gain(client, "u2", "character_liked", target_type="character", target_id="c1")
+    keys = [k for k in redis_client.keys("*") if ":entity:" not in k]
+    tags = {key[key.index("{") : key.index("}") + 1] for key in keys}
+    assert len(tags) == 1, keys
+
+
+async def test_every_award_is_an_event(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, clock: ManualClock
+) -> None:
+    await gain(client, "u1", "daily_chat")
+    await gain(client, "u1", "create_scene", target_type="scene", target_id="s1")
+    await gain(client, "u1", "daily_chat")  # refused: no event
+    streams = redis_client.keys("*:events")
+    assert len(streams) == 1
+    events = [fields for _, fields in redis_client.xrange(streams[0])]
+    assert [e["event_id"] for e in events] == ["u1:1", "u1:2"]
+    assert events[1] == {
+        "event_id": "u1:2", "user": "u1", "seq": "2", "ts": str(int(NOON * 1000)),
+        "kind": "exp_award", "action": "create_scene", "amount": "15", "actor": "u1",
+        "target": "scene:s1", "day": "20261121", "idem": "", "exp": "35", "level": "1",
+    }  # fmt: skip
+
+
+async def test_a_service_clock_behind_redis_still_counts_the_day(
+    client: httpx2.AsyncClient, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    # Three days behind Redis's clock (COUNTERS_CLOCK_OFFSET_SECONDS, skew, a test's clock): the
+    # day key's clean-up is counted from the service's now, so the key is not deleted at once.
+    clock.at = time.time() - 3 * 86_400
+    first = await gain(client, "u1", "create_scene")
+    second = await gain(client, "u1", "create_scene")
+    assert (first.json()["action_count"], second.json()["action_count"]) == (1, 2)
+    assert (await gain(client, "u1", "create_scene")).status_code == 429
+    (day_key,) = redis_client.keys("*:day:*:u1")
+    assert 0 < redis_client.ttl(day_key) <= 86_400 + 3600

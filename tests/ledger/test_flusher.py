@@ -1,0 +1,288 @@
+"""The flusher against the suite's real Redis and Postgres: exactly once, whatever fails when."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import anyio
+import httpx2
+import pytest
+import redis
+from click.testing import CliRunner, Result
+from starlette.applications import Starlette
+
+from api.app import create_app
+from counters.cli.embedded import PostgresServer
+from counters.cli.main import main
+from counters.clock import ManualClock
+from counters.errors import StorageError
+from counters.redis.keys import UserKeys, stream_key
+from counters.settings import Settings
+from persistence.events import Batch
+from persistence.events import sort_entries as sort
+from persistence.flusher import GROUP, stream_lag
+from tests.support.core import service_headers, user_headers
+from tests.support.persistence import fetch, fetchval, flusher, services, store
+
+pytestmark = pytest.mark.anyio
+
+
+async def award(client: httpx2.AsyncClient, user: str, action: str = "daily_chat") -> int:
+    response = await client.post(
+        "/api/exp/gain", json={"action": action}, headers=user_headers(user)
+    )
+    assert response.status_code == 200, response.text
+    total: int = response.json()["total_exp"]
+    return total
+
+
+async def adjust(client: httpx2.AsyncClient, user: str, delta: int, key: str = "") -> int:
+    headers = service_headers(**({"Idempotency-Key": key} if key else {}))
+    body = {"user_id": user, "delta": delta, "reason": "support"}
+    response = await client.post("/api/admin/exp/adjust", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    total: int = response.json()["total_exp"]
+    return total
+
+
+async def burst(client: httpx2.AsyncClient, users: list[str], rounds: int) -> dict[str, int]:
+    """Awards and corrections for every user; returns each user's total as the API said."""
+    totals: dict[str, int] = {}
+    for user in users:
+        totals[user] = await award(client, user)
+        for n in range(rounds):
+            totals[user] = await adjust(client, user, 7 if n % 3 else -3)
+    return totals
+
+
+async def ledger_count(app: Starlette) -> int:
+    count: int = await fetchval(app, "SELECT count(*) FROM ledger")
+    return count
+
+
+async def assert_ledger_matches(app: Starlette, totals: dict[str, int]) -> None:
+    """Every user's ledger sums to the total the API reported, and so do their totals."""
+    for user, total in totals.items():
+        rows = await fetch(
+            app, "SELECT seq, amount FROM ledger WHERE user_id = $1 ORDER BY seq", user
+        )
+        assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1)), user
+        assert sum(row["amount"] for row in rows) == total, user
+        stored = await fetch(app, "SELECT exp, seq FROM user_totals WHERE user_id = $1", user)
+        assert (stored[0]["exp"], stored[0]["seq"]) == (total, len(rows)), user
+
+
+async def test_events_become_ledger_rows_and_totals(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    await award(durable_client, "ann")
+    await adjust(durable_client, "ann", 40, key="fix-1")
+    await adjust(durable_client, "ann", 40, key="fix-1")  # replayed: no second event
+    handled = await flusher(durable_app).drain()
+    assert handled == 2
+    rows = await fetch(durable_app, "SELECT * FROM ledger ORDER BY seq")
+    assert [(r["event_id"], r["kind"], r["action"], r["amount"]) for r in rows] == [
+        ("ann:1", "exp_award", "daily_chat", 20),
+        ("ann:2", "exp_adjust", "support", 40),
+    ]
+    first, second = rows
+    assert first["day"] == "20261121" and first["idem"] is None and first["actor"] == "ann"
+    assert second["idem"] == "fix-1" and second["day"] is None
+    assert first["totals"] == '{"exp": 20, "level": 1}'
+    assert first["occurred_at"].timestamp() == services(durable_app).clock.now()
+    await assert_ledger_matches(durable_app, {"ann": 60})
+    lag = await stream_lag(services(durable_app).redis, flusher(durable_app).streams)
+    assert (lag.events, lag.seconds) == (0, 0.0)  # acknowledged entries are deleted
+
+
+async def test_a_batch_written_twice_changes_nothing(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    await burst(durable_client, ["ann", "bob"], 3)
+    stream_entries = []
+    redis_client = services(durable_app).redis
+    for stream in flusher(durable_app).streams:
+        stream_entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
+    batch = sort(stream_entries)
+    first = await store(durable_app).write(batch)
+    second = await store(durable_app).write(batch)
+    assert (first.inserted, first.duplicates) == (8, 0)
+    assert (second.inserted, second.duplicates, second.quarantined) == (0, 8, 0)
+    assert await ledger_count(durable_app) == 8
+
+
+async def test_killed_between_commit_and_ack_loses_and_duplicates_nothing(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    totals = await burst(durable_client, ["ann", "bob", "cy"], 4)
+
+    class Killed(Exception):
+        pass
+
+    async def die(batch: Batch) -> None:
+        raise Killed
+
+    doomed = flusher(durable_app, after_commit=die)
+    with pytest.raises(Killed):
+        await doomed.flush_once(block=False)
+    assert await ledger_count(durable_app) == 15  # committed...
+    redis_client = services(durable_app).redis
+    pending = sum([(await redis_client.xpending(s, GROUP))["pending"] for s in doomed.streams])
+    assert pending == 15  # ...but never acknowledged
+
+    # Another process takes over the dead consumer's entries (claimed at once: idle >= 0 ms).
+    heir = flusher(durable_app, claim_idle_ms=0)
+    assert await heir.drain() == 15
+    assert (heir.stats.inserted, heir.stats.duplicates) == (0, 15)
+    assert await ledger_count(durable_app) == 15
+    await assert_ledger_matches(durable_app, totals)
+    lag = await stream_lag(redis_client, heir.streams)
+    assert lag.events == 0
+
+
+async def test_a_failed_acknowledgement_is_retried_by_the_same_consumer(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    totals = await burst(durable_client, ["ann"], 5)
+    failures = iter([StorageError("ack lost")])
+
+    async def flaky(batch: Batch) -> None:
+        for failure in failures:
+            raise failure
+
+    one = flusher(durable_app, after_commit=flaky, backoff_max=0.01)
+    assert await one.drain() == 6  # the first attempt failed after commit; the retry re-read it
+    # The first write committed but was never acknowledged; the re-read found all 6 ledgered.
+    assert (one.stats.inserted, one.stats.duplicates, one.stats.events) == (0, 6, 6)
+    assert await ledger_count(durable_app) == 6
+    await assert_ledger_matches(durable_app, totals)
+
+
+async def test_postgres_down_during_a_burst_then_back(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, postgres_server: PostgresServer
+) -> None:
+    users = [f"user{n}" for n in range(6)]
+    for user in users:  # known to Redis before the outage (a new user needs Postgres once)
+        await adjust(durable_client, user, 1)
+    worker = flusher(durable_app, backoff_max=0.05)
+    assert await worker.drain() == 6  # the pool now holds connections that are about to break
+
+    postgres_server.stop()
+    try:
+        totals = await burst(durable_client, users, 5)  # the API keeps serving from Redis
+        with pytest.raises(StorageError):
+            await worker.flush_once(block=False)
+        lag = await stream_lag(services(durable_app).redis, worker.streams)
+        assert lag.events == 36  # nothing lost: all waiting in Redis
+    finally:
+        postgres_server.start()  # same port, same data dir
+
+    assert await worker.drain(max_failures=20) >= 36
+    assert await ledger_count(durable_app) == 42
+    await assert_ledger_matches(durable_app, totals)
+
+
+async def test_flushall_recreates_the_consumer_group(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    await award(durable_client, "ann")
+    worker = flusher(durable_app)
+    assert await worker.drain() == 1
+    redis_client.flushall()
+    assert await adjust(durable_client, "ann", 5) == 25  # hydrated from Postgres first
+    assert await worker.drain() == 1
+    await assert_ledger_matches(durable_app, {"ann": 25})
+
+
+async def test_entity_owners_are_recorded_from_claims_and_assignments(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    body = {"action": "create_character", "target_type": "character", "target_id": "c1"}
+    response = await durable_client.post("/api/exp/gain", json=body, headers=user_headers("ann"))
+    assert response.status_code == 200
+    response = await durable_client.put(
+        "/api/entities/scene/s1", json={"owner_id": "bob"}, headers=service_headers()
+    )
+    assert response.status_code == 200
+    response = await durable_client.put(
+        "/api/entities/scene/s1", json={"owner_id": "cy"}, headers=service_headers()
+    )
+    assert response.status_code == 200
+    await flusher(durable_app).drain()
+    rows = await fetch(durable_app, "SELECT * FROM entity_owners ORDER BY entity_type")
+    assert [(r["entity_type"], r["entity_id"], r["owner_id"]) for r in rows] == [
+        ("character", "c1", "ann"),
+        ("scene", "s1", "cy"),  # the later of two assignments, in one batch
+    ]
+    assert await ledger_count(durable_app) == 1  # owners are not ledger rows
+
+
+async def test_entries_that_cannot_be_ledgered_are_quarantined_not_dropped(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    await award(durable_client, "ann")
+    redis_client = services(durable_app).redis
+    stream = UserKeys.of("ann", 16).events
+    await redis_client.xadd(stream, {"kind": "exp_award", "user": "ann"})  # malformed
+    await flusher(durable_app).drain()
+    # The same event id again from another entry: Redis lost flushed writes and reused a seq.
+    await redis_client.xadd(
+        stream,
+        {"event_id": "ann:1", "user": "ann", "seq": 1, "ts": 1, "kind": "exp_award", "amount": 5},
+    )
+    await flusher(durable_app).drain()
+    rows = await fetch(durable_app, "SELECT reason FROM ledger_quarantine ORDER BY recorded_at")
+    assert [r["reason"] for r in rows] == [
+        "missing event_id, seq, ts, amount",
+        rows[1]["reason"],
+    ]
+    assert rows[1]["reason"].startswith("event_id ann:1 already ledgered from stream entry ")
+    assert await ledger_count(durable_app) == 1
+    assert (await stream_lag(redis_client, [stream])).events == 0
+
+
+async def test_lag_counts_unflushed_events_and_the_oldest_ones_age(
+    durable_app: Starlette,
+) -> None:
+    redis_client = services(durable_app).redis
+    now_ms = int((await redis_client.time())[0]) * 1000
+    await redis_client.xadd(stream_key(3), {"kind": "x"}, id=f"{now_ms - 90_000}-0")
+    await redis_client.xadd(stream_key(5), {"kind": "x"}, id=f"{now_ms - 30_000}-0")
+    lag = await stream_lag(redis_client, [stream_key(b) for b in range(16)])
+    assert lag.events == 2
+    assert 90 <= lag.seconds < 100
+
+
+async def test_serve_runs_the_flusher_in_the_background_and_stops_it_cleanly(
+    durable_settings: Settings, clock: ManualClock
+) -> None:
+    settings = replace(durable_settings, flusher_enabled=True, flush_block_ms=20)
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://c") as client:
+            await adjust(client, "ann", 5)
+            for _ in range(500):  # waits for the background task, bounded; nothing is timed
+                if await ledger_count(app):
+                    break
+                await asyncio.sleep(0.01)
+            assert await ledger_count(app) == 1
+        task = app.state.durability._task
+    assert task is not None and task._task is not None and task._task.done()
+
+
+def invoke(args: list[str], settings: Settings) -> Result:
+    env = {"COUNTERS_REDIS_URL": settings.redis_url, "COUNTERS_DATABASE_URL": settings.database_url}
+    return CliRunner().invoke(main, args, env=env)
+
+
+async def test_the_migrate_and_flush_commands(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, durable_settings: Settings
+) -> None:
+    await burst(durable_client, ["ann"], 2)
+    migrated = await anyio.to_thread.run_sync(invoke, ["migrate"], durable_settings)
+    assert (migrated.exit_code, migrated.output) == (0, "schema up to date\n")
+    flushed = await anyio.to_thread.run_sync(invoke, ["flush", "--burst"], durable_settings)
+    assert (flushed.exit_code, flushed.output) == (0, "flushed 3 events\n")
+    assert await ledger_count(durable_app) == 3

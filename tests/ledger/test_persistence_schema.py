@@ -1,0 +1,86 @@
+"""The migrations, and the pure parts of turning stream entries into ledger rows and totals."""
+
+from __future__ import annotations
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from persistence.events import LedgerEvent, OwnerEvent, collapse, parse, sort_entries
+from persistence.migrate import migrate, migrations
+from tests.support.persistence import run_sync
+
+EXP = {
+    "event_id": "u:3", "user": "u", "seq": "3", "ts": "1700000000000", "kind": "exp_award",
+    "action": "daily_chat", "amount": "20", "actor": "u", "target": "", "day": "20231114",
+    "idem": "", "exp": "120", "level": "2",
+}  # fmt: skip
+XP = {
+    "event_id": "u:4", "user": "u", "seq": "4", "ts": "1700000000001", "kind": "xp_debit",
+    "action": "NEW_IMAGE", "amount": "-12", "actor": "u", "target": "tx1", "idem": "k",
+    "effective_ts": "1700000000001", "xp_balance": "588", "xp_allocation": "588",
+    "xp_topup": "0", "xp_held": "0", "tier": "pixel_rookie", "xp_state": '{"alloc": 588}',
+}  # fmt: skip
+
+
+def test_migrations_apply_once(database_url: str) -> None:
+    async def twice() -> tuple[int, int, int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            again = await migrate(conn)
+            versions = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+            return len(again), versions, len(migrations())
+        finally:
+            await conn.close()
+
+    applied_again, recorded, shipped = run_sync(twice())
+    assert (applied_again, recorded) == (0, shipped)
+
+
+def test_an_event_keeps_its_fields_and_totals() -> None:
+    event = parse("s", "1-0", EXP)
+    assert isinstance(event, LedgerEvent)
+    assert (event.event_id, event.seq, event.amount, event.day, event.idem) == (
+        "u:3", 3, 20, "20231114", None,
+    )  # fmt: skip
+    assert event.totals == {"exp": 120, "level": 2}
+    xp = parse("s", "2-0", XP)
+    assert isinstance(xp, LedgerEvent)
+    assert xp.xp_state == '{"alloc": 588}' and "xp_state" not in xp.totals
+    assert xp.totals["tier"] == "pixel_rookie" and xp.totals["xp_balance"] == 588
+
+
+def test_owner_events_and_malformed_entries() -> None:
+    owner = parse("s", "5-2", {"kind": "entity_owner", "target": "character:c:1", "owner": "u"})
+    assert owner == OwnerEvent("character", "c:1", "u", (5, 2))
+    batch = sort_entries([("s", "1-0", {"kind": "exp_award"}), ("s", "2-0", None)])
+    assert [r.reason for r in batch.rejected] == ["missing event_id, user, seq, ts, amount"]
+    with pytest.raises(ValueError, match="entity_owner event without"):
+        parse("s", "1-0", {"kind": "entity_owner", "target": "nocolon", "owner": "u"})
+
+
+def test_collapse_keeps_each_family_from_its_newest_event_in_any_order() -> None:
+    exp, xp = parse("s", "1-0", EXP), parse("s", "2-0", XP)
+    older = parse("s", "0-1", {**EXP, "event_id": "u:2", "seq": "2", "exp": "100"})
+    assert isinstance(exp, LedgerEvent) and isinstance(xp, LedgerEvent)
+    assert isinstance(older, LedgerEvent)
+    (row,) = collapse([xp, exp, older])
+    assert (row.seq, row.exp_seq, row.exp, row.level, row.xp_seq) == (4, 3, 120, 2, 4)
+    assert row.xp["xp_balance"] == 588 and row.xp_state == '{"alloc": 588}'
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"seq": "1e3"}, "invalid literal for int()"),
+        ({"amount": str(2**63)}, "amount out of range"),
+        ({"ts": str(10**16)}, "ts out of range"),
+        ({"action": "a\x00b"}, "a NUL character"),
+    ],
+)
+def test_values_postgres_would_refuse_are_rejected_before_the_batch(
+    change: dict[str, str], reason: str
+) -> None:
+    # One such entry must not fail its whole batch forever: it is quarantined on its own.
+    batch = sort_entries([("s", "1-0", {**EXP, **change}), ("s", "2-0", EXP)])
+    assert len(batch.events) == 1
+    assert reason in batch.rejected[0].reason

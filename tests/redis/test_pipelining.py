@@ -1,0 +1,167 @@
+"""Auto-pipelining on the suite's Redis: one write per tick, replies in order, errors per command,
+NOSCRIPT after SCRIPT FLUSH, lost connections and cancelled callers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+
+from counters.cli.embedded import free_port
+from counters.errors import StorageError
+from counters.redis.pipelining import AutoPipeline, CommandError
+from counters.redis.scripts import Scripts
+from counters.runtime.services import connect_redis
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def pipeline(redis_url: str) -> AsyncIterator[AutoPipeline]:
+    auto = AutoPipeline(redis_url)
+    yield auto
+    await auto.aclose()
+
+
+def count_writes(auto: AutoPipeline) -> list[bytes]:
+    """Record every write the pipeline's connection makes from now on."""
+    protocol = auto._protocol
+    assert protocol is not None and protocol.transport is not None
+    transport = protocol.transport
+    writes: list[bytes] = []
+    write = transport.write
+
+    def spy(data: Any) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = spy  # type: ignore[method-assign]
+    return writes
+
+
+async def test_calls_of_one_tick_are_one_write_and_answered_in_order(
+    pipeline: AutoPipeline,
+) -> None:
+    await pipeline.execute("PING")
+    writes = count_writes(pipeline)
+    replies = await asyncio.gather(*(pipeline.execute("INCR", "n") for _ in range(500)))
+    assert replies == list(range(1, 501))
+    assert len(writes) == 1
+
+
+async def test_an_error_reply_fails_only_its_own_call(pipeline: AutoPipeline) -> None:
+    replies = await asyncio.gather(
+        pipeline.execute("SET", "k", "text"),
+        pipeline.execute("INCR", "k"),
+        pipeline.execute("GET", "k"),
+        return_exceptions=True,
+    )
+    assert replies[0] == "OK" and replies[2] == "text"
+    assert isinstance(replies[1], CommandError)
+    assert "not an integer" in str(replies[1])
+    many = await pipeline.execute_many([("INCR", "k"), ("APPEND", "k", "!"), ("NOPE",)])
+    assert isinstance(many[0], CommandError) and many[1] == 5 and isinstance(many[2], CommandError)
+
+
+async def test_a_cancelled_caller_leaves_the_others_in_order(pipeline: AutoPipeline) -> None:
+    await pipeline.execute("PING")
+    first = asyncio.ensure_future(pipeline.execute("INCR", "n"))
+    second = asyncio.ensure_future(pipeline.execute("INCR", "n"))
+    third = asyncio.ensure_future(pipeline.execute("INCR", "n"))
+    await asyncio.sleep(0)  # all three are queued and written
+    second.cancel()
+    assert await first == 1
+    assert await third == 3
+    assert second.cancelled()
+    assert await pipeline.execute("GET", "n") == "3"
+
+
+async def test_a_lost_connection_fails_the_waiting_calls_then_reconnects(
+    pipeline: AutoPipeline, redis_client: redis.Redis
+) -> None:
+    client_id = await pipeline.execute("CLIENT", "ID")
+    waiting = asyncio.ensure_future(pipeline.execute("BLPOP", "never", 10))
+    also = asyncio.ensure_future(pipeline.execute("PING"))
+    await asyncio.sleep(0.05)
+    redis_client.client_kill_filter(_id=client_id)
+    with pytest.raises(StorageError, match="connection lost"):
+        await waiting
+    with pytest.raises(StorageError, match="connection lost"):
+        await also
+    assert await pipeline.execute("PING") == "PONG"
+    assert await pipeline.execute("CLIENT", "ID") != client_id
+
+
+async def test_a_lost_connection_fails_a_whole_execute_many(
+    pipeline: AutoPipeline, redis_client: redis.Redis
+) -> None:
+    client_id = await pipeline.execute("CLIENT", "ID")
+    many = asyncio.ensure_future(pipeline.execute_many([("PING",), ("BLPOP", "never", 10)]))
+    await asyncio.sleep(0.05)
+    redis_client.client_kill_filter(_id=client_id)
+    with pytest.raises(StorageError, match="connection lost"):
+        await many
+
+
+async def test_no_server_is_a_storage_error() -> None:
+    auto = AutoPipeline(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=1)
+    with pytest.raises(StorageError, match="cannot connect to Redis"):
+        await auto.execute("PING")
+    results = await asyncio.gather(
+        *(auto.execute("PING") for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(result, StorageError) for result in results)
+
+
+async def test_the_url_selects_the_database(redis_url: str, redis_client: redis.Redis) -> None:
+    auto = AutoPipeline(redis_url.rsplit("/", 1)[0] + "/3")
+    try:
+        assert await auto.execute("SET", "where", "db3") == "OK"
+    finally:
+        await auto.aclose()
+    assert redis_client.get("where") is None
+    other = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3", decode_responses=True)
+    try:
+        assert other.get("where") == "db3"
+        other.flushdb()
+    finally:
+        other.close()
+
+
+@pytest.fixture(params=[True, False], ids=["autopipeline", "pool"])
+async def scripts(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Scripts]:
+    client = connect_redis(redis_url, 8)
+    auto = AutoPipeline(redis_url) if request.param else None
+    yield Scripts(client, auto)
+    if auto is not None:
+        await auto.aclose()
+    await client.aclose()
+
+
+async def test_scripts_are_loaded_again_after_script_flush(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    keys, args = ["ctr:{b0}:entity:character:c1"], ["maker", "claim"]
+    assert await scripts.run("assign_entity", keys, args) == [1, ""]
+    redis_client.script_flush()
+    assert await scripts.run("assign_entity", keys, ["other", "claim"]) == [2, "maker"]
+    redis_client.script_flush()
+    many = await scripts.run_many("assign_entity", [(keys, args)] * 3)
+    assert many == [[1, "maker"]] * 3
+
+
+async def test_a_refused_script_call_is_its_own_storage_error(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    redis_client.hset("ctr:{b0}:entity:character:c2", "not", "a string")
+    good = (["ctr:{b0}:entity:character:c1"], ["maker", "claim"])
+    bad = (["ctr:{b0}:entity:character:c2"], ["maker", "claim"])
+    replies = await scripts.run_many("assign_entity", [good, bad, good])
+    assert replies[0] == [1, ""] and replies[2] == [1, "maker"]
+    assert isinstance(replies[1], StorageError)
+    assert "WRONGTYPE" in str(replies[1])
+    with pytest.raises(StorageError):
+        await scripts.run("assign_entity", *bad)

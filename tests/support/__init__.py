@@ -1,0 +1,1 @@
+"""Shared test helpers: credentials, clock, Postgres and XP (fixtures: tests/conftest.py)."""

@@ -1,0 +1,61 @@
+"""Settings from COUNTERS_* variables, and the clock they shift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from counters.clock import SystemClock, next_utc_midnight, utc_day
+from counters.errors import ConfigError
+from counters.settings import Settings
+from tests.support.core import NOON
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert settings.redis_url is None
+    assert settings.data_dir == Path(".counters")
+
+
+def test_values_are_parsed_by_type() -> None:
+    settings = Settings.from_env(
+        {
+            "COUNTERS_PORT": "9001",
+            "COUNTERS_SERVICE_KEYS": "a, b,,c",
+            "COUNTERS_CLOCK_OFFSET_SECONDS": "86400.5",
+            "COUNTERS_DATA_DIR": "/tmp/x",
+            "COUNTERS_REDIS_URL": "redis://127.0.0.1:1/0",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert settings.port == 9001
+    assert settings.service_keys == ("a", "b", "c")
+    assert settings.clock_offset_seconds == 86400.5
+    assert settings.data_dir == Path("/tmp/x")
+    assert settings.redis_url == "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"COUNTERS_PORT": "eighty"}, "COUNTERS_PORT='eighty'"),
+        ({"COUNTERS_PORT": "70000"}, "out of range: COUNTERS_PORT"),
+        ({"COUNTERS_KEY_BUCKETS": "0"}, "out of range: COUNTERS_KEY_BUCKETS"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_the_clock_offset_moves_now_to_another_day() -> None:
+    assert SystemClock(86_400).now() - SystemClock().now() == pytest.approx(86_400, abs=1)
+
+
+def test_utc_day_and_midnight() -> None:
+    assert utc_day(NOON) == "20261121"
+    assert next_utc_midnight(NOON) == NOON + 12 * 3600
+    assert utc_day(next_utc_midnight(NOON) - 1) == "20261121"
+    assert utc_day(next_utc_midnight(NOON)) == "20261122"

@@ -1,0 +1,148 @@
+"""lua/grant_xp.lua through POST /api/v1/xp/grants: top-ups, their expiry, bad input."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+import redis
+
+from counters.clock import ManualClock
+from counters.settings import Settings
+from tests.support.core import NOON, service_headers, user_headers
+from tests.support.xp import (
+    app_client,
+    balance,
+    debit,
+    events,
+    grant,
+    iso,
+    kinds,
+    subscribe,
+    xp_rules_with,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_grant_adds_to_the_balance(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    body = await grant(client, "u1", 250, NOON + 3600)
+    assert body == {
+        "grant_id": body["grant_id"],
+        "user_id": "u1",
+        "xp_granted": 250,
+        "xp_balance": 250,
+        "expires_at": iso(NOON + 3600),
+    }
+    assert body["grant_id"].startswith("xg_")
+    event = events(redis_client, "u1")[-1]
+    assert (event["kind"], event["action"], event["amount"], event["target"], event["actor"]) == (
+        "xp_grant",
+        "top_up",
+        "250",
+        body["grant_id"],
+        "service:0",
+    )
+    assert (event["xp_topup"], event["xp_balance"], event["tier"]) == ("250", "250", "")
+    never = await grant(client, "u1", 10)
+    assert (never["expires_at"], never["xp_balance"]) == (None, 260)
+
+
+async def test_top_up_expiry_one_second_before_and_after(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, clock: ManualClock
+) -> None:
+    await subscribe(client, "u1", "pixel_rookie")
+    grant_id = (await grant(client, "u1", 30, NOON + 100))["grant_id"]
+    await debit(client, "u1", "EDIT_IMAGE")  # from the top-up: it expires first
+    clock.at = NOON + 99
+    view = await balance(client, "u1")
+    assert (view["xp_topup"], view["xp_balance"]) == (21, 621)
+    clock.at = NOON + 101
+    view = await balance(client, "u1")
+    assert (view["xp_topup"], view["xp_balance"], view["topups"]) == (0, 600, [])
+    expired = events(redis_client, "u1")[-1]
+    assert (expired["kind"], expired["amount"], expired["target"], expired["actor"]) == (
+        "xp_grant_expired",
+        "-21",
+        grant_id,
+        "system",
+    )
+    assert expired["effective_ts"] == str(int((NOON + 100) * 1000))
+
+
+async def test_transitions_are_applied_in_time_order(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, clock: ManualClock
+) -> None:
+    await subscribe(client, "u1", "pixel_rookie")
+    await grant(client, "u1", 7, NOON + 40 * 86_400)
+    await grant(client, "u1", 5, NOON + 10 * 86_400)
+    clock.at = NOON + 45 * 86_400
+    await balance(client, "u1")
+    assert kinds(redis_client, "u1")[-3:] == [
+        ("xp_grant_expired", "expired", -5),  # day 10
+        ("xp_allocation", "renewal", 0),  # day 30
+        ("xp_grant_expired", "expired", -7),  # day 40
+    ]
+    stamps = [int(e["effective_ts"]) for e in events(redis_client, "u1")[-3:]]
+    assert stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"xp_amount": 0}, 422, ">= 1"),
+        ({"xp_amount": -10}, 422, ">= 1"),
+        ({"xp_amount": 10**10}, 422, "<= 1000000000"),
+        ({"xp_amount": 10, "expires_at": iso(NOON)}, 422, "in the future"),
+        ({"xp_amount": 10, "expires_at": iso(NOON - 1)}, 422, "in the future"),
+        ({"xp_amount": 10, "reason": ""}, 422, "length >= 1"),
+        ({"xp_amount": 10, "user_id": "bad id"}, 422, "user_id"),
+    ],
+)
+async def test_bad_grants_change_nothing(
+    client: httpx2.AsyncClient,
+    redis_client: redis.Redis,
+    body: dict[str, object],
+    status: int,
+    fragment: str,
+) -> None:
+    request = {"user_id": "u1", "reason": "top_up", **body}
+    response = await client.post("/api/v1/xp/grants", json=request, headers=service_headers())
+    assert response.status_code == status
+    assert fragment in response.json()["detail"]
+    assert kinds(redis_client, "u1") == []
+
+
+async def test_grants_are_for_services_only(client: httpx2.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/xp/grants",
+        json={"user_id": "u1", "xp_amount": 1000, "reason": "free"},
+        headers=user_headers("u1"),
+    )
+    assert response.status_code == 403
+    assert (await balance(client, "u1"))["xp_balance"] == 0
+
+
+async def test_idempotent_grant(client: httpx2.AsyncClient) -> None:
+    body = {"user_id": "u1", "xp_amount": 40, "reason": "promo"}
+    headers = service_headers(**{"Idempotency-Key": "promo-u1"})
+    first = await client.post("/api/v1/xp/grants", json=body, headers=headers)
+    again = await client.post("/api/v1/xp/grants", json=body, headers=headers)
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await balance(client, "u1"))["xp_balance"] == 40
+
+
+async def test_live_top_ups_are_bounded(settings: Settings, clock: ManualClock) -> None:
+    async with app_client(settings, clock, xp_rules_with(max_active_grants=2)) as client:
+        await grant(client, "u1", 1)
+        await grant(client, "u1", 1)
+        response = await client.post(
+            "/api/v1/xp/grants",
+            json={"user_id": "u1", "xp_amount": 1, "reason": "x"},
+            headers=service_headers(),
+        )
+        assert response.status_code == 409
+        assert "2 top-ups are live" in response.json()["detail"]
+        assert (await balance(client, "u1"))["xp_balance"] == 2
