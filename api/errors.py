@@ -21,8 +21,7 @@ from counters.errors import (
     RequestError,
     StorageError,
 )
-from counters.exp.types import AwardOutcome
-from counters.xp.state import XpOutcome
+from counters.redis.codes import AwardOutcome, XpOutcome
 
 log = logging.getLogger("counters.api")
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import redis
 import redis.asyncio as aioredis
 
@@ -23,6 +24,7 @@ from counters.auth import Principal
 from counters.errors import RequestError
 from counters.exp.entities import Target
 from counters.exp.types import AwardCall
+from counters.redis.calls import command_args
 from counters.redis.keys import stream_key
 from counters.redis.scripts import script_source
 from counters.runtime.services import Services
@@ -113,7 +115,7 @@ async def lua_ceiling(
             chunk = queue.pop()
             pipe = client.pipeline(transaction=False)
             for call in chunk:
-                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args("1"))
+                pipe.evalsha(sha, *new_user_args(call))
             await pipe.execute()
             done += len(chunk)
         return done
@@ -126,6 +128,11 @@ async def lua_ceiling(
         for client in clients:
             await client.aclose()
     return CeilingResult(done, seconds, done / seconds, batch, connections)
+
+
+def new_user_args(call: AwardCall) -> tuple[str | int | float, ...]:
+    """EVALSHA's arguments after the SHA, with a missing user created (no hydration here)."""
+    return command_args(call.keys, msgspec.structs.replace(call.call, may_create="1"))
 
 
 async def load_award_script(url: str) -> str:
@@ -145,7 +152,7 @@ async def run_calls(url: str, calls: Sequence[AwardCall], batch: int = 500) -> N
         for start in range(0, len(calls), batch):
             pipe = client.pipeline(transaction=False)
             for call in calls[start : start + batch]:
-                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args("1"))
+                pipe.evalsha(sha, *new_user_args(call))
             await pipe.execute()
     finally:
         await client.aclose()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import uvloop
 
-from bench.direct import load_award_script
+from bench.direct import load_award_script, new_user_args
 from counters.exp.types import AwardCall
 from counters.redis.keys import stream_key
 from persistence.flusher import Flusher, stream_lag
@@ -129,7 +129,7 @@ async def at_rate(
             if due > sent:
                 pipe = client.pipeline(transaction=False)
                 for call in calls[sent:due]:
-                    pipe.evalsha(sha, len(call.keys), *call.keys, *call.args("1"))
+                    pipe.evalsha(sha, *new_user_args(call))
                 await pipe.execute()
                 sent = due
             await asyncio.sleep(_TICK)

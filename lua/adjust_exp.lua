@@ -19,7 +19,9 @@ ARGV[9]  may_create   "0"|"1"  see award_exp.lua
 ARGV[10] idem_key     string
 
 Reply: {code, applied_delta, total_exp, level, previous_level, seq, replayed}
-  code 1 adjusted   6 needs hydration   7 idempotency key reused with a different request
+  code 1 adjusted
+  code 6 needs_hydration
+  code 7 key_reused        idempotency key reused with a different request
 ]]
 
 local user_id, delta, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3]

@@ -13,8 +13,8 @@ ARGV[3]  ledger    "0"|"1" "1": append the owner event (a durable store is confi
 ARGV[4]  target    string  "<type>:<id>", recorded on the event
 
 Reply: {code, previous_owner}
-  code 1 recorded (previous_owner "" if none, else the owner it replaced)
-       2 claim refused: owned by previous_owner
+  code 1 recorded        previous_owner "" if none, else the owner it replaced
+  code 2 claim_refused   owned by previous_owner
 ]]
 
 local owner, mode, ledger, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

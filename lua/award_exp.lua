@@ -6,7 +6,7 @@ count. (In "actor_owns" mode the ownership marker is written whatever the outcom
 exists even when its creator is past today's limit.)
 
 KEYS[1]  user      HASH   ctr:{bN}:user:<uid>                exp, level, seq
-KEYS[2]  day       HASH   ctr:{bN}:day:<YYYYMMDD>:<uid>      exp, a:<action> (counts)
+KEYS[2]  today     HASH   ctr:{bN}:day:<YYYYMMDD>:<uid>      exp, a:<action> (counts)
 KEYS[3]  events    STREAM ctr:{bN}:events                    ledger events of the bucket
 KEYS[4]  idem      STRING ctr:{bN}:idem:<caller>:<key>       "<fingerprint>|<reply json>" (or an unused key)
 KEYS[5]  owned     STRING ctr:{bN}:owned:<type>:<id>         set in actor_owns mode, must exist in creator modes
@@ -33,9 +33,13 @@ ARGV[16] target         string   "<type>:<id>" or ""
 ARGV[17] idem_key       string   the Idempotency-Key, recorded on the event
 
 Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, action_count, seq, replayed}
-  code 1 awarded (possibly partial)   2 daily limit reached   3 daily cap reached
-       4 already triggered by actor   5 not the owner (stale)  6 needs hydration
-       7 idempotency key reused with a different request
+  code 1 awarded             possibly partial
+  code 2 limit_reached       the action's daily limit
+  code 3 cap_reached         the level's daily EXP cap
+  code 4 already_triggered   this actor already did it (creator_once)
+  code 5 not_owner           the cached owner is stale
+  code 6 needs_hydration
+  code 7 key_reused          idempotency key reused with a different request
 ]]
 
 local user_id, action = ARGV[1], ARGV[2]

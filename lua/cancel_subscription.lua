@@ -12,8 +12,11 @@ ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create,
             (see lua/lib/xp_state.lua)
 
 Reply: {code, 0, "cancel_scheduled" | "", period_end (when it ends), 0, seq, replayed, state json}
-  code 1 cancellation scheduled   6 needs hydration   7 idempotency mismatch
-       11 no subscription   12 unchanged (already cancelled at period end)
+  code 1 done               cancellation scheduled
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 11 no_subscription
+  code 12 unchanged         already cancelled at period end
 ]]
 
 local early = XP.open()

@@ -14,8 +14,13 @@ ARGV[11] record_ttl  int     seconds the record (now the refundable capture) is 
 
 Reply: {code, xp captured, hold id, hold expires_at, xp released (code 9: xp held), seq,
         replayed, state json}
-  code 1 captured   4 no such hold   5 already captured or released   6 needs hydration
-       7 idempotency mismatch   8 the hold expired (its XP went back)   9 more than is held
+  code 1 done               captured
+  code 4 not_found          no such hold
+  code 5 already_settled    already captured or released
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 8 hold_expired       the hold expired (its XP went back)
+  code 9 above_held         more than is held
 ]]
 
 local hold_id, amount, record_ttl = ARGV[9], tonumber(ARGV[10]), ARGV[11]

@@ -21,8 +21,12 @@ ARGV[15] record_ttl       int     seconds the record (for capture and refund) is
 
 Reply: {code, xp taken, transaction id, hold expires_at (0 for a debit), cost, seq, replayed,
         state json}
-  code 1 debited or held   2 insufficient XP (cost = what it needs)   3 tier does not allow it
-       6 needs hydration   7 idempotency mismatch   13 too many open holds
+  code 1 done               debited or held
+  code 2 insufficient       insufficient XP (cost = what it needs)
+  code 3 tier_required      the tier does not allow it
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 13 too_many          too many open holds
 ]]
 
 local generation_type, costs_json, transaction_id = ARGV[9], ARGV[10], ARGV[11]

@@ -14,7 +14,10 @@ ARGV[12] reason      string  recorded as the event's action
 ARGV[13] max_grants  int     live top-ups a user may have
 
 Reply: {code, xp granted, grant id, expires_at, 0, seq, replayed, state json}
-  code 1 granted   6 needs hydration   7 idempotency mismatch   13 too many live top-ups
+  code 1 done               granted
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 13 too_many          too many live top-ups
 ]]
 
 local grant_id, amount, expires_at = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])

@@ -6,7 +6,8 @@ KEYS[2]  day   HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>
 ARGV[1]  may_create  "0"|"1"  "0": a missing user must be hydrated first (reply code 6)
 
 Reply: {code, total_exp, seq, {field, value, ...} of the day hash}
-  code 1 read   6 needs hydration
+  code 1 read
+  code 6 needs_hydration
 ]]
 
 if redis.call('EXISTS', KEYS[1]) == 0 and ARGV[1] ~= '1' then

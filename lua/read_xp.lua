@@ -11,7 +11,8 @@ ARGV[1..8]  user_id, now_ms, fingerprint (""), idem_ttl, idem_key (""), actor, m
             (see lua/lib/xp_state.lua)
 
 Reply: {code, 0, "", 0, 0, seq, 0, state json}
-  code 1 read   6 needs hydration
+  code 1 done               read
+  code 6 needs_hydration
 ]]
 
 local early = XP.open()

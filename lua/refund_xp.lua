@@ -14,8 +14,12 @@ ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create,
 ARGV[9]  transaction_id  string
 
 Reply: {code, xp returned, transaction id, 0, xp the transaction took, seq, replayed, state json}
-  code 1 refunded   4 no such transaction   5 already refunded   6 needs hydration
-       7 idempotency mismatch   10 a hold that was not captured (open, released or expired)
+  code 1 done               refunded
+  code 4 not_found          no such transaction
+  code 5 already_settled    already refunded
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 10 not_captured      a hold that was not captured (open, released or expired)
 ]]
 
 local transaction_id = ARGV[9]

@@ -11,8 +11,12 @@ ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create,
 ARGV[9]  hold_id  string
 
 Reply: {code, xp returned, hold id, hold expires_at, xp that was held, seq, replayed, state json}
-  code 1 released   4 no such hold   5 already captured or released   6 needs hydration
-       7 idempotency mismatch   8 the hold expired (its XP already went back)
+  code 1 done               released
+  code 4 not_found          no such hold
+  code 5 already_settled    already captured or released
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 8 hold_expired       the hold expired (its XP already went back)
 ]]
 
 local hold_id = ARGV[9]

@@ -11,7 +11,9 @@ ARGV[3]  level         int
 ARGV[4]  seq           int      seq to set (never lower than expected_seq)
 ARGV[5]  xp_state      string   XP state (JSON) to set; "" = leave field xp as it is
 
-Reply: {code}   code 1 repaired   0 changed or missing (nothing written)
+Reply: {code}
+  code 0 skipped   the user changed or is missing (nothing written)
+  code 1 written   repaired
 ]]
 
 local expected_seq, exp, level, seq, xp_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]

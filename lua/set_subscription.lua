@@ -18,8 +18,11 @@ ARGV[10] period_start  int     unix seconds <= now: the subscription's start (an
 
 Reply: {code, allocation added, change, period_end, 0, seq, replayed, state json}
   change: "subscribe" | "upgrade" | "downgrade_scheduled" | "resume" | "" (unchanged)
-  code 1 changed   6 needs hydration   7 idempotency mismatch   12 unchanged
-       14 period_start differs from the active subscription's
+  code 1 done               changed
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 12 unchanged
+  code 14 period_start_conflict   period_start differs from the active subscription's
 ]]
 
 local tier_name, period_start = ARGV[9], tonumber(ARGV[10])

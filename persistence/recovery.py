@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import msgspec
+
 from counters.clock import Clock
 from counters.exp.entities import DurableOwnerLookup, Target
 from counters.exp.types import DayWindow
+from counters.redis.calls import HydrateUser, UserDayKeys
 from counters.redis.keys import UserKeys
-from counters.redis.scripts import Arg, Scripts
+from counters.redis.scripts import Scripts
 from persistence.store import DurableUser, Store
 
 DayWindowOf = Callable[[str, float], DayWindow]  # (user_id, now) -> today's key and expiry
@@ -67,18 +70,21 @@ class PostgresHydrator:
         user = await self._store.load_user(user_id, window.day)
         keys = UserKeys.of(user_id, self._buckets)
         await self._scripts.run(
-            "hydrate_user", [keys.user, keys.day(window.day)], hydrate_args(user, window)
+            UserDayKeys(user=keys.user, today=keys.day(window.day)), hydrate_call(user, window)
         )
 
 
-def hydrate_args(user: DurableUser, window: DayWindow) -> list[Arg]:
-    """ARGV of ``hydrate_user.lua`` for ``user``."""
-    args: list[Arg] = [user.exp, user.level, user.seq, user.xp_state or "", window.ttl]
+def hydrate_call(user: DurableUser, window: DayWindow) -> HydrateUser:
+    """The ``hydrate_user.lua`` call that puts ``user`` back."""
+    fields: list[str] = []
     if user.day_counts:
-        args += ["exp", user.day_exp]
+        fields += ["exp", str(user.day_exp)]
         for action, count in sorted(user.day_counts.items()):
-            args += [f"a:{action}", count]
-    return args
+            fields += [f"a:{action}", str(count)]
+    return HydrateUser(
+        exp=user.exp, level=user.level, seq=user.seq, xp_state=user.xp_state or "",
+        day_ttl=window.ttl, day_fields=msgspec.json.encode(fields).decode(),
+    )  # fmt: skip
 
 
 def durable_owner_lookup(store: Store) -> DurableOwnerLookup:

@@ -36,7 +36,8 @@ from counters.clock import next_utc_midnight
 from counters.errors import InvalidRequest, NotFound
 from counters.exp.entities import Target
 from counters.exp.levels import progress
-from counters.exp.types import AwardOutcome, AwardResult
+from counters.exp.types import AwardResult
+from counters.redis.codes import AwardOutcome
 from counters.runtime.services import Services
 
 

@@ -45,9 +45,9 @@ from api.schemas.xp import (
 from counters.auth import check_user_id
 from counters.clock import to_datetime
 from counters.errors import ForbiddenError, InvalidRequest
+from counters.redis.codes import XpOutcome
 from counters.runtime.services import Services
 from counters.xp.service import XpChange
-from counters.xp.state import XpOutcome
 
 _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 

@@ -18,9 +18,9 @@ from redis.exceptions import RedisError
 
 from counters.errors import ConflictError, StorageError
 from counters.redis import keys
+from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.redis.codes import AssignOutcome
 from counters.redis.scripts import Scripts
-
-_CLAIMED, _CLAIM_REFUSED = 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ class Entities:
     async def claim(self, target: Target, owner: str) -> None:
         """Record ``owner`` as the creator of a new entity; refused if somebody else owns it."""
         code, _previous = await self._assign_entity(target, owner, "claim")
-        if code == _CLAIM_REFUSED:
+        if code == AssignOutcome.CLAIM_REFUSED:
             raise ConflictError(f"{target.type} {target.id} is already owned by another user")
         self._remember(target, owner)
 
@@ -98,7 +98,8 @@ class Entities:
         stream = keys.stream_key(keys.bucket_of(identity, self._buckets))
         ledger = "1" if self._durable_lookup is not None else "0"
         code, previous = await self._scripts.run(
-            "assign_entity", [entity, stream], [owner, mode, ledger, identity]
+            AssignEntityKeys(entity=entity, events=stream),
+            AssignEntity(owner_id=owner, mode=mode, ledger=ledger, target=identity),
         )
         return int(code), str(previous)
 

@@ -8,10 +8,11 @@ not an error.
 from __future__ import annotations
 
 import asyncio
-import json
 import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Any
+
+import msgspec
 
 from counters.auth import Principal
 from counters.clock import Clock, next_utc_midnight, utc_day
@@ -28,19 +29,30 @@ from counters.exp.entities import Entities, Target
 from counters.exp.types import (
     Adjustment,
     AwardCall,
-    AwardOutcome,
     AwardRequest,
     AwardResult,
     DailyUsage,
     DayWindow,
 )
+from counters.redis.calls import (
+    AdjustExp,
+    AwardExp,
+    AwardExpKeys,
+    Call,
+    Keys,
+    ReadExp,
+    UserDayKeys,
+    UserWriteKeys,
+)
+from counters.redis.codes import AdjustOutcome, AwardOutcome, AwardRetry, Hydration
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
-from counters.redis.scripts import NEEDS_HYDRATION, Arg, Scripts
+from counters.redis.scripts import Scripts
 from counters.rules import Action, ExpRules
 
-_NOT_OWNER = 5
+_NOT_OWNER = AwardRetry.NOT_OWNER
+_RUN_AGAIN = (Hydration.NEEDS_HYDRATION, _NOT_OWNER)  # awards a batch runs again one by one
 
 
 class ExpService:
@@ -66,8 +78,9 @@ class ExpService:
         self._idempotency_ttl = idempotency_ttl
         self._day_grace = day_grace
         self._day_jitter = day_jitter
-        self._thresholds = json.dumps(list(rules.thresholds))  # JSON arrays: Levels.list
-        self._caps = json.dumps(list(rules.caps_by_level))
+        self._may_create = may_create_arg(hydrator)
+        self._thresholds = msgspec.json.encode(list(rules.thresholds)).decode()  # Levels.list
+        self._caps = msgspec.json.encode(list(rules.caps_by_level)).decode()
         self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
 
     def action(self, name: str) -> Action:
@@ -124,15 +137,12 @@ class ExpService:
                 results[index] = item
             else:
                 raise item
-        may_create = may_create_arg(self._hydrator)
-        replies = await self._scripts.run_many(
-            "award_exp", [(call.keys, call.args(may_create)) for _, call in calls]
-        )
+        replies = await self._scripts.run_many([(call.keys, call.call) for _, call in calls])
         again: dict[str, list[int]] = {}  # by receiving user
         for (index, call), reply in zip(calls, replies, strict=True):
             if isinstance(reply, StorageError):
                 results[index] = reply
-            elif reply[0] in (NEEDS_HYDRATION, _NOT_OWNER):
+            elif reply[0] in _RUN_AGAIN:
                 again.setdefault(call.user_id, []).append(index)
             else:
                 try:
@@ -195,27 +205,32 @@ class ExpService:
         user = UserKeys.of(user_id, self._buckets)
         fingerprint, idem_key = script_args(idem)
         unused = user.unused
-        keys = [
-            user.user,
-            user.day(window.day),
-            user.events,
-            user.idempotency(idem.caller, idem.key) if idem else unused,
-            user.owned(target.type, target.id) if target and mode != "actor" else unused,
-            user.likers(target.type, target.id) if target and mode == "creator_once" else unused,
-        ]
-        argv: list[Arg] = [
-            user_id, action_name, action.exp, action.daily_limit or 0,
-            self._thresholds, self._caps, window.day, window.ttl,
-            int(now * 1000), fingerprint, self._idempotency_ttl, mode, actor,
-            self.rules.liker_memory_days * 86_400, "", str(target) if target else "", idem_key,
-        ]  # fmt: skip
-        return AwardCall(action_name, action, user_id, actor, target, keys, argv)
+        keys = AwardExpKeys(
+            user=user.user,
+            today=user.day(window.day),
+            events=user.events,
+            idem=user.idempotency(idem.caller, idem.key) if idem else unused,
+            owned=user.owned(target.type, target.id) if target and mode != "actor" else unused,
+            likers=(
+                user.likers(target.type, target.id) if target and mode == "creator_once" else unused
+            ),
+        )
+        call = AwardExp(
+            user_id=user_id, action=action_name, reward=action.exp,
+            daily_limit=action.daily_limit or 0, thresholds=self._thresholds, caps=self._caps,
+            day=window.day, day_ttl=window.ttl, now_ms=int(now * 1000), fingerprint=fingerprint,
+            idem_ttl=self._idempotency_ttl, mode=mode, actor=actor,
+            likers_ttl=self.rules.liker_memory_days * 86_400, may_create=self._may_create,
+            target=str(target) if target else "", idem_key=idem_key,
+        )  # fmt: skip
+        return AwardCall(action_name, action, user_id, actor, target, keys, call)
 
     async def _run_award(self, call: AwardCall) -> AwardResult:
-        def run(may_create: str) -> Awaitable[list[Any]]:
-            return self._scripts.run("award_exp", call.keys, call.args(may_create))
+        reply = await self._run(call.user_id, call.keys, call.call)
+        return self._award_result(call, reply)
 
-        return self._award_result(call, await run_hydrated(self._hydrator, call.user_id, run))
+    def _run(self, user_id: str, keys: Keys, call: Call) -> Awaitable[list[Any]]:
+        return run_hydrated(self._hydrator, self._scripts, user_id, keys, call)
 
     def _award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         code, added, total, level, previous, gained, count, _seq, replayed = reply
@@ -250,12 +265,9 @@ class ExpService:
         """The user's total EXP and today's gains and action counts."""
         now = self._clock.now()
         user = UserKeys.of(user_id, self._buckets)
-        keys = [user.user, user.day(utc_day(now))]
-
-        async def call(may_create: str) -> list[object]:
-            return await self._scripts.run("read_exp", keys, [may_create])
-
-        _, total, _seq, day_fields = await run_hydrated(self._hydrator, user_id, call)
+        keys = UserDayKeys(user=user.user, today=user.day(utc_day(now)))
+        call = ReadExp(may_create=self._may_create)
+        _, total, _seq, day_fields = await self._run(user_id, keys, call)
         assert isinstance(total, int) and isinstance(day_fields, list)
         fields = dict(zip(day_fields[::2], day_fields[1::2], strict=True))
         level = self.rules.level_for(total)
@@ -272,25 +284,20 @@ class ExpService:
         """A support correction: no limit or cap applies; the total never drops below zero."""
         user = UserKeys.of(user_id, self._buckets)
         fingerprint, idem_key = script_args(idem)
-        keys = [
-            user.user,
-            user.events,
-            user.idempotency(idem.caller, idem.key) if idem else user.unused,
-        ]
-        now_ms = int(self._clock.now() * 1000)
-
-        async def call(may_create: str) -> list[int]:
-            args: list[Arg] = [
-                user_id, delta, reason, self._thresholds, now_ms, fingerprint,
-                self._idempotency_ttl, actor, may_create, idem_key,
-            ]  # fmt: skip
-            return await self._scripts.run("adjust_exp", keys, args)
-
-        code, applied, total, level, previous, _seq, replayed = await run_hydrated(
-            self._hydrator, user_id, call
+        keys = UserWriteKeys(
+            user=user.user,
+            events=user.events,
+            idem=user.idempotency(idem.caller, idem.key) if idem else user.unused,
         )
+        call = AdjustExp(
+            user_id=user_id, delta=delta, reason=reason, thresholds=self._thresholds,
+            now_ms=int(self._clock.now() * 1000), fingerprint=fingerprint,
+            idem_ttl=self._idempotency_ttl, actor=actor, may_create=self._may_create,
+            idem_key=idem_key,
+        )  # fmt: skip
+        code, applied, total, level, previous, _seq, replayed = await self._run(user_id, keys, call)
         reject_reused_key(code)
-        if code != 1:
+        if code != AdjustOutcome.ADJUSTED:
             raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
         return Adjustment(user_id, applied, total, level, previous, bool(replayed))
 

@@ -7,25 +7,16 @@ award on the hot path, and a 14-field frozen dataclass costs 6.2 us to build, a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import NamedTuple
 
 import msgspec
 
 from counters.auth import Principal
 from counters.exp.entities import Target
+from counters.redis.calls import AwardExp, AwardExpKeys
+from counters.redis.codes import AwardOutcome
 from counters.redis.idempotency import Idempotency
-from counters.redis.scripts import Arg
 from counters.rules import Action
-
-_MAY_CREATE = 14  # index of ARGV[15] of award_exp.lua
-
-
-class AwardOutcome(IntEnum):
-    AWARDED = 1
-    LIMIT_REACHED = 2
-    CAP_REACHED = 3
-    ALREADY_TRIGGERED = 4
 
 
 class AwardResult(msgspec.Struct, frozen=True, gc=False):
@@ -66,13 +57,8 @@ class AwardCall(msgspec.Struct, frozen=True, gc=False):
     user_id: str  # who receives the EXP
     actor: str
     target: Target | None
-    keys: list[str]
-    argv: list[Arg]  # may_create (ARGV[15]) is filled in per run
-
-    def args(self, may_create: str) -> list[Arg]:
-        args = list(self.argv)
-        args[_MAY_CREATE] = may_create
-        return args
+    keys: AwardExpKeys
+    call: AwardExp
 
 
 @dataclass(frozen=True, slots=True)

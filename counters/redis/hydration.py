@@ -5,15 +5,22 @@ Every script that touches a user's totals receives ``may_create``. With no durab
 Redis forgot (restart without persistence, failover, FLUSHALL), so the script answers
 ``NEEDS_HYDRATION``, the caller asks the ``Hydrator`` to load the user's totals, and runs the
 script once more. Users Redis holds pay nothing: one round trip, as always.
+
+``may_create`` is a field of each user-touching script's call (``counters/redis/calls.py``),
+filled in from ``may_create_arg`` when the call is built: it depends only on the store, never on
+the attempt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from counters.errors import StorageError
-from counters.redis.scripts import NEEDS_HYDRATION
+from counters.redis.calls import Call, Keys
+from counters.redis.codes import Hydration
+from counters.redis.scripts import Scripts
+
+_NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION
 
 
 class Hydrator(Protocol):
@@ -42,16 +49,13 @@ def may_create_arg(hydrator: Hydrator) -> str:
 
 
 async def run_hydrated(
-    hydrator: Hydrator, user_id: str, call: Callable[[str], Awaitable[list[Any]]]
+    hydrator: Hydrator, scripts: Scripts, user_id: str, keys: Keys, call: Call
 ) -> list[Any]:
-    """Run ``call(may_create)``; if the user must be hydrated first, hydrate and run it again.
-
-    On the hot path ``call`` should be a plain function returning the script's awaitable, not a
-    coroutine function: then this is the only frame between the caller and the reply."""
-    reply = await call(may_create_arg(hydrator))
-    if reply[0] == NEEDS_HYDRATION:
+    """Run the call; if the user must be hydrated first, hydrate and run it once more."""
+    reply = await scripts.run(keys, call)
+    if reply[0] == _NEEDS_HYDRATION:
         await hydrator.hydrate(user_id)
-        reply = await call(may_create_arg(hydrator))
-        if reply[0] == NEEDS_HYDRATION:
+        reply = await scripts.run(keys, call)
+        if reply[0] == _NEEDS_HYDRATION:
             raise StorageError(f"user {user_id} is still missing after hydration")
     return reply

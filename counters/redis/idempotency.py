@@ -12,12 +12,11 @@ import re
 from dataclasses import dataclass
 
 from counters.errors import IdempotencyMismatch, InvalidRequest
+from counters.redis.codes import KeyReuse
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
-# The reply code lua/lib/idempotency.lua gives, in every script, for a key reused with another
-# request.
-KEY_REUSED = 7
+_KEY_REUSED = KeyReuse.KEY_REUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,5 +45,5 @@ def script_args(idem: Idempotency | None) -> tuple[str, str]:
 
 def reject_reused_key(code: int) -> None:
     """Raise ``IdempotencyMismatch`` when a script answered that the key was reused."""
-    if code == KEY_REUSED:
+    if code == _KEY_REUSED:
         raise IdempotencyMismatch("Idempotency-Key was already used with a different request")

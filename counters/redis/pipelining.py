@@ -7,7 +7,7 @@ and redis-py's per-command Python. Here every call issued before the loop next r
 replies come back in order, are parsed in C, and resolve the callers' futures in order. Redis runs
 each command on its own as before: a pipeline is not a transaction, and each script stays atomic.
 
-- A reply that is a Redis error fails only its own call (``CommandError``), never its neighbours.
+- A reply that is a Redis error fails only its own call (``RedisRefusal``), never its neighbours.
 - A lost connection fails every call still waiting on it (``StorageError``: they may or may not
   have run, as with any lost connection); the next call connects again.
 - A caller that is cancelled simply never sees its reply; the order of the others is unchanged.
@@ -33,7 +33,7 @@ Arg = str | int | float | bytes
 _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
-class CommandError(StorageError):
+class RedisRefusal(StorageError):
     """Redis answered one command with an error reply (the message is Redis's)."""
 
 
@@ -74,7 +74,7 @@ class _Protocol(asyncio.Protocol):
             if future.done():  # the caller was cancelled
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(CommandError(str(reply)))
+                future.set_exception(RedisRefusal(str(reply)))
             else:
                 future.set_result(reply)
 
@@ -109,7 +109,7 @@ class AutoPipeline:
 
     def submit(self, *args: Arg) -> Awaitable[Any]:
         """Send one command with those queued in the same tick: await its reply (or
-        ``CommandError``). While connected this is a bare future, not a coroutine: the hot path
+        ``RedisRefusal``). While connected this is a bare future, not a coroutine: the hot path
         pays for no extra frame."""
         protocol = self._protocol
         if protocol is None or not protocol.usable:
@@ -129,7 +129,7 @@ class AutoPipeline:
         return await future
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Several commands in the same write; each reply in order, a ``CommandError`` in the
+        """Several commands in the same write; each reply in order, a ``RedisRefusal`` in the
         place of each command Redis refused. A lost connection raises ``StorageError``."""
         protocol = self._protocol
         if protocol is None or not protocol.usable:
@@ -144,7 +144,7 @@ class AutoPipeline:
             for future in futures:
                 try:
                     replies.append(await future)
-                except CommandError as exc:
+                except RedisRefusal as exc:
                     replies.append(exc)
         except BaseException:  # lost connection or cancelled: settle the rest quietly
             for future in futures:

@@ -1,7 +1,8 @@
-"""The Lua scripts registered once per Redis client; the call site is one line.
+"""The Lua scripts, sent by their SHA on one transport; the call site is one line.
 
-A script's reply is a fixed-shape array whose first element is an outcome code. Callers decode it
-into a typed result; a code they do not know is a ``ScriptReplyError``.
+A call is a typed ``Keys`` and ``Call`` pair (counters/redis/calls.py). A script's reply is a
+fixed-shape array whose first element is a code (counters/redis/codes.py); callers decode it into
+a typed result, and a code they do not know is a ``ScriptReplyError``.
 """
 
 from __future__ import annotations
@@ -9,22 +10,19 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import lua
 from counters.errors import StorageError
-from counters.redis.pipelining import AutoPipeline, CommandError
+from counters.redis.calls import Arg, Call, Keys, command_args
+from counters.redis.pipelining import AutoPipeline, RedisRefusal
 
-# Reply code shared by every script that touches a user: the user is missing and must be
-# hydrated from the durable store before the operation can run (see counters/redis/hydration.py).
-NEEDS_HYDRATION = 6
-
-Arg = str | int | float
+_astuple = msgspec.structs.astuple
 
 # A script (or library) whose first line is ``-- requires: a, b`` runs with ``lua/lib/a.lua`` and
 # ``lua/lib/b.lua`` first.
@@ -64,10 +62,13 @@ def script_source(name: str) -> str:
 
 
 class Scripts:
-    """Every script in ``lua/``, registered on one client (EVALSHA, loaded on first miss).
+    """Every script in ``lua/``, sent with EVALSHA on one transport (loaded on first miss).
 
-    With an ``AutoPipeline`` the calls go through it (coalesced per event-loop tick, see
-    counters/redis/pipelining.py); without one, through the client's connection pool.
+    The transport is the ``AutoPipeline`` when there is one (calls coalesced per event-loop
+    tick, see counters/redis/pipelining.py), else the client's connection pool. Either way a
+    call Redis refused is a ``RedisRefusal`` and a lost connection a ``StorageError``, and a
+    script Redis does not know (restarted, failed over, SCRIPT FLUSH) is loaded and its calls
+    sent again in one place, ``_recover``.
     """
 
     def __init__(self, redis: Redis, pipeline: AutoPipeline | None = None) -> None:
@@ -77,35 +78,58 @@ class Scripts:
         self._shas = {
             name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
         }
-        self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(text) for name, text in self._sources.items()
-        }
-
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
-        """Run one script: one round trip. Redis failures become ``StorageError``."""
-        if self._pipeline is not None:
-            command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
-            try:
-                reply = await self._pipeline.submit(*command)
-            except CommandError as exc:
-                reply = await self._after_refusal(self._pipeline, name, command, exc)
+        self._send: Callable[..., Awaitable[Any]]
+        self._send_many: Callable[[Sequence[Sequence[Arg]]], Awaitable[list[Any]]]
+        if pipeline is not None:
+            self._send, self._send_many = pipeline.submit, pipeline.execute_many
         else:
-            try:
-                reply = await self._scripts[name](keys=keys, args=args)
-            except RedisError as exc:
-                raise StorageError(f"{name}: {exc}") from exc
-        assert isinstance(reply, list)
+            self._send, self._send_many = self._pool_send, self._pool_send_many
+
+    async def run(self, keys: Keys, call: Call) -> list[Any]:
+        """Run one script: one round trip. A refusal is a ``RedisRefusal`` naming the script;
+        other Redis failures are ``StorageError``."""
+        key_values = _astuple(keys)
+        command = ("EVALSHA", self._shas[call.SCRIPT], len(key_values), *key_values,
+                   *_astuple(call))  # fmt: skip
+        try:
+            reply: list[Any] = await self._send(*command)
+        except RedisRefusal as exc:
+            (again,) = await self._recover([call], [command], [exc])
+            if isinstance(again, StorageError):
+                raise again from exc
+            return again  # type: ignore[no-any-return]
         return reply
 
+    async def run_many(self, calls: Sequence[tuple[Keys, Call]]) -> list[list[Any] | StorageError]:
+        """Run many script calls in one pipelined round trip (not a transaction: each call is
+        atomic on its own). A call Redis refused gets its ``RedisRefusal`` in its place; a lost
+        connection raises ``StorageError`` for them all."""
+        commands = [
+            ("EVALSHA", self._shas[call.SCRIPT], *command_args(keys, call)) for keys, call in calls
+        ]
+        replies = await self._send_many(commands)
+        return await self._recover([call for _, call in calls], commands, replies)
+
+    async def _recover(
+        self, calls: Sequence[Call], commands: Sequence[Sequence[Arg]], replies: list[Any]
+    ) -> list[Any]:
+        """The one NOSCRIPT recovery: load each script Redis did not know, send its calls again;
+        every refusal left is named after its script."""
+        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if missing:
+            for script in sorted({calls[i].SCRIPT for i in missing}):
+                await self._send("SCRIPT", "LOAD", self._sources[script])
+            again = await self._send_many([commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return [
+            RedisRefusal(f"{call.SCRIPT}: {reply}") if isinstance(reply, RedisRefusal) else reply
+            for call, reply in zip(calls, replies, strict=True)
+        ]
+
     async def get(self, key: str) -> str | None:
-        """A plain GET, through the auto-pipeline when there is one."""
-        try:
-            if self._pipeline is not None:
-                value = await self._pipeline.submit("GET", key)
-            else:
-                value = await self._redis.get(key)
-        except RedisError as exc:
-            raise StorageError(f"GET: {exc}") from exc
+        """A plain GET, on the same transport as the scripts."""
+        value = await self._send("GET", key)
         return None if value is None else str(value)
 
     async def aclose(self) -> None:
@@ -113,71 +137,30 @@ class Scripts:
         if self._pipeline is not None:
             await self._pipeline.aclose()
 
-    async def run_many(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
-    ) -> list[list[Any] | StorageError]:
-        """Run one script many times in one pipelined round trip (not a transaction: each call
-        is atomic on its own). A call Redis refused gets its ``StorageError`` in its place; a
-        lost connection raises ``StorageError`` for them all."""
-        if self._pipeline is not None:
-            return await self._evalsha_many(self._pipeline, name, calls)
-        sha = self._shas[name]
+    async def _pool_send(self, *args: Arg) -> Any:
+        try:
+            return await self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            raise _refusal(exc) from exc
+        except RedisError as exc:
+            raise StorageError(f"{args[0]}: {exc}") from exc
+
+    async def _pool_send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
+            for command in commands:
+                pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
-            missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
-            if missing:
-                await self._redis.script_load(self._sources[name])
-                for i in missing:
-                    keys, args = calls[i]
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-                    replies[i] = reply
         except RedisError as exc:
-            raise StorageError(f"{name}: {exc}") from exc
-        return [
-            StorageError(f"{name}: {reply}") if isinstance(reply, Exception) else reply
-            for reply in replies
-        ]
+            raise StorageError(f"pipeline: {exc}") from exc
+        return [_refusal(r) if isinstance(r, ResponseError) else r for r in replies]
 
-    async def _after_refusal(
-        self, pipeline: AutoPipeline, name: str, command: tuple[Arg, ...], exc: CommandError
-    ) -> Any:
-        """Redis refused a script call: load the script and run the call again if Redis did not
-        know it (restarted, failed over, SCRIPT FLUSH); otherwise the refusal, named."""
-        if not _is_noscript(exc):
-            raise CommandError(f"{name}: {exc}") from exc
-        await pipeline.execute("SCRIPT", "LOAD", self._sources[name])
-        try:
-            return await pipeline.execute(*command)
-        except CommandError as again:
-            raise CommandError(f"{name}: {again}") from again
 
-    async def _evalsha_many(
-        self,
-        pipeline: AutoPipeline,
-        name: str,
-        calls: Sequence[tuple[Sequence[str], Sequence[Arg]]],
-    ) -> list[Any]:
-        sha = self._shas[name]
-        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
-        replies = await pipeline.execute_many(commands)
-        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
-        if missing:  # Redis restarted or SCRIPT FLUSH: load once, then run those calls again
-            await pipeline.execute("SCRIPT", "LOAD", self._sources[name])
-            again = await pipeline.execute_many([commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return [
-            CommandError(f"{name}: {reply}") if isinstance(reply, CommandError) else reply
-            for reply in replies
-        ]
+def _refusal(exc: ResponseError) -> RedisRefusal:
+    """redis-py's error reply as the auto-pipeline's (redis-py drops NOSCRIPT from the text)."""
+    return RedisRefusal(f"NOSCRIPT {exc}" if isinstance(exc, NoScriptError) else str(exc))
 
 
 def _is_noscript(reply: object) -> bool:
     """Redis does not know the script (restarted, failed over, or SCRIPT FLUSH)."""
-    if isinstance(reply, CommandError):
-        return str(reply).startswith("NOSCRIPT")
-    return isinstance(reply, NoScriptError)
+    return isinstance(reply, RedisRefusal) and str(reply).startswith("NOSCRIPT")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +17,27 @@ import msgspec
 
 from counters.clock import Clock, to_datetime
 from counters.errors import InvalidRequest, NotFound
-from counters.redis.hydration import Hydrator, run_hydrated
+from counters.redis.calls import (
+    CancelSubscription,
+    CaptureHold,
+    DebitXp,
+    GrantXp,
+    ReadXp,
+    RefundXp,
+    ReleaseHold,
+    SetSubscription,
+    UserWriteKeys,
+    XpCall,
+    XpTxKeys,
+)
+from counters.redis.codes import XpOutcome
+from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
-from counters.redis.scripts import Arg, Scripts
+from counters.redis.scripts import Scripts
 from counters.rules.xp import Tier, XpRules
 from counters.xp.guidance import XpCheck, evaluate, require_generation_type
-from counters.xp.state import XpOutcome, XpReply, XpState, decode_reply
+from counters.xp.state import XpReply, XpState, decode_reply
 
 # How long a debit or capture can be refunded (and a hold's record is kept).
 TRANSACTION_TTL = 30 * 86_400
@@ -75,6 +88,7 @@ class XpService:
         self._buckets = buckets
         self._idempotency_ttl = idempotency_ttl
         self.hold_ttl = hold_ttl
+        self._may_create = may_create_arg(hydrator)
         tiers = {t.name: {"level": t.level, "monthly_xp": t.monthly_xp, "rollover": t.rollover}
                  for t in rules.tiers}  # fmt: skip
         self._tiers = msgspec.json.encode(tiers).decode()
@@ -84,9 +98,6 @@ class XpService:
             ).decode()
             for kind in rules.costs
         }
-
-    def now(self) -> int:
-        return int(self._clock.now())
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
@@ -98,36 +109,29 @@ class XpService:
     def _names(self) -> list[str]:
         return [tier.name for tier in self.rules.tiers]
 
-    async def _run(
-        self,
-        script: str,
-        user_id: str,
-        actor: str,
-        idem: Idempotency | None,
-        now_ms: int,
-        args: list[Arg],
-        transaction_id: str | None = None,
-    ) -> XpReply:
-        user = UserKeys.of(user_id, self._buckets)
+    def _common(
+        self, user_id: str, actor: str, idem: Idempotency | None, now_ms: int
+    ) -> dict[str, Any]:
+        """The fields of ``XpCall`` (the ARGV every XP script starts with) for one call."""
         fingerprint, idem_key = script_args(idem)
-        keys = [
-            user.user,
-            user.events,
-            user.idempotency(idem.caller, idem.key) if idem else user.unused,
-        ]
+        return {
+            "user_id": user_id, "now_ms": now_ms, "fingerprint": fingerprint,
+            "idem_ttl": self._idempotency_ttl, "idem_key": idem_key, "actor": actor,
+            "may_create": self._may_create, "tiers": self._tiers,
+        }  # fmt: skip
+
+    async def _run(
+        self, call: XpCall, idem: Idempotency | None, transaction_id: str | None = None
+    ) -> XpReply:
+        user = UserKeys.of(call.user_id, self._buckets)
+        idem_record = user.idempotency(idem.caller, idem.key) if idem else user.unused
+        keys = UserWriteKeys(user=user.user, events=user.events, idem=idem_record)
         if transaction_id is not None:
-            keys.append(user.xp_transaction(transaction_id))
-
-        def call(may_create: str) -> Awaitable[list[Any]]:
-            common: list[Arg] = [
-                user_id, now_ms, fingerprint, self._idempotency_ttl, idem_key, actor, may_create,
-                self._tiers,
-            ]  # fmt: skip
-            return self._scripts.run(script, keys, [*common, *args])
-
-        reply = await run_hydrated(self._hydrator, user_id, call)
+            transaction = user.xp_transaction(transaction_id)
+            keys = XpTxKeys(user.user, user.events, idem_record, transaction=transaction)
+        reply = await run_hydrated(self._hydrator, self._scripts, call.user_id, keys, call)
         reject_reused_key(reply[0])
-        return decode_reply(script, reply)
+        return decode_reply(call.SCRIPT, reply)
 
     def _change(self, reply: XpReply, detail: str | None = None) -> XpChange:
         return XpChange(
@@ -138,7 +142,9 @@ class XpService:
     async def state(self, user_id: str) -> XpState:
         """The user's XP state, after the renewals and expiries that came due."""
         now_ms = int(self._clock.now() * 1000)
-        return (await self._run("read_xp", user_id, "system", None, now_ms, [])).state
+        return (
+            await self._run(ReadXp(**self._common(user_id, "system", None, now_ms)), None)
+        ).state
 
     async def check(self, user_id: str, generation_type: str, include_guidance: bool) -> XpCheck:
         """Whether the user can run one generation now, and what to tell them."""
@@ -163,14 +169,14 @@ class XpService:
         now = self._clock.now()
         prefix = "xh_" if hold else "xd_"
         transaction_id = prefix + secrets.token_hex(12)
-        args: list[Arg] = [
-            generation_type, self._costs[generation_type], transaction_id,
-            "hold" if hold else "debit", int(now) + self.hold_ttl, self.rules.max_active_holds,
-            TRANSACTION_TTL,
-        ]  # fmt: skip
-        reply = await self._run(
-            "debit_xp", user_id, actor, idem, int(now * 1000), args, transaction_id
-        )
+        call = DebitXp(
+            **self._common(user_id, actor, idem, int(now * 1000)),
+            generation_type=generation_type, costs=self._costs[generation_type],
+            transaction_id=transaction_id, mode="hold" if hold else "debit",
+            hold_expires_at=int(now) + self.hold_ttl, max_holds=self.rules.max_active_holds,
+            record_ttl=TRANSACTION_TTL,
+        )  # fmt: skip
+        reply = await self._run(call, idem, transaction_id)
         change = self._change(
             reply,
             f"{self.rules.max_active_holds} holds are open; capture or release one first",
@@ -197,8 +203,11 @@ class XpService:
         if xp_amount is not None and xp_amount <= 0:
             raise InvalidRequest("xp_amount must be a positive number of XP")
         now_ms = int(self._clock.now() * 1000)
-        args: list[Arg] = [hold_id, xp_amount or 0, TRANSACTION_TTL]
-        reply = await self._run("capture_hold", user_id, actor, idem, now_ms, args, hold_id)
+        call = CaptureHold(
+            **self._common(user_id, actor, idem, now_ms),
+            hold_id=hold_id, xp_amount=xp_amount or 0, record_ttl=TRANSACTION_TTL,
+        )  # fmt: skip
+        reply = await self._run(call, idem, hold_id)
         detail = _hold_detail(reply, hold_id)
         if reply.outcome is XpOutcome.ABOVE_HELD:
             detail = f"Cannot capture {xp_amount} XP: hold {hold_id} holds {reply.extra} XP"
@@ -210,7 +219,8 @@ class XpService:
         """Give up a hold: all of its XP returns to the balance."""
         _check_id(hold_id, "hold")
         now_ms = int(self._clock.now() * 1000)
-        reply = await self._run("release_hold", user_id, actor, idem, now_ms, [hold_id], hold_id)
+        call = ReleaseHold(**self._common(user_id, actor, idem, now_ms), hold_id=hold_id)
+        reply = await self._run(call, idem, hold_id)
         return self._change(reply, _hold_detail(reply, hold_id))
 
     async def refund(
@@ -219,8 +229,8 @@ class XpService:
         """Return the XP of a debit or captured hold whose generation failed, once."""
         _check_id(transaction_id, "transaction")
         now_ms = int(self._clock.now() * 1000)
-        args: list[Arg] = [transaction_id]
-        reply = await self._run("refund_xp", user_id, actor, idem, now_ms, args, transaction_id)
+        call = RefundXp(**self._common(user_id, actor, idem, now_ms), transaction_id=transaction_id)
+        reply = await self._run(call, idem, transaction_id)
         details = {
             XpOutcome.NOT_FOUND: f"Unknown transaction {transaction_id}",
             XpOutcome.ALREADY_SETTLED: f"Transaction {transaction_id} was already refunded",
@@ -244,8 +254,12 @@ class XpService:
         if expires_at is not None and expiry <= now:
             raise InvalidRequest(f"expires_at must be in the future (now is {to_datetime(now)})")
         grant_id = "xg_" + secrets.token_hex(12)
-        args: list[Arg] = [grant_id, xp_amount, expiry, reason, self.rules.max_active_grants]
-        reply = await self._run("grant_xp", user_id, actor, idem, int(now * 1000), args)
+        call = GrantXp(
+            **self._common(user_id, actor, idem, int(now * 1000)),
+            grant_id=grant_id, xp_amount=xp_amount, expires_at=expiry, reason=reason,
+            max_grants=self.rules.max_active_grants,
+        )  # fmt: skip
+        reply = await self._run(call, idem)
         detail = f"{self.rules.max_active_grants} top-ups are live; no more can be added now"
         return self._change(reply, detail)
 
@@ -263,8 +277,11 @@ class XpService:
         start = 0 if period_start is None else int(period_start.timestamp())
         if period_start is not None and (start > now or start <= 0):
             raise InvalidRequest(f"period_start must be in the past (now is {to_datetime(now)})")
-        args: list[Arg] = [tier_name, start]
-        reply = await self._run("set_subscription", user_id, actor, idem, int(now * 1000), args)
+        call = SetSubscription(
+            **self._common(user_id, actor, idem, int(now * 1000)),
+            tier=tier_name, period_start=start,
+        )  # fmt: skip
+        reply = await self._run(call, idem)
         detail = (
             f"period_start differs from the subscription's start "
             f"({to_datetime(reply.state.anchor)}); cancel it and subscribe again to move it"
@@ -276,7 +293,8 @@ class XpService:
     ) -> XpChange:
         """End the subscription at the end of its current period."""
         now_ms = int(self._clock.now() * 1000)
-        reply = await self._run("cancel_subscription", user_id, actor, idem, now_ms, [])
+        call = CancelSubscription(**self._common(user_id, actor, idem, now_ms))
+        reply = await self._run(call, idem)
         return self._change(reply, f"User {user_id} has no subscription to cancel")
 
 

@@ -7,12 +7,12 @@ Times are unix seconds; an ``expires_at`` of None never expires.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any, Literal
 
 import msgspec
 
 from counters.errors import ScriptReplyError
+from counters.redis.codes import XpOutcome
 
 
 class Part(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,23 +66,6 @@ class XpState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _state_decoder = msgspec.json.Decoder(XpState)
-
-
-class XpOutcome(IntEnum):
-    """Reply codes of the XP scripts (6 and 7 are the shared hydration and idempotency codes)."""
-
-    DONE = 1
-    INSUFFICIENT = 2
-    TIER_REQUIRED = 3
-    NOT_FOUND = 4
-    ALREADY_SETTLED = 5
-    HOLD_EXPIRED = 8
-    ABOVE_HELD = 9
-    NOT_CAPTURED = 10
-    NO_SUBSCRIPTION = 11
-    UNCHANGED = 12
-    TOO_MANY = 13
-    PERIOD_START_CONFLICT = 14
 
 
 class XpReply(msgspec.Struct, frozen=True, gc=False):

@@ -30,10 +30,20 @@ State (times in unix seconds; expires_at null = never):
   anniversary by calendar month (Jan 31 -> Feb 28 -> Mar 31).
 
 Reply of every XP script: {code, amount, ref, expires_at, extra, seq, replayed, state json}
-  code 1 done   2 insufficient XP   3 tier required   4 not found   5 already settled
-       6 needs hydration   7 idempotency key reused with a different request   8 hold expired
-       9 above the held amount   10 not captured   11 no subscription   12 unchanged
-       13 too many active grants or holds   14 period_start differs from the subscription's
+  code 1 done
+  code 2 insufficient            too little XP
+  code 3 tier_required
+  code 4 not_found
+  code 5 already_settled
+  code 6 needs_hydration
+  code 7 key_reused         idempotency key reused with a different request
+  code 8 hold_expired
+  code 9 above_held              more than the held amount
+  code 10 not_captured
+  code 11 no_subscription
+  code 12 unchanged
+  code 13 too_many               too many active grants or holds
+  code 14 period_start_conflict  period_start differs from the subscription's
 ]]
 
 local XP = {}

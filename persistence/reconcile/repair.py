@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
+from counters.redis.calls import RepairUser, UserKey
+from counters.redis.codes import WriteIfOutcome
 from counters.redis.keys import UserKeys
-from counters.redis.scripts import Arg, Scripts
+from counters.redis.scripts import Scripts
 from counters.xp.state import XpState
 from persistence.reconcile.sources import (
     REPAIR_KIND,
@@ -98,9 +100,11 @@ async def repair(
     if r is not None and (r.exp != plan.exp or r.seq != plan.seq or plan.redis_needs_xp):
         key = UserKeys.of(seen.user_id, buckets).user
         xp = plan.xp_state if plan.redis_needs_xp and plan.xp_state else ""
-        args: list[Arg] = [r.seq, plan.exp, plan.level, plan.seq, xp]
-        (code,) = await scripts.run("repair_user", [key], args)
-        if code != 1:
+        call = RepairUser(
+            expected_seq=r.seq, exp=plan.exp, level=plan.level, seq=plan.seq, xp_state=xp
+        )
+        (code,) = await scripts.run(UserKey(user=key), call)
+        if code != WriteIfOutcome.WRITTEN:
             return False
     try:
         async with store.connection("reconcile repair") as conn, conn.transaction():

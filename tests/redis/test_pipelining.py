@@ -12,7 +12,8 @@ import redis
 
 from counters.cli.embedded import free_port
 from counters.errors import StorageError
-from counters.redis.pipelining import AutoPipeline, CommandError
+from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.redis.pipelining import AutoPipeline, RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.runtime.services import connect_redis
 
@@ -60,10 +61,10 @@ async def test_an_error_reply_fails_only_its_own_call(pipeline: AutoPipeline) ->
         return_exceptions=True,
     )
     assert replies[0] == "OK" and replies[2] == "text"
-    assert isinstance(replies[1], CommandError)
+    assert isinstance(replies[1], RedisRefusal)
     assert "not an integer" in str(replies[1])
     many = await pipeline.execute_many([("INCR", "k"), ("APPEND", "k", "!"), ("NOPE",)])
-    assert isinstance(many[0], CommandError) and many[1] == 5 and isinstance(many[2], CommandError)
+    assert isinstance(many[0], RedisRefusal) and many[1] == 5 and isinstance(many[2], RedisRefusal)
 
 
 async def test_a_cancelled_caller_leaves_the_others_in_order(pipeline: AutoPipeline) -> None:
@@ -144,12 +145,12 @@ async def scripts(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterat
 async def test_scripts_are_loaded_again_after_script_flush(
     scripts: Scripts, redis_client: redis.Redis
 ) -> None:
-    keys, args = ["ctr:{b0}:entity:character:c1"], ["maker", "claim"]
-    assert await scripts.run("assign_entity", keys, args) == [1, ""]
+    keys, args = _entity("c1"), _assign("maker")
+    assert await scripts.run(keys, args) == [1, ""]
     redis_client.script_flush()
-    assert await scripts.run("assign_entity", keys, ["other", "claim"]) == [2, "maker"]
+    assert await scripts.run(keys, _assign("other")) == [2, "maker"]
     redis_client.script_flush()
-    many = await scripts.run_many("assign_entity", [(keys, args)] * 3)
+    many = await scripts.run_many([(keys, args)] * 3)
     assert many == [[1, "maker"]] * 3
 
 
@@ -157,11 +158,21 @@ async def test_a_refused_script_call_is_its_own_storage_error(
     scripts: Scripts, redis_client: redis.Redis
 ) -> None:
     redis_client.hset("ctr:{b0}:entity:character:c2", "not", "a string")
-    good = (["ctr:{b0}:entity:character:c1"], ["maker", "claim"])
-    bad = (["ctr:{b0}:entity:character:c2"], ["maker", "claim"])
-    replies = await scripts.run_many("assign_entity", [good, bad, good])
+    good = (_entity("c1"), _assign("maker"))
+    bad = (_entity("c2"), _assign("maker"))
+    replies = await scripts.run_many([good, bad, good])
     assert replies[0] == [1, ""] and replies[2] == [1, "maker"]
     assert isinstance(replies[1], StorageError)
     assert "WRONGTYPE" in str(replies[1])
     with pytest.raises(StorageError):
-        await scripts.run("assign_entity", *bad)
+        await scripts.run(*bad)
+
+
+def _entity(entity_id: str) -> AssignEntityKeys:
+    return AssignEntityKeys(
+        entity=f"ctr:{{b0}}:entity:character:{entity_id}", events="ctr:{b0}:events"
+    )
+
+
+def _assign(owner: str) -> AssignEntity:
+    return AssignEntity(owner_id=owner, mode="claim", ledger="0", target="character:c")

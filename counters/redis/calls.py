@@ -1,0 +1,273 @@
+"""One typed call per Lua script: its KEYS and its ARGV as named fields, in the header's order.
+
+A script call is two Structs: a ``Keys`` (the script's ``KEYS[1..n]``) and a ``Call`` (its
+``ARGV[1..m]``), each with its fields in exactly the order of the script's header, so nothing
+builds a call by position. ``Call.SCRIPT`` names the file in ``lua/``, ``Call.KEYS`` the type of
+its keys, and ``Call.CODES`` the families of reply codes it answers (``counters/redis/codes.py``).
+``tests/redis/test_lua_contract.py`` reads every header and compares it with these fields and
+codes, so a header and its call cannot drift apart.
+
+XP scripts share their first three KEYS and eight ARGV (``lua/lib/xp_state.lua``): their calls
+extend ``XpCall`` (and ``XpTxKeys`` when they take a transaction record), as the headers do.
+
+Structs, not dataclasses: an award builds one of each per request on the hot path, and
+``msgspec.structs.astuple`` turns one into the command's arguments in C.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+import msgspec
+
+from counters.redis.codes import (
+    AdjustOutcome,
+    AssignOutcome,
+    AwardOutcome,
+    AwardRetry,
+    Hydration,
+    KeyReuse,
+    ReadOutcome,
+    WriteIfOutcome,
+    XpOutcome,
+)
+
+Arg = str | int | float
+
+_astuple = msgspec.structs.astuple
+
+
+class Keys(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A script's KEYS, in order (each key's shape is in the script's header)."""
+
+
+class Call(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A script's ARGV, in order; the class names the script, its KEYS and its reply codes."""
+
+    SCRIPT: ClassVar[str]
+    KEYS: ClassVar[type[Keys]]
+    CODES: ClassVar[tuple[type[IntEnum], ...]]
+
+
+def command_args(keys: Keys, call: Call) -> tuple[Arg, ...]:
+    """``numkeys key... arg...``: what EVAL and EVALSHA take after the script."""
+    key_values = _astuple(keys)
+    return (len(key_values), *key_values, *_astuple(call))
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+class UserKey(Keys, frozen=True):
+    user: str
+
+
+class UserDayKeys(Keys, frozen=True):
+    user: str
+    today: str
+
+
+class UserWriteKeys(Keys, frozen=True):
+    """The keys of a write to one user: totals, the bucket's ledger stream, the idempotency
+    record (or an unused key)."""
+
+    user: str
+    events: str
+    idem: str
+
+
+class XpTxKeys(UserWriteKeys, frozen=True):
+    transaction: str
+
+
+class AwardExpKeys(Keys, frozen=True):
+    user: str
+    today: str
+    events: str
+    idem: str
+    owned: str
+    likers: str
+
+
+class AssignEntityKeys(Keys, frozen=True):
+    entity: str
+    events: str
+
+
+# -- EXP ----------------------------------------------------------------------------------------
+
+
+class AwardExp(Call, frozen=True):
+    SCRIPT = "award_exp"
+    KEYS = AwardExpKeys
+    CODES = (AwardOutcome, AwardRetry, Hydration, KeyReuse)
+
+    user_id: str
+    action: str
+    reward: int
+    daily_limit: int
+    thresholds: str
+    caps: str
+    day: str
+    day_ttl: int
+    now_ms: int
+    fingerprint: str
+    idem_ttl: int
+    mode: str
+    actor: str
+    likers_ttl: int
+    may_create: str
+    target: str
+    idem_key: str
+
+
+class AdjustExp(Call, frozen=True):
+    SCRIPT = "adjust_exp"
+    KEYS = UserWriteKeys
+    CODES = (AdjustOutcome, Hydration, KeyReuse)
+
+    user_id: str
+    delta: int
+    reason: str
+    thresholds: str
+    now_ms: int
+    fingerprint: str
+    idem_ttl: int
+    actor: str
+    may_create: str
+    idem_key: str
+
+
+class ReadExp(Call, frozen=True):
+    SCRIPT = "read_exp"
+    KEYS = UserDayKeys
+    CODES = (ReadOutcome, Hydration)
+
+    may_create: str
+
+
+class AssignEntity(Call, frozen=True):
+    SCRIPT = "assign_entity"
+    KEYS = AssignEntityKeys
+    CODES = (AssignOutcome,)
+
+    owner_id: str
+    mode: str
+    ledger: str
+    target: str
+
+
+# -- users put back or repaired -----------------------------------------------------------------
+
+
+class HydrateUser(Call, frozen=True):
+    SCRIPT = "hydrate_user"
+    KEYS = UserDayKeys
+    CODES = (WriteIfOutcome,)
+
+    exp: int
+    level: int
+    seq: int
+    xp_state: str
+    day_ttl: int
+    day_fields: str
+
+
+class RepairUser(Call, frozen=True):
+    SCRIPT = "repair_user"
+    KEYS = UserKey
+    CODES = (WriteIfOutcome,)
+
+    expected_seq: int
+    exp: int
+    level: int
+    seq: int
+    xp_state: str
+
+
+# -- XP -----------------------------------------------------------------------------------------
+
+
+class XpCall(Call, frozen=True):
+    """The ARGV every XP script starts with (``lua/lib/xp_state.lua``)."""
+
+    KEYS: ClassVar[type[Keys]] = UserWriteKeys
+    CODES = (XpOutcome, Hydration, KeyReuse)
+
+    user_id: str
+    now_ms: int
+    fingerprint: str
+    idem_ttl: int
+    idem_key: str
+    actor: str
+    may_create: str
+    tiers: str
+
+
+class ReadXp(XpCall, frozen=True):
+    SCRIPT = "read_xp"
+
+
+class CancelSubscription(XpCall, frozen=True):
+    SCRIPT = "cancel_subscription"
+
+
+class SetSubscription(XpCall, frozen=True):
+    SCRIPT = "set_subscription"
+
+    tier: str
+    period_start: int
+
+
+class GrantXp(XpCall, frozen=True):
+    SCRIPT = "grant_xp"
+
+    grant_id: str
+    xp_amount: int
+    expires_at: int
+    reason: str
+    max_grants: int
+
+
+class DebitXp(XpCall, frozen=True):
+    SCRIPT = "debit_xp"
+    KEYS = XpTxKeys
+
+    generation_type: str
+    costs: str
+    transaction_id: str
+    mode: str
+    hold_expires_at: int
+    max_holds: int
+    record_ttl: int
+
+
+class CaptureHold(XpCall, frozen=True):
+    SCRIPT = "capture_hold"
+    KEYS = XpTxKeys
+
+    hold_id: str
+    xp_amount: int
+    record_ttl: int
+
+
+class ReleaseHold(XpCall, frozen=True):
+    SCRIPT = "release_hold"
+    KEYS = XpTxKeys
+
+    hold_id: str
+
+
+class RefundXp(XpCall, frozen=True):
+    SCRIPT = "refund_xp"
+    KEYS = XpTxKeys
+
+    transaction_id: str
+
+
+CALLS: tuple[type[Call], ...] = (
+    AwardExp, AdjustExp, ReadExp, AssignEntity, HydrateUser, RepairUser, ReadXp,
+    CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
+)  # fmt: skip
+"""Every script's call type: one per file in ``lua/`` (the contract test checks both ways)."""

@@ -1,0 +1,80 @@
+"""Every reply code of every Lua script, in one place.
+
+A script replies with a fixed-shape array whose first element is a code. Each code family below
+is the set of codes one script (or the scripts sharing a library) answers; the family of each
+script is ``Call.codes`` in ``counters/redis/calls.py``. Each script's header lists its codes, one
+a line, as ``code <n> <name>`` with ``<name>`` the member's lower-cased name;
+``tests/redis/test_lua_contract.py`` compares the two, so a header and its enum cannot drift.
+
+Codes 6 and 7 mean the same in every script that touches a user, so each has its own family.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Hydration(IntEnum):
+    """The user is missing from Redis and must be hydrated first (counters/redis/hydration.py)."""
+
+    NEEDS_HYDRATION = 6
+
+
+class KeyReuse(IntEnum):
+    """The Idempotency-Key was used before with a different request (lua/lib/idempotency.lua)."""
+
+    KEY_REUSED = 7
+
+
+class AwardOutcome(IntEnum):
+    """What ``award_exp`` did: the outcomes a caller of ``POST /api/exp/gain`` sees."""
+
+    AWARDED = 1
+    LIMIT_REACHED = 2
+    CAP_REACHED = 3
+    ALREADY_TRIGGERED = 4
+
+
+class AwardRetry(IntEnum):
+    """``award_exp`` refused because the cached owner of the target is stale: look it up again."""
+
+    NOT_OWNER = 5
+
+
+class AdjustOutcome(IntEnum):
+    ADJUSTED = 1
+
+
+class ReadOutcome(IntEnum):
+    READ = 1
+
+
+class XpOutcome(IntEnum):
+    """Reply codes of the XP scripts (``lua/lib/xp_state.lua``; 6 and 7 as above)."""
+
+    DONE = 1
+    INSUFFICIENT = 2
+    TIER_REQUIRED = 3
+    NOT_FOUND = 4
+    ALREADY_SETTLED = 5
+    HOLD_EXPIRED = 8
+    ABOVE_HELD = 9
+    NOT_CAPTURED = 10
+    NO_SUBSCRIPTION = 11
+    UNCHANGED = 12
+    TOO_MANY = 13
+    PERIOD_START_CONFLICT = 14
+
+
+class AssignOutcome(IntEnum):
+    """What ``assign_entity`` did with an entity's owner."""
+
+    RECORDED = 1
+    CLAIM_REFUSED = 2
+
+
+class WriteIfOutcome(IntEnum):
+    """``hydrate_user`` and ``repair_user`` write only if the user is as expected."""
+
+    SKIPPED = 0
+    WRITTEN = 1
