@@ -1,7 +1,7 @@
 --[[ read_exp: a user's total and today's counters, in one round trip. Writes nothing.
 
 KEYS[1]  user  HASH  ctr:{bN}:user:<uid>
-KEYS[2]  day   HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>
+KEYS[2]  today HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>
 
 ARGV[1]  may_create  "0"|"1"  "0": a missing user must be hydrated first (reply code 6)
 
