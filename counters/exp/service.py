@@ -205,23 +205,22 @@ class ExpService:
         user = UserKeys.of(user_id, self._buckets)
         fingerprint, idem_key = script_args(idem)
         unused = user.unused
-        keys = AwardExpKeys(
-            user=user.user,
-            today=user.day(window.day),
-            events=user.events,
-            idem=user.idempotency(idem.caller, idem.key) if idem else unused,
-            owned=user.owned(target.type, target.id) if target and mode != "actor" else unused,
-            likers=(
-                user.likers(target.type, target.id) if target and mode == "creator_once" else unused
-            ),
+        keys = AwardExpKeys(  # user, today, events, idem, owned, likers
+            user.user,
+            user.day(window.day),
+            user.events,
+            user.idempotency(idem.caller, idem.key) if idem else unused,
+            user.owned(target.type, target.id) if target and mode != "actor" else unused,
+            user.likers(target.type, target.id) if target and mode == "creator_once" else unused,
         )
+        # Positional, in AwardExp's field order: on the hot path msgspec builds a 17-field Struct
+        # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
+        # ::test_the_award_call_names_every_argument checks every field gets its value.
         call = AwardExp(
-            user_id=user_id, action=action_name, reward=action.exp,
-            daily_limit=action.daily_limit or 0, thresholds=self._thresholds, caps=self._caps,
-            day=window.day, day_ttl=window.ttl, now_ms=int(now * 1000), fingerprint=fingerprint,
-            idem_ttl=self._idempotency_ttl, mode=mode, actor=actor,
-            likers_ttl=self.rules.liker_memory_days * 86_400, may_create=self._may_create,
-            target=str(target) if target else "", idem_key=idem_key,
+            user_id, action_name, action.exp, action.daily_limit or 0, self._thresholds,
+            self._caps, window.day, window.ttl, int(now * 1000), fingerprint,
+            self._idempotency_ttl, mode, actor, self.rules.liker_memory_days * 86_400,
+            self._may_create, str(target) if target else "", idem_key,
         )  # fmt: skip
         return AwardCall(action_name, action, user_id, actor, target, keys, call)
 
