@@ -71,6 +71,11 @@ def status_of(error: RequestError) -> int:
     return 400
 
 
+def storage_reply() -> Reply:
+    """The one answer when Redis (or Postgres) is unavailable: 503, retry in a second."""
+    return 503, {"detail": "Storage unavailable, try again"}, {"Retry-After": "1"}
+
+
 def error_reply(exc: Exception, route: str) -> Reply:
     """The answer to an error raised while serving ``route`` ("METHOD /path")."""
     if isinstance(exc, RequestError):
@@ -78,7 +83,7 @@ def error_reply(exc: Exception, route: str) -> Reply:
         return status_of(exc), {"detail": exc.detail}, headers
     if isinstance(exc, StorageError):
         log.error("storage unavailable: %s", exc)
-        return 503, {"detail": "Storage unavailable, try again"}, {"Retry-After": "1"}
+        return storage_reply()
     if isinstance(exc, HTTPException):
         return exc.status_code, {"detail": exc.detail}, dict(exc.headers or {})
     log.error("unhandled error on %s", route, exc_info=exc)

@@ -13,7 +13,6 @@ from typing import Any
 
 COMMON = ("event_id", "user", "seq", "ts", "kind", "action", "amount", "actor", "target", "day")
 REQUIRED = ("event_id", "user", "seq", "ts", "kind", "amount")
-EXP_FIELDS = ("exp", "level")
 XP_FIELDS = ("xp_balance", "xp_allocation", "xp_topup", "xp_held", "tier")
 _XP_FIELD_SET = frozenset(XP_FIELDS)
 XP_STATE = "xp_state"  # the whole XP state (JSON text): kept in totals, not on every ledger row

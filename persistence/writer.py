@@ -8,7 +8,6 @@ the second time. Each statement sends the batch as arrays (``unnest``): one roun
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
@@ -93,7 +92,7 @@ async def write_batch(conn: asyncpg.Connection, batch: Batch) -> WriteResult:
                 [r.stream for r in rejected],
                 [r.stream_id for r in rejected],
                 [r.reason for r in rejected],
-                [json.dumps(r.fields) for r in rejected],
+                [orjson.dumps(r.fields).decode() for r in rejected],
             )
     duplicates = len(skipped) - (len(rejected) - len(batch.rejected))
     return WriteResult(len(inserted), duplicates, len(rejected))

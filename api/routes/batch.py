@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.errors import status_of
+from api.errors import status_of, storage_reply
 from api.http import decode, idempotency_of, json_response, read_body, service_caller, services
 from api.routes.exp import award_reply, gain_target, hot_gain
 from api.schemas.exp import GainRequest, UserId
@@ -29,7 +29,6 @@ from counters.exp.types import AwardRequest, AwardResult
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size
 _SINGLE_ROUTE = hot_gain.name  # batch items share its idempotency keys and fingerprints
-_STORAGE_DETAIL = "Storage unavailable, try again"
 
 log = logging.getLogger("counters.api")
 
@@ -95,7 +94,8 @@ def _error(error: RequestError | StorageError) -> ItemResult:
     if isinstance(error, RequestError):
         return ItemResult(status=status_of(error), body={"detail": error.detail})
     log.error("storage unavailable for one batch item: %s", error)
-    return ItemResult(status=503, body={"detail": _STORAGE_DETAIL}, headers={"Retry-After": "1"})
+    status, body, headers = storage_reply()
+    return ItemResult(status=status, body=body, headers=headers)
 
 
 routes = [Route("/api/exp/gain/batch", gain_batch, methods=["POST"])]

@@ -7,34 +7,33 @@ from typing import Annotated
 
 import msgspec
 
+from api.schemas.common import Request
+from counters.auth import USER_ID
 from counters.exp.levels import Progress
+from counters.rules.xp import Name
 
 TARGET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-TargetType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+TargetType = Name
 TargetId = (
     Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     | Annotated[str, msgspec.Meta(pattern=TARGET_ID.pattern)]
 )
-UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")]
+UserId = Annotated[str, msgspec.Meta(pattern=USER_ID.pattern)]
 
 
-class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class GainRequest(_Request, frozen=True):
+class GainRequest(Request, frozen=True):
     action: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     target_type: TargetType | None = None
     target_id: TargetId | None = None
 
 
-class AdjustRequest(_Request, frozen=True):
+class AdjustRequest(Request, frozen=True):
     user_id: UserId
     delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 
-class OwnerRequest(_Request, frozen=True):
+class OwnerRequest(Request, frozen=True):
     owner_id: UserId
 
 

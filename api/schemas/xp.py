@@ -7,48 +7,45 @@ from typing import Annotated
 
 import msgspec
 
+from api.schemas.common import Request
 from api.schemas.exp import UserId
 from counters.clock import to_datetime
 from counters.rules.xp import XpRules
 from counters.xp.guidance import RecommendedTier, TierInfo, XpCheck, tier_info
-from counters.xp.service import XpChange
+from counters.xp.service import TRANSACTION_ID, XpChange
 from counters.xp.state import XpState
 
 XpAmount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
 GenerationTypeName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-TransactionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TransactionId = Annotated[str, msgspec.Meta(pattern=TRANSACTION_ID.pattern)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class GenerationRequest(_Request, frozen=True):
+class GenerationRequest(Request, frozen=True):
     generation_type: GenerationTypeName
 
 
-class PreviewRequest(_Request, frozen=True):
+class PreviewRequest(Request, frozen=True):
     generation_type: GenerationTypeName
     include_guidance: bool = False
 
 
-class CaptureRequest(_Request, frozen=True):
+class CaptureRequest(Request, frozen=True):
     xp_amount: XpAmount | None = None  # None: capture all of the hold
 
 
-class RefundRequest(_Request, frozen=True):
+class RefundRequest(Request, frozen=True):
     transaction_id: TransactionId
 
 
-class GrantRequest(_Request, frozen=True):
+class GrantRequest(Request, frozen=True):
     user_id: UserId
     xp_amount: XpAmount
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     expires_at: AwareDatetime | None = None
 
 
-class SubscriptionRequest(_Request, frozen=True):
+class SubscriptionRequest(Request, frozen=True):
     tier: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     period_start: AwareDatetime | None = None
 

@@ -6,10 +6,11 @@ example that works as pasted. Never used when COUNTERS_JWT_SECRET or COUNTERS_SE
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from counters.auth import issue_token
 
@@ -25,12 +26,12 @@ class DevCredentials:
     def load_or_create(cls, data_dir: Path) -> DevCredentials:
         path = data_dir / "dev-credentials.json"
         if path.exists():
-            stored = json.loads(path.read_text())
+            stored = msgspec.json.decode(path.read_bytes(), type=dict[str, str])
             return cls(stored["jwt_secret"], stored["service_key"])
         creds = cls(secrets.token_urlsafe(32), secrets.token_urlsafe(24))
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({"jwt_secret": creds.jwt_secret, "service_key": creds.service_key})
+        path.write_bytes(
+            msgspec.json.encode({"jwt_secret": creds.jwt_secret, "service_key": creds.service_key})
         )
         path.chmod(0o600)
         return creds

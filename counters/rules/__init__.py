@@ -14,11 +14,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from counters.errors import RulesError
-from counters.rules.xp import GenerationCost, XpRules, check_xp, default_xp_rules
+from counters.rules.xp import (
+    GenerationCost,
+    Name,
+    PositiveInt,
+    XpRules,
+    default_xp_rules,
+    validate_xp_rules,
+)
 
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 class _Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -156,7 +161,7 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
         raise RulesError(f"{source}: {exc}") from exc
     try:
         _check_exp(rules.exp)
-        check_xp(rules.xp)
+        validate_xp_rules(rules.xp)
     except RulesError as exc:
         raise RulesError(f"{source}: {exc}") from exc
     return rules

@@ -16,7 +16,8 @@ import msgspec
 from counters.errors import RulesError
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-TierName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+# A name in the rules (an action, a tier, an entity type): lower-case, digits, underscores.
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 GenerationType = Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
@@ -45,7 +46,7 @@ class GenerationCost(_Rule, frozen=True):
 
 
 class Tier(_Rule, frozen=True):
-    name: TierName
+    name: Name
     display_name: Text
     level: PositiveInt
     price_aud: Annotated[float, msgspec.Meta(gt=0)]
@@ -114,7 +115,7 @@ class XpRules(_Rule, frozen=True, dict=True):
         return None
 
 
-def check_xp(xp: XpRules) -> None:
+def validate_xp_rules(xp: XpRules) -> None:
     """Cross-entry checks msgspec cannot express; raises ``RulesError`` naming the entry."""
     if not xp.costs:
         raise RulesError("xp.costs: at least one generation type is required")
@@ -167,5 +168,5 @@ def default_xp_rules() -> XpRules:
         xp = msgspec.toml.decode(text, type=_XpOnly).xp
     except msgspec.ValidationError as exc:
         raise RulesError(f"default_rules.toml: {exc}") from exc
-    check_xp(xp)
+    validate_xp_rules(xp)
     return xp

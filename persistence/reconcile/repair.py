@@ -18,7 +18,6 @@ and Postgres only if its row did not either; a user who changed is left for the 
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -175,6 +174,6 @@ def _repair_rows(finding: Finding, plan: Plan) -> list[tuple[object, ...]]:
     stamp = f"{int(time.time() * 1000)}{secrets.token_hex(2)}"
     return [
         (f"{user_id}:repair:{plan.seq}:{action}:{stamp}", user_id, plan.seq, REPAIR_KIND, action,
-         amount, json.dumps(totals))
+         amount, msgspec.json.encode(totals).decode())
         for action, amount, totals in rows
     ]  # fmt: skip

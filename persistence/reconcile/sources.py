@@ -16,7 +16,6 @@ Repairs are in ``persistence.reconcile.repair``; the run is in ``persistence.rec
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +103,7 @@ def xp_balance(state: str | None) -> int | None:
 
 def same_state(a: str | None, b: str | None) -> bool:
     """Two XP states are equal as JSON (Postgres's jsonb text is spaced differently)."""
-    return (json.loads(a) if a else None) == (json.loads(b) if b else None)
+    return (msgspec.json.decode(a) if a else None) == (msgspec.json.decode(b) if b else None)
 
 
 def examine(seen: Observed) -> Finding:
