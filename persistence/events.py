@@ -1,8 +1,11 @@
 """Stream entries as the flusher reads them, turned into ledger rows, totals and owner records.
 
-Generic on purpose: any event carrying the common fields is ledgered whatever its kind, and every
-other field lands in the row's ``totals`` JSON. The per-user totals know two families of fields
-(EXP, XP); an event updates a family only when it carries that family's fields.
+The event schema (``Event``, a tagged union on ``kind``) is defined once below: what the Lua
+scripts XADD, checked by tests/ledger/test_event_schema.py. The parser takes its field lists
+from it but stays generic on purpose: any event carrying the common fields is ledgered whatever
+its kind (and keeps its exact rejection reasons), and every other field lands in the row's
+``totals`` JSON. The per-user totals know two families of fields (EXP, XP); an event updates a
+family only when it carries that family's fields.
 """
 
 from __future__ import annotations
@@ -11,13 +14,118 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-COMMON = ("event_id", "user", "seq", "ts", "kind", "action", "amount", "actor", "target", "day")
-REQUIRED = ("event_id", "user", "seq", "ts", "kind", "amount")
-XP_FIELDS = ("xp_balance", "xp_allocation", "xp_topup", "xp_held", "tier")
+import msgspec
+
+# -- the event schema: what the Lua scripts XADD, one Struct per kind, tagged on `kind` ---------
+# tests/ledger/test_event_schema.py runs every script that writes an event and decodes what it
+# added with ``Event``; the parser's field lists and the writer's XP columns come from here.
+
+
+class Change(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", forbid_unknown_fields=True
+):
+    """A change to one user's EXP or XP: a ledger row (``event_id`` is "<user>:<seq>")."""
+
+    event_id: str
+    user: str
+    seq: int  # the user's change counter after this change
+    ts: int  # unix milliseconds
+    amount: int  # signed change
+    action: str = ""
+    actor: str = ""
+    target: str = ""
+    idem: str = ""  # the request's Idempotency-Key ("" if none)
+
+
+class ExpAward(Change, frozen=True, tag="exp_award"):
+    day: str  # YYYYMMDD (UTC): the daily window it counted in
+    exp: int  # totals after
+    level: int
+
+
+class ExpAdjust(Change, frozen=True, tag="exp_adjust"):
+    exp: int
+    level: int
+
+
+class XpChange(Change, frozen=True):
+    """Any XP change; ``effective_ts`` is when a transition that came due took effect."""
+
+    effective_ts: int
+    xp_balance: int  # totals after
+    xp_allocation: int
+    xp_topup: int
+    xp_held: int
+    tier: str
+    xp_state: str  # the whole XP state (JSON), kept in totals, not on every ledger row
+
+
+class XpSubscription(XpChange, frozen=True, tag="xp_subscription"): ...
+
+
+class XpAllocation(XpChange, frozen=True, tag="xp_allocation"): ...
+
+
+class XpGrant(XpChange, frozen=True, tag="xp_grant"): ...
+
+
+class XpGrantExpired(XpChange, frozen=True, tag="xp_grant_expired"): ...
+
+
+class XpDebit(XpChange, frozen=True, tag="xp_debit"): ...
+
+
+class XpHold(XpChange, frozen=True, tag="xp_hold"): ...
+
+
+class XpCapture(XpChange, frozen=True, tag="xp_capture"):
+    xp_captured: int
+
+
+class XpRelease(XpChange, frozen=True, tag="xp_release"): ...
+
+
+class XpHoldExpired(XpChange, frozen=True, tag="xp_hold_expired"): ...
+
+
+class XpRefund(XpChange, frozen=True, tag="xp_refund"): ...
+
+
+class OwnerChange(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="entity_owner",
+    forbid_unknown_fields=True,
+):  # fmt: skip
+    """An entity's owner changed (lua/assign_entity.lua), in the entity's bucket's stream."""
+
+    target: str  # "<type>:<id>"
+    owner: str
+
+
+Event = (
+    ExpAward | ExpAdjust | XpSubscription | XpAllocation | XpGrant | XpGrantExpired | XpDebit
+    | XpHold | XpCapture | XpRelease | XpHoldExpired | XpRefund | OwnerChange
+)  # fmt: skip
+
+
+def _fields(struct: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f.name for f in msgspec.structs.fields(struct))
+
+
+def _required(struct: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f.name for f in msgspec.structs.fields(struct) if f.required)
+
+
+# The parser is generic on purpose (see above): these lists are the schema's, not its own.
+COMMON = (*_fields(Change), "kind", "day")  # a ledger row's own columns; the rest is totals
+REQUIRED = ("kind", *_required(Change))
+XP_STATE = "xp_state"
+assert XP_STATE in _fields(XpChange)
+XP_FIELDS = tuple(
+    f for f in _fields(XpChange) if f not in COMMON and f not in ("effective_ts", XP_STATE)
+)
 _XP_FIELD_SET = frozenset(XP_FIELDS)
-XP_STATE = "xp_state"  # the whole XP state (JSON text): kept in totals, not on every ledger row
-_NOT_TOTALS = frozenset((*COMMON, "idem", XP_STATE))
-OWNER_KIND = "entity_owner"  # fields: target "<type>:<id>", owner
+_NOT_TOTALS = frozenset((*COMMON, XP_STATE))
+OWNER_KIND = OwnerChange.__struct_config__.tag
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
-from persistence.events import Batch, LedgerEvent, OwnerEvent, Rejected, collapse
+from persistence.events import XP_FIELDS, Batch, LedgerEvent, OwnerEvent, Rejected, collapse
 
 _INSERT_LEDGER = """
 INSERT INTO ledger (event_id, user_id, seq, kind, action, amount, actor, target, day, idem,
@@ -26,7 +26,7 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 
-_XP_COLUMNS = ("xp_balance", "xp_allocation", "xp_topup", "xp_held", "tier")
+_XP_COLUMNS = XP_FIELDS  # user_totals columns, named as the events name them
 _NEWER_XP = "CASE WHEN excluded.xp_seq > t.xp_seq THEN excluded.{0} ELSE t.{0} END"
 _UPSERT_TOTALS = f"""
 INSERT INTO user_totals AS t (user_id, seq, exp_seq, exp, level, xp_seq, xp_balance,

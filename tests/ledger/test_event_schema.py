@@ -1,0 +1,77 @@
+"""Every event a Lua script writes decodes as the ledger's one schema (persistence/events.py)."""
+
+from __future__ import annotations
+
+import typing
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from counters.auth import Principal
+from counters.clock import ManualClock
+from counters.redis import keys
+from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.runtime.services import Services
+from counters.settings import Settings
+from persistence.events import Event, ExpAward, XpCapture
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_event_the_scripts_write_decodes_as_the_union(
+    settings: Settings, clock: ManualClock
+) -> None:
+    svc = Services.build(settings, clock=clock)
+    user, buckets = "schema-user", settings.key_buckets
+    try:
+        await svc.exp.award(Principal(user, "svc", True), "daily_chat", None, None)
+        await svc.exp.adjust(user, 5, "support fix", "support", None)
+        entity = keys.entity_key("character", "c1", buckets)
+        stream = keys.stream_key(keys.bucket_of("character:c1", buckets))
+        await svc.scripts.run(
+            AssignEntityKeys(entity=entity, events=stream),
+            AssignEntity(owner_id=user, mode="claim", ledger="1", target="character:c1"),
+        )
+        xp = svc.xp
+        await xp.set_subscription(user, "svc", "pixel_rookie", None, None)
+        soon = datetime.fromtimestamp(clock.now() + 60, UTC)
+        await xp.grant(user, "svc", 50, "promo", soon, None)
+        debit = await xp.charge(user, "svc", "NEW_IMAGE", False, None)
+        await xp.refund(user, "svc", debit.ref, None)
+        captured = await xp.charge(user, "svc", "NEW_IMAGE", True, None)
+        await xp.capture(user, "svc", captured.ref, None, None)
+        released = await xp.charge(user, "svc", "NEW_IMAGE", True, None)
+        await xp.release(user, "svc", released.ref, None)
+        await xp.charge(user, "svc", "NEW_IMAGE", True, None)  # left to expire
+        clock.advance(xp.hold_ttl + 1)  # the hold and the top-up expire on the next touch
+        await xp.cancel_subscription(user, "svc", None)
+        clock.advance(40 * 86_400)  # the period ends: allocation expired, subscription ended
+        await xp.state(user)
+
+        decoded = []
+        for bucket in range(buckets):
+            for _, fields in await svc.redis.xrange(keys.stream_key(bucket)):
+                decoded.append(msgspec.convert(fields, Event, strict=False))
+    finally:
+        await svc.close()
+    kinds = {type(event) for event in decoded}
+    assert kinds == set(typing.get_args(Event))  # every kind written, each as declared
+    award = next(event for event in decoded if isinstance(event, ExpAward))
+    assert (award.user, award.action, award.seq) == (user, "daily_chat", 1)
+    capture = next(event for event in decoded if isinstance(event, XpCapture))
+    assert capture.xp_captured == abs(captured.amount) > 0  # the whole hold was captured
+
+
+async def test_an_event_that_drifts_from_the_schema_is_refused() -> None:
+    award = {
+        "event_id": "u:1", "user": "u", "seq": "1", "ts": "1", "kind": "exp_award",
+        "amount": "5", "day": "20261130", "exp": "5", "level": "1",
+    }  # fmt: skip
+    assert isinstance(msgspec.convert(award, Event, strict=False), ExpAward)
+    for drifted in ({**award, "bonus": "1"}, {**award, "kind": "exp_gift"}, {**award, "seq": "x"}):
+        try:
+            msgspec.convert(drifted, Event, strict=False)
+        except msgspec.ValidationError:
+            continue
+        raise AssertionError(f"{drifted} decoded")
