@@ -16,6 +16,7 @@ from api.routes import xp as xp_routes
 from counters.clock import Clock
 from counters.rules import Rules
 from counters.runtime.durability import Durability
+from counters.runtime.reload import RulesReloader
 from counters.runtime.services import Services
 from counters.settings import Settings
 
@@ -31,9 +32,14 @@ def create_app(
         services = Services.build(settings, rules=rules, clock=clock, store=durability.store)
         app.state.services = services
         app.state.durability = durability.start(services)
+        reloader = RulesReloader(services, settings.rules, settings.rules_watch_seconds)
+        if rules is None:  # rules handed in (tests) are not replaced from a file
+            reloader.start()  # SIGHUP and changes to the rules file reload them
+        app.state.rules_reloader = reloader
         try:
             yield
         finally:
+            await reloader.close()
             await durability.close()
             await services.close()
 

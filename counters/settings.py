@@ -54,6 +54,9 @@ class Settings:
     flush_block_ms: int = 500  # how long one read waits for new events
     flush_claim_idle_ms: int = 30_000  # a dead consumer's unacknowledged events are taken after
     flush_backoff_max_seconds: float = 5.0  # retry delay cap while Postgres (or Redis) is down
+    # Every worker polls the rules file this often and reloads it when it changed (0: only on
+    # SIGHUP); see counters/runtime/reload.py.
+    rules_watch_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +93,7 @@ class Settings:
             "COUNTERS_FLUSH_BLOCK_MS": self.flush_block_ms > 0,
             "COUNTERS_FLUSH_CLAIM_IDLE_MS": self.flush_claim_idle_ms >= 0,
             "COUNTERS_FLUSH_BACKOFF_MAX_SECONDS": self.flush_backoff_max_seconds > 0,
+            "COUNTERS_RULES_WATCH_SECONDS": self.rules_watch_seconds >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

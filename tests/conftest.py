@@ -16,6 +16,7 @@ from counters.cli.embedded import PostgresServer, RedisServer
 from counters.clock import ManualClock
 from counters.settings import Settings
 from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY
+from tests.support.http import asgi_client
 from tests.support.persistence import migrate_and_truncate
 
 
@@ -75,10 +76,8 @@ def anyio_backend() -> str:
 async def client(settings: Settings, clock: ManualClock) -> AsyncIterator[httpx2.AsyncClient]:
     """An HTTP client for the app (in-process ASGI), its lifespan running, on the real Redis."""
     app = create_app(settings, clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx2.ASGITransport(app=app)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
-            yield http
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        yield http
 
 
 @pytest.fixture
@@ -106,6 +105,5 @@ async def durable_app(durable_settings: Settings, clock: ManualClock) -> AsyncIt
 @pytest.fixture
 async def durable_client(durable_app: Starlette) -> AsyncIterator[httpx2.AsyncClient]:
     """An HTTP client for ``durable_app``."""
-    transport = httpx2.ASGITransport(app=durable_app)
-    async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+    async with asgi_client(durable_app) as http:
         yield http

@@ -75,6 +75,7 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
             daily_exp_cap=result.daily_exp_cap, action_count=result.action_count,
             action_limit=result.action_limit,
             progress=progress(svc.exp.rules, result.total_exp),
+            shadow_refused=result.shadow_refused,
         )  # fmt: skip
         return status, body, headers
     if result.outcome is AwardOutcome.ALREADY_TRIGGERED:

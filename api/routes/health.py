@@ -33,6 +33,10 @@ async def readyz(request: Request) -> Response:
     strict = request.query_params.get("strict", "") in {"1", "true", "yes"}
     redis_ok = await _redis_ok(request)
     body: dict[str, object] = {"redis": "ok" if redis_ok else "down"}
+    body["rules_version"] = svc.rules_version
+    reload_error = request.app.state.rules_reloader.last_error
+    if reload_error is not None:
+        body["rules_reload_error"] = reload_error  # the file on disk is not what is served
     postgres_ok = True
     if durability.store is None:
         body["postgres"] = "not configured"

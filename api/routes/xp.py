@@ -106,7 +106,10 @@ async def debit(svc: Services, exchange: Exchange) -> Reply:
     if change.outcome is not XpOutcome.DONE:
         return _refusal_reply(change)
     body = DebitResponse(
-        transaction_id=change.ref, xp_debited=change.amount, xp_balance=change.state.balance
+        transaction_id=change.ref,
+        xp_debited=change.amount,
+        xp_balance=change.state.balance,
+        shadow_refused=change.shadow_refused,
     )
     return XP_STATUS[change.outcome], body, replay_headers(change.replayed)
 
@@ -122,7 +125,7 @@ async def create_hold(request: Request) -> Response:
         return _refused(change)
     body = HoldResponse(
         hold_id=change.ref, xp_held=change.amount, xp_balance=change.state.balance,
-        expires_at=to_datetime(change.expires_at),
+        expires_at=to_datetime(change.expires_at), shadow_refused=change.shadow_refused,
     )  # fmt: skip
     return json_response(body, XP_HOLD_CREATED, replay_headers(change.replayed))
 

@@ -37,7 +37,7 @@ class OwnerRequest(Request, frozen=True):
     owner_id: UserId
 
 
-class GainResponse(msgspec.Struct, frozen=True, kw_only=True):
+class GainResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     awarded_to: str
     action: str
     success: bool
@@ -50,6 +50,8 @@ class GainResponse(msgspec.Struct, frozen=True, kw_only=True):
     action_count: int
     action_limit: int | None
     progress: Progress
+    # Present only when a rule in shadow mode would have refused the award (README: Shadow mode).
+    shadow_refused: str | None = None
 
 
 class LimitsResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -75,17 +75,19 @@ class Refusal(_Response, frozen=True):
     recommended_tier: RecommendedTier | None
 
 
-class DebitResponse(_Response, frozen=True):
+class DebitResponse(_Response, frozen=True, omit_defaults=True):
     transaction_id: str
     xp_debited: int
     xp_balance: int
+    shadow_refused: str | None = None  # a tier gate in shadow mode would have refused it
 
 
-class HoldResponse(_Response, frozen=True):
+class HoldResponse(_Response, frozen=True, omit_defaults=True):
     hold_id: str
     xp_held: int
     xp_balance: int
     expires_at: datetime
+    shadow_refused: str | None = None  # a tier gate in shadow mode would have refused it
 
 
 class CaptureResponse(_Response, frozen=True):

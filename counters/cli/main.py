@@ -7,8 +7,8 @@ from contextlib import ExitStack
 from dataclasses import replace
 
 import click
-import uvicorn
 
+from counters.cli import supervisor
 from counters.cli.commands import (
     apply_migrations,
     flush,
@@ -64,7 +64,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             env["COUNTERS_SERVICE_KEYS"] = creds.service_key
             click.echo(creds.banner(f"http://{settings.host}:{settings.port}", settings.data_dir))
         os.environ.update(env)  # worker processes read their settings from the environment
-        uvicorn.run(
+        supervisor.run(  # uvicorn.run, with SIGHUP reloading the rules in every worker
             "api.main:app_from_env",
             factory=True,
             host=settings.host,

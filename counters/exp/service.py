@@ -50,9 +50,11 @@ from counters.redis.idempotency import Idempotency, reject_reused_key, script_ar
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
 from counters.rules import Action, ExpRules
+from counters.rules.metrics import count_shadow_refusal
 
 _NOT_OWNER = AwardRetry.NOT_OWNER
 _RUN_AGAIN = (Hydration.NEEDS_HYDRATION, _NOT_OWNER)  # awards a batch runs again one by one
+_UNREACHABLE = 10**12  # a limit or cap no day reaches: how a shadow rule is passed to Lua
 
 
 class ExpService:
@@ -69,7 +71,6 @@ class ExpService:
         day_grace: int,
         day_jitter: int,
     ) -> None:
-        self.rules = rules
         self._scripts = scripts
         self._entities = entities
         self._hydrator = hydrator
@@ -79,9 +80,23 @@ class ExpService:
         self._day_grace = day_grace
         self._day_jitter = day_jitter
         self._may_create = may_create_arg(hydrator)
-        self._thresholds = msgspec.json.encode(list(rules.thresholds)).decode()  # Levels.list
-        self._caps = msgspec.json.encode(list(rules.caps_by_level)).decode()
         self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
+        self.use_rules(rules)
+
+    def use_rules(self, rules: ExpRules) -> None:
+        """Serve ``rules`` from the next award on (a reload); today's counters are kept.
+
+        Everything derived from the rules is built first and swapped in one step, with no await
+        in between, so a request sees either the old rules or the new ones, never a mix.
+        """
+        thresholds = msgspec.json.encode(list(rules.thresholds)).decode()  # Levels.list
+        # A cap in shadow mode is passed as unreachable; _award_result compares with the real one.
+        caps = [
+            _UNREACHABLE if shadow else cap
+            for cap, shadow in zip(rules.caps_by_level, rules.shadow_caps_by_level, strict=True)
+        ]
+        caps_arg = msgspec.json.encode(caps).decode()
+        self.rules, self._thresholds, self._caps = rules, thresholds, caps_arg
 
     def action(self, name: str) -> Action:
         """The rule of an action, or ``InvalidRequest`` listing the known ones."""
@@ -217,8 +232,8 @@ class ExpService:
         # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
         # ::test_the_award_call_names_every_argument checks every field gets its value.
         call = AwardExp(
-            user_id, action_name, action.exp, action.daily_limit or 0, self._thresholds,
-            self._caps, window.day, window.ttl, int(now * 1000), fingerprint,
+            user_id, action_name, action.exp, 0 if action.shadow else action.daily_limit or 0,
+            self._thresholds, self._caps, window.day, window.ttl, int(now * 1000), fingerprint,
             self._idempotency_ttl, mode, actor, self.rules.liker_memory_days * 86_400,
             self._may_create, str(target) if target else "", idem_key,
         )  # fmt: skip
@@ -240,13 +255,32 @@ class ExpService:
             outcome = AwardOutcome(code)
         except ValueError as exc:
             raise ScriptReplyError(f"award_exp replied with unknown code {code}") from exc
+        shadow = None
+        if outcome is AwardOutcome.AWARDED:
+            shadow = self._shadow_refusal(call, previous, gained, count, bool(replayed))
         return AwardResult(
             outcome=outcome, awarded_to=call.user_id, action=call.action_name, exp_added=added,
             total_exp=total, level=level, previous_level=previous, daily_exp_gained=gained,
             daily_exp_cap=self.rules.cap_for(level), action_count=count,
             action_limit=call.action.daily_limit, actor=call.actor, target=call.target,
-            replayed=bool(replayed),
+            replayed=bool(replayed), shadow_refused=shadow,
         )  # fmt: skip
+
+    def _shadow_refusal(
+        self, call: AwardCall, level: int, gained: int, count: int, replayed: bool
+    ) -> str | None:
+        """Which shadow rule would have refused this award (``level`` is the level it was made
+        at, ``gained`` and ``count`` today's totals after it); counted unless a replay."""
+        rules = self.rules
+        refusal, name = None, ""
+        limit = call.action.daily_limit
+        if call.action.shadow and limit is not None and count > limit:
+            refusal, name = "daily_limit", call.action_name
+        elif rules.shadow_caps_by_level[level - 1] and gained > rules.cap_for(level):
+            refusal, name = "daily_cap", f"level_{level}"
+        if refusal is not None and not replayed:
+            count_shadow_refusal(refusal, name)
+        return refusal
 
     def _check_target(self, name: str, action: Action, target: Target | None) -> Target | None:
         if not action.target_types:

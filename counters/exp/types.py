@@ -34,6 +34,8 @@ class AwardResult(msgspec.Struct, frozen=True, gc=False):
     actor: str
     target: Target | None
     replayed: bool
+    # A rule in shadow mode that would have refused this award: "daily_limit" or "daily_cap".
+    shadow_refused: str | None = None
 
     @property
     def leveled_up(self) -> bool:

@@ -6,6 +6,7 @@ points at another file. Every error names the entry that is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +42,7 @@ class DailyCap(_Rule, frozen=True):
     min_level: PositiveInt
     max_level: PositiveInt
     cap: PositiveInt
+    shadow: bool = False  # counted (metric, ``shadow_refused``) but not enforced
 
 
 class Action(_Rule, frozen=True):
@@ -51,6 +53,7 @@ class Action(_Rule, frozen=True):
     target_types: tuple[Name, ...] = ()
     records_ownership: bool = False
     once_per_actor: bool = False
+    shadow: bool = False  # the daily_limit is counted (metric, ``shadow_refused``), not enforced
 
 
 class ExpRules(_Rule, frozen=True, dict=True):
@@ -65,13 +68,23 @@ class ExpRules(_Rule, frozen=True, dict=True):
         return tuple(level.exp_required for level in self.levels)
 
     @cached_property
-    def caps_by_level(self) -> tuple[int, ...]:
-        """The daily EXP cap of level 1, 2, ... in order."""
-        by_level: dict[int, int] = {}
+    def cap_rule_by_level(self) -> tuple[DailyCap, ...]:
+        """The daily cap entry of level 1, 2, ... in order."""
+        by_level: dict[int, DailyCap] = {}
         for cap in self.daily_caps:
             for number in range(cap.min_level, cap.max_level + 1):
-                by_level[number] = cap.cap
+                by_level[number] = cap
         return tuple(by_level[level.level] for level in self.levels)
+
+    @cached_property
+    def caps_by_level(self) -> tuple[int, ...]:
+        """The daily EXP cap of level 1, 2, ... in order."""
+        return tuple(cap.cap for cap in self.cap_rule_by_level)
+
+    @cached_property
+    def shadow_caps_by_level(self) -> tuple[bool, ...]:
+        """Whether the daily cap of level 1, 2, ... is in shadow mode (watched, not enforced)."""
+        return tuple(cap.shadow for cap in self.cap_rule_by_level)
 
     def level_for(self, total_exp: int) -> int:
         """The level a total EXP reaches."""
@@ -167,13 +180,23 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
     return rules
 
 
-def load_rules(path: Path | None = None) -> Rules:
-    """Load the rules file at ``path``, or the shipped defaults."""
+def rules_text(path: Path | None = None) -> tuple[str, str]:
+    """(text, source name) of the rules file at ``path``, or of the shipped defaults."""
     if path is None:
         resource = importlib.resources.files("counters.rules").joinpath("default_rules.toml")
-        return parse_rules(resource.read_text("utf-8"), "default_rules.toml")
+        return resource.read_text("utf-8"), "default_rules.toml"
     try:
-        text = path.read_text("utf-8")
+        return path.read_text("utf-8"), str(path)
     except OSError as exc:
         raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from exc
-    return parse_rules(text, str(path))
+
+
+def rules_version(rules: Rules) -> str:
+    """The version of a set of rules: 12 hex digits of the SHA-256 of their canonical JSON, so
+    a file that changes only in comments or layout keeps its version."""
+    return hashlib.sha256(msgspec.json.encode(rules)).hexdigest()[:12]
+
+
+def load_rules(path: Path | None = None) -> Rules:
+    """Load the rules file at ``path``, or the shipped defaults."""
+    return parse_rules(*rules_text(path))

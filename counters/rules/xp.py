@@ -54,6 +54,9 @@ class Tier(_Rule, frozen=True):
     allows: tuple[GenerationType, ...]
     cost_overrides: dict[GenerationType, PositiveInt] = {}
     rollover: bool = False
+    # The tier gate (``allows``) is counted (metric, ``shadow_refused``), not enforced: a
+    # generation the tier does not allow is charged at its base cost.
+    shadow: bool = False
 
     @property
     def price(self) -> int | float:

@@ -14,7 +14,8 @@ from counters.exp.service import ExpService
 from counters.redis.hydration import Hydrator, NoDurableStore
 from counters.redis.pipelining import AutoPipeline
 from counters.redis.scripts import Scripts
-from counters.rules import Rules, load_rules
+from counters.rules import Rules, load_rules, rules_version
+from counters.rules.metrics import set_rules_version
 from counters.settings import Settings
 from counters.xp.service import XpService
 from persistence.recovery import PostgresHydrator, durable_owner_lookup
@@ -40,6 +41,7 @@ class Services:
     entities: Entities
     exp: ExpService
     xp: XpService
+    rules_version: str = ""
 
     @classmethod
     def build(
@@ -86,7 +88,16 @@ class Services:
             hold_ttl=settings.hold_ttl_seconds,
         )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
-        return cls(settings, rules, clock, redis, scripts, auth, entities, exp, xp=xp)
+        version = rules_version(rules)
+        set_rules_version(version)
+        return cls(settings, rules, clock, redis, scripts, auth, entities, exp, xp, version)
+
+    def use_rules(self, rules: Rules) -> None:
+        """Serve ``rules`` from the next request on (see counters/runtime/reload.py)."""
+        self.exp.use_rules(rules.exp)
+        self.xp.use_rules(rules.xp)
+        self.rules, self.rules_version = rules, rules_version(rules)
+        set_rules_version(self.rules_version)
 
     async def close(self) -> None:
         await self.scripts.aclose()

@@ -35,6 +35,7 @@ from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
+from counters.rules.metrics import count_shadow_refusal
 from counters.rules.xp import Tier, XpRules
 from counters.xp.guidance import XpCheck, evaluate, require_generation_type
 from counters.xp.state import XpReply, XpState, decode_reply
@@ -62,6 +63,7 @@ class XpChange(msgspec.Struct, frozen=True, gc=False):
     state: XpState
     check: XpCheck | None = None
     detail: str | None = None
+    shadow_refused: str | None = None  # "tier_gate": a gate in shadow mode would have refused
 
     @property
     def error(self) -> str:
@@ -81,7 +83,6 @@ class XpService:
         idempotency_ttl: int,
         hold_ttl: int,
     ) -> None:
-        self.rules = rules
         self._scripts = scripts
         self._hydrator = hydrator
         self._clock = clock
@@ -89,15 +90,28 @@ class XpService:
         self._idempotency_ttl = idempotency_ttl
         self.hold_ttl = hold_ttl
         self._may_create = may_create_arg(hydrator)
+        self.use_rules(rules)
+
+    def use_rules(self, rules: XpRules) -> None:
+        """Serve ``rules`` from the next request on (a reload); users' states are kept.
+
+        The tables the scripts take are built first and swapped with the rules in one step.
+        A tier whose gate is in shadow mode is given every generation type's cost, so debit_xp
+        charges what its gate would refuse; ``charge`` reports it as ``shadow_refused``.
+        """
         tiers = {t.name: {"level": t.level, "monthly_xp": t.monthly_xp, "rollover": t.rollover}
                  for t in rules.tiers}  # fmt: skip
-        self._tiers = msgspec.json.encode(tiers).decode()
-        self._costs = {
+        costs = {
             kind: msgspec.json.encode(
-                {t.name: rules.cost_for(kind, t) for t in rules.tiers if kind in t.allows}
+                {
+                    t.name: rules.cost_for(kind, t)
+                    for t in rules.tiers
+                    if kind in t.allows or t.shadow
+                }
             ).decode()
             for kind in rules.costs
         }
+        self.rules, self._tiers, self._costs = rules, msgspec.json.encode(tiers).decode(), costs
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
@@ -188,6 +202,12 @@ class XpService:
             return XpChange(
                 change.outcome, 0, "", 0, reply.extra, reply.replayed, reply.state, check=check
             )
+        tier = self.rules.tier(reply.state.tier)
+        gated = tier is not None and tier.shadow and generation_type not in tier.allows
+        if reply.outcome is XpOutcome.DONE and tier is not None and gated:
+            if not reply.replayed:
+                count_shadow_refusal("tier_gate", tier.name)
+            return msgspec.structs.replace(change, shadow_refused="tier_gate")
         return change
 
     async def capture(

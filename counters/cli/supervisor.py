@@ -1,0 +1,37 @@
+"""Run uvicorn as ``uvicorn.run`` does, except that SIGHUP reloads the rules instead of
+restarting every worker.
+
+uvicorn's multi-worker supervisor answers SIGHUP by replacing each worker. Today's counters live
+in Redis, so that would keep them, but it drops each worker's keep-alive connections and its
+caches; forwarding the signal lets every worker swap its rules in place
+(counters/runtime/reload.py). With one worker there is no supervisor: the worker itself gets the
+signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+
+class RulesReloadingSupervisor(Multiprocess):
+    """uvicorn's supervisor with SIGHUP forwarded to every worker."""
+
+    def handle_hup(self) -> None:
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGHUP)
+
+
+def run(app: str, **options: Any) -> None:
+    """``uvicorn.run(app, **options)`` with ``RulesReloadingSupervisor`` for several workers."""
+    config = uvicorn.Config(app, **options)
+    if config.workers > 1:
+        sock = config.bind_socket()
+        RulesReloadingSupervisor(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run()

@@ -1,0 +1,122 @@
+"""Rules reload in a running app: validated first, swapped for the next request, today's counts
+kept; a bad file keeps the old rules, says why once and counts it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx2
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+
+from api.app import create_app
+from counters.clock import ManualClock
+from counters.settings import Settings
+from tests.support.core import service_headers
+from tests.support.http import asgi_client
+from tests.support.rules import DAILY_CHAT, write_rules
+
+pytestmark = pytest.mark.anyio
+CHAT = {"action": "daily_chat"}
+TWICE = (DAILY_CHAT, DAILY_CHAT.replace("daily_limit = 1", "daily_limit = 2"))
+RICHER = (DAILY_CHAT, DAILY_CHAT.replace("exp = 20", "exp = 25"))
+BOTH = (DAILY_CHAT, "[exp.actions.daily_chat]\nexp = 25\ndaily_limit = 2\n")
+
+
+def reloads(result: str) -> float:
+    return REGISTRY.get_sample_value("counters_rules_reloads_total", {"result": result}) or 0.0
+
+
+@pytest.fixture
+def rules_path(tmp_path: Path) -> Path:
+    return write_rules(tmp_path / "rules.toml")
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: ManualClock, rules_path: Path) -> AsyncIterator[Starlette]:
+    app = create_app(replace(settings, rules=rules_path, rules_watch_seconds=0.05), clock=clock)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def http(app: Starlette) -> AsyncIterator[httpx2.AsyncClient]:
+    async with asgi_client(app) as client:
+        yield client
+
+
+async def version(http: httpx2.AsyncClient) -> str:
+    body = (await http.get("/readyz")).json()
+    assert isinstance(body["rules_version"], str)
+    return body["rules_version"]
+
+
+async def test_a_new_limit_applies_to_todays_counts_from_the_next_request(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path
+) -> None:
+    first = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u1"))
+    refused = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u1"))
+    assert (first.status_code, refused.status_code) == (200, 429)
+    old = await version(http)
+    write_rules(rules_path, BOTH)
+    assert app.state.rules_reloader.reload() == "ok"
+    second = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u1"))
+    assert second.status_code == 200
+    body = second.json()
+    # today's count (1) was kept: the raised limit allows exactly one more, worth the new reward
+    assert (body["action_count"], body["action_limit"], body["exp_added"]) == (2, 2, 25)
+    assert await version(http) != old
+    limits = (await http.get("/api/exp/limits", headers=service_headers("u1"))).json()
+    assert limits["action_limits"]["daily_chat"] == 2
+
+
+async def test_a_bad_file_keeps_the_old_rules_and_says_so(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = await version(http)
+    invalid = reloads("invalid")
+    rules_path.write_text(
+        rules_path.read_text().replace("daily_limit = 1", "daily_limit = -1"), "utf-8"
+    )
+    assert app.state.rules_reloader.reload() == "invalid"
+    assert reloads("invalid") == invalid + 1
+    errors = [r for r in caplog.records if r.name == "counters.rules"]
+    assert len(errors) == 1 and "daily_chat" in errors[0].getMessage()
+    ready = (await http.get("/readyz")).json()
+    assert ready["rules_version"] == old and "daily_chat" in ready["rules_reload_error"]
+    again = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u2"))
+    assert again.status_code == 200 and again.json()["action_limit"] == 1
+
+
+async def test_sighup_and_a_changed_file_reload(http: httpx2.AsyncClient, rules_path: Path) -> None:
+    old = await version(http)
+    write_rules(rules_path, TWICE)
+    os.kill(os.getpid(), signal.SIGHUP)  # the app's handler runs on this event loop
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if await version(http) != old:
+            break
+    hup = await version(http)
+    assert hup != old
+    write_rules(rules_path, RICHER)  # picked up by the file watch (every 0.05 s here)
+    os.utime(rules_path, (1, 1))  # a different mtime even within the clock's resolution
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if await version(http) != hup:
+            break
+    assert await version(http) not in (old, hup)
+
+
+async def test_comments_do_not_change_the_version(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path
+) -> None:
+    old = await version(http)
+    rules_path.write_text("# a comment\n" + rules_path.read_text(), "utf-8")
+    assert app.state.rules_reloader.reload() == "unchanged"
+    assert await version(http) == old
