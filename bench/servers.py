@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from counters.cli.embedded import free_port
+from counters.cli.embedded import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,10 +83,4 @@ def uvicorn_server(
         time.sleep(0.5 * workers)  # let every worker finish its lifespan start-up
         yield Server(port, proc.pid)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 20)

@@ -41,6 +41,21 @@ class ServerNotFound(ConfigError):
     """No server binary was found; the message says what to install."""
 
 
+def stop_process(
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    ask: Callable[[subprocess.Popen[bytes]], None] = lambda p: p.send_signal(signal.SIGINT),
+) -> None:
+    """Ask a running ``proc`` to stop (SIGINT by default) and wait; SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        ask(proc)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -217,13 +232,7 @@ class _Server:
         atexit.unregister(self.stop)
         if proc is None or self._owner != os.getpid():  # a forked child must not stop our servers
             return
-        if proc.poll() is None:
-            self._ask_to_stop(proc)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 60, self._ask_to_stop)
 
     def _ask_to_stop(self, proc: subprocess.Popen[bytes]) -> None:
         proc.send_signal(self._stop_signal)

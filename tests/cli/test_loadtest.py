@@ -1,0 +1,136 @@
+"""``counters loadtest`` against a real ``counters serve`` (two workers), short and bounded;
+and a rules reload (SIGHUP to the supervisor) under that load with no failed request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from counters.cli.embedded import PostgresServer, RedisServer
+from counters.cli.loadtest.command import loadtest
+from counters.rules import parse_rules, rules_version
+from tests.support.core import SERVICE_KEY
+from tests.support.persistence import migrate_and_truncate
+from tests.support.rules import DAILY_CHAT, default_text, edited
+from tests.support.serve import Served, get_json, serve
+
+RICHER = (DAILY_CHAT, DAILY_CHAT.replace("exp = 20", "exp = 25"))
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.toml"
+    path.write_text(default_text(), "utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    rules_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    postgres_server.start()
+    migrate_and_truncate(postgres_server.url)
+    data_dir = tmp_path_factory.mktemp("serve")
+    with serve(redis_server.url, postgres_server.url, data_dir, rules_file) as running:
+        yield running
+
+
+def run_loadtest(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        loadtest, list(args), env={"COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY}
+    )
+    return result.exit_code, result.output
+
+
+def test_a_closed_loop_run_reports_text_json_and_a_chart(served: Served, tmp_path: Path) -> None:
+    report_path, chart_path = tmp_path / "report.json", tmp_path / "chart.png"
+    code, output = run_loadtest(
+        served.url, "--mix", "mixed", "--users", "200", "--requests", "200",
+        "--concurrency", "8", "--json", str(report_path), "--chart", str(chart_path),
+    )  # fmt: skip
+    assert code == 0, output
+    report = json.loads(report_path.read_text())
+    assert report["requests"] == 200 and report["errors"] == 0
+    assert sum(report["statuses"].values()) == sum(report["codes"].values()) == 200
+    assert set(report["statuses"]) <= {"200", "402", "409", "429"}
+    assert report["codes"]["ok"] == report["statuses"]["200"]
+    assert set(report["latency_ms"]) >= {"p50", "p90", "p99", "p99.9", "max"}
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
+    assert report["operations"].keys() >= {"gain:daily_chat", "debit:EDIT_IMAGE", "read:balance"}
+    assert sum(row["requests"] for row in report["timeline"]) == 200
+    assert chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "req/s" in output and "p99.9" in output
+
+
+def test_an_open_loop_run_sends_at_the_rate(served: Served, tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    code, output = run_loadtest(
+        served.url, "--users", "50", "--rate", "100", "--duration", "1.5",
+        "--json", str(report_path), "--auth", "user", "--jwt-secret", "x" * 40,
+    )  # fmt: skip
+    report = json.loads(report_path.read_text())
+    # A token signed with the wrong secret: every request is a 401, counted by its code.
+    assert 140 <= report["requests"] <= 150, output
+    assert report["statuses"] == {"401": report["requests"]} and code == 0
+
+
+def test_a_mix_file_and_its_errors(served: Served, tmp_path: Path) -> None:
+    mix = tmp_path / "mix.toml"
+    mix.write_text('name = "reads"\n[weights]\n"read:levels" = 1\n"read:limits" = 3\n')
+    code, output = run_loadtest(served.url, "--mix", str(mix), "--requests", "40", "--users", "5")
+    assert code == 0 and "mix reads" in output and "200: 40" in output
+    mix.write_text('[weights]\n"delete:everything" = 1\n')
+    code, output = run_loadtest(served.url, "--mix", str(mix), "--requests", "1")
+    assert code == 2 and "unknown operation(s) ['delete:everything']" in output
+
+
+def test_a_remote_target_is_refused_unless_allowed() -> None:
+    code, output = run_loadtest("http://10.255.255.1:8000", "--requests", "1")
+    assert code == 2 and "--allow-remote" in output
+
+
+def test_reload_under_load_fails_no_request(
+    served: Served, rules_file: Path, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    env = {**os.environ, "COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY}
+    argv = [sys.executable, "-c", "from counters.cli.main import main; main()", "loadtest",
+            served.url, "--users", "300", "--duration", "3", "--concurrency", "8",
+            "--user-prefix", "reload-", "--json", str(report_path)]  # fmt: skip
+    load = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1.5)
+        rules_file.write_text(edited(RICHER), "utf-8")
+        os.kill(served.pid, signal.SIGHUP)  # the supervisor forwards it to both workers
+        time.sleep(0.5)
+        rules_file.write_text("[exp]\nlevels = 'not a table'\n", "utf-8")
+        os.kill(served.pid, signal.SIGHUP)  # refused: the richer rules stay
+        output, _ = load.communicate(timeout=60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    report = json.loads(report_path.read_text())
+    assert report["errors"] == 0, output
+    assert set(report["statuses"]) <= {"200", "409", "429"}
+    richer = rules_version(parse_rules(edited(RICHER)))
+    for _ in range(6):  # new connections: both workers answer
+        ready = get_json(served.url + "/readyz")
+        assert ready["rules_version"] == richer
+        assert "exp.levels" in str(ready["rules_reload_error"])
+    # Fixed again: the next SIGHUP takes it and the error goes away.
+    rules_file.write_text(edited(RICHER), "utf-8")
+    os.kill(served.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert all("rules_reload_error" not in get_json(served.url + "/readyz") for _ in range(6))
