@@ -117,3 +117,14 @@ class Store:
             day_exp=sum(int(row["exp"]) for row in awards),
             day_counts={row["action"]: int(row["n"]) for row in awards},
         )
+
+    async def imported(self, import_ids: list[str]) -> set[str]:
+        """Which of ``import_ids`` the ledger already holds (``counters import`` lines whose
+        events were flushed; the ids are the events' ``idem``)."""
+        async with self.connection("import check") as conn:
+            rows = await conn.fetch(
+                "SELECT idem FROM ledger WHERE kind IN ('exp_import', 'xp_import')"
+                " AND idem = ANY($1::text[])",
+                import_ids,
+            )
+        return {row["idem"] for row in rows}

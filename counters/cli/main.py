@@ -18,6 +18,7 @@ from counters.cli.commands import (
     with_servers,
 )
 from counters.cli.devcreds import DevCredentials
+from counters.cli.importer import import_command
 from counters.cli.loadtest.command import loadtest
 from counters.errors import ConfigError
 from counters.rules import load_rules
@@ -32,6 +33,7 @@ main.add_command(migrate)
 main.add_command(flush)
 main.add_command(reconcile)
 main.add_command(loadtest)
+main.add_command(import_command)
 
 
 @main.command()

@@ -69,6 +69,11 @@ class UserKeys:
     def likers(self, target_type: str, target_id: str) -> str:
         return f"{self.tag}:likers:{target_type}:{target_id}"
 
+    @property
+    def imports(self) -> str:
+        """SET of the import ids applied to this user (``counters import``); never expires."""
+        return f"{self.tag}:imports:{self.user_id}"
+
     def xp_transaction(self, transaction_id: str) -> str:
         """An XP debit or hold of this user: what it burned, and whether it was refunded."""
         return f"{self.tag}:xptx:{self.user_id}:{transaction_id}"

@@ -99,8 +99,6 @@ class XpService:
         A tier whose gate is in shadow mode is given every generation type's cost, so debit_xp
         charges what its gate would refuse; ``charge`` reports it as ``shadow_refused``.
         """
-        tiers = {t.name: {"level": t.level, "monthly_xp": t.monthly_xp, "rollover": t.rollover}
-                 for t in rules.tiers}  # fmt: skip
         costs = {
             kind: msgspec.json.encode(
                 {
@@ -111,7 +109,7 @@ class XpService:
             ).decode()
             for kind in rules.costs
         }
-        self.rules, self._tiers, self._costs = rules, msgspec.json.encode(tiers).decode(), costs
+        self.rules, self._tiers, self._costs = rules, rules.tiers_arg, costs
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""

@@ -1,0 +1,152 @@
+"""The lines of an import file: parsed, validated against the rules, each with its import id.
+
+Formats (by suffix: ``.csv``, else JSON Lines)::
+
+    {"kind": "exp", "user_id": "u1", "exp": 450, "level": 3}          level optional, checked
+    {"kind": "subscription", "user_id": "u1", "tier": "arcade_artist",
+     "period_start": "2026-11-03T00:00:00Z"}                           period_start optional
+    {"kind": "topup", "user_id": "u1", "xp_amount": 100, "expires_at": "2027-01-01T00:00:00Z",
+     "reason": "legacy balance"}                                        expires_at, reason optional
+
+A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields.
+
+The import id of a line is derived from its content (the validated record and how many identical
+records came before it in the file), so the same file applied twice, or re-ordered, applies each
+line once; two identical top-ups in one file are two top-ups.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from counters.rules import Rules
+
+UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")]
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+Positive = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
+
+
+class _Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+            tag_field="kind"):  # fmt: skip
+    user_id: UserId
+
+
+class ExpLine(_Line, frozen=True, tag="exp"):
+    """EXP the product counted for a user, added to what the service counted."""
+
+    exp: NonNegative
+    level: int | None = None  # if given, must be the level the rules derive from exp
+
+
+class SubscriptionLine(_Line, frozen=True, tag="subscription"):
+    """A subscription to start (a user with an active one is left as is)."""
+
+    tier: str
+    period_start: datetime | None = None
+
+
+class TopupLine(_Line, frozen=True, tag="topup"):
+    """A top-up to grant."""
+
+    xp_amount: Positive
+    expires_at: datetime | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=200)] = "import"
+
+
+Line = ExpLine | SubscriptionLine | TopupLine
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One valid line: where it was, what it says, and its import id."""
+
+    line_number: int
+    line: Line
+    import_id: str
+
+
+class LineError(ValueError):
+    """A line that cannot be imported; ``str()`` names its number and why."""
+
+    def __init__(self, line_number: int, reason: str) -> None:
+        super().__init__(f"line {line_number}: {reason}")
+        self.line_number = line_number
+
+
+_DECODER = msgspec.json.Decoder(Line)
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON text or CSV row dict) of every non-blank line."""
+    text = path.read_text("utf-8")
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        for row in reader:
+            cells = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+            if None in row:
+                yield reader.line_num, ValueError("more cells than the header names")
+            elif cells:
+                yield reader.line_num, cells
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line
+
+
+def _parse(raw: Any) -> Line:
+    if isinstance(raw, ValueError):
+        raise raw
+    if isinstance(raw, str):
+        return _DECODER.decode(raw)
+    line: Line = msgspec.convert(raw, Line, strict=False)  # CSV cells are text: "450" -> 450
+    return line
+
+
+def _check(line: Line, rules: Rules, now: float) -> None:
+    """Rules the types cannot say; ``ValueError`` says which."""
+    if isinstance(line, ExpLine):
+        derived = rules.exp.level_for(line.exp)
+        if line.level is not None and line.level != derived:
+            raise ValueError(f"level {line.level} does not match {line.exp} EXP (level {derived})")
+    elif isinstance(line, SubscriptionLine):
+        if rules.xp.tier(line.tier) is None:
+            known = ", ".join(tier.name for tier in rules.xp.tiers)
+            raise ValueError(f"unknown tier '{line.tier}'; known tiers: {known}")
+        if line.period_start is not None and not 0 < line.period_start.timestamp() <= now:
+            raise ValueError("period_start must be in the past")
+    elif line.expires_at is not None and line.expires_at.timestamp() <= now:
+        raise ValueError("expires_at must be in the future")
+
+
+def read_records(path: Path, rules: Rules, now: float) -> tuple[list[Record], list[LineError]]:
+    """Every line of ``path``, parsed and validated: the records, and the errors (by line)."""
+    records: list[Record] = []
+    errors: list[LineError] = []
+    seen: Counter[bytes] = Counter()
+    try:
+        raw_lines = list(_raw_lines(path))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return [], [LineError(0, f"cannot read {path}: {exc}")]
+    for number, raw in raw_lines:
+        try:
+            line = _parse(raw)
+            _check(line, rules, now)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+            errors.append(LineError(number, str(exc)))
+            continue
+        canonical = msgspec.json.encode(line)
+        occurrence = seen[canonical]
+        seen[canonical] += 1
+        digest = hashlib.sha256(canonical + b"#%d" % occurrence).hexdigest()[:32]
+        records.append(Record(number, line, f"imp_{digest}"))
+    return records, errors

@@ -1,0 +1,77 @@
+-- requires: xp_state, levels
+--[[ import_user: one line of `counters import`, applied at most once per user and import id.
+
+Adopting the service: a user's EXP from the product's own table is added to what the service
+counted (level derived), a subscription is started (unless one is active: left as is), or a
+top-up is granted. The import id (derived from the line's content) is recorded in KEYS[4] in the
+same step, so the same line applied twice changes nothing; the event carries it as `idem`, so
+the ledger keeps it too (the command checks the ledger for lines Redis forgot).
+Events: kind `exp_import` (EXP; fields exp, level) or `xp_import` (action `subscription` with the
+allocation granted, or `topup`), so reconcile counts them in their family's sums.
+
+KEYS[1]  user     HASH   ctr:{bN}:user:<uid>            exp, level, xp (JSON state), seq
+KEYS[2]  events   STREAM ctr:{bN}:events
+KEYS[3]  idem     STRING ctr:{bN}:unused                 (no Idempotency-Key: fingerprint "")
+KEYS[4]  imports  SET    ctr:{bN}:imports:<uid>          import ids applied to the user
+
+ARGV[1..8]  user_id, now_ms, fingerprint (""), idem_ttl, idem_key (the import id), actor,
+            may_create, tiers (see lua/lib/xp_state.lua)
+ARGV[9]  op          string  "exp" | "subscription" | "topup"
+ARGV[10] thresholds  json    [int]: EXP required for levels 1..n
+ARGV[11] amount      int     EXP to add (exp), XP of the top-up (topup), 0 (subscription)
+ARGV[12] tier        string  a key of the tiers json (subscription) or ""
+ARGV[13] at          int     unix seconds: period_start (subscription; 0 = now), expires_at
+                             (topup; 0 = never), 0 (exp)
+ARGV[14] max_grants  int     live top-ups a user may have
+
+Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, replayed, state json}
+  code 1 applied   6 needs hydration   12 already imported (unchanged)
+       13 too many live top-ups   15 a subscription is active (left as is)
+]]
+
+local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
+local max_grants = tonumber(ARGV[14])
+
+local early = XP.open()
+if early then return early end
+local c, s = XP.c, XP.s
+local import_id = c.idem_key
+if redis.call('SISMEMBER', KEYS[4], import_id) == 1 then
+  return XP.finish(12, 0, import_id, 0, 0)
+end
+
+if op == 'exp' then
+  local thresholds = Levels.list(ARGV[10])
+  local total = (tonumber(redis.call('HGET', c.user_key, 'exp')) or 0) + amount
+  local level = Levels.of(total, thresholds)
+  c.seq = c.seq + 1
+  c.dirty = true
+  redis.call('HSET', c.user_key, 'exp', total, 'level', level)
+  redis.call('XADD', c.events, '*',
+    'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
+    'kind', 'exp_import', 'action', 'import', 'amount', amount, 'actor', c.actor, 'target', '',
+    'idem', import_id, 'exp', total, 'level', level)
+  redis.call('SADD', KEYS[4], import_id)
+  return XP.finish(1, amount, import_id, 0, 0)
+end
+
+if op == 'subscription' then
+  if s.tier ~= nil then return XP.finish(15, 0, import_id, s.period_end, 0) end
+  local anchor = at > 0 and at or c.now
+  local k = XP.period_of(anchor, c.now)
+  s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
+  s.anchor, s.period_start, s.period_end = anchor, XP.add_months(anchor, k), XP.add_months(anchor, k + 1)
+  local added = c.tiers[tier_name].monthly_xp - s.alloc
+  s.alloc = c.tiers[tier_name].monthly_xp
+  XP.emit('xp_import', 'subscription', added, tier_name)
+  redis.call('SADD', KEYS[4], import_id)
+  return XP.finish(1, added, import_id, s.period_end, 0)
+end
+
+-- op == 'topup'
+if #s.grants >= max_grants then return XP.finish(13, 0, import_id, at, 0) end
+local grant_id = 'xg_' .. string.sub(import_id, 5)
+s.grants[#s.grants + 1] = {id = grant_id, left = amount, expires_at = at}
+XP.emit('xp_import', 'topup', amount, grant_id)
+redis.call('SADD', KEYS[4], import_id)
+return XP.finish(1, amount, import_id, at, 0)

@@ -1,0 +1,128 @@
+"""``counters import``: validated line by line (a bad line imports nothing), a dry run, each line
+applied once (the same file twice changes nothing, also after Redis forgot), ledgered as
+exp_import / xp_import events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import redis
+from click.testing import CliRunner, Result
+
+from counters.cli.importer import import_command
+from tests.support.core import JWT_SECRET, SERVICE_KEY
+from tests.support.persistence import run_sync
+
+LINES = [
+    {"kind": "exp", "user_id": "adopted-1", "exp": 450, "level": 3},
+    {"kind": "subscription", "user_id": "adopted-1", "tier": "arcade_artist"},
+    {"kind": "topup", "user_id": "adopted-1", "xp_amount": 70, "reason": "legacy"},
+    {"kind": "topup", "user_id": "adopted-1", "xp_amount": 70, "reason": "legacy"},  # a 2nd one
+    {"kind": "exp", "user_id": "adopted-2", "exp": 20},
+]
+
+
+def run_import(redis_url: str, database_url: str, *args: str) -> Result:
+    env = {
+        "COUNTERS_REDIS_URL": redis_url, "COUNTERS_DATABASE_URL": database_url,
+        "COUNTERS_SERVICE_KEYS": SERVICE_KEY, "COUNTERS_JWT_SECRET": JWT_SECRET,
+    }  # fmt: skip
+    return CliRunner().invoke(import_command, list(args), env=env)
+
+
+def ledger(database_url: str) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT user_id, kind, action, amount, idem FROM ledger")
+        finally:
+            await conn.close()
+        return [dict(row) for row in rows]
+
+    return run_sync(go())
+
+
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def user(redis_client: redis.Redis, user_id: str) -> dict[str, Any]:
+    [key] = redis_client.keys(f"*:user:{user_id}")
+    fields: dict[str, Any] = redis_client.hgetall(key)
+    return fields
+
+
+def test_import_applies_each_line_once_and_ledgers_it(
+    redis_url: str, database_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "users.jsonl", LINES)
+    dry = run_import(redis_url, database_url, str(path), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "5 lines (2 exp, 1 subscription, 2 topup) for 2 users: 5 to apply" in dry.output
+    assert redis_client.dbsize() == 0
+    first = run_import(redis_url, database_url, str(path))
+    assert first.exit_code == 0, first.output
+    assert "imported" in first.output and "5 applied" in first.output
+    one = user(redis_client, "adopted-1")
+    assert (one["exp"], one["level"]) == ("450", "3")
+    state = json.loads(one["xp"])
+    assert state["tier"] == "arcade_artist" and state["alloc"] == 800
+    assert [g["left"] for g in state["grants"]] == [70, 70]
+    rows = ledger(database_url)
+    kinds = sorted((r["user_id"], r["kind"], r["action"], r["amount"]) for r in rows)
+    assert kinds == [
+        ("adopted-1", "exp_import", "import", 450),
+        ("adopted-1", "xp_import", "subscription", 800),
+        ("adopted-1", "xp_import", "topup", 70),
+        ("adopted-1", "xp_import", "topup", 70),
+        ("adopted-2", "exp_import", "import", 20),
+    ]
+    assert all(r["idem"].startswith("imp_") for r in rows) and len({r["idem"] for r in rows}) == 5
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*:user:*")}
+    again = run_import(redis_url, database_url, str(path))
+    assert again.exit_code == 0 and "0 to apply, 5 already imported" in again.output
+    assert {key: redis_client.dump(key) for key in redis_client.keys("*:user:*")} == before
+    assert len(ledger(database_url)) == 5
+    # Redis forgot everything (its import records too): the ledger still knows the lines.
+    redis_client.flushall()
+    forgot = run_import(redis_url, database_url, str(path))
+    assert "5 already imported" in forgot.output and len(ledger(database_url)) == 5
+
+
+def test_a_bad_line_imports_nothing(
+    redis_url: str, database_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    bad = [
+        *LINES[:2],
+        {"kind": "exp", "user_id": "adopted-3", "exp": -5},
+        {"kind": "subscription", "user_id": "adopted-3", "tier": "platinum"},
+        {"kind": "exp", "user_id": "adopted-4", "exp": 450, "level": 2},
+    ]
+    path = write_jsonl(tmp_path / "bad.jsonl", bad)
+    result = run_import(redis_url, database_url, str(path))
+    assert result.exit_code == 2
+    assert "line 3: Expected `int` >= 0 - at `$.exp`" in result.output
+    assert "line 4: unknown tier 'platinum'; known tiers: pixel_rookie" in result.output
+    assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
+    assert "3 bad line(s)" in result.output and "nothing was imported" in result.output
+    assert redis_client.dbsize() == 0 and ledger(database_url) == []
+
+
+def test_csv_lines_add_to_what_the_service_counted(
+    redis_url: str, database_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = tmp_path / "users.csv"
+    path.write_text("kind,user_id,exp,level,tier,xp_amount\nexp,c-1,120,,,\ntopup,c-1,,,,15\n")
+    result = run_import(redis_url, database_url, str(path), "--no-flush")
+    assert result.exit_code == 0, result.output
+    assert user(redis_client, "c-1")["exp"] == "120"
+    path.write_text("kind,user_id,exp\nexp,c-1,30\n")  # another file: added to the 120
+    result = run_import(redis_url, database_url, str(path), "--no-flush")
+    assert (user(redis_client, "c-1")["exp"], user(redis_client, "c-1")["level"]) == ("150", "2")
+    path.write_text("kind,user_id,exp\nexp,c-1,30,extra\n")
+    result = run_import(redis_url, database_url, str(path))
+    assert result.exit_code == 2 and "line 2: more cells than the header names" in result.output
