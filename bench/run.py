@@ -23,6 +23,7 @@ from bench.baselines import pg_award
 from bench.load import LoadSpec, run_load
 from bench.measured import Measured, median_run
 from bench.options import Options, parse
+from bench.progress import Progress
 from bench.report import Report, Row, render, write_json
 from bench.servers import BARE_APP, GAIN_APP, PG_APP, Server, uvicorn_server
 from counters.cli.embedded import PostgresServer, RedisServer
@@ -45,6 +46,7 @@ class Bench:
         self.gain_requests = scenarios.gain_requests(self.gain_awards)
         self.bare_requests = scenarios.gain_requests(self.gain_awards, path="/")
         self.seeded: list[tuple[bytes, bytes]] = []
+        self.progress = Progress(options, self.wanted)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -85,7 +87,11 @@ class Bench:
         for _ in range(1 if ablation else self.options.repeat):
             if prepare is not None:
                 prepare()
-            runs.append(self._http_once(factory, requests, ablation=ablation, **options))
+            self.progress.run_starts()
+            try:
+                runs.append(self._http_once(factory, requests, ablation=ablation, **options))
+            finally:
+                self.progress.run_ends()
         return median_run(runs, open_loop=options.get("rate") is not None)
 
     def _http_once(
@@ -164,23 +170,32 @@ class Bench:
             self.with_services(direct.seed_owners)
             self.seeded = direct.snapshot(self.redis.url)
             if self.wanted("1"):
+                self.progress.at_row("1: bare Starlette")
                 self.bare()
             if self.wanted("2", "flusher"):  # the flusher runs at row 2's peak rate
+                self.progress.at_row("2: POST /api/exp/gain")
                 peak = self.gain()
                 self.gain_half_peak(peak)
             if self.wanted("3"):
+                self.progress.at_row("3: POST /api/v1/xp/debit")
                 self.xp_debit()
             if self.wanted("4"):
+                self.progress.at_row("4: Postgres-only gain")
                 self.postgres_only()
             if self.wanted("5"):
+                self.progress.at_row("5: award_exp.lua alone")
                 self.lua_ceiling()
             if self.wanted("6"):
+                self.progress.at_row("6: POST /api/exp/gain/batch")
                 self.batch()
             if self.wanted("memory"):
+                self.progress.at_row("memory per user-day")
                 self.memory()
             if self.wanted("flusher"):
+                self.progress.at_row("flusher")
                 self.flusher(peak)
             if self.options.ablations and not self.options.only:
+                self.progress.at_row("ways there")
                 ways_there(self)
         return self.report
 
@@ -262,6 +277,7 @@ class Bench:
         self.report.rows.append(self.row("4", name, measured, "synchronous_commit=on"))
 
     def lua_ceiling(self) -> None:
+        self.progress.step("pipelined EVALSHA")
         self.fresh_redis()
         awards = scenarios.gain_awards(prefix="l")
 
@@ -290,6 +306,7 @@ class Bench:
         self.report.rows.append(self.row("6", name, measured, note, unit="awards/s"))
 
     def memory(self) -> None:
+        self.progress.step("awards, then MEMORY USAGE")
         self.fresh_redis()
         users = self.options.memory_users
         result: direct.MemoryResult = self.with_services(
@@ -306,6 +323,7 @@ class Bench:
         if self.postgres is None:
             self.report.notes.append("flusher not measured: no Postgres")
             return
+        self.progress.step("drain, then awards at the peak rate")
         url = self.postgres.url
         buckets = direct.bench_settings(self.redis.url).key_buckets
         # Capacity: the memory scenario's events, drained flat out by one flusher.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from bench.load import LoadResult
 from bench.measured import Measured, median_run
+from bench.options import Options
+from bench.progress import ABLATIONS, Progress, planned
 from bench.report import Report, Row, gain_budget
 
 
@@ -47,3 +51,15 @@ def test_the_gain_budget_is_what_bare_over_the_goal_leaves_after_the_floors() ->
         "generator 31 leave the service's own Python 11 us; it uses 95"
     )
     assert gain_budget(Report(rows=report.rows)) is None  # no r1: no floor to take away
+
+
+def test_progress_counts_the_plan_and_estimates_from_runs_so_far() -> None:
+    options = Options(repeat=3, warmup=2.0, duration=10.0)
+    assert planned(options, lambda *keys: True) == (2 * 3 + 2 * 3 + 3 * 3 + ABLATIONS, 3)
+    only = dataclasses.replace(options, only=frozenset({"1"}), repeat=1)
+    wanted = lambda *keys: any(key in only.only for key in keys)  # noqa: E731
+    assert planned(only, wanted) == (2, 0)
+    progress = Progress(only, wanted)
+    assert progress.left() == 2 * (2.0 + 10.0 + 4.0)  # before any run: window + start-up
+    progress.done_runs, progress.run_seconds = 1, 30.0  # the first run took 30 s
+    assert progress.left() == 30.0
