@@ -10,7 +10,9 @@ walks the imports and fails on an edge against it)::
           │    └─> counters.redis             keys, the Lua scripts' typed calls, auto-pipelining
           └─> persistence                     the durable side: ledger events, store, writer,
                                               migrations, flusher, recovery, reconcile
-    counters.cli          commands (serve, flush, reconcile, migrate), embedded servers, dev creds
+    counters.cli          commands (serve, flush, reconcile, migrate, loadtest, import), embedded
+                          servers, dev creds; cli.loadtest: the load driver shared with make bench
+    counters.bulkimport   import files: lines validated against the rules, applied once each
 
     shared by all: counters.errors, counters.clock, counters.settings, counters.auth
 

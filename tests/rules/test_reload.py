@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 from starlette.applications import Starlette
 
 from api.app import create_app
@@ -71,7 +71,12 @@ async def test_a_new_limit_applies_to_todays_counts_from_the_next_request(
     body = second.json()
     # today's count (1) was kept: the raised limit allows exactly one more, worth the new reward
     assert (body["action_count"], body["action_limit"], body["exp_added"]) == (2, 2, 25)
-    assert await version(http) != old
+    new = await version(http)
+    assert new != old
+    # what /metrics shows (the default registry): this worker serves the new version only
+    exposed = generate_latest(REGISTRY).decode()
+    assert f'counters_rules_version_info{{version="{new}"}} 1.0' in exposed
+    assert f'version="{old}"' not in exposed
     limits = (await http.get("/api/exp/limits", headers=service_headers("u1"))).json()
     assert limits["action_limits"]["daily_chat"] == 2
 
