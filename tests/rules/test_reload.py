@@ -27,6 +27,8 @@ CHAT = {"action": "daily_chat"}
 TWICE = (DAILY_CHAT, DAILY_CHAT.replace("daily_limit = 1", "daily_limit = 2"))
 RICHER = (DAILY_CHAT, DAILY_CHAT.replace("exp = 20", "exp = 25"))
 BOTH = (DAILY_CHAT, "[exp.actions.daily_chat]\nexp = 25\ndaily_limit = 2\n")
+DEARER = ("[xp.costs.NEW_IMAGE]\nxp = 12\n", "[xp.costs.NEW_IMAGE]\nxp = 13\n")
+IMAGE = {"generation_type": "NEW_IMAGE"}
 
 
 def reloads(result: str) -> float:
@@ -63,9 +65,15 @@ async def test_a_new_limit_applies_to_todays_counts_from_the_next_request(
     first = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u1"))
     refused = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u1"))
     assert (first.status_code, refused.status_code) == (200, 429)
+    sub = {"tier": "pixel_rookie"}
+    await http.put("/api/v1/subscriptions/u1", json=sub, headers=service_headers())
+    before = await http.post("/api/v1/xp/debit", json=IMAGE, headers=service_headers("u1"))
+    assert before.json()["xp_debited"] == 12
     old = await version(http)
-    write_rules(rules_path, BOTH)
+    write_rules(rules_path, BOTH, DEARER)
     assert app.state.rules_reloader.reload() == "ok"
+    after = await http.post("/api/v1/xp/debit", json=IMAGE, headers=service_headers("u1"))
+    assert after.json()["xp_debited"] == 13 and after.json()["xp_balance"] == 600 - 12 - 13
     second = await http.post("/api/exp/gain", json=CHAT, headers=service_headers("u1"))
     assert second.status_code == 200
     body = second.json()
