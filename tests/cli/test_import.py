@@ -4,15 +4,23 @@ exp_import / xp_import events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from counters.bulkimport.records import ExpLine, Record
+from counters.bulkimport.service import ImportOutcome, ImportService
 from counters.cli.importer import import_command
+from counters.clock import ManualClock
+from counters.redis.hydration import NoDurableStore
+from counters.runtime.services import Services
+from counters.settings import Settings
 from tests.support.core import JWT_SECRET, SERVICE_KEY
 from tests.support.persistence import run_sync
 
@@ -126,3 +134,27 @@ def test_csv_lines_add_to_what_the_service_counted(
     path.write_text("kind,user_id,exp\nexp,c-1,30,extra\n")
     result = run_import(redis_url, database_url, str(path))
     assert result.exit_code == 2 and "line 2: more cells than the header names" in result.output
+
+
+@pytest.mark.anyio
+async def test_an_import_while_the_service_serves_loses_no_award(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    """Imports and support corrections racing on one user: every one of them counts."""
+    services = Services.build(settings, clock=clock)
+    importer = ImportService(
+        services.rules, services.scripts, services.redis, NoDurableStore(), clock,
+        buckets=settings.key_buckets,
+    )  # fmt: skip
+    lines = [ExpLine(user_id="busy", exp=n) for n in range(1, 41)]
+    records = [Record(n, line, f"imp_{n:032x}") for n, line in enumerate(lines, start=1)]
+    try:
+        await asyncio.gather(
+            *(importer.apply(record) for record in records),
+            *(services.exp.adjust("busy", 3, "race", "support", None) for _ in range(40)),
+        )
+        again = await asyncio.gather(*(importer.apply(record) for record in records))
+    finally:
+        await services.close()
+    assert set(again) == {ImportOutcome.ALREADY_IMPORTED}
+    assert user(redis_client, "busy")["exp"] == str(sum(range(1, 41)) + 40 * 3)
