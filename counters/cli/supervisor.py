@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 
@@ -30,8 +32,14 @@ class RulesReloadingSupervisor(Multiprocess):
 def run(app: str, **options: Any) -> None:
     """``uvicorn.run(app, **options)`` with ``RulesReloadingSupervisor`` for several workers."""
     config = uvicorn.Config(app, **options)
-    if config.workers > 1:
-        sock = config.bind_socket()
-        RulesReloadingSupervisor(config, sockets=[sock]).run()
-    else:
-        uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            sock = config.bind_socket()
+            RulesReloadingSupervisor(config, sockets=[sock]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run: the app failed to start
