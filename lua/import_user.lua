@@ -14,8 +14,8 @@ KEYS[2]  events   STREAM ctr:{bN}:events
 KEYS[3]  idem     STRING ctr:{bN}:unused                 (no Idempotency-Key: fingerprint "")
 KEYS[4]  imports  SET    ctr:{bN}:imports:<uid>          import ids applied to the user
 
-ARGV[1..8]  user_id, now_ms, fingerprint (""), idem_ttl, idem_key (the import id), actor,
-            may_create, tiers (see lua/lib/xp_state.lua)
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+            (see lua/lib/xp_state.lua; idem_key is the import id, fingerprint "")
 ARGV[9]  op          string  "exp" | "subscription" | "topup"
 ARGV[10] thresholds  json    [int]: EXP required for levels 1..n
 ARGV[11] amount      int     EXP to add (exp), XP of the top-up (topup), 0 (subscription)
@@ -25,8 +25,11 @@ ARGV[13] at          int     unix seconds: period_start (subscription; 0 = now),
 ARGV[14] max_grants  int     live top-ups a user may have
 
 Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, replayed, state json}
-  code 1 applied   6 needs hydration   12 already imported (unchanged)
-       13 too many live top-ups   15 a subscription is active (left as is)
+  code 1 done                  applied
+  code 6 needs_hydration
+  code 12 unchanged            already imported
+  code 13 too_many             too many live top-ups
+  code 15 subscription_active  a subscription is active: left as is
 ]]
 
 local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])

@@ -4,31 +4,30 @@ step; the flusher ledgers its event like any other)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Sequence
-from enum import IntEnum
-from typing import Any
+from collections.abc import Sequence
 
+import msgspec
 from redis.asyncio import Redis
 
 from counters.bulkimport.records import ExpLine, Record, SubscriptionLine
 from counters.clock import Clock
 from counters.errors import ScriptReplyError, StorageError
-from counters.redis.hydration import Hydrator, run_hydrated
+from counters.redis.calls import ImportUser, ImportUserKeys
+from counters.redis.codes import ImportSkip, XpOutcome
+from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.keys import UserKeys
-from counters.redis.scripts import Arg, Scripts
+from counters.redis.scripts import Scripts
 from counters.rules import Rules
 
 ACTOR = "import"
-
-
-class ImportOutcome(IntEnum):
-    """Reply codes of lua/import_user.lua (6, needs hydration, is handled by run_hydrated)."""
-
-    APPLIED = 1
-    ALREADY_IMPORTED = 12
-    TOO_MANY_TOPUPS = 13
-    SUBSCRIPTION_ACTIVE = 15
+ImportOutcome = XpOutcome | ImportSkip
+# What each outcome of lua/import_user.lua means for the line, as the command reports it.
+OUTCOMES: dict[ImportOutcome, str] = {
+    XpOutcome.DONE: "applied",
+    XpOutcome.UNCHANGED: "already imported",
+    XpOutcome.TOO_MANY: "skipped: too many live top-ups",
+    ImportSkip.SUBSCRIPTION_ACTIVE: "skipped: a subscription is active",
+}
 
 
 class ImportService:
@@ -50,36 +49,43 @@ class ImportService:
         self._hydrator = hydrator
         self._clock = clock
         self._buckets = buckets
-        self._thresholds = json.dumps(list(rules.exp.thresholds))
+        self._thresholds = msgspec.json.encode(list(rules.exp.thresholds)).decode()
         self._tiers = rules.xp.tiers_arg
 
-    def _args(self, record: Record, may_create: str) -> list[Arg]:
+    def _call(self, record: Record) -> ImportUser:
         line = record.line
-        now_ms = int(self._clock.now() * 1000)
-        common: list[Arg] = [line.user_id, now_ms, "", 1, record.import_id, ACTOR, may_create,
-                             self._tiers]  # fmt: skip
+        op, amount, tier, at = "topup", 0, "", 0
         if isinstance(line, ExpLine):
-            return [*common, "exp", self._thresholds, line.exp, "", 0, 0]
-        if isinstance(line, SubscriptionLine):
-            start = 0 if line.period_start is None else int(line.period_start.timestamp())
-            return [*common, "subscription", self._thresholds, 0, line.tier, start, 0]
-        expires = 0 if line.expires_at is None else int(line.expires_at.timestamp())
-        limit = self._rules.xp.max_active_grants
-        return [*common, "topup", self._thresholds, line.xp_amount, "", expires, limit]
+            op, amount = "exp", line.exp
+        elif isinstance(line, SubscriptionLine):
+            op, tier = "subscription", line.tier
+            at = 0 if line.period_start is None else int(line.period_start.timestamp())
+        else:
+            amount = line.xp_amount
+            at = 0 if line.expires_at is None else int(line.expires_at.timestamp())
+        return ImportUser(
+            user_id=line.user_id, now_ms=int(self._clock.now() * 1000), fingerprint="",
+            idem_ttl=1, idem_key=record.import_id, actor=ACTOR,
+            may_create=may_create_arg(self._hydrator), tiers=self._tiers, op=op,
+            thresholds=self._thresholds, amount=amount, tier=tier, at=at,
+            max_grants=self._rules.xp.max_active_grants,
+        )  # fmt: skip
 
     async def apply(self, record: Record) -> ImportOutcome:
         """Apply one record (at most once per user and import id); its outcome."""
         user = UserKeys.of(record.line.user_id, self._buckets)
-        keys = [user.user, user.events, user.unused, user.imports]
-
-        def call(may_create: str) -> Awaitable[list[Any]]:
-            return self._scripts.run("import_user", keys, self._args(record, may_create))
-
-        reply = await run_hydrated(self._hydrator, record.line.user_id, call)
-        try:
-            return ImportOutcome(reply[0])
-        except ValueError as exc:
-            raise ScriptReplyError(f"import_user replied with unknown code {reply[0]}") from exc
+        keys = ImportUserKeys(user.user, user.events, user.unused, user.imports)
+        reply = await run_hydrated(
+            self._hydrator, self._scripts, record.line.user_id, keys, self._call(record)
+        )
+        code = reply[0]
+        outcome: ImportOutcome | None = None
+        for family in (XpOutcome, ImportSkip):
+            if code in family._value2member_map_:
+                outcome = family(code)
+        if outcome is None or outcome not in OUTCOMES:
+            raise ScriptReplyError(f"import_user replied with unknown code {code}")
+        return outcome
 
     async def applied(self, records: Sequence[Record]) -> set[str]:
         """The import ids of ``records`` that Redis has already applied."""

@@ -24,9 +24,10 @@ import click
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from counters.bulkimport.records import ExpLine, Record, TopupLine, read_records
-from counters.bulkimport.service import ImportOutcome, ImportService
+from counters.bulkimport.service import OUTCOMES, ImportOutcome, ImportService
 from counters.cli.commands import CommandError, apply_migrations, load_settings, with_servers
 from counters.errors import CountersError, RulesError
+from counters.redis.codes import XpOutcome
 from counters.rules import Rules, load_rules
 from counters.runtime.durability import make_flusher
 from counters.runtime.services import Services
@@ -82,7 +83,7 @@ def import_command(file: Path, dry_run: bool, no_flush: bool) -> None:
         except CountersError as exc:
             raise CommandError(f"{exc} (lines applied so far stay applied; run it again)") from exc
     if not dry_run:
-        done = ", ".join(f"{n} {o.name.lower().replace('_', ' ')}" for o, n in outcomes.items())
+        done = ", ".join(f"{n} {OUTCOMES[outcome]}" for outcome, n in outcomes.items())
         click.echo(f"imported {file}: {done or 'nothing to do'}")
 
 
@@ -105,7 +106,7 @@ async def _run(
         already = await importer.applied(records) | await store.imported(ids)
         click.echo(plan_summary(records, already))
         outcomes: Counter[ImportOutcome] = Counter()
-        outcomes[ImportOutcome.ALREADY_IMPORTED] = len(already & set(ids))
+        outcomes[XpOutcome.UNCHANGED] = len(already & set(ids))
         if dry_run:
             return outcomes
         await _apply([r for r in records if r.import_id not in already], importer, outcomes)
@@ -132,11 +133,8 @@ async def _apply(
                 for record in lines:
                     outcome = await importer.apply(record)
                     outcomes[outcome] += 1
-                    if outcome in (
-                        ImportOutcome.TOO_MANY_TOPUPS,
-                        ImportOutcome.SUBSCRIPTION_ACTIVE,
-                    ):
-                        tqdm.write(f"line {record.line_number}: {outcome.name.lower()}, skipped")
+                    if OUTCOMES[outcome].startswith("skipped"):
+                        tqdm.write(f"line {record.line_number}: {OUTCOMES[outcome]}")
                     bar.update()
 
         await asyncio.gather(*(user_lines(lines) for lines in by_user.values()))

@@ -27,6 +27,7 @@ from counters.redis.codes import (
     AwardOutcome,
     AwardRetry,
     Hydration,
+    ImportSkip,
     KeyReuse,
     ReadOutcome,
     WriteIfOutcome,
@@ -79,6 +80,10 @@ class UserWriteKeys(Keys, frozen=True):
 
 class XpTxKeys(UserWriteKeys, frozen=True):
     transaction: str
+
+
+class ImportUserKeys(UserWriteKeys, frozen=True):
+    imports: str
 
 
 class AwardExpKeys(Keys, frozen=True):
@@ -193,7 +198,7 @@ class XpCall(Call, frozen=True):
     """The ARGV every XP script starts with (``lua/lib/xp_state.lua``)."""
 
     KEYS: ClassVar[type[Keys]] = UserWriteKeys
-    CODES = (XpOutcome, Hydration, KeyReuse)
+    CODES: ClassVar[tuple[type[IntEnum], ...]] = (XpOutcome, Hydration, KeyReuse)
 
     user_id: str
     now_ms: int
@@ -266,8 +271,24 @@ class RefundXp(XpCall, frozen=True):
     transaction_id: str
 
 
+class ImportUser(XpCall, frozen=True):
+    """One line of ``counters import`` (counters/bulkimport/)."""
+
+    SCRIPT = "import_user"
+    KEYS = ImportUserKeys
+    CODES = (XpOutcome, Hydration, KeyReuse, ImportSkip)
+
+    op: str
+    thresholds: str
+    amount: int
+    tier: str
+    at: int
+    max_grants: int
+
+
 CALLS: tuple[type[Call], ...] = (
     AwardExp, AdjustExp, ReadExp, AssignEntity, HydrateUser, RepairUser, ReadXp,
     CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
+    ImportUser,
 )  # fmt: skip
 """Every script's call type: one per file in ``lua/`` (the contract test checks both ways)."""

@@ -66,6 +66,12 @@ class XpOutcome(IntEnum):
     PERIOD_START_CONFLICT = 14
 
 
+class ImportSkip(IntEnum):
+    """``import_user`` left a subscription line out: the user already has an active one."""
+
+    SUBSCRIPTION_ACTIVE = 15
+
+
 class AssignOutcome(IntEnum):
     """What ``assign_entity`` did with an entity's owner."""
 

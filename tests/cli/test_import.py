@@ -15,9 +15,10 @@ import redis
 from click.testing import CliRunner, Result
 
 from counters.bulkimport.records import ExpLine, Record
-from counters.bulkimport.service import ImportOutcome, ImportService
+from counters.bulkimport.service import ImportService
 from counters.cli.importer import import_command
 from counters.clock import ManualClock
+from counters.redis.codes import XpOutcome
 from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -156,5 +157,5 @@ async def test_an_import_while_the_service_serves_loses_no_award(
         again = await asyncio.gather(*(importer.apply(record) for record in records))
     finally:
         await services.close()
-    assert set(again) == {ImportOutcome.ALREADY_IMPORTED}
+    assert set(again) == {XpOutcome.UNCHANGED}
     assert user(redis_client, "busy")["exp"] == str(sum(range(1, 41)) + 40 * 3)
