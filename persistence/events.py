@@ -48,6 +48,13 @@ class ExpAdjust(Change, frozen=True, tag="exp_adjust"):
     level: int
 
 
+class ExpImport(Change, frozen=True, tag="exp_import"):
+    """EXP added by ``counters import`` (lua/import_user.lua); ``idem`` is the line's import id."""
+
+    exp: int
+    level: int
+
+
 class XpChange(Change, frozen=True):
     """Any XP change; ``effective_ts`` is when a transition that came due took effect."""
 
@@ -91,6 +98,10 @@ class XpHoldExpired(XpChange, frozen=True, tag="xp_hold_expired"): ...
 class XpRefund(XpChange, frozen=True, tag="xp_refund"): ...
 
 
+class XpImport(XpChange, frozen=True, tag="xp_import"):
+    """A subscription (action ``subscription``) or top-up (``topup``) from ``counters import``."""
+
+
 class OwnerChange(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="entity_owner",
     forbid_unknown_fields=True,
@@ -102,8 +113,8 @@ class OwnerChange(
 
 
 Event = (
-    ExpAward | ExpAdjust | XpSubscription | XpAllocation | XpGrant | XpGrantExpired | XpDebit
-    | XpHold | XpCapture | XpRelease | XpHoldExpired | XpRefund | OwnerChange
+    ExpAward | ExpAdjust | ExpImport | XpSubscription | XpAllocation | XpGrant | XpGrantExpired
+    | XpDebit | XpHold | XpCapture | XpRelease | XpHoldExpired | XpRefund | XpImport | OwnerChange
 )  # fmt: skip
 
 

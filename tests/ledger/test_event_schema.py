@@ -9,9 +9,12 @@ import msgspec
 import pytest
 
 from counters.auth import Principal
+from counters.bulkimport.records import ExpLine, Record, TopupLine
+from counters.bulkimport.service import ImportService
 from counters.clock import ManualClock
 from counters.redis import keys
 from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
 from persistence.events import Event, ExpAward, XpCapture
@@ -48,6 +51,13 @@ async def test_every_event_the_scripts_write_decodes_as_the_union(
         await xp.cancel_subscription(user, "svc", None)
         clock.advance(40 * 86_400)  # the period ends: allocation expired, subscription ended
         await xp.state(user)
+        importer = ImportService(
+            svc.rules, svc.scripts, svc.redis, NoDurableStore(), clock, buckets=buckets
+        )
+        for n, line in enumerate(
+            (ExpLine(user_id=user, exp=40), TopupLine(user_id=user, xp_amount=5))
+        ):
+            await importer.apply(Record(n + 1, line, f"imp_{n:032x}"))
 
         decoded = []
         for bucket in range(buckets):
