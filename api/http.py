@@ -76,6 +76,8 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         raise InvalidRequest(f"Invalid request: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"Malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec's own depth guard: deep nesting is not a server fault
+        raise MalformedBody("Malformed JSON: nested too deeply") from exc
 
 
 def principal(request: Request) -> Principal:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from counters.errors import RequestError
 from counters.exp.entities import Target
 from counters.exp.types import AwardCall
 from counters.redis.calls import command_args
+from counters.redis.idempotency import Idempotency
 from counters.redis.keys import stream_key
 from counters.redis.scripts import script_source
 from counters.runtime.services import Services
@@ -73,16 +74,31 @@ async def subscribe(svc: Services, users: Sequence[str], tier: str, top_up: int)
     await in_chunks([svc.xp.grant(user, SERVICE, top_up, "bench", None, None) for user in users])
 
 
+def _creator_targeted(svc: Services, award: Award) -> bool:
+    return svc.exp.rules.actions[award.action].awards == "creator"
+
+
+def _target(award: Award) -> Target | None:
+    if award.target_type is not None and award.target_id is not None:
+        return Target(award.target_type, award.target_id)
+    return None
+
+
+async def award(svc: Services, award: Award) -> None:
+    """One award through the service (a creator-targeted one takes several scripts)."""
+    with suppress(RequestError):
+        principal = Principal(award.user_id, SERVICE, True)
+        await svc.exp.award(principal, award.action, _target(award), None)
+
+
 async def award_calls(svc: Services, awards: Sequence[Award]) -> list[AwardCall]:
-    """The EVALSHA each award would send, built by the service (awards it refuses are left out)."""
+    """The EVALSHA each award would send, built by the service (awards it refuses are left out,
+    and so are creator-targeted ones: they are a protocol of several scripts, not one call)."""
 
     async def prepare(award: Award) -> AwardCall | None:
-        target = None
-        if award.target_type is not None and award.target_id is not None:
-            target = Target(award.target_type, award.target_id)
         principal = Principal(award.user_id, SERVICE, True)
         try:
-            return await svc.exp.prepare_award(principal, award.action, target, None)
+            return await svc.exp.prepare_award(principal, award.action, _target(award), None)
         except RequestError:
             return None
 
@@ -183,6 +199,58 @@ class MemoryResult:
     bytes_per_user_day_without_streams: float  # once the flusher has moved the events
 
 
+@dataclass(frozen=True, slots=True)
+class AwardCost:
+    kind: str
+    awards: int
+    per_second: float
+    mean_ms: float
+    redis_calls_per_award: float
+
+
+async def creator_cost(
+    svc: Services, awards: int = 20_000, concurrency: int = 64
+) -> list[AwardCost]:
+    """Awards/s and mean latency of ``daily_chat`` (one script), an unkeyed like and a keyed like
+    (the creator protocol's 3 and 4 round trips), each ``awards`` times through the service in
+    this process, ``concurrency`` at once, on the auto-pipeline as under HTTP."""
+    info = aioredis.Redis.from_url(svc.settings.redis_url or "")
+    owners = [e for e in scenarios.owned_entities() if e[0] == "character"]
+    results: list[AwardCost] = []
+    try:
+        for round_, kind in enumerate(("daily_chat", "character_liked", "character_liked keyed")):
+            action = kind.split()[0]
+
+            async def one(n: int, action: str = action, kind: str = kind, r: int = round_) -> float:
+                principal = Principal(f"cost{r}-{n}", SERVICE, True)  # new actors each round
+                target = None
+                if action == "character_liked":
+                    type_, id_, _ = owners[n % len(owners)]
+                    target = Target(type_, id_)
+                idem = Idempotency.of(SERVICE, f"k{n}", kind, b"") if "keyed" in kind else None
+                started = time.perf_counter()
+                await svc.exp.award(principal, action, target, idem)
+                return time.perf_counter() - started
+
+            calls_before = await _script_calls(info)
+            started = time.perf_counter()
+            latencies = await in_chunks([one(n) for n in range(awards)], concurrency)
+            seconds = time.perf_counter() - started
+            calls = await _script_calls(info) - calls_before
+            mean_ms = 1000 * sum(latencies) / len(latencies)
+            results.append(AwardCost(kind, awards, awards / seconds, mean_ms, calls / awards))
+    finally:
+        await info.aclose()
+    return results
+
+
+async def _script_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+
+
 async def memory_per_user_day(url: str, svc: Services, users: int) -> MemoryResult:
     """INFO memory before and after ``users`` users each do a typical day."""
     client = aioredis.Redis.from_url(url, decode_responses=True)
@@ -192,6 +260,7 @@ async def memory_per_user_day(url: str, svc: Services, users: int) -> MemoryResu
         before = int((await client.info("memory"))["used_memory"])
         before_streams = await _stream_bytes(client, svc)
         await run_calls(url, await award_calls(svc, awards))
+        await in_chunks([award(svc, a) for a in awards if _creator_targeted(svc, a)])
         await client.memory_purge()
         after = int((await client.info("memory"))["used_memory"])
         streams = await _stream_bytes(client, svc) - before_streams

@@ -191,6 +191,8 @@ class Bench:
             if self.wanted("memory"):
                 self.progress.at_row("memory per user-day")
                 self.memory()
+            if self.wanted("creator"):
+                self.creator_cost()
             if self.wanted("flusher"):
                 self.progress.at_row("flusher")
                 self.flusher(peak)
@@ -317,6 +319,19 @@ class Bench:
             "awards": result.awards,
             "bytes": round(result.bytes_per_user_day),
             "bytes_once_flushed": round(result.bytes_per_user_day_without_streams),
+        }
+
+    def creator_cost(self) -> None:
+        """What a creator-targeted award costs beside an award to oneself (issue #10)."""
+        self.fresh_redis()
+        results: list[direct.AwardCost] = self.with_services(direct.creator_cost)
+        self.report.extras["creator_award_cost"] = {
+            r.kind: {
+                "awards_per_second": round(r.per_second),
+                "mean_ms": round(r.mean_ms, 3),
+                "redis_calls_per_award": round(r.redis_calls_per_award, 2),
+            }
+            for r in results
         }
 
     def flusher(self, peak: float) -> None:

@@ -11,7 +11,7 @@ tokens come from an issuer that lives in real time. Verified tokens are cached u
 from __future__ import annotations
 
 import hmac
-import re
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import jwt
 
 from counters.errors import AuthError, ForbiddenError, InvalidRequest
+from counters.ids import USER_ID, is_whole
 
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 _CACHE_LIMIT = 65_536
+_MAX_EXP = 253_402_300_799  # 9999-12-31T23:59:59Z: later than any token may live
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +32,14 @@ class Principal:
     is_service: bool
 
 
+def is_service_caller(caller: str) -> bool:
+    """Whether a ``Principal.caller`` id names a service key (``"service:<n>"``)."""
+    return caller.startswith("service:")
+
+
 def check_user_id(user_id: str, where: str) -> str:
     """A valid user id, or ``InvalidRequest`` naming where it came from."""
-    if not USER_ID.match(user_id):
+    if not is_whole(USER_ID, user_id):
         raise InvalidRequest(
             f"{where} must be 1-128 characters of letters, digits and ._@:- "
             "starting with a letter or digit"
@@ -102,18 +108,32 @@ class Authenticator:
             )
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"Invalid token: {exc}") from exc
-        expires = claims["exp"]
-        if not isinstance(expires, int | float):
-            raise AuthError("Invalid token: 'exp' is not a number")
+        expires = _expiry(claims["exp"])
         if expires <= now:  # checked here rather than by PyJWT so that time is injectable
             raise AuthError("Token has expired")
         sub = claims["sub"]
-        if not isinstance(sub, str) or not USER_ID.match(sub):
+        if not isinstance(sub, str) or not is_whole(USER_ID, sub):
             raise AuthError("Invalid token: 'sub' is not a valid user id")
         if len(self._verified) >= _CACHE_LIMIT:  # evict the oldest entry (dicts keep order)
             del self._verified[next(iter(self._verified))]
         self._verified[token] = (sub, float(expires))
         return sub
+
+
+def _expiry(value: object) -> float:
+    """A token's ``exp`` as unix seconds; ``AuthError`` unless it is a finite number in range.
+
+    PyJWT parses the payload with ``json.loads``, which reads ``NaN``, ``Infinity`` and ``1e400``
+    (infinity) as floats and a 400-digit integer as an int that overflows ``float()``: each would
+    be a token that never expires, or a 500 (issue #10, item 10).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError("Invalid token: 'exp' is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AuthError("Invalid token: 'exp' is not a finite number")
+    if not 0 <= value <= _MAX_EXP:
+        raise AuthError("Invalid token: 'exp' is out of range")
+    return float(value)
 
 
 def _bearer(authorization: str | None) -> str:

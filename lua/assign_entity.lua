@@ -1,29 +1,56 @@
---[[ assign_entity: record or change the owner of an entity, in the entity's own bucket.
+--[[ assign_entity: record, transfer or restore the owner of an entity, in the entity's own slot.
 
-When the owner changes and the ledger is on, the same atomic step appends an `entity_owner`
-event to the entity's bucket stream, so Postgres learns every owner exactly in the order Redis
-applied them.
+The only writer of the owner record. Every change bumps the version and, with the ledger on,
+appends an `entity_owner` event carrying that version to the entity's bucket stream in the same
+atomic step, so Postgres applies owner changes in version order (persistence/writer.py keeps the
+highest version) and names the owner Redis names. No other key names an owner: award scripts
+read this record, so once a transfer has answered no award reaches the former owner.
 
-KEYS[1]  entity  STRING  ctr:{bE}:entity:<type>:<id>   the owner's user id
+KEYS[1]  entity  HASH    ctr:{bE}:entity:<type>:<id>   owner (user id), version (int)
 KEYS[2]  events  STREAM  ctr:{bE}:events               the entity's bucket's stream
 
-ARGV[1]  owner_id  string
-ARGV[2]  mode      string  "claim": set only if the entity has no owner; "assign": always set
-ARGV[3]  ledger    "0"|"1" "1": append the owner event (a durable store is configured)
-ARGV[4]  target    string  "<type>:<id>", recorded on the event
+ARGV[1]  owner_id    string
+ARGV[2]  mode        string  "claim": set only if nobody owns the entity (a creation)
+                             "assign": set whoever owns it (a service's record or a transfer)
+                             "restore": set owner and version from Postgres if Redis has none
+ARGV[3]  ledger      "0"|"1" "1": append the owner event (a durable store is configured)
+ARGV[4]  target      string  "<type>:<id>", recorded on the event
+ARGV[5]  may_create  "0"|"1" "0": a missing record must first be restored from Postgres
+ARGV[6]  version     int     the restored version ("restore" mode; else ignored)
+ARGV[7]  now_ms      int     unix milliseconds, recorded on the event
 
-Reply: {code, previous_owner}
-  code 1 recorded        previous_owner "" if none, else the owner it replaced
-  code 2 claim_refused   owned by previous_owner
+Reply: {code, previous_owner, version}
+  code 1 recorded              previous_owner "" if none; version: the record's version now
+  code 2 claim_refused         owned by previous_owner
+  code 8 needs_owner_restore   no record in Redis and may_create is "0": restore it from
+                               Postgres, then call again
 ]]
 
 local owner, mode, ledger, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local previous = redis.call('GET', KEYS[1]) or ''
+local may_create, restored_version, now_ms = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+
+local record = redis.call('HMGET', KEYS[1], 'owner', 'version')
+local previous, version = record[1] or '', tonumber(record[2]) or 0
+if mode == 'restore' then
+  if previous == '' then
+    redis.call('HSET', KEYS[1], 'owner', owner, 'version', restored_version)
+    return {1, '', restored_version}
+  end
+  return {1, previous, version}
+end
+if previous == '' and may_create ~= '1' then
+  return {8, '', 0}
+end
 if mode == 'claim' and previous ~= '' and previous ~= owner then
-  return {2, previous}
+  return {2, previous, version}
 end
-redis.call('SET', KEYS[1], owner)
-if ledger == '1' and previous ~= owner then
-  redis.call('XADD', KEYS[2], '*', 'kind', 'entity_owner', 'target', target, 'owner', owner)
+if previous == owner then
+  return {1, previous, version}
 end
-return {1, previous}
+version = version + 1
+redis.call('HSET', KEYS[1], 'owner', owner, 'version', version)
+if ledger == '1' then
+  redis.call('XADD', KEYS[2], '*', 'kind', 'entity_owner', 'target', target, 'owner', owner,
+    'version', version, 'ts', now_ms)
+end
+return {1, previous, version}

@@ -110,6 +110,8 @@ class OwnerChange(
 
     target: str  # "<type>:<id>"
     owner: str
+    version: int = 0  # the owner record's version after this change (absent before issue #10)
+    ts: int = 0  # unix milliseconds
 
 
 Event = (
@@ -164,6 +166,12 @@ class OwnerEvent:
     entity_id: str
     owner_id: str
     position: tuple[int, int]
+    version: int = 0  # the owner record's version in Redis: newer versions win
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """Which of two owner events of one entity is newer: version, then stream position."""
+        return (self.version, *self.position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +233,8 @@ def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent
         owner = fields.get("owner", "")
         if not (sep and entity_type and entity_id and owner):
             raise ValueError("entity_owner event without target <type>:<id> and owner")
-        return OwnerEvent(entity_type, entity_id, owner, position(stream_id))
+        version = _bigint(fields, "version") if "version" in fields else 0
+        return OwnerEvent(entity_type, entity_id, owner, position(stream_id), version)
     missing = [name for name in REQUIRED if not fields.get(name)]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import msgspec
 
 from counters.clock import Clock
-from counters.exp.entities import DurableOwnerLookup, Target
+from counters.exp.entities import DurableOwner, DurableOwnerLookup, Target
 from counters.exp.types import DayWindow
 from counters.redis.calls import HydrateUser, UserDayKeys
 from counters.redis.keys import UserKeys
@@ -90,7 +90,7 @@ def hydrate_call(user: DurableUser, window: DayWindow) -> HydrateUser:
 def durable_owner_lookup(store: Store) -> DurableOwnerLookup:
     """``Entities``'s cold-path owner lookup: only asked when Redis has no owner."""
 
-    async def lookup(target: Target) -> str | None:
+    async def lookup(target: Target) -> DurableOwner | None:
         return await store.owner_of(target.type, target.id)
 
     return lookup

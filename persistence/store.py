@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import asyncpg  # type: ignore[import-untyped]
 
 from counters.errors import StorageError
+from counters.exp.entities import DurableOwner
 from persistence.events import Batch
 from persistence.writer import WriteResult, write_batch
 
@@ -82,15 +83,16 @@ class Store:
         async with self.connection("write batch") as conn:
             return await write_batch(conn, batch)
 
-    async def owner_of(self, entity_type: str, entity_id: str) -> str | None:
-        """The recorded owner of an entity, or None."""
+    async def owner_of(self, entity_type: str, entity_id: str) -> DurableOwner | None:
+        """The recorded owner of an entity and the version of that record, or None."""
         async with self.connection("owner lookup") as conn:
-            owner: str | None = await conn.fetchval(
-                "SELECT owner_id FROM entity_owners WHERE entity_type = $1 AND entity_id = $2",
+            row = await conn.fetchrow(
+                "SELECT owner_id, version FROM entity_owners"
+                " WHERE entity_type = $1 AND entity_id = $2",
                 entity_type,
                 entity_id,
             )
-            return owner
+        return None if row is None else DurableOwner(row["owner_id"], row["version"])
 
     async def load_user(self, user_id: str, day: str) -> DurableUser:
         """The user's durable totals and ``day``'s awards; an unknown user is an empty one."""

@@ -49,12 +49,14 @@ WHERE excluded.seq > t.seq OR excluded.exp_seq > t.exp_seq OR excluded.xp_seq > 
 """
 
 _UPSERT_OWNERS = """
-INSERT INTO entity_owners AS o (entity_type, entity_id, owner_id, position_ms, position_seq)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+INSERT INTO entity_owners AS o
+    (entity_type, entity_id, owner_id, position_ms, position_seq, version)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
 ON CONFLICT (entity_type, entity_id) DO UPDATE SET
     owner_id = excluded.owner_id, position_ms = excluded.position_ms,
-    position_seq = excluded.position_seq, updated_at = now()
-WHERE (excluded.position_ms, excluded.position_seq) > (o.position_ms, o.position_seq)
+    position_seq = excluded.position_seq, version = excluded.version, updated_at = now()
+WHERE (excluded.version, excluded.position_ms, excluded.position_seq)
+    > (o.version, o.position_ms, o.position_seq)
 """
 
 _QUARANTINE = """
@@ -175,7 +177,7 @@ def _owner_columns(owners: list[OwnerEvent]) -> list[list[object]]:
     latest: dict[tuple[str, str], OwnerEvent] = {}
     for owner in owners:  # one row per entity: a statement may not update a row twice
         key = (owner.entity_type, owner.entity_id)
-        if key not in latest or owner.position > latest[key].position:
+        if key not in latest or owner.order > latest[key].order:
             latest[key] = owner
     chosen = list(latest.values())
     return [
@@ -184,4 +186,5 @@ def _owner_columns(owners: list[OwnerEvent]) -> list[list[object]]:
         [o.owner_id for o in chosen],
         [o.position[0] for o in chosen],
         [o.position[1] for o in chosen],
+        [o.version for o in chosen],
     ]

@@ -85,6 +85,8 @@ def _award_request(caller: str, raw: msgspec.Raw) -> AwardRequest:
         item = item_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid award: {exc}") from exc
+    except RecursionError as exc:  # a Raw item is checked only for shape when the body decodes
+        raise InvalidRequest("Invalid award: nested too deeply") from exc
     gain = GainRequest(action=item.action, target_type=item.target_type, target_id=item.target_id)
     idem = idempotency_of(caller, item.idempotency_key, _SINGLE_ROUTE, item.user_id, gain)
     return AwardRequest(Principal(item.user_id, caller, True), item.action, gain_target(gain), idem)

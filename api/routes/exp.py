@@ -21,7 +21,6 @@ from api.http import (
     services,
 )
 from api.schemas.exp import (
-    TARGET_ID,
     AdjustResponse,
     GainRequest,
     GainResponse,
@@ -37,6 +36,7 @@ from counters.errors import InvalidRequest, NotFound
 from counters.exp.entities import Target
 from counters.exp.levels import progress
 from counters.exp.types import AwardResult
+from counters.ids import TARGET_ID, is_whole
 from counters.redis.codes import AwardOutcome
 from counters.runtime.services import Services
 
@@ -160,7 +160,7 @@ async def assign_owner(request: Request) -> Response:
     known = {t for action in svc.exp.rules.actions.values() for t in action.target_types}
     if target_type not in known:
         raise NotFound(f"Unknown target_type '{target_type}'; known: {', '.join(sorted(known))}")
-    if not TARGET_ID.match(target_id):
+    if not is_whole(TARGET_ID, target_id):
         raise InvalidRequest("target_id must be 1-128 letters, digits and _.- characters")
     req = decode(await read_body(request), owner_decoder)
     previous = await svc.entities.assign(Target(target_type, target_id), req.owner_id)

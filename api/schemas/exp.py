@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 
 from api.schemas.common import Request
-from counters.auth import USER_ID
 from counters.exp.levels import Progress
+from counters.ids import TARGET_ID, USER_ID
 from counters.rules.xp import Name
 
-TARGET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TargetType = Name
 TargetId = (
     Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]

@@ -10,9 +10,10 @@ import msgspec
 from api.schemas.common import Request
 from api.schemas.exp import UserId
 from counters.clock import to_datetime
+from counters.ids import TRANSACTION_ID
 from counters.rules.xp import XpRules
 from counters.xp.guidance import RecommendedTier, TierInfo, XpCheck, tier_info
-from counters.xp.service import TRANSACTION_ID, XpChange
+from counters.xp.service import XpChange
 from counters.xp.state import XpState
 
 XpAmount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]

@@ -1,26 +1,32 @@
 """Who owns an entity (character, scene, persona): the user creator-targeted awards go to.
 
-The owner is recorded twice: ``entity:<type>:<id>`` in the entity's own bucket (to look it up),
-and an ``owned`` marker in the owner's bucket that award scripts check, so a stale cached owner is
-caught inside the same atomic step as the award. Owners are cached in-process for a short time:
-a creator-targeted award is then one round trip, like any other.
+One record per entity, in the entity's own slot (``ctr:{bE}:entity:<type>:<id>``: owner,
+version), written only by ``lua/assign_entity.lua``. A change bumps the version and appends an
+``entity_owner`` event with it to the entity's bucket stream in the same atomic step, so Postgres
+applies owner changes in version order and names the owner Redis names. Nothing caches an owner:
+award scripts read the record (``lua/reserve_creator_award.lua``), so once a transfer answered,
+no worker pays the former owner.
+
+Only services record or transfer ownership (``ExpService`` checks the credential; issue #10,
+item 6). When Redis has no record (a new entity, or Redis lost it) and a durable store is
+configured, the record is restored from Postgres first, with its version, then the claim or the
+award runs again: a claim never overwrites an owner Postgres knows.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from counters.errors import ConflictError, StorageError
-from counters.redis import keys
+from counters.clock import Clock
+from counters.errors import ConflictError, ScriptReplyError
 from counters.redis.calls import AssignEntity, AssignEntityKeys
-from counters.redis.codes import AssignOutcome
+from counters.redis.codes import AssignOutcome, OwnerRestore
+from counters.redis.keys import EntityKeys
 from counters.redis.scripts import Scripts
+
+_CLAIM_REFUSED = AssignOutcome.CLAIM_REFUSED
+_NEEDS_OWNER_RESTORE = OwnerRestore.NEEDS_OWNER_RESTORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,96 +38,82 @@ class Target:
         return f"{self.type}:{self.id}"
 
 
+@dataclass(frozen=True, slots=True)
+class DurableOwner:
+    """An owner as Postgres recorded it: the user, and the version of that record."""
+
+    owner_id: str
+    version: int
+
+
 # Looks an owner up in the durable store when Redis has none (wired by the persistence layer).
-DurableOwnerLookup = Callable[[Target], Awaitable[str | None]]
+DurableOwnerLookup = Callable[[Target], Awaitable[DurableOwner | None]]
 
 
 class Entities:
     def __init__(
         self,
-        redis: Redis,
         scripts: Scripts,
         buckets: int,
+        clock: Clock,
         durable_lookup: DurableOwnerLookup | None = None,
-        cache_seconds: float = 30.0,
-        cache_size: int = 100_000,
     ) -> None:
-        self._redis = redis
         self._scripts = scripts
         self._buckets = buckets
+        self._clock = clock
         self._durable_lookup = durable_lookup
-        self._cache_seconds = cache_seconds
-        self._cache_size = cache_size
-        self._cache: OrderedDict[Target, tuple[str, float]] = OrderedDict()
 
-    async def owner_of(self, target: Target) -> str | None:
-        """The owner of ``target``, or None when nobody owns it."""
-        cached = self._cache.get(target)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        # Through the auto-pipeline: the lookup shares the tick's write with other requests'.
-        owner = await self._scripts.get(keys.entity_key(target.type, target.id, self._buckets))
-        if owner is None and self._durable_lookup is not None:
-            owner = await self._durable_lookup(target)
-            if owner is not None:
-                await self._record(target, owner, previous="")
-        if owner is not None:
-            self._remember(target, owner)
-        return owner
+    @property
+    def may_create(self) -> str:
+        """``may_create`` of the entity scripts: "0" when a missing record may be in Postgres."""
+        return "0" if self._durable_lookup is not None else "1"
 
-    async def repair_marker(self, target: Target) -> str | None:
-        """Forget the cached owner, look it up afresh and make sure its marker is in place."""
-        self._cache.pop(target, None)
-        owner = await self.owner_of(target)
-        if owner is not None:
-            await self._set(keys.UserKeys.of(owner, self._buckets).owned(target.type, target.id))
-        return owner
+    def keys(self, target: Target) -> EntityKeys:
+        return EntityKeys.of(target.type, target.id, self._buckets)
 
     async def claim(self, target: Target, owner: str) -> None:
-        """Record ``owner`` as the creator of a new entity; refused if somebody else owns it."""
+        """Record ``owner`` as the creator of a new entity; ``ConflictError`` if somebody else
+        owns it (in Redis, or in Postgres when Redis lost the record)."""
         code, _previous = await self._assign_entity(target, owner, "claim")
-        if code == AssignOutcome.CLAIM_REFUSED:
+        if code == _CLAIM_REFUSED:
             raise ConflictError(f"{target.type} {target.id} is already owned by another user")
-        self._remember(target, owner)
 
     async def assign(self, target: Target, owner: str) -> str | None:
         """Make ``owner`` the owner (a transfer, or a service's record); returns the previous."""
         _, previous = await self._assign_entity(target, owner, "assign")
-        await self._record(target, owner, previous)
-        self._remember(target, owner)
         return previous or None
 
+    async def restore(self, target: Target) -> bool:
+        """Put Postgres's owner record back into Redis (unless Redis has one again); False when
+        Postgres knows no owner either."""
+        if self._durable_lookup is None:
+            return False
+        found = await self._durable_lookup(target)
+        if found is None:
+            return False
+        await self._run(target, found.owner_id, "restore", "1", found.version)
+        return True
+
     async def _assign_entity(self, target: Target, owner: str, mode: str) -> tuple[int, str]:
-        """Run assign_entity.lua; with a durable store it also ledgers an owner change."""
-        identity = str(target)
-        entity = keys.entity_key(target.type, target.id, self._buckets)
-        stream = keys.stream_key(keys.bucket_of(identity, self._buckets))
+        code, previous = await self._run(target, owner, mode, self.may_create, 0)
+        if code == _NEEDS_OWNER_RESTORE:
+            await self.restore(target)
+            code, previous = await self._run(target, owner, mode, "1", 0)
+        if code not in AssignOutcome.__members__.values():
+            raise ScriptReplyError(f"assign_entity replied with unknown code {code}")
+        return code, previous
+
+    async def _run(
+        self, target: Target, owner: str, mode: str, may_create: str, version: int
+    ) -> tuple[int, str]:
+        keys = self.keys(target)
         ledger = "1" if self._durable_lookup is not None else "0"
-        code, previous = await self._scripts.run(
-            AssignEntityKeys(entity=entity, events=stream),
-            AssignEntity(owner_id=owner, mode=mode, ledger=ledger, target=identity),
-        )
+        now_ms = int(self._clock.now() * 1000)
+        code, previous, _version = await self._scripts.run(
+            AssignEntityKeys(entity=keys.owner, events=keys.events),
+            AssignEntity(
+                owner_id=owner, mode=mode, ledger=ledger, target=str(target),
+                may_create=may_create, version=version, now_ms=now_ms,
+            ),
+        )  # fmt: skip
         return int(code), str(previous)
-
-    async def _record(self, target: Target, owner: str, previous: str) -> None:
-        new_marker = keys.UserKeys.of(owner, self._buckets).owned(target.type, target.id)
-        try:
-            if previous and previous != owner:
-                old = keys.UserKeys.of(previous, self._buckets).owned(target.type, target.id)
-                await self._redis.delete(old)
-            await self._redis.set(keys.entity_key(target.type, target.id, self._buckets), owner)
-            await self._redis.set(new_marker, "1")
-        except RedisError as exc:
-            raise StorageError(f"record owner: {exc}") from exc
-
-    async def _set(self, key: str) -> None:
-        try:
-            await self._redis.set(key, "1")
-        except RedisError as exc:
-            raise StorageError(f"record owner: {exc}") from exc
-
-    def _remember(self, target: Target, owner: str) -> None:
-        self._cache[target] = (owner, time.monotonic() + self._cache_seconds)
-        self._cache.move_to_end(target)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)

@@ -1,8 +1,11 @@
 """EXP and levels: awards with per-action daily limits and level-based daily caps, corrections.
 
-Each operation is one Lua script (one round trip); this module chooses the keys, passes the
-rules as arguments and decodes the fixed-shape reply. Reaching a limit or a cap is an outcome,
-not an error.
+An award to oneself (``daily_chat``, ``create_*``) is one Lua script, one round trip, in the
+acting user's slot, its idempotency record there too. A creator-targeted award (a like, a fork)
+spans the actor's, the entity's and the owner's slots: ``counters.exp.creator`` runs it as a
+short protocol of single-slot scripts that stays exact (see lua/reserve_creator_award.lua).
+This module chooses the keys, passes the rules as arguments and decodes the fixed-shape reply.
+Reaching a limit or a cap is an outcome, not an error.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ import msgspec
 from counters.auth import Principal
 from counters.clock import Clock, next_utc_midnight, utc_day
 from counters.errors import (
-    ConflictError,
     ForbiddenError,
     InvalidRequest,
-    NotFound,
     RequestError,
     ScriptReplyError,
     StorageError,
 )
+from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
 from counters.exp.types import (
     Adjustment,
@@ -44,7 +46,7 @@ from counters.redis.calls import (
     UserDayKeys,
     UserWriteKeys,
 )
-from counters.redis.codes import AdjustOutcome, AwardOutcome, AwardRetry, Hydration
+from counters.redis.codes import AdjustOutcome, AwardOutcome, Hydration
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
@@ -52,8 +54,7 @@ from counters.redis.scripts import Scripts
 from counters.rules import Action, ExpRules
 from counters.rules.metrics import count_shadow_refusal
 
-_NOT_OWNER = AwardRetry.NOT_OWNER
-_RUN_AGAIN = (Hydration.NEEDS_HYDRATION, _NOT_OWNER)  # awards a batch runs again one by one
+_NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION  # awards a batch runs again one by one
 _UNREACHABLE = 10**12  # a limit or cap no day reaches: how a shadow rule is passed to Lua
 
 
@@ -81,7 +82,12 @@ class ExpService:
         self._day_jitter = day_jitter
         self._may_create = may_create_arg(hydrator)
         self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
+        self._creator = CreatorAwards(self, scripts, entities, buckets, idempotency_ttl)
         self.use_rules(rules)
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def use_rules(self, rules: ExpRules) -> None:
         """Serve ``rules`` from the next award on (a reload); today's counters are kept.
@@ -90,7 +96,7 @@ class ExpService:
         in between, so a request sees either the old rules or the new ones, never a mix.
         """
         thresholds = msgspec.json.encode(list(rules.thresholds)).decode()  # Levels.list
-        # A cap in shadow mode is passed as unreachable; _award_result compares with the real one.
+        # A cap in shadow mode is passed as unreachable; award_result compares with the real one.
         caps = [
             _UNREACHABLE if shadow else cap
             for cap, shadow in zip(rules.caps_by_level, rules.shadow_caps_by_level, strict=True)
@@ -122,14 +128,12 @@ class ExpService:
         idem: Idempotency | None,
     ) -> AwardResult:
         """Award EXP for one action by ``principal`` (to its user, or to the target's owner)."""
-        for attempt in range(2):
-            call = await self.prepare_award(principal, action_name, target, idem)
-            try:
-                return await self._run_award(call)
-            except _StaleOwner:
-                if attempt == 0 and call.target is not None:
-                    await self._entities.repair_marker(call.target)
-        raise ScriptReplyError(f"owner of {target} kept changing")
+        call = await self.prepare_award(principal, action_name, target, idem)
+        if call is None:
+            action = self.action(action_name)
+            assert target is not None  # prepare_award checked it
+            return await self._creator.award(principal.user_id, action_name, action, target, idem)
+        return await self._run_award(call)
 
     async def award_many(
         self, requests: Sequence[AwardRequest]
@@ -137,31 +141,34 @@ class ExpService:
         """Many awards, each checked and applied on its own (its own outcome or error, in order),
         their scripts run in one pipelined round trip. Not a transaction: each award is atomic.
 
-        The rare award whose user must first be hydrated, or whose target's owner changed, runs
-        after the others, through the single path (a user's such awards in the batch's order).
+        The rare award whose user must first be hydrated, and every creator-targeted award (a
+        protocol of several steps), run after the others, through the single path (one acting
+        user's such awards in the batch's order).
         """
         prepared = await asyncio.gather(
             *(self.prepare_award(*request) for request in requests), return_exceptions=True
         )
         results: list[AwardResult | RequestError | StorageError | None] = [None] * len(requests)
         calls: list[tuple[int, AwardCall]] = []
+        again: dict[str, list[int]] = {}  # by acting user
         for index, item in enumerate(prepared):
             if isinstance(item, AwardCall):
                 calls.append((index, item))
+            elif item is None:
+                again.setdefault(requests[index].principal.user_id, []).append(index)
             elif isinstance(item, RequestError | StorageError):
                 results[index] = item
             else:
                 raise item
         replies = await self._scripts.run_many([(call.keys, call.call) for _, call in calls])
-        again: dict[str, list[int]] = {}  # by receiving user
         for (index, call), reply in zip(calls, replies, strict=True):
             if isinstance(reply, StorageError):
                 results[index] = reply
-            elif reply[0] in _RUN_AGAIN:
+            elif reply[0] == _NEEDS_HYDRATION:
                 again.setdefault(call.user_id, []).append(index)
             else:
                 try:
-                    results[index] = self._award_result(call, reply)
+                    results[index] = self.award_result(call, reply)
                 except (RequestError, StorageError) as exc:
                     results[index] = exc
 
@@ -183,73 +190,68 @@ class ExpService:
         action_name: str,
         target: Target | None,
         idem: Idempotency | None,
-    ) -> AwardCall:
-        """Check an award and build its script call: claims the target, or finds its owner."""
+    ) -> AwardCall | None:
+        """Check an award and build its script call; None for a creator-targeted award (run by
+        ``counters.exp.creator``). A service's ``create_*`` claims the target first; a user
+        token's earns its EXP and claims nothing (only services record ownership)."""
         action = self.action(action_name)
         if not action.user_may_trigger and not principal.is_service:
             raise ForbiddenError(f"{action_name} may only be triggered by a service")
         target = self._check_target(action_name, action, target)
         actor = principal.user_id
-        if action.awards == "actor":
-            mode = "actor"
-            if target is not None and action.records_ownership:
-                await self._entities.claim(target, actor)
-                mode = "actor_owns"
-            return self._award_call(action_name, action, actor, actor, target, idem, mode)
-        assert target is not None
-        owner = await self._entities.owner_of(target)
-        if owner is None:
-            raise NotFound(f"Unknown {target.type} {target.id}: no owner is recorded")
-        if owner == actor:
-            raise ConflictError(f"{action_name} on your own {target.type} awards nothing")
-        mode = "creator_once" if action.once_per_actor else "creator"
-        return self._award_call(action_name, action, owner, actor, target, idem, mode)
+        if action.awards == "creator":
+            return None
+        if target is not None and action.records_ownership and principal.is_service:
+            await self._entities.claim(target, actor)
+        fingerprint, idem_key = script_args(idem)
+        user = UserKeys.of(actor, self._buckets)
+        record = user.idempotency(idem.caller, idem.key) if idem else user.unused
+        return self.award_call(
+            action_name, action, actor, actor, target, record, fingerprint, idem_key
+        )
 
-    def _award_call(
+    def award_call(
         self,
         action_name: str,
         action: Action,
         user_id: str,
         actor: str,
         target: Target | None,
-        idem: Idempotency | None,
-        mode: str,
+        record: str,
+        fingerprint: str,
+        idem_key: str,
     ) -> AwardCall:
+        """The award_exp call paying ``user_id``; ``record`` is the request's at-most-once
+        record in that user's slot (used when ``fingerprint`` is not empty)."""
         now = self._clock.now()
         window = self.window(user_id, now)
         user = UserKeys.of(user_id, self._buckets)
-        fingerprint, idem_key = script_args(idem)
-        unused = user.unused
-        keys = AwardExpKeys(  # user, today, events, idem, owned, likers
-            user.user,
-            user.day(window.day),
-            user.events,
-            user.idempotency(idem.caller, idem.key) if idem else unused,
-            user.owned(target.type, target.id) if target and mode != "actor" else unused,
-            user.likers(target.type, target.id) if target and mode == "creator_once" else unused,
-        )
-        # Positional, in AwardExp's field order: on the hot path msgspec builds a 17-field Struct
+        keys = AwardExpKeys(user.user, user.day(window.day), user.events, record)
+        # Positional, in AwardExp's field order: on the hot path msgspec builds a 15-field Struct
         # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
         # ::test_the_award_call_names_every_argument checks every field gets its value.
         call = AwardExp(
             user_id, action_name, action.exp, 0 if action.shadow else action.daily_limit or 0,
             self._thresholds, self._caps, window.day, window.ttl, int(now * 1000), fingerprint,
-            self._idempotency_ttl, mode, actor, self.rules.liker_memory_days * 86_400,
-            self._may_create, str(target) if target else "", idem_key,
+            self._idempotency_ttl, actor, self._may_create, str(target) if target else "",
+            idem_key,
         )  # fmt: skip
         return AwardCall(action_name, action, user_id, actor, target, keys, call)
 
+    async def run_award(self, call: AwardCall) -> AwardResult:
+        """Run one award_exp call (hydrating its user first if Redis lost it)."""
+        return await self._run_award(call)
+
     async def _run_award(self, call: AwardCall) -> AwardResult:
         reply = await self._run(call.user_id, call.keys, call.call)
-        return self._award_result(call, reply)
+        return self.award_result(call, reply)
 
     def _run(self, user_id: str, keys: Keys, call: Call) -> Awaitable[list[Any]]:
         return run_hydrated(self._hydrator, self._scripts, user_id, keys, call)
 
-    def _award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
+    def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
+        """The typed result of an award_exp reply (or of a stored one) for ``call``."""
         code, added, total, level, previous, gained, count, _seq, replayed = reply
-        if code == _NOT_OWNER:
-            raise _StaleOwner
         reject_reused_key(code)
         try:
             outcome = AwardOutcome(code)
@@ -333,7 +335,3 @@ class ExpService:
         if code != AdjustOutcome.ADJUSTED:
             raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
         return Adjustment(user_id, applied, total, level, previous, bool(replayed))
-
-
-class _StaleOwner(Exception):
-    """The cached owner no longer owns the target; look it up again."""

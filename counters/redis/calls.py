@@ -24,12 +24,17 @@ import msgspec
 from counters.redis.codes import (
     AdjustOutcome,
     AssignOutcome,
+    AwardApplied,
     AwardOutcome,
-    AwardRetry,
     Hydration,
     ImportSkip,
     KeyReuse,
+    OwnerRestore,
     ReadOutcome,
+    RecallOutcome,
+    RememberOutcome,
+    ReserveOutcome,
+    SettleOutcome,
     WriteIfOutcome,
     XpOutcome,
 )
@@ -87,17 +92,33 @@ class ImportUserKeys(UserWriteKeys, frozen=True):
 
 
 class AwardExpKeys(Keys, frozen=True):
+    """``record``: the request's idempotency record (an award to oneself) or its request id's
+    at-most-once record (a creator-targeted award), in the receiving user's slot."""
+
     user: str
     today: str
     events: str
-    idem: str
-    owned: str
-    likers: str
+    record: str
 
 
 class AssignEntityKeys(Keys, frozen=True):
     entity: str
     events: str
+
+
+class ReserveKeys(Keys, frozen=True):
+    """The entity's owner record, and its once-per-actor HASH or keyed request STRING."""
+
+    entity: str
+    record: str
+
+
+class OnceKey(Keys, frozen=True):
+    once: str
+
+
+class IdemKey(Keys, frozen=True):
+    idem: str
 
 
 # -- EXP ----------------------------------------------------------------------------------------
@@ -106,7 +127,7 @@ class AssignEntityKeys(Keys, frozen=True):
 class AwardExp(Call, frozen=True):
     SCRIPT = "award_exp"
     KEYS = AwardExpKeys
-    CODES = (AwardOutcome, AwardRetry, Hydration, KeyReuse)
+    CODES = (AwardApplied, Hydration, KeyReuse)
 
     user_id: str
     action: str
@@ -119,9 +140,7 @@ class AwardExp(Call, frozen=True):
     now_ms: int
     fingerprint: str
     idem_ttl: int
-    mode: str
     actor: str
-    likers_ttl: int
     may_create: str
     target: str
     idem_key: str
@@ -155,12 +174,62 @@ class ReadExp(Call, frozen=True):
 class AssignEntity(Call, frozen=True):
     SCRIPT = "assign_entity"
     KEYS = AssignEntityKeys
-    CODES = (AssignOutcome,)
+    CODES = (AssignOutcome, OwnerRestore)
 
     owner_id: str
     mode: str
     ledger: str
     target: str
+    may_create: str
+    version: int
+    now_ms: int
+
+
+# -- a creator-targeted award's steps (counters/exp/creator.py) ---------------------------------
+
+
+class RecallRequest(Call, frozen=True):
+    SCRIPT = "recall_request"
+    KEYS = IdemKey
+    CODES = (RecallOutcome, AwardOutcome, KeyReuse)
+
+    fingerprint: str
+
+
+class ReserveCreatorAward(Call, frozen=True):
+    SCRIPT = "reserve_creator_award"
+    KEYS = ReserveKeys
+    CODES = (ReserveOutcome, OwnerRestore)
+
+    actor: str
+    rid: str
+    fingerprint: str
+    mode: str
+    now_ms: int
+    stale_ms: int
+    once_ttl: int
+    may_create: str
+
+
+class SettleCreatorAward(Call, frozen=True):
+    SCRIPT = "settle_creator_award"
+    KEYS = OnceKey
+    CODES = (SettleOutcome,)
+
+    actor: str
+    rid: str
+    outcome: str
+    once_ttl: int
+
+
+class RememberRequest(Call, frozen=True):
+    SCRIPT = "remember_request"
+    KEYS = IdemKey
+    CODES = (RememberOutcome,)
+
+    fingerprint: str
+    idem_ttl: int
+    reply: str
 
 
 # -- users put back or repaired -----------------------------------------------------------------
@@ -287,7 +356,8 @@ class ImportUser(XpCall, frozen=True):
 
 
 CALLS: tuple[type[Call], ...] = (
-    AwardExp, AdjustExp, ReadExp, AssignEntity, HydrateUser, RepairUser, ReadXp,
+    AwardExp, AdjustExp, ReadExp, AssignEntity, RecallRequest, ReserveCreatorAward,
+    SettleCreatorAward, RememberRequest, HydrateUser, RepairUser, ReadXp,
     CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
     ImportUser,
 )  # fmt: skip

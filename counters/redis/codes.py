@@ -27,7 +27,7 @@ class KeyReuse(IntEnum):
 
 
 class AwardOutcome(IntEnum):
-    """What ``award_exp`` did: the outcomes a caller of ``POST /api/exp/gain`` sees."""
+    """The outcomes a caller of ``POST /api/exp/gain`` sees (stored in idempotency records)."""
 
     AWARDED = 1
     LIMIT_REACHED = 2
@@ -35,10 +35,50 @@ class AwardOutcome(IntEnum):
     ALREADY_TRIGGERED = 4
 
 
-class AwardRetry(IntEnum):
-    """``award_exp`` refused because the cached owner of the target is stale: look it up again."""
+class AwardApplied(IntEnum):
+    """What ``award_exp`` did in the receiving user's slot (same values as ``AwardOutcome``;
+    a repeated once-per-actor action is refused in the entity's slot, by
+    ``reserve_creator_award``)."""
 
-    NOT_OWNER = 5
+    AWARDED = 1
+    LIMIT_REACHED = 2
+    CAP_REACHED = 3
+
+
+class OwnerRestore(IntEnum):
+    """The entity's owner record is missing from Redis and a durable store is configured:
+    restore it from Postgres (``Entities.restore``), then call again."""
+
+    NEEDS_OWNER_RESTORE = 8
+
+
+class ReserveOutcome(IntEnum):
+    """Step B of a creator-targeted award (``reserve_creator_award``, the entity's slot)."""
+
+    RESERVED = 1
+    ALREADY_TRIGGERED = 4
+    PENDING = 9
+    NO_OWNER = 10
+    OWN_ENTITY = 11
+
+
+class SettleOutcome(IntEnum):
+    """Step D (``settle_creator_award``): the reservation of that request id done or released."""
+
+    NOT_SETTLED = 0
+    SETTLED = 1
+
+
+class RecallOutcome(IntEnum):
+    """Step A (``recall_request``): no answer recorded yet (else the stored ``AwardOutcome``)."""
+
+    NO_RECORD = 0
+
+
+class RememberOutcome(IntEnum):
+    """Step E (``remember_request``): the answer is recorded."""
+
+    REMEMBERED = 1
 
 
 class AdjustOutcome(IntEnum):

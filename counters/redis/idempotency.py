@@ -8,13 +8,11 @@ request's fingerprint: the same key with a different request is refused.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 from counters.errors import IdempotencyMismatch, InvalidRequest
+from counters.ids import IDEMPOTENCY_KEY, is_whole
 from counters.redis.codes import KeyReuse
-
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 _KEY_REUSED = KeyReuse.KEY_REUSED
 
@@ -30,7 +28,7 @@ class Idempotency:
         """The idempotency of one request, or None when it carries no ``Idempotency-Key``."""
         if key is None:
             return None
-        if not _KEY.match(key):
+        if not is_whole(IDEMPOTENCY_KEY, key):
             raise InvalidRequest(
                 "Idempotency-Key must be 1-255 visible ASCII characters without spaces"
             )

@@ -1,23 +1,47 @@
 """Every Redis key name, built here and nowhere else.
 
-Each user belongs to one of ``buckets`` buckets (crc32 of the id). All keys of one user, and the
-event stream of the user's bucket, carry the bucket's hash tag ``{bN}``, so every script touches
-one Cluster slot and runs unchanged on Redis Cluster. The bucket count is fixed for the life of
-a deployment (changing it moves every key).
+Each user belongs to one of ``buckets`` buckets (crc32 of the id), and so does each entity (crc32
+of ``<type>:<id>``). All keys of one identity, and the event stream of its bucket, carry the
+bucket's hash tag ``{bN}``, so every script touches one Cluster slot and runs unchanged on Redis
+Cluster. The bucket count is fixed for the life of a deployment (changing it moves every key).
+
+A record belongs to the identity it describes (issue #10): a request's idempotency record to the
+acting user, an award's at-most-once record to the user it pays, an entity's owner and its
+once-per-actor records to the entity. Ids may contain ``:``; a key built from two of them
+(caller and Idempotency-Key) hashes them, length-prefixed, so no two pairs share a key.
+
+What rebuilds each record after a Redis loss (from the ledger stream, persistence/events.py):
+an owner from its ``entity_owner`` events (owner, version); a once-per-actor entry ("done")
+from the ``exp_award`` rows of once-per-actor actions (actor, target, action, paid user); users
+and days by hydration. Idempotency and award records are not ledgered beyond the key on the
+award event: a retry after a loss of Redis and of its record may be applied again.
 
     ctr:{bN}:user:<uid>                 HASH    exp, level, seq, xp (the XP state, JSON), ...
                                                 (every write sets seq: no seq, no user)
     ctr:{bN}:day:<YYYYMMDD>:<uid>       HASH    exp gained and a:<action> counts that UTC day
-    ctr:{bN}:idem:<caller>:<key>        STRING  fingerprint and reply of an idempotent write
-    ctr:{bN}:events                     STREAM  the ledger events of the bucket's users
-    ctr:{bN}:owned:<type>:<id>          STRING  present while the bucket's user owns the entity
-    ctr:{bN}:likers:<type>:<id>         SET     actors who already triggered a once-per-actor award
+    ctr:{bN}:idem:<digest>              STRING  "<fingerprint>|<reply json>" of an idempotent
+                                                request; digest = request_digest(caller, uid, key)
+                                                of the ACTING user uid, kept idempotency_ttl
+    ctr:{bN}:award:<rid>                STRING  "<fingerprint>|<reply json>": the creator award
+                                                with request id rid, applied to this (receiving)
+                                                user at most once; kept idempotency_ttl
+    ctr:{bN}:events                     STREAM  the ledger events of the bucket's users and
+                                                entities (entity_owner events carry a version)
     ctr:{bN}:xptx:<uid>:<txid>          STRING  an XP debit or hold (JSON), kept for refunds
-    ctr:{bE}:entity:<type>:<id>         STRING  owner id, in the entity's own bucket
+    ctr:{bE}:entity:<type>:<id>         HASH    owner (user id), version (int, +1 per change):
+                                                in the entity's own bucket, changed only by
+                                                lua/assign_entity.lua
+    ctr:{bE}:request:<rid>              STRING  the owner a keyed creator award that is not once per
+                                                actor chose (its retries pay the same), idem TTL
+    ctr:{bE}:once:<action>:<type>:<id>  HASH    actor -> JSON {"state": "pending"|"done", "rid",
+                                                "owner", "fp", "ts"}: who triggered a
+                                                once-per-actor action on the entity (whoever owns
+                                                it), kept liker_memory_days after the last write
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -61,13 +85,12 @@ class UserKeys:
         return f"{self.tag}:events"
 
     def idempotency(self, caller: str, key: str) -> str:
-        return f"{self.tag}:idem:{caller}:{key}"
+        """The record of ``caller``'s request with Idempotency-Key ``key`` acting as this user."""
+        return f"{self.tag}:idem:{request_digest(caller, self.user_id, key)}"
 
-    def owned(self, target_type: str, target_id: str) -> str:
-        return f"{self.tag}:owned:{target_type}:{target_id}"
-
-    def likers(self, target_type: str, target_id: str) -> str:
-        return f"{self.tag}:likers:{target_type}:{target_id}"
+    def award_record(self, request_id: str) -> str:
+        """The at-most-once record of creator award ``request_id`` paid to this user."""
+        return f"{self.tag}:award:{request_id}"
 
     @property
     def imports(self) -> str:
@@ -84,7 +107,44 @@ class UserKeys:
         return f"{self.tag}:unused"
 
 
-def entity_key(target_type: str, target_id: str, buckets: int) -> str:
-    """Where the owner of an entity is looked up, in the entity's own bucket."""
-    identity = f"{target_type}:{target_id}"
-    return f"{bucket_tag(bucket_of(identity, buckets))}:entity:{identity}"
+@dataclass(frozen=True, slots=True)
+class EntityKeys:
+    """The keys of one entity (``<type>:<id>``); every one shares the entity's hash tag."""
+
+    identity: str  # "<type>:<id>": neither part contains ":" (counters/ids.py)
+    tag: str
+
+    @classmethod
+    def of(cls, target_type: str, target_id: str, buckets: int) -> EntityKeys:
+        identity = f"{target_type}:{target_id}"
+        return cls(identity, bucket_tag(bucket_of(identity, buckets)))
+
+    @property
+    def owner(self) -> str:
+        """HASH owner, version: who owns the entity."""
+        return f"{self.tag}:entity:{self.identity}"
+
+    def once(self, action: str) -> str:
+        """HASH actor -> JSON: who already triggered once-per-actor ``action`` on the entity."""
+        return f"{self.tag}:once:{action}:{self.identity}"
+
+    def request(self, request_id: str) -> str:
+        """STRING: the owner keyed creator award ``request_id`` pays (not once-per-actor)."""
+        return f"{self.tag}:request:{request_id}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
+
+    @property
+    def unused(self) -> str:
+        return f"{self.tag}:unused"
+
+
+def request_digest(caller: str, acting_user: str, key: str) -> str:
+    """A fixed-size name for (caller, acting user, Idempotency-Key): each part length-prefixed,
+    so ``("a:b", "c")`` and ``("a", "b:c")`` never meet. Also the request id (rid) of a keyed
+    creator award: its retries carry the same rid to every slot they touch."""
+    parts = (caller, acting_user, key)
+    raw = b"".join(len(p.encode()).to_bytes(4, "big") + p.encode() for p in parts)
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()

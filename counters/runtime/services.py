@@ -73,7 +73,7 @@ class Services:
             )  # fmt: skip
         hydrator = hydrator or NoDurableStore()
         owner_lookup = durable_owner_lookup(store) if store is not None else None
-        entities = Entities(redis, scripts, settings.key_buckets, durable_lookup=owner_lookup)
+        entities = Entities(scripts, settings.key_buckets, clock, durable_lookup=owner_lookup)
         exp = ExpService(
             rules.exp, scripts, entities, hydrator, clock,
             buckets=settings.key_buckets,

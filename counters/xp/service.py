@@ -8,15 +8,16 @@ does not allow a generation, is an outcome, not an error.
 
 from __future__ import annotations
 
-import re
 import secrets
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from counters.auth import is_service_caller
 from counters.clock import Clock, to_datetime
-from counters.errors import InvalidRequest, NotFound
+from counters.errors import ForbiddenError, InvalidRequest, NotFound
+from counters.ids import TRANSACTION_ID, is_whole
 from counters.redis.calls import (
     CancelSubscription,
     CaptureHold,
@@ -42,7 +43,11 @@ from counters.xp.state import XpReply, XpState, decode_reply
 
 # How long a debit or capture can be refunded (and a hold's record is kept).
 TRANSACTION_TTL = 30 * 86_400
-TRANSACTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# A hold's id records the kind of credential that created it (issue #10, item 8): only the same
+# kind may capture or release it. Ids are made here, so the prefix cannot be chosen by a caller.
+_HOLD_PREFIX = {True: "xhs_", False: "xhu_"}  # by is_service
+_CREDENTIAL = {True: "a service key", False: "a user token"}
 
 
 class XpChange(msgspec.Struct, frozen=True, gc=False):
@@ -179,7 +184,7 @@ class XpService:
         """Debit one generation's XP (``hold=False``) or reserve it until captured or expired."""
         require_generation_type(self.rules, generation_type)
         now = self._clock.now()
-        prefix = "xh_" if hold else "xd_"
+        prefix = _HOLD_PREFIX[is_service_caller(actor)] if hold else "xd_"
         transaction_id = prefix + secrets.token_hex(12)
         call = DebitXp(
             **self._common(user_id, actor, idem, int(now * 1000)),
@@ -216,8 +221,10 @@ class XpService:
         xp_amount: int | None,
         idem: Idempotency | None,
     ) -> XpChange:
-        """Take all (``xp_amount=None``) or part of a hold; the rest returns to the balance."""
+        """Take all (``xp_amount=None``) or part of a hold; the rest returns to the balance.
+        ``ForbiddenError`` when ``actor`` is not the kind of credential that created the hold."""
         _check_id(hold_id, "hold")
+        _check_settler(hold_id, actor)
         if xp_amount is not None and xp_amount <= 0:
             raise InvalidRequest("xp_amount must be a positive number of XP")
         now_ms = int(self._clock.now() * 1000)
@@ -234,8 +241,10 @@ class XpService:
     async def release(
         self, user_id: str, actor: str, hold_id: str, idem: Idempotency | None
     ) -> XpChange:
-        """Give up a hold: all of its XP returns to the balance."""
+        """Give up a hold: all of its XP returns to the balance (same credential rule as
+        ``capture``)."""
         _check_id(hold_id, "hold")
+        _check_settler(hold_id, actor)
         now_ms = int(self._clock.now() * 1000)
         call = ReleaseHold(**self._common(user_id, actor, idem, now_ms), hold_id=hold_id)
         reply = await self._run(call, idem, hold_id)
@@ -317,8 +326,19 @@ class XpService:
 
 
 def _check_id(value: str, what: str) -> None:
-    if not TRANSACTION_ID.match(value):
+    if not is_whole(TRANSACTION_ID, value):
         raise NotFound(f"Unknown {what} {value[:80]!r}")
+
+
+def _check_settler(hold_id: str, actor: str) -> None:
+    """A hold is captured or released only by the kind of credential that created it."""
+    service = is_service_caller(actor)
+    for created_by_service, prefix in _HOLD_PREFIX.items():
+        if hold_id.startswith(prefix) and created_by_service != service:
+            raise ForbiddenError(
+                f"Hold {hold_id} was created with {_CREDENTIAL[created_by_service]}; only "
+                f"{_CREDENTIAL[created_by_service]} may capture or release it"
+            )
 
 
 def _hold_detail(reply: XpReply, hold_id: str) -> str | None:

@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from api.app import create_app
 from api.routes.batch import MAX_ITEMS
 from counters.clock import ManualClock
-from counters.redis.keys import UserKeys
 from counters.settings import Settings
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import flusher
@@ -228,19 +227,19 @@ async def test_scripts_flushed_from_redis_are_loaded_again(
     assert statuses(await batch(batch_client, awards)) == [429, 429, 200, 200, 200]
 
 
-async def test_a_stale_cached_owner_is_repaired_for_that_item(
-    batch_client: httpx2.AsyncClient, redis_client: redis.Redis
+async def test_a_batch_pays_the_owner_of_the_moment_with_self_awards_beside_it(
+    batch_client: httpx2.AsyncClient,
 ) -> None:
     await own(batch_client, "character", "c1", "maker")
     like = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
     assert statuses(await batch(batch_client, [{"user_id": "fan1", **like}])) == [200]
-    # The owned marker is lost behind the cached owner's back: the award script refuses it.
-    redis_client.delete(UserKeys.of("maker", 16).owned("character", "c1"))
+    await own(batch_client, "character", "c1", "heir")  # a transfer: no owner is cached
     results = await batch(
         batch_client, [{"user_id": "fan2", **like}, {"user_id": "u1", "action": "daily_chat"}]
     )
     assert statuses(results) == [200, 200]
-    assert await total(batch_client, "maker") == 10
+    assert results[0]["body"]["awarded_to"] == "heir"
+    assert (await total(batch_client, "maker"), await total(batch_client, "heir")) == (5, 5)
 
 
 async def test_users_redis_forgot_are_hydrated_item_by_item(

@@ -226,7 +226,7 @@ async def test_creator_awards_go_to_the_owner(client: httpx2.AsyncClient) -> Non
     made = await client.post(
         "/api/exp/gain",
         json={"action": "create_character", "target_type": "character", "target_id": 123},
-        headers=user_headers("maker"),
+        headers=service_headers("maker"),
     )
     assert made.json()["awarded_to"] == "maker"
     liked = await client.post(
@@ -265,7 +265,7 @@ async def test_the_liker_record_is_bounded_in_time(
     )
     like = {"action": "character_liked", "target_type": "character", "target_id": 7}
     await client.post("/api/exp/gain", json=like, headers=user_headers("fan"))
-    [likers] = redis_client.keys("*:likers:character:7")
+    [likers] = redis_client.keys("*:once:character_liked:character:7")
     assert redis_client.ttl(likers) == 30 * 86_400
 
 
@@ -283,9 +283,9 @@ async def test_your_own_entity_awards_nothing(client: httpx2.AsyncClient, action
 async def test_creating_an_entity_someone_else_owns_is_refused(client: httpx2.AsyncClient) -> None:
     body = {"action": "create_scene", "target_type": "scene", "target_id": "s1"}
     assert (
-        await client.post("/api/exp/gain", json=body, headers=user_headers("a"))
+        await client.post("/api/exp/gain", json=body, headers=service_headers("a"))
     ).status_code == 200
-    taken = await client.post("/api/exp/gain", json=body, headers=user_headers("b"))
+    taken = await client.post("/api/exp/gain", json=body, headers=service_headers("b"))
     assert taken.status_code == 409
     assert taken.json() == {"detail": "scene s1 is already owned by another user"}
     b = (await client.get("/api/exp/progress", headers=user_headers("b"))).json()

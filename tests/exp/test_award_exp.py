@@ -11,7 +11,6 @@ import redis
 
 from counters.clock import ManualClock
 from counters.exp.entities import Target
-from counters.redis.idempotency import Idempotency
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -257,25 +256,22 @@ def test_the_award_call_names_every_argument(settings: Settings, clock: ManualCl
     """The hot path builds AwardExp positionally (for speed): every field gets its own value."""
     svc = Services.build(settings, clock=clock)
     action = svc.exp.action("character_liked")
-    idem = Idempotency("caller", "key-1", "f" * 32)
     target = Target("character", "c9")
-    call = svc.exp._award_call(
-        "character_liked", action, "owner", "fan", target, idem, "creator_once"
+    user = UserKeys.of("owner", settings.key_buckets)
+    record = user.award_record("rid-1")
+    call = svc.exp.award_call(
+        "character_liked", action, "owner", "fan", target, record, "f" * 32, "key-1"
     )
     window = svc.exp.window("owner", clock.now())
-    user = UserKeys.of("owner", settings.key_buckets)
     assert msgspec.structs.asdict(call.keys) == {
         "user": user.user, "today": user.day(window.day), "events": user.events,
-        "idem": user.idempotency("caller", "key-1"), "owned": user.owned("character", "c9"),
-        "likers": user.likers("character", "c9"),
+        "record": record,
     }  # fmt: skip
-    rules = svc.rules.exp
     assert msgspec.structs.asdict(call.call) == {
         "user_id": "owner", "action": "character_liked", "reward": action.exp,
         "daily_limit": action.daily_limit, "thresholds": svc.exp._thresholds,
         "caps": svc.exp._caps, "day": window.day, "day_ttl": window.ttl,
         "now_ms": int(clock.now() * 1000), "fingerprint": "f" * 32,
-        "idem_ttl": settings.idempotency_ttl_seconds, "mode": "creator_once", "actor": "fan",
-        "likers_ttl": rules.liker_memory_days * 86_400, "may_create": "1",
+        "idem_ttl": settings.idempotency_ttl_seconds, "actor": "fan", "may_create": "1",
         "target": "character:c9", "idem_key": "key-1",
     }  # fmt: skip

@@ -30,12 +30,14 @@ async def test_every_event_the_scripts_write_decodes_as_the_union(
     try:
         await svc.exp.award(Principal(user, "svc", True), "daily_chat", None, None)
         await svc.exp.adjust(user, 5, "support fix", "support", None)
-        entity = keys.entity_key("character", "c1", buckets)
-        stream = keys.stream_key(keys.bucket_of("character:c1", buckets))
+        entity = keys.EntityKeys.of("character", "c1", buckets)
         await svc.scripts.run(
-            AssignEntityKeys(entity=entity, events=stream),
-            AssignEntity(owner_id=user, mode="claim", ledger="1", target="character:c1"),
-        )
+            AssignEntityKeys(entity=entity.owner, events=entity.events),
+            AssignEntity(
+                owner_id=user, mode="claim", ledger="1", target="character:c1", may_create="1",
+                version=0, now_ms=int(clock.now() * 1000),
+            ),
+        )  # fmt: skip
         xp = svc.xp
         await xp.set_subscription(user, "svc", "pixel_rookie", None, None)
         soon = datetime.fromtimestamp(clock.now() + 60, UTC)

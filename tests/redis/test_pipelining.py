@@ -146,22 +146,22 @@ async def test_scripts_are_loaded_again_after_script_flush(
     scripts: Scripts, redis_client: redis.Redis
 ) -> None:
     keys, args = _entity("c1"), _assign("maker")
-    assert await scripts.run(keys, args) == [1, ""]
+    assert await scripts.run(keys, args) == [1, "", 1]
     redis_client.script_flush()
-    assert await scripts.run(keys, _assign("other")) == [2, "maker"]
+    assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]
     redis_client.script_flush()
     many = await scripts.run_many([(keys, args)] * 3)
-    assert many == [[1, "maker"]] * 3
+    assert many == [[1, "maker", 1]] * 3
 
 
 async def test_a_refused_script_call_is_its_own_storage_error(
     scripts: Scripts, redis_client: redis.Redis
 ) -> None:
-    redis_client.hset("ctr:{b0}:entity:character:c2", "not", "a string")
+    redis_client.set("ctr:{b0}:entity:character:c2", "not a hash")
     good = (_entity("c1"), _assign("maker"))
     bad = (_entity("c2"), _assign("maker"))
     replies = await scripts.run_many([good, bad, good])
-    assert replies[0] == [1, ""] and replies[2] == [1, "maker"]
+    assert replies[0] == [1, "", 1] and replies[2] == [1, "maker", 1]
     assert isinstance(replies[1], StorageError)
     assert "WRONGTYPE" in str(replies[1])
     with pytest.raises(StorageError):
@@ -175,4 +175,7 @@ def _entity(entity_id: str) -> AssignEntityKeys:
 
 
 def _assign(owner: str) -> AssignEntity:
-    return AssignEntity(owner_id=owner, mode="claim", ledger="0", target="character:c")
+    return AssignEntity(
+        owner_id=owner, mode="claim", ledger="0", target="character:c", may_create="1",
+        version=0, now_ms=0,
+    )  # fmt: skip

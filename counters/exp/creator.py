@@ -1,0 +1,206 @@
+"""Creator-targeted awards (a like, a fork): one request, three identities, exact.
+
+The actor's, the entity's and the owner's records each live in their own slot (issue #10), so
+the award is a short protocol of single-slot scripts (valid on Redis Cluster), each exact on its
+own and the whole exact under retries, races and a crash between any two steps:
+
+    A  actor slot   recall_request.lua            a keyed request answered before: replay it
+    B  entity slot  reserve_creator_award.lua     read the owner; once-per-actor: reserve the
+                                                  actor as pending under request id rid
+    C  owner slot   award_exp.lua                 apply at most once per rid (its record there)
+    D  entity slot  settle_creator_award.lua      reservation done (awarded) or released (refused)
+    E  actor slot   remember_request.lua          a keyed request's answer, with whom it paid
+
+rid is ``request_digest(caller, actor, Idempotency-Key)`` for a keyed request (its retries carry
+the same rid), a random one otherwise. Round trips: 3 for an unkeyed like (B, C, D), 4 for a keyed
+one (A, B, C, then D and E together); an award to oneself stays one (counters/exp/service.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from counters.errors import ConflictError, NotFound, ScriptReplyError
+from counters.exp.entities import Entities, Target
+from counters.exp.types import AwardCall, AwardResult
+from counters.redis.calls import (
+    IdemKey,
+    OnceKey,
+    RecallRequest,
+    RememberRequest,
+    ReserveCreatorAward,
+    ReserveKeys,
+    SettleCreatorAward,
+)
+from counters.redis.codes import (
+    AwardOutcome,
+    OwnerRestore,
+    RecallOutcome,
+    ReserveOutcome,
+)
+from counters.redis.idempotency import Idempotency, reject_reused_key
+from counters.redis.keys import UserKeys, request_digest
+from counters.redis.scripts import Scripts
+from counters.rules import Action
+
+if TYPE_CHECKING:
+    from counters.exp.service import ExpService
+
+_RESERVED, _ALREADY, _PENDING = (
+    ReserveOutcome.RESERVED,
+    ReserveOutcome.ALREADY_TRIGGERED,
+    ReserveOutcome.PENDING,
+)
+_NO_OWNER, _OWN = ReserveOutcome.NO_OWNER, ReserveOutcome.OWN_ENTITY
+_NEEDS_OWNER_RESTORE = OwnerRestore.NEEDS_OWNER_RESTORE
+_NO_RECORD = RecallOutcome.NO_RECORD
+_UNKEYED = "-"  # the fingerprint of an unkeyed request's rid record: C still records it
+_ROUNDS = 4  # B answers "pending" at most once per competing request; this bounds the loop
+
+
+class _Award(NamedTuple):
+    """What one creator award is about: who acted, which action, on which entity."""
+
+    actor: str
+    action_name: str
+    action: Action
+    target: Target
+
+
+class CreatorAwards:
+    """Runs creator-targeted awards for ``ExpService`` (which builds and decodes award calls)."""
+
+    def __init__(
+        self,
+        exp: ExpService,
+        scripts: Scripts,
+        entities: Entities,
+        buckets: int,
+        idempotency_ttl: int,
+    ) -> None:
+        self._exp = exp
+        self._scripts = scripts
+        self._entities = entities
+        self._buckets = buckets
+        self._idempotency_ttl = idempotency_ttl
+
+    async def award(
+        self, actor: str, action_name: str, action: Action, target: Target, idem: Idempotency | None
+    ) -> AwardResult:
+        """Pay ``target``'s owner for ``actor``'s action; refused outcomes are results, and
+        ``NotFound`` (no owner), ``ConflictError`` (one's own entity) and
+        ``IdempotencyMismatch`` are raised."""
+        award = _Award(actor, action_name, action, target)
+        if idem is None:
+            result, settle = await self._reserve_and_pay(award, secrets.token_hex(16), _UNKEYED, "")
+            await settle  # D
+            return result
+        record = UserKeys.of(actor, self._buckets).idempotency(idem.caller, idem.key)
+        stored = await self._scripts.run(IdemKey(record), RecallRequest(idem.fingerprint))  # A
+        reject_reused_key(int(stored[0]))
+        if stored[0] != _NO_RECORD:
+            call = self._call(award, str(stored[9]), "", "")
+            return self._exp.award_result(call, [int(n) for n in stored[:9]])
+        rid = request_digest(idem.caller, actor, idem.key)
+        result, settle = await self._reserve_and_pay(award, rid, idem.fingerprint, idem.key)
+        reply = [
+            int(result.outcome), result.exp_added, result.total_exp, result.level,
+            result.previous_level, result.daily_exp_gained, result.action_count, 0, 0,
+            result.awarded_to,
+        ]  # fmt: skip
+        remember = RememberRequest(idem.fingerprint, self._idempotency_ttl, json.dumps(reply))
+        await asyncio.gather(settle, self._scripts.run(IdemKey(record), remember))  # D, E
+        return result
+
+    async def _reserve_and_pay(
+        self, award: _Award, rid: str, fingerprint: str, idem_key: str
+    ) -> tuple[AwardResult, Coroutine[Any, Any, None]]:
+        """B, then C: the owner's result, and D to await."""
+        keys = self._entities.keys(award.target)
+        if award.action.once_per_actor:
+            mode, record = "once", keys.once(award.action_name)
+        elif idem_key:
+            mode, record = "keyed", keys.request(rid)
+        else:
+            mode, record = "plain", keys.unused
+        may_create = self._entities.may_create
+        for _ in range(_ROUNDS):
+            reserve = ReserveCreatorAward(
+                actor=award.actor, rid=rid, fingerprint=fingerprint, mode=mode,
+                now_ms=int(self._exp.clock.now() * 1000),
+                stale_ms=self._idempotency_ttl * 1000, once_ttl=self._once_ttl,
+                may_create=may_create,
+            )  # fmt: skip
+            code, owner, got_rid, got_fp = await self._scripts.run(
+                ReserveKeys(entity=keys.owner, record=record), reserve
+            )
+            owner, code = str(owner), int(code)
+            if code == _NEEDS_OWNER_RESTORE:
+                if not await self._entities.restore(award.target):
+                    break
+                may_create = "1"
+            elif code == _NO_OWNER:
+                break
+            elif code == _OWN:
+                kind = award.target.type
+                raise ConflictError(f"{award.action_name} on your own {kind} awards nothing")
+            elif code == _ALREADY:
+                refused = self._call(award, owner, "", "")
+                reply = [_ALREADY, 0, 0, 1, 1, 0, 0, 0, 0]
+                return self._exp.award_result(refused, reply), _done()
+            elif code == _PENDING:  # another request of this actor: finish it first
+                _, settle = await self._pay(award, owner, str(got_rid), str(got_fp), "")
+                await settle
+            elif code == _RESERVED:
+                return await self._pay(award, owner, str(got_rid), str(got_fp), idem_key)
+            else:
+                raise ScriptReplyError(f"reserve_creator_award replied with unknown code {code}")
+        else:
+            raise ScriptReplyError(f"{award.target} stayed reserved by other requests")
+        target = award.target
+        raise NotFound(f"Unknown {target.type} {target.id}: no owner is recorded")
+
+    async def _pay(
+        self, award: _Award, owner: str, rid: str, fingerprint: str, idem_key: str
+    ) -> tuple[AwardResult, Coroutine[Any, Any, None]]:
+        """C: pay ``owner`` at most once for ``rid``; and D, to await, settling the reservation.
+
+        An ``IdempotencyMismatch`` from C means rid's record holds another request (the key was
+        reused with a different body): the reservation stays, and whoever completes it replays
+        the recorded award."""
+        result = await self._exp.run_award(self._call(award, owner, rid, fingerprint, idem_key))
+        return result, self._settle(award, rid, result)
+
+    async def _settle(self, award: _Award, rid: str, result: AwardResult) -> None:
+        """D: the reservation is done when EXP was awarded, released when refused."""
+        if not award.action.once_per_actor:
+            return
+        outcome = "done" if result.outcome is AwardOutcome.AWARDED else "release"
+        once = self._entities.keys(award.target).once(award.action_name)
+        settle = SettleCreatorAward(
+            actor=award.actor, rid=rid, outcome=outcome, once_ttl=self._once_ttl
+        )
+        await self._scripts.run(OnceKey(once), settle)
+
+    def _call(
+        self, award: _Award, owner: str, rid: str, fingerprint: str, idem_key: str = ""
+    ) -> AwardCall:
+        """award_exp paying ``owner``, under rid's at-most-once record in the owner's slot."""
+        user = UserKeys.of(owner, self._buckets)
+        record = user.award_record(rid) if rid else user.unused
+        return self._exp.award_call(
+            award.action_name, award.action, owner, award.actor, award.target, record,
+            fingerprint, idem_key,
+        )  # fmt: skip
+
+    @property
+    def _once_ttl(self) -> int:
+        return self._exp.rules.liker_memory_days * 86_400
+
+
+async def _done() -> None:
+    """Nothing to settle."""

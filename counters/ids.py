@@ -1,0 +1,36 @@
+"""The shapes of ids (users, entities, transactions, idempotency keys), written once.
+
+Every check matches the WHOLE string. Python's ``$`` (and so ``re.match`` and msgspec's
+``pattern``, which searches with Python's ``re``) also matches just before a trailing newline:
+``^[a-z]+$`` accepts ``"alice\\n"``, which would then be a second user beside ``"alice"``
+(issue #10, item 9). Each pattern here ends in ``$(?!\\n)``: still plain JSON Schema (ECMA 262,
+where ``$`` never matches before a newline and the lookahead is a no-op), and exact in Python.
+Use ``is_whole`` (``fullmatch``) in code and the ``*_PATTERN`` strings in msgspec ``Meta``.
+No character class here admits a control character.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def whole(body: str) -> str:
+    """A pattern that matches ``body`` as the whole string, in Python and in JSON Schema."""
+    return f"^{body}$(?!\\n)"
+
+
+USER_ID_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
+TARGET_ID_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME_PATTERN = whole(r"[a-z][a-z0-9_]{0,63}")  # rules: actions, tiers, entity types
+TRANSACTION_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,64}")
+IDEMPOTENCY_KEY_PATTERN = whole(r"[\x21-\x7e]{1,255}")  # visible ASCII, no space
+
+USER_ID = re.compile(USER_ID_PATTERN)
+TARGET_ID = re.compile(TARGET_ID_PATTERN)
+TRANSACTION_ID = re.compile(TRANSACTION_ID_PATTERN)
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def is_whole(pattern: re.Pattern[str], value: str) -> bool:
+    """``value`` is, as a whole, one string of ``pattern``'s shape."""
+    return pattern.fullmatch(value) is not None

@@ -1,0 +1,127 @@
+"""Issue #10, items 9-11: ids match as whole strings, token expiry is a finite number, and a
+body nested too deeply is a 400: never a second user named "alice\\n", a token that never
+expires, or a 500."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+
+import httpx2
+import pytest
+
+from counters.ids import (
+    IDEMPOTENCY_KEY_PATTERN,
+    TARGET_ID_PATTERN,
+    TRANSACTION_ID_PATTERN,
+    USER_ID_PATTERN,
+)
+from tests.support.core import JWT_SECRET, service_headers, user_headers
+
+pytestmark = pytest.mark.anyio
+
+
+def raw_token(payload: str, secret: str = JWT_SECRET) -> str:
+    """An HS256 token whose payload is exactly ``payload`` (JSON text PyJWT will parse)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    signing = f"{header}.{b64(payload.encode())}"
+    signature = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{b64(signature)}"
+
+
+@pytest.mark.parametrize(
+    "pattern", [USER_ID_PATTERN, TARGET_ID_PATTERN, TRANSACTION_ID_PATTERN, IDEMPOTENCY_KEY_PATTERN]
+)
+def test_every_id_pattern_refuses_a_trailing_newline_and_control_characters(pattern: str) -> None:
+    assert re.search(pattern, "a1") is not None  # msgspec's pattern check is re.search
+    for bad in ("a1\n", "a1\r", "a1\x00", "\na1", "a\t1"):
+        assert re.search(pattern, bad) is None, bad
+
+
+async def test_a_token_whose_sub_ends_in_a_newline_is_401(client: httpx2.AsyncClient) -> None:
+    token = raw_token(json.dumps({"sub": "alice\n", "exp": int(time.time()) + 600}))
+    response = await client.get("/api/exp/progress", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert "sub" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400, "true"])
+async def test_a_token_expiry_that_is_not_a_finite_time_is_401(
+    client: httpx2.AsyncClient, exp: str
+) -> None:
+    token = raw_token(f'{{"sub": "alice", "exp": {exp}}}')
+    response = await client.get("/api/exp/progress", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert "exp" in response.json()["detail"]
+
+
+async def test_ids_ending_in_a_newline_are_refused(client: httpx2.AsyncClient) -> None:
+    gain = {"action": "forked", "target_type": "character", "target_id": "c1\n"}
+    response = await client.post("/api/exp/gain", json=gain, headers=user_headers("fan"))
+    assert response.status_code == 422
+    adjust = {"user_id": "u1\n", "delta": 5, "reason": "support"}
+    response = await client.post("/api/admin/exp/adjust", json=adjust, headers=service_headers())
+    assert response.status_code == 422
+    response = await client.put(
+        "/api/entities/character/c1%0A", json={"owner_id": "a"}, headers=service_headers()
+    )
+    assert response.status_code == 422
+    response = await client.put(
+        "/api/entities/character/c1", json={"owner_id": "a\n"}, headers=service_headers()
+    )
+    assert response.status_code == 422
+    refund = {"transaction_id": "xd_1\n"}
+    response = await client.post("/api/v1/xp/refunds", json=refund, headers=service_headers("u1"))
+    assert response.status_code == 422
+    response = await client.post(
+        "/api/exp/gain",
+        json={"action": "daily_chat"},
+        headers=user_headers("u1", **{"Idempotency-Key": "k\n"}),
+    )
+    assert response.status_code == 422
+
+
+async def test_a_batch_item_id_or_key_ending_in_a_newline_is_that_items_422(
+    client: httpx2.AsyncClient,
+) -> None:
+    awards = [
+        {"user_id": "u1\n", "action": "daily_chat"},
+        {"user_id": "u1", "action": "daily_chat", "idempotency_key": "k\n"},
+        {"user_id": "u1", "action": "daily_chat", "idempotency_key": "k"},
+    ]
+    response = await client.post(
+        "/api/exp/gain/batch", json={"awards": awards}, headers=service_headers()
+    )
+    assert [r["status"] for r in response.json()["results"]] == [422, 422, 200]
+
+
+@pytest.mark.parametrize("depth", [250_000, 2_000, 50])
+async def test_a_batch_nested_too_deeply_is_400_never_500(
+    client: httpx2.AsyncClient, depth: int
+) -> None:
+    nested = "[" * depth + "]" * depth
+    for body in (nested, f'{{"awards": [{nested}]}}', f'{{"awards": [{{"user_id": {nested}}}]}}'):
+        response = await client.post(
+            "/api/exp/gain/batch",
+            content=body,
+            headers={**service_headers(), "Content-Type": "application/json"},
+        )
+        assert response.status_code in (200, 400, 422), response.text  # a 4xx, or the item's
+    if depth < 250_000:
+        return
+    deep = "[" * depth + "]" * depth
+    response = await client.post(
+        "/api/exp/gain/batch",
+        content=f'{{"awards": [{deep}]}}',
+        headers={**service_headers(), "Content-Type": "application/json"},
+    )
+    assert response.json() == {"detail": "Malformed JSON: nested too deeply"}
+    assert response.status_code == 400
