@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx2
@@ -128,31 +130,20 @@ async def test_no_worker_pays_a_former_owner_once_the_transfer_answered(
         assert (await total(one, a), await total(one, b)) == (10, 10)
 
 
-class two_workers:  # a context manager named like one
+@asynccontextmanager
+async def two_workers(
+    settings: Settings, clock: ManualClock
+) -> AsyncIterator[tuple[httpx2.AsyncClient, httpx2.AsyncClient]]:
     """Two app instances (two worker processes' worth of state) sharing one Redis."""
-
-    def __init__(self, settings: Settings, clock: ManualClock) -> None:
-        self._apps = [create_app(settings, clock=clock) for _ in range(2)]
-        self._stack: list[Any] = []
-
-    async def __aenter__(self) -> tuple[httpx2.AsyncClient, httpx2.AsyncClient]:
+    async with AsyncExitStack() as stack:
         clients = []
-        for app in self._apps:
-            lifespan = app.router.lifespan_context(app)
-            await lifespan.__aenter__()
-            client = httpx2.AsyncClient(
-                transport=httpx2.ASGITransport(app=app), base_url="http://counters"
-            )
-            self._stack += [lifespan, client]
-            clients.append(client)
-        return clients[0], clients[1]
-
-    async def __aexit__(self, *exc: object) -> None:
-        for item in reversed(self._stack):
-            if isinstance(item, httpx2.AsyncClient):
-                await item.aclose()
-            else:
-                await item.__aexit__(None, None, None)
+        for _ in range(2):
+            app = create_app(settings, clock=clock)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx2.ASGITransport(app=app)
+            client = httpx2.AsyncClient(transport=transport, base_url="http://counters")
+            clients.append(await stack.enter_async_context(client))
+        yield clients[0], clients[1]
 
 
 # 4. Ten parallel transfers: one owner, the same in Redis and Postgres, and the one paid.
