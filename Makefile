@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/counters serve
+	COUNTERS_DEV_MODE=1 $(BIN)/counters serve
 
 test: $(STAMP)
 	$(BIN)/ruff check .

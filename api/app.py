@@ -45,10 +45,13 @@ def create_app(
 
     return CountersApp(
         hot=[exp_routes.hot_gain, xp_routes.hot_debit],
+        metrics=settings.metrics_enabled,
+        access_log=settings.access_log,
         routes=[
             *exp_routes.routes,
             *batch_routes.routes,
             *health_routes.routes,
+            *(health_routes.metrics_routes if settings.metrics_enabled else []),
             *xp_routes.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,

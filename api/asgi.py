@@ -11,19 +11,29 @@ them through the router.
 
 A hot route answers exactly as a Starlette route would: the same body limit, the same error
 replies (``api.errors.error_reply``), the same JSON encoder.
+
+Every HTTP request, hot or not, gets a request id (``X-Request-Id`` when the caller sent a usable
+one, else a fresh one; ``counters.logs``), echoed in the response and carried by every log line
+logged while it is served, and is timed into ``counters_http_request_duration_seconds`` per
+route and status (``counters.metrics``). On the hot lane that is a handful of operations: the
+histogram child is looked up by status in a per-route dict, no label resolution, no dict built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from api.errors import error_reply
 from api.http import Reply, encode, receive_body
+from counters.logs import REQUEST_ID, access, request_id_from
+from counters.metrics import HTTP_REQUESTS, Observe
 from counters.runtime.services import Services
 
 _JSON = (b"content-type", b"application/json")
@@ -53,40 +63,127 @@ class HotRoute:
         return f"{self.method} {self.path}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Served through Starlette's router (which tags and times the request itself)."""
+        await self.serve(scope, receive, send, tag=False)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, *, tag: bool) -> int:
+        """Answer one request; its status (0 when the client left first). With ``tag``, set
+        the request id and echo it in ``X-Request-Id``."""
         svc: Services = scope["app"].state.services
         headers = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in reversed(scope["headers"])
         }
+        request_id = ""
+        if tag:
+            request_id = request_id_from(headers.get("x-request-id"))
+            REQUEST_ID.set(request_id)
         try:
             body = await receive_body(
                 receive, headers.get("content-length"), svc.settings.max_body_bytes
             )
             status, content, extra = await self.handler(svc, Exchange(headers, body))
         except ClientDisconnect:
-            return  # nobody is left to answer
+            return 0  # nobody is left to answer
         except Exception as exc:
             status, content, extra = error_reply(exc, self.name)
         payload = encode(content)
         raw = [_JSON, (b"content-length", str(len(payload)).encode())]
+        if tag:
+            raw.append((_REQUEST_ID, request_id.encode("latin-1")))
         if extra:
             raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
+        return status
+
+
+_REQUEST_ID = b"x-request-id"
+_OTHER = "other"  # the route label of a path no route matched (keeps the label set bounded)
+
+
+class _Timers:
+    """Histogram children per (route, status), bound on first use."""
+
+    def __init__(self) -> None:
+        self._by_route: dict[str, dict[int, Observe]] = {}
+
+    def get(self, route: str, status: int) -> Observe:
+        by_status = self._by_route.get(route)
+        if by_status is None:
+            by_status = self._by_route[route] = {}
+        observe = by_status.get(status)
+        if observe is None:
+            observe = by_status[status] = HTTP_REQUESTS.child(route, str(status)).observe
+        return observe
 
 
 class CountersApp(Starlette):
-    """Starlette, with the hot routes taken out in front of its middleware and router."""
+    """Starlette, with the hot routes taken out in front of its middleware and router, and
+    every HTTP request tagged with its id, timed and (optionally) access-logged."""
 
-    def __init__(self, *, hot: list[HotRoute], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        hot: list[HotRoute],
+        metrics: bool = True,
+        access_log: bool = False,
+        routes: list[BaseRoute] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(routes=routes, **kwargs)
         self._hot = {(route.method, route.path): route for route in hot}
+        self._metrics = metrics
+        self._access_log = access_log
+        self._timers = _Timers()
+        # Route labels by endpoint: Starlette leaves the matched endpoint in the scope.
+        self._templates: dict[object, str] = {
+            r.endpoint: r.path for r in routes or [] if isinstance(r, Route)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        start = perf_counter()
+        if not scope.get("root_path"):
             route = self._hot.get((scope["method"], scope["path"]))
             if route is not None:
                 scope["app"] = self
-                await route(scope, receive, send)
+                status = await route.serve(scope, receive, send, tag=True)
+                if self._metrics and status:
+                    self._timers.get(route.path, status)(perf_counter() - start)
+                if self._access_log and status:
+                    access(route.method, route.path, route.path, status, perf_counter() - start)
                 return
-        await super().__call__(scope, receive, send)
+        await self.serve_routed(scope, receive, send, start)
+
+    async def serve_routed(self, scope: Scope, receive: Receive, send: Send, start: float) -> None:
+        """Through Starlette: the request id set and echoed, the status caught for the timer."""
+        sent = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID:
+                sent = value.decode("latin-1")
+                break
+        request_id = request_id_from(sent)
+        REQUEST_ID.set(request_id)
+        tag = (_REQUEST_ID, request_id.encode("latin-1"))
+        status = 0
+
+        async def tagged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), tag]}
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, tagged)
+        finally:
+            if status:
+                route = self._templates.get(scope.get("endpoint"), _OTHER)
+                elapsed = perf_counter() - start
+                if self._metrics:
+                    self._timers.get(route, status)(elapsed)
+                if self._access_log:
+                    access(scope["method"], route, scope["path"], status, elapsed)

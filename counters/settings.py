@@ -1,22 +1,119 @@
-"""All settings, read once from ``COUNTERS_*`` environment variables into one typed object."""
+"""All settings, read once from ``COUNTERS_*`` environment variables into one typed object.
+
+Parsing is strict: a value that is not exactly of its type, or is out of its range, is a
+``ConfigError`` naming the variable (``COUNTERS_FLUSHER_ENABLED='ture': not a boolean (...)``),
+never a silent default. Adding a setting is one line: a field with its type (``bool``, ``int``,
+``float``, ``str``, ``Path``, a ``tuple[str, ...]`` read as comma-separated; ``X | None`` for
+optional) and, when it has one, a range (``bounded(default, ge=..., le=...)``) or a choice of
+words (``one_of(default, "a", "b")``). The ``parse_*`` helpers are reusable on their own: each
+takes the variable's name and its raw text and raises ``ConfigError`` naming the variable.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from counters.errors import ConfigError
 
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"0", "false", "no"})
 
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+def parse_bool(name: str, raw: str) -> bool:
+    """true/false, 1/0, yes/no (any case); anything else is an error naming ``name``."""
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r}: not a boolean (use true/false, 1/0 or yes/no)")
 
 
-def _path(value: str) -> Path:
-    return Path(value).expanduser()
+def parse_int(name: str, raw: str) -> int:
+    """A base-10 integer (underscores allowed); an error naming ``name`` otherwise."""
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not an integer") from None
+
+
+def parse_float(name: str, raw: str) -> float:
+    """A finite decimal number; an error naming ``name`` otherwise."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}={raw!r}: not a finite number")
+    return value
+
+
+def parse_str(name: str, raw: str) -> str:
+    """The text as given."""
+    return raw
+
+
+def parse_path(name: str, raw: str) -> Path:
+    """A filesystem path; ``~`` expands to the home directory."""
+    return Path(raw).expanduser()
+
+
+def parse_csv(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated words; blanks around and between commas are dropped."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def check_range(
+    name: str, value: float, *, ge: float | None = None, gt: float | None = None,
+    le: float | None = None,
+) -> None:  # fmt: skip
+    """Raise ``ConfigError`` naming ``name`` when ``value`` is outside the bounds given."""
+    if (
+        (ge is not None and value < ge)
+        or (gt is not None and value <= gt)
+        or (le is not None and value > le)
+    ):
+        low = f">= {ge}" if ge is not None else f"> {gt}" if gt is not None else ""
+        high = f"<= {le}" if le is not None else ""
+        bounds = " and ".join(part for part in (low, high) if part)
+        raise ConfigError(f"{name}={value!r}: out of range (must be {bounds})")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: must be one of {', '.join(choices)}")
+
+
+def bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+) -> Any:
+    """A numeric field with a range, checked by ``Settings.validate``."""
+    return field(default=default, metadata={"range": {"ge": ge, "gt": gt, "le": le}})
+
+
+def one_of(default: str, *choices: str) -> Any:
+    """A text field taking one of a few words, checked by ``Settings.validate``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "bool": parse_bool,
+    "int": parse_int,
+    "float": parse_float,
+    "str": parse_str,
+    "Path": parse_path,
+    "tuple[str, ...]": parse_csv,
+}
+
+
+def env_name(field_name: str) -> str:
+    """The variable a field is read from: ``port`` -> ``COUNTERS_PORT``."""
+    return f"COUNTERS_{field_name.upper()}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,8 +121,8 @@ class Settings:
     """Service settings; each field is read from ``COUNTERS_<FIELD NAME IN CAPITALS>``."""
 
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
+    port: int = bounded(8000, ge=1, le=65_535)
+    workers: int = bounded(1, ge=1, le=256)
     # None: `counters serve` starts the embedded server under data_dir.
     redis_url: str | None = None
     database_url: str | None = None
@@ -33,89 +130,65 @@ class Settings:
     rules: Path | None = None
     jwt_secret: str | None = None
     service_keys: tuple[str, ...] = ()
+    # Development mode: `serve` may mint development credentials when no secrets are set
+    # (`make run` turns it on). Off, `serve` without secrets refuses to start.
+    dev_mode: bool = False
     clock_offset_seconds: float = 0.0
     # Hash-tag buckets for user keys and event streams; fixed for the life of a deployment.
-    key_buckets: int = 16
-    idempotency_ttl_seconds: int = 86_400
+    key_buckets: int = bounded(16, ge=1, le=16_384)
+    idempotency_ttl_seconds: int = bounded(86_400, gt=0)
     # Daily keys expire at the next UTC midnight plus this grace, plus up to jitter seconds.
-    day_grace_seconds: int = 3_600
-    day_jitter_seconds: int = 600
-    max_body_bytes: int = 65_536
-    redis_max_connections: int = 256
+    day_grace_seconds: int = bounded(3_600, ge=0)
+    day_jitter_seconds: int = bounded(600, ge=0)
+    max_body_bytes: int = bounded(65_536, gt=0)
+    redis_max_connections: int = bounded(256, gt=0)
     # Script calls issued in one event-loop tick go to Redis as one write
     # (counters/redis/pipelining.py).
     redis_autopipeline: bool = True
     # An XP hold not captured or released by then returns to the balance by itself.
-    hold_ttl_seconds: int = 900
+    hold_ttl_seconds: int = bounded(900, gt=0, le=7 * 86_400)
     # The durable ledger (persistence/): the flusher runs inside every `serve` worker by default.
-    database_max_connections: int = 10
+    database_max_connections: int = bounded(10, gt=0)
     flusher_enabled: bool = True
-    flush_batch: int = 1_000  # events read per stream per iteration (one transaction)
-    flush_block_ms: int = 500  # how long one read waits for new events
-    flush_claim_idle_ms: int = 30_000  # a dead consumer's unacknowledged events are taken after
-    flush_backoff_max_seconds: float = 5.0  # retry delay cap while Postgres (or Redis) is down
+    flush_batch: int = bounded(1_000, gt=0)  # events read per stream per iteration
+    flush_block_ms: int = bounded(500, gt=0)  # how long one read waits for new events
+    flush_claim_idle_ms: int = bounded(30_000, ge=0)  # a dead consumer's events are taken after
+    flush_backoff_max_seconds: float = bounded(5.0, gt=0)  # retry delay cap while a store is down
     # Every worker polls the rules file this often and reloads it when it changed (0: only on
     # SIGHUP); see counters/runtime/reload.py.
-    rules_watch_seconds: float = 2.0
+    rules_watch_seconds: float = bounded(2.0, ge=0)
+    # Operations (README, "Operations").
+    log_level: str = one_of("info", "debug", "info", "warning", "error")
+    log_format: str = one_of("text", "text", "json")
+    access_log: bool = False  # one line per request (route, status, duration, request id)
+    metrics_enabled: bool = True  # Prometheus counters and histograms, served at GET /metrics
+    # A request's head and body must arrive within this from the connection (or its first
+    # byte, for the next request on a kept-alive connection); then the connection is closed.
+    request_read_timeout_seconds: float = bounded(10.0, gt=0, le=3_600)
+    max_header_bytes: int = bounded(65_536, ge=1_024)  # a longer request head gets a 431
+    keep_alive_seconds: int = bounded(5, ge=1, le=3_600)  # idle time between two requests
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``COUNTERS_*`` variables; a bad value names its variable."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            name = f"COUNTERS_{field.name.upper()}"
+        for spec in fields(cls):
+            name = env_name(spec.name)
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
-            try:
-                values[field.name] = _PARSERS[field.name](raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r}: {exc}") from exc
+            kind = str(spec.type).removesuffix(" | None")
+            values[spec.name] = _PARSERS[kind](name, raw)
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        """Reject values that cannot work."""
-        checks = {
-            "COUNTERS_PORT": 0 < self.port < 65_536,
-            "COUNTERS_WORKERS": self.workers >= 1,
-            "COUNTERS_KEY_BUCKETS": 1 <= self.key_buckets <= 16_384,
-            "COUNTERS_IDEMPOTENCY_TTL_SECONDS": self.idempotency_ttl_seconds > 0,
-            "COUNTERS_DAY_GRACE_SECONDS": self.day_grace_seconds >= 0,
-            "COUNTERS_DAY_JITTER_SECONDS": self.day_jitter_seconds >= 0,
-            "COUNTERS_MAX_BODY_BYTES": self.max_body_bytes > 0,
-            "COUNTERS_REDIS_MAX_CONNECTIONS": self.redis_max_connections > 0,
-            "COUNTERS_HOLD_TTL_SECONDS": 0 < self.hold_ttl_seconds <= 7 * 86_400,
-            "COUNTERS_DATABASE_MAX_CONNECTIONS": self.database_max_connections > 0,
-            "COUNTERS_FLUSH_BATCH": self.flush_batch > 0,
-            "COUNTERS_FLUSH_BLOCK_MS": self.flush_block_ms > 0,
-            "COUNTERS_FLUSH_CLAIM_IDLE_MS": self.flush_claim_idle_ms >= 0,
-            "COUNTERS_FLUSH_BACKOFF_MAX_SECONDS": self.flush_backoff_max_seconds > 0,
-            "COUNTERS_RULES_WATCH_SECONDS": self.rules_watch_seconds >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"out of range: {', '.join(bad)}")
-
-
-def _parser(field_name: str) -> Callable[[str], Any]:
-    special: dict[str, Callable[[str], Any]] = {
-        "service_keys": _csv,
-        "data_dir": _path,
-        "rules": _path,
-    }
-    if field_name in special:
-        return special[field_name]
-    default = next(f.default for f in fields(Settings) if f.name == field_name)
-    if isinstance(default, bool):
-        return lambda raw: raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    return str
-
-
-_PARSERS = {field.name: _parser(field.name) for field in fields(Settings)}
+        """Reject values outside their range or choices (``ConfigError`` naming the variable)."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if "range" in spec.metadata:
+                check_range(env_name(spec.name), value, **spec.metadata["range"])
+            if "choices" in spec.metadata:
+                check_choice(env_name(spec.name), value, spec.metadata["choices"])

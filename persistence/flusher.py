@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from counters.errors import StorageError
+from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
 from counters.redis.keys import stream_key
 from persistence.events import Batch, sort_entries
 from persistence.store import Store
@@ -117,6 +118,9 @@ class Flusher:
         self.stats.inserted += result.inserted
         self.stats.duplicates += result.duplicates
         self.stats.quarantined += result.quarantined
+        LEDGER_ROWS.inc(result.inserted)
+        if result.quarantined:
+            LEDGER_QUARANTINED.inc(result.quarantined)
         if result.quarantined:
             log.error("flusher quarantined %d entries (see ledger_quarantine)", result.quarantined)
         return len(entries)
@@ -140,6 +144,8 @@ class Flusher:
             try:
                 handled = await self.flush_once(block=not burst)
             except Exception as exc:
+                FLUSH_FAILURES.inc()
+                count_store_error(exc)
                 if max_failures is not None and self.stats.failures + 1 >= max_failures:
                     self.stats.failures += 1
                     self.stats.last_error = str(exc)

@@ -20,6 +20,7 @@ import msgspec
 from counters.clock import Clock
 from counters.exp.entities import DurableOwner, DurableOwnerLookup, Target
 from counters.exp.types import DayWindow
+from counters.metrics import HYDRATIONS
 from counters.redis.calls import HydrateUser, UserDayKeys
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
@@ -52,26 +53,30 @@ class PostgresHydrator:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[user_id] = future
         try:
-            await self._hydrate(user_id)
+            restored = await self._hydrate(user_id)
         except asyncio.CancelledError:
             future.cancel()
             raise
         except Exception as exc:
+            HYDRATIONS.child("failed").inc()
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it; nobody else must log it
             raise
         else:
+            HYDRATIONS.child("restored" if restored else "new").inc()
             future.set_result(None)
         finally:
             del self._inflight[user_id]
 
-    async def _hydrate(self, user_id: str) -> None:
+    async def _hydrate(self, user_id: str) -> bool:
+        """Hydrate one user; True when Postgres knew them (a restore), False for a new user."""
         window = self._window(user_id, self._clock.now())
         user = await self._store.load_user(user_id, window.day)
         keys = UserKeys.of(user_id, self._buckets)
         await self._scripts.run(
             UserDayKeys(user=keys.user, today=keys.day(window.day)), hydrate_call(user, window)
         )
+        return user.seq > 0 or user.xp_state is not None
 
 
 def hydrate_call(user: DurableUser, window: DayWindow) -> HydrateUser:

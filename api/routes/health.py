@@ -1,5 +1,5 @@
-"""Health: GET /healthz (the process answers) and GET /readyz (it can serve, and how far behind
-the durable ledger is)."""
+"""Health: GET /healthz (the process answers), GET /readyz (it can serve, and how far behind
+the durable ledger is), and GET /metrics (Prometheus text, every worker's values summed)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from api.errors import READINESS_STATUS
 from api.http import json_response, services
+from counters import metrics as metric_objects
 from counters.runtime.durability import Durability
 
 # Only Redis gates readiness by default: the API serves from Redis alone while Postgres is down
@@ -64,7 +65,22 @@ async def _redis_ok(request: Request) -> bool:
         return False
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition text; the flusher lag is measured now, for this scrape."""
+    svc = services(request)
+    durability: Durability = request.app.state.durability
+    if durability.store is not None:
+        with contextlib.suppress(RedisError, TimeoutError):  # the gauges keep their last value
+            async with asyncio.timeout(_TIMEOUT):
+                lag = await durability.flusher_lag(svc)
+            metric_objects.FLUSHER_LAG_EVENTS.set(lag.events)
+            metric_objects.FLUSHER_LAG_SECONDS.set(lag.seconds)
+    body, content_type = metric_objects.render()
+    return Response(body, 200, media_type=content_type)
+
+
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]
+metrics_routes = [Route("/metrics", metrics, methods=["GET"])]

@@ -1,8 +1,12 @@
 """The durable-ledger commands: ``counters migrate``, ``counters flush``, ``counters reconcile``.
 
-Each uses COUNTERS_DATABASE_URL and COUNTERS_REDIS_URL; when one is unset it starts the embedded
-server under COUNTERS_DATA_DIR for the command's duration (as ``serve`` does). While ``serve``
-runs the embedded servers, give these commands the URLs ``serve`` printed instead.
+Each uses COUNTERS_DATABASE_URL and COUNTERS_REDIS_URL. When one is unset it uses the servers
+of the ``counters serve`` running on the same COUNTERS_DATA_DIR (its state file,
+``counters.cli.state``), else starts the embedded server under the data dir for the command's
+duration.
+
+Exit codes: 0 done (reconcile: clean), 1 reconcile found drift, 2 a setup error (bad setting,
+rules file, unreachable server), reported on one line.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from contextlib import ExitStack
 from dataclasses import replace
 
 import click
+from redis.exceptions import RedisError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from counters.cli.embedded import PostgresServer, RedisServer
+from counters.cli.state import redact, running_serve
 from counters.errors import CountersError
 from counters.redis.scripts import Scripts
-from counters.rules import load_rules
+from counters.rules import Rules, load_rules
 from counters.runtime.durability import make_flusher
 from counters.runtime.services import connect_redis
 from counters.settings import Settings
@@ -33,7 +39,12 @@ EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
 
 class CommandError(click.ClickException):
+    """A setup error: one line on stderr, exit code 2."""
+
     exit_code = EXIT_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" | ".join(line.strip() for line in message.splitlines() if line.strip()))
 
 
 def load_settings() -> Settings:
@@ -52,43 +63,76 @@ def _embedded(server: RedisServer | PostgresServer, variable: str, stack: ExitSt
         raise CommandError(f"{exc} (or set {variable})") from exc
     stack.callback(server.stop)
     name = "Redis" if isinstance(server, RedisServer) else "Postgres"
-    click.echo(f"embedded {name} at {server.url} (data in {server.data_dir})", err=True)
+    click.echo(f"embedded {name} at {redact(server.url)} (data in {server.data_dir})", err=True)
     return server.url
 
 
-def database_url(settings: Settings, stack: ExitStack) -> str:
-    """COUNTERS_DATABASE_URL, or the embedded Postgres under the data dir, started until exit."""
+def _of_running_serve(settings: Settings, kind: str, use: bool) -> str | None:
+    """The URL of the serve running on the data dir (``kind``: redis or database), if any."""
+    running = running_serve(settings.data_dir) if use else None
+    if running is None:
+        return None
+    url: str = getattr(running, f"{kind}_url")
+    click.echo(f"using the {kind} of the running serve (pid {running.pid})", err=True)
+    return url
+
+
+def database_url(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> str:
+    """COUNTERS_DATABASE_URL, the running serve's, or the embedded Postgres until exit."""
     if settings.database_url is not None:
         return settings.database_url
+    if url := _of_running_serve(settings, "database", beside_serve):
+        return url
     server = PostgresServer(settings.data_dir / "postgres")
     return _embedded(server, "COUNTERS_DATABASE_URL", stack)
 
 
-def redis_url(settings: Settings, stack: ExitStack) -> str:
-    """COUNTERS_REDIS_URL, or the embedded Redis under the data dir, started until exit."""
+def redis_url(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> str:
+    """COUNTERS_REDIS_URL, the running serve's, or the embedded Redis until exit."""
     if settings.redis_url is not None:
         return settings.redis_url
+    if url := _of_running_serve(settings, "redis", beside_serve):
+        return url
     server = RedisServer(settings.data_dir / "redis", persistent=True)
     return _embedded(server, "COUNTERS_REDIS_URL", stack)
 
 
-def with_servers(settings: Settings, stack: ExitStack) -> Settings:
-    """The settings with Redis and Postgres URLs: embedded servers (until exit) for any unset."""
+def with_servers(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> Settings:
+    """The settings with Redis and Postgres URLs: the running serve's, or embedded servers
+    (until exit), for any unset."""
     return replace(
         settings,
-        redis_url=redis_url(settings, stack),
-        database_url=database_url(settings, stack),
+        redis_url=redis_url(settings, stack, beside_serve=beside_serve),
+        database_url=database_url(settings, stack, beside_serve=beside_serve),
     )
 
 
-def apply_migrations(url: str) -> None:
+def check_redis(url: str, variable: str = "COUNTERS_REDIS_URL") -> None:
+    """PING Redis (5 s); a failure is a ``CommandError`` naming the variable."""
+
+    async def ping() -> None:
+        redis = connect_redis(url, 1)
+        try:
+            async with asyncio.timeout(5):
+                await redis.ping()
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (RedisError, OSError) as exc:
+        raise CommandError(f"{variable}: cannot use Redis at {redact(url)}: {exc}") from exc
+
+
+def apply_migrations(url: str, variable: str = "COUNTERS_DATABASE_URL") -> None:
     """Apply every pending migration; say which."""
+    where = f"{variable}: migrate {redact(url)}"
     try:
         applied = asyncio.run(migrate_url(url))
     except (CountersError, OSError) as exc:
-        raise CommandError(f"migrate: {exc}") from exc
+        raise CommandError(f"{where}: {exc}") from exc
     except Exception as exc:  # asyncpg's errors share no base we can name without its stubs
-        raise CommandError(f"migrate: {type(exc).__name__}: {exc}") from exc
+        raise CommandError(f"{where}: {type(exc).__name__}: {exc}") from exc
     for migration in applied:
         click.echo(f"applied migration {migration.version:04d}_{migration.name}", err=True)
 
@@ -109,8 +153,9 @@ def flush(burst: bool) -> None:
     settings = load_settings()
     with ExitStack() as stack:
         settings = with_servers(settings, stack)
-        assert settings.database_url is not None
+        assert settings.database_url is not None and settings.redis_url is not None
         apply_migrations(settings.database_url)
+        check_redis(settings.redis_url)
         total = asyncio.run(_flush(settings, burst))
     click.echo(f"flushed {total} events")
 
@@ -140,9 +185,16 @@ async def _flush(settings: Settings, burst: bool) -> int:
 def reconcile(repair: bool, no_flush: bool) -> None:
     """Compare Redis, Postgres totals and ledger sums for every user; exit 1 on drift."""
     settings = load_settings()
+    try:
+        rules = load_rules(settings.rules)  # a broken rules file is a setup error, not drift
+    except CountersError as exc:
+        raise CommandError(str(exc)) from exc
     with ExitStack() as stack:
         settings = with_servers(settings, stack)
-        report = asyncio.run(_reconcile(settings, repair, not no_flush))
+        assert settings.database_url is not None and settings.redis_url is not None
+        apply_migrations(settings.database_url)
+        check_redis(settings.redis_url)
+        report = asyncio.run(_reconcile(settings, rules, repair, not no_flush))
     click.echo(summary(report))
     sys.exit(EXIT_CLEAN if report.clean else EXIT_DRIFT)
 
@@ -165,9 +217,8 @@ def _print_drift(finding: Finding, outcome: str) -> None:
     tqdm.write(f"drift {finding.observed.user_id}: {problems} -> {outcome}", file=sys.stdout)
 
 
-async def _reconcile(settings: Settings, repair: bool, flush_first: bool) -> Report:
+async def _reconcile(settings: Settings, rules: Rules, repair: bool, flush_first: bool) -> Report:
     assert settings.database_url is not None and settings.redis_url is not None
-    rules = load_rules(settings.rules)
     store = await Store.open(settings.database_url)
     redis = connect_redis(settings.redis_url, 4)
     try:

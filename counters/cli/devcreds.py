@@ -1,4 +1,4 @@
-"""Development credentials for `counters serve` when no secrets are configured.
+"""Development credentials for `counters serve` in development mode (COUNTERS_DEV_MODE=1).
 
 They are made once, kept under the data dir so tokens survive restarts, and printed with a curl
 example that works as pasted. Never used when COUNTERS_JWT_SECRET or COUNTERS_SERVICE_KEYS is set.
@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from counters.auth import issue_token
+from counters.cli.private import write_private
 
 DEMO_USER = "demo-user"
 
@@ -29,19 +30,19 @@ class DevCredentials:
             stored = msgspec.json.decode(path.read_bytes(), type=dict[str, str])
             return cls(stored["jwt_secret"], stored["service_key"])
         creds = cls(secrets.token_urlsafe(32), secrets.token_urlsafe(24))
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(
-            msgspec.json.encode({"jwt_secret": creds.jwt_secret, "service_key": creds.service_key})
+        write_private(
+            path,
+            msgspec.json.encode(
+                {"jwt_secret": creds.jwt_secret, "service_key": creds.service_key}
+            ).decode(),
         )
-        path.chmod(0o600)
         return creds
 
     def write_env(self, data_dir: Path) -> tuple[Path, str]:
         """Write ``dev.env`` (TOKEN, SERVICE_KEY) for the README's examples; the file and token."""
         token = issue_token(self.jwt_secret, DEMO_USER, ttl_seconds=30 * 86_400)
         path = data_dir / "dev.env"
-        path.write_text(f"export TOKEN={token}\nexport SERVICE_KEY={self.service_key}\n")
-        path.chmod(0o600)
+        write_private(path, f"export TOKEN={token}\nexport SERVICE_KEY={self.service_key}\n")
         return path, token
 
     def banner(self, base_url: str, data_dir: Path) -> str:

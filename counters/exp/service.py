@@ -28,6 +28,7 @@ from counters.errors import (
 )
 from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
+from counters.exp.stats import count_award
 from counters.exp.types import (
     Adjustment,
     AwardCall,
@@ -260,13 +261,16 @@ class ExpService:
         shadow = None
         if outcome is AwardOutcome.AWARDED:
             shadow = self._shadow_refusal(call, previous, gained, count, bool(replayed))
-        return AwardResult(
+        result = AwardResult(
             outcome=outcome, awarded_to=call.user_id, action=call.action_name, exp_added=added,
             total_exp=total, level=level, previous_level=previous, daily_exp_gained=gained,
             daily_exp_cap=self.rules.cap_for(level), action_count=count,
             action_limit=call.action.daily_limit, actor=call.actor, target=call.target,
             replayed=bool(replayed), shadow_refused=shadow,
         )  # fmt: skip
+        if not replayed:
+            count_award(call.action, result)
+        return result
 
     def _shadow_refusal(
         self, call: AwardCall, level: int, gained: int, count: int, replayed: bool

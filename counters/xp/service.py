@@ -18,6 +18,7 @@ from counters.auth import is_service_caller
 from counters.clock import Clock, to_datetime
 from counters.errors import ForbiddenError, InvalidRequest, NotFound
 from counters.ids import TRANSACTION_ID, is_whole
+from counters.metrics import XP_OUTCOMES
 from counters.redis.calls import (
     CancelSubscription,
     CaptureHold,
@@ -194,6 +195,8 @@ class XpService:
             record_ttl=TRANSACTION_TTL,
         )  # fmt: skip
         reply = await self._run(call, idem, transaction_id)
+        if not reply.replayed:
+            XP_OUTCOMES.child(generation_type, _charge_label(reply.outcome, hold)).inc()
         change = self._change(
             reply,
             f"{self.rules.max_active_holds} holds are open; capture or release one first",
@@ -323,6 +326,19 @@ class XpService:
         call = CancelSubscription(**self._common(user_id, actor, idem, now_ms))
         reply = await self._run(call, idem)
         return self._change(reply, f"User {user_id} has no subscription to cancel")
+
+
+_CHARGE_LABELS = {
+    XpOutcome.INSUFFICIENT: "insufficient",  # 402
+    XpOutcome.TIER_REQUIRED: "tier_required",  # 403
+}
+
+
+def _charge_label(outcome: XpOutcome, hold: bool) -> str:
+    """The ``counters_xp_debits_total`` outcome of one charge."""
+    if outcome is XpOutcome.DONE:
+        return "held" if hold else "debited"
+    return _CHARGE_LABELS.get(outcome, "other")
 
 
 def _check_id(value: str, what: str) -> None:

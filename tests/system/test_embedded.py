@@ -49,7 +49,7 @@ def _redis_set(url: str, key: str, value: str) -> None:
 def test_redis_persistent_keeps_data_across_restart(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
         assert server.port not in MACHINE_PORTS
-        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.url == f"redis://:{server.password}@127.0.0.1:{server.port}/0"
         _redis_set(server.url, "k", "v")
         assert _redis_get(server.url, "k") == b"v"
         port = server.port
@@ -88,7 +88,9 @@ def test_postgres_data_survives_stop_and_start(tmp_path: Path) -> None:
     server = PostgresServer(data)
     with server:
         assert server.port not in MACHINE_PORTS
-        assert server.url == f"postgresql://counters@127.0.0.1:{server.port}/counters"
+        assert server.url == (
+            f"postgresql://counters:{server.password}@127.0.0.1:{server.port}/counters"
+        )
         assert (data / f".s.PGSQL.{server.port}").exists()  # socket in the data dir
         assert asyncio.run(_pg(server.url, "SELECT 1")) == 1
         asyncio.run(

@@ -35,6 +35,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
     env["COUNTERS_PORT"] = str(port)
+    env["COUNTERS_DEV_MODE"] = "1"  # as `make run` sets it
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-c", "from counters.cli.main import main; main()", "serve"],

@@ -8,7 +8,7 @@ import pytest
 
 from counters.clock import SystemClock, next_utc_midnight, utc_day
 from counters.errors import ConfigError
-from counters.settings import Settings
+from counters.settings import Settings, parse_bool, parse_int
 from tests.support.core import NOON
 
 
@@ -41,13 +41,39 @@ def test_values_are_parsed_by_type() -> None:
     ("env", "message"),
     [
         ({"COUNTERS_PORT": "eighty"}, "COUNTERS_PORT='eighty'"),
-        ({"COUNTERS_PORT": "70000"}, "out of range: COUNTERS_PORT"),
-        ({"COUNTERS_KEY_BUCKETS": "0"}, "out of range: COUNTERS_KEY_BUCKETS"),
+        (
+            {"COUNTERS_PORT": "70000"},
+            r"COUNTERS_PORT=70000: out of range \(must be >= 1 and <= 65535",
+        ),
+        ({"COUNTERS_KEY_BUCKETS": "0"}, "COUNTERS_KEY_BUCKETS=0: out of range"),
+        ({"COUNTERS_FLUSHER_ENABLED": "ture"}, "COUNTERS_FLUSHER_ENABLED='ture': not a boolean"),
+        ({"COUNTERS_DEV_MODE": "on"}, "COUNTERS_DEV_MODE='on': not a boolean"),
+        ({"COUNTERS_FLUSH_BACKOFF_MAX_SECONDS": "nan"}, "COUNTERS_FLUSH_BACKOFF_MAX_SECONDS"),
+        ({"COUNTERS_LOG_FORMAT": "xml"}, "COUNTERS_LOG_FORMAT='xml': must be one of text, json"),
+        ({"COUNTERS_HOLD_TTL_SECONDS": "0"}, "COUNTERS_HOLD_TTL_SECONDS=0: out of range"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("Yes", True),
+     ("false", False), ("0", False), ("no", False), (" NO ", False)],
+)  # fmt: skip
+def test_booleans_take_exactly_six_words(raw: str, value: bool) -> None:
+    assert Settings.from_env({"COUNTERS_FLUSHER_ENABLED": raw}).flusher_enabled is value
+
+
+def test_the_parsers_name_the_variable_they_are_given() -> None:
+    """The helpers other settings reuse: each error names the variable it was handed."""
+    with pytest.raises(ConfigError, match=r"^COUNTERS_X='2': not a boolean"):
+        parse_bool("COUNTERS_X", "2")
+    with pytest.raises(ConfigError, match=r"^COUNTERS_Y='1\.5': not an integer$"):
+        parse_int("COUNTERS_Y", "1.5")
+    assert parse_int("COUNTERS_Y", " 1_000 ") == 1000
 
 
 def test_the_clock_offset_moves_now_to_another_day() -> None:

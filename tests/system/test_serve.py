@@ -1,0 +1,212 @@
+"""`counters` as an operator runs it: real subprocesses, their exit codes, files and signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from counters.cli.embedded import free_port
+from counters.cli.main import main
+
+COUNTERS = [sys.executable, "-c", "from counters.cli.main import main; main()"]
+
+
+def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["COUNTERS_DATA_DIR"] = str(tmp_path / "data")
+    return env | settings
+
+
+def _run(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COUNTERS, *args], cwd=tmp_path, env=_env(tmp_path, **settings),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert re.fullmatch(r"counters, version \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_a_typo_in_a_boolean_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    done = _run(tmp_path, "serve", COUNTERS_FLUSHER_ENABLED="ture", COUNTERS_DEV_MODE="1")
+    _one_line_error(done, "COUNTERS_FLUSHER_ENABLED='ture'", "not a boolean")
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("command", ["serve", "reconcile", "flush", "migrate"])
+def test_every_command_reports_a_bad_setting_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """In-process (the same code path as the subprocess tests above, without their start-up)."""
+    monkeypatch.setenv("COUNTERS_KEY_BUCKETS", "0")
+    monkeypatch.setenv("COUNTERS_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: COUNTERS_KEY_BUCKETS=0: out of range (must be >= 1 and <= 16384)"
+    ]
+
+
+def test_reconcile_with_a_broken_rules_file_is_a_setup_error_not_drift(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[exp\nlevels = ")
+    done = _run(tmp_path, "reconcile", COUNTERS_RULES=str(rules))
+    _one_line_error(done, str(rules), "not valid TOML")
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_without_secrets_refuses_outside_development_mode(tmp_path: Path) -> None:
+    done = _run(tmp_path, "serve", COUNTERS_PORT=str(free_port()))
+    _one_line_error(done, "no secrets", "COUNTERS_JWT_SECRET", "COUNTERS_DEV_MODE")
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_checks_its_port_before_starting_any_server(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _run(tmp_path, "serve", COUNTERS_PORT=str(port), COUNTERS_DEV_MODE="1")
+    _one_line_error(done, f"127.0.0.1:{port}", "COUNTERS_PORT")
+    assert not (tmp_path / "data").exists()  # no Redis, no Postgres, no credentials
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+@pytest.fixture
+def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """`counters serve --workers 2` in development mode, embedded servers, short read timeout."""
+    port = free_port()
+    env = _env(
+        tmp_path, COUNTERS_PORT=str(port), COUNTERS_DEV_MODE="1", COUNTERS_WORKERS="2",
+        COUNTERS_REQUEST_READ_TIMEOUT_SECONDS="1", COUNTERS_MAX_HEADER_BYTES="4096",
+        COUNTERS_LOG_FORMAT="json", COUNTERS_ACCESS_LOG="yes",
+    )  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*COUNTERS, "serve"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            _get(f"http://127.0.0.1:{port}/healthz")
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(log.read_text()) from None
+            time.sleep(0.2)
+    try:
+        yield proc, port, tmp_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _http_count(metrics: str, route: str) -> float:
+    pattern = rf'counters_http_request_duration_seconds_count{{route="{route}",status="200"}} (\S+)'
+    return sum(float(value) for value in re.findall(pattern, metrics))
+
+
+def test_serve_in_production_shape(serving: tuple[subprocess.Popen[bytes], int, Path]) -> None:
+    """One real serve, checked the way an operator would: metrics summed over both workers,
+    request ids, locked-down files and servers, the CLI beside it, slow and oversized clients
+    cut off, and SIGTERM: drained, embedded servers stopped, exit 0."""
+    proc, port, tmp_path = serving
+    data = tmp_path / "data"
+    base = f"http://127.0.0.1:{port}"
+
+    # Request ids: echoed when sent, made when not, in the access log line of that request.
+    _, headers, _ = _get(f"{base}/healthz", {"X-Request-Id": "op-check-1"})
+    assert headers["x-request-id"] == "op-check-1"
+    _, headers, _ = _get(f"{base}/healthz", {"X-Request-Id": "bad id {forged}"})
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", headers["x-request-id"])  # replaced
+
+    # /metrics counts every worker's requests, whichever worker answers the scrape.
+    for _ in range(40):
+        _get(f"{base}/api/levels")
+    scrapes = [_get(f"{base}/metrics")[2].decode() for _ in range(6)]
+    assert {_http_count(text, "/api/levels") for text in scrapes} == {40.0}
+    assert 'counters_rules_info{version="' in scrapes[0]
+    assert list((data / "metrics").glob("*.db"))  # the per-run multiprocess files
+
+    # Files: credentials and passwords 0600, data directories 0700.
+    for name in ("dev-credentials.json", "dev.env", "postgres.password", "serve.json"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((data / "redis" / "password").stat().st_mode) == 0o600
+    for directory in ("redis", "postgres"):
+        assert stat.S_IMODE((data / directory).stat().st_mode) == 0o700, directory
+
+    # The embedded Redis wants its password.
+    redis_pid = int((data / "redis" / "redis.pid").read_text())
+    postgres_pid = int((data / "postgres" / "postmaster.pid").read_text().split()[0])
+    redis_port = int(re.search(r":(\d+)/0", (data / "serve.json").read_text())[1])  # type: ignore[index]
+    with pytest.raises(redis.AuthenticationError), redis.Redis(port=redis_port) as anonymous:
+        anonymous.get("x")
+
+    # The CLI beside the running serve finds its servers instead of starting its own.
+    flushed = _run(tmp_path, "flush", "--burst")
+    assert flushed.returncode == 0, flushed.stderr
+    assert "using the redis of the running serve" in flushed.stderr
+
+    # A client that sends nothing, or half a body, is cut off after the read timeout.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+        started = time.monotonic()
+        assert idle.recv(64) == b""
+        assert time.monotonic() - started < 4
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as partial:
+        partial.sendall(b"POST /api/exp/gain HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+        assert partial.recv(64) == b""
+    # A request head over the limit gets a 431.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as large:
+        large.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 8192 + b"\r\n\r\n")
+        assert large.recv(64).startswith(b"HTTP/1.1 431 ")
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    assert not _alive(redis_pid) and not _alive(postgres_pid)
+    assert not (data / "serve.json").exists()
+    assert not (data / "metrics").exists()
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log
+    access = [line for line in log.splitlines() if '"logger": "counters.access"' in line]
+    assert any('"request_id": "op-check-1"' in line for line in access)
