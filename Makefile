@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+bench: $(STAMP)  # make bench BENCH="--only metrics --repeat 1": a few rows (python -m bench --help)
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .counters .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +15,7 @@ from api.routes import batch as batch_routes
 from api.routes import exp as exp_routes
 from api.routes import health as health_routes
 from api.routes import xp as xp_routes
+from counters import metrics
 from counters.clock import Clock
 from counters.rules import Rules
 from counters.runtime.durability import Durability
@@ -36,12 +39,18 @@ def create_app(
         if rules is None:  # rules handed in (tests) are not replaced from a file
             reloader.start()  # SIGHUP and changes to the rules file reload them
         app.state.rules_reloader = reloader
+        # Per-request metric updates reach prometheus-client's shared values each second.
+        flusher = asyncio.create_task(metrics.flush_every(1.0), name="metrics")
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
             await reloader.close()
             await durability.close()
             await services.close()
+            metrics.flush()
 
     return CountersApp(
         hot=[exp_routes.hot_gain, xp_routes.hot_debit],

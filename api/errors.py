@@ -21,6 +21,7 @@ from counters.errors import (
     RequestError,
     StorageError,
 )
+from counters.metrics import count_store_error
 from counters.redis.codes import AwardOutcome, XpOutcome
 
 log = logging.getLogger("counters.api")
@@ -82,6 +83,7 @@ def error_reply(exc: Exception, route: str) -> Reply:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         return status_of(exc), {"detail": exc.detail}, headers
     if isinstance(exc, StorageError):
+        count_store_error(exc)
         log.error("storage unavailable: %s", exc)
         return storage_reply()
     if isinstance(exc, HTTPException):

@@ -28,6 +28,7 @@ from bench.report import Report, Row, render, write_json
 from bench.servers import BARE_APP, GAIN_APP, PG_APP, Server, uvicorn_server
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.errors import ConfigError, StorageError
+from counters.metrics import prepare_multiprocess_dir
 from persistence.migrate import migrate_url
 
 XP_DEBIT = "/api/v1/xp/debit"
@@ -51,13 +52,18 @@ class Bench:
     # -- plumbing -------------------------------------------------------------------------
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {
+        """The service's environment; with metrics on (the default), a fresh directory for
+        prometheus-client's multiprocess files, as ``counters serve --workers N`` makes."""
+        env = {
             "COUNTERS_REDIS_URL": self.redis.url,
             "COUNTERS_SERVICE_KEYS": scenarios.SERVICE_KEY,
             "COUNTERS_JWT_SECRET": scenarios.JWT_SECRET,
             "COUNTERS_DATA_DIR": str(self.tmp / "data"),
             **extra,
         }
+        if env.get("COUNTERS_METRICS_ENABLED", "1") not in {"0", "false", "no"}:
+            env |= prepare_multiprocess_dir(self.tmp / "metrics")
+        return env
 
     def fresh_redis(self, seeded: bool = True) -> None:
         """Redis as every target starts: empty, plus the entities that exist before a run."""
@@ -196,6 +202,8 @@ class Bench:
             if self.wanted("flusher"):
                 self.progress.at_row("flusher")
                 self.flusher(peak)
+            if self.wanted("metrics"):
+                self.metrics_cost()
             if self.options.ablations and not self.options.only:
                 self.progress.at_row("ways there")
                 ways_there(self)
@@ -237,6 +245,26 @@ class Bench:
         name = "POST /api/exp/gain, mixed actions, 100k users"
         self.report.rows.append(self.row("2", name, measured, "service key"))
         return measured.result.rps
+
+    def metrics_cost(self) -> None:
+        """Row 2 with metrics on (as served) and off, runs alternated; the ratio as a note."""
+        on: list[Measured] = []
+        off: list[Measured] = []
+        for _ in range(self.options.repeat):
+            for runs, enabled in ((on, "1"), (off, "0")):
+                self.fresh_redis()
+                env = self.env(COUNTERS_METRICS_ENABLED=enabled)
+                runs.append(self._http_once(GAIN_APP, self.gain_requests, env=env))
+        measured_on, measured_off = median_run(on, False), median_run(off, False)
+        name = "POST /api/exp/gain, metrics {} (COUNTERS_METRICS_ENABLED={})"
+        self.report.rows.append(self.row("m1", name.format("on", 1), measured_on))
+        self.report.rows.append(self.row("m0", name.format("off", 0), measured_off))
+        rps_on, rps_off = measured_on.result.rps, measured_off.result.rps
+        cpu_on, cpu_off = measured_on.cpu_us.get("server"), measured_off.cpu_us.get("server")
+        cost = f"metrics cost: throughput on/off = {rps_on / rps_off:.3f}"
+        if cpu_on and cpu_off:
+            cost += f", server CPU per request on/off = {cpu_on / cpu_off:.3f} (target <= 1.05)"
+        self.report.notes.append(cost)
 
     def gain_half_peak(self, peak: float) -> None:
         measured = self.http(GAIN_APP, self.gain_requests, prepare=self.fresh_redis, rate=peak / 2)

@@ -22,9 +22,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+_431_BODY = b'{"detail":"Request header fields too large"}'
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-    b'content-length: 43\r\nconnection: close\r\n\r\n{"detail": "Request header is too large"}\n'
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_431_BODY), _431_BODY)
 )
 
 

@@ -98,6 +98,9 @@ def test_postgres_data_survives_stop_and_start(tmp_path: Path) -> None:
         )
         with pytest.raises(StorageError, match="already running"):
             PostgresServer(data).start()  # a second server on the same data dir
+        # Leave the data dir as an older version made it: trust for all, no password.
+        asyncio.run(_pg(server.url, "ALTER ROLE counters PASSWORD NULL", fetch=False))
+        (data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
     server.stop()  # idempotent
     # A pid file left by a crashed server (its pid is dead) must not block the next start.
     dead = subprocess.Popen([sys.executable, "-c", ""])
@@ -105,6 +108,13 @@ def test_postgres_data_survives_stop_and_start(tmp_path: Path) -> None:
     (data / "postmaster.pid").write_text(f"{dead.pid}\n{data}\n")
     with server:
         assert asyncio.run(_pg(server.url, "SELECT x FROM t")) == 42
+        # ... and the start moved it to the password: nobody else gets in.
+        assert "trust" not in (data / "pg_hba.conf").read_text()
+        anonymous = f"postgresql://counters@127.0.0.1:{server.port}/counters"
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            asyncio.run(_pg(anonymous, "SELECT 1"))
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+            asyncio.run(_pg(f"postgresql://postgres@127.0.0.1:{server.port}/postgres", "SELECT 1"))
 
 
 def _executable(path: Path) -> Path:

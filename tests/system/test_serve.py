@@ -199,7 +199,9 @@ def test_serve_in_production_shape(serving: tuple[subprocess.Popen[bytes], int, 
     # A request head over the limit gets a 431.
     with socket.create_connection(("127.0.0.1", port), timeout=5) as large:
         large.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 8192 + b"\r\n\r\n")
-        assert large.recv(64).startswith(b"HTTP/1.1 431 ")
+        answer = large.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert answer.endswith(b'\r\n\r\n{"detail":"Request header fields too large"}')
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0

@@ -1,0 +1,187 @@
+"""Metrics, request ids and logs as one app serves them (in-process; the multi-worker sum and
+the process's own behaviour are in tests/system/test_serve.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+
+from api.app import create_app
+from counters import logs, metrics
+from counters.clock import ManualClock
+from counters.settings import Settings
+from tests.support.core import SERVICE_KEY, service_headers
+from tests.support.xp import debit, grant, subscribe
+
+pytestmark = pytest.mark.anyio
+
+
+def _value(name: str, **labels: str) -> float:
+    metrics.flush()  # what requests counted so far (batched until then)
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _requests(route: str, status: int) -> float:
+    return _value("counters_http_request_duration_seconds_count", route=route, status=str(status))
+
+
+async def test_every_request_is_timed_per_route_and_status(client: httpx2.AsyncClient) -> None:
+    before = {
+        key: _requests(*key)
+        for key in [("/api/exp/gain", 200), ("/api/exp/gain", 429), ("/api/levels", 200),
+                    ("/api/entities/{target_type}/{target_id}", 401), ("other", 404)]
+    }  # fmt: skip
+    await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("m1"))
+    await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("m1"))
+    await client.get("/api/levels")
+    await client.put("/api/entities/character/7")  # a templated route, no credentials
+    await client.get("/no/such/path/123")
+    after = {key: _requests(*key) for key in before}
+    assert {key: after[key] - before[key] for key in before} == dict.fromkeys(before, 1.0)
+    scraped = (await client.get("/metrics")).text
+    assert 'counters_http_request_duration_seconds_count{route="/api/levels",status="200"}' in (
+        scraped
+    )
+
+
+async def test_award_outcomes_and_near_limit_hits_are_counted(client: httpx2.AsyncClient) -> None:
+    awarded = ("counters_exp_awards_total", {"action": "daily_chat", "outcome": "awarded"})
+    limit = ("counters_exp_awards_total", {"action": "daily_chat", "outcome": "limit"})
+    near = ("counters_exp_near_limit_total", {"action": "daily_chat", "limit": "action"})
+    before = [_value(name, **labels) for name, labels in (awarded, limit, near)]
+    headers = service_headers("m2") | {"Idempotency-Key": "once"}
+    for _ in range(2):  # the replay is not counted again
+        await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=headers)
+    await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("m2"))
+    after = [_value(name, **labels) for name, labels in (awarded, limit, near)]
+    # daily_chat's limit is 1: the one award is above 80% of it (envoy's near_limit), then 429.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0, 1.0, 1.0]
+
+
+async def test_xp_outcomes_are_counted_per_generation_type(client: httpx2.AsyncClient) -> None:
+    outcomes = {200: "debited", 402: "insufficient", 403: "tier_required"}
+
+    def counts() -> dict[str, float]:
+        return {
+            outcome: _value(
+                "counters_xp_debits_total", generation_type="EDIT_IMAGE", outcome=outcome
+            )
+            for outcome in outcomes.values()
+        }
+
+    before = counts()
+    refused = await debit(client, "m3", "EDIT_IMAGE")  # no subscription, no XP
+    await subscribe(client, "m3", "game_master")
+    await grant(client, "m3", 1_000)
+    done = await debit(client, "m3", "EDIT_IMAGE")
+    after = counts()
+    assert (refused.status_code in (402, 403), done.status_code) == (True, 200)
+    expected = dict.fromkeys(outcomes.values(), 0.0)
+    expected[outcomes[refused.status_code]] += 1
+    expected["debited"] += 1
+    assert {key: after[key] - before[key] for key in after} == expected
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """The service's logging configured as in production (JSON), into a buffer."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    logs.configure("info", "json")
+    handler = root.handlers[-1]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    yield stream
+    for added in list(root.handlers):
+        root.removeHandler(added)
+    for old in saved[0]:
+        root.addHandler(old)
+    root.setLevel(saved[1])
+
+
+async def test_storage_errors_carry_the_request_id_in_the_answer_and_the_log(
+    settings: Settings, clock: ManualClock, log_lines: io.StringIO
+) -> None:
+    dead = Settings(
+        redis_url="redis://127.0.0.1:1/0", jwt_secret=settings.jwt_secret,
+        service_keys=(SERVICE_KEY,), access_log=True,
+    )  # fmt: skip
+    errors = ("counters_store_errors_total", {"store": "redis", "kind": "error"})
+    before = _value(errors[0], **errors[1])
+    app = create_app(dead, clock=clock)
+    transport = httpx2.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=transport, base_url="http://c") as http,
+    ):
+        response = await http.post(
+            "/api/exp/gain",
+            json={"action": "daily_chat"},
+            headers=service_headers("m4") | {"X-Request-Id": "trace-42"},
+        )
+        routed = await http.get("/api/exp/limits", headers=service_headers("m4"))
+    assert response.status_code == 503 and routed.status_code == 503
+    assert response.headers["x-request-id"] == "trace-42"
+    assert routed.headers["x-request-id"] not in ("", "trace-42")  # made here
+    assert _value(errors[0], **errors[1]) - before == 2.0
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    lines = [line for line in lines if line["logger"].startswith("counters.")]  # not the client
+    mine = [line for line in lines if line["request_id"] == "trace-42"]
+    assert {line["logger"] for line in mine} == {"counters.api", "counters.access"}
+    access = next(line for line in mine if line["logger"] == "counters.access")
+    assert (access["route"], access["status"]) == ("/api/exp/gain", 503)
+    other = [line for line in lines if line["request_id"] == routed.headers["x-request-id"]]
+    assert len(other) == 2  # the storage error and the access line of the routed request
+
+
+async def test_metrics_off_means_no_route_and_no_timing(settings: Settings) -> None:
+    app = create_app(Settings(redis_url=settings.redis_url, metrics_enabled=False))
+    before = _requests("/api/levels", 200)
+    transport = httpx2.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=transport, base_url="http://c") as http,
+    ):
+        assert (await http.get("/api/levels")).status_code == 200
+        assert (await http.get("/metrics")).status_code == 404
+    assert _requests("/api/levels", 200) == before
+
+
+def test_request_ids_are_accepted_only_when_safe() -> None:
+    assert logs.request_id_from("abc-123.x:y/z") == "abc-123.x:y/z"
+    for unsafe in ("", "a b", "x" * 129, "line\nbreak", '"quoted"'):
+        made = logs.request_id_from(unsafe)
+        assert made != unsafe and made.count("-") == 1
+    assert logs.new_request_id() != logs.new_request_id()
+
+
+def test_batched_observations_land_in_the_buckets_prometheus_would_use() -> None:
+    """Batched.observe + flush gives exactly the samples of prometheus-client's own observe."""
+    registry = CollectorRegistry()
+    bounds = (0.001, 0.01, 0.1)
+    batched = Histogram("batched_seconds", "b", ["l"], buckets=bounds, registry=registry)
+    direct = Histogram("direct_seconds", "d", ["l"], buckets=bounds, registry=registry)
+    amounts = [0.0, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.2, 7.0]
+    child = metrics.Batched(batched, bounds).child("x")
+    for amount in amounts:
+        child.observe(amount)
+        direct.labels("x").observe(amount)
+    assert registry.get_sample_value("batched_seconds_count", {"l": "x"}) == 0.0  # not yet
+    metrics.flush()
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        family = next(f for f in registry.collect() if f.name == name)
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("batched_seconds") == samples("direct_seconds")
