@@ -25,6 +25,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.cli.state import redact, running_serve
 from counters.errors import CountersError
+from counters.logs import configure as configure_logging
 from counters.redis.scripts import Scripts
 from counters.rules import Rules, load_rules
 from counters.runtime.durability import make_flusher
@@ -48,11 +49,14 @@ class CommandError(click.ClickException):
 
 
 def load_settings() -> Settings:
-    """Settings from the environment; a bad value ends the command with its message."""
+    """Settings from the environment, and logging configured by them; a bad value ends the
+    command with its message."""
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except CountersError as exc:
         raise CommandError(str(exc)) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 def _embedded(server: RedisServer | PostgresServer, variable: str, stack: ExitStack) -> str:

@@ -37,7 +37,6 @@ from counters.cli.importer import import_command
 from counters.cli.loadtest.command import loadtest
 from counters.cli.state import ServeState, clear_state, running_serve, write_state
 from counters.errors import CountersError
-from counters.logs import configure as configure_logging
 from counters.metrics import prepare_multiprocess_dir
 from counters.rules import load_rules
 from counters.settings import Settings
@@ -100,7 +99,6 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         workers=workers or settings.workers,
     )
     settings.validate()
-    configure_logging(settings.log_level, settings.log_format)
     load_rules(settings.rules)  # fail before starting anything when the rules are invalid
     dev_credentials = settings.jwt_secret is None and not settings.service_keys
     if dev_credentials and not settings.dev_mode:

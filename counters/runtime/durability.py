@@ -6,6 +6,8 @@ is no store, Redis is the only store, and nothing here runs.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -15,6 +17,8 @@ from counters.runtime.services import Services
 from counters.settings import Settings
 from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
 from persistence.store import Store
+
+log = logging.getLogger("counters.runtime")
 
 
 def make_flusher(settings: Settings, redis: Redis, store: Store) -> Flusher:
@@ -64,9 +68,16 @@ class Durability:
         streams = [stream_key(bucket) for bucket in range(services.settings.key_buckets)]
         return await stream_lag(services.redis, streams)
 
-    async def close(self) -> None:
-        """Stop the flusher cleanly, then close the pool."""
+    async def close(self, drain_seconds: float = 5.0) -> None:
+        """Stop the flusher cleanly, ledger what is left in the streams (for up to
+        ``drain_seconds``; anything still left waits in Redis for the next flusher), then close
+        the pool."""
         if self._task is not None:
             await self._task.stop()
+            assert self.flusher is not None
+            try:
+                await asyncio.wait_for(self.flusher.drain(max_failures=3), drain_seconds)
+            except Exception as exc:  # shutting down: say so, never fail the shutdown
+                log.warning("flusher drain at shutdown stopped early: %s", exc or type(exc))
         if self.store is not None:
             await self.store.close()

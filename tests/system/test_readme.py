@@ -57,7 +57,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         yield tmp_path, port
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        assert server.wait(timeout=30) == 0  # Ctrl-C: drained, embedded servers stopped
         log.close()
 
 

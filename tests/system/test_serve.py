@@ -164,6 +164,7 @@ def test_serve_in_production_shape(serving: tuple[subprocess.Popen[bytes], int, 
     # /metrics counts every worker's requests, whichever worker answers the scrape.
     for _ in range(40):
         _get(f"{base}/api/levels")
+    time.sleep(1.2)  # each worker moves its batched counts into the shared files every second
     scrapes = [_get(f"{base}/metrics")[2].decode() for _ in range(6)]
     assert {_http_count(text, "/api/levels") for text in scrapes} == {40.0}
     assert 'counters_rules_info{version="' in scrapes[0]
