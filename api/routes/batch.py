@@ -25,6 +25,7 @@ from api.schemas.exp import GainRequest, UserId
 from counters.auth import Principal
 from counters.errors import InvalidRequest, RequestError, StorageError
 from counters.exp.types import AwardRequest, AwardResult
+from counters.metrics import count_store_error
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size
@@ -95,6 +96,7 @@ def _award_request(caller: str, raw: msgspec.Raw) -> AwardRequest:
 def _error(error: RequestError | StorageError) -> ItemResult:
     if isinstance(error, RequestError):
         return ItemResult(status=status_of(error), body={"detail": error.detail})
+    count_store_error(error)
     log.error("storage unavailable for one batch item: %s", error)
     status, body, headers = storage_reply()
     return ItemResult(status=status, body=body, headers=headers)

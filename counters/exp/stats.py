@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 
-from counters.exp.types import AwardOutcome, AwardResult
+from counters.exp.types import AwardResult
 from counters.metrics import AWARD_OUTCOMES, NEAR_LIMIT, NEAR_LIMIT_RATIO
+from counters.redis.codes import AwardOutcome
 from counters.rules import Action
 
 _OUTCOME_LABEL = {
