@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +31,18 @@ def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["COUNTERS_DATA_DIR"] = str(tmp_path / "data")
     return env | settings
+
+
+@pytest.fixture
+def outside_pytest_tmp() -> Iterator[Path]:
+    """A directory under /tmp for an embedded Postgres that runs as another user (as root).
+    Not under pytest's tmp_path: any pytest session of the same user starting meanwhile resets
+    /tmp/pytest-of-<user> to 0700, and that user could no longer reach its data."""
+    path = Path(tempfile.mkdtemp(prefix="counters-serve-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -103,8 +117,9 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
 
 
 @pytest.fixture
-def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+def serving(outside_pytest_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """`counters serve --workers 2` in development mode, embedded servers, short read timeout."""
+    tmp_path = outside_pytest_tmp
     port = free_port()
     env = _env(
         tmp_path, COUNTERS_PORT=str(port), COUNTERS_DEV_MODE="1", COUNTERS_WORKERS="2",
