@@ -227,9 +227,12 @@ _rules_versions: set[str] = set()  # reported by this process
 
 
 def set_rules_version(version: str) -> None:
-    """Show ``version`` as the one this worker serves (1) and any earlier one as gone (0); a
-    reload calls this again. (prometheus-client cannot remove a label in multiprocess mode.)"""
-    for old in _rules_versions - {version}:
+    """Show ``version`` as the one this worker serves (1); a reload calls this again. An earlier
+    version disappears, or shows 0 with several workers (prometheus-client cannot remove a
+    label in multiprocess mode)."""
+    if MULTIPROCESS_DIR is None:
+        RULES_VERSION.clear()  # one process: the old version simply disappears
+    for old in _rules_versions - {version} if MULTIPROCESS_DIR is not None else ():
         RULES_VERSION.labels(old).set(0)
     _rules_versions.add(version)
     RULES_VERSION.labels(version).set(1)

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.app import create_app
+from counters import metrics
 from counters.clock import ManualClock
 from counters.settings import Settings
 from tests.support.core import service_headers
@@ -28,6 +29,7 @@ SHADOWED = (
 
 
 def refused(rule: str, name: str) -> float:
+    metrics.flush()  # per-request counts are batched until then (counters.metrics)
     value = REGISTRY.get_sample_value("counters_shadow_refused_total", {"rule": rule, "name": name})
     return value or 0.0
 
