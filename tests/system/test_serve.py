@@ -182,7 +182,7 @@ def test_serve_in_production_shape(serving: tuple[subprocess.Popen[bytes], int, 
     time.sleep(1.2)  # each worker moves its batched counts into the shared files every second
     scrapes = [_get(f"{base}/metrics")[2].decode() for _ in range(6)]
     assert {_http_count(text, "/api/levels") for text in scrapes} == {40.0}
-    assert 'counters_rules_info{version="' in scrapes[0]
+    assert 'counters_rules_version_info{version="' in scrapes[0]
     assert list((data / "metrics").glob("*.db"))  # the per-run multiprocess files
 
     # Files: credentials and passwords 0600, data directories 0700.
