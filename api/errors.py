@@ -1,4 +1,11 @@
-"""Where errors and refused outcomes become HTTP statuses: the only place that assigns them."""
+"""Where errors and refused outcomes become HTTP statuses and error codes: the only place that
+assigns them.
+
+Every error body is ``{"detail": <the seed's or our English text>, "code": <a stable name>}``
+(the seed's 402/403 middleware body keeps its ``error`` and adds ``code``); callers branch on
+``code``, never on the text. ``ERROR_CODES`` lists every code an answer can carry, with what it
+means: the OpenAPI document and the clients are built from it.
+"""
 
 from __future__ import annotations
 
@@ -58,11 +65,65 @@ XP_STATUS: dict[XpOutcome, int] = {
     XpOutcome.TOO_MANY: 409,
     XpOutcome.ABOVE_HELD: 422,
 }
+XP_CODE: dict[XpOutcome, str] = {
+    XpOutcome.INSUFFICIENT: "insufficient_xp",
+    XpOutcome.TIER_REQUIRED: "tier_required",
+    XpOutcome.NOT_FOUND: "not_found",
+    XpOutcome.ALREADY_SETTLED: "already_settled",
+    XpOutcome.HOLD_EXPIRED: "hold_expired",
+    XpOutcome.NOT_CAPTURED: "not_captured",
+    XpOutcome.NO_SUBSCRIPTION: "no_subscription",
+    XpOutcome.PERIOD_START_CONFLICT: "period_start_conflict",
+    XpOutcome.TOO_MANY: "too_many_live",
+    XpOutcome.ABOVE_HELD: "above_held",
+}
+AWARD_CODE: dict[AwardOutcome, str] = {
+    AwardOutcome.LIMIT_REACHED: "daily_limit_reached",
+    AwardOutcome.CAP_REACHED: "daily_cap_reached",
+    AwardOutcome.ALREADY_TRIGGERED: "already_triggered",
+}
 XP_HOLD_CREATED = 201  # a new hold (XpOutcome.DONE on POST /api/v1/xp/holds)
 
 
 # Readiness: 503 takes an instance out of a load balancer.
 READINESS_STATUS: dict[bool, int] = {True: 200, False: 503}
+
+
+# Every code an error body can carry, and what it means (the OpenAPI document lists them).
+ERROR_CODES: dict[str, str] = {
+    "invalid_request": "wrong types, missing fields or bad values (422)",
+    "malformed_body": "the body is not JSON (400)",
+    "unauthorized": "no, malformed, expired or unknown credentials (401)",
+    "forbidden": "the credentials may not do this (403)",
+    "not_found": "an unknown route, target, generation type, hold or transaction (404)",
+    "method_not_allowed": "the route does not take this method (405)",
+    "conflict": "the resource's state forbids the request (409)",
+    "self_action": "a creator-targeted action on the caller's own entity (409)",
+    "already_owned": "the entity is already owned by another user (409)",
+    "already_triggered": "this actor already triggered this action on this entity (409)",
+    "payload_too_large": "the body is over COUNTERS_MAX_BODY_BYTES (413)",
+    "idempotency_key_reused": "an Idempotency-Key reused with a different request (422)",
+    "daily_limit_reached": "the action's daily limit is reached; Retry-After: midnight UTC (429)",
+    "daily_cap_reached": "the level's daily EXP cap is reached; Retry-After: midnight UTC (429)",
+    "insufficient_xp": "the balance is short of the generation's cost (402)",
+    "tier_required": "no subscription, or the tier does not allow the generation (403)",
+    "already_settled": "the hold was captured or released, or the debit refunded (409)",
+    "hold_expired": "the hold expired; its XP went back to the balance (409)",
+    "not_captured": "a refund of a hold that was never captured (409)",
+    "no_subscription": "no subscription to cancel (409)",
+    "period_start_conflict": "period_start differs from the subscription's start (409)",
+    "too_many_live": "the most holds or top-ups that may be open at once are open (409)",
+    "above_held": "a capture of more XP than the hold holds (422)",
+    "storage_unavailable": "Redis (or Postgres) did not answer; retry (503)",
+    "internal_error": "a bug: the service logged it (500)",
+}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+STORAGE_DETAIL = "Storage unavailable, try again"
+
+
+def error_body(detail: str, code: str) -> dict[str, str]:
+    """The body of every error answer (and of every refused batch item)."""
+    return {"detail": detail, "code": code}
 
 
 def status_of(error: RequestError) -> int:
@@ -74,22 +135,23 @@ def status_of(error: RequestError) -> int:
 
 def storage_reply() -> Reply:
     """The one answer when Redis (or Postgres) is unavailable: 503, retry in a second."""
-    return 503, {"detail": "Storage unavailable, try again"}, {"Retry-After": "1"}
+    return 503, error_body(STORAGE_DETAIL, "storage_unavailable"), {"Retry-After": "1"}
 
 
 def error_reply(exc: Exception, route: str) -> Reply:
     """The answer to an error raised while serving ``route`` ("METHOD /path")."""
     if isinstance(exc, RequestError):
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
-        return status_of(exc), {"detail": exc.detail}, headers
+        return status_of(exc), error_body(exc.detail, exc.code), headers
     if isinstance(exc, StorageError):
         count_store_error(exc)
         log.error("storage unavailable: %s", exc)
         return storage_reply()
     if isinstance(exc, HTTPException):
-        return exc.status_code, {"detail": exc.detail}, dict(exc.headers or {})
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request")
+        return exc.status_code, error_body(exc.detail, code), dict(exc.headers or {})
     log.error("unhandled error on %s", route, exc_info=exc)
-    return 500, {"detail": "Internal error"}, None
+    return 500, error_body("Internal error", "internal_error"), None
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:

@@ -42,40 +42,64 @@ class ScriptReplyError(StorageError):
 
 
 class RequestError(CountersError):
-    """The request is wrong; ``detail`` says how. Nothing was changed."""
+    """The request is wrong; ``detail`` says how and ``code`` names it. Nothing was changed.
 
-    def __init__(self, detail: str) -> None:
+    ``code`` is the stable, machine-readable name callers branch on (the error bodies' ``code``):
+    each class has its own, and a raise site may name a more precise one.
+    """
+
+    code = "invalid_request"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        if code is not None:
+            self.code = code
 
 
 class AuthError(RequestError):
     """Missing, malformed, expired or unknown credentials."""
 
+    code = "unauthorized"
+
 
 class ForbiddenError(RequestError):
     """The credentials may not do this."""
+
+    code = "forbidden"
 
 
 class MalformedBody(RequestError):
     """The body is not JSON at all."""
 
+    code = "malformed_body"
+
 
 class InvalidRequest(RequestError):
     """Wrong types, missing fields or bad values."""
+
+    code = "invalid_request"
 
 
 class PayloadTooLarge(RequestError):
     """The body is over the size limit."""
 
+    code = "payload_too_large"
+
 
 class NotFound(RequestError):
     """An unknown target, type or resource."""
+
+    code = "not_found"
 
 
 class ConflictError(RequestError):
     """The resource's state forbids the request."""
 
+    code = "conflict"
+
 
 class IdempotencyMismatch(RequestError):
     """An Idempotency-Key was reused with a different request."""
+
+    code = "idempotency_key_reused"

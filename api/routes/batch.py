@@ -10,7 +10,6 @@ through either route with the same key and award is replayed, not applied twice.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 import msgspec
@@ -18,20 +17,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.errors import status_of, storage_reply
+from api.errors import error_reply
 from api.http import decode, idempotency_of, json_response, read_body, service_caller, services
 from api.routes.exp import award_reply, gain_target, hot_gain
 from api.schemas.exp import GainRequest, UserId
 from counters.auth import Principal
 from counters.errors import InvalidRequest, RequestError, StorageError
 from counters.exp.types import AwardRequest, AwardResult
-from counters.metrics import count_store_error
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size
 _SINGLE_ROUTE = hot_gain.name  # batch items share its idempotency keys and fingerprints
-
-log = logging.getLogger("counters.api")
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -94,11 +90,8 @@ def _award_request(caller: str, raw: msgspec.Raw) -> AwardRequest:
 
 
 def _error(error: RequestError | StorageError) -> ItemResult:
-    if isinstance(error, RequestError):
-        return ItemResult(status=status_of(error), body={"detail": error.detail})
-    count_store_error(error)
-    log.error("storage unavailable for one batch item: %s", error)
-    status, body, headers = storage_reply()
+    """A refused item: the status and body (with its ``code``) any route gives this error."""
+    status, body, headers = error_reply(error, "POST /api/exp/gain/batch (one item)")
     return ItemResult(status=status, body=body, headers=headers)
 
 

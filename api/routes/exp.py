@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.asgi import Exchange, HotRoute
-from api.errors import AWARD_STATUS
+from api.errors import AWARD_CODE, AWARD_STATUS, error_body
 from api.http import (
     Reply,
     decode,
@@ -84,14 +84,14 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
             f"{result.actor} already triggered {result.action} on {result.target.type} "
             f"{result.target.id}; no EXP awarded"
         )
-        return status, {"detail": detail}, headers
+        return status, error_body(detail, AWARD_CODE[result.outcome]), headers
     if result.outcome is AwardOutcome.LIMIT_REACHED:
         detail = f"Daily limit reached for {result.action} ({result.action_limit}/day)"
     else:
         detail = f"Daily EXP cap reached ({result.daily_exp_cap} EXP/day for level {result.level})"
     now = svc.clock.now()
     headers["Retry-After"] = str(max(next_utc_midnight(now) - int(now), 1))
-    return status, {"detail": detail}, headers
+    return status, error_body(detail, AWARD_CODE[result.outcome]), headers
 
 
 async def levels(request: Request) -> Response:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.asgi import Exchange, HotRoute
-from api.errors import XP_HOLD_CREATED, XP_STATUS
+from api.errors import XP_CODE, XP_HOLD_CREATED, XP_STATUS, error_body
 from api.http import (
     Reply,
     decode,
@@ -62,7 +62,7 @@ def _refusal_reply(change: XpChange) -> Reply:
     status = XP_STATUS[change.outcome]
     if change.check is not None:
         return status, refusal(change), headers
-    return status, {"detail": change.detail}, headers
+    return status, error_body(change.detail or "", XP_CODE[change.outcome]), headers
 
 
 async def check_xp(request: Request) -> Response:

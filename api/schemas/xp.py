@@ -67,13 +67,18 @@ class PreviewResponse(XpCheck, frozen=True, kw_only=True):
 
 
 class Refusal(_Response, frozen=True):
-    """The seed's middleware body for a refused debit or hold (402 or 403)."""
+    """The seed's middleware body for a refused debit or hold (402 or 403), then our additions:
+    ``code`` (the same as ``error``) and the numbers the seed gives only inside ``message``."""
 
     error: str
     message: str
     guidance: str | msgspec.UnsetType
     subscription_url: str
     recommended_tier: RecommendedTier | None
+    code: str
+    xp_balance: int
+    xp_required: int
+    xp_deficit: int
 
 
 class DebitResponse(_Response, frozen=True, omit_defaults=True):
@@ -194,6 +199,8 @@ def refusal(change: XpChange) -> Refusal:
     return Refusal(
         error=change.error, message=check.message, guidance=check.guidance,
         subscription_url=check.subscription_url, recommended_tier=check.recommended_tier,
+        code=change.error, xp_balance=check.xp_balance, xp_required=check.xp_required,
+        xp_deficit=check.xp_deficit,
     )  # fmt: skip
 
 

@@ -147,7 +147,9 @@ class CreatorAwards:
                 break
             elif code == _OWN:
                 kind = award.target.type
-                raise ConflictError(f"{award.action_name} on your own {kind} awards nothing")
+                raise ConflictError(
+                    f"{award.action_name} on your own {kind} awards nothing", code="self_action"
+                )
             elif code == _ALREADY:
                 refused = self._call(award, owner, "", "")
                 reply = [_ALREADY, 0, 0, 1, 1, 0, 0, 0, 0]

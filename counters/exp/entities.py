@@ -76,7 +76,9 @@ class Entities:
         owns it (in Redis, or in Postgres when Redis lost the record)."""
         code, _previous = await self._assign_entity(target, owner, "claim")
         if code == _CLAIM_REFUSED:
-            raise ConflictError(f"{target.type} {target.id} is already owned by another user")
+            raise ConflictError(
+                f"{target.type} {target.id} is already owned by another user", code="already_owned"
+            )
 
     async def assign(self, target: Target, owner: str) -> str | None:
         """Make ``owner`` the owner (a transfer, or a service's record); returns the previous."""

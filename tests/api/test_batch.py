@@ -97,12 +97,19 @@ async def test_each_item_gets_the_single_routes_status_and_body(
     assert results[1]["body"] == again.json()
     assert results[1]["headers"] == {"Retry-After": again.headers["Retry-After"]}
     assert results[3]["body"] == {
-        "detail": "fan already triggered character_liked on character c1; no EXP awarded"
+        "detail": "fan already triggered character_liked on character c1; no EXP awarded",
+        "code": "already_triggered",
     }
-    assert results[4]["body"] == {"detail": "character_liked on your own character awards nothing"}
+    assert results[4]["body"] == {
+        "detail": "character_liked on your own character awards nothing",
+        "code": "self_action",
+    }
     assert results[5]["body"]["detail"].startswith("Unknown character nobody-owns-it")
     assert results[6]["body"]["awarded_to"] == "maker"
-    assert results[7]["body"] == {"detail": "character c1 is already owned by another user"}
+    assert results[7]["body"] == {
+        "detail": "character c1 is already owned by another user",
+        "code": "already_owned",
+    }
     assert await total(batch_client, "maker") == 5 + 50
 
 
@@ -126,7 +133,10 @@ async def test_bad_items_are_their_own_4xx_and_the_rest_still_apply(
     assert statuses(results) == [422] * 8 + [200]
     assert results[0]["body"]["detail"].startswith("Unknown action 'no_such_action'")
     assert "user_id" in results[2]["body"]["detail"]
-    assert results[5]["body"] == {"detail": "target_type and target_id must be sent together"}
+    assert results[5]["body"] == {
+        "detail": "target_type and target_id must be sent together",
+        "code": "invalid_request",
+    }
     assert await total(batch_client, "u1") == 20
 
 
@@ -211,7 +221,10 @@ async def test_idempotency_keys_per_item_scoped_to_the_service(
     other = await batch(batch_client, [{**create, "action": "daily_chat"}])
     assert other[0] == {
         "status": 422,
-        "body": {"detail": "Idempotency-Key was already used with a different request"},
+        "body": {
+            "detail": "Idempotency-Key was already used with a different request",
+            "code": "idempotency_key_reused",
+        },
     }
     assert await total(batch_client, "u1") == 60
     events = sum(redis_client.xlen(key) for key in redis_client.keys("*:events"))

@@ -65,7 +65,8 @@ async def test_auth_failures(
     detail: str,
 ) -> None:
     response = await client.post("/api/exp/gain", json=CHAT, headers=headers)
-    assert (response.status_code, response.json()) == (status, {"detail": detail})
+    code = {401: "unauthorized", 403: "forbidden", 422: "invalid_request"}[status]
+    assert (response.status_code, response.json()) == (status, {"detail": detail, "code": code})
     assert redis_client.dbsize() == 0
 
 
@@ -157,14 +158,20 @@ async def test_an_oversize_body_is_refused(
     body = b'{"action": "daily_chat", "pad": "' + b"x" * 70_000 + b'"}'
     response = await client.post("/api/exp/gain", content=body, headers=user_headers("u1"))
     assert response.status_code == 413
-    assert response.json() == {"detail": "Body is larger than 65536 bytes"}
+    assert response.json() == {
+        "detail": "Body is larger than 65536 bytes",
+        "code": "payload_too_large",
+    }
     assert redis_client.dbsize() == 0
 
 
 async def test_unknown_route_and_method(client: httpx2.AsyncClient) -> None:
-    assert (await client.get("/api/nope")).json() == {"detail": "Not Found"}
+    assert (await client.get("/api/nope")).json() == {"detail": "Not Found", "code": "not_found"}
     wrong = await client.get("/api/exp/gain")
-    assert (wrong.status_code, wrong.json()) == (405, {"detail": "Method Not Allowed"})
+    assert (wrong.status_code, wrong.json()) == (
+        405,
+        {"detail": "Method Not Allowed", "code": "method_not_allowed"},
+    )
 
 
 async def test_an_idempotent_retry_is_applied_once(
@@ -204,7 +211,10 @@ async def test_an_idempotency_key_reused_with_another_body_is_refused(
     before = snapshot(redis_client)
     other = await client.post("/api/exp/gain", json={"action": "create_persona"}, headers=headers)
     assert other.status_code == 422
-    assert other.json() == {"detail": "Idempotency-Key was already used with a different request"}
+    assert other.json() == {
+        "detail": "Idempotency-Key was already used with a different request",
+        "code": "idempotency_key_reused",
+    }
     assert snapshot(redis_client) == before
 
 
@@ -251,7 +261,8 @@ async def test_the_same_fan_liking_again_awards_nothing(client: httpx2.AsyncClie
     again = await client.post("/api/exp/gain", json=like, headers=user_headers("fan"))
     assert again.status_code == 409
     assert again.json() == {
-        "detail": "fan already triggered character_liked on character 7; no EXP awarded"
+        "detail": "fan already triggered character_liked on character 7; no EXP awarded",
+        "code": "already_triggered",
     }
     maker = (await client.get("/api/exp/progress", headers=user_headers("maker"))).json()
     assert maker["total_exp"] == 5
@@ -277,7 +288,10 @@ async def test_your_own_entity_awards_nothing(client: httpx2.AsyncClient, action
     body = {"action": action, "target_type": "character", "target_id": 7}
     response = await client.post("/api/exp/gain", json=body, headers=user_headers("maker"))
     assert response.status_code == 409
-    assert response.json() == {"detail": f"{action} on your own character awards nothing"}
+    assert response.json() == {
+        "detail": f"{action} on your own character awards nothing",
+        "code": "self_action",
+    }
 
 
 async def test_creating_an_entity_someone_else_owns_is_refused(client: httpx2.AsyncClient) -> None:
@@ -287,7 +301,10 @@ async def test_creating_an_entity_someone_else_owns_is_refused(client: httpx2.As
     ).status_code == 200
     taken = await client.post("/api/exp/gain", json=body, headers=service_headers("b"))
     assert taken.status_code == 409
-    assert taken.json() == {"detail": "scene s1 is already owned by another user"}
+    assert taken.json() == {
+        "detail": "scene s1 is already owned by another user",
+        "code": "already_owned",
+    }
     b = (await client.get("/api/exp/progress", headers=user_headers("b"))).json()
     assert b["total_exp"] == 0
 
@@ -314,7 +331,7 @@ async def test_ownership_routes_are_for_services(client: httpx2.AsyncClient) -> 
     by_user = await client.put(put, json={"owner_id": "me"}, headers=user_headers("me"))
     assert (by_user.status_code, by_user.json()) == (
         403,
-        {"detail": "This route is for services only"},
+        {"detail": "This route is for services only", "code": "forbidden"},
     )
     unknown = await client.put(
         "/api/entities/planet/9", json={"owner_id": "me"}, headers=service_headers()

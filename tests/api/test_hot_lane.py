@@ -133,7 +133,10 @@ async def test_storage_down_is_503_with_retry_after(settings: Settings, clock: M
         )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
-    assert response.json() == {"detail": "Storage unavailable, try again"}
+    assert response.json() == {
+        "detail": "Storage unavailable, try again",
+        "code": "storage_unavailable",
+    }
 
 
 async def test_a_client_gone_before_its_body_arrived_gets_no_answer(app: CountersApp) -> None:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
+from api.errors import ERROR_CODES
 from counters.clock import ManualClock
 from counters.settings import Settings
 from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY, service_headers, user_headers
@@ -114,7 +115,10 @@ async def _send(
                 assert isinstance(payload, bytes)
                 response = await http.request(method, path, content=payload, headers=chosen)
     assert response.status_code < 500, (method, path, payload, response.text)
-    assert "detail" in response.json() or response.status_code < 300 or "error" in response.json()
+    body = response.json()
+    if response.status_code >= 400:  # every error names itself by a known code
+        assert body["code"] in ERROR_CODES, (method, path, body)
+        assert "detail" in body or body["error"] == body["code"], body
 
 
 @pytest.fixture(autouse=True)

@@ -43,7 +43,10 @@ async def test_limit_minus_one_limit_and_limit_plus_one(
     assert (first.json()["action_count"], second.json()["action_count"]) == (1, 2)
     assert second.json()["action_limit"] == 2
     assert third.status_code == 429
-    assert third.json() == {"detail": f"Daily limit reached for {action} (2/day)"}
+    assert third.json() == {
+        "detail": f"Daily limit reached for {action} (2/day)",
+        "code": "daily_limit_reached",
+    }
     limits = (await client.get("/api/exp/limits", headers=user_headers("u1"))).json()
     assert limits["daily_action_counts"] == {action: 2}
     assert limits["daily_exp_gained"] == second.json()["daily_exp_gained"]
@@ -104,7 +107,10 @@ async def test_cap_minus_one_cap_and_cap_plus_one_with_the_partial_award(
     assert (at_cap["exp_added"], at_cap["daily_exp_gained"]) == (10, 150)
     over = await gain(client, "fan15", "forked", target_type="character", target_id="c1")
     assert over.status_code == 429
-    assert over.json() == {"detail": "Daily EXP cap reached (150 EXP/day for level 2)"}
+    assert over.json() == {
+        "detail": "Daily EXP cap reached (150 EXP/day for level 2)",
+        "code": "daily_cap_reached",
+    }
 
 
 async def test_service_only_action_and_the_cap_on_a_creator(client: httpx2.AsyncClient) -> None:
@@ -114,7 +120,10 @@ async def test_service_only_action_and_the_cap_on_a_creator(client: httpx2.Async
     sale = {"action": "paid_char_sold", "target_type": "character", "target_id": "c1"}
     by_user = await client.post("/api/exp/gain", json=sale, headers=user_headers("buyer"))
     assert by_user.status_code == 403
-    assert by_user.json() == {"detail": "paid_char_sold may only be triggered by a service"}
+    assert by_user.json() == {
+        "detail": "paid_char_sold may only be triggered by a service",
+        "code": "forbidden",
+    }
     statuses = [
         (
             await client.post("/api/exp/gain", json=sale, headers=service_headers(f"b{n}"))

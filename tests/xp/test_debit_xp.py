@@ -73,6 +73,10 @@ async def test_balance_equal_to_the_cost_and_one_short(
         "800 XP monthly!",
         "subscription_url": "/subscriptions",
         "recommended_tier": ARCADE,
+        "code": "insufficient_xp",
+        "xp_balance": 11,
+        "xp_required": 12,
+        "xp_deficit": 1,
     }
     assert kinds(redis_client, "u1") == before  # refused: no event, nothing changed
     assert (await balance(client, "u1"))["xp_balance"] == 11
@@ -97,6 +101,10 @@ async def test_the_seed_middleware_body_for_5_of_12(client: httpx2.AsyncClient) 
         "800 XP monthly!",
         "subscription_url": "/subscriptions",
         "recommended_tier": ARCADE,
+        "code": "insufficient_xp",
+        "xp_balance": 5,
+        "xp_required": 12,
+        "xp_deficit": 7,
     }
 
 
@@ -105,7 +113,7 @@ async def test_tier_required(client: httpx2.AsyncClient, redis_client: redis.Red
     response = await debit(client, "u1", "NEW_VIDEO")
     assert response.status_code == 403
     body = response.json()
-    assert body["error"] == "tier_required"
+    assert body["error"] == body["code"] == "tier_required"
     assert body["recommended_tier"] == ARCADE
     assert body["message"] == "NEW_VIDEO is not included in Pixel Rookie."
     assert body["subscription_url"] == "/subscriptions"

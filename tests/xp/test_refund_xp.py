@@ -51,7 +51,10 @@ async def test_a_refund_returns_the_xp_once(
     before = kinds(redis_client, "u1")
     again = await refund(client, "u1", txid)
     assert again.status_code == 409
-    assert again.json() == {"detail": f"Transaction {txid} was already refunded"}
+    assert again.json() == {
+        "detail": f"Transaction {txid} was already refunded",
+        "code": "already_settled",
+    }
     assert kinds(redis_client, "u1") == before
     assert (await balance(client, "u1"))["xp_balance"] == 600
 
@@ -89,7 +92,7 @@ async def test_unknown_and_foreign_transactions(client: httpx2.AsyncClient) -> N
     for user, tx in (("u1", "xd_000000000000000000000000"), ("u2", txid)):
         response = await refund(client, user, tx)
         assert response.status_code == 404
-        assert response.json() == {"detail": f"Unknown transaction {tx}"}
+        assert response.json() == {"detail": f"Unknown transaction {tx}", "code": "not_found"}
     assert (await balance(client, "u2"))["xp_balance"] == 600
     colon = await refund(client, "u1", "a:b")
     assert colon.status_code == 422

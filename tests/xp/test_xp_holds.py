@@ -152,7 +152,10 @@ async def test_a_second_capture_or_release_is_409(
             await release(client, "u1", hold_id),
         ):
             assert response.status_code == 409
-            assert response.json() == {"detail": f"Hold {hold_id} was already captured or released"}
+            assert response.json() == {
+                "detail": f"Hold {hold_id} was already captured or released",
+                "code": "already_settled",
+            }
     assert (await balance(client, "u1"), kinds(redis_client, "u1")) == before
 
 

@@ -210,7 +210,10 @@ async def test_cancel_at_period_end(
     assert (await debit(client, "u1", "EDIT_IMAGE")).status_code == 403
     again = await cancel(client, "u1")
     assert again.status_code == 409
-    assert again.json() == {"detail": "User u1 has no subscription to cancel"}
+    assert again.json() == {
+        "detail": "User u1 has no subscription to cancel",
+        "code": "no_subscription",
+    }
     body = await subscribe(client, "u1", "pixel_rookie")  # a new subscription, anchored now
     assert (body["period_start"], body["xp_balance"]) == (iso(PERIOD_END + 1), 650)
 
