@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 from api.asgi import CountersApp
+from api.cors import cors_middleware, hot_cors
 from api.errors import EXCEPTION_HANDLERS
 from api.routes import batch as batch_routes
+from api.routes import docs as docs_routes
 from api.routes import exp as exp_routes
 from api.routes import health as health_routes
 from api.routes import xp as xp_routes
@@ -62,7 +64,10 @@ def create_app(
             *health_routes.routes,
             *(health_routes.metrics_routes if settings.metrics_enabled else []),
             *xp_routes.routes,
+            *docs_routes.routes(settings),
         ],
+        hot_wrapper=hot_cors(settings),
+        middleware=cors_middleware(settings),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

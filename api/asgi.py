@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_reply
 from api.http import Reply, encode, receive_body
@@ -118,6 +118,19 @@ class _Timers:
         return observe
 
 
+_HOT_STATUS = "counters.hot_status"
+
+
+def _status_in_scope(route: HotRoute) -> ASGIApp:
+    """``route`` as a plain ASGI app (for middleware to wrap) that leaves its status in the
+    scope, where ``CountersApp`` reads it for the timers and the access log."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_HOT_STATUS] = await route.serve(scope, receive, send, tag=True)
+
+    return app
+
+
 class CountersApp(Starlette):
     """Starlette, with the hot routes taken out in front of its middleware and router, and
     every HTTP request tagged with its id, timed and (optionally) access-logged."""
@@ -129,10 +142,16 @@ class CountersApp(Starlette):
         metrics: bool = True,
         access_log: bool = False,
         routes: list[BaseRoute] | None = None,
+        hot_wrapper: Callable[[ASGIApp], ASGIApp] | None = None,
         **kwargs: Any,
     ) -> None:
+        """``hot_wrapper`` puts middleware the hot routes need too (CORS) around each of them;
+        None (no such middleware configured): the hot lane pays nothing for it."""
         super().__init__(routes=routes, **kwargs)
         self._hot = {(route.method, route.path): route for route in hot}
+        self._wrapped: dict[tuple[str, str], ASGIApp] = {}
+        if hot_wrapper is not None:
+            self._wrapped = {key: hot_wrapper(_status_in_scope(r)) for key, r in self._hot.items()}
         self._metrics = metrics
         self._access_log = access_log
         self._timers = _Timers()
@@ -150,7 +169,12 @@ class CountersApp(Starlette):
             route = self._hot.get((scope["method"], scope["path"]))
             if route is not None:
                 scope["app"] = self
-                status = await route.serve(scope, receive, send, tag=True)
+                wrapped = self._wrapped.get((route.method, route.path))
+                if wrapped is None:
+                    status = await route.serve(scope, receive, send, tag=True)
+                else:
+                    await wrapped(scope, receive, send)
+                    status = scope.get(_HOT_STATUS, 0)
                 if self._metrics and status:
                     self._timers.get(route.path, status)(perf_counter() - start)
                 if self._access_log and status:

@@ -131,7 +131,8 @@ class Settings:
     jwt_secret: str | None = None
     service_keys: tuple[str, ...] = ()
     # Development mode: `serve` may mint development credentials when no secrets are set
-    # (`make run` turns it on). Off, `serve` without secrets refuses to start.
+    # (`make run` turns it on), and serves the JS client's demo page at /demo. Off, `serve`
+    # without secrets refuses to start.
     dev_mode: bool = False
     clock_offset_seconds: float = 0.0
     # Hash-tag buckets for user keys and event streams; fixed for the life of a deployment.
@@ -167,6 +168,9 @@ class Settings:
     request_read_timeout_seconds: float = bounded(10.0, gt=0, le=3_600)
     max_header_bytes: int = bounded(65_536, ge=1_024)  # a longer request head gets a 431
     keep_alive_seconds: int = bounded(5, ge=1, le=3_600)  # idle time between two requests
+    # Browser origins allowed to call the API (CORS), comma-separated; "*" allows any. None
+    # by default: a browser on another origin gets no CORS headers, so its calls are refused.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

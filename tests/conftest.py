@@ -17,6 +17,7 @@ from counters.clock import ManualClock
 from counters.settings import Settings
 from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY
 from tests.support.http import asgi_client
+from tests.support.live import live_service
 from tests.support.persistence import migrate_and_truncate
 
 
@@ -107,3 +108,20 @@ async def durable_client(durable_app: Starlette) -> AsyncIterator[httpx2.AsyncCl
     """An HTTP client for ``durable_app``."""
     async with asgi_client(durable_app) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def live_url(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+) -> Iterator[str]:
+    """A real `counters serve` subprocess (dev mode) on the suite's servers, for the session.
+
+    Tests using it share its Redis with the rest of the suite: they pick their own user ids.
+    """
+    postgres_server.start()
+    workdir = tmp_path_factory.mktemp("serve")
+    # No flusher: the suite empties Redis between tests, under the live service's feet.
+    with live_service(workdir, redis_server.url, postgres_server.url, flusher_enabled="0") as url:
+        yield url

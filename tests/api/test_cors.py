@@ -1,0 +1,86 @@
+"""CORS from COUNTERS_CORS_ORIGINS: none by default, preflights answered, the hot lane included."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import httpx2
+import pytest
+
+from api.app import create_app
+from counters.clock import ManualClock
+from counters.settings import Settings
+from tests.support.core import user_headers
+
+pytestmark = pytest.mark.anyio
+
+ORIGIN = "https://app.example"
+PREFLIGHT = {
+    "Origin": ORIGIN,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+}
+
+
+@pytest.fixture
+async def cors_client(settings: Settings, clock: ManualClock) -> AsyncIterator[httpx2.AsyncClient]:
+    app = create_app(replace(settings, cors_origins=(ORIGIN,)), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+            yield http
+
+
+@pytest.mark.parametrize("path", ["/api/exp/gain", "/api/v1/xp/debit", "/api/v1/xp/holds"])
+async def test_preflights_are_answered_for_an_allowed_origin(
+    cors_client: httpx2.AsyncClient, path: str
+) -> None:
+    response = await cors_client.options(path, headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    allowed = response.headers["access-control-allow-headers"].lower()
+    assert {"authorization", "content-type", "idempotency-key"} <= set(allowed.split(", "))
+    assert "POST" in response.headers["access-control-allow-methods"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/exp/gain", {"action": "daily_chat"}),  # the hot lane
+        ("/api/v1/xp/debit", {"generation_type": "NEW_IMAGE"}),  # the hot lane, a 403
+        ("/api/v1/subscriptions/preview-generation-cost", {"generation_type": "NEW_IMAGE"}),
+    ],
+)
+async def test_answers_carry_the_cors_headers(
+    cors_client: httpx2.AsyncClient, path: str, body: dict[str, str]
+) -> None:
+    headers = user_headers("u1", Origin=ORIGIN)
+    response = await cors_client.post(path, json=body, headers=headers)
+    assert response.status_code < 500
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "Retry-After" in response.headers["access-control-expose-headers"]
+
+
+async def test_another_origin_gets_no_cors_headers(cors_client: httpx2.AsyncClient) -> None:
+    preflight = await cors_client.options(
+        "/api/exp/gain", headers={**PREFLIGHT, "Origin": "https://evil.example"}
+    )
+    assert preflight.status_code == 400
+    answer = await cors_client.post(
+        "/api/exp/gain",
+        json={"action": "daily_chat"},
+        headers=user_headers("u1", Origin="https://evil.example"),
+    )
+    assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_by_default_no_origin_is_allowed(client: httpx2.AsyncClient) -> None:
+    preflight = await client.options("/api/exp/gain", headers=PREFLIGHT)
+    assert preflight.status_code == 405
+    assert preflight.json()["code"] == "method_not_allowed"
+    answer = await client.post(
+        "/api/exp/gain", json={"action": "daily_chat"}, headers=user_headers("u1", Origin=ORIGIN)
+    )
+    assert answer.status_code == 200
+    assert "access-control-allow-origin" not in answer.headers
