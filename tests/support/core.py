@@ -22,3 +22,8 @@ def service_headers(user_id: str | None = None, **extra: str) -> dict[str, str]:
     if user_id is not None:
         headers["X-User-Id"] = user_id
     return headers
+
+
+def issue_token_for(user_id: str) -> str:
+    """A user token for ``user_id`` signed with the suite's secret."""
+    return issue_token(JWT_SECRET, user_id)

@@ -37,6 +37,14 @@ def live_service(
         "COUNTERS_CORS_ORIGINS": CORS_ORIGIN,
         **{f"COUNTERS_{name.upper()}": value for name, value in settings.items()},
     }
+    with serving(workdir, env, "/healthz") as base:
+        yield base
+
+
+@contextmanager
+def serving(workdir: Path, env: dict[str, str], probe: str) -> Iterator[str]:
+    """`counters serve` run in ``workdir`` with ``env``, until the block ends; waits until
+    GET ``probe`` answers (the log is the failure's message); its base URL."""
     log_path = workdir / "serve.log"
     log = log_path.open("wb")
     server = subprocess.Popen(
@@ -46,12 +54,12 @@ def live_service(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{env['COUNTERS_PORT']}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1):
+                with urllib.request.urlopen(f"{base}{probe}", timeout=1):
                     break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
@@ -60,5 +68,5 @@ def live_service(
         yield base
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        assert server.wait(timeout=30) == 0  # Ctrl-C: drained, embedded servers stopped
         log.close()

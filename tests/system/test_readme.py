@@ -6,17 +6,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from counters.cli.embedded import free_port
+from tests.support.live import serving
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -36,29 +33,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
     env["COUNTERS_PORT"] = str(port)
     env["COUNTERS_DEV_MODE"] = "1"  # as `make run` sets it
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from counters.cli.main import main; main()", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/levels", timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "serve.log").read_text()) from None
-                time.sleep(0.2)
+    with serving(tmp_path, env, "/api/levels"):
         yield tmp_path, port
-    finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=30) == 0  # Ctrl-C: drained, embedded servers stopped
-        log.close()
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's examples use curl")

@@ -1,0 +1,243 @@
+"""What each client method sends and how an answer becomes a result or an exception: shared by
+the async and the sync client, which differ only in how they wait."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any, Generic, NamedTuple, TypeVar
+from urllib.parse import quote
+
+import httpx2
+import msgspec
+
+from counters_client.errors import CountersError, Unavailable, error_for
+from counters_client.types import (
+    Award,
+    Balance,
+    Capture,
+    Cost,
+    Debit,
+    Grant,
+    Hold,
+    Limits,
+    Refund,
+    Release,
+    Subscription,
+    Tier,
+    UserProgress,
+    XpCheck,
+    XpCheckDict,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("counters_client")
+
+Target = tuple[str, str | int]  # (target_type, target_id), e.g. ("character", 123)
+RETRY_STATUSES = frozenset({502, 503, 504})
+FALLBACK_MESSAGE = "Unable to check your XP credits right now."
+FALLBACK_GUIDANCE = (
+    "⚠️ We couldn't check your XP credits just now. Please try again in a moment, "
+    "or visit your subscription page to see your plan."
+)
+
+
+class Call(NamedTuple, Generic[T]):
+    """One request: what to send, what type the 2xx body decodes to, and whether it writes
+    (a write gets an Idempotency-Key, so that retrying it is safe)."""
+
+    method: str
+    path: str
+    result: type[T] | Any
+    json: Any = None
+    params: dict[str, str] | None = None
+    user_id: str | None = None
+    write: bool = False
+    idempotency_key: str | None = None
+
+
+class Options(NamedTuple):
+    """A client's settings (see ``AsyncCountersClient``)."""
+
+    base_url: str
+    service_key: str | None
+    token: str | None
+    timeout: float
+    retries: int
+    backoff: float
+    exp_fail_open: bool
+
+
+def headers_for(options: Options, call: Call[Any], key: str | None) -> dict[str, str]:
+    """Auth, the user acted for (service keys only) and the Idempotency-Key of one attempt."""
+    headers: dict[str, str] = {}
+    secret = options.service_key or options.token
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    if call.user_id is not None and options.service_key:
+        headers["X-User-Id"] = call.user_id
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return headers
+
+
+def idempotency_key(call: Call[Any]) -> str | None:
+    """The key every attempt of a write sends: the caller's, or one made for this call."""
+    if not call.write:
+        return None
+    return call.idempotency_key or f"cc-{uuid.uuid4().hex}"
+
+
+def retryable(error: BaseException | None, status: int | None) -> bool:
+    """Whether another attempt may succeed: no answer (connect, read timeout) or 502/503/504."""
+    if error is not None:
+        return isinstance(error, httpx2.TransportError)
+    return status in RETRY_STATUSES
+
+
+def backoff_seconds(options: Options, attempt: int) -> float:
+    return float(options.backoff * (2**attempt))
+
+
+def result_of(call: Call[T], response: httpx2.Response) -> T:
+    """The typed result of a 2xx answer, or the exception its ``code`` names."""
+    if response.status_code < 300:
+        decoded: T = msgspec.json.decode(response.content, type=call.result)
+        return decoded
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text}
+    raise error_for(response.status_code, body, response.headers.get("retry-after"))
+
+
+def unreachable(call: Call[Any], error: BaseException) -> Unavailable:
+    """The exception for a call that got no answer after its retries."""
+    detail = f"{call.method} {call.path}: {type(error).__name__}: {error}"
+    return Unavailable(0, "unavailable", detail, {})
+
+
+def fallback_check(generation_type: str, xp_required: int = 0) -> XpCheckDict:
+    """check_xp_availability's answer when the service cannot say: not sufficient, generic
+    guidance (the seed: "System errors - Falls back to generic guidance messages")."""
+    return {
+        "has_sufficient_xp": False,
+        "xp_balance": 0,
+        "xp_required": xp_required,
+        "xp_deficit": xp_required,
+        "message": FALLBACK_MESSAGE,
+        "guidance": FALLBACK_GUIDANCE,
+        "subscription_url": "/subscriptions",
+        "current_tier": None,
+        "recommended_tier": None,
+        "code": "unavailable",
+    }
+
+
+def check_dict(check: XpCheck) -> XpCheckDict:
+    body: XpCheckDict = msgspec.to_builtins(check)
+    if check.guidance is None:
+        body.pop("guidance", None)
+    return body
+
+
+def log_unawarded(action: str, user_id: str | None, error: CountersError) -> None:
+    """An award that failed open: refusals are routine (debug), outages are warnings."""
+    level = logging.WARNING if isinstance(error, Unavailable) else logging.DEBUG
+    log.log(level, "no EXP for %s by %s: %s", action, user_id, error)
+
+
+def cost_on_tier(
+    tiers: dict[str, Tier],
+    costs: dict[str, Cost],
+    generation_type: str,
+    user_tier: int | str | None,
+) -> int:
+    """XP one generation costs on a tier (level, name or display name; None: the base cost)."""
+    if generation_type not in costs:
+        raise KeyError(f"unknown generation type {generation_type!r}; known: {', '.join(costs)}")
+    base = costs[generation_type].xp_cost
+    if user_tier is None:
+        return base
+    for tier in tiers.values():
+        if user_tier in (tier.tier_level, tier.tier_name, tier.tier_display_name):
+            return tier.cost_overrides.get(generation_type, base)
+    raise KeyError(f"unknown tier {user_tier!r}")
+
+
+class Calls:
+    """The request of every operation (one place for paths, bodies and result types)."""
+
+    @staticmethod
+    def award(
+        action: str, user_id: str | None, target: Target | None, key: str | None
+    ) -> Call[Award]:
+        body: dict[str, Any] = {"action": action}
+        if target is not None:
+            body |= {"target_type": target[0], "target_id": target[1]}
+        return Call("POST", "/api/exp/gain", Award, body, None, user_id, True, key)
+
+    @staticmethod
+    def progress(user_id: str | None) -> Call[UserProgress]:
+        return Call("GET", "/api/exp/progress", UserProgress, user_id=user_id)
+
+    @staticmethod
+    def limits(user_id: str | None) -> Call[Limits]:
+        return Call("GET", "/api/exp/limits", Limits, user_id=user_id)
+
+    @staticmethod
+    def check_xp(generation_type: str, user_id: str | None, guidance: bool) -> Call[XpCheck]:
+        path = f"/api/v1/subscriptions/check-xp/{quote(generation_type, safe='')}"
+        params = {"include_guidance": "true" if guidance else "false"}
+        return Call("GET", path, XpCheck, params=params, user_id=user_id)
+
+    @staticmethod
+    def charge(generation_type: str, user_id: str | None, key: str | None, hold: bool) -> Call[Any]:
+        path, result = ("/api/v1/xp/holds", Hold) if hold else ("/api/v1/xp/debit", Debit)
+        body = {"generation_type": generation_type}
+        return Call("POST", path, result, body, None, user_id, True, key)
+
+    @staticmethod
+    def capture(
+        hold_id: str, xp_amount: int | None, user_id: str | None, key: str | None
+    ) -> Call[Capture]:
+        body = {} if xp_amount is None else {"xp_amount": xp_amount}
+        path = f"/api/v1/xp/holds/{quote(hold_id, safe='')}/capture"
+        return Call("POST", path, Capture, body, None, user_id, True, key)
+
+    @staticmethod
+    def release(hold_id: str, user_id: str | None, key: str | None) -> Call[Release]:
+        path = f"/api/v1/xp/holds/{quote(hold_id, safe='')}/release"
+        return Call("POST", path, Release, None, None, user_id, True, key)
+
+    @staticmethod
+    def refund(transaction_id: str, user_id: str, key: str | None) -> Call[Refund]:
+        body = {"transaction_id": transaction_id}
+        return Call("POST", "/api/v1/xp/refunds", Refund, body, None, user_id, True, key)
+
+    @staticmethod
+    def grant(
+        user_id: str, xp_amount: int, reason: str, expires_at: datetime | None, key: str | None
+    ) -> Call[Grant]:
+        body: dict[str, Any] = {"user_id": user_id, "xp_amount": xp_amount, "reason": reason}
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat()
+        return Call("POST", "/api/v1/xp/grants", Grant, body, None, None, True, key)
+
+    @staticmethod
+    def subscribe(user_id: str, tier: str) -> Call[Subscription]:
+        path = f"/api/v1/subscriptions/{quote(user_id, safe='')}"
+        return Call("PUT", path, Subscription, {"tier": tier})
+
+    @staticmethod
+    def balance(user_id: str | None) -> Call[Balance]:
+        return Call("GET", "/api/v1/xp/balance", Balance, user_id=user_id)
+
+    @staticmethod
+    def tiers() -> Call[dict[str, Tier]]:
+        return Call("GET", "/api/v1/subscriptions/tiers", dict[str, Tier])
+
+    @staticmethod
+    def costs() -> Call[dict[str, Cost]]:
+        return Call("GET", "/api/v1/xp/costs", dict[str, Cost])

@@ -1,0 +1,433 @@
+"""The clients: ``AsyncCountersClient`` (asyncio) and ``CountersClient`` (sync), each over one
+pooled keep-alive ``httpx2`` client.
+
+- Timeouts on every call (``timeout`` seconds, default 2).
+- Retries (``retries``, default 2, exponential ``backoff``) when no answer came or the service
+  said 502/503/504. Writes are retried too: each write call carries one ``Idempotency-Key``
+  (yours, or one made for the call) on every attempt, so the service applies it at most once.
+- Results are typed (``counters_client.types``); errors are exceptions by ``code``
+  (``counters_client.errors``).
+- EXP awards fail open: ``award_exp_with_limits`` answers None (and logs) when nothing was
+  awarded, for a refusal or an outage, so an outage never breaks a chat. Debits and holds fail
+  closed: they raise. ``check_xp_availability`` never raises: when the service cannot say, it
+  answers "not sufficient" with generic guidance, as the seed's system-error path does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from types import TracebackType
+from typing import TypeVar
+
+import httpx2
+
+from counters_client._calls import (
+    Call,
+    Calls,
+    Options,
+    Target,
+    backoff_seconds,
+    check_dict,
+    cost_on_tier,
+    fallback_check,
+    headers_for,
+    idempotency_key,
+    log_unawarded,
+    result_of,
+    retryable,
+    unreachable,
+)
+from counters_client.errors import CountersError
+from counters_client.types import (
+    Award,
+    Balance,
+    Capture,
+    Cost,
+    Debit,
+    Grant,
+    Hold,
+    Limits,
+    Refund,
+    Release,
+    Subscription,
+    Tier,
+    UserProgress,
+    XpCheck,
+    XpCheckDict,
+)
+
+T = TypeVar("T")
+_LIMITS = httpx2.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30)
+
+
+def _options(
+    base_url: str,
+    service_key: str | None,
+    token: str | None,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    exp_fail_open: bool,
+) -> Options:
+    if (service_key is None) == (token is None):
+        raise ValueError("give exactly one of service_key (a server) or token (a user's JWT)")
+    return Options(base_url.rstrip("/"), service_key, token, timeout, retries, backoff,
+                   exp_fail_open)  # fmt: skip
+
+
+class AsyncCountersClient:
+    """The service for asyncio callers. ``service_key`` acts for the ``user_id`` each call
+    names; ``token`` (a user's JWT) acts as that user (leave ``user_id`` out)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service_key: str | None = None,
+        token: str | None = None,
+        timeout: float = 2.0,
+        retries: int = 2,
+        backoff: float = 0.05,
+        exp_fail_open: bool = True,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.options = _options(base_url, service_key, token, timeout, retries, backoff,
+                                exp_fail_open)  # fmt: skip
+        self._http = httpx2.AsyncClient(
+            base_url=self.options.base_url, timeout=timeout, limits=_LIMITS, transport=transport
+        )
+        self._tables: tuple[dict[str, Tier], dict[str, Cost]] | None = None
+
+    async def __aenter__(self) -> AsyncCountersClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    async def call(self, call: Call[T]) -> T:
+        """Send one call with its retries; its typed result, or the exception its code names."""
+        key = idempotency_key(call)
+        headers = headers_for(self.options, call, key)
+        for attempt in range(self.options.retries + 1):
+            last = attempt == self.options.retries
+            try:
+                response = await self._http.request(
+                    call.method, call.path, json=call.json, params=call.params, headers=headers
+                )
+            except httpx2.TransportError as exc:
+                if last or not retryable(exc, None):
+                    raise unreachable(call, exc) from exc
+            else:
+                if last or not retryable(None, response.status_code):
+                    return result_of(call, response)
+            await asyncio.sleep(backoff_seconds(self.options, attempt))
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    # EXP -------------------------------------------------------------------------------------
+
+    async def award(
+        self,
+        action: str,
+        *,
+        user_id: str | None = None,
+        target: Target | None = None,
+        idempotency_key: str | None = None,
+    ) -> Award:
+        """Award ``action`` (raises ``DailyLimitReached``, ``DailyCapReached``, ...)."""
+        return await self.call(Calls.award(action, user_id, target, idempotency_key))
+
+    async def award_exp_with_limits(
+        self,
+        user_id: str | None,
+        action: str,
+        target: Target | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Award | None:
+        """The seed's ``award_exp_with_limits``: the award, or None when nothing was awarded
+        (a limit, the cap, an outage; logged). With ``exp_fail_open=False`` it raises."""
+        try:
+            return await self.award(
+                action, user_id=user_id, target=target, idempotency_key=idempotency_key
+            )
+        except CountersError as exc:
+            if not self.options.exp_fail_open:
+                raise
+            log_unawarded(action, user_id, exc)
+            return None
+
+    async def progress(self, user_id: str | None = None) -> UserProgress:
+        return await self.call(Calls.progress(user_id))
+
+    async def limits(self, user_id: str | None = None) -> Limits:
+        return await self.call(Calls.limits(user_id))
+
+    # XP ---------------------------------------------------------------------------------------
+
+    async def check_xp(
+        self, generation_type: str, *, user_id: str | None = None, include_guidance: bool = True
+    ) -> XpCheck:
+        """The seed's check-xp body, typed (raises on errors)."""
+        return await self.call(Calls.check_xp(generation_type, user_id, include_guidance))
+
+    async def check_xp_availability(
+        self, user_id: str | None, generation_type: str, include_guidance: bool = True
+    ) -> XpCheckDict:
+        """The seed's ``check_xp_availability`` (a dict, as its middleware reads it). Never
+        raises for the service's sake: unreachable or failing, it answers not sufficient with
+        generic guidance."""
+        try:
+            return check_dict(await self.check_xp(generation_type, user_id=user_id,
+                                                  include_guidance=include_guidance))  # fmt: skip
+        except CountersError as exc:
+            log_unawarded(f"check-xp {generation_type}", user_id, exc)
+            return fallback_check(generation_type)
+
+    async def check_user_xp_for_generation(
+        self, user_id: str | None, generation_type: str
+    ) -> XpCheckDict:
+        """The seed's simple check (``xp_utils``): ``check_xp_availability`` without guidance."""
+        return await self.check_xp_availability(user_id, generation_type, include_guidance=False)
+
+    async def debit(
+        self,
+        generation_type: str,
+        *,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Debit:
+        """Debit a generation's cost; fails closed (``InsufficientXp``, ``TierRequired``, ...)."""
+        debit: Debit = await self.call(
+            Calls.charge(generation_type, user_id, idempotency_key, hold=False)
+        )
+        return debit
+
+    async def hold(
+        self,
+        generation_type: str,
+        *,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Hold:
+        """Reserve a generation's cost until captured, released or expired; fails closed."""
+        hold: Hold = await self.call(
+            Calls.charge(generation_type, user_id, idempotency_key, hold=True)
+        )
+        return hold
+
+    async def capture(
+        self,
+        hold_id: str,
+        xp_amount: int | None = None,
+        *,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Capture:
+        return await self.call(Calls.capture(hold_id, xp_amount, user_id, idempotency_key))
+
+    async def release(
+        self, hold_id: str, *, user_id: str | None = None, idempotency_key: str | None = None
+    ) -> Release:
+        return await self.call(Calls.release(hold_id, user_id, idempotency_key))
+
+    async def refund(
+        self, transaction_id: str, *, user_id: str, idempotency_key: str | None = None
+    ) -> Refund:
+        return await self.call(Calls.refund(transaction_id, user_id, idempotency_key))
+
+    async def grant(
+        self,
+        user_id: str,
+        xp_amount: int,
+        reason: str,
+        expires_at: datetime | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Grant:
+        return await self.call(Calls.grant(user_id, xp_amount, reason, expires_at,
+                                           idempotency_key))  # fmt: skip
+
+    async def set_subscription(self, user_id: str, tier: str) -> Subscription:
+        return await self.call(Calls.subscribe(user_id, tier))
+
+    async def balance(self, user_id: str | None = None) -> Balance:
+        return await self.call(Calls.balance(user_id))
+
+    async def tables(self) -> tuple[dict[str, Tier], dict[str, Cost]]:
+        """The tiers and costs tables (fetched once per client)."""
+        if self._tables is None:
+            self._tables = (await self.call(Calls.tiers()), await self.call(Calls.costs()))
+        return self._tables
+
+    async def get_generation_cost(
+        self, generation_type: str, user_tier: int | str | None = None
+    ) -> int:
+        """The seed's ``get_generation_cost``: XP one generation costs on a tier."""
+        tiers, costs = await self.tables()
+        return cost_on_tier(tiers, costs, generation_type, user_tier)
+
+
+class CountersClient:
+    """The same service for synchronous callers (same options and methods, without await)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service_key: str | None = None,
+        token: str | None = None,
+        timeout: float = 2.0,
+        retries: int = 2,
+        backoff: float = 0.05,
+        exp_fail_open: bool = True,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
+        self.options = _options(base_url, service_key, token, timeout, retries, backoff,
+                                exp_fail_open)  # fmt: skip
+        self._http = httpx2.Client(
+            base_url=self.options.base_url, timeout=timeout, limits=_LIMITS, transport=transport
+        )
+        self._tables: tuple[dict[str, Tier], dict[str, Cost]] | None = None
+
+    def __enter__(self) -> CountersClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, call: Call[T]) -> T:
+        """As ``AsyncCountersClient.call``."""
+        key = idempotency_key(call)
+        headers = headers_for(self.options, call, key)
+        for attempt in range(self.options.retries + 1):
+            last = attempt == self.options.retries
+            try:
+                response = self._http.request(
+                    call.method, call.path, json=call.json, params=call.params, headers=headers
+                )
+            except httpx2.TransportError as exc:
+                if last or not retryable(exc, None):
+                    raise unreachable(call, exc) from exc
+            else:
+                if last or not retryable(None, response.status_code):
+                    return result_of(call, response)
+            time.sleep(backoff_seconds(self.options, attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def award(
+        self,
+        action: str,
+        *,
+        user_id: str | None = None,
+        target: Target | None = None,
+        idempotency_key: str | None = None,
+    ) -> Award:
+        return self.call(Calls.award(action, user_id, target, idempotency_key))
+
+    def award_exp_with_limits(
+        self,
+        user_id: str | None,
+        action: str,
+        target: Target | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Award | None:
+        """As ``AsyncCountersClient.award_exp_with_limits``: None (logged) when not awarded."""
+        try:
+            return self.award(
+                action, user_id=user_id, target=target, idempotency_key=idempotency_key
+            )
+        except CountersError as exc:
+            if not self.options.exp_fail_open:
+                raise
+            log_unawarded(action, user_id, exc)
+            return None
+
+    def progress(self, user_id: str | None = None) -> UserProgress:
+        return self.call(Calls.progress(user_id))
+
+    def check_xp(
+        self, generation_type: str, *, user_id: str | None = None, include_guidance: bool = True
+    ) -> XpCheck:
+        return self.call(Calls.check_xp(generation_type, user_id, include_guidance))
+
+    def check_xp_availability(
+        self, user_id: str | None, generation_type: str, include_guidance: bool = True
+    ) -> XpCheckDict:
+        """As ``AsyncCountersClient.check_xp_availability``: never raises."""
+        try:
+            return check_dict(self.check_xp(generation_type, user_id=user_id,
+                                            include_guidance=include_guidance))  # fmt: skip
+        except CountersError as exc:
+            log_unawarded(f"check-xp {generation_type}", user_id, exc)
+            return fallback_check(generation_type)
+
+    def debit(
+        self,
+        generation_type: str,
+        *,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Debit:
+        debit: Debit = self.call(Calls.charge(generation_type, user_id, idempotency_key, False))
+        return debit
+
+    def hold(
+        self,
+        generation_type: str,
+        *,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Hold:
+        hold: Hold = self.call(Calls.charge(generation_type, user_id, idempotency_key, True))
+        return hold
+
+    def capture(
+        self,
+        hold_id: str,
+        xp_amount: int | None = None,
+        *,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Capture:
+        return self.call(Calls.capture(hold_id, xp_amount, user_id, idempotency_key))
+
+    def release(
+        self, hold_id: str, *, user_id: str | None = None, idempotency_key: str | None = None
+    ) -> Release:
+        return self.call(Calls.release(hold_id, user_id, idempotency_key))
+
+    def grant(
+        self,
+        user_id: str,
+        xp_amount: int,
+        reason: str,
+        expires_at: datetime | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Grant:
+        return self.call(Calls.grant(user_id, xp_amount, reason, expires_at, idempotency_key))
+
+    def set_subscription(self, user_id: str, tier: str) -> Subscription:
+        return self.call(Calls.subscribe(user_id, tier))
+
+    def balance(self, user_id: str | None = None) -> Balance:
+        return self.call(Calls.balance(user_id))
+
+    def get_generation_cost(self, generation_type: str, user_tier: int | str | None = None) -> int:
+        if self._tables is None:
+            self._tables = (self.call(Calls.tiers()), self.call(Calls.costs()))
+        return cost_on_tier(*self._tables, generation_type, user_tier)

@@ -1,0 +1,153 @@
+"""Every exception the client raises, chosen by the error body's ``code``.
+
+CountersError                 status, code, detail and the whole body
+├── Unavailable               the service did not answer, or 503 (code storage_unavailable)
+├── Unauthorized              401 unauthorized
+├── Forbidden                 403 forbidden
+├── NotFound                  404 not_found
+├── InvalidRequest            400/413/422 (invalid_request, malformed_body, ...)
+│   └── IdempotencyKeyReused  422 idempotency_key_reused
+├── ExpRefused                an award that gave nothing
+│   ├── DailyLimitReached     429 daily_limit_reached (retry_after: seconds)
+│   ├── DailyCapReached       429 daily_cap_reached (retry_after: seconds)
+│   ├── AlreadyTriggered      409 already_triggered
+│   ├── SelfAction            409 self_action
+│   └── AlreadyOwned          409 already_owned
+├── XpRefused                 the seed's 402/403 body (message, guidance, recommended_tier)
+│   ├── InsufficientXp        402 insufficient_xp (xp_balance, xp_required, xp_deficit)
+│   └── TierRequired          403 tier_required
+└── Conflict                  other 409s (already_settled, hold_expired, ...)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CountersError(Exception):
+    """An error answer (or no answer) from the service."""
+
+    def __init__(self, status: int, code: str, detail: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.body = body
+        self.retry_after: int | None = None
+
+
+class Unavailable(CountersError):
+    """The service could not be reached, timed out, or said its storage is down (retry)."""
+
+
+class Unauthorized(CountersError):
+    pass
+
+
+class Forbidden(CountersError):
+    pass
+
+
+class NotFound(CountersError):
+    pass
+
+
+class InvalidRequest(CountersError):
+    pass
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    pass
+
+
+class ExpRefused(CountersError):
+    """An award refused by a rule: nothing was awarded."""
+
+
+class DailyLimitReached(ExpRefused):
+    pass
+
+
+class DailyCapReached(ExpRefused):
+    pass
+
+
+class AlreadyTriggered(ExpRefused):
+    pass
+
+
+class SelfAction(ExpRefused):
+    pass
+
+
+class AlreadyOwned(ExpRefused):
+    pass
+
+
+class XpRefused(CountersError):
+    """A debit or hold refused with the seed's middleware body (``body`` holds all of it)."""
+
+    @property
+    def xp_balance(self) -> int:
+        return int(self.body.get("xp_balance", 0))
+
+    @property
+    def xp_required(self) -> int:
+        return int(self.body.get("xp_required", 0))
+
+    @property
+    def xp_deficit(self) -> int:
+        return int(self.body.get("xp_deficit", 0))
+
+    @property
+    def guidance(self) -> str | None:
+        guidance = self.body.get("guidance")
+        return guidance if isinstance(guidance, str) else None
+
+
+class InsufficientXp(XpRefused):
+    pass
+
+
+class TierRequired(XpRefused):
+    pass
+
+
+class Conflict(CountersError):
+    pass
+
+
+BY_CODE: dict[str, type[CountersError]] = {
+    "storage_unavailable": Unavailable,
+    "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
+    "not_found": NotFound,
+    "invalid_request": InvalidRequest,
+    "malformed_body": InvalidRequest,
+    "payload_too_large": InvalidRequest,
+    "idempotency_key_reused": IdempotencyKeyReused,
+    "daily_limit_reached": DailyLimitReached,
+    "daily_cap_reached": DailyCapReached,
+    "already_triggered": AlreadyTriggered,
+    "self_action": SelfAction,
+    "already_owned": AlreadyOwned,
+    "insufficient_xp": InsufficientXp,
+    "tier_required": TierRequired,
+}
+_BY_STATUS: dict[int, type[CountersError]] = {
+    400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    413: InvalidRequest, 422: InvalidRequest, 503: Unavailable,
+}  # fmt: skip
+
+
+def error_for(status: int, body: Any, retry_after: str | None = None) -> CountersError:
+    """The exception for an error answer: by its ``code``, else by its status."""
+    if not isinstance(body, dict):
+        body = {"detail": str(body)}
+    code = str(body.get("code") or body.get("error") or f"http_{status}")
+    detail = str(body.get("detail") or body.get("message") or "")
+    kind = BY_CODE.get(code) or _BY_STATUS.get(status, CountersError)
+    error = kind(status, code, detail, body)
+    if retry_after is not None and retry_after.isdigit():
+        error.retry_after = int(retry_after)
+    return error
