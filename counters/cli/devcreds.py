@@ -45,11 +45,20 @@ class DevCredentials:
         write_private(path, f"export TOKEN={token}\nexport SERVICE_KEY={self.service_key}\n")
         return path, token
 
-    def banner(self, base_url: str, data_dir: Path) -> str:
-        """What to paste to try the service."""
+    def banner(self, base_url: str, data_dir: Path, *, demo: bool = False) -> str:
+        """What to paste to try the service (and, in dev mode, the demo page's URL)."""
         env_file, token = self.write_env(data_dir)
+        lines = (
+            [
+                f"Demo page (COUNTERS_DEV_MODE): {base_url}/demo?token={token}",
+                f"API docs: {base_url}/docs",
+            ]
+            if demo
+            else []
+        )
         return "\n".join(
             [
+                *lines,
                 "Dev credentials (no COUNTERS_JWT_SECRET / COUNTERS_SERVICE_KEYS set),",
                 f"also in {env_file} (source it to run the README's examples):",
                 f"  user token for {DEMO_USER} (30 days): {token}",

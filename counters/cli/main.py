@@ -134,7 +134,8 @@ def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack) -> None:
         creds = DevCredentials.load_or_create(settings.data_dir)
         env["COUNTERS_JWT_SECRET"] = creds.jwt_secret
         env["COUNTERS_SERVICE_KEYS"] = creds.service_key
-        click.echo(creds.banner(f"http://{settings.host}:{settings.port}", settings.data_dir))
+        base_url = f"http://{settings.host}:{settings.port}"
+        click.echo(creds.banner(base_url, settings.data_dir, demo=settings.dev_mode))
     if settings.metrics_enabled and settings.workers > 1:
         metrics_dir = settings.data_dir / "metrics"  # this run's, emptied now and at exit
         env |= prepare_multiprocess_dir(metrics_dir)

@@ -4,6 +4,7 @@ Schemathesis (no 5xx, every status, header and body as the document says)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2
@@ -109,3 +110,21 @@ def test_the_live_service_keeps_its_contract(live_url: str, redis_url: str) -> N
             case.call_and_validate(headers=headers, timeout=10, checks=CHECKS)
 
         conforms()
+
+
+@pytest.mark.anyio
+async def test_the_demo_page_only_in_dev_mode(
+    client: httpx2.AsyncClient, settings: Settings
+) -> None:
+    assert (await client.get("/demo")).json()["code"] == "not_found"
+    app = create_app(replace(settings, dev_mode=True))
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as dev:
+        moved = await dev.get("/demo?token=t")
+        assert moved.status_code == 307
+        assert moved.headers["location"] == "/demo/demo.html?token=t"
+        page = await dev.get("/demo/demo.html")
+        assert page.status_code == 200 and "<level-progress" in page.text
+        module = await dev.get("/demo/src/client.js")
+        assert "javascript" in module.headers["content-type"]
+        assert "export async function silentExpGain" in module.text

@@ -85,3 +85,12 @@ def test_utc_day_and_midnight() -> None:
     assert next_utc_midnight(NOON) == NOON + 12 * 3600
     assert utc_day(next_utc_midnight(NOON) - 1) == "20261121"
     assert utc_day(next_utc_midnight(NOON)) == "20261122"
+
+
+def test_cors_origins_and_dev_mode() -> None:
+    assert Settings().cors_origins == () and Settings().dev_mode is False
+    parsed = Settings.from_env(
+        {"COUNTERS_CORS_ORIGINS": "https://a.example, https://b.example", "COUNTERS_DEV_MODE": "1"}
+    )
+    assert parsed.cors_origins == ("https://a.example", "https://b.example")
+    assert parsed.dev_mode is True
