@@ -12,12 +12,12 @@ import redis
 from starlette.applications import Starlette
 
 from api.app import create_app
-from counters.cli.embedded import PostgresServer, RedisServer
+from counters.cli.embedded import PostgresServer, RedisServer, free_port
 from counters.clock import ManualClock
 from counters.settings import Settings
 from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY
 from tests.support.http import asgi_client
-from tests.support.live import live_service
+from tests.support.live import CORS_ORIGIN, live_service
 from tests.support.persistence import migrate_and_truncate
 
 
@@ -111,10 +111,17 @@ async def durable_client(durable_app: Starlette) -> AsyncIterator[httpx2.AsyncCl
 
 
 @pytest.fixture(scope="session")
+def demo_origin() -> str:
+    """A free origin the live service allows by CORS (the browser tests serve the demo there)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
 def live_url(
     tmp_path_factory: pytest.TempPathFactory,
     redis_server: RedisServer,
     postgres_server: PostgresServer,
+    demo_origin: str,
 ) -> Iterator[str]:
     """A real `counters serve` subprocess (dev mode) on the suite's servers, for the session.
 
@@ -123,5 +130,11 @@ def live_url(
     postgres_server.start()
     workdir = tmp_path_factory.mktemp("serve")
     # No flusher: the suite empties Redis between tests, under the live service's feet.
-    with live_service(workdir, redis_server.url, postgres_server.url, flusher_enabled="0") as url:
+    with live_service(
+        workdir,
+        redis_server.url,
+        postgres_server.url,
+        flusher_enabled="0",
+        cors_origins=f"{CORS_ORIGIN},{demo_origin}",
+    ) as url:
         yield url

@@ -8,10 +8,13 @@ A screenshot of the component is kept under ``.artifacts/browser/`` (gitignored)
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -125,3 +128,37 @@ def test_the_docs_page_renders_from_local_assets_only(page: Page, live_url: str)
     assert "counters" in page.inner_text(".swagger-ui .info .title")
     assert page.locator(".opblock").count() >= 20  # every operation is listed
     assert origins == {urlsplit(live_url).netloc}  # nothing from a CDN
+
+
+@pytest.fixture
+def static_demo(demo_origin: str) -> Iterator[str]:
+    """clients/js served as plain static files from another origin than the service's."""
+    port = urlsplit(demo_origin).port
+    assert port is not None
+    handler = functools.partial(QuietHandler, directory=str(ROOT / "clients" / "js"))
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield demo_origin
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_static_demo_calls_the_service_across_origins(
+    page: Page, live_url: str, redis_url: str, static_demo: str
+) -> None:
+    """The page on one origin, the service on another: without the service's CORS answers
+    (a preflight for the award's Authorization and Idempotency-Key, on the hot lane) the
+    browser would block every call and the page would show nothing."""
+    user = f"web-{uuid.uuid4().hex[:10]}"
+    token = issue_token_for(user)
+    page.goto(f"{static_demo}/demo.html?api={live_url}&token={token}")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    assert page.inner_text("#user") == f"({user})"  # GET /api/exp/progress across origins
+    assert click(page, "Daily chat") == "+20 EXP for daily_chat"  # the hot lane, preflighted
+    assert bar(page)["width"] == 20.0
