@@ -121,7 +121,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 STORAGE_DETAIL = "Storage unavailable, try again"
 
 
-def error_body(detail: str, code: str) -> dict[str, str]:
+def error_body(detail: str, code: str) -> dict[str, object]:
     """The body of every error answer (and of every refused batch item)."""
     return {"detail": detail, "code": code}
 

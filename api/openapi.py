@@ -58,6 +58,13 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 
     detail: str
     code: str  # one of ERROR_CODES (the document lists them as an enum)
+    # daily_limit_reached: the action and its limit; daily_cap_reached: the cap and the level;
+    # both: seconds until midnight UTC (as Retry-After).
+    action: str | msgspec.UnsetType = msgspec.UNSET
+    action_limit: int | msgspec.UnsetType = msgspec.UNSET
+    daily_exp_cap: int | msgspec.UnsetType = msgspec.UNSET
+    level: int | msgspec.UnsetType = msgspec.UNSET
+    retry_after: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class LevelView(msgspec.Struct, frozen=True, kw_only=True):

@@ -85,13 +85,19 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
             f"{result.target.id}; no EXP awarded"
         )
         return status, error_body(detail, AWARD_CODE[result.outcome]), headers
+    # The seed's text, then the numbers it holds (and the seconds until they reset) as fields.
+    now = svc.clock.now()
+    retry_after = max(next_utc_midnight(now) - int(now), 1)
+    headers["Retry-After"] = str(retry_after)
+    numbers: dict[str, object]
     if result.outcome is AwardOutcome.LIMIT_REACHED:
         detail = f"Daily limit reached for {result.action} ({result.action_limit}/day)"
+        numbers = {"action": result.action, "action_limit": result.action_limit}
     else:
         detail = f"Daily EXP cap reached ({result.daily_exp_cap} EXP/day for level {result.level})"
-    now = svc.clock.now()
-    headers["Retry-After"] = str(max(next_utc_midnight(now) - int(now), 1))
-    return status, error_body(detail, AWARD_CODE[result.outcome]), headers
+        numbers = {"daily_exp_cap": result.daily_exp_cap, "level": result.level}
+    numbers["retry_after"] = retry_after
+    return status, error_body(detail, AWARD_CODE[result.outcome]) | numbers, headers
 
 
 async def levels(request: Request) -> Response:

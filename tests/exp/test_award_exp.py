@@ -46,7 +46,11 @@ async def test_limit_minus_one_limit_and_limit_plus_one(
     assert third.json() == {
         "detail": f"Daily limit reached for {action} (2/day)",
         "code": "daily_limit_reached",
+        "action": action,
+        "action_limit": 2,
+        "retry_after": 12 * 3600,  # the clock stands at noon UTC
     }
+    assert third.headers["Retry-After"] == str(12 * 3600)
     limits = (await client.get("/api/exp/limits", headers=user_headers("u1"))).json()
     assert limits["daily_action_counts"] == {action: 2}
     assert limits["daily_exp_gained"] == second.json()["daily_exp_gained"]
@@ -110,6 +114,9 @@ async def test_cap_minus_one_cap_and_cap_plus_one_with_the_partial_award(
     assert over.json() == {
         "detail": "Daily EXP cap reached (150 EXP/day for level 2)",
         "code": "daily_cap_reached",
+        "daily_exp_cap": 150,
+        "level": 2,
+        "retry_after": 12 * 3600,
     }
 
 
