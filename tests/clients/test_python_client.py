@@ -226,3 +226,16 @@ async def test_the_example_apps_tier_gate_answers_the_seeds_402(
         }
         chat = await http.post("/chat", headers={"X-User-Id": user})
         assert chat.json() == {"reply": "hello!", "exp_added": 20}
+
+
+def test_sync_refunds_and_limits(live_url: str, redis_url: str) -> None:
+    user = new_user()
+    with CountersClient(live_url, service_key=SERVICE_KEY) as client:
+        client.set_subscription(user, "pixel_rookie")
+        debit = client.debit("EDIT_IMAGE", user_id=user)
+        refund = client.refund(debit.transaction_id, user_id=user)
+        assert (refund.xp_refunded, refund.xp_balance) == (9, 600)
+        client.award("daily_chat", user_id=user)
+        limits = client.limits(user)
+        assert (limits.daily_exp_gained, limits.daily_action_counts) == (20, {"daily_chat": 1})
+        assert client.check_user_xp_for_generation(user, "NEW_IMAGE")["has_sufficient_xp"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from counters.cli.devcreds import DevCredentials
 from counters.clock import SystemClock, next_utc_midnight, utc_day
 from counters.errors import ConfigError
 from counters.settings import Settings, parse_bool, parse_int
@@ -94,3 +95,10 @@ def test_cors_origins_and_dev_mode() -> None:
     )
     assert parsed.cors_origins == ("https://a.example", "https://b.example")
     assert parsed.dev_mode is True
+
+
+def test_dev_mode_banner_names_the_demo_page(tmp_path: Path) -> None:
+    creds = DevCredentials("s" * 32, "k" * 24)
+    banner = creds.banner("http://127.0.0.1:8000", tmp_path, demo=True)
+    assert "http://127.0.0.1:8000/demo?token=ey" in banner
+    assert "/demo" not in creds.banner("http://127.0.0.1:8000", tmp_path)

@@ -359,6 +359,9 @@ class CountersClient:
     def progress(self, user_id: str | None = None) -> UserProgress:
         return self.call(Calls.progress(user_id))
 
+    def limits(self, user_id: str | None = None) -> Limits:
+        return self.call(Calls.limits(user_id))
+
     def check_xp(
         self, generation_type: str, *, user_id: str | None = None, include_guidance: bool = True
     ) -> XpCheck:
@@ -374,6 +377,11 @@ class CountersClient:
         except CountersError as exc:
             log_unawarded(f"check-xp {generation_type}", user_id, exc)
             return fallback_check(generation_type)
+
+    def check_user_xp_for_generation(
+        self, user_id: str | None, generation_type: str
+    ) -> XpCheckDict:
+        return self.check_xp_availability(user_id, generation_type, include_guidance=False)
 
     def debit(
         self,
@@ -420,6 +428,11 @@ class CountersClient:
         idempotency_key: str | None = None,
     ) -> Grant:
         return self.call(Calls.grant(user_id, xp_amount, reason, expires_at, idempotency_key))
+
+    def refund(
+        self, transaction_id: str, *, user_id: str, idempotency_key: str | None = None
+    ) -> Refund:
+        return self.call(Calls.refund(transaction_id, user_id, idempotency_key))
 
     def set_subscription(self, user_id: str, tier: str) -> Subscription:
         return self.call(Calls.subscribe(user_id, tier))
