@@ -206,7 +206,7 @@ _REF = "#/components/schemas/{name}"
 @cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route (built once per process)."""
-    types = [ErrorBody, *{t for op in OPERATIONS for t in _types(op)}]
+    types = list(dict.fromkeys([ErrorBody, *(t for op in OPERATIONS for t in _types(op))]))
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     by_type = dict(zip(types, schemas, strict=True))
     components["ErrorBody"]["properties"]["code"]["enum"] = list(ERROR_CODES)
@@ -257,8 +257,6 @@ def _operation(op: Op, by_type: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         responses[str(status)] = _response(
             "Refused: the seed's middleware body", {"anyOf": [by_type[kind], by_type[ErrorBody]]}
         )
-    if op.method != "GET" and op.auth != "none":
-        responses.setdefault("405", _response("Error", by_type[ErrorBody]))
     params = list(op.params)
     if op.auth == "user":
         params.append(_X_USER_ID)
@@ -275,7 +273,7 @@ def _operation(op: Op, by_type: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     }
     if op.request is not None:
         operation["requestBody"] = {
-            "required": op.request not in (CaptureRequest,),
+            "required": op.request is not CaptureRequest,  # no body: capture all of the hold
             "content": {"application/json": {"schema": by_type[op.request]}},
         }
     if op.auth != "none":
