@@ -80,6 +80,7 @@ async def test_when_the_service_is_down_awards_fail_open_and_debits_fail_closed(
         with pytest.raises(Unavailable):
             await client.debit("NEW_IMAGE", user_id="u1")
         check = await client.check_xp_availability("u1", "NEW_IMAGE")
+        assert "check-xp NEW_IMAGE for u1" in caplog.text
         assert check["has_sufficient_xp"] is False
         assert check["subscription_url"] == "/subscriptions"
         assert check["guidance"] and check["code"] == "unavailable"
@@ -149,6 +150,8 @@ async def test_the_seeds_helpers(counters: AsyncCountersClient) -> None:
     await counters.set_subscription(user, "pixel_rookie")
     simple = await xp_utils.check_user_xp_for_generation(user, "NEW_IMAGE")
     assert simple["has_sufficient_xp"] is True and "guidance" not in simple
+    unknown = await counters.check_xp_availability(user, "NO_SUCH_TYPE")
+    assert (unknown["has_sufficient_xp"], unknown["code"]) == (False, "not_found")
     full = await counters.check_xp_availability(user, "NEW_VIDEO")
     assert full["has_sufficient_xp"] is False
     assert full["recommended_tier"] and full["recommended_tier"]["tier_name"] == "arcade_artist"

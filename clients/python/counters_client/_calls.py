@@ -118,9 +118,18 @@ def unreachable(call: Call[Any], error: BaseException) -> Unavailable:
     return Unavailable(0, "unavailable", detail, {})
 
 
-def fallback_check(generation_type: str, xp_required: int = 0) -> XpCheckDict:
-    """check_xp_availability's answer when the service cannot say: not sufficient, generic
-    guidance (the seed: "System errors - Falls back to generic guidance messages")."""
+def fallback_check(
+    generation_type: str,
+    user_id: str | None,
+    error: CountersError,
+    tables: tuple[dict[str, Tier], dict[str, Cost]] | None,
+) -> XpCheckDict:
+    """check_xp_availability's answer when the service cannot say (logged as a warning): not
+    sufficient, generic guidance (the seed: "System errors - Falls back to generic guidance
+    messages"); the cost when the costs table was already fetched, else 0."""
+    log.warning("check-xp %s for %s: %s; answering not sufficient", generation_type, user_id, error)
+    cost = tables[1].get(generation_type) if tables else None
+    xp_required = cost.xp_cost if cost else 0
     return {
         "has_sufficient_xp": False,
         "xp_balance": 0,
@@ -131,7 +140,7 @@ def fallback_check(generation_type: str, xp_required: int = 0) -> XpCheckDict:
         "subscription_url": "/subscriptions",
         "current_tier": None,
         "recommended_tier": None,
-        "code": "unavailable",
+        "code": error.code,
     }
 
 

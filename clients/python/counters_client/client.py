@@ -188,8 +188,7 @@ class AsyncCountersClient:
             return check_dict(await self.check_xp(generation_type, user_id=user_id,
                                                   include_guidance=include_guidance))  # fmt: skip
         except CountersError as exc:
-            log_unawarded(f"check-xp {generation_type}", user_id, exc)
-            return fallback_check(generation_type)
+            return fallback_check(generation_type, user_id, exc, self._tables)
 
     async def check_user_xp_for_generation(
         self, user_id: str | None, generation_type: str
@@ -375,8 +374,7 @@ class CountersClient:
             return check_dict(self.check_xp(generation_type, user_id=user_id,
                                             include_guidance=include_guidance))  # fmt: skip
         except CountersError as exc:
-            log_unawarded(f"check-xp {generation_type}", user_id, exc)
-            return fallback_check(generation_type)
+            return fallback_check(generation_type, user_id, exc, self._tables)
 
     def check_user_xp_for_generation(
         self, user_id: str | None, generation_type: str

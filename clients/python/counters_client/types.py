@@ -98,7 +98,7 @@ class XpCheckDict(TypedDict):
     subscription_url: str
     current_tier: dict[str, Any] | None
     recommended_tier: dict[str, Any] | None
-    code: NotRequired[str]  # only on the fallback: "unavailable"
+    code: NotRequired[str]  # only on the fallback: why ("unavailable", "not_found", ...)
 
 
 class Debit(_Result, frozen=True):
