@@ -17,7 +17,6 @@ import msgspec
 from api.errors import ERROR_CODES
 from api.routes.batch import BatchItem, BatchResponse
 from api.schemas.exp import (
-    TARGET_ID,
     AdjustRequest,
     AdjustResponse,
     GainRequest,
@@ -47,10 +46,11 @@ from api.schemas.xp import (
     SubscriptionRequest,
     SubscriptionResponse,
 )
+from counters.ids import IDEMPOTENCY_KEY_PATTERN, TARGET_ID_PATTERN
 from counters.xp.guidance import XpCheck
 
 Auth = Literal["none", "user", "service"]
-IdempotencyKey = Annotated[str, msgspec.Meta(pattern=r"^[!-~]{1,255}$")]
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,7 +134,7 @@ class Op(NamedTuple):
 
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-TargetIdPath = Annotated[str, msgspec.Meta(pattern=TARGET_ID.pattern)]
+TargetIdPath = Annotated[str, msgspec.Meta(pattern=TARGET_ID_PATTERN)]
 _GENERATION = Param("generation_type", "path", NonEmpty)
 _USER = Param("user_id", "path", UserId)
 _HOLD = Param("hold_id", "path", NonEmpty)

@@ -123,5 +123,8 @@ async def test_a_batch_nested_too_deeply_is_400_never_500(
         content=f'{{"awards": [{deep}]}}',
         headers={**service_headers(), "Content-Type": "application/json"},
     )
-    assert response.json() == {"detail": "Malformed JSON: nested too deeply"}
+    assert response.json() == {
+        "detail": "Malformed JSON: nested too deeply",
+        "code": "malformed_body",
+    }
     assert response.status_code == 400

@@ -59,14 +59,19 @@ async def test_an_award_is_typed_and_a_refusal_raises_by_code(
     assert await counters.award_exp_with_limits(user, "daily_chat") is None
 
 
-async def test_a_user_token_acts_as_its_user(live_url: str, redis_url: str) -> None:
+async def test_a_user_token_acts_as_its_user(
+    live_url: str, redis_url: str, counters: AsyncCountersClient
+) -> None:
     user = new_user()
+    # Only a service records who created an entity; the user's token then acts as its owner.
+    await counters.award("create_character", user_id=user, target=("character", f"c-{user}"))
     async with AsyncCountersClient(live_url, token=issue_token_for(user)) as client:
-        award = await client.award("create_character", target=("character", f"c-{user}"))
+        assert (await client.progress()).total_exp == 30
+        award = await client.award("daily_chat")
         assert award.awarded_to == user
         with pytest.raises(SelfAction):
             await client.award("character_liked", target=("character", f"c-{user}"))
-        assert (await client.progress()).total_exp == 30
+        assert (await client.progress()).total_exp == 50
 
 
 async def test_when_the_service_is_down_awards_fail_open_and_debits_fail_closed(
