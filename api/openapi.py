@@ -131,6 +131,7 @@ class Op(NamedTuple):
     request: Any = None
     params: tuple[Param, ...] = ()
     refusals: dict[int, Any] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
+    media: str = "application/json"  # of the ok answers
 
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -186,6 +187,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("POST", "/api/v1/xp/grants", "A top-up, optionally expiring", "service",
        {200: GrantResponse}, GrantRequest),
     Op("GET", "/healthz", "The process answers", "none", {200: Health}),
+    Op("GET", "/metrics", "Prometheus metrics (COUNTERS_METRICS_ENABLED)", "none", {200: str},
+       media="text/plain"),
     Op("GET", "/readyz", "Redis, Postgres and the flusher's lag", "none",
        {200: Readiness, 503: Readiness},
        None, (Param("strict", "query", str, "1: Postgres must be up too"),)),
@@ -249,7 +252,7 @@ def _types(op: Op) -> list[Any]:
 def _operation(op: Op, by_type: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, kind in op.ok.items():
-        responses[str(status)] = _response("OK", by_type[kind])
+        responses[str(status)] = _response("OK", by_type[kind], op.media)
     for status in _ERRORS[op.auth]:
         if str(status) not in responses:
             responses[str(status)] = _response("Error", by_type[ErrorBody])
@@ -281,11 +284,13 @@ def _operation(op: Op, by_type: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     return operation
 
 
-def _response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _response(
+    description: str, schema: dict[str, Any], media: str = "application/json"
+) -> dict[str, Any]:
     return {
         "description": description,
         "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in _HEADERS},
-        "content": {"application/json": {"schema": schema}},
+        "content": {media: {"schema": schema}},
     }
 
 
