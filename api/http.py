@@ -73,11 +73,21 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request: {exc}") from exc
+        raise InvalidRequest(f"Invalid request: {validation_detail(exc)}") from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"Malformed JSON: {exc}") from exc
     except RecursionError as exc:  # msgspec's own depth guard: deep nesting is not a server fault
         raise MalformedBody("Malformed JSON: nested too deeply") from exc
+
+
+def validation_detail(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with a refused control character worded for people: the pattern of
+    ``api.schemas.exp.NO_CONTROL_CHARACTERS`` means nothing to a caller."""
+    message = str(exc)
+    if message.startswith("Expected `str` matching regex '\\\\A[^\\\\x00-"):
+        where = message.rpartition(" - at ")[2]
+        return f"{where} must not contain control characters (U+0000-U+001F, U+007F)"
+    return message
 
 
 def principal(request: Request) -> Principal:

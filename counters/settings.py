@@ -158,6 +158,18 @@ class Settings:
     # Every worker polls the rules file this often and reloads it when it changed (0: only on
     # SIGHUP); see counters/runtime/reload.py.
     rules_watch_seconds: float = bounded(2.0, ge=0)
+    # A flusher that has not advanced for this long (or whose oldest unledgered event is this
+    # old) makes /readyz "degraded", with the reason.
+    flush_stall_seconds: float = bounded(30.0, gt=0)
+    # Every Redis call on a request's path (the auto-pipeline, the pool) fails after this long:
+    # a stalled Redis gives a prompt 503 + Retry-After instead of a hang.
+    redis_timeout_seconds: float = bounded(0.5, gt=0)
+    # Postgres calls on a request's path (hydrating a user, an owner lookup) fail after this
+    # long; the flusher's batches get flush_timeout_seconds.
+    database_timeout_seconds: float = bounded(1.0, gt=0)
+    flush_timeout_seconds: float = bounded(30.0, gt=0)
+    # `serve` retries the schema migrations in the background this often while Postgres is down.
+    migrate_retry_seconds: float = bounded(2.0, gt=0)
     # Operations (README, "Operations").
     log_level: str = one_of("info", "debug", "info", "warning", "error")
     log_format: str = one_of("text", "text", "json")

@@ -13,6 +13,12 @@ consumer's are claimed with XAUTOCLAIM once idle) and the second write changes n
 
 Every ``serve`` worker runs one consumer in the same group: no election, batches spread over the
 workers, and a worker that dies has its pending entries claimed by the others.
+
+Bad data never stops it: a batch whose write fails for a reason other than Postgres being
+unreachable (``persistence.store.is_transient``) is split in halves, each written on its own,
+until the entries that fail alone are isolated; those go to ``ledger_quarantine`` (escaped, so
+that write cannot fail on their content) and everything else is ledgered. Unreachable Postgres
+is retried with backoff, the events waiting in Redis.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from redis.exceptions import RedisError, ResponseError
 from counters.errors import StorageError
 from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
 from counters.redis.keys import stream_key
-from persistence.events import Batch, sort_entries
-from persistence.store import Store
+from persistence.events import Batch, Rejected, sort_entries
+from persistence.store import Store, is_transient
+from persistence.writer import WriteResult
 
 log = logging.getLogger("persistence.flusher")
 
@@ -55,6 +62,8 @@ class FlusherStats:
     quarantined: int = 0
     failures: int = 0  # consecutive failed iterations (0 when healthy)
     last_error: str | None = None
+    split_writes: int = 0  # writes of part of a batch while isolating bad entries
+    last_progress: float = field(default_factory=time.monotonic)  # last iteration that ended well
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +114,10 @@ class Flusher:
             raise StorageError(f"flusher read: {exc}") from exc
         if not entries:
             return 0
-        batch = sort_entries(entries)
         try:
-            result = await self._store.write(batch)
+            result = await self._write_isolating(entries)
             if self._after_commit is not None:
-                await self._after_commit(batch)
+                await self._after_commit(sort_entries(entries))
             await self._ack(entries)
         except BaseException:
             self._own_pending_first = True  # they stay pending with us: read them again first
@@ -124,6 +132,31 @@ class Flusher:
         if result.quarantined:
             log.error("flusher quarantined %d entries (see ledger_quarantine)", result.quarantined)
         return len(entries)
+
+    async def _write_isolating(self, entries: list[Entry]) -> WriteResult:
+        """Write ``entries``; on a failure caused by their content, halve until the entries
+        that fail alone are found and quarantine them. Transient failures are raised."""
+        try:
+            return await self._store.write(sort_entries(entries))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            failure = exc
+        if len(entries) == 1:
+            stream, sid, fields = entries[0]
+            reason = f"write failed: {type(failure).__name__}: {failure}"
+            log.error("flusher quarantines %s %s: %s", stream, sid, reason)
+            await self._store.quarantine([Rejected(stream, sid, reason, dict(fields or {}))])
+            return WriteResult(0, 0, 1)
+        self.stats.split_writes += 2
+        middle = len(entries) // 2
+        first = await self._write_isolating(entries[:middle])
+        second = await self._write_isolating(entries[middle:])
+        return WriteResult(
+            first.inserted + second.inserted,
+            first.duplicates + second.duplicates,
+            first.quarantined + second.quarantined,
+        )
 
     async def run(
         self,
@@ -160,6 +193,7 @@ class Flusher:
                     log.exception("flush failed unexpectedly; retrying in %.2fs", delay)
                 await _wait(stop, delay)
                 continue
+            self.stats.last_progress = time.monotonic()
             if self.stats.failures:
                 log.info("flusher recovered after %d failed attempts", self.stats.failures)
                 self.stats.failures, self.stats.last_error = 0, None

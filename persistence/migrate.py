@@ -71,9 +71,9 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
 
-async def migrate_url(url: str) -> list[Migration]:
-    """Connect to ``url`` and migrate it."""
-    conn = await asyncpg.connect(url)
+async def migrate_url(url: str, timeout: float = 60.0) -> list[Migration]:
+    """Connect to ``url`` (within ``timeout`` seconds) and migrate it."""
+    conn = await asyncpg.connect(url, timeout=timeout)
     try:
         return await migrate(conn)
     finally:

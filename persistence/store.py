@@ -15,11 +15,18 @@ import asyncpg  # type: ignore[import-untyped]
 
 from counters.errors import StorageError
 from counters.exp.entities import DurableOwner
-from persistence.events import Batch
-from persistence.writer import WriteResult, write_batch
+from persistence.events import Batch, Rejected
+from persistence.writer import WriteResult, quarantine, write_batch
 
 # What asyncpg raises when the server is down, restarting or the connection broke.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+# SQLSTATE classes that blame the server, not the rows sent: connection (08), invalid transaction
+# state (25), rollback: serialization failure, deadlock (40), schema not there yet (42),
+# object in use / lock not available (55), resources (53), operator intervention: shutdown,
+# restart (57), system (58), internal (XX). Any other failure of a write (22 data exception,
+# 23 constraint, 54 program limit, a value the driver cannot encode) is the data's fault.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "25", "40", "42", "53", "55", "57", "58", "XX"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +42,21 @@ class DurableUser:
     day_counts: dict[str, int] = field(default_factory=dict)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or the driver error a ``StorageError`` wraps) says Postgres could not
+    be reached or could not work right now; False when the data written is what failed.
+
+    The flusher retries the first kind with backoff and splits the batch on the second."""
+    if isinstance(exc, StorageError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, asyncpg.exceptions._base.DataError):  # a value the driver cannot encode
+        return False
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, StorageError))
+
+
 @asynccontextmanager
 async def storage_errors(what: str) -> AsyncIterator[None]:
     """Re-raise driver failures as ``StorageError`` naming ``what`` was being done."""
@@ -45,16 +67,34 @@ async def storage_errors(what: str) -> AsyncIterator[None]:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """The pool, with two time budgets: ``timeout`` (seconds) bounds every call made on a
+    request's path (connecting included), ``write_timeout`` a flusher batch."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, timeout: float = 1.0, write_timeout: float = 30.0
+    ) -> None:
         self.pool = pool
+        self.timeout = timeout
+        self.write_timeout = write_timeout
 
     @classmethod
-    async def open(cls, url: str, *, max_connections: int = 10, timeout: float = 5.0) -> Store:
+    async def open(
+        cls,
+        url: str,
+        *,
+        max_connections: int = 10,
+        timeout: float = 1.0,
+        write_timeout: float = 30.0,
+    ) -> Store:
         """A pool that connects lazily: creating it succeeds while Postgres is down."""
         pool = await asyncpg.create_pool(
-            url, min_size=0, max_size=max_connections, timeout=timeout, command_timeout=30
+            url,
+            min_size=0,
+            max_size=max_connections,
+            timeout=max(timeout, 5.0),  # connecting; request paths are bounded by ``timeout``
+            command_timeout=write_timeout,
         )
-        return cls(pool)
+        return cls(pool, timeout=timeout, write_timeout=write_timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Close the pool; connections still busy after ``timeout`` seconds are cut."""
@@ -69,6 +109,13 @@ class Store:
         async with storage_errors(what), self.pool.acquire() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def bounded(self, what: str, seconds: float) -> AsyncIterator[asyncpg.Connection]:
+        """``connection`` whose acquiring and use together take at most ``seconds``; past
+        that, ``StorageError`` (a stalled Postgres is a prompt error, never a hang)."""
+        async with storage_errors(what), asyncio.timeout(seconds), self.pool.acquire() as conn:
+            yield conn
+
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when Postgres answers within ``timeout`` seconds."""
         try:
@@ -80,12 +127,17 @@ class Store:
 
     async def write(self, batch: Batch) -> WriteResult:
         """Write one batch of events in one transaction (idempotent)."""
-        async with self.connection("write batch") as conn:
+        async with self.bounded("write batch", self.write_timeout) as conn:
             return await write_batch(conn, batch)
+
+    async def quarantine(self, rejected: list[Rejected]) -> None:
+        """Set entries aside in ``ledger_quarantine`` whatever their content."""
+        async with self.bounded("quarantine", self.write_timeout) as conn:
+            await quarantine(conn, rejected)
 
     async def owner_of(self, entity_type: str, entity_id: str) -> DurableOwner | None:
         """The recorded owner of an entity and the version of that record, or None."""
-        async with self.connection("owner lookup") as conn:
+        async with self.bounded("owner lookup", self.timeout) as conn:
             row = await conn.fetchrow(
                 "SELECT owner_id, version FROM entity_owners"
                 " WHERE entity_type = $1 AND entity_id = $2",
@@ -96,7 +148,7 @@ class Store:
 
     async def load_user(self, user_id: str, day: str) -> DurableUser:
         """The user's durable totals and ``day``'s awards; an unknown user is an empty one."""
-        async with self.connection("load user") as conn:
+        async with self.bounded("load user", self.timeout) as conn:
             totals = await conn.fetchrow(
                 "SELECT seq, exp, level, xp_state::text AS xp_state FROM user_totals"
                 " WHERE user_id = $1",

@@ -89,15 +89,45 @@ async def write_batch(conn: asyncpg.Connection, batch: Batch) -> WriteResult:
         if batch.owners:
             await conn.execute(_UPSERT_OWNERS, *_owner_columns(batch.owners))
         if rejected:
-            await conn.execute(
-                _QUARANTINE,
-                [r.stream for r in rejected],
-                [r.stream_id for r in rejected],
-                [r.reason for r in rejected],
-                [orjson.dumps(r.fields).decode() for r in rejected],
-            )
+            await _quarantine(conn, rejected)
     duplicates = len(skipped) - (len(rejected) - len(batch.rejected))
     return WriteResult(len(inserted), duplicates, len(rejected))
+
+
+async def quarantine(conn: asyncpg.Connection, rejected: list[Rejected]) -> None:
+    """Set entries aside in ``ledger_quarantine`` (in one transaction); never fails on their
+    content: every string is stored through ``escape_text``."""
+    async with conn.transaction():
+        await _quarantine(conn, rejected)
+
+
+async def _quarantine(conn: asyncpg.Connection, rejected: list[Rejected]) -> None:
+    await conn.execute(
+        _QUARANTINE,
+        [r.stream for r in rejected],
+        [r.stream_id for r in rejected],
+        [escape_text(r.reason) for r in rejected],
+        [
+            orjson.dumps({escape_text(k): escape_text(v) for k, v in r.fields.items()}).decode()
+            for r in rejected
+        ],
+    )
+
+
+def escape_text(text: str) -> str:
+    """``text`` as Postgres text and jsonb always accept it, reversibly.
+
+    A backslash becomes two, NUL becomes ``\\x00`` (Postgres text cannot hold NUL, jsonb not
+    even escaped), and a byte that was not UTF-8 (read from Redis with ``surrogateescape``)
+    becomes ``\\xNN``; everything else is kept. Plain text passes unchanged."""
+    if text.isascii() and "\\" not in text and "\x00" not in text:
+        return text
+    raw = text.replace("\\", "\\\\").replace("\x00", "\\x00")
+    try:
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that was no undecodable byte: \\udNNN
+        data = raw.encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace")
 
 
 async def _collisions(conn: asyncpg.Connection, skipped: list[LedgerEvent]) -> list[Rejected]:

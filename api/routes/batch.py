@@ -18,7 +18,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.errors import error_reply
-from api.http import decode, idempotency_of, json_response, read_body, service_caller, services
+from api.http import (
+    decode,
+    idempotency_of,
+    json_response,
+    read_body,
+    service_caller,
+    services,
+    validation_detail,
+)
 from api.routes.exp import award_reply, gain_target, hot_gain
 from api.schemas.exp import GainRequest, UserId
 from counters.auth import Principal
@@ -81,7 +89,7 @@ def _award_request(caller: str, raw: msgspec.Raw) -> AwardRequest:
     try:
         item = item_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid award: {exc}") from exc
+        raise InvalidRequest(f"Invalid award: {validation_detail(exc)}") from exc
     except RecursionError as exc:  # a Raw item is checked only for shape when the body decodes
         raise InvalidRequest("Invalid award: nested too deeply") from exc
     gain = GainRequest(action=item.action, target_type=item.target_type, target_id=item.target_id)

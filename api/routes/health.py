@@ -18,7 +18,7 @@ from counters.runtime.durability import Durability
 
 # Only Redis gates readiness by default: the API serves from Redis alone while Postgres is down
 # (the flusher catches up later), so failing readiness then would turn a Postgres outage into a
-# full outage. ``?strict=1`` also requires Postgres.
+# full outage. ``?strict=1`` also requires Postgres and a flusher that advances.
 _TIMEOUT = 1.0
 
 
@@ -45,12 +45,17 @@ async def readyz(request: Request) -> Response:
         postgres_ok = await durability.store.ping(_TIMEOUT)
         body["postgres"] = "ok" if postgres_ok else "down"
         flusher: dict[str, object] = {"running": svc.settings.flusher_enabled}
+        lag = None
         if redis_ok:
             with contextlib.suppress(RedisError):  # Redis went away since the ping: no lag
                 lag = await durability.flusher_lag(svc)
                 flusher |= {"lag_events": lag.events, "lag_seconds": lag.seconds}
         if durability.flusher is not None and durability.flusher.stats.last_error:
             flusher["last_error"] = durability.flusher.stats.last_error
+        stalled = durability.stall(lag)
+        if stalled is not None:
+            flusher["stalled"] = stalled
+            postgres_ok = False  # the ledger is not advancing: degraded, and strict says no
         body["flusher"] = flusher
     ready = redis_ok and (postgres_ok or not strict)
     body["status"] = ("ready" if postgres_ok else "degraded") if ready else "not ready"
@@ -58,11 +63,21 @@ async def readyz(request: Request) -> Response:
 
 
 async def _redis_ok(request: Request) -> bool:
+    """Redis answers PING within the timeout. A pooled connection that broke when Redis
+    restarted fails its first command and is dropped; so one failure is retried on a fresh
+    connection before Redis counts as down (no spurious "down" right after a restart)."""
+    redis = services(request).redis
     try:
         async with asyncio.timeout(_TIMEOUT):
-            return bool(await services(request).redis.ping())
+            for attempt in range(2):
+                try:
+                    return bool(await redis.ping())
+                except RedisError:
+                    if attempt:
+                        raise
     except Exception:  # any failure to answer is "down"; the body says so
         return False
+    return False
 
 
 async def metrics(request: Request) -> Response:

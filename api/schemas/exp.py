@@ -18,9 +18,15 @@ TargetId = (
 )
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID.pattern)]
 
+# Free text a caller chooses (a reason, a name) reaches the ledger: control characters (NUL, which
+# Postgres text cannot hold, newlines, escapes) are refused with 422 at the door
+# (``api.http.decode`` words the message).
+NO_CONTROL_CHARACTERS = msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]*\Z")  # $ allows a final \n
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64), NO_CONTROL_CHARACTERS]
+
 
 class GainRequest(Request, frozen=True):
-    action: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    action: Label
     target_type: TargetType | None = None
     target_id: TargetId | None = None
 
@@ -28,7 +34,7 @@ class GainRequest(Request, frozen=True):
 class AdjustRequest(Request, frozen=True):
     user_id: UserId
     delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500), NO_CONTROL_CHARACTERS]
 
 
 class OwnerRequest(Request, frozen=True):

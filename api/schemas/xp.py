@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 
 from api.schemas.common import Request
-from api.schemas.exp import UserId
+from api.schemas.exp import NO_CONTROL_CHARACTERS, Label, UserId
 from counters.clock import to_datetime
 from counters.ids import TRANSACTION_ID
 from counters.rules.xp import XpRules
@@ -17,7 +17,9 @@ from counters.xp.service import XpChange
 from counters.xp.state import XpState
 
 XpAmount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
-GenerationTypeName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+GenerationTypeName = Label
+TierName = Label
+GrantReason = Annotated[str, msgspec.Meta(min_length=1, max_length=200), NO_CONTROL_CHARACTERS]
 TransactionId = Annotated[str, msgspec.Meta(pattern=TRANSACTION_ID.pattern)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -42,12 +44,12 @@ class RefundRequest(Request, frozen=True):
 class GrantRequest(Request, frozen=True):
     user_id: UserId
     xp_amount: XpAmount
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    reason: GrantReason
     expires_at: AwareDatetime | None = None
 
 
 class SubscriptionRequest(Request, frozen=True):
-    tier: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    tier: TierName
     period_start: AwareDatetime | None = None
 
 

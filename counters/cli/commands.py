@@ -128,11 +128,13 @@ def check_redis(url: str, variable: str = "COUNTERS_REDIS_URL") -> None:
         raise CommandError(f"{variable}: cannot use Redis at {redact(url)}: {exc}") from exc
 
 
-def apply_migrations(url: str, variable: str = "COUNTERS_DATABASE_URL") -> None:
-    """Apply every pending migration; say which."""
+def apply_migrations(
+    url: str, variable: str = "COUNTERS_DATABASE_URL", timeout: float = 60.0
+) -> None:
+    """Apply every pending migration (connecting within ``timeout`` seconds); say which."""
     where = f"{variable}: migrate {redact(url)}"
     try:
-        applied = asyncio.run(migrate_url(url))
+        applied = asyncio.run(migrate_url(url, timeout=timeout))
     except (CountersError, OSError) as exc:
         raise CommandError(f"{where}: {exc}") from exc
     except Exception as exc:  # asyncpg's errors share no base we can name without its stubs

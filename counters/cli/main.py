@@ -124,7 +124,12 @@ def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack) -> None:
     # Embedded servers under the data dir for any URL not configured, stopped on exit.
     settings = with_servers(settings, stack, beside_serve=False)
     assert settings.redis_url is not None and settings.database_url is not None
-    apply_migrations(settings.database_url)
+    try:
+        apply_migrations(settings.database_url, timeout=5.0)
+    except CommandError as exc:
+        # The hot path needs no Postgres: serve from Redis, and let every worker apply the
+        # migrations in the background once Postgres answers (counters/runtime/durability.py).
+        click.echo(f"{exc.message}: serving from Redis; migrations retried in the background")
     check_redis(settings.redis_url)
     env = {
         "COUNTERS_REDIS_URL": settings.redis_url,

@@ -11,12 +11,18 @@ each command on its own as before: a pipeline is not a transaction, and each scr
 - A lost connection fails every call still waiting on it (``StorageError``: they may or may not
   have run, as with any lost connection); the next call connects again.
 - A caller that is cancelled simply never sees its reply; the order of the others is unchanged.
+- Redis that does not answer within ``timeout`` (stopped, overloaded, a network black hole):
+  the oldest command waiting past its deadline cuts the connection, failing every call waiting
+  on it (``StorageError``, a prompt 503 at the API, never a hang); the next call connects again.
+  Replies come in order, so the oldest waiting command is the only one to watch: one timer per
+  connection, not one per command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -38,14 +44,18 @@ class RedisRefusal(StorageError):
 
 
 class _Protocol(asyncio.Protocol):
-    """One connection: commands queued in this tick, and the futures awaiting replies in order."""
+    """One connection: commands queued in this tick, and the futures awaiting replies in order,
+    each with the monotonic time by which its reply is due."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()
         self.queued: list[bytes] = []
         self.reader = hiredis.Reader(encoding="utf-8")
+        self.timeout = timeout
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -55,11 +65,34 @@ class _Protocol(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     def send(self, packed: bytes, future: asyncio.Future[Any]) -> None:
-        """Queue one packed command; the first of a tick schedules the write of them all."""
+        """Queue one packed command; the first of a tick schedules the write of them all.
+
+        On a connection already lost (it can drop between connecting and this call) the future
+        fails at once instead of waiting for a reply that cannot come."""
+        if not self.usable:
+            future.set_exception(StorageError("Redis connection lost before the command was sent"))
+            return
         if not self.queued:
             self.loop.call_soon(self.flush)
         self.queued.append(packed)
         self.waiting.append(future)
+        self.deadlines.append(time.monotonic() + self.timeout)
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_later(self.timeout, self.check_deadline)
+
+    def check_deadline(self) -> None:
+        """Cut the connection if the oldest waiting command is past its deadline; otherwise
+        look again when it will be."""
+        self.watchdog = None
+        if not self.deadlines:
+            return
+        late = self.deadlines[0] - time.monotonic()
+        if late > 0:
+            self.watchdog = self.loop.call_later(late, self.check_deadline)
+            return
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost fails every waiting call
+        self.fail_all(StorageError(f"Redis did not answer within {self.timeout:g}s"))
 
     def flush(self) -> None:
         queued, self.queued = self.queued, []
@@ -69,8 +102,10 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
         reader.feed(data)
+        deadlines = self.deadlines
         while (reply := reader.gets()) is not False:
             future = waiting.popleft()
+            deadlines.popleft()
             if future.done():  # the caller was cancelled
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -79,9 +114,16 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fail_all(StorageError(f"Redis connection lost: {exc or 'closed by the server'}"))
+
+    def fail_all(self, error: StorageError) -> None:
+        """Give up the connection: every call queued or waiting on it fails with ``error``."""
         self.transport = None
         self.queued = []
-        error = StorageError(f"Redis connection lost: {exc or 'closed by the server'}")
+        self.deadlines.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -94,7 +136,8 @@ class AutoPipeline:
     Like a redis-py pool, it belongs to the event loop it first connects on.
     """
 
-    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 0.5) -> None:
+        """``timeout`` (seconds) bounds connecting and every command's reply."""
         options = parse_url(url)
         self._host = str(options.get("host", "localhost"))
         self._port = int(options.get("port", 6379))
@@ -103,7 +146,7 @@ class AutoPipeline:
         self._db = int(options.get("db", 0))
         self._username = options.get("username")
         self._password = options.get("password")
-        self._connect_timeout = connect_timeout
+        self._timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
 
@@ -164,13 +207,14 @@ class AutoPipeline:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self._timeout):
+                make = lambda: _Protocol(self._timeout)  # noqa: E731
                 if self._path:
-                    _, protocol = await loop.create_unix_connection(_Protocol, str(self._path))
+                    _, protocol = await loop.create_unix_connection(make, str(self._path))
                 else:
                     context = ssl.create_default_context() if self._ssl else None
                     _, protocol = await loop.create_connection(
-                        _Protocol, self._host, self._port, ssl=context
+                        make, self._host, self._port, ssl=context
                     )
                 setup: list[tuple[Arg, ...]] = []
                 if self._password is not None:

@@ -2,20 +2,27 @@
 
 Made in the app's lifespan (or a CLI command) from settings: without COUNTERS_DATABASE_URL there
 is no store, Redis is the only store, and nothing here runs.
+
+Postgres need not be up when the process starts: the store connects lazily, the schema
+migrations are retried in the background until they apply (``Durability.schema_ready``), and
+the flusher starts once they have; meanwhile the API serves from Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from counters.redis.keys import stream_key
-from counters.runtime.services import Services
+from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
 from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
+from persistence.migrate import migrate_url
 from persistence.store import Store
 
 log = logging.getLogger("counters.runtime")
@@ -34,32 +41,73 @@ def make_flusher(settings: Settings, redis: Redis, store: Store) -> Flusher:
     )
 
 
+def flusher_redis(settings: Settings) -> Redis:
+    """The flusher's own Redis client: replies may take a whole blocking read (plus a margin),
+    and stream entries that are not UTF-8 are read (as lone surrogates) so they can be
+    quarantined instead of failing every read."""
+    assert settings.redis_url is not None
+    timeout = settings.flush_block_ms / 1000 + max(5.0, settings.redis_timeout_seconds)
+    return connect_redis(settings.redis_url, 4, timeout=timeout, encoding_errors="surrogateescape")
+
+
+async def open_store(settings: Settings) -> Store:
+    """The Postgres pool with the settings' size and time budgets (connects lazily)."""
+    assert settings.database_url is not None
+    return await Store.open(
+        settings.database_url,
+        max_connections=settings.database_max_connections,
+        timeout=settings.database_timeout_seconds,
+        write_timeout=settings.flush_timeout_seconds,
+    )
+
+
 @dataclass(slots=True)
 class Durability:
     """The Postgres store (None without COUNTERS_DATABASE_URL) and this process's flusher."""
 
     store: Store | None
+    settings: Settings | None = None
     flusher: Flusher | None = None
+    schema_ready: bool = False
+    schema_error: str | None = None
+    _redis: Redis | None = None
     _task: FlusherTask | None = None
+    _prepare: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Durability:
         """Open the Postgres pool if a database is configured (it connects lazily)."""
         if settings.database_url is None:
-            return cls(None)
-        store = await Store.open(
-            settings.database_url, max_connections=settings.database_max_connections
-        )
-        return cls(store)
+            return cls(None, settings)
+        return cls(await open_store(settings), settings)
 
     def start(self, services: Services) -> Durability:
-        """Start the background flusher when there is a store and it is enabled."""
+        """Migrate in the background (retrying while Postgres is down), then start the flusher
+        when there is a store and it is enabled."""
         if self.store is not None:
-            self.flusher = make_flusher(services.settings, services.redis, self.store)
-            if services.settings.flusher_enabled:
-                self._task = FlusherTask(self.flusher)
-                self._task.start()
+            settings = services.settings
+            self._redis = flusher_redis(settings)
+            self.flusher = make_flusher(settings, self._redis, self.store)
+            self._prepare = asyncio.create_task(self._migrate_then_flush(), name="durability")
         return self
+
+    async def _migrate_then_flush(self) -> None:
+        settings = self.settings
+        assert settings is not None and settings.database_url is not None
+        while True:
+            try:
+                connect = max(settings.database_timeout_seconds, 2.0)
+                async with asyncio.timeout(60.0):  # a black-holed Postgres mid-migration
+                    await migrate_url(settings.database_url, timeout=connect)
+                break
+            except Exception as exc:  # Postgres down, refusing or black-holed: try again
+                self.schema_error = f"{type(exc).__name__}: {exc}"
+                log.warning("schema migrations not applied (%s); retrying", self.schema_error)
+                await asyncio.sleep(settings.migrate_retry_seconds)
+        self.schema_ready, self.schema_error = True, None
+        if settings.flusher_enabled and self.flusher is not None:
+            self._task = FlusherTask(self.flusher)
+            self._task.start()
 
     async def flusher_lag(self, services: Services) -> Lag:
         """Entries not yet ledgered across every bucket stream, and the oldest one's age.
@@ -68,10 +116,34 @@ class Durability:
         streams = [stream_key(bucket) for bucket in range(services.settings.key_buckets)]
         return await stream_lag(services.redis, streams)
 
+    def stall(self, lag: Lag | None) -> str | None:
+        """Why the ledger is not advancing (None when it is): the oldest unledgered event is
+        older than COUNTERS_FLUSH_STALL_SECONDS, or this process's flusher has not finished an
+        iteration for that long (with its last error), or the schema is not applied."""
+        settings = self.settings
+        if self.store is None or settings is None:
+            return None
+        limit = settings.flush_stall_seconds
+        if not self.schema_ready and self.schema_error is not None:
+            return f"schema migrations not applied: {self.schema_error}"
+        if lag is not None and lag.seconds > limit:
+            return f"oldest unledgered event is {lag.seconds:.1f}s old (limit {limit:g}s)"
+        flusher = self.flusher
+        if self._task is not None and flusher is not None:
+            idle = time.monotonic() - flusher.stats.last_progress
+            if idle > limit:
+                why = flusher.stats.last_error or "no iteration finished"
+                return f"flusher has not advanced for {idle:.1f}s: {why}"
+        return None
+
     async def close(self, drain_seconds: float = 5.0) -> None:
         """Stop the flusher cleanly, ledger what is left in the streams (for up to
         ``drain_seconds``; anything still left waits in Redis for the next flusher), then close
         the pool."""
+        if self._prepare is not None:
+            self._prepare.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prepare
         if self._task is not None:
             await self._task.stop()
             assert self.flusher is not None
@@ -79,5 +151,7 @@ class Durability:
                 await asyncio.wait_for(self.flusher.drain(max_failures=3), drain_seconds)
             except Exception as exc:  # shutting down: say so, never fail the shutdown
                 log.warning("flusher drain at shutdown stopped early: %s", exc or type(exc))
+        if self._redis is not None:
+            await self._redis.aclose()
         if self.store is not None:
             await self.store.close()

@@ -22,10 +22,27 @@ from persistence.recovery import PostgresHydrator, durable_owner_lookup
 from persistence.store import Store
 
 
-def connect_redis(url: str, max_connections: int) -> Redis:
-    """A client whose pool waits for a free connection instead of failing under bursts."""
+def connect_redis(
+    url: str,
+    max_connections: int,
+    *,
+    timeout: float | None = None,
+    encoding_errors: str = "strict",
+) -> Redis:
+    """A client whose pool waits for a free connection instead of failing under bursts.
+
+    ``timeout`` (seconds) bounds connecting, each command's reply and the wait for a pooled
+    connection; None: no bound (batch commands). ``encoding_errors="surrogateescape"`` reads
+    bytes that are not UTF-8 as lone surrogates instead of failing (the flusher must read
+    every entry, whatever it holds)."""
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10, decode_responses=True
+        url,
+        max_connections=max_connections,
+        timeout=10 if timeout is None else max(2 * timeout, 1.0),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+        encoding_errors=encoding_errors,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
 
@@ -62,8 +79,10 @@ class Services:
             raise ConfigError("COUNTERS_REDIS_URL is not set (serve starts an embedded Redis)")
         rules = rules or load_rules(settings.rules)
         clock = clock or SystemClock(settings.clock_offset_seconds)
-        redis = connect_redis(settings.redis_url, settings.redis_max_connections)
-        pipeline = AutoPipeline(settings.redis_url) if settings.redis_autopipeline else None
+        timeout = settings.redis_timeout_seconds
+        redis = connect_redis(settings.redis_url, settings.redis_max_connections, timeout=timeout)
+        auto = settings.redis_autopipeline
+        pipeline = AutoPipeline(settings.redis_url, timeout) if auto else None
         scripts = Scripts(redis, pipeline)
         if store is not None and hydrator is None:
             # exp is built below; the hydrator asks it for today's window only when it runs.

@@ -4,18 +4,20 @@ NOSCRIPT after SCRIPT FLUSH, lost connections and cancelled callers."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis
 
-from counters.cli.embedded import free_port
+from counters.cli.embedded import RedisServer, free_port
 from counters.errors import StorageError
 from counters.redis.calls import AssignEntity, AssignEntityKeys
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.runtime.services import connect_redis
+from tests.support.proxy import Mode, TcpProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +110,7 @@ async def test_a_lost_connection_fails_a_whole_execute_many(
 
 
 async def test_no_server_is_a_storage_error() -> None:
-    auto = AutoPipeline(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=1)
+    auto = AutoPipeline(f"redis://127.0.0.1:{free_port()}/0", timeout=1)
     with pytest.raises(StorageError, match="cannot connect to Redis"):
         await auto.execute("PING")
     results = await asyncio.gather(
@@ -179,3 +181,41 @@ def _assign(owner: str) -> AssignEntity:
         owner_id=owner, mode="claim", ledger="0", target="character:c", may_create="1",
         version=0, now_ms=0,
     )  # fmt: skip
+
+
+async def test_a_stalled_redis_fails_every_waiting_call_promptly_then_recovers(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    with TcpProxy(redis_server.port) as proxy:
+        auto = AutoPipeline(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3)
+        try:
+            assert await auto.execute("PING") == "PONG"
+            proxy.set_mode(Mode.BLACKHOLE)  # Redis stopped: the connection stays, no answer
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(auto.execute("INCR", "n") for _ in range(50)), return_exceptions=True
+            )
+            waited = time.monotonic() - started
+            assert all(isinstance(r, StorageError) for r in results)
+            assert "did not answer within 0.3s" in str(results[0])
+            assert waited < 1.5  # about the timeout, never the length of the stall
+            with pytest.raises(StorageError):  # a new connection to a stalled Redis: the same
+                await auto.execute("PING")
+            proxy.set_mode(Mode.FORWARD)
+            assert await auto.execute("PING") == "PONG"
+        finally:
+            await auto.aclose()
+
+
+async def test_a_command_sent_on_a_connection_that_just_dropped_fails_at_once(
+    pipeline: AutoPipeline,
+) -> None:
+    await pipeline.execute("PING")
+    protocol = pipeline._protocol
+    assert protocol is not None and protocol.transport is not None
+    protocol.transport.abort()  # dropped after connecting, before this caller's send
+    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    protocol.send(b"*1\r\n$4\r\nPING\r\n", future)
+    with pytest.raises(StorageError, match="lost before the command was sent"):
+        await asyncio.wait_for(future, 1)
+    assert await pipeline.execute("PING") == "PONG"  # the next call connects again

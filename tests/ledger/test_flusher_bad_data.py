@@ -1,0 +1,133 @@
+"""Bad data never stops the ledger: refused at the API when it can be, isolated and quarantined
+by the flusher when it gets into a stream anyway, and a ledger that stops advancing shows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import httpx2
+import pytest
+from starlette.applications import Starlette
+
+from api.app import create_app
+from counters.clock import ManualClock
+from counters.redis.keys import UserKeys, stream_key
+from counters.runtime.durability import flusher_redis
+from counters.settings import Settings
+from persistence.flusher import Flusher, stream_lag
+from tests.support.core import service_headers
+from tests.support.persistence import fetch, fetchval, services, store
+
+pytestmark = pytest.mark.anyio
+
+CONTROL = "must not contain control characters (U+0000-U+001F, U+007F)"
+
+
+@pytest.mark.parametrize("character", ["\x00", "\n", "\x1b", "\x7f"])
+async def test_free_text_with_a_control_character_is_refused_with_422(
+    durable_client: httpx2.AsyncClient, character: str
+) -> None:
+    adjust = await durable_client.post(
+        "/api/admin/exp/adjust",
+        json={"user_id": "ann", "delta": 5, "reason": f"ticket{character}1"},
+        headers=service_headers(),
+    )
+    grant = await durable_client.post(
+        "/api/v1/xp/grants",
+        json={"user_id": "ann", "xp_amount": 5, "reason": f"promo{character}"},
+        headers=service_headers(),
+    )
+    assert (adjust.status_code, adjust.json()) == (
+        422,
+        {"detail": f"Invalid request: `$.reason` {CONTROL}"},
+    )
+    assert (grant.status_code, grant.json()) == (
+        422,
+        {"detail": f"Invalid request: `$.reason` {CONTROL}"},
+    )
+    fine = await durable_client.post(
+        "/api/admin/exp/adjust",
+        json={"user_id": "ann", "delta": 5, "reason": "ticket \u00e9 1 \u2713"},
+        headers=service_headers(),
+    )
+    assert fine.status_code == 200
+
+
+def event(user: str, seq: int, **extra: str | int) -> dict[str, str | int]:
+    return {
+        "event_id": f"{user}:{seq}", "user": user, "seq": seq, "ts": 1_700_000_000_000,
+        "kind": "exp_adjust", "action": "adjust", "amount": 1, "exp": seq, "level": 1, **extra,
+    }  # fmt: skip
+
+
+async def test_bad_entries_are_isolated_and_quarantined_and_the_rest_is_ledgered(
+    durable_app: Starlette, durable_settings: Settings
+) -> None:
+    """Three kinds of poison among good events in one batch: a NUL (Postgres text cannot hold
+    it), bytes that are not UTF-8, and a row Postgres itself refuses (a CHECK constraint added
+    for the test). The batch is split until each is alone; all else is ledgered."""
+    redis = services(durable_app).redis
+    stream = UserKeys.of("ann", 16).events
+    for seq in range(1, 41):
+        fields = event("ann", seq)
+        if seq == 7:
+            fields["reason"] = "nul\x00inside"
+        if seq == 19:
+            fields["action"] = "poison"
+        await redis.xadd(stream, fields)
+    # Not UTF-8: written as raw bytes, as a script or another client could.
+    await redis.execute_command(
+        "XADD", stream, "*", *_flat(event("ann", 41, note="x")), "b", b"\xff\xfe"
+    )
+    for seq in range(42, 50):
+        await redis.xadd(stream, event("ann", seq))
+    async with store(durable_app).connection("test") as conn:
+        await conn.execute(
+            "ALTER TABLE ledger ADD CONSTRAINT no_poison CHECK (action <> 'poison') NOT VALID"
+        )
+    client = flusher_redis(durable_settings)
+    try:
+        flusher = Flusher(client, store(durable_app), buckets=16, block_ms=10)
+        handled = await flusher.drain(max_failures=1)
+    finally:
+        await client.aclose()
+        async with store(durable_app).connection("test") as conn:
+            await conn.execute("ALTER TABLE ledger DROP CONSTRAINT no_poison")
+    assert handled == 49
+    assert flusher.stats.quarantined == 3 and flusher.stats.split_writes > 0
+    seqs = [r["seq"] for r in await fetch(durable_app, "SELECT seq FROM ledger ORDER BY seq")]
+    assert seqs == [s for s in range(1, 50) if s not in (7, 19, 41)]
+    rows = await fetch(
+        durable_app, "SELECT reason, fields FROM ledger_quarantine ORDER BY stream_id"
+    )
+    assert len(rows) == 3
+    assert rows[0]["reason"] == "a NUL character (Postgres text cannot hold it)"
+    assert '"nul\\\\x00inside"' in rows[0]["fields"]  # escaped, and reversible
+    assert "no_poison" in rows[1]["reason"]
+    assert '"\\\\xff\\\\xfe"' in rows[2]["fields"]
+    assert (await stream_lag(redis, [stream])).events == 0
+    assert await fetchval(durable_app, "SELECT seq FROM user_totals WHERE user_id = 'ann'") == 49
+
+
+def _flat(fields: dict[str, str | int]) -> list[str | int]:
+    return [item for pair in fields.items() for item in pair]
+
+
+async def test_readyz_shows_a_ledger_that_stopped_advancing(
+    durable_settings: Settings, clock: ManualClock
+) -> None:
+    settings = replace(durable_settings, flush_stall_seconds=5)
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://c") as client:
+            redis = services(app).redis
+            now_ms = int((await redis.time())[0]) * 1000
+            await redis.xadd(stream_key(2), event("bob", 1), id=f"{now_ms - 60_000}-0")
+            stalled = await client.get("/readyz")
+            strict = await client.get("/readyz?strict=1")
+    assert stalled.status_code == 200
+    body = stalled.json()
+    assert body["status"] == "degraded" and body["postgres"] == "ok"
+    assert body["flusher"]["stalled"].startswith("oldest unledgered event is 6")
+    assert strict.status_code == 503
