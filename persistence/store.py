@@ -113,8 +113,19 @@ class Store:
     async def bounded(self, what: str, seconds: float) -> AsyncIterator[asyncpg.Connection]:
         """``connection`` whose acquiring and use together take at most ``seconds``; past
         that, ``StorageError`` (a stalled Postgres is a prompt error, never a hang)."""
-        async with storage_errors(what), asyncio.timeout(seconds), self.pool.acquire() as conn:
-            yield conn
+        async with storage_errors(what):
+            deadline = asyncio.get_running_loop().time() + seconds
+            conn = await asyncio.wait_for(self.pool.acquire(), seconds)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    yield conn
+            except BaseException:
+                # Interrupted mid-query (timeout, cancel, a broken link): a graceful release
+                # would wait on the same stalled server to reset the connection. Drop it.
+                conn.terminate()
+                raise
+            finally:
+                await self.pool.release(conn, timeout=seconds)
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when Postgres answers within ``timeout`` seconds."""
