@@ -43,6 +43,8 @@ def create_app(
         app.state.rules_reloader = reloader
         # Per-request metric updates reach prometheus-client's shared values each second.
         flusher = asyncio.create_task(metrics.flush_every(1.0), name="metrics")
+        if isinstance(app, CountersApp):
+            app.durability = durability  # the write gate of the durability window (api.asgi)
         try:
             yield
         finally:

@@ -34,6 +34,7 @@ from api.errors import error_reply
 from api.http import Reply, encode, receive_body
 from counters.logs import REQUEST_ID, access, request_id_from
 from counters.metrics import HTTP_REQUESTS, Observe
+from counters.runtime.durability import Durability
 from counters.runtime.services import Services
 
 _JSON = (b"content-type", b"application/json")
@@ -99,6 +100,23 @@ class HotRoute:
 
 
 _REQUEST_ID = b"x-request-id"
+
+# Requests that may change state, and so wait while the durability window is full.
+_WRITES = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+_READS_BY_POST = frozenset({"/api/v1/subscriptions/preview-generation-cost"})
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    """Answer ``reply`` (status, JSON body, extra headers) straight through ASGI."""
+    status, content, extra = reply
+    payload = encode(content)
+    raw = [_JSON, (b"content-length", str(len(payload)).encode())]
+    if extra:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
 _OTHER = "other"  # the route label of a path no route matched (keeps the label set bounded)
 
 
@@ -159,10 +177,20 @@ class CountersApp(Starlette):
         self._templates: dict[object, str] = {
             r.endpoint: r.path for r in routes or [] if isinstance(r, Route)
         }
+        self.durability: Durability | None = None  # set by the lifespan: the write gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        durability = self.durability
+        if (
+            durability is not None
+            and durability.write_refusal is not None
+            and scope["method"] in _WRITES
+            and scope["path"] not in _READS_BY_POST
+        ):  # the durability window is full: writes wait (one attribute read when it is not)
+            await send_reply(send, error_reply(durability.write_refusal, scope["path"]))
             return
         start = perf_counter()
         if not scope.get("root_path"):

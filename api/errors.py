@@ -18,6 +18,7 @@ from starlette.responses import Response
 from api.http import Reply, reply_response
 from counters.errors import (
     AuthError,
+    BacklogFull,
     ConflictError,
     ForbiddenError,
     IdempotencyMismatch,
@@ -143,6 +144,8 @@ def error_reply(exc: Exception, route: str) -> Reply:
     if isinstance(exc, RequestError):
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         return status_of(exc), error_body(exc.detail, exc.code), headers
+    if isinstance(exc, BacklogFull):  # the durability window is full: the numbers, no alarm
+        return 503, error_body(str(exc), "storage_unavailable"), {"Retry-After": "1"}
     if isinstance(exc, StorageError):
         count_store_error(exc)
         log.error("storage unavailable: %s", exc)

@@ -4,7 +4,8 @@
     ├── ConfigError            settings or environment that cannot work
     │   └── RulesError         the rules file is invalid (names the bad entry)
     ├── StorageError           Redis or Postgres failed; wraps the driver's exception
-    │   └── ScriptReplyError   a Lua script answered with a shape we do not know
+    │   ├── ScriptReplyError   a Lua script answered with a shape we do not know
+    │   └── BacklogFull        too many acknowledged changes not yet ledgered: writes wait
     └── RequestError           the caller asked for something wrong; nothing was changed
         ├── AuthError          no or bad credentials
         ├── ForbiddenError     valid credentials, not allowed to do this
@@ -39,6 +40,10 @@ class StorageError(CountersError):
 
 class ScriptReplyError(StorageError):
     """A Lua script replied with an unknown code or shape."""
+
+
+class BacklogFull(StorageError):
+    """The durability window is full (COUNTERS_MAX_UNFLUSHED_*): the message says how full."""
 
 
 class RequestError(CountersError):

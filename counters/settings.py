@@ -170,6 +170,13 @@ class Settings:
     flush_timeout_seconds: float = bounded(30.0, gt=0)
     # `serve` retries the schema migrations in the background this often while Postgres is down.
     migrate_retry_seconds: float = bounded(2.0, gt=0)
+    # The durability window: acknowledged changes not yet in the Postgres ledger (what a Redis
+    # loss without AOF would erase). Past either bound, writes answer 503 + Retry-After until
+    # the flusher catches up; 0 turns a bound off. Checked against a lag each worker refreshes
+    # every lag_refresh_seconds (no round trip on the request's path).
+    max_unflushed_events: int = bounded(50_000, ge=0)
+    max_unflushed_seconds: float = bounded(30.0, ge=0)
+    lag_refresh_seconds: float = bounded(0.25, gt=0)
     # Operations (README, "Operations").
     log_level: str = one_of("info", "debug", "info", "warning", "error")
     log_format: str = one_of("text", "text", "json")

@@ -52,6 +52,8 @@ async def readyz(request: Request) -> Response:
                 flusher |= {"lag_events": lag.events, "lag_seconds": lag.seconds}
         if durability.flusher is not None and durability.flusher.stats.last_error:
             flusher["last_error"] = durability.flusher.stats.last_error
+        if durability.write_refusal is not None:
+            flusher["writes_refused"] = str(durability.write_refusal)
         stalled = durability.stall(lag)
         if stalled is not None:
             flusher["stalled"] = stalled

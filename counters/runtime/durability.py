@@ -3,6 +3,11 @@
 Made in the app's lifespan (or a CLI command) from settings: without COUNTERS_DATABASE_URL there
 is no store, Redis is the only store, and nothing here runs.
 
+The durability window: a background task refreshes the ledger's lag (events not yet in Postgres,
+the oldest one's age) every COUNTERS_LAG_REFRESH_SECONDS; while it is past
+COUNTERS_MAX_UNFLUSHED_EVENTS or _SECONDS, ``write_refusal`` says so and the API answers writes
+503 + Retry-After (``api.asgi``), reading one attribute: no round trip on the request's path.
+
 Postgres need not be up when the process starts: the store connects lazily, the schema
 migrations are retried in the background until they apply (``Durability.schema_ready``), and
 the flusher starts once they have; meanwhile the API serves from Redis.
@@ -14,10 +19,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from counters.errors import BacklogFull
 from counters.redis.keys import stream_key
 from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
@@ -70,9 +76,13 @@ class Durability:
     flusher: Flusher | None = None
     schema_ready: bool = False
     schema_error: str | None = None
+    lag: Lag | None = None  # the latest refresh (None: not measured yet, or Redis down)
+    write_refusal: BacklogFull | None = None  # set while the durability window is full
     _redis: Redis | None = None
     _task: FlusherTask | None = None
     _prepare: asyncio.Task[None] | None = None
+    _watch: asyncio.Task[None] | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def open(cls, settings: Settings) -> Durability:
@@ -89,7 +99,21 @@ class Durability:
             self._redis = flusher_redis(settings)
             self.flusher = make_flusher(settings, self._redis, self.store)
             self._prepare = asyncio.create_task(self._migrate_then_flush(), name="durability")
+            self._watch = asyncio.create_task(self._watch_lag(settings), name="ledger-lag")
         return self
+
+    async def _watch_lag(self, settings: Settings) -> None:
+        assert self._redis is not None
+        streams = [stream_key(bucket) for bucket in range(settings.key_buckets)]
+        while not self._closing.is_set():
+            try:
+                self.lag = await stream_lag(self._redis, streams)
+            except Exception:  # Redis down: writes fail on their own; keep the last verdict
+                self.lag = None
+            else:
+                self.write_refusal = backlog_refusal(settings, self.lag)
+            with contextlib.suppress(TimeoutError):  # not cancelled mid-command: it would
+                await asyncio.wait_for(self._closing.wait(), settings.lag_refresh_seconds)
 
     async def _migrate_then_flush(self) -> None:
         settings = self.settings
@@ -140,6 +164,10 @@ class Durability:
         """Stop the flusher cleanly, ledger what is left in the streams (for up to
         ``drain_seconds``; anything still left waits in Redis for the next flusher), then close
         the pool."""
+        self._closing.set()  # the lag watcher ends after its current refresh
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._watch, 10)
         if self._prepare is not None:
             self._prepare.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,3 +183,14 @@ class Durability:
             await self._redis.aclose()
         if self.store is not None:
             await self.store.close()
+
+
+def backlog_refusal(settings: Settings, lag: Lag) -> BacklogFull | None:
+    """The refusal writes get while ``lag`` is past the durability window, else None."""
+    events, seconds = settings.max_unflushed_events, settings.max_unflushed_seconds
+    if (events and lag.events >= events) or (seconds and lag.seconds >= seconds):
+        return BacklogFull(
+            f"Too many changes are not yet durable ({lag.events} events, the oldest"
+            f" {lag.seconds:.1f}s old; limits {events} events, {seconds:g}s): try again shortly"
+        )
+    return None
