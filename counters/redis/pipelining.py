@@ -55,7 +55,7 @@ class _Protocol(asyncio.Protocol):
         self.queued: list[bytes] = []
         self.reader = hiredis.Reader(encoding="utf-8")
         self.timeout = timeout
-        self.watchdog: asyncio.TimerHandle | None = None
+        self.watchdog: asyncio.Handle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -89,6 +89,19 @@ class _Protocol(asyncio.Protocol):
         late = self.deadlines[0] - time.monotonic()
         if late > 0:
             self.watchdog = self.loop.call_later(late, self.check_deadline)
+            return
+        # Late, or only the loop was busy and the reply already waits in the socket: one more
+        # loop iteration (which polls for I/O first) tells the two apart.
+        self.watchdog = self.loop.call_soon(self.expire, self.waiting[0])
+
+    def expire(self, oldest: asyncio.Future[Any]) -> None:
+        """Cut the connection if ``oldest`` is still the oldest waiting command."""
+        self.watchdog = None
+        if not self.waiting or self.waiting[0] is not oldest:
+            if self.deadlines:
+                self.watchdog = self.loop.call_later(
+                    max(self.deadlines[0] - time.monotonic(), 0), self.check_deadline
+                )
             return
         if self.transport is not None:
             self.transport.abort()  # connection_lost fails every waiting call
