@@ -19,7 +19,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid`` and its direct children (uvicorn's workers,
-    Postgres's backends)."""
+    Postgres's backends), including children that have exited."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -31,6 +31,8 @@ def tree_cpu(pid: int) -> float:
         fields = stat.rsplit(")", 1)[1].split()
         if int(entry) == pid or int(fields[1]) == pid:
             total += int(fields[11]) + int(fields[12])
+        if int(entry) == pid:  # children that exited (a closed pool's backends) and were reaped
+            total += int(fields[13]) + int(fields[14])
     return total / _TICKS
 
 

@@ -27,6 +27,7 @@ class DrainResult:
     events: int
     seconds: float
     rows_per_second: float
+    cpu_seconds: float  # this process's CPU (the flusher's Python and driver) while draining
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +67,13 @@ async def drain(redis_url: str, database_url: str, buckets: int) -> DrainResult:
     """Flush everything the streams hold, flat out: the flusher's capacity."""
     flusher, store = await _open(redis_url, database_url, buckets)
     try:
-        started = time.perf_counter()
+        started, cpu_from = time.perf_counter(), time.process_time()
         events = await flusher.drain()
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_from
     finally:
         await store.close()
-    return DrainResult(events, seconds, events / seconds if seconds else 0.0)
+    return DrainResult(events, seconds, events / seconds if seconds else 0.0, cpu_seconds)
 
 
 def _consume(redis_url: str, database_url: str, buckets: int, stop: object) -> None:

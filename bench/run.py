@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,10 @@ class Bench:
         """Run ``work(services)`` against the bench's Redis, with the service's own code."""
 
         async def run() -> Any:
-            async with direct.services(direct.bench_settings(self.redis.url)) as svc:
+            # Seeding sends thousands of scripts at once through one process: bulk work, which
+            # may take longer than a request's Redis timeout on a busy machine.
+            settings = replace(direct.bench_settings(self.redis.url), redis_timeout_seconds=30.0)
+            async with direct.services(settings) as svc:
                 return await work(svc)
 
         return asyncio.run(run())
@@ -371,10 +375,21 @@ class Bench:
         buckets = direct.bench_settings(self.redis.url).key_buckets
         # Capacity: the memory scenario's events, drained flat out by one flusher.
         asyncio.run(flush.empty_ledger(url))
+        postgres_from, redis_from = self.postgres_cpu(), cpu.redis_cpu(self.redis.url)
         drained = asyncio.run(flush.drain(self.redis.url, url, buckets))
+        postgres_cpu = self.postgres_cpu() - postgres_from
+        redis_cpu = cpu.redis_cpu(self.redis.url) - redis_from
+        per_event = 1e6 / max(drained.events, 1)
         self.report.extras["flusher_capacity"] = {
             "events": drained.events,
             "rows_per_second": round(drained.rows_per_second),
+            # CPU per ledgered event, flat out: the flusher's process, Postgres, Redis (µs)
+            "cpu_us_per_event": {
+                "flusher": round(drained.cpu_seconds * per_event, 1),
+                "postgres": round(postgres_cpu * per_event, 1),
+                "redis": round(redis_cpu * per_event, 1),
+                "total": round((drained.cpu_seconds + postgres_cpu + redis_cpu) * per_event, 1),
+            },
         }
         # At the peak award rate: awards produced for `duration` seconds while one flusher runs.
         self.fresh_redis()

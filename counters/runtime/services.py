@@ -12,7 +12,7 @@ from counters.errors import ConfigError
 from counters.exp.entities import Entities
 from counters.exp.service import ExpService
 from counters.redis.hydration import Hydrator, NoDurableStore
-from counters.redis.pipelining import AutoPipeline
+from counters.redis.pipelining import AutoPipeline, connect_timeout
 from counters.redis.scripts import Scripts
 from counters.rules import Rules, load_rules, rules_version
 from counters.rules.metrics import set_rules_version
@@ -31,16 +31,16 @@ def connect_redis(
 ) -> Redis:
     """A client whose pool waits for a free connection instead of failing under bursts.
 
-    ``timeout`` (seconds) bounds connecting, each command's reply and the wait for a pooled
-    connection; None: no bound (batch commands). ``encoding_errors="surrogateescape"`` reads
-    bytes that are not UTF-8 as lone surrogates instead of failing (the flusher must read
-    every entry, whatever it holds)."""
+    ``timeout`` (seconds) bounds each command's reply and the wait for a pooled connection,
+    and connecting by ``connect_timeout(timeout)``; None: no bound (batch commands).
+    ``encoding_errors="surrogateescape"`` reads bytes that are not UTF-8 as lone surrogates
+    instead of failing (the flusher must read every entry, whatever it holds)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=10 if timeout is None else max(2 * timeout, 1.0),
         socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+        socket_connect_timeout=None if timeout is None else connect_timeout(timeout),
         decode_responses=True,
         encoding_errors=encoding_errors,
     )
