@@ -20,8 +20,10 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 import httpx2
 import pytest
+import redis.asyncio
 
 from counters.cli.embedded import PostgresServer, RedisServer
+from counters.redis.keys import stream_key
 from tests.faults.harness import Load, Serve, check, counters_command, fault_rules, rules_of
 from tests.support.core import JWT_SECRET, SERVICE_KEY
 from tests.support.persistence import run_sync
@@ -184,7 +186,9 @@ async def test_serve_sigkilled_and_restarted(stack: Stack, serve: Serve) -> None
 
 async def test_flusher_killed_in_the_middle_of_a_batch(stack: Stack) -> None:
     """serve without a flusher; ``counters flush`` as its own process reaching Postgres through
-    a second proxy, black-holed while the flusher writes, so the kill lands mid-transaction."""
+    a second proxy. Once it is ledgering, the proxy black-holes its connection under load: the
+    batch it reads next is sent into the hole (a transaction half-sent, entries pending under
+    its name), and it is killed there. A new flusher claims and ledgers what it held."""
     serve = Serve(stack.env(COUNTERS_FLUSHER_ENABLED="false"), stack.tmp / "serve.log")
     await anyio.to_thread.run_sync(serve.start)
     try:
@@ -193,19 +197,48 @@ async def test_flusher_killed_in_the_middle_of_a_batch(stack: Stack) -> None:
             flush = Serve(stack.env(COUNTERS_DATABASE_URL=flush_db), stack.tmp / "flush.log")
             load = Load(serve.url, users("f"), seed=5)
             await load.warm()
-            await load.run(LOAD_SECONDS)
-            flush_proxy.set_mode(Mode.BLACKHOLE)  # its next transaction hangs half-sent
             flusher = flush.spawn(["flush"])
-            await asyncio.sleep(1.0)
-            flusher.kill()
-            flusher.wait(10)
-            flush_proxy.set_mode(Mode.FORWARD)
+            for _ in range(200):  # bounded wait until it has written
+                if await _ledger_rows(stack, "f%"):
+                    break
+                await asyncio.sleep(0.05)
+            flush_proxy.set_mode(Mode.BLACKHOLE)
             await load.run(LOAD_SECONDS)
+            held = await _pending(stack)
+            flusher.kill()
+            await anyio.to_thread.run_sync(lambda: flusher.wait(10))
+            flush_proxy.set_mode(Mode.FORWARD)
+            assert held > 0, "the flusher held no batch when it was killed"
+            await load.run(LOAD_SECONDS / 2)
             again = flush.spawn(["flush", "--burst"])
             assert await anyio.to_thread.run_sync(lambda: again.wait(30)) == 0
             await finish(load, stack)
     finally:
         await anyio.to_thread.run_sync(serve.stop)
+
+
+async def _ledger_rows(stack: Stack, users_like: str) -> int:
+    conn = await asyncpg.connect(stack.direct_db)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM ledger WHERE user_id LIKE $1", users_like
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def _pending(stack: Stack) -> int:
+    """Entries read by a flusher and not yet acknowledged, over every bucket's stream."""
+    client = redis.asyncio.Redis.from_url(stack.env()["COUNTERS_REDIS_URL"])
+    try:
+        total = 0
+        for bucket in range(16):
+            summary = await client.xpending(stream_key(bucket), "flusher")
+            total += int(summary["pending"])
+        return total
+    finally:
+        await client.aclose()
 
 
 async def test_serve_starts_with_postgres_down_and_migrates_when_it_returns(
