@@ -198,10 +198,11 @@ async def test_flusher_killed_in_the_middle_of_a_batch(stack: Stack) -> None:
             load = Load(serve.url, users("f"), seed=5)
             await load.warm()
             flusher = flush.spawn(["flush"])
-            for _ in range(200):  # bounded wait until it has written
+            for _ in range(600):  # bounded wait until it has written (it starts a process)
                 if await _ledger_rows(stack, "f%"):
                     break
                 await asyncio.sleep(0.05)
+            assert await _ledger_rows(stack, "f%"), "the flusher never wrote"
             flush_proxy.set_mode(Mode.BLACKHOLE)
             await load.run(LOAD_SECONDS)
             held = await _pending(stack)
