@@ -204,8 +204,12 @@ async def test_flusher_killed_in_the_middle_of_a_batch(stack: Stack) -> None:
                 await asyncio.sleep(0.05)
             assert await _ledger_rows(stack, "f%"), "the flusher never wrote"
             flush_proxy.set_mode(Mode.BLACKHOLE)
-            await load.run(LOAD_SECONDS)
-            held = await _pending(stack)
+            held = 0
+            for _ in range(20):  # load until it holds a batch it cannot commit (bounded)
+                await load.run(LOAD_SECONDS / 2)
+                held = await _pending(stack)
+                if held:
+                    break
             flusher.kill()
             await anyio.to_thread.run_sync(lambda: flusher.wait(10))
             flush_proxy.set_mode(Mode.FORWARD)
