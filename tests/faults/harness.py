@@ -17,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ class Serve:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "COUNTERS_PORT": str(self.port)}
+        data = tempfile.mkdtemp(prefix="serve-", dir=log.parent)  # one serve per data dir
+        self.env = {**os.environ, **env, "COUNTERS_PORT": str(self.port), "COUNTERS_DATA_DIR": data}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -47,14 +47,18 @@ class Stack:
 
     @property
     def direct_db(self) -> str:
-        return f"postgresql://counters@127.0.0.1:{self.postgres.port}/{self.database}"
+        return self.pg_url(self.postgres.port, self.database)
+
+    def pg_url(self, port: int, database: str) -> str:
+        """The suite's Postgres (its password) at ``port`` (the server's or a proxy's)."""
+        return f"postgresql://counters:{self.postgres.password}@127.0.0.1:{port}/{database}"
 
     def env(self, **extra: str) -> dict[str, str]:
         base = {
-            "COUNTERS_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/{self.redis_db}",
-            "COUNTERS_DATABASE_URL": (
-                f"postgresql://counters@127.0.0.1:{self.pg_proxy.port}/{self.database}"
+            "COUNTERS_REDIS_URL": (
+                f"redis://:{self.redis.password}@127.0.0.1:{self.redis.port}/{self.redis_db}"
             ),
+            "COUNTERS_DATABASE_URL": (self.pg_url(self.pg_proxy.port, self.database)),
             "COUNTERS_JWT_SECRET": JWT_SECRET,
             "COUNTERS_SERVICE_KEYS": SERVICE_KEY,
             "COUNTERS_RULES": str(self.rules),
@@ -193,7 +197,7 @@ async def test_flusher_killed_in_the_middle_of_a_batch(stack: Stack) -> None:
     await anyio.to_thread.run_sync(serve.start)
     try:
         with TcpProxy(stack.postgres.port) as flush_proxy:
-            flush_db = f"postgresql://counters@127.0.0.1:{flush_proxy.port}/{stack.database}"
+            flush_db = stack.pg_url(flush_proxy.port, stack.database)
             flush = Serve(stack.env(COUNTERS_DATABASE_URL=flush_db), stack.tmp / "flush.log")
             load = Load(serve.url, users("f"), seed=5)
             await load.warm()
@@ -250,7 +254,7 @@ async def test_serve_starts_with_postgres_down_and_migrates_when_it_returns(
     stack: Stack,
 ) -> None:
     """On a database of its own, so that there are migrations to apply."""
-    admin = f"postgresql://counters@127.0.0.1:{stack.postgres.port}/postgres"
+    admin = stack.pg_url(stack.postgres.port, "postgres")
     await _create_database(admin, "faults_late")
     stack = replace(stack, database="faults_late", redis_db=1)
     stack.pg_proxy.set_mode(Mode.REFUSE)

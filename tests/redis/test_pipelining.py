@@ -187,7 +187,8 @@ async def test_a_stalled_redis_fails_every_waiting_call_promptly_then_recovers(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     with TcpProxy(redis_server.port) as proxy:
-        auto = AutoPipeline(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3)
+        url = f"redis://:{redis_server.password}@127.0.0.1:{proxy.port}/0"
+        auto = AutoPipeline(url, timeout=0.3)
         try:
             assert await auto.execute("PING") == "PONG"
             proxy.set_mode(Mode.BLACKHOLE)  # Redis stopped: the connection stays, no answer
