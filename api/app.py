@@ -14,6 +14,7 @@ from api.cors import cors_middleware, hot_cors
 from api.errors import EXCEPTION_HANDLERS
 from api.routes import batch as batch_routes
 from api.routes import docs as docs_routes
+from api.routes import entitlements as entitlement_routes
 from api.routes import exp as exp_routes
 from api.routes import health as health_routes
 from api.routes import xp as xp_routes
@@ -63,6 +64,7 @@ def create_app(
         routes=[
             *exp_routes.routes,
             *batch_routes.routes,
+            *entitlement_routes.routes,
             *health_routes.routes,
             *(health_routes.metrics_routes if settings.metrics_enabled else []),
             *xp_routes.routes,

@@ -76,6 +76,11 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
             action_limit=result.action_limit,
             progress=progress(svc.exp.rules, result.total_exp),
             shadow_refused=result.shadow_refused,
+            unlocked_features=(
+                svc.rules.entitlements.unlocked_between(result.previous_level, result.level)
+                if result.leveled_up
+                else []
+            ),
         )  # fmt: skip
         return status, body, headers
     if result.outcome is AwardOutcome.ALREADY_TRIGGERED:

@@ -54,6 +54,9 @@ class GainResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     action_count: int
     action_limit: int | None
     progress: Progress
+    # An addition to the seed's body: features this award unlocked or raised (empty unless it
+    # levelled the user up), as named in the rules' [entitlements].
+    unlocked_features: list[str]
     # Present only when a rule in shadow mode would have refused the award (README: Shadow mode).
     shadow_refused: str | None = None
 

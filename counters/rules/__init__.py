@@ -15,6 +15,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from counters.errors import RulesError
+from counters.rules.engage import (
+    EntitlementRules,
+    WebhookRules,
+    validate_entitlements,
+    validate_webhooks,
+)
 from counters.rules.xp import (
     GenerationCost,
     Name,
@@ -102,6 +108,8 @@ class ExpRules(_Rule, frozen=True, dict=True):
 class Rules(_Rule, frozen=True):
     exp: ExpRules
     xp: XpRules = msgspec.field(default_factory=default_xp_rules)  # none given: the shipped tables
+    entitlements: EntitlementRules = msgspec.field(default_factory=EntitlementRules)
+    webhooks: WebhookRules = msgspec.field(default_factory=WebhookRules)
 
 
 def _check_exp(exp: ExpRules) -> None:
@@ -175,6 +183,8 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
     try:
         _check_exp(rules.exp)
         validate_xp_rules(rules.xp)
+        validate_entitlements(rules.entitlements, len(rules.exp.levels))
+        validate_webhooks(rules.webhooks, {tier.name for tier in rules.xp.tiers})
     except RulesError as exc:
         raise RulesError(f"{source}: {exc}") from exc
     return rules

@@ -10,6 +10,7 @@ from counters.auth import Authenticator
 from counters.clock import Clock, SystemClock
 from counters.errors import ConfigError
 from counters.exp.entities import Entities
+from counters.exp.entitlements import EntitlementService
 from counters.exp.service import ExpService
 from counters.redis.hydration import Hydrator, NoDurableStore
 from counters.redis.pipelining import AutoPipeline, connect_timeout
@@ -58,6 +59,7 @@ class Services:
     entities: Entities
     exp: ExpService
     xp: XpService
+    entitlements: EntitlementService
     rules_version: str = ""
 
     @classmethod
@@ -106,15 +108,22 @@ class Services:
             idempotency_ttl=settings.idempotency_ttl_seconds,
             hold_ttl=settings.hold_ttl_seconds,
         )  # fmt: skip
+        entitlements = EntitlementService(
+            rules.entitlements, rules.exp, scripts, hydrator, buckets=settings.key_buckets
+        )
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
         version = rules_version(rules)
         set_rules_version(version)
-        return cls(settings, rules, clock, redis, scripts, auth, entities, exp, xp, version)
+        return cls(
+            settings, rules, clock, redis, scripts, auth, entities, exp, xp,
+            entitlements=entitlements, rules_version=version,
+        )  # fmt: skip
 
     def use_rules(self, rules: Rules) -> None:
         """Serve ``rules`` from the next request on (see counters/runtime/reload.py)."""
         self.exp.use_rules(rules.exp)
         self.xp.use_rules(rules.xp)
+        self.entitlements.use_rules(rules.entitlements, rules.exp)
         self.rules, self.rules_version = rules, rules_version(rules)
         set_rules_version(self.rules_version)
 
