@@ -15,7 +15,9 @@ import asyncpg  # type: ignore[import-untyped]
 
 from counters.errors import StorageError
 from counters.exp.entities import DurableOwner
+from counters.history import HistoryPage, HistoryQuery
 from persistence.events import Batch, Rejected
+from persistence.history import read_history
 from persistence.writer import WriteResult, quarantine, write_batch
 
 # What asyncpg raises when the server is down, restarting or the connection broke.
@@ -145,6 +147,16 @@ class Store:
         """Set entries aside in ``ledger_quarantine`` whatever their content."""
         async with self.bounded("quarantine", self.write_timeout) as conn:
             await quarantine(conn, rejected)
+
+    async def history(self, query: HistoryQuery, timeout: float = 5.0) -> HistoryPage:
+        """One page of a user's ledger rows; ``StorageError`` when Postgres fails or takes
+        longer than ``timeout`` seconds (acquiring the connection included)."""
+        async with (
+            storage_errors("history"),
+            asyncio.timeout(timeout),
+            self.pool.acquire() as conn,
+        ):
+            return await read_history(conn, query)
 
     async def owner_of(self, entity_type: str, entity_id: str) -> DurableOwner | None:
         """The recorded owner of an entity and the version of that record, or None."""

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from counters.errors import BacklogFull
+from counters.errors import BacklogFull, StorageError
+from counters.history import HistoryPage, HistoryQuery
 from counters.redis.keys import stream_key
 from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
@@ -159,6 +160,12 @@ class Durability:
                 why = flusher.stats.last_error or "no iteration finished"
                 return f"flusher has not advanced for {idle:.1f}s: {why}"
         return None
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        """A page of a user's ledger; ``StorageError`` (503) without Postgres or while down."""
+        if self.store is None:
+            raise StorageError("history needs Postgres: COUNTERS_DATABASE_URL is not set")
+        return await self.store.history(query)
 
     async def close(self, drain_seconds: float = 5.0) -> None:
         """Stop the flusher cleanly, ledger what is left in the streams (for up to

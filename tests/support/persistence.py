@@ -17,7 +17,7 @@ from persistence.migrate import migrate
 from persistence.store import Store
 
 T = TypeVar("T")
-TABLES = "ledger, user_totals, entity_owners, ledger_quarantine"
+TABLES = "ledger, user_totals, entity_owners, ledger_quarantine, webhook_outbox"
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

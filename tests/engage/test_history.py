@@ -1,0 +1,149 @@
+"""History from the ledger (issue #14): newest first, cursor pages, filters, 4xx and 503."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import pytest
+from starlette.applications import Starlette
+
+from counters.cli.embedded import PostgresServer
+from counters.clock import ManualClock
+from counters.history import Cursor
+from tests.ledger.test_persistence_xp import xp_story
+from tests.support.core import NOON, service_headers, user_headers
+from tests.support.persistence import flusher
+
+pytestmark = pytest.mark.anyio
+
+HISTORY = "/api/exp/history"
+
+
+async def pages(client: httpx2.AsyncClient, url: str, user: str, **params: Any) -> list[Any]:
+    """Every page of ``url`` for ``user``, following next_cursor."""
+    found: list[Any] = []
+    cursor: str | None = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await client.get(url, params=query, headers=user_headers(user))
+        assert response.status_code == 200, response.text
+        page = response.json()
+        found.append(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
+async def earn(client: httpx2.AsyncClient, clock: ManualClock, user: str) -> None:
+    """Seven awards and one correction, a minute apart, across two days."""
+    for action in ("daily_chat", "create_scene", "create_persona", "create_scene"):
+        await client.post("/api/exp/gain", json={"action": action}, headers=user_headers(user))
+        clock.advance(60)
+    clock.advance(86_400)  # the next day
+    for action in ("daily_chat", "create_persona", "create_persona"):
+        await client.post("/api/exp/gain", json={"action": action}, headers=user_headers(user))
+        clock.advance(60)
+    adjust = {"user_id": user, "delta": -5, "reason": "support #7"}
+    await client.post("/api/admin/exp/adjust", json=adjust, headers=service_headers())
+
+
+async def test_exp_history_pages_newest_first_without_gaps(
+    durable_client: httpx2.AsyncClient, durable_app: Starlette, clock: ManualClock
+) -> None:
+    await earn(durable_client, clock, "h1")
+    await earn(durable_client, clock, "other")  # never in h1's pages
+    await flusher(durable_app).drain()
+    found = await pages(durable_client, HISTORY, "h1", limit=3)
+    assert [len(page) for page in found] == [3, 3, 2]
+    rows = [row for page in found for row in page]
+    assert [row["seq"] for row in rows] == list(range(8, 0, -1))
+    newest = rows[0]
+    assert (newest["id"], newest["kind"], newest["action"], newest["amount"]) == (
+        "h1:8", "exp_adjust", "support #7", -5,
+    )  # fmt: skip
+    assert newest["totals"] == {"exp": 110, "level": 2}
+    assert rows[-1]["occurred_at"] == "2026-11-21T12:00:00Z"
+    assert rows[-1]["totals"] == {"exp": 20, "level": 1}
+
+
+async def test_history_filters_by_kind_and_time(
+    durable_client: httpx2.AsyncClient, durable_app: Starlette, clock: ManualClock
+) -> None:
+    await earn(durable_client, clock, "h2")
+    await flusher(durable_app).drain()
+    adjusts = await pages(durable_client, HISTORY, "h2", kind="exp_adjust")
+    assert [[row["kind"] for row in page] for page in adjusts] == [["exp_adjust"]]
+    next_day = {"since": "2026-11-22T00:00:00Z", "kind": "exp_award"}
+    second = (await pages(durable_client, HISTORY, "h2", **next_day))[0]
+    assert [row["action"] for row in second] == ["create_persona", "create_persona", "daily_chat"]
+    # "+00:00" unencoded in a URL arrives as a space; it still means UTC.
+    first_day = f"{HISTORY}?until=2026-11-22T00:00:00+00:00"
+    first = (await durable_client.get(first_day, headers=user_headers("h2"))).json()["items"]
+    assert len(first) == 4
+
+
+async def test_xp_transactions_list_the_xp_family_only(
+    durable_client: httpx2.AsyncClient, durable_app: Starlette
+) -> None:
+    await xp_story(durable_client, "x1")
+    await durable_client.post(
+        "/api/exp/gain", json={"action": "daily_chat"}, headers=user_headers("x1")
+    )
+    await flusher(durable_app).drain()
+    rows = [
+        r for page in await pages(durable_client, "/api/v1/xp/transactions", "x1") for r in page
+    ]
+    kinds = [row["kind"] for row in rows]
+    assert all(kind.startswith("xp_") for kind in kinds)
+    assert "xp_debit" in kinds and "xp_refund" in kinds and "xp_grant" in kinds
+    assert [row["seq"] for row in rows] == sorted((row["seq"] for row in rows), reverse=True)
+    debit = next(row for row in rows if row["kind"] == "xp_debit")
+    assert (debit["action"], debit["amount"]) == ("NEW_IMAGE", -12)
+    assert "xp_balance" in debit["totals"]
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("limit=0", "limit must be an integer from 1 to 200"),
+        ("limit=201", "limit must be an integer from 1 to 200"),
+        ("limit=abc", "limit must be an integer from 1 to 200"),
+        ("kind=xp_debit", "kind 'xp_debit' is not a exp ledger kind (exp_... or reconcile_repair)"),
+        ("since=yesterday", "since must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z"),
+        ("since=2026-11-22&until=2026-11-21", "since must be before until"),
+        ("cursor=bm9wZQ", "Invalid cursor: pass next_cursor from a previous page"),
+        ("cursor=%25%25", "Invalid cursor: pass next_cursor from a previous page"),
+        ("page=2", "Unknown query parameter(s): page"),
+        ("limit=1&limit=2", "limit may be given once"),
+    ],
+)
+async def test_bad_parameters_are_422_with_detail(
+    durable_client: httpx2.AsyncClient, query: str, detail: str
+) -> None:
+    response = await durable_client.get(f"{HISTORY}?{query}", headers=user_headers("u"))
+    assert (response.status_code, response.json()) == (422, {"detail": detail})
+
+
+async def test_without_postgres_history_is_503_with_retry_after(
+    client: httpx2.AsyncClient, durable_client: httpx2.AsyncClient, postgres_server: PostgresServer
+) -> None:
+    unconfigured = await client.get(HISTORY, headers=user_headers("u"))
+    assert unconfigured.status_code == 503 and unconfigured.headers["Retry-After"] == "1"
+    postgres_server.stop()
+    try:
+        down = await durable_client.get("/api/v1/xp/transactions", headers=user_headers("u"))
+        chat = await durable_client.post(  # the hot path does not need Postgres
+            "/api/exp/gain", json={"action": "daily_chat"}, headers=user_headers("known")
+        )
+    finally:
+        postgres_server.start()
+    assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+    assert "detail" in down.json()
+    assert chat.status_code in (200, 503)  # a user Redis never saw needs Postgres to start
+
+
+def test_a_cursor_round_trips_to_the_microsecond() -> None:
+    cursor = Cursor(int(NOON * 1_000_000) + 123, 42)
+    assert Cursor.decode(cursor.encode()) == cursor
+    assert Cursor.of(cursor.occurred_at, 42) == cursor
