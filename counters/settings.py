@@ -190,6 +190,17 @@ class Settings:
     # Browser origins allowed to call the API (CORS), comma-separated; "*" allows any. None
     # by default: a browser on another origin gets no CORS headers, so its calls are refused.
     cors_origins: tuple[str, ...] = ()
+    # Webhooks (persistence/webhooks): endpoints every event is POSTed to, and the HMAC secret
+    # of the Counters-Signature header. No endpoints: no outbox rows, no deliverer.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_deliverer_enabled: bool = True  # run the deliverer inside every `serve` worker
+    webhook_timeout_seconds: float = bounded(5.0, gt=0, le=300)  # per request
+    webhook_backoff_seconds: float = bounded(1.0, gt=0)  # the first retry's delay; it doubles
+    webhook_backoff_max_seconds: float = bounded(3_600.0, gt=0)
+    webhook_max_attempts: int = bounded(15, ge=1)  # then the event is marked failed and left
+    webhook_poll_seconds: float = bounded(1.0, gt=0)  # how often the deliverer looks for events
+    webhook_batch: int = bounded(100, gt=0)  # events sent per iteration
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -215,3 +226,8 @@ class Settings:
                 check_range(env_name(spec.name), value, **spec.metadata["range"])
             if "choices" in spec.metadata:
                 check_choice(env_name(spec.name), value, spec.metadata["choices"])
+        bad_urls = [u for u in self.webhook_urls if not u.startswith(("http://", "https://"))]
+        if bad_urls:
+            raise ConfigError(f"COUNTERS_WEBHOOK_URLS: not an http(s) URL: {', '.join(bad_urls)}")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ConfigError("COUNTERS_WEBHOOK_SECRET is required with COUNTERS_WEBHOOK_URLS")

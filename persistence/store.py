@@ -18,6 +18,7 @@ from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
 from persistence.events import Batch, Rejected
 from persistence.history import read_history
+from persistence.webhooks.outbox import OutboxPolicy
 from persistence.writer import WriteResult, quarantine, write_batch
 
 # What asyncpg raises when the server is down, restarting or the connection broke.
@@ -78,6 +79,8 @@ class Store:
         self.pool = pool
         self.timeout = timeout
         self.write_timeout = write_timeout
+        # Set when webhooks are configured: each write also fills the webhook outbox.
+        self.outbox: OutboxPolicy | None = None
 
     @classmethod
     async def open(
@@ -141,7 +144,7 @@ class Store:
     async def write(self, batch: Batch) -> WriteResult:
         """Write one batch of events in one transaction (idempotent)."""
         async with self.bounded("write batch", self.write_timeout) as conn:
-            return await write_batch(conn, batch)
+            return await write_batch(conn, batch, self.outbox)
 
     async def quarantine(self, rejected: list[Rejected]) -> None:
         """Set entries aside in ``ledger_quarantine`` whatever their content."""

@@ -14,6 +14,7 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 
 from persistence.events import XP_FIELDS, Batch, LedgerEvent, OwnerEvent, Rejected, collapse
+from persistence.webhooks.outbox import OutboxPolicy, write_outbox
 
 _INSERT_LEDGER = """
 INSERT INTO ledger (event_id, user_id, seq, kind, action, amount, actor, target, day, idem,
@@ -73,13 +74,21 @@ class WriteResult:
     quarantined: int  # entries set aside (malformed, or an event_id reused by another entry)
 
 
-async def write_batch(conn: asyncpg.Connection, batch: Batch) -> WriteResult:
-    """Write ``batch`` in one transaction; writing the same batch again changes nothing."""
+async def write_batch(
+    conn: asyncpg.Connection, batch: Batch, outbox: OutboxPolicy | None = None
+) -> WriteResult:
+    """Write ``batch`` in one transaction; writing the same batch again changes nothing.
+
+    With an ``outbox`` policy, the webhooks the newly inserted ledger rows cause are written in
+    the same transaction (``persistence.webhooks.outbox``)."""
     async with conn.transaction():
         inserted: set[str] = set()
         if batch.events:
             rows = await conn.fetch(_INSERT_LEDGER, *_ledger_columns(batch.events))
             inserted = {row["event_id"] for row in rows}
+        if outbox is not None and inserted:
+            new = [e for e in batch.events if e.event_id in inserted]
+            await write_outbox(conn, outbox.rows(new))
         rejected = list(batch.rejected)
         skipped = [e for e in batch.events if e.event_id not in inserted]
         if skipped:

@@ -23,20 +23,49 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from counters.clock import Clock
 from counters.errors import BacklogFull, StorageError
 from counters.history import HistoryPage, HistoryQuery
 from counters.redis.keys import stream_key
+from counters.rules import Rules, load_rules
 from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
 from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
 from persistence.migrate import migrate_url
 from persistence.store import Store
+from persistence.webhooks.deliverer import Backoff, Deliverer, DelivererTask, Endpoints
+from persistence.webhooks.outbox import OutboxPolicy
 
 log = logging.getLogger("counters.runtime")
 
 
-def make_flusher(settings: Settings, redis: Redis, store: Store) -> Flusher:
-    """A flusher with the settings' batch size, wait and claim times."""
+def make_deliverer(settings: Settings, store: Store, clock: Clock) -> Deliverer | None:
+    """The webhook deliverer of the settings' endpoints (None when none is configured)."""
+    if not settings.webhook_urls or settings.webhook_secret is None:
+        return None
+    endpoints = Endpoints(
+        settings.webhook_urls, settings.webhook_secret, settings.webhook_timeout_seconds
+    )
+    backoff = Backoff(
+        settings.webhook_backoff_seconds,
+        settings.webhook_backoff_max_seconds,
+        settings.webhook_max_attempts,
+    )
+    return Deliverer(
+        store, endpoints, clock, backoff=backoff, batch=settings.webhook_batch,
+        poll=settings.webhook_poll_seconds,
+    )  # fmt: skip
+
+
+def make_flusher(
+    settings: Settings, redis: Redis, store: Store, rules: Rules | None = None
+) -> Flusher:
+    """A flusher with the settings' batch size, wait and claim times.
+
+    With webhook endpoints configured, its writes also fill the webhook outbox (from ``rules``,
+    or the rules file the settings name)."""
+    if settings.webhook_urls:
+        store.outbox = OutboxPolicy(rules or load_rules(settings.rules))
     return Flusher(
         redis,
         store,
@@ -79,8 +108,10 @@ class Durability:
     schema_error: str | None = None
     lag: Lag | None = None  # the latest refresh (None: not measured yet, or Redis down)
     write_refusal: BacklogFull | None = None  # set while the durability window is full
+    deliverer: Deliverer | None = None
     _redis: Redis | None = None
     _task: FlusherTask | None = None
+    _webhooks: DelivererTask | None = None
     _prepare: asyncio.Task[None] | None = None
     _watch: asyncio.Task[None] | None = None
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -94,13 +125,19 @@ class Durability:
 
     def start(self, services: Services) -> Durability:
         """Migrate in the background (retrying while Postgres is down), then start the flusher
-        when there is a store and it is enabled."""
+        when there is a store and it is enabled; and the webhook deliverer, when endpoints are
+        configured and it is enabled."""
         if self.store is not None:
             settings = services.settings
             self._redis = flusher_redis(settings)
-            self.flusher = make_flusher(settings, self._redis, self.store)
+            rules_of = lambda: services.rules  # noqa: E731 (a reload swaps services.rules)
+            self.flusher = make_flusher(settings, self._redis, self.store, rules_of)
             self._prepare = asyncio.create_task(self._migrate_then_flush(), name="durability")
             self._watch = asyncio.create_task(self._watch_lag(settings), name="ledger-lag")
+            self.deliverer = make_deliverer(settings, self.store, services.clock)
+            if self.deliverer is not None and settings.webhook_deliverer_enabled:
+                self._webhooks = DelivererTask(self.deliverer)
+                self._webhooks.start()
         return self
 
     async def _watch_lag(self, settings: Settings) -> None:
@@ -188,6 +225,10 @@ class Durability:
                 log.warning("flusher drain at shutdown stopped early: %s", exc or type(exc))
         if self._redis is not None:
             await self._redis.aclose()
+        if self._webhooks is not None:
+            await self._webhooks.stop()
+        elif self.deliverer is not None:
+            await self.deliverer.aclose()
         if self.store is not None:
             await self.store.close()
 

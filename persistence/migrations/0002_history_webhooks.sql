@@ -17,7 +17,8 @@ CREATE TABLE webhook_outbox (
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     delivered_to     text[]      NOT NULL DEFAULT '{}',   -- endpoints that answered 2xx
     delivered_at     timestamptz,                         -- every endpoint answered 2xx
+    failed_at        timestamptz,                         -- gave up after the last attempt
     last_error       text
 );
 -- The deliverer's queue: what is still due, oldest first.
-CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL AND failed_at IS NULL;
