@@ -42,6 +42,8 @@ def test_the_try_it_examples_work_as_written(served: tuple[Path, int]) -> None:
     workdir, port = served
     blocks = shell_blocks("Try it")
     assert len(blocks) == 2  # EXP, then XP
+    blocks += shell_blocks("Entitlements, history and webhooks")
+    assert len(blocks) == 3
     for block in blocks:
         assert block.startswith("source .counters/dev.env")
         script = "set -euo pipefail\n" + block.replace("localhost:8000", f"localhost:{port}")
