@@ -18,6 +18,7 @@ from api.routes import entitlements as entitlement_routes
 from api.routes import exp as exp_routes
 from api.routes import health as health_routes
 from api.routes import history as history_routes
+from api.routes import leaderboard as leaderboard_routes
 from api.routes import xp as xp_routes
 from counters import metrics
 from counters.clock import Clock
@@ -69,6 +70,7 @@ def create_app(
             *health_routes.routes,
             *(health_routes.metrics_routes if settings.metrics_enabled else []),
             *history_routes.routes,
+            *leaderboard_routes.routes,
             *xp_routes.routes,
             *docs_routes.routes(settings),
         ],

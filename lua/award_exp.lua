@@ -14,6 +14,9 @@ KEYS[2]  today     HASH   ctr:{bN}:day:<YYYYMMDD>:<uid>      exp, a:<action> (co
 KEYS[3]  events    STREAM ctr:{bN}:events                    ledger events of the bucket
 KEYS[4]  record    STRING ctr:{bN}:idem:<digest> | ctr:{bN}:award:<rid>
                                                              "<fingerprint>|<reply json>" (or unused)
+KEYS[5]  day_board  ZSET  ctr:{bN}:board:day:<YYYYMMDD>     EXP earned that UTC day, by user
+KEYS[6]  week_board ZSET  ctr:{bN}:board:week:<YYYY>W<ww>   EXP earned that ISO week, by user
+KEYS[7]  all_board  ZSET  ctr:{bN}:board:all                EXP earned from awards, by user
 
 ARGV[1]  user_id        string   the user who receives the EXP
 ARGV[2]  action         string
@@ -31,6 +34,9 @@ ARGV[12] actor          string   who triggered the action
 ARGV[13] may_create     "0"|"1"  "1": a missing user is new; "0": a missing user must be hydrated first
 ARGV[14] target         string   "<type>:<id>" or ""
 ARGV[15] idem_key       string   the Idempotency-Key, recorded on the event
+ARGV[16] week_ttl       int      seconds KEYS[6] lives from now (to the ISO week's end + grace);
+                                 KEYS[5] lives day_ttl. Both set on the user's first award of a day.
+                                 0 = leaderboards off: KEYS[5..7] are unused and not written
 
 Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, action_count, seq, replayed}
   code 1 awarded             possibly partial
@@ -46,6 +52,8 @@ local reward, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local day, day_ttl, now_ms = ARGV[7], ARGV[8], ARGV[9]
 local fingerprint, idem_ttl, actor = ARGV[10], ARGV[11], ARGV[12]
 local may_create, target, idem_key = ARGV[13], ARGV[14], ARGV[15]
+local week_ttl = ARGV[16]
+local boards = week_ttl ~= '0'
 
 local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, {7, 0, 0, 0, 0, 0, 0, 0, 0})
 if replayed then return replayed end
@@ -87,8 +95,17 @@ local new_level = Levels.of(total, thresholds)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
 redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)
+if boards then
+  redis.call('ZINCRBY', KEYS[5], added, user_id)
+  redis.call('ZINCRBY', KEYS[6], added, user_id)
+  redis.call('ZINCRBY', KEYS[7], added, user_id)
+end
 if not day_state[1] then  -- the day's first award creates the hash: its clean-up time, once
   redis.call('EXPIRE', KEYS[2], day_ttl)
+  if boards then  -- shared by the bucket's users: each one's first award of a day renews them
+    redis.call('EXPIRE', KEYS[5], day_ttl)
+    redis.call('EXPIRE', KEYS[6], week_ttl)
+  end
 end
 redis.call('XADD', KEYS[3], '*',
   'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms,

@@ -28,6 +28,7 @@ from counters.errors import (
 )
 from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
+from counters.exp.leaderboard import Period, window
 from counters.exp.stats import count_award
 from counters.exp.types import (
     Adjustment,
@@ -72,6 +73,7 @@ class ExpService:
         idempotency_ttl: int,
         day_grace: int,
         day_jitter: int,
+        leaderboards: bool = True,
     ) -> None:
         self._scripts = scripts
         self._entities = entities
@@ -81,9 +83,11 @@ class ExpService:
         self._idempotency_ttl = idempotency_ttl
         self._day_grace = day_grace
         self._day_jitter = day_jitter
+        self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
         self._may_create = may_create_arg(hydrator)
         self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
         self._creator = CreatorAwards(self, scripts, entities, buckets, idempotency_ttl)
+        self._week = (0, "", 0)  # (next UTC midnight, week board id, the week's end) likewise
         self.use_rules(rules)
 
     @property
@@ -227,21 +231,43 @@ class ExpService:
         now = self._clock.now()
         window = self.window(user_id, now)
         user = UserKeys.of(user_id, self._buckets)
-        keys = AwardExpKeys(user.user, user.day(window.day), user.events, record)
-        # Positional, in AwardExp's field order: on the hot path msgspec builds a 15-field Struct
+        keys = AwardExpKeys(
+            user.user, user.day(window.day), user.events, record,
+            *self._boards(user, window.day, now),
+        )  # fmt: skip
+        # Positional, in AwardExp's field order: on the hot path msgspec builds a 16-field Struct
         # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
         # ::test_the_award_call_names_every_argument checks every field gets its value.
         call = AwardExp(
             user_id, action_name, action.exp, 0 if action.shadow else action.daily_limit or 0,
             self._thresholds, self._caps, window.day, window.ttl, int(now * 1000), fingerprint,
             self._idempotency_ttl, actor, self._may_create, str(target) if target else "",
-            idem_key,
+            idem_key, self._week_ttl(now),
         )  # fmt: skip
         return AwardCall(action_name, action, user_id, actor, target, keys, call)
 
     async def run_award(self, call: AwardCall) -> AwardResult:
         """Run one award_exp call (hydrating its user first if Redis lost it)."""
         return await self._run_award(call)
+
+    def _boards(self, user: UserKeys, day: str, now: float) -> tuple[str, str, str]:
+        """The day, week and all-time boards of the user's bucket (unused keys when off)."""
+        if not self._leaderboards:
+            return user.unused, user.unused, user.unused
+        return user.board(f"day:{day}"), user.board(self._week_board(now)[0]), user.board("all")
+
+    def _week_ttl(self, now: float) -> int:
+        """Seconds this ISO week's board lives; 0 tells the script leaderboards are off."""
+        return self._week_board(now)[1] if self._leaderboards else 0
+
+    def _week_board(self, now: float) -> tuple[str, int]:
+        """This ISO week's board id and the seconds its key lives (cached for the day)."""
+        midnight = next_utc_midnight(now)
+        if midnight != self._week[0]:
+            span = window(Period.WEEK, now, 0)
+            assert span.ttl is not None
+            self._week = (midnight, span.id, int(now) + span.ttl)
+        return self._week[1], max(self._week[2] + self._day_grace - int(now), 1)
 
     async def _run_award(self, call: AwardCall) -> AwardResult:
         reply = await self._run(call.user_id, call.keys, call.call)

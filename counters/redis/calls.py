@@ -99,6 +99,9 @@ class AwardExpKeys(Keys, frozen=True):
     today: str
     events: str
     record: str
+    day_board: str
+    week_board: str
+    all_board: str
 
 
 class AssignEntityKeys(Keys, frozen=True):
@@ -144,6 +147,7 @@ class AwardExp(Call, frozen=True):
     may_create: str
     target: str
     idem_key: str
+    week_ttl: int
 
 
 class AdjustExp(Call, frozen=True):

@@ -37,6 +37,9 @@ award event: a retry after a loss of Redis and of its record may be applied agai
                                                 "owner", "fp", "ts"}: who triggered a
                                                 once-per-actor action on the entity (whoever owns
                                                 it), kept liker_memory_days after the last write
+    ctr:{bN}:board:<period>             ZSET    EXP the bucket's users earned in a period
+                                                (day:<YYYYMMDD>, week:<YYYY>W<ww>, all)
+    ctr:{bN}:board_ok:<period>          STRING  the board above is complete w.r.t. the ledger
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ class UserKeys:
         """An XP debit or hold of this user: what it burned, and whether it was refunded."""
         return f"{self.tag}:xptx:{self.user_id}:{transaction_id}"
 
+    def board(self, period: str) -> str:
+        """The leaderboard of the user's bucket for ``period`` (``day:20261121``, ...)."""
+        return _board(self.tag, period)
+
     @property
     def unused(self) -> str:
         """Fills a KEYS slot a script will not touch on this call (keeps KEYS fixed-shape)."""
@@ -148,3 +155,13 @@ def request_digest(caller: str, acting_user: str, key: str) -> str:
     parts = (caller, acting_user, key)
     raw = b"".join(len(p.encode()).to_bytes(4, "big") + p.encode() for p in parts)
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def board_keys(bucket: int, period: str) -> tuple[str, str]:
+    """One bucket's leaderboard for ``period`` and its completeness marker (one hash tag)."""
+    tag = bucket_tag(bucket)
+    return _board(tag, period), f"{tag}:board_ok:{period}"
+
+
+def _board(tag: str, period: str) -> str:
+    return f"{tag}:board:{period}"

@@ -11,6 +11,7 @@ from counters.clock import Clock, SystemClock
 from counters.errors import ConfigError
 from counters.exp.entities import Entities
 from counters.exp.entitlements import EntitlementService
+from counters.exp.leaderboard import Leaderboards
 from counters.exp.service import ExpService
 from counters.redis.hydration import Hydrator, NoDurableStore
 from counters.redis.pipelining import AutoPipeline, connect_timeout
@@ -19,6 +20,7 @@ from counters.rules import Rules, load_rules, rules_version
 from counters.rules.metrics import set_rules_version
 from counters.settings import Settings
 from counters.xp.service import XpService
+from persistence.leaderboard import ledger_sums
 from persistence.recovery import PostgresHydrator, durable_owner_lookup
 from persistence.store import Store
 
@@ -60,6 +62,7 @@ class Services:
     exp: ExpService
     xp: XpService
     entitlements: EntitlementService
+    leaderboards: Leaderboards
     rules_version: str = ""
 
     @classmethod
@@ -111,12 +114,16 @@ class Services:
         entitlements = EntitlementService(
             rules.entitlements, rules.exp, scripts, hydrator, buckets=settings.key_buckets
         )
+        leaderboards = Leaderboards(
+            redis, clock, buckets=settings.key_buckets, grace=settings.day_grace_seconds,
+            ledger_sums=ledger_sums(store) if store is not None else None,
+        )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
         version = rules_version(rules)
         set_rules_version(version)
         return cls(
             settings, rules, clock, redis, scripts, auth, entities, exp, xp,
-            entitlements=entitlements, rules_version=version,
+            entitlements=entitlements, leaderboards=leaderboards, rules_version=version,
         )  # fmt: skip
 
     def use_rules(self, rules: Rules) -> None:

@@ -1,4 +1,4 @@
--- 0002_history_webhooks (issue #14): a user's history newest first, and the webhook outbox.
+-- 0002_engagement (issue #14): history pages, the webhook outbox, leaderboard rebuilds.
 
 -- GET /api/exp/history and /api/v1/xp/transactions read one user's rows newest first, keyset on
 -- (occurred_at, seq): this index serves every page with a range scan.
@@ -22,3 +22,6 @@ CREATE TABLE webhook_outbox (
 );
 -- The deliverer's queue: what is still due, oldest first.
 CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL AND failed_at IS NULL;
+
+-- Rebuilding a day's or a week's leaderboard after a Redis loss sums that range's awards.
+CREATE INDEX ledger_award_day ON ledger (day) WHERE kind = 'exp_award';

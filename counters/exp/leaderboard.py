@@ -1,0 +1,188 @@
+"""Leaderboards: EXP earned from awards today, this ISO week and all time (issue #14).
+
+Written by ``award_exp.lua`` in the same atomic step as the award (``ZINCRBY`` on the three
+boards of the user's bucket). Read here, merged across buckets:
+
+- **Periods in the key.** ``day:<YYYYMMDD>`` and ``week:<YYYY>W<ww>`` (ISO week, Monday 00:00
+  UTC) are part of the key name, so an award one second after midnight lands on the next day's
+  board whatever the TTL does; the TTL (period end + grace) only frees memory. ``all`` never
+  expires and holds one member per user who ever earned EXP.
+- **Cluster.** Each bucket has its own boards under the bucket's hash tag, so the award script
+  touches one slot. A read asks every bucket for its top ``limit`` (users are in exactly one
+  bucket, so the overall top ``limit`` is among them) and merges; a rank is 1 + the number of
+  users with more EXP, counted bucket by bucket (``ZCOUNT``).
+- **Rebuilt after a Redis loss.** A bucket's board is trusted once its ``board_ok`` marker exists.
+  A read that finds no marker sums the period's ``exp_award`` rows from the ledger (one query for
+  every bucket missing it), merges them with ``ZADD GT`` (each user keeps the higher of the two:
+  in normal operation Redis is ahead of the ledger, so nothing changes), then sets the marker.
+  Without Postgres the marker is set at once (Redis is the only store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from counters.clock import Clock, utc_day
+from counters.errors import InvalidRequest, StorageError
+from counters.redis.keys import board_keys, bucket_of
+
+MAX_LIMIT = 100
+_TIMEOUT = 2.0
+
+# The ledger's sums of awards in a period, by user: (period kind, first day, last day) -> sums.
+# Days are YYYYMMDD; kind "all" has no days.
+LedgerSums = Callable[[str, str | None, str | None], Awaitable[dict[str, int]]]
+
+
+class Period(StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    ALL = "all"
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        try:
+            return cls(text)
+        except ValueError as exc:
+            raise InvalidRequest("period must be one of day, week, all") from exc
+
+
+class PeriodWindow(msgspec.Struct, frozen=True):
+    """One period as keys see it: its id, its first and last UTC day, when its keys expire."""
+
+    period: Period
+    id: str  # "day:20261121", "week:2026W47", "all"
+    first_day: str | None
+    last_day: str | None
+    ttl: int | None  # seconds from now the board lives (period end + grace); None: forever
+
+
+def window(period: Period, now: float, grace: int) -> PeriodWindow:
+    """The ``period`` containing ``now`` (UTC); ISO weeks start on Monday."""
+    at = datetime.fromtimestamp(now, UTC)
+    midnight = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is Period.DAY:
+        end = midnight + timedelta(days=1)
+        day = utc_day(now)
+        return PeriodWindow(period, f"day:{day}", day, day, _ttl(end, now, grace))
+    if period is Period.WEEK:
+        monday = midnight - timedelta(days=at.weekday())
+        year, week, _ = at.isocalendar()
+        end = monday + timedelta(days=7)
+        first, last = monday.strftime("%Y%m%d"), (end - timedelta(days=1)).strftime("%Y%m%d")
+        return PeriodWindow(period, f"week:{year}W{week:02d}", first, last, _ttl(end, now, grace))
+    return PeriodWindow(period, "all", None, None, None)
+
+
+def _ttl(end: datetime, now: float, grace: int) -> int:
+    return max(int(end.timestamp() - now) + grace, 1)
+
+
+class Standing(msgspec.Struct, frozen=True, kw_only=True):
+    rank: int  # 1 + the number of users with more EXP (ties share a rank)
+    user_id: str
+    exp: int
+
+
+class Board(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /api/exp/leaderboard``: the top of a period and the caller's own standing."""
+
+    period: Period
+    period_id: str
+    entries: list[Standing]
+    me: Standing | None  # None: the caller earned nothing in the period
+
+
+class Leaderboards:
+    """Reads the boards of every bucket; rebuilds a bucket's board from the ledger if lost."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        clock: Clock,
+        *,
+        buckets: int,
+        grace: int,
+        ledger_sums: LedgerSums | None = None,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._buckets = buckets
+        self._grace = grace
+        self._ledger_sums = ledger_sums
+
+    async def board(self, period: Period, limit: int, user_id: str) -> Board:
+        """The top ``limit`` (1-100) of ``period`` and ``user_id``'s standing."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        span = window(period, self._clock.now(), self._grace)
+        keys = [board_keys(bucket, span.id) for bucket in range(self._buckets)]
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                await self._ensure_complete(span, keys)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for board, _ in keys:
+                        pipe.zrevrange(board, 0, limit - 1, withscores=True)
+                    pipe.zscore(keys[bucket_of(user_id, self._buckets)][0], user_id)
+                    *tops, mine = await pipe.execute()
+                me = await self._standing(keys, user_id, mine)
+        except (RedisError, TimeoutError) as exc:
+            raise StorageError(f"redis leaderboard: {type(exc).__name__}: {exc}") from exc
+        merged = sorted(
+            ((member, int(score)) for top in tops for member, score in top),
+            key=lambda item: (-item[1], item[0]),
+        )[:limit]
+        entries: list[Standing] = []
+        for index, (member, exp) in enumerate(merged):
+            tied = entries and entries[-1].exp == exp
+            rank = entries[-1].rank if tied else index + 1
+            entries.append(Standing(rank=rank, user_id=member, exp=exp))
+        return Board(period=period, period_id=span.id, entries=entries, me=me)
+
+    async def _standing(
+        self, keys: list[tuple[str, str]], user_id: str, score: float | None
+    ) -> Standing | None:
+        if score is None:
+            return None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for board, _ in keys:
+                pipe.zcount(board, f"({score}", "+inf")
+            above = await pipe.execute()
+        return Standing(rank=1 + sum(above), user_id=user_id, exp=int(score))
+
+    async def _ensure_complete(self, span: PeriodWindow, keys: list[tuple[str, str]]) -> None:
+        """Rebuild, from the ledger, every bucket's board whose marker is missing."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, marker in keys:
+                pipe.exists(marker)
+            present = await pipe.execute()
+        missing = [bucket for bucket, found in enumerate(present) if not found]
+        if not missing:
+            return
+        sums: dict[str, int] = {}
+        if self._ledger_sums is not None:
+            sums = await self._ledger_sums(span.period.value, span.first_day, span.last_day)
+        by_bucket: dict[int, dict[str, int]] = {bucket: {} for bucket in missing}
+        for user, exp in sums.items():
+            bucket = bucket_of(user, self._buckets)
+            if bucket in by_bucket and exp > 0:
+                by_bucket[bucket][user] = exp
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for bucket, members in by_bucket.items():
+                board, marker = keys[bucket]
+                if members:
+                    pipe.zadd(board, members, gt=True)  # never lowers what Redis counted
+                    if span.ttl is not None:
+                        pipe.expire(board, span.ttl)
+                if span.ttl is None:
+                    pipe.set(marker, "1")
+                else:
+                    pipe.set(marker, "1", ex=span.ttl)
+            await pipe.execute()

@@ -1,0 +1,34 @@
+"""The ledger's side of the leaderboards: each user's EXP from awards in a period.
+
+Only asked when a bucket's board has no ``board_ok`` marker (``counters.exp.leaderboard``): after
+Redis lost its data, or on a period's first read. A day or a week is a range scan of
+``ledger_award_day`` (migration 0002); ``all`` sums every award (once per Redis lifetime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from counters.exp.leaderboard import LedgerSums
+from persistence.store import Store, storage_errors
+
+_SUMS = """
+SELECT user_id, sum(amount) AS exp FROM ledger
+WHERE kind = 'exp_award' AND ($1::text IS NULL OR day BETWEEN $1 AND $2)
+GROUP BY user_id
+"""
+
+
+def ledger_sums(store: Store, timeout: float = 30.0) -> LedgerSums:
+    """``Leaderboards``'s rebuild source: ``(period, first_day, last_day) -> {user: exp}``."""
+
+    async def sums(period: str, first_day: str | None, last_day: str | None) -> dict[str, int]:
+        async with (
+            storage_errors(f"leaderboard rebuild ({period})"),
+            asyncio.timeout(timeout),
+            store.pool.acquire() as conn,
+        ):
+            rows = await conn.fetch(_SUMS, first_day, last_day)
+        return {row["user_id"]: int(row["exp"]) for row in rows}
+
+    return sums

@@ -1,0 +1,141 @@
+"""Leaderboards (issue #14): updated with the award, periods in the key across UTC day and ISO
+week boundaries, merged across buckets, rebuilt from the ledger after Redis lost them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import pytest
+import redis
+from starlette.applications import Starlette
+
+from counters.auth import Principal
+from counters.clock import ManualClock
+from counters.exp.leaderboard import Period, window
+from counters.redis.keys import bucket_of
+from counters.runtime.services import Services
+from counters.settings import Settings
+from tests.support.core import NOON, service_headers, user_headers
+from tests.support.persistence import flusher
+
+pytestmark = pytest.mark.anyio
+
+BOARD = "/api/exp/leaderboard"
+SUNDAY_LAST_SECOND = datetime(2026, 11, 22, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+async def gain(http: httpx2.AsyncClient, user: str, action: str) -> None:
+    response = await http.post("/api/exp/gain", json={"action": action}, headers=user_headers(user))
+    assert response.status_code == 200, response.text
+
+
+async def board(http: httpx2.AsyncClient, user: str, **params: Any) -> dict[str, Any]:
+    response = await http.get(BOARD, params=params, headers=user_headers(user))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def ranking(body: dict[str, Any]) -> list[tuple[int, str, int]]:
+    return [(e["rank"], e["user_id"], e["exp"]) for e in body["entries"]]
+
+
+async def test_the_top_and_my_rank_ties_share_a_rank(client: httpx2.AsyncClient) -> None:
+    for user, actions in {
+        "ann": ["daily_chat", "create_character"],  # 50
+        "bob": ["create_character", "create_scene", "create_persona"],  # 60
+        "cyd": ["daily_chat", "create_character"],  # 50
+        "dee": ["create_scene"],  # 15
+    }.items():
+        for action in actions:
+            await gain(client, user, action)
+    body = await board(client, "dee", period="day", limit=3)
+    assert (body["period"], body["period_id"]) == ("day", "day:20261121")
+    assert ranking(body) == [(1, "bob", 60), (2, "ann", 50), (2, "cyd", 50)]
+    assert body["me"] == {"rank": 4, "user_id": "dee", "exp": 15}
+    assert (await board(client, "nobody"))["me"] is None
+    assert ranking(await board(client, "ann", period="all")) == ranking(
+        await board(client, "ann", period="week", limit=10)
+    )
+
+
+async def test_periods_turn_over_at_utc_midnight_and_monday(
+    client: httpx2.AsyncClient, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    clock.at = SUNDAY_LAST_SECOND
+    await gain(client, "eve", "create_character")  # Sunday, ISO week 47
+    clock.advance(2)  # Monday 00:00:01: a new day and a new ISO week
+    await gain(client, "eve", "create_scene")
+    monday = await board(client, "eve", period="day")
+    assert (monday["period_id"], ranking(monday)) == ("day:20261123", [(1, "eve", 15)])
+    week = await board(client, "eve", period="week")
+    assert (week["period_id"], ranking(week)) == ("week:2026W48", [(1, "eve", 15)])
+    assert ranking(await board(client, "eve", period="all")) == [(1, "eve", 45)]
+    # The ended periods' boards still exist until their clean-up time; nothing reads them.
+    tag = f"ctr:{{b{bucket_of('eve', 16)}}}"
+    assert redis_client.zscore(f"{tag}:board:day:20261122", "eve") == 30
+    assert redis_client.zscore(f"{tag}:board:week:2026W47", "eve") == 30
+    # Memory is bounded: day and week boards expire after their period (+ grace), "all" never.
+    day_ttl = redis_client.ttl(f"{tag}:board:day:20261123")
+    week_ttl = redis_client.ttl(f"{tag}:board:week:2026W48")
+    assert 86_400 < day_ttl <= 86_400 + 3_600
+    assert 6 * 86_400 < week_ttl <= 7 * 86_400 + 3_600
+    assert redis_client.ttl(f"{tag}:board:all") == -1
+
+
+def test_iso_weeks_across_the_new_year() -> None:
+    new_year = datetime(2026, 12, 31, 12, tzinfo=UTC).timestamp()  # Thursday of 2026-W53
+    span = window(Period.WEEK, new_year, 0)
+    assert (span.id, span.first_day, span.last_day) == ("week:2026W53", "20261228", "20270103")
+    assert window(Period.DAY, NOON, 0).ttl == 12 * 3_600
+
+
+async def test_every_award_key_shares_the_users_hash_tag(
+    settings: Settings, clock: ManualClock
+) -> None:
+    """One slot per script on Redis Cluster: the boards live in the user's bucket."""
+    services = Services.build(settings, clock=clock)
+    try:
+        for user in ("u7", "someone-else", "x"):
+            principal = Principal(user, f"user:{user}", False)
+            call = await services.exp.prepare_award(principal, "daily_chat", None, None)
+            assert len(call.keys) == 9
+            assert {key.split("}")[0] for key in call.keys} == {f"ctr:{{b{bucket_of(user, 16)}"}
+    finally:
+        await services.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("period=month", "period must be one of day, week, all"),
+        ("limit=0", "limit must be an integer from 1 to 100"),
+        ("limit=101", "limit must be an integer from 1 to 100"),
+        ("limit=ten", "limit must be an integer from 1 to 100"),
+        ("top=3", "Unknown query parameter(s): top"),
+    ],
+)
+async def test_bad_parameters(client: httpx2.AsyncClient, query: str, detail: str) -> None:
+    response = await client.get(f"{BOARD}?{query}", headers=user_headers("u"))
+    assert (response.status_code, response.json()) == (422, {"detail": detail})
+
+
+async def test_boards_are_rebuilt_from_the_ledger_after_redis_loses_them(
+    durable_client: httpx2.AsyncClient, durable_app: Starlette, redis_client: redis.Redis
+) -> None:
+    for user, action in [("fay", "create_character"), ("gus", "daily_chat"),
+                         ("gus", "create_scene")]:  # fmt: skip
+        await gain(durable_client, user, action)
+    adjust = {"user_id": "fay", "delta": 500, "reason": "not an award"}
+    await durable_client.post("/api/admin/exp/adjust", json=adjust, headers=service_headers())
+    await flusher(durable_app).drain()
+    before = {p: ranking(await board(durable_client, "fay", period=p)) for p in Period}
+    assert before["day"] == [(1, "gus", 35), (2, "fay", 30)]  # awards only, not corrections
+    redis_client.flushall()  # Redis loses everything
+    after = {p: ranking(await board(durable_client, "fay", period=p)) for p in Period}
+    assert after == before
+    # A user hydrated after the loss earns on top of what the ledger restored.
+    await gain(durable_client, "fay", "create_scene")
+    assert ranking(await board(durable_client, "fay", period="day"))[0] == (1, "fay", 45)
