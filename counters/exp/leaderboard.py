@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from counters.clock import Clock, utc_day
-from counters.errors import InvalidRequest, StorageError
+from counters.errors import InvalidRequest, NotFound, StorageError
 from counters.redis.keys import board_keys, bucket_of
 
 MAX_LIMIT = 100
@@ -111,15 +111,20 @@ class Leaderboards:
         buckets: int,
         grace: int,
         ledger_sums: LedgerSums | None = None,
+        enabled: bool = True,
     ) -> None:
         self._redis = redis
         self._clock = clock
         self._buckets = buckets
         self._grace = grace
         self._ledger_sums = ledger_sums
+        self._enabled = enabled
 
     async def board(self, period: Period, limit: int, user_id: str) -> Board:
-        """The top ``limit`` (1-100) of ``period`` and ``user_id``'s standing."""
+        """The top ``limit`` (1-100) of ``period`` and ``user_id``'s standing; ``NotFound``
+        when leaderboards are off (COUNTERS_LEADERBOARDS_ENABLED=false)."""
+        if not self._enabled:
+            raise NotFound("Leaderboards are off on this deployment")
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
         span = window(period, self._clock.now(), self._grace)

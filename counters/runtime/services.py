@@ -104,6 +104,7 @@ class Services:
             idempotency_ttl=settings.idempotency_ttl_seconds,
             day_grace=settings.day_grace_seconds,
             day_jitter=settings.day_jitter_seconds,
+            leaderboards=settings.leaderboards_enabled,
         )  # fmt: skip
         xp = XpService(
             rules.xp, scripts, hydrator, clock,
@@ -117,6 +118,7 @@ class Services:
         leaderboards = Leaderboards(
             redis, clock, buckets=settings.key_buckets, grace=settings.day_grace_seconds,
             ledger_sums=ledger_sums(store) if store is not None else None,
+            enabled=settings.leaderboards_enabled,
         )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
         version = rules_version(rules)

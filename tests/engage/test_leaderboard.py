@@ -3,6 +3,7 @@ week boundaries, merged across buckets, rebuilt from the ledger after Redis lost
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
+from api.app import create_app
 from counters.auth import Principal
 from counters.clock import ManualClock
 from counters.exp.leaderboard import Period, window
@@ -139,3 +141,18 @@ async def test_boards_are_rebuilt_from_the_ledger_after_redis_loses_them(
     # A user hydrated after the loss earns on top of what the ledger restored.
     await gain(durable_client, "fay", "create_scene")
     assert ranking(await board(durable_client, "fay", period="day"))[0] == (1, "fay", 45)
+
+
+async def test_leaderboards_off_write_no_board(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    app = create_app(replace(settings, leaderboards_enabled=False), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+            await gain(http, "hal", "daily_chat")
+            response = await http.get(BOARD, headers=user_headers("hal"))
+    assert (response.status_code, response.json()) == (
+        404, {"detail": "Leaderboards are off on this deployment"},
+    )  # fmt: skip
+    assert redis_client.keys("*board*") == []
