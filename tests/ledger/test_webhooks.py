@@ -225,3 +225,21 @@ async def test_the_background_deliverer_sends_without_being_asked(
             while not receiver.received:
                 await asyncio.sleep(0.02)
     assert [b["id"] for b in bodies(receiver)] == ["b1:1:level_up"]
+
+
+@pytest.mark.parametrize(
+    ("header", "now", "ok"),
+    [
+        (sign(SECRET, 1_000, b"{}"), 1_000, True),
+        (sign(SECRET, 1_000, b"{}"), 1_300, True),  # within the 300 s tolerance
+        (sign(SECRET, 1_000, b"{}"), 1_301, False),  # too old: a replay
+        (sign(SECRET, 1_000, b"{}").replace("t=1000", "t=1001"), 1_000, False),  # t is signed
+        (f"v1=junk,{sign(SECRET, 1_000, b'{}')}", 1_000, True),  # any matching v1 will do
+        ("v1=abc", 1_000, False),
+        ("t=abc,v1=abc", 1_000, False),
+        ("", 1_000, False),
+    ],
+)
+def test_signature_checks(header: str, now: int, ok: bool) -> None:
+    assert verify(SECRET, header, b"{}", now=now) is ok
+    assert not verify(SECRET, header, b"{ }", now=now)  # the body is signed
