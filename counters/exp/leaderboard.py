@@ -21,7 +21,8 @@ boards of the user's bucket). Read here, merged across buckets:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -39,6 +40,16 @@ _TIMEOUT = 2.0
 # The ledger's sums of awards in a period, by user: (period kind, first day, last day) -> sums.
 # Days are YYYYMMDD; kind "all" has no days.
 LedgerSums = Callable[[str, str | None, str | None], Awaitable[dict[str, int]]]
+
+
+@asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    """A time limit on Redis calls, and their failures as ``StorageError``."""
+    try:
+        async with asyncio.timeout(_TIMEOUT):
+            yield
+    except (RedisError, TimeoutError) as exc:
+        raise StorageError(f"redis leaderboard: {type(exc).__name__}: {exc}") from exc
 
 
 class Period(StrEnum):
@@ -119,6 +130,7 @@ class Leaderboards:
         self._grace = grace
         self._ledger_sums = ledger_sums
         self._enabled = enabled
+        self._rebuilding: dict[str, asyncio.Lock] = {}
 
     async def board(self, period: Period, limit: int, user_id: str) -> Board:
         """The top ``limit`` (1-100) of ``period`` and ``user_id``'s standing; ``NotFound``
@@ -129,17 +141,14 @@ class Leaderboards:
             raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
         span = window(period, self._clock.now(), self._grace)
         keys = [board_keys(bucket, span.id) for bucket in range(self._buckets)]
-        try:
-            async with asyncio.timeout(_TIMEOUT):
-                await self._ensure_complete(span, keys)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for board, _ in keys:
-                        pipe.zrevrange(board, 0, limit - 1, withscores=True)
-                    pipe.zscore(keys[bucket_of(user_id, self._buckets)][0], user_id)
-                    *tops, mine = await pipe.execute()
-                me = await self._standing(keys, user_id, mine)
-        except (RedisError, TimeoutError) as exc:
-            raise StorageError(f"redis leaderboard: {type(exc).__name__}: {exc}") from exc
+        await self._ensure_complete(span, keys)
+        async with _redis_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for board, _ in keys:
+                    pipe.zrevrange(board, 0, limit - 1, withscores=True)
+                pipe.zscore(keys[bucket_of(user_id, self._buckets)][0], user_id)
+                *tops, mine = await pipe.execute()
+            me = await self._standing(keys, user_id, mine)
         merged = sorted(
             ((member, int(score)) for top in tops for member, score in top),
             key=lambda item: (-item[1], item[0]),
@@ -162,24 +171,38 @@ class Leaderboards:
             above = await pipe.execute()
         return Standing(rank=1 + sum(above), user_id=user_id, exp=int(score))
 
-    async def _ensure_complete(self, span: PeriodWindow, keys: list[tuple[str, str]]) -> None:
-        """Rebuild, from the ledger, every bucket's board whose marker is missing."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+    async def _missing(self, keys: list[tuple[str, str]]) -> list[int]:
+        async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:
             for _, marker in keys:
                 pipe.exists(marker)
             present = await pipe.execute()
-        missing = [bucket for bucket, found in enumerate(present) if not found]
-        if not missing:
+        return [bucket for bucket, found in enumerate(present) if not found]
+
+    async def _ensure_complete(self, span: PeriodWindow, keys: list[tuple[str, str]]) -> None:
+        """Rebuild, from the ledger, every bucket's board whose marker is missing. One rebuild
+        of a period at a time in this process: readers arriving meanwhile wait for it."""
+        if not await self._missing(keys):
             return
+        lock = self._rebuilding.setdefault(span.id, asyncio.Lock())
+        async with lock:
+            missing = await self._missing(keys)  # another reader may have rebuilt it
+            if missing:
+                await self._rebuild(span, keys, missing)
+        if not lock.locked():
+            self._rebuilding.pop(span.id, None)
+
+    async def _rebuild(
+        self, span: PeriodWindow, keys: list[tuple[str, str]], missing: list[int]
+    ) -> None:
         sums: dict[str, int] = {}
-        if self._ledger_sums is not None:
+        if self._ledger_sums is not None:  # its own timeout: an "all" rebuild may take a while
             sums = await self._ledger_sums(span.period.value, span.first_day, span.last_day)
         by_bucket: dict[int, dict[str, int]] = {bucket: {} for bucket in missing}
         for user, exp in sums.items():
             bucket = bucket_of(user, self._buckets)
             if bucket in by_bucket and exp > 0:
                 by_bucket[bucket][user] = exp
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:
             for bucket, members in by_bucket.items():
                 board, marker = keys[bucket]
                 if members:

@@ -120,11 +120,14 @@ class Deliverer:
     async def deliver_once(self) -> int:
         """Send every due row (up to ``batch``) once; returns how many rows were attempted.
 
-        ``StorageError`` when Postgres fails (nothing is recorded; the rows stay due)."""
+        ``StorageError`` when Postgres fails, or the iteration outlives every request's timeout
+        plus 10 s: the transaction rolls back and the rows stay due (sent again: at least once)."""
         now = self._clock.now()
         at = datetime.fromtimestamp(now, UTC)
+        limit = self._endpoints.timeout * len(self._endpoints.urls) + 10
         async with (
             storage_errors("webhook delivery"),
+            asyncio.timeout(limit),
             self._store.pool.acquire() as conn,
             conn.transaction(),
         ):
