@@ -19,16 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import orjson
+import msgspec
 
 from counters.rules import Rules
+from counters.webhooks import (
+    LevelUp,
+    LevelUpWebhook,
+    SubscriptionRenewed,
+    SubscriptionRenewedWebhook,
+    Webhook,
+    XpBalance,
+    XpDepletedWebhook,
+    XpLowBalanceWebhook,
+)
 from persistence.events import LedgerEvent
 
-LEVEL_UP = "level_up"
-XP_LOW_BALANCE = "xp_low_balance"
-XP_DEPLETED = "xp_depleted"
-SUBSCRIPTION_RENEWED = "subscription_renewed"
-TYPES = (LEVEL_UP, XP_LOW_BALANCE, XP_DEPLETED, SUBSCRIPTION_RENEWED)
+_encode = msgspec.json.Encoder().encode
 
 _INSERT = """
 INSERT INTO webhook_outbox (event_id, type, user_id, payload, next_attempt_at)
@@ -43,7 +49,7 @@ class OutboxRow:
     event_id: str
     type: str
     user_id: str
-    payload: dict[str, Any]  # the body sent: {"id", "type", "created", "data"}
+    payload: Webhook  # the body sent
     ts_ms: int
 
 
@@ -70,45 +76,48 @@ class OutboxPolicy:
         level, before = self.rules.exp.level_for(exp), self.rules.exp.level_for(exp - event.amount)
         if level <= before:
             return []
-        unlocked = self.rules.entitlements.unlocked_between(before, level)
-        data = {
-            "level": level, "previous_level": before, "total_exp": exp,
-            "unlocked_features": unlocked, "action": event.action,
-        }  # fmt: skip
-        return [_row(event, LEVEL_UP, data)]
+        data = LevelUp(
+            user_id=event.user_id, ledger_event_id=event.event_id, level=level,
+            previous_level=before, total_exp=exp,
+            unlocked_features=self.rules.entitlements.unlocked_between(before, level),
+            action=event.action,
+        )  # fmt: skip
+        return [_row(event, LevelUpWebhook, data)]
 
     def _xp(self, event: LedgerEvent) -> list[OutboxRow]:
         balance = event.totals.get("xp_balance")
         if not isinstance(balance, int):
             return []
         before = balance - event.amount
-        tier = str(event.totals.get("tier") or "")
-        common = {"tier": tier or None, "xp_balance": balance, "previous_xp_balance": before,
-                  "kind": event.kind, "action": event.action}  # fmt: skip
+        tier = str(event.totals.get("tier") or "") or None
+        change = XpBalance(
+            user_id=event.user_id, ledger_event_id=event.event_id, tier=tier, xp_balance=balance,
+            previous_xp_balance=before, kind=event.kind, action=event.action,
+        )  # fmt: skip
         found: list[OutboxRow] = []
-        threshold = self.rules.webhooks.low_balance.get(tier)
+        threshold = self.rules.webhooks.low_balance.get(tier or "")
         if threshold is not None and balance < threshold <= before:
-            found.append(_row(event, XP_LOW_BALANCE, {**common, "threshold": threshold}))
+            low = msgspec.structs.replace(change, threshold=threshold)
+            found.append(_row(event, XpLowBalanceWebhook, low))
         if balance == 0 < before:
-            found.append(_row(event, XP_DEPLETED, common))
+            found.append(_row(event, XpDepletedWebhook, change))
+        allocation = event.totals.get("xp_allocation")
+        renewed_at = event.totals.get("effective_ts")
         if event.kind == "xp_allocation" and event.action == "renewal":
-            renewed = {
-                "tier": tier or None, "xp_allocation": event.totals.get("xp_allocation"),
-                "xp_balance": balance, "renewed_at_ms": event.totals.get("effective_ts"),
-            }  # fmt: skip
-            found.append(_row(event, SUBSCRIPTION_RENEWED, renewed))
+            renewed = SubscriptionRenewed(
+                user_id=event.user_id, ledger_event_id=event.event_id, tier=tier,
+                xp_allocation=allocation if isinstance(allocation, int) else 0, xp_balance=balance,
+                renewed_at_ms=renewed_at if isinstance(renewed_at, int) else event.ts_ms,
+            )  # fmt: skip
+            found.append(_row(event, SubscriptionRenewedWebhook, renewed))
         return found
 
 
-def _row(event: LedgerEvent, kind: str, data: dict[str, Any]) -> OutboxRow:
-    event_id = f"{event.event_id}:{kind}"
-    payload = {
-        "id": event_id,
-        "type": kind,
-        "created": event.ts_ms // 1000,
-        "data": {"user_id": event.user_id, "ledger_event_id": event.event_id, **data},
-    }
-    return OutboxRow(event_id, kind, event.user_id, payload, event.ts_ms)
+def _row(event: LedgerEvent, kind: type[Webhook], data: Any) -> OutboxRow:
+    tag = kind.__struct_config__.tag
+    event_id = f"{event.event_id}:{tag}"
+    payload = kind(id=event_id, created=event.ts_ms // 1000, data=data)
+    return OutboxRow(event_id, str(tag), event.user_id, payload, event.ts_ms)
 
 
 async def write_outbox(conn: asyncpg.Connection, rows: list[OutboxRow]) -> None:
@@ -120,6 +129,6 @@ async def write_outbox(conn: asyncpg.Connection, rows: list[OutboxRow]) -> None:
         [r.event_id for r in rows],
         [r.type for r in rows],
         [r.user_id for r in rows],
-        [orjson.dumps(r.payload).decode() for r in rows],
+        [_encode(r.payload).decode() for r in rows],
         [r.ts_ms for r in rows],
     )

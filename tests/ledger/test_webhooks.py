@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx2
+import msgspec
 import pytest
 from starlette.applications import Starlette
 
@@ -18,6 +19,7 @@ from counters.clock import ManualClock
 from counters.rules import parse_rules
 from counters.runtime.durability import Durability
 from counters.settings import Settings
+from counters.webhooks import Webhook
 from persistence.webhooks.deliverer import Deliverer
 from persistence.webhooks.signing import sign, verify
 from tests.exp.test_rules import DEFAULTS
@@ -62,6 +64,10 @@ async def client_for(app: Starlette) -> httpx2.AsyncClient:
 
 
 def bodies(receiver: Receiver) -> list[dict[str, Any]]:
+    """What the receiver got; each body also decodes as the contract's tagged union."""
+    for got in receiver.received:
+        typed = msgspec.json.decode(got.body, type=Webhook)
+        assert typed.id == got.headers["counters-event-id"]
     return [json.loads(r.body) for r in receiver.received]
 
 
@@ -80,13 +86,14 @@ async def test_a_level_up_is_delivered_once_and_signed(
         rows = await fetch(app, "SELECT event_id, attempts, delivered_at FROM webhook_outbox")
     assert [(r["event_id"], r["attempts"]) for r in rows] == [("w1:2:level_up", 1)]
     assert rows[0]["delivered_at"] is not None
+    [body] = bodies(receiver)
     [got] = receiver.received
     assert got.headers["counters-event-id"] == "w1:2:level_up"
     assert got.headers["content-type"] == "application/json"
     assert verify(SECRET, got.headers["counters-signature"], got.body, now=clock.now())
     assert got.headers["counters-signature"] == sign(SECRET, int(clock.now()), got.body)
     assert not verify("another-secret", got.headers["counters-signature"], got.body, clock.now())
-    assert json.loads(got.body) == {
+    assert body == {
         "id": "w1:2:level_up", "type": "level_up", "created": int(clock.now()),
         "data": {
             "user_id": "w1", "ledger_event_id": "w1:2", "level": 2, "previous_level": 1,
