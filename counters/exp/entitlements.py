@@ -10,7 +10,8 @@ from __future__ import annotations
 import msgspec
 
 from counters.errors import NotFound
-from counters.redis.hydration import Hydrator, run_hydrated
+from counters.redis.calls import ReadExp, UserDayKeys
+from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
 from counters.rules import ExpRules
@@ -56,12 +57,9 @@ class EntitlementService:
     async def level(self, user_id: str) -> int:
         """The user's level: one Redis round trip (hydrated first if Redis lost the user)."""
         user = UserKeys.of(user_id, self._buckets)
-        keys = [user.user, user.unused]  # no day hash: HGETALL of a missing key is empty
-
-        async def call(may_create: str) -> list[object]:
-            return await self._scripts.run("read_exp", keys, [may_create])
-
-        reply = await run_hydrated(self._hydrator, user_id, call)
+        keys = UserDayKeys(user.user, user.unused)  # no day hash: HGETALL of a missing key is {}
+        call = ReadExp(may_create=may_create_arg(self._hydrator))
+        reply = await run_hydrated(self._hydrator, self._scripts, user_id, keys, call)
         total = reply[1]
         assert isinstance(total, int)
         return self._exp_rules.level_for(total)

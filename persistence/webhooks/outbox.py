@@ -16,7 +16,7 @@ Each event is judged on its own (its totals after, minus its amount, give the to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
@@ -32,7 +32,14 @@ from counters.webhooks import (
     XpDepletedWebhook,
     XpLowBalanceWebhook,
 )
-from persistence.events import LedgerEvent
+from persistence.events import Event, ExpAdjust, ExpAward, LedgerEvent, XpAllocation, XpChange
+
+# Kinds as the event schema (persistence/events.py) tags them.
+_EXP_KINDS = frozenset(kind.__struct_config__.tag for kind in (ExpAward, ExpAdjust))
+_XP_KINDS = frozenset(
+    kind.__struct_config__.tag for kind in get_args(Event) if issubclass(kind, XpChange)
+)
+_ALLOCATION = XpAllocation.__struct_config__.tag
 
 _encode = msgspec.json.Encoder().encode
 
@@ -63,9 +70,9 @@ class OutboxPolicy:
         """The webhooks ``events`` cause, in the events' order."""
         found: list[OutboxRow] = []
         for event in events:
-            if event.kind in ("exp_award", "exp_adjust"):
+            if event.kind in _EXP_KINDS:
                 found += self._level_up(event)
-            elif event.kind.startswith("xp_"):
+            elif event.kind in _XP_KINDS:
                 found += self._xp(event)
         return found
 
@@ -103,7 +110,7 @@ class OutboxPolicy:
             found.append(_row(event, XpDepletedWebhook, change))
         allocation = event.totals.get("xp_allocation")
         renewed_at = event.totals.get("effective_ts")
-        if event.kind == "xp_allocation" and event.action == "renewal":
+        if event.kind == _ALLOCATION and event.action == "renewal":
             renewed = SubscriptionRenewed(
                 user_id=event.user_id, ledger_event_id=event.event_id, tier=tier,
                 xp_allocation=allocation if isinstance(allocation, int) else 0, xp_balance=balance,

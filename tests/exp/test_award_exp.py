@@ -283,7 +283,8 @@ def test_the_award_call_names_every_argument(settings: Settings, clock: ManualCl
     window = svc.exp.window("owner", clock.now())
     assert msgspec.structs.asdict(call.keys) == {
         "user": user.user, "today": user.day(window.day), "events": user.events,
-        "record": record,
+        "record": record, "day_board": user.board("day:20261121"),
+        "week_board": user.board("week:2026W47"), "all_board": user.board("all"),
     }  # fmt: skip
     assert msgspec.structs.asdict(call.call) == {
         "user_id": "owner", "action": "character_liked", "reward": action.exp,
@@ -292,4 +293,5 @@ def test_the_award_call_names_every_argument(settings: Settings, clock: ManualCl
         "now_ms": int(clock.now() * 1000), "fingerprint": "f" * 32,
         "idem_ttl": settings.idempotency_ttl_seconds, "actor": "fan", "may_create": "1",
         "target": "character:c9", "idem_key": "key-1",
+        "week_ttl": 36 * 3600 + settings.day_grace_seconds,  # Saturday noon to Monday 00:00
     }  # fmt: skip

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
+import msgspec
 import pytest
 import redis
 from starlette.applications import Starlette
@@ -103,8 +104,9 @@ async def test_every_award_key_shares_the_users_hash_tag(
         for user in ("u7", "someone-else", "x"):
             principal = Principal(user, f"user:{user}", False)
             call = await services.exp.prepare_award(principal, "daily_chat", None, None)
-            assert len(call.keys) == 9
-            assert {key.split("}")[0] for key in call.keys} == {f"ctr:{{b{bucket_of(user, 16)}"}
+            keys = msgspec.structs.astuple(call.keys)
+            assert len(keys) == 9
+            assert {key.split("}")[0] for key in keys} == {f"ctr:{{b{bucket_of(user, 16)}"}
     finally:
         await services.close()
 
