@@ -141,13 +141,20 @@ class Leaderboards:
             raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
         span = window(period, self._clock.now(), self._grace)
         keys = [board_keys(bucket, span.id) for bucket in range(self._buckets)]
-        await self._ensure_complete(span, keys)
-        async with _redis_errors():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for board, _ in keys:
+        own_board = keys[bucket_of(user_id, self._buckets)][0]
+        for attempt in range(2):  # the markers ride with the read; a missing one: rebuild, again
+            async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:
+                for board, marker in keys:
+                    pipe.exists(marker)
                     pipe.zrevrange(board, 0, limit - 1, withscores=True)
-                pipe.zscore(keys[bucket_of(user_id, self._buckets)][0], user_id)
-                *tops, mine = await pipe.execute()
+                pipe.zscore(own_board, user_id)
+                *replies, mine = await pipe.execute()
+            if attempt == 0 and not all(replies[0::2]):
+                await self._ensure_complete(span, keys)
+                continue
+            break
+        tops = replies[1::2]
+        async with _redis_errors():
             me = await self._standing(keys, user_id, mine)
         merged = sorted(
             ((member, int(score)) for top in tops for member, score in top),
