@@ -250,3 +250,24 @@ async def test_the_background_deliverer_sends_without_being_asked(
 def test_signature_checks(header: str, now: int, ok: bool) -> None:
     assert verify(SECRET, header, b"{}", now=now) is ok
     assert not verify(SECRET, header, b"{ }", now=now)  # the body is signed
+
+
+async def test_a_receiver_too_slow_to_answer_gets_it_again_with_the_same_id(
+    durable_settings: Settings, clock: ManualClock
+) -> None:
+    """At least once: a POST whose answer never came in time counts as failed and is resent;
+    the receiver sees the same event id twice and dedupes on it."""
+    slow = Receiver(delay=1.0)
+    app = webhook_app(replace(durable_settings, webhook_timeout_seconds=0.2), clock, slow.url)
+    async with slow.serving(), app.router.lifespan_context(app), await client_for(app) as http:
+        adjust = {"user_id": "s1", "delta": 100, "reason": "to level 2"}
+        await http.post("/api/admin/exp/adjust", json=adjust, headers=service_headers())
+        await flusher(app).drain()
+        assert await deliverer(app).deliver_once() == 1  # ReadTimeout: not delivered
+        [row] = await fetch(app, "SELECT attempts, delivered_at, last_error FROM webhook_outbox")
+        assert (row["attempts"], row["delivered_at"]) == (1, None)
+        assert "ReadTimeout" in row["last_error"]
+        slow.delay = 0.0
+        clock.advance(1.0)
+        assert await deliverer(app).deliver_once() == 1
+    assert [r.headers["counters-event-id"] for r in slow.received] == ["s1:1:level_up"] * 2
