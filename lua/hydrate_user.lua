@@ -6,6 +6,9 @@ written only if today's hash does not exist either (one that exists is newer tha
 
 KEYS[1]  user  HASH  ctr:{bN}:user:<uid>              exp, level, seq, xp
 KEYS[2]  today HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>    exp, a:<action> (counts)
+KEYS[3]  day_board   ZSET  ctr:{bN}:board:day:<YYYYMMDD>    (as in award_exp.lua, or unused)
+KEYS[4]  week_board  ZSET  ctr:{bN}:board:week:<YYYY>W<ww>
+KEYS[5]  all_board   ZSET  ctr:{bN}:board:all
 
 ARGV[1]  exp            int      total EXP
 ARGV[2]  level          int
@@ -14,6 +17,13 @@ ARGV[4]  xp_state       string   the XP state (JSON) for field xp; "" = none
 ARGV[5]  day_ttl        int      seconds KEYS[2] lives from now (as in award_exp.lua)
 ARGV[6]  day_fields     json     [string]: flat pairs "exp", gained today, "a:<action>", count,
                                  ...; [] = no counters today
+ARGV[7]  week_ttl       int      seconds KEYS[4] lives from now; 0 = leaderboards off
+ARGV[8]  board_exp      json     [int, int, int]: EXP from awards today, this ISO week, all time
+ARGV[9]  user_id        string   the member on the boards
+
+The user's earnings go back on the boards with ZADD GT in the same step: the user was missing,
+so no award of theirs has been counted since Redis lost them, and their next awards add to the
+restored sums (a board rebuilt meanwhile from the ledger holds the same sums: GT keeps them).
 
 Reply: {code}
   code 0 skipped   Redis already had the user (nothing written)
@@ -22,6 +32,7 @@ Reply: {code}
 
 local exp, level, seq, xp_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local day_ttl, day_fields = ARGV[5], cjson.decode(ARGV[6])
+local week_ttl, board_exp, user_id = ARGV[7], cjson.decode(ARGV[8]), ARGV[9]
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0}
@@ -34,5 +45,14 @@ end
 if #day_fields > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], unpack(day_fields))
   redis.call('EXPIRE', KEYS[2], day_ttl)
+end
+if week_ttl ~= '0' then
+  local ttls = {day_ttl, week_ttl}
+  for i = 1, 3 do
+    if board_exp[i] > 0 then
+      redis.call('ZADD', KEYS[2 + i], 'GT', board_exp[i], user_id)
+      if ttls[i] then redis.call('EXPIRE', KEYS[2 + i], ttls[i]) end
+    end
+  end
 end
 return {1}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from counters.exp.leaderboard import LedgerSums
+from counters.exp.leaderboard import LedgerSums, PeriodWindow
 from persistence.store import Store, storage_errors
 
 _SUMS = """
@@ -32,3 +32,18 @@ def ledger_sums(store: Store, timeout: float = 30.0) -> LedgerSums:
         return {row["user_id"]: int(row["exp"]) for row in rows}
 
     return sums
+
+
+_USER_SUMS = """
+SELECT COALESCE(sum(amount) FILTER (WHERE day BETWEEN $2 AND $3), 0) AS week,
+       COALESCE(sum(amount), 0) AS total
+FROM ledger WHERE user_id = $1 AND kind = 'exp_award'
+"""
+
+
+async def user_award_sums(store: Store, user_id: str, week: PeriodWindow) -> tuple[int, int]:
+    """One user's EXP from awards in ``week`` and in all time (hydration puts them back on the
+    boards); index ``ledger_user_day``."""
+    async with store.connection("leaderboard sums of a user") as conn:
+        row = await conn.fetchrow(_USER_SUMS, user_id, week.first_day, week.last_day)
+    return int(row["week"]), int(row["total"])

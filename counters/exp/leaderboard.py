@@ -11,7 +11,9 @@ boards of the user's bucket). Read here, merged across buckets:
   touches one slot. A read asks every bucket for its top ``limit`` (users are in exactly one
   bucket, so the overall top ``limit`` is among them) and merges; a rank is 1 + the number of
   users with more EXP, counted bucket by bucket (``ZCOUNT``).
-- **Rebuilt after a Redis loss.** A bucket's board is trusted once its ``board_ok`` marker exists.
+- **Rebuilt after a Redis loss.** Hydrating a user Redis forgot (``lua/hydrate_user.lua``) puts
+  their sums back with ``ZADD GT`` before their next award counts. And a bucket's board is
+  trusted once its ``board_ok`` marker exists.
   A read that finds no marker sums the period's ``exp_award`` rows from the ledger (one query for
   every bucket missing it), merges them with ``ZADD GT`` (each user keeps the higher of the two:
   in normal operation Redis is ahead of the ledger, so nothing changes), then sets the marker.

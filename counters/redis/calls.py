@@ -239,9 +239,17 @@ class RememberRequest(Call, frozen=True):
 # -- users put back or repaired -----------------------------------------------------------------
 
 
+class HydrateUserKeys(Keys, frozen=True):
+    user: str
+    today: str
+    day_board: str
+    week_board: str
+    all_board: str
+
+
 class HydrateUser(Call, frozen=True):
     SCRIPT = "hydrate_user"
-    KEYS = UserDayKeys
+    KEYS = HydrateUserKeys
     CODES = (WriteIfOutcome,)
 
     exp: int
@@ -250,6 +258,9 @@ class HydrateUser(Call, frozen=True):
     xp_state: str
     day_ttl: int
     day_fields: str
+    week_ttl: int
+    board_exp: str
+    user_id: str
 
 
 class RepairUser(Call, frozen=True):

@@ -94,6 +94,7 @@ class Services:
             hydrator = PostgresHydrator(
                 store, scripts, clock, buckets=settings.key_buckets,
                 window=lambda user_id, now: exp.window(user_id, now),
+                board_grace=settings.day_grace_seconds if settings.leaderboards_enabled else None,
             )  # fmt: skip
         hydrator = hydrator or NoDurableStore()
         owner_lookup = durable_owner_lookup(store) if store is not None else None

@@ -145,6 +145,23 @@ async def test_boards_are_rebuilt_from_the_ledger_after_redis_loses_them(
     assert ranking(await board(durable_client, "fay", period="day"))[0] == (1, "fay", 45)
 
 
+async def test_a_user_back_before_any_read_is_counted_exactly(
+    durable_client: httpx2.AsyncClient, durable_app: Starlette, redis_client: redis.Redis
+) -> None:
+    """Hydration puts the user's sums back on the boards in the same step as the user, so
+    awards made after a loss and before any leaderboard read add to them, not replace them."""
+    await gain(durable_client, "ivy", "create_character")  # 30
+    await gain(durable_client, "jon", "daily_chat")  # 20
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    await gain(durable_client, "ivy", "create_scene")  # hydrated, then 15 more, not flushed
+    for period in Period:
+        body = await board(durable_client, "jon", period=period)
+        assert ranking(body) == [(1, "ivy", 45), (2, "jon", 20)], period
+    await flusher(durable_app).drain()  # the ledger catching up changes nothing
+    assert ranking(await board(durable_client, "jon", period="all"))[0] == (1, "ivy", 45)
+
+
 async def test_leaderboards_off_write_no_board(
     settings: Settings, clock: ManualClock, redis_client: redis.Redis
 ) -> None:
