@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -58,14 +59,17 @@ def make_deliverer(settings: Settings, store: Store, clock: Clock) -> Deliverer 
 
 
 def make_flusher(
-    settings: Settings, redis: Redis, store: Store, rules: Rules | None = None
+    settings: Settings, redis: Redis, store: Store, rules_of: Callable[[], Rules] | None = None
 ) -> Flusher:
     """A flusher with the settings' batch size, wait and claim times.
 
-    With webhook endpoints configured, its writes also fill the webhook outbox (from ``rules``,
-    or the rules file the settings name)."""
+    With webhook endpoints configured, its writes also fill the webhook outbox, by the rules
+    ``rules_of`` gives (the rules in force), or else the rules file the settings name."""
     if settings.webhook_urls:
-        store.outbox = OutboxPolicy(rules or load_rules(settings.rules))
+        if rules_of is None:
+            rules = load_rules(settings.rules)
+            rules_of = lambda: rules  # noqa: E731 (a fixed file: `counters flush`)
+        store.outbox = OutboxPolicy(rules_of)
     return Flusher(
         redis,
         store,

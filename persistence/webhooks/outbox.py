@@ -15,6 +15,7 @@ Each event is judged on its own (its totals after, minus its amount, give the to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -32,12 +33,23 @@ from counters.webhooks import (
     XpDepletedWebhook,
     XpLowBalanceWebhook,
 )
-from persistence.events import Event, ExpAdjust, ExpAward, LedgerEvent, XpAllocation, XpChange
+from persistence.events import (
+    Event,
+    ExpAdjust,
+    ExpAward,
+    LedgerEvent,
+    XpAllocation,
+    XpChange,
+    XpImport,
+)
 
-# Kinds as the event schema (persistence/events.py) tags them.
+# Kinds as the event schema (persistence/events.py) tags them. Imports (`counters import`, a
+# migration of existing users) send no webhooks: receivers would get a flood of old news.
 _EXP_KINDS = frozenset(kind.__struct_config__.tag for kind in (ExpAward, ExpAdjust))
 _XP_KINDS = frozenset(
-    kind.__struct_config__.tag for kind in get_args(Event) if issubclass(kind, XpChange)
+    kind.__struct_config__.tag
+    for kind in get_args(Event)
+    if issubclass(kind, XpChange) and kind is not XpImport
 )
 _ALLOCATION = XpAllocation.__struct_config__.tag
 
@@ -62,9 +74,15 @@ class OutboxRow:
 
 @dataclass(frozen=True, slots=True)
 class OutboxPolicy:
-    """What the mapping needs from the rules: levels, unlocks, low-balance thresholds."""
+    """What the mapping needs from the rules: levels, unlocks, low-balance thresholds.
 
-    rules: Rules
+    ``rules_of`` gives the rules in force (a reload swaps them: counters/runtime/reload.py)."""
+
+    rules_of: Callable[[], Rules]
+
+    @property
+    def rules(self) -> Rules:
+        return self.rules_of()
 
     def rows(self, events: list[LedgerEvent]) -> list[OutboxRow]:
         """The webhooks ``events`` cause, in the events' order."""
