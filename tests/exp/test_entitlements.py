@@ -7,8 +7,11 @@ import re
 import httpx2
 import pytest
 
+from api.app import create_app
+from counters.clock import ManualClock
 from counters.errors import RulesError
 from counters.rules import load_rules, parse_rules
+from counters.settings import Settings
 from tests.exp.test_rules import DEFAULTS
 from tests.support.core import service_headers, user_headers
 
@@ -106,3 +109,21 @@ async def test_a_level_up_reply_lists_what_it_unlocked(client: httpx2.AsyncClien
         "/api/exp/gain", json={"action": "create_scene"}, headers=user_headers("u2")
     )
     assert (again.json()["leveled_up"], again.json()["unlocked_features"]) == (False, [])
+
+
+@pytest.mark.anyio
+async def test_a_rules_reload_changes_entitlements_at_once(
+    settings: Settings, clock: ManualClock
+) -> None:
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+            url = "/api/exp/entitlements/paid_characters"
+            before = (await http.get(url, headers=user_headers("r1"))).json()
+            cheaper = DEFAULTS.replace(
+                'feature = "paid_characters"\nlevel = 3', 'feature = "paid_characters"\nlevel = 1'
+            )
+            app.state.services.use_rules(parse_rules(cheaper))
+            after = (await http.get(url, headers=user_headers("r1"))).json()
+    assert (before["allowed"], after["allowed"], after["quantity"]) == (False, True, 1)
