@@ -206,6 +206,19 @@ LEDGER_QUARANTINED = Counter(
     "counters_ledger_quarantined_total", "Events the flusher could not ledger (ledger_quarantine)"
 )
 FLUSH_FAILURES = Counter("counters_flusher_failures_total", "Flusher iterations that failed")
+# Webhook delivery (persistence/webhooks/deliverer.py): a few updates a second, used directly.
+WEBHOOK_ATTEMPTS = Counter(
+    "counters_webhook_attempts",
+    "Webhook POSTs by event type and result (ok: 2xx; error: anything else, or no answer)",
+    ["type", "result"],
+)
+WEBHOOK_DELIVERED = Counter(
+    "counters_webhook_delivered", "Webhook events every endpoint accepted", ["type"]
+)
+WEBHOOK_FAILED = Counter(
+    "counters_webhook_failed", "Webhook events given up after the last attempt", ["type"]
+)
+WEBHOOK_SECONDS = Histogram("counters_webhook_request_seconds", "Time of one webhook POST")
 # The rules (counters.rules, counters.runtime.reload): the version each worker serves, reloads,
 # and what a rule in shadow mode would have refused.
 RULES_VERSION = Gauge(

@@ -190,6 +190,8 @@ class Settings:
     # Browser origins allowed to call the API (CORS), comma-separated; "*" allows any. None
     # by default: a browser on another origin gets no CORS headers, so its calls are refused.
     cors_origins: tuple[str, ...] = ()
+    # Awards add to the leaderboards (counters/exp/leaderboard.py): 3 ZINCRBY in the award script.
+    leaderboards_enabled: bool = True
     # Webhooks (persistence/webhooks): endpoints every event is POSTed to, and the HMAC secret
     # of the Counters-Signature header. No endpoints: no outbox rows, no deliverer.
     webhook_urls: tuple[str, ...] = ()

@@ -1,6 +1,6 @@
 """Reading a user's ledger rows for ``GET /api/exp/history`` and ``/api/v1/xp/transactions``.
 
-One indexed range scan per page (``ledger_user_time``, migration 0003), newest first, keyset on
+One indexed range scan per page (``ledger_user_time``, migration 0005), newest first, keyset on
 ``(occurred_at, seq)``. One row more than the limit is read to know whether a next page exists.
 """
 

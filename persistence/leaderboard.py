@@ -2,7 +2,7 @@
 
 Only asked when a bucket's board has no ``board_ok`` marker (``counters.exp.leaderboard``): after
 Redis lost its data, or on a period's first read. A day or a week is a range scan of
-``ledger_award_day`` (migration 0003); ``all`` sums every award (once per Redis lifetime).
+``ledger_award_day`` (migration 0005); ``all`` sums every award (once per Redis lifetime).
 """
 
 from __future__ import annotations

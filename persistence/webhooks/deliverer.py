@@ -24,27 +24,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from prometheus_client import Counter, Histogram
 
 from counters.clock import Clock
 from counters.errors import StorageError
+from counters.metrics import (
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_DELIVERED,
+    WEBHOOK_FAILED,
+    WEBHOOK_SECONDS,
+)
 from persistence.store import Store, storage_errors
 from persistence.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
 
 log = logging.getLogger("persistence.webhooks")
 
-ATTEMPTS = Counter(
-    "counters_webhook_attempts",
-    "Webhook POSTs by event type and result (ok: 2xx; error: anything else, or no answer)",
-    ["type", "result"],
-)
-DELIVERED = Counter(
-    "counters_webhook_delivered", "Webhook events every endpoint accepted", ["type"]
-)
-GAVE_UP = Counter(
-    "counters_webhook_failed", "Webhook events given up after the last attempt", ["type"]
-)
-LATENCY = Histogram("counters_webhook_request_seconds", "Time of one webhook POST")
 
 _DUE = """
 SELECT event_id, type, payload::text AS payload, attempts, delivered_to
@@ -164,8 +157,8 @@ class Deliverer:
                 else:
                     errors.append(f"{url}: HTTP {response.status_code}")
             finally:
-                LATENCY.observe(time.perf_counter() - started)
-            ATTEMPTS.labels(row["type"], "ok" if url in delivered else "error").inc()
+                WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+            WEBHOOK_ATTEMPTS.labels(row["type"], "ok" if url in delivered else "error").inc()
         return _Outcome(delivered, "; ".join(errors) or None)
 
     def _update(self, row: Any, outcome: _Outcome, now: float) -> tuple[object, ...]:
@@ -175,13 +168,13 @@ class Deliverer:
         failed = not done and attempts >= self._backoff.max_attempts
         if done:
             self.stats.delivered += 1
-            DELIVERED.labels(row["type"]).inc()
+            WEBHOOK_DELIVERED.labels(row["type"]).inc()
         else:
             self.stats.failed_attempts += 1
             self.stats.last_error = outcome.error
             log.warning("webhook %s not delivered: %s", row["event_id"], outcome.error)
         if failed:
-            GAVE_UP.labels(row["type"]).inc()
+            WEBHOOK_FAILED.labels(row["type"]).inc()
         retry_at = datetime.fromtimestamp(now + self._backoff.delay(attempts), UTC)
         return (
             row["event_id"], outcome.delivered_to, at if done else None, at if failed else None,

@@ -1,4 +1,4 @@
--- 0003_engagement (issue #14): history pages, the webhook outbox, leaderboard rebuilds.
+-- 0005_engagement (issue #14): history pages, the webhook outbox, leaderboard rebuilds.
 
 -- GET /api/exp/history and /api/v1/xp/transactions read one user's rows newest first, keyset on
 -- (occurred_at, seq): this index serves every page with a range scan.
