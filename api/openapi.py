@@ -16,6 +16,7 @@ import msgspec
 
 from api.errors import ERROR_CODES
 from api.routes.batch import BatchItem, BatchResponse
+from api.schemas.entitlements import EntitlementsResponse, FeatureResponse
 from api.schemas.exp import (
     AdjustRequest,
     AdjustResponse,
@@ -46,6 +47,9 @@ from api.schemas.xp import (
     SubscriptionRequest,
     SubscriptionResponse,
 )
+from counters.exp.leaderboard import MAX_LIMIT, Board, Period
+from counters.history import MAX_LIMIT as HISTORY_MAX
+from counters.history import HistoryPage
 from counters.ids import IDEMPOTENCY_KEY_PATTERN, TARGET_ID_PATTERN
 from counters.xp.guidance import XpCheck
 
@@ -145,6 +149,15 @@ _IDEMPOTENCY_KEY = Param(
     "Idempotency-Key", "header", IdempotencyKey, "Retries with the same key apply once (24 h)"
 )
 _REFUSED = {402: Refusal, 403: Refusal}
+_HISTORY = (
+    Param(
+        "limit", "query", Annotated[int, msgspec.Meta(ge=1, le=HISTORY_MAX)], "1-200, default 50"
+    ),
+    Param("kind", "query", str, "ledger kinds of the family, comma-separated (exp_award, ...)"),
+    Param("since", "query", str, "ISO 8601 time, inclusive (UTC when no offset)"),
+    Param("until", "query", str, "ISO 8601 time, exclusive"),
+    Param("cursor", "query", str, "next_cursor of the previous page"),
+)
 
 OPERATIONS: tuple[Op, ...] = (
     Op("POST", "/api/exp/gain", "Award EXP for an action", "user",
@@ -186,6 +199,19 @@ OPERATIONS: tuple[Op, ...] = (
        {200: RefundResponse}, RefundRequest),
     Op("POST", "/api/v1/xp/grants", "A top-up, optionally expiring", "service",
        {200: GrantResponse}, GrantRequest),
+    Op("GET", "/api/exp/entitlements", "Every feature the caller's level allows, or not", "user",
+       {200: EntitlementsResponse}),
+    Op("GET", "/api/exp/entitlements/{feature}", "May the caller use a feature, and how much",
+       "user", {200: FeatureResponse}, None, (Param("feature", "path", NonEmpty),)),
+    Op("GET", "/api/exp/leaderboard", "EXP earned today, this ISO week or all time; own rank",
+       "user", {200: Board}, None,
+       (Param("period", "query", Period, "day (default), week or all"),
+        Param("limit", "query", Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)],
+              "1-100, default 10"))),
+    Op("GET", "/api/exp/history", "The caller's EXP ledger rows, newest first", "user",
+       {200: HistoryPage}, None, _HISTORY),
+    Op("GET", "/api/v1/xp/transactions", "The caller's XP ledger rows, newest first", "user",
+       {200: HistoryPage}, None, _HISTORY),
     Op("GET", "/healthz", "The process answers", "none", {200: Health}),
     Op("GET", "/metrics", "Prometheus metrics (COUNTERS_METRICS_ENABLED)", "none", {200: str},
        media="text/plain"),
