@@ -123,7 +123,10 @@ async def test_every_award_key_shares_the_users_hash_tag(
 )
 async def test_bad_parameters(client: httpx2.AsyncClient, query: str, detail: str) -> None:
     response = await client.get(f"{BOARD}?{query}", headers=user_headers("u"))
-    assert (response.status_code, response.json()) == (422, {"detail": detail})
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": detail, "code": "invalid_request"},
+    )
 
 
 async def test_boards_are_rebuilt_from_the_ledger_after_redis_loses_them(
@@ -172,6 +175,6 @@ async def test_leaderboards_off_write_no_board(
             await gain(http, "hal", "daily_chat")
             response = await http.get(BOARD, headers=user_headers("hal"))
     assert (response.status_code, response.json()) == (
-        404, {"detail": "Leaderboards are off on this deployment"},
+        404, {"detail": "Leaderboards are off on this deployment", "code": "not_found"},
     )  # fmt: skip
     assert redis_client.keys("*board*") == []

@@ -122,7 +122,10 @@ async def test_bad_parameters_are_422_with_detail(
     durable_client: httpx2.AsyncClient, query: str, detail: str
 ) -> None:
     response = await durable_client.get(f"{HISTORY}?{query}", headers=user_headers("u"))
-    assert (response.status_code, response.json()) == (422, {"detail": detail})
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": detail, "code": "invalid_request"},
+    )
 
 
 async def test_without_postgres_history_is_503_with_retry_after(
