@@ -35,6 +35,7 @@ class Change(
     actor: str = ""
     target: str = ""
     idem: str = ""  # the request's Idempotency-Key ("" if none)
+    run: str = ""  # the Redis incarnation of the bucket that made it (persistence/runs.py)
 
 
 class ExpAward(Change, frozen=True, tag="exp_award"):
@@ -114,9 +115,24 @@ class OwnerChange(
     ts: int = 0  # unix milliseconds
 
 
+class RecordChange(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="record",
+    forbid_unknown_fields=True,
+):  # fmt: skip
+    """A record a Redis loss must not forget (lua/lib/records.lua): an idempotency record or an
+    XP debit or hold record, kept in ``redis_records`` and put back when its scope is hydrated."""
+
+    scope: str  # the user whose slot holds it
+    key: str  # its Redis key
+    value: str
+    expires_ms: int  # unix milliseconds by the service clock
+    run: str = ""
+
+
 Event = (
     ExpAward | ExpAdjust | ExpImport | XpSubscription | XpAllocation | XpGrant | XpGrantExpired
     | XpDebit | XpHold | XpCapture | XpRelease | XpHoldExpired | XpRefund | XpImport | OwnerChange
+    | RecordChange
 )  # fmt: skip
 
 
@@ -139,6 +155,7 @@ XP_FIELDS = tuple(
 _XP_FIELD_SET = frozenset(XP_FIELDS)
 _NOT_TOTALS = frozenset((*COMMON, XP_STATE))
 OWNER_KIND = OwnerChange.__struct_config__.tag
+RECORD_KIND = RecordChange.__struct_config__.tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +175,7 @@ class LedgerEvent:
     ts_ms: int
     totals: dict[str, Any]
     xp_state: str | None
+    run: str = ""  # "" (events made before issue #11): no flush barrier applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +193,21 @@ class OwnerEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordEvent:
+    stream: str
+    stream_id: str
+    scope: str
+    key: str
+    value: str
+    expires_ms: int
+    run: str
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return position(self.stream_id)
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     stream: str
     stream_id: str
@@ -189,9 +222,10 @@ class Batch:
     events: list[LedgerEvent] = field(default_factory=list)
     owners: list[OwnerEvent] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    records: list[RecordEvent] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.owners) + len(self.rejected)
+        return len(self.events) + len(self.owners) + len(self.rejected) + len(self.records)
 
 
 def position(stream_id: str) -> tuple[int, int]:
@@ -226,8 +260,20 @@ def _bigint(fields: Mapping[str, str], name: str) -> int:
     return number
 
 
-def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent | OwnerEvent:
+def parse(
+    stream: str, stream_id: str, fields: Mapping[str, str]
+) -> LedgerEvent | OwnerEvent | RecordEvent:
     """One stream entry; ``ValueError`` says why it cannot be ledgered."""
+    if fields.get("kind") == RECORD_KIND:
+        if any("\x00" in text for item in fields.items() for text in item):
+            raise ValueError("a NUL character (Postgres text cannot hold it)")
+        missing = [n for n in ("scope", "key", "value", "expires_ms") if not fields.get(n)]
+        if missing:
+            raise ValueError(f"record without {', '.join(missing)}")
+        return RecordEvent(
+            stream, stream_id, fields["scope"], fields["key"], fields["value"],
+            _bigint(fields, "expires_ms"), fields.get("run", ""),
+        )  # fmt: skip
     if fields.get("kind") == OWNER_KIND:
         entity_type, sep, entity_id = fields.get("target", "").partition(":")
         owner = fields.get("owner", "")
@@ -257,6 +303,7 @@ def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent
         ts_ms=_timestamp_ms(fields),
         totals=totals,
         xp_state=fields.get(XP_STATE) or None,
+        run=fields.get("run", ""),
     )
 
 
@@ -273,6 +320,8 @@ def sort_entries(entries: Iterable[tuple[str, str, Mapping[str, str] | None]]) -
             continue
         if isinstance(parsed, OwnerEvent):
             batch.owners.append(parsed)
+        elif isinstance(parsed, RecordEvent):
+            batch.records.append(parsed)
         else:
             batch.events.append(parsed)
     return batch
