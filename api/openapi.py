@@ -27,7 +27,6 @@ from api.schemas.exp import (
     OwnerResponse,
     ProgressResponse,
     TargetType,
-    UserId,
 )
 from api.schemas.xp import (
     BalanceResponse,
@@ -50,11 +49,10 @@ from api.schemas.xp import (
 from counters.exp.leaderboard import MAX_LIMIT, Board, Period
 from counters.history import MAX_LIMIT as HISTORY_MAX
 from counters.history import HistoryPage
-from counters.ids import IDEMPOTENCY_KEY_PATTERN, TARGET_ID_PATTERN
+from counters.ids import IdempotencyKey, TargetIdText, UserId
 from counters.xp.guidance import XpCheck
 
 Auth = Literal["none", "user", "service"]
-IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,11 +137,10 @@ class Op(NamedTuple):
 
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-TargetIdPath = Annotated[str, msgspec.Meta(pattern=TARGET_ID_PATTERN)]
 _GENERATION = Param("generation_type", "path", NonEmpty)
 _USER = Param("user_id", "path", UserId)
 _HOLD = Param("hold_id", "path", NonEmpty)
-_TARGET = (Param("target_type", "path", TargetType), Param("target_id", "path", TargetIdPath))
+_TARGET = (Param("target_type", "path", TargetType), Param("target_id", "path", TargetIdText))
 _X_USER_ID = Param("X-User-Id", "header", UserId, "With a service key: the user acted for")
 _IDEMPOTENCY_KEY = Param(
     "Idempotency-Key", "header", IdempotencyKey, "Retries with the same key apply once (24 h)"

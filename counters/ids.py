@@ -5,13 +5,17 @@ Every check matches the WHOLE string. Python's ``$`` (and so ``re.match`` and ms
 ``^[a-z]+$`` accepts ``"alice\\n"``, which would then be a second user beside ``"alice"``
 (issue #10, item 9). Each pattern here ends in ``$(?!\\n)``: still plain JSON Schema (ECMA 262,
 where ``$`` never matches before a newline and the lookahead is a no-op), and exact in Python.
-Use ``is_whole`` (``fullmatch``) in code and the ``*_PATTERN`` strings in msgspec ``Meta``.
+Use ``is_whole`` (``fullmatch``) in code and the typed aliases below (``UserId``, ``Name``, ...)
+in msgspec shapes; no other module defines an id or name pattern of its own.
 No character class here admits a control character.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+import msgspec
 
 
 def whole(body: str) -> str:
@@ -24,11 +28,22 @@ TARGET_ID_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_PATTERN = whole(r"[a-z][a-z0-9_]{0,63}")  # rules: actions, tiers, entity types
 TRANSACTION_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY_PATTERN = whole(r"[\x21-\x7e]{1,255}")  # visible ASCII, no space
+GENERATION_TYPE_PATTERN = whole(r"[A-Z][A-Z0-9_]{0,63}")  # rules: the XP costs table's keys
+REQUEST_ID_PATTERN = whole(r"[A-Za-z0-9._:/+=@-]{1,128}")  # X-Request-Id: cannot forge a log line
 
 USER_ID = re.compile(USER_ID_PATTERN)
 TARGET_ID = re.compile(TARGET_ID_PATTERN)
 TRANSACTION_ID = re.compile(TRANSACTION_ID_PATTERN)
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+# The same shapes as msgspec types, for request bodies, import lines and the rules file.
+UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]
+TargetIdText = Annotated[str, msgspec.Meta(pattern=TARGET_ID_PATTERN)]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+GenerationType = Annotated[str, msgspec.Meta(pattern=GENERATION_TYPE_PATTERN)]
+TransactionId = Annotated[str, msgspec.Meta(pattern=TRANSACTION_ID_PATTERN)]
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
 def is_whole(pattern: re.Pattern[str], value: str) -> bool:

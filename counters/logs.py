@@ -16,16 +16,17 @@ import itertools
 import json
 import logging
 import os
-import re
 import secrets
 import sys
 import time
 from contextvars import ContextVar
 
+from counters.ids import REQUEST_ID as REQUEST_ID_SHAPE
+from counters.ids import is_whole
+
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 ACCESS = logging.getLogger("counters.access")
 
-_ACCEPTED_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")  # nothing that could forge a log line
 _PREFIX = secrets.token_hex(4)
 _COUNTER = itertools.count(1)
 
@@ -38,7 +39,7 @@ def new_request_id() -> str:
 
 def request_id_from(header: str | None) -> str:
     """The caller's ``X-Request-Id`` if it is 1-128 safe characters, else a fresh id."""
-    if header is not None and _ACCEPTED_ID.fullmatch(header):
+    if header is not None and is_whole(REQUEST_ID_SHAPE, header):
         return header
     return new_request_id()
 

@@ -28,10 +28,11 @@ from api.http import (
     validation_detail,
 )
 from api.routes.exp import award_reply, gain_target, hot_gain
-from api.schemas.exp import GainRequest, UserId
+from api.schemas.exp import GainRequest
 from counters.auth import Principal
 from counters.errors import InvalidRequest, RequestError, StorageError
 from counters.exp.types import AwardRequest, AwardResult
+from counters.ids import UserId
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size

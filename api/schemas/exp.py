@@ -8,15 +8,10 @@ import msgspec
 
 from api.schemas.common import Request
 from counters.exp.levels import Progress
-from counters.ids import TARGET_ID, USER_ID
-from counters.rules.xp import Name
+from counters.ids import Name, TargetIdText, UserId
 
 TargetType = Name
-TargetId = (
-    Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-    | Annotated[str, msgspec.Meta(pattern=TARGET_ID.pattern)]
-)
-UserId = Annotated[str, msgspec.Meta(pattern=USER_ID.pattern)]
+TargetId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | TargetIdText
 
 # Free text a caller chooses (a reason, a name) reaches the ledger: control characters (NUL, which
 # Postgres text cannot hold, newlines, escapes) are refused with 422 at the door

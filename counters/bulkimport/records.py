@@ -29,9 +29,9 @@ from typing import Annotated, Any
 
 import msgspec
 
+from counters.ids import UserId
 from counters.rules import Rules
 
-UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")]
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Positive = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from counters.errors import RulesError
+from counters.ids import Name
 from counters.rules.engage import (
     EntitlementRules,
     WebhookRules,
@@ -23,7 +24,6 @@ from counters.rules.engage import (
 )
 from counters.rules.xp import (
     GenerationCost,
-    Name,
     PositiveInt,
     XpRules,
     default_xp_rules,

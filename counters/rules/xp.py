@@ -14,12 +14,9 @@ from typing import Annotated
 import msgspec
 
 from counters.errors import RulesError
-from counters.ids import NAME_PATTERN, whole
+from counters.ids import GenerationType, Name
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-# A name in the rules (an action, a tier, an entity type): lower-case, digits, underscores.
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-GenerationType = Annotated[str, msgspec.Meta(pattern=whole(r"[A-Z][A-Z0-9_]{0,63}"))]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 # The placeholders a message or guidance template may use.

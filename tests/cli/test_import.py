@@ -110,6 +110,7 @@ def test_a_bad_line_imports_nothing(
         {"kind": "exp", "user_id": "adopted-3", "exp": -5},
         {"kind": "subscription", "user_id": "adopted-3", "tier": "platinum"},
         {"kind": "exp", "user_id": "adopted-4", "exp": 450, "level": 2},
+        {"kind": "exp", "user_id": "adopted-5\n", "exp": 77},  # a second "adopted-5" (issue #10)
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", bad)
     result = run_import(redis_url, database_url, str(path))
@@ -117,7 +118,8 @@ def test_a_bad_line_imports_nothing(
     assert "line 3: Expected `int` >= 0 - at `$.exp`" in result.output
     assert "line 4: unknown tier 'platinum'; known tiers: pixel_rookie" in result.output
     assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
-    assert "3 bad line(s)" in result.output and "nothing was imported" in result.output
+    assert "line 6: Expected `str` matching regex" in result.output
+    assert "4 bad line(s)" in result.output and "nothing was imported" in result.output
     assert redis_client.dbsize() == 0 and ledger(database_url) == []
 
 
