@@ -9,7 +9,8 @@ being received: a client that connects and sends nothing, or half a body, holds 
   connection (the first request) or from its first byte (the next ones on a kept-alive
   connection; between requests uvicorn's keep-alive timeout applies), else the connection is
   closed (a request already being served then sees ``http.disconnect``);
-- a request head longer than ``max_head`` bytes is answered 431 and the connection closed.
+- a request head (request line and headers, never the body) longer than ``max_head`` bytes is
+  answered 431 and the connection closed.
 
 ``counters serve`` passes this class as uvicorn's ``http`` with ``make_protocol``.
 """
@@ -37,6 +38,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_timeout = read_timeout
         self._max_head = max_head
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the head so far: its end may span two chunks
         self._in_head = True
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -50,13 +52,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            self._head_bytes += len(data)
+            self._head_bytes += self._head_part(data)
             if self._head_bytes > self._max_head:
                 self._disarm()
                 self.transport.write(_431)
                 self.transport.close()
                 return
         super().data_received(data)
+
+    def _head_part(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the request head: up to and including the blank
+        line that ends it (looked for across the chunk boundary), else all of them. A body sent
+        in the same write as its head is the app's to limit (COUNTERS_MAX_BODY_BYTES, 413), not
+        this guard's. A pipelined request's head that starts later in the same chunk is bounded
+        by the chunk (the transport reads at most 256 KiB at a time)."""
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = seen[-3:]
+            return len(data)
+        self._head_tail = b""
+        return max(end + 4 - (len(seen) - len(data)), 0)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -67,6 +83,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        self._head_tail = b""
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
