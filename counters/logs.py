@@ -105,9 +105,15 @@ def configure(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # theirs go through ours
+    for name in ("uvicorn", "uvicorn.error"):  # theirs go through ours
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # uvicorn writes an access line whenever "uvicorn.access" has a handler, its ancestors'
+    # included, whatever ``access_log=False`` said: it must reach none. The app writes its own
+    # (``access`` below, COUNTERS_ACCESS_LOG), with the route and the request id.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers.clear()
+    uvicorn_access.propagate = False
 
 
 def access(method: str, route: str, path: str, status: int, seconds: float) -> None:

@@ -5,6 +5,7 @@ access log stays off (the app writes its own, COUNTERS_ACCESS_LOG)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import io
 import json
@@ -94,3 +95,16 @@ async def test_a_body_in_the_same_write_is_not_counted_as_head(settings: Setting
     assert at_limit[0] == 200, at_limit
     assert over[0] == 413, over
     assert too_long[0] == 431, too_long
+
+
+async def test_uvicorn_writes_no_access_line_of_its_own(
+    settings: Settings, log_lines: io.StringIO
+) -> None:
+    for access_log in (False, True):
+        served = dataclasses.replace(settings, access_log=access_log)
+        async with serving(served, log_lines) as port:
+            for _ in range(3):
+                await asyncio.to_thread(post, port, "/api/exp/gain", b"{}", service_headers("g2"))
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert len([line for line in lines if line["logger"] == "counters.access"]) == 3
