@@ -4,7 +4,9 @@
     ├── ConfigError            settings or environment that cannot work
     │   └── RulesError         the rules file is invalid (names the bad entry)
     ├── StorageError           Redis or Postgres failed; wraps the driver's exception
-    │   ├── ScriptReplyError   a Lua script answered with a shape we do not know
+    │   ├── RedisStorageError    raised where a Redis call failed (``store = "redis"``)
+    │   │   └── ScriptReplyError   a Lua script answered with a shape we do not know
+    │   ├── PostgresStorageError raised where a Postgres call failed (``store = "postgres"``)
     │   └── BacklogFull        too many acknowledged changes not yet ledgered: writes wait
     └── RequestError           the caller asked for something wrong; nothing was changed
         ├── AuthError          no or bad credentials
@@ -35,10 +37,26 @@ class RulesError(ConfigError):
 
 
 class StorageError(CountersError):
-    """A backing store failed."""
+    """A backing store failed. ``store`` names which (metrics label it): the subclasses below are
+    raised at each store's boundary, because the driver's exception alone cannot tell (a refused
+    connection is the builtin ``ConnectionRefusedError`` for both)."""
+
+    store = "unknown"
 
 
-class ScriptReplyError(StorageError):
+class RedisStorageError(StorageError):
+    """A Redis call failed (connection, timeout, or an error reply)."""
+
+    store = "redis"
+
+
+class PostgresStorageError(StorageError):
+    """A Postgres call failed (connection, timeout, or the server refused the statement)."""
+
+    store = "postgres"
+
+
+class ScriptReplyError(RedisStorageError):
     """A Lua script replied with an unknown code or shape."""
 
 

@@ -43,6 +43,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from counters.errors import StorageError
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Read once, as prometheus-client does at import: the two must agree for the whole process.
 MULTIPROCESS_DIR: str | None = os.environ.get(MULTIPROC_ENV) or None
@@ -258,22 +260,25 @@ def count_shadow_refusal(rule: str, name: str) -> None:
 
 
 def count_store_error(exc: BaseException) -> None:
-    """Count a store failure; the store and kind are read from the exception's causes.
+    """Count a store failure; the store and kind are read from the exception and its causes.
 
-    Postgres when an asyncpg exception is among the causes, else Redis; a timeout when any
-    cause is a ``TimeoutError`` (redis-py's timeout error, asyncio's and the builtin one)."""
-    store, kind = "redis", "error"
+    The store is the one the outermost ``StorageError`` that names one was raised for (each
+    store's boundary raises its own subclass); failing that, Postgres when an asyncpg exception
+    is among the causes, else Redis. A timeout when any cause is a ``TimeoutError`` (redis-py's
+    timeout error, asyncio's and the builtin one)."""
+    named, guessed, kind = "", "redis", "error"
     seen: BaseException | None = exc
     for _ in range(8):  # causes chain a few levels deep at most
         if seen is None:
             break
-        module = type(seen).__module__
-        if module.startswith("asyncpg"):
-            store = "postgres"
+        if not named and isinstance(seen, StorageError) and seen.store != StorageError.store:
+            named = seen.store
+        if type(seen).__module__.startswith("asyncpg"):
+            guessed = "postgres"
         if isinstance(seen, TimeoutError) or type(seen).__name__ == "TimeoutError":
             kind = "timeout"
         seen = seen.__cause__ or seen.__context__
-    STORE_ERRORS.child(store, kind).inc()
+    STORE_ERRORS.child(named or guessed, kind).inc()
 
 
 def prepare_multiprocess_dir(path: Path) -> dict[str, str]:

@@ -38,7 +38,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from counters.errors import StorageError
+from counters.errors import RedisStorageError, StorageError
 from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
 from counters.redis.keys import stream_key
 from persistence.events import Batch, Rejected, sort_entries
@@ -111,7 +111,7 @@ class Flusher:
                 self._groups_ready = False  # Redis lost the streams (FLUSHALL, failover)
                 entries = await self._read(block=False)
         except RedisError as exc:
-            raise StorageError(f"flusher read: {exc}") from exc
+            raise RedisStorageError(f"flusher read: {exc}") from exc
         if not entries:
             return 0
         try:
@@ -214,7 +214,7 @@ class Flusher:
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
-                raise StorageError(f"create consumer group: {reply}")
+                raise RedisStorageError(f"create consumer group: {reply}")
         self._groups_ready = True
 
     async def _read(self, block: bool) -> list[Entry]:
@@ -283,7 +283,7 @@ class Flusher:
                 await pipe.execute()
         except RedisError as exc:
             # Written but not acknowledged: delivered again later, and written again as a no-op.
-            raise StorageError(f"flusher ack: {exc}") from exc
+            raise RedisStorageError(f"flusher ack: {exc}") from exc
 
 
 async def stream_lag(redis: Redis, streams: list[str]) -> Lag:

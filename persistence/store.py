@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import asyncpg  # type: ignore[import-untyped]
 
-from counters.errors import StorageError
+from counters.errors import PostgresStorageError, StorageError
 from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
 from persistence.events import Batch, Rejected
@@ -69,7 +69,7 @@ async def storage_errors(what: str) -> AsyncIterator[None]:
     try:
         yield
     except DRIVER_ERRORS as exc:
-        raise StorageError(f"postgres {what}: {type(exc).__name__}: {exc}") from exc
+        raise PostgresStorageError(f"postgres {what}: {type(exc).__name__}: {exc}") from exc
 
 
 class Store:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from counters.bulkimport.records import ExpLine, Record, SubscriptionLine
 from counters.clock import Clock
-from counters.errors import ScriptReplyError, StorageError
+from counters.errors import RedisStorageError, ScriptReplyError
 from counters.redis.calls import ImportUser, ImportUserKeys
 from counters.redis.codes import ImportSkip, XpOutcome
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
@@ -96,5 +96,5 @@ class ImportService:
                     pipe.sismember(user.imports, record.import_id)
                 found = await pipe.execute()
         except Exception as exc:  # redis-py's errors: one wrapper, as scripts.py does
-            raise StorageError(f"Redis: {exc}") from exc
+            raise RedisStorageError(f"Redis: {exc}") from exc
         return {r.import_id for r, hit in zip(records, found, strict=True) if hit}

@@ -31,7 +31,7 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import parse_url
 
-from counters.errors import StorageError
+from counters.errors import RedisStorageError, StorageError
 
 Arg = str | int | float | bytes
 
@@ -72,7 +72,9 @@ class _Protocol(asyncio.Protocol):
         On a connection already lost (it can drop between connecting and this call) the future
         fails at once instead of waiting for a reply that cannot come."""
         if not self.usable:
-            future.set_exception(StorageError("Redis connection lost before the command was sent"))
+            future.set_exception(
+                RedisStorageError("Redis connection lost before the command was sent")
+            )
             return
         if not self.queued:
             self.loop.call_soon(self.flush)
@@ -103,7 +105,7 @@ class _Protocol(asyncio.Protocol):
         if self.waiting and self.waiting[0] is oldest and stalled:
             if self.transport is not None:
                 self.transport.abort()  # connection_lost fails every waiting call
-            self.fail_all(StorageError(f"Redis did not answer within {self.timeout:g}s"))
+            self.fail_all(RedisStorageError(f"Redis did not answer within {self.timeout:g}s"))
         else:
             self.check_deadline()  # progress: watch the (new) oldest command
 
@@ -128,7 +130,7 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail_all(StorageError(f"Redis connection lost: {exc or 'closed by the server'}"))
+        self.fail_all(RedisStorageError(f"Redis connection lost: {exc or 'closed by the server'}"))
 
     def fail_all(self, error: StorageError) -> None:
         """Give up the connection: every call queued or waiting on it fails with ``error``."""
@@ -242,7 +244,7 @@ class AutoPipeline:
                     protocol.send(_pack(command), future)
                 await asyncio.gather(*futures)
         except (OSError, TimeoutError, StorageError) as exc:
-            raise StorageError(f"cannot connect to Redis: {exc}") from exc
+            raise RedisStorageError(f"cannot connect to Redis: {exc}") from exc
         self._protocol = protocol
         return protocol
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import lua
-from counters.errors import StorageError
+from counters.errors import RedisStorageError, StorageError
 from counters.redis.calls import Arg, Call, Keys, command_args
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
 
@@ -143,7 +143,7 @@ class Scripts:
         except ResponseError as exc:
             raise _refusal(exc) from exc
         except RedisError as exc:
-            raise StorageError(f"{args[0]}: {exc}") from exc
+            raise RedisStorageError(f"{args[0]}: {exc}") from exc
 
     async def _pool_send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         try:
@@ -152,7 +152,7 @@ class Scripts:
                 pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
-            raise StorageError(f"pipeline: {exc}") from exc
+            raise RedisStorageError(f"pipeline: {exc}") from exc
         return [_refusal(r) if isinstance(r, ResponseError) else r for r in replies]
 
 

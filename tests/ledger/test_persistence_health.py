@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import httpx2
 import pytest
+from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 
-from counters.cli.embedded import PostgresServer
+from counters import metrics
+from counters.cli.embedded import PostgresServer, free_port
+from counters.errors import StorageError
+from counters.metrics import count_store_error
 from counters.rules import load_rules, rules_version
+from persistence.store import Store
 from tests.support.core import service_headers
 from tests.support.persistence import flusher
 
@@ -58,3 +63,26 @@ async def test_readyz_while_postgres_is_down(
     assert (degraded.json()["status"], degraded.json()["postgres"]) == ("degraded", "down")
     assert strict.status_code == 503
     assert strict.json()["status"] == "not ready"
+
+
+async def test_a_refused_postgres_connection_is_counted_as_a_postgres_error() -> None:
+    """A refused connection is the builtin ConnectionRefusedError for either store: the store is
+    named where the call failed, not guessed from the driver's exception (it used to say redis)."""
+    labels = {"store": "postgres", "kind": "error"}
+    before = _store_errors(**labels), _store_errors(store="redis", kind="error")
+    store = await Store.open(f"postgresql://nobody@127.0.0.1:{free_port()}/none", timeout=2)
+    try:
+        with pytest.raises(StorageError) as raised:
+            async with store.connection("probe"):
+                pass
+    finally:
+        await store.close()
+    assert isinstance(raised.value.__cause__, OSError)  # nothing asyncpg-specific in the chain
+    count_store_error(raised.value)
+    after = _store_errors(**labels), _store_errors(store="redis", kind="error")
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 0.0)
+
+
+def _store_errors(**labels: str) -> float:
+    metrics.flush()
+    return REGISTRY.get_sample_value("counters_store_errors_total", labels) or 0.0
