@@ -48,9 +48,11 @@ if op == 'exp' then
   local thresholds = Levels.list(ARGV[10])
   local total = (tonumber(redis.call('HGET', c.user_key, 'exp')) or 0) + amount
   local level = Levels.of(total, thresholds)
+  -- EXP only: the XP state is not written (c.dirty stays as XP.open left it), as award_exp
+  -- leaves it: the event carries no xp_state, so a state written here would exist in Redis
+  -- and never in Postgres (reconcile drift for every EXP-only imported user).
   c.seq = c.seq + 1
-  c.dirty = true
-  redis.call('HSET', c.user_key, 'exp', total, 'level', level)
+  redis.call('HSET', c.user_key, 'exp', total, 'level', level, 'seq', c.seq)
   redis.call('XADD', c.events, '*',
     'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
     'run', Bucket.run(c.meta),

@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 from counters.bulkimport.records import ExpLine, Record
 from counters.bulkimport.service import ImportService
 from counters.cli.importer import import_command
+from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.redis.codes import XpOutcome
 from counters.redis.hydration import NoDurableStore
@@ -40,6 +41,19 @@ def run_import(redis_url: str, database_url: str, *args: str) -> Result:
         "COUNTERS_SERVICE_KEYS": SERVICE_KEY, "COUNTERS_JWT_SECRET": JWT_SECRET,
     }  # fmt: skip
     return CliRunner().invoke(import_command, list(args), env=env)
+
+
+def test_an_exp_only_import_of_a_new_user_leaves_no_drift(
+    redis_url: str, database_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The EXP line writes no XP state: its event carries none, so Postgres would never get it."""
+    path = write_jsonl(tmp_path / "exp.jsonl", [{"kind": "exp", "user_id": "plain-1", "exp": 77}])
+    assert run_import(redis_url, database_url, str(path)).exit_code == 0
+    assert "xp" not in user(redis_client, "plain-1")
+    env = {"COUNTERS_REDIS_URL": redis_url, "COUNTERS_DATABASE_URL": database_url,
+           "COUNTERS_SERVICE_KEYS": SERVICE_KEY, "COUNTERS_JWT_SECRET": JWT_SECRET}  # fmt: skip
+    checked = CliRunner().invoke(main, ["reconcile"], env=env)
+    assert checked.exit_code == 0, checked.output
 
 
 def ledger(database_url: str) -> list[dict[str, Any]]:
