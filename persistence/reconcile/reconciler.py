@@ -24,6 +24,7 @@ from persistence.reconcile.sources import (
     examine,
     observe_postgres_users,
     observe_redis_only_users,
+    observe_user,
     quarantined,
 )
 from persistence.store import Store
@@ -104,4 +105,8 @@ class Reconciler:
             return "needs a human: " + "; ".join(fix.manual)
         if not await repair(finding, fix, self.store, self.scripts, self.buckets):
             return "changed while reconciling: re-run"
+        user_id = finding.observed.user_id
+        after = examine(await observe_user(self.store, self.redis, self._user_key, user_id))
+        if after.drifted and not after.in_flight:  # a repair claims only what it achieved
+            return "repair did not fix it: " + "; ".join(after.problems)
         return "repaired"

@@ -66,7 +66,7 @@ def plan(finding: Finding, level_for: Callable[[int], int]) -> Plan:
     if r is not None and r.seq < p_seq:
         redis_xp = p_state is not None  # Redis lost writes: give it back what Postgres proves
     elif current is not None and not same_state(current.xp_state, p_state):
-        if (xp_balance(current.xp_state) or -1) > (xp_balance(p_state) or -1):
+        if _rank(xp_balance(current.xp_state)) > _rank(xp_balance(p_state)):
             state, postgres_xp = current.xp_state, True
         else:
             redis_xp = p_state is not None
@@ -84,6 +84,11 @@ def plan(finding: Finding, level_for: Callable[[int], int]) -> Plan:
         postgres_needs_xp=postgres_xp, ledger_exp=exp - (lg.exp if lg else 0),
         ledger_xp=ledger_xp, manual=tuple(manual),
     )  # fmt: skip
+
+
+def _rank(balance: int | None) -> int:
+    """A balance to compare states by: no (or an unreadable) state ranks below a zero balance."""
+    return -1 if balance is None else balance
 
 
 class _Changed(Exception):

@@ -34,17 +34,19 @@ _FAMILY = "(kind LIKE '{0}\\_%' OR (kind = 'reconcile_repair' AND action = '{0}'
 _TOTALS_AND_SUMS = f"""
 SELECT user_id, t.seq, t.exp, t.level, t.xp_balance, t.xp_state::text AS xp_state,
        l.exp_sum, l.xp_sum, l.xp_rows, l.max_seq
-FROM user_totals t
+FROM (SELECT * FROM user_totals {{where}}) t
 FULL OUTER JOIN (
     SELECT user_id,
            COALESCE(sum(amount) FILTER (WHERE {_FAMILY.format("exp")}), 0) AS exp_sum,
            COALESCE(sum(amount) FILTER (WHERE {_FAMILY.format("xp")}), 0) AS xp_sum,
            count(*) FILTER (WHERE {_FAMILY.format("xp")}) AS xp_rows,
            max(seq) AS max_seq
-    FROM ledger GROUP BY user_id
+    FROM ledger {{where}} GROUP BY user_id
 ) l USING (user_id)
 ORDER BY user_id
 """
+_EVERY_USER = _TOTALS_AND_SUMS.format(where="")
+_ONE_USER = _TOTALS_AND_SUMS.format(where="WHERE user_id = $1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +158,26 @@ async def observe_postgres_users(
     """Every user Postgres knows (totals or ledger), in chunks, with their Redis hash."""
     async with store.connection("reconcile scan") as conn, conn.transaction(readonly=True):
         chunk: list[Any] = []
-        async for row in conn.cursor(_TOTALS_AND_SUMS, prefetch=CHUNK):
+        async for row in conn.cursor(_EVERY_USER, prefetch=CHUNK):
             chunk.append(row)
             if len(chunk) == CHUNK:
                 yield await _observed(redis, user_key, chunk)
                 chunk = []
         if chunk:
             yield await _observed(redis, user_key, chunk)
+
+
+async def observe_user(
+    store: Store, redis: Redis, user_key: Callable[[str], str], user_id: str
+) -> Observed:
+    """One user as the three sources see them now (reconcile checks a repair with it)."""
+    async with store.connection("reconcile re-check") as conn:
+        rows = await conn.fetch(_ONE_USER, user_id)
+    if rows:
+        [seen] = await _observed(redis, user_key, rows)
+        return seen
+    [r] = await _redis_users(redis, [user_key(user_id)])
+    return Observed(user_id, r, None, None)
 
 
 async def _observed(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import httpx2
+import msgspec
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 from counters.cli.main import main
 from counters.redis.keys import UserKeys
 from counters.settings import Settings
+from counters.xp.state import XpState
 from persistence.reconcile.reconciler import Reconciler, Report
 from persistence.reconcile.sources import Finding
 from tests.support.core import JWT_SECRET, SERVICE_KEY, service_headers
@@ -114,6 +116,23 @@ async def test_injected_drift_is_found_and_repaired_in_the_safe_direction(
     assert [(r["user_id"], r["amount"]) for r in repairs] == [
         ("ann", 0), ("bob", 40), ("cy", 0), ("dee", 0), ("eve", 104), ("fay", 12),
     ]  # fmt: skip
+
+
+async def test_an_empty_xp_state_only_redis_holds_is_repaired_for_real(
+    durable_app: Starlette, users: list[str], redis_client: redis.Redis
+) -> None:
+    """Redis holds an XP state with balance 0, Postgres none (what an EXP-only import used to
+    leave): "balance 0" ranks above "no state", so the state is copied to Postgres, and the
+    repair is checked before it is reported (it used to say repaired and change nothing)."""
+    redis_client.hset(key("ann"), "xp", msgspec.json.encode(XpState()).decode())
+    _, found = await reconcile(durable_app)
+    assert [f.problems for f in found] == [
+        ("xp state: redis (balance 0) != postgres (balance None)",)
+    ]
+    report, _ = await reconcile(durable_app, repair=True)
+    assert (report.drifted, report.repaired, report.clean) == (1, 1, True)
+    report, found = await reconcile(durable_app)
+    assert (found, report.clean) == ([], True)
 
 
 async def test_quarantined_entries_keep_reconcile_failing(
