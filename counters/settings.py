@@ -97,7 +97,8 @@ def bounded(
 
 
 def one_of(default: str, *choices: str) -> Any:
-    """A text field taking one of a few words, checked by ``Settings.validate``."""
+    """A text field taking one of a few lower-case words, checked by ``Settings.validate``; the
+    environment may spell them in any case (``COUNTERS_LOG_LEVEL=INFO``)."""
     return field(default=default, metadata={"choices": choices})
 
 
@@ -219,6 +220,8 @@ class Settings:
                 continue
             kind = str(spec.type).removesuffix(" | None")
             values[spec.name] = _PARSERS[kind](name, raw)
+            if "choices" in spec.metadata:
+                values[spec.name] = values[spec.name].lower()
         settings = cls(**values)
         settings.validate()
         return settings

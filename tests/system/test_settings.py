@@ -68,6 +68,13 @@ def test_booleans_take_exactly_six_words(raw: str, value: bool) -> None:
     assert Settings.from_env({"COUNTERS_FLUSHER_ENABLED": raw}).flusher_enabled is value
 
 
+def test_words_from_a_list_may_come_in_any_case() -> None:
+    settings = Settings.from_env({"COUNTERS_LOG_LEVEL": "INFO", "COUNTERS_LOG_FORMAT": "Json"})
+    assert (settings.log_level, settings.log_format) == ("info", "json")
+    with pytest.raises(ConfigError, match="COUNTERS_LOG_LEVEL='loud': must be one of debug"):
+        Settings.from_env({"COUNTERS_LOG_LEVEL": "LOUD"})
+
+
 def test_the_parsers_name_the_variable_they_are_given() -> None:
     """The helpers other settings reuse: each error names the variable it was handed."""
     with pytest.raises(ConfigError, match=r"^COUNTERS_X='2': not a boolean"):
