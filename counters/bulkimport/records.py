@@ -31,6 +31,7 @@ import msgspec
 
 from counters.ids import UserId
 from counters.rules import Rules
+from counters.xp.state import period_start_problem
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Positive = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
@@ -122,8 +123,10 @@ def _check(line: Line, rules: Rules, now: float) -> None:
         if rules.xp.tier(line.tier) is None:
             known = ", ".join(tier.name for tier in rules.xp.tiers)
             raise ValueError(f"unknown tier '{line.tier}'; known tiers: {known}")
-        if line.period_start is not None and not 0 < line.period_start.timestamp() <= now:
-            raise ValueError("period_start must be in the past")
+        start = None if line.period_start is None else line.period_start.timestamp()
+        problem = None if start is None else period_start_problem(start, now)
+        if problem is not None:
+            raise ValueError(problem)
     elif line.expires_at is not None and line.expires_at.timestamp() <= now:
         raise ValueError("expires_at must be in the future")
 

@@ -40,7 +40,7 @@ from counters.redis.scripts import Scripts
 from counters.rules.metrics import count_shadow_refusal
 from counters.rules.xp import Tier, XpRules
 from counters.xp.guidance import XpCheck, evaluate, require_generation_type
-from counters.xp.state import XpReply, XpState, decode_reply
+from counters.xp.state import XpReply, XpState, decode_reply, period_start_problem
 
 # How long a debit or capture can be refunded (and a hold's record is kept).
 TRANSACTION_TTL = 30 * 86_400
@@ -305,8 +305,9 @@ class XpService:
         self.tier(tier_name)
         now = self._clock.now()
         start = 0 if period_start is None else int(period_start.timestamp())
-        if period_start is not None and (start > now or start <= 0):
-            raise InvalidRequest(f"period_start must be in the past (now is {to_datetime(now)})")
+        problem = None if period_start is None else period_start_problem(start, now)
+        if problem is not None:
+            raise InvalidRequest(problem)
         call = SetSubscription(
             **self._common(user_id, actor, idem, int(now * 1000)),
             tier=tier_name, period_start=start,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from counters.clock import to_datetime
 from counters.errors import ScriptReplyError
 from counters.redis.codes import XpOutcome
 
@@ -93,3 +94,16 @@ def decode_reply(script: str, reply: list[Any]) -> XpReply:
         outcome, int(amount), str(ref), int(expires_at), int(extra), int(seq), bool(replayed),
         decoded,
     )  # fmt: skip
+
+
+def period_start_problem(start: float, now: float) -> str | None:
+    """Why ``start`` (unix seconds) cannot start a subscription period, or None if it can.
+
+    The bound is what the scripts can hold: a period_start of 0 means "now" in their ARGV, so the
+    earliest expressible start is one second after the Unix epoch; a start later than ``now``
+    would be a period that has not begun."""
+    if start <= 0:
+        return "period_start must be after 1970-01-01T00:00:00Z"
+    if start > now:
+        return f"period_start must not be in the future (now is {to_datetime(now)})"
+    return None

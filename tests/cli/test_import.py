@@ -125,6 +125,12 @@ def test_a_bad_line_imports_nothing(
         {"kind": "subscription", "user_id": "adopted-3", "tier": "platinum"},
         {"kind": "exp", "user_id": "adopted-4", "exp": 450, "level": 2},
         {"kind": "exp", "user_id": "adopted-5\n", "exp": 77},  # a second "adopted-5" (issue #10)
+        {
+            "kind": "subscription",
+            "user_id": "adopted-6",
+            "tier": "pixel_rookie",
+            "period_start": "1970-01-01T00:00:00Z",
+        },
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", bad)
     result = run_import(redis_url, database_url, str(path))
@@ -133,7 +139,8 @@ def test_a_bad_line_imports_nothing(
     assert "line 4: unknown tier 'platinum'; known tiers: pixel_rookie" in result.output
     assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
     assert "line 6: Expected `str` matching regex" in result.output
-    assert "4 bad line(s)" in result.output and "nothing was imported" in result.output
+    assert "line 7: period_start must be after 1970-01-01T00:00:00Z" in result.output
+    assert "5 bad line(s)" in result.output and "nothing was imported" in result.output
     assert redis_client.dbsize() == 0 and ledger(database_url) == []
 
 
