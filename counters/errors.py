@@ -23,6 +23,18 @@ HTTP status codes are assigned only at the boundary, in ``api/errors.py``.
 
 from __future__ import annotations
 
+SHOWN_CHARS = 80  # of a caller's text quoted back in a message
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as a message may quote it: at most ``limit`` characters, then how many more.
+
+    Messages echo what the caller sent (an unknown type, action or tier) so they can see the
+    typo; a 5,000-character path must not come back as a 5,000-character ``detail``."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class CountersError(Exception):
     """Base of every error raised by this service."""

@@ -32,7 +32,7 @@ from api.schemas.exp import (
     owner_decoder,
 )
 from counters.clock import next_utc_midnight
-from counters.errors import InvalidRequest, NotFound
+from counters.errors import InvalidRequest, NotFound, shown
 from counters.exp.entities import Target
 from counters.exp.levels import progress
 from counters.exp.types import AwardResult
@@ -170,7 +170,9 @@ async def assign_owner(request: Request) -> Response:
     target_id = request.path_params["target_id"]
     known = {t for action in svc.exp.rules.actions.values() for t in action.target_types}
     if target_type not in known:
-        raise NotFound(f"Unknown target_type '{target_type}'; known: {', '.join(sorted(known))}")
+        raise NotFound(
+            f"Unknown target_type '{shown(target_type)}'; known: {', '.join(sorted(known))}"
+        )
     if not is_whole(TARGET_ID, target_id):
         raise InvalidRequest("target_id must be 1-128 letters, digits and _.- characters")
     req = decode(await read_body(request), owner_decoder)

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from counters.errors import shown
 from counters.ids import UserId
 from counters.rules import Rules
 from counters.xp.state import period_start_problem
@@ -122,7 +123,7 @@ def _check(line: Line, rules: Rules, now: float) -> None:
     elif isinstance(line, SubscriptionLine):
         if rules.xp.tier(line.tier) is None:
             known = ", ".join(tier.name for tier in rules.xp.tiers)
-            raise ValueError(f"unknown tier '{line.tier}'; known tiers: {known}")
+            raise ValueError(f"unknown tier '{shown(line.tier)}'; known tiers: {known}")
         start = None if line.period_start is None else line.period_start.timestamp()
         problem = None if start is None else period_start_problem(start, now)
         if problem is not None:

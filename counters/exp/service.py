@@ -25,6 +25,7 @@ from counters.errors import (
     RequestError,
     ScriptReplyError,
     StorageError,
+    shown,
 )
 from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
@@ -114,7 +115,7 @@ class ExpService:
         action = self.rules.actions.get(name)
         if action is None:
             known = ", ".join(self.rules.actions)
-            raise InvalidRequest(f"Unknown action '{name}'; known actions: {known}")
+            raise InvalidRequest(f"Unknown action '{shown(name)}'; known actions: {known}")
         return action
 
     def window(self, user_id: str, now: float) -> DayWindow:
@@ -323,7 +324,7 @@ class ExpService:
             return None
         if target.type not in action.target_types:
             allowed = ", ".join(action.target_types)
-            raise InvalidRequest(f"{name} takes target_type {allowed}, not '{target.type}'")
+            raise InvalidRequest(f"{name} takes target_type {allowed}, not '{shown(target.type)}'")
         return target
 
     async def usage(self, user_id: str) -> DailyUsage:

@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from counters.errors import InvalidRequest, NotFound
+from counters.errors import InvalidRequest, NotFound, shown
 from counters.rules.xp import Tier, XpRules, default_xp_rules
 
 Situation = Literal["sufficient", "insufficient", "no_subscription", "tier_required"]
@@ -49,7 +49,7 @@ def require_generation_type(rules: XpRules, generation_type: str) -> None:
     """``NotFound`` listing the known types unless ``generation_type`` is one."""
     if generation_type not in rules.costs:
         known = ", ".join(rules.costs)
-        raise NotFound(f"Unknown generation type '{generation_type}'; known types: {known}")
+        raise NotFound(f"Unknown generation type '{shown(generation_type)}'; known types: {known}")
 
 
 def tier_info(tier: Tier | None) -> TierInfo | None:

@@ -16,7 +16,7 @@ import msgspec
 
 from counters.auth import is_service_caller
 from counters.clock import Clock, to_datetime
-from counters.errors import ForbiddenError, InvalidRequest, NotFound
+from counters.errors import ForbiddenError, InvalidRequest, NotFound, shown
 from counters.ids import TRANSACTION_ID, is_whole
 from counters.metrics import XP_OUTCOMES
 from counters.redis.calls import (
@@ -121,7 +121,9 @@ class XpService:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
         tier = self.rules.tier(name)
         if tier is None:
-            raise InvalidRequest(f"Unknown tier '{name}'; known tiers: {', '.join(self._names())}")
+            raise InvalidRequest(
+                f"Unknown tier '{shown(name)}'; known tiers: {', '.join(self._names())}"
+            )
         return tier
 
     def _names(self) -> list[str]:
@@ -344,7 +346,7 @@ def _charge_label(outcome: XpOutcome, hold: bool) -> str:
 
 def _check_id(value: str, what: str) -> None:
     if not is_whole(TRANSACTION_ID, value):
-        raise NotFound(f"Unknown {what} {value[:80]!r}")
+        raise NotFound(f"Unknown {what} {shown(value)!r}")
 
 
 def _check_settler(hold_id: str, actor: str) -> None:

@@ -134,6 +134,13 @@ async def test_unknown_type_is_404_listing_the_known_types(client: httpx2.AsyncC
     assert "NEW_IMAGE, NEW_IMAGE_REF, EDIT_IMAGE" in detail and "EDIT_IMAGE_REF_TO_VIDEO" in detail
 
 
+async def test_a_long_unknown_type_is_not_echoed_whole(client: httpx2.AsyncClient) -> None:
+    response = await check(client, "u1", "X" * 5_000)
+    assert response.status_code == 404
+    detail = response.json()["detail"]
+    assert f"'{'X' * 80}... (4920 more characters)'" in detail and len(detail) < 400
+
+
 async def test_check_needs_credentials_and_writes_nothing(
     client: httpx2.AsyncClient, redis_client: redis.Redis
 ) -> None:
