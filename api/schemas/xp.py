@@ -69,7 +69,8 @@ class PreviewResponse(XpCheck, frozen=True, kw_only=True):
 
 class Refusal(_Response, frozen=True):
     """The seed's middleware body for a refused debit or hold (402 or 403), then our additions:
-    ``code`` (the same as ``error``) and the numbers the seed gives only inside ``message``."""
+    ``code`` (the same as ``error``), ``detail`` (the same as ``message``: every error body has
+    ``detail`` and ``code``) and the numbers the seed gives only inside ``message``."""
 
     error: str
     message: str
@@ -77,6 +78,7 @@ class Refusal(_Response, frozen=True):
     subscription_url: str
     recommended_tier: RecommendedTier | None
     code: str
+    detail: str
     xp_balance: int
     xp_required: int
     xp_deficit: int
@@ -200,8 +202,8 @@ def refusal(change: XpChange) -> Refusal:
     return Refusal(
         error=change.error, message=check.message, guidance=check.guidance,
         subscription_url=check.subscription_url, recommended_tier=check.recommended_tier,
-        code=change.error, xp_balance=check.xp_balance, xp_required=check.xp_required,
-        xp_deficit=check.xp_deficit,
+        code=change.error, detail=check.message, xp_balance=check.xp_balance,
+        xp_required=check.xp_required, xp_deficit=check.xp_deficit,
     )  # fmt: skip
 
 

@@ -75,6 +75,7 @@ async def test_balance_equal_to_the_cost_and_one_short(
         "subscription_url": "/subscriptions",
         "recommended_tier": ARCADE,
         "code": "insufficient_xp",
+        "detail": "Insufficient credits. Need 12 XP, have 11 XP (1 XP short).",  # = message
         "xp_balance": 11,
         "xp_required": 12,
         "xp_deficit": 1,
@@ -103,6 +104,7 @@ async def test_the_seed_middleware_body_for_5_of_12(client: httpx2.AsyncClient) 
         "subscription_url": "/subscriptions",
         "recommended_tier": ARCADE,
         "code": "insufficient_xp",
+        "detail": "Insufficient credits. Need 12 XP, have 5 XP (7 XP short).",  # = message
         "xp_balance": 5,
         "xp_required": 12,
         "xp_deficit": 7,
