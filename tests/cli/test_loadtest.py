@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from counters.cli.embedded import PostgresServer, RedisServer
+from counters.cli.embedded import PostgresServer, RedisServer, free_port
 from counters.cli.loadtest.command import loadtest
 from counters.rules import parse_rules, rules_version
 from tests.support.core import SERVICE_KEY
@@ -99,6 +99,30 @@ def test_a_mix_file_and_its_errors(served: Served, tmp_path: Path) -> None:
 def test_a_remote_target_is_refused_unless_allowed() -> None:
     code, output = run_loadtest("http://10.255.255.1:8000", "--requests", "1")
     assert code == 2 and "--allow-remote" in output
+
+
+def test_a_closed_port_is_one_error_line_and_exit_2() -> None:
+    result = CliRunner().invoke(
+        loadtest, [f"http://127.0.0.1:{free_port()}", "--requests", "5", "--mix", "debit"],
+        env={"COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: setup could not reach http://127.0.0.1:")
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_failed_requests_are_reported_then_one_error_line(tmp_path: Path) -> None:
+    """Nothing listens (no setup needed): every request is a connection error, measured."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(
+        loadtest, [url, "--requests", "5", "--no-setup"],
+        env={"COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "5 requests in" in result.output and "5 errors" in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == "Error: 5 of 5 requests failed (connection errors, timeouts, 5xx)"
+    assert "Traceback" not in result.output
 
 
 def test_reload_under_load_fails_no_request(

@@ -24,6 +24,7 @@ import uvloop
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from counters.auth import issue_token
+from counters.cli.commands import CommandError
 from counters.cli.loadtest.driver import Plan, Prepared, Recorder, drive
 from counters.cli.loadtest.mixes import Mix, MixError, Request, load_mix, requests_for
 from counters.cli.loadtest.population import Population
@@ -117,16 +118,21 @@ async def set_up(
     statuses: dict[int, int] = {}
     limit = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        with tqdm(total=len(calls), desc="setup", unit="req", file=sys.stderr, disable=None) as bar:
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            with tqdm(
+                total=len(calls), desc="setup", unit="req", file=sys.stderr, disable=None
+            ) as bar:
 
-            async def one(method: str, url: str, body: dict[str, str]) -> None:
-                async with limit, session.request(method, url, json=body, headers=headers) as r:
-                    await r.read()
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-                bar.update()
+                async def one(method: str, url: str, body: dict[str, str]) -> None:
+                    async with limit, session.request(method, url, json=body, headers=headers) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                    bar.update()
 
-            await asyncio.gather(*(one(*call) for call in calls))
+                await asyncio.gather(*(one(*call) for call in calls))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # nothing measured yet: stop
+        raise CommandError(f"setup could not reach {base}: {exc}") from exc
     bad = {s: n for s, n in statuses.items() if s >= 400 and s != 409}
     if bad:
         raise click.ClickException(f"setup failed: statuses {bad} (is the service key right?)")
@@ -309,4 +315,10 @@ def loadtest(
     if chart_path is not None:
         write_chart(report, chart_path)
         click.echo(f"chart: {chart_path}")
-    sys.exit(1 if recorder.errors else 0)
+    if recorder.errors:  # the report above says what was measured; one line says it failed
+        click.echo(
+            f"Error: {recorder.errors} of {recorder.completed} requests failed "
+            "(connection errors, timeouts, 5xx)",
+            err=True,
+        )
+        sys.exit(1)
