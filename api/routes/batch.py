@@ -31,12 +31,14 @@ from api.routes.exp import award_reply, gain_target, hot_gain
 from api.schemas.exp import GainRequest
 from counters.auth import Principal
 from counters.errors import InvalidRequest, RequestError, StorageError
+from counters.exp.service import batch_item_key
 from counters.exp.types import AwardRequest, AwardResult
 from counters.ids import UserId
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size
 _SINGLE_ROUTE = hot_gain.name  # batch items share its idempotency keys and fingerprints
+_ROUTE = "POST /api/exp/gain/batch"
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -66,13 +68,23 @@ item_decoder = msgspec.json.Decoder(BatchItem)
 async def gain_batch(request: Request) -> Response:
     svc = services(request)
     caller = service_caller(request)
+    if "x-user-id" in request.headers:  # not silently ignored: each award names its user
+        raise InvalidRequest(
+            "X-User-Id does not apply to the batch route: each award names its user_id",
+        )
     batch = decode(await read_body(request, MAX_ITEMS * _MAX_ITEM_BYTES), batch_decoder)
+    # A key on the batch (as Stripe's): the batch, acting as the service caller itself.
+    batch_key = request.headers.get("idempotency-key")
+    batch_idem = idempotency_of(caller, batch_key, _ROUTE, caller, batch)
+    if batch_idem is not None:
+        await svc.exp.claim_batch_key(batch_idem)
     results: list[ItemResult | None] = [None] * len(batch.awards)
     awards: list[AwardRequest] = []
     slots: list[int] = []
     for index, raw in enumerate(batch.awards):
         try:
-            awards.append(_award_request(caller, raw))
+            derived = None if batch_idem is None else batch_item_key(batch_idem.key, index)
+            awards.append(_award_request(caller, raw, derived))
             slots.append(index)
         except RequestError as exc:
             results[index] = _error(exc)
@@ -86,7 +98,8 @@ async def gain_batch(request: Request) -> Response:
     return json_response(BatchResponse(results=[r for r in results if r is not None]))
 
 
-def _award_request(caller: str, raw: msgspec.Raw) -> AwardRequest:
+def _award_request(caller: str, raw: msgspec.Raw, derived_key: str | None) -> AwardRequest:
+    """One item as an award; ``derived_key`` (from the batch's key) when it names no key."""
     try:
         item = item_decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -94,13 +107,14 @@ def _award_request(caller: str, raw: msgspec.Raw) -> AwardRequest:
     except RecursionError as exc:  # a Raw item is checked only for shape when the body decodes
         raise InvalidRequest("Invalid award: nested too deeply") from exc
     gain = GainRequest(action=item.action, target_type=item.target_type, target_id=item.target_id)
-    idem = idempotency_of(caller, item.idempotency_key, _SINGLE_ROUTE, item.user_id, gain)
+    key = item.idempotency_key if item.idempotency_key is not None else derived_key
+    idem = idempotency_of(caller, key, _SINGLE_ROUTE, item.user_id, gain)
     return AwardRequest(Principal(item.user_id, caller, True), item.action, gain_target(gain), idem)
 
 
 def _error(error: RequestError | StorageError) -> ItemResult:
     """A refused item: the status and body (with its ``code``) any route gives this error."""
-    status, body, headers = error_reply(error, "POST /api/exp/gain/batch (one item)")
+    status, body, headers = error_reply(error, f"{_ROUTE} (one item)")
     return ItemResult(status=status, body=body, headers=headers)
 
 

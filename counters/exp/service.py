@@ -11,6 +11,8 @@ Reaching a limit or a cap is an outcome, not an error.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -44,12 +46,15 @@ from counters.redis.calls import (
     AwardExp,
     AwardExpKeys,
     Call,
+    IdemKey,
     Keys,
     ReadExp,
+    RecallRequest,
+    RememberRequest,
     UserDayKeys,
     UserWriteKeys,
 )
-from counters.redis.codes import AdjustOutcome, AwardOutcome, Hydration
+from counters.redis.codes import AdjustOutcome, AwardOutcome, Hydration, RecallOutcome
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
@@ -140,6 +145,20 @@ class ExpService:
             assert target is not None  # prepare_award checked it
             return await self._creator.award(principal.user_id, action_name, action, target, idem)
         return await self._run_award(call)
+
+    async def claim_batch_key(self, idem: Idempotency) -> None:
+        """Record a batch's Idempotency-Key in the service caller's slot (scope: the caller,
+        acting as itself), with the whole batch's fingerprint; ``IdempotencyMismatch`` when the
+        key was used with a different batch. The record only guards the key: the items carry
+        keys derived from it (``batch_item_key``), so a retried batch replays each item's first
+        answer, exactly once under any race, through each user's own records."""
+        record = UserKeys.of(idem.caller, self._buckets).idempotency(idem.caller, idem.key)
+        stored = await self._scripts.run(IdemKey(record), RecallRequest(idem.fingerprint))
+        reject_reused_key(int(stored[0]))
+        if stored[0] == RecallOutcome.NO_RECORD:
+            marker = json.dumps([int(AwardOutcome.AWARDED), 0, 0, 0, 0, 0, 0, 0, 0, ""])
+            remember = RememberRequest(idem.fingerprint, self._idempotency_ttl, marker)
+            await self._scripts.run(IdemKey(record), remember)
 
     async def award_many(
         self, requests: Sequence[AwardRequest]
@@ -367,3 +386,10 @@ class ExpService:
         if code != AdjustOutcome.ADJUSTED:
             raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
         return Adjustment(user_id, applied, total, level, previous, bool(replayed))
+
+
+def batch_item_key(batch_key: str, index: int) -> str:
+    """The Idempotency-Key item ``index`` of a keyed batch gets when it names none of its own:
+    fixed-size (any batch key fits the 255-character limit) and the same on every retry."""
+    digest = hashlib.blake2b(batch_key.encode(), digest_size=16).hexdigest()
+    return f"batch-{digest}-{index}"

@@ -231,6 +231,47 @@ async def test_idempotency_keys_per_item_scoped_to_the_service(
     assert events == 3  # u1 twice (k1, k2), u2 once
 
 
+async def test_a_key_on_the_batch_replays_the_whole_batch_and_pays_once(
+    batch_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    awards = [
+        {"user_id": "b1", "action": "create_character"},
+        {"user_id": "b2", "action": "daily_chat"},
+        {"user_id": "b1", "action": "daily_chat", "idempotency_key": "own"},  # its own key wins
+    ]
+    keyed = service_headers(**{"Idempotency-Key": "batch-7"})
+
+    async def send(body: list[dict[str, Any]]) -> httpx2.Response:
+        return await batch_client.post(BATCH, json={"awards": body}, headers=keyed)
+
+    first = (await send(awards)).json()["results"]
+    paid = (await total(batch_client, "b1"), await total(batch_client, "b2"))
+    retried = await asyncio.gather(send(awards), send(awards))  # a retry, twice, at once
+    assert statuses(first) == [200, 200, 200]
+    for again in retried:
+        assert again.status_code == 200
+        replay = {"headers": {"Idempotent-Replayed": "true"}}
+        assert again.json()["results"] == [{**item, **replay} for item in first]
+    assert (await total(batch_client, "b1"), await total(batch_client, "b2")) == paid
+    # The same key with another batch: the whole request is refused, nothing changes.
+    other = await send([{"user_id": "b2", "action": "create_character"}])
+    assert other.status_code == 422
+    assert other.json() == {
+        "detail": "Idempotency-Key was already used with a different request",
+        "code": "idempotency_key_reused",
+    }
+    assert await total(batch_client, "b2") == paid[1]
+    events = sum(redis_client.xlen(key) for key in redis_client.keys("*:events"))
+    assert events == 3
+
+
+async def test_x_user_id_on_the_batch_is_refused_not_ignored(client: httpx2.AsyncClient) -> None:
+    body = {"awards": [{"user_id": "b1", "action": "daily_chat"}]}
+    response = await client.post(BATCH, json=body, headers=service_headers("someone"))
+    assert response.status_code == 422
+    assert "each award names its user_id" in response.json()["detail"]
+
+
 async def test_scripts_flushed_from_redis_are_loaded_again(
     batch_client: httpx2.AsyncClient, redis_client: redis.Redis
 ) -> None:
