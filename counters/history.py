@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from counters.errors import InvalidRequest
+from counters.errors import InvalidRequest, shown
+from counters.ids import NAME, is_whole
 
 Family = Literal["exp", "xp"]
 REPAIR_KIND = "reconcile_repair"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-_KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CURSOR_VERSION = "v1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A "+" in a URL query arrives as a space: "...T00:00:00 00:00" was "...T00:00:00+00:00".
@@ -110,10 +110,9 @@ def parse_query(user_id: str, family: Family, params: Mapping[str, Sequence[str]
         raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)}")
     kinds = tuple(k for value in params.get("kind", ()) for k in value.split(",") if k)
     for kind in kinds:
-        if not _KIND.match(kind) or not (kind.startswith(f"{family}_") or kind == REPAIR_KIND):
-            raise InvalidRequest(
-                f"kind '{kind}' is not a {family} ledger kind ({family}_... or {REPAIR_KIND})"
-            )
+        if not is_whole(NAME, kind) or not (kind.startswith(f"{family}_") or kind == REPAIR_KIND):
+            expected = f"{family}_... or {REPAIR_KIND}"
+            raise InvalidRequest(f"kind '{shown(kind)}' is not a {family} ledger kind ({expected})")
     since, until = _time(params, "since"), _time(params, "until")
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("since must be before until")

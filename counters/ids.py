@@ -36,6 +36,7 @@ TARGET_ID = re.compile(TARGET_ID_PATTERN)
 TRANSACTION_ID = re.compile(TRANSACTION_ID_PATTERN)
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+NAME = re.compile(NAME_PATTERN)  # also a ledger kind (exp_award, xp_debit, ...)
 
 # The same shapes as msgspec types, for request bodies, import lines and the rules file.
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]

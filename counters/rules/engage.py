@@ -16,7 +16,7 @@ from functools import cached_property
 import msgspec
 
 from counters.errors import RulesError
-from counters.rules.xp import Name as Feature
+from counters.ids import Name as Feature
 from counters.rules.xp import PositiveInt
 
 

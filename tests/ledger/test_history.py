@@ -110,6 +110,10 @@ async def test_xp_transactions_list_the_xp_family_only(
         ("limit=201", "limit must be an integer from 1 to 200"),
         ("limit=abc", "limit must be an integer from 1 to 200"),
         ("kind=xp_debit", "kind 'xp_debit' is not a exp ledger kind (exp_... or reconcile_repair)"),
+        (  # a kind is a name as a whole string (counters.ids), no trailing newline
+            "kind=exp_award%0A",
+            "kind 'exp_award\n' is not a exp ledger kind (exp_... or reconcile_repair)",
+        ),
         ("since=yesterday", "since must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z"),
         ("since=2026-11-22&until=2026-11-21", "since must be before until"),
         ("cursor=bm9wZQ", "Invalid cursor: pass next_cursor from a previous page"),
