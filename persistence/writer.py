@@ -9,20 +9,39 @@ the second time. Each statement sends the batch as arrays (``unnest``): one roun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
-from persistence.events import XP_FIELDS, Batch, LedgerEvent, OwnerEvent, Rejected, collapse
+from persistence.events import (
+    CHANGE_TYPES,
+    COMMON,
+    XP_FIELDS,
+    Batch,
+    LedgerEvent,
+    OwnerEvent,
+    Rejected,
+    collapse,
+)
 from persistence.webhooks.outbox import OutboxPolicy, write_outbox
 
-_INSERT_LEDGER = """
-INSERT INTO ledger (event_id, user_id, seq, kind, action, amount, actor, target, day, idem,
-                    occurred_at, totals, stream_id)
-SELECT e, u, s, k, a, am, ac, t, d, i, to_timestamp(ts / 1000.0), tot::jsonb, sid
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
-            $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
-            $13::text[]) AS x(e, u, s, k, a, am, ac, t, d, i, ts, tot, sid)
+# The ledger's columns, from the event schema (persistence/events.py): each field of ``Change``
+# plus ``kind`` and ``day`` (COMMON), then what the flusher adds. Two are renamed in SQL, one is
+# converted (the others go as they are); the Python side reads each column from the
+# ``LedgerEvent`` attribute named here.
+_COLUMN = {"user": "user_id", "ts": "occurred_at"}
+_ATTRIBUTE = {"user": "user_id", "ts": "ts_ms"}
+_CONVERT = {"ts": 'to_timestamp("ts" / 1000.0)', "totals": '"totals"::jsonb'}
+_LEDGER_FIELDS = (*COMMON, "totals", "stream_id")
+_SQL_TYPE = {name: "bigint" if typ is int else "text" for name, typ in CHANGE_TYPES.items()}
+_SQL_TYPE |= dict.fromkeys(("kind", "day", "totals", "stream_id"), "text")
+_LEDGER_GETTERS = tuple(attrgetter(_ATTRIBUTE.get(f, f)) for f in _LEDGER_FIELDS)
+_INSERT_LEDGER = f"""
+INSERT INTO ledger ({", ".join(_COLUMN.get(f, f) for f in _LEDGER_FIELDS)})
+SELECT {", ".join(_CONVERT.get(f, f'"{f}"') for f in _LEDGER_FIELDS)}
+FROM unnest({", ".join(f"${n}::{_SQL_TYPE[f]}[]" for n, f in enumerate(_LEDGER_FIELDS, 1))})
+     AS x({", ".join(f'"{f}"' for f in _LEDGER_FIELDS)})  -- quoted: "user" is a keyword
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
@@ -171,21 +190,10 @@ def _fields_of(e: LedgerEvent) -> dict[str, str]:
 
 
 def _ledger_columns(events: list[LedgerEvent]) -> list[list[object]]:
-    return [
-        [e.event_id for e in events],
-        [e.user_id for e in events],
-        [e.seq for e in events],
-        [e.kind for e in events],
-        [e.action for e in events],
-        [e.amount for e in events],
-        [e.actor for e in events],
-        [e.target for e in events],
-        [e.day for e in events],
-        [e.idem for e in events],
-        [e.ts_ms for e in events],
-        [orjson.dumps(e.totals).decode() for e in events],
-        [e.stream_id for e in events],
-    ]
+    columns: list[list[object]] = [[get(e) for e in events] for get in _LEDGER_GETTERS]
+    totals = _LEDGER_FIELDS.index("totals")
+    columns[totals] = [orjson.dumps(t).decode() for t in columns[totals]]
+    return columns
 
 
 def _totals_columns(events: list[LedgerEvent]) -> list[list[object]]:
