@@ -15,9 +15,15 @@ import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
+
+# Every integer fits Postgres bigint, and a timestamp is one Postgres can convert (before the year
+# 10000): checked by msgspec while it decodes, so out-of-range values never reach a batch's write.
+BigInt = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+Millis = Annotated[int, Meta(ge=0, lt=253_402_300_800_000)]  # unix milliseconds
 
 # -- the event schema: what the Lua scripts XADD, one Struct per kind, tagged on `kind` ---------
 # tests/ledger/test_event_schema.py runs every script that writes an event and decodes what it
@@ -31,9 +37,9 @@ class Change(
 
     event_id: str
     user: str
-    seq: int  # the user's change counter after this change
-    ts: int  # unix milliseconds
-    amount: int  # signed change
+    seq: BigInt  # the user's change counter after this change
+    ts: Millis
+    amount: BigInt  # signed change
     action: str = ""
     actor: str = ""
     target: str = ""
@@ -42,30 +48,30 @@ class Change(
 
 class ExpAward(Change, frozen=True, tag="exp_award"):
     day: str  # YYYYMMDD (UTC): the daily window it counted in
-    exp: int  # totals after
-    level: int
+    exp: BigInt  # totals after
+    level: BigInt
 
 
 class ExpAdjust(Change, frozen=True, tag="exp_adjust"):
-    exp: int
-    level: int
+    exp: BigInt
+    level: BigInt
 
 
 class ExpImport(Change, frozen=True, tag="exp_import"):
     """EXP added by ``counters import`` (lua/import_user.lua); ``idem`` is the line's import id."""
 
-    exp: int
-    level: int
+    exp: BigInt
+    level: BigInt
 
 
 class XpChange(Change, frozen=True):
     """Any XP change; ``effective_ts`` is when a transition that came due took effect."""
 
-    effective_ts: int
-    xp_balance: int  # totals after
-    xp_allocation: int
-    xp_topup: int
-    xp_held: int
+    effective_ts: BigInt
+    xp_balance: BigInt  # totals after
+    xp_allocation: BigInt
+    xp_topup: BigInt
+    xp_held: BigInt
     tier: str
     xp_state: str  # the whole XP state (JSON), kept in totals, not on every ledger row
 
@@ -89,7 +95,7 @@ class XpHold(XpChange, frozen=True, tag="xp_hold"): ...
 
 
 class XpCapture(XpChange, frozen=True, tag="xp_capture"):
-    xp_captured: int
+    xp_captured: BigInt
 
 
 class XpRelease(XpChange, frozen=True, tag="xp_release"): ...
@@ -113,8 +119,8 @@ class OwnerChange(
 
     target: str  # "<type>:<id>"
     owner: str
-    version: int = 0  # the owner record's version after this change (absent before issue #10)
-    ts: int = 0  # unix milliseconds
+    version: BigInt = 0  # the owner record's version after this change (absent before issue #10)
+    ts: Millis = 0
 
 
 Event = (
@@ -131,6 +137,13 @@ def _required(struct: type[msgspec.Struct]) -> tuple[str, ...]:
     return tuple(f.name for f in msgspec.structs.fields(struct) if f.required)
 
 
+def _base(annotation: Any) -> Any:
+    """``int`` for ``BigInt``: the Python type under a constrained alias."""
+    return (
+        typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    )
+
+
 def _tag(struct: type[msgspec.Struct]) -> str:
     return str(struct.__struct_config__.tag)
 
@@ -141,7 +154,9 @@ CHANGES: dict[str, type[Change]] = {
     _tag(t): t for t in typing.get_args(Event) if t is not OwnerChange
 }
 COMMON = (*_fields(Change), "kind", "day")  # a ledger row's own columns; the rest is totals
-CHANGE_TYPES = {f.name: f.type for f in msgspec.structs.fields(Change)}  # the writer's SQL types
+CHANGE_TYPES = {
+    f.name: _base(f.type) for f in msgspec.structs.fields(Change)
+}  # the writer's SQL types
 REQUIRED = ("kind", *_required(Change))
 XP_STATE = "xp_state"
 assert XP_STATE in _fields(XpChange)
@@ -149,12 +164,15 @@ XP_FIELDS = tuple(
     f for f in _fields(XpChange) if f not in COMMON and f not in ("effective_ts", XP_STATE)
 )
 _XP_FIELD_SET = frozenset(XP_FIELDS)
+XP_TYPES = {
+    f.name: _base(f.type) for f in msgspec.structs.fields(XpChange)
+}  # user_totals SQL types
 # Per kind, the fields that land in a ledger row's `totals` JSON (every field but its columns).
 TOTALS: dict[str, tuple[str, ...]] = {
     kind: tuple(f for f in _fields(t) if f not in COMMON and f != XP_STATE)
     for kind, t in CHANGES.items()
 }
-_INTEGERS = tuple(f.name for f in msgspec.structs.fields(Change) if f.type is int)
+_INTEGERS = tuple(name for name, typ in CHANGE_TYPES.items() if typ is int)
 OWNER_KIND = _tag(OwnerChange)
 
 
@@ -220,9 +238,6 @@ def position(stream_id: str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-_BIGINT = 2**63
-_YEAR_10000_MS = 253_402_300_800_000
-_RANGES = {"ts": (0, _YEAR_10000_MS)}  # Postgres bigint, and timestamps it can convert
 _PATH = re.compile(r"at `\$\.(\w+)`")
 
 
@@ -233,12 +248,6 @@ def _invalid(exc: msgspec.ValidationError) -> ValueError:
     if where and ("<=" in text or ">=" in text or "< " in text):
         return ValueError(f"{where.group(1)} out of range")
     return ValueError(text)
-
-
-def _check_range(name: str, number: int) -> None:
-    low, high = _RANGES.get(name, (-_BIGINT, _BIGINT))
-    if not low <= number < high:
-        raise ValueError(f"{name} out of range")
 
 
 def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent | OwnerEvent:
@@ -253,7 +262,7 @@ def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent
     if "\x00" in "".join(fields) or "\x00" in "".join(fields.values()):
         raise ValueError("a NUL character (Postgres text cannot hold it)")
     for name in _INTEGERS:  # Lua writes integers: "1e3" or "1.0" is not one (msgspec lax is)
-        _check_range(name, int(fields[name]))
+        int(fields[name])
     struct = CHANGES.get(kind or "")
     if struct is None:
         raise ValueError(f"unknown kind {kind!r}")
@@ -262,9 +271,6 @@ def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     totals = {name: getattr(event, name) for name in TOTALS[kind or ""]}
-    for name, value in totals.items():
-        if type(value) is int:
-            _check_range(name, value)
     return LedgerEvent(
         stream=stream,
         stream_id=stream_id,
@@ -292,7 +298,6 @@ def _owner(stream_id: str, fields: Mapping[str, str]) -> OwnerEvent:
         owner = msgspec.convert(fields, OwnerChange, strict=False)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    _check_range("version", owner.version)
     return OwnerEvent(entity_type, entity_id, owner.owner, position(stream_id), owner.version)
 
 
