@@ -26,7 +26,7 @@ from counters.exp.entities import Target
 from counters.exp.types import AwardCall
 from counters.redis.calls import command_args
 from counters.redis.idempotency import Idempotency
-from counters.redis.keys import stream_key
+from counters.redis.keys import UserKeys, stream_key
 from counters.redis.scripts import script_source
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -291,6 +291,20 @@ def snapshot(url: str) -> list[tuple[bytes, bytes]]:
         for key in keys:
             pipe.dump(key)
         return list(zip(keys, pipe.execute(), strict=True))
+    finally:
+        client.close()
+
+
+def seed_known_users(url: str, users: Sequence[str], buckets: int) -> None:
+    """Make ``users`` known to Redis (a user hash at seq 0, as a hydration of a user Postgres
+    has no row for writes): row 2p's users Redis holds."""
+    client = redis.Redis.from_url(url)
+    try:
+        for start in range(0, len(users), 5_000):
+            pipe = client.pipeline(transaction=False)
+            for user in users[start : start + 5_000]:
+                pipe.hset(UserKeys.of(user, buckets).user, mapping={"exp": 0, "level": 1, "seq": 0})
+            pipe.execute()
     finally:
         client.close()
 

@@ -34,7 +34,7 @@ def measure() -> dict[str, float]:
     response = GainResponse(
         awarded_to="u1", action="daily_chat", success=True, exp_added=20, total_exp=130,
         level=2, leveled_up=True, daily_exp_gained=20, daily_exp_cap=150, action_count=1,
-        action_limit=1, progress=progress(rules, 130),
+        action_limit=1, progress=progress(rules, 130), unlocked_features=["fork"],
     )  # fmt: skip
     as_dict = msgspec.to_builtins(response)
     encoder = msgspec.json.Encoder()

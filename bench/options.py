@@ -41,7 +41,8 @@ def parse(argv: list[str] | None, description: str) -> Options:
         default="",
         help="run only these, comma-separated: 1 (with 1h), 2 (with 2h), 3, 4, 5, 6, memory, "
         "flusher (runs 2 for its rate), creator (a like's cost beside daily_chat's, in "
-        "process), metrics (gain with metrics on and off); no ways-there runs",
+        "process), metrics (gain with metrics on and off), durable (gain with Postgres and the "
+        "flusher: known users 2p, brand-new users 2n); no ways-there runs",
     )
     args = parser.parse_args(argv)
     options = Options(

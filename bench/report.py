@@ -128,6 +128,8 @@ TARGETS: list[Target] = [
     ("p99 <= 5 ms at half of peak (2h)", _half_peak_p99),
     ("batch >= 0.5 x raw Lua ceiling (6/5)", _ratio_target("6", "5", 0.5)),
     ("flusher keeps up at the peak award rate, lag < 2 s", _flusher_lag),
+    ("gain with Postgres, known users >= 0.8 x Redis only (2p/2)", _ratio_target("2p", "2", 0.8)),
+    ("gain with Postgres, new users >= 0.6 x Redis only (2n/2)", _ratio_target("2n", "2", 0.6)),
 ]
 
 
@@ -156,7 +158,10 @@ def gain_budget(report: Report, goal: float = 0.6) -> str | None:
 
 def render(report: Report) -> str:
     parts = [table(report.rows), ""]
-    ratios = [("2/1", "2", "1"), ("3/1", "3", "1"), ("2/4", "2", "4"), ("batch/5", "6", "5")]
+    ratios = [
+        ("2/1", "2", "1"), ("3/1", "3", "1"), ("2/4", "2", "4"), ("batch/5", "6", "5"),
+        ("2p/2", "2p", "2"), ("2n/2", "2n", "2"),
+    ]  # fmt: skip
     shown = [f"{label} = {_num(report.ratio(top, bottom), 2)}" for label, top, bottom in ratios]
     parts.append("ratios: " + "   ".join(shown))
     parts.append("")
@@ -205,6 +210,8 @@ def write_json(report: Report, options: dict[str, Any]) -> Path:
             "3/1": report.ratio("3", "1"),
             "2/4": report.ratio("2", "4"),
             "batch/5": report.ratio("6", "5"),
+            "2p/2": report.ratio("2p", "2"),
+            "2n/2": report.ratio("2n", "2"),
         },
         "targets": targets,
         "gain_budget": gain_budget(report),

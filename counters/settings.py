@@ -155,6 +155,9 @@ class Settings:
     flush_block_ms: int = bounded(500, gt=0)  # how long one read waits for new events
     flush_claim_idle_ms: int = bounded(30_000, ge=0)  # a dead consumer's events are taken after
     flush_backoff_max_seconds: float = bounded(5.0, gt=0)  # retry delay cap while a store is down
+    # How often each worker checks for buckets Redis does not hold completely and restores them
+    # from Postgres (persistence/restore.py); 0: never (users are then hydrated one by one).
+    restore_interval_seconds: float = bounded(2.0, ge=0)
     # Every worker polls the rules file this often and reloads it when it changed (0: only on
     # SIGHUP); see counters/runtime/reload.py.
     rules_watch_seconds: float = bounded(2.0, ge=0)

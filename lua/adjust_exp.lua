@@ -1,4 +1,4 @@
--- requires: idempotency, levels
+-- requires: idempotency, levels, bucket
 --[[ adjust_exp: a support correction of a user's total EXP; no daily limit or cap applies.
 
 The total never goes below zero: a larger negative delta is clamped and the applied delta returned.
@@ -6,6 +6,7 @@ The total never goes below zero: a larger negative delta is clamped and the appl
 KEYS[1]  user    HASH   ctr:{bN}:user:<uid>            exp, level, seq
 KEYS[2]  events  STREAM ctr:{bN}:events
 KEYS[3]  idem    STRING ctr:{bN}:idem:<caller>:<key>   (or an unused key)
+KEYS[4]  meta    HASH   ctr:{bN}:meta                  run, complete (lua/lib/bucket.lua)
 
 ARGV[1]  user_id      string
 ARGV[2]  delta        int      signed EXP change requested
@@ -15,7 +16,7 @@ ARGV[5]  now_ms       int      unix milliseconds
 ARGV[6]  fingerprint  string   "" = not idempotent
 ARGV[7]  idem_ttl     int      seconds
 ARGV[8]  actor        string   who made the correction
-ARGV[9]  may_create   "0"|"1"  see award_exp.lua
+ARGV[9]  may_create   "0"|"1"  see award_exp.lua (KEYS[4] complete)
 ARGV[10] idem_key     string
 
 Reply: {code, applied_delta, total_exp, level, previous_level, seq, replayed}
@@ -30,7 +31,7 @@ local actor, may_create, idem_key = ARGV[8], ARGV[9], ARGV[10]
 
 local replayed = Idempotency.replay(KEYS[3], fingerprint, 7, {7, 0, 0, 0, 0, 0, 0})
 if replayed then return replayed end
-if redis.call('EXISTS', KEYS[1]) == 0 and may_create ~= '1' then
+if redis.call('EXISTS', KEYS[1]) == 0 and not Bucket.may_create(KEYS[4], may_create) then
   return {6, 0, 0, 0, 0, 0, 0}
 end
 
@@ -46,7 +47,9 @@ local level = Levels.of(total, thresholds)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', level, 'seq', seq)
 redis.call('XADD', KEYS[2], '*',
-  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms,
+  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms, 'run', Bucket.run(KEYS[4]),
   'kind', 'exp_adjust', 'action', reason, 'amount', applied, 'actor', actor, 'target', '',
   'idem', idem_key, 'exp', total, 'level', level)
-return Idempotency.remember(KEYS[3], fingerprint, idem_ttl, {1, applied, total, level, previous_level, seq, 0})
+return Idempotency.remember(KEYS[3], fingerprint, idem_ttl,
+  {1, applied, total, level, previous_level, seq, 0},
+  may_create ~= '1' and {events = KEYS[2], meta = KEYS[4], scope = user_id, now_ms = now_ms} or nil)

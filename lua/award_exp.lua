@@ -1,4 +1,4 @@
--- requires: idempotency, levels
+-- requires: idempotency, levels, bucket
 --[[ award_exp: award EXP for one action, enforcing the per-action daily limit and the daily cap.
 
 All-or-nothing: every check runs before the first write, so a refused award changes no EXP or
@@ -17,6 +17,7 @@ KEYS[4]  record    STRING ctr:{bN}:idem:<digest> | ctr:{bN}:award:<rid>
 KEYS[5]  day_board  ZSET  ctr:{bN}:board:day:<YYYYMMDD>     EXP earned that UTC day, by user
 KEYS[6]  week_board ZSET  ctr:{bN}:board:week:<YYYY>W<ww>   EXP earned that ISO week, by user
 KEYS[7]  all_board  ZSET  ctr:{bN}:board:all                EXP earned from awards, by user
+KEYS[8]  meta      HASH   ctr:{bN}:meta                      run, complete (lua/lib/bucket.lua)
 
 ARGV[1]  user_id        string   the user who receives the EXP
 ARGV[2]  action         string
@@ -31,7 +32,8 @@ ARGV[9]  now_ms         int      unix milliseconds
 ARGV[10] fingerprint    string   request fingerprint; "" = no record (not idempotent)
 ARGV[11] idem_ttl       int      seconds the record KEYS[4] lives
 ARGV[12] actor          string   who triggered the action
-ARGV[13] may_create     "0"|"1"  "1": a missing user is new; "0": a missing user must be hydrated first
+ARGV[13] may_create     "0"|"1"  "1": a missing user is new; "0": new only in a complete bucket
+                                 (KEYS[8] complete), else hydrated first
 ARGV[14] target         string   "<type>:<id>" or ""
 ARGV[15] idem_key       string   the Idempotency-Key, recorded on the event
 ARGV[16] week_ttl       int      seconds KEYS[6] lives from now (to the ISO week's end + grace);
@@ -61,7 +63,7 @@ if replayed then return replayed end
 -- Every script that writes the user hash writes its seq, so no seq means no user (one read
 -- instead of an EXISTS and then the HMGET).
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
-if not user[2] and may_create ~= '1' then
+if not user[2] and not Bucket.may_create(KEYS[8], may_create) then
   return {6, 0, 0, 0, 0, 0, 0, 0, 0}
 end
 
@@ -75,7 +77,8 @@ local gained = tonumber(day_state[1]) or 0
 local count = tonumber(day_state[2]) or 0
 
 local function finish(reply)
-  return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply)
+  return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1' and
+    {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms} or nil)
 end
 
 if daily_limit > 0 and count >= daily_limit then
@@ -108,7 +111,7 @@ if not day_state[1] then  -- the day's first award creates the hash: its clean-u
   end
 end
 redis.call('XADD', KEYS[3], '*',
-  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms,
+  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms, 'run', Bucket.run(KEYS[8]),
   'kind', 'exp_award', 'action', action, 'amount', added, 'actor', actor, 'target', target,
   'day', day, 'idem', idem_key, 'exp', total, 'level', new_level)
 return finish({1, added, total, new_level, level, gained, count, seq, 0})

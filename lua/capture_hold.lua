@@ -4,7 +4,8 @@
 KEYS[1]  user         HASH   ctr:{bN}:user:<uid>                xp (JSON state), seq
 KEYS[2]  events       STREAM ctr:{bN}:events
 KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused key)
-KEYS[4]  transaction  STRING ctr:{bN}:xptx:<uid>:<hold_id>      the hold's record
+KEYS[4]  meta         HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
+KEYS[5]  transaction  STRING ctr:{bN}:xptx:<uid>:<hold_id>      the hold's record
 
 ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
             (see lua/lib/xp_state.lua)
@@ -32,7 +33,7 @@ local index = nil
 for i, h in ipairs(s.holds) do
   if h.id == hold_id then index = i end
 end
-if not index then return XP.finish(XP.closed_hold_code(KEYS[4]), 0, hold_id, 0, 0) end
+if not index then return XP.finish(XP.closed_hold_code(KEYS[5]), 0, hold_id, 0, 0) end
 local hold = s.holds[index]
 if amount > hold.amount then return XP.finish(9, 0, hold_id, hold.expires_at, hold.amount) end
 if amount == 0 then amount = hold.amount end
@@ -42,6 +43,6 @@ local taken, rest = XP.split(hold.parts, amount)
 local back = XP.restore(rest, XP.c.now)
 local record = {kind = 'hold', status = 'captured', xp = amount,
                 generation_type = hold.generation_type, parts = taken}
-redis.call('SET', KEYS[4], XP.encode_record(record), 'EX', record_ttl)
+XP.save_record(KEYS[5], record, record_ttl)
 XP.emit('xp_capture', hold.generation_type, back, hold_id, nil, {'xp_captured', amount})
 return XP.finish(1, amount, hold_id, hold.expires_at, back)

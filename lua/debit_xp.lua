@@ -7,7 +7,8 @@ current tier's (after any renewal that came due); a tier that does not allow the
 KEYS[1]  user         HASH   ctr:{bN}:user:<uid>                xp (JSON state), seq
 KEYS[2]  events       STREAM ctr:{bN}:events
 KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused key)
-KEYS[4]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the new debit or hold record
+KEYS[4]  meta         HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
+KEYS[5]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the new debit or hold record
 
 ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
             (see lua/lib/xp_state.lua)
@@ -44,7 +45,7 @@ if mode == 'hold' and #s.holds >= max_holds then return XP.finish(13, 0, '', 0, 
 local parts = XP.burn(cost)
 local record = {kind = mode, status = mode == 'hold' and 'held' or 'debited', xp = cost,
                 generation_type = generation_type, parts = parts}
-redis.call('SET', KEYS[4], XP.encode_record(record), 'EX', record_ttl)
+XP.save_record(KEYS[5], record, record_ttl)
 if mode == 'hold' then
   s.holds[#s.holds + 1] = {id = transaction_id, amount = cost, expires_at = hold_expires_at,
                            generation_type = generation_type, parts = parts}

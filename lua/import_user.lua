@@ -3,7 +3,7 @@
 
 Adopting the service: a user's EXP from the product's own table is added to what the service
 counted (level derived), a subscription is started (unless one is active: left as is), or a
-top-up is granted. The import id (derived from the line's content) is recorded in KEYS[4] in the
+top-up is granted. The import id (derived from the line's content) is recorded in KEYS[5] in the
 same step, so the same line applied twice changes nothing; the event carries it as `idem`, so
 the ledger keeps it too (the command checks the ledger for lines Redis forgot).
 Events: kind `exp_import` (EXP; fields exp, level) or `xp_import` (action `subscription` with the
@@ -12,7 +12,8 @@ allocation granted, or `topup`), so reconcile counts them in their family's sums
 KEYS[1]  user     HASH   ctr:{bN}:user:<uid>            exp, level, xp (JSON state), seq
 KEYS[2]  events   STREAM ctr:{bN}:events
 KEYS[3]  idem     STRING ctr:{bN}:unused                 (no Idempotency-Key: fingerprint "")
-KEYS[4]  imports  SET    ctr:{bN}:imports:<uid>          import ids applied to the user
+KEYS[4]  meta     HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
+KEYS[5]  imports  SET    ctr:{bN}:imports:<uid>          import ids applied to the user
 
 ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
             (see lua/lib/xp_state.lua; idem_key is the import id, fingerprint "")
@@ -39,7 +40,7 @@ local early = XP.open()
 if early then return early end
 local c, s = XP.c, XP.s
 local import_id = c.idem_key
-if redis.call('SISMEMBER', KEYS[4], import_id) == 1 then
+if redis.call('SISMEMBER', KEYS[5], import_id) == 1 then
   return XP.finish(12, 0, import_id, 0, 0)
 end
 
@@ -52,9 +53,10 @@ if op == 'exp' then
   redis.call('HSET', c.user_key, 'exp', total, 'level', level)
   redis.call('XADD', c.events, '*',
     'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
+    'run', Bucket.run(c.meta),
     'kind', 'exp_import', 'action', 'import', 'amount', amount, 'actor', c.actor, 'target', '',
     'idem', import_id, 'exp', total, 'level', level)
-  redis.call('SADD', KEYS[4], import_id)
+  redis.call('SADD', KEYS[5], import_id)
   return XP.finish(1, amount, import_id, 0, 0)
 end
 
@@ -67,7 +69,7 @@ if op == 'subscription' then
   local added = c.tiers[tier_name].monthly_xp - s.alloc
   s.alloc = c.tiers[tier_name].monthly_xp
   XP.emit('xp_import', 'subscription', added, tier_name)
-  redis.call('SADD', KEYS[4], import_id)
+  redis.call('SADD', KEYS[5], import_id)
   return XP.finish(1, added, import_id, s.period_end, 0)
 end
 
@@ -76,5 +78,5 @@ if #s.grants >= max_grants then return XP.finish(13, 0, import_id, at, 0) end
 local grant_id = 'xg_' .. string.sub(import_id, 5)
 s.grants[#s.grants + 1] = {id = grant_id, left = amount, expires_at = at}
 XP.emit('xp_import', 'topup', amount, grant_id)
-redis.call('SADD', KEYS[4], import_id)
+redis.call('SADD', KEYS[5], import_id)
 return XP.finish(1, amount, import_id, at, 0)

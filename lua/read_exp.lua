@@ -1,16 +1,19 @@
+-- requires: bucket
 --[[ read_exp: a user's total and today's counters, in one round trip. Writes nothing.
 
 KEYS[1]  user  HASH  ctr:{bN}:user:<uid>
 KEYS[2]  today HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>
+KEYS[3]  meta  HASH  ctr:{bN}:meta                    run, complete (lua/lib/bucket.lua)
 
-ARGV[1]  may_create  "0"|"1"  "0": a missing user must be hydrated first (reply code 6)
+ARGV[1]  may_create  "0"|"1"  "0": a missing user is new only in a complete bucket, else it
+                              must be hydrated first (reply code 6)
 
 Reply: {code, total_exp, seq, {field, value, ...} of the day hash}
   code 1 read
   code 6 needs_hydration
 ]]
 
-if redis.call('EXISTS', KEYS[1]) == 0 and ARGV[1] ~= '1' then
+if redis.call('EXISTS', KEYS[1]) == 0 and not Bucket.may_create(KEYS[3], ARGV[1]) then
   return {6, 0, 0, {}}
 end
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')

@@ -7,7 +7,8 @@ whose credit has expired since (an earlier period's allocation, an expired top-u
 KEYS[1]  user         HASH   ctr:{bN}:user:<uid>                xp (JSON state), seq
 KEYS[2]  events       STREAM ctr:{bN}:events
 KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused key)
-KEYS[4]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the debit or hold record
+KEYS[4]  meta         HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
+KEYS[5]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the debit or hold record
 
 ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
             (see lua/lib/xp_state.lua)
@@ -26,7 +27,7 @@ local transaction_id = ARGV[9]
 
 local early = XP.open()
 if early then return early end
-local record = XP.read_record(KEYS[4])
+local record = XP.read_record(KEYS[5])
 if not record then return XP.finish(4, 0, transaction_id, 0, 0) end
 if record.status == 'refunded' then return XP.finish(5, 0, transaction_id, 0, record.xp) end
 if record.status ~= 'debited' and record.status ~= 'captured' then
@@ -35,6 +36,6 @@ end
 
 local back = XP.restore(record.parts, XP.c.now)
 record.status = 'refunded'
-redis.call('SET', KEYS[4], XP.encode_record(record), 'KEEPTTL')
+XP.save_record(KEYS[5], record)
 XP.emit('xp_refund', record.generation_type, back, transaction_id)
 return XP.finish(1, back, transaction_id, 0, record.xp)

@@ -4,7 +4,8 @@
 KEYS[1]  user         HASH   ctr:{bN}:user:<uid>                xp (JSON state), seq
 KEYS[2]  events       STREAM ctr:{bN}:events
 KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused key)
-KEYS[4]  transaction  STRING ctr:{bN}:xptx:<uid>:<hold_id>      the hold's record
+KEYS[4]  meta         HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
+KEYS[5]  transaction  STRING ctr:{bN}:xptx:<uid>:<hold_id>      the hold's record
 
 ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
             (see lua/lib/xp_state.lua)
@@ -28,12 +29,12 @@ local index = nil
 for i, h in ipairs(s.holds) do
   if h.id == hold_id then index = i end
 end
-if not index then return XP.finish(XP.closed_hold_code(KEYS[4]), 0, hold_id, 0, 0) end
+if not index then return XP.finish(XP.closed_hold_code(KEYS[5]), 0, hold_id, 0, 0) end
 
 local hold = table.remove(s.holds, index)
 local back = XP.restore(hold.parts, XP.c.now)
 local record = {kind = 'hold', status = 'released', xp = hold.amount,
                 generation_type = hold.generation_type, parts = hold.parts}
-redis.call('SET', KEYS[4], XP.encode_record(record), 'KEEPTTL')
+XP.save_record(KEYS[5], record)
 XP.emit('xp_release', hold.generation_type, back, hold_id)
 return XP.finish(1, back, hold_id, hold.expires_at, hold.amount)

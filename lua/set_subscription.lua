@@ -9,6 +9,7 @@ applies at the next renewal. The current tier again clears a pending downgrade o
 KEYS[1]  user    HASH   ctr:{bN}:user:<uid>            xp (JSON state), seq
 KEYS[2]  events  STREAM ctr:{bN}:events
 KEYS[3]  idem    STRING ctr:{bN}:idem:<caller>:<key>   (or an unused key)
+KEYS[4]  meta    HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 
 ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
             (see lua/lib/xp_state.lua)

@@ -44,6 +44,7 @@ class Change(
     actor: str = ""
     target: str = ""
     idem: str = ""  # the request's Idempotency-Key ("" if none)
+    run: str = ""  # the Redis incarnation of the bucket that made it (persistence/runs.py)
 
 
 class ExpAward(Change, frozen=True, tag="exp_award"):
@@ -123,9 +124,24 @@ class OwnerChange(
     ts: Millis = 0
 
 
+class RecordChange(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="record",
+    forbid_unknown_fields=True,
+):  # fmt: skip
+    """A record a Redis loss must not forget (lua/lib/records.lua): an idempotency record or an
+    XP debit or hold record, kept in ``redis_records`` and put back when its scope is hydrated."""
+
+    scope: str  # the user whose slot holds it
+    key: str  # its Redis key
+    value: str
+    expires_ms: BigInt  # unix milliseconds by the service clock
+    run: str = ""
+
+
 Event = (
     ExpAward | ExpAdjust | ExpImport | XpSubscription | XpAllocation | XpGrant | XpGrantExpired
     | XpDebit | XpHold | XpCapture | XpRelease | XpHoldExpired | XpRefund | XpImport | OwnerChange
+    | RecordChange
 )  # fmt: skip
 
 
@@ -151,7 +167,7 @@ def _tag(struct: type[msgspec.Struct]) -> str:
 # The parser decodes each entry with the union member its `kind` names (msgspec's lax mode turns
 # the stream's strings into the declared ints); these lists are the schema's, not the parser's.
 CHANGES: dict[str, type[Change]] = {
-    _tag(t): t for t in typing.get_args(Event) if t is not OwnerChange
+    _tag(t): t for t in typing.get_args(Event) if t not in (OwnerChange, RecordChange)
 }
 COMMON = (*_fields(Change), "kind", "day")  # a ledger row's own columns; the rest is totals
 CHANGE_TYPES = {
@@ -174,6 +190,7 @@ TOTALS: dict[str, tuple[str, ...]] = {
 }
 _INTEGERS = tuple(name for name, typ in CHANGE_TYPES.items() if typ is int)
 OWNER_KIND = _tag(OwnerChange)
+RECORD_KIND = _tag(RecordChange)
 
 
 class LedgerEvent(msgspec.Struct, frozen=True, gc=False):
@@ -196,6 +213,7 @@ class LedgerEvent(msgspec.Struct, frozen=True, gc=False):
     ts_ms: int
     totals: dict[str, Any]
     xp_state: str | None
+    run: str = ""  # "" (events made before issue #11): no flush barrier applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +231,21 @@ class OwnerEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordEvent:
+    stream: str
+    stream_id: str
+    scope: str
+    key: str
+    value: str
+    expires_ms: int
+    run: str
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return position(self.stream_id)
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     stream: str
     stream_id: str
@@ -227,9 +260,10 @@ class Batch:
     events: list[LedgerEvent] = field(default_factory=list)
     owners: list[OwnerEvent] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    records: list[RecordEvent] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.owners) + len(self.rejected)
+        return len(self.events) + len(self.owners) + len(self.rejected) + len(self.records)
 
 
 def position(stream_id: str) -> tuple[int, int]:
@@ -250,10 +284,14 @@ def _invalid(exc: msgspec.ValidationError) -> ValueError:
     return ValueError(text)
 
 
-def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent | OwnerEvent:
+def parse(
+    stream: str, stream_id: str, fields: Mapping[str, str]
+) -> LedgerEvent | OwnerEvent | RecordEvent:
     """One stream entry, decoded with the ``Event`` member its ``kind`` names; ``ValueError``
     says why it cannot be ledgered (missing common fields, a NUL, a value of the wrong type)."""
     kind = fields.get("kind")
+    if kind == RECORD_KIND:
+        return _record(stream, stream_id, fields)
     if kind == OWNER_KIND:
         return _owner(stream_id, fields)
     missing = [name for name in REQUIRED if not fields.get(name)]
@@ -287,6 +325,23 @@ def parse(stream: str, stream_id: str, fields: Mapping[str, str]) -> LedgerEvent
         ts_ms=event.ts,
         totals=totals,
         xp_state=getattr(event, XP_STATE, None) or None,
+        run=event.run,
+    )
+
+
+def _record(stream: str, stream_id: str, fields: Mapping[str, str]) -> RecordEvent:
+    if "\x00" in "".join(fields) or "\x00" in "".join(fields.values()):
+        raise ValueError("a NUL character (Postgres text cannot hold it)")
+    missing = [n for n in _required(RecordChange) if not fields.get(n)]
+    if missing:
+        raise ValueError(f"record without {', '.join(missing)}")
+    int(fields["expires_ms"])  # Lua writes integers: "1e3" is not one (msgspec lax is)
+    try:
+        record = msgspec.convert(fields, RecordChange, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    return RecordEvent(
+        stream, stream_id, record.scope, record.key, record.value, record.expires_ms, record.run
     )
 
 
@@ -314,6 +369,8 @@ def sort_entries(entries: Iterable[tuple[str, str, Mapping[str, str] | None]]) -
             continue
         if isinstance(parsed, OwnerEvent):
             batch.owners.append(parsed)
+        elif isinstance(parsed, RecordEvent):
+            batch.records.append(parsed)
         else:
             batch.events.append(parsed)
     return batch

@@ -8,6 +8,11 @@ from today's ``exp_award`` rows) and writes them with ``lua/hydrate_user.lua``, 
 if the user is still missing, so a concurrent hydration or write wins cleanly. A user Postgres does
 not know either becomes an empty user. The user's seq continues from Postgres's, so new event ids
 never repeat a ledgered one. Concurrent hydrations of one user in a process share one query.
+
+Hydration never races the flusher: before reading, it reads the bucket's run (``open_bucket``)
+and holds the ledger's flush barrier for it (``persistence/runs.py``: every flush of an earlier
+incarnation has committed or can no longer commit), and ``hydrate_user`` writes only if the
+bucket's run is still that one. A process holds each bucket's barrier once per run.
 """
 
 from __future__ import annotations
@@ -18,17 +23,32 @@ from collections.abc import Callable
 import msgspec
 
 from counters.clock import Clock
-from counters.exp.entities import DurableOwner, DurableOwnerLookup, Target
+from counters.errors import StorageError
+from counters.exp.entities import (
+    DurableOwner,
+    DurableOwnerLookup,
+    DurableTriggersLookup,
+    Target,
+)
 from counters.exp.leaderboard import Period
 from counters.exp.leaderboard import window as leaderboard_window
 from counters.exp.types import DayWindow
 from counters.metrics import HYDRATIONS
-from counters.redis.calls import HydrateUser, HydrateUserKeys
-from counters.redis.keys import UserKeys
+from counters.redis.calls import (
+    HydrateUser,
+    HydrateUserKeys,
+    MetaKey,
+    OpenBucket,
+    RecordKeys,
+    RestoreRecord,
+)
+from counters.redis.codes import HydrateOutcome
+from counters.redis.keys import UserKeys, bucket_of, meta_key
 from counters.redis.scripts import Scripts
 from persistence.leaderboard import user_award_sums
 from persistence.store import DurableUser, Store
 
+Trigger = tuple[str, str, str, int]  # action, actor, owner, ts_ms
 DayWindowOf = Callable[[str, float], DayWindow]  # (user_id, now) -> today's key and expiry
 
 
@@ -54,6 +74,7 @@ class PostgresHydrator:
         self._window = window
         self._board_grace = board_grace  # None: leaderboards off, none restored
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._barriers: dict[int, str] = {}  # bucket -> the run whose barrier this process holds
 
     async def hydrate(self, user_id: str) -> None:
         """Load the user's durable totals into Redis unless Redis already has the user."""
@@ -79,28 +100,65 @@ class PostgresHydrator:
         finally:
             del self._inflight[user_id]
 
+    def now(self) -> float:
+        """The service clock's now (unix seconds)."""
+        return self._clock.now()
+
+    async def open_bucket(self, bucket: int, *, barrier: bool = True) -> tuple[str, bool]:
+        """The bucket's run (made if missing) and whether Redis holds the bucket completely;
+        with ``barrier``, returns behind the flush barrier of that run."""
+        reply = await self._scripts.run(MetaKey(meta_key(bucket)), OpenBucket())
+        run = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        complete = bool(reply[2])
+        if barrier and self._barriers.get(bucket) != run:
+            await self._store.barrier(bucket, run)
+            self._barriers[bucket] = run
+        return run, complete
+
     async def _hydrate(self, user_id: str) -> bool:
         """Hydrate one user; True when Postgres knew them (a restore), False for a new user."""
-        now = self._clock.now()
-        window = self._window(user_id, now)
-        user = await self._store.load_user(user_id, window.day)
+        bucket = bucket_of(user_id, self._buckets)
         keys = UserKeys.of(user_id, self._buckets)
-        boards = (keys.unused, keys.unused, keys.unused)
-        week_ttl, board_exp = 0, [0, 0, 0]
-        if self._board_grace is not None:
-            week = leaderboard_window(Period.WEEK, now, self._board_grace)
-            boards = (keys.board(f"day:{window.day}"), keys.board(week.id), keys.board("all"))
-            week_ttl = week.ttl or 0
-            board_exp = [user.day_exp, *await user_award_sums(self._store, user_id, week)]
-        await self._scripts.run(
-            HydrateUserKeys(keys.user, keys.day(window.day), *boards),
-            hydrate_call(user, window, week_ttl, board_exp),
-        )
-        return user.seq > 0 or user.xp_state is not None
+        for _ in range(3):  # another loss between the barrier and the write: barrier again
+            run, _complete = await self.open_bucket(bucket)
+            now = self._clock.now()
+            window = self._window(user_id, now)
+            user = await self._store.load_user(user_id, window.day, int(now * 1000))
+            if not await self._restore_records(user, keys.meta, run, int(now * 1000)):
+                continue
+            boards = (keys.unused, keys.unused, keys.unused)
+            week_ttl, board_exp = 0, [0, 0, 0]
+            if self._board_grace is not None:
+                week = leaderboard_window(Period.WEEK, now, self._board_grace)
+                boards = (keys.board(f"day:{window.day}"), keys.board(week.id), keys.board("all"))
+                week_ttl = week.ttl or 0
+                board_exp = [user.day_exp, *await user_award_sums(self._store, user_id, week)]
+            reply = await self._scripts.run(
+                HydrateUserKeys(keys.user, keys.day(window.day), *boards, keys.meta),
+                hydrate_call(user, window, week_ttl, board_exp, run),
+            )
+            if reply[0] != HydrateOutcome.RUN_CHANGED:
+                return user.seq > 0 or user.xp_state is not None
+        raise StorageError(f"Redis kept losing bucket {bucket} while user {user_id} was hydrated")
+
+    async def _restore_records(self, user: DurableUser, meta: str, run: str, now_ms: int) -> bool:
+        """The user's records first (a request that sees the user sees them too); False when
+        Redis lost the bucket again meanwhile."""
+        calls = [
+            self._scripts.run(RecordKeys(key, meta), RestoreRecord(value, expires_ms - now_ms, run))
+            for key, value, expires_ms in user.records
+            if expires_ms > now_ms
+        ]
+        replies = await asyncio.gather(*calls)
+        return all(reply[0] != HydrateOutcome.RUN_CHANGED for reply in replies)
 
 
 def hydrate_call(
-    user: DurableUser, window: DayWindow, week_ttl: int = 0, board_exp: list[int] | None = None
+    user: DurableUser,
+    window: DayWindow,
+    week_ttl: int = 0,
+    board_exp: list[int] | None = None,
+    run: str = "",
 ) -> HydrateUser:
     """The ``hydrate_user.lua`` call that puts ``user`` back; ``board_exp`` is their EXP from
     awards today, this ISO week and all time (``week_ttl`` 0: leaderboards off)."""
@@ -113,7 +171,18 @@ def hydrate_call(
         exp=user.exp, level=user.level, seq=user.seq, xp_state=user.xp_state or "",
         day_ttl=window.ttl, day_fields=msgspec.json.encode(fields).decode(), week_ttl=week_ttl,
         board_exp=msgspec.json.encode(board_exp or [0, 0, 0]).decode(), user_id=user.user_id,
+        run=run,
     )  # fmt: skip
+
+
+def durable_triggers_lookup(store: Store) -> DurableTriggersLookup:
+    """``Entities``'s lookup of who already triggered an entity's once-per-actor actions: only
+    asked when Redis lost the entity's records."""
+
+    async def lookup(target: Target, actions: list[str], since_ms: int) -> list[Trigger]:
+        return await store.creator_awards(str(target), actions, since_ms)
+
+    return lookup
 
 
 def durable_owner_lookup(store: Store) -> DurableOwnerLookup:

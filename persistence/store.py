@@ -18,6 +18,7 @@ from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
 from persistence.events import Batch, Rejected
 from persistence.history import read_history
+from persistence.runs import barrier
 from persistence.webhooks.outbox import OutboxPolicy
 from persistence.writer import WriteResult, quarantine, write_batch
 
@@ -43,6 +44,8 @@ class DurableUser:
     xp_state: str | None = None
     day_exp: int = 0
     day_counts: dict[str, int] = field(default_factory=dict)
+    # (key, value, expires_ms) of its records still alive (lua/lib/records.lua)
+    records: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -172,9 +175,17 @@ class Store:
             )
         return None if row is None else DurableOwner(row["owner_id"], row["version"])
 
-    async def load_user(self, user_id: str, day: str) -> DurableUser:
-        """The user's durable totals and ``day``'s awards; an unknown user is an empty one."""
+    async def load_user(self, user_id: str, day: str, now_ms: int = 0) -> DurableUser:
+        """The user's durable totals, ``day``'s awards and the records of their slot still alive
+        at ``now_ms`` (service clock); an unknown user is an empty one."""
         async with self.bounded("load user", self.timeout) as conn:
+            kept = await conn.fetch(
+                "SELECT key, value, expires_ms FROM redis_records"
+                " WHERE scope = $1 AND expires_ms > $2",
+                user_id,
+                now_ms,
+            )
+            records = [(row["key"], row["value"], row["expires_ms"]) for row in kept]
             totals = await conn.fetchrow(
                 "SELECT seq, exp, level, xp_state::text AS xp_state FROM user_totals"
                 " WHERE user_id = $1",
@@ -187,7 +198,7 @@ class Store:
                 day,
             )
         if totals is None:
-            return DurableUser(user_id)
+            return DurableUser(user_id, records=records)
         return DurableUser(
             user_id=user_id,
             seq=totals["seq"],
@@ -196,7 +207,43 @@ class Store:
             xp_state=totals["xp_state"],
             day_exp=sum(int(row["exp"]) for row in awards),
             day_counts={row["action"]: int(row["n"]) for row in awards},
+            records=records,
         )
+
+    async def barrier(self, bucket: int, run: str) -> None:
+        """The flush barrier of ``bucket`` for its Redis incarnation ``run`` (persistence/runs.py):
+        returns once no open or later flush can add rows of an earlier incarnation."""
+        async with self.bounded("flush barrier", self.timeout) as conn:
+            await barrier(conn, bucket, run)
+
+    async def creator_awards(
+        self, target: str, actions: list[str], since_ms: int
+    ) -> list[tuple[str, str, str, int]]:
+        """(action, actor, owner, ts_ms) of the ledgered awards of ``actions`` on ``target``
+        since ``since_ms``: who already triggered them."""
+        async with self.bounded("creator awards", self.timeout) as conn:
+            rows = await conn.fetch(
+                "SELECT action, actor, owner_id, ts_ms FROM creator_awards"
+                " WHERE target = $1 AND action = ANY($2::text[]) AND ts_ms >= $3",
+                target,
+                actions,
+                since_ms,
+            )
+        return [(r["action"], r["actor"], r["owner_id"], r["ts_ms"]) for r in rows]
+
+    async def forget_expired_records(self, now_ms: int) -> int:
+        """Delete the ``redis_records`` rows expired at ``now_ms``; returns how many."""
+        async with self.bounded("forget expired records", self.write_timeout) as conn:
+            status: str = await conn.execute(
+                "DELETE FROM redis_records WHERE expires_ms <= $1", now_ms
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def user_ids(self) -> list[str]:
+        """Every user Postgres has totals for (the restore of incomplete buckets)."""
+        async with self.bounded("list users", self.write_timeout) as conn:
+            rows = await conn.fetch("SELECT user_id FROM user_totals")
+        return [row["user_id"] for row in rows]
 
     async def imported(self, import_ids: list[str]) -> set[str]:
         """Which of ``import_ids`` the ledger already holds (``counters import`` lines whose

@@ -14,6 +14,7 @@ from operator import attrgetter
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
+from counters.redis.keys import bucket_of_key
 from persistence.events import (
     CHANGE_TYPES,
     COMMON,
@@ -22,20 +23,23 @@ from persistence.events import (
     Batch,
     LedgerEvent,
     OwnerEvent,
+    RecordEvent,
     Rejected,
     collapse,
 )
+from persistence.runs import retired_runs
 from persistence.staging import stage
 from persistence.webhooks.outbox import OutboxPolicy, write_outbox
 
 # The ledger's columns, from the event schema (persistence/events.py): each field of ``Change``
-# plus ``kind`` and ``day`` (COMMON), then what the flusher adds. Two are renamed in SQL, one is
-# converted (the others go as they are); the Python side reads each column from the
+# plus ``kind`` and ``day`` (COMMON) but ``run`` (the ledger has no such column: runs live in
+# bucket_runs and lost_entries, migration 0004), then what the flusher adds. Two are renamed in
+# SQL, one is converted (the others go as they are); the Python side reads each column from the
 # ``LedgerEvent`` attribute named here.
 _COLUMN = {"user": "user_id", "ts": "occurred_at"}
 _ATTRIBUTE = {"user": "user_id", "ts": "ts_ms"}
 _CONVERT = {"ts": 'to_timestamp("ts" / 1000.0)', "totals": '"totals"::jsonb'}
-_LEDGER_FIELDS = (*COMMON, "totals", "stream_id")
+_LEDGER_FIELDS = (*(f for f in COMMON if f != "run"), "totals", "stream_id")
 _SQL_TYPE = {name: "bigint" if typ is int else "text" for name, typ in CHANGE_TYPES.items()}
 _SQL_TYPE |= dict.fromkeys(("kind", "day", "totals", "stream_id"), "text")
 _LEDGER_ROW = attrgetter(*(_ATTRIBUTE.get(f, f) for f in _LEDGER_FIELDS if f != "totals"))
@@ -84,6 +88,27 @@ WHERE (excluded.version, excluded.position_ms, excluded.position_seq)
     > (o.version, o.position_ms, o.position_seq)
 """
 
+_UPSERT_RECORDS = """
+INSERT INTO redis_records AS r (key, scope, value, expires_ms, pos_ms, pos_n)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+ON CONFLICT (key) DO UPDATE SET
+    scope = EXCLUDED.scope, value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms,
+    pos_ms = EXCLUDED.pos_ms, pos_n = EXCLUDED.pos_n
+WHERE (EXCLUDED.pos_ms, EXCLUDED.pos_n) > (r.pos_ms, r.pos_n)
+"""
+
+_CREATOR_AWARDS = """
+INSERT INTO creator_awards (target, action, actor, owner_id, ts_ms)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+ON CONFLICT (target, action, actor) DO NOTHING
+"""
+
+_LOST = """
+INSERT INTO lost_entries (stream, stream_id, run, fields)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[])
+ON CONFLICT (stream, stream_id) DO NOTHING
+"""
+
 _QUARANTINE = """
 INSERT INTO ledger_quarantine (stream, stream_id, reason, fields)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[])
@@ -96,6 +121,7 @@ class WriteResult:
     inserted: int  # new ledger rows
     duplicates: int  # events already ledgered (re-deliveries)
     quarantined: int  # entries set aside (malformed, or an event_id reused by another entry)
+    lost: int = 0  # entries of a retired run: lost with Redis before they were ledgered
 
 
 async def write_batch(
@@ -106,6 +132,7 @@ async def write_batch(
     With an ``outbox`` policy, the webhooks the newly inserted ledger rows cause are written in
     the same transaction (``persistence.webhooks.outbox``)."""
     async with conn.transaction():
+        batch, lost = await _refuse_retired(conn, batch)
         inserted: set[str] = set()
         if batch.events:
             await stage(conn, "ledger_in", _LEDGER_STAGED, _ledger_rows(batch.events))
@@ -123,10 +150,71 @@ async def write_batch(
             await conn.execute(_UPSERT_TOTALS)
         if batch.owners:
             await conn.execute(_UPSERT_OWNERS, *_owner_columns(batch.owners))
+        if batch.records:
+            await conn.execute(_UPSERT_RECORDS, *_record_columns(batch.records))
+        creator = [e for e in batch.events if _creator_award(e)]
+        if creator:
+            await conn.execute(_CREATOR_AWARDS, *_creator_columns(creator))
         if rejected:
             await _quarantine(conn, rejected)
     duplicates = len(skipped) - (len(rejected) - len(batch.rejected))
-    return WriteResult(len(inserted), duplicates, len(rejected))
+    return WriteResult(len(inserted), duplicates, len(rejected), lost)
+
+
+async def _refuse_retired(conn: asyncpg.Connection, batch: Batch) -> tuple[Batch, int]:
+    """The batch without the entries of runs a hydration retired, and how many those were.
+
+    They were acknowledged by a Redis that lost them before they were ledgered (the durability
+    window): they go to ``lost_entries`` for the record, not to the ledger, where they would
+    land behind a user rebuilt without them, and not to quarantine: nothing is to be repaired."""
+    both: list[LedgerEvent | RecordEvent] = [*batch.events, *batch.records]
+    runs = {(bucket_of_key(e.stream), e.run) for e in both if e.run}
+    retired = await retired_runs(conn, runs)
+    if not retired:
+        return batch, 0
+
+    def lost(e: LedgerEvent | RecordEvent) -> bool:
+        return bool(e.run) and (bucket_of_key(e.stream), e.run) in retired
+
+    gone = [e for e in both if lost(e)]
+    await conn.execute(
+        _LOST,
+        [e.stream for e in gone],
+        [e.stream_id for e in gone],
+        [e.run for e in gone],
+        [
+            orjson.dumps(_fields_of(e) if isinstance(e, LedgerEvent) else {"key": e.key}).decode()
+            for e in gone
+        ],
+    )
+    events = [e for e in batch.events if not lost(e)]
+    records = [r for r in batch.records if not lost(r)]
+    return Batch(events, batch.owners, batch.rejected, records), len(gone)
+
+
+def _creator_award(e: LedgerEvent) -> bool:
+    """An award paid to someone else than its actor, for an entity (a like, a fork, a sale)."""
+    return e.kind == "exp_award" and bool(e.target) and e.actor not in ("", e.user_id)
+
+
+def _creator_columns(events: list[LedgerEvent]) -> list[list[object]]:
+    return [
+        [e.target for e in events], [e.action for e in events], [e.actor for e in events],
+        [e.user_id for e in events], [e.ts_ms for e in events],
+    ]  # fmt: skip
+
+
+def _record_columns(records: list[RecordEvent]) -> list[list[object]]:
+    """One row per key, the newest by stream position (one statement cannot update a row twice)."""
+    newest: dict[str, RecordEvent] = {}
+    for r in records:
+        if r.key not in newest or r.position > newest[r.key].position:
+            newest[r.key] = r
+    rows = list(newest.values())
+    return [
+        [r.key for r in rows], [r.scope for r in rows], [r.value for r in rows],
+        [r.expires_ms for r in rows], [r.position[0] for r in rows], [r.position[1] for r in rows],
+    ]  # fmt: skip
 
 
 async def quarantine(conn: asyncpg.Connection, rejected: list[Rejected]) -> None:
@@ -193,6 +281,8 @@ def _fields_of(e: LedgerEvent) -> dict[str, str]:
     fields.update({k: str(v) for k, v in e.totals.items()})
     if e.xp_state is not None:
         fields["xp_state"] = e.xp_state
+    if e.run:
+        fields["run"] = e.run
     return fields
 
 

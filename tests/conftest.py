@@ -94,8 +94,11 @@ def database_url(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture
 def durable_settings(settings: Settings, database_url: str) -> Settings:
-    """Settings with the durable store; tests run the flusher themselves (burst mode)."""
-    return replace(settings, database_url=database_url, flusher_enabled=False)
+    """Settings with the durable store; tests run the flusher and the bucket restore themselves
+    (burst mode, ``restore_once``)."""
+    return replace(
+        settings, database_url=database_url, flusher_enabled=False, restore_interval_seconds=0
+    )
 
 
 @pytest.fixture
@@ -132,12 +135,14 @@ def live_url(
     """
     postgres_server.start()
     workdir = tmp_path_factory.mktemp("serve")
-    # No flusher: the suite empties Redis between tests, under the live service's feet.
+    # No flusher and no bucket restore: the suite empties Redis between tests, under the live
+    # service's feet, and other tests must not find its bucket records (ctr:{bN}:meta).
     with live_service(
         workdir,
         redis_server.url,
         postgres_server.url,
         flusher_enabled="0",
+        restore_interval_seconds="0",
         cors_origins=f"{CORS_ORIGIN},{demo_origin}",
     ) as url:
         yield url

@@ -59,6 +59,8 @@ async def readyz(request: Request) -> Response:
             flusher["stalled"] = stalled
             postgres_ok = False  # the ledger is not advancing: degraded, and strict says no
         body["flusher"] = flusher
+        if durability.restore is not None:
+            body["restore"] = durability.restore.progress.as_json()
     ready = redis_ok and (postgres_ok or not strict)
     body["status"] = ("ready" if postgres_ok else "degraded") if ready else "not ready"
     return json_response(body, READINESS_STATUS[ready])

@@ -74,7 +74,7 @@ class ImportService:
     async def apply(self, record: Record) -> ImportOutcome:
         """Apply one record (at most once per user and import id); its outcome."""
         user = UserKeys.of(record.line.user_id, self._buckets)
-        keys = ImportUserKeys(user.user, user.events, user.unused, user.imports)
+        keys = ImportUserKeys(user.user, user.events, user.unused, user.meta, user.imports)
         reply = await run_hydrated(
             self._hydrator, self._scripts, record.line.user_id, keys, self._call(record)
         )

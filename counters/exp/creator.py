@@ -34,6 +34,7 @@ from counters.redis.calls import (
     RememberRequest,
     ReserveCreatorAward,
     ReserveKeys,
+    RestoreOnce,
     SettleCreatorAward,
 )
 from counters.redis.codes import (
@@ -142,6 +143,7 @@ class CreatorAwards:
             if code == _NEEDS_OWNER_RESTORE:
                 if not await self._entities.restore(award.target):
                     break
+                await self._restore_once(award.target)
                 may_create = "1"
             elif code == _NO_OWNER:
                 break
@@ -198,6 +200,28 @@ class CreatorAwards:
             award.action_name, award.action, owner, award.actor, award.target, record,
             fingerprint, idem_key,
         )  # fmt: skip
+
+    async def _restore_once(self, target: Target) -> None:
+        """Redis lost the entity's records: put back who already triggered its once-per-actor
+        actions (from the ledger, as done) before the first award after the loss."""
+        lookup = self._entities.triggers_lookup
+        once = [name for name, a in self._exp.rules.actions.items() if a.once_per_actor]
+        if lookup is None or not once:
+            return
+        since = int(self._exp.clock.now() * 1000) - self._once_ttl * 1000
+        entries: dict[str, list[list[str]]] = {}
+        for action, actor, owner, ts_ms in await lookup(target, once, since):
+            entry = {"state": "done", "rid": "", "owner": owner, "fp": "", "ts": ts_ms}
+            entries.setdefault(action, []).append([actor, json.dumps(entry)])
+        keys = self._entities.keys(target)
+        await asyncio.gather(
+            *(
+                self._scripts.run(
+                    OnceKey(keys.once(action)), RestoreOnce(json.dumps(found), self._once_ttl)
+                )
+                for action, found in entries.items()
+            )
+        )
 
     @property
     def _once_ttl(self) -> int:

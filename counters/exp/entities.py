@@ -48,6 +48,11 @@ class DurableOwner:
 
 # Looks an owner up in the durable store when Redis has none (wired by the persistence layer).
 DurableOwnerLookup = Callable[[Target], Awaitable[DurableOwner | None]]
+# (target, actions, since unix ms) -> (action, actor, owner, ts_ms) of the ledgered awards of
+# those actions on the target: who already triggered them (issue #11, wired by persistence).
+DurableTriggersLookup = Callable[
+    [Target, list[str], int], Awaitable[list[tuple[str, str, str, int]]]
+]
 
 
 class Entities:
@@ -57,11 +62,13 @@ class Entities:
         buckets: int,
         clock: Clock,
         durable_lookup: DurableOwnerLookup | None = None,
+        triggers_lookup: DurableTriggersLookup | None = None,
     ) -> None:
         self._scripts = scripts
         self._buckets = buckets
         self._clock = clock
         self._durable_lookup = durable_lookup
+        self.triggers_lookup = triggers_lookup
 
     @property
     def may_create(self) -> str:

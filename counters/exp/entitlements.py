@@ -57,7 +57,8 @@ class EntitlementService:
     async def level(self, user_id: str) -> int:
         """The user's level: one Redis round trip (hydrated first if Redis lost the user)."""
         user = UserKeys.of(user_id, self._buckets)
-        keys = UserDayKeys(user.user, user.unused)  # no day hash: HGETALL of a missing key is {}
+        # no day hash: HGETALL of a missing key is {}
+        keys = UserDayKeys(user.user, user.unused, user.meta)
         call = ReadExp(may_create=may_create_arg(self._hydrator))
         reply = await run_hydrated(self._hydrator, self._scripts, user_id, keys, call)
         total = reply[1]

@@ -233,7 +233,7 @@ class ExpService:
         user = UserKeys.of(user_id, self._buckets)
         keys = AwardExpKeys(
             user.user, user.day(window.day), user.events, record,
-            *self._boards(user, window.day, now),
+            *self._boards(user, window.day, now), user.meta,
         )  # fmt: skip
         # Positional, in AwardExp's field order: on the hot path msgspec builds a 16-field Struct
         # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
@@ -330,7 +330,7 @@ class ExpService:
         """The user's total EXP and today's gains and action counts."""
         now = self._clock.now()
         user = UserKeys.of(user_id, self._buckets)
-        keys = UserDayKeys(user=user.user, today=user.day(utc_day(now)))
+        keys = UserDayKeys(user=user.user, today=user.day(utc_day(now)), meta=user.meta)
         call = ReadExp(may_create=self._may_create)
         _, total, _seq, day_fields = await self._run(user_id, keys, call)
         assert isinstance(total, int) and isinstance(day_fields, list)
@@ -353,6 +353,7 @@ class ExpService:
             user=user.user,
             events=user.events,
             idem=user.idempotency(idem.caller, idem.key) if idem else user.unused,
+            meta=user.meta,
         )
         call = AdjustExp(
             user_id=user_id, delta=delta, reason=reason, thresholds=self._thresholds,

@@ -26,6 +26,9 @@ from counters.redis.codes import (
     AssignOutcome,
     AwardApplied,
     AwardOutcome,
+    BucketOutcome,
+    CompleteOutcome,
+    HydrateOutcome,
     Hydration,
     ImportSkip,
     KeyReuse,
@@ -34,6 +37,7 @@ from counters.redis.codes import (
     RecallOutcome,
     RememberOutcome,
     ReserveOutcome,
+    RestoreOnceOutcome,
     SettleOutcome,
     WriteIfOutcome,
     XpOutcome,
@@ -72,15 +76,17 @@ class UserKey(Keys, frozen=True):
 class UserDayKeys(Keys, frozen=True):
     user: str
     today: str
+    meta: str  # the bucket's record (run, complete): keys.UserKeys.meta
 
 
 class UserWriteKeys(Keys, frozen=True):
     """The keys of a write to one user: totals, the bucket's ledger stream, the idempotency
-    record (or an unused key)."""
+    record (or an unused key), the bucket's record (run, complete)."""
 
     user: str
     events: str
     idem: str
+    meta: str
 
 
 class XpTxKeys(UserWriteKeys, frozen=True):
@@ -102,6 +108,7 @@ class AwardExpKeys(Keys, frozen=True):
     day_board: str
     week_board: str
     all_board: str
+    meta: str
 
 
 class AssignEntityKeys(Keys, frozen=True):
@@ -122,6 +129,15 @@ class OnceKey(Keys, frozen=True):
 
 class IdemKey(Keys, frozen=True):
     idem: str
+
+
+class MetaKey(Keys, frozen=True):
+    meta: str
+
+
+class RecordKeys(Keys, frozen=True):
+    record: str
+    meta: str
 
 
 # -- EXP ----------------------------------------------------------------------------------------
@@ -245,12 +261,13 @@ class HydrateUserKeys(Keys, frozen=True):
     day_board: str
     week_board: str
     all_board: str
+    meta: str
 
 
 class HydrateUser(Call, frozen=True):
     SCRIPT = "hydrate_user"
     KEYS = HydrateUserKeys
-    CODES = (WriteIfOutcome,)
+    CODES = (HydrateOutcome,)
 
     exp: int
     level: int
@@ -261,6 +278,7 @@ class HydrateUser(Call, frozen=True):
     week_ttl: int
     board_exp: str
     user_id: str
+    run: str
 
 
 class RepairUser(Call, frozen=True):
@@ -370,10 +388,51 @@ class ImportUser(XpCall, frozen=True):
     max_grants: int
 
 
+class OpenBucket(Call, frozen=True):
+    """The bucket's run (made if missing) and whether Redis holds it completely."""
+
+    SCRIPT = "open_bucket"
+    KEYS = MetaKey
+    CODES = (BucketOutcome,)
+
+
+class CompleteBucket(Call, frozen=True):
+    """Mark the bucket complete, if Redis did not lose it since ``run`` was read."""
+
+    SCRIPT = "complete_bucket"
+    KEYS = MetaKey
+    CODES = (CompleteOutcome,)
+
+    run: str
+
+
+class RestoreRecord(Call, frozen=True):
+    """Put back a record the ledger kept (lib/records.lua) unless Redis holds a newer one."""
+
+    SCRIPT = "restore_record"
+    KEYS = RecordKeys
+    CODES = (HydrateOutcome,)
+
+    value: str
+    ttl_ms: int
+    run: str
+
+
+class RestoreOnce(Call, frozen=True):
+    """Put back once-per-actor entries the ledger knows (as done) unless Redis has the actor."""
+
+    SCRIPT = "restore_once"
+    KEYS = OnceKey
+    CODES = (RestoreOnceOutcome,)
+
+    entries: str
+    once_ttl: int
+
+
 CALLS: tuple[type[Call], ...] = (
     AwardExp, AdjustExp, ReadExp, AssignEntity, RecallRequest, ReserveCreatorAward,
     SettleCreatorAward, RememberRequest, HydrateUser, RepairUser, ReadXp,
     CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
-    ImportUser,
+    ImportUser, OpenBucket, CompleteBucket, RestoreRecord, RestoreOnce,
 )  # fmt: skip
 """Every script's call type: one per file in ``lua/`` (the contract test checks both ways)."""

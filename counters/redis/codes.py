@@ -120,7 +120,34 @@ class AssignOutcome(IntEnum):
 
 
 class WriteIfOutcome(IntEnum):
-    """``hydrate_user`` and ``repair_user`` write only if the user is as expected."""
+    """``repair_user`` writes only if the user is as expected."""
 
     SKIPPED = 0
     WRITTEN = 1
+
+
+class HydrateOutcome(IntEnum):
+    """``hydrate_user`` writes only if the user is missing and the bucket's run is as expected."""
+
+    SKIPPED = 0
+    WRITTEN = 1
+    RUN_CHANGED = 2  # Redis lost the bucket again since the flush barrier: barrier and retry
+
+
+class BucketOutcome(IntEnum):
+    """``open_bucket``: the bucket's run and whether it is complete follow."""
+
+    OPEN = 1
+
+
+class CompleteOutcome(IntEnum):
+    """``complete_bucket``."""
+
+    COMPLETED = 1
+    RUN_CHANGED = 2  # the run is not the one restored: nothing written
+
+
+class RestoreOnceOutcome(IntEnum):
+    """``restore_once``: how many entries were written follows."""
+
+    RESTORED = 1

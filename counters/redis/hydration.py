@@ -1,10 +1,12 @@
 """Getting a user back into Redis after Redis lost them.
 
 Every script that touches a user's totals receives ``may_create``. With no durable store it is
-"1": a missing user is simply new. With a durable store it is "0": a missing user may be a user
-Redis forgot (restart without persistence, failover, FLUSHALL), so the script answers
-``NEEDS_HYDRATION``, the caller asks the ``Hydrator`` to load the user's totals, and runs the
-script once more. Users Redis holds pay nothing: one round trip, as always.
+"1": a missing user is simply new. With a durable store it is "0": a missing user is new only if
+the user's bucket is complete (``ctr:{bN}:meta``, ``lua/lib/bucket.lua``: Redis holds every user
+of the bucket Postgres knows, decided inside the script); otherwise it may be a user Redis forgot
+(restart without persistence, failover, FLUSHALL), so the script answers ``NEEDS_HYDRATION``, the
+caller asks the ``Hydrator`` to load the user, and runs the script once more. Users Redis holds
+pay nothing: one round trip, as always.
 
 ``may_create`` is a field of each user-touching script's call (``counters/redis/calls.py``),
 filled in from ``may_create_arg`` when the call is built: it depends only on the store, never on

@@ -10,11 +10,11 @@ acting user, an award's at-most-once record to the user it pays, an entity's own
 once-per-actor records to the entity. Ids may contain ``:``; a key built from two of them
 (caller and Idempotency-Key) hashes them, length-prefixed, so no two pairs share a key.
 
-What rebuilds each record after a Redis loss (from the ledger stream, persistence/events.py):
-an owner from its ``entity_owner`` events (owner, version); a once-per-actor entry ("done")
-from the ``exp_award`` rows of once-per-actor actions (actor, target, action, paid user); users
-and days by hydration. Idempotency and award records are not ledgered beyond the key on the
-award event: a retry after a loss of Redis and of its record may be applied again.
+What rebuilds each record after a Redis loss (issue #11; README "What survives a Redis loss"):
+users and days by hydration (``user_totals``, today's ledger rows); idempotency, award and XP
+transaction records from ``redis_records`` (``lua/lib/records.lua``), with their user; an owner
+from its ``entity_owner`` events (owner, version); a once-per-actor entry ("done") from
+``creator_awards`` (the first ledgered award per target, action and actor), with its owner.
 
     ctr:{bN}:user:<uid>                 HASH    exp, level, seq, xp (the XP state, JSON), ...
                                                 (every write sets seq: no seq, no user)
@@ -27,6 +27,9 @@ award event: a retry after a loss of Redis and of its record may be applied agai
                                                 user at most once; kept idempotency_ttl
     ctr:{bN}:events                     STREAM  the ledger events of the bucket's users and
                                                 entities (entity_owner events carry a version)
+    ctr:{bN}:meta                       HASH    run (this Redis incarnation of the bucket, on
+                                                every user event), complete (present: a user
+                                                missing from the bucket is new): lua/lib/bucket.lua
     ctr:{bN}:xptx:<uid>:<txid>          STRING  an XP debit or hold (JSON), kept for refunds
     ctr:{bE}:entity:<type>:<id>         HASH    owner (user id), version (int, +1 per change):
                                                 in the entity's own bucket, changed only by
@@ -65,6 +68,17 @@ def stream_key(bucket: int) -> str:
     return f"{bucket_tag(bucket)}:events"
 
 
+def meta_key(bucket: int) -> str:
+    """The bucket's own record: its run and whether Redis holds it completely."""
+    return f"{bucket_tag(bucket)}:meta"
+
+
+def bucket_of_key(key: str) -> int:
+    """The bucket of any key built here (``ctr:{bN}:...``); ValueError for another key."""
+    start = key.index("{b") + 2
+    return int(key[start : key.index("}", start)])
+
+
 @dataclass(frozen=True, slots=True)
 class UserKeys:
     """The keys of one user; every one shares the user's hash tag."""
@@ -86,6 +100,11 @@ class UserKeys:
     @property
     def events(self) -> str:
         return f"{self.tag}:events"
+
+    @property
+    def meta(self) -> str:
+        """The bucket's record (run, complete), in the user's slot."""
+        return f"{self.tag}:meta"
 
     def idempotency(self, caller: str, key: str) -> str:
         """The record of ``caller``'s request with Idempotency-Key ``key`` acting as this user."""

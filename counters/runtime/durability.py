@@ -33,6 +33,8 @@ from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
 from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
 from persistence.migrate import migrate_url
+from persistence.recovery import PostgresHydrator
+from persistence.restore import BucketRestore
 from persistence.store import Store
 from persistence.webhooks.deliverer import Backoff, Deliverer, DelivererTask, Endpoints
 from persistence.webhooks.outbox import OutboxPolicy
@@ -101,6 +103,15 @@ async def open_store(settings: Settings) -> Store:
     )
 
 
+def make_restore(services: Services, store: Store) -> BucketRestore:
+    """The background restore of incomplete buckets, hydrating as the services do."""
+    hydrator = PostgresHydrator(
+        store, services.scripts, services.clock, buckets=services.settings.key_buckets,
+        window=services.exp.window,
+    )  # fmt: skip
+    return BucketRestore(hydrator, store, services.scripts, buckets=services.settings.key_buckets)
+
+
 @dataclass(slots=True)
 class Durability:
     """The Postgres store (None without COUNTERS_DATABASE_URL) and this process's flusher."""
@@ -119,6 +130,8 @@ class Durability:
     _prepare: asyncio.Task[None] | None = None
     _watch: asyncio.Task[None] | None = None
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    restore: BucketRestore | None = None
+    _restore_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Durability:
@@ -142,6 +155,7 @@ class Durability:
             if self.deliverer is not None and settings.webhook_deliverer_enabled:
                 self._webhooks = DelivererTask(self.deliverer)
                 self._webhooks.start()
+            self.restore = make_restore(services, self.store)
         return self
 
     async def _watch_lag(self, settings: Settings) -> None:
@@ -174,6 +188,11 @@ class Durability:
         if settings.flusher_enabled and self.flusher is not None:
             self._task = FlusherTask(self.flusher)
             self._task.start()
+        if settings.restore_interval_seconds > 0 and self.restore is not None:
+            self._restore_task = asyncio.create_task(
+                self.restore.run(self._closing, settings.restore_interval_seconds),
+                name="bucket restore",
+            )
 
     async def flusher_lag(self, services: Services) -> Lag:
         """Entries not yet ledgered across every bucket stream, and the oldest one's age.
@@ -220,6 +239,10 @@ class Durability:
             self._prepare.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prepare
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restore_task
         if self._task is not None:
             await self._task.stop()
             assert self.flusher is not None

@@ -21,7 +21,11 @@ from counters.rules.metrics import set_rules_version
 from counters.settings import Settings
 from counters.xp.service import XpService
 from persistence.leaderboard import ledger_sums
-from persistence.recovery import PostgresHydrator, durable_owner_lookup
+from persistence.recovery import (
+    PostgresHydrator,
+    durable_owner_lookup,
+    durable_triggers_lookup,
+)
 from persistence.store import Store
 
 
@@ -98,7 +102,11 @@ class Services:
             )  # fmt: skip
         hydrator = hydrator or NoDurableStore()
         owner_lookup = durable_owner_lookup(store) if store is not None else None
-        entities = Entities(scripts, settings.key_buckets, clock, durable_lookup=owner_lookup)
+        triggers = durable_triggers_lookup(store) if store is not None else None
+        entities = Entities(
+            scripts, settings.key_buckets, clock,
+            durable_lookup=owner_lookup, triggers_lookup=triggers,
+        )  # fmt: skip
         exp = ExpService(
             rules.exp, scripts, entities, hydrator, clock,
             buckets=settings.key_buckets,

@@ -143,10 +143,10 @@ class XpService:
     ) -> XpReply:
         user = UserKeys.of(call.user_id, self._buckets)
         idem_record = user.idempotency(idem.caller, idem.key) if idem else user.unused
-        keys = UserWriteKeys(user=user.user, events=user.events, idem=idem_record)
+        keys = UserWriteKeys(user=user.user, events=user.events, idem=idem_record, meta=user.meta)
         if transaction_id is not None:
             transaction = user.xp_transaction(transaction_id)
-            keys = XpTxKeys(user.user, user.events, idem_record, transaction=transaction)
+            keys = XpTxKeys(user.user, user.events, idem_record, user.meta, transaction)
         reply = await run_hydrated(self._hydrator, self._scripts, call.user_id, keys, call)
         reject_reused_key(reply[0])
         return decode_reply(call.SCRIPT, reply)

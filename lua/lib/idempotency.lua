@@ -1,3 +1,4 @@
+-- requires: records
 -- Idempotency records, shared by every script that takes an Idempotency-Key.
 -- A record is "<fingerprint>|<reply as JSON>" under the request's key, for idem_ttl seconds.
 local Idempotency = {}
@@ -15,10 +16,17 @@ function Idempotency.replay(key, fingerprint, replayed_slot, mismatch)
   return reply
 end
 
--- Remember `reply` for repeats of this request, and return it.
-function Idempotency.remember(key, fingerprint, ttl, reply)
+-- Remember `reply` for repeats of this request, and return it. With `ledger` ({events, meta,
+-- scope, now_ms} of the record's slot) the record also goes to the ledger (lib/records.lua),
+-- so a keyed retry after a Redis loss replays it instead of running again.
+function Idempotency.remember(key, fingerprint, ttl, reply, ledger)
   if fingerprint ~= '' then
-    redis.call('SET', key, fingerprint .. '|' .. cjson.encode(reply), 'EX', ttl)
+    local value = fingerprint .. '|' .. cjson.encode(reply)
+    redis.call('SET', key, value, 'EX', ttl)
+    if ledger then
+      Records.ledger(ledger.events, ledger.meta, ledger.scope, key, value,
+                     tonumber(ledger.now_ms) + tonumber(ttl) * 1000)
+    end
   end
   return reply
 end

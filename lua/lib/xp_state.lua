@@ -1,4 +1,4 @@
--- requires: idempotency
+-- requires: idempotency, bucket
 --[[ lib/xp_state: the XP state of one user, shared by every XP script.
 
 Prepended to each script whose first line is `-- requires: xp_state` (counters/redis/scripts.py). It
@@ -10,13 +10,15 @@ Shared KEYS and ARGV (each script's header lists them again, with its own after 
 KEYS[1]  user     HASH   ctr:{bN}:user:<uid>             xp (the state below, JSON), seq
 KEYS[2]  events   STREAM ctr:{bN}:events                 ledger events of the bucket
 KEYS[3]  idem     STRING ctr:{bN}:idem:<caller>:<key>    "<fingerprint>|<reply json>" (or unused)
+KEYS[4]  meta     HASH   ctr:{bN}:meta                   run, complete (lua/lib/bucket.lua)
 ARGV[1]  user_id      string
 ARGV[2]  now_ms       int      unix milliseconds from the service clock (never Redis TIME)
 ARGV[3]  fingerprint  string   request fingerprint; "" = not idempotent
 ARGV[4]  idem_ttl     int      seconds an idempotency record lives
 ARGV[5]  idem_key     string   the Idempotency-Key, recorded on events
 ARGV[6]  actor        string   who asked, recorded on events
-ARGV[7]  may_create   "0"|"1"  "1": a missing user is new; "0": a missing user must be hydrated
+ARGV[7]  may_create   "0"|"1"  "1": a missing user is new; "0": new only in a complete bucket
+                               (KEYS[4] complete), else hydrated first
 ARGV[8]  tiers        json     {"<tier>": {"level": int, "monthly_xp": int, "rollover": bool}}
 
 State (times in unix seconds; expires_at null = never):
@@ -189,6 +191,20 @@ function XP.encode_record(r)
     .. XP.encode_parts(r.parts) .. '}'
 end
 
+-- Write a debit or hold record (for `ttl` seconds; nil: keep its TTL) and ledger it
+-- (lib/records.lua), so a refund or capture after a Redis loss still finds it.
+function XP.save_record(key, record, ttl)
+  local text = XP.encode_record(record)
+  if ttl then
+    redis.call('SET', key, text, 'EX', ttl)
+  else
+    redis.call('SET', key, text, 'KEEPTTL')
+  end
+  local c = XP.c
+  if c.may_create == '1' then return end -- no durable store: nothing to ledger
+  Records.ledger(c.events, c.meta, c.user_id, key, text, tonumber(c.now_ms) + redis.call('PTTL', key))
+end
+
 function XP.read_record(key)
   local text = redis.call('GET', key)
   if not text then return nil end
@@ -219,7 +235,7 @@ function XP.emit(kind, action, amount, target, at, extra)
   if amount == 0 then amount = 0 end -- never "-0"
   local fields = {
     'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
-    'kind', kind, 'action', action, 'amount', amount,
+    'run', Bucket.run(c.meta), 'kind', kind, 'action', action, 'amount', amount,
     'actor', at and 'system' or c.actor, 'target', target, 'idem', at and '' or c.idem_key,
     'effective_ts', at and jint(at * 1000) or c.now_ms,
     'xp_balance', XP.balance(s), 'xp_allocation', s.alloc, 'xp_topup', XP.topup(s),
@@ -372,14 +388,14 @@ end
 -- Bind the shared KEYS/ARGV, answer a replay or a missing user, load and advance the state.
 -- Returns a reply to return at once, or nil to go on with XP.s.
 function XP.open()
-  local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], user_id = ARGV[1],
+  local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], meta = KEYS[4], user_id = ARGV[1],
              now_ms = ARGV[2], fingerprint = ARGV[3], idem_ttl = ARGV[4], idem_key = ARGV[5],
              actor = ARGV[6], may_create = ARGV[7], tiers = cjson.decode(ARGV[8])}
   c.now = fdiv(tonumber(c.now_ms), 1000)
   XP.c = c
   local replayed = Idempotency.replay(c.idem, c.fingerprint, 7, {7, 0, '', 0, 0, 0, 0, ''})
   if replayed then return replayed end
-  if redis.call('EXISTS', c.user_key) == 0 and c.may_create ~= '1' then
+  if redis.call('EXISTS', c.user_key) == 0 and not Bucket.may_create(c.meta, c.may_create) then
     return {6, 0, '', 0, 0, 0, 0, ''}
   end
   local user = redis.call('HMGET', c.user_key, 'xp', 'seq')
@@ -396,7 +412,8 @@ function XP.finish(code, amount, ref, expires_at, extra)
   local state = XP.encode(XP.s)
   if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', c.seq) end
   local reply = {code, amount, ref, expires_at, extra, c.seq, 0, state}
-  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply)
+  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply, c.may_create ~= '1' and
+    {events = c.events, meta = c.meta, scope = c.user_id, now_ms = c.now_ms} or nil)
 end
 
 -- Why an id is not among the open holds: 4 never a hold, 8 expired, 5 captured or released.

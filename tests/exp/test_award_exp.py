@@ -249,6 +249,8 @@ async def test_every_award_is_an_event(
     assert len(streams) == 1
     events = [fields for _, fields in redis_client.xrange(streams[0])]
     assert [e["event_id"] for e in events] == ["u1:1", "u1:2"]
+    runs = {e.pop("run") for e in events}  # the bucket's Redis incarnation (persistence/runs.py)
+    assert len(runs) == 1 and runs.pop().isdigit()
     assert events[1] == {
         "event_id": "u1:2", "user": "u1", "seq": "2", "ts": str(int(NOON * 1000)),
         "kind": "exp_award", "action": "create_scene", "amount": "15", "actor": "u1",
@@ -284,7 +286,7 @@ def test_the_award_call_names_every_argument(settings: Settings, clock: ManualCl
     assert msgspec.structs.asdict(call.keys) == {
         "user": user.user, "today": user.day(window.day), "events": user.events,
         "record": record, "day_board": user.board("day:20261121"),
-        "week_board": user.board("week:2026W47"), "all_board": user.board("all"),
+        "week_board": user.board("week:2026W47"), "all_board": user.board("all"), "meta": user.meta,
     }  # fmt: skip
     assert msgspec.structs.asdict(call.call) == {
         "user_id": "owner", "action": "character_liked", "reward": action.exp,

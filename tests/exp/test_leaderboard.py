@@ -105,7 +105,7 @@ async def test_every_award_key_shares_the_users_hash_tag(
             principal = Principal(user, f"user:{user}", False)
             call = await services.exp.prepare_award(principal, "daily_chat", None, None)
             keys = msgspec.structs.astuple(call.keys)
-            assert len(keys) == 7
+            assert len(keys) == 8  # with the bucket record (issue #11)
             assert {key.split("}")[0] for key in keys} == {f"ctr:{{b{bucket_of(user, 16)}"}
     finally:
         await services.close()

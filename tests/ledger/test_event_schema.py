@@ -13,7 +13,13 @@ from counters.bulkimport.records import ExpLine, Record, TopupLine
 from counters.bulkimport.service import ImportService
 from counters.clock import ManualClock
 from counters.redis import keys
-from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.redis.calls import (
+    AssignEntity,
+    AssignEntityKeys,
+    CompleteBucket,
+    MetaKey,
+    OpenBucket,
+)
 from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -22,12 +28,23 @@ from persistence.events import Event, ExpAward, XpCapture
 pytestmark = pytest.mark.anyio
 
 
+class _CompleteBuckets(NoDurableStore):
+    """A durable store's may_create ("0"): users are new only because their bucket is complete."""
+
+    may_create = False
+
+
 async def test_every_event_the_scripts_write_decodes_as_the_union(
     settings: Settings, clock: ManualClock
 ) -> None:
-    svc = Services.build(settings, clock=clock)
+    # As with a durable store (records are ledgered), on buckets marked complete (users are new)
+    svc = Services.build(settings, clock=clock, hydrator=_CompleteBuckets())
     user, buckets = "schema-user", settings.key_buckets
     try:
+        for bucket in range(buckets):
+            meta = MetaKey(keys.meta_key(bucket))
+            run = (await svc.scripts.run(meta, OpenBucket()))[1]
+            await svc.scripts.run(meta, CompleteBucket(run=run))
         await svc.exp.award(Principal(user, "svc", True), "daily_chat", None, None)
         await svc.exp.adjust(user, 5, "support fix", "support", None)
         entity = keys.EntityKeys.of("character", "c1", buckets)

@@ -80,7 +80,7 @@ async def test_events_become_ledger_rows_and_totals(
     await adjust(durable_client, "ann", 40, key="fix-1")
     await adjust(durable_client, "ann", 40, key="fix-1")  # replayed: no second event
     handled = await flusher(durable_app).drain()
-    assert handled == 2
+    assert handled == 3  # two events and the keyed adjust's idempotency record
     rows = await fetch(durable_app, "SELECT * FROM ledger ORDER BY seq")
     assert [(r["event_id"], r["kind"], r["action"], r["amount"]) for r in rows] == [
         ("ann:1", "exp_award", "daily_chat", 20),

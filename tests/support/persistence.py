@@ -17,7 +17,10 @@ from persistence.migrate import migrate
 from persistence.store import Store
 
 T = TypeVar("T")
-TABLES = "ledger, user_totals, entity_owners, ledger_quarantine, webhook_outbox"
+TABLES = (
+    "ledger, user_totals, entity_owners, ledger_quarantine, webhook_outbox, bucket_runs,"
+    " redis_records, creator_awards, lost_entries"
+)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -55,7 +55,7 @@ def test_the_gain_budget_is_what_bare_over_the_goal_leaves_after_the_floors() ->
 
 def test_progress_counts_the_plan_and_estimates_from_runs_so_far() -> None:
     options = Options(repeat=3, warmup=2.0, duration=10.0)
-    assert planned(options, lambda *keys: True) == (2 * 3 + 2 * 3 + 3 * 3 + ABLATIONS, 3)
+    assert planned(options, lambda *keys: True) == (2 * 3 + 2 * 3 + 3 * 3 + 2 * 3 + ABLATIONS, 3)
     only = dataclasses.replace(options, only=frozenset({"1"}), repeat=1)
     wanted = lambda *keys: any(key in only.only for key in keys)  # noqa: E731
     assert planned(only, wanted) == (2, 0)
@@ -63,3 +63,13 @@ def test_progress_counts_the_plan_and_estimates_from_runs_so_far() -> None:
     assert progress.left() == 2 * (2.0 + 10.0 + 4.0)  # before any run: window + start-up
     progress.done_runs, progress.run_seconds = 1, 30.0  # the first run took 30 s
     assert progress.left() == 30.0
+
+
+def test_the_micro_rows_run_against_the_current_schemas() -> None:
+    """bench/micro.py builds real response bodies: a schema change that breaks it fails here,
+    not nine minutes into `make bench`."""
+    from bench import micro
+
+    measured = micro.measure()
+    assert set(measured) >= {"jwt_verify_us", "msgspec_encode_us", "msgspec_decode_validated_us"}
+    assert all(value > 0 for value in measured.values())

@@ -29,6 +29,7 @@ async def test_a_debit_takes_the_cost_and_records_an_event(
     assert body["transaction_id"].startswith("xd_") and ":" not in body["transaction_id"]
     event = events(redis_client, "u1")[-1]
     state = json.loads(event.pop("xp_state"))
+    assert event.pop("run").isdigit()  # the bucket's Redis incarnation (persistence/runs.py)
     assert event == {
         "event_id": f"u1:{event['seq']}",
         "user": "u1",

@@ -37,8 +37,12 @@ def test_xp_scripts_get_the_library_and_others_do_not() -> None:
     assert "xp_state" not in names  # lua/lib/ holds libraries, not scripts
     for name in XP_SCRIPTS:
         source = script_source(name)
-        # Dependencies first, each once: idempotency (required by xp_state), xp_state, the script.
-        assert source.startswith("-- Idempotency records")
+        # Dependencies first, each once: bucket (required by records), records (by idempotency),
+        # idempotency (by xp_state), xp_state, the script.
+        assert source.startswith("-- The bucket's own record")
+        assert source.index("local Bucket = {}") < source.index("local Records = {}")
+        assert source.index("local Records = {}") < source.index("local Idempotency = {}")
+        assert source.count("local Bucket = {}") == 1
         assert source.count("local Idempotency = {}") == 1
         assert source.index("local Idempotency = {}") < source.index("--[[ lib/xp_state")
         assert f"-- requires: xp_state\n--[[ {name}:" in source

@@ -1,0 +1,21 @@
+--[[ complete_bucket: from now on a user missing from the bucket is new (no Postgres read).
+
+Written after the bucket was restored from Postgres behind the flush barrier of `run`, or on an
+empty ledger. Only if Redis did not lose the bucket since (its run is still `run`): a bucket
+emptied meanwhile stays incomplete and is restored again.
+
+KEYS[1]  meta  HASH  ctr:{bN}:meta   run, complete
+
+ARGV[1]  run  string  the run the restore read (open_bucket.lua)
+
+Reply: {code}
+  code 1 completed     marked complete
+  code 2 run_changed   the bucket's run is not `run`: nothing written
+]]
+
+local run = ARGV[1]
+if redis.call('HGET', KEYS[1], 'run') ~= run then
+  return {2}
+end
+redis.call('HSET', KEYS[1], 'complete', 1)
+return {1}

@@ -1,0 +1,64 @@
+"""The flush barrier: a user is never rebuilt from Postgres rows an open flush may still change.
+
+Each Redis incarnation of a bucket has a run id (``lua/lib/bucket.lua``: made from Redis's
+clock when the bucket's record is missing, so a later incarnation has a larger id), and every
+user event carries it. The flusher's transaction takes the bucket's advisory lock in SHARE mode,
+registers the runs of its events in ``bucket_runs`` and sets the events of a retired run aside
+(``lost_entries``). Before a user is hydrated, ``barrier`` takes the same lock EXCLUSIVELY, so
+it waits for every flush of that bucket still open, and retires every older run: from then on
+the rows of that bucket are final for the older incarnations, whatever a slow flusher holds. The
+events a retired run still had in flight were lost with Redis (the durability window); none of
+them can land behind a hydration and collide with the ids or the limits of the user's new events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import asyncpg  # type: ignore[import-untyped]
+
+LOCK_CLASS = 0x63747221  # advisory lock namespace of the flush barrier ("ctr!")
+
+_SHARE = """
+SELECT pg_advisory_xact_lock_shared($1, b) FROM (SELECT unnest($2::int[]) AS b ORDER BY 1) s
+"""
+_REGISTER = """
+INSERT INTO bucket_runs (bucket, run) SELECT * FROM unnest($1::int[], $2::text[])
+ON CONFLICT (bucket, run) DO NOTHING
+"""
+_RETIRED = """
+SELECT bucket, run FROM bucket_runs
+WHERE (bucket, run) IN (SELECT * FROM unnest($1::int[], $2::text[])) AND retired
+"""
+
+
+async def retired_runs(
+    conn: asyncpg.Connection, runs: Iterable[tuple[int, str]]
+) -> set[tuple[int, str]]:
+    """Inside the flusher's transaction: share each bucket's barrier until the commit (in
+    ascending order, so two flushers and a barrier cannot deadlock), register ``runs`` and
+    return those that a hydration has retired."""
+    pairs = sorted(set(runs))
+    if not pairs:
+        return set()
+    buckets = sorted({bucket for bucket, _ in pairs})
+    await conn.execute(_SHARE, LOCK_CLASS, buckets)
+    columns = [[b for b, _ in pairs], [r for _, r in pairs]]
+    await conn.execute(_REGISTER, *columns)
+    rows = await conn.fetch(_RETIRED, *columns)
+    return {(row["bucket"], row["run"]) for row in rows}
+
+
+async def barrier(conn: asyncpg.Connection, bucket: int, run: str) -> None:
+    """Wait for every open flush of ``bucket``, then retire its runs older than ``run``.
+
+    After this commits, Postgres holds everything of the bucket's earlier incarnations it will
+    ever hold: a user read now is not older than any event the ledger may still commit."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, bucket)
+        await conn.execute(_REGISTER, [bucket], [run])
+        await conn.execute(
+            "UPDATE bucket_runs SET retired = true WHERE bucket = $1 AND run < $2 AND NOT retired",
+            bucket,
+            run,
+        )

@@ -1,0 +1,168 @@
+"""A Redis loss changes no answer (issue #11): records the ledger keeps come back with their user.
+
+After the flusher moved a request's events, an empty Redis restart (FLUSHALL here) must not turn a
+keyed retry into a second application, a refund into 404, or a capture into "unknown hold".
+"""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+import redis
+from starlette.applications import Starlette
+
+from counters.clock import ManualClock
+from counters.redis.keys import UserKeys
+from persistence.events import sort_entries
+from tests.support.core import service_headers, user_headers
+from tests.support.persistence import fetch, flusher, services, store
+from tests.support.xp import balance, debit, hold, subscribe
+
+pytestmark = pytest.mark.anyio
+
+
+async def ledger_kinds(app: Starlette, user: str) -> list[str]:
+    rows = await fetch(app, "SELECT kind FROM ledger WHERE user_id = $1 ORDER BY seq", user)
+    return [row["kind"] for row in rows]
+
+
+async def refund(client: httpx2.AsyncClient, user: str, tx: str) -> httpx2.Response:
+    return await client.post(
+        "/api/v1/xp/refunds", json={"transaction_id": tx}, headers=service_headers(user)
+    )
+
+
+async def test_a_refund_after_a_flushed_debit_and_a_loss_works_once(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    await subscribe(durable_client, "r1", "pixel_rookie")
+    spent = await debit(durable_client, "r1", "NEW_IMAGE")
+    assert spent.status_code == 200, spent.text
+    tx = spent.json()["transaction_id"]
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+
+    back = await refund(durable_client, "r1", tx)
+    assert back.status_code == 200, back.text  # not 404 "Unknown transaction"
+    assert (await balance(durable_client, "r1"))["xp_balance"] == 600
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    again = await refund(durable_client, "r1", tx)
+    assert again.status_code == 409  # the refunded state came back too: once
+    await flusher(durable_app).drain()
+    assert (await ledger_kinds(durable_app, "r1")).count("xp_refund") == 1
+
+
+async def test_a_hold_made_before_a_loss_can_be_captured_after_it(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    await subscribe(durable_client, "h1", "arcade_artist")
+    held = await hold(durable_client, "h1", "IMAGE_TO_VIDEO")
+    assert held.status_code == 201, held.text
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    hold_id = held.json()["hold_id"]
+    captured = await durable_client.post(
+        f"/api/v1/xp/holds/{hold_id}/capture", json={}, headers=user_headers("h1")
+    )
+    assert captured.status_code == 200, captured.text
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    twice = await durable_client.post(
+        f"/api/v1/xp/holds/{hold_id}/release", json={}, headers=user_headers("h1")
+    )
+    assert twice.status_code == 409, twice.text
+
+
+async def test_keyed_retries_after_a_loss_replay_the_first_answer(
+    durable_app: Starlette,
+    durable_client: httpx2.AsyncClient,
+    redis_client: redis.Redis,
+    clock: ManualClock,
+) -> None:
+    award_headers = user_headers("k1", **{"Idempotency-Key": "scene-1"})
+    body = {"action": "create_scene"}
+    first = await durable_client.post("/api/exp/gain", json=body, headers=award_headers)
+    assert first.status_code == 200
+    await subscribe(durable_client, "k1", "pixel_rookie")
+    spent = await debit(durable_client, "k1", "NEW_IMAGE", **{"Idempotency-Key": "gen-1"})
+    assert spent.status_code == 200
+    adjust = {"user_id": "k1", "delta": 5, "reason": "support"}
+    fix_headers = service_headers(**{"Idempotency-Key": "fix-1"})
+    fixed = await durable_client.post("/api/admin/exp/adjust", json=adjust, headers=fix_headers)
+    assert fixed.status_code == 200
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    clock.advance(60)
+
+    again = await durable_client.post("/api/exp/gain", json=body, headers=award_headers)
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    spent_again = await debit(durable_client, "k1", "NEW_IMAGE", **{"Idempotency-Key": "gen-1"})
+    assert spent_again.json() == spent.json()
+    assert spent_again.headers["idempotent-replayed"] == "true"
+    fixed_again = await durable_client.post(
+        "/api/admin/exp/adjust", json=adjust, headers=fix_headers
+    )
+    assert fixed_again.json() == fixed.json()
+    reused = await durable_client.post(
+        "/api/exp/gain", json={"action": "create_persona"}, headers=award_headers
+    )
+    assert reused.status_code == 422  # the fingerprint came back too
+    await flusher(durable_app).drain()
+    kinds = await ledger_kinds(durable_app, "k1")
+    assert kinds.count("exp_award") == 1 and kinds.count("xp_debit") == 1
+    assert kinds.count("exp_adjust") == 1
+
+
+async def test_records_of_a_lost_incarnation_stay_lost(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """A keyed award whose event never reached the ledger must not be replayed after the loss
+    (its effect is gone): its record is refused with it."""
+    headers = user_headers("g1", **{"Idempotency-Key": "lost-1"})
+    body = {"action": "create_scene"}
+    assert (await durable_client.post("/api/exp/gain", json=body, headers=headers)).is_success
+    stream = UserKeys.of("g1", services(durable_app).settings.key_buckets).events
+    late = sort_entries((stream, sid, fields) for sid, fields in redis_client.xrange(stream))
+    redis_client.flushall()
+    assert (await durable_client.get("/api/exp/progress", headers=user_headers("g1"))).is_success
+    result = await store(durable_app).write(late)
+    assert (result.quarantined, result.lost) == (0, 2)  # the award and its record
+    replay = await durable_client.post("/api/exp/gain", json=body, headers=headers)
+    assert "idempotent-replayed" not in replay.headers  # applied now, for the first time
+    await flusher(durable_app).drain()
+    assert await ledger_kinds(durable_app, "g1") == ["exp_award"]
+
+
+async def test_a_like_paid_before_a_loss_is_not_paid_again_after_it(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    for kind, entity in (("character", "c1"), ("character", "c2")):
+        owned = await durable_client.put(
+            f"/api/entities/{kind}/{entity}", json={"owner_id": "maker"}, headers=service_headers()
+        )
+        assert owned.status_code == 200, owned.text
+    liked = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
+    forked = {"action": "forked", "target_type": "character", "target_id": "c1"}
+    for body in (liked, forked):
+        paid = await durable_client.post("/api/exp/gain", json=body, headers=user_headers("fan"))
+        assert paid.status_code == 200, paid.text
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+
+    for body in (liked, forked):  # the first request after the loss restores both records
+        again = await durable_client.post("/api/exp/gain", json=body, headers=user_headers("fan"))
+        assert again.status_code == 409, again.text
+    other = {**liked, "target_id": "c2"}  # another entity: a first like, paid
+    assert (
+        await durable_client.post("/api/exp/gain", json=other, headers=user_headers("fan"))
+    ).status_code == 200
+    await flusher(durable_app).drain()
+    kinds = await fetch(
+        durable_app, "SELECT target, action FROM ledger WHERE user_id = 'maker' ORDER BY seq"
+    )
+    assert [(r["target"], r["action"]) for r in kinds] == [
+        ("character:c1", "character_liked"), ("character:c1", "forked"),
+        ("character:c2", "character_liked"),
+    ]  # fmt: skip
