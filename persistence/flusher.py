@@ -2,8 +2,8 @@
 
 One iteration (``flush_once``) reads a batch from every bucket's stream through the consumer
 group ``flusher``, writes it to Postgres in one transaction, then acknowledges and deletes the
-entries (XACK + XDEL in one MULTI). So a stream holds exactly the events not yet in Postgres, and
-its length and oldest id are the flusher's lag.
+entries (XACK + XDEL in one MULTI, packed by hiredis). So a stream holds exactly the events not
+yet in Postgres, and its length and oldest id are the flusher's lag.
 
 Exactly once: the write is idempotent (``persistence.writer``: the ledger's key is the event id,
 totals only move forward), and an entry is acknowledged only after its transaction committed.
@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -275,15 +276,40 @@ class Flusher:
         by_stream: dict[str, list[str]] = {}
         for stream, sid, _ in entries:
             by_stream.setdefault(stream, []).append(sid)
+        commands: list[tuple[str, ...]] = [("MULTI",)]
+        for stream, ids in by_stream.items():
+            commands += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
+        commands.append(("EXEC",))
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for stream, ids in by_stream.items():
-                    pipe.xack(stream, GROUP, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
+            await _send_packed(self._redis, commands)
         except RedisError as exc:
             # Written but not acknowledged: delivered again later, and written again as a no-op.
             raise RedisStorageError(f"flusher ack: {exc}") from exc
+
+
+async def _send_packed(redis: Redis, commands: list[tuple[str, ...]]) -> list[Any]:
+    """Send ``commands`` in one write and read their replies, packed by hiredis (C).
+
+    Why not a redis-py pipeline: its pure-Python packer copies its buffer once per argument,
+    and an acknowledgement sends each entry id twice (XACK, XDEL): about a tenth of the
+    flusher's CPU per event. The connection's own timeouts apply; on any failure it is
+    dropped rather than returned to the pool with replies unread. An error reply raises."""
+    # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length.
+    payload = b"".join(hiredis.pack_command(c) for c in commands)  # type: ignore[arg-type]
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(payload)
+        replies = [await conn.read_response() for _ in commands]
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    for reply in (*replies, *(replies[-1] or ())):
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 async def stream_lag(redis: Redis, streams: list[str]) -> Lag:

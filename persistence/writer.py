@@ -9,13 +9,17 @@ the second time. Each statement sends the batch as arrays (``unnest``): one roun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
 from counters.redis.keys import bucket_of_key
 from persistence.events import (
+    CHANGE_TYPES,
+    COMMON,
     XP_FIELDS,
+    XP_TYPES,
     Batch,
     LedgerEvent,
     OwnerEvent,
@@ -24,28 +28,42 @@ from persistence.events import (
     collapse,
 )
 from persistence.runs import retired_runs
+from persistence.staging import stage
 from persistence.webhooks.outbox import OutboxPolicy, write_outbox
 
-_INSERT_LEDGER = """
-INSERT INTO ledger (event_id, user_id, seq, kind, action, amount, actor, target, day, idem,
-                    occurred_at, totals, stream_id)
-SELECT e, u, s, k, a, am, ac, t, d, i, to_timestamp(ts / 1000.0), tot::jsonb, sid
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
-            $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
-            $13::text[]) AS x(e, u, s, k, a, am, ac, t, d, i, ts, tot, sid)
+# The ledger's columns, from the event schema (persistence/events.py): each field of ``Change``
+# plus ``kind`` and ``day`` (COMMON) but ``run`` (the ledger has no such column: runs live in
+# bucket_runs and lost_entries, migration 0004), then what the flusher adds. Two are renamed in
+# SQL, one is converted (the others go as they are); the Python side reads each column from the
+# ``LedgerEvent`` attribute named here.
+_COLUMN = {"user": "user_id", "ts": "occurred_at"}
+_ATTRIBUTE = {"user": "user_id", "ts": "ts_ms"}
+_CONVERT = {"ts": 'to_timestamp("ts" / 1000.0)', "totals": '"totals"::jsonb'}
+_LEDGER_FIELDS = (*(f for f in COMMON if f != "run"), "totals", "stream_id")
+_SQL_TYPE = {name: "bigint" if typ is int else "text" for name, typ in CHANGE_TYPES.items()}
+_SQL_TYPE |= dict.fromkeys(("kind", "day", "totals", "stream_id"), "text")
+_LEDGER_ROW = attrgetter(*(_ATTRIBUTE.get(f, f) for f in _LEDGER_FIELDS if f != "totals"))
+_LEDGER_STAGED = [(f, _SQL_TYPE[f]) for f in _LEDGER_FIELDS if f != "totals"] + [("totals", "text")]
+_INSERT_LEDGER = f"""
+INSERT INTO ledger ({", ".join(_COLUMN.get(f, f) for f, _ in _LEDGER_STAGED)})
+SELECT {", ".join(_CONVERT.get(f, f'"{f}"') for f, _ in _LEDGER_STAGED)}
+FROM ledger_in  -- staged by COPY (persistence/staging.py); quoted: "user" is a keyword
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 
 _XP_COLUMNS = XP_FIELDS  # user_totals columns, named as the events name them
+_TOTALS_STAGED = [
+    ("user_id", "text"), ("seq", "bigint"), ("exp_seq", "bigint"), ("exp", "bigint"),
+    ("level", "integer"), ("xp_seq", "bigint"),
+    *((c, "text" if CHANGE_TYPES.get(c, XP_TYPES[c]) is str else "bigint") for c in _XP_COLUMNS),
+    ("xp_state", "text"),
+]  # fmt: skip
 _NEWER_XP = "CASE WHEN excluded.xp_seq > t.xp_seq THEN excluded.{0} ELSE t.{0} END"
 _UPSERT_TOTALS = f"""
-INSERT INTO user_totals AS t (user_id, seq, exp_seq, exp, level, xp_seq, xp_balance,
-                              xp_allocation, xp_topup, xp_held, tier, xp_state)
-SELECT u, s, es, e, l, xs, xb, xa, xt, xh, tr, st::jsonb
-FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::integer[], $6::bigint[],
-            $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[])
-     AS x(u, s, es, e, l, xs, xb, xa, xt, xh, tr, st)
+INSERT INTO user_totals AS t ({", ".join(name for name, _ in _TOTALS_STAGED)})
+SELECT {", ".join(name for name, _ in _TOTALS_STAGED[:-1])}, xp_state::jsonb
+FROM totals_in  -- staged by COPY (persistence/staging.py)
 ON CONFLICT (user_id) DO UPDATE SET
     seq = GREATEST(t.seq, excluded.seq),
     exp = CASE WHEN excluded.exp_seq > t.exp_seq THEN excluded.exp ELSE t.exp END,
@@ -117,7 +135,8 @@ async def write_batch(
         batch, lost = await _refuse_retired(conn, batch)
         inserted: set[str] = set()
         if batch.events:
-            rows = await conn.fetch(_INSERT_LEDGER, *_ledger_columns(batch.events))
+            await stage(conn, "ledger_in", _LEDGER_STAGED, _ledger_rows(batch.events))
+            rows = await conn.fetch(_INSERT_LEDGER)
             inserted = {row["event_id"] for row in rows}
         if outbox is not None and inserted:
             new = [e for e in batch.events if e.event_id in inserted]
@@ -127,7 +146,8 @@ async def write_batch(
         if skipped:
             rejected += await _collisions(conn, skipped)
         if batch.events:
-            await conn.execute(_UPSERT_TOTALS, *_totals_columns(batch.events))
+            await stage(conn, "totals_in", _TOTALS_STAGED, _totals_rows(batch.events))
+            await conn.execute(_UPSERT_TOTALS)
         if batch.owners:
             await conn.execute(_UPSERT_OWNERS, *_owner_columns(batch.owners))
         if batch.records:
@@ -266,38 +286,20 @@ def _fields_of(e: LedgerEvent) -> dict[str, str]:
     return fields
 
 
-def _ledger_columns(events: list[LedgerEvent]) -> list[list[object]]:
+def _ledger_rows(events: list[LedgerEvent]) -> list[tuple[object, ...]]:
+    dumps = orjson.dumps
+    return [(*_LEDGER_ROW(e), dumps(e.totals).decode()) for e in events]
+
+
+def _totals_rows(events: list[LedgerEvent]) -> list[tuple[object, ...]]:
     return [
-        [e.event_id for e in events],
-        [e.user_id for e in events],
-        [e.seq for e in events],
-        [e.kind for e in events],
-        [e.action for e in events],
-        [e.amount for e in events],
-        [e.actor for e in events],
-        [e.target for e in events],
-        [e.day for e in events],
-        [e.idem for e in events],
-        [e.ts_ms for e in events],
-        [orjson.dumps(e.totals).decode() for e in events],
-        [e.stream_id for e in events],
-    ]
-
-
-def _totals_columns(events: list[LedgerEvent]) -> list[list[object]]:
-    rows = collapse(events)
-    columns: list[list[object]] = [
-        [r.user_id for r in rows],
-        [r.seq for r in rows],
-        [r.exp_seq for r in rows],
-        [r.exp for r in rows],
-        [r.level for r in rows],
-        [r.xp_seq for r in rows],
-    ]
-    for name in _XP_COLUMNS:
-        columns.append([_typed(name, r.xp.get(name)) for r in rows])
-    columns.append([r.xp_state for r in rows])
-    return columns
+        (
+            r.user_id, r.seq, r.exp_seq, r.exp, r.level, r.xp_seq,
+            *(_typed(name, r.xp.get(name)) for name in _XP_COLUMNS),
+            r.xp_state,
+        )
+        for r in collapse(events)
+    ]  # fmt: skip
 
 
 def _typed(name: str, value: object) -> object:

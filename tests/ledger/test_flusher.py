@@ -229,7 +229,17 @@ async def test_entries_that_cannot_be_ledgered_are_quarantined_not_dropped(
     # The same event id again from another entry: Redis lost flushed writes and reused a seq.
     await redis_client.xadd(
         stream,
-        {"event_id": "ann:1", "user": "ann", "seq": 1, "ts": 1, "kind": "exp_award", "amount": 5},
+        {
+            "event_id": "ann:1",
+            "user": "ann",
+            "seq": 1,
+            "ts": 1,
+            "kind": "exp_award",
+            "amount": 5,
+            "day": "20261121",
+            "exp": 5,
+            "level": 1,
+        },
     )
     await flusher(durable_app).drain()
     rows = await fetch(durable_app, "SELECT reason FROM ledger_quarantine ORDER BY recorded_at")
