@@ -41,9 +41,12 @@ _JSON = (b"content-type", b"application/json")
 
 
 class Exchange(NamedTuple):
-    """One hot request: lower-cased header names (the first of repeats), and its whole body."""
+    """One hot request: the few headers a hot route reads (the first of repeats; None when
+    absent), found in one pass over the scope's raw headers, and its whole body."""
 
-    headers: dict[str, str]
+    authorization: bytes | None  # raw, as the token cache is keyed (counters.auth)
+    user_id: str | None  # X-User-Id
+    idempotency_key: str | None
     body: bytes
 
 
@@ -71,19 +74,25 @@ class HotRoute:
         """Answer one request; its status (0 when the client left first). With ``tag``, set
         the request id and echo it in ``X-Request-Id``."""
         svc: Services = scope["app"].state.services
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in reversed(scope["headers"])
-        }
+        found: dict[bytes, bytes] = {}  # of the names in _READ, the first value of each
+        for name, value in scope["headers"]:
+            if name in _READ and name not in found:
+                found[name] = value
         request_id = ""
         if tag:
-            request_id = request_id_from(headers.get("x-request-id"))
+            request_id = request_id_from(_text(found.get(_REQUEST_ID)))
             REQUEST_ID.set(request_id)
         try:
             body = await receive_body(
-                receive, headers.get("content-length"), svc.settings.max_body_bytes
+                receive, _text(found.get(b"content-length")), svc.settings.max_body_bytes
             )
-            status, content, extra = await self.handler(svc, Exchange(headers, body))
+            exchange = Exchange(
+                found.get(b"authorization"),
+                _text(found.get(b"x-user-id")),
+                _text(found.get(b"idempotency-key")),
+                body,
+            )
+            status, content, extra = await self.handler(svc, exchange)
         except ClientDisconnect:
             return 0  # nobody is left to answer
         except Exception as exc:
@@ -100,6 +109,14 @@ class HotRoute:
 
 
 _REQUEST_ID = b"x-request-id"
+_READ = frozenset(
+    {b"authorization", b"x-user-id", b"idempotency-key", b"content-length", _REQUEST_ID}
+)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
 
 # Requests that may change state, and so wait while the durability window is full.
 _WRITES = frozenset({"POST", "PUT", "DELETE", "PATCH"})
