@@ -4,8 +4,8 @@
 as served), requests called straight into the ASGI app 64 at a time, in batches of 256; prints
 the 10th percentile over the batches of this thread's CPU per request (the app's Python and the
 Redis client's, not Redis's). HTTP rows of ``make bench`` on a VM shared with other work move by
-20% or more; the low percentile of many short batches moves by a few percent, enough to A/B a
-change of a few microseconds (README, "The hot path's CPU budget").
+20% or more; the low percentile of many short batches moves less (still up to ~40% for one
+round at load 7-11): A/B in alternated rounds (README, "The hot path's CPU budget").
 
 - ``daily_chat``: ``POST /api/exp/gain`` awards to oneself (one script, one round trip), each
   user once: the path the wrk probe and the 0.6 x bare target are about;
