@@ -7,8 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from starlette.applications import Starlette
-
 from api.asgi import CountersApp
 from api.cors import cors_middleware, hot_cors
 from api.errors import EXCEPTION_HANDLERS
@@ -35,10 +33,10 @@ def create_app(
     """The service as an ASGI app; Redis and scripts are set up when its lifespan starts."""
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: CountersApp) -> AsyncIterator[None]:
         durability = await Durability.open(settings)  # Postgres, when a database is configured
         services = Services.build(settings, rules=rules, clock=clock, store=durability.store)
-        app.state.services = services
+        app.use_services(services)
         app.state.durability = durability.start(services)
         reloader = RulesReloader(services, settings.rules, settings.rules_watch_seconds)
         if rules is None:  # rules handed in (tests) are not replaced from a file

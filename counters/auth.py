@@ -6,6 +6,13 @@
 
 JWT expiry is checked against real time (``now``, injectable), not the shifted service clock:
 tokens come from an issuer that lives in real time. Verified tokens are cached until they expire.
+
+The caches are keyed by the Authorization header's raw bytes as the ASGI scope carries them, so a
+request whose header was seen before pays one dict lookup: no decode, no split, no comparison of
+keys. A service key's header enters its cache only after the constant-time comparison matched it.
+Looking an attacker's header up in a dict does not leak the key byte by byte: Python compares the
+bytes only after the full (per-process randomised) hash matched, and a header that matched is one
+that already holds a valid key.
 """
 
 from __future__ import annotations
@@ -14,19 +21,22 @@ import hmac
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import jwt
+import msgspec
 
 from counters.errors import AuthError, ForbiddenError, InvalidRequest
 from counters.ids import USER_ID, is_whole
 
 _CACHE_LIMIT = 65_536
+_SERVICE_HEADERS_LIMIT = 256  # spellings of valid service-key headers remembered ("Bearer k", ...)
 _MAX_EXP = 253_402_300_799  # 9999-12-31T23:59:59Z: later than any token may live
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
+class Principal(msgspec.Struct, frozen=True, gc=False):
+    """Who a request acts as and who sent it (a Struct: built per request, ~5x cheaper than a
+    frozen dataclass)."""
+
     user_id: str  # the user the request acts as
     caller: str  # who sent it: "user:<id>" or "service:<n>"; scopes idempotency keys
     is_service: bool
@@ -57,21 +67,43 @@ class Authenticator:
         self._secret = jwt_secret
         self._now = now
         self._service_keys = [key.encode() for key in service_keys]
-        self._verified: dict[str, tuple[str, float]] = {}
+        # Raw Authorization header -> the service caller id it names (only headers that matched).
+        self._service_headers: dict[bytes, str] = {}
+        # Raw Authorization header -> (the user's principal, the token's expiry).
+        self._user_headers: dict[bytes, tuple[Principal, float]] = {}
 
     def authenticate(self, authorization: str | None, x_user_id: str | None) -> Principal:
-        """The principal of a request, from its Authorization and X-User-Id headers."""
-        token = _bearer(authorization)
+        """The principal of a request, from its Authorization and X-User-Id headers (as str)."""
+        raw = None if authorization is None else authorization.encode("latin-1")
+        return self.authenticate_raw(raw, x_user_id)
+
+    def authenticate_raw(self, authorization: bytes | None, x_user_id: str | None) -> Principal:
+        """As ``authenticate``, from the Authorization header's raw bytes (the hot lane's way:
+        a header seen before is one dict lookup). ``AuthError`` (401) for missing or bad
+        credentials, ``InvalidRequest`` (422) for a service key without a valid X-User-Id,
+        ``ForbiddenError`` (403) for a user token naming another user."""
+        if authorization is not None:
+            caller = self._service_headers.get(authorization)
+            if caller is not None:
+                return _acting_for(caller, x_user_id)
+            cached = self._user_headers.get(authorization)
+            if cached is not None and cached[1] > self._now():
+                return _as_user(cached[0], x_user_id)
+        token = _bearer(None if authorization is None else authorization.decode("latin-1"))
         service = self._service_index(token)
         if service is not None:
-            if not x_user_id:
-                raise InvalidRequest("A service key must name the user in the X-User-Id header")
-            user_id = check_user_id(x_user_id, "X-User-Id")
-            return Principal(user_id, f"service:{service}", True)
-        user_id = self._verify_jwt(token)
-        if x_user_id is not None and x_user_id != user_id:
-            raise ForbiddenError("A user token acts only as its own user; X-User-Id is refused")
-        return Principal(user_id, f"user:{user_id}", False)
+            caller = f"service:{service}"
+            assert authorization is not None  # _bearer refused a missing header
+            if len(self._service_headers) < _SERVICE_HEADERS_LIMIT:
+                self._service_headers[authorization] = caller
+            return _acting_for(caller, x_user_id)
+        user_id, expires = self._verify_jwt(token)
+        principal = Principal(user_id, f"user:{user_id}", False)
+        if authorization is not None:
+            if len(self._user_headers) >= _CACHE_LIMIT:  # evict the oldest (dicts keep order)
+                del self._user_headers[next(iter(self._user_headers))]
+            self._user_headers[authorization] = (principal, expires)
+        return _as_user(principal, x_user_id)
 
     def authenticate_service(self, authorization: str | None) -> str:
         """The caller id of a service key (routes that name their user in the body)."""
@@ -90,11 +122,10 @@ class Authenticator:
                 found = index
         return found
 
-    def _verify_jwt(self, token: str) -> str:
+    def _verify_jwt(self, token: str) -> tuple[str, float]:
+        """The user a JWT names and its expiry (unix seconds); ``AuthError`` if it is not
+        valid now."""
         now = self._now()
-        cached = self._verified.get(token)
-        if cached is not None and cached[1] > now:
-            return cached[0]
         if token.count(".") != 2:  # not shaped like a JWT: meant as a service key
             raise AuthError("Unknown service key")
         if self._secret is None:
@@ -114,10 +145,21 @@ class Authenticator:
         sub = claims["sub"]
         if not isinstance(sub, str) or not is_whole(USER_ID, sub):
             raise AuthError("Invalid token: 'sub' is not a valid user id")
-        if len(self._verified) >= _CACHE_LIMIT:  # evict the oldest entry (dicts keep order)
-            del self._verified[next(iter(self._verified))]
-        self._verified[token] = (sub, float(expires))
-        return sub
+        return sub, float(expires)
+
+
+def _acting_for(caller: str, x_user_id: str | None) -> Principal:
+    """A service key's principal: the user named in X-User-Id (422 when missing or invalid)."""
+    if not x_user_id:
+        raise InvalidRequest("A service key must name the user in the X-User-Id header")
+    return Principal(check_user_id(x_user_id, "X-User-Id"), caller, True)
+
+
+def _as_user(principal: Principal, x_user_id: str | None) -> Principal:
+    """A user token's principal; 403 when X-User-Id names somebody else."""
+    if x_user_id is not None and x_user_id != principal.user_id:
+        raise ForbiddenError("A user token acts only as its own user; X-User-Id is refused")
+    return principal
 
 
 def _expiry(value: object) -> float:

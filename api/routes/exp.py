@@ -42,16 +42,15 @@ from counters.runtime.services import Services
 
 
 async def gain(svc: Services, exchange: Exchange) -> Reply:
-    headers = exchange.headers
-    caller = svc.auth.authenticate(headers.get("authorization"), headers.get("x-user-id"))
+    caller = svc.auth.authenticate_raw(exchange.authorization, exchange.user_id)
     req = decode(exchange.body, gain_decoder)
     target = gain_target(req)
-    key = headers.get("idempotency-key")
-    idem = idempotency_of(caller.caller, key, hot_gain.name, caller.user_id, req)
+    idem = idempotency_of(caller.caller, exchange.idempotency_key, _GAIN, caller.user_id, req)
     return award_reply(svc, await svc.exp.award(caller, req.action, target, idem))
 
 
 hot_gain = HotRoute("POST", "/api/exp/gain", gain)
+_GAIN = hot_gain.name
 
 
 def gain_target(req: GainRequest) -> Target | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -90,19 +88,16 @@ async def balance(request: Request) -> Response:
     return json_response(balance_response(svc.xp.rules, caller.user_id, state))
 
 
-async def _charge(
-    svc: Services, headers: Mapping[str, str], body: bytes, route: str, hold: bool
-) -> XpChange:
+async def _charge(svc: Services, exchange: Exchange, route: str, hold: bool) -> XpChange:
     """Decode a debit or hold request and apply it: the change, done or refused."""
-    caller = svc.auth.authenticate(headers.get("authorization"), headers.get("x-user-id"))
-    req = decode(body, generation_decoder)
-    key = headers.get("idempotency-key")
-    idem = idempotency_of(caller.caller, key, route, caller.user_id, req)
+    caller = svc.auth.authenticate_raw(exchange.authorization, exchange.user_id)
+    req = decode(exchange.body, generation_decoder)
+    idem = idempotency_of(caller.caller, exchange.idempotency_key, route, caller.user_id, req)
     return await svc.xp.charge(caller.user_id, caller.caller, req.generation_type, hold, idem)
 
 
 async def debit(svc: Services, exchange: Exchange) -> Reply:
-    change = await _charge(svc, exchange.headers, exchange.body, hot_debit.name, hold=False)
+    change = await _charge(svc, exchange, _DEBIT, hold=False)
     if change.outcome is not XpOutcome.DONE:
         return _refusal_reply(change)
     body = DebitResponse(
@@ -115,12 +110,20 @@ async def debit(svc: Services, exchange: Exchange) -> Reply:
 
 
 hot_debit = HotRoute("POST", "/api/v1/xp/debit", debit)
+_DEBIT = hot_debit.name
 _HOLDS = "/api/v1/xp/holds"
 
 
 async def create_hold(request: Request) -> Response:
-    raw = await read_body(request)
-    change = await _charge(services(request), request.headers, raw, f"POST {_HOLDS}", hold=True)
+    headers = request.headers
+    authorization = headers.get("authorization")
+    exchange = Exchange(
+        None if authorization is None else authorization.encode("latin-1"),
+        headers.get("x-user-id"),
+        headers.get("idempotency-key"),
+        await read_body(request),
+    )
+    change = await _charge(services(request), exchange, f"POST {_HOLDS}", hold=True)
     if change.outcome is not XpOutcome.DONE:
         return _refused(change)
     body = HoldResponse(

@@ -47,9 +47,12 @@ from its ``entity_owner`` events (owner, version); a once-per-actor entry ("done
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from dataclasses import dataclass
+
+import msgspec
 
 PREFIX = "ctr"
 
@@ -59,6 +62,7 @@ def bucket_of(identity: str, buckets: int) -> int:
     return zlib.crc32(identity.encode()) % buckets
 
 
+@functools.cache  # a few thousand buckets at most; formatted once each
 def bucket_tag(bucket: int) -> str:
     return f"{PREFIX}:{{b{bucket}}}"
 
@@ -79,9 +83,9 @@ def bucket_of_key(key: str) -> int:
     return int(key[start : key.index("}", start)])
 
 
-@dataclass(frozen=True, slots=True)
-class UserKeys:
-    """The keys of one user; every one shares the user's hash tag."""
+class UserKeys(msgspec.Struct, frozen=True, gc=False):
+    """The keys of one user; every one shares the user's hash tag (a Struct: built on every
+    request, several times cheaper than a frozen dataclass)."""
 
     user_id: str
     tag: str

@@ -11,7 +11,7 @@ import redis
 
 from counters.auth import Authenticator
 from counters.clock import ManualClock
-from counters.errors import AuthError
+from counters.errors import AuthError, ForbiddenError, InvalidRequest
 from tests.support.core import JWT_SECRET, SERVICE_KEY, service_headers, user_headers
 
 pytestmark = pytest.mark.anyio
@@ -419,3 +419,29 @@ def test_a_cached_token_is_refused_once_it_expires() -> None:
     clock.advance(2)
     with pytest.raises(AuthError, match="Token has expired"):
         auth.authenticate(f"Bearer {token}", None)
+
+
+def test_the_token_cache_is_keyed_by_the_raw_header_and_still_checks_x_user_id() -> None:
+    """A header seen before is answered from the cache, with the same checks as the first time:
+    a user token naming another X-User-Id is 403, a service key without one 422 (a cached
+    header never skips them); an unknown key never enters the cache."""
+    auth = Authenticator(JWT_SECRET, (SERVICE_KEY,))
+    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 600}, JWT_SECRET)
+    user_header = f"Bearer {token}".encode()
+    service_header = f"Bearer {SERVICE_KEY}".encode()
+    for _ in range(2):  # verified, then cached
+        assert auth.authenticate_raw(user_header, None) == auth.authenticate(
+            f"Bearer {token}", "u1"
+        )
+        with pytest.raises(ForbiddenError):
+            auth.authenticate_raw(user_header, "u2")
+        assert auth.authenticate_raw(service_header, "u7").caller == "service:0"
+        assert auth.authenticate_raw(service_header, "u8").user_id == "u8"
+        with pytest.raises(InvalidRequest):
+            auth.authenticate_raw(service_header, None)
+        with pytest.raises(InvalidRequest):
+            auth.authenticate_raw(service_header, "bad id!")
+        with pytest.raises(AuthError, match="Unknown service key"):
+            auth.authenticate_raw(b"Bearer not-the-key", "u7")
+    assert auth._service_headers == {service_header: "service:0"}
+    assert list(auth._user_headers) == [user_header]

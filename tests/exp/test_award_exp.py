@@ -297,3 +297,21 @@ def test_the_award_call_names_every_argument(settings: Settings, clock: ManualCl
         "target": "character:c9", "idem_key": "key-1",
         "week_ttl": 36 * 3600 + settings.day_grace_seconds,  # Saturday noon to Monday 00:00
     }  # fmt: skip
+
+
+def test_the_award_result_names_every_field(settings: Settings, clock: ManualClock) -> None:
+    """award_result builds AwardResult positionally (for speed): every field gets its value."""
+    svc = Services.build(settings, clock=clock)
+    action = svc.exp.action("character_liked")
+    target = Target("character", "c9")
+    record = UserKeys.of("owner", settings.key_buckets).award_record("rid-1")
+    call = svc.exp.award_call("character_liked", action, "owner", "fan", target, record, "", "")
+    # code, added, total, level, previous, gained, count, seq, replayed
+    result = svc.exp.award_result(call, [1, 10, 110, 2, 1, 30, 2, 9, 1])
+    assert msgspec.structs.asdict(result) == {
+        "outcome": 1, "awarded_to": "owner", "action": "character_liked", "exp_added": 10,
+        "total_exp": 110, "level": 2, "previous_level": 1, "daily_exp_gained": 30,
+        "daily_exp_cap": svc.exp.rules.cap_for(2), "action_count": 2,
+        "action_limit": action.daily_limit, "actor": "fan", "target": target, "replayed": True,
+        "shadow_refused": None,
+    }  # fmt: skip
