@@ -29,6 +29,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 _CURSOR_VERSION = "v1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A cursor's parts as this service writes them: plain ASCII digits, a time Python's datetime can
+# hold and a seq Postgres's bigint can (a tampered cursor is a 422, never a 500 or a 503).
+_CURSOR_NUMBER = re.compile(r"[0-9]{1,19}")
+_MAX_CURSOR_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_MAX_SEQ = 2**63 - 1
 # A "+" in a URL query arrives as a space: "...T00:00:00 00:00" was "...T00:00:00+00:00".
 _LOST_PLUS = re.compile(r" (\d{2}:?\d{2})$")
 
@@ -52,6 +57,10 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
             version, occurred, seq = raw.split(":")
             if version != _CURSOR_VERSION:
                 raise ValueError(version)
+            if not (_CURSOR_NUMBER.fullmatch(occurred) and _CURSOR_NUMBER.fullmatch(seq)):
+                raise ValueError(raw)
+            if int(occurred) > _MAX_CURSOR_US or int(seq) > _MAX_SEQ:
+                raise ValueError(raw)
             return cls(int(occurred), int(seq))
         except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise InvalidRequest("Invalid cursor: pass next_cursor from a previous page") from exc

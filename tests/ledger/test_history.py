@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx2
@@ -10,6 +11,7 @@ from starlette.applications import Starlette
 
 from counters.cli.embedded import PostgresServer
 from counters.clock import ManualClock
+from counters.errors import InvalidRequest
 from counters.history import Cursor
 from tests.ledger.test_persistence_xp import xp_story
 from tests.support.core import NOON, service_headers, user_headers
@@ -148,6 +150,25 @@ async def test_without_postgres_history_is_503_with_retry_after(
     assert down.status_code == 503 and down.headers["Retry-After"] == "1"
     assert "detail" in down.json()
     assert chat.status_code in (200, 503)  # a user Redis never saw needs Postgres to start
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "v1:99999999999999999999:1",  # past datetime's range: was a 500
+        "v1:253402300800000000:1",  # year 10000
+        "v1:9223372036854775807:1",
+        "v1:-9223372036854775808:1",
+        "v1:1796007087320000:99999999999999999999",  # past bigint: was a 503
+        "v1: 1:1",  # int() is lenient about spaces, underscores and other digits
+        "v1:1_000:1",
+        "v1:\u0661\u0662:1",
+    ],
+)
+def test_a_tampered_cursor_is_invalid_not_a_server_error(raw: str) -> None:
+    text = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    with pytest.raises(InvalidRequest, match="Invalid cursor"):
+        Cursor.decode(text)
 
 
 def test_a_cursor_round_trips_to_the_microsecond() -> None:
