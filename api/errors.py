@@ -115,11 +115,18 @@ ERROR_CODES: dict[str, str] = {
     "period_start_conflict": "period_start differs from the subscription's start (409)",
     "too_many_live": "the most holds or top-ups that may be open at once are open (409)",
     "above_held": "a capture of more XP than the hold holds (422)",
-    "storage_unavailable": "Redis (or Postgres) did not answer; retry (503)",
+    "storage_unavailable": (
+        "Redis (or Postgres) did not answer; retry a write only with the same Idempotency-Key (503)"
+    ),
     "internal_error": "a bug: the service logged it (500)",
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-STORAGE_DETAIL = "Storage unavailable, try again"
+# A timed-out write may still run when a stalled Redis resumes (it was already sent), so the answer
+# cannot promise "not applied"; it says how to retry safely, as Stripe's 5xx do.
+STORAGE_DETAIL = (
+    "Storage unavailable, try again "
+    "(a write may still have been applied: retry it with the same Idempotency-Key)"
+)
 
 
 def error_body(detail: str, code: str) -> dict[str, object]:
