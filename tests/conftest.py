@@ -12,9 +12,11 @@ import redis
 from starlette.applications import Starlette
 
 from api.app import create_app
+from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import PostgresServer, RedisServer, free_port
 from counters.clock import ManualClock
 from counters.settings import Settings
+from tests.support.cluster import sync_client
 from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY
 from tests.support.http import asgi_client
 from tests.support.live import CORS_ORIGIN, live_service
@@ -37,18 +39,62 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The suite's own Redis Cluster (3 masters, each with a replica), started once (seconds)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+# The contract tests that run on the single Redis AND on the local cluster (issue #12): every
+# test of these modules that uses Redis, plus any test marked ``both_redis``.
+BOTH_REDIS_MODULES = frozenset(
+    {
+        "tests/exp/test_award_exp.py",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_redis`` runs twice: on the single Redis and on the local cluster."""
+    module = metafunc.definition.path.relative_to(metafunc.config.rootpath).as_posix()
+    marked = metafunc.definition.get_closest_marker("both_redis") is not None
+    if not marked and module not in BOTH_REDIS_MODULES:
+        return
+    if "redis_backend" in metafunc.fixturenames:
+        metafunc.parametrize("redis_backend", ["single", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """The suite's own Redis, emptied before each test."""
-    client = redis.Redis.from_url(redis_server.url)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """``single`` (the default) or ``cluster`` (tests marked ``both_redis``, once each)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The suite's own Redis (or, for ``redis_backend == "cluster"``, its cluster: a
+    ``redis+cluster://`` URL), emptied before each test."""
+    if redis_backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.wait_healthy()  # a fault test may have failed a master over
+        cluster.flushall()
+        yield cluster.url
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = redis.Redis.from_url(server.url)
     client.flushall()
     client.close()
-    yield redis_server.url
+    yield server.url
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    """A plain synchronous client of the test's Redis (a ``RedisCluster`` on the cluster: one
+    key's commands route by slot; commands over several slots are refused, as on any cluster)."""
+    client = sync_client(redis_url)
     yield client
     client.close()
 

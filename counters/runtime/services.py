@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from counters.auth import Authenticator
 from counters.clock import Clock, SystemClock
@@ -13,6 +15,7 @@ from counters.exp.entities import Entities
 from counters.exp.entitlements import EntitlementService
 from counters.exp.leaderboard import Leaderboards
 from counters.exp.service import ExpService
+from counters.redis.cluster import ClusterPipeline, is_cluster_url, parse_cluster_url
 from counters.redis.hydration import Hydrator, NoDurableStore
 from counters.redis.pipelining import AutoPipeline, connect_timeout
 from counters.redis.scripts import Scripts
@@ -42,6 +45,10 @@ def connect_redis(
     and connecting by ``connect_timeout(timeout)``; None: no bound (batch commands).
     ``encoding_errors="surrogateescape"`` reads bytes that are not UTF-8 as lone surrogates
     instead of failing (the flusher must read every entry, whatever it holds)."""
+    if is_cluster_url(url):
+        return connect_cluster(
+            url, max_connections, timeout=timeout, encoding_errors=encoding_errors
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -52,6 +59,46 @@ def connect_redis(
         encoding_errors=encoding_errors,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+def connect_cluster(
+    url: str,
+    max_connections: int,
+    *,
+    timeout: float | None = None,
+    encoding_errors: str = "strict",
+) -> Redis:
+    """redis-py's ``RedisCluster`` for a ``redis+cluster://`` URL (counters/redis/cluster.py),
+    with the timeouts of ``connect_redis`` on every node and ``max_connections`` per node.
+
+    Typed as ``Redis``: it takes the same commands, and its pipelines (not transactions) split
+    their commands by node, so the non-hot paths' per-key pipelines (leaderboards, restore,
+    reconcile, lag) run unchanged; what a cluster refuses (a command over several slots, MULTI
+    over several slots) is done per slot where it is used (persistence/cluster_flusher.py).
+    ``scan_iter`` walks every master."""
+    address = parse_cluster_url(url)
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.seeds],
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        max_connections=max_connections,
+        socket_timeout=timeout,
+        socket_connect_timeout=None if timeout is None else connect_timeout(timeout),
+        decode_responses=True,
+        encoding_errors=encoding_errors,
+    )
+    return cast(Redis, cluster)
+
+
+def is_cluster(redis: Redis) -> bool:
+    """True when ``redis`` was made by ``connect_cluster``."""
+    return isinstance(redis, RedisCluster)
+
+
+def open_pipeline(url: str, timeout: float) -> AutoPipeline | ClusterPipeline:
+    """The auto-pipeline for ``url``: one connection, or one per cluster master."""
+    return ClusterPipeline(url, timeout) if is_cluster_url(url) else AutoPipeline(url, timeout)
 
 
 @dataclass(slots=True)
@@ -91,7 +138,9 @@ class Services:
         timeout = settings.redis_timeout_seconds
         redis = connect_redis(settings.redis_url, settings.redis_max_connections, timeout=timeout)
         auto = settings.redis_autopipeline
-        pipeline = AutoPipeline(settings.redis_url, timeout) if auto else None
+        if not auto and is_cluster_url(settings.redis_url):
+            raise ConfigError("COUNTERS_REDIS_AUTOPIPELINE=false is not supported on a cluster")
+        pipeline = open_pipeline(settings.redis_url, timeout) if auto else None
         scripts = Scripts(redis, pipeline)
         if store is not None and hydrator is None:
             # exp is built below; the hydrator asks it for today's window only when it runs.
