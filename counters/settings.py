@@ -124,8 +124,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = bounded(8000, ge=1, le=65_535)
     workers: int = bounded(1, ge=1, le=256)
-    # None: `counters serve` starts the embedded server under data_dir.
+    # None: `counters serve` starts the embedded server under data_dir. A Redis Cluster is
+    # named by seed nodes: redis+cluster://[:password@]host:port[,host:port...] (issue #12).
     redis_url: str | None = None
+    # With no redis_url: start a local Redis Cluster (3 masters, each with a replica) instead
+    # of the embedded single Redis (counters/cli/cluster.py), to try the service on a cluster.
+    local_cluster: bool = False
     database_url: str | None = None
     data_dir: Path = Path(".counters")
     rules: Path | None = None

@@ -14,7 +14,8 @@ Its cost does not grow with the bucket count: a read polls only the *active* str
 held entries in the last ``active_seconds``) and sweeps every stream only every ``sweep_seconds``,
 so 1,024 idle buckets cost 1,024 cheap XREADGROUPs a second across the cluster, and a busy one is
 read as often as the single-node flusher reads. A new event in an idle bucket is ledgered within
-``sweep_seconds`` (plus the write). There is no blocking read (BLOCK holds a connection per
+``sweep_seconds`` (plus the write). A drain (``counters flush``, burst mode) reads every stream
+each time, until none holds anything. There is no blocking read (BLOCK holds a connection per
 stream); between empty polls the flusher sleeps ``idle_poll_seconds``.
 
 Acknowledging per stream is not atomic across streams as the single MULTI was: a crash between
@@ -56,9 +57,10 @@ class ClusterFlusher(Flusher):
         self._next_sweep = 0.0
         self.polls = 0  # XREADGROUPs sent (for the bench and the tests: cost per bucket count)
 
-    def _streams_to_read(self, start: str) -> list[str]:
+    def _streams_to_read(self, start: str, burst: bool) -> list[str]:
         now = time.monotonic()
-        if start != ">" or now >= self._next_sweep:  # own pending entries: look everywhere
+        # Own pending entries, or a drain (burst: until nothing is left): look everywhere.
+        if start != ">" or burst or now >= self._next_sweep:
             if start == ">":
                 self._next_sweep = now + self._sweep_seconds
             return self.streams
@@ -67,7 +69,7 @@ class ClusterFlusher(Flusher):
         return list(self._active)
 
     async def _read_group(self, start: str, block_ms: int | None) -> list[Entry]:
-        streams = self._streams_to_read(start)
+        streams = self._streams_to_read(start, burst=block_ms is None)
         entries = await self._read_streams(streams, start)
         if not entries and block_ms is not None:
             await asyncio.sleep(min(self._idle_poll, block_ms / 1000))

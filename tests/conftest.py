@@ -53,6 +53,27 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 BOTH_REDIS_MODULES = frozenset(
     {
         "tests/exp/test_award_exp.py",
+        "tests/exp/test_cross_identity.py",
+        "tests/exp/test_leaderboard.py",
+        "tests/exp/test_entitlements.py",
+        "tests/api/test_batch.py",
+        "tests/api/test_exp_api.py",
+        "tests/api/test_hot_lane.py",
+        "tests/api/test_operations.py",
+        "tests/api/test_xp_check_api.py",
+        "tests/ledger/test_flusher.py",
+        "tests/ledger/test_persistence_recovery.py",
+        "tests/ledger/test_reconcile.py",
+        "tests/ledger/test_loss_records.py",
+        "tests/ledger/test_persistence_xp.py",
+        "tests/ledger/test_buckets.py",
+        "tests/cli/test_import.py",
+        "tests/xp/test_xp_subscriptions.py",
+        "tests/xp/test_grant_xp.py",
+        "tests/xp/test_refund_xp.py",
+        "tests/xp/test_debit_xp.py",
+        "tests/xp/test_xp_holds.py",
+        "tests/xp/test_xp_lua.py",
     }
 )
 

@@ -64,6 +64,7 @@ class LocalCluster:
             count = self.masters * (1 + self.replicas_per_master)
             for index in range(count):
                 node_dir = _private_dir(self.data_dir / f"node{index}")
+                (node_dir / "nodes.conf").unlink(missing_ok=True)  # a new cluster, new ports
                 (node_dir / "password").write_text(password + "\n")
                 (node_dir / "password").chmod(0o600)
                 lines = (

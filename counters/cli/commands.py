@@ -22,6 +22,7 @@ import click
 from redis.exceptions import RedisError
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.cli.state import redact, running_serve
 from counters.errors import CountersError
@@ -97,8 +98,24 @@ def redis_url(settings: Settings, stack: ExitStack, *, beside_serve: bool = True
         return settings.redis_url
     if url := _of_running_serve(settings, "redis", beside_serve):
         return url
+    if settings.local_cluster:
+        return _local_cluster(settings, stack)
     server = RedisServer(settings.data_dir / "redis", persistent=True)
     return _embedded(server, "COUNTERS_REDIS_URL", stack)
+
+
+def _local_cluster(settings: Settings, stack: ExitStack) -> str:
+    """COUNTERS_LOCAL_CLUSTER=1: a new local Redis Cluster (3 masters, 3 replicas, nothing on
+    disk: the ledger in Postgres is what survives a restart) until exit; its URL."""
+    cluster = LocalCluster(settings.data_dir / "cluster")
+    try:
+        cluster.start()
+    except CountersError as exc:
+        cluster.stop()
+        raise CommandError(f"{exc} (or set COUNTERS_REDIS_URL)") from exc
+    stack.callback(cluster.stop)
+    click.echo(f"local Redis Cluster at {redact(cluster.url)}", err=True)
+    return cluster.url
 
 
 def with_servers(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> Settings:

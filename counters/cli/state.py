@@ -62,6 +62,12 @@ def clear_state(data_dir: Path) -> None:
 
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***``, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "," in rest.partition("/")[0]:  # redis+cluster://:pw@h:p,h:p (several hosts)
+        auth, at, hosts = rest.rpartition("@")
+        if not at or ":" not in auth:
+            return url
+        return f"{scheme}://{auth.partition(':')[0]}:***@{hosts}"
     parts = urlsplit(url)
     if parts.password is None:
         return url

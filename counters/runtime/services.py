@@ -138,8 +138,6 @@ class Services:
         timeout = settings.redis_timeout_seconds
         redis = connect_redis(settings.redis_url, settings.redis_max_connections, timeout=timeout)
         auto = settings.redis_autopipeline
-        if not auto and is_cluster_url(settings.redis_url):
-            raise ConfigError("COUNTERS_REDIS_AUTOPIPELINE=false is not supported on a cluster")
         pipeline = open_pipeline(settings.redis_url, timeout) if auto else None
         scripts = Scripts(redis, pipeline)
         if store is not None and hydrator is None:

@@ -11,7 +11,8 @@ import asyncpg  # type: ignore[import-untyped]
 from starlette.applications import Starlette
 
 from counters.runtime.durability import Durability
-from counters.runtime.services import Services
+from counters.runtime.services import Services, is_cluster
+from persistence.cluster_flusher import ClusterFlusher
 from persistence.flusher import Flusher
 from persistence.migrate import migrate
 from persistence.store import Store
@@ -56,7 +57,8 @@ def flusher(app: Starlette, **options: Any) -> Flusher:
     """A fresh flusher on the app's Redis and Postgres (a consumer of its own)."""
     svc = services(app)
     options.setdefault("block_ms", 10)
-    return Flusher(svc.redis, store(app), buckets=svc.settings.key_buckets, **options)
+    kind = ClusterFlusher if is_cluster(svc.redis) else Flusher
+    return kind(svc.redis, store(app), buckets=svc.settings.key_buckets, **options)
 
 
 async def fetch(app: Starlette, sql: str, *args: Any) -> list[Any]:
