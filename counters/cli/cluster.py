@@ -72,7 +72,8 @@ class LocalCluster:
                     "cluster-config-file nodes.conf",
                     f"cluster-node-timeout {self.node_timeout_ms}",
                     f"masterauth {password}",
-                    "cluster-require-full-coverage yes",
+                    # A master down (until its replica is promoted) stops its own slots only.
+                    "cluster-require-full-coverage no",
                 )
                 server = RedisServer(node_dir, persistent=self.persistent, config_lines=lines)
                 server.port = _cluster_port({s.port for s in self.servers})

@@ -121,7 +121,7 @@ class Scripts:
         missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
         if missing:
             for script in sorted({calls[i].SCRIPT for i in missing}):
-                await self._send("SCRIPT", "LOAD", self._sources[script])
+                await self._load(self._sources[script])
             again = await self._send_many([commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -129,6 +129,16 @@ class Scripts:
             RedisRefusal(f"{call.SCRIPT}: {reply}") if isinstance(reply, RedisRefusal) else reply
             for call, reply in zip(calls, replies, strict=True)
         ]
+
+    async def _load(self, source: str) -> None:
+        """SCRIPT LOAD on the transport (on a cluster: on every master, where NOSCRIPT is)."""
+        if self._pipeline is not None:
+            await self._send("SCRIPT", "LOAD", source)
+            return
+        try:
+            await self._redis.script_load(source)
+        except RedisError as exc:
+            raise RedisStorageError(f"SCRIPT LOAD: {exc}") from exc
 
     async def get(self, key: str) -> str | None:
         """A plain GET, on the same transport as the scripts."""
