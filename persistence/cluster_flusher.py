@@ -28,11 +28,10 @@ import asyncio
 import time
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from counters.errors import RedisStorageError
-from persistence.flusher import GROUP, Entry, Flusher, Lag
+from persistence.flusher import GROUP, Entry, Flusher
 
 
 class ClusterFlusher(Flusher):
@@ -106,18 +105,3 @@ class ClusterFlusher(Flusher):
         except RedisError as exc:
             # Written but not acknowledged: delivered again later, and written again as a no-op.
             raise RedisStorageError(f"flusher ack: {exc}") from exc
-
-
-async def cluster_stream_lag(redis: Redis, streams: list[str]) -> Lag:
-    """``stream_lag`` on a cluster: a cluster pipeline refuses TIME (no key, no node), so the
-    clock is read by its own call (one node's clock; the masters' agree to NTP's precision)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream in streams:
-            pipe.xlen(stream)
-            pipe.xrange(stream, count=1)
-        replies = await pipe.execute()
-    seconds, micros = await redis.time()
-    now_ms = seconds * 1000 + micros // 1000
-    events = sum(int(n) for n in replies[0::2])
-    firsts = [int(first[0][0].split("-")[0]) for first in replies[1::2] if first]
-    return Lag(events, max(now_ms - min(firsts), 0) / 1000 if firsts else 0.0)

@@ -313,16 +313,18 @@ async def _send_packed(redis: Redis, commands: list[tuple[str, ...]]) -> list[An
 
 
 async def stream_lag(redis: Redis, streams: list[str]) -> Lag:
-    """How far Postgres is behind: entries left in the streams, and the oldest one's age."""
+    """How far Postgres is behind: entries left in the streams, and the oldest one's age.
+
+    Redis's clock is read by its own call: a cluster pipeline refuses TIME (no key, no node)."""
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.xlen(stream)
             pipe.xrange(stream, count=1)
-        pipe.time()
         replies = await pipe.execute()
-    now_ms = replies[-1][0] * 1000 + replies[-1][1] // 1000
-    events = sum(int(n) for n in replies[0:-1:2])
-    firsts = [int(first[0][0].split("-")[0]) for first in replies[1:-1:2] if first]
+    clock, micros = await redis.time()
+    now_ms = clock * 1000 + micros // 1000
+    events = sum(int(n) for n in replies[0::2])
+    firsts = [int(first[0][0].split("-")[0]) for first in replies[1::2] if first]
     seconds = max(now_ms - min(firsts), 0) / 1000 if firsts else 0.0
     return Lag(events, seconds)
 

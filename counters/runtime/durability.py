@@ -31,7 +31,7 @@ from counters.redis.keys import stream_key
 from counters.rules import Rules, load_rules
 from counters.runtime.services import Services, connect_redis, is_cluster
 from counters.settings import Settings
-from persistence.cluster_flusher import ClusterFlusher, cluster_stream_lag
+from persistence.cluster_flusher import ClusterFlusher
 from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
 from persistence.migrate import migrate_url
 from persistence.recovery import PostgresHydrator
@@ -83,13 +83,6 @@ def make_flusher(
         claim_idle_ms=settings.flush_claim_idle_ms,
         backoff_max=settings.flush_backoff_max_seconds,
     )
-
-
-async def lag_of(redis: Redis, streams: list[str]) -> Lag:
-    """The flusher's lag over ``streams``, on one Redis or on a cluster."""
-    if is_cluster(redis):
-        return await cluster_stream_lag(redis, streams)
-    return await stream_lag(redis, streams)
 
 
 def flusher_redis(settings: Settings) -> Redis:
@@ -172,7 +165,7 @@ class Durability:
         streams = [stream_key(bucket) for bucket in range(settings.key_buckets)]
         while not self._closing.is_set():
             try:
-                self.lag = await lag_of(self._redis, streams)
+                self.lag = await stream_lag(self._redis, streams)
             except Exception:  # Redis down: writes fail on their own; keep the last verdict
                 self.lag = None
             else:
@@ -208,7 +201,7 @@ class Durability:
 
         Raises ``redis.exceptions.RedisError`` when Redis does not answer."""
         streams = [stream_key(bucket) for bucket in range(services.settings.key_buckets)]
-        return await lag_of(services.redis, streams)
+        return await stream_lag(services.redis, streams)
 
     def stall(self, lag: Lag | None) -> str | None:
         """Why the ledger is not advancing (None when it is): the oldest unledgered event is
