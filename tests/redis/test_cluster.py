@@ -1,0 +1,151 @@
+"""The cluster transport (counters/redis/cluster.py) on the suite's real local cluster: the seed
+URL, routing by slot, MOVED and ASK followed, SCRIPT LOAD on every master, a dead seed skipped;
+and the cluster flusher's polling cost with 1,024 buckets (persistence/cluster_flusher.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from counters.cli.cluster import LocalCluster
+from counters.cli.embedded import RedisServer, free_port
+from counters.cli.state import redact
+from counters.errors import ConfigError
+from counters.redis.cluster import (
+    ClusterPipeline,
+    first_key,
+    is_cluster_url,
+    parse_cluster_url,
+    slot_of,
+)
+from counters.runtime.services import connect_redis
+from persistence.cluster_flusher import ClusterFlusher
+from persistence.store import Store
+
+pytestmark = pytest.mark.anyio
+on_the_cluster = pytest.mark.parametrize("redis_backend", ["cluster"], indirect=True)
+
+
+def test_the_seed_url_is_read_strictly() -> None:
+    address = parse_cluster_url("redis+cluster://:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
+    assert address.seeds == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert (address.username, address.password, address.tls) == (None, "s@cret", False)
+    assert parse_cluster_url(address.url()) == address
+    assert parse_cluster_url("rediss+cluster://app:pw@h:1").tls
+    assert is_cluster_url("redis+cluster://h:1") and not is_cluster_url("redis://h:1/0")
+    for bad in ("redis://h:1", "redis+cluster://", "redis+cluster://h", "redis+cluster://h:0",
+                "redis+cluster://h:1/2"):  # fmt: skip
+        with pytest.raises(ConfigError, match="COUNTERS_REDIS_URL"):
+            parse_cluster_url(bad)
+    assert "s%40cret" not in redact("redis+cluster://:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
+
+
+def test_a_script_is_routed_by_its_first_key() -> None:
+    assert first_key(("EVALSHA", "abc", 2, "ctr:{b3}:user:u", "ctr:{b3}:x", "arg")) == (
+        "ctr:{b3}:user:u"
+    )
+    assert first_key(("EVALSHA", "abc", 0)) is None
+    assert first_key(("GET", "ctr:{b3}:user:u")) == "ctr:{b3}:user:u"
+    assert slot_of("ctr:{b3}:user:u") == slot_of("{b3}") == slot_of(b"x{b3}y")
+
+
+def _owner(cluster: LocalCluster, slot: int) -> tuple[RedisServer, str]:
+    for server in cluster.servers[: cluster.masters]:
+        client = cluster.client(server)
+        try:
+            mine = client.execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
+            slots = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        if any(a <= slot <= b and o[2] == mine for a, b, o, *_ in slots):
+            return server, mine
+    raise AssertionError(slot)
+
+
+def _cmd(client: redis.Redis, *args: object) -> object:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+@on_the_cluster
+async def test_calls_follow_ask_then_moved_when_a_slot_migrates(
+    redis_cluster: LocalCluster, redis_url: str
+) -> None:
+    del redis_url  # emptied
+    cluster = redis_cluster
+    pipeline = ClusterPipeline(cluster.url, timeout=5)
+    try:
+        keys = [f"ctr:{{b{i}}}:probe" for i in range(40)]
+        assert await pipeline.execute_many([("SET", k, i) for i, k in enumerate(keys)]) == (
+            ["OK"] * 40
+        )
+        assert len(pipeline.masters()) == 3
+        key = keys[0]
+        slot = slot_of(key)
+        source, source_id = _owner(cluster, slot)
+        masters = cluster.servers[: cluster.masters]
+        target = masters[(masters.index(source) + 1) % len(masters)]
+        src, dst = cluster.client(source), cluster.client(target)
+        try:
+            target_id = _cmd(dst, "CLUSTER", "MYID")
+            _cmd(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            _cmd(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            _cmd(src, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                 "AUTH", cluster.password, "KEYS", key)  # fmt: skip
+            # The key is on the target, the slot still the source's: ASK, then ASKING there.
+            assert await pipeline.execute("GET", key) == "0"
+            assert await pipeline.execute("SET", key, "asked") == "OK"
+            for server in masters:
+                client = cluster.client(server)
+                _cmd(client, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                client.close()
+        finally:
+            src.close()
+            dst.close()
+        # The slot map still names the source: MOVED, the map refreshed, the call sent again.
+        assert await pipeline.execute("GET", key) == "asked"
+        await asyncio.sleep(0.3)  # the background refresh
+        assert pipeline._slots[slot] == ("127.0.0.1", target.port)
+        # SCRIPT LOAD reaches every master: EVALSHA then runs wherever a key lives.
+        sha = await pipeline.execute("SCRIPT", "LOAD", "return KEYS[1]")
+        replies = await pipeline.execute_many([("EVALSHA", sha, 1, k) for k in keys])
+        assert replies == keys
+    finally:
+        await pipeline.aclose()
+
+
+@on_the_cluster
+async def test_a_dead_seed_is_skipped(redis_cluster: LocalCluster, redis_url: str) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    url = redis_url.replace("@", f"@{dead},", 1)
+    pipeline = ClusterPipeline(url, timeout=2)
+    try:
+        assert await pipeline.execute("SET", "ctr:{b1}:x", "1") == "OK"
+    finally:
+        await pipeline.aclose()
+
+
+@on_the_cluster
+async def test_the_cluster_flusher_polls_idle_buckets_rarely(
+    redis_cluster: LocalCluster, redis_url: str
+) -> None:
+    """With 1,024 buckets and nothing to flush, 20 blocking reads within one sweep interval
+    send one sweep of XREADGROUPs (1,024), not one per stream per read."""
+    redis_client = connect_redis(redis_url, 4, timeout=5)
+    try:
+        flusher = ClusterFlusher(
+            redis_client, Store.__new__(Store), buckets=1_024, sweep_seconds=600.0,
+            idle_poll_seconds=0.01,
+        )  # fmt: skip
+        await flusher.ensure_groups()
+        flusher._own_pending_first = False
+        flusher._next_claim = float("inf")
+        reads = 0
+        async with asyncio.timeout(30):
+            while reads < 20:
+                assert await flusher.flush_once(block=True) == 0
+                reads += 1
+        assert flusher.polls == 1_024
+    finally:
+        await redis_client.aclose()
