@@ -42,7 +42,8 @@ def parse(argv: list[str] | None, description: str) -> Options:
         help="run only these, comma-separated: 1 (with 1h), 2 (with 2h), 3, 4, 5, 6, memory, "
         "flusher (runs 2 for its rate), creator (a like's cost beside daily_chat's, in "
         "process), metrics (gain with metrics on and off), durable (gain with Postgres and the "
-        "flusher: known users 2p, brand-new users 2n); no ways-there runs",
+        "flusher: known users 2p, brand-new users 2n), cluster (gain on a 3-master local Redis "
+        "Cluster: 2c); no ways-there runs",
     )
     args = parser.parse_args(argv)
     options = Options(

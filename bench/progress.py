@@ -25,7 +25,7 @@ def planned(options: Options, wanted: Callable[..., bool]) -> tuple[int, int]:
     runs = 0
     runs += 2 * repeat if wanted("1") else 0
     runs += 2 * repeat if wanted("2", "flusher") else 0
-    runs += sum(repeat for key in ("3", "4", "6") if wanted(key))
+    runs += sum(repeat for key in ("3", "4", "6", "cluster") if wanted(key))
     runs += 2 * repeat if wanted("durable") else 0  # 2p and 2n
     steps = sum(1 for key in ("5", "memory", "flusher") if wanted(key))
     if options.ablations and not options.only:

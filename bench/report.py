@@ -160,7 +160,7 @@ def render(report: Report) -> str:
     parts = [table(report.rows), ""]
     ratios = [
         ("2/1", "2", "1"), ("3/1", "3", "1"), ("2/4", "2", "4"), ("batch/5", "6", "5"),
-        ("2p/2", "2p", "2"), ("2n/2", "2n", "2"),
+        ("2p/2", "2p", "2"), ("2n/2", "2n", "2"), ("2c/2", "2c", "2"),
     ]  # fmt: skip
     shown = [f"{label} = {_num(report.ratio(top, bottom), 2)}" for label, top, bottom in ratios]
     parts.append("ratios: " + "   ".join(shown))
@@ -212,6 +212,7 @@ def write_json(report: Report, options: dict[str, Any]) -> Path:
             "batch/5": report.ratio("6", "5"),
             "2p/2": report.ratio("2p", "2"),
             "2n/2": report.ratio("2n", "2"),
+            "2c/2": report.ratio("2c", "2"),
         },
         "targets": targets,
         "gain_budget": gain_budget(report),

@@ -27,6 +27,7 @@ from bench.options import Options, parse
 from bench.progress import Progress
 from bench.report import Report, Row, render, write_json
 from bench.servers import BARE_APP, GAIN_APP, PG_APP, Server, uvicorn_server
+from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.errors import ConfigError, StorageError
 from counters.metrics import prepare_multiprocess_dir
@@ -71,13 +72,15 @@ class Bench:
         """Redis as every target starts: empty, plus the entities that exist before a run."""
         direct.restore(self.redis.url, self.seeded if seeded else [])
 
-    def with_services(self, work: Callable[[Any], Any]) -> Any:
-        """Run ``work(services)`` against the bench's Redis, with the service's own code."""
+    def with_services(self, work: Callable[[Any], Any], url: str | None = None) -> Any:
+        """Run ``work(services)`` against the bench's Redis (or ``url``), with the service's
+        own code."""
 
         async def run() -> Any:
             # Seeding sends thousands of scripts at once through one process: bulk work, which
             # may take longer than a request's Redis timeout on a busy machine.
-            settings = replace(direct.bench_settings(self.redis.url), redis_timeout_seconds=30.0)
+            settings = direct.bench_settings(url or self.redis.url)
+            settings = replace(settings, redis_timeout_seconds=30.0)
             async with direct.services(settings) as svc:
                 return await work(svc)
 
@@ -199,6 +202,9 @@ class Bench:
             if self.wanted("6"):
                 self.progress.at_row("6: POST /api/exp/gain/batch")
                 self.batch()
+            if self.wanted("cluster"):
+                self.progress.at_row("2c: POST /api/exp/gain on a 3-master Redis Cluster")
+                self.cluster_gain()
             if self.wanted("durable") and self.postgres is not None:
                 self.progress.at_row("2p, 2n: gain with Postgres attached")
                 self.durable_gain()
@@ -282,6 +288,30 @@ class Bench:
             )
             name = f"POST /api/exp/gain with Postgres + flusher in the workers, {who} users"
             self.report.rows.append(self.row(key, name, measured, "service key"))
+
+    def cluster_gain(self) -> None:
+        """Row 2 on a local Redis Cluster of 3 masters (each with a replica) on this machine
+        (issue #12): the same requests, its Redis CPU summed over the masters and replicas."""
+        cluster = LocalCluster(self.tmp / "cluster")
+        cluster.start()
+        try:
+            nodes = [
+                f"redis://:{cluster.password}@127.0.0.1:{server.port}/0"
+                for server in cluster.servers
+            ]
+
+            def prepare() -> None:
+                cluster.flushall()
+                self.with_services(direct.seed_owners, cluster.url)
+
+            measured = self.http(
+                GAIN_APP, self.gain_requests, env=self.env(COUNTERS_REDIS_URL=cluster.url),
+                db=lambda: sum(cpu.redis_cpu(node) for node in nodes), prepare=prepare,
+            )  # fmt: skip
+            name = "POST /api/exp/gain, mixed actions, 100k users, 3-master Redis Cluster"
+            self.report.rows.append(self.row("2c", name, measured, "service key"))
+        finally:
+            cluster.stop()
 
     def metrics_cost(self) -> None:
         """Row 2 with metrics on (as served) and off, runs alternated; the ratio as a note."""
