@@ -5,13 +5,16 @@ and the cluster flusher's polling cost with 1,024 buckets (persistence/cluster_f
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 import redis
 
+from api.app import create_app
 from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import RedisServer, free_port
 from counters.cli.state import redact
+from counters.clock import ManualClock
 from counters.errors import ConfigError
 from counters.redis.cluster import (
     ClusterPipeline,
@@ -20,9 +23,14 @@ from counters.redis.cluster import (
     parse_cluster_url,
     slot_of,
 )
+from counters.redis.keys import bucket_of
 from counters.runtime.services import connect_redis
+from counters.settings import Settings
 from persistence.cluster_flusher import ClusterFlusher
 from persistence.store import Store
+from tests.support.core import user_headers
+from tests.support.http import asgi_client
+from tests.support.persistence import fetch, flusher
 
 pytestmark = pytest.mark.anyio
 on_the_cluster = pytest.mark.parametrize("redis_backend", ["cluster"], indirect=True)
@@ -149,3 +157,24 @@ async def test_the_cluster_flusher_polls_idle_buckets_rarely(
         assert flusher.polls == 1_024
     finally:
         await redis_client.aclose()
+
+
+@pytest.mark.parametrize("redis_backend", ["single", "cluster"], indirect=True)
+async def test_1024_buckets_award_and_ledger_on_both(
+    durable_settings: Settings, clock: ManualClock
+) -> None:
+    """With 1,024 buckets (users spread over many slots, on every master of the cluster), awards
+    answer, and one drain ledgers each exactly once with the totals Redis holds."""
+    app = create_app(replace(durable_settings, key_buckets=1_024), clock=clock)
+    users = [f"wide{n}" for n in range(60)]
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        for user in users:
+            response = await http.post(
+                "/api/exp/gain", json={"action": "daily_chat"}, headers=user_headers(user)
+            )
+            assert response.status_code == 200, response.text
+        assert len({bucket_of(u, 1_024) for u in users}) > 40
+        assert await flusher(app).drain() >= len(users)
+        rows = await fetch(app, "SELECT user_id, amount FROM ledger ORDER BY user_id")
+    assert sorted(r["user_id"] for r in rows) == sorted(users)
+    assert {r["amount"] for r in rows} == {20}  # daily_chat in the shipped rules
