@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,7 @@ class LocalCluster:
         return True
 
     @staticmethod
-    def _until(deadline: float, ready: object) -> None:
-        assert callable(ready)
+    def _until(deadline: float, ready: Callable[[], bool]) -> None:
         while time.monotonic() < deadline:
             if ready():
                 return

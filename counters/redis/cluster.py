@@ -229,7 +229,12 @@ class ClusterPipeline:
         return pipeline
 
     async def _node_of(self, slot: int) -> tuple[str, int]:
-        await self._refresh()
+        """The master of ``slot``, once the slot map is read (one read for every call that
+        arrives before the first map: they wait for the same one)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+            self._refreshing.add_done_callback(_retrieve)
+        await asyncio.shield(self._refreshing)
         node = self._slots[slot]
         if node is None:
             raise RedisStorageError(f"Redis Cluster: no node serves slot {slot}")
