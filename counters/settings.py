@@ -196,6 +196,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Awards add to the leaderboards (counters/exp/leaderboard.py): 3 ZINCRBY in the award script.
     leaderboards_enabled: bool = True
+    # An unkeyed like or fork runs as one script when its entity and owner share a Redis node
+    # (lua/creator_award.lua); false: always the chain of single-slot scripts (issue #10).
+    creator_shortcut: bool = True
     # Webhooks (persistence/webhooks): endpoints every event is POSTed to, and the HMAC secret
     # of the Counters-Signature header. No endpoints: no outbox rows, no deliverer.
     webhook_urls: tuple[str, ...] = ()

@@ -80,6 +80,7 @@ class ExpService:
         day_grace: int,
         day_jitter: int,
         leaderboards: bool = True,
+        creator_shortcut: bool = True,
     ) -> None:
         self._scripts = scripts
         self._entities = entities
@@ -92,7 +93,9 @@ class ExpService:
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
         self._may_create = may_create_arg(hydrator)
         self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
-        self._creator = CreatorAwards(self, scripts, entities, buckets, idempotency_ttl)
+        self._creator = CreatorAwards(
+            self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
+        )
         self._week = (0, "", 0)  # (next UTC midnight, week board id, the week's end) likewise
         self.use_rules(rules)
 

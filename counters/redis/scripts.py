@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import lua
@@ -71,8 +71,13 @@ class Scripts:
     sent again in one place, ``_recover``.
     """
 
-    def __init__(self, redis: Redis, pipeline: AutoPipeline | None = None) -> None:
+    def __init__(
+        self, redis: Redis, pipeline: AutoPipeline | None = None, *, one_node: bool | None = None
+    ) -> None:
         self._redis = redis
+        # Whether every key is on one Redis (no Cluster): a script may then take keys of several
+        # slots (lua/creator_award.lua). None: not when the client is a RedisCluster.
+        self.one_node = not isinstance(redis, RedisCluster) if one_node is None else one_node
         self._pipeline = pipeline
         self._sources = {name: script_source(name) for name in script_names()}
         self._shas = {

@@ -114,6 +114,7 @@ class Services:
             day_grace=settings.day_grace_seconds,
             day_jitter=settings.day_jitter_seconds,
             leaderboards=settings.leaderboards_enabled,
+            creator_shortcut=settings.creator_shortcut,
         )  # fmt: skip
         xp = XpService(
             rules.xp, scripts, hydrator, clock,
