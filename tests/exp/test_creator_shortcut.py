@@ -30,13 +30,17 @@ GAIN = "/api/exp/gain"
 FANS = 40
 
 
-async def run(settings: Settings, clock: ManualClock, ids: list[str]) -> list[tuple[int, Any]]:
-    """Every step's (status, body), in order."""
+async def run(
+    settings: Settings, clock: ManualClock, ids: list[str], *, one_node: bool = True
+) -> list[tuple[int, Any]]:
+    """Every step's (status, body), in order; ``one_node`` False: served as on a Cluster
+    (``Scripts.one_node``: a script may not take keys of two slots)."""
     a, b, c, d = ids[:4]
     fans = ids[4:]
     steps: list[tuple[int, Any]] = []
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
+        app.state.services.scripts.one_node = one_node
 
         async def gain(user: str, body: dict[str, str], service: bool = False) -> None:
             headers = service_headers(user) if service else user_headers(user)
@@ -114,3 +118,23 @@ async def test_the_one_script_award_answers_and_writes_what_the_chain_does(
     assert any(body.get("action") == "forked" and body["exp_added"] == 5 for _, body in chain)
     # The shortcut ran: most likes and forks took one call instead of the chain's three.
     assert shortcut_calls < chain_calls - 40, (shortcut_calls, chain_calls)
+
+
+@pytest.mark.parametrize("layout", ["same", "different"])
+async def test_on_a_cluster_the_one_script_award_needs_the_entity_and_owner_in_one_slot(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, layout: str
+) -> None:
+    ids = pick(layout, "a", "b", "character:c", "character:d") + [f"fan{n}" for n in range(FANS)]
+    answers, calls = [], []
+    for shortcut, one_node in ((False, True), (True, False)):
+        redis_client.flushall()
+        redis_client.config_resetstat()
+        answers.append(
+            await run(replace(settings, creator_shortcut=shortcut), clock, ids, one_node=one_node)
+        )
+        calls.append(evalsha_calls(redis_client))
+    assert answers[0] == answers[1]
+    if layout == "same":  # every entity shares its owner's slot: one script
+        assert calls[1] < calls[0] - 40, calls
+    else:  # never a script across two slots: the chain, call for call
+        assert calls[1] == calls[0], calls
