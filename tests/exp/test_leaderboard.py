@@ -19,7 +19,7 @@ from counters.clock import ManualClock
 from counters.exp.leaderboard import Period, window
 from counters.redis.keys import bucket_of
 from counters.runtime.services import Services
-from counters.settings import Settings
+from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.persistence import flusher
 
@@ -77,7 +77,7 @@ async def test_periods_turn_over_at_utc_midnight_and_monday(
     assert (week["period_id"], ranking(week)) == ("week:2026W48", [(1, "eve", 15)])
     assert ranking(await board(client, "eve", period="all")) == [(1, "eve", 45)]
     # The ended periods' boards still exist until their clean-up time; nothing reads them.
-    tag = f"ctr:{{b{bucket_of('eve', 16)}}}"
+    tag = f"ctr:{{b{bucket_of('eve', DEFAULT_KEY_BUCKETS)}}}"
     assert redis_client.zscore(f"{tag}:board:day:20261122", "eve") == 30
     assert redis_client.zscore(f"{tag}:board:week:2026W47", "eve") == 30
     # Memory is bounded: day and week boards expire after their period (+ grace), "all" never.
@@ -106,7 +106,9 @@ async def test_every_award_key_shares_the_users_hash_tag(
             call = await services.exp.prepare_award(principal, "daily_chat", None, None)
             keys = msgspec.structs.astuple(call.keys)
             assert len(keys) == 8  # with the bucket record (issue #11)
-            assert {key.split("}")[0] for key in keys} == {f"ctr:{{b{bucket_of(user, 16)}"}
+            assert {key.split("}")[0] for key in keys} == {
+                f"ctr:{{b{bucket_of(user, DEFAULT_KEY_BUCKETS)}"
+            }
     finally:
         await services.close()
 
