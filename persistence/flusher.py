@@ -50,6 +50,13 @@ log = logging.getLogger("persistence.flusher")
 
 GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
+_IDLE_BLOCK_DOUBLINGS = 2  # idle, a blocking read waits up to 4 x block_ms (2 s by default)
+
+
+def longest_block_ms(block_ms: int) -> int:
+    """The longest a flusher's blocking read may wait (its client's timeout must exceed it)."""
+    return block_ms << _IDLE_BLOCK_DOUBLINGS
+
 
 Entry = tuple[str, str, dict[str, str] | None]  # (stream, id, fields; None if deleted)
 AfterCommit = Callable[[Batch], Awaitable[None]]
@@ -99,6 +106,7 @@ class Flusher:
         self._groups_ready = False
         self._own_pending_first = True  # after a start or a failure, retry our own entries first
         self._next_claim = 0.0
+        self._idle_reads = 0  # blocking reads in a row that found nothing
         self.stats = FlusherStats()
 
     async def flush_once(self, *, block: bool = True) -> int:
@@ -231,7 +239,16 @@ class Flusher:
             entries = await self._claim()
             if entries:
                 return entries
-        return await self._read_group(">", block_ms=self._block_ms if block else None)
+        entries = await self._read_group(">", block_ms=self._idle_block_ms() if block else None)
+        self._idle_reads = 0 if entries else self._idle_reads + 1
+        return entries
+
+    def _idle_block_ms(self) -> int:
+        """How long the next blocking read waits: ``block_ms``, doubled after each read that
+        found nothing, up to ``_IDLE_BLOCK_FACTOR`` times it. A blocking XREADGROUP returns as
+        soon as any stream gets an entry, so waiting longer delays no event; it makes idle
+        reads rarer, and each costs Redis and this process O(buckets) (issue #12)."""
+        return self._block_ms << min(self._idle_reads, _IDLE_BLOCK_DOUBLINGS)
 
     async def _read_group(self, start: str, block_ms: int | None) -> list[Entry]:
         streams: dict[Any, Any] = dict.fromkeys(self.streams, start)

@@ -32,11 +32,12 @@ from counters.rules import Rules, load_rules
 from counters.runtime.layout import check_ledger_layout, settle_buckets
 from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
-from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
+from persistence.flusher import Flusher, FlusherTask, Lag, longest_block_ms
 from persistence.migrate import migrate_url
 from persistence.recovery import PostgresHydrator
 from persistence.restore import BucketRestore
 from persistence.store import Store
+from persistence.streams import LagProbe, exact_lag
 from persistence.webhooks.deliverer import Backoff, Deliverer, DelivererTask, Endpoints
 from persistence.webhooks.outbox import OutboxPolicy
 
@@ -89,7 +90,9 @@ def flusher_redis(settings: Settings) -> Redis:
     and stream entries that are not UTF-8 are read (as lone surrogates) so they can be
     quarantined instead of failing every read."""
     assert settings.redis_url is not None
-    timeout = settings.flush_block_ms / 1000 + max(5.0, settings.redis_timeout_seconds)
+    timeout = longest_block_ms(settings.flush_block_ms) / 1000 + max(
+        5.0, settings.redis_timeout_seconds
+    )
     return connect_redis(settings.redis_url, 4, timeout=timeout, encoding_errors="surrogateescape")
 
 
@@ -222,7 +225,7 @@ class Durability:
 
         Raises ``redis.exceptions.RedisError`` when Redis does not answer."""
         streams = [stream_key(bucket) for bucket in range(services.settings.key_buckets)]
-        return await stream_lag(services.redis, streams)
+        return await exact_lag(services.redis, streams)
 
     def stall(self, lag: Lag | None) -> str | None:
         """Why the ledger is not advancing (None when it is): the oldest unledgered event is
@@ -288,10 +291,10 @@ async def lag_watch(
 ) -> None:
     """Refresh the ledger's lag every ``lag_refresh_seconds`` until ``stop``, handing each
     result (None: Redis did not answer) to ``on_lag``."""
-    streams = [stream_key(bucket) for bucket in range(settings.key_buckets)]
+    probe = LagProbe(redis, [stream_key(bucket) for bucket in range(settings.key_buckets)])
     while not stop.is_set():
         try:
-            lag: Lag | None = await stream_lag(redis, streams)
+            lag: Lag | None = await probe.refresh()  # idle streams a slice at a time
         except Exception:
             lag = None
         on_lag(lag)

@@ -180,3 +180,31 @@ async def test_leaderboards_off_write_no_board(
         404, {"detail": "Leaderboards are off on this deployment", "code": "not_found"},
     )  # fmt: skip
     assert redis_client.keys("*board*") == []
+
+
+@pytest.mark.parametrize("key_buckets", [16, 1024])
+async def test_ranks_are_exact_whatever_the_bucket_count(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, key_buckets: int
+) -> None:
+    # Issue #12: the read counts the users above the caller from each bucket's top list where
+    # the list reaches down to them, and asks the others (ZCOUNT). Scores put straight on the
+    # boards (many users, many ties, some buckets fuller than the limit) against brute force.
+    scores = {f"r{n}": (n * 7919) % 37 for n in range(600)}
+    period = window(Period.ALL, NOON, 0).id
+    pipe = redis_client.pipeline(transaction=False)
+    for user, exp in scores.items():
+        tag = f"ctr:{{b{bucket_of(user, key_buckets)}}}"
+        pipe.zadd(f"{tag}:board:{period}", {user: exp})
+    pipe.execute()
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    for reader in ("r0", "r1", "r17", "r599", "nobody"):
+        body = await board(client, reader, period="all", limit=5)
+        expected_top = [
+            (1 + sum(1 for s in scores.values() if s > exp), user, exp) for user, exp in ordered[:5]
+        ]
+        assert ranking(body) == expected_top
+        if reader == "nobody":
+            assert body["me"] is None
+        else:
+            above = sum(1 for s in scores.values() if s > scores[reader])
+            assert body["me"] == {"rank": 1 + above, "user_id": reader, "exp": scores[reader]}

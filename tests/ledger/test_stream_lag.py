@@ -1,0 +1,64 @@
+"""The ledger's lag over many bucket streams, cheap when idle (issue #12; persistence/streams.py).
+
+``exact_lag`` (``/readyz``) counts every stream; ``LagProbe`` (the durability window) looks at
+active streams every refresh and at idle ones a slice at a time, so a stream that starts filling
+is counted within ``buckets / slice`` refreshes, and a drained one at once. Real Redis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import redis.asyncio as aioredis
+
+from counters.redis.keys import stream_key
+from persistence.flusher import Flusher, longest_block_ms
+from persistence.store import Store
+from persistence.streams import LagProbe, exact_lag
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("buckets", [16, 1024])
+async def test_the_probe_sees_every_stream_within_one_sweep_and_is_then_exact(
+    redis_url: str, buckets: int
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        streams = [stream_key(bucket) for bucket in range(buckets)]
+        filled = {streams[0]: 2, streams[buckets // 2]: 3, streams[-1]: 1}
+        for stream, n in filled.items():
+            for _ in range(n):
+                await client.xadd(stream, {"kind": "test"})
+        assert (await exact_lag(client, streams)).events == 6
+        probe = LagProbe(client, streams, slice_size=16)
+        sweep = math.ceil(buckets / 16)
+        seen = [(await probe.refresh()).events for _ in range(sweep)]
+        assert seen[-1] == 6 and seen == sorted(seen)  # never over-counts, exact after a sweep
+        assert (await probe.refresh()).seconds >= 0.0
+        await client.xtrim(streams[buckets // 2], maxlen=0)  # the flusher drained it
+        assert (await probe.refresh()).events == 3  # active streams: at every refresh
+        lag = await exact_lag(client, streams)
+        assert lag.events == 3 and lag.seconds >= 0.0
+    finally:
+        await client.aclose()
+
+
+async def test_an_idle_flusher_blocks_longer_and_a_read_resets_it(
+    redis_url: str, database_url: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = await Store.open(database_url)
+    try:
+        flusher = Flusher(client, store, buckets=16, block_ms=5)
+        waits = []
+        for _ in range(4):
+            waits.append(flusher._idle_block_ms())
+            assert await flusher.flush_once() == 0
+        assert waits == [5, 10, 20, 20] and longest_block_ms(5) == 20
+        await client.xadd(stream_key(3), {"kind": "garbage"})  # read (and quarantined)
+        assert await flusher.flush_once() == 1
+        assert flusher._idle_block_ms() == 5
+    finally:
+        await client.aclose()
+        await store.close()
