@@ -73,8 +73,11 @@ class BucketRestore:
         if not incomplete:
             return 0
         await self._store.forget_expired_records(int(self._hydrator.now() * 1000))
-        for bucket in incomplete:  # runs read first: the barrier of each, then the one read
-            incomplete[bucket], _ = await self._hydrator.open_bucket(bucket)
+        order = list(incomplete)  # runs read first: the barrier of each, then the one read
+        for start in range(0, len(order), _PARALLEL):  # after a loss: every bucket, 32 at once
+            some = order[start : start + _PARALLEL]
+            opened = await asyncio.gather(*(self._hydrator.open_bucket(b) for b in some))
+            incomplete.update((b, run) for b, (run, _) in zip(some, opened, strict=True))
         users: dict[int, list[str]] = {bucket: [] for bucket in incomplete}
         for user_id in await self._store.user_ids():
             found = users.get(bucket_of(user_id, self._buckets))

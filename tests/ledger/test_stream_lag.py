@@ -2,17 +2,20 @@
 
 ``exact_lag`` (``/readyz``) counts every stream; ``LagProbe`` (the durability window) looks at
 active streams every refresh and at idle ones a slice at a time, so a stream that starts filling
-is counted within ``buckets / slice`` refreshes, and a drained one at once. Real Redis."""
+is counted within ``buckets / slice`` refreshes, and a drained one at once. And the flush
+barrier's locks stay bounded however many buckets a batch spans. Real Redis and Postgres."""
 
 from __future__ import annotations
 
 import math
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 import redis.asyncio as aioredis
 
 from counters.redis.keys import stream_key
 from persistence.flusher import Flusher, longest_block_ms
+from persistence.runs import LOCK_STRIPES, lock_key, retired_runs
 from persistence.store import Store
 from persistence.streams import LagProbe, exact_lag
 
@@ -62,3 +65,23 @@ async def test_an_idle_flusher_blocks_longer_and_a_read_resets_it(
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_flush_over_every_bucket_takes_a_bounded_number_of_locks(
+    database_url: str,
+) -> None:
+    # A batch touching all 1,024 buckets shares LOCK_STRIPES advisory locks, not 1,024
+    # (Postgres's shared lock table is ~64 per connection); a barrier on any bucket of a
+    # stripe waits for it (persistence/runs.py).
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            assert await retired_runs(conn, [(b, "r1") for b in range(1024)]) == set()
+            held = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid()"
+            )
+        assert held == LOCK_STRIPES == 64
+        assert {lock_key(b) for b in range(16)} == set(range(16))  # 16 buckets: as before
+    finally:
+        await conn.close()
