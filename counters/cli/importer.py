@@ -97,6 +97,9 @@ async def _run(
     redis = connect_redis(settings.redis_url, 1)
     try:
         settings = await settle_buckets(settings, redis, store)  # the recorded bucket count
+    except BaseException:
+        await store.close()
+        raise
     finally:
         await redis.aclose()
     services = Services.build(settings, rules=rules, store=store)

@@ -28,12 +28,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from counters.errors import ConfigError, StorageError
+from counters.redis.keys import LAYOUT_KEY
 from counters.settings import Settings
 from persistence.store import Store
 
 log = logging.getLogger("counters.runtime")
 
-LAYOUT_KEY = "ctr:layout"
 _FIELD = "key_buckets"
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import redis
 
 from counters.auth import issue_token
-from counters.runtime.layout import LAYOUT_KEY
+from counters.redis.keys import LAYOUT_KEY
 
 JWT_SECRET = "test-secret-for-the-counters-suite-0123456789"
 SERVICE_KEY = "test-service-key-0123456789abcdef"

@@ -10,13 +10,15 @@ from dataclasses import replace
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from api.app import create_app
+from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import ConfigError
-from counters.redis.keys import UserKeys
+from counters.redis.keys import LAYOUT_KEY, UserKeys
 from counters.runtime.durability import Durability
-from counters.runtime.layout import LAYOUT_KEY, check_ledger_layout, choose_buckets
+from counters.runtime.layout import check_ledger_layout, choose_buckets
 from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from persistence.store import Store
 from tests.support.core import user_headers
@@ -165,3 +167,19 @@ async def test_a_ledger_that_recorded_another_count_after_start_is_never_flushed
         assert why is not None and "16 buckets but Postgres recorded 32" in why
     finally:
         await durability.close()
+
+
+def test_the_cli_refuses_a_contradicting_count_and_follows_the_record(
+    settings: Settings, database_url: str, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(LAYOUT_KEY, "key_buckets", "16")
+    env = {"COUNTERS_REDIS_URL": settings.redis_url or "", "COUNTERS_DATABASE_URL": database_url}
+    refused = CliRunner().invoke(
+        main, ["flush", "--burst"], env=env | {"COUNTERS_KEY_BUCKETS": "1024"}
+    )
+    assert refused.exit_code != 0
+    assert "COUNTERS_KEY_BUCKETS=1024 but this deployment recorded 16 buckets" in refused.output
+    assert ledger_count(database_url) is None  # nothing recorded by a refused start
+    flushed = CliRunner().invoke(main, ["flush", "--burst"], env=env)
+    assert (flushed.exit_code, flushed.output) == (0, "flushed 0 events\n")
+    assert ledger_count(database_url) == 16  # the record, now in Postgres too
