@@ -23,10 +23,12 @@ boards of the user's bucket). Read here, merged across buckets:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import islice, takewhile
 from typing import Any
 
 import msgspec
@@ -101,9 +103,26 @@ def _top_read(board: str, marker: str, limit: int) -> tuple[tuple[str, ...], ...
     return ("EXISTS", marker), ("ZRANGE", board, "0", str(limit - 1), "REV", "WITHSCORES")
 
 
-def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
-    """``ZRANGE ... WITHSCORES`` as RESP2 sends it (member, score, ...) as (member, exp)."""
-    return [(str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+def _exp(score: Any) -> int:
+    """A board's score (RESP2 text, or a float from redis-py) as EXP."""
+    return int(float(score))
+
+
+def _ranked(flat: list[Any]) -> Iterator[tuple[int, str]]:
+    """``ZRANGE ... REV WITHSCORES`` as RESP2 sends it (member, score, ... highest first) as
+    ``(-exp, member)``, parsed lazily: merging 1,024 of them for a top 10 parses about 1,034
+    scores, not 10,240 (issue #12). Redis sends ties (REV) in descending member order; each run
+    of ties is yielded reversed, so the whole is ascending in ``(-exp, member)``."""
+    start, end = 0, len(flat)
+    while start < end:
+        score = flat[start + 1]
+        stop = start + 2
+        while stop < end and flat[stop + 1] == score:
+            stop += 2
+        exp = _exp(score)
+        for i in range(stop - 2, start - 2, -2):
+            yield -exp, str(flat[i])
+        start = stop
 
 
 def _ttl(end: datetime, now: float, grace: int) -> int:
@@ -170,12 +189,12 @@ class Leaderboards:
                 await self._ensure_complete(span, keys)
                 continue
             break
-        tops = [_pairs(top) for top in replies[1::2]]
+        tops: list[list[Any]] = replies[1::2]  # flat (member, score, ...), highest first
         async with _redis_errors():
             me = await self._standing(keys, tops, limit, user_id, mine)
-        merged = sorted((pair for top in tops for pair in top), key=lambda p: (-p[1], p[0]))
         entries: list[Standing] = []
-        for index, (member, exp) in enumerate(merged[:limit]):
+        for index, (minus, member) in enumerate(islice(heapq.merge(*map(_ranked, tops)), limit)):
+            exp = -minus
             tied = entries and entries[-1].exp == exp
             rank = entries[-1].rank if tied else index + 1
             entries.append(Standing(rank=rank, user_id=member, exp=exp))
@@ -184,7 +203,7 @@ class Leaderboards:
     async def _standing(
         self,
         keys: list[tuple[str, str]],
-        tops: list[list[tuple[str, int]]],
+        tops: list[list[Any]],
         limit: int,
         user_id: str,
         score: object,
@@ -198,8 +217,8 @@ class Leaderboards:
         above = 0
         ask: list[int] = []
         for bucket, top in enumerate(tops):
-            if len(top) < limit or top[-1][1] <= exp:
-                above += sum(1 for _, their in top if their > exp)
+            if len(top) < 2 * limit or _exp(top[-1]) <= exp:  # the list reaches the caller
+                above += sum(1 for _ in takewhile(lambda s: _exp(s) > exp, top[1::2]))
             else:
                 ask.append(bucket)
         if ask:
