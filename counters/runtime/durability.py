@@ -176,12 +176,13 @@ class Durability:
 
     async def _watch_lag(self, settings: Settings) -> None:
         assert self._redis is not None
-        await lag_watch(self._redis, settings, self._closing, self._on_lag)
 
-    def _on_lag(self, lag: Lag | None) -> None:
-        self.lag = lag  # None: Redis down: writes fail on their own; keep the last verdict
-        if lag is not None:
-            self.write_refusal = backlog_refusal(self.settings or Settings(), lag)
+        def seen(lag: Lag | None) -> None:
+            self.lag = lag  # None: Redis down: writes fail on their own; keep the last verdict
+            if lag is not None:
+                self.write_refusal = backlog_refusal(settings, lag)
+
+        await lag_watch(self._redis, settings, self._closing, seen)
 
     async def _migrate_then_flush(self) -> None:
         settings = self.settings
