@@ -18,7 +18,7 @@ stream (one hash slot), so each works unchanged on Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from persistence.flusher import Lag
 
 SLICE = 64  # idle streams looked at per refresh
+SendMany = Callable[[Sequence[Sequence[Any]]], Awaitable[list[Any]]]  # Scripts.send_many
 
 
 def _age(now: tuple[Any, Any], firsts: Sequence[Any]) -> float:
@@ -46,13 +47,18 @@ async def _look(redis: Redis, streams: Sequence[str]) -> tuple[list[int], list[A
     return [int(n) for n in replies[0:-1:2]], replies[1:-1:2], replies[-1]
 
 
-async def exact_lag(redis: Redis, streams: Sequence[str]) -> Lag:
-    """Entries in every stream and the oldest one's age: lengths of all (one round trip),
-    then the first entry of those that hold any. Raises ``RedisError``."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream in streams:
-            pipe.xlen(stream)
-        lengths = [int(n) for n in await pipe.execute()]
+async def exact_lag(redis: Redis, streams: Sequence[str], send_many: SendMany | None = None) -> Lag:
+    """Entries in every stream and the oldest one's age: lengths of all (one round trip, on
+    ``send_many`` when given: the scripts' hiredis auto-pipeline, ~4 x cheaper per command than a
+    redis-py pipeline), then the first entry of those that hold any (on ``redis``: entries may
+    hold bytes that are not UTF-8). Raises ``RedisError`` or ``StorageError``."""
+    if send_many is not None:
+        lengths = [int(n) for n in await send_many([("XLEN", stream) for stream in streams])]
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xlen(stream)
+            lengths = [int(n) for n in await pipe.execute()]
     busy = [stream for stream, n in zip(streams, lengths, strict=True) if n]
     counts, firsts, now = await _look(redis, busy)
     return Lag(sum(counts), _age(now, firsts))

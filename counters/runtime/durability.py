@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from counters.clock import Clock
 from counters.errors import BacklogFull, StorageError
@@ -226,7 +227,10 @@ class Durability:
 
         Raises ``redis.exceptions.RedisError`` when Redis does not answer."""
         streams = [stream_key(bucket) for bucket in range(services.settings.key_buckets)]
-        return await exact_lag(services.redis, streams)
+        try:
+            return await exact_lag(services.redis, streams, services.scripts.send_many)
+        except StorageError as exc:  # the auto-pipeline's failures, as the pool's (callers)
+            raise RedisError(str(exc)) from exc
 
     def stall(self, lag: Lag | None) -> str | None:
         """Why the ledger is not advancing (None when it is): the oldest unledgered event is

@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from counters.redis.keys import stream_key
+from counters.redis.pipelining import AutoPipeline
+from counters.redis.scripts import Scripts
 from persistence.flusher import Flusher, longest_block_ms
 from persistence.runs import LOCK_STRIPES, lock_key, retired_runs
 from persistence.store import Store
@@ -43,6 +45,13 @@ async def test_the_probe_sees_every_stream_within_one_sweep_and_is_then_exact(
         assert (await probe.refresh()).events == 3  # active streams: at every refresh
         lag = await exact_lag(client, streams)
         assert lag.events == 3 and lag.seconds >= 0.0
+        pipeline = AutoPipeline(redis_url)  # /readyz: the lengths on the scripts' transport
+        try:
+            assert (
+                await exact_lag(client, streams, Scripts(client, pipeline).send_many)
+            ).events == 3
+        finally:
+            await pipeline.aclose()
     finally:
         await client.aclose()
 
