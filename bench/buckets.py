@@ -44,7 +44,7 @@ from persistence.store import Store
 
 _RANKED_USERS = 20_000
 _READS = 300
-_DAY_USERS = 2_000
+_DAY_USERS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
