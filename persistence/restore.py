@@ -31,6 +31,7 @@ from persistence.store import Store
 log = logging.getLogger("persistence.restore")
 
 _PARALLEL = 32  # hydrations in flight while a bucket is restored
+_BATCH = 256  # buckets opened (runs, barriers) and completed per round trip
 
 
 @dataclass(slots=True)
@@ -74,27 +75,33 @@ class BucketRestore:
             return 0
         await self._store.forget_expired_records(int(self._hydrator.now() * 1000))
         order = list(incomplete)  # runs read first: the barrier of each, then the one read
-        for start in range(0, len(order), _PARALLEL):  # after a loss: every bucket, 32 at once
-            some = order[start : start + _PARALLEL]
-            opened = await asyncio.gather(*(self._hydrator.open_bucket(b) for b in some))
-            incomplete.update((b, run) for b, (run, _) in zip(some, opened, strict=True))
+        for start in range(0, len(order), _BATCH):  # after a loss: every bucket, in batches
+            incomplete.update(await self._hydrator.open_buckets(order[start : start + _BATCH]))
         users: dict[int, list[str]] = {bucket: [] for bucket in incomplete}
         for user_id in await self._store.user_ids():
             found = users.get(bucket_of(user_id, self._buckets))
             if found is not None:
                 found.append(user_id)
         left = 0
-        for bucket, run in sorted(incomplete.items()):
-            ids = users[bucket]
-            for start in range(0, len(ids), _PARALLEL):
-                chunk = ids[start : start + _PARALLEL]
-                await asyncio.gather(*(self._hydrator.hydrate(uid) for uid in chunk))
-                self.progress.users_restored += len(chunk)
-            reply = await self._scripts.run(MetaKey(meta_key(bucket)), CompleteBucket(run=run))
-            if reply[0] == CompleteOutcome.COMPLETED:
-                self.progress.complete += 1
-            else:
-                left += 1
+        ordered = sorted(incomplete.items())
+        for first in range(0, len(ordered), _BATCH):  # hydrate a batch's users, then complete it
+            batch = ordered[first : first + _BATCH]
+            for bucket, _ in batch:
+                ids = users[bucket]
+                for start in range(0, len(ids), _PARALLEL):
+                    chunk = ids[start : start + _PARALLEL]
+                    await asyncio.gather(*(self._hydrator.hydrate(uid) for uid in chunk))
+                    self.progress.users_restored += len(chunk)
+            replies = await self._scripts.run_many(
+                [(MetaKey(meta_key(bucket)), CompleteBucket(run=run)) for bucket, run in batch]
+            )
+            for reply in replies:
+                if isinstance(reply, StorageError):
+                    raise reply
+                if reply[0] == CompleteOutcome.COMPLETED:
+                    self.progress.complete += 1
+                else:
+                    left += 1
         self.progress.passes += 1
         return left
 

@@ -17,7 +17,7 @@ from counters.redis.keys import stream_key
 from counters.redis.pipelining import AutoPipeline
 from counters.redis.scripts import Scripts
 from persistence.flusher import Flusher, longest_block_ms
-from persistence.runs import LOCK_STRIPES, lock_key, retired_runs
+from persistence.runs import LOCK_STRIPES, barriers, lock_key, retired_runs
 from persistence.store import Store
 from persistence.streams import LagProbe, exact_lag
 
@@ -92,5 +92,23 @@ async def test_a_flush_over_every_bucket_takes_a_bounded_number_of_locks(
             )
         assert held == LOCK_STRIPES == 64
         assert {lock_key(b) for b in range(16)} == set(range(16))  # 16 buckets: as before
+    finally:
+        await conn.close()
+
+
+async def test_one_batched_barrier_retires_the_older_runs_of_every_bucket(
+    database_url: str,
+) -> None:
+    # The restore after a loss opens the barriers of up to 256 buckets in one transaction
+    # (persistence/runs.py ``barriers``): each bucket's older runs are retired, its own is not.
+    conn = await asyncpg.connect(database_url)
+    try:
+        old = [(b, "r1") for b in range(300)]
+        async with conn.transaction():
+            assert await retired_runs(conn, old) == set()  # a flush registered the old runs
+        await barriers(conn, [(b, "r2") for b in range(0, 300, 2)])  # even buckets restored
+        async with conn.transaction():
+            retired = await retired_runs(conn, [*old, *((b, "r2") for b in range(300))])
+        assert retired == {(b, "r1") for b in range(0, 300, 2)}
     finally:
         await conn.close()
