@@ -50,6 +50,14 @@ log = logging.getLogger("persistence.flusher")
 
 GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
+_FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 2 min
+_IDLE_BLOCK_DOUBLINGS = 2  # idle, a blocking read waits up to 4 x block_ms (2 s by default)
+
+
+def longest_block_ms(block_ms: int) -> int:
+    """The longest a flusher's blocking read may wait (its client's timeout must exceed it)."""
+    return block_ms << _IDLE_BLOCK_DOUBLINGS
+
 
 Entry = tuple[str, str, dict[str, str] | None]  # (stream, id, fields; None if deleted)
 AfterCommit = Callable[[Batch], Awaitable[None]]
@@ -99,6 +107,8 @@ class Flusher:
         self._groups_ready = False
         self._own_pending_first = True  # after a start or a failure, retry our own entries first
         self._next_claim = 0.0
+        self._idle_reads = 0  # blocking reads in a row that found nothing
+        self._claims = 0  # claims made (dead consumers are forgotten every _FORGET_EVERY)
         self.stats = FlusherStats()
 
     async def flush_once(self, *, block: bool = True) -> int:
@@ -231,7 +241,16 @@ class Flusher:
             entries = await self._claim()
             if entries:
                 return entries
-        return await self._read_group(">", block_ms=self._block_ms if block else None)
+        entries = await self._read_group(">", block_ms=self._idle_block_ms() if block else None)
+        self._idle_reads = 0 if entries else self._idle_reads + 1
+        return entries
+
+    def _idle_block_ms(self) -> int:
+        """How long the next blocking read waits: ``block_ms``, doubled after each read that
+        found nothing, up to ``_IDLE_BLOCK_FACTOR`` times it. A blocking XREADGROUP returns as
+        soon as any stream gets an entry, so waiting longer delays no event; it makes idle
+        reads rarer, and each costs Redis and this process O(buckets) (issue #12)."""
+        return self._block_ms << min(self._idle_reads, _IDLE_BLOCK_DOUBLINGS)
 
     async def _read_group(self, start: str, block_ms: int | None) -> list[Entry]:
         streams: dict[Any, Any] = dict.fromkeys(self.streams, start)
@@ -241,29 +260,43 @@ class Flusher:
         return [(stream, sid, fields) for stream, items in reply or [] for sid, fields in items]
 
     async def _claim(self) -> list[Entry]:
-        """Take over entries another consumer read but did not acknowledge for a while."""
+        """Take over entries another consumer read but did not acknowledge for a while; every
+        ``_FORGET_EVERY`` claims, also forget dead consumers with nothing pending (one more
+        command per stream: at 1,024 buckets a claim with it cost ~30 ms of CPU, issue #12)."""
+        forgetting = self._claims % _FORGET_EVERY == 0
+        self._claims += 1
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xautoclaim(
                     stream, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
                 )
-                pipe.xinfo_consumers(stream, GROUP)
+                if forgetting:
+                    pipe.xinfo_consumers(stream, GROUP)
             replies = await pipe.execute()
+        step = 2 if forgetting else 1
         entries: list[Entry] = []
-        forget: list[tuple[str, str]] = []
-        for stream, claimed, consumers in zip(
-            self.streams, replies[::2], replies[1::2], strict=True
-        ):
+        for stream, claimed in zip(self.streams, replies[::step], strict=True):
             entries += [(stream, sid, fields) for sid, fields in claimed[1]]
-            forget += [(stream, c["name"]) for c in consumers if self._forgettable(c)]
-        if forget:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for stream, name in forget:
-                    pipe.xgroup_delconsumer(stream, GROUP, name)
-                await pipe.execute()
+        if forgetting:
+            await self._forget(
+                [
+                    (stream, c["name"])
+                    for stream, consumers in zip(self.streams, replies[1::2], strict=True)
+                    for c in consumers
+                    if self._forgettable(c)
+                ]
+            )
         if entries:
             log.info("flusher claimed %d entries left by other consumers", len(entries))
         return entries
+
+    async def _forget(self, consumers: list[tuple[str, str]]) -> None:
+        """Remove ``(stream, consumer)`` pairs from the group."""
+        if consumers:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, name in consumers:
+                    pipe.xgroup_delconsumer(stream, GROUP, name)
+                await pipe.execute()
 
     def _forgettable(self, consumer: dict[str, Any]) -> bool:
         return (

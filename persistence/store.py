@@ -18,7 +18,7 @@ from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
 from persistence.events import Batch, Rejected
 from persistence.history import read_history
-from persistence.runs import barrier
+from persistence.runs import barrier, barriers
 from persistence.webhooks.outbox import OutboxPolicy
 from persistence.writer import WriteResult, quarantine, write_batch
 
@@ -215,6 +215,11 @@ class Store:
         returns once no open or later flush can add rows of an earlier incarnation."""
         async with self.bounded("flush barrier", self.timeout) as conn:
             await barrier(conn, bucket, run)
+
+    async def barriers(self, runs: list[tuple[int, str]]) -> None:
+        """``barrier`` of many ``(bucket, run)`` in one transaction (persistence/runs.py)."""
+        async with self.bounded("flush barriers", self.timeout) as conn:
+            await barriers(conn, runs)
 
     async def creator_awards(
         self, target: str, actions: list[str], since_ms: int

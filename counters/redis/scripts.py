@@ -132,6 +132,17 @@ class Scripts:
             for call, reply in zip(calls, replies, strict=True)
         ]
 
+    async def send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Plain commands (each touching the keys of one bucket: one hash slot) in one
+        pipelined round trip on the scripts' transport; replies in order, hiredis-parsed
+        (RESP2: ``ZRANGE ... WITHSCORES`` is a flat list). Raises ``StorageError`` when a
+        command is refused or the connection is lost (reads that loop over buckets, issue #12)."""
+        replies = await self._send_many(commands)
+        for reply in replies:
+            if isinstance(reply, StorageError):
+                raise reply
+        return replies
+
     async def get(self, key: str) -> str | None:
         """A plain GET, on the same transport as the scripts."""
         value = await self._send("GET", key)

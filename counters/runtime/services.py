@@ -128,7 +128,7 @@ class Services:
         leaderboards = Leaderboards(
             redis, clock, buckets=settings.key_buckets, grace=settings.day_grace_seconds,
             ledger_sums=ledger_sums(store) if store is not None else None,
-            enabled=settings.leaderboards_enabled,
+            enabled=settings.leaderboards_enabled, scripts=scripts,
         )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
         version = rules_version(rules)
