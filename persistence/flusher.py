@@ -42,7 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from counters.errors import RedisStorageError, StorageError
 from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
 from counters.redis.keys import stream_key
-from persistence.events import Batch, Rejected, sort_entries
+from persistence.events import Batch, Rejected, gc_paused, sort_entries
 from persistence.store import Store, is_transient
 from persistence.writer import WriteResult
 
@@ -246,7 +246,8 @@ class Flusher:
             command += ["BLOCK", block_ms]
         command += ["STREAMS", *self.streams, *[start] * len(self.streams)]
         (reply,) = await _send_packed(self._redis, [tuple(command)])
-        return _entries(reply)
+        with gc_paused():
+            return _entries(reply)
 
     async def _claim(self) -> list[Entry]:
         """Take over entries another consumer read but did not acknowledge for a while."""
