@@ -99,6 +99,7 @@ ERROR_CODES: dict[str, str] = {
     "forbidden": "the credentials may not do this (403)",
     "not_found": "an unknown route, target, generation type, hold or transaction (404)",
     "method_not_allowed": "the route does not take this method (405)",
+    "cors_refused": "a CORS preflight from an origin, method or header not allowed (400)",
     "conflict": "the resource's state forbids the request (409)",
     "self_action": "a creator-targeted action on the caller's own entity (409)",
     "already_owned": "the entity is already owned by another user (409)",

@@ -35,6 +35,20 @@ def reply_response(reply: Reply) -> Response:
     return json_response(content, status, headers)
 
 
+def query_param(request: Request, name: str, default: str) -> str:
+    """The one value of query parameter ``name``, or ``default`` when it is absent.
+
+    Raises ``InvalidRequest`` (422) when it is given more than once: ``?limit=5&limit=500``
+    has no single meaning, and taking the first or the last silently would let a proxy and the
+    service read different requests (as in HTTP parameter pollution)."""
+    values = request.query_params.getlist(name)
+    if not values:
+        return default
+    if len(values) > 1:
+        raise InvalidRequest(f"Query parameter {name} is given {len(values)} times; give it once")
+    return values[0]
+
+
 def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc

@@ -158,6 +158,9 @@ async def adjust(request: Request) -> Response:
         level=result.level,
         leveled_up=result.level > result.previous_level,
         progress=progress(svc.exp.rules, result.total_exp),
+        unlocked_features=svc.rules.entitlements.unlocked_between(
+            result.previous_level, result.level
+        ),
     )
     return json_response(body, 200, replay_headers(result.replayed))
 

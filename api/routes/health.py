@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.errors import READINESS_STATUS
-from api.http import json_response, services
+from api.http import json_response, query_param, services
 from counters import metrics as metric_objects
 from counters.runtime.durability import Durability
 
@@ -31,7 +31,7 @@ async def readyz(request: Request) -> Response:
     """Whether this instance can serve, with Postgres's status and the flusher's lag."""
     svc = services(request)
     durability: Durability = request.app.state.durability
-    strict = request.query_params.get("strict", "") in {"1", "true", "yes"}
+    strict = query_param(request, "strict", "") in {"1", "true", "yes"}
     redis_ok = await _redis_ok(request)
     body: dict[str, object] = {"redis": "ok" if redis_ok else "down"}
     body["rules_version"] = svc.rules_version

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.http import json_response, principal, services
+from api.http import json_response, principal, query_param, services
 from counters.errors import InvalidRequest
 from counters.exp.leaderboard import Period
 
@@ -20,8 +20,8 @@ async def leaderboard(request: Request) -> Response:
     unknown = sorted(set(request.query_params) - {"period", "limit"})
     if unknown:
         raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)}")
-    period = Period.parse(request.query_params.get("period", Period.DAY.value))
-    raw = request.query_params.get("limit", _DEFAULT_LIMIT)
+    period = Period.parse(query_param(request, "period", Period.DAY.value))
+    raw = query_param(request, "limit", _DEFAULT_LIMIT)
     if not raw.isdigit():
         raise InvalidRequest("limit must be an integer from 1 to 100")
     return json_response(await svc.leaderboards.board(period, int(raw), user_id))

@@ -15,6 +15,7 @@ from api.http import (
     idempotency_of,
     json_response,
     principal,
+    query_param,
     read_body,
     replay_headers,
     reply_response,
@@ -66,7 +67,7 @@ def _refusal_reply(change: XpChange) -> Reply:
 async def check_xp(request: Request) -> Response:
     svc = services(request)
     caller = principal(request)
-    raw = request.query_params.get("include_guidance", "false").lower()
+    raw = query_param(request, "include_guidance", "false").lower()
     if raw not in _FLAGS:
         raise InvalidRequest("include_guidance must be true or false")
     generation_type = request.path_params["generation_type"]

@@ -80,6 +80,10 @@ class AdjustResponse(msgspec.Struct, frozen=True, kw_only=True):
     level: int
     leveled_up: bool
     progress: Progress
+    # As in GainResponse: features this adjustment unlocked or raised (empty unless it levelled
+    # the user up). A negative adjustment never takes a feature away here: entitlements are
+    # read from the level (GET /api/exp/entitlements).
+    unlocked_features: list[str]
 
 
 class OwnerResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -74,7 +74,8 @@ class _Refused(Exception):
 
 def app_from_env() -> Starlette:
     """Uvicorn factory (``bench.baselines.pg_award:app_from_env``)."""
-    rules = load_rules().exp
+    all_rules = load_rules()
+    rules = all_rules.exp
     clock = SystemClock()
     auth = Authenticator(None, os.environ["COUNTERS_SERVICE_KEYS"].split(","))
     url = os.environ["COUNTERS_DATABASE_URL"]
@@ -167,6 +168,7 @@ def app_from_env() -> Starlette:
             level=new_level, leveled_up=new_level > level, daily_exp_gained=gained + added,
             daily_exp_cap=rules.cap_for(new_level), action_count=count + 1,
             action_limit=action.daily_limit, progress=progress(rules, new_total),
+            unlocked_features=all_rules.entitlements.unlocked_between(level, new_level),
         )  # fmt: skip
 
     async def gain(request: Request) -> Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from counters.errors import NotFound
+from counters.errors import NotFound, shown
 from counters.redis.calls import ReadExp, UserDayKeys
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.keys import UserKeys
@@ -73,7 +73,7 @@ class EntitlementService:
         """One feature for a user at ``level``; ``NotFound`` listing the known features."""
         if feature not in self.rules.features:
             known = ", ".join(self.rules.features)
-            raise NotFound(f"Unknown feature '{feature}'; known features: {known}")
+            raise NotFound(f"Unknown feature '{shown(feature)}'; known features: {known}")
         return self._entitlement(feature, level)
 
     def _entitlement(self, feature: str, level: int) -> Entitlement:

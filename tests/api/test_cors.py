@@ -67,6 +67,8 @@ async def test_another_origin_gets_no_cors_headers(cors_client: httpx2.AsyncClie
         "/api/exp/gain", headers={**PREFLIGHT, "Origin": "https://evil.example"}
     )
     assert preflight.status_code == 400
+    assert preflight.json() == {"detail": "Disallowed CORS origin", "code": "cors_refused"}
+    assert "access-control-allow-origin" not in preflight.headers
     answer = await cors_client.post(
         "/api/exp/gain",
         json={"action": "daily_chat"},

@@ -358,6 +358,7 @@ async def test_adjust_clamps_at_zero_and_reports_progress(client: httpx2.AsyncCl
             "current_level_exp": 30, "exp_needed_for_next": 200, "exp_to_next_level": 170,
             "progress_percentage": 15.0, "is_max_level": False,
         },
+        "unlocked_features": ["fork", "private_characters"],  # as a gain's level-up says
     }  # fmt: skip
     down = await client.post(
         url, json={"user_id": "u1", "delta": -500, "reason": "abuse"}, headers=service_headers()
@@ -367,6 +368,7 @@ async def test_adjust_clamps_at_zero_and_reports_progress(client: httpx2.AsyncCl
         0,
         1,
     )
+    assert down.json()["unlocked_features"] == []
 
 
 async def test_adjust_is_for_services_and_validates(client: httpx2.AsyncClient) -> None:

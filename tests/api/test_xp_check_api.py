@@ -62,6 +62,8 @@ async def test_guidance_is_left_out_unless_asked_for(client: httpx2.AsyncClient)
     response = await check(client, "u1", "NEW_IMAGE?include_guidance=maybe")
     assert response.status_code == 422
     assert "include_guidance" in response.json()["detail"]
+    twice = await check(client, "u1", "NEW_IMAGE?include_guidance=false&include_guidance=true")
+    assert (twice.status_code, twice.json()["code"]) == (422, "invalid_request")
 
 
 async def test_sufficient_xp(client: httpx2.AsyncClient) -> None:

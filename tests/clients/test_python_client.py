@@ -4,8 +4,10 @@ its tier-permissions middleware."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
+import time
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +24,7 @@ from counters_client import (
     InsufficientXp,
     SelfAction,
     TierRequired,
+    Unauthorized,
     Unavailable,
     format_xp_guidance_message,
     xp_utils,
@@ -93,6 +96,47 @@ async def test_when_the_service_is_down_awards_fail_open_and_debits_fail_closed(
     with pytest.raises(Unavailable):
         await strict.award_exp_with_limits("u1", "daily_chat")
     await strict.aclose()
+
+
+async def test_a_stalled_service_costs_a_call_its_deadline_not_every_retry() -> None:
+    """A service that accepts connections and never answers (stopped, or a black hole): the
+    call gives up at its deadline. Per-attempt timeouts alone would let 1 + retries attempts
+    each wait the full timeout (6 attempts x 0.4 s here)."""
+    requests: list[bytes] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read()  # never answers; returns when the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with AsyncCountersClient(
+        url, service_key="k", timeout=0.4, retries=5, backoff=0.01, deadline=1.0
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await client.debit("NEW_IMAGE", user_id="u1")
+        elapsed = time.monotonic() - started
+    server.close()
+    await server.wait_closed()
+    assert 2 <= len(requests) <= 3, requests  # 0.4 + 0.4 + what is left of the 1.0 s
+    assert elapsed < 3.0  # generous: the point is 1 s, not 6 x 0.4 s + backoff
+    with pytest.raises(ValueError, match="timeout and deadline"):
+        AsyncCountersClient(url, service_key="k", timeout=2.0, deadline=1.0)
+
+
+async def test_a_refused_service_key_is_raised_even_by_fail_open_awards(live_url: str) -> None:
+    """A bad service key is the deployment's mistake, not an outage: swallowed like one, every
+    award would be lost with only a warning in a log."""
+    async with AsyncCountersClient(live_url, service_key="not-the-key") as client:
+        with pytest.raises(Unauthorized):
+            await client.award_exp_with_limits(new_user(), "daily_chat")
+    with (
+        CountersClient(live_url, service_key="not-the-key") as sync_client,
+        pytest.raises(Unauthorized),
+    ):
+        sync_client.award_exp_with_limits(new_user(), "daily_chat")
 
 
 class LoseFirstAnswer(httpx2.AsyncBaseTransport):
@@ -234,6 +278,9 @@ async def test_the_example_apps_tier_gate_answers_the_seeds_402(
         }
         chat = await http.post("/chat", headers={"X-User-Id": user})
         assert chat.json() == {"reply": "hello!", "exp_added": 20}
+        for path in ("/chat", "/generate/NEW_IMAGE"):  # no user: a 401, not a 500
+            anonymous = await http.post(path)
+            assert anonymous.status_code == 401, anonymous.text
 
 
 def test_sync_refunds_and_limits(live_url: str, redis_url: str) -> None:

@@ -92,6 +92,9 @@ async def test_unknown_feature_and_no_auth(client: httpx2.AsyncClient) -> None:
     unknown = await client.get("/api/exp/entitlements/teleport", headers=user_headers("u1"))
     assert unknown.status_code == 404
     assert unknown.json()["detail"].startswith("Unknown feature 'teleport'; known features: ")
+    long = await client.get("/api/exp/entitlements/" + "x" * 5000, headers=user_headers("u1"))
+    assert long.status_code == 404 and len(long.json()["detail"]) < 500  # quoted, not echoed
+    assert "(4" in long.json()["detail"] and "more characters)" in long.json()["detail"]
     assert (await client.get("/api/exp/entitlements")).status_code == 401
 
 

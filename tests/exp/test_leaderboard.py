@@ -119,6 +119,8 @@ async def test_every_award_key_shares_the_users_hash_tag(
         ("limit=101", "limit must be an integer from 1 to 100"),
         ("limit=ten", "limit must be an integer from 1 to 100"),
         ("top=3", "Unknown query parameter(s): top"),
+        ("limit=5&limit=100", "Query parameter limit is given 2 times; give it once"),
+        ("period=day&period=all", "Query parameter period is given 2 times; give it once"),
     ],
 )
 async def test_bad_parameters(client: httpx2.AsyncClient, query: str, detail: str) -> None:

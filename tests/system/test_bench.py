@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from bench.load import LoadResult
 from bench.measured import Measured, median_run
 from bench.options import Options
 from bench.progress import ABLATIONS, Progress, planned
 from bench.report import Report, Row, gain_budget
+from tests.support.core import SERVICE_KEY
+from tests.support.http import asgi_client
 
 
 def _run(rps: float, p99_ms: float) -> Measured:
@@ -73,3 +77,30 @@ def test_the_micro_rows_run_against_the_current_schemas() -> None:
     measured = micro.measure()
     assert set(measured) >= {"jwt_verify_us", "msgspec_encode_us", "msgspec_decode_validated_us"}
     assert all(value > 0 for value in measured.values())
+
+
+@pytest.mark.anyio
+async def test_the_postgres_only_baseline_serves_the_current_reply(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row 4's app (bench/baselines/pg_award.py) answers an award and a limit like the service:
+    a reply schema change that breaks it fails here, not as "64 connections lost" in row 4."""
+    from bench.baselines import pg_award
+
+    await pg_award.prepare(database_url, [("character", "c1", "owner-1")])
+    monkeypatch.setenv("COUNTERS_DATABASE_URL", database_url)
+    monkeypatch.setenv("COUNTERS_SERVICE_KEYS", SERVICE_KEY)
+    app = pg_award.app_from_env()
+    headers = {"Authorization": f"Bearer {SERVICE_KEY}", "X-User-Id": "fan-1"}
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        liked = await http.post(
+            "/api/exp/gain",
+            json={"action": "character_liked", "target_type": "character", "target_id": "c1"},
+            headers=headers,
+        )
+        chat = await http.post("/api/exp/gain", json={"action": "daily_chat"}, headers=headers)
+        again = await http.post("/api/exp/gain", json={"action": "daily_chat"}, headers=headers)
+    assert liked.status_code == 200, liked.text
+    assert liked.json()["awarded_to"] == "owner-1"
+    assert chat.status_code == 200 and chat.json()["unlocked_features"] == []
+    assert again.status_code == 429 and "Daily limit reached" in again.json()["detail"]

@@ -16,7 +16,12 @@ const FALLBACK_CHECK = Object.freeze({
   code: 'unavailable',
 });
 
-const defaults = { baseUrl: '', token: null, fetch: null, timeoutMs: 3000, retries: 2 };
+// timeoutMs bounds one attempt; deadlineMs the whole call, every attempt and backoff included.
+const defaults = {
+  baseUrl: '', token: null, fetch: null, timeoutMs: 3000, deadlineMs: 5000, retries: 2,
+};
+// Another attempt is not started with less than this left before the deadline.
+const MIN_ATTEMPT_MS = 50;
 
 /** Set what the module-level functions use: baseUrl ('' = same origin), token, fetch, ... */
 export function configure(options = {}) {
@@ -28,9 +33,10 @@ function newKey() {
 }
 
 /**
- * One request with a timeout and retries (no answer, 502/503/504). A write carries one
- * Idempotency-Key on every attempt, so the service applies it once. Resolves to
- * { status, body }; rejects only when no answer came at all.
+ * One request with a timeout per attempt, retries (no answer, 502/503/504) and a deadline for the
+ * whole call (a stalled service costs the page deadlineMs, not one timeout per attempt). A write
+ * carries one Idempotency-Key on every attempt, so the service applies it once. Resolves to
+ * { status, body, headers }; rejects only when no answer came at all.
  */
 export async function request(method, path, { body, token, write = false, ...options } = {}) {
   const opts = { ...defaults, ...options };
@@ -41,9 +47,12 @@ export async function request(method, path, { body, token, write = false, ...opt
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (write) headers['Idempotency-Key'] = opts.idempotencyKey ?? newKey();
   let lastError;
+  const end = Date.now() + opts.deadlineMs;
   for (let attempt = 0; attempt <= opts.retries; attempt += 1) {
     const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), opts.timeoutMs);
+    const waitMs = Math.max(Math.min(opts.timeoutMs, end - Date.now()), MIN_ATTEMPT_MS);
+    const timer = setTimeout(() => abort.abort(), waitMs);
+    const last = attempt === opts.retries;
     try {
       const response = await fetchImpl(`${opts.baseUrl}${path}`, {
         method,
@@ -51,7 +60,9 @@ export async function request(method, path, { body, token, write = false, ...opt
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: abort.signal,
       });
-      if (!RETRY_STATUSES.has(response.status) || attempt === opts.retries) {
+      const pauseMs = 50 * 2 ** attempt;
+      const outOfTime = Date.now() + pauseMs + MIN_ATTEMPT_MS > end;
+      if (!RETRY_STATUSES.has(response.status) || last || outOfTime) {
         const text = await response.text();
         let parsed = null;
         try { parsed = text ? JSON.parse(text) : null; } catch { parsed = { detail: text }; }
@@ -62,7 +73,9 @@ export async function request(method, path, { body, token, write = false, ...opt
     } finally {
       clearTimeout(timer);
     }
-    await new Promise((resolve) => setTimeout(resolve, 50 * 2 ** attempt));
+    const pauseMs = 50 * 2 ** attempt;
+    if (last || Date.now() + pauseMs + MIN_ATTEMPT_MS > end) break;
+    await new Promise((resolve) => setTimeout(resolve, pauseMs));
   }
   throw lastError ?? new Error(`${method} ${path}: no answer`);
 }

@@ -30,6 +30,21 @@ test('a retried award sends the same Idempotency-Key on every attempt', async ()
   assert.ok(seen[0] && seen[0] === seen[1]);
 });
 
+test('a stalled service costs a call its deadline, not one timeout per attempt', async () => {
+  let attempts = 0;
+  const stalled = (url, init) => new Promise((resolve, reject) => {
+    attempts += 1;  // never answers; only the abort ends the attempt
+    init.signal.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
+  });
+  const started = Date.now();
+  const award = await silentExpGain('daily_chat', null, 't', {
+    fetch: stalled, timeoutMs: 400, deadlineMs: 1000, retries: 5,
+  });
+  assert.equal(award, null);
+  assert.ok(attempts >= 2 && attempts <= 3, `attempts: ${attempts}`);  // not 6 x 400 ms
+  assert.ok(Date.now() - started < 3000);
+});
+
 test('against the live service: an award, then the daily limit resolves to null', live, async () => {
   const options = { baseUrl: URL };
   const first = await silentExpGain('daily_chat', null, TOKEN, options);

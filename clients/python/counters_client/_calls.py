@@ -4,6 +4,7 @@ the async and the sync client, which differ only in how they wait."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -12,7 +13,7 @@ from urllib.parse import quote
 import httpx2
 import msgspec
 
-from counters_client.errors import CountersError, Unavailable, error_for
+from counters_client.errors import CountersError, Forbidden, Unauthorized, Unavailable, error_for
 from counters_client.types import (
     Award,
     Balance,
@@ -67,6 +68,39 @@ class Options(NamedTuple):
     retries: int
     backoff: float
     exp_fail_open: bool
+    deadline: float
+
+
+# Another attempt is not started with less than this left of the deadline (seconds).
+MIN_ATTEMPT_SECONDS = 0.05
+
+
+class Budget:
+    """The time one operation may take, every attempt and backoff included (``deadline``
+    seconds from its start; gRPC's and Google's client libraries call this a deadline, against
+    a per-attempt timeout). Each attempt waits at most ``timeout`` and never past the deadline,
+    so a stalled service costs a caller ``deadline`` seconds, not ``(retries + 1) * timeout``."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.end = time.monotonic() + options.deadline
+
+    def attempt_timeout(self) -> float:
+        """Seconds the next attempt may wait for its answer."""
+        return max(min(self.options.timeout, self.end - time.monotonic()), MIN_ATTEMPT_SECONDS)
+
+    def retry_after(
+        self, attempt: int, error: BaseException | None, status: int | None
+    ) -> float | None:
+        """The backoff before attempt ``attempt + 1`` after attempt ``attempt`` ended with
+        ``error`` (no answer) or ``status``; None when that answer is final (not retryable,
+        retries spent, or the deadline would pass before another attempt could get an answer)."""
+        if not retryable(error, status) or attempt >= self.options.retries:
+            return None
+        pause = backoff_seconds(self.options, attempt)
+        if time.monotonic() + pause + MIN_ATTEMPT_SECONDS > self.end:
+            return None
+        return pause
 
 
 def headers_for(options: Options, call: Call[Any], key: str | None) -> dict[str, str]:
@@ -149,6 +183,14 @@ def check_dict(check: XpCheck) -> XpCheckDict:
     if check.guidance is None:
         body.pop("guidance", None)
     return body
+
+
+def fails_loudly(error: CountersError) -> bool:
+    """Errors that even a fail-open award raises: the client's own credentials are wrong (401:
+    a bad or revoked service key or token; 403: a key not allowed to act for users). They are a
+    deployment's mistake that no retry or later call fixes; swallowed, every award would be lost
+    in silence."""
+    return isinstance(error, Unauthorized | Forbidden)
 
 
 def log_unawarded(action: str, user_id: str | None, error: CountersError) -> None:

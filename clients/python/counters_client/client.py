@@ -1,16 +1,21 @@
 """The clients: ``AsyncCountersClient`` (asyncio) and ``CountersClient`` (sync), each over one
 pooled keep-alive ``httpx2`` client.
 
-- Timeouts on every call (``timeout`` seconds, default 2).
+- Timeouts on every attempt (``timeout`` seconds, default 2) and a deadline on every call
+  (``deadline`` seconds, default 3, attempts and backoff included): a stalled service costs a
+  caller at most ``deadline``.
 - Retries (``retries``, default 2, exponential ``backoff``) when no answer came or the service
-  said 502/503/504. Writes are retried too: each write call carries one ``Idempotency-Key``
-  (yours, or one made for the call) on every attempt, so the service applies it at most once.
+  said 502/503/504, while the deadline leaves time for another attempt. Writes are retried
+  too: each write call carries one ``Idempotency-Key`` (yours, or one made for the call) on
+  every attempt, so the service applies it at most once.
 - Results are typed (``counters_client.types``); errors are exceptions by ``code``
   (``counters_client.errors``).
 - EXP awards fail open: ``award_exp_with_limits`` answers None (and logs) when nothing was
-  awarded, for a refusal or an outage, so an outage never breaks a chat. Debits and holds fail
-  closed: they raise. ``check_xp_availability`` never raises: when the service cannot say, it
-  answers "not sufficient" with generic guidance, as the seed's system-error path does.
+  awarded, for a refusal or an outage, so an outage never breaks a chat; it raises only when
+  the client's own credentials are refused (401/403: a bad service key is no outage). Debits
+  and holds fail closed: they raise. ``check_xp_availability`` never raises: when the service
+  cannot say, it answers "not sufficient" with generic guidance, as the seed's system-error
+  path does.
 """
 
 from __future__ import annotations
@@ -24,19 +29,19 @@ from typing import TypeVar
 import httpx2
 
 from counters_client._calls import (
+    Budget,
     Call,
     Calls,
     Options,
     Target,
-    backoff_seconds,
     check_dict,
     cost_on_tier,
+    fails_loudly,
     fallback_check,
     headers_for,
     idempotency_key,
     log_unawarded,
     result_of,
-    retryable,
     unreachable,
 )
 from counters_client.errors import CountersError
@@ -70,11 +75,14 @@ def _options(
     retries: int,
     backoff: float,
     exp_fail_open: bool,
+    deadline: float,
 ) -> Options:
     if (service_key is None) == (token is None):
         raise ValueError("give exactly one of service_key (a server) or token (a user's JWT)")
+    if not 0 < timeout <= deadline:
+        raise ValueError("timeout and deadline are seconds with 0 < timeout <= deadline")
     return Options(base_url.rstrip("/"), service_key, token, timeout, retries, backoff,
-                   exp_fail_open)  # fmt: skip
+                   exp_fail_open, deadline)  # fmt: skip
 
 
 class AsyncCountersClient:
@@ -91,10 +99,11 @@ class AsyncCountersClient:
         retries: int = 2,
         backoff: float = 0.05,
         exp_fail_open: bool = True,
+        deadline: float = 3.0,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.options = _options(base_url, service_key, token, timeout, retries, backoff,
-                                exp_fail_open)  # fmt: skip
+                                exp_fail_open, deadline)  # fmt: skip
         self._http = httpx2.AsyncClient(
             base_url=self.options.base_url, timeout=timeout, limits=_LIMITS, transport=transport
         )
@@ -113,23 +122,28 @@ class AsyncCountersClient:
         await self._http.aclose()
 
     async def call(self, call: Call[T]) -> T:
-        """Send one call with its retries; its typed result, or the exception its code names."""
+        """Send one call with its retries within its deadline; its typed result, or the
+        exception its code names (``Unavailable`` when no answer came)."""
         key = idempotency_key(call)
         headers = headers_for(self.options, call, key)
-        for attempt in range(self.options.retries + 1):
-            last = attempt == self.options.retries
+        budget = Budget(self.options)
+        attempt = 0
+        while True:
             try:
                 response = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=headers
-                )
+                    call.method, call.path, json=call.json, params=call.params, headers=headers,
+                    timeout=budget.attempt_timeout(),
+                )  # fmt: skip
             except httpx2.TransportError as exc:
-                if last or not retryable(exc, None):
+                pause = budget.retry_after(attempt, exc, None)
+                if pause is None:
                     raise unreachable(call, exc) from exc
             else:
-                if last or not retryable(None, response.status_code):
+                pause = budget.retry_after(attempt, None, response.status_code)
+                if pause is None:
                     return result_of(call, response)
-            await asyncio.sleep(backoff_seconds(self.options, attempt))
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+            await asyncio.sleep(pause)
+            attempt += 1
 
     # EXP -------------------------------------------------------------------------------------
 
@@ -159,7 +173,7 @@ class AsyncCountersClient:
                 action, user_id=user_id, target=target, idempotency_key=idempotency_key
             )
         except CountersError as exc:
-            if not self.options.exp_fail_open:
+            if not self.options.exp_fail_open or fails_loudly(exc):
                 raise
             log_unawarded(action, user_id, exc)
             return None
@@ -287,10 +301,11 @@ class CountersClient:
         retries: int = 2,
         backoff: float = 0.05,
         exp_fail_open: bool = True,
+        deadline: float = 3.0,
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
         self.options = _options(base_url, service_key, token, timeout, retries, backoff,
-                                exp_fail_open)  # fmt: skip
+                                exp_fail_open, deadline)  # fmt: skip
         self._http = httpx2.Client(
             base_url=self.options.base_url, timeout=timeout, limits=_LIMITS, transport=transport
         )
@@ -311,20 +326,24 @@ class CountersClient:
         """As ``AsyncCountersClient.call``."""
         key = idempotency_key(call)
         headers = headers_for(self.options, call, key)
-        for attempt in range(self.options.retries + 1):
-            last = attempt == self.options.retries
+        budget = Budget(self.options)
+        attempt = 0
+        while True:
             try:
                 response = self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=headers
-                )
+                    call.method, call.path, json=call.json, params=call.params, headers=headers,
+                    timeout=budget.attempt_timeout(),
+                )  # fmt: skip
             except httpx2.TransportError as exc:
-                if last or not retryable(exc, None):
+                pause = budget.retry_after(attempt, exc, None)
+                if pause is None:
                     raise unreachable(call, exc) from exc
             else:
-                if last or not retryable(None, response.status_code):
+                pause = budget.retry_after(attempt, None, response.status_code)
+                if pause is None:
                     return result_of(call, response)
-            time.sleep(backoff_seconds(self.options, attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+            time.sleep(pause)
+            attempt += 1
 
     def award(
         self,
@@ -350,7 +369,7 @@ class CountersClient:
                 action, user_id=user_id, target=target, idempotency_key=idempotency_key
             )
         except CountersError as exc:
-            if not self.options.exp_fail_open:
+            if not self.options.exp_fail_open or fails_loudly(exc):
                 raise
             log_unawarded(action, user_id, exc)
             return None

@@ -14,6 +14,7 @@ import os
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,7 +27,11 @@ def create_example_app(counters: AsyncCountersClient) -> Starlette:
     """The example app over a counters client (acting with a service key)."""
 
     def user_of(request: Request) -> str:
-        return request.headers["x-user-id"]  # in a real server: the session's user
+        """The acting user (in a real server: the session's user); 401 when there is none."""
+        user_id = request.headers.get("x-user-id")
+        if not user_id:
+            raise HTTPException(401, "X-User-Id is required (the user this request acts for)")
+        return user_id
 
     gate = XpGate(counters, user_of, path_param("generation_type"))
 

@@ -1,0 +1,191 @@
+"""The shared thin probe's ``wrk`` setup (``../shared/perf/thin/run.sh``), against this service.
+
+Issue #15 asks for gain and debit at >= 0.6x the bare ceiling in ``make bench`` *and* in the
+thin probe's setup. That setup differs from ``make bench``'s: one uvicorn worker, ``wrk -t2
+-c50``, 40,000 distinct bearer tokens (user JWTs here, so each request acts as its own user, as
+a frontend's would), and the probe's actions: the three creations and ``daily_chat``, no
+targets. Targets, one after another on one throwaway Redis (emptied before each), each warmed
+for ``--warmup`` seconds (the token cache fills, as thin's is pre-filled) and then measured:
+
+- ``bare``: ``bench/baselines/bare.py``, the fixed gain-sized body (the HTTP ceiling);
+- ``gain``: ``POST /api/exp/gain`` on ``api.main:app_from_env`` (Redis only, metrics on);
+- ``debit``: ``POST /api/v1/xp/debit`` ``EDIT_IMAGE``, the same 40,000 users subscribed to
+  ``pixel_rookie`` with a top-up before the run;
+- ``bare2``: bare again, so drift within the run shows.
+
+Usage: ``.venv/bin/python -m bench.wrk_probe [--seconds 8] [--warmup 3]``; needs ``wrk``
+(Debian's package). Prints one line a target and the ratios to bare (the mean of both bare
+runs). Reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import redis as redis_py
+
+from bench import direct, scenarios
+from bench.load import LoadSpec, run_load
+from bench.servers import BARE_APP, GAIN_APP, uvicorn_server
+from counters.auth import issue_token
+from counters.cli.embedded import RedisServer
+from counters.metrics import prepare_multiprocess_dir
+
+TOKENS = 40_000
+ACTIONS = ("create_character", "create_scene", "create_persona", "daily_chat")
+TIER = "pixel_rookie"
+
+# wrk's request generator: a random token of the file, a random body of the list (as thin's).
+_WRK_LUA = """
+local tokens = {}
+local bodies = {%(bodies)s}
+init = function(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  math.randomseed(os.time() + tonumber(string.sub(tostring({}), 8), 16) %% 100000)
+end
+request = function()
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. tokens[math.random(#tokens)]},
+    bodies[math.random(#bodies)])
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    """One measured target: requests per second and how many answers were not 2xx."""
+
+    name: str
+    rps: float
+    non_2xx: int
+
+
+def _wrk_script(path: str, bodies: list[str], where: Path) -> Path:
+    lua_bodies = ", ".join("'" + body + "'" for body in bodies)
+    where.write_text(_WRK_LUA % {"bodies": lua_bodies, "path": path})
+    return where
+
+
+def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, int]:
+    argv = ["wrk", "-t2", "-c50", f"-d{seconds:g}s", "-s", str(script), url, "--", str(tokens)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if rps is None:
+        raise RuntimeError(f"wrk printed no rate:\n{out}")
+    return float(rps.group(1)), int(non.group(1)) if non else 0
+
+
+def _every_token_once(port: int, path: str, tokens: Path) -> None:
+    """Send one request per token, in order (bench/load.py cycles its list with one cursor):
+    a first run of 2 s gives the rate, a second runs long enough to reach every token. The body
+    names an unknown action or generation type: authenticated (and cached), then refused with
+    a 4xx, so the warm-up changes no counter."""
+    body = b'{"action":"warm_up"}' if path.endswith("gain") else b'{"generation_type":"WARM_UP"}'
+    requests = [
+        scenarios.http_request("POST", path, {"Authorization": f"Bearer {token}"}, body)
+        for token in tokens.read_text().splitlines()
+    ]
+    first = run_load(LoadSpec(port, requests, connections=50, warmup=0.0, duration=2.0))
+    rate = max(first.rps, 100.0)
+    run_load(LoadSpec(port, requests, connections=50, warmup=0.0, duration=1.2 * TOKENS / rate))
+
+
+def _flushall(redis_url: str) -> None:
+    client = redis_py.Redis.from_url(redis_url, socket_timeout=30)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+def _subscribe(redis_url: str, users: list[str]) -> None:
+    async def run() -> None:
+        settings = replace(direct.bench_settings(redis_url), redis_timeout_seconds=30.0)
+        async with direct.services(settings) as svc:
+            await direct.subscribe(svc, users, TIER, 10_000_000)
+
+    asyncio.run(run())
+
+
+def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
+    """Run the four targets; raises ``RuntimeError`` when a server does not start or wrk fails."""
+    users = [f"wp{n}" for n in range(TOKENS)]
+    tokens = tmp / "tokens"
+    tokens.write_text("\n".join(issue_token(scenarios.JWT_SECRET, user) for user in users))
+    gain_lua = _wrk_script(
+        "/api/exp/gain", [f'{{"action":"{a}"}}' for a in ACTIONS], tmp / "gain.lua"
+    )
+    debit_lua = _wrk_script(
+        "/api/v1/xp/debit", ['{"generation_type":"EDIT_IMAGE"}'], tmp / "debit.lua"
+    )
+    bare_lua = _wrk_script("/", [f'{{"action":"{a}"}}' for a in ACTIONS], tmp / "bare.lua")
+    redis = RedisServer(tmp / "redis", persistent=False)
+    redis.start()
+    results: list[WrkResult] = []
+    try:
+        env = {
+            "COUNTERS_REDIS_URL": redis.url,
+            "COUNTERS_SERVICE_KEYS": scenarios.SERVICE_KEY,
+            "COUNTERS_JWT_SECRET": scenarios.JWT_SECRET,
+            "COUNTERS_DATA_DIR": str(tmp / "data"),
+        }
+        targets = [
+            ("bare", BARE_APP, bare_lua, "/", False),
+            ("gain", GAIN_APP, gain_lua, "/api/exp/gain", False),
+            ("debit", GAIN_APP, debit_lua, "/api/v1/xp/debit", True),
+            ("bare2", BARE_APP, bare_lua, "/", False),
+        ]
+        for name, app, script, path, subscribed in targets:
+            _flushall(redis.url)
+            if subscribed:
+                _subscribe(redis.url, users)
+            served = env | prepare_multiprocess_dir(tmp / f"metrics-{name}")
+            probe = "/" if app == BARE_APP else "/healthz"
+            with uvicorn_server(app, served, workers=1, probe_path=probe) as server:
+                url = f"http://127.0.0.1:{server.port}{path}"
+                if app != BARE_APP:
+                    _every_token_once(server.port, path, tokens)
+                _wrk(url, script, tokens, warmup)
+                rps, non = _wrk(url, script, tokens, seconds)
+            results.append(WrkResult(name, rps, non))
+            print(f"{name:<6} {rps:>9,.0f} req/s  non-2xx {non}", file=sys.stderr, flush=True)
+    finally:
+        redis.stop()
+    return results
+
+
+def render(results: list[WrkResult]) -> str:
+    """One line a target with its ratio to the mean of the bare runs."""
+    bares = [r.rps for r in results if r.name.startswith("bare")]
+    bare = sum(bares) / len(bares)
+    lines = [
+        f"{r.name:<6} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}"
+        for r in results
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench.wrk_probe needs wrk: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="wrk-probe-") as tmp:
+        print(render(measure(args.seconds, args.warmup, Path(tmp))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
