@@ -31,7 +31,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from counters.errors import RedisStorageError, StorageError
 from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
 from counters.redis.keys import stream_key
-from persistence.events import Batch, Rejected, sort_entries
+from persistence.events import Batch, Rejected, gc_paused, sort_entries
 from persistence.store import Store, is_transient
 from persistence.writer import WriteResult
 
@@ -253,11 +253,20 @@ class Flusher:
         return self._block_ms << min(self._idle_reads, _IDLE_BLOCK_DOUBLINGS)
 
     async def _read_group(self, start: str, block_ms: int | None) -> list[Entry]:
-        streams: dict[Any, Any] = dict.fromkeys(self.streams, start)
-        reply: Any = await self._redis.xreadgroup(
-            GROUP, self.consumer, streams, count=self._batch, block=block_ms
-        )
-        return [(stream, sid, fields) for stream, items in reply or [] for sid, fields in items]
+        """XREADGROUP over every stream, sent packed by hiredis and its reply read flat.
+
+        Why not ``Redis.xreadgroup``: redis-py turns each entry's field list into a dict in
+        Python (``pairs_to_dict``) and walks the reply again to shape it; that was about a
+        sixth of the flusher's CPU per event. Here the reply hiredis already decoded (C) is
+        reshaped once, each entry's fields paired by ``dict(zip(...))`` (C)."""
+        command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer]
+        command += ["COUNT", self._batch]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        command += ["STREAMS", *self.streams, *[start] * len(self.streams)]
+        (reply,) = await _send_packed(self._redis, [tuple(command)])
+        with gc_paused():
+            return _entries(reply)
 
     async def _claim(self) -> list[Entry]:
         """Take over entries another consumer read but did not acknowledge for a while; every
@@ -320,7 +329,22 @@ class Flusher:
             raise RedisStorageError(f"flusher ack: {exc}") from exc
 
 
-async def _send_packed(redis: Redis, commands: list[tuple[str, ...]]) -> list[Any]:
+def _entries(reply: Any) -> list[Entry]:
+    """XREADGROUP's reply (RESP3: ``{stream: [[id, [field, value, ...] or None], ...]}``;
+    RESP2: ``[[stream, [...]], ...]``; None when nothing came) as entries; a deleted entry's
+    fields are None."""
+    entries: list[Entry] = []
+    for stream, items in reply.items() if isinstance(reply, dict) else reply or ():
+        for sid, flat in items:
+            if flat is None:
+                entries.append((stream, sid, None))
+            else:
+                pairs = iter(flat)
+                entries.append((stream, sid, dict(zip(pairs, pairs, strict=False))))
+    return entries
+
+
+async def _send_packed(redis: Redis, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
     """Send ``commands`` in one write and read their replies, packed by hiredis (C).
 
     Why not a redis-py pipeline: its pure-Python packer copies its buffer once per argument,

@@ -120,7 +120,12 @@ class Store:
     @asynccontextmanager
     async def bounded(self, what: str, seconds: float) -> AsyncIterator[asyncpg.Connection]:
         """``connection`` whose acquiring and use together take at most ``seconds``; past
-        that, ``StorageError`` (a stalled Postgres is a prompt error, never a hang)."""
+        that, ``StorageError`` (a stalled Postgres is a prompt error, never a hang).
+
+        Every call on a request's path goes through here (issue #11, fast failure). A plain
+        ``asyncio.timeout`` around ``pool.acquire()`` is not enough: on a stopped server the
+        interrupted query's release waits for the connection's reset (and asyncpg's cancel
+        request to the postmaster), so the answer came only when Postgres resumed."""
         async with storage_errors(what):
             deadline = asyncio.get_running_loop().time() + seconds
             conn = await asyncio.wait_for(self.pool.acquire(), seconds)
@@ -138,9 +143,9 @@ class Store:
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when Postgres answers within ``timeout`` seconds."""
         try:
-            async with asyncio.timeout(timeout), self.connection("ping") as conn:
+            async with self.bounded("ping", timeout) as conn:
                 await conn.fetchval("SELECT 1")
-        except (StorageError, TimeoutError):
+        except StorageError:
             return False
         return True
 
@@ -156,12 +161,9 @@ class Store:
 
     async def history(self, query: HistoryQuery, timeout: float = 5.0) -> HistoryPage:
         """One page of a user's ledger rows; ``StorageError`` when Postgres fails or takes
-        longer than ``timeout`` seconds (acquiring the connection included)."""
-        async with (
-            storage_errors("history"),
-            asyncio.timeout(timeout),
-            self.pool.acquire() as conn,
-        ):
+        longer than ``timeout`` seconds (acquiring the connection included; an interrupted
+        connection is dropped, not reset on a stalled server: ``bounded``)."""
+        async with self.bounded("history", timeout) as conn:
             return await read_history(conn, query)
 
     async def owner_of(self, entity_type: str, entity_id: str) -> DurableOwner | None:

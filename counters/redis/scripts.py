@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import lua
-from counters.errors import RedisStorageError, StorageError
+from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
 from counters.redis.calls import Arg, Call, Keys, command_args
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
 
@@ -159,7 +160,7 @@ class Scripts:
         except ResponseError as exc:
             raise _refusal(exc) from exc
         except RedisError as exc:
-            raise RedisStorageError(f"{args[0]}: {exc}") from exc
+            raise _pool_failure(f"{args[0]}: {exc}", exc) from exc
 
     async def _pool_send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         try:
@@ -168,8 +169,20 @@ class Scripts:
                 pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
-            raise RedisStorageError(f"pipeline: {exc}") from exc
+            raise _pool_failure(f"pipeline: {exc}", exc) from exc
         return [_refusal(r) if isinstance(r, ResponseError) else r for r in replies]
+
+
+def _pool_failure(message: str, exc: RedisError) -> RedisStorageError:
+    """redis-py's failure as ours: ``OutcomeUnknown`` unless it failed while connecting (then
+    the command was never sent). redis-py does not say whether a lost connection lost the
+    command before or after writing it, so anything but a failed connect may have run."""
+    text = str(exc)
+    if isinstance(exc, RedisConnectionError) and (
+        "connecting" in text or "No connection available" in text
+    ):
+        return RedisStorageError(message)
+    return OutcomeUnknown(message)
 
 
 def _refusal(exc: ResponseError) -> RedisRefusal:
