@@ -23,7 +23,15 @@ from persistence.webhooks.outbox import OutboxPolicy
 from persistence.writer import WriteResult, quarantine, write_batch
 
 # What asyncpg raises when the server is down, restarting or the connection broke.
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# InternalClientError: a pooled connection left mid-operation when the server went away (seen
+# with Postgres stopped while a migration retry held the pool): the link's failure, not a bug.
+DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 # SQLSTATE classes that blame the server, not the rows sent: connection (08), invalid transaction
 # state (25), rollback: serialization failure, deadlock (40), schema not there yet (42),
@@ -60,7 +68,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = str(getattr(exc, "sqlstate", "") or "")
         return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, StorageError))
+    transient = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    return isinstance(exc, (*transient, StorageError))
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ import redis
 from api.app import create_app
 from counters.clock import ManualClock
 from counters.settings import Settings
-from tests.exp.test_cross_identity import act, own, pick
+from tests.exp.test_cross_identity import Layout, act, own, pick
 from tests.support.core import service_headers, user_headers
 from tests.support.http import asgi_client
 
@@ -93,11 +93,13 @@ def evalsha_calls(client: redis.Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-@pytest.mark.parametrize("layout", ["same", "different"])
+@pytest.mark.parametrize("kind", ["same", "different"])
 async def test_the_one_script_award_answers_and_writes_what_the_chain_does(
-    settings: Settings, clock: ManualClock, redis_client: redis.Redis, layout: str
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, kind: str
 ) -> None:
-    ids = pick(layout, "a", "b", "character:c", "character:d") + [f"fan{n}" for n in range(FANS)]
+    ids = pick(Layout(kind, settings.key_buckets), "a", "b", "character:c", "character:d") + [
+        f"fan{n}" for n in range(FANS)
+    ]
 
     redis_client.flushall()
     redis_client.config_resetstat()
@@ -120,11 +122,13 @@ async def test_the_one_script_award_answers_and_writes_what_the_chain_does(
     assert shortcut_calls < chain_calls - 40, (shortcut_calls, chain_calls)
 
 
-@pytest.mark.parametrize("layout", ["same", "different"])
+@pytest.mark.parametrize("kind", ["same", "different"])
 async def test_on_a_cluster_the_one_script_award_needs_the_entity_and_owner_in_one_slot(
-    settings: Settings, clock: ManualClock, redis_client: redis.Redis, layout: str
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, kind: str
 ) -> None:
-    ids = pick(layout, "a", "b", "character:c", "character:d") + [f"fan{n}" for n in range(FANS)]
+    ids = pick(Layout(kind, settings.key_buckets), "a", "b", "character:c", "character:d") + [
+        f"fan{n}" for n in range(FANS)
+    ]
     answers, calls = [], []
     for shortcut, one_node in ((False, True), (True, False)):
         redis_client.flushall()
@@ -134,7 +138,7 @@ async def test_on_a_cluster_the_one_script_award_needs_the_entity_and_owner_in_o
         )
         calls.append(evalsha_calls(redis_client))
     assert answers[0] == answers[1]
-    if layout == "same":  # every entity shares its owner's slot: one script
+    if kind == "same":  # every entity shares its owner's slot: one script
         assert calls[1] < calls[0] - 40, calls
     else:  # never a script across two slots: the chain, call for call
         assert calls[1] == calls[0], calls
