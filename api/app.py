@@ -35,7 +35,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: CountersApp) -> AsyncIterator[None]:
         durability = await Durability.open(settings)  # Postgres, when a database is configured
-        services = Services.build(settings, rules=rules, clock=clock, store=durability.store)
+        try:
+            settled = await durability.settle_layout(settings)  # the recorded bucket count
+        except BaseException:
+            await durability.close()
+            raise
+        services = Services.build(settled, rules=rules, clock=clock, store=durability.store)
         app.use_services(services)
         app.state.durability = durability.start(services)
         reloader = RulesReloader(services, settings.rules, settings.rules_watch_seconds)

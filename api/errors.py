@@ -25,6 +25,7 @@ from counters.errors import (
     InvalidRequest,
     MalformedBody,
     NotFound,
+    OutcomeUnknown,
     PayloadTooLarge,
     RequestError,
     StorageError,
@@ -117,16 +118,23 @@ ERROR_CODES: dict[str, str] = {
     "too_many_live": "the most holds or top-ups that may be open at once are open (409)",
     "above_held": "a capture of more XP than the hold holds (422)",
     "storage_unavailable": (
-        "Redis (or Postgres) did not answer; retry a write only with the same Idempotency-Key (503)"
+        "Redis (or Postgres) did not answer and the change was not sent: nothing was applied;"
+        " retry (503)"
+    ),
+    "outcome_unknown": (
+        "Redis did not answer a command it was sent (a stall or a lost connection): the write"
+        " may have been applied; retry it with the same Idempotency-Key, which is safe and"
+        " replays the first answer (503)"
     ),
     "internal_error": "a bug: the service logged it (500)",
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+STORAGE_DETAIL = "Storage unavailable, try again"
 # A timed-out write may still run when a stalled Redis resumes (it was already sent), so the answer
-# cannot promise "not applied"; it says how to retry safely, as Stripe's 5xx do.
-STORAGE_DETAIL = (
-    "Storage unavailable, try again "
-    "(a write may still have been applied: retry it with the same Idempotency-Key)"
+# cannot promise "not applied"; it says how to retry safely, as Stripe's 5xx do (issue #11).
+OUTCOME_UNKNOWN_DETAIL = (
+    "Storage did not answer in time: the change may have been applied; "
+    "retry with the same Idempotency-Key (it replays the first answer)"
 )
 
 
@@ -142,8 +150,12 @@ def status_of(error: RequestError) -> int:
     return 400
 
 
-def storage_reply() -> Reply:
-    """The one answer when Redis (or Postgres) is unavailable: 503, retry in a second."""
+def storage_reply(outcome_unknown: bool = False) -> Reply:
+    """The answer when Redis (or Postgres) is unavailable: 503, retry in a second; its code says
+    whether the change certainly was not applied (``storage_unavailable``) or may have been
+    (``outcome_unknown``: a command sent to Redis got no reply, ``OutcomeUnknown``)."""
+    if outcome_unknown:
+        return 503, error_body(OUTCOME_UNKNOWN_DETAIL, "outcome_unknown"), {"Retry-After": "1"}
     return 503, error_body(STORAGE_DETAIL, "storage_unavailable"), {"Retry-After": "1"}
 
 
@@ -157,7 +169,7 @@ def error_reply(exc: Exception, route: str) -> Reply:
     if isinstance(exc, StorageError):
         count_store_error(exc)
         log.error("storage unavailable: %s", exc)
-        return storage_reply()
+        return storage_reply(isinstance(exc, OutcomeUnknown))
     if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         return exc.status_code, error_body(exc.detail, code), dict(exc.headers or {})

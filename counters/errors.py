@@ -5,7 +5,8 @@
     │   └── RulesError         the rules file is invalid (names the bad entry)
     ├── StorageError           Redis or Postgres failed; wraps the driver's exception
     │   ├── RedisStorageError    raised where a Redis call failed (``store = "redis"``)
-    │   │   └── ScriptReplyError   a Lua script answered with a shape we do not know
+    │   │   ├── ScriptReplyError   a Lua script answered with a shape we do not know
+    │   │   └── OutcomeUnknown     a command reached Redis and its reply never came: it may have run
     │   ├── PostgresStorageError raised where a Postgres call failed (``store = "postgres"``)
     │   └── BacklogFull        too many acknowledged changes not yet ledgered: writes wait
     └── RequestError           the caller asked for something wrong; nothing was changed
@@ -70,6 +71,16 @@ class PostgresStorageError(StorageError):
 
 class ScriptReplyError(RedisStorageError):
     """A Lua script replied with an unknown code or shape."""
+
+
+class OutcomeUnknown(RedisStorageError):
+    """A command was written to Redis and no reply came (the timeout cut the connection, or it
+    was lost after the write): Redis may have run it, or may still run it once it resumes.
+
+    Every other ``StorageError`` of a call means its command never left the service (connection
+    refused, a connection lost before the write, the durability window full). The API answers
+    503 ``outcome_unknown``: a retry with the same Idempotency-Key is safe and replays the first
+    answer (issue #11)."""
 
 
 class BacklogFull(StorageError):

@@ -112,6 +112,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
+DEFAULT_KEY_BUCKETS = 1_024  # issue #12: "a default of 1,024 buckets or more"
+
+
 def env_name(field_name: str) -> str:
     """The variable a field is read from: ``port`` -> ``COUNTERS_PORT``."""
     return f"COUNTERS_{field_name.upper()}"
@@ -140,8 +143,12 @@ class Settings:
     # without secrets refuses to start.
     dev_mode: bool = False
     clock_offset_seconds: float = 0.0
-    # Hash-tag buckets for user keys and event streams; fixed for the life of a deployment.
-    key_buckets: int = bounded(16, ge=1, le=16_384)
+    # Hash-tag buckets for user keys and event streams (issue #12). Recorded by the deployment
+    # on its first start (counters/runtime/layout.py): when not given, the recorded count is used;
+    # given and different from the recorded count, the service refuses to start.
+    key_buckets: int = bounded(DEFAULT_KEY_BUCKETS, ge=1, le=16_384)
+    # Set by ``from_env`` when COUNTERS_KEY_BUCKETS is in the environment (not read itself).
+    key_buckets_given: bool = field(default=False, metadata={"env": False})
     idempotency_ttl_seconds: int = bounded(86_400, gt=0)
     # Daily keys expire at the next UTC midnight plus this grace, plus up to jitter seconds.
     day_grace_seconds: int = bounded(3_600, ge=0)
@@ -200,6 +207,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Awards add to the leaderboards (counters/exp/leaderboard.py): 3 ZINCRBY in the award script.
     leaderboards_enabled: bool = True
+    # An unkeyed like or fork runs as one script when its entity and owner share a Redis node
+    # (lua/creator_award.lua); false: always the chain of single-slot scripts (issue #10).
+    creator_shortcut: bool = True
     # Webhooks (persistence/webhooks): endpoints every event is POSTed to, and the HMAC secret
     # of the Counters-Signature header. No endpoints: no outbox rows, no deliverer.
     webhook_urls: tuple[str, ...] = ()
@@ -218,6 +228,8 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in fields(cls):
+            if spec.metadata.get("env") is False:
+                continue
             name = env_name(spec.name)
             raw = env.get(name)
             if raw is None or raw == "":
@@ -226,9 +238,17 @@ class Settings:
             values[spec.name] = _PARSERS[kind](name, raw)
             if "choices" in spec.metadata:
                 values[spec.name] = values[spec.name].lower()
+        if "key_buckets" in values:
+            values["key_buckets_given"] = True
         settings = cls(**values)
         settings.validate()
         return settings
+
+    @property
+    def buckets_given(self) -> bool:
+        """Whether the bucket count was chosen (COUNTERS_KEY_BUCKETS set, or a value other than
+        the default handed in): only then may it contradict the deployment's recorded count."""
+        return self.key_buckets_given or self.key_buckets != DEFAULT_KEY_BUCKETS
 
     def validate(self) -> None:
         """Reject values outside their range or choices (``ConfigError`` naming the variable)."""

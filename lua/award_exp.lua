@@ -1,4 +1,4 @@
--- requires: idempotency, levels, bucket
+-- requires: award
 --[[ award_exp: award EXP for one action, enforcing the per-action daily limit and the daily cap.
 
 All-or-nothing: every check runs before the first write, so a refused award changes no EXP or
@@ -49,69 +49,4 @@ Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, act
 (A repeat of a once-per-actor action is answered in the entity's slot, never here.)
 ]]
 
-local user_id, action = ARGV[1], ARGV[2]
-local reward, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local day, day_ttl, now_ms = ARGV[7], ARGV[8], ARGV[9]
-local fingerprint, idem_ttl, actor = ARGV[10], ARGV[11], ARGV[12]
-local may_create, target, idem_key = ARGV[13], ARGV[14], ARGV[15]
-local week_ttl = ARGV[16]
-local boards = week_ttl ~= '0'
-
-local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, {7, 0, 0, 0, 0, 0, 0, 0, 0})
-if replayed then return replayed end
-
--- Every script that writes the user hash writes its seq, so no seq means no user (one read
--- instead of an EXISTS and then the HMGET).
-local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
-if not user[2] and not Bucket.may_create(KEYS[8], may_create) then
-  return {6, 0, 0, 0, 0, 0, 0, 0, 0}
-end
-
-local thresholds, caps = Levels.list(ARGV[5]), Levels.list(ARGV[6])
-local total = tonumber(user[1]) or 0
-local seq = tonumber(user[2]) or 0
-local level = Levels.of(total, thresholds)
-local action_field = 'a:' .. action
-local day_state = redis.call('HMGET', KEYS[2], 'exp', action_field)
-local gained = tonumber(day_state[1]) or 0
-local count = tonumber(day_state[2]) or 0
-
-local function finish(reply)
-  return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1' and
-    {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms} or nil)
-end
-
-if daily_limit > 0 and count >= daily_limit then
-  return finish({2, 0, total, level, level, gained, count, seq, 0})
-end
-local cap = caps[level]
-if gained >= cap then
-  return finish({3, 0, total, level, level, gained, count, seq, 0})
-end
-
-local added = math.min(reward, cap - gained)
-total = total + added
-gained = gained + added
-count = count + 1
-seq = seq + 1
-local new_level = Levels.of(total, thresholds)
-
-redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
-redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)
-if boards then
-  redis.call('ZINCRBY', KEYS[5], added, user_id)
-  redis.call('ZINCRBY', KEYS[6], added, user_id)
-  redis.call('ZINCRBY', KEYS[7], added, user_id)
-end
-if not day_state[1] then  -- the day's first award creates the hash: its clean-up time, once
-  redis.call('EXPIRE', KEYS[2], day_ttl)
-  if boards then  -- shared by the bucket's users: each one's first award of a day renews them
-    redis.call('EXPIRE', KEYS[5], day_ttl)
-    redis.call('EXPIRE', KEYS[6], week_ttl)
-  end
-end
-redis.call('XADD', KEYS[3], '*',
-  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms, 'run', Bucket.run(KEYS[8]),
-  'kind', 'exp_award', 'action', action, 'amount', added, 'actor', actor, 'target', target,
-  'day', day, 'idem', idem_key, 'exp', total, 'level', new_level)
-return finish({1, added, total, new_level, level, gained, count, seq, 0})
+return Award.apply()

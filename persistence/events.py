@@ -11,9 +11,11 @@ fields.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -356,8 +358,34 @@ def _owner(stream_id: str, fields: Mapping[str, str]) -> OwnerEvent:
     return OwnerEvent(entity_type, entity_id, owner.owner, position(stream_id), owner.version)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a block that must not ``await`` (so no other task
+    runs, nor allocates, meanwhile), back on after it as it was.
+
+    Why: a batch of up to 16k entries allocates a few hundred thousand containers in one go (the
+    reply's lists, the entries, the rows), none of them garbage; each 700 allocations start a
+    collection, and the growing heap starts full ones, that find nothing. Measured on a 60k-event
+    drain: 27-30 us of the flusher's CPU per event with the collector on, 19-22 off. The objects
+    stay tracked: the first collection after the block sees them, once."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def sort_entries(entries: Iterable[tuple[str, str, Mapping[str, str] | None]]) -> Batch:
-    """Sort (stream, id, fields) entries into a batch; a deleted entry (fields None) is skipped."""
+    """Sort (stream, id, fields) entries into a batch; a deleted entry (fields None) is skipped.
+    Runs with the collector paused (``gc_paused``)."""
+    with gc_paused():
+        return _sort_entries(entries)
+
+
+def _sort_entries(entries: Iterable[tuple[str, str, Mapping[str, str] | None]]) -> Batch:
     batch = Batch()
     for stream, stream_id, fields in entries:
         if fields is None:

@@ -31,7 +31,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from counters.errors import RedisStorageError, StorageError
 from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
 from counters.redis.keys import stream_key
-from persistence.events import Batch, Rejected, sort_entries
+from persistence.events import Batch, Rejected, gc_paused, sort_entries
 from persistence.store import Store, is_transient
 from persistence.writer import WriteResult
 
@@ -50,6 +50,14 @@ log = logging.getLogger("persistence.flusher")
 
 GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
+_FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 2 min
+_IDLE_BLOCK_DOUBLINGS = 2  # idle, a blocking read waits up to 4 x block_ms (2 s by default)
+
+
+def longest_block_ms(block_ms: int) -> int:
+    """The longest a flusher's blocking read may wait (its client's timeout must exceed it)."""
+    return block_ms << _IDLE_BLOCK_DOUBLINGS
+
 
 Entry = tuple[str, str, dict[str, str] | None]  # (stream, id, fields; None if deleted)
 AfterCommit = Callable[[Batch], Awaitable[None]]
@@ -99,6 +107,8 @@ class Flusher:
         self._groups_ready = False
         self._own_pending_first = True  # after a start or a failure, retry our own entries first
         self._next_claim = 0.0
+        self._idle_reads = 0  # blocking reads in a row that found nothing
+        self._claims = 0  # claims made (dead consumers are forgotten every _FORGET_EVERY)
         self.stats = FlusherStats()
 
     async def flush_once(self, *, block: bool = True) -> int:
@@ -231,39 +241,71 @@ class Flusher:
             entries = await self._claim()
             if entries:
                 return entries
-        return await self._read_group(">", block_ms=self._block_ms if block else None)
+        entries = await self._read_group(">", block_ms=self._idle_block_ms() if block else None)
+        self._idle_reads = 0 if entries else self._idle_reads + 1
+        return entries
+
+    def _idle_block_ms(self) -> int:
+        """How long the next blocking read waits: ``block_ms``, doubled after each read that
+        found nothing, up to ``_IDLE_BLOCK_FACTOR`` times it. A blocking XREADGROUP returns as
+        soon as any stream gets an entry, so waiting longer delays no event; it makes idle
+        reads rarer, and each costs Redis and this process O(buckets) (issue #12)."""
+        return self._block_ms << min(self._idle_reads, _IDLE_BLOCK_DOUBLINGS)
 
     async def _read_group(self, start: str, block_ms: int | None) -> list[Entry]:
-        streams: dict[Any, Any] = dict.fromkeys(self.streams, start)
-        reply: Any = await self._redis.xreadgroup(
-            GROUP, self.consumer, streams, count=self._batch, block=block_ms
-        )
-        return [(stream, sid, fields) for stream, items in reply or [] for sid, fields in items]
+        """XREADGROUP over every stream, sent packed by hiredis and its reply read flat.
+
+        Why not ``Redis.xreadgroup``: redis-py turns each entry's field list into a dict in
+        Python (``pairs_to_dict``) and walks the reply again to shape it; that was about a
+        sixth of the flusher's CPU per event. Here the reply hiredis already decoded (C) is
+        reshaped once, each entry's fields paired by ``dict(zip(...))`` (C)."""
+        command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer]
+        command += ["COUNT", self._batch]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        command += ["STREAMS", *self.streams, *[start] * len(self.streams)]
+        (reply,) = await _send_packed(self._redis, [tuple(command)])
+        with gc_paused():
+            return _entries(reply)
 
     async def _claim(self) -> list[Entry]:
-        """Take over entries another consumer read but did not acknowledge for a while."""
+        """Take over entries another consumer read but did not acknowledge for a while; every
+        ``_FORGET_EVERY`` claims, also forget dead consumers with nothing pending (one more
+        command per stream: at 1,024 buckets a claim with it cost ~30 ms of CPU, issue #12)."""
+        forgetting = self._claims % _FORGET_EVERY == 0
+        self._claims += 1
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xautoclaim(
                     stream, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
                 )
-                pipe.xinfo_consumers(stream, GROUP)
+                if forgetting:
+                    pipe.xinfo_consumers(stream, GROUP)
             replies = await pipe.execute()
+        step = 2 if forgetting else 1
         entries: list[Entry] = []
-        forget: list[tuple[str, str]] = []
-        for stream, claimed, consumers in zip(
-            self.streams, replies[::2], replies[1::2], strict=True
-        ):
+        for stream, claimed in zip(self.streams, replies[::step], strict=True):
             entries += [(stream, sid, fields) for sid, fields in claimed[1]]
-            forget += [(stream, c["name"]) for c in consumers if self._forgettable(c)]
-        if forget:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for stream, name in forget:
-                    pipe.xgroup_delconsumer(stream, GROUP, name)
-                await pipe.execute()
+        if forgetting:
+            await self._forget(
+                [
+                    (stream, c["name"])
+                    for stream, consumers in zip(self.streams, replies[1::2], strict=True)
+                    for c in consumers
+                    if self._forgettable(c)
+                ]
+            )
         if entries:
             log.info("flusher claimed %d entries left by other consumers", len(entries))
         return entries
+
+    async def _forget(self, consumers: list[tuple[str, str]]) -> None:
+        """Remove ``(stream, consumer)`` pairs from the group."""
+        if consumers:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, name in consumers:
+                    pipe.xgroup_delconsumer(stream, GROUP, name)
+                await pipe.execute()
 
     def _forgettable(self, consumer: dict[str, Any]) -> bool:
         return (
@@ -287,7 +329,22 @@ class Flusher:
             raise RedisStorageError(f"flusher ack: {exc}") from exc
 
 
-async def _send_packed(redis: Redis, commands: list[tuple[str, ...]]) -> list[Any]:
+def _entries(reply: Any) -> list[Entry]:
+    """XREADGROUP's reply (RESP3: ``{stream: [[id, [field, value, ...] or None], ...]}``;
+    RESP2: ``[[stream, [...]], ...]``; None when nothing came) as entries; a deleted entry's
+    fields are None."""
+    entries: list[Entry] = []
+    for stream, items in reply.items() if isinstance(reply, dict) else reply or ():
+        for sid, flat in items:
+            if flat is None:
+                entries.append((stream, sid, None))
+            else:
+                pairs = iter(flat)
+                entries.append((stream, sid, dict(zip(pairs, pairs, strict=False))))
+    return entries
+
+
+async def _send_packed(redis: Redis, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
     """Send ``commands`` in one write and read their replies, packed by hiredis (C).
 
     Why not a redis-py pipeline: its pure-Python packer copies its buffer once per argument,

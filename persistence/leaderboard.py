@@ -7,10 +7,8 @@ Redis lost its data, or on a period's first read. A day or a week is a range sca
 
 from __future__ import annotations
 
-import asyncio
-
 from counters.exp.leaderboard import LedgerSums, PeriodWindow
-from persistence.store import Store, storage_errors
+from persistence.store import Store
 
 _SUMS = """
 SELECT user_id, sum(amount) AS exp FROM ledger
@@ -23,11 +21,7 @@ def ledger_sums(store: Store, timeout: float = 30.0) -> LedgerSums:
     """``Leaderboards``'s rebuild source: ``(period, first_day, last_day) -> {user: exp}``."""
 
     async def sums(period: str, first_day: str | None, last_day: str | None) -> dict[str, int]:
-        async with (
-            storage_errors(f"leaderboard rebuild ({period})"),
-            asyncio.timeout(timeout),
-            store.pool.acquire() as conn,
-        ):
+        async with store.bounded(f"leaderboard rebuild ({period})", timeout) as conn:
             rows = await conn.fetch(_SUMS, first_day, last_day)
         return {row["user_id"]: int(row["exp"]) for row in rows}
 
@@ -44,6 +38,6 @@ FROM ledger WHERE user_id = $1 AND kind = 'exp_award'
 async def user_award_sums(store: Store, user_id: str, week: PeriodWindow) -> tuple[int, int]:
     """One user's EXP from awards in ``week`` and in all time (hydration puts them back on the
     boards); index ``ledger_user_day``."""
-    async with store.connection("leaderboard sums of a user") as conn:
+    async with store.bounded("leaderboard sums of a user", store.timeout) as conn:
         row = await conn.fetchrow(_USER_SUMS, user_id, week.first_day, week.last_day)
     return int(row["week"]), int(row["total"])

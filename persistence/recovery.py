@@ -115,6 +115,23 @@ class PostgresHydrator:
             self._barriers[bucket] = run
         return run, complete
 
+    async def open_buckets(self, buckets: list[int]) -> dict[int, str]:
+        """``open_bucket`` of many buckets: their runs in one pipelined round trip, then the
+        flush barriers of those this process does not hold yet in one Postgres transaction
+        (the restore after a loss: issue #12). Raises ``StorageError``."""
+        replies = await self._scripts.run_many(
+            [(MetaKey(meta_key(b)), OpenBucket()) for b in buckets]
+        )
+        runs: dict[int, str] = {}
+        for bucket, reply in zip(buckets, replies, strict=True):
+            if isinstance(reply, StorageError):
+                raise reply
+            runs[bucket] = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        needed = [(b, run) for b, run in runs.items() if self._barriers.get(b) != run]
+        await self._store.barriers(needed)
+        self._barriers.update(needed)
+        return runs
+
     async def _hydrate(self, user_id: str) -> bool:
         """Hydrate one user; True when Postgres knew them (a restore), False for a new user."""
         bucket = bucket_of(user_id, self._buckets)

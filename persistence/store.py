@@ -18,12 +18,20 @@ from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
 from persistence.events import Batch, Rejected
 from persistence.history import read_history
-from persistence.runs import barrier
+from persistence.runs import barrier, barriers
 from persistence.webhooks.outbox import OutboxPolicy
 from persistence.writer import WriteResult, quarantine, write_batch
 
 # What asyncpg raises when the server is down, restarting or the connection broke.
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# InternalClientError: a pooled connection left mid-operation when the server went away (seen
+# with Postgres stopped while a migration retry held the pool): the link's failure, not a bug.
+DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 # SQLSTATE classes that blame the server, not the rows sent: connection (08), invalid transaction
 # state (25), rollback: serialization failure, deadlock (40), schema not there yet (42),
@@ -60,7 +68,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = str(getattr(exc, "sqlstate", "") or "")
         return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, StorageError))
+    transient = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    return isinstance(exc, (*transient, StorageError))
 
 
 @asynccontextmanager
@@ -120,7 +129,12 @@ class Store:
     @asynccontextmanager
     async def bounded(self, what: str, seconds: float) -> AsyncIterator[asyncpg.Connection]:
         """``connection`` whose acquiring and use together take at most ``seconds``; past
-        that, ``StorageError`` (a stalled Postgres is a prompt error, never a hang)."""
+        that, ``StorageError`` (a stalled Postgres is a prompt error, never a hang).
+
+        Every call on a request's path goes through here (issue #11, fast failure). A plain
+        ``asyncio.timeout`` around ``pool.acquire()`` is not enough: on a stopped server the
+        interrupted query's release waits for the connection's reset (and asyncpg's cancel
+        request to the postmaster), so the answer came only when Postgres resumed."""
         async with storage_errors(what):
             deadline = asyncio.get_running_loop().time() + seconds
             conn = await asyncio.wait_for(self.pool.acquire(), seconds)
@@ -138,9 +152,9 @@ class Store:
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when Postgres answers within ``timeout`` seconds."""
         try:
-            async with asyncio.timeout(timeout), self.connection("ping") as conn:
+            async with self.bounded("ping", timeout) as conn:
                 await conn.fetchval("SELECT 1")
-        except (StorageError, TimeoutError):
+        except StorageError:
             return False
         return True
 
@@ -156,12 +170,9 @@ class Store:
 
     async def history(self, query: HistoryQuery, timeout: float = 5.0) -> HistoryPage:
         """One page of a user's ledger rows; ``StorageError`` when Postgres fails or takes
-        longer than ``timeout`` seconds (acquiring the connection included)."""
-        async with (
-            storage_errors("history"),
-            asyncio.timeout(timeout),
-            self.pool.acquire() as conn,
-        ):
+        longer than ``timeout`` seconds (acquiring the connection included; an interrupted
+        connection is dropped, not reset on a stalled server: ``bounded``)."""
+        async with self.bounded("history", timeout) as conn:
             return await read_history(conn, query)
 
     async def owner_of(self, entity_type: str, entity_id: str) -> DurableOwner | None:
@@ -215,6 +226,11 @@ class Store:
         returns once no open or later flush can add rows of an earlier incarnation."""
         async with self.bounded("flush barrier", self.timeout) as conn:
             await barrier(conn, bucket, run)
+
+    async def barriers(self, runs: list[tuple[int, str]]) -> None:
+        """``barrier`` of many ``(bucket, run)`` in one transaction (persistence/runs.py)."""
+        async with self.bounded("flush barriers", self.timeout) as conn:
+            await barriers(conn, runs)
 
     async def creator_awards(
         self, target: str, actions: list[str], since_ms: int

@@ -26,6 +26,7 @@ from persistence.events import (
     RecordEvent,
     Rejected,
     collapse,
+    gc_paused,
 )
 from persistence.runs import retired_runs
 from persistence.staging import stage
@@ -135,7 +136,9 @@ async def write_batch(
         batch, lost = await _refuse_retired(conn, batch)
         inserted: set[str] = set()
         if batch.events:
-            await stage(conn, "ledger_in", _LEDGER_STAGED, _ledger_rows(batch.events))
+            with gc_paused():
+                ledger_rows = _ledger_rows(batch.events)
+            await stage(conn, "ledger_in", _LEDGER_STAGED, ledger_rows)
             rows = await conn.fetch(_INSERT_LEDGER)
             inserted = {row["event_id"] for row in rows}
         if outbox is not None and inserted:
@@ -146,7 +149,9 @@ async def write_batch(
         if skipped:
             rejected += await _collisions(conn, skipped)
         if batch.events:
-            await stage(conn, "totals_in", _TOTALS_STAGED, _totals_rows(batch.events))
+            with gc_paused():
+                totals_rows = _totals_rows(batch.events)
+            await stage(conn, "totals_in", _TOTALS_STAGED, totals_rows)
             await conn.execute(_UPSERT_TOTALS)
         if batch.owners:
             await conn.execute(_UPSERT_OWNERS, *_owner_columns(batch.owners))

@@ -15,7 +15,7 @@ from api.app import create_app
 from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import PostgresServer, RedisServer, free_port
 from counters.clock import ManualClock
-from counters.settings import Settings
+from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from tests.support.cluster import sync_client
 from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY
 from tests.support.http import asgi_client
@@ -126,9 +126,17 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
+def key_buckets() -> int:
+    """The bucket count of the suite's settings: the default. A test that must hold for any
+    count parametrises it: ``@pytest.mark.parametrize("key_buckets", [16, 1024])``."""
+    return DEFAULT_KEY_BUCKETS
+
+
+@pytest.fixture
+def settings(redis_url: str, key_buckets: int) -> Settings:
     return Settings(
         redis_url=redis_url,
+        key_buckets=key_buckets,
         jwt_secret=JWT_SECRET,
         service_keys=(SERVICE_KEY,),
         day_jitter_seconds=0,

@@ -34,7 +34,6 @@ from api.schemas.exp import (
 from counters.clock import next_utc_midnight
 from counters.errors import InvalidRequest, NotFound, shown
 from counters.exp.entities import Target
-from counters.exp.levels import progress
 from counters.exp.types import AwardResult
 from counters.ids import TARGET_ID, is_whole
 from counters.redis.codes import AwardOutcome
@@ -73,7 +72,7 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
             leveled_up=result.leveled_up, daily_exp_gained=result.daily_exp_gained,
             daily_exp_cap=result.daily_exp_cap, action_count=result.action_count,
             action_limit=result.action_limit,
-            progress=progress(svc.exp.rules, result.total_exp),
+            progress=svc.exp.progress(result.total_exp),
             shadow_refused=result.shadow_refused,
             unlocked_features=(
                 svc.rules.entitlements.unlocked_between(result.previous_level, result.level)
@@ -140,7 +139,7 @@ async def exp_progress(request: Request) -> Response:
         user_id=usage.user_id,
         total_exp=usage.total_exp,
         level=usage.level,
-        progress=progress(svc.exp.rules, usage.total_exp),
+        progress=svc.exp.progress(usage.total_exp),
     )
     return json_response(body)
 
@@ -157,7 +156,7 @@ async def adjust(request: Request) -> Response:
         total_exp=result.total_exp,
         level=result.level,
         leveled_up=result.level > result.previous_level,
-        progress=progress(svc.exp.rules, result.total_exp),
+        progress=svc.exp.progress(result.total_exp),
         unlocked_features=svc.rules.entitlements.unlocked_between(
             result.previous_level, result.level
         ),

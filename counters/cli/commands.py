@@ -30,6 +30,7 @@ from counters.logs import configure as configure_logging
 from counters.redis.scripts import Scripts
 from counters.rules import Rules, load_rules
 from counters.runtime.durability import make_flusher
+from counters.runtime.layout import settle_buckets
 from counters.runtime.services import connect_redis
 from counters.settings import Settings
 from persistence.migrate import migrate_url
@@ -193,6 +194,7 @@ async def _flush(settings: Settings, burst: bool) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
             loop.add_signal_handler(sig, stop.set)  # finish the batch in hand, then exit
     try:
+        settings = await settle_buckets(settings, redis, store)  # the recorded bucket count
         flusher = make_flusher(settings, redis, store)
         return await flusher.run(stop, burst=burst, max_failures=20 if burst else None)
     except CountersError as exc:
@@ -245,6 +247,7 @@ async def _reconcile(settings: Settings, rules: Rules, repair: bool, flush_first
     store = await Store.open(settings.database_url)
     redis = connect_redis(settings.redis_url, 4)
     try:
+        settings = await settle_buckets(settings, redis, store)  # the recorded bucket count
         total = await known_users(store)
         # Shown only when the run lasts over a second, and only on a terminal.
         with tqdm(total=total, unit="user", file=sys.stderr, delay=1.0, disable=None) as bar:

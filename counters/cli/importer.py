@@ -30,7 +30,8 @@ from counters.errors import CountersError, RulesError
 from counters.redis.codes import XpOutcome
 from counters.rules import Rules, load_rules
 from counters.runtime.durability import make_flusher
-from counters.runtime.services import Services
+from counters.runtime.layout import settle_buckets
+from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
 from persistence.recovery import PostgresHydrator
 from persistence.store import Store
@@ -92,6 +93,15 @@ async def _run(
 ) -> Counter[ImportOutcome]:
     assert settings.database_url is not None
     store = await Store.open(settings.database_url, max_connections=4)
+    assert settings.redis_url is not None
+    redis = connect_redis(settings.redis_url, 1)
+    try:
+        settings = await settle_buckets(settings, redis, store)  # the recorded bucket count
+    except BaseException:
+        await store.close()
+        raise
+    finally:
+        await redis.aclose()
     services = Services.build(settings, rules=rules, store=store)
     try:
         hydrator = PostgresHydrator(

@@ -14,6 +14,13 @@ own and the whole exact under retries, races and a crash between any two steps:
 rid is ``request_digest(caller, actor, Idempotency-Key)`` for a keyed request (its retries carry
 the same rid), a random one otherwise. Round trips: 3 for an unkeyed like (B, C, D), 4 for a keyed
 one (A, B, C, then D and E together); an award to oneself stays one (counters/exp/service.py).
+
+The one-script shortcut: an unkeyed award whose entity's and owner's keys are on one Redis node
+(no Cluster, or one slot) runs B, C and D as one script, lua/creator_award.lua: one round trip.
+The owner it pays is the one an earlier answer named for the entity (a bounded in-process hint);
+the script reads the owner in the same atomic step and leaves anything else (a transfer, an
+unknown entity, a repeat, a user to hydrate) to the chain with nothing written, so the answer and
+the state are the chain's (tests/exp/test_creator_shortcut.py runs both and compares).
 """
 
 from __future__ import annotations
@@ -24,10 +31,14 @@ import secrets
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import msgspec
+
 from counters.errors import ConflictError, NotFound, ScriptReplyError
 from counters.exp.entities import Entities, Target
 from counters.exp.types import AwardCall, AwardResult
 from counters.redis.calls import (
+    CreatorAward,
+    CreatorAwardKeys,
     IdemKey,
     OnceKey,
     RecallRequest,
@@ -39,6 +50,8 @@ from counters.redis.calls import (
 )
 from counters.redis.codes import (
     AwardOutcome,
+    CreatorChain,
+    Hydration,
     OwnerRestore,
     RecallOutcome,
     ReserveOutcome,
@@ -61,6 +74,10 @@ _NEEDS_OWNER_RESTORE = OwnerRestore.NEEDS_OWNER_RESTORE
 _NO_RECORD = RecallOutcome.NO_RECORD
 _UNKEYED = "-"  # the fingerprint of an unkeyed request's rid record: C still records it
 _ROUNDS = 4  # B answers "pending" at most once per competing request; this bounds the loop
+_CHAIN = CreatorChain.CHAIN
+_astuple = msgspec.structs.astuple
+_NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION
+_OWNER_HINTS = 65_536  # entities whose last seen owner is kept (then the hints start over)
 
 
 class _Award(NamedTuple):
@@ -82,12 +99,17 @@ class CreatorAwards:
         entities: Entities,
         buckets: int,
         idempotency_ttl: int,
+        *,
+        shortcut: bool = True,
     ) -> None:
         self._exp = exp
         self._scripts = scripts
         self._entities = entities
         self._buckets = buckets
         self._idempotency_ttl = idempotency_ttl
+        # entity "<type>:<id>" -> the owner B last reserved for: whom the one-script shortcut
+        # expects (a hint only: lua/creator_award.lua checks it atomically). Off: the chain only.
+        self._owners: dict[str, str] | None = {} if shortcut else None
 
     async def award(
         self, actor: str, action_name: str, action: Action, target: Target, idem: Idempotency | None
@@ -97,6 +119,10 @@ class CreatorAwards:
         ``IdempotencyMismatch`` are raised."""
         award = _Award(actor, action_name, action, target)
         if idem is None:
+            if self._owners is not None:
+                shortcut = await self._shortcut(award)
+                if shortcut is not None:
+                    return shortcut
             result, settle = await self._reserve_and_pay(award, secrets.token_hex(16), _UNKEYED, "")
             await settle  # D
             return result
@@ -116,6 +142,45 @@ class CreatorAwards:
         remember = RememberRequest(idem.fingerprint, self._idempotency_ttl, json.dumps(reply))
         await asyncio.gather(settle, self._scripts.run(IdemKey(record), remember))  # D, E
         return result
+
+    async def _shortcut(self, award: _Award) -> AwardResult | None:
+        """The unkeyed award in one script (lua/creator_award.lua) when the entity's owner is
+        hinted and its keys share a node with the entity's; None: run the chain instead."""
+        assert self._owners is not None
+        owner = self._owners.get(str(award.target))
+        if owner is None or owner == award.actor:
+            return None
+        keys = self._entities.keys(award.target)
+        user = UserKeys.of(owner, self._buckets)
+        if not self._scripts.one_node and user.tag != keys.tag:
+            return None
+        once = award.action.once_per_actor
+        base = self._exp.award_call(
+            award.action_name, award.action, owner, award.actor, award.target, user.unused,
+            "", "", user,
+        )  # fmt: skip
+        # award_exp's call and keys, extended (positional: the fields of AwardExp, AwardExpKeys
+        # first; tests/redis/test_lua_contract.py checks the header lays them out the same)
+        argv = (
+            *_astuple(base.call), "once" if once else "plain", secrets.token_hex(16),
+            self._once_ttl,
+        )  # fmt: skip
+        call = CreatorAward(*argv)
+        once_key = keys.once(award.action_name) if once else keys.unused
+        script_keys = CreatorAwardKeys(*(*_astuple(base.keys), keys.owner, once_key))
+        reply = await self._scripts.run(script_keys, call)
+        if reply[0] == _CHAIN or reply[0] == _NEEDS_HYDRATION:
+            return None
+        return self._exp.award_result(base, reply)
+
+    def _learn_owner(self, target: Target, owner: str) -> None:
+        """Keep ``owner`` as the hint for ``target`` (bounded: all hints go when full)."""
+        owners = self._owners
+        if owners is None:
+            return
+        if len(owners) >= _OWNER_HINTS:
+            owners.clear()
+        owners[str(target)] = owner
 
     async def _reserve_and_pay(
         self, award: _Award, rid: str, fingerprint: str, idem_key: str
@@ -160,6 +225,7 @@ class CreatorAwards:
                 _, settle = await self._pay(award, owner, str(got_rid), str(got_fp), "")
                 await settle
             elif code == _RESERVED:
+                self._learn_owner(award.target, owner)
                 return await self._pay(award, owner, str(got_rid), str(got_fp), idem_key)
             else:
                 raise ScriptReplyError(f"reserve_creator_award replied with unknown code {code}")

@@ -23,10 +23,13 @@ boards of the user's bucket). Read here, merged across buckets:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import islice, takewhile
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -35,6 +38,7 @@ from redis.exceptions import RedisError
 from counters.clock import Clock, utc_day
 from counters.errors import InvalidRequest, NotFound, StorageError
 from counters.redis.keys import board_keys, bucket_of
+from counters.redis.scripts import Scripts
 
 MAX_LIMIT = 100
 _TIMEOUT = 2.0
@@ -94,6 +98,33 @@ def window(period: Period, now: float, grace: int) -> PeriodWindow:
     return PeriodWindow(period, "all", None, None, None)
 
 
+def _top_read(board: str, marker: str, limit: int) -> tuple[tuple[str, ...], ...]:
+    """One bucket's share of a read (one hash slot): its marker and its top ``limit``."""
+    return ("EXISTS", marker), ("ZRANGE", board, "0", str(limit - 1), "REV", "WITHSCORES")
+
+
+def _exp(score: Any) -> int:
+    """A board's score (RESP2 text, or a float from redis-py) as EXP."""
+    return int(float(score))
+
+
+def _ranked(flat: list[Any]) -> Iterator[tuple[int, str]]:
+    """``ZRANGE ... REV WITHSCORES`` as RESP2 sends it (member, score, ... highest first) as
+    ``(-exp, member)``, parsed lazily: merging 1,024 of them for a top 10 parses about 1,034
+    scores, not 10,240 (issue #12). Redis sends ties (REV) in descending member order; each run
+    of ties is yielded reversed, so the whole is ascending in ``(-exp, member)``."""
+    start, end = 0, len(flat)
+    while start < end:
+        score = flat[start + 1]
+        stop = start + 2
+        while stop < end and flat[stop + 1] == score:
+            stop += 2
+        exp = _exp(score)
+        for i in range(stop - 2, start - 2, -2):
+            yield -exp, str(flat[i])
+        start = stop
+
+
 def _ttl(end: datetime, now: float, grace: int) -> int:
     return max(int(end.timestamp() - now) + grace, 1)
 
@@ -125,8 +156,10 @@ class Leaderboards:
         grace: int,
         ledger_sums: LedgerSums | None = None,
         enabled: bool = True,
+        scripts: Scripts | None = None,
     ) -> None:
         self._redis = redis
+        self._scripts = scripts  # reads go on its transport (None: on the client's pool)
         self._clock = clock
         self._buckets = buckets
         self._grace = grace
@@ -145,40 +178,63 @@ class Leaderboards:
         keys = [board_keys(bucket, span.id) for bucket in range(self._buckets)]
         own_board = keys[bucket_of(user_id, self._buckets)][0]
         for attempt in range(2):  # the markers ride with the read; a missing one: rebuild, again
-            async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:
-                for board, marker in keys:
-                    pipe.exists(marker)
-                    pipe.zrevrange(board, 0, limit - 1, withscores=True)
-                pipe.zscore(own_board, user_id)
-                *replies, mine = await pipe.execute()
+            async with _redis_errors():
+                *replies, mine = await self._send(
+                    [
+                        *(cmd for board, marker in keys for cmd in _top_read(board, marker, limit)),
+                        ("ZSCORE", own_board, user_id),
+                    ]
+                )
             if attempt == 0 and not all(replies[0::2]):
                 await self._ensure_complete(span, keys)
                 continue
             break
-        tops = replies[1::2]
+        tops: list[list[Any]] = replies[1::2]  # flat (member, score, ...), highest first
         async with _redis_errors():
-            me = await self._standing(keys, user_id, mine)
-        merged = sorted(
-            ((member, int(score)) for top in tops for member, score in top),
-            key=lambda item: (-item[1], item[0]),
-        )[:limit]
+            me = await self._standing(keys, tops, limit, user_id, mine)
         entries: list[Standing] = []
-        for index, (member, exp) in enumerate(merged):
+        for index, (minus, member) in enumerate(islice(heapq.merge(*map(_ranked, tops)), limit)):
+            exp = -minus
             tied = entries and entries[-1].exp == exp
             rank = entries[-1].rank if tied else index + 1
             entries.append(Standing(rank=rank, user_id=member, exp=exp))
         return Board(period=period, period_id=span.id, entries=entries, me=me)
 
     async def _standing(
-        self, keys: list[tuple[str, str]], user_id: str, score: float | None
+        self,
+        keys: list[tuple[str, str]],
+        tops: list[list[Any]],
+        limit: int,
+        user_id: str,
+        score: object,
     ) -> Standing | None:
+        """The caller's rank: 1 + the users with more EXP, bucket by bucket. A bucket whose
+        top ``limit`` already reaches down to the caller's EXP (or holds the whole bucket) is
+        counted from that list; only the others are asked (``ZCOUNT``), in one round trip."""
         if score is None:
             return None
+        exp = int(float(str(score)))
+        above = 0
+        ask: list[int] = []
+        for bucket, top in enumerate(tops):
+            if len(top) < 2 * limit or _exp(top[-1]) <= exp:  # the list reaches the caller
+                above += sum(1 for _ in takewhile(lambda s: _exp(s) > exp, top[1::2]))
+            else:
+                ask.append(bucket)
+        if ask:
+            counts = await self._send([("ZCOUNT", keys[b][0], f"({exp}", "+inf") for b in ask])
+            above += sum(int(count) for count in counts)
+        return Standing(rank=1 + above, user_id=user_id, exp=exp)
+
+    async def _send(self, commands: list[tuple[str, ...]]) -> list[Any]:
+        """One pipelined round trip: the scripts' transport (hiredis-packed and parsed, several
+        times cheaper per command than a redis-py pipeline at 1,024 buckets), else the client."""
+        if self._scripts is not None:
+            return await self._scripts.send_many(commands)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for board, _ in keys:
-                pipe.zcount(board, f"({score}", "+inf")
-            above = await pipe.execute()
-        return Standing(rank=1 + sum(above), user_id=user_id, exp=int(score))
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
 
     async def _missing(self, keys: list[tuple[str, str]]) -> list[int]:
         async with _redis_errors(), self._redis.pipeline(transaction=False) as pipe:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -32,6 +32,7 @@ from counters.errors import (
 from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
 from counters.exp.leaderboard import Period, window
+from counters.exp.levels import Progress, progress
 from counters.exp.stats import count_award
 from counters.exp.types import (
     Adjustment,
@@ -64,6 +65,7 @@ from counters.rules.metrics import count_shadow_refusal
 
 _NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION  # awards a batch runs again one by one
 _UNREACHABLE = 10**12  # a limit or cap no day reaches: how a shadow rule is passed to Lua
+_PROGRESS_CACHE = 4_096  # progress blocks kept by total EXP (then the cache starts over)
 
 
 class ExpService:
@@ -80,6 +82,7 @@ class ExpService:
         day_grace: int,
         day_jitter: int,
         leaderboards: bool = True,
+        creator_shortcut: bool = True,
     ) -> None:
         self._scripts = scripts
         self._entities = entities
@@ -91,9 +94,10 @@ class ExpService:
         self._day_jitter = day_jitter
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
         self._may_create = may_create_arg(hydrator)
-        self._day = (0, "")  # (next UTC midnight, the day's name) of the last window
-        self._creator = CreatorAwards(self, scripts, entities, buckets, idempotency_ttl)
-        self._week = (0, "", 0)  # (next UTC midnight, week board id, the week's end) likewise
+        self._today = _Today(0, "", "", 0, {})  # the UTC day of the last award (see _Today)
+        self._creator = CreatorAwards(
+            self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
+        )
         self.use_rules(rules)
 
     @property
@@ -113,7 +117,21 @@ class ExpService:
             for cap, shadow in zip(rules.caps_by_level, rules.shadow_caps_by_level, strict=True)
         ]
         caps_arg = msgspec.json.encode(caps).decode()
+        progress_cache: dict[int, Progress] = {}
         self.rules, self._thresholds, self._caps = rules, thresholds, caps_arg
+        self._progress = progress_cache
+
+    def progress(self, total_exp: int) -> Progress:
+        """The seed's progress block for ``total_exp`` under the rules served now
+        (``counters.exp.levels.progress``), kept by total: a Progress is immutable, and
+        building one costs an award reply ~2.5 us. The cache is new with each rules reload."""
+        cache = self._progress
+        found = cache.get(total_exp)
+        if found is None:
+            if len(cache) >= _PROGRESS_CACHE:
+                cache.clear()
+            found = cache[total_exp] = progress(self.rules, total_exp)
+        return found
 
     def action(self, name: str) -> Action:
         """The rule of an action, or ``InvalidRequest`` listing the known ones."""
@@ -125,11 +143,21 @@ class ExpService:
 
     def window(self, user_id: str, now: float) -> DayWindow:
         """Today's key window and clean-up time (next midnight + grace + per-user jitter)."""
-        jitter = zlib.crc32(user_id.encode()) % (self._day_jitter + 1)
-        midnight = next_utc_midnight(now)
-        if midnight != self._day[0]:  # formatting the day costs more than the rest of a window
-            self._day = (midnight, utc_day(now))
-        return DayWindow(self._day[1], max(midnight + self._day_grace + jitter - int(now), 1))
+        today = self._day_of(now)
+        jitter = zlib.crc32(user_id.encode()) % (self._day_jitter + 1) if self._day_jitter else 0
+        return DayWindow(today.day, max(today.midnight + self._day_grace + jitter - int(now), 1))
+
+    def _day_of(self, now: float) -> _Today:
+        """The UTC day of ``now`` (formatting a day costs more than the rest of an award call:
+        built once a day)."""
+        today = self._today
+        if next_utc_midnight(now) != today.midnight:
+            week = window(Period.WEEK, now, 0)
+            assert week.ttl is not None
+            today = self._today = _Today(
+                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}
+            )
+        return today
 
     async def award(
         self,
@@ -255,8 +283,8 @@ class ExpService:
         if user is None:
             user = UserKeys.of(user_id, self._buckets)
         keys = AwardExpKeys(
-            user.user, user.day(window.day), user.events, record,
-            *self._boards(user, window.day, now), user.meta,
+            user.user, user.day(window.day), user.events, record, *self._boards(user, now),
+            user.meta,
         )  # fmt: skip
         # Positional, in AwardExp's field order: on the hot path msgspec builds a 16-field Struct
         # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
@@ -273,24 +301,26 @@ class ExpService:
         """Run one award_exp call (hydrating its user first if Redis lost it)."""
         return await self._run_award(call)
 
-    def _boards(self, user: UserKeys, day: str, now: float) -> tuple[str, str, str]:
-        """The day, week and all-time boards of the user's bucket (unused keys when off)."""
+    def _boards(self, user: UserKeys, now: float) -> tuple[str, str, str]:
+        """The day, week and all-time boards of the user's bucket (unused keys when off),
+        formatted once a day per bucket."""
         if not self._leaderboards:
             return user.unused, user.unused, user.unused
-        return user.board(f"day:{day}"), user.board(self._week_board(now)[0]), user.board("all")
+        today = self._day_of(now)
+        boards = today.boards.get(user.tag)
+        if boards is None:
+            boards = today.boards[user.tag] = (
+                user.board(f"day:{today.day}"),
+                user.board(today.week),
+                user.board("all"),
+            )
+        return boards
 
     def _week_ttl(self, now: float) -> int:
         """Seconds this ISO week's board lives; 0 tells the script leaderboards are off."""
-        return self._week_board(now)[1] if self._leaderboards else 0
-
-    def _week_board(self, now: float) -> tuple[str, int]:
-        """This ISO week's board id and the seconds its key lives (cached for the day)."""
-        midnight = next_utc_midnight(now)
-        if midnight != self._week[0]:
-            span = window(Period.WEEK, now, 0)
-            assert span.ttl is not None
-            self._week = (midnight, span.id, int(now) + span.ttl)
-        return self._week[1], max(self._week[2] + self._day_grace - int(now), 1)
+        if not self._leaderboards:
+            return 0
+        return max(self._day_of(now).week_end + self._day_grace - int(now), 1)
 
     async def _run_award(self, call: AwardCall) -> AwardResult:
         reply = await self._run(call.user_id, call.keys, call.call)
@@ -389,6 +419,17 @@ class ExpService:
         if code != AdjustOutcome.ADJUSTED:
             raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
         return Adjustment(user_id, applied, total, level, previous, bool(replayed))
+
+
+class _Today(NamedTuple):
+    """One UTC day of awards: its next midnight, name (YYYYMMDD), ISO week's board id and end
+    (unix seconds), and the board keys of each bucket seen that day (by hash tag)."""
+
+    midnight: int
+    day: str
+    week: str
+    week_end: int
+    boards: dict[str, tuple[str, str, str]]
 
 
 def batch_item_key(batch_key: str, index: int) -> str:

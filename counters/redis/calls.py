@@ -28,6 +28,7 @@ from counters.redis.codes import (
     AwardOutcome,
     BucketOutcome,
     CompleteOutcome,
+    CreatorChain,
     HydrateOutcome,
     Hydration,
     ImportSkip,
@@ -111,6 +112,14 @@ class AwardExpKeys(Keys, frozen=True):
     meta: str
 
 
+class CreatorAwardKeys(AwardExpKeys, frozen=True):
+    """award_exp's keys (the owner's), then the entity's owner record and its once-per-actor
+    HASH (or an unused key): one script on one node (lua/creator_award.lua)."""
+
+    entity: str
+    once: str
+
+
 class AssignEntityKeys(Keys, frozen=True):
     entity: str
     events: str
@@ -144,9 +153,9 @@ class RecordKeys(Keys, frozen=True):
 
 
 class AwardExp(Call, frozen=True):
-    SCRIPT = "award_exp"
-    KEYS = AwardExpKeys
-    CODES = (AwardApplied, Hydration, KeyReuse)
+    SCRIPT: ClassVar[str] = "award_exp"
+    KEYS: ClassVar[type[Keys]] = AwardExpKeys
+    CODES: ClassVar[tuple[type[IntEnum], ...]] = (AwardApplied, Hydration, KeyReuse)
 
     user_id: str
     action: str
@@ -164,6 +173,18 @@ class AwardExp(Call, frozen=True):
     target: str
     idem_key: str
     week_ttl: int
+
+
+class CreatorAward(AwardExp, frozen=True):
+    """award_exp's ARGV, then how the entity's once-per-actor record is kept."""
+
+    SCRIPT = "creator_award"
+    KEYS = CreatorAwardKeys
+    CODES = (AwardApplied, Hydration, KeyReuse, CreatorChain)
+
+    mode: str
+    rid: str
+    once_ttl: int
 
 
 class AdjustExp(Call, frozen=True):
@@ -430,7 +451,7 @@ class RestoreOnce(Call, frozen=True):
 
 
 CALLS: tuple[type[Call], ...] = (
-    AwardExp, AdjustExp, ReadExp, AssignEntity, RecallRequest, ReserveCreatorAward,
+    AwardExp, CreatorAward, AdjustExp, ReadExp, AssignEntity, RecallRequest, ReserveCreatorAward,
     SettleCreatorAward, RememberRequest, HydrateUser, RepairUser, ReadXp,
     CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
     ImportUser, OpenBucket, CompleteBucket, RestoreRecord, RestoreOnce,

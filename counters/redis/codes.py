@@ -62,6 +62,13 @@ class ReserveOutcome(IntEnum):
     OWN_ENTITY = 11
 
 
+class CreatorChain(IntEnum):
+    """``creator_award`` (a whole creator award in one script) left this request to the chain
+    B, C, D, with nothing written (counters/exp/creator.py)."""
+
+    CHAIN = 12
+
+
 class SettleOutcome(IntEnum):
     """Step D (``settle_creator_award``): the reservation of that request id done or released."""
 

@@ -3,7 +3,8 @@
 Each user belongs to one of ``buckets`` buckets (crc32 of the id), and so does each entity (crc32
 of ``<type>:<id>``). All keys of one identity, and the event stream of its bucket, carry the
 bucket's hash tag ``{bN}``, so every script touches one Cluster slot and runs unchanged on Redis
-Cluster. The bucket count is fixed for the life of a deployment (changing it moves every key).
+Cluster. The bucket count is fixed for the life of a deployment (changing it moves every key):
+recorded by its first start in ``ctr:layout`` and Postgres (counters/runtime/layout.py).
 
 A record belongs to the identity it describes (issue #10): a request's idempotency record to the
 acting user, an award's at-most-once record to the user it pays, an entity's owner and its
@@ -43,6 +44,8 @@ from its ``entity_owner`` events (owner, version); a once-per-actor entry ("done
     ctr:{bN}:board:<period>             ZSET    EXP the bucket's users earned in a period
                                                 (day:<YYYYMMDD>, week:<YYYY>W<ww>, all)
     ctr:{bN}:board_ok:<period>          STRING  the board above is complete w.r.t. the ledger
+    ctr:layout                          HASH    key_buckets: the deployment's bucket count (no
+                                                bucket tag: one key, read once at start)
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from dataclasses import dataclass
 import msgspec
 
 PREFIX = "ctr"
+LAYOUT_KEY = f"{PREFIX}:layout"  # the deployment's recorded bucket count (issue #12)
 
 
 def bucket_of(identity: str, buckets: int) -> int:

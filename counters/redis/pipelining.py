@@ -8,8 +8,10 @@ replies come back in order, are parsed in C, and resolve the callers' futures in
 each command on its own as before: a pipeline is not a transaction, and each script stays atomic.
 
 - A reply that is a Redis error fails only its own call (``RedisRefusal``), never its neighbours.
-- A lost connection fails every call still waiting on it (``StorageError``: they may or may not
-  have run, as with any lost connection); the next call connects again.
+- A lost connection fails every call still waiting on it; the next call connects again. A call
+  whose command was already written fails with ``OutcomeUnknown`` (Redis may have run it, or
+  will once it resumes), one still queued in this tick with a plain ``StorageError`` (it was
+  never sent): the API tells the two apart (503 ``outcome_unknown`` / ``storage_unavailable``).
 - A caller that is cancelled simply never sees its reply; the order of the others is unchanged.
 - Redis that does not answer within ``timeout`` (stopped, overloaded, a network black hole):
   when the oldest waiting command is older than ``timeout`` and no reply at all came for that
@@ -31,7 +33,7 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import parse_url
 
-from counters.errors import RedisStorageError, StorageError
+from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
 
 Arg = str | int | float | bytes
 
@@ -105,7 +107,7 @@ class _Protocol(asyncio.Protocol):
         if self.waiting and self.waiting[0] is oldest and stalled:
             if self.transport is not None:
                 self.transport.abort()  # connection_lost fails every waiting call
-            self.fail_all(RedisStorageError(f"Redis did not answer within {self.timeout:g}s"))
+            self.fail_all(f"Redis did not answer within {self.timeout:g}s")
         else:
             self.check_deadline()  # progress: watch the (new) oldest command
 
@@ -130,20 +132,28 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail_all(RedisStorageError(f"Redis connection lost: {exc or 'closed by the server'}"))
+        self.fail_all(f"Redis connection lost: {exc or 'closed by the server'}")
 
-    def fail_all(self, error: StorageError) -> None:
-        """Give up the connection: every call queued or waiting on it fails with ``error``."""
+    def fail_all(self, why: str) -> None:
+        """Give up the connection: every call queued or waiting on it fails, saying ``why``.
+
+        The waiting futures are in command order and the commands still queued (not yet
+        written) are the last ``len(queued)`` of them: the written ones get ``OutcomeUnknown``,
+        the others a ``RedisStorageError`` that says they were not sent."""
+        written = len(self.waiting) - len(self.queued)
         self.transport = None
         self.queued = []
         self.deadlines.clear()
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+        unknown = OutcomeUnknown(f"{why} (the command was sent: it may have run)")
+        unsent = RedisStorageError(f"{why} (the command was not sent)")
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(unknown if written > 0 else unsent)
+            written -= 1
 
 
 class AutoPipeline:

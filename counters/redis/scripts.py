@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import lua
-from counters.errors import RedisStorageError, StorageError
+from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
 from counters.redis.calls import Arg, Call, Keys, command_args
 from counters.redis.cluster import ClusterPipeline
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
@@ -73,9 +74,16 @@ class Scripts:
     """
 
     def __init__(
-        self, redis: Redis, pipeline: AutoPipeline | ClusterPipeline | None = None
+        self,
+        redis: Redis,
+        pipeline: AutoPipeline | ClusterPipeline | None = None,
+        *,
+        one_node: bool | None = None,
     ) -> None:
         self._redis = redis
+        # Whether every key is on one Redis (no Cluster): a script may then take keys of several
+        # slots (lua/creator_award.lua). None: not when the client is a RedisCluster.
+        self.one_node = not isinstance(redis, RedisCluster) if one_node is None else one_node
         self._pipeline = pipeline
         self._sources = {name: script_source(name) for name in script_names()}
         self._shas = {
@@ -140,6 +148,17 @@ class Scripts:
         except RedisError as exc:
             raise RedisStorageError(f"SCRIPT LOAD: {exc}") from exc
 
+    async def send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Plain commands (each touching the keys of one bucket: one hash slot) in one
+        pipelined round trip on the scripts' transport; replies in order, hiredis-parsed
+        (RESP2: ``ZRANGE ... WITHSCORES`` is a flat list). Raises ``StorageError`` when a
+        command is refused or the connection is lost (reads that loop over buckets, issue #12)."""
+        replies = await self._send_many(commands)
+        for reply in replies:
+            if isinstance(reply, StorageError):
+                raise reply
+        return replies
+
     async def get(self, key: str) -> str | None:
         """A plain GET, on the same transport as the scripts."""
         value = await self._send("GET", key)
@@ -156,7 +175,7 @@ class Scripts:
         except ResponseError as exc:
             raise _refusal(exc) from exc
         except RedisError as exc:
-            raise RedisStorageError(f"{args[0]}: {exc}") from exc
+            raise _pool_failure(f"{args[0]}: {exc}", exc) from exc
 
     async def _pool_send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         try:
@@ -165,8 +184,20 @@ class Scripts:
                 pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
-            raise RedisStorageError(f"pipeline: {exc}") from exc
+            raise _pool_failure(f"pipeline: {exc}", exc) from exc
         return [_refusal(r) if isinstance(r, ResponseError) else r for r in replies]
+
+
+def _pool_failure(message: str, exc: RedisError) -> RedisStorageError:
+    """redis-py's failure as ours: ``OutcomeUnknown`` unless it failed while connecting (then
+    the command was never sent). redis-py does not say whether a lost connection lost the
+    command before or after writing it, so anything but a failed connect may have run."""
+    text = str(exc)
+    if isinstance(exc, RedisConnectionError) and (
+        "connecting" in text or "No connection available" in text
+    ):
+        return RedisStorageError(message)
+    return OutcomeUnknown(message)
 
 
 def _refusal(exc: ResponseError) -> RedisRefusal:

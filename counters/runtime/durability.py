@@ -23,20 +23,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from counters.clock import Clock
 from counters.errors import BacklogFull, StorageError
 from counters.history import HistoryPage, HistoryQuery
 from counters.redis.keys import stream_key
 from counters.rules import Rules, load_rules
+from counters.runtime.layout import check_ledger_layout, settle_buckets
 from counters.runtime.services import Services, connect_redis, is_cluster
 from counters.settings import Settings
 from persistence.cluster_flusher import ClusterFlusher
-from persistence.flusher import Flusher, FlusherTask, Lag, stream_lag
+from persistence.flusher import Flusher, FlusherTask, Lag, longest_block_ms
 from persistence.migrate import migrate_url
 from persistence.recovery import PostgresHydrator
 from persistence.restore import BucketRestore
 from persistence.store import Store
+from persistence.streams import LagProbe, exact_lag
 from persistence.webhooks.deliverer import Backoff, Deliverer, DelivererTask, Endpoints
 from persistence.webhooks.outbox import OutboxPolicy
 
@@ -90,7 +93,9 @@ def flusher_redis(settings: Settings) -> Redis:
     and stream entries that are not UTF-8 are read (as lone surrogates) so they can be
     quarantined instead of failing every read."""
     assert settings.redis_url is not None
-    timeout = settings.flush_block_ms / 1000 + max(5.0, settings.redis_timeout_seconds)
+    timeout = longest_block_ms(settings.flush_block_ms) / 1000 + max(
+        5.0, settings.redis_timeout_seconds
+    )
     return connect_redis(settings.redis_url, 4, timeout=timeout, encoding_errors="surrogateescape")
 
 
@@ -142,6 +147,18 @@ class Durability:
             return cls(None, settings)
         return cls(await open_store(settings), settings)
 
+    async def settle_layout(self, settings: Settings) -> Settings:
+        """``settings`` with the deployment's recorded bucket count (``counters.runtime.layout``);
+        ``ConfigError`` when the setting or the stores disagree: the process must not start."""
+        assert settings.redis_url is not None, "COUNTERS_REDIS_URL is not set"
+        redis = connect_redis(settings.redis_url, 1, timeout=settings.redis_timeout_seconds)
+        try:
+            settled = await settle_buckets(settings, redis, self.store)
+        finally:
+            await redis.aclose()
+        self.settings = settled
+        return settled
+
     def start(self, services: Services) -> Durability:
         """Migrate in the background (retrying while Postgres is down), then start the flusher
         when there is a store and it is enabled; and the webhook deliverer, when endpoints are
@@ -162,20 +179,18 @@ class Durability:
 
     async def _watch_lag(self, settings: Settings) -> None:
         assert self._redis is not None
-        streams = [stream_key(bucket) for bucket in range(settings.key_buckets)]
-        while not self._closing.is_set():
-            try:
-                self.lag = await stream_lag(self._redis, streams)
-            except Exception:  # Redis down: writes fail on their own; keep the last verdict
-                self.lag = None
-            else:
-                self.write_refusal = backlog_refusal(settings, self.lag)
-            with contextlib.suppress(TimeoutError):  # not cancelled mid-command: it would
-                await asyncio.wait_for(self._closing.wait(), settings.lag_refresh_seconds)
+
+        def seen(lag: Lag | None) -> None:
+            self.lag = lag  # None: Redis down: writes fail on their own; keep the last verdict
+            if lag is not None:
+                self.write_refusal = backlog_refusal(settings, lag)
+
+        await lag_watch(self._redis, settings, self._closing, seen)
 
     async def _migrate_then_flush(self) -> None:
         settings = self.settings
         assert settings is not None and settings.database_url is not None
+        assert self.store is not None
         while True:
             try:
                 connect = max(settings.database_timeout_seconds, 2.0)
@@ -186,6 +201,19 @@ class Durability:
                 self.schema_error = f"{type(exc).__name__}: {exc}"
                 log.warning("schema migrations not applied (%s); retrying", self.schema_error)
                 await asyncio.sleep(settings.migrate_retry_seconds)
+        while True:  # the bucket count against the ledger's record (issue #12)
+            try:
+                mismatch = await check_ledger_layout(
+                    self.store, settings.key_buckets, settings.database_timeout_seconds
+                )
+                break
+            except StorageError as exc:
+                self.schema_error = f"bucket count not checked: {exc}"
+                await asyncio.sleep(settings.migrate_retry_seconds)
+        if mismatch is not None:
+            self.schema_error = mismatch
+            log.error("the ledger is not flushed: %s", mismatch)
+            return
         self.schema_ready, self.schema_error = True, None
         if settings.flusher_enabled and self.flusher is not None:
             self._task = FlusherTask(self.flusher)
@@ -201,7 +229,10 @@ class Durability:
 
         Raises ``redis.exceptions.RedisError`` when Redis does not answer."""
         streams = [stream_key(bucket) for bucket in range(services.settings.key_buckets)]
-        return await stream_lag(services.redis, streams)
+        try:
+            return await exact_lag(services.redis, streams, services.scripts.send_many)
+        except StorageError as exc:  # the auto-pipeline's failures, as the pool's (callers)
+            raise RedisError(str(exc)) from exc
 
     def stall(self, lag: Lag | None) -> str | None:
         """Why the ledger is not advancing (None when it is): the oldest unledgered event is
@@ -260,6 +291,22 @@ class Durability:
             await self.deliverer.aclose()
         if self.store is not None:
             await self.store.close()
+
+
+async def lag_watch(
+    redis: Redis, settings: Settings, stop: asyncio.Event, on_lag: Callable[[Lag | None], None]
+) -> None:
+    """Refresh the ledger's lag every ``lag_refresh_seconds`` until ``stop``, handing each
+    result (None: Redis did not answer) to ``on_lag``."""
+    probe = LagProbe(redis, [stream_key(bucket) for bucket in range(settings.key_buckets)])
+    while not stop.is_set():
+        try:
+            lag: Lag | None = await probe.refresh()  # idle streams a slice at a time
+        except Exception:
+            lag = None
+        on_lag(lag)
+        with contextlib.suppress(TimeoutError):  # not cancelled mid-command: it would
+            await asyncio.wait_for(stop.wait(), settings.lag_refresh_seconds)
 
 
 def backlog_refusal(settings: Settings, lag: Lag) -> BacklogFull | None:

@@ -161,6 +161,7 @@ class Services:
             day_grace=settings.day_grace_seconds,
             day_jitter=settings.day_jitter_seconds,
             leaderboards=settings.leaderboards_enabled,
+            creator_shortcut=settings.creator_shortcut,
         )  # fmt: skip
         xp = XpService(
             rules.xp, scripts, hydrator, clock,
@@ -174,7 +175,7 @@ class Services:
         leaderboards = Leaderboards(
             redis, clock, buckets=settings.key_buckets, grace=settings.day_grace_seconds,
             ledger_sums=ledger_sums(store) if store is not None else None,
-            enabled=settings.leaderboards_enabled,
+            enabled=settings.leaderboards_enabled, scripts=scripts,
         )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
         version = rules_version(rules)

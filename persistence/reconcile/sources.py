@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from counters.redis.keys import UserKeys, bucket_tag
+from counters.redis.keys import UserKeys, bucket_of_key, bucket_tag
 from counters.xp.state import XpState
 from persistence.store import Store
 
@@ -200,25 +200,32 @@ async def _observed(
 async def observe_redis_only_users(
     store: Store, redis: Redis, buckets: int
 ) -> AsyncGenerator[list[Observed]]:
-    """Users Redis holds that Postgres knows nothing of, in chunks (SCAN, bucket by bucket)."""
-    for bucket in range(buckets):
-        prefix = UserKeys("", bucket_tag(bucket)).user  # "ctr:{bN}:user:"
-        keys: list[str] = []
-        async for key in redis.scan_iter(match=f"{_glob(prefix)}*", count=CHUNK):
-            keys.append(key)
-            if len(keys) == CHUNK:
-                yield await _redis_only(store, redis, prefix, keys)
-                keys = []
-        if keys:
-            yield await _redis_only(store, redis, prefix, keys)
+    """Users Redis holds that Postgres knows nothing of, in chunks of ``CHUNK``: one SCAN over
+    the user keys of every bucket (``ctr:{b*}:user:*``). A SCAN per bucket walked the whole
+    keyspace once per bucket, 1,024 times at the default count (issue #12). ``buckets``: the
+    deployment's count; a user key of a bucket outside it is not this deployment's."""
+    keys: list[str] = []
+    async for key in redis.scan_iter(match=USER_KEYS, count=CHUNK):
+        if bucket_of_key(key) >= buckets:
+            continue
+        keys.append(key)
+        if len(keys) == CHUNK:
+            yield await _redis_only(store, redis, keys)
+            keys = []
+    if keys:
+        yield await _redis_only(store, redis, keys)
 
 
-def _glob(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+USER_KEYS = UserKeys("*", bucket_tag(0)).user.replace("{b0}", "{b*}")  # "ctr:{b*}:user:*"
 
 
-async def _redis_only(store: Store, redis: Redis, prefix: str, keys: list[str]) -> list[Observed]:
-    ids = [key[len(prefix) :] for key in keys]
+def _user_id(key: str) -> str:
+    """The user id of a user key ``ctr:{bN}:user:<uid>`` (the id may hold ``:user:`` too)."""
+    return key[key.index("}:user:") + len("}:user:") :]
+
+
+async def _redis_only(store: Store, redis: Redis, keys: list[str]) -> list[Observed]:
+    ids = [_user_id(key) for key in keys]
     async with store.connection("reconcile lookup") as conn:
         rows = await conn.fetch(
             "SELECT user_id FROM user_totals WHERE user_id = ANY($1::text[])"

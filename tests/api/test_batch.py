@@ -18,7 +18,7 @@ from api.app import create_app
 from api.routes.batch import MAX_ITEMS
 from counters.clock import ManualClock
 from counters.settings import Settings
-from tests.support.core import service_headers, user_headers
+from tests.support.core import data_keys, service_headers, user_headers
 from tests.support.persistence import flusher
 
 pytestmark = pytest.mark.anyio
@@ -155,13 +155,13 @@ async def test_a_bad_batch_is_refused_whole(
 ) -> None:
     response = await client.post(BATCH, content=body, headers=service_headers())
     assert response.status_code == status, response.text
-    assert redis_client.keys("*") == []
+    assert data_keys(redis_client) == []
 
 
 async def test_batch_size_is_capped(client: httpx2.AsyncClient, redis_client: redis.Redis) -> None:
     awards = [{"user_id": f"u{n}", "action": "daily_chat"} for n in range(MAX_ITEMS + 1)]
     await batch(client, awards, expect=422)
-    assert redis_client.keys("*") == []
+    assert data_keys(redis_client) == []
     results = await batch(client, awards[:MAX_ITEMS])
     assert statuses(results) == [200] * MAX_ITEMS
 

@@ -12,7 +12,7 @@ import redis
 from counters.auth import Authenticator
 from counters.clock import ManualClock
 from counters.errors import AuthError, ForbiddenError, InvalidRequest
-from tests.support.core import JWT_SECRET, SERVICE_KEY, service_headers, user_headers
+from tests.support.core import JWT_SECRET, SERVICE_KEY, data_keys, service_headers, user_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +67,7 @@ async def test_auth_failures(
     response = await client.post("/api/exp/gain", json=CHAT, headers=headers)
     code = {401: "unauthorized", 403: "forbidden", 422: "invalid_request"}[status]
     assert (response.status_code, response.json()) == (status, {"detail": detail, "code": code})
-    assert redis_client.dbsize() == 0
+    assert data_keys(redis_client) == []
 
 
 async def test_a_service_key_acts_for_the_named_user(client: httpx2.AsyncClient) -> None:
@@ -162,7 +162,7 @@ async def test_an_oversize_body_is_refused(
         "detail": "Body is larger than 65536 bytes",
         "code": "payload_too_large",
     }
-    assert redis_client.dbsize() == 0
+    assert data_keys(redis_client) == []
 
 
 async def test_unknown_route_and_method(client: httpx2.AsyncClient) -> None:

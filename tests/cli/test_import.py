@@ -23,7 +23,7 @@ from counters.redis.codes import XpOutcome
 from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
-from tests.support.core import JWT_SECRET, SERVICE_KEY
+from tests.support.core import JWT_SECRET, SERVICE_KEY, data_keys
 from tests.support.persistence import run_sync
 
 LINES = [
@@ -86,7 +86,7 @@ def test_import_applies_each_line_once_and_ledgers_it(
     dry = run_import(redis_url, database_url, str(path), "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "5 lines (2 exp, 1 subscription, 2 topup) for 2 users: 5 to apply" in dry.output
-    assert redis_client.dbsize() == 0
+    assert data_keys(redis_client) == []
     first = run_import(redis_url, database_url, str(path))
     assert first.exit_code == 0, first.output
     assert "imported" in first.output and "5 applied" in first.output
@@ -141,7 +141,7 @@ def test_a_bad_line_imports_nothing(
     assert "line 6: Expected `str` matching regex" in result.output
     assert "line 7: period_start must be after 1970-01-01T00:00:00Z" in result.output
     assert "5 bad line(s)" in result.output and "nothing was imported" in result.output
-    assert redis_client.dbsize() == 0 and ledger(database_url) == []
+    assert data_keys(redis_client) == [] and ledger(database_url) == []
 
 
 def test_csv_lines_add_to_what_the_service_counted(

@@ -14,7 +14,7 @@ from counters.exp.entities import Target
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
-from tests.support.core import NOON, service_headers, user_headers
+from tests.support.core import NOON, data_keys, service_headers, user_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -234,7 +234,7 @@ async def test_every_key_of_one_user_shares_one_hash_tag(
 ) -> None:
     await gain(client, "u1", "create_character", target_type="character", target_id="c1")
     await gain(client, "u2", "character_liked", target_type="character", target_id="c1")
-    keys = [k for k in redis_client.keys("*") if ":entity:" not in k]
+    keys = [k for k in data_keys(redis_client) if ":entity:" not in k]
     tags = {key[key.index("{") : key.index("}") + 1] for key in keys}
     assert len(tags) == 1, keys
 

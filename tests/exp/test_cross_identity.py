@@ -9,6 +9,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -26,11 +27,19 @@ from tests.support.xp import hold, subscribe
 
 pytestmark = pytest.mark.anyio
 
-BUCKETS = 16  # Settings.key_buckets as the suite leaves it
 GAIN = "/api/exp/gain"
 
 
-def pick(layout: str, *prefixes: str) -> list[str]:
+@dataclass(frozen=True)
+class Layout:
+    """Where the ids of a test hash: all in one bucket ("same") or each in its own
+    ("different"), out of ``buckets`` (the deployment's count: issue #12)."""
+
+    kind: str
+    buckets: int
+
+
+def pick(layout: Layout, *prefixes: str) -> list[str]:
     """One id per prefix (an entity as "<type>:<id>"): all in one bucket ("same"), or each in
     a bucket no other has ("different")."""
     chosen: list[str] = []
@@ -39,26 +48,32 @@ def pick(layout: str, *prefixes: str) -> list[str]:
             candidate = f"{prefix}{n}"
             if candidate in chosen:
                 continue
-            bucket = bucket_of(candidate, BUCKETS)
-            taken = [bucket_of(c, BUCKETS) for c in chosen]
-            if (layout == "same" and all(b == bucket for b in taken)) or (
-                layout == "different" and bucket not in taken
+            bucket = bucket_of(candidate, layout.buckets)
+            taken = [bucket_of(c, layout.buckets) for c in chosen]
+            if (layout.kind == "same" and all(b == bucket for b in taken)) or (
+                layout.kind == "different" and bucket not in taken
             ):
                 chosen.append(candidate)
                 break
     return chosen
 
 
+@pytest.fixture(params=[16, 1024])
+def key_buckets(request: pytest.FixtureRequest) -> int:
+    """Every test here runs with the old count and the default (issue #12)."""
+    return int(request.param)
+
+
 @pytest.fixture(params=["same", "different"])
-def layout(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def layout(request: pytest.FixtureRequest, key_buckets: int) -> Layout:
+    return Layout(str(request.param), key_buckets)
 
 
-def test_pick_gives_what_it_promises() -> None:
-    same = pick("same", "fan", "a", "b", "character:c")
-    assert len({bucket_of(i, BUCKETS) for i in same}) == 1
-    different = pick("different", "fan", "a", "b", "character:c")
-    assert len({bucket_of(i, BUCKETS) for i in different}) == 4
+def test_pick_gives_what_it_promises(key_buckets: int) -> None:
+    same = pick(Layout("same", key_buckets), "fan", "a", "b", "character:c")
+    assert len({bucket_of(i, key_buckets) for i in same}) == 1
+    different = pick(Layout("different", key_buckets), "fan", "a", "b", "character:c")
+    assert len({bucket_of(i, key_buckets) for i in different}) == 4
 
 
 async def own(http: httpx2.AsyncClient, entity: str, owner: str) -> dict[str, Any]:
@@ -83,7 +98,7 @@ async def total(http: httpx2.AsyncClient, user: str) -> int:
 
 # 1. A keyed retry after a transfer replays the first answer; nobody is paid twice.
 async def test_a_keyed_retry_after_a_transfer_replays_the_first_answer(
-    durable_app: Starlette, durable_client: httpx2.AsyncClient, layout: str
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, layout: Layout
 ) -> None:
     fan, a, b, entity = pick(layout, "fan", "a", "b", "character:c")
     await own(durable_client, entity, a)
@@ -102,7 +117,7 @@ async def test_a_keyed_retry_after_a_transfer_replays_the_first_answer(
 
 # 2. One like per fan per entity, whoever owns it now.
 async def test_one_like_per_fan_per_entity_whoever_owns_it(
-    client: httpx2.AsyncClient, layout: str
+    client: httpx2.AsyncClient, layout: Layout
 ) -> None:
     fan, a, b, entity = pick(layout, "fan", "a", "b", "character:c")
     await own(client, entity, a)
@@ -116,7 +131,7 @@ async def test_one_like_per_fan_per_entity_whoever_owns_it(
 
 # 3. Two workers: once a transfer has answered, no award reaches the former owner.
 async def test_no_worker_pays_a_former_owner_once_the_transfer_answered(
-    settings: Settings, clock: ManualClock, layout: str
+    settings: Settings, clock: ManualClock, layout: Layout
 ) -> None:
     fan1, fan2, a, b, entity = pick(layout, "fan", "fan", "a", "b", "character:c")
     async with two_workers(settings, clock) as (one, two):
@@ -151,7 +166,7 @@ async def test_parallel_transfers_leave_one_owner_everywhere(
     durable_app: Starlette,
     durable_client: httpx2.AsyncClient,
     redis_client: redis.Redis,
-    layout: str,
+    layout: Layout,
 ) -> None:
     owners = pick(layout, *[f"o{n}_" for n in range(10)])
     fan, entity = pick(layout, "fan", "character:x")
@@ -179,7 +194,7 @@ async def test_parallel_transfers_leave_one_owner_everywhere(
 
 # 5. A key's scope is (caller, acting user): the same answer whatever the ids hash to.
 async def test_one_service_key_for_two_users_is_two_requests(
-    client: httpx2.AsyncClient, layout: str
+    client: httpx2.AsyncClient, layout: Layout
 ) -> None:
     u1, u2 = pick(layout, "u", "v")
     for user in (u1, u2):
@@ -190,13 +205,14 @@ async def test_one_service_key_for_two_users_is_two_requests(
 
 
 async def test_ids_with_colons_never_share_a_record(
-    client: httpx2.AsyncClient, layout: str
+    client: httpx2.AsyncClient, layout: Layout
 ) -> None:
     # Before, user "x" with key "y:k" and user "x:y" with key "k" both wrote idem:user:x:y:k.
-    [short] = pick("same", "x")
+    [short] = pick(Layout("same", layout.buckets), "x")
     for n in itertools.count():
         long = f"{short}:y{n}"
-        if (bucket_of(long, BUCKETS) == bucket_of(short, BUCKETS)) == (layout == "same"):
+        same = bucket_of(long, layout.buckets) == bucket_of(short, layout.buckets)
+        if same == (layout.kind == "same"):
             break
     tail = long.partition(":")[2]
     for user, key in ((short, f"{tail}:k"), (long, "k")):
@@ -206,7 +222,7 @@ async def test_ids_with_colons_never_share_a_record(
 
 
 # 6. A user token's create_* earns EXP and claims nothing; the service's record stands.
-async def test_only_services_record_ownership(client: httpx2.AsyncClient, layout: str) -> None:
+async def test_only_services_record_ownership(client: httpx2.AsyncClient, layout: Layout) -> None:
     squatter, creator, fan, entity = pick(layout, "sq", "cr", "fan", "character:new")
     create = act("create_character", entity)
     by_user = await client.post(GAIN, json=create, headers=user_headers(squatter))
@@ -218,7 +234,7 @@ async def test_only_services_record_ownership(client: httpx2.AsyncClient, layout
 
 
 # 7. forked pays once per actor per entity.
-async def test_forks_pay_once_per_actor(client: httpx2.AsyncClient, layout: str) -> None:
+async def test_forks_pay_once_per_actor(client: httpx2.AsyncClient, layout: Layout) -> None:
     fan, creator, entity = pick(layout, "fan", "cr", "character:f")
     await own(client, entity, creator)
     codes = [
@@ -232,7 +248,7 @@ async def test_forks_pay_once_per_actor(client: httpx2.AsyncClient, layout: str)
 # 8. A hold is settled only by the kind of credential that created it.
 @pytest.mark.parametrize("creator_is_service", [True, False], ids=["service-hold", "user-hold"])
 async def test_a_hold_is_settled_by_the_credential_kind_that_made_it(
-    client: httpx2.AsyncClient, layout: str, creator_is_service: bool
+    client: httpx2.AsyncClient, layout: Layout, creator_is_service: bool
 ) -> None:
     [user] = pick(layout, "h")
     await subscribe(client, user, "pixel_rookie")

@@ -19,7 +19,7 @@ from counters.clock import ManualClock
 from counters.exp.leaderboard import Period, window
 from counters.redis.keys import bucket_of
 from counters.runtime.services import Services
-from counters.settings import Settings
+from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.persistence import flusher
 
@@ -77,7 +77,7 @@ async def test_periods_turn_over_at_utc_midnight_and_monday(
     assert (week["period_id"], ranking(week)) == ("week:2026W48", [(1, "eve", 15)])
     assert ranking(await board(client, "eve", period="all")) == [(1, "eve", 45)]
     # The ended periods' boards still exist until their clean-up time; nothing reads them.
-    tag = f"ctr:{{b{bucket_of('eve', 16)}}}"
+    tag = f"ctr:{{b{bucket_of('eve', DEFAULT_KEY_BUCKETS)}}}"
     assert redis_client.zscore(f"{tag}:board:day:20261122", "eve") == 30
     assert redis_client.zscore(f"{tag}:board:week:2026W47", "eve") == 30
     # Memory is bounded: day and week boards expire after their period (+ grace), "all" never.
@@ -106,7 +106,9 @@ async def test_every_award_key_shares_the_users_hash_tag(
             call = await services.exp.prepare_award(principal, "daily_chat", None, None)
             keys = msgspec.structs.astuple(call.keys)
             assert len(keys) == 8  # with the bucket record (issue #11)
-            assert {key.split("}")[0] for key in keys} == {f"ctr:{{b{bucket_of(user, 16)}"}
+            assert {key.split("}")[0] for key in keys} == {
+                f"ctr:{{b{bucket_of(user, DEFAULT_KEY_BUCKETS)}"
+            }
     finally:
         await services.close()
 
@@ -180,3 +182,31 @@ async def test_leaderboards_off_write_no_board(
         404, {"detail": "Leaderboards are off on this deployment", "code": "not_found"},
     )  # fmt: skip
     assert redis_client.keys("*board*") == []
+
+
+@pytest.mark.parametrize("key_buckets", [16, 1024])
+async def test_ranks_are_exact_whatever_the_bucket_count(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, key_buckets: int
+) -> None:
+    # Issue #12: the read counts the users above the caller from each bucket's top list where
+    # the list reaches down to them, and asks the others (ZCOUNT). Scores put straight on the
+    # boards (many users, many ties, some buckets fuller than the limit) against brute force.
+    scores = {f"r{n}": (n * 7919) % 37 for n in range(600)}
+    period = window(Period.ALL, NOON, 0).id
+    pipe = redis_client.pipeline(transaction=False)
+    for user, exp in scores.items():
+        tag = f"ctr:{{b{bucket_of(user, key_buckets)}}}"
+        pipe.zadd(f"{tag}:board:{period}", {user: exp})
+    pipe.execute()
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    for reader in ("r0", "r1", "r17", "r599", "nobody"):
+        body = await board(client, reader, period="all", limit=5)
+        expected_top = [
+            (1 + sum(1 for s in scores.values() if s > exp), user, exp) for user, exp in ordered[:5]
+        ]
+        assert ranking(body) == expected_top
+        if reader == "nobody":
+            assert body["me"] is None
+        else:
+            above = sum(1 for s in scores.values() if s > scores[reader])
+            assert body["me"] == {"rank": 1 + above, "user_id": reader, "exp": scores[reader]}

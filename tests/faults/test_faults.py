@@ -25,7 +25,8 @@ import pytest
 import redis.asyncio
 
 from counters.cli.embedded import PostgresServer, RedisServer
-from counters.redis.keys import stream_key
+from counters.redis.keys import LAYOUT_KEY, stream_key
+from counters.settings import DEFAULT_KEY_BUCKETS
 from tests.faults.harness import Load, Serve, check, counters_command, fault_rules, rules_of
 from tests.support.core import JWT_SECRET, SERVICE_KEY
 from tests.support.persistence import run_sync
@@ -245,11 +246,12 @@ async def _pending(stack: Stack) -> int:
     """Entries read by a flusher and not yet acknowledged, over every bucket's stream."""
     client = redis.asyncio.Redis.from_url(stack.env()["COUNTERS_REDIS_URL"])
     try:
-        total = 0
-        for bucket in range(16):
-            summary = await client.xpending(stream_key(bucket), "flusher")
-            total += int(summary["pending"])
-        return total
+        recorded = await client.hget(LAYOUT_KEY, "key_buckets")  # the deployment's count (#12)
+        async with client.pipeline(transaction=False) as pipe:
+            for bucket in range(int(recorded or DEFAULT_KEY_BUCKETS)):
+                pipe.xpending(stream_key(bucket), "flusher")
+            summaries = await pipe.execute()
+        return sum(int(summary["pending"]) for summary in summaries)
     finally:
         await client.aclose()
 

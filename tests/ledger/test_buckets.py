@@ -47,14 +47,17 @@ async def ledger(app: Starlette, user: str) -> list[tuple[str, str]]:
     return [(row["event_id"], row["action"]) for row in rows]
 
 
+@pytest.mark.parametrize("key_buckets", [16, 1024, 16_384])  # /readyz exact (#12)
 async def test_on_an_empty_ledger_every_bucket_is_complete_and_new_users_need_no_postgres(
     durable_app: Starlette,
     durable_client: httpx2.AsyncClient,
     redis_client: redis.Redis,
     postgres_server: PostgresServer,
+    key_buckets: int,
 ) -> None:
     assert await restorer(durable_app).restore_once() == 0
     buckets = services(durable_app).settings.key_buckets
+    assert buckets == key_buckets
     ready = (await durable_client.get("/readyz")).json()
     assert ready["restore"]["complete_buckets"] == ready["restore"]["buckets"] == buckets
     postgres_server.stop()
@@ -71,11 +74,13 @@ async def test_on_an_empty_ledger_every_bucket_is_complete_and_new_users_need_no
     assert (await gain(durable_client, "newbie-3")).status_code == 200  # hydrated alone
 
 
+@pytest.mark.parametrize("key_buckets", [16, 1024, 16_384])  # /readyz exact (#12)
 async def test_after_a_loss_the_restore_refills_every_bucket_from_postgres(
     durable_app: Starlette,
     durable_client: httpx2.AsyncClient,
     redis_client: redis.Redis,
     postgres_server: PostgresServer,
+    key_buckets: int,
 ) -> None:
     users = [f"r-{n}" for n in range(40)]
     for user in users:
@@ -83,6 +88,7 @@ async def test_after_a_loss_the_restore_refills_every_bucket_from_postgres(
     await flusher(durable_app).drain()
     redis_client.flushall()
     buckets = services(durable_app).settings.key_buckets
+    assert buckets == key_buckets
     assert not any(redis_client.exists(meta_key(b)) for b in range(buckets))
 
     assert await restorer(durable_app).restore_once() == 0

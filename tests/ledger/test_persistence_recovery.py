@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from counters.clock import ManualClock
 from counters.redis.keys import UserKeys
+from counters.settings import DEFAULT_KEY_BUCKETS
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, flusher, services
 
@@ -98,7 +99,7 @@ async def test_a_user_nobody_knows_starts_empty(
     durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
 ) -> None:
     assert (await progress(durable_client, "newcomer"))["total_exp"] == 0
-    assert redis_client.hgetall(UserKeys.of("newcomer", 16).user) == {
+    assert redis_client.hgetall(UserKeys.of("newcomer", DEFAULT_KEY_BUCKETS).user) == {
         "exp": "0",
         "level": "1",
         "seq": "0",
@@ -126,7 +127,7 @@ async def test_hydration_never_overwrites_a_user_redis_has(
     await adjust(durable_client, "ann", 5)  # Redis is ahead of Postgres now
     hydrator = services(durable_app).exp._hydrator
     await hydrator.hydrate("ann")
-    assert redis_client.hget(UserKeys.of("ann", 16).user, "exp") == "15"
+    assert redis_client.hget(UserKeys.of("ann", DEFAULT_KEY_BUCKETS).user, "exp") == "15"
 
 
 async def test_entity_owners_survive_the_loss(

@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 
 from counters.clock import ManualClock
 from counters.redis.keys import UserKeys
+from counters.settings import DEFAULT_KEY_BUCKETS
 from persistence.reconcile.reconciler import Reconciler
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, flusher, services, store
@@ -91,7 +92,13 @@ async def test_an_xp_balance_survives_flushall_and_seq_goes_on(
     assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
 
     svc = services(durable_app)
-    reconciler = Reconciler(svc.redis, store(durable_app), svc.scripts, 16, svc.rules.exp.level_for)
+    reconciler = Reconciler(
+        svc.redis,
+        store(durable_app),
+        svc.scripts,
+        svc.settings.key_buckets,
+        svc.rules.exp.level_for,
+    )
     report = await reconciler.run(flusher(durable_app))
     assert (report.users, report.drifted, report.clean) == (1, 0, True)
 
@@ -105,14 +112,15 @@ async def test_xp_drift_is_repaired_toward_the_higher_balance(
                    tier="arcade_artist")  # fmt: skip
     await flusher(durable_app).drain()
     for user, alloc in (("ann", 900), ("bob", 700)):  # Redis's state drifts up, and down
-        key = UserKeys.of(user, 16).user
+        key = UserKeys.of(user, DEFAULT_KEY_BUCKETS).user
         state = json.loads(redis_client.hget(key, "xp") or "{}")
         redis_client.hset(key, "xp", json.dumps({**state, "alloc": alloc}))
 
     svc = services(durable_app)
     found: list[str] = []
     reconciler = Reconciler(
-        svc.redis, store(durable_app), svc.scripts, 16, svc.rules.exp.level_for, repair=True,
+        svc.redis, store(durable_app), svc.scripts, svc.settings.key_buckets,
+        svc.rules.exp.level_for, repair=True,
         on_drift=lambda finding, outcome: found.extend(finding.problems),
     )  # fmt: skip
     report = await reconciler.run(flusher(durable_app))

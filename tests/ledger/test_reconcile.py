@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from counters.cli.main import main
 from counters.redis.keys import UserKeys
-from counters.settings import Settings
+from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from counters.xp.state import XpState
 from persistence.reconcile.reconciler import Reconciler, Report
 from persistence.reconcile.sources import Finding
@@ -40,7 +40,7 @@ async def reconcile(app: Starlette, *, repair: bool = False) -> tuple[Report, li
 
 
 def key(user: str) -> str:
-    return UserKeys.of(user, 16).user
+    return UserKeys.of(user, DEFAULT_KEY_BUCKETS).user
 
 
 async def execute(app: Starlette, sql: str, *args: object) -> None:
@@ -71,7 +71,13 @@ async def test_unflushed_events_are_in_flight_not_drift(
     await adjust(durable_client, "ann", 5)
     await adjust(durable_client, "zed", 5)  # a user only Redis knows so far
     svc = services(durable_app)
-    reconciler = Reconciler(svc.redis, store(durable_app), svc.scripts, 16, svc.rules.exp.level_for)
+    reconciler = Reconciler(
+        svc.redis,
+        store(durable_app),
+        svc.scripts,
+        svc.settings.key_buckets,
+        svc.rules.exp.level_for,
+    )
     report = await reconciler.run(flusher=None)  # no drain first: Redis is ahead
     assert (report.users, report.in_flight, report.drifted) == (6, 2, 0)
 
@@ -138,7 +144,9 @@ async def test_an_empty_xp_state_only_redis_holds_is_repaired_for_real(
 async def test_quarantined_entries_keep_reconcile_failing(
     durable_app: Starlette, users: list[str]
 ) -> None:
-    await services(durable_app).redis.xadd(UserKeys.of("ann", 16).events, {"kind": "garbage"})
+    await services(durable_app).redis.xadd(
+        UserKeys.of("ann", DEFAULT_KEY_BUCKETS).events, {"kind": "garbage"}
+    )
     report, found = await reconcile(durable_app, repair=True)
     assert (found, report.quarantined, report.clean) == ([], 1, False)
 

@@ -133,3 +133,15 @@ async def test_comments_do_not_change_the_version(
     rules_path.write_text("# a comment\n" + rules_path.read_text(), "utf-8")
     assert app.state.rules_reloader.reload() == "unchanged"
     assert await version(http) == old
+
+
+async def test_the_progress_block_follows_a_reload(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path
+) -> None:
+    """The progress blocks kept by total EXP (ExpService.progress) go with the old rules."""
+    before = await http.get("/api/exp/progress", headers=service_headers("u1"))
+    assert before.json()["progress"]["level_name"] == "Newbie"
+    write_rules(rules_path, ('name = "Newbie"', 'name = "Rookie"'))
+    assert app.state.rules_reloader.reload() == "ok"
+    after = await http.get("/api/exp/progress", headers=service_headers("u1"))
+    assert after.json()["progress"] == before.json()["progress"] | {"level_name": "Rookie"}

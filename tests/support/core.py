@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import redis
+
 from counters.auth import issue_token
+from counters.redis.keys import LAYOUT_KEY
 
 JWT_SECRET = "test-secret-for-the-counters-suite-0123456789"
 SERVICE_KEY = "test-service-key-0123456789abcdef"
@@ -27,3 +30,9 @@ def service_headers(user_id: str | None = None, **extra: str) -> dict[str, str]:
 def issue_token_for(user_id: str) -> str:
     """A user token for ``user_id`` signed with the suite's secret."""
     return issue_token(JWT_SECRET, user_id)
+
+
+def data_keys(redis_client: redis.Redis) -> list[str]:
+    """Every key in Redis but the deployment's bucket-count record (``ctr:layout``, written at
+    start: counters/runtime/layout.py): what requests wrote."""
+    return sorted(key for key in redis_client.keys("*") if key != LAYOUT_KEY)

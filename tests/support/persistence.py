@@ -20,7 +20,7 @@ from persistence.store import Store
 T = TypeVar("T")
 TABLES = (
     "ledger, user_totals, entity_owners, ledger_quarantine, webhook_outbox, bucket_runs,"
-    " redis_records, creator_awards, lost_entries"
+    " redis_records, creator_awards, lost_entries, bucket_layout"
 )
 
 

@@ -16,10 +16,10 @@ from api.app import create_app
 from counters.clock import ManualClock
 from counters.redis.keys import UserKeys
 from counters.rules import Rules, load_rules
-from counters.settings import Settings
+from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from tests.support.core import service_headers, user_headers
 
-BUCKETS = 16  # Settings.key_buckets, as the suite's settings fixture leaves it
+BUCKETS = DEFAULT_KEY_BUCKETS  # Settings.key_buckets, as the suite's settings fixture leaves it
 
 # The seed's recommended_tier for a Pixel Rookie who is short of XP.
 ARCADE = {

@@ -1,7 +1,7 @@
 """Every exception the client raises, chosen by the error body's ``code``.
 
 CountersError                 status, code, detail and the whole body
-├── Unavailable               the service did not answer, or 503 (code storage_unavailable)
+├── Unavailable               no answer, or 503 (storage_unavailable, outcome_unknown)
 ├── Unauthorized              401 unauthorized
 ├── Forbidden                 403 forbidden
 ├── NotFound                  404 not_found
@@ -119,6 +119,7 @@ class Conflict(CountersError):
 
 BY_CODE: dict[str, type[CountersError]] = {
     "storage_unavailable": Unavailable,
+    "outcome_unknown": Unavailable,  # retried with the same Idempotency-Key, as every 503
     "unauthorized": Unauthorized,
     "forbidden": Forbidden,
     "not_found": NotFound,
