@@ -37,14 +37,14 @@ def _age(now: tuple[Any, Any], firsts: Sequence[Any]) -> float:
 
 
 async def _look(redis: Redis, streams: Sequence[str]) -> tuple[list[int], list[Any], Any]:
-    """Each stream's length and first entry, and Redis's clock, in one round trip."""
+    """Each stream's length and first entry (one round trip), and Redis's clock (TIME on its
+    own: a Redis Cluster pipeline takes only commands with a key)."""
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.xlen(stream)
             pipe.xrange(stream, count=1)
-        pipe.time()
         replies = await pipe.execute()
-    return [int(n) for n in replies[0:-1:2]], replies[1:-1:2], replies[-1]
+    return [int(n) for n in replies[0::2]], replies[1::2], await redis.time()
 
 
 async def exact_lag(redis: Redis, streams: Sequence[str], send_many: SendMany | None = None) -> Lag:
@@ -76,10 +76,10 @@ class LagProbe:
         self._active: dict[str, tuple[int, Any]] = {}  # stream -> (length, first entry)
 
     async def refresh(self) -> Lag:
-        """One look (one round trip); the lag over what is known. Active streams give their
-        length and first entry; the slice of idle ones only its length (a stream found filling
-        becomes active: its oldest entry is read from the next refresh on). Raises
-        ``RedisError``."""
+        """One look (two round trips: the streams, then TIME); the lag over what is known.
+        Active streams give their length and first entry; the slice of idle ones only its
+        length (a stream found filling becomes active: its oldest entry is read from the next
+        refresh on). Raises ``RedisError``."""
         active = list(self._active)
         idle: list[str] = []
         for _ in range(min(self._slice, len(self._streams))):
@@ -93,8 +93,9 @@ class LagProbe:
                 pipe.xrange(stream, count=1)
             for stream in idle:
                 pipe.xlen(stream)
-            pipe.time()
             replies = await pipe.execute()
+        # TIME on its own: a Redis Cluster pipeline takes only commands with a key.
+        now = await self._redis.time()
         looked = 2 * len(active)
         for stream, length, first in zip(
             active, replies[0:looked:2], replies[1:looked:2], strict=True
@@ -103,8 +104,8 @@ class LagProbe:
                 self._active[stream] = (int(length), first)
             else:
                 del self._active[stream]
-        for stream, length in zip(idle, replies[looked:-1], strict=True):
+        for stream, length in zip(idle, replies[looked:], strict=True):
             if int(length):
                 self._active[stream] = (int(length), [])  # its oldest entry: next refresh
         known = self._active.values()
-        return Lag(sum(n for n, _ in known), _age(replies[-1], [first for _, first in known]))
+        return Lag(sum(n for n, _ in known), _age(now, [first for _, first in known]))
