@@ -25,6 +25,7 @@ from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.redis.cluster import slot_of
 from counters.redis.keys import bucket_of, bucket_tag
+from counters.settings import DEFAULT_KEY_BUCKETS
 from tests.faults.harness import Load, Serve, check, counters_command, fault_rules, rules_of
 from tests.faults.test_faults import _create_database
 from tests.support.core import JWT_SECRET, SERVICE_KEY
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.anyio
 
 LOAD_SECONDS = 1.0
 PROMPT = 2.0  # no answer may take longer (Redis timeout 0.5 s per node)
-BUCKETS = 16  # the default COUNTERS_KEY_BUCKETS
+BUCKETS = DEFAULT_KEY_BUCKETS  # serve runs with the default; said explicitly in env()
 
 
 @dataclass
@@ -51,6 +52,7 @@ class ClusterStack:
     def env(self, **extra: str) -> dict[str, str]:
         base = {
             "COUNTERS_REDIS_URL": self.cluster.url,
+            "COUNTERS_KEY_BUCKETS": str(BUCKETS),
             "COUNTERS_DATABASE_URL": self.direct_db,
             "COUNTERS_JWT_SECRET": JWT_SECRET,
             "COUNTERS_SERVICE_KEYS": SERVICE_KEY,
