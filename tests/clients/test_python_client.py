@@ -9,6 +9,8 @@ import importlib.util
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -19,9 +21,13 @@ from counters.cli.embedded import free_port
 from counters.xp import guidance as server_guidance
 from counters_client import (
     AsyncCountersClient,
+    BadResponse,
     CountersClient,
+    CountersError,
     DailyLimitReached,
+    IdempotencyKeyReused,
     InsufficientXp,
+    NotFound,
     SelfAction,
     TierRequired,
     Unauthorized,
@@ -126,6 +132,137 @@ async def test_a_stalled_service_costs_a_call_its_deadline_not_every_retry() -> 
         AsyncCountersClient(url, service_key="k", timeout=2.0, deadline=1.0)
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    """A local HTTP server that answers with ``handler``'s bytes, as a broken or hostile one
+    would: the URL to give a client."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def dripping(where: str, requests: list[bytes]) -> Handler:
+    """A server that sends the status line, then the rest of the headers (``where`` "headers")
+    or the body (``where`` "body", after whole headers) one byte every 0.1 s, each byte well
+    inside the client's per-read timeout. It stops when the client hangs up (or after 60 s)."""
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        if where == "body":
+            head += b"Content-Length: 4000\r\n\r\n"
+        writer.write(head)
+        try:
+            for _ in range(600):
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b"x" if where == "headers" else b" ")
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return drip
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+async def test_a_trickling_reply_costs_a_call_its_deadline(where: str) -> None:
+    """H2: httpx2's timeouts are per read, so a reply that trickles in one byte at a time, each
+    inside the timeout, kept ``debit()`` 13 s past a 3 s deadline. Now the deadline bounds the
+    whole attempt, reading included, in both clients, and a deadline passed mid-read is
+    ``Unavailable``, never a raw exception. (Without it this reply lasts 60 s.)"""
+    requests: list[bytes] = []
+    options = {"service_key": "k", "timeout": 0.5, "retries": 3, "backoff": 0.01, "deadline": 1.0}
+    async with raw_server(dripping(where, requests)) as url:
+        async with AsyncCountersClient(url, **options) as client:  # type: ignore[arg-type]
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as late:
+                await client.debit("NEW_IMAGE", user_id="u1")
+            async_elapsed = time.monotonic() - started
+
+        def sync_debit() -> Unavailable:
+            with CountersClient(url, **options) as client:  # type: ignore[arg-type]
+                try:
+                    client.debit("NEW_IMAGE", user_id="u1")
+                except Unavailable as exc:
+                    return exc
+            raise AssertionError("the debit of a dripped reply succeeded")
+
+        started = time.monotonic()
+        sync_late = await asyncio.to_thread(sync_debit)
+        sync_elapsed = time.monotonic() - started
+    for error in (late.value, sync_late):
+        assert (error.code, error.status) == ("unavailable", 0), error
+        assert error.idempotency_key and error.idempotency_key.startswith("cc-")
+    assert 2 <= len(requests) <= 4, requests  # one attempt each: the deadline left no retry
+    assert async_elapsed < 10 and sync_elapsed < 10  # generous: the point is 1 s, not 60 s
+
+
+def answering(status: int, body: bytes) -> Handler:
+    """A server that answers every request ``status`` with ``body`` (JSON), then hangs up."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+             if line.startswith(b"content-length:")), 0,
+        )  # fmt: skip
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    return answer
+
+
+async def test_a_2xx_body_that_does_not_decode_is_a_counters_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """M2: a 200 whose body is not the result's shape raised msgspec's errors, even from the
+    calls documented never to raise. It is ``BadResponse`` now: fail-open awards answer None
+    (a warning), the XP check answers not sufficient, a debit raises a ``CountersError``."""
+    async with raw_server(answering(200, b'{"awarded_to": 5}')) as url:
+        async with AsyncCountersClient(url, service_key="k") as client:
+            with caplog.at_level(logging.WARNING, "counters_client"):
+                assert await client.award_exp_with_limits("u1", "daily_chat") is None
+            assert "no EXP for daily_chat by u1" in caplog.text
+            check = await client.check_xp_availability("u1", "NEW_IMAGE")
+            assert (check["has_sufficient_xp"], check["code"]) == (False, "bad_response")
+            with pytest.raises(BadResponse) as bad:
+                await client.debit("NEW_IMAGE", user_id="u1")
+
+        def sync_calls() -> BadResponse:  # in a thread: the server runs on this event loop
+            with CountersClient(url, service_key="k") as sync_client:
+                assert sync_client.award_exp_with_limits("u1", "daily_chat") is None
+                check = sync_client.check_xp_availability("u1", "NEW_IMAGE")
+                assert check["code"] == "bad_response"
+                with pytest.raises(BadResponse) as sync_bad:
+                    sync_client.balance("u1")
+                return sync_bad.value
+
+        sync_bad = await asyncio.to_thread(sync_calls)
+    assert isinstance(bad.value, CountersError)
+    assert (bad.value.status, bad.value.code) == (200, "bad_response")
+    assert "Expected `object`" in bad.value.detail or "Object missing" in bad.value.detail
+    assert bad.value.idempotency_key and bad.value.idempotency_key.startswith("cc-")
+    assert (sync_bad.code, sync_bad.idempotency_key) == ("bad_response", None)
+    async with (
+        raw_server(answering(200, b"not json")) as url,
+        AsyncCountersClient(url, service_key="k") as client,
+    ):
+        with pytest.raises(BadResponse, match="does not decode"):
+            await client.debit("NEW_IMAGE", user_id="u1")
+
+
 async def test_a_refused_service_key_is_raised_even_by_fail_open_awards(live_url: str) -> None:
     """A bad service key is the deployment's mistake, not an outage: swallowed like one, every
     award would be lost with only a warning in a log."""
@@ -145,6 +282,7 @@ class LoseFirstAnswer(httpx2.AsyncBaseTransport):
     def __init__(self) -> None:
         self.inner = httpx2.AsyncHTTPTransport()
         self.sent: list[httpx2.Request] = []
+        self.answered: list[httpx2.Response] = []  # the answers that were not lost
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.sent.append(request)
@@ -152,6 +290,7 @@ class LoseFirstAnswer(httpx2.AsyncBaseTransport):
         if len(self.sent) == 1:
             await response.aread()
             raise httpx2.ReadTimeout("answer lost", request=request)
+        self.answered.append(response)
         return response
 
     async def aclose(self) -> None:
@@ -171,6 +310,34 @@ async def test_a_retried_debit_is_applied_once(live_url: str, redis_url: str) ->
         assert len(keys) == 2 and keys[0] == keys[1]  # one key for both attempts
         assert debit.xp_balance == 600 - 12
         assert (await client.balance(user)).xp_balance == 600 - 12  # applied once
+
+
+async def test_a_write_that_failed_carries_its_key_and_a_retry_with_it_replays(
+    live_url: str, counters: AsyncCountersClient
+) -> None:
+    """M3: a write whose outcome is unknown (here: applied, its answer lost, no retries left)
+    raises ``Unavailable``; the key the client made for it is on the exception, and the
+    caller's retry with it is replayed, not applied twice."""
+    user = new_user()
+    await counters.set_subscription(user, "pixel_rookie")
+    transport = LoseFirstAnswer()
+    async with AsyncCountersClient(
+        live_url, service_key=SERVICE_KEY, transport=transport, retries=0
+    ) as client:
+        with pytest.raises(Unavailable) as lost:
+            await client.debit("NEW_IMAGE", user_id=user)
+        key = lost.value.idempotency_key
+        assert key and key == transport.sent[0].headers["idempotency-key"]
+        debit = await client.debit("NEW_IMAGE", user_id=user, idempotency_key=key)
+        assert transport.answered[-1].headers.get("idempotent-replayed") == "true"
+        assert debit.xp_balance == 600 - 12
+        assert (await client.balance(user)).xp_balance == 600 - 12  # applied once
+        with pytest.raises(IdempotencyKeyReused) as reused:  # the caller's own key is kept too
+            await client.debit("EDIT_IMAGE", user_id=user, idempotency_key=key)
+        assert reused.value.idempotency_key == key
+        with pytest.raises(NotFound) as read:  # a read sends no key
+            await client.check_xp("NO_SUCH_TYPE", user_id=user)
+        assert read.value.idempotency_key is None
 
 
 async def test_insufficient_xp_carries_the_numbers(counters: AsyncCountersClient) -> None:

@@ -18,6 +18,7 @@ from counters_client.client import AsyncCountersClient, CountersClient
 from counters_client.errors import (
     AlreadyOwned,
     AlreadyTriggered,
+    BadResponse,
     Conflict,
     CountersError,
     DailyCapReached,
@@ -40,6 +41,7 @@ __all__ = [
     "AlreadyOwned",
     "AlreadyTriggered",
     "AsyncCountersClient",
+    "BadResponse",
     "Conflict",
     "CountersClient",
     "CountersError",

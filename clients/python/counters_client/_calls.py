@@ -3,6 +3,7 @@ the async and the sync client, which differ only in how they wait."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -13,7 +14,14 @@ from urllib.parse import quote
 import httpx2
 import msgspec
 
-from counters_client.errors import CountersError, Forbidden, Unauthorized, Unavailable, error_for
+from counters_client.errors import (
+    BadResponse,
+    CountersError,
+    Forbidden,
+    Unauthorized,
+    Unavailable,
+    error_for,
+)
 from counters_client.types import (
     Award,
     Balance,
@@ -87,7 +95,16 @@ class Budget:
 
     def attempt_timeout(self) -> float:
         """Seconds the next attempt may wait for its answer."""
-        return max(min(self.options.timeout, self.end - time.monotonic()), MIN_ATTEMPT_SECONDS)
+        return max(min(self.options.timeout, self.left()), MIN_ATTEMPT_SECONDS)
+
+    def left(self) -> float:
+        """Seconds left of the deadline (negative once it passed)."""
+        return self.end - time.monotonic()
+
+    def check(self, request: httpx2.Request) -> None:
+        """Raise ``httpx2.ReadTimeout`` once the deadline passed (between a reply's chunks)."""
+        if self.left() <= 0:
+            raise httpx2.ReadTimeout("the call's deadline passed while reading", request=request)
 
     def retry_after(
         self, attempt: int, error: BaseException | None, status: int | None
@@ -134,22 +151,40 @@ def backoff_seconds(options: Options, attempt: int) -> float:
     return float(options.backoff * (2**attempt))
 
 
-def result_of(call: Call[T], response: httpx2.Response) -> T:
-    """The typed result of a 2xx answer, or the exception its ``code`` names."""
-    if response.status_code < 300:
-        decoded: T = msgspec.json.decode(response.content, type=call.result)
+def result_of(call: Call[T], key: str | None, response: httpx2.Response, content: bytes) -> T:
+    """The typed result of a 2xx answer (``content``: its whole body), or the exception its
+    ``code`` names; a 2xx body that does not decode to the result type is ``BadResponse``.
+    Every exception carries ``key``, the Idempotency-Key the attempts sent (None: a read)."""
+    status = response.status_code
+    if status < 300:
+        try:
+            decoded: T = msgspec.json.decode(content, type=call.result)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            detail = f"{call.method} {call.path}: {status} body does not decode: {exc}"
+            raise keyed(BadResponse(status, "bad_response", detail, {}), key) from exc
         return decoded
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
-        body = {"detail": response.text}
-    raise error_for(response.status_code, body, response.headers.get("retry-after"))
+        body = {"detail": content.decode("utf-8", "replace")}
+    raise keyed(error_for(status, body, response.headers.get("retry-after")), key)
 
 
-def unreachable(call: Call[Any], error: BaseException) -> Unavailable:
-    """The exception for a call that got no answer after its retries."""
+def unreachable(call: Call[Any], key: str | None, error: BaseException) -> Unavailable:
+    """The exception for a call that got no (whole) answer after its retries, or whose
+    deadline passed while an answer was still arriving."""
     detail = f"{call.method} {call.path}: {type(error).__name__}: {error}"
-    return Unavailable(0, "unavailable", detail, {})
+    return keyed(Unavailable(0, "unavailable", detail, {}), key)
+
+
+E = TypeVar("E", bound=CountersError)
+
+
+def keyed(error: E, key: str | None) -> E:
+    """``error`` carrying the Idempotency-Key its call's attempts sent, so that the caller can
+    retry the write with it (an ``outcome_unknown``, an ``Unavailable``)."""
+    error.idempotency_key = key
+    return error
 
 
 def fallback_check(
@@ -194,8 +229,9 @@ def fails_loudly(error: CountersError) -> bool:
 
 
 def log_unawarded(action: str, user_id: str | None, error: CountersError) -> None:
-    """An award that failed open: refusals are routine (debug), outages are warnings."""
-    level = logging.WARNING if isinstance(error, Unavailable) else logging.DEBUG
+    """An award that failed open: refusals are routine (debug), outages and answers that do
+    not decode are warnings."""
+    level = logging.WARNING if isinstance(error, Unavailable | BadResponse) else logging.DEBUG
     log.log(level, "no EXP for %s by %s: %s", action, user_id, error)
 
 

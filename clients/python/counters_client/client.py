@@ -2,8 +2,14 @@
 pooled keep-alive ``httpx2`` client.
 
 - Timeouts on every attempt (``timeout`` seconds, default 2) and a deadline on every call
-  (``deadline`` seconds, default 3, attempts and backoff included): a stalled service costs a
-  caller at most ``deadline``.
+  (``deadline`` seconds, default 3, attempts, backoff and reading the answer included): a
+  stalled service, or one whose answer trickles in a byte at a time, costs a caller at most
+  ``deadline`` (then ``Unavailable``). The async client bounds each attempt with
+  ``asyncio.timeout``; the sync one cuts each socket wait to what is left (``_deadline``).
+- Every exception of a write call carries the ``idempotency_key`` its attempts sent: a write
+  whose outcome is unknown can be retried with it, and is applied at most once.
+- A 2xx body that does not decode to the result raises ``BadResponse`` (a ``CountersError``),
+  so the fail-open calls below stay fail-open.
 - Retries (``retries``, default 2, exponential ``backoff``) when no answer came or the service
   said 502/503/504, while the deadline leaves time for another attempt. Writes are retried
   too: each write call carries one ``Idempotency-Key`` (yours, or one made for the call) on
@@ -29,6 +35,7 @@ from typing import TypeVar
 import httpx2
 
 from counters_client._calls import (
+    MIN_ATTEMPT_SECONDS,
     Budget,
     Call,
     Calls,
@@ -44,6 +51,7 @@ from counters_client._calls import (
     result_of,
     unreachable,
 )
+from counters_client._deadline import DEADLINE, deadline_transport
 from counters_client.errors import CountersError
 from counters_client.types import (
     Award,
@@ -130,18 +138,23 @@ class AsyncCountersClient:
         attempt = 0
         while True:
             try:
-                response = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=headers,
-                    timeout=budget.attempt_timeout(),
-                )  # fmt: skip
+                # The whole attempt, reading included, ends by the deadline: httpx2's timeout
+                # is per read, and a reply that trickles in would outlast it (H2).
+                async with asyncio.timeout(max(budget.left(), MIN_ATTEMPT_SECONDS)):
+                    response = await self._http.request(
+                        call.method, call.path, json=call.json, params=call.params,
+                        headers=headers, timeout=budget.attempt_timeout(),
+                    )  # fmt: skip
             except httpx2.TransportError as exc:
                 pause = budget.retry_after(attempt, exc, None)
                 if pause is None:
-                    raise unreachable(call, exc) from exc
+                    raise unreachable(call, key, exc) from exc
+            except TimeoutError as exc:  # the deadline passed mid-attempt: no time for another
+                raise unreachable(call, key, exc) from exc
             else:
                 pause = budget.retry_after(attempt, None, response.status_code)
                 if pause is None:
-                    return result_of(call, response)
+                    return result_of(call, key, response, response.content)
             await asyncio.sleep(pause)
             attempt += 1
 
@@ -307,8 +320,9 @@ class CountersClient:
         self.options = _options(base_url, service_key, token, timeout, retries, backoff,
                                 exp_fail_open, deadline)  # fmt: skip
         self._http = httpx2.Client(
-            base_url=self.options.base_url, timeout=timeout, limits=_LIMITS, transport=transport
-        )
+            base_url=self.options.base_url, timeout=timeout,
+            transport=deadline_transport(_LIMITS) if transport is None else transport,
+        )  # fmt: skip
         self._tables: tuple[dict[str, Tier], dict[str, Cost]] | None = None
 
     def __enter__(self) -> CountersClient:
@@ -327,23 +341,45 @@ class CountersClient:
         key = idempotency_key(call)
         headers = headers_for(self.options, call, key)
         budget = Budget(self.options)
-        attempt = 0
-        while True:
-            try:
-                response = self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=headers,
-                    timeout=budget.attempt_timeout(),
-                )  # fmt: skip
-            except httpx2.TransportError as exc:
-                pause = budget.retry_after(attempt, exc, None)
-                if pause is None:
-                    raise unreachable(call, exc) from exc
-            else:
-                pause = budget.retry_after(attempt, None, response.status_code)
-                if pause is None:
-                    return result_of(call, response)
-            time.sleep(pause)
-            attempt += 1
+        in_call = DEADLINE.set(budget.end)  # every socket wait of this thread ends by it (H2)
+        try:
+            attempt = 0
+            while True:
+                try:
+                    response, content = self._attempt(call, headers, budget)
+                except httpx2.TransportError as exc:
+                    pause = budget.retry_after(attempt, exc, None)
+                    if pause is None:
+                        raise unreachable(call, key, exc) from exc
+                else:
+                    pause = budget.retry_after(attempt, None, response.status_code)
+                    if pause is None:
+                        return result_of(call, key, response, content)
+                time.sleep(pause)
+                attempt += 1
+        finally:
+            DEADLINE.reset(in_call)
+
+    def _attempt(
+        self, call: Call[T], headers: dict[str, str], budget: Budget
+    ) -> tuple[httpx2.Response, bytes]:
+        """One attempt: the answer and its whole body, streamed so that the deadline is checked
+        between the body's chunks too (a transport of the caller's reads without
+        ``DeadlineBackend``); raises ``httpx2.TransportError`` (``ReadTimeout`` once the
+        deadline passed)."""
+        request = self._http.build_request(
+            call.method, call.path, json=call.json, params=call.params, headers=headers,
+            timeout=budget.attempt_timeout(),
+        )  # fmt: skip
+        response = self._http.send(request, stream=True)
+        try:
+            chunks = []
+            for chunk in response.iter_bytes():
+                budget.check(request)
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return response, b"".join(chunks)
 
     def award(
         self,

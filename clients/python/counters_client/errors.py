@@ -1,7 +1,8 @@
 """Every exception the client raises, chosen by the error body's ``code``.
 
-CountersError                 status, code, detail and the whole body
+CountersError                 status, code, detail, the whole body, idempotency_key
 ├── Unavailable               no answer, or 503 (storage_unavailable, outcome_unknown)
+├── BadResponse               a 2xx whose body is not the result's shape (bad_response)
 ├── Unauthorized              401 unauthorized
 ├── Forbidden                 403 forbidden
 ├── NotFound                  404 not_found
@@ -25,7 +26,13 @@ from typing import Any
 
 
 class CountersError(Exception):
-    """An error answer (or no answer) from the service."""
+    """An error answer (or no answer) from the service: ``status`` (the HTTP status; 0 when
+    no answer came), ``code`` (the body's ``code``; branch on it), ``detail`` (for people),
+    ``body`` (the whole error body), ``retry_after`` (seconds, from ``Retry-After``) and
+    ``idempotency_key``: the Idempotency-Key every attempt of a write call sent (the caller's,
+    or the one the client made for the call), None for a read. A write whose outcome is not
+    known (``Unavailable``: ``outcome_unknown``, or no answer after the retries) may be retried
+    with that key: the service applies it at most once and replays the first answer."""
 
     def __init__(self, status: int, code: str, detail: str, body: dict[str, Any]) -> None:
         super().__init__(f"{status} {code}: {detail}")
@@ -34,10 +41,17 @@ class CountersError(Exception):
         self.detail = detail
         self.body = body
         self.retry_after: int | None = None
+        self.idempotency_key: str | None = None
 
 
 class Unavailable(CountersError):
     """The service could not be reached, timed out, or said its storage is down (retry)."""
+
+
+class BadResponse(CountersError):
+    """A 2xx answer whose body does not decode to the call's result (``code`` "bad_response",
+    ``status`` the answer's, ``detail`` names the decode error): a server that is not this
+    service, or a broken proxy. Whether a write it answered was applied is not known."""
 
 
 class Unauthorized(CountersError):
