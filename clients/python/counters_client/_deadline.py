@@ -98,15 +98,17 @@ class DeadlineBackend(httpcore2.NetworkBackend):
         self.inner.sleep(seconds)
 
 
-def deadline_transport(limits: httpx2.Limits) -> httpx2.HTTPTransport:
-    """httpx2's transport reading through ``DeadlineBackend``. httpx2 has no parameter for a
-    network backend, so it is set on the transport's httpcore2 pool (``_pool``); should a
-    later httpx2 lay that out otherwise, the transport is left as it is and the sync client
-    still checks the deadline between the body's chunks
-    (tests/clients/test_python_client.py::test_a_trickling_reply_costs_a_call_its_deadline
-    fails then for replies that trickle their headers)."""
-    transport = httpx2.HTTPTransport(limits=limits)
+def read_by_deadlines(http: httpx2.Client) -> None:
+    """Make ``http``'s own connections read through ``DeadlineBackend``. httpx2 has no
+    parameter for a network backend, so it is set on the httpcore2 pool of the client's
+    default transport (``_transport._pool``; the client is otherwise built as before: limits,
+    proxies from the environment). A transport of the caller's, or a later httpx2 that lays
+    this out otherwise, is left as it is: the sync client still checks the deadline between
+    the body's chunks, and tests/clients/test_python_client.py::
+    test_a_trickling_reply_costs_a_call_its_deadline[headers] fails for the latter."""
+    transport = getattr(http, "_transport", None)
     pool = getattr(transport, "_pool", None)
-    if isinstance(pool, httpcore2.ConnectionPool) and hasattr(pool, "_network_backend"):
-        pool._network_backend = DeadlineBackend(pool._network_backend)
-    return transport
+    if isinstance(transport, httpx2.HTTPTransport) and isinstance(pool, httpcore2.ConnectionPool):
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore2.NetworkBackend):
+            pool._network_backend = DeadlineBackend(backend)

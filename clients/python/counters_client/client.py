@@ -51,7 +51,7 @@ from counters_client._calls import (
     result_of,
     unreachable,
 )
-from counters_client._deadline import DEADLINE, deadline_transport
+from counters_client._deadline import DEADLINE, read_by_deadlines
 from counters_client.errors import CountersError
 from counters_client.types import (
     Award,
@@ -320,9 +320,9 @@ class CountersClient:
         self.options = _options(base_url, service_key, token, timeout, retries, backoff,
                                 exp_fail_open, deadline)  # fmt: skip
         self._http = httpx2.Client(
-            base_url=self.options.base_url, timeout=timeout,
-            transport=deadline_transport(_LIMITS) if transport is None else transport,
-        )  # fmt: skip
+            base_url=self.options.base_url, timeout=timeout, limits=_LIMITS, transport=transport
+        )
+        read_by_deadlines(self._http)
         self._tables: tuple[dict[str, Tier], dict[str, Cost]] | None = None
 
     def __enter__(self) -> CountersClient:
