@@ -159,7 +159,8 @@ async def test_a_ledger_that_recorded_another_count_after_start_is_never_flushed
     settings: Settings, database_url: str
 ) -> None:
     # Postgres was down (or not migrated) when this process settled its count at 16; it had
-    # recorded 32. Once the migrations apply, the check stops the flusher and /readyz says why.
+    # recorded 32. Once the migrations apply, the check stops the flusher, /readyz says why and
+    # writes are refused.
     record_in_ledger(database_url, 32)
     durability = await Durability.open(replace(given(settings, 16), database_url=database_url))
     try:
@@ -167,6 +168,11 @@ async def test_a_ledger_that_recorded_another_count_after_start_is_never_flushed
         assert not durability.schema_ready and durability._task is None  # no flusher
         why = durability.stall(None)
         assert why is not None and "16 buckets but Postgres recorded 32" in why
+        # Writes are refused (503) instead of piling up events no flusher will ever ledger,
+        # and a later lag refresh does not lift the refusal.
+        refusal = durability.write_refusal
+        assert refusal is not None and "could never be ledgered" in str(refusal)
+        assert durability.layout_refusal is refusal
     finally:
         await durability.close()
 
