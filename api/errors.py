@@ -169,7 +169,10 @@ def error_reply(exc: Exception, route: str) -> Reply:
     if isinstance(exc, StorageError):
         count_store_error(exc)
         log.error("storage unavailable: %s", exc)
-        return storage_reply(isinstance(exc, OutcomeUnknown))
+        # A read changes nothing: its timed-out command is plain unavailability, never "the
+        # change may have been applied".
+        reads = route.startswith(("GET ", "HEAD "))
+        return storage_reply(isinstance(exc, OutcomeUnknown) and not reads)
     if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         return exc.status_code, error_body(exc.detail, code), dict(exc.headers or {})

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from counters.errors import StorageError
 from counters.redis.calls import CompleteBucket, MetaKey
 from counters.redis.codes import CompleteOutcome
-from counters.redis.keys import bucket_of, meta_key
+from counters.redis.keys import LAYOUT_FIELD, LAYOUT_KEY, bucket_of, meta_key
 from counters.redis.scripts import Scripts
 from persistence.recovery import PostgresHydrator
 from persistence.store import Store
@@ -73,6 +73,9 @@ class BucketRestore:
         self.progress.complete = self._buckets - len(incomplete)
         if not incomplete:
             return 0
+        # Redis lost buckets, so maybe the deployment's bucket count too: record it again, or
+        # the next start would depend on Postgres answering (counters/runtime/layout.py).
+        await self._scripts.send_many([("HSETNX", LAYOUT_KEY, LAYOUT_FIELD, str(self._buckets))])
         await self._store.forget_expired_records(int(self._hydrator.now() * 1000))
         order = list(incomplete)  # runs read first: the barrier of each, then the one read
         for start in range(0, len(order), _BATCH):  # after a loss: every bucket, in batches

@@ -36,7 +36,7 @@ from counters.settings import Settings
 from persistence.migrate import migrate_url
 from persistence.reconcile.reconciler import Reconciler, Report
 from persistence.reconcile.sources import Finding, known_users
-from persistence.store import Store
+from persistence.store import DRIVER_ERRORS, Store
 
 EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -182,6 +182,35 @@ def flush(burst: bool) -> None:
         check_redis(settings.redis_url)
         total = asyncio.run(_flush(settings, burst))
     click.echo(f"flushed {total} events")
+
+
+def check_buckets(settings: Settings) -> None:
+    """The deployment's recorded bucket count against the setting, before ``serve`` starts its
+    workers: a contradiction is a one-line ``CommandError`` (exit 2), as for ``flush``, not a
+    traceback from every worker's start-up. A Postgres that does not answer is skipped here;
+    the workers check it when it answers (counters/runtime/layout.py)."""
+
+    async def check() -> None:
+        assert settings.redis_url is not None
+        redis = connect_redis(settings.redis_url, 1)
+        store: Store | None = None
+        try:
+            if settings.database_url is not None:
+                try:
+                    async with asyncio.timeout(5):
+                        store = await Store.open(settings.database_url)
+                except DRIVER_ERRORS:
+                    store = None
+            await settle_buckets(settings, redis, store)
+        finally:
+            await redis.aclose()
+            if store is not None:
+                await store.close()
+
+    try:
+        asyncio.run(check())
+    except CountersError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 async def _flush(settings: Settings, burst: bool) -> int:

@@ -24,6 +24,7 @@ from counters.cli import supervisor
 from counters.cli.commands import (
     CommandError,
     apply_migrations,
+    check_buckets,
     check_redis,
     flush,
     load_settings,
@@ -131,6 +132,7 @@ def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack) -> None:
         # migrations in the background once Postgres answers (counters/runtime/durability.py).
         click.echo(f"{exc.message}: serving from Redis; migrations retried in the background")
     check_redis(settings.redis_url)
+    check_buckets(settings)  # a contradicting COUNTERS_KEY_BUCKETS: one line, exit 2
     env = {
         "COUNTERS_REDIS_URL": settings.redis_url,
         "COUNTERS_DATABASE_URL": settings.database_url,

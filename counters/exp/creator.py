@@ -39,9 +39,10 @@ from counters.exp.types import AwardCall, AwardResult
 from counters.redis.calls import (
     CreatorAward,
     CreatorAwardKeys,
-    IdemKey,
     OnceKey,
+    RecallKeys,
     RecallRequest,
+    RememberKeys,
     RememberRequest,
     ReserveCreatorAward,
     ReserveKeys,
@@ -110,6 +111,10 @@ class CreatorAwards:
         # entity "<type>:<id>" -> the owner B last reserved for: whom the one-script shortcut
         # expects (a hint only: lua/creator_award.lua checks it atomically). Off: the chain only.
         self._owners: dict[str, str] | None = {} if shortcut else None
+        # Whenever an owner record comes back from Postgres (a like, a fork, a claim or a
+        # transfer after a Redis loss), who already triggered the entity's once-per-actor
+        # actions comes back with it, before anything else writes the entity.
+        entities.after_restore = self._restore_once
 
     async def award(
         self, actor: str, action_name: str, action: Action, target: Target, idem: Idempotency | None
@@ -126,8 +131,13 @@ class CreatorAwards:
             result, settle = await self._reserve_and_pay(award, secrets.token_hex(16), _UNKEYED, "")
             await settle  # D
             return result
-        record = UserKeys.of(actor, self._buckets).idempotency(idem.caller, idem.key)
-        stored = await self._scripts.run(IdemKey(record), RecallRequest(idem.fingerprint))  # A
+        acting = UserKeys.of(actor, self._buckets)
+        record = acting.idempotency(idem.caller, idem.key)
+        stored = await self._exp.run_hydrated(  # A (after a loss, the actor's records first)
+            actor,
+            RecallKeys(record, acting.user, acting.meta),
+            RecallRequest(idem.fingerprint, self._exp.may_create),
+        )
         reject_reused_key(int(stored[0]))
         if stored[0] != _NO_RECORD:
             call = self._call(award, str(stored[9]), "", "")
@@ -139,8 +149,13 @@ class CreatorAwards:
             result.previous_level, result.daily_exp_gained, result.action_count, 0, 0,
             result.awarded_to,
         ]  # fmt: skip
-        remember = RememberRequest(idem.fingerprint, self._idempotency_ttl, json.dumps(reply))
-        await asyncio.gather(settle, self._scripts.run(IdemKey(record), remember))  # D, E
+        remember = RememberRequest(
+            idem.fingerprint, self._idempotency_ttl, json.dumps(reply),
+            ledger="0" if self._exp.may_create == "1" else "1", scope=actor,
+            now_ms=int(self._exp.clock.now() * 1000),
+        )  # fmt: skip
+        keys = RememberKeys(record, acting.events, acting.meta)
+        await asyncio.gather(settle, self._scripts.run(keys, remember))  # D, E
         return result
 
     async def _shortcut(self, award: _Award) -> AwardResult | None:
@@ -206,9 +221,8 @@ class CreatorAwards:
             )
             owner, code = str(owner), int(code)
             if code == _NEEDS_OWNER_RESTORE:
-                if not await self._entities.restore(award.target):
+                if not await self._entities.restore(award.target):  # with its once-records
                     break
-                await self._restore_once(award.target)
                 may_create = "1"
             elif code == _NO_OWNER:
                 break

@@ -9,8 +9,10 @@ no worker pays the former owner.
 
 Only services record or transfer ownership (``ExpService`` checks the credential; issue #10,
 item 6). When Redis has no record (a new entity, or Redis lost it) and a durable store is
-configured, the record is restored from Postgres first, with its version, then the claim or the
-award runs again: a claim never overwrites an owner Postgres knows.
+configured, the record is restored from Postgres first, with its version (and, through
+``after_restore``, who already triggered its once-per-actor actions), then the claim, transfer or
+award runs again: a claim never overwrites an owner Postgres knows, and a transfer after a loss
+never lets a like be paid twice.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class Entities:
         self._clock = clock
         self._durable_lookup = durable_lookup
         self.triggers_lookup = triggers_lookup
+        # Called with the target after its owner record came back from Postgres (set by the
+        # creator awards: puts back its once-per-actor records, issue #11).
+        self.after_restore: Callable[[Target], Awaitable[None]] | None = None
 
     @property
     def may_create(self) -> str:
@@ -100,6 +105,8 @@ class Entities:
         found = await self._durable_lookup(target)
         if found is None:
             return False
+        if self.after_restore is not None:  # before the owner: no award may see it without them
+            await self.after_restore(target)
         await self._run(target, found.owner_id, "restore", "1", found.version)
         return True
 

@@ -47,10 +47,11 @@ from counters.redis.calls import (
     AwardExp,
     AwardExpKeys,
     Call,
-    IdemKey,
     Keys,
     ReadExp,
+    RecallKeys,
     RecallRequest,
+    RememberKeys,
     RememberRequest,
     UserDayKeys,
     UserWriteKeys,
@@ -180,13 +181,19 @@ class ExpService:
         key was used with a different batch. The record only guards the key: the items carry
         keys derived from it (``batch_item_key``), so a retried batch replays each item's first
         answer, exactly once under any race, through each user's own records."""
-        record = UserKeys.of(idem.caller, self._buckets).idempotency(idem.caller, idem.key)
-        stored = await self._scripts.run(IdemKey(record), RecallRequest(idem.fingerprint))
+        caller = UserKeys.of(idem.caller, self._buckets)
+        record = caller.idempotency(idem.caller, idem.key)
+        # The caller is a service, not a user: nothing to hydrate ("1"). After a Redis loss a
+        # retried batch runs again and each item replays through its own user's records.
+        recall = RecallRequest(idem.fingerprint, "1")
+        stored = await self._scripts.run(RecallKeys(record, caller.user, caller.meta), recall)
         reject_reused_key(int(stored[0]))
         if stored[0] == RecallOutcome.NO_RECORD:
             marker = json.dumps([int(AwardOutcome.AWARDED), 0, 0, 0, 0, 0, 0, 0, 0, ""])
-            remember = RememberRequest(idem.fingerprint, self._idempotency_ttl, marker)
-            await self._scripts.run(IdemKey(record), remember)
+            remember = RememberRequest(
+                idem.fingerprint, self._idempotency_ttl, marker, ledger="0", scope="", now_ms=0
+            )
+            await self._scripts.run(RememberKeys(record, caller.events, caller.meta), remember)
 
     async def award_many(
         self, requests: Sequence[AwardRequest]
@@ -328,6 +335,16 @@ class ExpService:
 
     def _run(self, user_id: str, keys: Keys, call: Call) -> Awaitable[list[Any]]:
         return run_hydrated(self._hydrator, self._scripts, user_id, keys, call)
+
+    @property
+    def may_create(self) -> str:
+        """``may_create`` of every script touching a user ("0" with a durable store)."""
+        return self._may_create
+
+    def run_hydrated(self, user_id: str, keys: Keys, call: Call) -> Awaitable[list[Any]]:
+        """Run a script touching ``user_id``; hydrate the user first if it answers
+        ``NEEDS_HYDRATION`` (counters/redis/hydration.py). Raises ``StorageError``."""
+        return self._run(user_id, keys, call)
 
     def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         """The typed result of an award_exp reply (or of a stored one) for ``call``."""

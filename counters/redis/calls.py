@@ -144,6 +144,18 @@ class MetaKey(Keys, frozen=True):
     meta: str
 
 
+class RecallKeys(Keys, frozen=True):
+    idem: str
+    user: str
+    meta: str
+
+
+class RememberKeys(Keys, frozen=True):
+    idem: str
+    events: str
+    meta: str
+
+
 class RecordKeys(Keys, frozen=True):
     record: str
     meta: str
@@ -231,10 +243,11 @@ class AssignEntity(Call, frozen=True):
 
 class RecallRequest(Call, frozen=True):
     SCRIPT = "recall_request"
-    KEYS = IdemKey
-    CODES = (RecallOutcome, AwardOutcome, KeyReuse)
+    KEYS = RecallKeys
+    CODES = (RecallOutcome, AwardOutcome, Hydration, KeyReuse)
 
     fingerprint: str
+    may_create: str
 
 
 class ReserveCreatorAward(Call, frozen=True):
@@ -265,12 +278,15 @@ class SettleCreatorAward(Call, frozen=True):
 
 class RememberRequest(Call, frozen=True):
     SCRIPT = "remember_request"
-    KEYS = IdemKey
+    KEYS = RememberKeys
     CODES = (RememberOutcome,)
 
     fingerprint: str
     idem_ttl: int
     reply: str
+    ledger: str
+    scope: str
+    now_ms: int
 
 
 # -- users put back or repaired -----------------------------------------------------------------

@@ -130,6 +130,9 @@ class Durability:
     schema_error: str | None = None
     lag: Lag | None = None  # the latest refresh (None: not measured yet, or Redis down)
     write_refusal: BacklogFull | None = None  # set while the durability window is full
+    # Set for good when the ledger recorded another bucket count than this process runs with:
+    # no event it writes could ever be ledgered, so writes are refused instead (issue #12).
+    layout_refusal: BacklogFull | None = None
     deliverer: Deliverer | None = None
     _redis: Redis | None = None
     _task: FlusherTask | None = None
@@ -183,7 +186,7 @@ class Durability:
         def seen(lag: Lag | None) -> None:
             self.lag = lag  # None: Redis down: writes fail on their own; keep the last verdict
             if lag is not None:
-                self.write_refusal = backlog_refusal(settings, lag)
+                self.write_refusal = self.layout_refusal or backlog_refusal(settings, lag)
 
         await lag_watch(self._redis, settings, self._closing, seen)
 
@@ -212,7 +215,10 @@ class Durability:
                 await asyncio.sleep(settings.migrate_retry_seconds)
         if mismatch is not None:
             self.schema_error = mismatch
-            log.error("the ledger is not flushed: %s", mismatch)
+            self.layout_refusal = self.write_refusal = BacklogFull(
+                f"Writes are refused: they could never be ledgered ({mismatch})"
+            )
+            log.error("the ledger is not flushed and writes are refused: %s", mismatch)
             return
         self.schema_ready, self.schema_error = True, None
         if settings.flusher_enabled and self.flusher is not None:

@@ -28,13 +28,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from counters.errors import ConfigError, StorageError
-from counters.redis.keys import LAYOUT_KEY
+from counters.redis.keys import LAYOUT_FIELD, LAYOUT_KEY
 from counters.settings import Settings
 from persistence.store import Store
 
 log = logging.getLogger("counters.runtime")
-
-_FIELD = "key_buckets"
 
 
 def choose_buckets(setting: int, given: bool, recorded: dict[str, int]) -> int:
@@ -62,14 +60,14 @@ def choose_buckets(setting: int, given: bool, recorded: dict[str, int]) -> int:
 
 async def redis_buckets(redis: Redis) -> int | None:
     """The count Redis recorded (None: none). Raises ``RedisError`` when Redis fails."""
-    raw = await redis.hget(LAYOUT_KEY, _FIELD)
+    raw = await redis.hget(LAYOUT_KEY, LAYOUT_FIELD)
     return None if raw is None else int(raw)
 
 
 async def record_redis_buckets(redis: Redis, count: int) -> int:
     """Record ``count`` in Redis unless a count is there already; returns the recorded one (a
     concurrent first start with another count wins or loses here, never both)."""
-    await redis.hsetnx(LAYOUT_KEY, _FIELD, str(count))
+    await redis.hsetnx(LAYOUT_KEY, LAYOUT_FIELD, str(count))
     recorded = await redis_buckets(redis)
     assert recorded is not None
     return recorded

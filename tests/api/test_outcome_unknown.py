@@ -117,3 +117,23 @@ async def test_a_write_never_sent_is_storage_unavailable(
         "detail": "Storage unavailable, try again",
         "code": "storage_unavailable",
     }
+
+
+async def test_a_read_on_a_stalled_redis_is_plain_unavailability(
+    client: httpx2.AsyncClient, own_redis: RedisServer
+) -> None:
+    """A GET changes nothing: its timed-out command is storage_unavailable, never "the change
+    may have been applied" (an attacker's finding)."""
+    await subscribe(client, "reader", "pixel_rookie")
+    assert (await client.get("/api/exp/limits", headers=user_headers("reader"))).status_code == 200
+    proc = own_redis._proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        stalled = await asyncio.wait_for(
+            client.get("/api/exp/limits", headers=user_headers("reader")), STOPPED_FOR
+        )
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert (stalled.status_code, stalled.json()["code"]) == (503, "storage_unavailable")
+    assert stalled.headers["Retry-After"] == "1"

@@ -17,7 +17,7 @@ import redis
 from starlette.applications import Starlette
 
 from counters.cli.embedded import PostgresServer
-from counters.redis.keys import UserKeys, meta_key
+from counters.redis.keys import LAYOUT_FIELD, LAYOUT_KEY, UserKeys, meta_key
 from counters.runtime.durability import Durability
 from persistence.events import sort_entries
 from persistence.restore import BucketRestore
@@ -92,6 +92,8 @@ async def test_after_a_loss_the_restore_refills_every_bucket_from_postgres(
     assert not any(redis_client.exists(meta_key(b)) for b in range(buckets))
 
     assert await restorer(durable_app).restore_once() == 0
+    # The deployment's bucket count is recorded in Redis again (the next start needs no Postgres)
+    assert redis_client.hget(LAYOUT_KEY, LAYOUT_FIELD) == str(buckets)
 
     for user in users:  # in Redis before anyone touched them, with today's counters
         keys = UserKeys.of(user, buckets)

@@ -166,3 +166,61 @@ async def test_a_like_paid_before_a_loss_is_not_paid_again_after_it(
         ("character:c1", "character_liked"), ("character:c1", "forked"),
         ("character:c2", "character_liked"),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("after_loss", ["transfer", "same_owner", "owner_claims"])
+async def test_an_owner_write_after_a_loss_brings_back_who_was_paid(
+    durable_app: Starlette,
+    durable_client: httpx2.AsyncClient,
+    redis_client: redis.Redis,
+    after_loss: str,
+) -> None:
+    """The first write to an entity after a Redis loss may be its owner's record (a transfer, a
+    service re-recording the owner, the owner's own create claim), not a like: it must restore
+    who already liked or forked it (once per actor) and whom a keyed sale paid, or the next like
+    and the sale's retry pay again (found by an attacker: paid twice, to the new owner)."""
+    url = "/api/entities/character/e1"
+    assert (
+        await durable_client.put(url, json={"owner_id": "ann"}, headers=service_headers())
+    ).status_code == 200
+    liked = {"action": "character_liked", "target_type": "character", "target_id": "e1"}
+    forked = {"action": "forked", "target_type": "character", "target_id": "e1"}
+    sold = {"action": "paid_char_sold", "target_type": "character", "target_id": "e1"}
+    keyed = service_headers("fan", **{"Idempotency-Key": "sale-fan"})
+    for body in (liked, forked):
+        paid = await durable_client.post("/api/exp/gain", json=body, headers=service_headers("fan"))
+        assert paid.status_code == 200, paid.text
+    sale = await durable_client.post("/api/exp/gain", json=sold, headers=keyed)
+    assert sale.status_code == 200 and sale.json()["awarded_to"] == "ann", sale.text
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+
+    if after_loss == "owner_claims":
+        created = {"action": "create_character", "target_type": "character", "target_id": "e1"}
+        claim = await durable_client.post(
+            "/api/exp/gain", json=created, headers=service_headers("ann")
+        )
+        assert claim.status_code == 200, claim.text
+    else:
+        owner = "bob" if after_loss == "transfer" else "ann"
+        moved = await durable_client.put(url, json={"owner_id": owner}, headers=service_headers())
+        assert moved.status_code == 200, moved.text
+
+    for body in (liked, forked):
+        again = await durable_client.post(
+            "/api/exp/gain", json=body, headers=service_headers("fan")
+        )
+        assert (again.status_code, again.json()["code"]) == (409, "already_triggered"), again.text
+    retried = await durable_client.post("/api/exp/gain", json=sold, headers=keyed)
+    assert retried.status_code == 200, retried.text
+    assert retried.headers.get("Idempotent-Replayed") == "true"
+    assert retried.json()["awarded_to"] == "ann"  # the first answer, whoever owns it now
+    await flusher(durable_app).drain()
+    paid = await fetch(
+        durable_app,
+        "SELECT user_id, action FROM ledger WHERE target = 'character:e1' AND kind = 'exp_award'"
+        " AND actor = 'fan' ORDER BY user_id, action",
+    )
+    assert [(r["user_id"], r["action"]) for r in paid] == [
+        ("ann", "character_liked"), ("ann", "forked"), ("ann", "paid_char_sold"),
+    ]  # fmt: skip

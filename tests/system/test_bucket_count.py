@@ -7,12 +7,14 @@ given, whatever the default became. Real Redis and Postgres, the app's own lifes
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
 
 from api.app import create_app
+from counters.cli.embedded import free_port
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import ConfigError
@@ -157,7 +159,8 @@ async def test_a_ledger_that_recorded_another_count_after_start_is_never_flushed
     settings: Settings, database_url: str
 ) -> None:
     # Postgres was down (or not migrated) when this process settled its count at 16; it had
-    # recorded 32. Once the migrations apply, the check stops the flusher and /readyz says why.
+    # recorded 32. Once the migrations apply, the check stops the flusher, /readyz says why and
+    # writes are refused.
     record_in_ledger(database_url, 32)
     durability = await Durability.open(replace(given(settings, 16), database_url=database_url))
     try:
@@ -165,6 +168,11 @@ async def test_a_ledger_that_recorded_another_count_after_start_is_never_flushed
         assert not durability.schema_ready and durability._task is None  # no flusher
         why = durability.stall(None)
         assert why is not None and "16 buckets but Postgres recorded 32" in why
+        # Writes are refused (503) instead of piling up events no flusher will ever ledger,
+        # and a later lag refresh does not lift the refusal.
+        refusal = durability.write_refusal
+        assert refusal is not None and "could never be ledgered" in str(refusal)
+        assert durability.layout_refusal is refusal
     finally:
         await durability.close()
 
@@ -183,3 +191,24 @@ def test_the_cli_refuses_a_contradicting_count_and_follows_the_record(
     flushed = CliRunner().invoke(main, ["flush", "--burst"], env=env)
     assert (flushed.exit_code, flushed.output) == (0, "flushed 0 events\n")
     assert ledger_count(database_url) == 16  # the record, now in Postgres too
+
+
+def test_serve_refuses_a_contradicting_count_in_one_line(
+    settings: Settings, database_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """As flush does: exit 2 and one line naming both counts, before any worker starts (it was
+    a traceback from each worker's start-up, and exit 3)."""
+    redis_client.hset(LAYOUT_KEY, "key_buckets", "16")
+    env = {
+        "COUNTERS_REDIS_URL": settings.redis_url or "",
+        "COUNTERS_DATABASE_URL": database_url,
+        "COUNTERS_KEY_BUCKETS": "1024",
+        "COUNTERS_SERVICE_KEYS": "a-service-key-0123456789abcdef",
+        "COUNTERS_JWT_SECRET": "a-jwt-secret-0123456789abcdef0123456789",
+        "COUNTERS_DATA_DIR": str(tmp_path),
+        "COUNTERS_PORT": str(free_port()),
+    }
+    refused = CliRunner().invoke(main, ["serve"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "COUNTERS_KEY_BUCKETS=1024 but this deployment recorded 16 buckets" in refused.output
+    assert "Traceback" not in refused.output
