@@ -200,6 +200,7 @@ async def test_a_trickling_reply_costs_a_call_its_deadline(where: str) -> None:
     for error in (late.value, sync_late):
         assert (error.code, error.status) == ("unavailable", 0), error
         assert error.idempotency_key and error.idempotency_key.startswith("cc-")
+        assert "deadline passed" in error.detail or "timed out" in error.detail, error.detail
     assert 2 <= len(requests) <= 4, requests  # one attempt each: the deadline left no retry
     assert async_elapsed < 10 and sync_elapsed < 10  # generous: the point is 1 s, not 60 s
 

@@ -150,7 +150,8 @@ class AsyncCountersClient:
                 if pause is None:
                     raise unreachable(call, key, exc) from exc
             except TimeoutError as exc:  # the deadline passed mid-attempt: no time for another
-                raise unreachable(call, key, exc) from exc
+                passed = TimeoutError(f"the call's {self.options.deadline} s deadline passed")
+                raise unreachable(call, key, passed) from exc
             else:
                 pause = budget.retry_after(attempt, None, response.status_code)
                 if pause is None:
