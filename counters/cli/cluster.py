@@ -66,6 +66,12 @@ class LocalCluster:
             for index in range(count):
                 node_dir = _private_dir(self.data_dir / f"node{index}")
                 (node_dir / "nodes.conf").unlink(missing_ok=True)  # a new cluster, new ports
+                if not self.persistent:
+                    # "Nothing on disk" but for replication: a full sync writes an RDB on both
+                    # sides even with save "". A node that loads one at the next start claims
+                    # its slots and forming fails ("Slot N is already busy").
+                    for leftover in node_dir.glob("*.rdb"):
+                        leftover.unlink()
                 (node_dir / "password").write_text(password + "\n")
                 (node_dir / "password").chmod(0o600)
                 lines = (
@@ -75,6 +81,8 @@ class LocalCluster:
                     f"masterauth {password}",
                     # A master down (until its replica is promoted) stops its own slots only.
                     "cluster-require-full-coverage no",
+                    # Full syncs over the socket, no RDB files (each start is a new cluster).
+                    *(() if self.persistent else ("repl-diskless-sync yes",)),
                 )
                 server = RedisServer(node_dir, persistent=self.persistent, config_lines=lines)
                 server.port = _cluster_port({s.port for s in self.servers})

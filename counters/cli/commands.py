@@ -111,9 +111,11 @@ def _local_cluster(settings: Settings, stack: ExitStack) -> str:
     cluster = LocalCluster(settings.data_dir / "cluster")
     try:
         cluster.start()
-    except CountersError as exc:
+    except (CountersError, RedisError, OSError) as exc:  # a node refused to form: one line
         cluster.stop()
-        raise CommandError(f"{exc} (or set COUNTERS_REDIS_URL)") from exc
+        raise CommandError(
+            f"the local Redis Cluster did not start: {exc} (or set COUNTERS_REDIS_URL)"
+        ) from exc
     stack.callback(cluster.stop)
     click.echo(f"local Redis Cluster at {redact(cluster.url)}", err=True)
     return cluster.url

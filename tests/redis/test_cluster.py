@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
@@ -178,3 +179,22 @@ async def test_1024_buckets_award_and_ledger_on_both(
         rows = await fetch(app, "SELECT user_id, amount FROM ledger ORDER BY user_id")
     assert sorted(r["user_id"] for r in rows) == sorted(users)
     assert {r["amount"] for r in rows} == {20}  # daily_chat in the shipped rules
+
+
+def test_the_local_cluster_starts_again_after_its_nodes_left_rdb_files(tmp_path: Path) -> None:
+    """A failover makes the old master full-sync from its replica: an RDB on disk although the
+    local cluster keeps nothing. At the next start that node loaded its keys, claimed their
+    slots, and forming the new cluster failed ("Slot N is already busy", an attacker found)."""
+    first = LocalCluster(tmp_path / "cluster", masters=3, replicas_per_master=0)
+    with first:
+        node = first.client(first.servers[0])
+        key = next(k for k in (f"k{n}" for n in range(1_000)) if slot_of(k) < 5_000)  # node0's
+        node.set(key, "1")
+        node.save()  # what a full sync leaves behind
+        node.close()
+    assert list((tmp_path / "cluster" / "node0").glob("*.rdb"))
+    again = LocalCluster(tmp_path / "cluster", masters=3, replicas_per_master=0)
+    with again:
+        info = again.client(again.servers[0]).execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        assert "cluster_state:ok" in str(info)
+        assert again.client(again.servers[0]).get(key) is None  # a new cluster: nothing kept
