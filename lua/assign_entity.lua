@@ -8,8 +8,6 @@ read this record, so once a transfer has answered no award reaches the former ow
 
 KEYS[1]  entity  HASH    ctr:{bE}:entity:<type>:<id>   owner (user id), version (int)
 KEYS[2]  events  STREAM  ctr:{bE}:events               the entity's bucket's stream
-KEYS[3]  meta    HASH    ctr:{bE}:meta                 its `entities` field: Redis holds every
-                                                       entity of the bucket Postgres knows
 
 ARGV[1]  owner_id    string
 ARGV[2]  mode        string  "claim": set only if nobody owns the entity (a creation)
@@ -17,8 +15,7 @@ ARGV[2]  mode        string  "claim": set only if nobody owns the entity (a crea
                              "restore": set owner and version from Postgres if Redis has none
 ARGV[3]  ledger      "0"|"1" "1": append the owner event (a durable store is configured)
 ARGV[4]  target      string  "<type>:<id>", recorded on the event
-ARGV[5]  may_create  "0"|"1" "0": a missing record must first be restored from Postgres, unless
-                             the bucket's record says Redis holds all its entities
+ARGV[5]  may_create  "0"|"1" "0": a missing record must first be restored from Postgres
 ARGV[6]  version     int     the restored version ("restore" mode; else ignored)
 ARGV[7]  now_ms      int     unix milliseconds, recorded on the event
 
@@ -41,7 +38,7 @@ if mode == 'restore' then
   end
   return {1, previous, version}
 end
-if previous == '' and may_create ~= '1' and redis.call('HEXISTS', KEYS[3], 'entities') == 0 then
+if previous == '' and may_create ~= '1' then
   return {8, '', 0}
 end
 if mode == 'claim' and previous ~= '' and previous ~= owner then

@@ -85,9 +85,6 @@ class BucketRestore:
             found = users.get(bucket_of(user_id, self._buckets))
             if found is not None:
                 found.append(user_id)
-        # Buckets with an entity owner in Postgres: their entities are restored one by one when
-        # touched, so only the others may say "an entity missing here is new".
-        with_entities = {bucket_of(t, self._buckets) for t in await self._store.entity_targets()}
         left = 0
         ordered = sorted(incomplete.items())
         for first in range(0, len(ordered), _BATCH):  # hydrate a batch's users, then complete it
@@ -99,13 +96,7 @@ class BucketRestore:
                     await asyncio.gather(*(self._hydrator.hydrate(uid) for uid in chunk))
                     self.progress.users_restored += len(chunk)
             replies = await self._scripts.run_many(
-                [
-                    (
-                        MetaKey(meta_key(bucket)),
-                        CompleteBucket(run=run, entities="0" if bucket in with_entities else "1"),
-                    )
-                    for bucket, run in batch
-                ]
+                [(MetaKey(meta_key(bucket)), CompleteBucket(run=run)) for bucket, run in batch]
             )
             for reply in replies:
                 if isinstance(reply, StorageError):

@@ -255,15 +255,6 @@ class Store:
             )
         return int(status.rsplit(" ", 1)[-1])
 
-    async def entity_targets(self) -> list[str]:
-        """``<type>:<id>`` of every entity Postgres records an owner of (the restore: which
-        buckets hold entities Redis may have forgotten)."""
-        async with self.bounded("list entities", self.write_timeout) as conn:
-            rows = await conn.fetch(
-                "SELECT entity_type || ':' || entity_id AS target FROM entity_owners"
-            )
-        return [row["target"] for row in rows]
-
     async def user_ids(self) -> list[str]:
         """Every user Postgres has totals for (the restore of incomplete buckets)."""
         async with self.bounded("list users", self.write_timeout) as conn:

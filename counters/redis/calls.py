@@ -123,7 +123,6 @@ class CreatorAwardKeys(AwardExpKeys, frozen=True):
 class AssignEntityKeys(Keys, frozen=True):
     entity: str
     events: str
-    meta: str
 
 
 class ReserveKeys(Keys, frozen=True):
@@ -442,7 +441,6 @@ class CompleteBucket(Call, frozen=True):
     CODES = (CompleteOutcome,)
 
     run: str
-    entities: str  # "1": Postgres holds no entity owner of the bucket (see complete_bucket.lua)
 
 
 class RestoreRecord(Call, frozen=True):

@@ -172,11 +172,6 @@ class EntityKeys:
         return f"{self.tag}:events"
 
     @property
-    def meta(self) -> str:
-        """HASH: the entity's bucket's record (run, complete, entities; lua/lib/bucket.lua)."""
-        return f"{self.tag}:meta"
-
-    @property
     def unused(self) -> str:
         return f"{self.tag}:unused"
 

@@ -44,12 +44,12 @@ async def test_every_event_the_scripts_write_decodes_as_the_union(
         for bucket in range(buckets):
             meta = MetaKey(keys.meta_key(bucket))
             run = (await svc.scripts.run(meta, OpenBucket()))[1]
-            await svc.scripts.run(meta, CompleteBucket(run=run, entities="0"))
+            await svc.scripts.run(meta, CompleteBucket(run=run))
         await svc.exp.award(Principal(user, "svc", True), "daily_chat", None, None)
         await svc.exp.adjust(user, 5, "support fix", "support", None)
         entity = keys.EntityKeys.of("character", "c1", buckets)
         await svc.scripts.run(
-            AssignEntityKeys(entity=entity.owner, events=entity.events, meta=entity.meta),
+            AssignEntityKeys(entity=entity.owner, events=entity.events),
             AssignEntity(
                 owner_id=user, mode="claim", ledger="1", target="character:c1", may_create="1",
                 version=0, now_ms=int(clock.now() * 1000),
