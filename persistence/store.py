@@ -22,16 +22,17 @@ from persistence.runs import barrier, barriers
 from persistence.webhooks.outbox import OutboxPolicy
 from persistence.writer import WriteResult, quarantine, write_batch
 
-# What asyncpg raises when the server is down, restarting or the connection broke.
-# InternalClientError: a pooled connection left mid-operation when the server went away (seen
-# with Postgres stopped while a migration retry held the pool): the link's failure, not a bug.
-DRIVER_ERRORS = (
-    asyncpg.PostgresError,
+# The link failed, not the rows sent (transient for the flusher). InternalClientError: a pooled
+# connection left mid-operation when the server went away (seen with Postgres stopped while a
+# migration retry held the pool).
+_LINK_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
     asyncio.TimeoutError,
 )
+# What asyncpg raises when the server is down, restarting or the connection broke.
+DRIVER_ERRORS = (asyncpg.PostgresError, *_LINK_ERRORS)
 
 # SQLSTATE classes that blame the server, not the rows sent: connection (08), invalid transaction
 # state (25), rollback: serialization failure, deadlock (40), schema not there yet (42),
@@ -68,8 +69,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = str(getattr(exc, "sqlstate", "") or "")
         return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    transient = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-    return isinstance(exc, (*transient, StorageError))
+    return isinstance(exc, (*_LINK_ERRORS, StorageError))
 
 
 @asynccontextmanager
