@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import anyio
 import httpx2
+import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -110,6 +111,31 @@ async def test_a_batch_written_twice_changes_nothing(
     assert (first.inserted, first.duplicates) == (8, 0)
     assert (second.inserted, second.duplicates, second.quarantined) == (0, 8, 0)
     assert await ledger_count(durable_app) == 8
+
+
+async def test_a_batch_partly_ledgered_adds_only_its_new_events(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """New events are copied straight into the ledger; a batch holding one already there goes
+    by ON CONFLICT instead, and its rows come out the same as the copied ones."""
+    totals = await burst(durable_client, ["ann", "bob"], 3)
+    redis_client = services(durable_app).redis
+    entries = []
+    for stream in flusher(durable_app).streams:
+        entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
+    entries.sort(key=lambda e: (e[2].get("user", ""), int(e[2].get("seq", 0))))
+    ann = [e for e in entries if e[2].get("user") == "ann"]
+    first = await store(durable_app).write(sort(ann))  # copied: none was ledgered yet
+    both = await store(durable_app).write(sort(entries))  # ann's again, and bob's new ones
+    assert (first.inserted, first.duplicates) == (4, 0)
+    assert (both.inserted, both.duplicates, both.quarantined) == (4, 4, 0)
+    await assert_ledger_matches(durable_app, totals)
+    rows = await fetch(durable_app, "SELECT user_id, seq, occurred_at, totals FROM ledger")
+    by_path = {(r["user_id"], r["seq"]): r for r in rows}
+    for user in ("ann", "bob"):  # the same columns whichever way the rows went in
+        one = by_path[(user, 2)]
+        assert one["occurred_at"].timestamp() == services(durable_app).clock.now()
+        assert set(orjson.loads(one["totals"])) == {"exp", "level"}
 
 
 async def test_killed_between_commit_and_ack_loses_and_duplicates_nothing(
