@@ -50,7 +50,7 @@ log = logging.getLogger("persistence.flusher")
 
 GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
-_FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 2 min
+FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 2 min
 _IDLE_BLOCK_DOUBLINGS = 2  # idle, a blocking read waits up to 4 x block_ms (2 s by default)
 
 
@@ -108,7 +108,7 @@ class Flusher:
         self._own_pending_first = True  # after a start or a failure, retry our own entries first
         self._next_claim = 0.0
         self._idle_reads = 0  # blocking reads in a row that found nothing
-        self._claims = 0  # claims made (dead consumers are forgotten every _FORGET_EVERY)
+        self._claims = 0  # claims made (dead consumers are forgotten every FORGET_EVERY)
         self.stats = FlusherStats()
 
     async def flush_once(self, *, block: bool = True) -> int:
@@ -270,29 +270,29 @@ class Flusher:
 
     async def _claim(self) -> list[Entry]:
         """Take over entries another consumer read but did not acknowledge for a while; every
-        ``_FORGET_EVERY`` claims, also forget dead consumers with nothing pending (one more
+        ``FORGET_EVERY`` claims, also forget dead consumers with nothing pending (one more
         command per stream: at 1,024 buckets a claim with it cost ~30 ms of CPU, issue #12)."""
-        forgetting = self._claims % _FORGET_EVERY == 0
+        forgetting = self._claims % FORGET_EVERY == 0
         self._claims += 1
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xautoclaim(
-                    stream, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
-                )
-                if forgetting:
-                    pipe.xinfo_consumers(stream, GROUP)
-            replies = await pipe.execute()
+        commands: list[tuple[str | int, ...]] = []
+        me, idle, count = self.consumer, self._claim_idle_ms, self._batch
+        for stream in self.streams:  # packed by hiredis: redis-py's packer was ~1 ms a bucket
+            commands.append(("XAUTOCLAIM", stream, GROUP, me, idle, "0-0", "COUNT", count))
+            if forgetting:
+                commands.append(("XINFO", "CONSUMERS", stream, GROUP))
+        replies = await _send_packed(self._redis, commands)
         step = 2 if forgetting else 1
         entries: list[Entry] = []
-        for stream, claimed in zip(self.streams, replies[::step], strict=True):
-            entries += [(stream, sid, fields) for sid, fields in claimed[1]]
+        with gc_paused():
+            for stream, claimed in zip(self.streams, replies[::step], strict=True):
+                entries += _entries([(stream, claimed[1])])
         if forgetting:
             await self._forget(
                 [
-                    (stream, c["name"])
+                    (stream, consumer["name"])
                     for stream, consumers in zip(self.streams, replies[1::2], strict=True)
-                    for c in consumers
-                    if self._forgettable(c)
+                    for consumer in map(_as_dict, consumers)
+                    if self._forgettable(consumer)
                 ]
             )
         if entries:
@@ -342,6 +342,14 @@ def _entries(reply: Any) -> list[Entry]:
                 pairs = iter(flat)
                 entries.append((stream, sid, dict(zip(pairs, pairs, strict=False))))
     return entries
+
+
+def _as_dict(reply: Any) -> dict[str, Any]:
+    """A map reply as a dict: RESP3 sends a map, RESP2 a flat ``[key, value, ...]`` list."""
+    if isinstance(reply, dict):
+        return reply
+    pairs = iter(reply)
+    return dict(zip(pairs, pairs, strict=False))
 
 
 async def _send_packed(redis: Redis, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:

@@ -11,6 +11,7 @@ outlive the transaction that wrote them and the write stays idempotent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -33,3 +34,32 @@ async def stage(
     this session's first use). Must run inside the transaction that consumes them."""
     await conn.execute(create_sql(table, columns))
     await conn.copy_records_to_table(table, records=records, columns=[name for name, _ in columns])
+
+
+async def copy_new(
+    conn: asyncpg.Connection,
+    table: str,
+    columns: Sequence[Column],
+    records: Sequence[Sequence[object]],
+    *,
+    staging: str,
+    merge: str,
+) -> list[Any] | None:
+    """COPY ``records`` straight into ``table`` in a savepoint; ``None`` when every one went in.
+
+    COPY has no ``ON CONFLICT``: if a record collides with a row ``table`` already has (on any
+    unique key) the savepoint is rolled back, the records are staged in ``staging`` instead and
+    ``merge`` (an ``INSERT ... SELECT ... FROM <staging> ON CONFLICT ...``) runs; its rows are
+    returned. So the common case, every record new, costs Postgres one plain insert per row
+    instead of a staged copy plus a speculative insertion (issue #11). Must run inside a
+    transaction (the savepoint's)."""
+    try:
+        async with conn.transaction():  # a savepoint inside the caller's transaction
+            await conn.copy_records_to_table(
+                table, records=records, columns=[name for name, _ in columns]
+            )
+    except asyncpg.UniqueViolationError:
+        await stage(conn, staging, columns, records)
+        rows: list[Any] = await conn.fetch(merge)
+        return rows
+    return None

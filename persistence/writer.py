@@ -32,7 +32,7 @@ from persistence.events import (
     gc_paused,
 )
 from persistence.runs import retired_runs
-from persistence.staging import stage
+from persistence.staging import copy_new, stage
 from persistence.webhooks.outbox import OutboxPolicy, write_outbox
 
 # The ledger's columns, from the event schema (persistence/events.py): each field of ``Change``
@@ -105,9 +105,13 @@ ON CONFLICT (key) DO UPDATE SET
 WHERE (EXCLUDED.pos_ms, EXCLUDED.pos_n) > (r.pos_ms, r.pos_n)
 """
 
+_CREATOR_STAGED = [
+    ("target", "text"), ("action", "text"), ("actor", "text"), ("owner_id", "text"),
+    ("ts_ms", "bigint"),
+]  # fmt: skip
 _CREATOR_AWARDS = """
 INSERT INTO creator_awards (target, action, actor, owner_id, ts_ms)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+SELECT * FROM creator_in  -- staged by COPY, in the batch's order: the first award of an actor wins
 ON CONFLICT (target, action, actor) DO NOTHING
 """
 
@@ -141,14 +145,10 @@ async def write_batch(
     the same transaction (``persistence.webhooks.outbox``)."""
     async with conn.transaction():
         batch, lost = await _refuse_retired(conn, batch)
-        inserted: set[str] = set()
-        if batch.events:
-            inserted = await _insert_ledger(conn, batch.events)
-        if outbox is not None and inserted:
-            new = [e for e in batch.events if e.event_id in inserted]
+        new, skipped = await _insert_ledger(conn, batch.events) if batch.events else ([], [])
+        if outbox is not None and new:
             await write_outbox(conn, outbox.rows(new))
         rejected = list(batch.rejected)
-        skipped = [e for e in batch.events if e.event_id not in inserted]
         if skipped:
             rejected += await _collisions(conn, skipped)
         if batch.events:
@@ -160,13 +160,16 @@ async def write_batch(
             await conn.execute(_UPSERT_OWNERS, *_owner_columns(batch.owners))
         if batch.records:
             await conn.execute(_UPSERT_RECORDS, *_record_columns(batch.records))
-        creator = [e for e in batch.events if _creator_award(e)]
+        creator = [_creator_row(e) for e in batch.events if _creator_award(e)]
         if creator:
-            await conn.execute(_CREATOR_AWARDS, *_creator_columns(creator))
+            await copy_new(
+                conn, "creator_awards", _CREATOR_STAGED, creator,
+                staging="creator_in", merge=_CREATOR_AWARDS,
+            )  # fmt: skip
         if rejected:
             await _quarantine(conn, rejected)
     duplicates = len(skipped) - (len(rejected) - len(batch.rejected))
-    return WriteResult(len(inserted), duplicates, len(rejected), lost)
+    return WriteResult(len(new), duplicates, len(rejected), lost)
 
 
 async def _refuse_retired(conn: asyncpg.Connection, batch: Batch) -> tuple[Batch, int]:
@@ -208,11 +211,9 @@ def _creator_award(e: LedgerEvent) -> bool:
     return e.kind == "exp_award" and bool(e.target) and e.actor not in ("", e.user_id)
 
 
-def _creator_columns(events: list[LedgerEvent]) -> list[list[object]]:
-    return [
-        [e.target for e in events], [e.action for e in events], [e.actor for e in events],
-        [e.user_id for e in events], [e.ts_ms for e in events],
-    ]  # fmt: skip
+def _creator_row(e: LedgerEvent) -> tuple[str, str, str, str, int]:
+    """A ``creator_awards`` row, in ``_CREATOR_STAGED`` order."""
+    return (e.target, e.action, e.actor, e.user_id, e.ts_ms)
 
 
 def _record_columns(records: list[RecordEvent]) -> list[list[object]]:
@@ -297,23 +298,26 @@ def _fields_of(e: LedgerEvent) -> dict[str, str]:
     return fields
 
 
-async def _insert_ledger(conn: asyncpg.Connection, events: list[LedgerEvent]) -> set[str]:
-    """Ledger ``events`` (inside the batch's transaction); the event ids inserted now.
+async def _insert_ledger(
+    conn: asyncpg.Connection, events: list[LedgerEvent]
+) -> tuple[list[LedgerEvent], list[LedgerEvent]]:
+    """Ledger ``events`` (inside the batch's transaction): ``(inserted now, skipped)``, skipped
+    being those whose event id the ledger already had.
 
-    First straight into ``ledger`` by binary COPY, in a savepoint: the common case, every event
-    new, costs Postgres one plain insert per row. COPY has no ``ON CONFLICT``: if any event is
-    already ledgered (a re-delivery after a crash, an id reused by another entry) the unique key
-    fails it, the savepoint is rolled back, and the rows go by the staging table and ``INSERT
-    ... ON CONFLICT (event_id) DO NOTHING`` instead, which skips them (issue #11)."""
+    First straight into ``ledger`` by binary COPY (``copy_new``): the common case, every event
+    new. If any is already ledgered (a re-delivery after a crash, an id reused by another entry)
+    the rows go by the staging table and ``INSERT ... ON CONFLICT (event_id) DO NOTHING``
+    instead, which skips those."""
     with gc_paused():
         rows = _ledger_rows(events)
-    try:
-        async with conn.transaction():  # a savepoint inside the batch's transaction
-            await conn.copy_records_to_table("ledger", records=rows, columns=_LEDGER_COLUMNS)
-    except asyncpg.UniqueViolationError:
-        await stage(conn, "ledger_in", _LEDGER_STAGED, rows)
-        return {row["event_id"] for row in await conn.fetch(_INSERT_LEDGER)}
-    return {e.event_id for e in events}
+    merged = await copy_new(
+        conn, "ledger", _LEDGER_STAGED, rows, staging="ledger_in", merge=_INSERT_LEDGER
+    )
+    if merged is None:
+        return events, []
+    inserted = {row["event_id"] for row in merged}
+    new = [e for e in events if e.event_id in inserted]
+    return new, [e for e in events if e.event_id not in inserted]
 
 
 def _ledger_rows(events: list[LedgerEvent]) -> list[tuple[object, ...]]:

@@ -18,7 +18,7 @@ from counters.cli.embedded import PostgresServer
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import StorageError
-from counters.redis.keys import UserKeys, stream_key
+from counters.redis.keys import UserKeys, bucket_of, stream_key
 from counters.settings import Settings
 from persistence.events import Batch
 from persistence.events import sort_entries as sort
@@ -165,6 +165,31 @@ async def test_killed_between_commit_and_ack_loses_and_duplicates_nothing(
     await assert_ledger_matches(durable_app, totals)
     lag = await stream_lag(redis_client, heir.streams)
     assert lag.events == 0
+
+
+async def test_a_claim_forgets_idle_consumers_with_nothing_pending_only(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await burst(durable_client, ["ann"], 2)
+    doomed = flusher(durable_app, after_commit=_die)
+    with pytest.raises(_Killed):
+        await doomed.flush_once(block=False)  # read, never acknowledged: 3 entries pending
+    redis_client = services(durable_app).redis
+    stream = stream_key(bucket_of("ann", services(durable_app).settings.key_buckets))
+    await redis_client.xgroup_createconsumer(stream, GROUP, "ghost")  # nothing pending
+    monkeypatch.setattr("persistence.flusher._FORGET_CONSUMER_MS", -1)  # every one is idle
+    heir = flusher(durable_app, claim_idle_ms=3_600_000)  # claims nothing: only forgets
+    assert await heir.flush_once(block=False) == 0
+    names = {c["name"] for c in await redis_client.xinfo_consumers(stream, GROUP)}
+    assert "ghost" not in names and doomed.consumer in names
+
+
+class _Killed(Exception):
+    pass
+
+
+async def _die(batch: Batch) -> None:
+    raise _Killed
 
 
 async def test_a_failed_acknowledgement_is_retried_by_the_same_consumer(
