@@ -11,7 +11,7 @@ outlive the transaction that wrote them and the write stays idempotent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -36,30 +36,26 @@ async def stage(
     await conn.copy_records_to_table(table, records=records, columns=[name for name, _ in columns])
 
 
-async def copy_new(
+async def copy_in(
     conn: asyncpg.Connection,
     table: str,
     columns: Sequence[Column],
     records: Sequence[Sequence[object]],
     *,
-    staging: str,
-    merge: str,
+    merge: tuple[str, str] | Literal[False],
 ) -> list[Any] | None:
-    """COPY ``records`` straight into ``table`` in a savepoint; ``None`` when every one went in.
+    """Put ``records`` (tuples in ``columns`` order) into ``table``, one of two ways.
 
-    COPY has no ``ON CONFLICT``: if a record collides with a row ``table`` already has (on any
-    unique key) the savepoint is rolled back, the records are staged in ``staging`` instead and
-    ``merge`` (an ``INSERT ... SELECT ... FROM <staging> ON CONFLICT ...``) runs; its rows are
-    returned. So the common case, every record new, costs Postgres one plain insert per row
-    instead of a staged copy plus a speculative insertion (issue #11). Must run inside a
-    transaction (the savepoint's)."""
-    try:
-        async with conn.transaction():  # a savepoint inside the caller's transaction
-            await conn.copy_records_to_table(
-                table, records=records, columns=[name for name, _ in columns]
-            )
-    except asyncpg.UniqueViolationError:
-        await stage(conn, staging, columns, records)
-        rows: list[Any] = await conn.fetch(merge)
-        return rows
-    return None
+    Without ``merge``: binary COPY straight into ``table``, ``None`` returned. COPY has no
+    ``ON CONFLICT``: a record colliding with a row on a unique key raises
+    ``asyncpg.UniqueViolationError`` and fails the caller's transaction. With ``merge``, a
+    ``(staging table, SQL)`` pair: the records are staged (``stage``), then the SQL, an ``INSERT
+    ... SELECT ... FROM <staging> ON CONFLICT ...``, runs and its rows are returned."""
+    if not merge:
+        names = [name for name, _ in columns]
+        await conn.copy_records_to_table(table, records=records, columns=names)
+        return None
+    staging, sql = merge
+    await stage(conn, staging, columns, records)
+    rows: list[Any] = await conn.fetch(sql)
+    return rows

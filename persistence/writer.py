@@ -32,7 +32,7 @@ from persistence.events import (
     gc_paused,
 )
 from persistence.runs import retired_runs
-from persistence.staging import copy_new, stage
+from persistence.staging import copy_in, stage
 from persistence.webhooks.outbox import OutboxPolicy, write_outbox
 
 # The ledger's columns, from the event schema (persistence/events.py): each field of ``Change``
@@ -141,11 +141,25 @@ async def write_batch(
 ) -> WriteResult:
     """Write ``batch`` in one transaction; writing the same batch again changes nothing.
 
-    With an ``outbox`` policy, the webhooks the newly inserted ledger rows cause are written in
-    the same transaction (``persistence.webhooks.outbox``)."""
+    New ledger rows and creator awards go by binary COPY straight into their tables: the common
+    case, every one new, costs Postgres one plain insert per row (issue #11). COPY has no
+    ``ON CONFLICT``: if one collides with a row already there (a re-delivery after a crash, an
+    event id reused by another entry), its unique key fails the transaction, which is rolled
+    back and written again by merging (staging tables, ``INSERT ... ON CONFLICT DO NOTHING``),
+    where the collisions are skipped. With an ``outbox`` policy, the webhooks the newly inserted
+    ledger rows cause are written in the same transaction (``persistence.webhooks.outbox``)."""
+    try:
+        return await _write(conn, batch, outbox, merging=False)
+    except asyncpg.UniqueViolationError:
+        return await _write(conn, batch, outbox, merging=True)
+
+
+async def _write(
+    conn: asyncpg.Connection, batch: Batch, outbox: OutboxPolicy | None, *, merging: bool
+) -> WriteResult:
     async with conn.transaction():
         batch, lost = await _refuse_retired(conn, batch)
-        new, skipped = await _insert_ledger(conn, batch.events) if batch.events else ([], [])
+        new, skipped = await _insert_ledger(conn, batch.events, merging)
         if outbox is not None and new:
             await write_outbox(conn, outbox.rows(new))
         rejected = list(batch.rejected)
@@ -162,10 +176,13 @@ async def write_batch(
             await conn.execute(_UPSERT_RECORDS, *_record_columns(batch.records))
         creator = [_creator_row(e) for e in batch.events if _creator_award(e)]
         if creator:
-            await copy_new(
-                conn, "creator_awards", _CREATOR_STAGED, creator,
-                staging="creator_in", merge=_CREATOR_AWARDS,
-            )  # fmt: skip
+            await copy_in(
+                conn,
+                "creator_awards",
+                _CREATOR_STAGED,
+                creator,
+                merge=merging and ("creator_in", _CREATOR_AWARDS),
+            )
         if rejected:
             await _quarantine(conn, rejected)
     duplicates = len(skipped) - (len(rejected) - len(batch.rejected))
@@ -299,19 +316,16 @@ def _fields_of(e: LedgerEvent) -> dict[str, str]:
 
 
 async def _insert_ledger(
-    conn: asyncpg.Connection, events: list[LedgerEvent]
+    conn: asyncpg.Connection, events: list[LedgerEvent], merging: bool
 ) -> tuple[list[LedgerEvent], list[LedgerEvent]]:
-    """Ledger ``events`` (inside the batch's transaction): ``(inserted now, skipped)``, skipped
-    being those whose event id the ledger already had.
-
-    First straight into ``ledger`` by binary COPY (``copy_new``): the common case, every event
-    new. If any is already ledgered (a re-delivery after a crash, an id reused by another entry)
-    the rows go by the staging table and ``INSERT ... ON CONFLICT (event_id) DO NOTHING``
-    instead, which skips those."""
+    """Ledger ``events``: ``(inserted now, skipped)``, skipped being those whose event id the
+    ledger already had (only when ``merging``: else a collision raises)."""
+    if not events:
+        return [], []
     with gc_paused():
         rows = _ledger_rows(events)
-    merged = await copy_new(
-        conn, "ledger", _LEDGER_STAGED, rows, staging="ledger_in", merge=_INSERT_LEDGER
+    merged = await copy_in(
+        conn, "ledger", _LEDGER_STAGED, rows, merge=merging and ("ledger_in", _INSERT_LEDGER)
     )
     if merged is None:
         return events, []
