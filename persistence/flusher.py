@@ -90,6 +90,7 @@ class Flusher:
         buckets: int,
         batch: int = 1_000,
         block_ms: int = 500,
+        linger_ms: int = 0,
         claim_idle_ms: int = 30_000,
         backoff_max: float = 5.0,
         consumer: str | None = None,
@@ -100,6 +101,7 @@ class Flusher:
         self.streams = [stream_key(bucket) for bucket in range(buckets)]
         self._batch = batch
         self._block_ms = block_ms
+        self._linger = linger_ms / 1000
         self._claim_idle_ms = claim_idle_ms
         self._backoff_max = backoff_max
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -211,6 +213,8 @@ class Flusher:
             total += handled
             if burst and handled == 0:
                 break
+            if not burst and 0 < handled < self._batch and self._linger:
+                await _wait(stop, self._linger)  # let the next batch grow (settings: linger)
         return total
 
     async def drain(self, max_failures: int | None = None) -> int:

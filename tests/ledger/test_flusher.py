@@ -347,3 +347,32 @@ async def test_the_migrate_and_flush_commands(
     flushed = await anyio.to_thread.run_sync(invoke, ["flush", "--burst"], durable_settings)
     assert (flushed.exit_code, flushed.output) == (0, "flushed 3 events\n")
     assert await ledger_count(durable_app) == 3
+
+
+async def test_a_lingering_flusher_writes_what_came_meanwhile_in_one_transaction(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """After a small batch the flusher waits ``linger_ms`` before reading again, so the events
+    made meanwhile share one transaction (one ``recorded_at``: the transaction's ``now()``)."""
+    lingering = flusher(durable_app, linger_ms=1_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(lingering.run(stop))
+    try:
+        await adjust(durable_client, "ann", 5)
+        for _ in range(500):  # the first event is written at once; the flusher then lingers
+            if await ledger_count(durable_app):
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            await adjust(durable_client, "ann", 5)
+        for _ in range(500):
+            if await ledger_count(durable_app) == 4:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)  # a stop ends the lingering wait at once
+    rows = await fetch(durable_app, "SELECT seq, recorded_at FROM ledger ORDER BY seq")
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["recorded_at"] < rows[1]["recorded_at"]
+    assert len({r["recorded_at"] for r in rows[1:]}) == 1
