@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
+from redis._parsers import hiredis as redis_hiredis_parser
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -47,6 +48,8 @@ from persistence.store import Store, is_transient
 from persistence.writer import WriteResult
 
 log = logging.getLogger("persistence.flusher")
+# What redis-py's hiredis reader answers while a reply is incomplete (``_read_replies``).
+_NOT_ENOUGH_DATA = getattr(redis_hiredis_parser, "NOT_ENOUGH_DATA", False)
 
 GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
@@ -369,15 +372,41 @@ async def _send_packed(redis: Redis, commands: Sequence[tuple[str | int, ...]]) 
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(payload)
-        replies = [await conn.read_response() for _ in commands]
+        replies = await _read_replies(conn, len(commands))
     except BaseException:
         await conn.disconnect()
         raise
     finally:
         await pool.release(conn)
-    for reply in (*replies, *(replies[-1] or ())):
+    last = replies[-1] if replies and isinstance(replies[-1], list) else []  # EXEC's replies
+    for reply in (*replies, *last):
         if isinstance(reply, Exception):
             raise reply
+    return replies
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies from ``conn``, taken from its own hiredis reader (C) in one loop.
+
+    Why: redis-py's ``read_response`` costs ~10 us of Python a reply (its timeout scope, its
+    checks), and an acknowledgement sends two commands per stream in the batch: at a few
+    thousand events/s a batch spreads over ~200 streams, and reading the ~400 replies one by one
+    took 4.7 ms, ~19 us per event. The reader is redis-py's (the parser's ``_reader``, fed by
+    its ``read_from_socket``), so no byte is buffered twice; a connection without one (redis-py
+    without hiredis) is read reply by reply. Replies decode as ``read_response`` decodes them;
+    the connection's socket timeout bounds the whole read."""
+    parser: Any = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is None or not hasattr(parser, "read_from_socket"):
+        return [await conn.read_response() for _ in range(count)]
+    replies: list[Any] = []
+    async with asyncio.timeout(conn.socket_timeout):
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is _NOT_ENOUGH_DATA:
+                await parser.read_from_socket()
+            else:
+                replies.append(reply)
     return replies
 
 
