@@ -2,7 +2,7 @@
 // No dependencies: fetch, AbortController and crypto.randomUUID (browsers, node >= 20).
 
 import {
-  BadResponse, CountersError, Unavailable, errorFor, excerpt, keyed,
+  BadResponse, CountersError, Forbidden, Unauthorized, Unavailable, errorFor, excerpt, keyed,
 } from './errors.js';
 import { AWARD, LEVELS, USER_PROGRESS, XP_CHECK, mismatch } from './shapes.js';
 
@@ -150,6 +150,15 @@ export function award(action, target, sessionToken, options = {}) {
   });
 }
 
+/**
+ * Errors that even a fail-open award throws: the caller's own credentials are refused (401: a
+ * bad, expired or revoked token; 403: credentials not allowed to award). No retry or later call
+ * fixes them; swallowed, every award would be lost in silence.
+ */
+export function failsLoudly(error) {
+  return error instanceof Unauthorized || error instanceof Forbidden;
+}
+
 function logUnawarded(logger, action, error) {
   const outage = error instanceof Unavailable || error instanceof BadResponse;
   (outage ? logger?.warn : logger?.debug)?.call(logger, `no EXP for ${action}: ${error.message}`);
@@ -159,14 +168,15 @@ function logUnawarded(logger, action, error) {
  * The seed's silentExpGain(action, target, sessionToken): award EXP for `action` (target is
  * null or { type, id } for creator-targeted actions). Fails open: resolves to the award, or
  * null when nothing was awarded (a limit, the cap, an outage, an answer that is not the
- * service's; logged). With expFailOpen false it throws them instead.
+ * service's; logged). It throws only when the caller's own credentials are refused
+ * (Unauthorized, Forbidden: a broken login is no outage), or anything with expFailOpen false.
  */
 export async function silentExpGain(action, target, sessionToken, options = {}) {
   const { expFailOpen, logger } = { ...defaults, ...options };
   try {
     return await award(action, target, sessionToken, options);
   } catch (error) {
-    if (!(error instanceof CountersError) || !expFailOpen) throw error;
+    if (!(error instanceof CountersError) || !expFailOpen || failsLoudly(error)) throw error;
     logUnawarded(logger, action, error);
     return null;
   }

@@ -1,6 +1,6 @@
 // counters-client: the service from a browser (no runtime dependencies).
 export {
-  configure, call, award, silentExpGain, checkXP, getProgress, getLevels,
+  configure, call, award, failsLoudly, silentExpGain, checkXP, getProgress, getLevels,
 } from './client.js';
 export * from './errors.js';
 export * as shapes from './shapes.js';

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  BadResponse, CountersError, DailyLimitReached, InvalidRequest,
+  BadResponse, CountersError, DailyLimitReached, Forbidden, InvalidRequest, Unauthorized,
   Unavailable, award, call, checkXP, errorFor, getProgress, shapes, silentExpGain,
 } from '../src/index.js';
 import { answer, awardBody, deadUrl, keepingLogger, rawServer } from './support/servers.js';
@@ -139,17 +139,28 @@ test('503 outcome_unknown and storage_unavailable: retried with one key, then Un
   }
 });
 
-test('expFailOpen false: silentExpGain throws the refusal', async () => {
-  const limit = answer(429, JSON.stringify({ detail: 'Daily limit reached', code: 'daily_limit_reached' }),
-    { 'Retry-After': '3600' });
-  const server = await rawServer(() => limit);
+test('refused credentials throw even from silentExpGain; expFailOpen false throws refusals too', async () => {
+  const refusals = [
+    answer(401, JSON.stringify({ detail: 'Invalid token', code: 'unauthorized' })),
+    answer(403, JSON.stringify({ detail: 'Not allowed', code: 'forbidden' })),
+    answer(429, JSON.stringify({ detail: 'Daily limit reached', code: 'daily_limit_reached' }),
+      { 'Retry-After': '3600' }),
+  ];
+  const server = await rawServer((n) => refusals[n % refusals.length]);
   const options = { baseUrl: server.url, logger: keepingLogger() };
   try {
-    assert.equal(await silentExpGain('daily_chat', null, 't', options), null);
-    const refused = await rejection(silentExpGain('daily_chat', null, 't', { ...options, expFailOpen: false }));
-    assert.ok(refused instanceof DailyLimitReached, String(refused));
-    assert.equal(refused.retryAfter, 3600);
-    assert.equal(server.requests.length, 2);  // not retried
+    const unauthorized = await rejection(silentExpGain('daily_chat', null, 'bad', options));
+    assert.ok(unauthorized instanceof Unauthorized, String(unauthorized));
+    assert.ok(unauthorized.idempotencyKey);
+    assert.ok(await rejection(silentExpGain('daily_chat', null, 't', options)) instanceof Forbidden);
+    assert.equal(await silentExpGain('daily_chat', null, 't', options), null);  // a limit: fails open
+    const strict = { ...options, expFailOpen: false };
+    await rejection(silentExpGain('daily_chat', null, 't', strict));  // the 401 again
+    await rejection(silentExpGain('daily_chat', null, 't', strict));  // the 403
+    const limit = await rejection(silentExpGain('daily_chat', null, 't', strict));
+    assert.ok(limit instanceof DailyLimitReached, String(limit));
+    assert.equal(limit.retryAfter, 3600);
+    assert.equal(server.requests.length, 6);  // none retried
   } finally {
     await server.close();
   }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DailyLimitReached, IdempotencyKeyReused, Unavailable, award, checkXP, getProgress,
+  DailyLimitReached, IdempotencyKeyReused, Unauthorized, Unavailable, award, checkXP, getProgress,
   silentExpGain,
 } from '../src/index.js';
 
@@ -25,6 +25,19 @@ test('against the live service: an award, then the daily limit resolves to null'
   const check = await checkXP('NEW_IMAGE', { ...options, token: TOKEN });
   assert.equal(check.has_sufficient_xp, false);
   assert.ok(check.guidance.startsWith('🎮'));
+});
+
+test('against the live service: a refused token throws even from silentExpGain', live, async () => {
+  const options = { baseUrl: URL };
+  const refused = await silentExpGain('daily_chat', null, 'not-a-token', options).then(
+    () => assert.fail('resolved'), (error) => error);
+  assert.ok(refused instanceof Unauthorized, String(refused));
+  assert.equal(refused.status, 401);
+  assert.equal(refused.code, 'unauthorized');
+  assert.ok(refused.idempotencyKey);
+  const check = await checkXP('NEW_IMAGE', { ...options, token: 'not-a-token', logger: null });
+  assert.equal(check.has_sufficient_xp, false);
+  assert.equal(check.code, 'unauthorized');
 });
 
 test('against the live service: a limit carries its Retry-After and the key', live, async () => {
