@@ -117,7 +117,8 @@ function resultOf(method, path, answer, shape) {
  */
 export async function call(method, path, { body, token, write = false, shape, ...options } = {}) {
   const opts = { ...defaults, ...options };
-  const key = write ? (opts.idempotencyKey ?? newKey()) : null;
+  // Only this call's own key: one given to configure() would be reused by every write.
+  const key = write ? (options.idempotencyKey ?? newKey()) : null;
   const init = {
     method,
     headers: headersFor(token ?? opts.token, body !== undefined, key),
@@ -127,7 +128,8 @@ export async function call(method, path, { body, token, write = false, shape, ..
   try {
     answer = await attempts(method, `${opts.baseUrl}${path}`, init, opts);
   } catch (error) {
-    const detail = `${method} ${path}: ${error?.name ?? 'Error'}: ${error?.message ?? error}`;
+    const cause = error?.cause ? ` (${error.cause.code ?? error.cause.message ?? error.cause})` : '';
+    const detail = `${method} ${path}: ${error?.name ?? 'Error'}: ${error?.message ?? error}${cause}`;
     throw keyed(new Unavailable(0, 'unavailable', detail, {}), key);
   }
   try {

@@ -169,7 +169,8 @@ test('refused credentials throw even from silentExpGain; expFailOpen false throw
 test('an unreachable service: silentExpGain null, checkXP not sufficient, getProgress null', async () => {
   const options = { baseUrl: await deadUrl(), retries: 1, logger: keepingLogger() };
   assert.equal(await silentExpGain('daily_chat', null, 't', options), null);
-  assert.match(options.logger.lines[0].message, /no EXP for daily_chat: 0 unavailable: POST \/api\/exp\/gain/);
+  assert.match(options.logger.lines[0].message,
+    /no EXP for daily_chat: 0 unavailable: POST \/api\/exp\/gain: TypeError: fetch failed \(ECONNREFUSED\)/);
   const check = await checkXP('NEW_IMAGE', options);
   assert.equal(check.has_sufficient_xp, false);
   assert.equal(check.subscription_url, '/subscriptions');
