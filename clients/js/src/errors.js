@@ -2,7 +2,7 @@
 // (clients/python/counters_client/errors.py, same names and tree):
 //
 // CountersError                 status, code, detail, body, retryAfter, idempotencyKey
-// ├── Unavailable               no answer, or 503 (storage_unavailable, outcome_unknown)
+// ├── Unavailable               no answer, 503 (storage_unavailable, outcome_unknown), 502/504
 // ├── BadResponse               a 2xx whose body is not the result's shape (bad_response)
 // ├── Unauthorized              401 unauthorized
 // ├── Forbidden                 403 forbidden
@@ -104,6 +104,8 @@ export const BY_CODE = new Map([
 const BY_STATUS = new Map([
   [400, InvalidRequest], [401, Unauthorized], [403, Forbidden], [404, NotFound], [409, Conflict],
   [413, InvalidRequest], [422, InvalidRequest], [503, Unavailable],
+  // A gateway's 502/504 after the retries: a write may have been applied; retry with its key.
+  [502, Unavailable], [504, Unavailable],
 ]);
 
 /** `text` cut to `EXCERPT_CHARS`, whitespace runs folded (what a message can quote of a body). */
