@@ -11,7 +11,7 @@
 -- which ledger_user_time's user prefix serves; (user_id, seq) is not unique either (a reconcile
 -- repair row carries the seq of the user's last event).
 -- On a ledger that already has rows, building the new index holds a SHARE lock on `ledger` for
--- the build (about a second per million award rows): flusher writes wait meanwhile, their
+-- the build (a sort of the award rows): flusher writes wait meanwhile, their
 -- events safe in Redis (the durability window grows for that time), reads go on.
 CREATE INDEX ledger_award_day_user ON ledger (day, user_id) WHERE kind = 'exp_award';
 DROP INDEX ledger_user_day;
