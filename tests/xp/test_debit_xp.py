@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 
 import httpx2
+import msgspec
 import pytest
 import redis
 
 from counters.clock import ManualClock
+from counters.errors import NotFound
+from counters.redis.idempotency import Idempotency
+from counters.runtime.services import Services
+from counters.settings import Settings
+from counters.xp.service import TRANSACTION_TTL
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.xp import ARCADE, balance, debit, events, grant, kinds, spend_to, subscribe
 
@@ -249,3 +255,28 @@ async def test_an_allocation_expiring_with_a_top_up_burns_first(
     assert view["topups"] == [
         {"grant_id": same, "xp_left": 10, "expires_at": "2026-12-21T12:00:00Z"}
     ]
+
+
+def test_the_charge_call_names_every_argument(settings: Settings, clock: ManualClock) -> None:
+    """The hot path builds DebitXp positionally (for speed): every field gets its own value."""
+    svc = Services.build(settings, clock=clock)
+    idem = Idempotency.of("service:0", "key-1", "POST /api/v1/xp/debit u1", b"{}")
+    assert idem is not None
+    call = svc.xp.charge_call("u1", "service:0", "NEW_IMAGE", True, idem)
+    fields = msgspec.structs.asdict(call)
+    transaction_id = fields.pop("transaction_id")
+    assert transaction_id.startswith("xhs_") and len(transaction_id) == 4 + 24
+    assert fields == {
+        "user_id": "u1", "now_ms": int(NOON * 1000), "fingerprint": idem.fingerprint,
+        "idem_ttl": settings.idempotency_ttl_seconds, "idem_key": "key-1", "actor": "service:0",
+        "may_create": "1", "tiers": svc.xp.rules.tiers_arg, "generation_type": "NEW_IMAGE",
+        "costs": svc.xp._costs["NEW_IMAGE"], "mode": "hold",
+        "hold_expires_at": int(NOON) + svc.xp.hold_ttl,
+        "max_holds": svc.xp.rules.max_active_holds, "record_ttl": TRANSACTION_TTL,
+    }  # fmt: skip
+    debit_call = svc.xp.charge_call("u1", "user:u1", "NEW_IMAGE", False, None)
+    assert debit_call.transaction_id.startswith("xd_") and debit_call.mode == "debit"
+    assert (debit_call.fingerprint, debit_call.idem_key) == ("", "")
+    assert debit_call.transaction_id != call.transaction_id
+    with pytest.raises(NotFound, match="Unknown generation type 'NOPE'"):
+        svc.xp.charge_call("u1", "user:u1", "NOPE", False, None)
