@@ -12,11 +12,22 @@ import redis
 from counters.clock import ManualClock
 from counters.errors import NotFound
 from counters.redis.idempotency import Idempotency
+from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
 from counters.xp.service import TRANSACTION_TTL
 from tests.support.core import NOON, service_headers, user_headers
-from tests.support.xp import ARCADE, balance, debit, events, grant, kinds, spend_to, subscribe
+from tests.support.xp import (
+    ARCADE,
+    BUCKETS,
+    balance,
+    debit,
+    events,
+    grant,
+    kinds,
+    spend_to,
+    subscribe,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -280,3 +291,23 @@ def test_the_charge_call_names_every_argument(settings: Settings, clock: ManualC
     assert debit_call.transaction_id != call.transaction_id
     with pytest.raises(NotFound, match="Unknown generation type 'NOPE'"):
         svc.xp.charge_call("u1", "user:u1", "NOPE", False, None)
+
+
+@pytest.mark.parametrize("route", ["/api/v1/xp/debit", "/api/v1/xp/holds"])
+async def test_the_event_the_hash_and_the_reply_carry_one_state(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, route: str
+) -> None:
+    """debit_xp.lua encodes the state once, for the event, and finishes with that text: the
+    event's xp_state, the user hash's xp and the balance answered must all be the same state."""
+    await subscribe(client, "u1", "pixel_rookie")
+    await grant(client, "u1", 50)
+    response = await client.post(
+        route, json={"generation_type": "NEW_IMAGE"}, headers=user_headers("u1")
+    )
+    assert response.status_code in (200, 201)
+    stored = redis_client.hget(UserKeys.of("u1", BUCKETS).user, "xp")
+    event = events(redis_client, "u1")[-1]
+    assert event["kind"] == ("xp_debit" if route.endswith("debit") else "xp_hold")
+    assert event["xp_state"] == stored
+    state = json.loads(stored)
+    assert response.json()["xp_balance"] == state["alloc"] + sum(g["left"] for g in state["grants"])
