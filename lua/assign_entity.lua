@@ -1,13 +1,18 @@
+-- requires: bucket
 --[[ assign_entity: record, transfer or restore the owner of an entity, in the entity's own slot.
 
 The only writer of the owner record. Every change bumps the version and, with the ledger on,
 appends an `entity_owner` event carrying that version to the entity's bucket stream in the same
 atomic step, so Postgres applies owner changes in version order (persistence/writer.py keeps the
 highest version) and names the owner Redis names. No other key names an owner: award scripts
-read this record, so once a transfer has answered no award reaches the former owner.
+read this record, so once a transfer has answered no award reaches the former owner. The event
+carries the bucket's run (lua/lib/bucket.lua), as user events do: an owner change a lost Redis
+incarnation acknowledged is refused by the ledger once a restore retired that run, instead of
+landing behind an owner Redis got back from Postgres (persistence/runs.py).
 
 KEYS[1]  entity  HASH    ctr:{bE}:entity:<type>:<id>   owner (user id), version (int)
 KEYS[2]  events  STREAM  ctr:{bE}:events               the entity's bucket's stream
+KEYS[3]  meta    HASH    ctr:{bE}:meta                 the bucket's run (read only with the ledger)
 
 ARGV[1]  owner_id    string
 ARGV[2]  mode        string  "claim": set only if nobody owns the entity (a creation)
@@ -51,6 +56,6 @@ version = version + 1
 redis.call('HSET', KEYS[1], 'owner', owner, 'version', version)
 if ledger == '1' then
   redis.call('XADD', KEYS[2], '*', 'kind', 'entity_owner', 'target', target, 'owner', owner,
-    'version', version, 'ts', now_ms)
+    'version', version, 'ts', now_ms, 'run', Bucket.run(KEYS[3]))
 end
 return {1, previous, version}

@@ -77,9 +77,9 @@ class BucketRestore:
         # the next start would depend on Postgres answering (counters/runtime/layout.py).
         await self._scripts.send_many([("HSETNX", LAYOUT_KEY, LAYOUT_FIELD, str(self._buckets))])
         await self._store.forget_expired_records(int(self._hydrator.now() * 1000))
-        order = list(incomplete)  # runs read first: the barrier of each, then the one read
-        for start in range(0, len(order), _BATCH):  # after a loss: every bucket, in batches
-            incomplete.update(await self._hydrator.open_buckets(order[start : start + _BATCH]))
+        # runs read first: the barrier of each (after a loss: every bucket, in batches), then
+        # the one read
+        incomplete.update(await self._hydrator.open_all(list(incomplete)))
         users: dict[int, list[str]] = {bucket: [] for bucket in incomplete}
         for user_id in await self._store.user_ids():
             found = users.get(bucket_of(user_id, self._buckets))
@@ -109,13 +109,9 @@ class BucketRestore:
         return left
 
     async def incomplete_buckets(self) -> list[int]:
-        """The buckets whose record lacks ``complete``: one ``HEXISTS`` per bucket (one slot
-        each), all in one pipelined round trip (a pass over 1,024 buckets used to be 1,024
-        script calls one after the other: issue #12). Raises ``StorageError``."""
-        replies = await self._scripts.send_many(
-            [("HEXISTS", meta_key(bucket), "complete") for bucket in range(self._buckets)]
-        )
-        return [bucket for bucket, found in enumerate(replies) if not int(found)]
+        """The buckets Redis does not hold completely (``PostgresHydrator.incomplete_buckets``).
+        Raises ``StorageError``."""
+        return await self._hydrator.incomplete_buckets()
 
     async def run(self, stop: asyncio.Event, interval: float) -> None:
         """Pass after pass until ``stop``; a failure (Redis or Postgres down) waits a pass."""

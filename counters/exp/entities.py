@@ -126,7 +126,7 @@ class Entities:
         ledger = "1" if self._durable_lookup is not None else "0"
         now_ms = int(self._clock.now() * 1000)
         code, previous, _version = await self._scripts.run(
-            AssignEntityKeys(entity=keys.owner, events=keys.events),
+            AssignEntityKeys(entity=keys.owner, events=keys.events, meta=keys.meta),
             AssignEntity(
                 owner_id=owner, mode=mode, ledger=ledger, target=str(target),
                 may_create=may_create, version=version, now_ms=now_ms,

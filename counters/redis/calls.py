@@ -123,6 +123,7 @@ class CreatorAwardKeys(AwardExpKeys, frozen=True):
 class AssignEntityKeys(Keys, frozen=True):
     entity: str
     events: str
+    meta: str  # the entity's bucket's record: its run goes on the owner event
 
 
 class ReserveKeys(Keys, frozen=True):
