@@ -12,7 +12,7 @@ landing behind an owner Redis got back from Postgres (persistence/runs.py).
 
 KEYS[1]  entity  HASH    ctr:{bE}:entity:<type>:<id>   owner (user id), version (int)
 KEYS[2]  events  STREAM  ctr:{bE}:events               the entity's bucket's stream
-KEYS[3]  meta    HASH    ctr:{bE}:meta                 the bucket's run (read only with the ledger)
+KEYS[3]  meta    HASH    ctr:{bE}:meta                 the bucket's run and completeness
 
 ARGV[1]  owner_id    string
 ARGV[2]  mode        string  "claim": set only if nobody owns the entity (a creation)
@@ -20,15 +20,18 @@ ARGV[2]  mode        string  "claim": set only if nobody owns the entity (a crea
                              "restore": set owner and version from Postgres if Redis has none
 ARGV[3]  ledger      "0"|"1" "1": append the owner event (a durable store is configured)
 ARGV[4]  target      string  "<type>:<id>", recorded on the event
-ARGV[5]  may_create  "0"|"1" "0": a missing record must first be restored from Postgres
+ARGV[5]  may_create  string  "1": a missing record is new (no durable store); "0": new when
+                             the bucket is complete (lua/lib/bucket.lua: the restore put back
+                             every owner Postgres has), else restore it from Postgres first;
+                             "2": always restore it first (Redis may evict keys)
 ARGV[6]  version     int     the restored version ("restore" mode; else ignored)
 ARGV[7]  now_ms      int     unix milliseconds, recorded on the event
 
 Reply: {code, previous_owner, version}
   code 1 recorded              previous_owner "" if none; version: the record's version now
   code 2 claim_refused         owned by previous_owner
-  code 8 needs_owner_restore   no record in Redis and may_create is "0": restore it from
-                               Postgres, then call again
+  code 8 needs_owner_restore   no record in Redis, and Redis cannot tell the entity is new:
+                               restore it from Postgres, then call again
 ]]
 
 local owner, mode, ledger, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -43,7 +46,7 @@ if mode == 'restore' then
   end
   return {1, previous, version}
 end
-if previous == '' and may_create ~= '1' then
+if previous == '' and not Bucket.may_create(KEYS[3], may_create) then
   return {8, '', 0}
 end
 if mode == 'claim' and previous ~= '' and previous ~= owner then

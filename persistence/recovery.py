@@ -240,7 +240,8 @@ def durable_triggers_lookup(store: Store) -> DurableTriggersLookup:
     asked when Redis lost the entity's records."""
 
     async def lookup(target: Target, actions: list[str], since_ms: int) -> list[Trigger]:
-        return await store.creator_awards(str(target), actions, since_ms)
+        found = await store.creator_awards(str(target), actions, since_ms)
+        return [(action, actor, owner, ts_ms) for _, action, actor, owner, ts_ms in found]
 
     return lookup
 

@@ -131,6 +131,7 @@ class ReserveKeys(Keys, frozen=True):
 
     entity: str
     record: str
+    meta: str  # the entity's bucket's record: is it complete (a missing owner means none)?
 
 
 class OnceKey(Keys, frozen=True):
