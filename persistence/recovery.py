@@ -84,6 +84,7 @@ class PostgresHydrator:
         # bucket -> its run when this process last held the barriers of every incomplete bucket
         # (fence_entity): an entity of that incarnation needs no further barrier
         self._fenced: dict[int, str] = {}
+        self._sweep = asyncio.Lock()  # one sweep of every barrier at a time per process
 
     async def hydrate(self, user_id: str) -> None:
         """Load the user's durable totals into Redis unless Redis already has the user."""
@@ -169,11 +170,14 @@ class PostgresHydrator:
         run, complete = await self.open_bucket(bucket, barrier=False)
         if complete or self._fenced.get(bucket) == run:
             return
-        runs = await self.open_all(await self.incomplete_buckets())
-        if runs.get(bucket, run) != run:
-            raise StorageError(f"Redis lost bucket {bucket} again while an entity was read")
-        self._fenced.update(runs)
-        self._fenced[bucket] = run
+        async with self._sweep:  # the requests right after a loss wait for one sweep
+            if self._fenced.get(bucket) == run:
+                return
+            runs = await self.open_all(await self.incomplete_buckets())
+            if runs.get(bucket, run) != run:
+                raise StorageError(f"Redis lost bucket {bucket} again while an entity was read")
+            self._fenced.update(runs)
+            self._fenced[bucket] = run
 
     async def _hydrate(self, user_id: str) -> bool:
         """Hydrate one user; True when Postgres knew them (a restore), False for a new user."""
