@@ -120,6 +120,15 @@ def test_the_demo_page_awards_exp_and_moves_the_bar(
         shutil.copy(shot, ROOT / "docs" / "level-progress.png")
 
 
+def test_the_demo_page_says_when_its_token_is_refused(page: Page, live_url: str) -> None:
+    """silentExpGain throws Unauthorized for a refused token (no outage: nothing to fail open
+    for), and the page says so instead of "No EXP"."""
+    page.goto(f"{live_url}/demo?token=not-a-token")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    status = click(page, "Daily chat")
+    assert status.startswith("Sign-in refused: ") and status.endswith("(unauthorized)"), status
+
+
 def test_the_docs_page_renders_from_local_assets_only(page: Page, live_url: str) -> None:
     origins: set[str] = set()
     page.on("request", lambda request: origins.add(urlsplit(request.url).netloc))

@@ -264,6 +264,23 @@ async def test_a_2xx_body_that_does_not_decode_is_a_counters_error(
             await client.debit("NEW_IMAGE", user_id="u1")
 
 
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateways_502_or_504_is_unavailable_with_the_key_to_retry(status: int) -> None:
+    """A proxy's 502/504 in front of the service, after the retries, is ``Unavailable`` (the
+    write may have been applied) and carries the Idempotency-Key every attempt sent, so the
+    caller can retry it safely; a fail-open award answers None."""
+    page = b"<html><head><title>%d Bad Gateway</title></head></html>" % status
+    async with (
+        raw_server(answering(status, page)) as url,
+        AsyncCountersClient(url, service_key="k", retries=1, backoff=0) as client,
+    ):
+        with pytest.raises(Unavailable) as gone:
+            await client.debit("NEW_IMAGE", user_id="u1", idempotency_key="mine-1")
+        assert await client.award_exp_with_limits("u1", "daily_chat") is None
+    assert (gone.value.status, gone.value.code) == (status, f"http_{status}")
+    assert gone.value.idempotency_key == "mine-1"
+
+
 async def test_a_refused_service_key_is_raised_even_by_fail_open_awards(live_url: str) -> None:
     """A bad service key is the deployment's mistake, not an outage: swallowed like one, every
     award would be lost with only a warning in a log."""

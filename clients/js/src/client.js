@@ -1,6 +1,11 @@
 // The counters service from a browser: EXP awards that never break the page, XP checks, progress.
 // No dependencies: fetch, AbortController and crypto.randomUUID (browsers, node >= 20).
 
+import {
+  BadResponse, CountersError, Forbidden, Unauthorized, Unavailable, errorFor, excerpt, keyed,
+} from './errors.js';
+import { AWARD, LEVELS, USER_PROGRESS, XP_CHECK, mismatch } from './shapes.js';
+
 const RETRY_STATUSES = new Set([502, 503, 504]);
 const FALLBACK_CHECK = Object.freeze({
   has_sufficient_xp: false,
@@ -17,8 +22,11 @@ const FALLBACK_CHECK = Object.freeze({
 });
 
 // timeoutMs bounds one attempt; deadlineMs the whole call, every attempt and backoff included.
+// expFailOpen: silentExpGain resolves to null for refusals and outages (false: it throws).
+// logger: where silentExpGain and checkXP say why they answered without the service (null: quiet).
 const defaults = {
   baseUrl: '', token: null, fetch: null, timeoutMs: 3000, deadlineMs: 5000, retries: 2,
+  expFailOpen: true, logger: globalThis.console,
 };
 // Another attempt is not started with less than this left before the deadline.
 const MIN_ATTEMPT_MS = 50;
@@ -32,104 +40,184 @@ function newKey() {
   return globalThis.crypto?.randomUUID?.() ?? `js-${Date.now()}-${Math.random().toString(16).slice(2)}`;
 }
 
-/**
- * One request with a timeout per attempt, retries (no answer, 502/503/504) and a deadline for the
- * whole call (a stalled service costs the page deadlineMs, not one timeout per attempt). A write
- * carries one Idempotency-Key on every attempt, so the service applies it once. Resolves to
- * { status, body, headers }; rejects only when no answer came at all.
- */
-export async function request(method, path, { body, token, write = false, ...options } = {}) {
-  const opts = { ...defaults, ...options };
-  const fetchImpl = opts.fetch ?? globalThis.fetch;
+function headersFor(secret, hasBody, key) {
   const headers = { Accept: 'application/json' };
-  const secret = token ?? opts.token;
   if (secret) headers.Authorization = `Bearer ${secret}`;
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (write) headers['Idempotency-Key'] = opts.idempotencyKey ?? newKey();
-  let lastError;
+  if (hasBody) headers['Content-Type'] = 'application/json';
+  if (key !== null) headers['Idempotency-Key'] = key;
+  return headers;
+}
+
+/**
+ * The attempts of one call: a timeout per attempt (reading the body included), retries when no
+ * (whole) answer came or it was 502/503/504, and a deadline for them all (a stalled service
+ * costs the page deadlineMs, not one timeout per attempt). Resolves to the final answer
+ * { status, headers, text }; rejects with the last attempt's error when none came.
+ */
+async function attempts(method, url, init, opts) {
+  const fetchImpl = opts.fetch ?? globalThis.fetch;
   const end = Date.now() + opts.deadlineMs;
+  let lastError;
   for (let attempt = 0; attempt <= opts.retries; attempt += 1) {
     const abort = new AbortController();
     const waitMs = Math.max(Math.min(opts.timeoutMs, end - Date.now()), MIN_ATTEMPT_MS);
-    const timer = setTimeout(() => abort.abort(), waitMs);
-    const last = attempt === opts.retries;
+    const timer = setTimeout(() => abort.abort(
+      new DOMException(`no whole answer within ${waitMs} ms`, 'TimeoutError')), waitMs);
+    const pauseMs = 50 * 2 ** attempt;
+    const final = () => attempt === opts.retries || Date.now() + pauseMs + MIN_ATTEMPT_MS > end;
     try {
-      const response = await fetchImpl(`${opts.baseUrl}${path}`, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: abort.signal,
-      });
-      const pauseMs = 50 * 2 ** attempt;
-      const outOfTime = Date.now() + pauseMs + MIN_ATTEMPT_MS > end;
-      if (!RETRY_STATUSES.has(response.status) || last || outOfTime) {
-        const text = await response.text();
-        let parsed = null;
-        try { parsed = text ? JSON.parse(text) : null; } catch { parsed = { detail: text }; }
-        return { status: response.status, body: parsed, headers: response.headers };
+      const response = await fetchImpl(url, { ...init, signal: abort.signal });
+      const text = await response.text(); // a body cut short rejects: no answer, retried
+      if (!RETRY_STATUSES.has(response.status) || final()) {
+        return { status: response.status, headers: response.headers, text };
       }
     } catch (error) {
       lastError = error;
     } finally {
       clearTimeout(timer);
     }
-    const pauseMs = 50 * 2 ** attempt;
-    if (last || Date.now() + pauseMs + MIN_ATTEMPT_MS > end) break;
+    if (final()) break;
     await new Promise((resolve) => setTimeout(resolve, pauseMs));
   }
-  throw lastError ?? new Error(`${method} ${path}: no answer`);
+  throw lastError ?? new Error('no answer');
+}
+
+/**
+ * The 2xx answer's body, parsed and checked against `shape` (shapes.js), or the error the
+ * answer's code names; a 2xx body that is not JSON or not the shape is BadResponse.
+ */
+function resultOf(method, path, answer, shape) {
+  const { status, headers, text } = answer;
+  if (status >= 200 && status < 300) {
+    let parsed;
+    let wrong;
+    try {
+      parsed = JSON.parse(text);
+      wrong = shape ? mismatch(parsed, shape) : null;
+    } catch (error) {
+      wrong = `not JSON (${error.message})`;
+    }
+    if (!wrong) return parsed;
+    const detail = `${method} ${path}: ${status} body does not decode: ${wrong}; ` +
+      `it begins "${excerpt(text)}"`;
+    throw new BadResponse(status, 'bad_response', detail, {});
+  }
+  let parsed;
+  try { parsed = JSON.parse(text); } catch { parsed = text; }
+  throw errorFor(status, parsed, headers.get('retry-after'));
+}
+
+/**
+ * One call to the service. Resolves to the 2xx body (checked against `shape`, a shapes.js
+ * shape, when given); rejects with the CountersError its code names (errors.js): Unavailable
+ * when no answer came within the retries and the deadline, BadResponse for a 2xx body that is
+ * not the result. A write (`write: true`) sends one Idempotency-Key on every attempt
+ * (`idempotencyKey`, or one made for the call), so the service applies it at most once, and
+ * every error it rejects with carries that key as `idempotencyKey`.
+ */
+export async function call(method, path, { body, token, write = false, shape, ...options } = {}) {
+  const opts = { ...defaults, ...options };
+  // Only this call's own key: one given to configure() would be reused by every write.
+  const key = write ? (options.idempotencyKey ?? newKey()) : null;
+  const init = {
+    method,
+    headers: headersFor(token ?? opts.token, body !== undefined, key),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  };
+  let answer;
+  try {
+    answer = await attempts(method, `${opts.baseUrl}${path}`, init, opts);
+  } catch (error) {
+    const cause = error?.cause ? ` (${error.cause.code ?? error.cause.message ?? error.cause})` : '';
+    const detail = `${method} ${path}: ${error?.name ?? 'Error'}: ${error?.message ?? error}${cause}`;
+    throw keyed(new Unavailable(0, 'unavailable', detail, {}), key);
+  }
+  try {
+    return resultOf(method, path, answer, shape);
+  } catch (error) {
+    throw keyed(error, key);
+  }
+}
+
+/**
+ * Award EXP for `action` (target: null or { type, id } for creator-targeted actions, token: the
+ * user's session token). Resolves to the award; rejects as `call` does (DailyLimitReached,
+ * DailyCapReached, SelfAction, Unavailable, ... each with its idempotencyKey).
+ */
+export function award(action, target, sessionToken, options = {}) {
+  const body = { action };
+  if (target) Object.assign(body, { target_type: target.type, target_id: target.id });
+  return call('POST', '/api/exp/gain', {
+    ...options, body, token: sessionToken, write: true, shape: AWARD,
+  });
+}
+
+/**
+ * Errors that even a fail-open award throws: the caller's own credentials are refused (401: a
+ * bad, expired or revoked token; 403: credentials not allowed to award). No retry or later call
+ * fixes them; swallowed, every award would be lost in silence.
+ */
+export function failsLoudly(error) {
+  return error instanceof Unauthorized || error instanceof Forbidden;
+}
+
+function logUnawarded(logger, action, error) {
+  const outage = error instanceof Unavailable || error instanceof BadResponse;
+  (outage ? logger?.warn : logger?.debug)?.call(logger, `no EXP for ${action}: ${error.message}`);
 }
 
 /**
  * The seed's silentExpGain(action, target, sessionToken): award EXP for `action` (target is
- * null or { type, id } for creator-targeted actions). Never throws: resolves to the award (the
- * service's body) or null when nothing was awarded (a limit, the cap, an outage).
+ * null or { type, id } for creator-targeted actions). Fails open: resolves to the award, or
+ * null when nothing was awarded (a limit, the cap, an outage, an answer that is not the
+ * service's; logged). It throws only when the caller's own credentials are refused
+ * (Unauthorized, Forbidden: a broken login is no outage), or anything with expFailOpen false.
  */
 export async function silentExpGain(action, target, sessionToken, options = {}) {
+  const { expFailOpen, logger } = { ...defaults, ...options };
   try {
-    const body = { action };
-    if (target) Object.assign(body, { target_type: target.type, target_id: target.id });
-    const answer = await request('POST', '/api/exp/gain', {
-      ...options, body, token: sessionToken, write: true,
-    });
-    return answer.status === 200 ? answer.body : null;
-  } catch {
+    return await award(action, target, sessionToken, options);
+  } catch (error) {
+    if (!(error instanceof CountersError) || !expFailOpen || failsLoudly(error)) throw error;
+    logUnawarded(logger, action, error);
     return null;
   }
 }
 
 /**
- * The seed's checkXP(generationType): the check-xp body with guidance. Never throws: when the
- * service cannot say, it answers not sufficient with generic guidance.
+ * The seed's checkXP(generationType): the check-xp body with guidance. Never throws for the
+ * service's sake: when the service cannot say, it answers not sufficient with generic guidance
+ * and `code`, the reason (the error's code: 'unavailable', 'bad_response', 'not_found', ...;
+ * logged as a warning).
  */
 export async function checkXP(generationType, options = {}) {
+  const path = `/api/v1/subscriptions/check-xp/${encodeURIComponent(generationType)}` +
+    '?include_guidance=true';
   try {
-    const path = `/api/v1/subscriptions/check-xp/${encodeURIComponent(generationType)}` +
-      '?include_guidance=true';
-    const answer = await request('GET', path, options);
-    if (answer.status === 200) return answer.body;
-    return { ...FALLBACK_CHECK, ...(answer.body?.code ? { code: answer.body.code } : {}) };
-  } catch {
-    return { ...FALLBACK_CHECK };
+    return await call('GET', path, { ...options, shape: XP_CHECK });
+  } catch (error) {
+    if (!(error instanceof CountersError)) throw error;
+    const { logger } = { ...defaults, ...options };
+    logger?.warn?.(`check-xp ${generationType}: ${error.message}; answering not sufficient`);
+    return { ...FALLBACK_CHECK, code: error.code };
+  }
+}
+
+async function orNull(path, shape, options) {
+  try {
+    return await call('GET', path, { ...options, shape });
+  } catch (error) {
+    if (error instanceof CountersError) return null;
+    throw error;
   }
 }
 
 /** The caller's { user_id, total_exp, level, progress }, or null if it cannot be had. */
-export async function getProgress(options = {}) {
-  try {
-    const answer = await request('GET', '/api/exp/progress', options);
-    return answer.status === 200 ? answer.body : null;
-  } catch {
-    return null;
-  }
+export function getProgress(options = {}) {
+  return orNull('/api/exp/progress', USER_PROGRESS, options);
 }
 
 /** The level table (GET /api/levels), or null. */
-export async function getLevels(options = {}) {
-  try {
-    const answer = await request('GET', '/api/levels', options);
-    return answer.status === 200 ? answer.body : null;
-  } catch {
-    return null;
-  }
+export function getLevels(options = {}) {
+  return orNull('/api/levels', LEVELS, options);
 }

@@ -1,7 +1,7 @@
 """Every exception the client raises, chosen by the error body's ``code``.
 
 CountersError                 status, code, detail, the whole body, idempotency_key
-├── Unavailable               no answer, or 503 (storage_unavailable, outcome_unknown)
+├── Unavailable               no answer, 503 (storage_unavailable, outcome_unknown), 502/504
 ├── BadResponse               a 2xx whose body is not the result's shape (bad_response)
 ├── Unauthorized              401 unauthorized
 ├── Forbidden                 403 forbidden
@@ -45,7 +45,8 @@ class CountersError(Exception):
 
 
 class Unavailable(CountersError):
-    """The service could not be reached, timed out, or said its storage is down (retry)."""
+    """The service could not be reached, timed out, said its storage is down (503), or a
+    gateway in front of it answered 502/504 (retry with the same Idempotency-Key)."""
 
 
 class BadResponse(CountersError):
@@ -152,6 +153,9 @@ BY_CODE: dict[str, type[CountersError]] = {
 _BY_STATUS: dict[int, type[CountersError]] = {
     400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
     413: InvalidRequest, 422: InvalidRequest, 503: Unavailable,
+    # A gateway's 502/504 (after the retries): the service may have applied a write it never
+    # answered, so it is Unavailable, retried with the same Idempotency-Key, like a 503.
+    502: Unavailable, 504: Unavailable,
 }  # fmt: skip
 
 
