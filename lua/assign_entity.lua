@@ -26,10 +26,14 @@ ARGV[5]  may_create  string  "1": a missing record is new (no durable store); "0
                              "2": always restore it first (Redis may evict keys)
 ARGV[6]  version     int     the restored version ("restore" mode; else ignored)
 ARGV[7]  now_ms      int     unix milliseconds, recorded on the event
+ARGV[8]  run         string  "restore" mode: write only while the bucket's run (KEYS[3]) is this,
+                             the run whose flush barriers the owner was read behind ("": always)
 
 Reply: {code, previous_owner, version}
   code 1 recorded              previous_owner "" if none; version: the record's version now
   code 2 claim_refused         owned by previous_owner
+  code 3 run_changed           "restore" mode: the bucket's run is not ARGV[8] (Redis lost it
+                               again since the read): nothing written
   code 8 needs_owner_restore   no record in Redis, and Redis cannot tell the entity is new:
                                restore it from Postgres, then call again
 ]]
@@ -40,6 +44,9 @@ local may_create, restored_version, now_ms = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local record = redis.call('HMGET', KEYS[1], 'owner', 'version')
 local previous, version = record[1] or '', tonumber(record[2]) or 0
 if mode == 'restore' then
+  if ARGV[8] ~= '' and redis.call('HGET', KEYS[3], 'run') ~= ARGV[8] then
+    return {3, '', 0}
+  end
   if previous == '' then
     redis.call('HSET', KEYS[1], 'owner', owner, 'version', restored_version)
     return {1, '', restored_version}

@@ -41,7 +41,7 @@ from counters.redis.calls import (
     CompleteBucket,
     Keys,
     MetaKey,
-    OnceKey,
+    RestoreOnceKeys,
 )
 from counters.redis.codes import CompleteOutcome
 from counters.redis.keys import LAYOUT_FIELD, LAYOUT_KEY, EntityKeys, bucket_of, meta_key
@@ -142,19 +142,21 @@ class EntityRestore:
         self._entities.trust_complete = await eviction_safe(self._redis)
 
     async def calls(
-        self, buckets: set[int], now_ms: int
+        self, runs: dict[int, str], now_ms: int
     ) -> dict[int, tuple[EntityCalls, EntityCalls]]:
-        """Per incomplete bucket, its once-per-actor restores and its owner restores (written in
-        that order: no award may see an owner without its records). Raises ``StorageError``."""
+        """Per incomplete bucket (``runs``: its run, whose barriers are held), its
+        once-per-actor restores and its owner restores (written in that order: no award may see
+        an owner without its records), each written only while the bucket is still that run.
+        Raises ``StorageError``."""
         found: dict[int, tuple[EntityCalls, EntityCalls]] = {}
 
-        def of(identity: str) -> tuple[EntityKeys, tuple[EntityCalls, EntityCalls] | None]:
+        def of(identity: str) -> tuple[EntityKeys, str, tuple[EntityCalls, EntityCalls] | None]:
             entity_type, _, entity_id = identity.partition(":")
             keys = EntityKeys.of(entity_type, entity_id, self._buckets)
             bucket = bucket_of(identity, self._buckets)
-            if bucket not in buckets:
-                return keys, None
-            return keys, found.setdefault(bucket, ([], []))
+            if bucket not in runs:
+                return keys, "", None
+            return keys, runs[bucket], found.setdefault(bucket, ([], []))
 
         rules = self._rules_of()
         once = [name for name, action in rules.actions.items() if action.once_per_actor]
@@ -167,19 +169,19 @@ class EntityRestore:
             ):
                 triggers.setdefault(target, []).append((action, actor, owner, ts_ms))
             for target, rows in triggers.items():
-                keys, into = of(target)
+                keys, run, into = of(target)
                 if into is not None:
                     into[0].extend(
-                        (OnceKey(keys.once(action)), call)
-                        for action, call in restore_once_calls(rows, ttl).items()
+                        (RestoreOnceKeys(keys.once(action), keys.meta), call)
+                        for action, call in restore_once_calls(rows, ttl, run).items()
                     )
         for entity_type, entity_id, owner, version in await self._store.entity_owners():
             target = f"{entity_type}:{entity_id}"
-            keys, into = of(target)
+            keys, run, into = of(target)
             if into is not None:
                 restore = AssignEntity(
                     owner_id=owner, mode="restore", ledger="0", target=target, may_create="1",
-                    version=version, now_ms=now_ms,
+                    version=version, now_ms=now_ms, run=run,
                 )  # fmt: skip
                 into[1].append((AssignEntityKeys(keys.owner, keys.events, keys.meta), restore))
         return found
@@ -228,7 +230,7 @@ class BucketRestore:
         entities = {}
         if self._entities is not None:
             now_ms = int(self._hydrator.now() * 1000)
-            entities = await self._entities.calls(set(incomplete), now_ms)
+            entities = await self._entities.calls(incomplete, now_ms)
         left = 0
         ordered = sorted(incomplete.items())
         for first in range(0, len(ordered), _BATCH):  # hydrate a batch's users, then complete it

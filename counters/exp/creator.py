@@ -47,6 +47,7 @@ from counters.redis.calls import (
     ReserveCreatorAward,
     ReserveKeys,
     RestoreOnce,
+    RestoreOnceKeys,
     SettleCreatorAward,
 )
 from counters.redis.codes import (
@@ -292,7 +293,7 @@ class CreatorAwards:
         keys = self._entities.keys(target)
         await asyncio.gather(
             *(
-                self._scripts.run(OnceKey(keys.once(action)), call)
+                self._scripts.run(RestoreOnceKeys(keys.once(action), keys.meta), call)
                 for action, call in restore_once_calls(
                     await lookup(target, once, since), self._once_ttl
                 ).items()
@@ -305,16 +306,19 @@ class CreatorAwards:
 
 
 def restore_once_calls(
-    triggers: list[tuple[str, str, str, int]], once_ttl: int
+    triggers: list[tuple[str, str, str, int]], once_ttl: int, run: str = ""
 ) -> dict[str, RestoreOnce]:
     """The ``restore_once.lua`` call of each action, from ledgered ``(action, actor, owner,
     ts_ms)`` of one entity: each actor's entry as "done" (the ledger holds only paid awards),
-    its hash kept ``once_ttl`` seconds."""
+    its hash kept ``once_ttl`` seconds; with a ``run``, written only while the entity's bucket
+    is still that incarnation."""
     entries: dict[str, list[list[str]]] = {}
     for action, actor, owner, ts_ms in triggers:
         entry = {"state": "done", "rid": "", "owner": owner, "fp": "", "ts": ts_ms}
         entries.setdefault(action, []).append([actor, json.dumps(entry)])
-    return {action: RestoreOnce(json.dumps(found), once_ttl) for action, found in entries.items()}
+    return {
+        action: RestoreOnce(json.dumps(found), once_ttl, run) for action, found in entries.items()
+    }
 
 
 async def _done() -> None:

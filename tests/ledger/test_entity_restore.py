@@ -16,6 +16,15 @@ import redis
 from starlette.applications import Starlette
 
 from counters.cli.embedded import PostgresServer
+from counters.exp.creator import restore_once_calls
+from counters.redis.calls import (
+    AssignEntity,
+    AssignEntityKeys,
+    MetaKey,
+    OpenBucket,
+    RestoreOnceKeys,
+)
+from counters.redis.codes import AssignOutcome, RestoreOnceOutcome
 from counters.redis.keys import EntityKeys
 from counters.runtime.durability import Durability
 from persistence.restore import BucketRestore
@@ -105,3 +114,33 @@ async def test_while_redis_may_evict_a_missing_owner_is_asked_of_postgres(
     finally:
         postgres_server.start()
     assert (await gain(durable_client, {**CREATE, "target_id": "e5"}, "zed")).status_code == 200
+
+
+async def test_entity_restores_read_for_one_incarnation_never_land_in_another(
+    durable_app: Starlette, redis_client: redis.Redis
+) -> None:
+    """The restore reads entities behind the barriers of the bucket's run; if Redis lost the
+    bucket again before the write, what was read may miss owner changes the lost incarnation
+    flushed since: nothing is written, and the next pass reads again."""
+    svc = services(durable_app)
+    keys = EntityKeys.of("character", "e7", svc.settings.key_buckets)
+    meta = MetaKey(keys.meta)
+    run = (await svc.scripts.run(meta, OpenBucket()))[1]
+    redis_client.delete(keys.meta)  # lost again: the next script makes a new run
+    newer = (await svc.scripts.run(meta, OpenBucket()))[1]
+    assert newer != run
+    owner = AssignEntity(
+        owner_id="ann", mode="restore", ledger="0", target="character:e7", may_create="1",
+        version=3, now_ms=0, run=run,
+    )  # fmt: skip
+    reply = await svc.scripts.run(AssignEntityKeys(keys.owner, keys.events, keys.meta), owner)
+    assert reply[0] == AssignOutcome.RUN_CHANGED
+    once = restore_once_calls([("character_liked", "fan", "ann", 1)], 60, run)["character_liked"]
+    reply = await svc.scripts.run(RestoreOnceKeys(keys.once("character_liked"), keys.meta), once)
+    assert reply[0] == RestoreOnceOutcome.RUN_CHANGED
+    assert not redis_client.exists(keys.owner, keys.once("character_liked"))
+    current = restore_once_calls([("character_liked", "fan", "ann", 1)], 60, newer)
+    reply = await svc.scripts.run(
+        RestoreOnceKeys(keys.once("character_liked"), keys.meta), current["character_liked"]
+    )
+    assert list(reply) == [RestoreOnceOutcome.RESTORED, 1]
