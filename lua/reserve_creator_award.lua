@@ -1,3 +1,4 @@
+-- requires: bucket
 --[[ reserve_creator_award: step B of a creator-targeted award, in the ENTITY's slot.
 
 A creator award (a like, a fork) spans three identities, each with its records in its own slot:
@@ -25,6 +26,7 @@ KEYS[1]  entity  HASH  ctr:{bE}:entity:<type>:<id>           owner, version
 KEYS[2]  record  HASH    ctr:{bE}:once:<action>:<type>:<id>  actor -> JSON entry ("once" mode)
                  STRING  ctr:{bE}:request:<rid>              the owner rid pays ("keyed" mode)
                          or an unused key ("plain" mode)
+KEYS[3]  meta    HASH  ctr:{bE}:meta   the entity's bucket's completeness (may_create "0")
 
 ARGV[1]  actor        string   who triggered the action
 ARGV[2]  rid          string   this request's id
@@ -34,7 +36,9 @@ ARGV[4]  mode         string   "once": once per actor (reserve in KEYS[2]); "key
 ARGV[5]  now_ms       int      unix milliseconds, service clock
 ARGV[6]  stale_ms     int      a pending entry older than this is settled as done
 ARGV[7]  once_ttl     int      seconds KEYS[2] lives after its last write
-ARGV[8]  may_create   "0"|"1"  "0": a missing owner record must be restored from Postgres first
+ARGV[8]  may_create   string   "1": a missing owner record means no owner; "0": so when the
+                                 bucket is complete, else restore it from Postgres first; "2":
+                                 always restore it first (Redis may evict keys)
 
 Entry (JSON): {"state": "pending"|"done", "rid": str, "owner": str, "fp": str, "ts": now_ms}
 
@@ -42,8 +46,8 @@ Reply: {code, owner, rid, fingerprint}
   code 1 reserved              pay owner under rid (rid and fingerprint: this request's, or
                                the ones its own earlier attempt recorded)
   code 4 already_triggered     by this actor (owner: whom the first one paid)
-  code 8 needs_owner_restore   no owner record and may_create is "0": restore it from
-                               Postgres, then call again
+  code 8 needs_owner_restore   no owner record, and Redis cannot tell there is none: restore
+                               it from Postgres, then call again
   code 9 pending               under another request: complete {owner, rid, fingerprint}
                                first, then call again
   code 10 no_owner             nobody owns the entity
@@ -56,7 +60,7 @@ local may_create = ARGV[8]
 
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then
-  if may_create ~= '1' then return {8, '', '', ''} end
+  if not Bucket.may_create(KEYS[3], may_create) then return {8, '', '', ''} end
   return {10, '', '', ''}
 end
 if owner == actor then return {11, owner, '', ''} end

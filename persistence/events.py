@@ -125,6 +125,7 @@ class OwnerChange(
     owner: str
     version: BigInt = 0  # the owner record's version after this change (absent before issue #10)
     ts: Millis = 0
+    run: str = ""  # the entity's bucket's run (absent before the flush fence of owners, #11)
 
 
 class RecordChange(
@@ -230,6 +231,8 @@ class OwnerEvent:
     owner_id: str
     position: tuple[int, int]
     version: int = 0  # the owner record's version in Redis: newer versions win
+    stream: str = ""  # the entity's bucket's stream
+    run: str = ""  # its run: the flush barrier refuses a retired one (persistence/runs.py)
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -300,7 +303,7 @@ def parse(
     if kind == RECORD_KIND:
         return _record(stream, stream_id, fields)
     if kind == OWNER_KIND:
-        return _owner(stream_id, fields)
+        return _owner(stream, stream_id, fields)
     if not all(map(fields.get, REQUIRED)):  # one C loop; the names only when it fails
         raise ValueError(f"missing {', '.join(n for n in REQUIRED if not fields.get(n))}")
     if "\x00" in "".join(fields) or "\x00" in "".join(fields.values()):
@@ -338,7 +341,7 @@ def _record(stream: str, stream_id: str, fields: Mapping[str, str]) -> RecordEve
     )
 
 
-def _owner(stream_id: str, fields: Mapping[str, str]) -> OwnerEvent:
+def _owner(stream: str, stream_id: str, fields: Mapping[str, str]) -> OwnerEvent:
     entity_type, sep, entity_id = fields.get("target", "").partition(":")
     if not (sep and entity_type and entity_id and fields.get("owner")):
         raise ValueError("entity_owner event without target <type>:<id> and owner")
@@ -346,7 +349,9 @@ def _owner(stream_id: str, fields: Mapping[str, str]) -> OwnerEvent:
         owner = msgspec.convert(fields, OwnerChange, strict=False)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    return OwnerEvent(entity_type, entity_id, owner.owner, position(stream_id), owner.version)
+    return OwnerEvent(
+        entity_type, entity_id, owner.owner, position(stream_id), owner.version, stream, owner.run
+    )
 
 
 @contextlib.contextmanager

@@ -13,6 +13,11 @@ Hydration never races the flusher: before reading, it reads the bucket's run (``
 and holds the ledger's flush barrier for it (``persistence/runs.py``: every flush of an earlier
 incarnation has committed or can no longer commit), and ``hydrate_user`` writes only if the
 bucket's run is still that one. A process holds each bucket's barrier once per run.
+
+An entity Redis lost is read back (its owner, who already triggered its once-per-actor
+actions) behind the same barriers (``fence_entity``): of every incomplete bucket, because a
+creator award's once-per-actor record lives in the entity's bucket while the award's event,
+from which Postgres learns it, is in the paid owner's.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from counters.redis.scripts import Scripts
 from persistence.leaderboard import user_award_sums
 from persistence.store import DurableUser, Store
 
+_BATCH = 256  # buckets opened (runs, barriers) per round trip and per Postgres transaction
 Trigger = tuple[str, str, str, int]  # action, actor, owner, ts_ms
 DayWindowOf = Callable[[str, float], DayWindow]  # (user_id, now) -> today's key and expiry
 
@@ -75,6 +81,10 @@ class PostgresHydrator:
         self._board_grace = board_grace  # None: leaderboards off, none restored
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._barriers: dict[int, str] = {}  # bucket -> the run whose barrier this process holds
+        # bucket -> its run when this process last held the barriers of every incomplete bucket
+        # (fence_entity): an entity of that incarnation needs no further barrier
+        self._fenced: dict[int, str] = {}
+        self._sweep = asyncio.Lock()  # one sweep of every barrier at a time per process
 
     async def hydrate(self, user_id: str) -> None:
         """Load the user's durable totals into Redis unless Redis already has the user."""
@@ -131,6 +141,43 @@ class PostgresHydrator:
         await self._store.barriers(needed)
         self._barriers.update(needed)
         return runs
+
+    async def incomplete_buckets(self) -> list[int]:
+        """The buckets whose record lacks ``complete``: one ``HEXISTS`` per bucket (one slot
+        each), all in one pipelined round trip (a pass over 1,024 buckets used to be 1,024
+        script calls one after the other: issue #12). Raises ``StorageError``."""
+        replies = await self._scripts.send_many(
+            [("HEXISTS", meta_key(bucket), "complete") for bucket in range(self._buckets)]
+        )
+        return [bucket for bucket, found in enumerate(replies) if not int(found)]
+
+    async def open_all(self, buckets: list[int]) -> dict[int, str]:
+        """``open_buckets`` of any number of buckets, ``_BATCH`` at a time. Returns each one's
+        run; every barrier is held when it returns. Raises ``StorageError``."""
+        runs: dict[int, str] = {}
+        for start in range(0, len(buckets), _BATCH):
+            runs.update(await self.open_buckets(buckets[start : start + _BATCH]))
+        return runs
+
+    async def fence_entity(self, identity: str) -> None:
+        """Before an entity (``<type>:<id>``) Redis does not hold is read from Postgres: returns
+        once no flush of a lost Redis incarnation can still add its owner or a creator award on
+        it. Nothing to wait for in a complete bucket (the restore that completed it held every
+        incomplete bucket's barrier first); else the barriers of every incomplete bucket, once
+        per process and incarnation. Raises ``StorageError`` (Postgres down, or a flush holding
+        a barrier past the request's time budget: the caller answers 503)."""
+        bucket = bucket_of(identity, self._buckets)
+        run, complete = await self.open_bucket(bucket, barrier=False)
+        if complete or self._fenced.get(bucket) == run:
+            return
+        async with self._sweep:  # the requests right after a loss wait for one sweep
+            if self._fenced.get(bucket) == run:
+                return
+            runs = await self.open_all(await self.incomplete_buckets())
+            if runs.get(bucket, run) != run:
+                raise StorageError(f"Redis lost bucket {bucket} again while an entity was read")
+            self._fenced.update(runs)
+            self._fenced[bucket] = run
 
     async def _hydrate(self, user_id: str) -> bool:
         """Hydrate one user; True when Postgres knew them (a restore), False for a new user."""
@@ -197,15 +244,20 @@ def durable_triggers_lookup(store: Store) -> DurableTriggersLookup:
     asked when Redis lost the entity's records."""
 
     async def lookup(target: Target, actions: list[str], since_ms: int) -> list[Trigger]:
-        return await store.creator_awards(str(target), actions, since_ms)
+        found = await store.creator_awards(str(target), actions, since_ms)
+        return [(action, actor, owner, ts_ms) for _, action, actor, owner, ts_ms in found]
 
     return lookup
 
 
-def durable_owner_lookup(store: Store) -> DurableOwnerLookup:
-    """``Entities``'s cold-path owner lookup: only asked when Redis has no owner."""
+def durable_owner_lookup(store: Store, fence: PostgresHydrator | None) -> DurableOwnerLookup:
+    """``Entities``'s cold-path owner lookup: only asked when Redis has no owner. With a
+    ``fence`` it reads behind the flush barriers (``PostgresHydrator.fence_entity``); the
+    once-per-actor lookup (``durable_triggers_lookup``) runs after it, behind the same."""
 
     async def lookup(target: Target) -> DurableOwner | None:
+        if fence is not None:
+            await fence.fence_entity(str(target))
         return await store.owner_of(target.type, target.id)
 
     return lookup

@@ -9,6 +9,12 @@ the flush barrier of the bucket's current run (``persistence/runs.py``), hydrate
 Postgres has in the bucket (``hydrate_user.lua`` skips users Redis already holds), then marks
 the bucket complete unless Redis lost it again meanwhile (``complete_bucket.lua``).
 
+Entities too (``EntityRestore``): before a bucket is marked complete, the owner of every entity
+of the bucket Postgres knows, and who already triggered its once-per-actor actions, are put
+back, so a missing owner in a complete bucket is no owner and a brand-new entity is claimed
+with no Postgres read (issue #11). Only while Redis evicts nothing (``eviction_safe``): an
+evicted owner would otherwise look claimable.
+
 On an empty ledger (a first start) there is nobody to restore: every bucket is marked complete
 at once. Progress is in ``/readyz`` (``restore``).
 """
@@ -18,13 +24,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from counters.errors import StorageError
-from counters.redis.calls import CompleteBucket, MetaKey
+from counters.exp.creator import restore_once_calls
+from counters.exp.entities import Entities
+from counters.redis.calls import (
+    AssignEntity,
+    AssignEntityKeys,
+    Call,
+    CompleteBucket,
+    Keys,
+    MetaKey,
+    RestoreOnceKeys,
+)
 from counters.redis.codes import CompleteOutcome
-from counters.redis.keys import LAYOUT_FIELD, LAYOUT_KEY, bucket_of, meta_key
+from counters.redis.keys import LAYOUT_FIELD, LAYOUT_KEY, EntityKeys, bucket_of, meta_key
 from counters.redis.scripts import Scripts
+from counters.rules import ExpRules
 from persistence.recovery import PostgresHydrator
 from persistence.store import Store
 
@@ -32,6 +54,7 @@ log = logging.getLogger("persistence.restore")
 
 _PARALLEL = 32  # hydrations in flight while a bucket is restored
 _BATCH = 256  # buckets opened (runs, barriers) and completed per round trip
+_CALLS = 1_024  # entity restore scripts per pipelined round trip
 
 
 @dataclass(slots=True)
@@ -54,21 +77,140 @@ class RestoreProgress:
         return body
 
 
+async def eviction_safe(redis: Redis) -> bool:
+    """True when every Redis node answers ``maxmemory-policy noeviction``: no key can vanish
+    but by a loss (which takes the bucket's ``complete`` with it) or its own TTL. Any other
+    policy, or a refused ``CONFIG GET`` (some managed Redis), is False."""
+    try:
+        if hasattr(redis, "get_primaries"):  # a cluster: every primary holds buckets
+            reply: Any = await redis.config_get(
+                "maxmemory-policy", target_nodes=redis.get_primaries()
+            )
+        else:
+            reply = await redis.config_get("maxmemory-policy")
+    except (RedisError, OSError):
+        return False
+    tokens = list(_strings(reply))
+    policies = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "maxmemory-policy"]
+    return bool(policies) and all(policy == "noeviction" for policy in policies)
+
+
+def _strings(reply: Any) -> Iterator[str]:
+    """Every string in a reply, in order (lists, maps of node -> reply, pairs flattened)."""
+    if isinstance(reply, bytes):
+        yield reply.decode(errors="replace")
+    elif isinstance(reply, str):
+        yield reply
+    elif isinstance(reply, dict):
+        for key, value in reply.items():
+            yield from _strings(key)
+            yield from _strings(value)
+    elif isinstance(reply, (list, tuple)):
+        for item in reply:
+            yield from _strings(item)
+
+
+EntityCalls = list[tuple[Keys, Call]]
+
+
+class EntityRestore:
+    """The entities of incomplete buckets, from Postgres: each one's owner (with its version)
+    and who already triggered its once-per-actor actions within ``liker_memory_days``.
+
+    Read behind the barriers the restore holds for every incomplete bucket (a like's record is
+    in the entity's bucket, its award event in the owner's: ``PostgresHydrator.fence_entity``).
+    Written with the scripts the on-demand path uses, which never overwrite what Redis holds:
+    an owner or an entry written since the loss is newer."""
+
+    def __init__(
+        self,
+        store: Store,
+        entities: Entities,
+        redis: Redis,
+        rules_of: Callable[[], ExpRules],
+        *,
+        buckets: int,
+    ) -> None:
+        self._store = store
+        self._entities = entities
+        self._redis = redis
+        self._rules_of = rules_of
+        self._buckets = buckets
+
+    async def check_eviction(self) -> None:
+        """Let complete buckets speak for entities only while Redis evicts nothing."""
+        self._entities.trust_complete = await eviction_safe(self._redis)
+
+    async def calls(
+        self, runs: dict[int, str], now_ms: int
+    ) -> dict[int, tuple[EntityCalls, EntityCalls]]:
+        """Per incomplete bucket (``runs``: its run, whose barriers are held), its
+        once-per-actor restores and its owner restores (written in that order: no award may see
+        an owner without its records), each written only while the bucket is still that run.
+        Raises ``StorageError``."""
+        found: dict[int, tuple[EntityCalls, EntityCalls]] = {}
+
+        def of(identity: str) -> tuple[EntityKeys, str, tuple[EntityCalls, EntityCalls] | None]:
+            entity_type, _, entity_id = identity.partition(":")
+            keys = EntityKeys.of(entity_type, entity_id, self._buckets)
+            bucket = bucket_of(identity, self._buckets)
+            if bucket not in runs:
+                return keys, "", None
+            return keys, runs[bucket], found.setdefault(bucket, ([], []))
+
+        rules = self._rules_of()
+        once = [name for name, action in rules.actions.items() if action.once_per_actor]
+        ttl = rules.liker_memory_days * 86_400
+        if once:
+            triggers: dict[str, list[tuple[str, str, str, int]]] = {}
+            since_ms = now_ms - ttl * 1000
+            for target, action, actor, owner, ts_ms in await self._store.creator_awards(
+                None, once, since_ms
+            ):
+                triggers.setdefault(target, []).append((action, actor, owner, ts_ms))
+            for target, rows in triggers.items():
+                keys, run, into = of(target)
+                if into is not None:
+                    into[0].extend(
+                        (RestoreOnceKeys(keys.once(action), keys.meta), call)
+                        for action, call in restore_once_calls(rows, ttl, run).items()
+                    )
+        for entity_type, entity_id, owner, version in await self._store.entity_owners():
+            target = f"{entity_type}:{entity_id}"
+            keys, run, into = of(target)
+            if into is not None:
+                restore = AssignEntity(
+                    owner_id=owner, mode="restore", ledger="0", target=target, may_create="1",
+                    version=version, now_ms=now_ms, run=run,
+                )  # fmt: skip
+                into[1].append((AssignEntityKeys(keys.owner, keys.events, keys.meta), restore))
+        return found
+
+
 class BucketRestore:
     """Refills incomplete buckets from Postgres: ``restore_once`` is one idempotent pass."""
 
     def __init__(
-        self, hydrator: PostgresHydrator, store: Store, scripts: Scripts, *, buckets: int
+        self,
+        hydrator: PostgresHydrator,
+        store: Store,
+        scripts: Scripts,
+        *,
+        buckets: int,
+        entities: EntityRestore | None = None,
     ) -> None:
         self._hydrator = hydrator
         self._store = store
         self._scripts = scripts
         self._buckets = buckets
+        self._entities = entities
         self.progress = RestoreProgress(buckets)
 
     async def restore_once(self) -> int:
         """Restore every incomplete bucket; returns how many are still incomplete (lost again
         while being restored). Raises ``StorageError`` when Redis or Postgres fails."""
+        if self._entities is not None:
+            await self._entities.check_eviction()
         incomplete: dict[int, str] = dict.fromkeys(await self.incomplete_buckets(), "")
         self.progress.complete = self._buckets - len(incomplete)
         if not incomplete:
@@ -77,18 +219,24 @@ class BucketRestore:
         # the next start would depend on Postgres answering (counters/runtime/layout.py).
         await self._scripts.send_many([("HSETNX", LAYOUT_KEY, LAYOUT_FIELD, str(self._buckets))])
         await self._store.forget_expired_records(int(self._hydrator.now() * 1000))
-        order = list(incomplete)  # runs read first: the barrier of each, then the one read
-        for start in range(0, len(order), _BATCH):  # after a loss: every bucket, in batches
-            incomplete.update(await self._hydrator.open_buckets(order[start : start + _BATCH]))
+        # runs read first: the barrier of each (after a loss: every bucket, in batches), then
+        # the one read
+        incomplete.update(await self._hydrator.open_all(list(incomplete)))
         users: dict[int, list[str]] = {bucket: [] for bucket in incomplete}
         for user_id in await self._store.user_ids():
             found = users.get(bucket_of(user_id, self._buckets))
             if found is not None:
                 found.append(user_id)
+        entities = {}
+        if self._entities is not None:
+            now_ms = int(self._hydrator.now() * 1000)
+            entities = await self._entities.calls(incomplete, now_ms)
         left = 0
         ordered = sorted(incomplete.items())
         for first in range(0, len(ordered), _BATCH):  # hydrate a batch's users, then complete it
             batch = ordered[first : first + _BATCH]
+            for part in (0, 1):  # every once-per-actor record of the batch, then the owners
+                await self._run_all([c for b, _ in batch for c in entities.get(b, ([], []))[part]])
             for bucket, _ in batch:
                 ids = users[bucket]
                 for start in range(0, len(ids), _PARALLEL):
@@ -108,14 +256,26 @@ class BucketRestore:
         self.progress.passes += 1
         return left
 
+    async def _run_all(self, calls: EntityCalls) -> None:
+        """Run ``calls``, ``_CALLS`` per pipelined round trip; raises the first failure."""
+        for start in range(0, len(calls), _CALLS):
+            for reply in await self._scripts.run_many(calls[start : start + _CALLS]):
+                if isinstance(reply, StorageError):
+                    raise reply
+
     async def incomplete_buckets(self) -> list[int]:
-        """The buckets whose record lacks ``complete``: one ``HEXISTS`` per bucket (one slot
-        each), all in one pipelined round trip (a pass over 1,024 buckets used to be 1,024
-        script calls one after the other: issue #12). Raises ``StorageError``."""
-        replies = await self._scripts.send_many(
-            [("HEXISTS", meta_key(bucket), "complete") for bucket in range(self._buckets)]
-        )
-        return [bucket for bucket, found in enumerate(replies) if not int(found)]
+        """The buckets Redis does not hold completely (``PostgresHydrator.incomplete_buckets``).
+        Raises ``StorageError``."""
+        return await self._hydrator.incomplete_buckets()
+
+    async def watch_eviction(self, stop: asyncio.Event, interval: float) -> None:
+        """Check Redis's eviction policy every ``interval`` seconds until ``stop``, whether or
+        not Postgres is up (``run`` starts only once the schema is applied): a process started
+        while Postgres is down still lets complete buckets speak for entities."""
+        while not stop.is_set() and self._entities is not None:
+            await self._entities.check_eviction()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def run(self, stop: asyncio.Event, interval: float) -> None:
         """Pass after pass until ``stop``; a failure (Redis or Postgres down) waits a pass."""

@@ -2,14 +2,14 @@
 
 Each Redis incarnation of a bucket has a run id (``lua/lib/bucket.lua``: made from Redis's
 clock when the bucket's record is missing, so a later incarnation has a larger id), and every
-user event carries it. The flusher's transaction takes the bucket's advisory lock (its
-stripe's: ``lock_key``) in SHARE mode, registers the runs of its events in ``bucket_runs`` and
-sets the events of a retired run aside (``lost_entries``). Before a user is hydrated,
-``barrier`` takes the same lock EXCLUSIVELY, so it waits for every flush of that bucket still
-open, and retires every older run: from then on the rows of that bucket are final for the older
-incarnations, whatever a slow flusher holds. The events a retired run still had in flight were
-lost with Redis (the durability window); none of them can land behind a hydration and collide
-with the ids or the limits of the user's new events.
+user event, record and entity owner change carries it. The flusher's transaction takes the
+bucket's advisory lock (its stripe's: ``lock_key``) in SHARE mode, registers the runs of its
+events in ``bucket_runs`` and sets the events of a retired run aside (``lost_entries``). Before
+a user is hydrated, ``barrier`` takes the same lock EXCLUSIVELY, so it waits for every flush of
+that bucket still open, and retires every older run: from then on the rows of that bucket are
+final for the older incarnations, whatever a slow flusher holds. The events a retired run still
+had in flight were lost with Redis (the durability window); none of them can land behind a
+hydration and collide with the ids or the limits of the user's new events.
 """
 
 from __future__ import annotations

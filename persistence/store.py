@@ -233,19 +233,22 @@ class Store:
             await barriers(conn, runs)
 
     async def creator_awards(
-        self, target: str, actions: list[str], since_ms: int
-    ) -> list[tuple[str, str, str, int]]:
-        """(action, actor, owner, ts_ms) of the ledgered awards of ``actions`` on ``target``
-        since ``since_ms``: who already triggered them."""
-        async with self.bounded("creator awards", self.timeout) as conn:
+        self, target: str | None, actions: list[str], since_ms: int
+    ) -> list[tuple[str, str, str, str, int]]:
+        """(target, action, actor, owner, ts_ms) of the ledgered awards of ``actions`` on
+        ``target`` (None: every entity, for the restore of incomplete buckets, bounded by
+        ``write_timeout``) since ``since_ms``: who already triggered them."""
+        budget = self.timeout if target is not None else self.write_timeout
+        async with self.bounded("creator awards", budget) as conn:
             rows = await conn.fetch(
-                "SELECT action, actor, owner_id, ts_ms FROM creator_awards"
-                " WHERE target = $1 AND action = ANY($2::text[]) AND ts_ms >= $3",
+                "SELECT target, action, actor, owner_id, ts_ms FROM creator_awards"
+                " WHERE ($1::text IS NULL OR target = $1) AND action = ANY($2::text[])"
+                " AND ts_ms >= $3",
                 target,
                 actions,
                 since_ms,
             )
-        return [(r["action"], r["actor"], r["owner_id"], r["ts_ms"]) for r in rows]
+        return [(r["target"], r["action"], r["actor"], r["owner_id"], r["ts_ms"]) for r in rows]
 
     async def forget_expired_records(self, now_ms: int) -> int:
         """Delete the ``redis_records`` rows expired at ``now_ms``; returns how many."""
@@ -260,6 +263,15 @@ class Store:
         async with self.bounded("list users", self.write_timeout) as conn:
             rows = await conn.fetch("SELECT user_id FROM user_totals")
         return [row["user_id"] for row in rows]
+
+    async def entity_owners(self) -> list[tuple[str, str, str, int]]:
+        """(entity_type, entity_id, owner_id, version) of every entity Postgres has an owner
+        for (the restore of incomplete buckets)."""
+        async with self.bounded("list owners", self.write_timeout) as conn:
+            rows = await conn.fetch(
+                "SELECT entity_type, entity_id, owner_id, version FROM entity_owners"
+            )
+        return [(r["entity_type"], r["entity_id"], r["owner_id"], r["version"]) for r in rows]
 
     async def imported(self, import_ids: list[str]) -> set[str]:
         """Which of ``import_ids`` the ledger already holds (``counters import`` lines whose

@@ -194,8 +194,12 @@ async def _refuse_retired(conn: asyncpg.Connection, batch: Batch) -> tuple[Batch
 
     They were acknowledged by a Redis that lost them before they were ledgered (the durability
     window): they go to ``lost_entries`` for the record, not to the ledger, where they would
-    land behind a user rebuilt without them, and not to quarantine: nothing is to be repaired."""
-    both: list[LedgerEvent | RecordEvent] = [*batch.events, *batch.records]
+    land behind a user rebuilt without them, and not to quarantine: nothing is to be repaired.
+    Entity owner changes carry their bucket's run too: a flush open across a loss must not name
+    an owner after the restore read the entity back (``tests/ledger/test_flush_fence.py``)."""
+    both: list[LedgerEvent | RecordEvent | OwnerEvent] = [
+        *batch.events, *batch.records, *batch.owners
+    ]  # fmt: skip
     # Distinct (stream, run) first: a batch has a few thousand entries but at most one run per
     # bucket stream, and parsing the bucket out of each entry's key was ~1 us per event.
     pairs = {(e.stream, e.run) for e in both if e.run}
@@ -204,23 +208,35 @@ async def _refuse_retired(conn: asyncpg.Connection, batch: Batch) -> tuple[Batch
     if not retired:
         return batch, 0
 
-    def lost(e: LedgerEvent | RecordEvent) -> bool:
+    def lost(e: LedgerEvent | RecordEvent | OwnerEvent) -> bool:
         return bool(e.run) and (bucket_of_key(e.stream), e.run) in retired
 
     gone = [e for e in both if lost(e)]
     await conn.execute(
         _LOST,
         [e.stream for e in gone],
-        [e.stream_id for e in gone],
+        [_stream_id(e) for e in gone],
         [e.run for e in gone],
-        [
-            orjson.dumps(_fields_of(e) if isinstance(e, LedgerEvent) else {"key": e.key}).decode()
-            for e in gone
-        ],
+        [orjson.dumps(_lost_fields(e)).decode() for e in gone],
     )
     events = [e for e in batch.events if not lost(e)]
     records = [r for r in batch.records if not lost(r)]
-    return Batch(events, batch.owners, batch.rejected, records), len(gone)
+    owners = [o for o in batch.owners if not lost(o)]
+    return Batch(events, owners, batch.rejected, records), len(gone)
+
+
+def _stream_id(e: LedgerEvent | RecordEvent | OwnerEvent) -> str:
+    """The entry's id in its stream (an owner event keeps it as its position)."""
+    return f"{e.position[0]}-{e.position[1]}" if isinstance(e, OwnerEvent) else e.stream_id
+
+
+def _lost_fields(e: LedgerEvent | RecordEvent | OwnerEvent) -> dict[str, object]:
+    """What ``lost_entries`` keeps of an entry of a retired run."""
+    if isinstance(e, LedgerEvent):
+        return dict(_fields_of(e))
+    if isinstance(e, RecordEvent):
+        return {"key": e.key}
+    return {"target": f"{e.entity_type}:{e.entity_id}", "owner": e.owner_id, "version": e.version}
 
 
 def _creator_award(e: LedgerEvent) -> bool:

@@ -47,6 +47,7 @@ from counters.redis.calls import (
     ReserveCreatorAward,
     ReserveKeys,
     RestoreOnce,
+    RestoreOnceKeys,
     SettleCreatorAward,
 )
 from counters.redis.codes import (
@@ -217,7 +218,7 @@ class CreatorAwards:
                 may_create=may_create,
             )  # fmt: skip
             code, owner, got_rid, got_fp = await self._scripts.run(
-                ReserveKeys(entity=keys.owner, record=record), reserve
+                ReserveKeys(entity=keys.owner, record=record, meta=keys.meta), reserve
             )
             owner, code = str(owner), int(code)
             if code == _NEEDS_OWNER_RESTORE:
@@ -289,23 +290,35 @@ class CreatorAwards:
         if lookup is None or not once:
             return
         since = int(self._exp.clock.now() * 1000) - self._once_ttl * 1000
-        entries: dict[str, list[list[str]]] = {}
-        for action, actor, owner, ts_ms in await lookup(target, once, since):
-            entry = {"state": "done", "rid": "", "owner": owner, "fp": "", "ts": ts_ms}
-            entries.setdefault(action, []).append([actor, json.dumps(entry)])
         keys = self._entities.keys(target)
         await asyncio.gather(
             *(
-                self._scripts.run(
-                    OnceKey(keys.once(action)), RestoreOnce(json.dumps(found), self._once_ttl)
-                )
-                for action, found in entries.items()
+                self._scripts.run(RestoreOnceKeys(keys.once(action), keys.meta), call)
+                for action, call in restore_once_calls(
+                    await lookup(target, once, since), self._once_ttl
+                ).items()
             )
         )
 
     @property
     def _once_ttl(self) -> int:
         return self._exp.rules.liker_memory_days * 86_400
+
+
+def restore_once_calls(
+    triggers: list[tuple[str, str, str, int]], once_ttl: int, run: str = ""
+) -> dict[str, RestoreOnce]:
+    """The ``restore_once.lua`` call of each action, from ledgered ``(action, actor, owner,
+    ts_ms)`` of one entity: each actor's entry as "done" (the ledger holds only paid awards),
+    its hash kept ``once_ttl`` seconds; with a ``run``, written only while the entity's bucket
+    is still that incarnation."""
+    entries: dict[str, list[list[str]]] = {}
+    for action, actor, owner, ts_ms in triggers:
+        entry = {"state": "done", "rid": "", "owner": owner, "fp": "", "ts": ts_ms}
+        entries.setdefault(action, []).append([actor, json.dumps(entry)])
+    return {
+        action: RestoreOnce(json.dumps(found), once_ttl, run) for action, found in entries.items()
+    }
 
 
 async def _done() -> None:

@@ -12,7 +12,10 @@ item 6). When Redis has no record (a new entity, or Redis lost it) and a durable
 configured, the record is restored from Postgres first, with its version (and, through
 ``after_restore``, who already triggered its once-per-actor actions), then the claim, transfer or
 award runs again: a claim never overwrites an owner Postgres knows, and a transfer after a loss
-never lets a like be paid twice.
+never lets a like be paid twice. Unless the entity's bucket is complete and Redis evicts
+nothing: the bucket restore (``persistence/restore.py``) put back every owner and once-per-actor
+record of the bucket before marking it, so a missing owner is no owner and a new entity is
+claimed with no Postgres read (issue #11).
 """
 
 from __future__ import annotations
@@ -74,11 +77,20 @@ class Entities:
         # Called with the target after its owner record came back from Postgres (set by the
         # creator awards: puts back its once-per-actor records, issue #11).
         self.after_restore: Callable[[Target], Awaitable[None]] | None = None
+        # Whether a complete bucket speaks for its entities: only while Redis evicts nothing
+        # (maxmemory-policy noeviction; checked by persistence.restore.eviction_safe), or an
+        # evicted owner would look like no owner and anyone could claim the entity.
+        self.trust_complete = False
 
     @property
     def may_create(self) -> str:
-        """``may_create`` of the entity scripts: "0" when a missing record may be in Postgres."""
-        return "0" if self._durable_lookup is not None else "1"
+        """``may_create`` of the entity scripts (``lua/lib/bucket.lua``): "1" with no durable
+        store (a missing record is new); "0" when the bucket's completeness decides (the
+        restore put back every owner and once-per-actor record Postgres has: issue #11); "2"
+        when Redis may evict keys, so a missing record is always looked up in Postgres."""
+        if self._durable_lookup is None:
+            return "1"
+        return "0" if self.trust_complete else "2"
 
     def keys(self, target: Target) -> EntityKeys:
         return EntityKeys.of(target.type, target.id, self._buckets)
@@ -126,7 +138,7 @@ class Entities:
         ledger = "1" if self._durable_lookup is not None else "0"
         now_ms = int(self._clock.now() * 1000)
         code, previous, _version = await self._scripts.run(
-            AssignEntityKeys(entity=keys.owner, events=keys.events),
+            AssignEntityKeys(entity=keys.owner, events=keys.events, meta=keys.meta),
             AssignEntity(
                 owner_id=owner, mode=mode, ledger=ledger, target=str(target),
                 may_create=may_create, version=version, now_ms=now_ms,

@@ -123,6 +123,7 @@ class CreatorAwardKeys(AwardExpKeys, frozen=True):
 class AssignEntityKeys(Keys, frozen=True):
     entity: str
     events: str
+    meta: str  # the entity's bucket's record: its run goes on the owner event
 
 
 class ReserveKeys(Keys, frozen=True):
@@ -130,10 +131,18 @@ class ReserveKeys(Keys, frozen=True):
 
     entity: str
     record: str
+    meta: str  # the entity's bucket's record: is it complete (a missing owner means none)?
 
 
 class OnceKey(Keys, frozen=True):
     once: str
+
+
+class RestoreOnceKeys(Keys, frozen=True):
+    """An entity's once-per-actor HASH, and its bucket's record (the run restored for)."""
+
+    once: str
+    meta: str
 
 
 class IdemKey(Keys, frozen=True):
@@ -236,6 +245,7 @@ class AssignEntity(Call, frozen=True):
     may_create: str
     version: int
     now_ms: int
+    run: str = ""  # "restore" mode: write only while the bucket's run is this ("": always)
 
 
 # -- a creator-targeted award's steps (counters/exp/creator.py) ---------------------------------
@@ -459,11 +469,12 @@ class RestoreOnce(Call, frozen=True):
     """Put back once-per-actor entries the ledger knows (as done) unless Redis has the actor."""
 
     SCRIPT = "restore_once"
-    KEYS = OnceKey
+    KEYS = RestoreOnceKeys
     CODES = (RestoreOnceOutcome,)
 
     entries: str
     once_ttl: int
+    run: str = ""  # write only while the entity's bucket's run is this ("": always)
 
 
 CALLS: tuple[type[Call], ...] = (

@@ -124,6 +124,7 @@ class AssignOutcome(IntEnum):
 
     RECORDED = 1
     CLAIM_REFUSED = 2
+    RUN_CHANGED = 3  # a restore for another run of the bucket than Redis's: nothing written
 
 
 class WriteIfOutcome(IntEnum):
@@ -158,3 +159,4 @@ class RestoreOnceOutcome(IntEnum):
     """``restore_once``: how many entries were written follows."""
 
     RESTORED = 1
+    RUN_CHANGED = 2  # the bucket's run is not the one restored: nothing written

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from counters.errors import StorageError
 from counters.redis.calls import Call, Keys
 from counters.redis.codes import Hydration
+from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 
 _NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION
@@ -53,11 +54,27 @@ def may_create_arg(hydrator: Hydrator) -> str:
 async def run_hydrated(
     hydrator: Hydrator, scripts: Scripts, user_id: str, keys: Keys, call: Call
 ) -> list[Any]:
-    """Run the call; if the user must be hydrated first, hydrate and run it once more."""
+    """Run the call; if the user must be hydrated first, hydrate and run it once more.
+
+    The hot lane's one await: the script's reply future itself (``Scripts.run``'s steps,
+    inlined: no coroutine between the request and the reply)."""
+    command = scripts.command(keys, call)
+    try:
+        reply: list[Any] = await scripts.send(command)
+    except RedisRefusal as exc:
+        reply = await scripts.refused(call, command, exc)
+    if reply[0] == _NEEDS_HYDRATION:
+        reply = await hydrate_and_run(hydrator, scripts, user_id, keys, call)
+    return reply
+
+
+async def hydrate_and_run(
+    hydrator: Hydrator, scripts: Scripts, user_id: str, keys: Keys, call: Call
+) -> list[Any]:
+    """After the call answered ``NEEDS_HYDRATION``: hydrate the user and run it once more
+    (``StorageError`` if the user is still missing)."""
+    await hydrator.hydrate(user_id)
     reply = await scripts.run(keys, call)
     if reply[0] == _NEEDS_HYDRATION:
-        await hydrator.hydrate(user_id)
-        reply = await scripts.run(keys, call)
-        if reply[0] == _NEEDS_HYDRATION:
-            raise StorageError(f"user {user_id} is still missing after hydration")
+        raise StorageError(f"user {user_id} is still missing after hydration")
     return reply

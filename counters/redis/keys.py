@@ -172,6 +172,11 @@ class EntityKeys:
         return f"{self.tag}:events"
 
     @property
+    def meta(self) -> str:
+        """The entity's bucket's record (run, complete), in the entity's slot."""
+        return f"{self.tag}:meta"
+
+    @property
     def unused(self) -> str:
         return f"{self.tag}:unused"
 

@@ -37,7 +37,7 @@ from persistence.cluster_flusher import ClusterFlusher
 from persistence.flusher import Flusher, FlusherTask, Lag, longest_block_ms
 from persistence.migrate import migrate_url
 from persistence.recovery import PostgresHydrator
-from persistence.restore import BucketRestore
+from persistence.restore import BucketRestore, EntityRestore
 from persistence.store import Store
 from persistence.streams import LagProbe, exact_lag
 from persistence.webhooks.deliverer import Backoff, Deliverer, DelivererTask, Endpoints
@@ -112,12 +112,16 @@ async def open_store(settings: Settings) -> Store:
 
 
 def make_restore(services: Services, store: Store) -> BucketRestore:
-    """The background restore of incomplete buckets, hydrating as the services do."""
+    """The background restore of incomplete buckets, hydrating as the services do, and
+    putting back the entities of each bucket (by the rules in force) before completing it."""
+    buckets = services.settings.key_buckets
     hydrator = PostgresHydrator(
-        store, services.scripts, services.clock, buckets=services.settings.key_buckets,
-        window=services.exp.window,
-    )  # fmt: skip
-    return BucketRestore(hydrator, store, services.scripts, buckets=services.settings.key_buckets)
+        store, services.scripts, services.clock, buckets=buckets, window=services.exp.window
+    )
+    entities = EntityRestore(
+        store, services.entities, services.redis, lambda: services.exp.rules, buckets=buckets
+    )
+    return BucketRestore(hydrator, store, services.scripts, buckets=buckets, entities=entities)
 
 
 @dataclass(slots=True)
@@ -143,6 +147,7 @@ class Durability:
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     restore: BucketRestore | None = None
     _restore_task: asyncio.Task[None] | None = None
+    _eviction_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Durability:
@@ -179,6 +184,11 @@ class Durability:
                 self._webhooks = DelivererTask(self.deliverer)
                 self._webhooks.start()
             self.restore = make_restore(services, self.store)
+            interval = settings.restore_interval_seconds
+            if interval > 0:
+                self._eviction_task = asyncio.create_task(
+                    self.restore.watch_eviction(self._closing, interval), name="eviction policy"
+                )
         return self
 
     async def _watch_lag(self, settings: Settings) -> None:
@@ -279,10 +289,11 @@ class Durability:
             self._prepare.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prepare
-        if self._restore_task is not None:
-            self._restore_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._restore_task
+        for task in (self._restore_task, self._eviction_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._task is not None:
             await self._task.stop()
             assert self.flusher is not None

@@ -148,7 +148,8 @@ class Services:
                 board_grace=settings.day_grace_seconds if settings.leaderboards_enabled else None,
             )  # fmt: skip
         hydrator = hydrator or NoDurableStore()
-        owner_lookup = durable_owner_lookup(store) if store is not None else None
+        fence = hydrator if isinstance(hydrator, PostgresHydrator) else None
+        owner_lookup = durable_owner_lookup(store, fence) if store is not None else None
         triggers = durable_triggers_lookup(store) if store is not None else None
         entities = Entities(
             scripts, settings.key_buckets, clock,

@@ -3,11 +3,12 @@
 -- when the bucket's users and stream are lost (an empty restart, a failover, FLUSHALL).
 local Bucket = {}
 
--- Whether a user missing from Redis is new: always with no durable store (may_create "1"),
--- else only when the bucket is complete (restored from Postgres, or started on an empty ledger):
--- one HEXISTS, made only for a user Redis does not hold.
+-- Whether a user (or an entity) missing from Redis is new: always with no durable store
+-- (may_create "1"); with one ("0"), only when the bucket is complete (restored from Postgres, or
+-- started on an empty ledger): one HEXISTS, made only for a record Redis does not hold; never
+-- ("2": Redis may evict keys, so a missing one may be an evicted one: ask Postgres).
 function Bucket.may_create(meta, may_create)
-  return may_create == '1' or redis.call('HEXISTS', meta, 'complete') == 1
+  return may_create == '1' or (may_create == '0' and redis.call('HEXISTS', meta, 'complete') == 1)
 end
 
 -- The id of this Redis incarnation of the bucket, made on first use from Redis's clock (so a

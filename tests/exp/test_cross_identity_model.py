@@ -224,7 +224,9 @@ async def test_a_crash_between_steps_is_completed_once_by_the_next_like(
                 now_ms=int(NOON * 1000), stale_ms=redis_settings.idempotency_ttl_seconds * 1000,
                 once_ttl=86_400, may_create="1",
             )  # fmt: skip
-            record = ReserveKeys(entity=keys.owner, record=keys.once("character_liked"))
+            record = ReserveKeys(
+                entity=keys.owner, record=keys.once("character_liked"), meta=keys.meta
+            )
             reply = await services.scripts.run(record, reserve)
             assert reply[:2] == [1, "maker"]
         if crash == "long_ago":

@@ -49,7 +49,7 @@ async def test_every_event_the_scripts_write_decodes_as_the_union(
         await svc.exp.adjust(user, 5, "support fix", "support", None)
         entity = keys.EntityKeys.of("character", "c1", buckets)
         await svc.scripts.run(
-            AssignEntityKeys(entity=entity.owner, events=entity.events),
+            AssignEntityKeys(entity=entity.owner, events=entity.events, meta=entity.meta),
             AssignEntity(
                 owner_id=user, mode="claim", ledger="1", target="character:c1", may_create="1",
                 version=0, now_ms=int(clock.now() * 1000),

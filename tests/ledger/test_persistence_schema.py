@@ -53,7 +53,9 @@ def test_an_event_keeps_its_fields_and_totals() -> None:
 
 def test_owner_events_and_malformed_entries() -> None:
     owner = parse("s", "5-2", {"kind": "entity_owner", "target": "character:c:1", "owner": "u"})
-    assert owner == OwnerEvent("character", "c:1", "u", (5, 2))
+    assert owner == OwnerEvent("character", "c:1", "u", (5, 2), stream="s")
+    fenced = {"kind": "entity_owner", "target": "character:c", "owner": "u", "run": "17"}
+    assert parse("s", "5-2", fenced) == OwnerEvent("character", "c", "u", (5, 2), 0, "s", "17")
     batch = sort_entries([("s", "1-0", {"kind": "exp_award"}), ("s", "2-0", None)])
     assert [r.reason for r in batch.rejected] == ["missing event_id, user, seq, ts, amount"]
     with pytest.raises(ValueError, match="entity_owner event without"):

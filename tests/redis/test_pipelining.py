@@ -172,7 +172,9 @@ async def test_a_refused_script_call_is_its_own_storage_error(
 
 def _entity(entity_id: str) -> AssignEntityKeys:
     return AssignEntityKeys(
-        entity=f"ctr:{{b0}}:entity:character:{entity_id}", events="ctr:{b0}:events"
+        entity=f"ctr:{{b0}}:entity:character:{entity_id}",
+        events="ctr:{b0}:events",
+        meta="ctr:{b0}:meta",
     )
 
 
