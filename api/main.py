@@ -6,8 +6,8 @@ import gc
 
 from api.app import create_app
 from api.asgi import CountersApp
-from counters.cli.supervisor import follow_supervisor
 from counters.logs import configure as configure_logging
+from counters.runtime.parent import follow_supervisor
 from counters.settings import Settings
 
 
