@@ -95,7 +95,6 @@ class XpService:
         self._buckets = buckets
         self._idempotency_ttl = idempotency_ttl
         self.hold_ttl = hold_ttl
-        self._may_create = may_create_arg(hydrator)
         self.use_rules(rules)
 
     def use_rules(self, rules: XpRules) -> None:
@@ -137,7 +136,7 @@ class XpService:
         return {
             "user_id": user_id, "now_ms": now_ms, "fingerprint": fingerprint,
             "idem_ttl": self._idempotency_ttl, "idem_key": idem_key, "actor": actor,
-            "may_create": self._may_create, "tiers": self._tiers,
+            "may_create": may_create_arg(self._hydrator), "tiers": self._tiers,
         }  # fmt: skip
 
     async def _run(
