@@ -75,48 +75,77 @@ class HotRoute:
     ) -> int:
         """Answer one request; its status (0 when the client left first). With ``tag``, set
         the request id and echo it in ``X-Request-Id``."""
-        found: dict[bytes, bytes] = {}  # of the names in _READ, the first value of each
+        # The first value of each header read, in one pass, by slot (see _SLOTS)
+        found: list[bytes | None] = [None, None, None, None, None]
         for name, value in scope["headers"]:
-            if name in _READ and name not in found:
-                found[name] = value
-        request_id = ""
+            slot = _SLOTS.get(name)
+            if slot is not None and found[slot] is None:
+                found[slot] = value
+        authorization, user_id, idempotency_key, length, sent_id = found
+        raw = [_JSON, _JSON]  # the second is the content-length, once known
         if tag:
-            request_id = request_id_from(_text(found.get(_REQUEST_ID)))
+            request_id = request_id_from(_text(sent_id))
             REQUEST_ID.set(request_id)
+            raw.append((_REQUEST_ID, request_id.encode("latin-1")))
         try:
-            body = await receive_body(
-                receive, _text(found.get(b"content-length")), svc.settings.max_body_bytes
-            )
-            exchange = Exchange(
-                found.get(b"authorization"),
-                _text(found.get(b"x-user-id")),
-                _text(found.get(b"idempotency-key")),
-                body,
-            )
+            limit = svc.settings.max_body_bytes
+            message = await receive()
+            body = message.get("body", b"")
+            if (
+                message["type"] != "http.request"
+                or message.get("more_body", False)
+                or len(body) > limit
+                or (length is not None and length.isdigit() and int(length) > limit)
+            ):  # not the common case (the whole body in one message, within the limit)
+                body = await receive_body(_then(message, receive), _text(length), limit)
+            exchange = Exchange(authorization, _text(user_id), _text(idempotency_key), body)
             status, content, extra = await self.handler(svc, exchange)
         except ClientDisconnect:
             return 0  # nobody is left to answer
         except Exception as exc:
             status, content, extra = error_reply(exc, self.name)
         payload = encode(content)
-        raw = [_JSON, (b"content-length", str(len(payload)).encode())]
-        if tag:
-            raw.append((_REQUEST_ID, request_id.encode("latin-1")))
+        raw[1] = (b"content-length", str(len(payload)).encode())
         if extra:
-            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+            raw += [(_header_name(k), v.encode("latin-1")) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
         return status
 
 
+_HEADER_NAMES: dict[str, bytes] = {}  # extra headers' names as sent (a handful of names)
+
+
+def _header_name(name: str) -> bytes:
+    """``name`` lower-cased and encoded, kept for the next reply that sends it."""
+    found = _HEADER_NAMES.get(name)
+    if found is None:
+        found = name.lower().encode("latin-1")
+        if len(_HEADER_NAMES) < 64:  # bounded whatever a handler names
+            _HEADER_NAMES[name] = found
+    return found
+
+
 _REQUEST_ID = b"x-request-id"
-_READ = frozenset(
-    {b"authorization", b"x-user-id", b"idempotency-key", b"content-length", _REQUEST_ID}
-)
+# The headers a hot route reads, each with its slot in HotRoute.serve's ``found``.
+_SLOTS = {
+    b"authorization": 0, b"x-user-id": 1, b"idempotency-key": 2, b"content-length": 3,
+    _REQUEST_ID: 4,
+}  # fmt: skip
 
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
+
+
+def _then(first: Message, receive: Receive) -> Receive:
+    """``receive``, with ``first`` (already received) answered first."""
+    pending = [first]
+
+    async def again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return again
 
 
 # Requests that may change state, and so wait while the durability window is full.

@@ -14,8 +14,9 @@ for ``--warmup`` seconds (the token cache fills, as thin's is pre-filled) and th
 - ``bare2``: bare again, so drift within the run shows.
 
 Usage: ``.venv/bin/python -m bench.wrk_probe [--seconds 8] [--warmup 3]``; needs ``wrk``
-(Debian's package). Prints one line a target and the ratios to bare (the mean of both bare
-runs). Reported, never asserted.
+(Debian's package). Prints one line a target: the ratio to bare (the mean of both bare runs),
+and the CPU microseconds per request of the server process and of Redis over the measured run
+(/proc and ``INFO cpu``; 1 s clock ticks make them approximate). Reported, never asserted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import redis as redis_py
 
 from bench import direct, scenarios
+from bench.cpu import redis_cpu, tree_cpu
 from bench.load import LoadSpec, run_load
 from bench.servers import BARE_APP, GAIN_APP, uvicorn_server
 from counters.auth import issue_token
@@ -61,11 +63,14 @@ end
 
 @dataclass(frozen=True, slots=True)
 class WrkResult:
-    """One measured target: requests per second and how many answers were not 2xx."""
+    """One measured target: requests per second, how many answers were not 2xx, and CPU
+    microseconds per request of the server process and of Redis over the measured run."""
 
     name: str
     rps: float
     non_2xx: int
+    server_us: float = 0.0
+    redis_us: float = 0.0
 
 
 def _wrk_script(path: str, bodies: list[str], where: Path) -> Path:
@@ -74,14 +79,15 @@ def _wrk_script(path: str, bodies: list[str], where: Path) -> Path:
     return where
 
 
-def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, int]:
+def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, int, int]:
     argv = ["wrk", "-t2", "-c50", f"-d{seconds:g}s", "-s", str(script), url, "--", str(tokens)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if rps is None:
+    done = re.search(r"(\d+) requests in", out)
+    if rps is None or done is None:
         raise RuntimeError(f"wrk printed no rate:\n{out}")
-    return float(rps.group(1)), int(non.group(1)) if non else 0
+    return float(rps.group(1)), int(non.group(1)) if non else 0, int(done.group(1))
 
 
 def _every_token_once(port: int, path: str, tokens: Path) -> None:
@@ -155,8 +161,11 @@ def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
                 if app != BARE_APP:
                     _every_token_once(server.port, path, tokens)
                 _wrk(url, script, tokens, warmup)
-                rps, non = _wrk(url, script, tokens, seconds)
-            results.append(WrkResult(name, rps, non))
+                server_before, redis_before = tree_cpu(server.pid), redis_cpu(redis.url)
+                rps, non, done = _wrk(url, script, tokens, seconds)
+                server_us = (tree_cpu(server.pid) - server_before) / max(done, 1) * 1e6
+                redis_us = (redis_cpu(redis.url) - redis_before) / max(done, 1) * 1e6
+            results.append(WrkResult(name, rps, non, server_us, redis_us))
             print(f"{name:<6} {rps:>9,.0f} req/s  non-2xx {non}", file=sys.stderr, flush=True)
     finally:
         redis.stop()
@@ -168,7 +177,8 @@ def render(results: list[WrkResult]) -> str:
     bares = [r.rps for r in results if r.name.startswith("bare")]
     bare = sum(bares) / len(bares)
     lines = [
-        f"{r.name:<6} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}"
+        f"{r.name:<6} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}  "
+        f"CPU us/request: server {r.server_us:5.1f}, Redis {r.redis_us:5.1f}"
         for r in results
     ]
     return "\n".join(lines)

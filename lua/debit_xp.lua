@@ -49,8 +49,8 @@ XP.save_record(KEYS[5], record, record_ttl)
 if mode == 'hold' then
   s.holds[#s.holds + 1] = {id = transaction_id, amount = cost, expires_at = hold_expires_at,
                            generation_type = generation_type, parts = parts}
-  XP.emit('xp_hold', generation_type, -cost, transaction_id)
-  return XP.finish(1, cost, transaction_id, hold_expires_at, cost)
+  local state = XP.emit('xp_hold', generation_type, -cost, transaction_id)
+  return XP.finish(1, cost, transaction_id, hold_expires_at, cost, state)
 end
-XP.emit('xp_debit', generation_type, -cost, transaction_id)
-return XP.finish(1, cost, transaction_id, 0, cost)
+local state = XP.emit('xp_debit', generation_type, -cost, transaction_id)
+return XP.finish(1, cost, transaction_id, 0, cost, state)

@@ -86,9 +86,19 @@ class PostgresHydrator:
         # (fence_entity): an entity of that incarnation needs no further barrier
         self._fenced: dict[int, str] = {}
         self._sweep = asyncio.Lock()  # one sweep of every barrier at a time per process
-        # Whether a complete bucket speaks for its users: only while every Redis node evicts
-        # nothing (set by persistence.restore's eviction check; until then, "2": hydrate)
-        self.trust_complete = False
+        # may_create of the user scripts: "0" while a complete bucket speaks for its users
+        # (every Redis node evicts nothing: trust_complete, set by persistence.restore's
+        # eviction check), "2" until then (hydrate every missing user)
+        self.may_create_code = "2"
+
+    @property
+    def trust_complete(self) -> bool:
+        """Whether a complete bucket speaks for its users (``may_create_code`` "0")."""
+        return self.may_create_code == "0"
+
+    @trust_complete.setter
+    def trust_complete(self, trusted: bool) -> None:
+        self.may_create_code = "0" if trusted else "2"
 
     async def hydrate(self, user_id: str) -> None:
         """Load the user's durable totals into Redis unless Redis already has the user."""

@@ -57,7 +57,7 @@ from counters.redis.calls import (
     UserWriteKeys,
 )
 from counters.redis.codes import AdjustOutcome, AwardOutcome, Hydration, RecallOutcome
-from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
+from counters.redis.hydration import Hydrator, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
@@ -66,6 +66,7 @@ from counters.rules.metrics import count_shadow_refusal
 
 _NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION  # awards a batch runs again one by one
 _UNREACHABLE = 10**12  # a limit or cap no day reaches: how a shadow rule is passed to Lua
+_OUTCOMES = {int(outcome): outcome for outcome in AwardOutcome}
 _PROGRESS_CACHE = 4_096  # progress blocks kept by total EXP (then the cache starts over)
 
 
@@ -144,8 +145,12 @@ class ExpService:
     def window(self, user_id: str, now: float) -> DayWindow:
         """Today's key window and clean-up time (next midnight + grace + per-user jitter)."""
         today = self._day_of(now)
+        return DayWindow(today.day, self._day_ttl(user_id, today, now))
+
+    def _day_ttl(self, user_id: str, today: _Today, now: float) -> int:
+        """Seconds a user's day hash lives: to next midnight + grace + per-user jitter."""
         jitter = zlib.crc32(user_id.encode()) % (self._day_jitter + 1) if self._day_jitter else 0
-        return DayWindow(today.day, max(today.midnight + self._day_grace + jitter - int(now), 1))
+        return max(today.midnight + self._day_grace + jitter - int(now), 1)
 
     def _day_of(self, now: float) -> _Today:
         """The UTC day of ``now`` (formatting a day costs more than the rest of an award call:
@@ -167,6 +172,16 @@ class ExpService:
         idem: Idempotency | None,
     ) -> AwardResult:
         """Award EXP for one action by ``principal`` (to its user, or to the target's owner)."""
+        action = self.rules.actions.get(action_name)
+        if (
+            target is None
+            and action is not None
+            and action.awards != "creator"
+            and (action.user_may_trigger or principal.is_service)
+        ):  # prepare_award's checks pass (no target to check or claim): the hot lane's case,
+            # one await on the script's reply (README, "The hot path's CPU budget")
+            own = self._own_award(principal.user_id, action_name, action, None, idem)
+            return self.award_result(own, await self._run(own.user_id, own.keys, own.call))
         call = await self.prepare_award(principal, action_name, target, idem)
         if call is None:
             action = self.action(action_name)
@@ -262,6 +277,14 @@ class ExpService:
             return None
         if target is not None and action.records_ownership and principal.is_service:
             await self._entities.claim(target, actor)
+        return self._own_award(actor, action_name, action, target, idem)
+
+    def _own_award(
+        self, actor: str, action_name: str, action: Action, target: Target | None,
+        idem: Idempotency | None,
+    ) -> AwardCall:  # fmt: skip
+        """The award_exp call of a checked award to ``actor`` itself, its request's record in
+        its own slot."""
         fingerprint, idem_key = script_args(idem)
         user = UserKeys.of(actor, self._buckets)
         record = user.idempotency(idem.caller, idem.key) if idem else user.unused
@@ -285,11 +308,11 @@ class ExpService:
         record in that user's slot (used when ``fingerprint`` is not empty); ``user`` the
         user's keys when the caller has them already."""
         now = self._clock.now()
-        window = self.window(user_id, now)
+        today = self._day_of(now)
         if user is None:
             user = UserKeys.of(user_id, self._buckets)
         keys = AwardExpKeys(
-            user.user, user.day(window.day), user.events, record, *self._boards(user, now),
+            user.user, user.day(today.day), user.events, record, *self._boards(user, today),
             user.meta,
         )  # fmt: skip
         # Positional, in AwardExp's field order: on the hot path msgspec builds a 16-field Struct
@@ -297,9 +320,9 @@ class ExpService:
         # ::test_the_award_call_names_every_argument checks every field gets its value.
         call = AwardExp(
             user_id, action_name, action.exp, 0 if action.shadow else action.daily_limit or 0,
-            self._thresholds, self._caps, window.day, window.ttl, int(now * 1000), fingerprint,
-            self._idempotency_ttl, actor, self.may_create, str(target) if target else "",
-            idem_key, self._week_ttl(now),
+            self._thresholds, self._caps, today.day, self._day_ttl(user_id, today, now),
+            int(now * 1000), fingerprint, self._idempotency_ttl, actor, self.may_create,
+            str(target) if target else "", idem_key, self._week_ttl(today, now),
         )  # fmt: skip
         return AwardCall(action_name, action, user_id, actor, target, keys, call)
 
@@ -307,12 +330,11 @@ class ExpService:
         """Run one award_exp call (hydrating its user first if Redis lost it)."""
         return await self._run_award(call)
 
-    def _boards(self, user: UserKeys, now: float) -> tuple[str, str, str]:
+    def _boards(self, user: UserKeys, today: _Today) -> tuple[str, str, str]:
         """The day, week and all-time boards of the user's bucket (unused keys when off),
         formatted once a day per bucket."""
         if not self._leaderboards:
             return user.unused, user.unused, user.unused
-        today = self._day_of(now)
         boards = today.boards.get(user.tag)
         if boards is None:
             boards = today.boards[user.tag] = (
@@ -322,11 +344,11 @@ class ExpService:
             )
         return boards
 
-    def _week_ttl(self, now: float) -> int:
+    def _week_ttl(self, today: _Today, now: float) -> int:
         """Seconds this ISO week's board lives; 0 tells the script leaderboards are off."""
         if not self._leaderboards:
             return 0
-        return max(self._day_of(now).week_end + self._day_grace - int(now), 1)
+        return max(today.week_end + self._day_grace - int(now), 1)
 
     async def _run_award(self, call: AwardCall) -> AwardResult:
         reply = await self._run(call.user_id, call.keys, call.call)
@@ -339,7 +361,7 @@ class ExpService:
     def may_create(self) -> str:
         """``may_create`` of every script touching a user (``may_create_arg``: "0" or "2" with
         a durable store, by the last eviction-policy check)."""
-        return may_create_arg(self._hydrator)
+        return self._hydrator.may_create_code
 
     def run_hydrated(self, user_id: str, keys: Keys, call: Call) -> Awaitable[list[Any]]:
         """Run a script touching ``user_id``; hydrate the user first if it answers
@@ -349,11 +371,10 @@ class ExpService:
     def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         """The typed result of an award_exp reply (or of a stored one) for ``call``."""
         code, added, total, level, previous, gained, count, _seq, replayed = reply
-        reject_reused_key(code)
-        try:
-            outcome = AwardOutcome(code)
-        except ValueError as exc:
-            raise ScriptReplyError(f"award_exp replied with unknown code {code}") from exc
+        outcome = _OUTCOMES.get(code)  # a dict lookup: AwardOutcome(code) costs ~4x as much
+        if outcome is None:
+            reject_reused_key(code)
+            raise ScriptReplyError(f"award_exp replied with unknown code {code}")
         shadow = None
         if outcome is AwardOutcome.AWARDED:
             shadow = self._shadow_refusal(call, previous, gained, count, bool(replayed))

@@ -99,17 +99,33 @@ class Scripts:
     async def run(self, keys: Keys, call: Call) -> list[Any]:
         """Run one script: one round trip. A refusal is a ``RedisRefusal`` naming the script;
         other Redis failures are ``StorageError``."""
-        key_values = _astuple(keys)
-        command = ("EVALSHA", self._shas[call.SCRIPT], len(key_values), *key_values,
-                   *_astuple(call))  # fmt: skip
+        command = self.command(keys, call)
         try:
             reply: list[Any] = await self._send(*command)
         except RedisRefusal as exc:
-            (again,) = await self._recover([call], [command], [exc])
-            if isinstance(again, StorageError):
-                raise again from exc
-            return again  # type: ignore[no-any-return]
+            return await self.refused(call, command, exc)
         return reply
+
+    def command(self, keys: Keys, call: Call) -> tuple[Arg, ...]:
+        """The EVALSHA command of one call (what ``send`` takes)."""
+        key_values = _astuple(keys)
+        return ("EVALSHA", self._shas[call.SCRIPT], len(key_values), *key_values,
+                *_astuple(call))  # fmt: skip
+
+    def send(self, command: tuple[Arg, ...]) -> Awaitable[Any]:
+        """Send one ``command`` on the transport: with the auto-pipeline a bare future (the hot
+        lane's one await per request). A refusal raises ``RedisRefusal``: hand it to
+        ``refused``, which is what ``run`` does."""
+        return self._send(*command)
+
+    async def refused(self, call: Call, command: tuple[Arg, ...], exc: RedisRefusal) -> list[Any]:
+        """The reply of ``command`` after Redis refused it with ``exc``: sent again once the
+        script is loaded when Redis did not know it (NOSCRIPT), else the refusal named after
+        the script, raised."""
+        (again,) = await self._recover([call], [command], [exc])
+        if isinstance(again, StorageError):
+            raise again from exc
+        return again  # type: ignore[no-any-return]
 
     async def run_many(self, calls: Sequence[tuple[Keys, Call]]) -> list[list[Any] | StorageError]:
         """Run many script calls in one pipelined round trip (not a transaction: each call is

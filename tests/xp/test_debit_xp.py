@@ -5,12 +5,29 @@ from __future__ import annotations
 import json
 
 import httpx2
+import msgspec
 import pytest
 import redis
 
 from counters.clock import ManualClock
+from counters.errors import NotFound
+from counters.redis.idempotency import Idempotency
+from counters.redis.keys import UserKeys
+from counters.runtime.services import Services
+from counters.settings import Settings
+from counters.xp.service import TRANSACTION_TTL
 from tests.support.core import NOON, service_headers, user_headers
-from tests.support.xp import ARCADE, balance, debit, events, grant, kinds, spend_to, subscribe
+from tests.support.xp import (
+    ARCADE,
+    BUCKETS,
+    balance,
+    debit,
+    events,
+    grant,
+    kinds,
+    spend_to,
+    subscribe,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -249,3 +266,48 @@ async def test_an_allocation_expiring_with_a_top_up_burns_first(
     assert view["topups"] == [
         {"grant_id": same, "xp_left": 10, "expires_at": "2026-12-21T12:00:00Z"}
     ]
+
+
+def test_the_charge_call_names_every_argument(settings: Settings, clock: ManualClock) -> None:
+    """The hot path builds DebitXp positionally (for speed): every field gets its own value."""
+    svc = Services.build(settings, clock=clock)
+    idem = Idempotency.of("service:0", "key-1", "POST /api/v1/xp/debit u1", b"{}")
+    assert idem is not None
+    call = svc.xp.charge_call("u1", "service:0", "NEW_IMAGE", True, idem)
+    fields = msgspec.structs.asdict(call)
+    transaction_id = fields.pop("transaction_id")
+    assert transaction_id.startswith("xhs_") and len(transaction_id) == 4 + 24
+    assert fields == {
+        "user_id": "u1", "now_ms": int(NOON * 1000), "fingerprint": idem.fingerprint,
+        "idem_ttl": settings.idempotency_ttl_seconds, "idem_key": "key-1", "actor": "service:0",
+        "may_create": "1", "tiers": svc.xp.rules.tiers_arg, "generation_type": "NEW_IMAGE",
+        "costs": svc.xp._costs["NEW_IMAGE"], "mode": "hold",
+        "hold_expires_at": int(NOON) + svc.xp.hold_ttl,
+        "max_holds": svc.xp.rules.max_active_holds, "record_ttl": TRANSACTION_TTL,
+    }  # fmt: skip
+    debit_call = svc.xp.charge_call("u1", "user:u1", "NEW_IMAGE", False, None)
+    assert debit_call.transaction_id.startswith("xd_") and debit_call.mode == "debit"
+    assert (debit_call.fingerprint, debit_call.idem_key) == ("", "")
+    assert debit_call.transaction_id != call.transaction_id
+    with pytest.raises(NotFound, match="Unknown generation type 'NOPE'"):
+        svc.xp.charge_call("u1", "user:u1", "NOPE", False, None)
+
+
+@pytest.mark.parametrize("route", ["/api/v1/xp/debit", "/api/v1/xp/holds"])
+async def test_the_event_the_hash_and_the_reply_carry_one_state(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, route: str
+) -> None:
+    """debit_xp.lua encodes the state once, for the event, and finishes with that text: the
+    event's xp_state, the user hash's xp and the balance answered must all be the same state."""
+    await subscribe(client, "u1", "pixel_rookie")
+    await grant(client, "u1", 50)
+    response = await client.post(
+        route, json={"generation_type": "NEW_IMAGE"}, headers=user_headers("u1")
+    )
+    assert response.status_code in (200, 201)
+    stored = redis_client.hget(UserKeys.of("u1", BUCKETS).user, "xp")
+    event = events(redis_client, "u1")[-1]
+    assert event["kind"] == ("xp_debit" if route.endswith("debit") else "xp_hold")
+    assert event["xp_state"] == stored
+    state = json.loads(stored)
+    assert response.json()["xp_balance"] == state["alloc"] + sum(g["left"] for g in state["grants"])
