@@ -15,6 +15,7 @@ import uvloop
 from bench.direct import load_award_script, new_user_args
 from counters.exp.types import AwardCall
 from counters.redis.keys import stream_key
+from counters.settings import Settings
 from persistence.flusher import Flusher, stream_lag
 from persistence.store import Store
 
@@ -44,7 +45,8 @@ class RateResult:
 async def _open(redis_url: str, database_url: str, buckets: int) -> tuple[Flusher, Store]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     store = await Store.open(database_url)
-    return Flusher(client, store, buckets=buckets, block_ms=100), store
+    linger = Settings().flush_linger_ms  # as `serve` runs it (the drain does not linger)
+    return Flusher(client, store, buckets=buckets, block_ms=100, linger_ms=linger), store
 
 
 async def empty_ledger(database_url: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from counters.errors import RedisStorageError
-from persistence.flusher import GROUP, Entry, Flusher
+from persistence.flusher import FORGET_EVERY, GROUP, Entry, Flusher
 
 
 class ClusterFlusher(Flusher):
@@ -90,6 +90,33 @@ class ClusterFlusher(Flusher):
                 if items:
                     self._active[stream] = now
                 entries += [(stream, sid, fields) for sid, fields in items]
+        return entries
+
+    async def _claim(self) -> list[Entry]:
+        """``Flusher._claim`` through a cluster pipeline (the streams live on several nodes)."""
+        forgetting = self._claims % FORGET_EVERY == 0
+        self._claims += 1
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xautoclaim(
+                    stream, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
+                )
+                if forgetting:
+                    pipe.xinfo_consumers(stream, GROUP)
+            replies = await pipe.execute()
+        step = 2 if forgetting else 1
+        entries: list[Entry] = []
+        for stream, claimed in zip(self.streams, replies[::step], strict=True):
+            entries += [(stream, sid, fields) for sid, fields in claimed[1]]
+        if forgetting:
+            await self._forget(
+                [
+                    (stream, c["name"])
+                    for stream, consumers in zip(self.streams, replies[1::2], strict=True)
+                    for c in consumers
+                    if self._forgettable(c)
+                ]
+            )
         return entries
 
     async def _ack(self, entries: list[Entry]) -> None:

@@ -17,6 +17,7 @@ import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
@@ -192,6 +193,10 @@ TOTALS: dict[str, tuple[str, ...]] = {
     for kind, t in CHANGES.items()
 }
 _INTEGERS = tuple(name for name, typ in CHANGE_TYPES.items() if typ is int)
+# Per kind, a getter of its TOTALS fields as a tuple (attrgetter of one name would return the
+# value alone: every kind has two or more).
+assert all(len(names) > 1 for names in TOTALS.values())
+_TOTALS_OF = {kind: attrgetter(*names) for kind, names in TOTALS.items()}
 OWNER_KIND = _tag(OwnerChange)
 RECORD_KIND = _tag(RecordChange)
 
@@ -299,9 +304,8 @@ def parse(
         return _record(stream, stream_id, fields)
     if kind == OWNER_KIND:
         return _owner(stream, stream_id, fields)
-    missing = [name for name in REQUIRED if not fields.get(name)]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
+    if not all(map(fields.get, REQUIRED)):  # one C loop; the names only when it fails
+        raise ValueError(f"missing {', '.join(n for n in REQUIRED if not fields.get(n))}")
     if "\x00" in "".join(fields) or "\x00" in "".join(fields.values()):
         raise ValueError("a NUL character (Postgres text cannot hold it)")
     for name in _INTEGERS:  # Lua writes integers: "1e3" or "1.0" is not one (msgspec lax is)
@@ -313,25 +317,12 @@ def parse(
         event: Any = msgspec.convert(fields, struct, strict=False)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    totals = {name: getattr(event, name) for name in TOTALS[kind or ""]}
-    return LedgerEvent(
-        stream=stream,
-        stream_id=stream_id,
-        event_id=event.event_id,
-        user_id=event.user,
-        seq=event.seq,
-        kind=kind or "",
-        action=event.action,
-        amount=event.amount,
-        actor=event.actor,
-        target=event.target,
-        day=getattr(event, "day", None) or None,
-        idem=event.idem or None,
-        ts_ms=event.ts,
-        totals=totals,
-        xp_state=getattr(event, XP_STATE, None) or None,
-        run=event.run,
-    )
+    totals = dict(zip(TOTALS[kind or ""], _TOTALS_OF[kind or ""](event), strict=True))
+    return LedgerEvent(  # positional (a Struct's keyword parsing costs more), in field order
+        stream, stream_id, event.event_id, event.user, event.seq, kind or "", event.action,
+        event.amount, event.actor, event.target, getattr(event, "day", None) or None,
+        event.idem or None, event.ts, totals, getattr(event, XP_STATE, None) or None, event.run,
+    )  # fmt: skip
 
 
 def _record(stream: str, stream_id: str, fields: Mapping[str, str]) -> RecordEvent:
@@ -430,18 +421,24 @@ def _int(value: Any, default: int) -> int:
 def collapse(events: Iterable[LedgerEvent]) -> list[TotalsRow]:
     """One totals row per user: each family as the highest-seq event carrying it left it."""
     rows: dict[str, TotalsRow] = {}
-    for event in events:
+    for event in events:  # the cheap comparisons first: this runs once per event of a batch
         row = rows.get(event.user_id)
         if row is None:
             row = rows[event.user_id] = TotalsRow(event.user_id)
-        row.seq = max(row.seq, event.seq)
-        if "exp" in event.totals and event.seq > row.exp_seq:
-            row.exp_seq = event.seq
-            row.exp = _int(event.totals["exp"], 0)
-            row.level = _int(event.totals.get("level"), 1)
-        has_xp = event.xp_state is not None or not _XP_FIELD_SET.isdisjoint(event.totals)
-        if has_xp and event.seq > row.xp_seq:
-            row.xp_seq = event.seq
-            row.xp = {name: event.totals.get(name) for name in XP_FIELDS}
+        seq, totals = event.seq, event.totals
+        if seq > row.seq:
+            row.seq = seq
+        if seq > row.exp_seq and "exp" in totals:
+            row.exp_seq = seq
+            row.exp = _int(totals["exp"], 0)
+            row.level = _int(totals.get("level"), 1)
+        if seq > row.xp_seq and (
+            event.xp_state is not None or not _XP_FIELD_SET.isdisjoint(totals)
+        ):
+            row.xp_seq = seq
+            row.xp = {name: totals.get(name) for name in XP_FIELDS}
             row.xp_state = event.xp_state
-    return sorted(rows.values(), key=lambda r: r.user_id)  # a fixed lock order across writers
+    return sorted(rows.values(), key=_USER)  # a fixed lock order across writers
+
+
+_USER = attrgetter("user_id")

@@ -2,7 +2,7 @@
 
 Only asked when a bucket's board has no ``board_ok`` marker (``counters.exp.leaderboard``): after
 Redis lost its data, or on a period's first read. A day or a week is a range scan of
-``ledger_award_day`` (migration 0005); ``all`` sums every award (once per Redis lifetime).
+``ledger_award_day_user`` (migration 0007); ``all`` sums every award (once per Redis lifetime).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ FROM ledger WHERE user_id = $1 AND kind = 'exp_award'
 
 async def user_award_sums(store: Store, user_id: str, week: PeriodWindow) -> tuple[int, int]:
     """One user's EXP from awards in ``week`` and in all time (hydration puts them back on the
-    boards); index ``ledger_user_day``."""
+    boards); index ``ledger_user_time`` (its user prefix; migration 0007)."""
     async with store.bounded("leaderboard sums of a user", store.timeout) as conn:
         row = await conn.fetchrow(_USER_SUMS, user_id, week.first_day, week.last_day)
     return int(row["week"]), int(row["total"])

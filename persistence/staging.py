@@ -11,6 +11,7 @@ outlive the transaction that wrote them and the write stays idempotent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -33,3 +34,28 @@ async def stage(
     this session's first use). Must run inside the transaction that consumes them."""
     await conn.execute(create_sql(table, columns))
     await conn.copy_records_to_table(table, records=records, columns=[name for name, _ in columns])
+
+
+async def copy_in(
+    conn: asyncpg.Connection,
+    table: str,
+    columns: Sequence[Column],
+    records: Sequence[Sequence[object]],
+    *,
+    merge: tuple[str, str] | Literal[False],
+) -> list[Any] | None:
+    """Put ``records`` (tuples in ``columns`` order) into ``table``, one of two ways.
+
+    Without ``merge``: binary COPY straight into ``table``, ``None`` returned. COPY has no
+    ``ON CONFLICT``: a record colliding with a row on a unique key raises
+    ``asyncpg.UniqueViolationError`` and fails the caller's transaction. With ``merge``, a
+    ``(staging table, SQL)`` pair: the records are staged (``stage``), then the SQL, an ``INSERT
+    ... SELECT ... FROM <staging> ON CONFLICT ...``, runs and its rows are returned."""
+    if not merge:
+        names = [name for name, _ in columns]
+        await conn.copy_records_to_table(table, records=records, columns=names)
+        return None
+    staging, sql = merge
+    await stage(conn, staging, columns, records)
+    rows: list[Any] = await conn.fetch(sql)
+    return rows

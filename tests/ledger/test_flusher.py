@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import anyio
 import httpx2
+import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -17,7 +18,7 @@ from counters.cli.embedded import PostgresServer
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import StorageError
-from counters.redis.keys import UserKeys, stream_key
+from counters.redis.keys import UserKeys, bucket_of, stream_key
 from counters.settings import Settings
 from persistence.events import Batch
 from persistence.events import sort_entries as sort
@@ -112,6 +113,31 @@ async def test_a_batch_written_twice_changes_nothing(
     assert await ledger_count(durable_app) == 8
 
 
+async def test_a_batch_partly_ledgered_adds_only_its_new_events(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """New events are copied straight into the ledger; a batch holding one already there goes
+    by ON CONFLICT instead, and its rows come out the same as the copied ones."""
+    totals = await burst(durable_client, ["ann", "bob"], 3)
+    redis_client = services(durable_app).redis
+    entries = []
+    for stream in flusher(durable_app).streams:
+        entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
+    entries.sort(key=lambda e: (e[2].get("user", ""), int(e[2].get("seq", 0))))
+    ann = [e for e in entries if e[2].get("user") == "ann"]
+    first = await store(durable_app).write(sort(ann))  # copied: none was ledgered yet
+    both = await store(durable_app).write(sort(entries))  # ann's again, and bob's new ones
+    assert (first.inserted, first.duplicates) == (4, 0)
+    assert (both.inserted, both.duplicates, both.quarantined) == (4, 4, 0)
+    await assert_ledger_matches(durable_app, totals)
+    rows = await fetch(durable_app, "SELECT user_id, seq, occurred_at, totals FROM ledger")
+    by_path = {(r["user_id"], r["seq"]): r for r in rows}
+    for user in ("ann", "bob"):  # the same columns whichever way the rows went in
+        one = by_path[(user, 2)]
+        assert one["occurred_at"].timestamp() == services(durable_app).clock.now()
+        assert set(orjson.loads(one["totals"])) == {"exp", "level"}
+
+
 async def test_killed_between_commit_and_ack_loses_and_duplicates_nothing(
     durable_app: Starlette, durable_client: httpx2.AsyncClient
 ) -> None:
@@ -139,6 +165,31 @@ async def test_killed_between_commit_and_ack_loses_and_duplicates_nothing(
     await assert_ledger_matches(durable_app, totals)
     lag = await stream_lag(redis_client, heir.streams)
     assert lag.events == 0
+
+
+async def test_a_claim_forgets_idle_consumers_with_nothing_pending_only(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await burst(durable_client, ["ann"], 2)
+    doomed = flusher(durable_app, after_commit=_die)
+    with pytest.raises(_Killed):
+        await doomed.flush_once(block=False)  # read, never acknowledged: 3 entries pending
+    redis_client = services(durable_app).redis
+    stream = stream_key(bucket_of("ann", services(durable_app).settings.key_buckets))
+    await redis_client.xgroup_createconsumer(stream, GROUP, "ghost")  # nothing pending
+    monkeypatch.setattr("persistence.flusher._FORGET_CONSUMER_MS", -1)  # every one is idle
+    heir = flusher(durable_app, claim_idle_ms=3_600_000)  # claims nothing: only forgets
+    assert await heir.flush_once(block=False) == 0
+    names = {c["name"] for c in await redis_client.xinfo_consumers(stream, GROUP)}
+    assert "ghost" not in names and doomed.consumer in names
+
+
+class _Killed(Exception):
+    pass
+
+
+async def _die(batch: Batch) -> None:
+    raise _Killed
 
 
 async def test_a_failed_acknowledgement_is_retried_by_the_same_consumer(
@@ -296,3 +347,32 @@ async def test_the_migrate_and_flush_commands(
     flushed = await anyio.to_thread.run_sync(invoke, ["flush", "--burst"], durable_settings)
     assert (flushed.exit_code, flushed.output) == (0, "flushed 3 events\n")
     assert await ledger_count(durable_app) == 3
+
+
+async def test_a_lingering_flusher_writes_what_came_meanwhile_in_one_transaction(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """After a small batch the flusher waits ``linger_ms`` before reading again, so the events
+    made meanwhile share one transaction (one ``recorded_at``: the transaction's ``now()``)."""
+    lingering = flusher(durable_app, linger_ms=1_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(lingering.run(stop))
+    try:
+        await adjust(durable_client, "ann", 5)
+        for _ in range(500):  # the first event is written at once; the flusher then lingers
+            if await ledger_count(durable_app):
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            await adjust(durable_client, "ann", 5)
+        for _ in range(500):
+            if await ledger_count(durable_app) == 4:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)  # a stop ends the lingering wait at once
+    rows = await fetch(durable_app, "SELECT seq, recorded_at FROM ledger ORDER BY seq")
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["recorded_at"] < rows[1]["recorded_at"]
+    assert len({r["recorded_at"] for r in rows[1:]}) == 1

@@ -224,3 +224,32 @@ async def test_an_owner_write_after_a_loss_brings_back_who_was_paid(
     assert [(r["user_id"], r["action"]) for r in paid] == [
         ("ann", "character_liked"), ("ann", "forked"), ("ann", "paid_char_sold"),
     ]  # fmt: skip
+
+
+async def test_creator_awards_written_twice_keep_one_row_each(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """Creator awards are copied straight in; a batch written again (a re-delivery) collides on
+    their key and goes by ON CONFLICT DO NOTHING: one row per target, action and actor."""
+    owned = await durable_client.put(
+        "/api/entities/character/c1", json={"owner_id": "maker"}, headers=service_headers()
+    )
+    assert owned.status_code == 200, owned.text
+    for fan in ("fan", "pal"):
+        body = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
+        paid = await durable_client.post("/api/exp/gain", json=body, headers=user_headers(fan))
+        assert paid.status_code == 200, paid.text
+    entries = []
+    for stream in flusher(durable_app).streams:
+        entries += [(stream, sid, f) for sid, f in redis_client.xrange(stream)]
+    batch = sort_entries(entries)
+    first = await store(durable_app).write(batch)
+    second = await store(durable_app).write(batch)
+    assert (first.inserted, second.inserted, second.duplicates) == (2, 0, 2)  # paid: maker
+    rows = await fetch(
+        durable_app, "SELECT target, action, actor, owner_id FROM creator_awards ORDER BY actor"
+    )
+    assert [tuple(r.values()) for r in rows] == [
+        ("character:c1", "character_liked", "fan", "maker"),
+        ("character:c1", "character_liked", "pal", "maker"),
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
@@ -86,3 +88,62 @@ def test_values_postgres_would_refuse_are_rejected_before_the_batch(
     batch = sort_entries([("s", "1-0", {**EXP, **change}), ("s", "2-0", EXP)])
     assert len(batch.events) == 1
     assert reason in batch.rejected[0].reason
+
+
+def test_0007_on_a_ledger_with_rows_keeps_every_reader_indexed(database_url: str) -> None:
+    """Migration 0007 (issue #11) on a database that already has rows (a rolling upgrade): the
+    rows stay, and the hydration's, the leaderboard's and history's reads each have an index."""
+    hydration = (
+        "SELECT action, count(*) AS n, sum(amount) AS exp FROM ledger"
+        " WHERE user_id = 'u1' AND day = '20261130' AND kind = 'exp_award' GROUP BY action"
+    )
+    week = (
+        "SELECT user_id, sum(amount) AS exp FROM ledger WHERE kind = 'exp_award'"
+        " AND day BETWEEN '20261130' AND '20261206' GROUP BY user_id ORDER BY user_id"
+    )
+    history = "SELECT seq FROM ledger WHERE user_id = 'u1' ORDER BY occurred_at DESC, seq DESC"
+
+    async def upgrade() -> tuple[list[str], list[object], str, str, str]:
+        admin = await asyncpg.connect(database_url)
+        name = f"upgrade_{secrets.token_hex(4)}"
+        await admin.execute(f"CREATE DATABASE {name}")
+        conn = await asyncpg.connect(f"{database_url.rsplit('/', 1)[0]}/{name}")
+        try:
+            for migration in migrations():  # the schema as the previous release left it
+                if migration.version < 7:
+                    await conn.execute(migration.sql)
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.executemany(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                [(m.version, m.name) for m in migrations() if m.version < 7],
+            )
+            await conn.execute(
+                "INSERT INTO ledger (event_id, user_id, seq, kind, action, amount, day,"
+                " occurred_at, totals, stream_id)"
+                " SELECT 'u' || (g % 50) || ':' || g, 'u' || (g % 50), g, 'exp_award', 'chat',"
+                " 10, CASE WHEN g % 3 = 0 THEN '20261129' ELSE '20261130' END,"
+                " to_timestamp(1764460800 + g), '{}', '' FROM generate_series(1, 3000) g"
+            )
+            applied = [m.name for m in await migrate(conn)]
+            await conn.execute("SET enable_seqscan = off")  # a few rows: else it scans anyway
+            plans = [
+                "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}"))
+                for sql in (hydration, week, history)
+            ]
+            sums = [tuple(r.values()) for r in await conn.fetch(week)][:2] + [
+                tuple(r.values()) for r in await conn.fetch(hydration)
+            ]
+            return applied, sums, *plans
+        finally:
+            await conn.close()
+            await admin.execute(f"DROP DATABASE {name}")
+            await admin.close()
+
+    applied, sums, hydration_plan, week_plan, history_plan = run_sync(upgrade())
+    assert applied == ["lean_ledger"]
+    assert sums == [("u0", 400), ("u1", 400), ("chat", 40, 400)]  # 60 rows each, 2 in 3 that day
+    assert "ledger_award_day_user" in hydration_plan and "ledger_award_day_user" in week_plan
+    assert "ledger_user_time" in history_plan
