@@ -16,7 +16,7 @@ ARGV[5]  now_ms       int      unix milliseconds
 ARGV[6]  fingerprint  string   "" = not idempotent
 ARGV[7]  idem_ttl     int      seconds
 ARGV[8]  actor        string   who made the correction
-ARGV[9]  may_create   "0"|"1"  see award_exp.lua (KEYS[4] complete)
+ARGV[9]  may_create   "0"|"1"|"2"  see award_exp.lua (KEYS[4] complete)
 ARGV[10] idem_key     string
 
 Reply: {code, applied_delta, total_exp, level, previous_level, seq, replayed}

@@ -32,8 +32,9 @@ ARGV[9]  now_ms         int      unix milliseconds
 ARGV[10] fingerprint    string   request fingerprint; "" = no record (not idempotent)
 ARGV[11] idem_ttl       int      seconds the record KEYS[4] lives
 ARGV[12] actor          string   who triggered the action
-ARGV[13] may_create     "0"|"1"  "1": a missing user is new; "0": new only in a complete bucket
-                                 (KEYS[8] complete), else hydrated first
+ARGV[13] may_create     "0"|"1"|"2"  "1": a missing user is new; "0": new only in a complete
+                                 bucket (KEYS[8] complete), else hydrated first; "2": always
+                                 hydrated first (Redis may evict keys: lua/lib/bucket.lua)
 ARGV[14] target         string   "<type>:<id>" or ""
 ARGV[15] idem_key       string   the Idempotency-Key, recorded on the event
 ARGV[16] week_ttl       int      seconds KEYS[6] lives from now (to the ISO week's end + grace);

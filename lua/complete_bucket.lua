@@ -4,9 +4,12 @@ Written after the bucket was restored from Postgres behind the flush barrier of 
 empty ledger. Only if Redis did not lose the bucket since (its run is still `run`): a bucket
 emptied meanwhile stays incomplete and is restored again.
 
-KEYS[1]  meta  HASH  ctr:{bN}:meta   run, complete
+KEYS[1]  meta  HASH  ctr:{bN}:meta   run, complete, evicted
 
-ARGV[1]  run  string  the run the restore read (open_bucket.lua)
+ARGV[1]  run      string  the run the restore read (open_bucket.lua)
+ARGV[2]  evicted  int     the node's `evicted_keys` (INFO stats) read before the restore read
+                          Postgres: the marker is trusted only while the node still reports it
+                          (persistence/restore.py drops it once the node evicted a key since)
 
 Reply: {code}
   code 1 completed     marked complete
@@ -17,5 +20,5 @@ local run = ARGV[1]
 if redis.call('HGET', KEYS[1], 'run') ~= run then
   return {2}
 end
-redis.call('HSET', KEYS[1], 'complete', 1)
+redis.call('HSET', KEYS[1], 'complete', 1, 'evicted', ARGV[2])
 return {1}

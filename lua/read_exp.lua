@@ -5,8 +5,8 @@ KEYS[1]  user  HASH  ctr:{bN}:user:<uid>
 KEYS[2]  today HASH  ctr:{bN}:day:<YYYYMMDD>:<uid>
 KEYS[3]  meta  HASH  ctr:{bN}:meta                    run, complete (lua/lib/bucket.lua)
 
-ARGV[1]  may_create  "0"|"1"  "0": a missing user is new only in a complete bucket, else it
-                              must be hydrated first (reply code 6)
+ARGV[1]  may_create  "0"|"1"|"2"  "0": a missing user is new only in a complete bucket, else it
+                              must be hydrated first (reply code 6); "2": always hydrated first
 
 Reply: {code, total_exp, seq, {field, value, ...} of the day hash}
   code 1 read

@@ -12,7 +12,7 @@ KEYS[2]  user  HASH    ctr:{bA}:user:<actor>    its seq says Redis holds the act
 KEYS[3]  meta  HASH    ctr:{bA}:meta            the bucket's record (lua/lib/bucket.lua)
 
 ARGV[1]  fingerprint  string   this request's fingerprint
-ARGV[2]  may_create   "0"|"1"  "0": a missing acting user may be in Postgres (hydrate first)
+ARGV[2]  may_create   "0"|"1"|"2"  "0"/"2": a missing acting user may be in Postgres (lua/lib/bucket.lua)
 
 Reply: {0} | {6} | {7} | the stored reply of remember_request.lua, its replayed slot (9) set to 1
   code 0 no_record           no answer recorded yet

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 import msgspec
 
@@ -85,6 +86,19 @@ class PostgresHydrator:
         # (fence_entity): an entity of that incarnation needs no further barrier
         self._fenced: dict[int, str] = {}
         self._sweep = asyncio.Lock()  # one sweep of every barrier at a time per process
+        # may_create of the user scripts: "0" while a complete bucket speaks for its users
+        # (every Redis node evicts nothing: trust_complete, set by persistence.restore's
+        # eviction check), "2" until then (hydrate every missing user)
+        self.may_create_code = "2"
+
+    @property
+    def trust_complete(self) -> bool:
+        """Whether a complete bucket speaks for its users (``may_create_code`` "0")."""
+        return self.may_create_code == "0"
+
+    @trust_complete.setter
+    def trust_complete(self, trusted: bool) -> None:
+        self.may_create_code = "0" if trusted else "2"
 
     async def hydrate(self, user_id: str) -> None:
         """Load the user's durable totals into Redis unless Redis already has the user."""
@@ -159,25 +173,27 @@ class PostgresHydrator:
             runs.update(await self.open_buckets(buckets[start : start + _BATCH]))
         return runs
 
-    async def fence_entity(self, identity: str) -> None:
+    async def fence_entity(self, identity: str) -> str:
         """Before an entity (``<type>:<id>``) Redis does not hold is read from Postgres: returns
         once no flush of a lost Redis incarnation can still add its owner or a creator award on
         it. Nothing to wait for in a complete bucket (the restore that completed it held every
         incomplete bucket's barrier first); else the barriers of every incomplete bucket, once
-        per process and incarnation. Raises ``StorageError`` (Postgres down, or a flush holding
-        a barrier past the request's time budget: the caller answers 503)."""
+        per process and incarnation. Returns the entity's bucket's run fenced: what is read
+        then may be written only into it. Raises ``StorageError`` (Postgres down, or a flush
+        holding a barrier past the request's time budget: the caller answers 503)."""
         bucket = bucket_of(identity, self._buckets)
         run, complete = await self.open_bucket(bucket, barrier=False)
         if complete or self._fenced.get(bucket) == run:
-            return
+            return run
         async with self._sweep:  # the requests right after a loss wait for one sweep
             if self._fenced.get(bucket) == run:
-                return
+                return run
             runs = await self.open_all(await self.incomplete_buckets())
             if runs.get(bucket, run) != run:
                 raise StorageError(f"Redis lost bucket {bucket} again while an entity was read")
             self._fenced.update(runs)
             self._fenced[bucket] = run
+        return run
 
     async def _hydrate(self, user_id: str) -> bool:
         """Hydrate one user; True when Postgres knew them (a restore), False for a new user."""
@@ -256,8 +272,8 @@ def durable_owner_lookup(store: Store, fence: PostgresHydrator | None) -> Durabl
     once-per-actor lookup (``durable_triggers_lookup``) runs after it, behind the same."""
 
     async def lookup(target: Target) -> DurableOwner | None:
-        if fence is not None:
-            await fence.fence_entity(str(target))
-        return await store.owner_of(target.type, target.id)
+        run = await fence.fence_entity(str(target)) if fence is not None else ""
+        found = await store.owner_of(target.type, target.id)
+        return None if found is None else replace(found, run=run)
 
     return lookup

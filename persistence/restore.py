@@ -12,8 +12,14 @@ the bucket complete unless Redis lost it again meanwhile (``complete_bucket.lua`
 Entities too (``EntityRestore``): before a bucket is marked complete, the owner of every entity
 of the bucket Postgres knows, and who already triggered its once-per-actor actions, are put
 back, so a missing owner in a complete bucket is no owner and a brand-new entity is claimed
-with no Postgres read (issue #11). Only while Redis evicts nothing (``eviction_safe``): an
-evicted owner would otherwise look claimable.
+with no Postgres read (issue #11).
+
+Only while Redis evicts nothing (``EvictionCheck``): a complete bucket speaks for its users and
+entities while every node reports ``maxmemory-policy noeviction`` (else an evicted user would
+come back empty, an evicted owner look claimable), and each marker records its node's
+``evicted_keys`` when written: a node that evicted a key since (a policy that evicted, then was
+switched back) has its markers dropped, and the restore refills those buckets. While a node may
+evict, the restore waits: nothing it completed could be trusted.
 
 On an empty ledger (a first start) there is nobody to restore: every bucket is marked complete
 at once. Progress is in ``/readyz`` (``restore``).
@@ -26,14 +32,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from counters.errors import StorageError
 from counters.exp.creator import restore_once_calls
-from counters.exp.entities import Entities
 from counters.redis.calls import (
     AssignEntity,
     AssignEntityKeys,
@@ -77,10 +82,27 @@ class RestoreProgress:
         return body
 
 
+async def evicted_counts(redis: Redis) -> dict[str, int] | None:
+    """Each Redis node's ``evicted_keys`` (INFO stats: keys evicted since it started) by node
+    name ("" for a single Redis); None when a node refuses or lacks it. Raises
+    ``RedisError`` when a node does not answer."""
+    try:
+        if hasattr(redis, "get_primaries"):
+            primaries = redis.get_primaries()
+            reply: Any = await redis.info("stats", target_nodes=primaries)
+            if "evicted_keys" in reply:  # one primary: its reply alone
+                reply = {primaries[0].name: reply}
+            return {name: int(info["evicted_keys"]) for name, info in reply.items()}
+        return {"": int((await redis.info("stats"))["evicted_keys"])}
+    except (ResponseError, KeyError, TypeError, ValueError):
+        return None
+
+
 async def eviction_safe(redis: Redis) -> bool:
     """True when every Redis node answers ``maxmemory-policy noeviction``: no key can vanish
     but by a loss (which takes the bucket's ``complete`` with it) or its own TTL. Any other
-    policy, or a refused ``CONFIG GET`` (some managed Redis), is False."""
+    policy, or a refused ``CONFIG GET`` (some managed Redis), is False. Raises ``RedisError``
+    when a node does not answer."""
     try:
         if hasattr(redis, "get_primaries"):  # a cluster: every primary holds buckets
             reply: Any = await redis.config_get(
@@ -88,7 +110,7 @@ async def eviction_safe(redis: Redis) -> bool:
             )
         else:
             reply = await redis.config_get("maxmemory-policy")
-    except (RedisError, OSError):
+    except ResponseError:
         return False
     tokens = list(_strings(reply))
     policies = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "maxmemory-policy"]
@@ -113,6 +135,86 @@ def _strings(reply: Any) -> Iterator[str]:
 EntityCalls = list[tuple[Keys, Call]]
 
 
+class Trusting(Protocol):
+    """Told whether a complete bucket speaks for what Redis lacks (``PostgresHydrator`` for
+    users, ``Entities`` for owners and once-per-actor records)."""
+
+    trust_complete: bool
+
+
+class EvictionCheck:
+    """The rule by which complete buckets speak for users and entities Redis lacks (issue #11).
+
+    A check reads every node's ``maxmemory-policy`` and ``evicted_keys`` and every bucket's
+    marker (``complete`` and the ``evicted_keys`` of its node when it was written:
+    ``complete_bucket.lua``), drops each marker whose node has evicted a key since (or that
+    records none: written before this rule), then trusts complete buckets only while every node
+    answers ``noeviction``. Run by the restore before each pass and by a loop of its own, so
+    requests read a flag and pay no round trip. Left open: a node switched to evicting,
+    evicting and restarted (its count back to 0) between two checks."""
+
+    def __init__(
+        self, redis: Redis, scripts: Scripts, trusting: list[Trusting], *, buckets: int
+    ) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._trusting = trusting
+        self._buckets = buckets
+        self.trusted = False
+        self._counts: dict[str, int] = {}
+
+    def evicted(self, bucket: int) -> int:
+        """``evicted_keys`` of the node holding ``bucket`` at the last check (what the restore
+        records in the markers it writes; read before it reads Postgres)."""
+        return self._counts.get(self._node_of(bucket), -1)
+
+    def _node_of(self, bucket: int) -> str:
+        if not hasattr(self._redis, "get_node_from_key"):
+            return ""
+        node = self._redis.get_node_from_key(meta_key(bucket))
+        return "" if node is None else str(node.name)
+
+    async def check(self) -> list[int]:
+        """Check; returns the buckets not complete now (markers dropped included). Raises
+        ``StorageError`` when Redis does not answer (trust is withdrawn first)."""
+        for attempt in range(2):  # a pooled connection Redis's restart broke fails once
+            try:
+                safe = await eviction_safe(self._redis)
+                counts = await evicted_counts(self._redis)
+                break
+            except (RedisError, OSError) as exc:
+                if attempt:
+                    self._trust(False)
+                    raise StorageError(f"Redis did not answer the eviction check: {exc}") from exc
+        if counts is None:
+            safe = False
+        else:
+            self._counts = counts
+        try:
+            markers = await self._scripts.send_many(
+                [("HMGET", meta_key(b), "complete", "evicted") for b in range(self._buckets)]
+            )
+        except StorageError:
+            self._trust(False)
+            raise
+        incomplete, stale = [], []
+        for bucket, (complete, evicted) in enumerate(markers):
+            if complete is None:
+                incomplete.append(bucket)
+            elif counts is not None and (evicted is None or int(evicted) != self.evicted(bucket)):
+                stale.append(bucket)
+        if stale:  # the restore refills them; until then a missing user is hydrated
+            log.warning("%d bucket markers dropped: Redis evicted keys since", len(stale))
+            await self._scripts.send_many([("HDEL", meta_key(b), "complete") for b in stale])
+        self._trust(safe)
+        return sorted(incomplete + stale)
+
+    def _trust(self, trusted: bool) -> None:
+        self.trusted = trusted
+        for part in self._trusting:
+            part.trust_complete = trusted
+
+
 class EntityRestore:
     """The entities of incomplete buckets, from Postgres: each one's owner (with its version)
     and who already triggered its once-per-actor actions within ``liker_memory_days``.
@@ -122,24 +224,10 @@ class EntityRestore:
     Written with the scripts the on-demand path uses, which never overwrite what Redis holds:
     an owner or an entry written since the loss is newer."""
 
-    def __init__(
-        self,
-        store: Store,
-        entities: Entities,
-        redis: Redis,
-        rules_of: Callable[[], ExpRules],
-        *,
-        buckets: int,
-    ) -> None:
+    def __init__(self, store: Store, rules_of: Callable[[], ExpRules], *, buckets: int) -> None:
         self._store = store
-        self._entities = entities
-        self._redis = redis
         self._rules_of = rules_of
         self._buckets = buckets
-
-    async def check_eviction(self) -> None:
-        """Let complete buckets speak for entities only while Redis evicts nothing."""
-        self._entities.trust_complete = await eviction_safe(self._redis)
 
     async def calls(
         self, runs: dict[int, str], now_ms: int
@@ -198,26 +286,31 @@ class BucketRestore:
         *,
         buckets: int,
         entities: EntityRestore | None = None,
+        eviction: EvictionCheck | None = None,
     ) -> None:
         self._hydrator = hydrator
         self._store = store
         self._scripts = scripts
         self._buckets = buckets
         self._entities = entities
+        self._eviction = eviction
         self.progress = RestoreProgress(buckets)
 
     async def restore_once(self) -> int:
         """Restore every incomplete bucket; returns how many are still incomplete (lost again
-        while being restored). Raises ``StorageError`` when Redis or Postgres fails."""
-        if self._entities is not None:
-            await self._entities.check_eviction()
-        incomplete: dict[int, str] = dict.fromkeys(await self.incomplete_buckets(), "")
+        while being restored, or left while Redis may evict: ``EvictionCheck``). Raises
+        ``StorageError`` when Redis or Postgres fails."""
+        eviction = self._eviction
+        pending = await (self.incomplete_buckets() if eviction is None else eviction.check())
+        incomplete: dict[int, str] = dict.fromkeys(pending, "")
         self.progress.complete = self._buckets - len(incomplete)
         if not incomplete:
             return 0
         # Redis lost buckets, so maybe the deployment's bucket count too: record it again, or
         # the next start would depend on Postgres answering (counters/runtime/layout.py).
         await self._scripts.send_many([("HSETNX", LAYOUT_KEY, LAYOUT_FIELD, str(self._buckets))])
+        if eviction is not None and not eviction.trusted:
+            return len(incomplete)  # a marker written now could not be trusted: wait
         await self._store.forget_expired_records(int(self._hydrator.now() * 1000))
         # runs read first: the barrier of each (after a loss: every bucket, in batches), then
         # the one read
@@ -231,6 +324,7 @@ class BucketRestore:
         if self._entities is not None:
             now_ms = int(self._hydrator.now() * 1000)
             entities = await self._entities.calls(incomplete, now_ms)
+        evicted = eviction.evicted if eviction is not None else lambda _: 0
         left = 0
         ordered = sorted(incomplete.items())
         for first in range(0, len(ordered), _BATCH):  # hydrate a batch's users, then complete it
@@ -244,7 +338,10 @@ class BucketRestore:
                     await asyncio.gather(*(self._hydrator.hydrate(uid) for uid in chunk))
                     self.progress.users_restored += len(chunk)
             replies = await self._scripts.run_many(
-                [(MetaKey(meta_key(bucket)), CompleteBucket(run=run)) for bucket, run in batch]
+                [
+                    (MetaKey(meta_key(b)), CompleteBucket(run=run, evicted=evicted(b)))
+                    for b, run in batch
+                ]
             )
             for reply in replies:
                 if isinstance(reply, StorageError):
@@ -268,12 +365,21 @@ class BucketRestore:
         Raises ``StorageError``."""
         return await self._hydrator.incomplete_buckets()
 
+    async def check_eviction(self) -> None:
+        """One ``EvictionCheck.check`` (the loop's step). Raises ``StorageError``."""
+        if self._eviction is not None:
+            await self._eviction.check()
+
     async def watch_eviction(self, stop: asyncio.Event, interval: float) -> None:
-        """Check Redis's eviction policy every ``interval`` seconds until ``stop``, whether or
-        not Postgres is up (``run`` starts only once the schema is applied): a process started
-        while Postgres is down still lets complete buckets speak for entities."""
-        while not stop.is_set() and self._entities is not None:
-            await self._entities.check_eviction()
+        """``EvictionCheck.check`` every ``interval`` seconds until ``stop``, whether or not
+        Postgres is up (``run`` starts only once the schema is applied): a process started
+        while Postgres is down still lets complete buckets speak for users and entities, and
+        a node that evicted loses its markers."""
+        while not stop.is_set() and self._eviction is not None:
+            try:
+                await self.check_eviction()
+            except StorageError as exc:
+                log.warning("eviction check failed (%s)", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

@@ -34,6 +34,7 @@ from counters.runtime.layout import settle_buckets
 from counters.runtime.services import Services, connect_redis
 from counters.settings import Settings
 from persistence.recovery import PostgresHydrator
+from persistence.restore import EvictionCheck
 from persistence.store import Store
 
 _SHOWN_ERRORS = 50
@@ -108,6 +109,11 @@ async def _run(
             store, services.scripts, services.clock, buckets=settings.key_buckets,
             window=services.exp.window,
         )  # fmt: skip
+        # Once, as the service's loop does: a complete bucket speaks for a missing user only
+        # while Redis evicts nothing (else each user is read from Postgres first)
+        await EvictionCheck(
+            services.redis, services.scripts, [hydrator], buckets=settings.key_buckets
+        ).check()
         importer = ImportService(
             rules, services.scripts, services.redis, hydrator, services.clock,
             buckets=settings.key_buckets,

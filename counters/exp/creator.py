@@ -282,9 +282,10 @@ class CreatorAwards:
             fingerprint, idem_key,
         )  # fmt: skip
 
-    async def _restore_once(self, target: Target) -> None:
+    async def _restore_once(self, target: Target, run: str) -> None:
         """Redis lost the entity's records: put back who already triggered its once-per-actor
-        actions (from the ledger, as done) before the first award after the loss."""
+        actions (from the ledger, as done) before the first award after the loss; only into
+        ``run``, the incarnation of the entity's bucket they were read for ("": any)."""
         lookup = self._entities.triggers_lookup
         once = [name for name, a in self._exp.rules.actions.items() if a.once_per_actor]
         if lookup is None or not once:
@@ -295,7 +296,7 @@ class CreatorAwards:
             *(
                 self._scripts.run(RestoreOnceKeys(keys.once(action), keys.meta), call)
                 for action, call in restore_once_calls(
-                    await lookup(target, once, since), self._once_ttl
+                    await lookup(target, once, since), self._once_ttl, run
                 ).items()
             )
         )

@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from counters.clock import Clock
-from counters.errors import ConflictError, ScriptReplyError
+from counters.errors import ConflictError, ScriptReplyError, StorageError
 from counters.redis.calls import AssignEntity, AssignEntityKeys
 from counters.redis.codes import AssignOutcome, OwnerRestore
 from counters.redis.keys import EntityKeys
 from counters.redis.scripts import Scripts
 
 _CLAIM_REFUSED = AssignOutcome.CLAIM_REFUSED
+_RUN_CHANGED = AssignOutcome.RUN_CHANGED
 _NEEDS_OWNER_RESTORE = OwnerRestore.NEEDS_OWNER_RESTORE
 
 
@@ -45,10 +46,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class DurableOwner:
-    """An owner as Postgres recorded it: the user, and the version of that record."""
+    """An owner as Postgres recorded it: the user, and the version of that record; ``run``:
+    the incarnation of the entity's bucket it was read for (behind that run's flush barriers,
+    ``persistence/recovery.py``), the only one it may be written into ("": any)."""
 
     owner_id: str
     version: int
+    run: str = ""
 
 
 # Looks an owner up in the durable store when Redis has none (wired by the persistence layer).
@@ -74,9 +78,10 @@ class Entities:
         self._clock = clock
         self._durable_lookup = durable_lookup
         self.triggers_lookup = triggers_lookup
-        # Called with the target after its owner record came back from Postgres (set by the
-        # creator awards: puts back its once-per-actor records, issue #11).
-        self.after_restore: Callable[[Target], Awaitable[None]] | None = None
+        # Called with the target and the run its owner was read for, after its owner record
+        # came back from Postgres (set by the creator awards: puts back its once-per-actor
+        # records, written only into that run, issue #11).
+        self.after_restore: Callable[[Target, str], Awaitable[None]] | None = None
         # Whether a complete bucket speaks for its entities: only while Redis evicts nothing
         # (maxmemory-policy noeviction; checked by persistence.restore.eviction_safe), or an
         # evicted owner would look like no owner and anyone could claim the entity.
@@ -111,16 +116,24 @@ class Entities:
 
     async def restore(self, target: Target) -> bool:
         """Put Postgres's owner record back into Redis (unless Redis has one again); False when
-        Postgres knows no owner either."""
+        Postgres knows no owner either. Written only into the incarnation of the entity's
+        bucket it was read for (``DurableOwner.run``): if Redis lost the bucket again since,
+        what was read may miss owner changes the lost incarnation flushed, so it is read
+        again. Raises ``StorageError`` when Redis keeps losing the bucket."""
         if self._durable_lookup is None:
             return False
-        found = await self._durable_lookup(target)
-        if found is None:
-            return False
-        if self.after_restore is not None:  # before the owner: no award may see it without them
-            await self.after_restore(target)
-        await self._run(target, found.owner_id, "restore", "1", found.version)
-        return True
+        for _ in range(3):
+            found = await self._durable_lookup(target)
+            if found is None:
+                return False
+            if self.after_restore is not None:  # before the owner: no award sees it without them
+                await self.after_restore(target, found.run)
+            code, _ = await self._run(
+                target, found.owner_id, "restore", "1", found.version, found.run
+            )
+            if code != _RUN_CHANGED:
+                return True
+        raise StorageError(f"Redis kept losing the bucket of {target} while its owner was read")
 
     async def _assign_entity(self, target: Target, owner: str, mode: str) -> tuple[int, str]:
         code, previous = await self._run(target, owner, mode, self.may_create, 0)
@@ -132,7 +145,7 @@ class Entities:
         return code, previous
 
     async def _run(
-        self, target: Target, owner: str, mode: str, may_create: str, version: int
+        self, target: Target, owner: str, mode: str, may_create: str, version: int, run: str = ""
     ) -> tuple[int, str]:
         keys = self.keys(target)
         ledger = "1" if self._durable_lookup is not None else "0"
@@ -141,7 +154,7 @@ class Entities:
             AssignEntityKeys(entity=keys.owner, events=keys.events, meta=keys.meta),
             AssignEntity(
                 owner_id=owner, mode=mode, ledger=ledger, target=str(target),
-                may_create=may_create, version=version, now_ms=now_ms,
+                may_create=may_create, version=version, now_ms=now_ms, run=run,
             ),
         )  # fmt: skip
         return int(code), str(previous)

@@ -57,7 +57,7 @@ from counters.redis.calls import (
     UserWriteKeys,
 )
 from counters.redis.codes import AdjustOutcome, AwardOutcome, Hydration, RecallOutcome
-from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
+from counters.redis.hydration import Hydrator, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
@@ -95,7 +95,6 @@ class ExpService:
         self._day_grace = day_grace
         self._day_jitter = day_jitter
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
-        self._may_create = may_create_arg(hydrator)
         self._today = _Today(0, "", "", 0, {})  # the UTC day of the last award (see _Today)
         self._creator = CreatorAwards(
             self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
@@ -322,7 +321,7 @@ class ExpService:
         call = AwardExp(
             user_id, action_name, action.exp, 0 if action.shadow else action.daily_limit or 0,
             self._thresholds, self._caps, today.day, self._day_ttl(user_id, today, now),
-            int(now * 1000), fingerprint, self._idempotency_ttl, actor, self._may_create,
+            int(now * 1000), fingerprint, self._idempotency_ttl, actor, self.may_create,
             str(target) if target else "", idem_key, self._week_ttl(today, now),
         )  # fmt: skip
         return AwardCall(action_name, action, user_id, actor, target, keys, call)
@@ -360,8 +359,9 @@ class ExpService:
 
     @property
     def may_create(self) -> str:
-        """``may_create`` of every script touching a user ("0" with a durable store)."""
-        return self._may_create
+        """``may_create`` of every script touching a user (``may_create_arg``: "0" or "2" with
+        a durable store, by the last eviction-policy check)."""
+        return self._hydrator.may_create_code
 
     def run_hydrated(self, user_id: str, keys: Keys, call: Call) -> Awaitable[list[Any]]:
         """Run a script touching ``user_id``; hydrate the user first if it answers
@@ -422,7 +422,7 @@ class ExpService:
         now = self._clock.now()
         user = UserKeys.of(user_id, self._buckets)
         keys = UserDayKeys(user=user.user, today=user.day(utc_day(now)), meta=user.meta)
-        call = ReadExp(may_create=self._may_create)
+        call = ReadExp(may_create=self.may_create)
         _, total, _seq, day_fields = await self._run(user_id, keys, call)
         assert isinstance(total, int) and isinstance(day_fields, list)
         fields = dict(zip(day_fields[::2], day_fields[1::2], strict=True))
@@ -449,7 +449,7 @@ class ExpService:
         call = AdjustExp(
             user_id=user_id, delta=delta, reason=reason, thresholds=self._thresholds,
             now_ms=int(self._clock.now() * 1000), fingerprint=fingerprint,
-            idem_ttl=self._idempotency_ttl, actor=actor, may_create=self._may_create,
+            idem_ttl=self._idempotency_ttl, actor=actor, may_create=self.may_create,
             idem_key=idem_key,
         )  # fmt: skip
         code, applied, total, level, previous, _seq, replayed = await self._run(user_id, keys, call)

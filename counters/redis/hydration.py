@@ -8,9 +8,14 @@ of the bucket Postgres knows, decided inside the script); otherwise it may be a 
 caller asks the ``Hydrator`` to load the user, and runs the script once more. Users Redis holds
 pay nothing: one round trip, as always.
 
+A complete bucket speaks for its users only while Redis evicts nothing (``may_create_code``, set
+by the background check of every node's ``maxmemory-policy``, ``persistence/restore.py``): an
+evicted user would otherwise come back empty. Meanwhile ``may_create`` is "2": a missing user is
+always hydrated, as in an incomplete bucket (issue #11).
+
 ``may_create`` is a field of each user-touching script's call (``counters/redis/calls.py``),
-filled in from ``may_create_arg`` when the call is built: it depends only on the store, never on
-the attempt.
+filled in from ``may_create_arg`` when the call is built: it depends on the store and the last
+policy check, never on the attempt, and costs no round trip.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ class Hydrator(Protocol):
         """True when a user missing from Redis is a new user (no durable store)."""
         ...
 
+    @property
+    def may_create_code(self) -> str:
+        """``may_create_arg``'s answer, kept current by whoever learns the eviction policy (a
+        string read per call: nothing computed on the hot path)."""
+        ...
+
     async def hydrate(self, user_id: str) -> None:
         """Load the user's durable totals into Redis unless Redis already has the user."""
         ...
@@ -41,14 +52,17 @@ class NoDurableStore:
     """Redis is the only store: a missing user is a new user."""
 
     may_create = True
+    may_create_code = "1"
 
     async def hydrate(self, user_id: str) -> None:
         raise StorageError(f"user {user_id} needs hydration but no durable store is configured")
 
 
 def may_create_arg(hydrator: Hydrator) -> str:
-    """The ``may_create`` argument every user-touching script takes."""
-    return "1" if hydrator.may_create else "0"
+    """The ``may_create`` argument every user-touching script takes (``lua/lib/bucket.lua``):
+    "1" with no durable store; "0" (a missing user is new in a complete bucket) while Redis
+    evicts nothing; else "2" (a missing user is always hydrated)."""
+    return hydrator.may_create_code
 
 
 async def run_hydrated(

@@ -37,7 +37,7 @@ from persistence.cluster_flusher import ClusterFlusher
 from persistence.flusher import Flusher, FlusherTask, Lag, longest_block_ms
 from persistence.migrate import migrate_url
 from persistence.recovery import PostgresHydrator
-from persistence.restore import BucketRestore, EntityRestore
+from persistence.restore import BucketRestore, EntityRestore, EvictionCheck, Trusting
 from persistence.store import Store
 from persistence.streams import LagProbe, exact_lag
 from persistence.webhooks.deliverer import Backoff, Deliverer, DelivererTask, Endpoints
@@ -118,10 +118,14 @@ def make_restore(services: Services, store: Store) -> BucketRestore:
     hydrator = PostgresHydrator(
         store, services.scripts, services.clock, buckets=buckets, window=services.exp.window
     )
-    entities = EntityRestore(
-        store, services.entities, services.redis, lambda: services.exp.rules, buckets=buckets
+    entities = EntityRestore(store, lambda: services.exp.rules, buckets=buckets)
+    trusting: list[Trusting] = [services.entities]
+    if isinstance(services.hydrator, PostgresHydrator):  # the requests' hydrator: users
+        trusting.append(services.hydrator)
+    eviction = EvictionCheck(services.redis, services.scripts, trusting, buckets=buckets)
+    return BucketRestore(
+        hydrator, store, services.scripts, buckets=buckets, entities=entities, eviction=eviction
     )
-    return BucketRestore(hydrator, store, services.scripts, buckets=buckets, entities=entities)
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -115,6 +115,9 @@ class Services:
     entitlements: EntitlementService
     leaderboards: Leaderboards
     rules_version: str = ""
+    # Hydrates the users Redis lacks (told by persistence.restore.EvictionCheck whether a
+    # complete bucket speaks for them)
+    hydrator: Hydrator = field(default_factory=NoDurableStore)
 
     @classmethod
     def build(
@@ -184,6 +187,7 @@ class Services:
         return cls(
             settings, rules, clock, redis, scripts, auth, entities, exp, xp,
             entitlements=entitlements, leaderboards=leaderboards, rules_version=version,
+            hydrator=hydrator,
         )  # fmt: skip
 
     def use_rules(self, rules: Rules) -> None:

@@ -34,7 +34,7 @@ from counters.redis.calls import (
     XpTxKeys,
 )
 from counters.redis.codes import XpOutcome
-from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
+from counters.redis.hydration import Hydrator, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
@@ -96,7 +96,6 @@ class XpService:
         self._buckets = buckets
         self._idempotency_ttl = idempotency_ttl
         self.hold_ttl = hold_ttl
-        self._may_create = may_create_arg(hydrator)
         self.use_rules(rules)
 
     def use_rules(self, rules: XpRules) -> None:
@@ -138,7 +137,7 @@ class XpService:
         return {
             "user_id": user_id, "now_ms": now_ms, "fingerprint": fingerprint,
             "idem_ttl": self._idempotency_ttl, "idem_key": idem_key, "actor": actor,
-            "may_create": self._may_create, "tiers": self._tiers,
+            "may_create": self._hydrator.may_create_code, "tiers": self._tiers,
         }  # fmt: skip
 
     async def _run(
@@ -229,7 +228,7 @@ class XpService:
         # ::test_the_charge_call_names_every_argument checks every field gets its value.
         return DebitXp(
             user_id, int(now * 1000), fingerprint, self._idempotency_ttl, idem_key, actor,
-            self._may_create, self._tiers, generation_type, costs, transaction_id,
+            self._hydrator.may_create_code, self._tiers, generation_type, costs, transaction_id,
             "hold" if hold else "debit", int(now) + self.hold_ttl, self.rules.max_active_holds,
             TRANSACTION_TTL,
         )  # fmt: skip

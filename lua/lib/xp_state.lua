@@ -17,8 +17,9 @@ ARGV[3]  fingerprint  string   request fingerprint; "" = not idempotent
 ARGV[4]  idem_ttl     int      seconds an idempotency record lives
 ARGV[5]  idem_key     string   the Idempotency-Key, recorded on events
 ARGV[6]  actor        string   who asked, recorded on events
-ARGV[7]  may_create   "0"|"1"  "1": a missing user is new; "0": new only in a complete bucket
-                               (KEYS[4] complete), else hydrated first
+ARGV[7]  may_create   "0"|"1"|"2"  "1": a missing user is new; "0": new only in a complete
+                               bucket (KEYS[4] complete), else hydrated first; "2": always
+                               hydrated first (Redis may evict keys: lua/lib/bucket.lua)
 ARGV[8]  tiers        json     {"<tier>": {"level": int, "monthly_xp": int, "rollover": bool}}
 
 State (times in unix seconds; expires_at null = never):

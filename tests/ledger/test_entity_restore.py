@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 
 from counters.cli.embedded import PostgresServer
 from counters.exp.creator import restore_once_calls
+from counters.exp.entities import DurableOwner, Target
 from counters.redis.calls import (
     AssignEntity,
     AssignEntityKeys,
@@ -98,15 +99,17 @@ async def test_the_restore_brings_back_owners_and_likes_and_new_entities_need_no
     assert [(r["entity_id"], r["owner_id"]) for r in owners] == [("e1", "ann"), ("e9", "zed")]
 
 
-@pytest.mark.usefixtures("evicting")
 async def test_while_redis_may_evict_a_missing_owner_is_asked_of_postgres(
     durable_app: Starlette,
     durable_client: httpx2.AsyncClient,
     postgres_server: PostgresServer,
+    request: pytest.FixtureRequest,
 ) -> None:
     """An evicted owner in a complete bucket would look like no owner: anyone could claim the
     entity. With a policy that evicts, completeness does not speak for entities."""
     assert await restorer(durable_app).restore_once() == 0  # every bucket complete (empty)
+    request.getfixturevalue("evicting")
+    assert await restorer(durable_app).restore_once() == 0  # still complete: nothing evicted
     postgres_server.stop()
     try:
         created = await gain(durable_client, {**CREATE, "target_id": "e5"}, "zed")
@@ -144,3 +147,41 @@ async def test_entity_restores_read_for_one_incarnation_never_land_in_another(
         RestoreOnceKeys(keys.once("character_liked"), keys.meta), current["character_liked"]
     )
     assert list(reply) == [RestoreOnceOutcome.RESTORED, 1]
+
+
+async def test_an_owner_read_on_demand_lands_only_in_the_incarnation_it_was_read_for(
+    durable_app: Starlette,
+    durable_client: httpx2.AsyncClient,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entity read back from Postgres one at a time (its bucket incomplete): if Redis lost
+    the bucket again between the read and the write, the lost incarnation may have flushed an
+    owner change since (here: e8 went to bob), so what was read is not written; it is read
+    again for the new incarnation, and the like pays bob."""
+    assert (await gain(durable_client, {**CREATE, "target_id": "e8"}, "ann")).status_code == 200
+    await flusher(durable_app).drain()
+    redis_client.flushall()
+    entities = services(durable_app).entities
+    keys = entities.keys(Target("character", "e8"))
+    read = entities._durable_lookup
+    assert read is not None
+    owners: list[str] = []
+
+    async def read_then_lose(target: Target) -> DurableOwner | None:
+        found = await read(target)
+        owners.append(found.owner_id if found else "")
+        if len(owners) == 1:  # lost again; the lost incarnation's transfer reaches Postgres
+            redis_client.delete(keys.meta)
+            await fetch(
+                durable_app,
+                "UPDATE entity_owners SET owner_id = 'bob', version = version + 1"
+                " WHERE entity_id = 'e8'",
+            )
+        return found
+
+    monkeypatch.setattr(entities, "_durable_lookup", read_then_lose)
+    liked = await gain(durable_client, {**LIKE, "target_id": "e8"}, "fan")
+    assert liked.status_code == 200 and liked.json()["awarded_to"] == "bob", liked.text
+    assert owners == ["ann", "bob"]
+    assert redis_client.hget(keys.owner, "owner") == "bob"

@@ -32,6 +32,7 @@ class _CompleteBuckets(NoDurableStore):
     """A durable store's may_create ("0"): users are new only because their bucket is complete."""
 
     may_create = False
+    may_create_code = "0"
 
 
 async def test_every_event_the_scripts_write_decodes_as_the_union(
