@@ -306,7 +306,9 @@ def parse(
         return _owner(stream, stream_id, fields)
     if not all(map(fields.get, REQUIRED)):  # one C loop; the names only when it fails
         raise ValueError(f"missing {', '.join(n for n in REQUIRED if not fields.get(n))}")
-    if "\x00" in "".join(fields) or "\x00" in "".join(fields.values()):
+    # Values only: a name with a NUL is no field of the schema, so ``convert`` below refuses it
+    # as unknown (``forbid_unknown_fields``); joining the names too cost ~0.3 us an event.
+    if "\x00" in "".join(fields.values()):
         raise ValueError("a NUL character (Postgres text cannot hold it)")
     for name in _INTEGERS:  # Lua writes integers: "1e3" or "1.0" is not one (msgspec lax is)
         int(fields[name])
