@@ -358,8 +358,10 @@ def _owner(stream: str, stream_id: str, fields: Mapping[str, str]) -> OwnerEvent
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a block that must not ``await`` (so no other task
-    runs, nor allocates, meanwhile), back on after it as it was.
+    """The cyclic garbage collector off for a block, back on after it as it was (a block inside
+    another keeps it off). Meant for blocks that do not ``await`` (so no other task allocates
+    meanwhile); one that does must be bounded in time (the flusher's read of a reply: its
+    socket timeout), as other tasks' garbage waits for its end.
 
     Why: a batch of up to 16k entries allocates a few hundred thousand containers in one go (the
     reply's lists, the entries, the rows), none of them garbage; each 700 allocations start a
