@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_reply
-from api.http import Reply, encode, receive_body
+from api.http import Reply, encode, receive_body, repeated_header
 from counters.logs import REQUEST_ID, access, request_id_from
 from counters.metrics import HTTP_REQUESTS, Observe
 from counters.runtime.durability import Durability
@@ -77,10 +77,14 @@ class HotRoute:
         the request id and echo it in ``X-Request-Id``."""
         # The first value of each header read, in one pass, by slot (see _SLOTS)
         found: list[bytes | None] = [None, None, None, None, None]
+        repeated = None  # the first of the single-valued headers that came twice
         for name, value in scope["headers"]:
             slot = _SLOTS.get(name)
-            if slot is not None and found[slot] is None:
-                found[slot] = value
+            if slot is not None:
+                if found[slot] is None:
+                    found[slot] = value
+                elif slot < _SINGLE:
+                    repeated = name
         authorization, user_id, idempotency_key, length, sent_id = found
         raw = [_JSON, _JSON]  # the second is the content-length, once known
         if tag:
@@ -88,6 +92,8 @@ class HotRoute:
             REQUEST_ID.set(request_id)
             raw.append((_REQUEST_ID, request_id.encode("latin-1")))
         try:
+            if repeated is not None:
+                raise repeated_header(repeated.decode("latin-1"))
             limit = svc.settings.max_body_bytes
             message = await receive()
             body = message.get("body", b"")
@@ -127,7 +133,9 @@ def _header_name(name: str) -> bytes:
 
 
 _REQUEST_ID = b"x-request-id"
-# The headers a hot route reads, each with its slot in HotRoute.serve's ``found``.
+# The headers a hot route reads, each with its slot in HotRoute.serve's ``found``; those in
+# the first _SINGLE slots must come once (api.http.single_header).
+_SINGLE = 3
 _SLOTS = {
     b"authorization": 0, b"x-user-id": 1, b"idempotency-key": 2, b"content-length": 3,
     _REQUEST_ID: 4,

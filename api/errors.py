@@ -95,6 +95,12 @@ READINESS_STATUS: dict[bool, int] = {True: 200, False: 503}
 ERROR_CODES: dict[str, str] = {
     "invalid_request": "wrong types, missing fields or bad values (422)",
     "malformed_body": "the body is not JSON (400)",
+    "repeated_header": "Authorization, X-User-Id or Idempotency-Key sent more than once (400)",
+    "malformed_request": "bytes that do not parse as an HTTP request (400; the connection closes)",
+    "request_timeout": (
+        "the request did not arrive whole within COUNTERS_REQUEST_READ_TIMEOUT_SECONDS (408)"
+    ),
+    "header_too_large": "the request head is over COUNTERS_MAX_HEADER_BYTES (431)",
     "unauthorized": "no, malformed, expired or unknown credentials (401)",
     "forbidden": "the credentials may not do this (403)",
     "not_found": "an unknown route, target, generation type, hold or transaction (404)",

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from counters.auth import Principal
-from counters.errors import InvalidRequest, MalformedBody, PayloadTooLarge
+from counters.errors import InvalidRequest, MalformedBody, PayloadTooLarge, RequestError
 from counters.redis.idempotency import Idempotency
 from counters.runtime.services import Services
 
@@ -104,16 +104,32 @@ def validation_detail(exc: msgspec.ValidationError) -> str:
     return message
 
 
+def repeated_header(name: str) -> RequestError:
+    """The 400 (code ``repeated_header``) for a header that must come once and came twice:
+    which Authorization, X-User-Id or Idempotency-Key the caller meant cannot be told, and
+    taking the first let a retry carrying only the second apply again (an attacker's finding)."""
+    return RequestError(f"The {name} header was sent more than once", code="repeated_header")
+
+
+def single_header(request: Request, name: str) -> str | None:
+    """The value of header ``name`` (lower case), None when absent; ``repeated_header`` when
+    it came more than once."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise repeated_header(name)
+    return values[0] if values else None
+
+
 def principal(request: Request) -> Principal:
     """Who is calling (401 without valid credentials)."""
     return services(request).auth.authenticate(
-        request.headers.get("authorization"), request.headers.get("x-user-id")
+        single_header(request, "authorization"), single_header(request, "x-user-id")
     )
 
 
 def service_caller(request: Request) -> str:
     """The caller id of a service key, for service-only routes (403 for user tokens)."""
-    return services(request).auth.authenticate_service(request.headers.get("authorization"))
+    return services(request).auth.authenticate_service(single_header(request, "authorization"))
 
 
 def idempotency(
@@ -124,7 +140,7 @@ def idempotency(
     The fingerprint covers the route, the user acted for and the decoded request re-encoded,
     so a retry that only differs in whitespace or key order is still the same request.
     """
-    key = request.headers.get("idempotency-key")
+    key = single_header(request, "idempotency-key")
     if key is None:  # the common case: skip building the URL and the fingerprint
         return None
     return idempotency_of(caller, key, f"{request.method} {request.url.path}", acting_for, payload)

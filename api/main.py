@@ -6,12 +6,15 @@ import gc
 
 from api.app import create_app
 from api.asgi import CountersApp
+from counters.cli.supervisor import follow_supervisor
 from counters.logs import configure as configure_logging
 from counters.settings import Settings
 
 
 def app_from_env() -> CountersApp:
-    """Uvicorn factory (``api.main:app_from_env``): every worker reads COUNTERS_* itself."""
+    """Uvicorn factory (``api.main:app_from_env``): every worker reads COUNTERS_* itself,
+    and stops if the supervisor that started it dies (``follow_supervisor``)."""
+    follow_supervisor()
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)

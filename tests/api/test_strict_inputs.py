@@ -128,3 +128,39 @@ async def test_a_batch_nested_too_deeply_is_400_never_500(
         "code": "malformed_body",
     }
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/exp/gain", "Authorization"),  # the hot lane
+        ("/api/exp/gain", "X-User-Id"),
+        ("/api/exp/gain", "Idempotency-Key"),
+        ("/api/admin/exp/adjust", "Authorization"),  # through Starlette (it reads no X-User-Id)
+        ("/api/admin/exp/adjust", "Idempotency-Key"),
+    ],
+)
+async def test_a_single_valued_header_sent_twice_is_400_and_applies_nothing(
+    client: httpx2.AsyncClient, path: str, name: str
+) -> None:
+    """Found by an attacker: with two Idempotency-Key headers the first was recorded and a
+    retry carrying only the second applied again; two X-User-Id or Authorization were taken
+    first-wins. Whichever the caller meant cannot be told: 400 ``repeated_header``."""
+    user = f"rep-{path.rsplit('/', 1)[1]}-{name.lower()}"
+    body = (
+        {"action": "daily_chat"}
+        if path.endswith("gain")
+        else {"user_id": user, "delta": 5, "reason": "t"}
+    )
+    base = service_headers(user) | {"Idempotency-Key": "rep-k1"}
+    twice = {"Authorization": base["Authorization"], "X-User-Id": "rep-u2",
+             "Idempotency-Key": "rep-k2"}[name]  # fmt: skip
+    headers = [*base.items(), (name, twice)]
+    response = await client.post(path, json=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "detail": f"The {name.lower()} header was sent more than once",
+        "code": "repeated_header",
+    }
+    progress = await client.get("/api/exp/progress", headers=service_headers(user))
+    assert progress.json()["total_exp"] == 0  # nothing was applied

@@ -10,6 +10,8 @@ import http.client
 import io
 import json
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -44,13 +46,15 @@ def log_lines() -> Iterator[io.StringIO]:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, log: io.StringIO | None = None) -> AsyncIterator[int]:
+async def serving(
+    settings: Settings, log: io.StringIO | None = None, *, read_timeout: float = 5.0
+) -> AsyncIterator[int]:
     """The app behind uvicorn with the guarded protocol, configured as ``counters serve`` does;
     with ``log``, the logging too, in the order of a worker: uvicorn's Config, then ours."""
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
-        http=make_protocol(5.0, MAX_HEAD), access_log=False, log_config=None,
+        http=make_protocol(read_timeout, MAX_HEAD), access_log=False, log_config=None,
     )  # fmt: skip
     if log is not None:
         logs.configure("info", "json")
@@ -95,6 +99,7 @@ async def test_a_body_in_the_same_write_is_not_counted_as_head(settings: Setting
     assert at_limit[0] == 200, at_limit
     assert over[0] == 413, over
     assert too_long[0] == 431, too_long
+    assert json.loads(too_long[1])["code"] == "header_too_large"
 
 
 async def test_uvicorn_writes_no_access_line_of_its_own(
@@ -108,3 +113,92 @@ async def test_uvicorn_writes_no_access_line_of_its_own(
     lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
     assert len([line for line in lines if line["logger"] == "counters.access"]) == 3
+
+
+def exchange(port: int, raw: bytes, *, pause: float = 0.0, rest: bytes = b"") -> list[bytes]:
+    """Send ``raw`` (then, after ``pause`` seconds, ``rest``) on one connection and read until
+    the server closes it: every answer it gave, split into responses (head and body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        if rest:
+            time.sleep(pause)
+            sock.sendall(rest)
+        got = b""
+        while chunk := sock.recv(65_536):
+            got += chunk
+    answers = []
+    while got:
+        head, _, got = got.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )  # fmt: skip
+        answers.append(head + b"\r\n\r\n" + got[:length])
+        got = got[length:]
+    return answers
+
+
+def gain_request(user_id: str, body: bytes, *, length: int | None = None) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in service_headers(user_id).items())
+    return (
+        b"POST /api/exp/gain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + head.encode()
+        + b"Content-Length: %d\r\n\r\n" % (len(body) if length is None else length)
+        + body
+    )
+
+
+def status_and_body(answer: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+async def test_a_request_received_whole_keeps_its_answer_when_bad_bytes_follow(
+    settings: Settings,
+) -> None:
+    """Found by an attacker: a gain whose Content-Length was shorter than what was sent was
+    applied, and its only answer was uvicorn's text/plain 400. Now its 200 comes first, then a
+    JSON 400 for the bytes that do not parse; a pipelined request before them is answered too."""
+    body = b'{"action": "daily_chat"}'
+    async with serving(settings) as port:
+        trailing = await asyncio.to_thread(
+            exchange, port, gain_request("guard-t1", body) + b"  \r\n"
+        )
+        pipelined = await asyncio.to_thread(
+            exchange,
+            port,
+            gain_request("guard-t2", body) + gain_request("guard-t3", body) + b"GARBAGE\r\n\r\n",
+        )
+        alone = await asyncio.to_thread(exchange, port, b"GARBAGE\r\n\r\n")
+    assert [status_and_body(a)[0] for a in trailing] == [200, 400], trailing
+    assert status_and_body(trailing[0])[1]["awarded_to"] == "guard-t1"
+    assert [status_and_body(a)[0] for a in pipelined] == [200, 200, 400], pipelined
+    assert [status_and_body(a)[1]["awarded_to"] for a in pipelined[:2]] == ["guard-t2", "guard-t3"]
+    assert [status_and_body(a) for a in alone] == [
+        (400, {"detail": "Invalid HTTP request received", "code": "malformed_request"})
+    ]
+
+
+async def test_a_request_cut_short_is_answered_408_and_an_idle_connection_closed(
+    settings: Settings,
+) -> None:
+    """A request that does not arrive whole within the read deadline gets a JSON 408 (nothing
+    applied); a connection that sends nothing is closed with nothing said."""
+    async with serving(settings, read_timeout=0.5) as port:
+        cut = await asyncio.to_thread(
+            exchange, port, gain_request("guard-s1", b'{"action"', length=24)
+        )
+        half_head = await asyncio.to_thread(exchange, port, b"POST /api/exp/gain HTTP/1.1\r\n")
+        idle = await asyncio.to_thread(exchange, port, b"")
+        after = await asyncio.to_thread(
+            post, port, "/api/exp/gain", b'{"action": "daily_chat"}', service_headers("guard-s1")
+        )
+    expected = (
+        408,
+        {"detail": "The request did not arrive whole in time", "code": "request_timeout"},
+    )
+    assert [status_and_body(a) for a in cut] == [expected]
+    assert [status_and_body(a) for a in half_head] == [expected]
+    assert idle == []
+    assert after[0] == 200 and json.loads(after[1])["exp_added"] > 0  # the cut one was not applied
