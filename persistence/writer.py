@@ -363,11 +363,14 @@ def _totals_rows(events: list[LedgerEvent]) -> list[tuple[object, ...]]:
     return [
         (
             r.user_id, r.seq, r.exp_seq, r.exp, r.level, r.xp_seq,
-            *(_typed(name, r.xp.get(name)) for name in _XP_COLUMNS),
+            *((_typed(name, r.xp.get(name)) for name in _XP_COLUMNS) if r.xp else _NO_XP),
             r.xp_state,
         )
         for r in collapse(events)
     ]  # fmt: skip
+
+
+_NO_XP = (None,) * len(_XP_COLUMNS)  # a user whose batch holds no XP change: nothing to type
 
 
 def _typed(name: str, value: object) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import replace
 
 import anyio
@@ -376,3 +377,28 @@ async def test_a_lingering_flusher_writes_what_came_meanwhile_in_one_transaction
     assert [r["seq"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["recorded_at"] < rows[1]["recorded_at"]
     assert len({r["recorded_at"] for r in rows[1:]}) == 1
+
+
+async def test_a_large_reply_is_read_whole_and_the_collector_is_on_while_a_read_waits(
+    durable_app: Starlette,
+) -> None:
+    """The flusher pauses the cyclic collector while a reply's bytes arrive (issue #11: its
+    collections cost more than hiredis's parse), not while a blocking read waits for events (the
+    whole process would run uncollected), and turns it back on after the read."""
+    svc = services(durable_app)
+    stream = UserKeys.of("ann", svc.settings.key_buckets).events
+    reader = flusher(durable_app, block_ms=2_000)
+    waiting = asyncio.create_task(reader.flush_once())
+    await asyncio.sleep(0.2)  # the blocking XREADGROUP is waiting now
+    assert not waiting.done() and gc.isenabled()
+    async with svc.redis.pipeline(transaction=True) as pipe:  # all at once: one reply
+        for seq in range(1, 801):  # ~250 KB: the reply comes in several socket reads
+            pipe.xadd(stream, {
+                "event_id": f"ann:{seq}", "user": "ann", "seq": seq, "ts": 1_700_000_000_000,
+                "kind": "exp_adjust", "action": "adjust", "amount": 1, "exp": seq, "level": 1,
+            })  # fmt: skip
+        await pipe.execute()
+    assert await asyncio.wait_for(waiting, 10) == 800
+    assert gc.isenabled()
+    assert await ledger_count(durable_app) == 800
+    assert await fetchval(durable_app, "SELECT exp FROM user_totals WHERE user_id = 'ann'") == 800

@@ -79,6 +79,7 @@ def test_collapse_keeps_each_family_from_its_newest_event_in_any_order() -> None
         ({"amount": str(2**63)}, "amount out of range"),
         ({"ts": str(10**16)}, "ts out of range"),
         ({"action": "a\x00b"}, "a NUL character"),
+        ({"act\x00ion": "x"}, "unknown field"),  # a name with a NUL is no field of the schema
     ],
 )
 def test_values_postgres_would_refuse_are_rejected_before_the_batch(
