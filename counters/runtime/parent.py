@@ -18,10 +18,10 @@ _PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def follow_supervisor() -> None:
-    """In a worker of ``counters.cli.supervisor.run`` (``COUNTERS_SUPERVISOR_PID`` set): have SIGTERM
-    delivered when the supervisor dies, so the worker shuts down as on a normal stop. A
-    supervisor already gone by then (the race prctl leaves) stops the worker at once. Elsewhere
-    (one worker, no supervisor; not Linux) it does nothing."""
+    """In a worker of ``counters.cli.supervisor.run`` (``COUNTERS_SUPERVISOR_PID`` set): have
+    SIGTERM delivered when the supervisor dies, so the worker shuts down as on a normal stop.
+    A supervisor already gone by then (the race prctl leaves) stops the worker at once.
+    Elsewhere (one worker, no supervisor; not Linux) it does nothing."""
     supervisor = os.environ.get(SUPERVISOR_PID)
     if not supervisor or sys.platform != "linux":
         return
