@@ -161,6 +161,9 @@ class EvictionCheck:
         self._trusting = trusting
         self._buckets = buckets
         self.trusted = False
+        # What /readyz reports: None until a check answered; else whether a node may evict keys
+        # (a policy other than noeviction, or CONFIG/INFO refused) and so change answers.
+        self.may_evict: bool | None = None
         self._counts: dict[str, int] = {}
 
     def evicted(self, bucket: int) -> int:
@@ -190,6 +193,12 @@ class EvictionCheck:
             safe = False
         else:
             self._counts = counts
+        self.may_evict = not safe
+        if not safe:
+            log.warning(
+                "Redis may evict keys (maxmemory-policy is not noeviction on every node, or"
+                " CONFIG/INFO is refused): evicted records can change answers; run noeviction"
+            )
         try:
             markers = await self._scripts.send_many(
                 [("HMGET", meta_key(b), "complete", "evicted") for b in range(self._buckets)]
@@ -295,6 +304,11 @@ class BucketRestore:
         self._entities = entities
         self._eviction = eviction
         self.progress = RestoreProgress(buckets)
+
+    @property
+    def eviction(self) -> EvictionCheck | None:
+        """The eviction rule this restore obeys (None: not checked)."""
+        return self._eviction
 
     async def restore_once(self) -> int:
         """Restore every incomplete bucket; returns how many are still incomplete (lost again

@@ -40,6 +40,7 @@ async def readyz(request: Request) -> Response:
     if reload_error is not None:
         body["rules_reload_error"] = reload_error  # the file on disk is not what is served
     postgres_ok = True
+    evicting = False
     if durability.store is None:
         body["postgres"] = "not configured"
     else:
@@ -62,8 +63,18 @@ async def readyz(request: Request) -> Response:
         body["flusher"] = flusher
         if durability.restore is not None:
             body["restore"] = await _restore_progress(durability, redis_ok)
-    ready = redis_ok and (postgres_ok or not strict)
-    body["status"] = ("ready" if postgres_ok else "degraded") if ready else "not ready"
+            eviction = durability.restore.eviction
+            if eviction is not None and eviction.may_evict:
+                # Evicted idempotency, transaction, day or once-per-actor records change answers
+                # (README, Durability): degraded, so an operator sees it, and strict says no.
+                body["redis_eviction"] = (
+                    "a Redis node may evict keys (maxmemory-policy is not noeviction, or CONFIG"
+                    " is refused): evicted records can change answers"
+                )
+                evicting = True
+    healthy = postgres_ok and not evicting
+    ready = redis_ok and (healthy or not strict)
+    body["status"] = ("ready" if healthy else "degraded") if ready else "not ready"
     return json_response(body, READINESS_STATUS[ready])
 
 

@@ -97,6 +97,8 @@ async def test_under_an_evicting_policy_a_missing_user_is_hydrated_not_new(
     exp = await earn_and_complete(durable_app, durable_client, "ann")
     config_set(redis_client, "maxmemory-policy", "allkeys-lru")
     await restorer(durable_app).check_eviction()  # the background loop's step
+    ready = (await durable_client.get("/readyz")).json()  # an operator sees it
+    assert ready["status"] == "degraded" and "may evict" in ready["redis_eviction"], ready
     svc = services(durable_app)
     keys = UserKeys.of("ann", svc.settings.key_buckets)
     day = keys.day(svc.exp.window("ann", svc.clock.now()).day)
@@ -116,6 +118,8 @@ async def test_under_an_evicting_policy_a_missing_user_is_hydrated_not_new(
         postgres_server.start()
     config_set(redis_client, "maxmemory-policy", "noeviction")
     await restorer(durable_app).check_eviction()  # nothing evicted: the markers speak again
+    ready = (await durable_client.get("/readyz")).json()
+    assert ready["status"] == "ready" and "redis_eviction" not in ready, ready
     postgres_server.stop()
     try:
         new = await total_exp(durable_client, "zed")
