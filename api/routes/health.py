@@ -82,8 +82,7 @@ async def _restore_progress(durability: Durability, redis_ok: bool) -> dict[str,
     """The restore's progress, its complete buckets counted now (one pipelined ``HEXISTS`` per
     bucket): the restore pass only counts them every COUNTERS_RESTORE_INTERVAL_SECONDS, and an
     attacker saw every bucket reported complete for up to 2 s after Redis came back empty.
-    Not counted within the readiness timeout, it is the last pass's count. ``users_restored``
-    is this worker's count since it started."""
+    ``users_restored`` is this worker's count since it started."""
     assert durability.restore is not None
     progress = durability.restore.progress.as_json()
     if redis_ok:
@@ -92,7 +91,7 @@ async def _restore_progress(durability: Durability, redis_ok: bool) -> dict[str,
                 incomplete = await durability.restore.incomplete_buckets()
             progress["complete_buckets"] = durability.restore.progress.buckets - len(incomplete)
         except (StorageError, TimeoutError):
-            pass  # not counted in time (many buckets, a loaded Redis): the last pass's count
+            progress["complete_buckets"] = None  # not known now
     return progress
 
 
