@@ -61,8 +61,7 @@ async def readyz(request: Request) -> Response:
             postgres_ok = False  # the ledger is not advancing: degraded, and strict says no
         body["flusher"] = flusher
         if durability.restore is not None:
-<<<<<<< HEAD
-            body["restore"] = await _restore_progress(durability, redis_ok)
+            body["restore"] = durability.restore.progress.as_json()
             eviction = durability.restore.eviction
             if eviction is not None and eviction.may_evict:
                 # Evicted idempotency, transaction, day or once-per-actor records change answers
@@ -75,11 +74,6 @@ async def readyz(request: Request) -> Response:
     healthy = postgres_ok and not evicting
     ready = redis_ok and (healthy or not strict)
     body["status"] = ("ready" if healthy else "degraded") if ready else "not ready"
-=======
-            body["restore"] = durability.restore.progress.as_json()
-    ready = redis_ok and (postgres_ok or not strict)
-    body["status"] = ("ready" if postgres_ok else "degraded") if ready else "not ready"
->>>>>>> parent of ef8f908 (/readyz counts complete buckets when it answers)
     return json_response(body, READINESS_STATUS[ready])
 
 
