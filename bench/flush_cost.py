@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         for checkout in checkouts:
             result = run_once(checkout, args.users)
             runs[checkout].append(result)
-            line = {"run": n, "checkout": str(checkout), "uptime": _load(), **result}
-            print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in line.items()}), file=sys.stderr, flush=True)  # fmt: skip
+            line = {"run": n, "checkout": str(checkout), "load": _load(), **result}
+            line = {k: round(v, 1) if isinstance(v, float) else v for k, v in line.items()}
+            print(json.dumps(line), file=sys.stderr, flush=True)
     print(table(checkouts, runs))
     return 0
 

@@ -21,7 +21,7 @@ from counters.clock import ManualClock
 from counters.errors import StorageError
 from counters.redis.keys import UserKeys, bucket_of, stream_key
 from counters.settings import Settings
-from persistence.events import Batch
+from persistence.events import COMPACT, Batch, expand
 from persistence.events import sort_entries as sort
 from persistence.flusher import GROUP, stream_lag
 from tests.support.core import service_headers, user_headers
@@ -124,8 +124,8 @@ async def test_a_batch_partly_ledgered_adds_only_its_new_events(
     entries = []
     for stream in flusher(durable_app).streams:
         entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
-    entries.sort(key=lambda e: (e[2].get("user", ""), int(e[2].get("seq", 0))))
-    ann = [e for e in entries if e[2].get("user") == "ann"]
+    entries.sort(key=lambda e: (expand(e[2]).get("user", ""), int(expand(e[2]).get("seq", 0))))
+    ann = [e for e in entries if expand(e[2]).get("user") == "ann"]
     first = await store(durable_app).write(sort(ann))  # copied: none was ledgered yet
     both = await store(durable_app).write(sort(entries))  # ann's again, and bob's new ones
     assert (first.inserted, first.duplicates) == (4, 0)
@@ -402,3 +402,36 @@ async def test_a_large_reply_is_read_whole_and_the_collector_is_on_while_a_read_
     assert gc.isenabled()
     assert await ledger_count(durable_app) == 800
     assert await fetchval(durable_app, "SELECT exp FROM user_totals WHERE user_id = 'ann'") == 800
+
+
+async def test_a_stream_mixing_both_entry_formats_is_ledgered_once(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """A rolling upgrade: entries an older worker wrote (one field per name, ``event_id``
+    included) and this release's compact ones, interleaved in the same streams, are ledgered
+    alike, each once, and a second delivery of the mixed batch changes nothing."""
+    totals = await burst(durable_client, ["ann", "bob"], 3)
+    totals["ann"] = await adjust(durable_client, "ann", 9, key="fix-1")  # and a record
+    redis_client = services(durable_app).redis
+    written = 0
+    for stream in flusher(durable_app).streams:
+        entries = await redis_client.xrange(stream)
+        if entries:
+            await redis_client.xdel(stream, *(sid for sid, _ in entries))
+        for n, (_, fields) in enumerate(entries):  # every other one as an older worker wrote it
+            assert list(fields) == [COMPACT]
+            await redis_client.xadd(stream, expand(fields) if n % 2 else fields)
+        written += len(entries)
+    assert written == 10
+    entries = []
+    for stream in flusher(durable_app).streams:
+        entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
+    assert sum(COMPACT not in f for _, _, f in entries) == 5  # named: the older format
+    again = await store(durable_app).write(sort(entries))  # as if delivered before a crash
+    assert (again.inserted, again.quarantined) == (9, 0)
+    draining = flusher(durable_app)
+    assert await draining.drain() == 10
+    assert (draining.stats.duplicates, draining.stats.quarantined) == (9, 0)  # ledgered once
+    await assert_ledger_matches(durable_app, totals)
+    records = await fetchval(durable_app, "SELECT count(*) FROM redis_records")
+    assert records == 1  # the keyed adjust's idempotency record, from either format
