@@ -382,10 +382,9 @@ def _parse_compact(
     own = values[first : first + len(spec.totals)]
     numbers = [int(v) if i else 0 for v, i in zip(own, spec.integer, strict=True)]
     if not (min(seq, amount, *numbers) >= -_BIG - 1 and max(seq, amount, *numbers) <= _BIG):
-        named = {"seq": seq, "amount": amount, **dict(zip(spec.totals, numbers, strict=True))}
-        raise ValueError(
-            f"{next(n for n, v in named.items() if not -_BIG - 1 <= v <= _BIG)} out of range"
-        )
+        checked = {"seq": seq, "amount": amount, **dict(zip(spec.totals, numbers, strict=True))}
+        wrong = next(name for name, v in checked.items() if not -_BIG - 1 <= v <= _BIG)
+        raise ValueError(f"{wrong} out of range")
     if not 0 <= ts < _MILLIS_END:
         raise ValueError("ts out of range")
     totals = {
