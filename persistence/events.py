@@ -289,12 +289,13 @@ def position(stream_id: str) -> tuple[int, int]:
 # (counters/ids.py: no control characters), free text refuses control characters at the API
 # (422), numbers are digits, and JSON (``xp_state``, a record's ``value``) escapes control
 # characters; so an entry that splits into more or fewer fields than its kind's layout is refused
-# (quarantined), never read shifted. An event's ``event_id`` is not sent: it is always "<user>:<seq>". Why: hiredis builds one string
-# per field name and value (31 per entry of the named format, 3 here), Redis encodes and copies
-# each, and the parse below is a C ``split`` and a few ``int`` instead of a msgspec ``convert``
-# of a dict. Entries of the named format (older workers, entries already in the streams) are
-# still read: ``parse`` tells them apart by their fields. Kept in step with lua/lib/entry.lua
-# and each script's ``Entry.add`` (tests/ledger/test_event_schema.py decodes what they write).
+# (quarantined), never read shifted. An event's ``event_id`` is not sent: it is always
+# "<user>:<seq>". Why: hiredis builds one string per field name and value (31 per entry of the
+# named format, 3 here), Redis encodes and copies each, and the parse below is a C ``split`` and
+# a few ``int`` instead of a msgspec ``convert`` of a dict. Entries of the named format (older
+# workers, entries already in the streams) are still read: ``parse`` tells them apart by their
+# fields. Kept in step with lua/lib/entry.lua and each script's ``Entry.add``
+# (tests/ledger/test_event_schema.py decodes what they write, both ways).
 COMPACT = "v1"
 SEP = "\x1f"
 _COMPACT_COMMON = ("user", "seq", "ts", "run", "action", "amount", "actor", "target", "idem")
@@ -319,25 +320,21 @@ _BIG = 2**63 - 1
 _MILLIS_END = 253_402_300_800_000
 
 
-@dataclass(frozen=True, slots=True)
-class _Compact:
-    """How to read one kind's compact entry: its field count and which of them are integers."""
-
-    kind: str
-    width: int  # fields after the kind
-    day: bool  # exp_award: ``day`` follows the common fields
-    totals: tuple[str, ...]  # then these (the row's ``totals``)
-    integer: tuple[bool, ...]  # per totals field: an integer (else text: ``tier``)
-    state: bool  # then ``xp_state``, last
-
-
-_SPECS = {
-    kind: _Compact(
-        kind, len(LAYOUTS[kind]), "day" in LAYOUTS[kind], TOTALS[kind],
-        tuple(_base(XP_TYPES.get(n, int)) is int for n in TOTALS[kind]), XP_STATE in LAYOUTS[kind],
-    )
+_WIDTH = {kind: len(LAYOUTS[kind]) for kind in CHANGES}  # a change's fields after its kind
+# ``_parse_compact`` reads a change's own fields by position: these are the positions.
+_XP_OWN = ("effective_ts", "xp_balance", "xp_allocation", "xp_topup", "xp_held", "tier")
+assert all(
+    LAYOUTS[kind][9:] == ("day", "exp", "level")
+    if kind == "exp_award"
+    else ("exp", "level")
+    if kind.startswith("exp_")
+    else (*_XP_OWN, *(("xp_captured",) if kind == "xp_capture" else ()), XP_STATE)
     for kind in CHANGES
-}  # fmt: skip
+)
+assert all(
+    TOTALS[kind] == tuple(n for n in LAYOUTS[kind][9:] if n not in (*COMMON, XP_STATE))
+    for kind in CHANGES
+)
 
 
 def expand(fields: Mapping[str, str]) -> dict[str, str]:
@@ -362,15 +359,16 @@ def expand(fields: Mapping[str, str]) -> dict[str, str]:
 def _parse_compact(
     stream: str, stream_id: str, payload: str
 ) -> LedgerEvent | OwnerEvent | RecordEvent:
-    """A compact entry (see ``COMPACT``). A change is read here, positionally (the common case:
-    ~1 us, against ~4.6 for a named entry); an owner or record change, rare, by name."""
+    """A compact entry (see ``COMPACT``). A change is read here by position, its fields where
+    ``LAYOUTS`` puts them (the common case, no dict built: ~2 us against ~3.4 for a named
+    entry's ``convert``); an owner or record change, rare, by name."""
     kind, _, rest = payload.partition(SEP)
-    spec = _SPECS.get(kind)
-    if spec is None:
+    width = _WIDTH.get(kind)
+    if width is None:
         return parse(stream, stream_id, expand({COMPACT: payload}))
     values = rest.split(SEP)
-    if len(values) != spec.width:
-        raise ValueError(f"{kind} entry with {len(values)} fields, its layout has {spec.width}")
+    if len(values) != width:
+        raise ValueError(f"{kind} entry with {len(values)} fields, its layout has {width}")
     if "\x00" in payload:
         raise ValueError("a NUL character (Postgres text cannot hold it)")
     user, seq_text, ts_text, run, action, amount_text, actor, target, idem = values[:9]
@@ -378,23 +376,34 @@ def _parse_compact(
         named = dict(zip(_COMPACT_COMMON, values, strict=False))
         raise ValueError(f"missing {', '.join(n for n in REQUIRED[2:] if not named.get(n))}")
     seq, ts, amount = int(seq_text), int(ts_text), int(amount_text)
-    first = 10 if spec.day else 9
-    own = values[first : first + len(spec.totals)]
-    numbers = [int(v) if i else 0 for v, i in zip(own, spec.integer, strict=True)]
-    if not (min(seq, amount, *numbers) >= -_BIG - 1 and max(seq, amount, *numbers) <= _BIG):
-        checked = {"seq": seq, "amount": amount, **dict(zip(spec.totals, numbers, strict=True))}
-        wrong = next(name for name, v in checked.items() if not -_BIG - 1 <= v <= _BIG)
+    totals: dict[str, Any]
+    if kind[0] == "e":  # exp_*: [day,] exp, level
+        exp, level = int(values[-2]), int(values[-1])
+        totals = {"exp": exp, "level": level}
+        least, most = min(seq, amount, exp, level), max(seq, amount, exp, level)
+        day, state = values[9] or None if width == 12 else None, None
+    else:  # xp_*: effective_ts, xp_balance, xp_allocation, xp_topup, xp_held, tier, ...
+        numbers: tuple[int, ...] = (int(values[9]), int(values[10]), int(values[11]))
+        numbers += (int(values[12]), int(values[13]))
+        if width == 17:  # xp_capture: xp_captured
+            numbers += (int(values[15]),)
+        totals = dict(zip(TOTALS[kind], numbers[:5], strict=False))
+        totals["tier"] = values[14]
+        if width == 17:
+            totals["xp_captured"] = numbers[5]
+        least, most = min(seq, amount, *numbers), max(seq, amount, *numbers)
+        day, state = None, values[-1] or None
+    if least < -_BIG - 1 or most > _BIG:
+        checked = {"seq": seq, "amount": amount, **totals}
+        wrong = next(
+            name for name, v in checked.items() if type(v) is int and not -_BIG - 1 <= v <= _BIG
+        )
         raise ValueError(f"{wrong} out of range")
     if not 0 <= ts < _MILLIS_END:
         raise ValueError("ts out of range")
-    totals = {
-        name: number if integer else text
-        for name, number, integer, text in zip(spec.totals, numbers, spec.integer, own, strict=True)
-    }
     return LedgerEvent(  # positional, in field order (as ``parse``)
         stream, stream_id, f"{user}:{seq_text}", user, seq, kind, action, amount, actor, target,
-        values[9] or None if spec.day else None, idem or None, ts, totals,
-        values[-1] or None if spec.state else None, run,
+        day, idem or None, ts, totals, state, run,
     )  # fmt: skip
 
 

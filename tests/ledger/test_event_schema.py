@@ -86,8 +86,11 @@ async def test_every_event_the_scripts_write_decodes_as_the_union(
                 assert list(fields) == [COMPACT]  # every script writes the compact format
                 named = expand(fields)
                 decoded.append(msgspec.convert(named, Event, strict=False))
-                # Read positionally or by name (as an older worker wrote it): the same event
-                assert parse(stream, sid, fields) == parse(stream, sid, named)
+                # Read positionally or by name (as an older worker wrote it): the same event,
+                # its totals in the same order (the ledger row's JSON text)
+                compact, by_name = parse(stream, sid, fields), parse(stream, sid, named)
+                assert compact == by_name
+                assert list(getattr(compact, "totals", ())) == list(getattr(by_name, "totals", ()))
     finally:
         await svc.close()
     kinds = {type(event) for event in decoded}
