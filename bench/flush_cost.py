@@ -20,6 +20,15 @@ runs' totals) and each checkout's total against the first's. Only the APIs that 
 before issue #11 are used (``Bench``, ``Bench.memory``, ``Bench.postgres_cpu``, ``flush.drain``,
 ``flush.empty_ledger``, ``cpu.redis_cpu``), so commit d7a9f3b can be measured too:
 ``git worktree add --detach /work/wt-d7a9 d7a9f3b``. Results are JSON lines on stderr too.
+
+``python -m bench.flush_cost --at-rate 5000 [--seconds 10] VARIANT [VARIANT ...]`` measures the
+steady rate instead, with this checkout's code only: awards made at ``--at-rate`` per second
+for ``--seconds`` while flusher processes ledger them as ``serve`` workers would
+(``bench.flush.at_rate``), per event: the flusher processes' CPU and Postgres's, from their
+start-up's end to the end of the catch-up (Redis's would count the awards too: left out). A
+VARIANT is ``<consumers>:<lease ms>[:<linger ms>]``: ``2:0``, two workers' flushers both
+flushing (no lease), ``2:5000`` one at a time (the flush lease), ``2:5000:200`` lingering 200 ms
+instead of the default. Variants are alternated as checkouts are.
 """
 
 from __future__ import annotations
@@ -79,6 +88,60 @@ with tempfile.TemporaryDirectory(prefix="flush-cost-") as tmp:
 """
 
 
+# The steady rate, run inside this checkout; prints one JSON line (see the module's docstring).
+_RATE_CHILD = r"""
+import asyncio, dataclasses, json, sys, tempfile
+from pathlib import Path
+
+from bench import direct, flush, scenarios
+from bench.options import Options
+from bench.run import Bench
+
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+consumers, lease_ms, *linger = (int(n) for n in sys.argv[3].split(":"))
+with tempfile.TemporaryDirectory(prefix="flush-rate-") as tmp:
+    b = Bench(Options(only=frozenset({"flusher"})), Path(tmp))
+    with b._servers():
+        assert b.postgres is not None, b.report.notes
+        b.with_services(direct.seed_owners)
+        b.seeded = direct.snapshot(b.redis.url)
+        url = b.postgres.url
+        asyncio.run(flush.empty_ledger(url))
+        buckets = direct.bench_settings(b.redis.url).key_buckets
+        awards = scenarios.gain_awards(count=int(rate * seconds), prefix="f")
+
+        async def measure(svc):
+            calls = await direct.award_calls(svc, awards)
+            return await flush.at_rate(
+                b.redis.url, url, buckets, calls, rate, consumers=consumers, lease_ms=lease_ms,
+                linger_ms=linger[0] if linger else None, meters={"postgres": b.postgres_cpu},
+            )
+
+        result = b.with_services(measure)
+        cpu = result.cpu_us_per_event
+        print(json.dumps({
+            **cpu, "total": round(sum(cpu.values()), 1),
+            "events_per_second": result.events_per_second, "max_lag_events": result.max_lag_events,
+            "catch_up_seconds": result.catch_up_seconds,
+        }))
+"""
+
+
+def rate_once(variant: str, rate: float, seconds: float) -> dict[str, object]:
+    """One steady-rate run of ``variant`` (``<consumers>:<lease ms>``) of this checkout."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _RATE_CHILD, str(rate), str(seconds), variant],
+        cwd=root, env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+        timeout=900, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def run_once(checkout: Path, users: int) -> dict[str, object]:
     """One drain of ``checkout``'s code in a process of its own; its JSON line as a dict.
     Raises ``RuntimeError`` if the child failed or ran some other checkout's code."""
@@ -97,38 +160,56 @@ def run_once(checkout: Path, users: int) -> dict[str, object]:
     return result
 
 
-def table(checkouts: list[Path], runs: dict[Path, list[dict[str, object]]]) -> str:
-    """Medians per checkout and column (us per event), and each total against the first's."""
-    lines = ["| checkout | runs | events | " + " | ".join(_COLUMNS) + " | total / first |"]
-    lines.append("|---|---:|---:|" + "---:|" * (len(_COLUMNS) + 1))
-    first = statistics.median(float(str(r["total"])) for r in runs[checkouts[0]])
-    for checkout in checkouts:
-        mine = runs[checkout]
-        medians = [statistics.median(float(str(r[c])) for r in mine) for c in _COLUMNS]
-        events = statistics.median(int(str(r["events"])) for r in mine)
+def table(
+    names: list[str],
+    runs: dict[str, list[dict[str, object]]],
+    columns: tuple[str, ...] = _COLUMNS,
+    count: str = "events",
+) -> str:
+    """Medians per checkout (or variant) and column (us per event), and each total against the
+    first's."""
+    lines = [f"| checkout | runs | {count} | " + " | ".join(columns) + " | total / first |"]
+    lines.append("|---|---:|---:|" + "---:|" * (len(columns) + 1))
+    first = statistics.median(float(str(r["total"])) for r in runs[names[0]])
+    for name in names:
+        mine = runs[name]
+        medians = [statistics.median(float(str(r[c])) for r in mine) for c in columns]
+        events = statistics.median(float(str(r[count])) for r in mine)
         cells = " | ".join(f"{m:.1f}" for m in medians)
         lines.append(
-            f"| {checkout} | {len(mine)} | {events:,.0f} | {cells} | {medians[-1] / first:.2f} |"
+            f"| {name} | {len(mine)} | {events:,.0f} | {cells} | {medians[-1] / first:.2f} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.flush_cost", description=__doc__)
-    parser.add_argument("checkouts", nargs="+", type=Path, help="trees to measure, alternated")
+    parser.add_argument(
+        "checkouts", nargs="+", help="trees to measure (with --at-rate: variants), alternated"
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per checkout (median shown)")
     parser.add_argument("--users", type=int, default=10_000, help="memory scenario users")
+    parser.add_argument("--at-rate", type=float, default=0.0, help="awards/s: the steady rate")
+    parser.add_argument("--seconds", type=float, default=10.0, help="with --at-rate")
     args = parser.parse_args(argv)
-    checkouts: list[Path] = [p.resolve() for p in args.checkouts]
-    runs: dict[Path, list[dict[str, object]]] = {c: [] for c in checkouts}
+    names: list[str] = (
+        list(args.checkouts) if args.at_rate else [str(Path(p).resolve()) for p in args.checkouts]
+    )
+    runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     for n in range(args.runs):
-        for checkout in checkouts:
-            result = run_once(checkout, args.users)
-            runs[checkout].append(result)
-            line = {"run": n, "checkout": str(checkout), "load": _load(), **result}
+        for name in names:
+            if args.at_rate:
+                result = rate_once(name, args.at_rate, args.seconds)
+            else:
+                result = run_once(Path(name), args.users)
+            runs[name].append(result)
+            line = {"run": n, "checkout": name, "load": _load(), **result}
             line = {k: round(v, 1) if isinstance(v, float) else v for k, v in line.items()}
             print(json.dumps(line), file=sys.stderr, flush=True)
-    print(table(checkouts, runs))
+    if args.at_rate:
+        print(table(names, runs, ("flusher", "postgres", "total"), "events_per_second"))
+    else:
+        print(table(names, runs))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import anyio
@@ -19,11 +20,11 @@ from counters.cli.embedded import PostgresServer
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import StorageError
-from counters.redis.keys import UserKeys, bucket_of, stream_key
+from counters.redis.keys import FLUSH_LEASE_KEY, UserKeys, bucket_of, stream_key
 from counters.settings import Settings
 from persistence.events import COMPACT, Batch, expand
 from persistence.events import sort_entries as sort
-from persistence.flusher import GROUP, stream_lag
+from persistence.flusher import GROUP, HELP, HOLD, STAND_BY, stream_lag
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, fetchval, flusher, services, store
 
@@ -435,3 +436,67 @@ async def test_a_stream_mixing_both_entry_formats_is_ledgered_once(
     await assert_ledger_matches(durable_app, totals)
     records = await fetchval(durable_app, "SELECT count(*) FROM redis_records")
     assert records == 1  # the keyed adjust's idempotency record, from either format
+
+
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not reached in time")
+
+
+async def test_one_flusher_holds_the_lease_the_other_stands_by_then_takes_over(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """With a lease, one of two workers' flushers flushes; the other only checks the lease, and
+    takes over when the holder stops (it releases the lease) or its lease lapses."""
+    first, second = flusher(durable_app, lease_ms=8_000), flusher(durable_app, lease_ms=8_000)
+    stops = asyncio.Event(), asyncio.Event()
+    one = asyncio.create_task(first.run(stops[0]))
+    await _until(lambda: _true(first.role == HOLD))
+    two = asyncio.create_task(second.run(stops[1]))
+    try:
+        for n in range(3):
+            await adjust(durable_client, "ann", 5 + n)
+        await _until(lambda: _true(first.stats.events == 3))  # acknowledged after the commit
+        assert (await ledger_count(durable_app), second.stats.events) == (3, 0)
+        assert second.role == STAND_BY
+        stops[0].set()
+        await asyncio.wait_for(one, 5)  # stopping releases the lease
+        await adjust(durable_client, "ann", 9)
+        await _until(lambda: _true(second.stats.events == 1))
+        assert (second.role, await ledger_count(durable_app)) == (HOLD, 4)
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(one, two), 10)
+    assert await services(durable_app).redis.get(FLUSH_LEASE_KEY) is None
+
+
+async def test_a_flusher_standing_by_helps_a_holder_that_is_behind(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """A holder whose last read was a full batch (it did not linger) marks the lease: the
+    flushers standing by flush too until it has caught up."""
+    redis_client = services(durable_app).redis
+    standing = flusher(durable_app, lease_ms=400)
+    stop = asyncio.Event()
+    await redis_client.set(FLUSH_LEASE_KEY, "elsewhere|0", px=60_000)  # another worker holds it
+    task = asyncio.create_task(standing.run(stop))
+    try:
+        await adjust(durable_client, "ann", 5)
+        await asyncio.sleep(0.5)  # a few lease checks
+        assert (standing.role, await ledger_count(durable_app)) == (STAND_BY, 0)
+        await redis_client.set(FLUSH_LEASE_KEY, "elsewhere|1", px=60_000)  # behind: help
+        await _until(lambda: _true(standing.stats.events == 1))
+        assert (standing.role, await ledger_count(durable_app)) == (HELP, 1)
+        assert await redis_client.get(FLUSH_LEASE_KEY) == "elsewhere|1"  # still the other's
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert await redis_client.get(FLUSH_LEASE_KEY) == "elsewhere|1"  # not ours to release
+
+
+async def _true(value: bool) -> bool:
+    return value
