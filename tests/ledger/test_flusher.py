@@ -500,3 +500,21 @@ async def test_a_flusher_standing_by_helps_a_holder_that_is_behind(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_numbers_of_fifteen_digits_or_more_are_written_exactly(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """Lua writes a number of 15 digits or more in exponent form (1e+14): the compact entry
+    writes its digits instead (lua/lib/entry.lua), so it is ledgered, not quarantined."""
+    await award(durable_client, "ann")  # 20 EXP
+    keys = UserKeys.of("ann", services(durable_app).settings.key_buckets)
+    await services(durable_app).redis.hset(keys.user, "exp", 10**14)
+    total = await adjust(durable_client, "ann", 7, key="big-1")
+    assert total == 10**14 + 7
+    draining = flusher(durable_app)
+    await draining.drain()
+    assert draining.stats.quarantined == 0
+    rows = await fetch(durable_app, "SELECT amount, totals FROM ledger ORDER BY seq")
+    assert [orjson.loads(r["totals"])["exp"] for r in rows] == [20, 10**14 + 7]
+    assert await fetchval(durable_app, "SELECT exp FROM user_totals") == 10**14 + 7
