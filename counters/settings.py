@@ -168,7 +168,7 @@ class Settings:
     # After an iteration that moved fewer than flush_batch events, the flusher waits this long
     # before reading again: fewer, larger transactions (a batch's fixed cost is most of the CPU
     # per event at a few thousand events/s), for a durability window at most this much longer.
-    flush_linger_ms: int = bounded(50, ge=0, le=1_000)
+    flush_linger_ms: int = bounded(150, ge=0, le=1_000)
     # One flusher at a time per deployment: the one holding a Redis lease of this many ms
     # (renewed every iteration); the other workers stand by and take over when it lapses, and
     # help while the holder is behind (persistence/flusher.py). 0: every worker flushes.

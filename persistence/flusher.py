@@ -17,10 +17,10 @@ key ``ctr:flush:lease``, renewed at every iteration; the others stand by, checki
 quarter of its time, and take it over when it expires or is released (a worker stopping). So a
 deployment makes one transaction per linger instead of one per worker, each twice as large with
 two workers (a batch's fixed cost, not its rows, is most of the CPU at a steady rate). While the
-holder is behind (an iteration read a full batch: it does not linger) it says so in the lease,
-and the others flush too, as without a lease, until it has caught up. The lease is about cost
-only: two flushers at once (a holder whose write outlasted the lease) are as safe as ever, and a
-worker that dies has its pending entries claimed by the next holder.
+holder is behind (a read filled a stream's ``COUNTERS_FLUSH_BATCH``: more was waiting) it says
+so in the lease, and the others flush too, as without a lease, until it has caught up. The lease
+is about cost only: two flushers at once (a holder whose write outlasted the lease) are as safe
+as ever, and a worker that dies has its pending entries claimed by the next holder.
 
 Bad data never stops it: a batch whose write fails for a reason other than Postgres being
 unreachable (``persistence.store.is_transient``) is split in halves, each written on its own,
@@ -148,7 +148,8 @@ class Flusher:
         self._idle_reads = 0  # blocking reads in a row that found nothing
         self._claims = 0  # claims made (dead consumers are forgotten every FORGET_EVERY)
         self._lease_ms = lease_ms  # 0: no lease, this consumer always flushes
-        self._behind = False  # the last iteration read a full batch (it did not linger)
+        self._full = False  # the last read filled a stream's COUNT: more was waiting
+        self._behind = False  # ... and that iteration ended well: the lease says so
         self.role = STAND_BY if lease_ms else HOLD  # what the lease said last
         self.stats = FlusherStats()
 
@@ -263,10 +264,15 @@ class Flusher:
             total += handled
             if burst and handled == 0:
                 break
-            self._behind = handled >= self._batch
+            self.iteration_done()
             if not burst and 0 < handled < self._batch and self._linger:
                 await _wait(stop, self._linger)  # let the next batch grow (settings: linger)
         return total
+
+    def iteration_done(self) -> None:
+        """After an iteration that ended well: the next lease renewal says whether it left
+        more waiting (a read filled a stream's batch)."""
+        self._behind, self._full = self._full, False
 
     async def _lease(self) -> int:
         """Take or renew the flush lease: ``HOLD``, ``HELP`` (another holds it and is behind)
@@ -339,7 +345,10 @@ class Flusher:
         command += ["STREAMS", *self.streams, *[start] * len(self.streams)]
         (reply,) = await _send_packed(self._redis, [tuple(command)])
         with gc_paused():
-            return _entries(reply)
+            entries = _entries(reply)
+        streams = reply.values() if isinstance(reply, dict) else (s[1] for s in reply or ())
+        self._full = self._full or any(len(items) >= self._batch for items in streams)
+        return entries
 
     async def _claim(self) -> list[Entry]:
         """Take over entries another consumer read but did not acknowledge for a while; every

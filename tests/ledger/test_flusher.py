@@ -477,7 +477,7 @@ async def test_one_flusher_holds_the_lease_the_other_stands_by_then_takes_over(
 async def test_a_flusher_standing_by_helps_a_holder_that_is_behind(
     durable_app: Starlette, durable_client: httpx2.AsyncClient
 ) -> None:
-    """A holder whose last read was a full batch (it did not linger) marks the lease: the
+    """A holder whose last read filled a stream's batch (more was waiting) marks the lease: the
     flushers standing by flush too until it has caught up."""
     redis_client = services(durable_app).redis
     standing = flusher(durable_app, lease_ms=400)
@@ -496,6 +496,26 @@ async def test_a_flusher_standing_by_helps_a_holder_that_is_behind(
         stop.set()
         await asyncio.wait_for(task, 5)
     assert await redis_client.get(FLUSH_LEASE_KEY) == "elsewhere|1"  # not ours to release
+
+
+async def test_a_holder_is_behind_when_a_read_fills_a_streams_batch(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """What the lease's "behind" says: the last read returned ``batch`` entries of some stream
+    (COUNT is per stream), not that the iteration moved many events in all."""
+    for n in range(3):
+        await adjust(durable_client, "ann", 5 + n)
+    holder = flusher(durable_app, batch=2, lease_ms=60_000)
+    assert await holder._lease() == HOLD
+    assert await holder.flush_once(block=False) == 2  # 2 of ann's 3: more is waiting
+    assert await holder._lease() == HOLD
+    redis_client = services(durable_app).redis
+    assert await redis_client.get(FLUSH_LEASE_KEY) == f"{holder.consumer}|0"  # not yet told
+    holder.iteration_done()  # as ``run`` does
+    await holder._lease()
+    assert await redis_client.get(FLUSH_LEASE_KEY) == f"{holder.consumer}|1"
+    assert await holder.flush_once(block=False) == 1  # the last one: caught up
+    assert not holder._full
 
 
 async def _true(value: bool) -> bool:
