@@ -87,6 +87,7 @@ end
 return 0
 """
 HOLD, HELP, STAND_BY = 1, 2, 0
+REQUEUE_EVERY = 30.0  # seconds between looks for compact entries an older flusher quarantined
 
 
 def longest_block_ms(block_ms: int) -> int:
@@ -151,6 +152,7 @@ class Flusher:
         self._full = False  # the last read filled a stream's COUNT: more was waiting
         self._behind = False  # ... and that iteration ended well: the lease says so
         self.role = STAND_BY if lease_ms else HOLD  # what the lease said last
+        self._next_requeue = 0.0  # when to look for entries an older release quarantined
         self.stats = FlusherStats()
 
     async def flush_once(self, *, block: bool = True) -> int:
@@ -238,6 +240,9 @@ class Flusher:
                 self.stats.last_progress = time.monotonic()  # standing by is no stall
                 await _wait(stop, self._lease_ms / 4000)
                 continue
+            if time.monotonic() >= self._next_requeue:
+                self._next_requeue = time.monotonic() + REQUEUE_EVERY
+                await self._requeue()
             try:
                 handled = await self.flush_once(block=not burst)
             except Exception as exc:
@@ -268,6 +273,22 @@ class Flusher:
             if not burst and 0 < handled < self._batch and self._linger:
                 await _wait(stop, self._linger)  # let the next batch grow (settings: linger)
         return total
+
+    async def _requeue(self) -> None:
+        """Ledger the compact entries a flusher of the release before quarantined during a
+        rolling upgrade (``writer.requeue_upgraded``); a failure is logged and tried again
+        ``REQUEUE_EVERY`` seconds later, never stopping the flusher."""
+        try:
+            result = await self._store.requeue_upgraded()
+        except Exception as exc:
+            log.warning("flusher: entries quarantined by an older release not requeued: %s", exc)
+            return
+        if result.inserted or result.duplicates or result.lost:
+            log.info(
+                "flusher ledgered %d entries an older release had quarantined (%d already in)",
+                result.inserted, result.duplicates,
+            )  # fmt: skip
+            LEDGER_ROWS.inc(result.inserted)
 
     def iteration_done(self) -> None:
         """After an iteration that ended well: the next lease renewal says whether it left

@@ -22,9 +22,10 @@ from counters.clock import ManualClock
 from counters.errors import StorageError
 from counters.redis.keys import FLUSH_LEASE_KEY, UserKeys, bucket_of, stream_key
 from counters.settings import Settings
-from persistence.events import COMPACT, Batch, expand
+from persistence.events import COMPACT, SEP, Batch, Rejected, expand
 from persistence.events import sort_entries as sort
 from persistence.flusher import GROUP, HELP, HOLD, STAND_BY, stream_lag
+from persistence.writer import OLD_READER_REASON, escape_text, unescape_text
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, fetchval, flusher, services, store
 
@@ -208,7 +209,7 @@ async def test_a_failed_acknowledgement_is_retried_by_the_same_consumer(
     assert await one.drain() == 6  # the first attempt failed after commit; the retry re-read it
     # The first write committed but was never acknowledged; the re-read found all 6 ledgered.
     assert (one.stats.inserted, one.stats.duplicates, one.stats.events) == (0, 6, 6)
-    assert await ledger_count(durable_app) == 6
+    assert await ledger_count(durable_app) == 7
     await assert_ledger_matches(durable_app, totals)
 
 
@@ -538,3 +539,41 @@ async def test_numbers_of_fifteen_digits_or_more_are_written_exactly(
     rows = await fetch(durable_app, "SELECT amount, totals FROM ledger ORDER BY seq")
     assert [orjson.loads(r["totals"])["exp"] for r in rows] == [20, 10**14 + 7]
     assert await fetchval(durable_app, "SELECT exp FROM user_totals") == 10**14 + 7
+
+
+async def test_compact_entries_an_older_release_quarantined_are_ledgered_after_all(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """During a rolling upgrade a worker of the release before the compact format reads a new
+    entry as one without any field and quarantines it (acknowledged, gone from the stream). The
+    new release's flusher ledgers those from the quarantine and marks them resolved; one the new
+    reader refuses too stays, with its reason."""
+    totals = await burst(durable_client, ["ann", "bob"], 2)
+    totals["ann"] = await adjust(durable_client, "ann", 9, key="fix-1")  # and a record
+    redis_client = services(durable_app).redis
+    old_reader: list[Rejected] = []
+    for stream in flusher(durable_app).streams:
+        for sid, fields in await redis_client.xrange(stream):
+            old_reader.append(Rejected(stream, sid, OLD_READER_REASON, dict(fields)))
+            await redis_client.xdel(stream, sid)
+    bogus = {COMPACT: SEP.join(["exp_award", "ann", "99"])}  # a field count no layout has
+    old_reader.append(Rejected(old_reader[0].stream, "1-1", OLD_READER_REASON, bogus))
+    await store(durable_app).quarantine(old_reader)
+    assert len(old_reader) == 9  # 7 events, a record, the bogus one
+    draining = flusher(durable_app)
+    assert await draining.drain() == 0  # nothing in the streams: all from the quarantine
+    await assert_ledger_matches(durable_app, totals)
+    assert await fetchval(durable_app, "SELECT count(*) FROM redis_records") == 1
+    rows = await fetch(
+        durable_app, "SELECT stream_id, reason FROM ledger_quarantine WHERE resolved_at IS NULL"
+    )
+    assert [(r["stream_id"], r["reason"]) for r in rows] == [
+        ("1-1", "exp_award entry with 2 fields, its layout has 12")
+    ]
+    await flusher(durable_app).drain()  # looked at again: nothing left to do
+    assert await ledger_count(durable_app) == 7
+
+
+def test_quarantined_text_is_unescaped_exactly() -> None:
+    for text in ("plain", "a\\\\b", "nul\x00x", "\\x00 literal", "caf\u00e9", "bad\udcff", "\x1f|"):
+        assert unescape_text(escape_text(text)) == text
