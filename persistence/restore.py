@@ -12,7 +12,9 @@ the bucket complete unless Redis lost it again meanwhile (``complete_bucket.lua`
 Entities too (``EntityRestore``): before a bucket is marked complete, the owner of every entity
 of the bucket Postgres knows, and who already triggered its once-per-actor actions, are put
 back, so a missing owner in a complete bucket is no owner and a brand-new entity is claimed
-with no Postgres read (issue #11).
+with no Postgres read (issue #11). They are read only once every bucket stream was ledgered up
+to where it stood when the loss was seen (``persistence/marks.py``): an award on an entity of a
+lost bucket may still wait, unflushed, in the stream of a bucket that survived.
 
 Only while Redis evicts nothing (``EvictionCheck``): a complete bucket speaks for its users and
 entities while every node reports ``maxmemory-policy noeviction`` (else an evicted user would
@@ -71,12 +73,15 @@ class RestoreProgress:
     users_restored: int = 0
     passes: int = 0
     last_error: str | None = None
+    ledger_behind: int = 0  # streams not yet ledgered up to where they stood at the loss
 
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] = {
             "complete_buckets": self.complete, "buckets": self.buckets,
             "users_restored": self.users_restored,
         }  # fmt: skip
+        if self.ledger_behind:
+            body["ledger_streams_behind"] = self.ledger_behind
         if self.last_error is not None:
             body["last_error"] = self.last_error
         return body
@@ -336,6 +341,8 @@ class BucketRestore:
                 found.append(user_id)
         entities = {}
         if self._entities is not None:
+            # awards on their entities still unflushed in streams that survived: ledgered first
+            await self._hydrator.ledger.reach(incomplete, self._store.write_timeout, self._behind)
             now_ms = int(self._hydrator.now() * 1000)
             entities = await self._entities.calls(incomplete, now_ms)
         evicted = eviction.evicted if eviction is not None else lambda _: 0
@@ -366,6 +373,9 @@ class BucketRestore:
                     left += 1
         self.progress.passes += 1
         return left
+
+    def _behind(self, streams: int) -> None:
+        self.progress.ledger_behind = streams
 
     async def _run_all(self, calls: EntityCalls) -> None:
         """Run ``calls``, ``_CALLS`` per pipelined round trip; raises the first failure."""
