@@ -450,14 +450,14 @@ class OpenBucket(Call, frozen=True):
 
 class CompleteBucket(Call, frozen=True):
     """Mark the bucket complete, if Redis did not lose it since ``run`` was read; ``evicted``
-    is its node's ``evicted_keys`` count read before the restore read Postgres."""
+    is its node's ``<run_id>:<evicted_keys>`` read before the restore read Postgres."""
 
     SCRIPT = "complete_bucket"
     KEYS = MetaKey
     CODES = (CompleteOutcome,)
 
     run: str
-    evicted: int = 0
+    evicted: str = ""
 
 
 class RestoreRecord(Call, frozen=True):
