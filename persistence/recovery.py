@@ -190,15 +190,26 @@ class PostgresHydrator:
         run, complete = await self.open_bucket(bucket, barrier=False)
         if complete or self._fenced.get(bucket) == run:
             return run
-        async with self._sweep:  # the requests right after a loss wait for one sweep
+        # The requests right after a loss wait for one sweep, within their own budget: a sweep
+        # waiting for the flusher may take all of its own, and the queue must not add up.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._store.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._sweep.acquire()
+        except TimeoutError:
+            raise StorageError("the flush barriers are being read for another request") from None
+        try:
             if self._fenced.get(bucket) == run:
                 return run
             runs = await self.open_all(await self.incomplete_buckets())
             if runs.get(bucket, run) != run:
                 raise StorageError(f"Redis lost bucket {bucket} again while an entity was read")
-            await self.ledger.reach({**runs, bucket: run}, self._store.timeout)
+            await self.ledger.reach({**runs, bucket: run}, max(deadline - loop.time(), 0.0))
             self._fenced.update(runs)
             self._fenced[bucket] = run
+        finally:
+            self._sweep.release()
         return run
 
     async def _hydrate(self, user_id: str) -> bool:

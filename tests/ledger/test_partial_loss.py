@@ -11,6 +11,7 @@ stood at the loss (``persistence/marks.py``), or fan's second like is paid again
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx2
 import pytest
@@ -87,6 +88,26 @@ async def test_a_like_after_the_loss_waits_for_the_surviving_stream(
     assert again.json()["code"] == "already_triggered"
     await flusher(durable_app).drain()
     assert await paid(durable_app, entity) == [OWNER]
+
+
+async def test_likes_queued_behind_the_wait_answer_within_their_own_budget(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """Three likes at once on the lost entity, no flusher running: one waits for the ledger,
+    the others for it; each answers 503 within its own Postgres budget (the queue does not add
+    up: the third would have waited for both before it)."""
+    entity = await liked_then_bucket_lost(durable_app, durable_client, redis_client)
+    budget = services(durable_app).settings.database_timeout_seconds
+
+    async def timed(fan: str) -> tuple[int, float]:
+        body = {"action": "character_liked", "target_type": "character", "target_id": entity}
+        started = time.monotonic()
+        reply = await durable_client.post("/api/exp/gain", json=body, headers=service_headers(fan))
+        return reply.status_code, time.monotonic() - started
+
+    answers = await asyncio.gather(*(timed(f"fan-{n}") for n in range(3)))
+    assert [status for status, _ in answers] == [503] * 3, answers
+    assert max(seconds for _, seconds in answers) < 1.8 * budget, answers
 
 
 async def test_the_restore_waits_for_the_surviving_stream(
