@@ -163,14 +163,16 @@ class Flusher:
         """``entries`` and, after the last entry of each stream read up to the batch size, the
         ``record`` entries that follow it (``lua/lib/records.lua``).
 
-        A script appends its events, then the records of the same step (an idempotency record,
-        a debit's transaction record), and a read of ``batch`` entries may stop between them.
+        A script appends its events, then the records of the same step (an award's or a
+        debit's idempotency record), and a read of ``batch`` entries may stop between them.
         Written in separate transactions, a Redis loss between the two found the event ledgered
         and its record gone: the keyed retry of an acknowledged, ledgered request was applied
         again (seen as the flaky ``test_postgres_down_then_redis_emptied_under_load...``).
         So the records that follow go in the same transaction and are deleted with the batch.
         They were never delivered to the group: a consumer that reads them meanwhile writes
-        them again, which changes nothing. Raises ``RedisError``."""
+        them again, which changes nothing. Not covered: a record appended *before* its event (a
+        debit's transaction record) may still be ledgered a transaction ahead of it; the
+        entries do not say where one script's end. Raises ``RedisError``."""
         counts: dict[str, int] = {}
         tails: dict[str, str] = {}
         for stream, sid, _ in entries:
