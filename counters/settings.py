@@ -113,6 +113,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 
 
 DEFAULT_KEY_BUCKETS = 1_024  # issue #12: "a default of 1,024 buckets or more"
+# RFC 7518 section 3.2: "A key of the same size as the hash output (for instance, 256 bits for
+# "HS256") or larger MUST be used with this algorithm."
+MIN_JWT_SECRET_BYTES = 32
 
 
 def env_name(field_name: str) -> str:
@@ -255,13 +258,20 @@ class Settings:
         return self.key_buckets_given or self.key_buckets != DEFAULT_KEY_BUCKETS
 
     def validate(self) -> None:
-        """Reject values outside their range or choices (``ConfigError`` naming the variable)."""
+        """Reject values outside their range or choices, a JWT secret shorter than 32 bytes
+        (development mode too: its generated secret has 43), and webhook URLs that are not
+        http(s) or have no secret (``ConfigError`` naming the variable)."""
         for spec in fields(self):
             value = getattr(self, spec.name)
             if "range" in spec.metadata:
                 check_range(env_name(spec.name), value, **spec.metadata["range"])
             if "choices" in spec.metadata:
                 check_choice(env_name(spec.name), value, spec.metadata["choices"])
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"COUNTERS_JWT_SECRET: {len(self.jwt_secret.encode())} bytes, too short (at least"
+                f" {MIN_JWT_SECRET_BYTES}: an HS256 key of 256 bits or more, RFC 7518 section 3.2)"
+            )
         bad_urls = [u for u in self.webhook_urls if not u.startswith(("http://", "https://"))]
         if bad_urls:
             raise ConfigError(f"COUNTERS_WEBHOOK_URLS: not an http(s) URL: {', '.join(bad_urls)}")

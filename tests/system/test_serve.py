@@ -20,8 +20,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from bench import scenarios
+from counters.cli.devcreds import DevCredentials
 from counters.cli.embedded import free_port
 from counters.cli.main import main
+from counters.errors import ConfigError
+from counters.settings import Settings
+from tests.support.core import JWT_SECRET
 
 COUNTERS = [sys.executable, "-c", "from counters.cli.main import main; main()"]
 
@@ -98,6 +103,30 @@ def test_serve_without_secrets_refuses_outside_development_mode(tmp_path: Path) 
     done = _run(tmp_path, "serve", COUNTERS_PORT=str(free_port()))
     _one_line_error(done, "no secrets", "COUNTERS_JWT_SECRET", "COUNTERS_DEV_MODE")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("dev_mode", ["0", "1"])
+def test_serve_refuses_a_jwt_secret_shorter_than_256_bits(tmp_path: Path, dev_mode: str) -> None:
+    """RFC 7518 section 3.2: an HS256 key has at least 256 bits; a one-character secret would
+    let anyone forge a user's token by trying every character."""
+    done = _run(
+        tmp_path, "serve", COUNTERS_JWT_SECRET="a", COUNTERS_SERVICE_KEYS="k" * 32,
+        COUNTERS_PORT=str(free_port()), COUNTERS_DEV_MODE=dev_mode,
+    )  # fmt: skip
+    _one_line_error(done, "COUNTERS_JWT_SECRET", "1 bytes", "32", "RFC 7518")
+    assert "'a'" not in done.stderr  # the secret itself is never printed
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_jwt_secret_of_32_bytes_is_enough(tmp_path: Path) -> None:
+    for secret in ("x" * 32, "é" * 16):  # bytes, not characters
+        assert Settings.from_env({"COUNTERS_JWT_SECRET": secret}).jwt_secret == secret
+    with pytest.raises(ConfigError, match="31 bytes"):
+        Settings.from_env({"COUNTERS_JWT_SECRET": "x" * 31})
+    # The suite's, bench's and development mode's own secrets pass.
+    dev_secret = DevCredentials.load_or_create(tmp_path).jwt_secret
+    for secret in (JWT_SECRET, scenarios.JWT_SECRET, dev_secret):
+        Settings.from_env({"COUNTERS_JWT_SECRET": secret})
 
 
 def test_serve_checks_its_port_before_starting_any_server(tmp_path: Path) -> None:
