@@ -185,3 +185,16 @@ def test_batched_observations_land_in_the_buckets_prometheus_would_use() -> None
         ]
 
     assert samples("batched_seconds") == samples("direct_seconds")
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/exp/gain/"), ("GET", "/api/levels/")])
+async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_callers_host(
+    client: httpx2.AsyncClient, method: str, path: str
+) -> None:
+    """Starlette's default answers 307 with an empty body and a Location built from the Host
+    header: ``Host: evil.example`` sent the caller to http://evil.example/api/exp/gain."""
+    headers = service_headers("slash") | {"Host": "evil.example"}
+    answer = await client.request(method, path, json={"action": "daily_chat"}, headers=headers)
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
+    assert answer.json() == {"detail": "Not Found", "code": "not_found"}
