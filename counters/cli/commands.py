@@ -144,7 +144,7 @@ def check_redis(url: str, variable: str = "COUNTERS_REDIS_URL") -> None:
 
     try:
         asyncio.run(ping())
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, ValueError) as exc:  # ValueError: redis-py refused the URL
         raise CommandError(f"{variable}: cannot use Redis at {redact(url)}: {exc}") from exc
 
 

@@ -91,6 +91,35 @@ def test_every_command_reports_a_bad_setting_on_one_line(
     ]
 
 
+@pytest.mark.parametrize("command", ["serve", "reconcile"])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("COUNTERS_REDIS_URL", "garbage", "COUNTERS_REDIS_URL: not a URL of redis://"),
+        ("COUNTERS_REDIS_URL", "redis://:hunter2@h:abc/0", "COUNTERS_REDIS_URL: Port could not"),
+        ("COUNTERS_DATABASE_URL", "mysql://u:hunter2@h/db", "COUNTERS_DATABASE_URL: not a URL"),
+        ("COUNTERS_CORS_ORIGINS", "not a url", "COUNTERS_CORS_ORIGINS: not an origin"),
+        ("COUNTERS_CORS_ORIGINS", "https://a.example/", "'https://a.example/'"),  # never sent
+    ],
+)
+def test_a_bad_url_or_origin_is_one_line_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, variable: str, value: str,
+    message: str,
+) -> None:  # fmt: skip
+    """A Redis URL of no known scheme was a traceback and exit 1 (from the first connection);
+    an origin no browser sends was accepted, and every call from that page refused."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("COUNTERS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COUNTERS_JWT_SECRET", JWT_SECRET)
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: COUNTERS_"), result.output
+    assert message in lines[0]
+    assert "hunter2" not in result.output  # a URL's password is never repeated
+    assert not (tmp_path / "data").exists()
+
+
 def test_reconcile_with_a_broken_rules_file_is_a_setup_error_not_drift(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text("[exp\nlevels = ")
