@@ -231,10 +231,8 @@ def fallback_check(
 ) -> XpCheckDict:
     """check_xp_availability's answer when the service cannot say (logged as a warning): not
     sufficient, generic guidance (the seed: "System errors - Falls back to generic guidance
-    messages"); the cost when the costs table was already fetched, else 0. An ``InvalidId``
-    is raised again: the caller's bug, not the service's."""
-    if isinstance(error, InvalidId):
-        raise error
+    messages"); the cost when the costs table was already fetched, else 0. ``code`` says why
+    (``invalid_request`` for an ``InvalidId``: nothing was sent, and a tier gate stays shut)."""
     log.warning(
         "check-xp %s for %s: %s; answering not sufficient",
         printable(generation_type), printable(str(user_id)), printable(str(error)),

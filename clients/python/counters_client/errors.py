@@ -79,9 +79,10 @@ class IdempotencyKeyReused(InvalidRequest):
 class InvalidId(InvalidRequest, ValueError):
     """An id the service would refuse (a user id or target id not of its shape: empty, over 128
     characters, a control character), refused by the client before anything is sent (status 0,
-    code ``invalid_request``). Every call raises it, the fail-open award and the XP check too:
-    it is the caller's bug, not an outage; swallowed, the award would be lost as if the service
-    were down. Also a ``ValueError``."""
+    code ``invalid_request``). Every call raises it, the fail-open award too: it is the caller's
+    bug, not an outage; swallowed, the award would be lost as if the service were down. Only
+    ``check_xp_availability``, which never raises, answers not sufficient instead (its ``code``
+    ``invalid_request``), so that a tier gate stays shut. Also a ``ValueError``."""
 
 
 class ExpRefused(CountersError):
