@@ -214,8 +214,11 @@ class Settings:
     # (renewed every iteration); the other workers stand by and take over when it lapses, and
     # help while the holder is behind (persistence/flusher.py). 0: every worker flushes. Above
     # 4 x flush_block_ms (an idle holder's longest read), or it lapses between renewals.
-    flush_lease_ms: int = bounded(5_000, ge=0)
-    flush_claim_idle_ms: int = bounded(30_000, ge=0)  # a dead consumer's events are taken after
+    flush_lease_ms: int = bounded(5_000, ge=0, le=60_000)
+    # A dead consumer's events are taken by another after this. Well under
+    # max_unflushed_seconds: a worker killed mid-batch must not fill the durability window
+    # (an attacker's finding: both were 30 s, so every such kill refused writes for ~8 s).
+    flush_claim_idle_ms: int = bounded(10_000, ge=0)
     flush_backoff_max_seconds: float = bounded(5.0, gt=0)  # retry delay cap while a store is down
     # How often each worker checks for buckets Redis does not hold completely and restores them
     # from Postgres (persistence/restore.py); 0: never (users are then hydrated one by one).
@@ -324,5 +327,14 @@ class Settings:
         bad_urls = [u for u in self.webhook_urls if not u.startswith(("http://", "https://"))]
         if bad_urls:
             raise ConfigError(f"COUNTERS_WEBHOOK_URLS: not an http(s) URL: {', '.join(bad_urls)}")
+        window_ms = self.max_unflushed_seconds * 1000
+        for name, ms in (("FLUSH_CLAIM_IDLE_MS", self.flush_claim_idle_ms),
+                         ("FLUSH_LEASE_MS", self.flush_lease_ms)):  # fmt: skip
+            if window_ms and ms >= window_ms / 2:
+                raise ConfigError(
+                    f"COUNTERS_{name}: {ms} ms, at least half of COUNTERS_MAX_UNFLUSHED_SECONDS"
+                    f" ({self.max_unflushed_seconds:g} s): a worker killed mid-batch would fill"
+                    " the durability window and refuse writes; keep it under half"
+                )
         if self.webhook_urls and not self.webhook_secret:
             raise ConfigError("COUNTERS_WEBHOOK_SECRET is required with COUNTERS_WEBHOOK_URLS")
