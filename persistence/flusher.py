@@ -302,6 +302,7 @@ class Flusher:
         while not stop.is_set():
             if self._lease_ms and not burst and await self._lease(failing) == STAND_BY:
                 self.stats.last_progress = time.monotonic()  # standing by is no stall
+                self.stats.failures, self.stats.last_error = 0, None  # nor a failure (/readyz)
                 await _wait(stop, self._lease_ms / 4000)
                 continue
             if time.monotonic() >= self._next_requeue:
