@@ -120,6 +120,7 @@ ERROR_CODES: dict[str, str] = {
     "hold_expired": "the hold expired; its XP went back to the balance (409)",
     "not_captured": "a refund of a hold that was never captured (409)",
     "no_subscription": "no subscription to cancel (409)",
+    "tier_retired": "a subscription to a tier the rules retired (422)",
     "period_start_conflict": "period_start differs from the subscription's start (409)",
     "too_many_live": "the most holds or top-ups that may be open at once are open (409)",
     "above_held": "a capture of more XP than the hold holds (422)",

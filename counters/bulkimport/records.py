@@ -124,6 +124,8 @@ def _check(line: Line, rules: Rules, now: float) -> None:
         if rules.xp.tier(line.tier) is None:
             known = ", ".join(tier.name for tier in rules.xp.tiers)
             raise ValueError(f"unknown tier '{shown(line.tier)}'; known tiers: {known}")
+        if rules.xp.tiers_by_name[line.tier].retired:
+            raise ValueError(f"tier '{line.tier}' is retired: it takes no new subscriptions")
         start = None if line.period_start is None else line.period_start.timestamp()
         problem = None if start is None else period_start_problem(start, now)
         if problem is not None:
