@@ -47,6 +47,21 @@ TransactionId = Annotated[str, msgspec.Meta(pattern=TRANSACTION_ID_PATTERN)]
 IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
+# The ledger's actors that are not users: the XP transitions that came due ("system"), import
+# lines ("import"), reconcile's repairs ("reconcile"), service keys ("service:<n>") and a user
+# token on the XP side ("user:<id>"). A caller may not act as a user id of one of these forms (a
+# token's ``sub``, ``X-User-Id``: counters/auth.py), so an award's actor (the user's id) is
+# never one of them.
+SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR = "system", "import", "reconcile"
+_RESERVED_ACTORS = frozenset({SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR})
+_RESERVED_PREFIXES = ("service:", "user:")
+
+
+def is_reserved_actor(user_id: str) -> bool:
+    """Whether ``user_id`` has the form of an actor that is not a user (see above)."""
+    return user_id in _RESERVED_ACTORS or user_id.startswith(_RESERVED_PREFIXES)
+
+
 def is_whole(pattern: re.Pattern[str], value: str) -> bool:
     """``value`` is, as a whole, one string of ``pattern``'s shape."""
     return pattern.fullmatch(value) is not None

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from counters.bulkimport.records import ExpLine, Record, SubscriptionLine
 from counters.clock import Clock
 from counters.errors import RedisStorageError, ScriptReplyError
+from counters.ids import IMPORT_ACTOR
 from counters.redis.calls import ImportUser, ImportUserKeys
 from counters.redis.codes import ImportSkip, XpOutcome
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
@@ -19,7 +20,7 @@ from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
 from counters.rules import Rules
 
-ACTOR = "import"
+ACTOR = IMPORT_ACTOR
 ImportOutcome = XpOutcome | ImportSkip
 # What each outcome of lua/import_user.lua means for the line, as the command reports it.
 OUTCOMES: dict[ImportOutcome, str] = {
