@@ -31,6 +31,7 @@ Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, repla
   code 12 unchanged            already imported
   code 13 too_many             too many live top-ups
   code 15 subscription_active  a subscription is active: left as is
+  code 16 total_limit          the total or balance would pass the maximum (lib/bounds.lua)
 ]]
 
 local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
@@ -47,6 +48,7 @@ end
 if op == 'exp' then
   local thresholds = Levels.list(ARGV[10])
   local total = (tonumber(redis.call('HGET', c.user_key, 'exp')) or 0) + amount
+  if total > Bounds.MAX then return XP.finish(16, 0, import_id, 0, 0) end
   local level = Levels.of(total, thresholds)
   -- EXP only: the XP state is not written (c.dirty stays as XP.open left it), as award_exp
   -- leaves it: the event carries no xp_state, so a state written here would exist in Redis
@@ -64,6 +66,9 @@ end
 
 if op == 'subscription' then
   if s.tier ~= nil then return XP.finish(15, 0, import_id, s.period_end, 0) end
+  if c.tiers[tier_name].monthly_xp - s.alloc > XP.room(s) then
+    return XP.finish(16, 0, import_id, 0, 0)
+  end
   local anchor = at > 0 and at or c.now
   local k = XP.period_of(anchor, c.now)
   s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
@@ -77,6 +82,7 @@ end
 
 -- op == 'topup'
 if #s.grants >= max_grants then return XP.finish(13, 0, import_id, at, 0) end
+if amount > XP.room(s) then return XP.finish(16, 0, import_id, at, 0) end
 local grant_id = 'xg_' .. string.sub(import_id, 5)
 s.grants[#s.grants + 1] = {id = grant_id, left = amount, expires_at = at}
 XP.emit('xp_import', 'topup', amount, grant_id)

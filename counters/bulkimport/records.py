@@ -31,6 +31,7 @@ import msgspec
 
 from counters.errors import shown
 from counters.ids import UserId
+from counters.redis.codes import MAX_TOTAL
 from counters.rules import Rules
 from counters.xp.state import period_start_problem
 
@@ -134,11 +135,24 @@ def _check(line: Line, rules: Rules, now: float) -> None:
         raise ValueError("expires_at must be in the future")
 
 
+def _check_sum(line: Line, sums: Counter[tuple[str, str]]) -> None:
+    """Add the line's amount to its user's sum in the file; ``ValueError`` once the sum passes
+    ``MAX_TOTAL`` (lua/lib/bounds.lua refuses it too, line by line, counting what the service
+    holds: this refuses the whole file before anything is written)."""
+    if isinstance(line, SubscriptionLine):
+        return
+    kind, amount = ("exp", line.exp) if isinstance(line, ExpLine) else ("topup", line.xp_amount)
+    sums[line.user_id, kind] += amount
+    if sums[line.user_id, kind] > MAX_TOTAL:
+        raise ValueError(f"{line.user_id}'s {kind} lines add up past {MAX_TOTAL:,}")
+
+
 def read_records(path: Path, rules: Rules, now: float) -> tuple[list[Record], list[LineError]]:
     """Every line of ``path``, parsed and validated: the records, and the errors (by line)."""
     records: list[Record] = []
     errors: list[LineError] = []
     seen: Counter[bytes] = Counter()
+    sums: Counter[tuple[str, str]] = Counter()  # (user, "exp" | "topup"): the file's amounts
     try:
         raw_lines = list(_raw_lines(path))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -147,6 +161,7 @@ def read_records(path: Path, rules: Rules, now: float) -> tuple[list[Record], li
         try:
             line = _parse(raw)
             _check(line, rules, now)
+            _check_sum(line, sums)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             errors.append(LineError(number, str(exc)))
             continue

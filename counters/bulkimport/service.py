@@ -14,7 +14,7 @@ from counters.clock import Clock
 from counters.errors import RedisStorageError, ScriptReplyError
 from counters.ids import IMPORT_ACTOR
 from counters.redis.calls import ImportUser, ImportUserKeys
-from counters.redis.codes import ImportSkip, XpOutcome
+from counters.redis.codes import MAX_TOTAL, ImportSkip, XpOutcome
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
@@ -27,6 +27,7 @@ OUTCOMES: dict[ImportOutcome, str] = {
     XpOutcome.DONE: "applied",
     XpOutcome.UNCHANGED: "already imported",
     XpOutcome.TOO_MANY: "skipped: too many live top-ups",
+    XpOutcome.TOTAL_LIMIT: f"skipped: the total or balance would pass {MAX_TOTAL:,}",
     ImportSkip.SUBSCRIPTION_ACTIVE: "skipped: a subscription is active",
 }
 

@@ -16,7 +16,9 @@ import msgspec
 from counters.errors import RulesError
 from counters.ids import GenerationType, Name
 
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+# At most 10^12: what a script adds stays exact in Lua's doubles next to a total of up to 10^15
+# (lua/lib/bounds.lua).
+PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 # The placeholders a message or guidance template may use.

@@ -33,7 +33,7 @@ from counters.redis.calls import (
     XpCall,
     XpTxKeys,
 )
-from counters.redis.codes import XpOutcome
+from counters.redis.codes import MAX_TOTAL, XpOutcome
 from counters.redis.hydration import Hydrator, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
@@ -154,6 +154,11 @@ class XpService:
         return decode_reply(call.SCRIPT, reply)
 
     def _change(self, reply: XpReply, detail: str | None = None) -> XpChange:
+        if reply.outcome is XpOutcome.TOTAL_LIMIT:  # any script that adds XP (lib/bounds.lua)
+            detail = (
+                f"The XP balance ({reply.state.balance}) and held XP ({reply.state.held}) would"
+                f" pass {MAX_TOTAL:,}; nothing was changed"
+            )
         return XpChange(
             reply.outcome, reply.amount, reply.ref, reply.expires_at, reply.extra, reply.replayed,
             reply.state, detail=None if reply.outcome is XpOutcome.DONE else detail,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from counters.bulkimport.service import ImportService
 from counters.cli.importer import import_command
 from counters.cli.main import main
 from counters.clock import ManualClock
-from counters.redis.codes import XpOutcome
+from counters.redis.codes import MAX_TOTAL, XpOutcome
 from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -160,25 +161,50 @@ def test_csv_lines_add_to_what_the_service_counted(
     assert result.exit_code == 2 and "line 2: more cells than the header names" in result.output
 
 
-@pytest.mark.anyio
-async def test_an_import_while_the_service_serves_loses_no_award(
-    settings: Settings, clock: ManualClock, redis_client: redis.Redis
-) -> None:
-    """Imports and support corrections racing on one user: every one of them counts."""
+@pytest.fixture
+async def importing(
+    settings: Settings, clock: ManualClock
+) -> AsyncIterator[tuple[Services, ImportService]]:
+    """The service's parts and an importer on them (Redis only)."""
     services = Services.build(settings, clock=clock)
     importer = ImportService(
         services.rules, services.scripts, services.redis, NoDurableStore(), clock,
         buckets=settings.key_buckets,
     )  # fmt: skip
-    lines = [ExpLine(user_id="busy", exp=n) for n in range(1, 41)]
-    records = [Record(n, line, f"imp_{n:032x}") for n, line in enumerate(lines, start=1)]
     try:
-        await asyncio.gather(
-            *(importer.apply(record) for record in records),
-            *(services.exp.adjust("busy", 3, "race", "support", None) for _ in range(40)),
-        )
-        again = await asyncio.gather(*(importer.apply(record) for record in records))
+        yield services, importer
     finally:
         await services.close()
+
+
+@pytest.mark.anyio
+async def test_an_import_while_the_service_serves_loses_no_award(
+    importing: tuple[Services, ImportService], redis_client: redis.Redis
+) -> None:
+    """Imports and support corrections racing on one user: every one of them counts."""
+    services, importer = importing
+    lines = [ExpLine(user_id="busy", exp=n) for n in range(1, 41)]
+    records = [Record(n, line, f"imp_{n:032x}") for n, line in enumerate(lines, start=1)]
+    await asyncio.gather(
+        *(importer.apply(record) for record in records),
+        *(services.exp.adjust("busy", 3, "race", "support", None) for _ in range(40)),
+    )
+    again = await asyncio.gather(*(importer.apply(record) for record in records))
     assert set(again) == {XpOutcome.UNCHANGED}
     assert user(redis_client, "busy")["exp"] == str(sum(range(1, 41)) + 40 * 3)
+
+
+@pytest.mark.anyio
+async def test_an_import_line_past_the_maximum_is_skipped_and_changes_nothing(
+    importing: tuple[Services, ImportService], redis_client: redis.Redis
+) -> None:
+    """lua/lib/bounds.lua: a line that would take the total past MAX_TOTAL writes nothing."""
+    _, importer = importing
+    first = Record(1, ExpLine(user_id="near", exp=5), f"imp_{1:032x}")
+    assert await importer.apply(first) is XpOutcome.DONE
+    [key] = redis_client.keys("*:user:near")
+    redis_client.hset(key, "exp", MAX_TOTAL - 5)
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    past = Record(2, ExpLine(user_id="near", exp=6), f"imp_{2:032x}")
+    assert await importer.apply(past) is XpOutcome.TOTAL_LIMIT
+    assert {key: redis_client.dump(key) for key in redis_client.keys("*")} == before
