@@ -62,6 +62,24 @@ def is_reserved_actor(user_id: str) -> bool:
     return user_id in _RESERVED_ACTORS or user_id.startswith(_RESERVED_PREFIXES)
 
 
+# Free text a caller chooses (a reason, a label) reaches the ledger: control characters (NUL,
+# which Postgres text cannot hold, newlines, escapes) are refused at the door, by the API (422,
+# ``api.http.decode``) and by ``counters import`` alike (``validation_detail`` words it).
+NO_CONTROL_CHARACTERS = msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]*\Z")  # $ allows a final \n
+# A top-up's reason (POST /api/v1/xp/grants, an import's topup line): the ledger's action.
+GrantReason = Annotated[str, msgspec.Meta(min_length=1, max_length=200), NO_CONTROL_CHARACTERS]
+
+
+def validation_detail(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with a refused control character worded for people: the pattern of
+    ``NO_CONTROL_CHARACTERS`` means nothing to a caller."""
+    message = str(exc)
+    if message.startswith("Expected `str` matching regex '\\\\A[^\\\\x00-"):
+        where = message.rpartition(" - at ")[2]
+        return f"{where} must not contain control characters (U+0000-U+001F, U+007F)"
+    return message
+
+
 def is_whole(pattern: re.Pattern[str], value: str) -> bool:
     """``value`` is, as a whole, one string of ``pattern``'s shape."""
     return pattern.fullmatch(value) is not None

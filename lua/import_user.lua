@@ -7,7 +7,8 @@ top-up is granted. The import id (derived from the line's content) is recorded i
 same step, so the same line applied twice changes nothing; the event carries it as `idem`, so
 the ledger keeps it too (the command checks the ledger for lines Redis forgot).
 Events: kind `exp_import` (EXP; fields exp, level) or `xp_import` (action `subscription` with the
-allocation granted, or `topup`), so reconcile counts them in their family's sums.
+allocation granted, or a top-up's reason with its grant id as the target, as grant_xp records
+it), so reconcile counts them in their family's sums.
 
 KEYS[1]  user     HASH   ctr:{bN}:user:<uid>            exp, level, xp (JSON state), seq
 KEYS[2]  events   STREAM ctr:{bN}:events
@@ -24,6 +25,7 @@ ARGV[12] tier        string  a key of the tiers json (subscription) or ""
 ARGV[13] at          int     unix seconds: period_start (subscription; 0 = now), expires_at
                              (topup; 0 = never), 0 (exp)
 ARGV[14] max_grants  int     live top-ups a user may have
+ARGV[15] reason      string  the top-up's reason, the event's action as a grant's (topup), ""
 
 Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, replayed, state json}
   code 1 done                  applied
@@ -35,7 +37,7 @@ Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, repla
 ]]
 
 local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
-local max_grants = tonumber(ARGV[14])
+local max_grants, reason = tonumber(ARGV[14]), ARGV[15]
 
 local early = XP.open()
 if early then return early end
@@ -85,6 +87,6 @@ if #s.grants >= max_grants then return XP.finish(13, 0, import_id, at, 0) end
 if amount > XP.room(s) then return XP.finish(16, 0, import_id, at, 0) end
 local grant_id = 'xg_' .. string.sub(import_id, 5)
 s.grants[#s.grants + 1] = {id = grant_id, left = amount, expires_at = at}
-XP.emit('xp_import', 'topup', amount, grant_id)
+XP.emit('xp_import', reason, amount, grant_id)
 redis.call('SADD', KEYS[5], import_id)
 return XP.finish(1, amount, import_id, at, 0)

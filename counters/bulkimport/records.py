@@ -6,7 +6,7 @@ Formats (by suffix: ``.csv``, else JSON Lines)::
     {"kind": "subscription", "user_id": "u1", "tier": "arcade_artist",
      "period_start": "2026-11-03T00:00:00Z"}                           period_start optional
     {"kind": "topup", "user_id": "u1", "xp_amount": 100, "expires_at": "2027-01-01T00:00:00Z",
-     "reason": "legacy balance"}                                        expires_at, reason optional
+     "reason": "legacy balance"}       expires_at, reason optional (the ledger's action)
 
 A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields.
 
@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import msgspec
 
 from counters.errors import shown
-from counters.ids import UserId
+from counters.ids import GrantReason, UserId, validation_detail
 from counters.redis.codes import MAX_TOTAL
 from counters.rules import Rules
 from counters.xp.state import period_start_problem
@@ -63,7 +63,7 @@ class TopupLine(_Line, frozen=True, tag="topup"):
 
     xp_amount: Positive
     expires_at: datetime | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=200)] = "import"
+    reason: GrantReason = "import"  # the API's shape (POST /api/v1/xp/grants); the ledger action
 
 
 Line = ExpLine | SubscriptionLine | TopupLine
@@ -162,7 +162,10 @@ def read_records(path: Path, rules: Rules, now: float) -> tuple[list[Record], li
             line = _parse(raw)
             _check(line, rules, now)
             _check_sum(line, sums)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        except msgspec.ValidationError as exc:
+            errors.append(LineError(number, validation_detail(exc)))
+            continue
+        except (msgspec.DecodeError, ValueError) as exc:
             errors.append(LineError(number, str(exc)))
             continue
         canonical = msgspec.json.encode(line)

@@ -100,9 +100,9 @@ def test_import_applies_each_line_once_and_ledgers_it(
     kinds = sorted((r["user_id"], r["kind"], r["action"], r["amount"]) for r in rows)
     assert kinds == [
         ("adopted-1", "exp_import", "import", 450),
+        ("adopted-1", "xp_import", "legacy", 70),  # the reason, as a grant's (FINDINGS F9)
+        ("adopted-1", "xp_import", "legacy", 70),
         ("adopted-1", "xp_import", "subscription", 800),
-        ("adopted-1", "xp_import", "topup", 70),
-        ("adopted-1", "xp_import", "topup", 70),
         ("adopted-2", "exp_import", "import", 20),
     ]
     assert all(r["idem"].startswith("imp_") for r in rows) and len({r["idem"] for r in rows}) == 5
@@ -132,6 +132,10 @@ def test_a_bad_line_imports_nothing(
             "tier": "pixel_rookie",
             "period_start": "1970-01-01T00:00:00Z",
         },
+        # the API's validation of a grant's reason (422 there; FINDINGS F9)
+        {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": "a\u0000b"},
+        {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": "forged\nline"},
+        {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": ""},
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", bad)
     result = run_import(redis_url, database_url, str(path))
@@ -141,7 +145,10 @@ def test_a_bad_line_imports_nothing(
     assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
     assert "line 6: Expected `str` matching regex" in result.output
     assert "line 7: period_start must be after 1970-01-01T00:00:00Z" in result.output
-    assert "5 bad line(s)" in result.output and "nothing was imported" in result.output
+    control = "`$.reason` must not contain control characters (U+0000-U+001F, U+007F)"
+    assert f"line 8: {control}" in result.output and f"line 9: {control}" in result.output
+    assert "line 10: Expected `str` of length >= 1 - at `$.reason`" in result.output
+    assert "8 bad line(s)" in result.output and "nothing was imported" in result.output
     assert data_keys(redis_client) == [] and ledger(database_url) == []
 
 
