@@ -14,12 +14,17 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import redis
+from click.testing import CliRunner
 from prometheus_client import REGISTRY, generate_latest
 from starlette.applications import Starlette
 
 from api.app import create_app
+from counters.cli.embedded import free_port
+from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import ConfigError
+from counters.redis.keys import SERVED_TIERS_KEY
 from counters.settings import Settings
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.http import asgi_client
@@ -237,3 +242,22 @@ async def test_a_start_without_a_tier_served_before_does_not_start(
     again = create_app(replace(settings, rules=retired), clock=clock)
     async with again.router.lifespan_context(again), asgi_client(again) as client:
         assert (await balance(client, "u1"))["xp_balance"] == 800
+
+
+def test_serve_refuses_rules_without_a_served_tier_in_one_line(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """As for a contradicting bucket count: exit 2 and one line, before any worker starts."""
+    redis_client.sadd(SERVED_TIERS_KEY, "pixel_rookie", "arcade_artist", "game_master")
+    env = {
+        "COUNTERS_REDIS_URL": settings.redis_url or "",
+        "COUNTERS_RULES": str(write_rules(tmp_path / "dropped.toml", *WITHOUT_ARCADE)),
+        "COUNTERS_SERVICE_KEYS": "a-service-key-0123456789abcdef",
+        "COUNTERS_JWT_SECRET": "a-jwt-secret-0123456789abcdef0123456789",
+        "COUNTERS_DATA_DIR": str(tmp_path),
+        "COUNTERS_PORT": str(free_port()),
+    }
+    refused = CliRunner().invoke(main, ["serve"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "arcade_artist removed or renamed" in refused.output
+    assert "Traceback" not in refused.output
