@@ -15,13 +15,10 @@ from pathlib import Path
 import httpx2
 import pytest
 import redis
-from click.testing import CliRunner
 from prometheus_client import REGISTRY, generate_latest
 from starlette.applications import Starlette
 
 from api.app import create_app
-from counters.cli.embedded import free_port
-from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import ConfigError
 from counters.redis.keys import SERVED_TIERS_KEY
@@ -29,6 +26,7 @@ from counters.settings import Settings
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.http import asgi_client
 from tests.support.rules import DAILY_CHAT, default_text, write_rules
+from tests.support.serve import refused_serve
 from tests.support.xp import balance, subscribe
 
 pytestmark = pytest.mark.anyio
@@ -249,15 +247,8 @@ def test_serve_refuses_rules_without_a_served_tier_in_one_line(
 ) -> None:
     """As for a contradicting bucket count: exit 2 and one line, before any worker starts."""
     redis_client.sadd(SERVED_TIERS_KEY, "pixel_rookie", "arcade_artist", "game_master")
-    env = {
-        "COUNTERS_REDIS_URL": settings.redis_url or "",
-        "COUNTERS_RULES": str(write_rules(tmp_path / "dropped.toml", *WITHOUT_ARCADE)),
-        "COUNTERS_SERVICE_KEYS": "a-service-key-0123456789abcdef",
-        "COUNTERS_JWT_SECRET": "a-jwt-secret-0123456789abcdef0123456789",
-        "COUNTERS_DATA_DIR": str(tmp_path),
-        "COUNTERS_PORT": str(free_port()),
-    }
-    refused = CliRunner().invoke(main, ["serve"], env=env)
+    dropped = write_rules(tmp_path / "dropped.toml", *WITHOUT_ARCADE)
+    refused = refused_serve(settings.redis_url or "", tmp_path, COUNTERS_RULES=str(dropped))
     assert refused.exit_code == 2, refused.output
     assert "arcade_artist removed or renamed" in refused.output
     assert "Traceback" not in refused.output
