@@ -208,9 +208,10 @@ class Flusher:
         again (seen as the flaky ``test_postgres_down_then_redis_emptied_under_load...``).
         So the records that follow go in the same transaction and are deleted with the batch.
         They were never delivered to the group: a consumer that reads them meanwhile writes
-        them again, which changes nothing. Not covered: a record appended *before* its event (a
-        debit's transaction record) may still be ledgered a transaction ahead of it; the
-        entries do not say where one script's end. Raises ``RedisError``."""
+        them again, which changes nothing. So every script appends its records *after* its
+        event (an XP script's transaction record too: ``lua/debit_xp.lua``); a record ahead of
+        its event could be ledgered a transaction before it, and a refund of a debit that a
+        loss then erased would create XP. Raises ``RedisError``."""
         if len(entries) < self._batch:  # no stream can have been read up to the batch size
             return entries
         counts: dict[str, int] = {}
