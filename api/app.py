@@ -22,7 +22,7 @@ from counters import metrics
 from counters.clock import Clock
 from counters.rules import Rules
 from counters.runtime.durability import Durability
-from counters.runtime.reload import RulesReloader
+from counters.runtime.reload import RulesReloader, settle_tiers
 from counters.runtime.services import Services
 from counters.settings import Settings
 
@@ -41,9 +41,18 @@ def create_app(
             await durability.close()
             raise
         services = Services.build(settled, rules=rules, clock=clock, store=durability.store)
+        try:  # the tiers served before are still defined (counters/runtime/reload.py)
+            timeout = max(settings.redis_timeout_seconds, 1.0)
+            served = await settle_tiers(services.redis, services.rules, timeout)
+        except BaseException:
+            await services.close()
+            await durability.close()
+            raise
         app.use_services(services)
         app.state.durability = durability.start(services)
-        reloader = RulesReloader(services, settings.rules, settings.rules_watch_seconds)
+        reloader = RulesReloader(
+            services, settings.rules, settings.rules_watch_seconds, served=served
+        )
         if rules is None:  # rules handed in (tests) are not replaced from a file
             reloader.start()  # SIGHUP and changes to the rules file reload them
         app.state.rules_reloader = reloader

@@ -53,6 +53,7 @@ AWARD_STATUS: dict[AwardOutcome, int] = {
     AwardOutcome.LIMIT_REACHED: 429,
     AwardOutcome.CAP_REACHED: 429,
     AwardOutcome.ALREADY_TRIGGERED: 409,
+    AwardOutcome.TOTAL_LIMIT: 409,
 }
 
 XP_STATUS: dict[XpOutcome, int] = {
@@ -67,6 +68,7 @@ XP_STATUS: dict[XpOutcome, int] = {
     XpOutcome.NO_SUBSCRIPTION: 409,
     XpOutcome.PERIOD_START_CONFLICT: 409,
     XpOutcome.TOO_MANY: 409,
+    XpOutcome.TOTAL_LIMIT: 409,
     XpOutcome.ABOVE_HELD: 422,
 }
 XP_CODE: dict[XpOutcome, str] = {
@@ -79,12 +81,14 @@ XP_CODE: dict[XpOutcome, str] = {
     XpOutcome.NO_SUBSCRIPTION: "no_subscription",
     XpOutcome.PERIOD_START_CONFLICT: "period_start_conflict",
     XpOutcome.TOO_MANY: "too_many_live",
+    XpOutcome.TOTAL_LIMIT: "total_limit",
     XpOutcome.ABOVE_HELD: "above_held",
 }
 AWARD_CODE: dict[AwardOutcome, str] = {
     AwardOutcome.LIMIT_REACHED: "daily_limit_reached",
     AwardOutcome.CAP_REACHED: "daily_cap_reached",
     AwardOutcome.ALREADY_TRIGGERED: "already_triggered",
+    AwardOutcome.TOTAL_LIMIT: "total_limit",
 }
 XP_HOLD_CREATED = 201  # a new hold (XpOutcome.DONE on POST /api/v1/xp/holds)
 
@@ -126,7 +130,10 @@ ERROR_CODES: dict[str, str] = {
     "hold_expired": "the hold expired; its XP went back to the balance (409)",
     "not_captured": "a refund of a hold that was never captured (409)",
     "no_subscription": "no subscription to cancel (409)",
+    "tier_retired": "a subscription to a tier the rules retired (422)",
     "period_start_conflict": "period_start differs from the subscription's start (409)",
+    "total_limit": "the change would take a total EXP, or an XP balance with its held XP, past"
+    " 10^15 (409)",
     "too_many_live": "the most holds or top-ups that may be open at once are open (409)",
     "above_held": "a capture of more XP than the hold holds (422)",
     "storage_unavailable": (

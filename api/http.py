@@ -17,6 +17,7 @@ from counters.errors import (
     RequestError,
     UnsupportedMediaType,
 )
+from counters.ids import validation_detail
 from counters.redis.idempotency import Idempotency
 from counters.runtime.services import Services
 
@@ -131,16 +132,6 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         raise MalformedBody(f"Malformed JSON: {exc}") from exc
     except RecursionError as exc:  # msgspec's own depth guard: deep nesting is not a server fault
         raise MalformedBody("Malformed JSON: nested too deeply") from exc
-
-
-def validation_detail(exc: msgspec.ValidationError) -> str:
-    """msgspec's message, with a refused control character worded for people: the pattern of
-    ``api.schemas.exp.NO_CONTROL_CHARACTERS`` means nothing to a caller."""
-    message = str(exc)
-    if message.startswith("Expected `str` matching regex '\\\\A[^\\\\x00-"):
-        where = message.rpartition(" - at ")[2]
-        return f"{where} must not contain control characters (U+0000-U+001F, U+007F)"
-    return message
 
 
 def repeated_header(name: str) -> RequestError:

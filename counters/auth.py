@@ -3,6 +3,8 @@
 - ``Bearer <JWT>``: HS256 signed with COUNTERS_JWT_SECRET; ``sub`` is the user, ``exp`` required.
   A user acts only as themself: ``X-User-Id`` naming anybody else is refused.
 - ``Bearer <service key>``: one of COUNTERS_SERVICE_KEYS, acting for the user in ``X-User-Id``.
+- Neither acts as a user id the ledger uses for another actor (``counters.ids.is_reserved_actor``:
+  ``service:0``, ``import``, ...): a token whose ``sub`` is one is 401, such an ``X-User-Id`` 422.
 
 JWT expiry is checked against real time (``now``, injectable), not the shifted service clock:
 tokens come from an issuer that lives in real time. Verified tokens are cached until they expire.
@@ -26,10 +28,11 @@ import jwt
 import msgspec
 
 from counters.errors import AuthError, ForbiddenError, InvalidRequest
-from counters.ids import USER_ID, is_whole
+from counters.ids import USER_ID, is_reserved_actor, is_whole
 
 _CACHE_LIMIT = 65_536
 _SERVICE_HEADERS_LIMIT = 256  # spellings of valid service-key headers remembered ("Bearer k", ...)
+_RESERVED = "system, import, reconcile, service:*, user:*"  # counters.ids.is_reserved_actor
 _MAX_EXP = 253_402_300_799  # 9999-12-31T23:59:59Z: later than any token may live
 
 
@@ -54,6 +57,8 @@ def check_user_id(user_id: str, where: str) -> str:
             f"{where} must be 1-128 characters of letters, digits and ._@:- "
             "starting with a letter or digit"
         )
+    if is_reserved_actor(user_id):
+        raise InvalidRequest(f"{where} names a reserved actor ({_RESERVED}), not a user")
     return user_id
 
 
@@ -145,6 +150,10 @@ class Authenticator:
         sub = claims["sub"]
         if not isinstance(sub, str) or not is_whole(USER_ID, sub):
             raise AuthError("Invalid token: 'sub' is not a valid user id")
+        if is_reserved_actor(sub):
+            raise AuthError(
+                f"Invalid token: 'sub' names a reserved actor ({_RESERVED}), not a user"
+            )
         return sub, float(expires)
 
 

@@ -47,6 +47,39 @@ TransactionId = Annotated[str, msgspec.Meta(pattern=TRANSACTION_ID_PATTERN)]
 IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
+# The ledger's actors that are not users: the XP transitions that came due ("system"), import
+# lines ("import"), reconcile's repairs ("reconcile"), service keys ("service:<n>") and a user
+# token on the XP side ("user:<id>"). A caller may not act as a user id of one of these forms (a
+# token's ``sub``, ``X-User-Id``: counters/auth.py), so an award's actor (the user's id) is
+# never one of them.
+SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR = "system", "import", "reconcile"
+_RESERVED_ACTORS = frozenset({SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR})
+_RESERVED_PREFIXES = ("service:", "user:")
+
+
+def is_reserved_actor(user_id: str) -> bool:
+    """Whether ``user_id`` has the form of an actor that is not a user (see above)."""
+    return user_id in _RESERVED_ACTORS or user_id.startswith(_RESERVED_PREFIXES)
+
+
+# Free text a caller chooses (a reason, a label) reaches the ledger: control characters (NUL,
+# which Postgres text cannot hold, newlines, escapes) are refused at the door, by the API (422,
+# ``api.http.decode``) and by ``counters import`` alike (``validation_detail`` words it).
+NO_CONTROL_CHARACTERS = msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]*\Z")  # $ allows a final \n
+# A top-up's reason (POST /api/v1/xp/grants, an import's topup line): the ledger's action.
+GrantReason = Annotated[str, msgspec.Meta(min_length=1, max_length=200), NO_CONTROL_CHARACTERS]
+
+
+def validation_detail(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with a refused control character worded for people: the pattern of
+    ``NO_CONTROL_CHARACTERS`` means nothing to a caller."""
+    message = str(exc)
+    if message.startswith("Expected `str` matching regex '\\\\A[^\\\\x00-"):
+        where = message.rpartition(" - at ")[2]
+        return f"{where} must not contain control characters (U+0000-U+001F, U+007F)"
+    return message
+
+
 def is_whole(pattern: re.Pattern[str], value: str) -> bool:
     """``value`` is, as a whole, one string of ``pattern``'s shape."""
     return pattern.fullmatch(value) is not None

@@ -260,6 +260,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Awards add to the leaderboards (counters/exp/leaderboard.py): 3 ZINCRBY in the award script.
     leaderboards_enabled: bool = True
+    # How long a worker reuses the tops of a (period, limit) read (counters/exp/leaderboard.py):
+    # the staleness of entries and ranks; 0: every read asks every bucket.
+    leaderboard_cache_seconds: float = bounded(1.0, ge=0, le=60)
     # An unkeyed like or fork runs as one script when its entity and owner share a Redis node
     # (lua/creator_award.lua); false: always the chain of single-slot scripts (issue #10).
     creator_shortcut: bool = True

@@ -1,4 +1,4 @@
--- requires: idempotency, levels, bucket
+-- requires: idempotency, levels, bucket, bounds
 --[[ adjust_exp: a support correction of a user's total EXP; no daily limit or cap applies.
 
 The total never goes below zero: a larger negative delta is clamped and the applied delta returned.
@@ -21,6 +21,7 @@ ARGV[10] idem_key     string
 
 Reply: {code, applied_delta, total_exp, level, previous_level, seq, replayed}
   code 1 adjusted
+  code 5 total_limit       the total would pass the maximum (lib/bounds.lua): nothing written
   code 6 needs_hydration
   code 7 key_reused        idempotency key reused with a different request
 ]]
@@ -42,6 +43,11 @@ local total = tonumber(user[1]) or 0
 local seq = (tonumber(user[2]) or 0) + 1
 local previous_level = Levels.of(total, thresholds)
 local applied = math.max(delta, -total)
+local ledger = may_create ~= '1' and {events = KEYS[2], meta = KEYS[4], scope = user_id, now_ms = now_ms} or nil
+if applied > 0 and total + applied > Bounds.MAX then
+  return Idempotency.remember(KEYS[3], fingerprint, idem_ttl,
+    {5, 0, total, previous_level, previous_level, seq - 1, 0}, ledger)
+end
 total = total + applied
 local level = Levels.of(total, thresholds)
 
@@ -49,5 +55,4 @@ redis.call('HSET', KEYS[1], 'exp', total, 'level', level, 'seq', seq)
 Entry.add(KEYS[2], {'exp_adjust', user_id, seq, now_ms, Bucket.run(KEYS[4]), reason, applied,
   actor, '', idem_key, total, level})
 return Idempotency.remember(KEYS[3], fingerprint, idem_ttl,
-  {1, applied, total, level, previous_level, seq, 0},
-  may_create ~= '1' and {events = KEYS[2], meta = KEYS[4], scope = user_id, now_ms = now_ms} or nil)
+  {1, applied, total, level, previous_level, seq, 0}, ledger)

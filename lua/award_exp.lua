@@ -45,6 +45,7 @@ Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, act
   code 1 awarded             possibly partial
   code 2 limit_reached       the action's daily limit
   code 3 cap_reached         the level's daily EXP cap
+  code 5 total_limit         the total would pass the maximum (lib/bounds.lua)
   code 6 needs_hydration
   code 7 key_reused          idempotency key reused with a different request
 (A repeat of a once-per-actor action is answered in the entity's slot, never here.)

@@ -36,6 +36,7 @@ action_count, seq, replayed}
   code 1 awarded           possibly partial
   code 2 limit_reached     the action's daily limit (nothing written: the chain releases too)
   code 3 cap_reached       the level's daily EXP cap (likewise)
+  code 5 total_limit       the owner's total would pass the maximum (likewise)
   code 6 needs_hydration   nothing written: the chain hydrates the owner
   code 7 key_reused        never here (no fingerprint); Award.apply can answer it
   code 12 chain            nothing written: run the chain (B, C, D) for this request

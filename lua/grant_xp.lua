@@ -19,6 +19,7 @@ Reply: {code, xp granted, grant id, expires_at, 0, seq, replayed, state json}
   code 6 needs_hydration
   code 7 key_reused         idempotency key reused with a different request
   code 13 too_many          too many live top-ups
+  code 16 total_limit       the balance would pass the maximum (lib/bounds.lua)
 ]]
 
 local grant_id, amount, expires_at = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -28,6 +29,7 @@ local early = XP.open()
 if early then return early end
 local s = XP.s
 if #s.grants >= max_grants then return XP.finish(13, 0, '', expires_at, 0) end
+if amount > XP.room(s) then return XP.finish(16, 0, '', expires_at, 0) end
 s.grants[#s.grants + 1] = {id = grant_id, left = amount, expires_at = expires_at}
 XP.emit('xp_grant', reason, amount, grant_id)
 return XP.finish(1, amount, grant_id, expires_at, 0)

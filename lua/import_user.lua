@@ -7,7 +7,8 @@ top-up is granted. The import id (derived from the line's content) is recorded i
 same step, so the same line applied twice changes nothing; the event carries it as `idem`, so
 the ledger keeps it too (the command checks the ledger for lines Redis forgot).
 Events: kind `exp_import` (EXP; fields exp, level) or `xp_import` (action `subscription` with the
-allocation granted, or `topup`), so reconcile counts them in their family's sums.
+allocation granted, or a top-up's reason with its grant id as the target, as grant_xp records
+it), so reconcile counts them in their family's sums.
 
 KEYS[1]  user     HASH   ctr:{bN}:user:<uid>            exp, level, xp (JSON state), seq
 KEYS[2]  events   STREAM ctr:{bN}:events
@@ -24,6 +25,7 @@ ARGV[12] tier        string  a key of the tiers json (subscription) or ""
 ARGV[13] at          int     unix seconds: period_start (subscription; 0 = now), expires_at
                              (topup; 0 = never), 0 (exp)
 ARGV[14] max_grants  int     live top-ups a user may have
+ARGV[15] reason      string  the top-up's reason, the event's action as a grant's (topup), ""
 
 Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, replayed, state json}
   code 1 done                  applied
@@ -31,10 +33,11 @@ Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, repla
   code 12 unchanged            already imported
   code 13 too_many             too many live top-ups
   code 15 subscription_active  a subscription is active: left as is
+  code 16 total_limit          the total or balance would pass the maximum (lib/bounds.lua)
 ]]
 
 local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
-local max_grants = tonumber(ARGV[14])
+local max_grants, reason = tonumber(ARGV[14]), ARGV[15]
 
 local early = XP.open()
 if early then return early end
@@ -47,6 +50,7 @@ end
 if op == 'exp' then
   local thresholds = Levels.list(ARGV[10])
   local total = (tonumber(redis.call('HGET', c.user_key, 'exp')) or 0) + amount
+  if total > Bounds.MAX then return XP.finish(16, 0, import_id, 0, 0) end
   local level = Levels.of(total, thresholds)
   -- EXP only: the XP state is not written (c.dirty stays as XP.open left it), as award_exp
   -- leaves it: the event carries no xp_state, so a state written here would exist in Redis
@@ -61,6 +65,9 @@ end
 
 if op == 'subscription' then
   if s.tier ~= nil then return XP.finish(15, 0, import_id, s.period_end, 0) end
+  if c.tiers[tier_name].monthly_xp - s.alloc > XP.room(s) then
+    return XP.finish(16, 0, import_id, 0, 0)
+  end
   local anchor = at > 0 and at or c.now
   local k = XP.period_of(anchor, c.now)
   s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
@@ -74,8 +81,9 @@ end
 
 -- op == 'topup'
 if #s.grants >= max_grants then return XP.finish(13, 0, import_id, at, 0) end
+if amount > XP.room(s) then return XP.finish(16, 0, import_id, at, 0) end
 local grant_id = 'xg_' .. string.sub(import_id, 5)
 s.grants[#s.grants + 1] = {id = grant_id, left = amount, expires_at = at}
-XP.emit('xp_import', 'topup', amount, grant_id)
+XP.emit('xp_import', reason, amount, grant_id)
 redis.call('SADD', KEYS[5], import_id)
 return XP.finish(1, amount, import_id, at, 0)

@@ -17,10 +17,11 @@ ARGV[2]  may_create   "0"|"1"|"2"  "0"/"2": a missing acting user may be in Post
 Reply: {0} | {6} | {7} | the stored reply of remember_request.lua, its replayed slot (9) set to 1
   code 0 no_record           no answer recorded yet
   code 6 needs_hydration     no record, and the acting user may be one Redis forgot
-  code 1 awarded             a stored answer (codes 1-4: the award's outcome)
+  code 1 awarded             a stored answer (codes 1-5: the award's outcome)
   code 2 limit_reached
   code 3 cap_reached
   code 4 already_triggered
+  code 5 total_limit
   code 7 key_reused          the key was used with a different request
 ]]
 

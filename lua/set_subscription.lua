@@ -24,6 +24,7 @@ Reply: {code, allocation added, change, period_end, 0, seq, replayed, state json
   code 7 key_reused         idempotency key reused with a different request
   code 12 unchanged
   code 14 period_start_conflict   period_start differs from the active subscription's
+  code 16 total_limit             the allocation would take the balance past the maximum
 ]]
 
 local tier_name, period_start = ARGV[9], tonumber(ARGV[10])
@@ -34,6 +35,7 @@ local s, tiers, now = XP.s, XP.c.tiers, XP.c.now
 local new = tiers[tier_name]
 
 if s.tier == nil then
+  if new.monthly_xp - s.alloc > XP.room(s) then return XP.finish(16, 0, '', 0, 0) end
   local anchor = period_start > 0 and period_start or now
   local k = XP.period_of(anchor, now)
   s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
@@ -52,6 +54,7 @@ local current = tiers[s.tier]
 local level = current and current.level or 0
 if new.level > level then
   local added = math.max(new.monthly_xp - (current and current.monthly_xp or 0), 0)
+  if added > XP.room(s) then return XP.finish(16, 0, '', s.period_end, 0) end
   s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
   XP.emit('xp_subscription', 'upgrade', 0, '')
   if added > 0 then

@@ -25,7 +25,6 @@ from api.http import (
     read_body,
     service_caller,
     services,
-    validation_detail,
 )
 from api.routes.exp import award_reply, gain_target, hot_gain
 from api.schemas.exp import GainRequest
@@ -33,7 +32,7 @@ from counters.auth import Principal
 from counters.errors import InvalidRequest, RequestError, StorageError
 from counters.exp.service import batch_item_key
 from counters.exp.types import AwardRequest, AwardResult
-from counters.ids import UserId
+from counters.ids import UserId, validation_detail
 
 MAX_ITEMS = 500
 _MAX_ITEM_BYTES = 1_024  # the body may hold MAX_ITEMS items of up to this size

@@ -36,7 +36,7 @@ from counters.errors import InvalidRequest, NotFound, shown
 from counters.exp.entities import Target
 from counters.exp.types import AwardResult
 from counters.ids import TARGET_ID, is_whole
-from counters.redis.codes import AwardOutcome
+from counters.redis.codes import MAX_TOTAL, AwardOutcome
 from counters.runtime.services import Services
 
 
@@ -81,6 +81,9 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
             ),
         )  # fmt: skip
         return status, body, headers
+    if result.outcome is AwardOutcome.TOTAL_LIMIT:
+        detail = f"{result.awarded_to}'s total EXP {result.total_exp} would pass {MAX_TOTAL:,}"
+        return status, error_body(detail, AWARD_CODE[result.outcome]), headers
     if result.outcome is AwardOutcome.ALREADY_TRIGGERED:
         assert result.target is not None
         detail = (

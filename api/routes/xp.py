@@ -241,6 +241,7 @@ async def tiers(request: Request) -> Response:
             "rollover": tier.rollover,
         }
         for tier in rules.tiers
+        if not tier.retired  # still served to its subscribers, not offered (README: reload)
     }
     return json_response(body)
 

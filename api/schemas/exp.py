@@ -8,15 +8,11 @@ import msgspec
 
 from api.schemas.common import Request
 from counters.exp.levels import Progress
-from counters.ids import Name, TargetIdText, UserId
+from counters.ids import NO_CONTROL_CHARACTERS, Name, TargetIdText, UserId
 
 TargetType = Name
 TargetId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | TargetIdText
 
-# Free text a caller chooses (a reason, a name) reaches the ledger: control characters (NUL, which
-# Postgres text cannot hold, newlines, escapes) are refused with 422 at the door
-# (``api.http.decode`` words the message).
-NO_CONTROL_CHARACTERS = msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]*\Z")  # $ allows a final \n
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64), NO_CONTROL_CHARACTERS]
 
 

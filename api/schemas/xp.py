@@ -8,9 +8,9 @@ from typing import Annotated
 import msgspec
 
 from api.schemas.common import Request
-from api.schemas.exp import NO_CONTROL_CHARACTERS, Label
+from api.schemas.exp import Label
 from counters.clock import to_datetime
-from counters.ids import TransactionId, UserId
+from counters.ids import GrantReason, TransactionId, UserId
 from counters.rules.xp import XpRules
 from counters.xp.guidance import RecommendedTier, TierInfo, XpCheck, tier_info
 from counters.xp.service import XpChange
@@ -19,7 +19,6 @@ from counters.xp.state import XpState
 XpAmount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
 GenerationTypeName = Label
 TierName = Label
-GrantReason = Annotated[str, msgspec.Meta(min_length=1, max_length=200), NO_CONTROL_CHARACTERS]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 

@@ -6,7 +6,7 @@ Formats (by suffix: ``.csv``, else JSON Lines)::
     {"kind": "subscription", "user_id": "u1", "tier": "arcade_artist",
      "period_start": "2026-11-03T00:00:00Z"}                           period_start optional
     {"kind": "topup", "user_id": "u1", "xp_amount": 100, "expires_at": "2027-01-01T00:00:00Z",
-     "reason": "legacy balance"}                                        expires_at, reason optional
+     "reason": "legacy balance"}       expires_at, reason optional (the ledger's action)
 
 A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields.
 
@@ -30,7 +30,8 @@ from typing import Annotated, Any
 import msgspec
 
 from counters.errors import shown
-from counters.ids import UserId
+from counters.ids import GrantReason, UserId, validation_detail
+from counters.redis.codes import MAX_TOTAL
 from counters.rules import Rules
 from counters.xp.state import period_start_problem
 
@@ -62,7 +63,7 @@ class TopupLine(_Line, frozen=True, tag="topup"):
 
     xp_amount: Positive
     expires_at: datetime | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=200)] = "import"
+    reason: GrantReason = "import"  # the API's shape (POST /api/v1/xp/grants); the ledger action
 
 
 Line = ExpLine | SubscriptionLine | TopupLine
@@ -124,6 +125,8 @@ def _check(line: Line, rules: Rules, now: float) -> None:
         if rules.xp.tier(line.tier) is None:
             known = ", ".join(tier.name for tier in rules.xp.tiers)
             raise ValueError(f"unknown tier '{shown(line.tier)}'; known tiers: {known}")
+        if rules.xp.tiers_by_name[line.tier].retired:
+            raise ValueError(f"tier '{line.tier}' is retired: it takes no new subscriptions")
         start = None if line.period_start is None else line.period_start.timestamp()
         problem = None if start is None else period_start_problem(start, now)
         if problem is not None:
@@ -132,11 +135,24 @@ def _check(line: Line, rules: Rules, now: float) -> None:
         raise ValueError("expires_at must be in the future")
 
 
+def _check_sum(line: Line, sums: Counter[tuple[str, str]]) -> None:
+    """Add the line's amount to its user's sum in the file; ``ValueError`` once the sum passes
+    ``MAX_TOTAL`` (lua/lib/bounds.lua refuses it too, line by line, counting what the service
+    holds: this refuses the whole file before anything is written)."""
+    if isinstance(line, SubscriptionLine):
+        return
+    kind, amount = ("exp", line.exp) if isinstance(line, ExpLine) else ("topup", line.xp_amount)
+    sums[line.user_id, kind] += amount
+    if sums[line.user_id, kind] > MAX_TOTAL:
+        raise ValueError(f"{line.user_id}'s {kind} lines add up past {MAX_TOTAL:,}")
+
+
 def read_records(path: Path, rules: Rules, now: float) -> tuple[list[Record], list[LineError]]:
     """Every line of ``path``, parsed and validated: the records, and the errors (by line)."""
     records: list[Record] = []
     errors: list[LineError] = []
     seen: Counter[bytes] = Counter()
+    sums: Counter[tuple[str, str]] = Counter()  # (user, "exp" | "topup"): the file's amounts
     try:
         raw_lines = list(_raw_lines(path))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -145,7 +161,11 @@ def read_records(path: Path, rules: Rules, now: float) -> tuple[list[Record], li
         try:
             line = _parse(raw)
             _check(line, rules, now)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+            _check_sum(line, sums)
+        except msgspec.ValidationError as exc:
+            errors.append(LineError(number, validation_detail(exc)))
+            continue
+        except (msgspec.DecodeError, ValueError) as exc:
             errors.append(LineError(number, str(exc)))
             continue
         canonical = msgspec.json.encode(line)

@@ -12,20 +12,22 @@ from redis.asyncio import Redis
 from counters.bulkimport.records import ExpLine, Record, SubscriptionLine
 from counters.clock import Clock
 from counters.errors import RedisStorageError, ScriptReplyError
+from counters.ids import IMPORT_ACTOR
 from counters.redis.calls import ImportUser, ImportUserKeys
-from counters.redis.codes import ImportSkip, XpOutcome
+from counters.redis.codes import MAX_TOTAL, ImportSkip, XpOutcome
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
 from counters.rules import Rules
 
-ACTOR = "import"
+ACTOR = IMPORT_ACTOR
 ImportOutcome = XpOutcome | ImportSkip
 # What each outcome of lua/import_user.lua means for the line, as the command reports it.
 OUTCOMES: dict[ImportOutcome, str] = {
     XpOutcome.DONE: "applied",
     XpOutcome.UNCHANGED: "already imported",
     XpOutcome.TOO_MANY: "skipped: too many live top-ups",
+    XpOutcome.TOTAL_LIMIT: f"skipped: the total or balance would pass {MAX_TOTAL:,}",
     ImportSkip.SUBSCRIPTION_ACTIVE: "skipped: a subscription is active",
 }
 
@@ -54,21 +56,21 @@ class ImportService:
 
     def _call(self, record: Record) -> ImportUser:
         line = record.line
-        op, amount, tier, at = "topup", 0, "", 0
+        op, amount, tier, at, reason = "topup", 0, "", 0, ""
         if isinstance(line, ExpLine):
             op, amount = "exp", line.exp
         elif isinstance(line, SubscriptionLine):
             op, tier = "subscription", line.tier
             at = 0 if line.period_start is None else int(line.period_start.timestamp())
         else:
-            amount = line.xp_amount
+            amount, reason = line.xp_amount, line.reason
             at = 0 if line.expires_at is None else int(line.expires_at.timestamp())
         return ImportUser(
             user_id=line.user_id, now_ms=int(self._clock.now() * 1000), fingerprint="",
             idem_ttl=1, idem_key=record.import_id, actor=ACTOR,
             may_create=may_create_arg(self._hydrator), tiers=self._tiers, op=op,
             thresholds=self._thresholds, amount=amount, tier=tier, at=at,
-            max_grants=self._rules.xp.max_active_grants,
+            max_grants=self._rules.xp.max_active_grants, reason=reason,
         )  # fmt: skip
 
     async def apply(self, record: Record) -> ImportOutcome:

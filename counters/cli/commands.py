@@ -31,6 +31,7 @@ from counters.redis.scripts import Scripts
 from counters.rules import Rules, load_rules
 from counters.runtime.durability import make_flusher
 from counters.runtime.layout import settle_buckets
+from counters.runtime.reload import settle_tiers
 from counters.runtime.services import connect_redis
 from counters.settings import Settings
 from persistence.migrate import migrate_url
@@ -203,10 +204,11 @@ def flush(burst: bool) -> None:
 
 
 def check_buckets(settings: Settings) -> None:
-    """The deployment's recorded bucket count against the setting, before ``serve`` starts its
-    workers: a contradiction is a one-line ``CommandError`` (exit 2), as for ``flush``, not a
-    traceback from every worker's start-up. A Postgres that does not answer is skipped here;
-    the workers check it when it answers (counters/runtime/layout.py)."""
+    """The deployment's recorded bucket count against the setting, and its recorded tiers
+    against the rules (counters/runtime/reload.py), before ``serve`` starts its workers: a
+    contradiction is a one-line ``CommandError`` (exit 2), as for ``flush``, not a traceback
+    from every worker's start-up. A Postgres that does not answer is skipped here; the workers
+    check it when it answers (counters/runtime/layout.py)."""
 
     async def check() -> None:
         assert settings.redis_url is not None
@@ -220,6 +222,7 @@ def check_buckets(settings: Settings) -> None:
                 except DRIVER_ERRORS:
                     store = None
             await settle_buckets(settings, redis, store)
+            await settle_tiers(redis, load_rules(settings.rules), timeout=5.0)
         finally:
             await redis.aclose()
             if store is not None:

@@ -22,6 +22,7 @@ import msgspec
 from counters.auth import Principal
 from counters.clock import Clock, next_utc_midnight, utc_day
 from counters.errors import (
+    ConflictError,
     ForbiddenError,
     InvalidRequest,
     RequestError,
@@ -56,7 +57,13 @@ from counters.redis.calls import (
     UserDayKeys,
     UserWriteKeys,
 )
-from counters.redis.codes import AdjustOutcome, AwardOutcome, Hydration, RecallOutcome
+from counters.redis.codes import (
+    MAX_TOTAL,
+    AdjustOutcome,
+    AwardOutcome,
+    Hydration,
+    RecallOutcome,
+)
 from counters.redis.hydration import Hydrator, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
@@ -454,6 +461,11 @@ class ExpService:
         )  # fmt: skip
         code, applied, total, level, previous, _seq, replayed = await self._run(user_id, keys, call)
         reject_reused_key(code)
+        if code == AdjustOutcome.TOTAL_LIMIT:
+            raise ConflictError(
+                f"{user_id}'s total EXP {total} would pass {MAX_TOTAL:,}; nothing was changed",
+                code="total_limit",
+            )
         if code != AdjustOutcome.ADJUSTED:
             raise ScriptReplyError(f"adjust_exp replied with unknown code {code}")
         return Adjustment(user_id, applied, total, level, previous, bool(replayed))

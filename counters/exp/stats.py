@@ -14,6 +14,7 @@ _OUTCOME_LABEL = {
     AwardOutcome.LIMIT_REACHED: "limit",
     AwardOutcome.CAP_REACHED: "cap",
     AwardOutcome.ALREADY_TRIGGERED: "refused",
+    AwardOutcome.TOTAL_LIMIT: "refused",
 }
 
 

@@ -438,6 +438,7 @@ class ImportUser(XpCall, frozen=True):
     tier: str
     at: int
     max_grants: int
+    reason: str
 
 
 class OpenBucket(Call, frozen=True):

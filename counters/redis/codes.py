@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+# The most a user's total EXP, or XP balance with its held XP, may hold (lua/lib/bounds.lua,
+# which must say the same): below 2^53, where Lua's doubles stop being exact integers. A change
+# that would pass it answers TOTAL_LIMIT and writes nothing.
+MAX_TOTAL = 10**15
+
 
 class Hydration(IntEnum):
     """The user is missing from Redis and must be hydrated first (counters/redis/hydration.py)."""
@@ -33,6 +38,7 @@ class AwardOutcome(IntEnum):
     LIMIT_REACHED = 2
     CAP_REACHED = 3
     ALREADY_TRIGGERED = 4
+    TOTAL_LIMIT = 5  # the total would pass MAX_TOTAL
 
 
 class AwardApplied(IntEnum):
@@ -43,6 +49,7 @@ class AwardApplied(IntEnum):
     AWARDED = 1
     LIMIT_REACHED = 2
     CAP_REACHED = 3
+    TOTAL_LIMIT = 5
 
 
 class OwnerRestore(IntEnum):
@@ -90,6 +97,7 @@ class RememberOutcome(IntEnum):
 
 class AdjustOutcome(IntEnum):
     ADJUSTED = 1
+    TOTAL_LIMIT = 5  # the total would pass MAX_TOTAL
 
 
 class ReadOutcome(IntEnum):
@@ -111,6 +119,7 @@ class XpOutcome(IntEnum):
     UNCHANGED = 12
     TOO_MANY = 13
     PERIOD_START_CONFLICT = 14
+    TOTAL_LIMIT = 16  # the balance with its held XP would pass MAX_TOTAL
 
 
 class ImportSkip(IntEnum):

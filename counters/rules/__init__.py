@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -188,6 +189,23 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
     except RulesError as exc:
         raise RulesError(f"{source}: {exc}") from exc
     return rules
+
+
+def check_tiers_kept(served: Iterable[str], rules: Rules) -> None:
+    """Raise ``RulesError`` when ``rules`` lack a tier of ``served`` (the tier names this
+    deployment served: the running rules', and those recorded in Redis, see
+    counters/runtime/reload.py).
+
+    Users' states hold their tier by name; a tier the rules no longer define would read as no
+    subscription, and subscribing again would pay a second allocation in the same period. So a
+    tier once served stays in the rules: ``retired = true`` stops new subscriptions to it."""
+    missing = sorted(set(served) - {tier.name for tier in rules.xp.tiers})
+    if missing:
+        raise RulesError(
+            f"xp.tiers: {', '.join(missing)} removed or renamed, but subscribers may hold it;"
+            " keep it and mark it `retired = true` (no new subscriptions, existing ones keep"
+            " renewing)"
+        )
 
 
 def rules_text(path: Path | None = None) -> tuple[str, str]:

@@ -16,7 +16,9 @@ import msgspec
 from counters.errors import RulesError
 from counters.ids import GenerationType, Name
 
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+# At most 10^12: what a script adds stays exact in Lua's doubles next to a total of up to 10^15
+# (lua/lib/bounds.lua).
+PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 # The placeholders a message or guidance template may use.
@@ -55,6 +57,10 @@ class Tier(_Rule, frozen=True):
     # The tier gate (``allows``) is counted (metric, ``shadow_refused``), not enforced: a
     # generation the tier does not allow is charged at its base cost.
     shadow: bool = False
+    # No new subscriptions (PUT and import refuse it, it is never recommended, /tiers leaves it
+    # out); subscriptions that hold it keep renewing and debiting. A tier subscribers may hold
+    # is retired, never removed (``counters.rules.check_tiers_kept``).
+    retired: bool = False
 
     @property
     def price(self) -> int | float:
@@ -117,7 +123,7 @@ class XpRules(_Rule, frozen=True, dict=True):
     def lowest_allowing(self, generation_type: str, above_level: int = 0) -> Tier | None:
         """The lowest tier above ``above_level`` that allows the type and can afford it monthly."""
         for tier in self.tiers:
-            if tier.level <= above_level or generation_type not in tier.allows:
+            if tier.retired or tier.level <= above_level or generation_type not in tier.allows:
                 continue
             if tier.monthly_xp >= self.cost_for(generation_type, tier):
                 return tier
@@ -144,6 +150,8 @@ def validate_xp_rules(xp: XpRules) -> None:
         for kind in tier.cost_overrides:
             if kind not in tier.allows:
                 raise RulesError(f"{where}: cost_overrides names {kind}, which it does not allow")
+    if all(tier.retired for tier in xp.tiers):
+        raise RulesError("xp.tiers: at least one tier must not be retired")
     for section in (xp.messages, xp.guidance):
         label = "messages" if section is xp.messages else "guidance"
         for field in section.__struct_fields__:

@@ -7,6 +7,12 @@ await in between (``Services.use_rules``), so a request sees the old rules or th
 invalid file keeps the old rules, logs one line and counts ``counters_rules_reloads_total``
 with ``result="invalid"``. Counters live in Redis and are never touched by a reload: a new limit
 or cap applies to today's counts from the next request on.
+
+Tiers are the exception to "anything valid goes": users' states hold their tier by name, so
+rules that drop (or rename) a tier this deployment served are refused like an invalid file
+(``check_tiers_kept``; retire a tier with ``retired = true`` instead). "Served" spans restarts:
+every tier name served is recorded in Redis (the SET ``ctr:tiers``, ``settle_tiers``), and a
+start whose rules lack one of them does not start (``ConfigError``).
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from counters.errors import RulesError
-from counters.rules import parse_rules, rules_text, rules_version
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from counters.errors import ConfigError, RulesError
+from counters.redis.keys import SERVED_TIERS_KEY
+from counters.rules import Rules, check_tiers_kept, parse_rules, rules_text, rules_version
 from counters.rules.metrics import RULES_RELOADS
 
 if TYPE_CHECKING:
@@ -30,16 +40,51 @@ log = logging.getLogger("counters.rules")
 ReloadResult = Literal["ok", "unchanged", "invalid"]
 
 
-class RulesReloader:
-    """Reloads ``path`` (None: the shipped defaults, which never change) into ``services``."""
+def tier_names(rules: Rules) -> set[str]:
+    """The names of the tiers ``rules`` define."""
+    return {tier.name for tier in rules.xp.tiers}
 
-    def __init__(self, services: Services, path: Path | None, watch_seconds: float) -> None:
+
+async def settle_tiers(redis: Redis, rules: Rules, timeout: float) -> set[str]:
+    """The tier names this deployment served (recorded in Redis) together with ``rules``',
+    recorded in the same step. Raises ``ConfigError`` (the process must not start) when
+    ``rules`` lack a recorded tier. Redis unreachable: not checked (a warning; ``serve`` must
+    start and answer 503 while Redis is down), and only ``rules``' names are returned."""
+    names = tier_names(rules)
+    try:
+        async with asyncio.timeout(timeout):
+            recorded = {str(name) for name in await redis.smembers(SERVED_TIERS_KEY)}
+            check_tiers_kept(recorded, rules)
+            await redis.sadd(SERVED_TIERS_KEY, *names)
+    except RulesError as exc:
+        raise ConfigError(f"rules: {exc}") from exc
+    except (RedisError, TimeoutError, OSError) as exc:
+        log.warning("served tiers not checked against Redis (%s)", exc or type(exc).__name__)
+        return names
+    return recorded | names
+
+
+class RulesReloader:
+    """Reloads ``path`` (None: the shipped defaults, which never change) into ``services``.
+
+    ``served``: the tier names the deployment served before (``settle_tiers``); a reload that
+    drops one of them, or one of the running rules', is refused."""
+
+    def __init__(
+        self,
+        services: Services,
+        path: Path | None,
+        watch_seconds: float,
+        served: set[str] | None = None,
+    ) -> None:
         self.services = services
         self.path = path
         self.watch_seconds = watch_seconds
         self.last_error: str | None = None
+        self.served = (served or set()) | tier_names(services.rules)
         self._mtime = self._stat()
         self._task: asyncio.Task[None] | None = None
+        self._record: asyncio.Task[None] | None = None
         self._signal = False
 
     def _stat(self) -> float | None:
@@ -54,6 +99,7 @@ class RulesReloader:
         """Read, validate and swap in the rules file; an invalid one keeps the rules served."""
         try:
             rules = parse_rules(*rules_text(self.path))
+            check_tiers_kept(self.served, rules)
         except RulesError as exc:
             self.last_error = str(exc)
             RULES_RELOADS.labels(result="invalid").inc()
@@ -68,7 +114,24 @@ class RulesReloader:
         self.services.use_rules(rules)
         RULES_RELOADS.labels(result="ok").inc()
         log.info("rules reloaded: version %s", self.services.rules_version)
+        added = tier_names(rules) - self.served
+        if added:
+            self.served |= added
+            with contextlib.suppress(RuntimeError):  # no running loop: recorded at next start
+                self._record = asyncio.get_running_loop().create_task(
+                    self._record_tiers(added), name="rules-record-tiers"
+                )
         return "ok"
+
+    async def _record_tiers(self, names: set[str]) -> None:
+        """Record new tier names as served (``ctr:tiers``); a failure is logged: the names are
+        recorded again by the next start that serves them."""
+        timeout = max(self.services.settings.redis_timeout_seconds, 1.0)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.services.redis.sadd(SERVED_TIERS_KEY, *names)
+        except (RedisError, TimeoutError, OSError) as exc:
+            log.warning("new tiers not recorded in Redis (%s)", exc or type(exc).__name__)
 
     def start(self) -> None:
         """Reload on SIGHUP, and poll the file every ``watch_seconds`` (0: no polling)."""
@@ -92,7 +155,8 @@ class RulesReloader:
         if self._signal:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._record):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

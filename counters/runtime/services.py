@@ -180,6 +180,7 @@ class Services:
             redis, clock, buckets=settings.key_buckets, grace=settings.day_grace_seconds,
             ledger_sums=ledger_sums(store) if store is not None else None,
             enabled=settings.leaderboards_enabled, scripts=scripts,
+            cache_seconds=settings.leaderboard_cache_seconds,
         )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
         version = rules_version(rules)

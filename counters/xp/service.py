@@ -18,7 +18,7 @@ import msgspec
 from counters.auth import is_service_caller
 from counters.clock import Clock, to_datetime
 from counters.errors import ForbiddenError, InvalidRequest, NotFound, shown
-from counters.ids import TRANSACTION_ID, is_whole
+from counters.ids import SYSTEM_ACTOR, TRANSACTION_ID, is_whole
 from counters.metrics import XP_OUTCOMES
 from counters.redis.calls import (
     CancelSubscription,
@@ -33,7 +33,7 @@ from counters.redis.calls import (
     XpCall,
     XpTxKeys,
 )
-from counters.redis.codes import XpOutcome
+from counters.redis.codes import MAX_TOTAL, XpOutcome
 from counters.redis.hydration import Hydrator, run_hydrated
 from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
 from counters.redis.keys import UserKeys
@@ -154,6 +154,11 @@ class XpService:
         return decode_reply(call.SCRIPT, reply)
 
     def _change(self, reply: XpReply, detail: str | None = None) -> XpChange:
+        if reply.outcome is XpOutcome.TOTAL_LIMIT:  # any script that adds XP (lib/bounds.lua)
+            detail = (
+                f"The XP balance ({reply.state.balance}) and held XP ({reply.state.held}) would"
+                f" pass {MAX_TOTAL:,}; nothing was changed"
+            )
         return XpChange(
             reply.outcome, reply.amount, reply.ref, reply.expires_at, reply.extra, reply.replayed,
             reply.state, detail=None if reply.outcome is XpOutcome.DONE else detail,
@@ -163,7 +168,7 @@ class XpService:
         """The user's XP state, after the renewals and expiries that came due."""
         now_ms = int(self._clock.now() * 1000)
         return (
-            await self._run(ReadXp(**self._common(user_id, "system", None, now_ms)), None)
+            await self._run(ReadXp(**self._common(user_id, SYSTEM_ACTOR, None, now_ms)), None)
         ).state
 
     async def check(self, user_id: str, generation_type: str, include_guidance: bool) -> XpCheck:
@@ -318,8 +323,16 @@ class XpService:
         period_start: datetime | None,
         idem: Idempotency | None,
     ) -> XpChange:
-        """Start a subscription or change its tier (upgrades now, downgrades at renewal)."""
-        self.tier(tier_name)
+        """Start a subscription or change its tier (upgrades now, downgrades at renewal).
+
+        A retired tier (rules: ``retired = true``) is refused, ``InvalidRequest`` with code
+        ``tier_retired``, also as a resume of a cancelled subscription that holds it."""
+        if self.tier(tier_name).retired:
+            raise InvalidRequest(
+                f"Tier '{tier_name}' is retired: it takes no new subscriptions; current tiers:"
+                f" {', '.join(t.name for t in self.rules.tiers if not t.retired)}",
+                code="tier_retired",
+            )
         now = self._clock.now()
         start = 0 if period_start is None else int(period_start.timestamp())
         problem = None if period_start is None else period_start_problem(start, now)
@@ -330,9 +343,12 @@ class XpService:
             tier=tier_name, period_start=start,
         )  # fmt: skip
         reply = await self._run(call, idem)
-        detail = (
-            f"period_start differs from the subscription's start "
-            f"({to_datetime(reply.state.anchor)}); cancel it and subscribe again to move it"
+        state = reply.state
+        detail = (  # the path that works: set_subscription.lua moves no active subscription
+            f"period_start differs from the subscription's start ({to_datetime(state.anchor)});"
+            f" an active subscription's start does not move: cancel it (DELETE) and, once it"
+            f" has ended at {to_datetime(state.period_end)}, subscribe again with the new"
+            f" period_start"
         )
         return self._change(reply, detail)
 

@@ -1,4 +1,4 @@
--- requires: idempotency, levels, bucket
+-- requires: idempotency, levels, bucket, bounds
 --[[ Award.apply(): award_exp.lua's whole body, shared with creator_award.lua (one script for a
 creator award on one node). It reads KEYS[1..8] and ARGV[1..16] exactly as award_exp.lua's
 header describes them, so a script that requires it must lay out those KEYS and ARGV first.
@@ -49,6 +49,9 @@ function Award.apply()
   end
 
   local added = math.min(reward, cap - gained)
+  if total + added > Bounds.MAX then  -- lib/bounds: nothing written
+    return finish({5, 0, total, level, level, gained, count, seq, 0})
+  end
   total = total + added
   gained = gained + added
   count = count + 1

@@ -1,4 +1,4 @@
--- requires: idempotency, bucket
+-- requires: idempotency, bucket, bounds
 --[[ lib/xp_state: the XP state of one user, shared by every XP script.
 
 Prepended to each script whose first line is `-- requires: xp_state` (counters/redis/scripts.py). It
@@ -47,6 +47,7 @@ Reply of every XP script: {code, amount, ref, expires_at, extra, seq, replayed, 
   code 12 unchanged
   code 13 too_many               too many active grants or holds
   code 14 period_start_conflict  period_start differs from the subscription's
+  code 16 total_limit            the balance and held XP would pass the maximum (lib/bounds.lua)
 ]]
 
 local XP = {}
@@ -228,6 +229,10 @@ end
 
 function XP.balance(s) return s.alloc + XP.topup(s) end
 
+-- XP that may still be added: the balance and the held XP stay within lib/bounds' MAX, so what a
+-- release or an expired hold returns stays within it too.
+function XP.room(s) return Bounds.MAX - XP.balance(s) - XP.held(s) end
+
 -- One ledger event. `at` (unix s) marks a transition that came due then: its actor is "system".
 -- Returns the state as the event carries it (XP.encode), for an XP.finish that follows at once.
 function XP.emit(kind, action, amount, target, at, extra)
@@ -355,6 +360,8 @@ function XP.renew()
   s.period_start = at
   s.period_end = XP.add_months(s.anchor, XP.period_of(s.anchor, at) + 1)
   s.alloc = carried + tiers[s.tier].monthly_xp
+  local over = -XP.room(s)  -- past lib/bounds' MAX: that much is not allocated
+  if over > 0 then s.alloc = math.max(s.alloc - over, 0) end
   XP.emit('xp_allocation', 'renewal', s.alloc - before, '', at)
 end
 

@@ -13,6 +13,7 @@ import time
 
 import httpx2
 import pytest
+import redis
 
 from counters.ids import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -20,7 +21,7 @@ from counters.ids import (
     TRANSACTION_ID_PATTERN,
     USER_ID_PATTERN,
 )
-from tests.support.core import JWT_SECRET, service_headers, user_headers
+from tests.support.core import JWT_SECRET, data_keys, service_headers, user_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +52,29 @@ async def test_a_token_whose_sub_ends_in_a_newline_is_401(client: httpx2.AsyncCl
     response = await client.get("/api/exp/progress", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert "sub" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("sub", ["service:0", "import", "system", "reconcile", "user:bob"])
+async def test_a_user_cannot_act_as_an_actor_the_ledger_records_for_others(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, sub: str
+) -> None:
+    """FINDINGS F8: a token whose sub was ``service:0`` (or ``import``) earned EXP recorded with
+    the same actor as the service key's (an import's) changes."""
+    token = raw_token(json.dumps({"sub": sub, "exp": int(time.time()) + 600}))
+    gain = {"action": "daily_chat"}
+    response = await client.post(
+        "/api/exp/gain", json=gain, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+    assert "reserved actor" in response.json()["detail"]
+    acting = await client.post("/api/exp/gain", json=gain, headers=service_headers(sub))
+    assert acting.status_code == 422
+    assert "reserved actor" in acting.json()["detail"]
+    assert data_keys(redis_client) == []
+    # a user id that merely contains such a form is a user
+    fine = await client.post("/api/exp/gain", json=gain, headers=user_headers("importer:service"))
+    assert fine.status_code == 200
 
 
 @pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400, "true"])

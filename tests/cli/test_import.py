@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from counters.bulkimport.service import ImportService
 from counters.cli.importer import import_command
 from counters.cli.main import main
 from counters.clock import ManualClock
-from counters.redis.codes import XpOutcome
+from counters.redis.codes import MAX_TOTAL, XpOutcome
 from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -99,9 +100,9 @@ def test_import_applies_each_line_once_and_ledgers_it(
     kinds = sorted((r["user_id"], r["kind"], r["action"], r["amount"]) for r in rows)
     assert kinds == [
         ("adopted-1", "exp_import", "import", 450),
+        ("adopted-1", "xp_import", "legacy", 70),  # the reason, as a grant's (FINDINGS F9)
+        ("adopted-1", "xp_import", "legacy", 70),
         ("adopted-1", "xp_import", "subscription", 800),
-        ("adopted-1", "xp_import", "topup", 70),
-        ("adopted-1", "xp_import", "topup", 70),
         ("adopted-2", "exp_import", "import", 20),
     ]
     assert all(r["idem"].startswith("imp_") for r in rows) and len({r["idem"] for r in rows}) == 5
@@ -131,6 +132,10 @@ def test_a_bad_line_imports_nothing(
             "tier": "pixel_rookie",
             "period_start": "1970-01-01T00:00:00Z",
         },
+        # the API's validation of a grant's reason (422 there; FINDINGS F9)
+        {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": "a\u0000b"},
+        {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": "forged\nline"},
+        {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": ""},
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", bad)
     result = run_import(redis_url, database_url, str(path))
@@ -140,7 +145,10 @@ def test_a_bad_line_imports_nothing(
     assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
     assert "line 6: Expected `str` matching regex" in result.output
     assert "line 7: period_start must be after 1970-01-01T00:00:00Z" in result.output
-    assert "5 bad line(s)" in result.output and "nothing was imported" in result.output
+    control = "`$.reason` must not contain control characters (U+0000-U+001F, U+007F)"
+    assert f"line 8: {control}" in result.output and f"line 9: {control}" in result.output
+    assert "line 10: Expected `str` of length >= 1 - at `$.reason`" in result.output
+    assert "8 bad line(s)" in result.output and "nothing was imported" in result.output
     assert data_keys(redis_client) == [] and ledger(database_url) == []
 
 
@@ -160,25 +168,50 @@ def test_csv_lines_add_to_what_the_service_counted(
     assert result.exit_code == 2 and "line 2: more cells than the header names" in result.output
 
 
-@pytest.mark.anyio
-async def test_an_import_while_the_service_serves_loses_no_award(
-    settings: Settings, clock: ManualClock, redis_client: redis.Redis
-) -> None:
-    """Imports and support corrections racing on one user: every one of them counts."""
+@pytest.fixture
+async def importing(
+    settings: Settings, clock: ManualClock
+) -> AsyncIterator[tuple[Services, ImportService]]:
+    """The service's parts and an importer on them (Redis only)."""
     services = Services.build(settings, clock=clock)
     importer = ImportService(
         services.rules, services.scripts, services.redis, NoDurableStore(), clock,
         buckets=settings.key_buckets,
     )  # fmt: skip
-    lines = [ExpLine(user_id="busy", exp=n) for n in range(1, 41)]
-    records = [Record(n, line, f"imp_{n:032x}") for n, line in enumerate(lines, start=1)]
     try:
-        await asyncio.gather(
-            *(importer.apply(record) for record in records),
-            *(services.exp.adjust("busy", 3, "race", "support", None) for _ in range(40)),
-        )
-        again = await asyncio.gather(*(importer.apply(record) for record in records))
+        yield services, importer
     finally:
         await services.close()
+
+
+@pytest.mark.anyio
+async def test_an_import_while_the_service_serves_loses_no_award(
+    importing: tuple[Services, ImportService], redis_client: redis.Redis
+) -> None:
+    """Imports and support corrections racing on one user: every one of them counts."""
+    services, importer = importing
+    lines = [ExpLine(user_id="busy", exp=n) for n in range(1, 41)]
+    records = [Record(n, line, f"imp_{n:032x}") for n, line in enumerate(lines, start=1)]
+    await asyncio.gather(
+        *(importer.apply(record) for record in records),
+        *(services.exp.adjust("busy", 3, "race", "support", None) for _ in range(40)),
+    )
+    again = await asyncio.gather(*(importer.apply(record) for record in records))
     assert set(again) == {XpOutcome.UNCHANGED}
     assert user(redis_client, "busy")["exp"] == str(sum(range(1, 41)) + 40 * 3)
+
+
+@pytest.mark.anyio
+async def test_an_import_line_past_the_maximum_is_skipped_and_changes_nothing(
+    importing: tuple[Services, ImportService], redis_client: redis.Redis
+) -> None:
+    """lua/lib/bounds.lua: a line that would take the total past MAX_TOTAL writes nothing."""
+    _, importer = importing
+    first = Record(1, ExpLine(user_id="near", exp=5), f"imp_{1:032x}")
+    assert await importer.apply(first) is XpOutcome.DONE
+    [key] = redis_client.keys("*:user:near")
+    redis_client.hset(key, "exp", MAX_TOTAL - 5)
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    past = Record(2, ExpLine(user_id="near", exp=6), f"imp_{2:032x}")
+    assert await importer.apply(past) is XpOutcome.TOTAL_LIMIT
+    assert {key: redis_client.dump(key) for key in redis_client.keys("*")} == before

@@ -3,6 +3,8 @@ week boundaries, merged across buckets, rebuilt from the ledger after Redis lost
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +23,7 @@ from counters.redis.keys import bucket_of
 from counters.runtime.services import Services
 from counters.settings import DEFAULT_KEY_BUCKETS, Settings
 from tests.support.core import NOON, service_headers, user_headers
+from tests.support.http import asgi_client
 from tests.support.persistence import flusher
 
 pytestmark = pytest.mark.anyio
@@ -210,3 +213,42 @@ async def test_ranks_are_exact_whatever_the_bucket_count(
         else:
             above = sum(1 for s in scores.values() if s > scores[reader])
             assert body["me"] == {"rank": 1 + above, "user_id": reader, "exp": scores[reader]}
+
+
+def command_calls(redis_client: redis.Redis) -> Counter[str]:
+    """Calls of each command a read may send that Redis ran so far (INFO commandstats; every
+    master of a cluster)."""
+    if isinstance(redis_client, redis.RedisCluster):
+        nodes = redis_client.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+        stats = list(nodes.values())
+    else:
+        stats = [redis_client.info("commandstats")]
+    calls: Counter[str] = Counter()
+    for node in stats:
+        for name, stat in node.items():
+            calls[name.removeprefix("cmdstat_")] += stat["calls"]
+    return Counter({name: calls[name] for name in ("exists", "zrange", "zscore", "zcount")})
+
+
+async def test_a_worker_reuses_the_tops_for_its_cache_window(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    """FINDINGS: one read of ``period=all&limit=100`` sent 2 commands per bucket (2,048). Within
+    COUNTERS_LEADERBOARD_CACHE_SECONDS a worker's reads share the tops: one ZSCORE each."""
+    app = create_app(replace(settings, leaderboard_cache_seconds=3.0), clock=clock)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        await gain(http, "ann", "daily_chat")  # 20
+        first = await board(http, "ann", period="all", limit=100)
+        assert ranking(first) == [(1, "ann", 20)]
+        before = command_calls(redis_client)
+        others = [await board(http, user, period="all", limit=100) for user in ("bob", "ann")]
+        assert command_calls(redis_client) - before == Counter({"zscore": 2})
+        assert [body["me"] for body in others] == [None, {"rank": 1, "user_id": "ann", "exp": 20}]
+        await gain(http, "bob", "create_character")  # 30: not seen within the window ...
+        stale = await board(http, "bob", period="all", limit=100)
+        assert ranking(stale) == [(1, "ann", 20)]
+        assert stale["me"] == {"rank": 1, "user_id": "bob", "exp": 30}  # ... but his own EXP is
+        await asyncio.sleep(3.1)
+        fresh = await board(http, "ann", period="all", limit=100)
+        assert ranking(fresh) == [(1, "bob", 30), (2, "ann", 20)]
+        assert fresh["me"] == {"rank": 2, "user_id": "ann", "exp": 20}

@@ -18,6 +18,7 @@ import pytest
 
 import lua
 from counters.redis.calls import CALLS, Call, UserWriteKeys, XpCall
+from counters.redis.codes import MAX_TOTAL
 from counters.redis.scripts import script_names
 
 _KEY = re.compile(r"^KEYS\[(\d+)\]\s+(\w+)", re.M)
@@ -188,3 +189,9 @@ def test_a_python_code_missing_from_the_header_is_caught() -> None:
         target: str
 
     assert drift(Drifted, lua.source("assign_entity"))
+
+
+def test_the_scripts_bound_totals_where_python_says() -> None:
+    """lua/lib/bounds.lua's MAX is counters.redis.codes.MAX_TOTAL (the README's maximum)."""
+    found = re.search(r"local Bounds = \{MAX = (\d+)\}", _lib("bounds"))
+    assert found is not None and int(found.group(1)) == MAX_TOTAL

@@ -1,10 +1,12 @@
 """Rules reload in a running app: validated first, swapped for the next request, today's counts
-kept; a bad file keeps the old rules, says why once and counts it."""
+kept; a bad file keeps the old rules, says why once and counts it. A tier subscribers may hold
+is never dropped, by a reload or a restart; ``retired = true`` takes it off sale."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,15 +14,20 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import redis
 from prometheus_client import REGISTRY, generate_latest
 from starlette.applications import Starlette
 
 from api.app import create_app
 from counters.clock import ManualClock
+from counters.errors import ConfigError
+from counters.redis.keys import SERVED_TIERS_KEY
 from counters.settings import Settings
-from tests.support.core import service_headers
+from tests.support.core import NOON, service_headers, user_headers
 from tests.support.http import asgi_client
-from tests.support.rules import DAILY_CHAT, write_rules
+from tests.support.rules import DAILY_CHAT, default_text, write_rules
+from tests.support.serve import refused_serve
+from tests.support.xp import balance, subscribe
 
 pytestmark = pytest.mark.anyio
 CHAT = {"action": "daily_chat"}
@@ -29,6 +36,21 @@ RICHER = (DAILY_CHAT, DAILY_CHAT.replace("exp = 20", "exp = 25"))
 BOTH = (DAILY_CHAT, "[exp.actions.daily_chat]\nexp = 25\ndaily_limit = 2\n")
 DEARER = ("[xp.costs.NEW_IMAGE]\nxp = 12\n", "[xp.costs.NEW_IMAGE]\nxp = 13\n")
 IMAGE = {"generation_type": "NEW_IMAGE"}
+VIDEO_GEN = {"generation_type": "NEW_VIDEO"}
+DAY = 86_400
+# The arcade_artist block of the shipped rules, and game_master renumbered to fill its level.
+ARCADE = re.search(r'\[\[xp\.tiers\]\]\nname = "arcade_artist"\n.*?\n\n', default_text(), re.S)
+assert ARCADE is not None
+WITHOUT_ARCADE = (
+    (ARCADE.group(0), ""),
+    ("level = 3\nprice_aud = 33", "level = 2\nprice_aud = 33"),
+    ("arcade_artist = 80\n", ""),
+)
+RENAMED = (
+    ('name = "arcade_artist"', 'name = "arcade_pro"'),
+    ("arcade_artist = 80", "arcade_pro = 80"),
+)
+RETIRED = (("monthly_xp = 800\n", "monthly_xp = 800\nretired = true\n"),)
 
 
 def reloads(result: str) -> float:
@@ -145,3 +167,88 @@ async def test_the_progress_block_follows_a_reload(
     assert app.state.rules_reloader.reload() == "ok"
     after = await http.get("/api/exp/progress", headers=service_headers("u1"))
     assert after.json()["progress"] == before.json()["progress"] | {"level_name": "Rookie"}
+
+
+@pytest.mark.parametrize("change", [WITHOUT_ARCADE, RENAMED], ids=["removed", "renamed"])
+async def test_a_reload_that_drops_a_held_tier_is_refused(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path, change: tuple[tuple[str, str]]
+) -> None:
+    """The attack (FINDINGS F3): arcade_artist dropped under its subscriber, who then was
+    "upgraded" from nothing twice in one period (+600, +720)."""
+    await subscribe(http, "u1", "arcade_artist")
+    assert (await http.post("/api/v1/xp/debit", json=VIDEO_GEN, headers=user_headers("u1"))).json()[
+        "xp_balance"
+    ] == 800 - 15
+    old = (await http.get("/readyz")).json()["rules_version"]
+    invalid = reloads("invalid")
+    write_rules(rules_path, *change)
+    assert app.state.rules_reloader.reload() == "invalid"
+    assert reloads("invalid") == invalid + 1
+    ready = (await http.get("/readyz")).json()
+    assert ready["rules_version"] == old
+    assert "arcade_artist" in ready["rules_reload_error"]
+    assert "retired = true" in ready["rules_reload_error"]
+    held = await balance(http, "u1")
+    arcade = {"tier_name": "arcade_artist", "tier_display_name": "Arcade Artist", "tier_level": 2}
+    assert held["current_tier"] == arcade
+    # pixel_rookie is a downgrade at renewal, not a second allocation
+    lower = await subscribe(http, "u1", "pixel_rookie")
+    assert (lower["change"], lower["xp_balance"]) == ("downgrade_scheduled", 785)
+
+
+async def test_a_retired_tier_takes_no_new_subscribers_and_keeps_its_own(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path, clock: ManualClock
+) -> None:
+    await subscribe(http, "u1", "arcade_artist")
+    write_rules(rules_path, *RETIRED)
+    assert app.state.rules_reloader.reload() == "ok"
+    refused = await http.put(
+        "/api/v1/subscriptions/u2", json={"tier": "arcade_artist"}, headers=service_headers()
+    )
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "tier_retired"
+    assert "pixel_rookie, game_master" in refused.json()["detail"]
+    assert (await balance(http, "u2"))["current_tier"] is None  # nothing changed
+    tiers = (await http.get("/api/v1/subscriptions/tiers")).json()
+    assert sorted(tiers) == ["game_master", "pixel_rookie"]
+    # never recommended: a rookie short of video is pointed at game_master
+    await subscribe(http, "u3", "pixel_rookie")
+    check = await http.get(
+        "/api/v1/subscriptions/check-xp/NEW_VIDEO?include_guidance=true", headers=user_headers("u3")
+    )
+    assert "Game Master" in check.json()["guidance"] and "Arcade" not in check.json()["guidance"]
+    # its subscriber debits, and renews with its allocation a month later
+    debit = await http.post("/api/v1/xp/debit", json=VIDEO_GEN, headers=user_headers("u1"))
+    assert debit.status_code == 200 and debit.json()["xp_balance"] == 785
+    clock.at = NOON + 31 * DAY
+    renewed = await balance(http, "u1")
+    assert renewed["xp_balance"] == 800
+    assert renewed["current_tier"]["tier_name"] == "arcade_artist"  # type: ignore[index]
+
+
+async def test_a_start_without_a_tier_served_before_does_not_start(
+    app: Starlette, http: httpx2.AsyncClient, settings: Settings, clock: ManualClock, tmp_path: Path
+) -> None:
+    """Across a restart the running rules are gone: the tiers served are recorded in Redis."""
+    await subscribe(http, "u1", "arcade_artist")
+    dropped = write_rules(tmp_path / "dropped.toml", *WITHOUT_ARCADE)
+    restart = create_app(replace(settings, rules=dropped), clock=clock)
+    with pytest.raises(ConfigError, match="arcade_artist removed or renamed"):
+        async with restart.router.lifespan_context(restart):
+            pass
+    retired = write_rules(tmp_path / "retired.toml", *RETIRED)
+    again = create_app(replace(settings, rules=retired), clock=clock)
+    async with again.router.lifespan_context(again), asgi_client(again) as client:
+        assert (await balance(client, "u1"))["xp_balance"] == 800
+
+
+def test_serve_refuses_rules_without_a_served_tier_in_one_line(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """As for a contradicting bucket count: exit 2 and one line, before any worker starts."""
+    redis_client.sadd(SERVED_TIERS_KEY, "pixel_rookie", "arcade_artist", "game_master")
+    dropped = write_rules(tmp_path / "dropped.toml", *WITHOUT_ARCADE)
+    refused = refused_serve(settings.redis_url or "", tmp_path, COUNTERS_RULES=str(dropped))
+    assert refused.exit_code == 2, refused.output
+    assert "arcade_artist removed or renamed" in refused.output
+    assert "Traceback" not in refused.output

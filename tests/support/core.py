@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import redis
 
 from counters.auth import issue_token
-from counters.redis.keys import LAYOUT_KEY
+from counters.redis.keys import LAYOUT_KEY, SERVED_TIERS_KEY
 
 JWT_SECRET = "test-secret-for-the-counters-suite-0123456789"
 SERVICE_KEY = "test-service-key-0123456789abcdef"
@@ -33,6 +33,8 @@ def issue_token_for(user_id: str) -> str:
 
 
 def data_keys(redis_client: redis.Redis) -> list[str]:
-    """Every key in Redis but the deployment's bucket-count record (``ctr:layout``, written at
-    start: counters/runtime/layout.py): what requests wrote."""
-    return sorted(key for key in redis_client.keys("*") if key != LAYOUT_KEY)
+    """Every key in Redis but the deployment's records written at start (``ctr:layout``, the
+    bucket count: counters/runtime/layout.py; ``ctr:tiers``, the tiers served:
+    counters/runtime/reload.py): what requests wrote."""
+    records = (LAYOUT_KEY, SERVED_TIERS_KEY)
+    return sorted(key for key in redis_client.keys("*") if key not in records)

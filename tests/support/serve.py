@@ -1,4 +1,5 @@
-"""A real ``counters serve`` (uvicorn, several workers) in a subprocess, on a free port."""
+"""A real ``counters serve`` (uvicorn, several workers) in a subprocess, on a free port; and
+``serve`` in-process where its start-up checks refuse to start."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
 from counters.cli.embedded import free_port, stop_process
+from counters.cli.main import main
 from tests.support.core import JWT_SECRET, SERVICE_KEY
 
 
@@ -72,3 +76,16 @@ def serve(
     finally:
         stop_process(proc, 20)
         log.close()
+
+
+def refused_serve(redis_url: str, tmp_path: Path, **env: str) -> Result:
+    """``counters serve`` run in-process (click's runner) where its start-up checks refuse to
+    start, so it returns: the result, to assert its exit code and one line."""
+    base = {
+        "COUNTERS_REDIS_URL": redis_url,
+        "COUNTERS_SERVICE_KEYS": "a-service-key-0123456789abcdef",
+        "COUNTERS_JWT_SECRET": "a-jwt-secret-0123456789abcdef0123456789",
+        "COUNTERS_DATA_DIR": str(tmp_path),
+        "COUNTERS_PORT": str(free_port()),
+    }
+    return CliRunner().invoke(main, ["serve"], env=base | env)

@@ -14,7 +14,6 @@ import redis
 from click.testing import CliRunner
 
 from api.app import create_app
-from counters.cli.embedded import free_port
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import ConfigError
@@ -26,6 +25,7 @@ from persistence.store import Store
 from tests.support.core import user_headers
 from tests.support.http import asgi_client
 from tests.support.persistence import run_sync
+from tests.support.serve import refused_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -199,16 +199,10 @@ def test_serve_refuses_a_contradicting_count_in_one_line(
     """As flush does: exit 2 and one line naming both counts, before any worker starts (it was
     a traceback from each worker's start-up, and exit 3)."""
     redis_client.hset(LAYOUT_KEY, "key_buckets", "16")
-    env = {
-        "COUNTERS_REDIS_URL": settings.redis_url or "",
-        "COUNTERS_DATABASE_URL": database_url,
-        "COUNTERS_KEY_BUCKETS": "1024",
-        "COUNTERS_SERVICE_KEYS": "a-service-key-0123456789abcdef",
-        "COUNTERS_JWT_SECRET": "a-jwt-secret-0123456789abcdef0123456789",
-        "COUNTERS_DATA_DIR": str(tmp_path),
-        "COUNTERS_PORT": str(free_port()),
-    }
-    refused = CliRunner().invoke(main, ["serve"], env=env)
+    refused = refused_serve(
+        settings.redis_url or "", tmp_path,
+        COUNTERS_DATABASE_URL=database_url, COUNTERS_KEY_BUCKETS="1024",
+    )  # fmt: skip
     assert refused.exit_code == 2, refused.output
     assert "COUNTERS_KEY_BUCKETS=1024 but this deployment recorded 16 buckets" in refused.output
     assert "Traceback" not in refused.output

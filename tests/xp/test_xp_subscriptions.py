@@ -7,7 +7,7 @@ import msgspec
 import pytest
 import redis
 
-from counters.clock import ManualClock
+from counters.clock import ManualClock, to_datetime
 from counters.rules import load_rules
 from counters.settings import Settings
 from tests.support.core import NOON, service_headers, user_headers
@@ -283,6 +283,25 @@ async def test_period_start_of_an_active_subscription_cannot_move(
     assert response.status_code == 409
     assert "period_start differs" in response.json()["detail"]
     assert (await balance(client, "u1"))["current_tier"]["tier_name"] == "pixel_rookie"
+
+
+async def test_the_conflict_names_the_path_that_moves_period_start(
+    client: httpx2.AsyncClient, clock: ManualClock
+) -> None:
+    """FINDINGS F10: the 409 said "cancel it and subscribe again", and a PUT right after the
+    DELETE still conflicted. The start moves once the cancelled subscription has ended."""
+    await subscribe(client, "u1", "pixel_rookie")
+    await cancel(client, "u1")
+    moved = {"tier": "pixel_rookie", "period_start": iso(NOON + 5 * DAY)}
+    clock.at = NOON + 6 * DAY
+    early = await client.put("/api/v1/subscriptions/u1", json=moved, headers=service_headers())
+    assert early.status_code == 409
+    detail = early.json()["detail"]
+    assert f"once it has ended at {to_datetime(PERIOD_END)}" in detail, detail
+    assert "cancel it (DELETE)" in detail
+    clock.at = PERIOD_END + DAY  # what the detail says works
+    body = await subscribe(client, "u1", "pixel_rookie", NOON + 5 * DAY)
+    assert (body["change"], body["period_start"]) == ("subscribe", iso(NOON + 5 * DAY))
 
 
 async def test_subscriptions_are_for_services_only(client: httpx2.AsyncClient) -> None:
