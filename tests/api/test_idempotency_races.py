@@ -4,19 +4,35 @@ findings): the batch route, creator-targeted awards (a chain of scripts), grants
 Each race sends the requests at once, many times over (each trial with fresh ids), and checks
 every answer and the resulting totals: exactly one request applies, the other is 422
 ``idempotency_key_reused`` and changes nothing, and a later retry of either gets the answer its
-key holds. The ids of each trial land in one bucket or in different ones (``pick``).
+key holds. The ids of each trial land in one bucket or in different ones (``pick``). The last
+two tests stop an attempt after its claim (step A alone) to show what a pending claim does:
+refuse another request, let a retry of the same request complete it, and be freed only when
+the last attempt holding it failed before applying anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 import pytest
+from starlette.applications import Starlette
 
+from api.app import create_app
+from counters.auth import Principal
+from counters.clock import ManualClock
+from counters.errors import ConflictError, IdempotencyMismatch, NotFound
+from counters.exp.entities import Target
+from counters.redis.calls import ClaimKeys, ClaimRequest, IdemKey, ReleaseRequest
+from counters.redis.codes import AwardOutcome, ClaimOutcome, ReleaseOutcome
+from counters.redis.idempotency import Idempotency
+from counters.redis.keys import UserKeys
+from counters.settings import Settings
 from tests.exp.test_cross_identity import Layout, act, own, pick, total
 from tests.support.core import service_headers, user_headers
+from tests.support.persistence import services
 from tests.support.xp import balance
 
 pytestmark = pytest.mark.anyio
@@ -228,3 +244,85 @@ async def test_a_grant_or_adjust_key_is_the_callers_whatever_user_it_names(
         assert [await given(client, route, u) for u in users] == expected
         retried(await in_turn(client, route, bodies, headers), responses, won)
         assert [await given(client, route, u) for u in users] == expected
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[Starlette]:
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def claim(app: Starlette, idem: Idempotency, user: str) -> int:
+    """Run step A alone for ``idem`` acting as ``user``: an attempt that stops after it."""
+    svc = services(app)
+    keys = UserKeys.of(user, svc.settings.key_buckets)
+    record = ClaimKeys(keys.idempotency(idem.caller, idem.key), keys.user, keys.meta)
+    call = ClaimRequest(idem.fingerprint, "1", svc.settings.idempotency_ttl_seconds, "pending")
+    return int((await svc.scripts.run(record, call))[0])
+
+
+async def test_a_pending_claim_refuses_other_requests_and_a_retry_completes_it(
+    app: Starlette, layout: Layout
+) -> None:
+    fan, owner, entity = pick(layout, "fan", "o", "character:e")
+    svc = services(app)
+    kind, _, entity_id = entity.partition(":")
+    await svc.entities.assign(Target(kind, entity_id), owner)
+    fan_as_user = Principal(fan, f"user:{fan}", False)
+    like = Idempotency.of(fan_as_user.caller, "k", "like", b"1")
+    chat = Idempotency.of(fan_as_user.caller, "k", "chat", b"2")
+    assert like is not None and chat is not None
+    # An attempt claimed the key and stopped (it crashed, or it still runs).
+    assert await claim(app, like, fan) == ClaimOutcome.CLAIMED
+    with pytest.raises(IdempotencyMismatch):  # another request: refused, nothing written
+        await svc.exp.award(fan_as_user, "daily_chat", None, chat)
+    with pytest.raises(IdempotencyMismatch):
+        await svc.exp.award(fan_as_user, "character_liked", Target(kind, entity_id), chat)
+    assert (await svc.exp.usage(fan)).total_exp == 0
+    assert (await svc.exp.usage(owner)).total_exp == 0
+    # The same request again joins the claim, runs, and pays once; then it replays.
+    paid = await svc.exp.award(fan_as_user, "character_liked", Target(kind, entity_id), like)
+    assert (paid.outcome, paid.exp_added, paid.awarded_to, paid.replayed) == (
+        AwardOutcome.AWARDED, 5, owner, False,
+    )  # fmt: skip
+    again = await svc.exp.award(fan_as_user, "character_liked", Target(kind, entity_id), like)
+    assert (again.exp_added, again.awarded_to, again.replayed) == (5, owner, True)
+    assert (await svc.exp.usage(owner)).total_exp == 5
+    with pytest.raises(IdempotencyMismatch):
+        await svc.exp.award(fan_as_user, "daily_chat", None, chat)
+
+
+async def test_a_claim_is_freed_only_when_its_last_attempt_fails(
+    app: Starlette, layout: Layout
+) -> None:
+    fan, owner, entity = pick(layout, "fan", "o", "character:e")
+    svc = services(app)
+    kind, _, entity_id = entity.partition(":")
+    target = Target(kind, entity_id)
+    fan_as_user = Principal(fan, f"user:{fan}", False)
+    like = Idempotency.of(fan_as_user.caller, "k", "like", b"1")
+    chat = Idempotency.of(fan_as_user.caller, "k", "chat", b"2")
+    assert like is not None and chat is not None
+    # One attempt holds the claim (it may still run): failing attempts beside it keep the key.
+    assert await claim(app, like, fan) == ClaimOutcome.CLAIMED
+    with pytest.raises(NotFound):  # nobody owns the entity yet
+        await svc.exp.award(fan_as_user, "character_liked", target, like)
+    await svc.entities.assign(target, fan)
+    with pytest.raises(ConflictError):  # one's own entity: 409 self_action
+        await svc.exp.award(fan_as_user, "character_liked", target, like)
+    with pytest.raises(IdempotencyMismatch):
+        await svc.exp.award(fan_as_user, "daily_chat", None, chat)
+    # The holding attempt fails too: the last one out frees the key.
+    keys = UserKeys.of(fan, svc.settings.key_buckets)
+    release = ReleaseRequest(like.fingerprint)
+    record = IdemKey(keys.idempotency(like.caller, like.key))
+    assert (await svc.scripts.run(record, release))[0] == ReleaseOutcome.RELEASED
+    assert (await svc.scripts.run(record, release))[0] == ReleaseOutcome.KEPT  # nothing left
+    await svc.entities.assign(target, owner)
+    chat_paid = await svc.exp.award(fan_as_user, "daily_chat", None, chat)
+    assert (chat_paid.outcome, chat_paid.exp_added) == (AwardOutcome.AWARDED, 20)
+    with pytest.raises(IdempotencyMismatch):  # now the key is the chat's
+        await svc.exp.award(fan_as_user, "character_liked", target, like)
+    assert (await svc.scripts.run(record, release))[0] == ReleaseOutcome.KEPT  # an answer
+    assert (await svc.exp.usage(owner)).total_exp == 0
