@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2
 import pytest
@@ -262,31 +262,48 @@ async def claim(app: Starlette, idem: Idempotency, user: str) -> int:
     return int((await svc.scripts.run(record, call))[0])
 
 
-async def test_a_pending_claim_refuses_other_requests_and_a_retry_completes_it(
-    app: Starlette, layout: Layout
-) -> None:
+class Scene(NamedTuple):
+    """A fan (acting with its own token), an owner, their entity, and two requests of the fan
+    with one key: a like of the entity and a ``daily_chat``."""
+
+    fan: Principal
+    owner: str
+    target: Target
+    like: Idempotency
+    chat: Idempotency
+
+
+async def like_claimed(app: Starlette, layout: Layout) -> Scene:
+    """A scene where an attempt of the like claimed the key and stopped (it crashed, or it
+    still runs)."""
     fan, owner, entity = pick(layout, "fan", "o", "character:e")
-    svc = services(app)
     kind, _, entity_id = entity.partition(":")
-    await svc.entities.assign(Target(kind, entity_id), owner)
     fan_as_user = Principal(fan, f"user:{fan}", False)
     like = Idempotency.of(fan_as_user.caller, "k", "like", b"1")
     chat = Idempotency.of(fan_as_user.caller, "k", "chat", b"2")
     assert like is not None and chat is not None
-    # An attempt claimed the key and stopped (it crashed, or it still runs).
     assert await claim(app, like, fan) == ClaimOutcome.CLAIMED
+    return Scene(fan_as_user, owner, Target(kind, entity_id), like, chat)
+
+
+async def test_a_pending_claim_refuses_other_requests_and_a_retry_completes_it(
+    app: Starlette, layout: Layout
+) -> None:
+    fan_as_user, owner, target, like, chat = await like_claimed(app, layout)
+    fan, svc = fan_as_user.user_id, services(app)
+    await svc.entities.assign(target, owner)
     with pytest.raises(IdempotencyMismatch):  # another request: refused, nothing written
         await svc.exp.award(fan_as_user, "daily_chat", None, chat)
     with pytest.raises(IdempotencyMismatch):
-        await svc.exp.award(fan_as_user, "character_liked", Target(kind, entity_id), chat)
+        await svc.exp.award(fan_as_user, "character_liked", target, chat)
     assert (await svc.exp.usage(fan)).total_exp == 0
     assert (await svc.exp.usage(owner)).total_exp == 0
     # The same request again joins the claim, runs, and pays once; then it replays.
-    paid = await svc.exp.award(fan_as_user, "character_liked", Target(kind, entity_id), like)
+    paid = await svc.exp.award(fan_as_user, "character_liked", target, like)
     assert (paid.outcome, paid.exp_added, paid.awarded_to, paid.replayed) == (
         AwardOutcome.AWARDED, 5, owner, False,
     )  # fmt: skip
-    again = await svc.exp.award(fan_as_user, "character_liked", Target(kind, entity_id), like)
+    again = await svc.exp.award(fan_as_user, "character_liked", target, like)
     assert (again.exp_added, again.awarded_to, again.replayed) == (5, owner, True)
     assert (await svc.exp.usage(owner)).total_exp == 5
     with pytest.raises(IdempotencyMismatch):
@@ -296,16 +313,9 @@ async def test_a_pending_claim_refuses_other_requests_and_a_retry_completes_it(
 async def test_a_claim_is_freed_only_when_its_last_attempt_fails(
     app: Starlette, layout: Layout
 ) -> None:
-    fan, owner, entity = pick(layout, "fan", "o", "character:e")
-    svc = services(app)
-    kind, _, entity_id = entity.partition(":")
-    target = Target(kind, entity_id)
-    fan_as_user = Principal(fan, f"user:{fan}", False)
-    like = Idempotency.of(fan_as_user.caller, "k", "like", b"1")
-    chat = Idempotency.of(fan_as_user.caller, "k", "chat", b"2")
-    assert like is not None and chat is not None
     # One attempt holds the claim (it may still run): failing attempts beside it keep the key.
-    assert await claim(app, like, fan) == ClaimOutcome.CLAIMED
+    fan_as_user, owner, target, like, chat = await like_claimed(app, layout)
+    fan, svc = fan_as_user.user_id, services(app)
     with pytest.raises(NotFound):  # nobody owns the entity yet
         await svc.exp.award(fan_as_user, "character_liked", target, like)
     await svc.entities.assign(target, fan)
