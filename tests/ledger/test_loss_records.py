@@ -115,6 +115,43 @@ async def test_keyed_retries_after_a_loss_replay_the_first_answer(
     assert kinds.count("exp_adjust") == 1
 
 
+async def test_a_read_that_stops_between_an_event_and_its_records_ledgers_them_together(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """A flusher read of ``batch`` entries per stream may stop right after an event, before the
+    records its script appended next (a keyed award: its idempotency record; a keyed debit:
+    its idempotency record, after its transaction record and the event). They are ledgered in
+    the event's transaction, so a loss right after it cannot leave the event ledgered and its
+    record gone (the keyed retry applied again: the flaky load test of session 5, made certain
+    here by a batch that ends at the event)."""
+    award_headers = user_headers("b1", **{"Idempotency-Key": "persona-1"})
+    body = {"action": "create_persona"}
+    first = await durable_client.post("/api/exp/gain", json=body, headers=award_headers)
+    assert first.status_code == 200, first.text
+    one = flusher(durable_app, batch=1)
+    assert await one.flush_once(block=False) == 2  # the event, and its record with it
+    redis_client.flushall()
+    again = await durable_client.post("/api/exp/gain", json=body, headers=award_headers)
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+
+    await subscribe(durable_client, "b2", "pixel_rookie")
+    await flusher(durable_app).drain()
+    spent = await debit(durable_client, "b2", "NEW_IMAGE", **{"Idempotency-Key": "gen-1"})
+    assert spent.status_code == 200, spent.text
+    # the transaction record and the debit (the read's 2 entries), then the key's record
+    assert await flusher(durable_app, batch=2).flush_once(block=False) == 3
+    redis_client.flushall()
+    spent_again = await debit(durable_client, "b2", "NEW_IMAGE", **{"Idempotency-Key": "gen-1"})
+    assert spent_again.json() == spent.json()
+    assert spent_again.headers["idempotent-replayed"] == "true"
+    back = await refund(durable_client, "b2", spent.json()["transaction_id"])
+    assert back.status_code == 200, back.text  # the transaction record came back too
+    await flusher(durable_app).drain()
+    assert (await ledger_kinds(durable_app, "b1")).count("exp_award") == 1
+    assert (await ledger_kinds(durable_app, "b2")).count("xp_debit") == 1
+
+
 async def test_records_of_a_lost_incarnation_stay_lost(
     durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
 ) -> None:
