@@ -89,6 +89,7 @@ class ClusterFlusher(Flusher):
             for stream, items in reply or []:
                 if items:
                     self._active[stream] = now
+                    self._full = self._full or len(items) >= self._batch
                 entries += [(stream, sid, fields) for sid, fields in items]
         return entries
 
