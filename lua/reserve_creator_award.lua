@@ -2,7 +2,7 @@
 --[[ reserve_creator_award: step B of a creator-targeted award, in the ENTITY's slot.
 
 A creator award (a like, a fork) spans three identities, each with its records in its own slot:
-  A  actor slot   the request's idempotency record (recall_request / remember_request.lua)
+  A  actor slot   the request's idempotency record (claim_request / remember_request.lua)
   B  entity slot  this script: who owns the entity now, and the once-per-actor record
   C  owner slot   award_exp.lua with the request id's at-most-once record (ctr:{bO}:award:<rid>)
   D  entity slot  settle_creator_award.lua: the reservation becomes "done", or is released

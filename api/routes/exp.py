@@ -82,7 +82,9 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
         )  # fmt: skip
         return status, body, headers
     if result.outcome is AwardOutcome.TOTAL_LIMIT:
-        detail = f"{result.awarded_to}'s total EXP {result.total_exp} would pass {MAX_TOTAL:,}"
+        # No total in the text: a keyed creator award's replay rebuilds this answer from its
+        # stored record, which need not hold the very total the first answer saw.
+        detail = f"{result.awarded_to}'s total EXP would pass {MAX_TOTAL:,}"
         return status, error_body(detail, AWARD_CODE[result.outcome]), headers
     if result.outcome is AwardOutcome.ALREADY_TRIGGERED:
         assert result.target is not None

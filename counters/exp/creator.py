@@ -4,16 +4,27 @@ The actor's, the entity's and the owner's records each live in their own slot (i
 the award is a short protocol of single-slot scripts (valid on Redis Cluster), each exact on its
 own and the whole exact under retries, races and a crash between any two steps:
 
-    A  actor slot   recall_request.lua            a keyed request answered before: replay it
+    A  actor slot   claim_request.lua             claim the key (a keyed request answered
+                                                  before: replay it; another request's: 422)
     B  entity slot  reserve_creator_award.lua     read the owner; once-per-actor: reserve the
                                                   actor as pending under request id rid
     C  owner slot   award_exp.lua                 apply at most once per rid (its record there)
     D  entity slot  settle_creator_award.lua      reservation done (awarded) or released (refused)
     E  actor slot   remember_request.lua          a keyed request's answer, with whom it paid
+                                                  (it replaces the claim)
 
 rid is ``request_digest(caller, actor, Idempotency-Key)`` for a keyed request (its retries carry
 the same rid), a random one otherwise. Round trips: 3 for an unkeyed like (B, C, D), 4 for a keyed
 one (A, B, C, then D and E together); an award to oneself stays one (counters/exp/service.py).
+
+A keyed request holds its key from A on: A records a pending claim with the request's
+fingerprint in the actor's slot, atomically, so of two requests racing with one key and
+different bodies (two entities, or a like and a ``daily_chat``) one runs and the other is 422,
+while either is pending or done. Another attempt of the same request (a client's retry while
+the first still runs, or after it crashed) joins the claim and runs the chain too: B, C and D
+are at most once per rid, so it completes the first attempt's award instead of waiting for it
+(a 409 would leave a crashed attempt's key stuck until it expired). A request that fails before
+it applied anything (no owner, one's own entity) releases its claim.
 
 The one-script shortcut: an unkeyed award whose entity's and owner's keys are on one Redis node
 (no Cluster, or one slot) runs B, C and D as one script, lua/creator_award.lua: one round trip.
@@ -26,6 +37,7 @@ the state are the chain's (tests/exp/test_creator_shortcut.py runs both and comp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import Coroutine
@@ -33,15 +45,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from counters.errors import ConflictError, NotFound, ScriptReplyError
+from counters.errors import ConflictError, NotFound, ScriptReplyError, StorageError
 from counters.exp.entities import Entities, Target
 from counters.exp.types import AwardCall, AwardResult
 from counters.redis.calls import (
+    ClaimKeys,
+    ClaimRequest,
     CreatorAward,
     CreatorAwardKeys,
+    IdemKey,
     OnceKey,
-    RecallKeys,
-    RecallRequest,
+    ReleaseRequest,
     RememberKeys,
     RememberRequest,
     ReserveCreatorAward,
@@ -52,10 +66,10 @@ from counters.redis.calls import (
 )
 from counters.redis.codes import (
     AwardOutcome,
+    ClaimOutcome,
     CreatorChain,
     Hydration,
     OwnerRestore,
-    RecallOutcome,
     ReserveOutcome,
 )
 from counters.redis.idempotency import Idempotency, reject_reused_key
@@ -73,7 +87,7 @@ _RESERVED, _ALREADY, _PENDING = (
 )
 _NO_OWNER, _OWN = ReserveOutcome.NO_OWNER, ReserveOutcome.OWN_ENTITY
 _NEEDS_OWNER_RESTORE = OwnerRestore.NEEDS_OWNER_RESTORE
-_NO_RECORD = RecallOutcome.NO_RECORD
+_CLAIMED = ClaimOutcome.CLAIMED, ClaimOutcome.JOINED  # run the request (else: its answer)
 _UNKEYED = "-"  # the fingerprint of an unkeyed request's rid record: C still records it
 _ROUNDS = 4  # B answers "pending" at most once per competing request; this bounds the loop
 _CHAIN = CreatorChain.CHAIN
@@ -122,7 +136,8 @@ class CreatorAwards:
     ) -> AwardResult:
         """Pay ``target``'s owner for ``actor``'s action; refused outcomes are results, and
         ``NotFound`` (no owner), ``ConflictError`` (one's own entity) and
-        ``IdempotencyMismatch`` are raised."""
+        ``IdempotencyMismatch`` (the key is another request's, answered or still running) are
+        raised."""
         award = _Award(actor, action_name, action, target)
         if idem is None:
             if self._owners is not None:
@@ -134,17 +149,24 @@ class CreatorAwards:
             return result
         acting = UserKeys.of(actor, self._buckets)
         record = acting.idempotency(idem.caller, idem.key)
-        stored = await self._exp.run_hydrated(  # A (after a loss, the actor's records first)
-            actor,
-            RecallKeys(record, acting.user, acting.meta),
-            RecallRequest(idem.fingerprint, self._exp.may_create),
+        claim = ClaimRequest(
+            idem.fingerprint, self._exp.may_create, self._idempotency_ttl, "pending"
+        )
+        # A (after a loss, the actor's records first)
+        stored = await self._exp.run_hydrated(
+            actor, ClaimKeys(record, acting.user, acting.meta), claim
         )
         reject_reused_key(int(stored[0]))
-        if stored[0] != _NO_RECORD:
+        if stored[0] not in _CLAIMED:
             call = self._call(award, str(stored[9]), "", "")
             return self._exp.award_result(call, [int(n) for n in stored[:9]])
         rid = request_digest(idem.caller, actor, idem.key)
-        result, settle = await self._reserve_and_pay(award, rid, idem.fingerprint, idem.key)
+        try:
+            result, settle = await self._reserve_and_pay(award, rid, idem.fingerprint, idem.key)
+        except (NotFound, ConflictError):  # B refused: nothing reserved or paid for rid
+            with contextlib.suppress(StorageError):  # kept: the key stays this request's
+                await self._scripts.run(IdemKey(record), ReleaseRequest(idem.fingerprint))
+            raise
         reply = [
             int(result.outcome), result.exp_added, result.total_exp, result.level,
             result.previous_level, result.daily_exp_gained, result.action_count, 0, 0,

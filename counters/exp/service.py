@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
@@ -50,10 +49,6 @@ from counters.redis.calls import (
     Call,
     Keys,
     ReadExp,
-    RecallKeys,
-    RecallRequest,
-    RememberKeys,
-    RememberRequest,
     UserDayKeys,
     UserWriteKeys,
 )
@@ -62,10 +57,14 @@ from counters.redis.codes import (
     AdjustOutcome,
     AwardOutcome,
     Hydration,
-    RecallOutcome,
 )
 from counters.redis.hydration import Hydrator, run_hydrated
-from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
+from counters.redis.idempotency import (
+    Idempotency,
+    claim_callers_key,
+    reject_reused_key,
+    script_args,
+)
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
 from counters.rules import Action, ExpRules
@@ -197,24 +196,12 @@ class ExpService:
         return await self._run_award(call)
 
     async def claim_batch_key(self, idem: Idempotency) -> None:
-        """Record a batch's Idempotency-Key in the service caller's slot (scope: the caller,
-        acting as itself), with the whole batch's fingerprint; ``IdempotencyMismatch`` when the
-        key was used with a different batch. The record only guards the key: the items carry
-        keys derived from it (``batch_item_key``), so a retried batch replays each item's first
-        answer, exactly once under any race, through each user's own records."""
-        caller = UserKeys.of(idem.caller, self._buckets)
-        record = caller.idempotency(idem.caller, idem.key)
-        # The caller is a service, not a user: nothing to hydrate ("1"). After a Redis loss a
-        # retried batch runs again and each item replays through its own user's records.
-        recall = RecallRequest(idem.fingerprint, "1")
-        stored = await self._scripts.run(RecallKeys(record, caller.user, caller.meta), recall)
-        reject_reused_key(int(stored[0]))
-        if stored[0] == RecallOutcome.NO_RECORD:
-            marker = json.dumps([int(AwardOutcome.AWARDED), 0, 0, 0, 0, 0, 0, 0, 0, ""])
-            remember = RememberRequest(
-                idem.fingerprint, self._idempotency_ttl, marker, ledger="0", scope="", now_ms=0
-            )
-            await self._scripts.run(RememberKeys(record, caller.events, caller.meta), remember)
+        """Claim a batch's Idempotency-Key for the service caller (``claim_callers_key``: scope
+        the caller, the whole batch's fingerprint, atomic); ``IdempotencyMismatch`` when the key
+        was used with a different batch. The items carry keys derived from it
+        (``batch_item_key``), so a retried batch replays each item's first answer, exactly
+        once under any race, through each user's own records."""
+        await claim_callers_key(self._scripts, idem, self._buckets, self._idempotency_ttl)
 
     async def award_many(
         self, requests: Sequence[AwardRequest]
@@ -444,7 +431,13 @@ class ExpService:
     async def adjust(
         self, user_id: str, delta: int, reason: str, actor: str, idem: Idempotency | None
     ) -> Adjustment:
-        """A support correction: no limit or cap applies; the total never drops below zero."""
+        """A support correction: no limit or cap applies; the total never drops below zero.
+
+        A key is the service caller's whatever user the correction names
+        (``claim_callers_key``: the same key for another user is 422), and the correction's
+        own record in the user's slot applies it once."""
+        if idem is not None:
+            await claim_callers_key(self._scripts, idem, self._buckets, self._idempotency_ttl)
         user = UserKeys.of(user_id, self._buckets)
         fingerprint, idem_key = script_args(idem)
         keys = UserWriteKeys(

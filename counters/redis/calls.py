@@ -27,6 +27,7 @@ from counters.redis.codes import (
     AwardApplied,
     AwardOutcome,
     BucketOutcome,
+    ClaimOutcome,
     CompleteOutcome,
     CreatorChain,
     HydrateOutcome,
@@ -36,7 +37,7 @@ from counters.redis.codes import (
     MarkOutcome,
     OwnerRestore,
     ReadOutcome,
-    RecallOutcome,
+    ReleaseOutcome,
     RememberOutcome,
     ReserveOutcome,
     RestoreOnceOutcome,
@@ -158,7 +159,7 @@ class StreamKey(Keys, frozen=True):
     events: str
 
 
-class RecallKeys(Keys, frozen=True):
+class ClaimKeys(Keys, frozen=True):
     idem: str
     user: str
     meta: str
@@ -256,13 +257,27 @@ class AssignEntity(Call, frozen=True):
 # -- a creator-targeted award's steps (counters/exp/creator.py) ---------------------------------
 
 
-class RecallRequest(Call, frozen=True):
-    SCRIPT = "recall_request"
-    KEYS = RecallKeys
-    CODES = (RecallOutcome, AwardOutcome, Hydration, KeyReuse)
+class ClaimRequest(Call, frozen=True):
+    """Claim an Idempotency-Key for a request of several scripts (lua/claim_request.lua)."""
+
+    SCRIPT = "claim_request"
+    KEYS = ClaimKeys
+    CODES = (ClaimOutcome, AwardOutcome, Hydration, KeyReuse)
 
     fingerprint: str
     may_create: str
+    idem_ttl: int
+    claim: str  # "pending", or a reply (json) recorded at once
+
+
+class ReleaseRequest(Call, frozen=True):
+    """Free a pending claim whose request failed before applying anything."""
+
+    SCRIPT = "release_request"
+    KEYS = IdemKey
+    CODES = (ReleaseOutcome,)
+
+    fingerprint: str
 
 
 class ReserveCreatorAward(Call, frozen=True):
@@ -497,8 +512,8 @@ class StreamMark(Call, frozen=True):
 
 
 CALLS: tuple[type[Call], ...] = (
-    AwardExp, CreatorAward, AdjustExp, ReadExp, AssignEntity, RecallRequest, ReserveCreatorAward,
-    SettleCreatorAward, RememberRequest, HydrateUser, RepairUser, ReadXp,
+    AwardExp, CreatorAward, AdjustExp, ReadExp, AssignEntity, ClaimRequest, ReserveCreatorAward,
+    SettleCreatorAward, RememberRequest, ReleaseRequest, HydrateUser, RepairUser, ReadXp,
     CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
     ImportUser, OpenBucket, CompleteBucket, RestoreRecord, RestoreOnce,
     StreamMark,

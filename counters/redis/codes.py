@@ -83,10 +83,21 @@ class SettleOutcome(IntEnum):
     SETTLED = 1
 
 
-class RecallOutcome(IntEnum):
-    """Step A (``recall_request``): no answer recorded yet (else the stored ``AwardOutcome``)."""
+class ClaimOutcome(IntEnum):
+    """``claim_request`` (step A of a keyed creator award, or a service caller's key): the key
+    is this request's now, or another attempt of the same request holds its pending claim and
+    this one runs it too (else the stored ``AwardOutcome``)."""
 
-    NO_RECORD = 0
+    CLAIMED = 0
+    JOINED = 8  # not 5: a stored answer's outcome may be 5 (AwardOutcome.TOTAL_LIMIT)
+
+
+class ReleaseOutcome(IntEnum):
+    """``release_request``: the pending claim is freed, or kept (an answer, another request's
+    claim, or other attempts still running it)."""
+
+    KEPT = 0
+    RELEASED = 1
 
 
 class RememberOutcome(IntEnum):

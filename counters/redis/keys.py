@@ -22,7 +22,10 @@ from its ``entity_owner`` events (owner, version); a once-per-actor entry ("done
     ctr:{bN}:day:<YYYYMMDD>:<uid>       HASH    exp gained and a:<action> counts that UTC day
     ctr:{bN}:idem:<digest>              STRING  "<fingerprint>|<reply json>" of an idempotent
                                                 request; digest = request_digest(caller, uid, key)
-                                                of the ACTING user uid, kept idempotency_ttl
+                                                of the ACTING user uid (a service's own key:
+                                                uid = the caller), kept idempotency_ttl; while
+                                                a keyed creator award runs, its claim
+                                                "<fingerprint>|pending:<attempts>"
     ctr:{bN}:award:<rid>                STRING  "<fingerprint>|<reply json>": the creator award
                                                 with request id rid, applied to this (receiving)
                                                 user at most once; kept idempotency_ttl

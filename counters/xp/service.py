@@ -35,7 +35,12 @@ from counters.redis.calls import (
 )
 from counters.redis.codes import MAX_TOTAL, XpOutcome
 from counters.redis.hydration import Hydrator, run_hydrated
-from counters.redis.idempotency import Idempotency, reject_reused_key, script_args
+from counters.redis.idempotency import (
+    Idempotency,
+    claim_callers_key,
+    reject_reused_key,
+    script_args,
+)
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
 from counters.rules.metrics import count_shadow_refusal
@@ -300,11 +305,15 @@ class XpService:
         expires_at: datetime | None,
         idem: Idempotency | None,
     ) -> XpChange:
-        """Add a top-up to the user's balance, optionally expiring."""
+        """Add a top-up to the user's balance, optionally expiring. A key is the service
+        caller's whatever user the grant names (``claim_callers_key``: the same key for another
+        user is 422); the grant's own record in the user's slot applies it once."""
         now = self._clock.now()
         expiry = 0 if expires_at is None else int(expires_at.timestamp())
         if expires_at is not None and expiry <= now:
             raise InvalidRequest(f"expires_at must be in the future (now is {to_datetime(now)})")
+        if idem is not None:  # the key is the service caller's, whatever user it names
+            await claim_callers_key(self._scripts, idem, self._buckets, self._idempotency_ttl)
         grant_id = "xg_" + secrets.token_hex(12)
         call = GrantXp(
             **self._common(user_id, actor, idem, int(now * 1000)),

@@ -3,17 +3,47 @@
 -- A record is "<fingerprint>|<reply as JSON>" under the request's key, for idem_ttl seconds.
 local Idempotency = {}
 
--- The stored reply of a repeat (its replayed slot set to 1), `mismatch` when the key was used
--- with another request, or nil when the request is new (or carries no key: fingerprint "").
-function Idempotency.replay(key, fingerprint, replayed_slot, mismatch)
-  if fingerprint == '' then return nil end
+-- A request that runs as several scripts claims its key first (claim_request.lua): until its
+-- answer replaces it the record is "<fingerprint>|pending:<attempts running it>".
+local PENDING = 'pending:'
+
+-- The record under `key` as (fingerprint, the rest: a reply as JSON, or a claim), or nil.
+function Idempotency.read(key)
   local stored = redis.call('GET', key)
   if not stored then return nil end
   local sep = string.find(stored, '|', 1, true)
-  if string.sub(stored, 1, sep - 1) ~= fingerprint then return mismatch end
-  local reply = cjson.decode(string.sub(stored, sep + 1))
+  return string.sub(stored, 1, sep - 1), string.sub(stored, sep + 1)
+end
+
+-- A pending claim's record for `attempts` attempts of the request.
+function Idempotency.claim(fingerprint, attempts)
+  return fingerprint .. '|' .. PENDING .. attempts
+end
+
+-- How many attempts run a pending claim, or nil when `rest` is an answer.
+function Idempotency.attempts(rest)
+  if string.sub(rest, 1, #PENDING) ~= PENDING then return nil end
+  return tonumber(string.sub(rest, #PENDING + 1))
+end
+
+-- A stored reply, its replayed slot set to 1.
+function Idempotency.replayed(rest, replayed_slot)
+  local reply = cjson.decode(rest)
   reply[replayed_slot] = 1
   return reply
+end
+
+-- The stored reply of a repeat (its replayed slot set to 1), `mismatch` when the key was used
+-- with another request, or nil when the request is new (or carries no key: fingerprint "").
+-- A pending claim is another request's here: only a creator-targeted award's chain claims a
+-- key, and its fingerprint (route, user, body) is no single-script request's (unless a rules
+-- reload turned the action into an award to oneself while it ran: then 422, never twice).
+function Idempotency.replay(key, fingerprint, replayed_slot, mismatch)
+  if fingerprint == '' then return nil end
+  local stored, rest = Idempotency.read(key)
+  if not stored then return nil end
+  if stored ~= fingerprint or Idempotency.attempts(rest) then return mismatch end
+  return Idempotency.replayed(rest, replayed_slot)
 end
 
 -- Remember `reply` for repeats of this request, and return it. With `ledger` ({events, meta,

@@ -86,3 +86,26 @@ def test_an_import_file_adding_up_past_the_maximum_is_refused(tmp_path: Path) ->
         f"line 1001: big's exp lines add up past {MAX_TOTAL:,}"
     ]
     assert len(records) == 1000
+
+
+async def test_a_keyed_like_refused_at_the_maximum_is_replayed_not_run_again(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """A keyed creator award's answer is stored in its claim (lua/claim_request.lua), and a
+    stored total_limit (outcome 5) must replay as itself: the merge of the claim (whose "join a
+    pending attempt" reply was 5 too) and the bound found them colliding, so a retry ran the
+    like again and, once the owner's total had room, paid it."""
+    claim = {"action": "create_character", "target_type": "character", "target_id": "tl-1"}
+    made = await client.post("/api/exp/gain", json=claim, headers=service_headers("tl-owner"))
+    assert made.status_code == 200, made.text
+    set_exp(redis_client, "tl-owner", MAX_TOTAL - 1)
+    like = {"action": "character_liked", "target_type": "character", "target_id": "tl-1"}
+    headers = service_headers("tl-fan") | {"Idempotency-Key": "tl-like-1"}
+    first = await client.post("/api/exp/gain", json=like, headers=headers)
+    assert (first.status_code, first.json()["code"]) == (409, "total_limit")
+    assert (await adjust(client, "tl-owner", -1000)).status_code == 200  # room again
+    again = await client.post("/api/exp/gain", json=like, headers=headers)
+    assert (again.status_code, again.json()) == (409, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    owner = await client.get("/api/exp/progress", headers=user_headers("tl-owner"))
+    assert owner.json()["total_exp"] == MAX_TOTAL - 1001
