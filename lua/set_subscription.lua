@@ -11,9 +11,9 @@ KEYS[2]  events  STREAM ctr:{bN}:events
 KEYS[3]  idem    STRING ctr:{bN}:idem:<caller>:<key>   (or an unused key)
 KEYS[4]  meta    HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 
-ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, rules
             (see lua/lib/xp_state.lua)
-ARGV[9]  tier          string  a key of the tiers json
+ARGV[9]  tier          string  a tier of the rules
 ARGV[10] period_start  int     unix seconds <= now: the subscription's start (anniversary);
                                0 = now for a new subscription, the current one otherwise
 
