@@ -14,11 +14,22 @@ time in its script commands (``INFO commandstats``: ``EVALSHA`` and ``EVAL`` use
 and per call, the difference of the two runs over N2 - N1 (seeding and warm-up cancel out).
 Timings: they move with the machine's load; ``python -m bench.instructions mix --redis`` counts
 the same work in instructions.
+
+``python -m bench.lua_cost defs``: what running a script's libraries costs every call, in
+instructions (``redis-server`` under callgrind, collecting inside ``EVALSHA`` only): an
+``EVALSHA`` of ``return 1`` against one of award_exp's and debit_xp's libraries followed by
+``return 1``, with a debit's KEYS and ARGV, 200 and then 1,200 calls (and, for scale, 40
+closures, and 40 small tables). An ``EVALSHA`` runs the whole text every call, so every library
+function is defined again (a closure each) per call; every table a script builds is an
+allocation (and later a collection) in Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +37,7 @@ from pathlib import Path
 
 import redis
 
-from counters.cli.embedded import RedisServer
+from counters.cli.embedded import RedisServer, find_redis_server, free_port
 from counters.redis.scripts import script_source
 from counters.rules import load_rules
 from counters.rules.compiled import lua_rules
@@ -101,6 +112,7 @@ def calls(first: int, second: int) -> None:
         RedisServer(Path(tmp) / "redis", persistent=False) as server,
     ):
         for scenario in ("mix", "debit"):
+            serve_on(server.url, scenario, 0, {})  # the scripts loaded (NOSCRIPT counts calls)
             spent: list[tuple[float, int]] = []
             for count in (first, second):
                 usec, number = _script_stats(server.url)
@@ -116,7 +128,77 @@ def calls(first: int, second: int) -> None:
             )
 
 
+def _count_evalsha(body: str, calls: int) -> int:
+    """Instructions callgrind counted inside ``EVALSHA`` over ``calls`` calls of ``body``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        command = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
+            "--toggle-collect=evalShaCommand", str(find_redis_server()), "--bind", "127.0.0.1",
+            "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp,
+        ]  # fmt: skip
+        with open(f"{tmp}/log", "w+") as log:
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+            client = redis.Redis(port=port, socket_timeout=60)
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        client.ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            raise
+                        time.sleep(0.2)
+                sha = client.script_load(body)
+                pipe = client.pipeline(transaction=False)
+                for _ in range(calls):
+                    pipe.evalsha(sha, len(_DEBIT_KEYS), *_DEBIT_KEYS, *_DEBIT_ARGV)
+                pipe.execute()
+                with contextlib.suppress(redis.ConnectionError):
+                    client.shutdown(nosave=True)
+            finally:
+                client.close()
+                proc.wait(timeout=60)
+            log.seek(0)
+            found = re.search(r"Collected\s*:\s*(\d+)", log.read())
+    if found is None:
+        raise SystemExit("valgrind run of redis-server failed")
+    return int(found.group(1))
+
+
+_DEBIT_KEYS = ("k:user", "k:events", "k:idem", "k:meta", "k:tx")
+_DEBIT_ARGV = ("u1", "1764460800000", "", "86400", "", "service:0", "1", "v", "EDIT_IMAGE",
+               "xd_1", "debit", "1764464400", "100", "2592000")  # fmt: skip
+
+
+def defs() -> None:
+    """Instructions per call of running award_exp's and debit_xp's libraries (no work), and
+    of 40 closures and 40 tables."""
+    library = lua_rules(load_rules())
+    closures = "\n".join(f"function t.f{i}() return {i} end" for i in range(40))
+    tables = "\n".join(f"t[{i}] = {{x = 1, y = 2, z = 3}}" for i in range(40))
+    bodies = {
+        "return 1": "return 1",
+        "40 closures, then return 1": f"local t = {{}}\n{closures}\nreturn 1",
+        "40 tables of 3 fields, then return 1": f"local t = {{}}\n{tables}\nreturn 1",
+    }
+    for name, cut in (
+        ("award_exp", "\nreturn Award.apply()"),
+        ("debit_xp", "\nlocal generation_type"),
+    ):
+        bodies[f"{name}'s libraries, then return 1"] = (
+            script_source(name, library).split(cut, 1)[0] + "\nreturn 1"
+        )
+    for name, body in bodies.items():
+        per = (_count_evalsha(body, 1_200) - _count_evalsha(body, 200)) / 1_000
+        print(f"{name:40} {per:9,.0f} instructions/call")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["defs"]:
+        defs()
+        return
     if sys.argv[1:2] == ["calls"]:
         rest = [int(arg) for arg in sys.argv[2:4]]
         calls(*(rest if len(rest) == 2 else [1_000, 4_000]))

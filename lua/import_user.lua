@@ -66,8 +66,9 @@ if op == 'subscription' then
   local k = XP.period_of(anchor, c.now)
   s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
   s.anchor, s.period_start, s.period_end = anchor, XP.add_months(anchor, k), XP.add_months(anchor, k + 1)
-  local added = c.tiers[tier_name].monthly_xp - s.alloc
-  s.alloc = c.tiers[tier_name].monthly_xp
+  local monthly_xp = Rules.tier(tier_name).monthly_xp
+  local added = monthly_xp - s.alloc
+  s.alloc = monthly_xp
   XP.emit('xp_import', 'subscription', added, tier_name)
   redis.call('SADD', KEYS[5], import_id)
   return XP.finish(1, added, import_id, s.period_end, 0)

@@ -30,8 +30,8 @@ local tier_name, period_start = ARGV[9], tonumber(ARGV[10])
 
 local early = XP.open()
 if early then return early end
-local s, tiers, now = XP.s, XP.c.tiers, XP.c.now
-local new = tiers[tier_name]
+local s, now = XP.s, XP.c.now
+local new = Rules.tier(tier_name)
 
 if s.tier == nil then
   local anchor = period_start > 0 and period_start or now
@@ -48,7 +48,7 @@ if period_start > 0 and period_start ~= s.anchor then
   return XP.finish(14, 0, '', s.period_end, 0)
 end
 
-local current = tiers[s.tier]
+local current = Rules.tier(s.tier)
 local level = current and current.level or 0
 if new.level > level then
   local added = math.max(new.monthly_xp - (current and current.monthly_xp or 0), 0)

@@ -20,7 +20,8 @@ Functions (every name and number comes from the validated rules; strings are esc
 - ``Rules.cap(level)``: the level's daily EXP cap (``[[exp.daily_caps]]``; one in shadow mode is
   unreachable, 10**12, so the script awards past it and the service reports ``shadow_refused``);
 - ``Rules.tier(name)``: ``{level, monthly_xp, rollover}`` of a tier, nil for a name not in the
-  rules (``[[xp.tiers]]``); ``Rules.tiers[name]`` the same, as a table;
+  rules (``[[xp.tiers]]``); ``Rules.rollover(name)`` whether it rolls over, with no table built
+  (each table costs Redis an allocation per call: the debit's burn asks only this);
 - ``Rules.cost(generation_type, tier)``: the XP a generation costs on a tier (its override, else
   the base cost), nil when the tier does not allow the type (a gate in shadow mode allows every
   type, at its cost: the service reports ``shadow_refused``) or the type is unknown.
@@ -82,6 +83,7 @@ def lua_rules(rules: Rules) -> str:
         )
         for t in xp.tiers
     ]
+    rollovers = [(lua_string(t.name), "true") for t in xp.tiers if t.rollover]
     lines = [
         f"--[[ rules {version}: compiled by counters/rules/compiled.py from the rules served;",
         "every script that requires it is one text, one SHA, per rules version. ]]",
@@ -100,8 +102,8 @@ def lua_rules(rules: Rules) -> str:
         *_chain("cap", "level", [(str(last), str(cap)) for last, cap in _runs(caps)], "0", "<="),
         "",
         *_chain("tier", "name", tiers, "nil"),
-        "-- The tiers as a table (XP.c.tiers): each looked up when read, none built per call.",
-        "Rules.tiers = setmetatable({}, {__index = function(_, name) return Rules.tier(name) end})",
+        "",
+        *_chain("rollover", "name", rollovers, "false"),
         "",
         "function Rules.cost(generation_type, tier)",
     ]

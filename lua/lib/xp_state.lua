@@ -282,42 +282,50 @@ function XP.restore(parts, at)
   return back
 end
 
--- Burn `amount` (<= the balance), soonest-expiring credit first; never-expiring credit last.
+-- Burn `amount` (<= the balance), soonest-expiring credit first; never-expiring credit last
+-- (ties: the allocation, then the grants in their order). The next source is picked among
+-- those with credit left each time (one taken from is then empty, or the amount is burned):
+-- no table per source and no sort closure, each of which costs Redis an allocation per call
+-- (issue #15: ~2,000 instructions a table, `python -m bench.lua_cost defs`).
+local function expiry_key(at) if at == NEVER then return math.huge end return at end
+
 function XP.burn(amount)
   local s = XP.s
-  local tier = XP.c.tiers[s.tier or '']
+  local grants = s.grants
   local alloc_at = s.period_end
-  if tier and tier.rollover and not s.cancel_at_period_end then alloc_at = NEVER end
-  local sources = {}
-  if s.alloc > 0 then sources[1] = {at = alloc_at, order = 0} end
-  for i, g in ipairs(s.grants) do
-    if g.left > 0 then sources[#sources + 1] = {at = g.expires_at, order = i, grant = g} end
-  end
-  table.sort(sources, function(a, b)
-    local x = a.at == NEVER and math.huge or a.at
-    local y = b.at == NEVER and math.huge or b.at
-    if x ~= y then return x < y end
-    return a.order < b.order
-  end)
+  if Rules.rollover(s.tier) and not s.cancel_at_period_end then alloc_at = NEVER end
   local parts = {}
-  for _, src in ipairs(sources) do
-    if amount <= 0 then break end
-    local g = src.grant
-    local take = math.min(amount, g and g.left or s.alloc)
-    amount = amount - take
-    if g then
-      g.left = g.left - take
-      parts[#parts + 1] = {src = 'grant', xp = take, id = g.id, expires_at = g.expires_at}
-    else
-      s.alloc = s.alloc - take
+  while amount > 0 do
+    local best, best_at = nil, nil -- best: 0 for the allocation, else the grant's index
+    if s.alloc > 0 then best, best_at = 0, expiry_key(alloc_at) end
+    for i, g in ipairs(grants) do
+      if g.left > 0 then
+        local at = expiry_key(g.expires_at)
+        if best == nil or at < best_at then best, best_at = i, at end
+      end
+    end
+    if best == nil then break end
+    if best == 0 then
+      local take = math.min(amount, s.alloc)
+      amount, s.alloc = amount - take, s.alloc - take
       parts[#parts + 1] = {src = 'alloc', xp = take, epoch = s.epoch}
+    else
+      local g = grants[best]
+      local take = math.min(amount, g.left)
+      amount, g.left = amount - take, g.left - take
+      parts[#parts + 1] = {src = 'grant', xp = take, id = g.id, expires_at = g.expires_at}
     end
   end
-  local kept = {}
-  for _, g in ipairs(s.grants) do
-    if g.left > 0 then kept[#kept + 1] = g end
+  for _, g in ipairs(grants) do
+    if g.left <= 0 then -- a grant burned to nothing (or stored so) leaves the state
+      local kept = {}
+      for _, k in ipairs(grants) do
+        if k.left > 0 then kept[#kept + 1] = k end
+      end
+      s.grants = kept
+      break
+    end
   end
-  s.grants = kept
   return parts
 end
 
@@ -340,9 +348,9 @@ end
 
 -- The period that ended at period_end gives way to the next (or the subscription ends).
 function XP.renew()
-  local s, tiers = XP.s, XP.c.tiers
+  local s = XP.s
   local at = s.period_end
-  local old = tiers[s.tier]
+  local old = Rules.tier(s.tier)
   local before = s.alloc
   if s.cancel_at_period_end or old == nil then
     s.alloc, s.epoch = 0, s.epoch + 1
@@ -354,14 +362,14 @@ function XP.renew()
   end
   local carried = 0
   if old.rollover then carried = before else s.epoch = s.epoch + 1 end
-  if s.next_tier and tiers[s.next_tier] then
+  if s.next_tier and Rules.tier(s.next_tier) then
     s.tier, s.next_tier = s.next_tier, nil
     XP.emit('xp_subscription', 'downgrade', 0, '', at)
   end
   s.next_tier = nil
   s.period_start = at
   s.period_end = XP.add_months(s.anchor, XP.period_of(s.anchor, at) + 1)
-  s.alloc = carried + tiers[s.tier].monthly_xp
+  s.alloc = carried + Rules.tier(s.tier).monthly_xp
   XP.emit('xp_allocation', 'renewal', s.alloc - before, '', at)
 end
 
@@ -402,17 +410,19 @@ end
 function XP.open()
   local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], meta = KEYS[4], user_id = ARGV[1],
              now_ms = ARGV[2], fingerprint = ARGV[3], idem_ttl = ARGV[4], idem_key = ARGV[5],
-             actor = ARGV[6], may_create = ARGV[7], tiers = Rules.tiers}
+             actor = ARGV[6], may_create = ARGV[7]}
   c.now = fdiv(tonumber(c.now_ms), 1000)
   XP.c = c
   local wrong_rules = Rules.check(ARGV[8])
   if wrong_rules then return wrong_rules end
   local replayed = Idempotency.replay(c.idem, c.fingerprint, 7, {7, 0, '', 0, 0, 0, 0, ''})
   if replayed then return replayed end
-  if redis.call('EXISTS', c.user_key) == 0 and not Bucket.may_create(c.meta, c.may_create) then
+  -- Every script that writes the user hash writes its seq, so no seq means no user (one read
+  -- instead of an EXISTS and then the HMGET, as lib/award.lua)
+  local user = redis.call('HMGET', c.user_key, 'xp', 'seq')
+  if not user[2] and not Bucket.may_create(c.meta, c.may_create) then
     return {6, 0, '', 0, 0, 0, 0, ''}
   end
-  local user = redis.call('HMGET', c.user_key, 'xp', 'seq')
   c.seq = tonumber(user[2]) or 0
   c.dirty = false
   XP.s = XP.decode(user[1])

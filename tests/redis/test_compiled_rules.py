@@ -58,8 +58,9 @@ for level = 1, tonumber(ARGV[2 + tonumber(ARGV[1])]) do out[#out + 1] = Rules.ca
 local rest = 3 + tonumber(ARGV[1])
 local kinds, names = cjson.decode(ARGV[rest]), cjson.decode(ARGV[rest + 1])
 for _, name in ipairs(names) do
-  local tier = Rules.tiers[name]
+  local tier = Rules.tier(name)
   out[#out + 1] = tier and cjson.encode({tier.level, tier.monthly_xp, tier.rollover}) or 'nil'
+  out[#out + 1] = tostring(Rules.rollover(name))
   for _, kind in ipairs(kinds) do out[#out + 1] = Rules.cost(kind, name) or -1 end
 end
 out[#out + 1] = Rules.cost('NO_SUCH_TYPE', names[1]) or -1
@@ -78,6 +79,7 @@ return out
         tier = xp.tier(name)
         shown = [tier.level, tier.monthly_xp, tier.rollover] if tier else None
         expected.append("nil" if shown is None else msgspec.json.encode(shown).decode())
+        expected.append("true" if tier is not None and tier.rollover else "false")
         for kind in kinds:
             allowed = tier is not None and (kind in tier.allows or tier.shadow)
             expected.append(xp.cost_for(kind, tier) if allowed else -1)
