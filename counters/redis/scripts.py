@@ -121,6 +121,7 @@ class Scripts:
         self._sources = {name: script_source(name) for name in names if name not in self._ruled}
         self._shas = {name: _sha(text) for name, text in self._sources.items()}
         self._compiled: dict[str, _Compiled] = {}  # by rules version, the newest last
+        self._ruled_shas: dict[str, dict[str, str]] = {}  # the same SHAs, by version
         self._send: Callable[..., Awaitable[Any]]
         self._send_many: Callable[[Sequence[Sequence[Arg]]], Awaitable[list[Any]]]
         if pipeline is not None:
@@ -141,6 +142,7 @@ class Scripts:
             self._compiled[version] = self._compiled.pop(version)
         while len(self._compiled) > _KEPT_VERSIONS:
             del self._compiled[next(iter(self._compiled))]
+        self._ruled_shas = {version: compiled.shas for version, compiled in self._compiled.items()}
 
     def _for(self, call: Call) -> _Compiled:
         """The compiled scripts of the rules version ``call`` names (its ``rules`` field)."""
@@ -155,9 +157,14 @@ class Scripts:
 
     def sha(self, call: Call) -> str:
         """The SHA ``call`` is sent to: its script's, compiled with the rules it names when
-        the script requires them."""
+        the script requires them (on the hot path: two dict lookups)."""
         sha = self._shas.get(call.SCRIPT)
-        return sha if sha is not None else self._for(call).shas[call.SCRIPT]
+        if sha is not None:
+            return sha
+        try:
+            return self._ruled_shas[call.rules][call.SCRIPT]  # type: ignore[attr-defined]
+        except (KeyError, AttributeError):
+            return self._for(call).shas[call.SCRIPT]  # raises, naming the version
 
     def source(self, call: Call) -> str:
         """The text of the script ``call`` runs (what NOSCRIPT recovery loads)."""
