@@ -38,9 +38,10 @@ function Award.apply()
   local gained = tonumber(day_state[1]) or 0
   local count = tonumber(day_state[2]) or 0
 
-  local function finish(reply)
-    return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1' and
-      {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms} or nil)
+  local function finish(reply)  -- the ledger's table only for a record (a table costs Redis)
+    return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1'
+      and fingerprint ~= '' and {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms}
+      or nil)
   end
 
   if daily_limit > 0 and count >= daily_limit then

@@ -438,7 +438,8 @@ function XP.finish(code, amount, ref, expires_at, extra, encoded)
   local state = encoded or XP.encode(XP.s)
   if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', c.seq) end
   local reply = {code, amount, ref, expires_at, extra, c.seq, 0, state}
-  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply, c.may_create ~= '1' and
+  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply, c.may_create ~= '1'
+    and c.fingerprint ~= '' and
     {events = c.events, meta = c.meta, scope = c.user_id, now_ms = c.now_ms} or nil)
 end
 
