@@ -21,6 +21,7 @@ GAIN_APP = "api.main:app_from_env"
 BARE_APP = "bench.baselines.bare:app_from_env"
 RAW_APP = "bench.baselines.raw_asgi:app_from_env"
 PG_APP = "bench.baselines.pg_award:app_from_env"
+THIN_APP = "bench.baselines.thin:app_from_env"  # the shared thin probe (bench.wrk_probe only)
 
 
 def uvicorn_argv(

@@ -11,6 +11,10 @@ for ``--warmup`` seconds (the token cache fills, as thin's is pre-filled) and th
 - ``gain``: ``POST /api/exp/gain`` on ``api.main:app_from_env`` (Redis only, metrics on);
 - ``debit``: ``POST /api/v1/xp/debit`` ``EDIT_IMAGE``, the same 40,000 users subscribed to
   ``pixel_rookie`` with a top-up before the run;
+- ``thin``: the shared probe's own service (``../shared/perf/thin/thin.py``, through
+  ``bench/baselines/thin.py``) on a password-less Redis of its own (it sends no AUTH), with
+  the same tokens and gain bodies: the thinnest design's server and Redis CPU per request beside
+  ours, in the same run (left out when the probe is not on this machine);
 - ``bare2``: bare again, so drift within the run shows.
 
 Usage: ``.venv/bin/python -m bench.wrk_probe [--seconds 8] [--warmup 3]``; needs ``wrk``
@@ -28,17 +32,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import redis as redis_py
 
 from bench import direct, scenarios
+from bench.baselines.thin import thin_dir
 from bench.cpu import redis_cpu, tree_cpu
 from bench.load import LoadSpec, run_load
-from bench.servers import BARE_APP, GAIN_APP, uvicorn_server
+from bench.servers import BARE_APP, GAIN_APP, THIN_APP, uvicorn_server
 from counters.auth import issue_token
-from counters.cli.embedded import RedisServer
+from counters.cli.embedded import RedisServer, find_redis_server, free_port, stop_process
 from counters.metrics import prepare_multiprocess_dir
 
 TOKENS = 40_000
@@ -122,8 +130,31 @@ def _subscribe(redis_url: str, users: list[str]) -> None:
     asyncio.run(run())
 
 
+@contextmanager
+def _plain_redis(tmp: Path) -> Iterator[int]:
+    """A throwaway redis-server without a password or persistence (as the thin probe's own
+    ``run.sh`` starts one): its port, until the block ends."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(tmp)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        client = redis_py.Redis(port=port, socket_timeout=2)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis_py.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+        yield port
+    finally:
+        stop_process(proc, 10)
+
+
 def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
-    """Run the four targets; raises ``RuntimeError`` when a server does not start or wrk fails."""
+    """Run the targets; raises ``RuntimeError`` when a server does not start or wrk fails."""
     users = [f"wp{n}" for n in range(TOKENS)]
     tokens = tmp / "tokens"
     tokens.write_text("\n".join(issue_token(scenarios.JWT_SECRET, user) for user in users))
@@ -148,23 +179,31 @@ def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
             ("bare", BARE_APP, bare_lua, "/", False),
             ("gain", GAIN_APP, gain_lua, "/api/exp/gain", False),
             ("debit", GAIN_APP, debit_lua, "/api/v1/xp/debit", True),
-            ("bare2", BARE_APP, bare_lua, "/", False),
         ]
+        if thin_dir() is not None:
+            targets.append(("thin", THIN_APP, gain_lua, "/api/exp/gain", False))
+        targets.append(("bare2", BARE_APP, bare_lua, "/", False))
         for name, app, script, path, subscribed in targets:
             _flushall(redis.url)
             if subscribed:
                 _subscribe(redis.url, users)
-            served = env | prepare_multiprocess_dir(tmp / f"metrics-{name}")
-            probe = "/" if app == BARE_APP else "/healthz"
-            with uvicorn_server(app, served, workers=1, probe_path=probe) as server:
+            with ExitStack() as stack:
+                redis_url, served = redis.url, env | prepare_multiprocess_dir(tmp / name)
+                if app == THIN_APP:
+                    port = stack.enter_context(_plain_redis(tmp / "thin-redis"))
+                    redis_url = f"redis://127.0.0.1:{port}/0"
+                    served = {"THIN_TOKENS": str(tokens), "THIN_REDIS_PORT": str(port)}
+                probe = "/healthz" if app == GAIN_APP else "/"
+                serving = uvicorn_server(app, served, workers=1, probe_path=probe)
+                server = stack.enter_context(serving)
                 url = f"http://127.0.0.1:{server.port}{path}"
-                if app != BARE_APP:
+                if app == GAIN_APP:
                     _every_token_once(server.port, path, tokens)
                 _wrk(url, script, tokens, warmup)
-                server_before, redis_before = tree_cpu(server.pid), redis_cpu(redis.url)
+                server_before, redis_before = tree_cpu(server.pid), redis_cpu(redis_url)
                 rps, non, done = _wrk(url, script, tokens, seconds)
                 server_us = (tree_cpu(server.pid) - server_before) / max(done, 1) * 1e6
-                redis_us = (redis_cpu(redis.url) - redis_before) / max(done, 1) * 1e6
+                redis_us = (redis_cpu(redis_url) - redis_before) / max(done, 1) * 1e6
             results.append(WrkResult(name, rps, non, server_us, redis_us))
             print(f"{name:<6} {rps:>9,.0f} req/s  non-2xx {non}", file=sys.stderr, flush=True)
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import glob
 import importlib.util
 import os
@@ -27,7 +26,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from typing import Any, ClassVar, Self
 
 from counters.cli.private import private_secret, write_private
 from counters.errors import ConfigError, StorageError
+from counters.runtime.parent import parent_death_signal
 
 _PG_SYSTEM_GLOB = "/usr/lib/postgresql/*/bin"  # Debian/Ubuntu packages, one dir per major version
 _PG_TOOLS = ("postgres", "initdb", "pg_ctl")
@@ -177,10 +176,9 @@ def _check_port_free(port: int) -> None:
 def _die_with_parent(sig: int) -> Callable[[], None] | None:
     """Child-side hook: deliver ``sig`` to the server if we die without running atexit."""
     # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so only use it from the main one.
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
-    return lambda: prctl(1, sig)  # 1 == PR_SET_PDEATHSIG
+    return parent_death_signal(sig)
 
 
 def _as_user(account: tuple[int, int] | None) -> dict[str, Any]:

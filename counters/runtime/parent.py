@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 SUPERVISOR_PID = "COUNTERS_SUPERVISOR_PID"  # set for the workers by counters.cli.supervisor.run
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -27,6 +28,22 @@ def follow_supervisor() -> None:
         return
     # PR_SET_PDEATHSIG fires when the thread that spawned us exits: uvicorn's supervisor spawns
     # (and respawns) its workers from its main thread, which lives as long as it does.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    arm = parent_death_signal(signal.SIGTERM)
+    if arm is not None:
+        arm()
     if os.getppid() != int(supervisor):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def parent_death_signal(sig: int) -> Callable[[], None] | None:
+    """A function that, called in a process, has Linux deliver ``sig`` to it when the *thread*
+    that spawned it exits (``prctl(PR_SET_PDEATHSIG)``, prctl(2)); None off Linux.
+
+    The C function is resolved here, in the caller, so the returned function is safe to run
+    between ``fork`` and ``exec`` (a ``preexec_fn``: no ``dlopen`` in the forked child). Used by a
+    ``serve`` worker for its supervisor (``follow_supervisor``) and by the embedded Redis and
+    Postgres for the process that started them (``counters.cli.embedded``)."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(_PR_SET_PDEATHSIG, sig)

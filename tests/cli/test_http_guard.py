@@ -19,9 +19,10 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from api.errors import ERROR_CODES
 from counters import logs
 from counters.cli.embedded import free_port
-from counters.cli.http_guard import make_protocol
+from counters.cli.http_guard import HEAD_TOO_LARGE, MALFORMED, TOO_SLOW, make_protocol
 from counters.settings import Settings
 from tests.support.core import service_headers
 
@@ -202,3 +203,13 @@ async def test_a_request_cut_short_is_answered_408_and_an_idle_connection_closed
     assert [status_and_body(a) for a in half_head] == [expected]
     assert idle == []
     assert after[0] == 200 and json.loads(after[1])["exp_added"] > 0  # the cut one was not applied
+
+
+@pytest.mark.parametrize("refusal", [MALFORMED, HEAD_TOO_LARGE, TOO_SLOW], ids=lambda r: r[2])
+def test_guard_refusals_are_documented_codes(refusal: tuple[int, str, str]) -> None:
+    """Every refusal the guarded protocol answers itself uses a code of the API's catalogue
+    (``api.errors.ERROR_CODES``, published in the OpenAPI schema), whose description names the
+    same status: the two lists can never drift apart."""
+    status, _, code = refusal
+    assert code in ERROR_CODES
+    assert f"({status}" in ERROR_CODES[code]
