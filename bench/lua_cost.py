@@ -63,8 +63,8 @@ _PIECES = {
     "  cmsgpack.unpack of the same state instead": "x = cmsgpack.unpack(packed)",
     "  cmsgpack.pack of the state (a second encoding)": "x = cmsgpack.pack(raw)",
     "cjson.decode of the tiers ARGV (before #15 r4)": "x = cjson.decode(ARGV[3])",
-    "Rules.tiers[t] + Rules.cost (compiled, after)": (
-        "x = Rules.tiers[s.tier]; x = Rules.cost('EDIT_IMAGE', s.tier)"
+    "Rules.rollover + Rules.cost (compiled, after)": (
+        "x = Rules.rollover(s.tier); x = Rules.cost('EDIT_IMAGE', s.tier)"
     ),
     "award: decode thresholds + caps, Levels.of x2 (before)": (
         "local t, c = cjson.decode(ARGV[4]), cjson.decode(ARGV[5]); local l = 1; "
