@@ -4,7 +4,9 @@ An award to oneself (``daily_chat``, ``create_*``) is one Lua script, one round 
 acting user's slot, its idempotency record there too. A creator-targeted award (a like, a fork)
 spans the actor's, the entity's and the owner's slots: ``counters.exp.creator`` runs it as a
 short protocol of single-slot scripts that stays exact (see lua/reserve_creator_award.lua).
-This module chooses the keys, passes the rules as arguments and decodes the fixed-shape reply.
+This module chooses the keys, passes an action's reward and limit as arguments (the levels and
+caps are compiled into the scripts, counters/rules/compiled.py: a call names its rules version)
+and decodes the fixed-shape reply.
 Reaching a limit or a cap is an outcome, not an error.
 """
 
