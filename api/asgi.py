@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_reply
-from api.http import Reply, encode, receive_body, repeated_header
+from api.http import Reply, check_json_media_type, encode, receive_body, repeated_header
 from counters.logs import REQUEST_ID, access, request_id_from
 from counters.metrics import HTTP_REQUESTS, Observe
 from counters.runtime.durability import Durability
@@ -76,7 +76,7 @@ class HotRoute:
         """Answer one request; its status (0 when the client left first). With ``tag``, set
         the request id and echo it in ``X-Request-Id``."""
         # The first value of each header read, in one pass, by slot (see _SLOTS)
-        found: list[bytes | None] = [None, None, None, None, None]
+        found: list[bytes | None] = [None, None, None, None, None, None]
         repeated = None  # the first of the single-valued headers that came twice
         for name, value in scope["headers"]:
             slot = _SLOTS.get(name)
@@ -85,7 +85,7 @@ class HotRoute:
                     found[slot] = value
                 elif slot < _SINGLE:
                     repeated = name
-        authorization, user_id, idempotency_key, length, sent_id = found
+        authorization, user_id, idempotency_key, length, sent_id, content_type = found
         raw = [_JSON, _JSON]  # the second is the content-length, once known
         if tag:
             request_id = request_id_from(_text(sent_id))
@@ -94,6 +94,8 @@ class HotRoute:
         try:
             if repeated is not None:
                 raise repeated_header(repeated.decode("latin-1"))
+            if content_type is not None and content_type != b"application/json":
+                check_json_media_type(content_type)  # 415 unless another spelling of JSON
             limit = svc.settings.max_body_bytes
             message = await receive()
             body = message.get("body", b"")
@@ -138,7 +140,7 @@ _REQUEST_ID = b"x-request-id"
 _SINGLE = 3
 _SLOTS = {
     b"authorization": 0, b"x-user-id": 1, b"idempotency-key": 2, b"content-length": 3,
-    _REQUEST_ID: 4,
+    _REQUEST_ID: 4, b"content-type": 5,
 }  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from counters.errors import (
     PayloadTooLarge,
     RequestError,
     StorageError,
+    UnsupportedMediaType,
 )
 from counters.metrics import count_store_error
 from counters.redis.codes import AwardOutcome, XpOutcome
@@ -42,6 +43,7 @@ REQUEST_ERROR_STATUS: dict[type[RequestError], int] = {
     NotFound: 404,
     ConflictError: 409,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     InvalidRequest: 422,
     IdempotencyMismatch: 422,
 }
@@ -111,6 +113,10 @@ ERROR_CODES: dict[str, str] = {
     "already_owned": "the entity is already owned by another user (409)",
     "already_triggered": "this actor already triggered this action on this entity (409)",
     "payload_too_large": "the body is over COUNTERS_MAX_BODY_BYTES (413)",
+    "unsupported_media_type": (
+        "a body declared (Content-Type) as other than JSON: application/json, or any"
+        " application/*+json, or none (415)"
+    ),
     "idempotency_key_reused": "an Idempotency-Key reused with a different request (422)",
     "daily_limit_reached": "the action's daily limit is reached; Retry-After: midnight UTC (429)",
     "daily_cap_reached": "the level's daily EXP cap is reached; Retry-After: midnight UTC (429)",

@@ -10,7 +10,13 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from counters.auth import Principal
-from counters.errors import InvalidRequest, MalformedBody, PayloadTooLarge, RequestError
+from counters.errors import (
+    InvalidRequest,
+    MalformedBody,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedMediaType,
+)
 from counters.redis.idempotency import Idempotency
 from counters.runtime.services import Services
 
@@ -55,9 +61,42 @@ def services(request: Request) -> Services:
 
 
 async def read_body(request: Request, limit: int | None = None) -> bytes:
-    """The raw body, refused with 413 as soon as it passes ``limit`` (default: the setting)."""
+    """The raw body, refused with 413 as soon as it passes ``limit`` (default: the setting),
+    and with 415 when its ``Content-Type`` is not JSON (``check_json_media_type``)."""
+    check_json_media_type(request.headers.get("content-type"))
     limit = limit or services(request).settings.max_body_bytes
     return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+_JSON_TYPES: dict[str, bool] = {}  # media types seen -> JSON or not (a bounded memo)
+
+
+def check_json_media_type(content_type: str | bytes | None) -> None:
+    """Refuse a body declared as anything but JSON: raises ``UnsupportedMediaType`` (415).
+
+    Accepted: no ``Content-Type`` at all (a service's plain call), ``application/json`` and
+    any ``application/<name>+json`` (RFC 6839), parameters such as ``charset`` ignored, case
+    ignored (RFC 9110 section 8.3.1). Refused: every other type, notably ``text/plain``,
+    ``application/x-www-form-urlencoded`` and ``multipart/form-data``, the three a browser may
+    send cross-site without a CORS preflight: a page on another origin cannot make a user's
+    browser post a body this service would apply (an attacker's finding: such bodies were
+    applied as JSON)."""
+    if content_type is None:
+        return
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    ok = _JSON_TYPES.get(content_type)
+    if ok is None:
+        media = content_type.partition(";")[0].strip().lower()
+        ok = media == "application/json" or (
+            media.startswith("application/") and media.endswith("+json")
+        )
+        if len(_JSON_TYPES) < 256:
+            _JSON_TYPES[content_type] = ok
+    if not ok:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type[:100]!r} is not JSON: send application/json"
+        )
 
 
 async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:

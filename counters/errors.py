@@ -133,6 +133,12 @@ class PayloadTooLarge(RequestError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(RequestError):
+    """The body is declared as something other than JSON (``Content-Type``)."""
+
+    code = "unsupported_media_type"
+
+
 class NotFound(RequestError):
     """An unknown target, type or resource."""
 

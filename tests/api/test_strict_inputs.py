@@ -164,3 +164,53 @@ async def test_a_single_valued_header_sent_twice_is_400_and_applies_nothing(
     }
     progress = await client.get("/api/exp/progress", headers=service_headers(user))
     assert progress.json()["total_exp"] == 0  # nothing was applied
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/exp/gain", "/api/admin/exp/adjust"],  # the hot lane and a Starlette route
+)
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/jsonx", "text/json"],
+)  # fmt: skip
+async def test_a_body_declared_as_not_json_is_415_and_applies_nothing(
+    client: httpx2.AsyncClient, path: str, content_type: str
+) -> None:
+    """Found by an attacker: JSON sent as text/plain, a form or multipart was applied. The
+    first three are what a page on another origin may make a browser post without a CORS
+    preflight; none of them is JSON: 415 ``unsupported_media_type``, nothing applied."""
+    user = f"ct-{path.rsplit('/', 1)[1]}-{len(content_type)}"
+    body = (
+        {"action": "daily_chat"}
+        if path.endswith("gain")
+        else {"user_id": user, "delta": 5, "reason": "t"}
+    )
+    headers = service_headers(user) | {"Content-Type": content_type}
+    response = await client.post(path, content=json.dumps(body), headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    assert content_type[:10] in response.json()["detail"]
+    progress = await client.get("/api/exp/progress", headers=service_headers(user))
+    assert progress.json()["total_exp"] == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json"],
+)
+async def test_json_in_any_spelling_or_no_content_type_is_served(
+    client: httpx2.AsyncClient, content_type: str | None
+) -> None:
+    """No Content-Type (a service's plain call), application/json with parameters or in any
+    case, and application/*+json (RFC 6839) are all JSON: the award applies."""
+    user = f"ct-ok-{len(content_type or '')}"
+    headers = service_headers(user)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await client.post(
+        "/api/exp/gain", content=b'{"action":"daily_chat"}', headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["exp_added"] == 20
