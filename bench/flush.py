@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import uvloop
 
+from bench.cpu import tree_cpu
 from bench.direct import load_award_script, new_user_args
 from counters.exp.types import AwardCall
 from counters.redis.keys import stream_key
@@ -40,13 +41,22 @@ class RateResult:
     max_lag_seconds: float
     max_lag_events: int
     catch_up_seconds: float  # after producing stopped, until the streams were empty
+    # CPU per event ledgered from the end of the consumers' start-up to the end of the catch-up
+    # (us): "flusher" the consumer processes together, then each of ``meters`` (Postgres, ...)
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
 
 
-async def _open(redis_url: str, database_url: str, buckets: int) -> tuple[Flusher, Store]:
+async def _open(
+    redis_url: str, database_url: str, buckets: int, lease_ms: int = 0, linger_ms: int | None = None
+) -> tuple[Flusher, Store]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     store = await Store.open(database_url)
-    linger = Settings().flush_linger_ms  # as `serve` runs it (the drain does not linger)
-    return Flusher(client, store, buckets=buckets, block_ms=100, linger_ms=linger), store
+    # As `serve` runs it unless told (the drain does not linger)
+    linger = Settings().flush_linger_ms if linger_ms is None else linger_ms
+    flusher = Flusher(
+        client, store, buckets=buckets, block_ms=100, linger_ms=linger, lease_ms=lease_ms
+    )
+    return flusher, store
 
 
 async def empty_ledger(database_url: str) -> None:
@@ -78,9 +88,16 @@ async def drain(redis_url: str, database_url: str, buckets: int) -> DrainResult:
     return DrainResult(events, seconds, events / seconds if seconds else 0.0, cpu_seconds)
 
 
-def _consume(redis_url: str, database_url: str, buckets: int, stop: object) -> None:
+def _consume(
+    redis_url: str,
+    database_url: str,
+    buckets: int,
+    stop: object,
+    lease_ms: int = 0,
+    linger_ms: int | None = None,
+) -> None:
     async def run() -> None:
-        flusher, store = await _open(redis_url, database_url, buckets)
+        flusher, store = await _open(redis_url, database_url, buckets, lease_ms, linger_ms)
         done = asyncio.Event()
 
         async def watch() -> None:
@@ -99,15 +116,35 @@ def _consume(redis_url: str, database_url: str, buckets: int, stop: object) -> N
 
 
 async def at_rate(
-    redis_url: str, database_url: str, buckets: int, calls: Sequence[AwardCall], rate: float
+    redis_url: str,
+    database_url: str,
+    buckets: int,
+    calls: Sequence[AwardCall],
+    rate: float,
+    *,
+    consumers: int = 1,
+    lease_ms: int = 0,
+    linger_ms: int | None = None,
+    meters: dict[str, Callable[[], float]] | None = None,
 ) -> RateResult:
-    """Produce ``calls`` at ``rate`` awards/s while one flusher process drains them."""
+    """Produce ``calls`` at ``rate`` awards/s while ``consumers`` flusher processes (as many
+    ``serve`` workers, with the flush lease ``lease_ms`` or none, lingering ``linger_ms`` or as
+    the settings' default) drain them. ``meters``: more
+    CPU seconds to count per event (e.g. Postgres's process tree; Redis's would count the awards
+    too)."""
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
-    consumer = context.Process(
-        target=_consume, args=(redis_url, database_url, buckets, stop), daemon=True
-    )
-    consumer.start()
+    processes = [
+        context.Process(
+            target=_consume,
+            args=(redis_url, database_url, buckets, stop, lease_ms, linger_ms),
+            daemon=True,
+        )
+        for _ in range(consumers)
+    ]
+    for process in processes:
+        process.start()
+    meters = {"flusher": lambda: sum(tree_cpu(p.pid or 0) for p in processes), **(meters or {})}
     sha = await load_award_script(redis_url)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     streams = [stream_key(bucket) for bucket in range(buckets)]
@@ -123,8 +160,9 @@ async def at_rate(
             await asyncio.sleep(_SAMPLE_EVERY)
 
     try:
-        await asyncio.sleep(2.0)  # the consumer process starts and joins the group
+        await asyncio.sleep(2.0 + consumers)  # the consumer processes start, join the group
         ledger_before = await _ledger_rows(database_url)
+        cpu_before = {name: meter() for name, meter in meters.items()}
         sampler = asyncio.create_task(sample())
         started = time.perf_counter()
         sent = 0
@@ -147,16 +185,20 @@ async def at_rate(
         ):
             await asyncio.sleep(0.05)
         catch_up = time.perf_counter() - catch_up_started
+        cpu_after = {name: meter() for name, meter in meters.items()}
         events = await _ledger_rows(database_url) - ledger_before
     finally:
         stop.set()
-        consumer.join(20)
-        if consumer.is_alive():
-            consumer.kill()
+        for process in processes:
+            process.join(20)
+            if process.is_alive():
+                process.kill()
         await client.aclose()
+    per_event = 1e6 / max(events, 1)
+    cpu = {name: round((cpu_after[name] - cpu_before[name]) * per_event, 1) for name in meters}
     return RateResult(
         rate, sent / produced_seconds, events / produced_seconds, flushed / produced_seconds,
-        max_lag_seconds, max_lag_events, catch_up,
+        max_lag_seconds, max_lag_events, catch_up, cpu,
     )  # fmt: skip
 
 

@@ -465,7 +465,9 @@ class Bench:
 
         async def measure(svc: Any) -> flush.RateResult:
             calls = await direct.award_calls(svc, awards)
-            return await flush.at_rate(self.redis.url, url, buckets, calls, peak)
+            return await flush.at_rate(
+                self.redis.url, url, buckets, calls, peak, meters={"postgres": self.postgres_cpu}
+            )
 
         result: flush.RateResult = self.with_services(measure)
         self.report.extras["flusher_at_peak"] = {

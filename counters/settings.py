@@ -168,7 +168,12 @@ class Settings:
     # After an iteration that moved fewer than flush_batch events, the flusher waits this long
     # before reading again: fewer, larger transactions (a batch's fixed cost is most of the CPU
     # per event at a few thousand events/s), for a durability window at most this much longer.
-    flush_linger_ms: int = bounded(50, ge=0, le=1_000)
+    flush_linger_ms: int = bounded(150, ge=0, le=1_000)
+    # One flusher at a time per deployment: the one holding a Redis lease of this many ms
+    # (renewed every iteration); the other workers stand by and take over when it lapses, and
+    # help while the holder is behind (persistence/flusher.py). 0: every worker flushes. Above
+    # 4 x flush_block_ms (an idle holder's longest read), or it lapses between renewals.
+    flush_lease_ms: int = bounded(5_000, ge=0)
     flush_claim_idle_ms: int = bounded(30_000, ge=0)  # a dead consumer's events are taken after
     flush_backoff_max_seconds: float = bounded(5.0, gt=0)  # retry delay cap while a store is down
     # How often each worker checks for buckets Redis does not hold completely and restores them

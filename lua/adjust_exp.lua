@@ -46,10 +46,8 @@ total = total + applied
 local level = Rules.level(total)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', level, 'seq', seq)
-redis.call('XADD', KEYS[2], '*',
-  'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms, 'run', Bucket.run(KEYS[4]),
-  'kind', 'exp_adjust', 'action', reason, 'amount', applied, 'actor', actor, 'target', '',
-  'idem', idem_key, 'exp', total, 'level', level)
+Entry.add(KEYS[2], {'exp_adjust', user_id, seq, now_ms, Bucket.run(KEYS[4]), reason, applied,
+  actor, '', idem_key, total, level})
 return Idempotency.remember(KEYS[3], fingerprint, idem_ttl,
   {1, applied, total, level, previous_level, seq, 0},
   may_create ~= '1' and {events = KEYS[2], meta = KEYS[4], scope = user_id, now_ms = now_ms} or nil)

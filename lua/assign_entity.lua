@@ -65,7 +65,6 @@ end
 version = version + 1
 redis.call('HSET', KEYS[1], 'owner', owner, 'version', version)
 if ledger == '1' then
-  redis.call('XADD', KEYS[2], '*', 'kind', 'entity_owner', 'target', target, 'owner', owner,
-    'version', version, 'ts', now_ms, 'run', Bucket.run(KEYS[3]))
+  Entry.add(KEYS[2], {'entity_owner', target, owner, version, now_ms, Bucket.run(KEYS[3])})
 end
 return {1, previous, version}

@@ -43,6 +43,6 @@ local taken, rest = XP.split(hold.parts, amount)
 local back = XP.restore(rest, XP.c.now)
 local record = {kind = 'hold', status = 'captured', xp = amount,
                 generation_type = hold.generation_type, parts = taken}
-XP.save_record(KEYS[5], record, record_ttl)
 XP.emit('xp_capture', hold.generation_type, back, hold_id, nil, {'xp_captured', amount})
+XP.save_record(KEYS[5], record, record_ttl) -- after its event (see debit_xp.lua)
 return XP.finish(1, amount, hold_id, hold.expires_at, back)

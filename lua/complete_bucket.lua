@@ -7,9 +7,10 @@ emptied meanwhile stays incomplete and is restored again.
 KEYS[1]  meta  HASH  ctr:{bN}:meta   run, complete, evicted
 
 ARGV[1]  run      string  the run the restore read (open_bucket.lua)
-ARGV[2]  evicted  int     the node's `evicted_keys` (INFO stats) read before the restore read
-                          Postgres: the marker is trusted only while the node still reports it
-                          (persistence/restore.py drops it once the node evicted a key since)
+ARGV[2]  evicted  string  the node's `<run_id>:<evicted_keys>` (INFO server, stats) read before
+                          the restore read Postgres: the marker is trusted only while the node
+                          still reports it (persistence/restore.py drops it once the node evicted
+                          a key or restarted since)
 
 Reply: {code}
   code 1 completed     marked complete

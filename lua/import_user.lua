@@ -51,11 +51,8 @@ if op == 'exp' then
   -- and never in Postgres (reconcile drift for every EXP-only imported user).
   c.seq = c.seq + 1
   redis.call('HSET', c.user_key, 'exp', total, 'level', level, 'seq', c.seq)
-  redis.call('XADD', c.events, '*',
-    'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
-    'run', Bucket.run(c.meta),
-    'kind', 'exp_import', 'action', 'import', 'amount', amount, 'actor', c.actor, 'target', '',
-    'idem', import_id, 'exp', total, 'level', level)
+  Entry.add(c.events, {'exp_import', c.user_id, c.seq, c.now_ms, Bucket.run(c.meta), 'import',
+    amount, c.actor, '', import_id, total, level})
   redis.call('SADD', KEYS[5], import_id)
   return XP.finish(1, amount, import_id, 0, 0)
 end

@@ -36,6 +36,6 @@ end
 
 local back = XP.restore(record.parts, XP.c.now)
 record.status = 'refunded'
-XP.save_record(KEYS[5], record)
 XP.emit('xp_refund', record.generation_type, back, transaction_id)
+XP.save_record(KEYS[5], record) -- after its event (see debit_xp.lua)
 return XP.finish(1, back, transaction_id, 0, record.xp)

@@ -35,6 +35,6 @@ local hold = table.remove(s.holds, index)
 local back = XP.restore(hold.parts, XP.c.now)
 local record = {kind = 'hold', status = 'released', xp = hold.amount,
                 generation_type = hold.generation_type, parts = hold.parts}
-XP.save_record(KEYS[5], record)
 XP.emit('xp_release', hold.generation_type, back, hold_id)
+XP.save_record(KEYS[5], record) -- after its event (see debit_xp.lua)
 return XP.finish(1, back, hold_id, hold.expires_at, hold.amount)

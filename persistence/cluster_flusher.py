@@ -89,8 +89,22 @@ class ClusterFlusher(Flusher):
             for stream, items in reply or []:
                 if items:
                     self._active[stream] = now
+                    self._full = self._full or len(items) >= self._batch
                 entries += [(stream, sid, fields) for sid, fields in items]
         return entries
+
+    async def _following(self, tails: dict[str, str], count: int) -> dict[str, list[Entry]]:
+        """``Flusher._following`` through a cluster pipeline (the streams live on several
+        nodes)."""
+        streams = list(tails)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xrange(stream, min=f"({tails[stream]}", max="+", count=count)
+            replies = await pipe.execute()
+        return {
+            stream: [(stream, sid, fields) for sid, fields in found]
+            for stream, found in zip(streams, replies, strict=True)
+        }
 
     async def _claim(self) -> list[Entry]:
         """``Flusher._claim`` through a cluster pipeline (the streams live on several nodes)."""

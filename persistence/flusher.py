@@ -11,8 +11,16 @@ A crash before the commit leaves the entries pending, a crash after it leaves th
 either way they are delivered again (this consumer re-reads its own pending entries first; a dead
 consumer's are claimed with XAUTOCLAIM once idle) and the second write changes nothing.
 
-Every ``serve`` worker runs one consumer in the same group: no election, batches spread over the
-workers, and a worker that dies has its pending entries claimed by the others.
+Every ``serve`` worker runs one consumer in the same group. With a lease (``lease_ms``, the
+setting ``COUNTERS_FLUSH_LEASE_MS``), one of them flushes at a time: the one holding the Redis
+key ``ctr:flush:lease``, renewed at every iteration; the others stand by, checking it every
+quarter of its time, and take it over when it expires or is released (a worker stopping). So a
+deployment makes one transaction per linger instead of one per worker, each twice as large with
+two workers (a batch's fixed cost, not its rows, is most of the CPU at a steady rate). While the
+holder is behind (a read filled a stream's ``COUNTERS_FLUSH_BATCH``: more was waiting) it says
+so in the lease, and the others flush too, as without a lease, until it has caught up. The lease
+is about cost only: two flushers at once (a holder whose write outlasted the lease) are as safe
+as ever, and a worker that dies has its pending entries claimed by the next holder.
 
 Bad data never stops it: a batch whose write fails for a reason other than Postgres being
 unreachable (``persistence.store.is_transient``) is split in halves, each written on its own,
@@ -42,8 +50,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from counters.errors import RedisStorageError, StorageError
 from counters.metrics import FLUSH_FAILURES, LEDGER_QUARANTINED, LEDGER_ROWS, count_store_error
-from counters.redis.keys import stream_key
-from persistence.events import Batch, Rejected, gc_paused, sort_entries
+from counters.redis.keys import FLUSH_LEASE_KEY, stream_key
+from persistence.events import (
+    Batch,
+    RecordEvent,
+    Rejected,
+    gc_paused,
+    parse,
+    sort_entries,
+)
 from persistence.store import Store, is_transient
 from persistence.writer import WriteResult
 
@@ -55,6 +70,32 @@ GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
 FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 2 min
 _IDLE_BLOCK_DOUBLINGS = 2  # idle, a blocking read waits up to 4 x block_ms (2 s by default)
+_TRAILING = 8  # entries looked at past the last one of a stream read up to the batch size
+
+# The flush lease (see the module's docstring): KEYS[1] the lease, ARGV: this consumer, the
+# lease's time (ms), "1" if this consumer is behind. The value is "<consumer>|<0 or 1>".
+# Returns 1: this consumer holds it (taken or renewed); 2: another holds it and is behind (help
+# it); 0: another holds it (stand by).
+_LEASE = """
+local mine = ARGV[1] .. '|'
+local holder = redis.call('GET', KEYS[1])
+if not holder or string.sub(holder, 1, #mine) == mine then
+  redis.call('SET', KEYS[1], mine .. ARGV[3], 'PX', ARGV[2])
+  return 1
+end
+if string.sub(holder, -2) == '|1' then return 2 end
+return 0
+"""
+# Releases the lease if this consumer (ARGV[1]) holds it: a stopping worker hands over at once.
+_RELEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+HOLD, HELP, STAND_BY = 1, 2, 0
+REQUEUE_EVERY = 30.0  # seconds between looks for compact entries an older flusher quarantined
 
 
 def longest_block_ms(block_ms: int) -> int:
@@ -98,6 +139,7 @@ class Flusher:
         backoff_max: float = 5.0,
         consumer: str | None = None,
         after_commit: AfterCommit | None = None,
+        lease_ms: int = 0,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -114,6 +156,11 @@ class Flusher:
         self._next_claim = 0.0
         self._idle_reads = 0  # blocking reads in a row that found nothing
         self._claims = 0  # claims made (dead consumers are forgotten every FORGET_EVERY)
+        self._lease_ms = lease_ms  # 0: no lease, this consumer always flushes
+        self._full = False  # the last read filled a stream's COUNT: more was waiting
+        self._behind = False  # ... and that iteration ended well: the lease says so
+        self.role = STAND_BY if lease_ms else HOLD  # what the lease said last
+        self._next_requeue = 0.0  # when to look for entries an older release quarantined
         self.stats = FlusherStats()
 
     async def flush_once(self, *, block: bool = True) -> int:
@@ -126,6 +173,7 @@ class Flusher:
                     raise
                 self._groups_ready = False  # Redis lost the streams (FLUSHALL, failover)
                 entries = await self._read(block=False)
+            entries = await self._with_trailing_records(entries)
         except RedisError as exc:
             raise RedisStorageError(f"flusher read: {exc}") from exc
         if not entries:
@@ -148,6 +196,53 @@ class Flusher:
         if result.quarantined:
             log.error("flusher quarantined %d entries (see ledger_quarantine)", result.quarantined)
         return len(entries)
+
+    async def _with_trailing_records(self, entries: list[Entry]) -> list[Entry]:
+        """``entries`` and, after the last entry of each stream read up to the batch size, the
+        ``record`` entries that follow it (``lua/lib/records.lua``).
+
+        A script appends its events, then the records of the same step (an award's or a
+        debit's idempotency record), and a read of ``batch`` entries may stop between them.
+        Written in separate transactions, a Redis loss between the two found the event ledgered
+        and its record gone: the keyed retry of an acknowledged, ledgered request was applied
+        again (seen as the flaky ``test_postgres_down_then_redis_emptied_under_load...``).
+        So the records that follow go in the same transaction and are deleted with the batch.
+        They were never delivered to the group: a consumer that reads them meanwhile writes
+        them again, which changes nothing. So every script appends its records *after* its
+        event (an XP script's transaction record too: ``lua/debit_xp.lua``); a record ahead of
+        its event could be ledgered a transaction before it, and a refund of a debit that a
+        loss then erased would create XP. Raises ``RedisError``."""
+        if len(entries) < self._batch:  # no stream can have been read up to the batch size
+            return entries
+        counts: dict[str, int] = {}
+        tails: dict[str, str] = {}
+        for stream, sid, _ in entries:  # a read's entries come in order in each stream
+            counts[stream] = counts.get(stream, 0) + 1
+            tails[stream] = sid  # the last: parsing every id to compare was ~1 us an entry
+        tails = {stream: sid for stream, sid in tails.items() if counts[stream] >= self._batch}
+        extra: list[Entry] = []
+        while tails:
+            following = await self._following(tails, _TRAILING)
+            more: dict[str, str] = {}
+            for stream, found in following.items():
+                records = 0
+                for entry in found:
+                    if not _is_record(entry):
+                        break
+                    extra.append(entry)
+                    records += 1
+                if records == len(found) == _TRAILING:  # records all the way: look further
+                    more[stream] = found[-1][1]
+            tails = more
+        return entries + extra if extra else entries
+
+    async def _following(self, tails: dict[str, str], count: int) -> dict[str, list[Entry]]:
+        """Up to ``count`` entries of each stream after the id ``tails`` gives it, in order
+        (one round trip; XRANGE: nothing is delivered to the group). Raises ``RedisError``."""
+        streams = list(tails)
+        commands = [("XRANGE", s, f"({tails[s]}", "+", "COUNT", count) for s in streams]
+        replies = await _send_packed(self._redis, commands)
+        return {s: _entries([(s, reply)]) for s, reply in zip(streams, replies, strict=True)}
 
     async def _write_isolating(self, entries: list[Entry]) -> WriteResult:
         """Write ``entries``; on a failure caused by their content, halve until the entries
@@ -188,8 +283,22 @@ class Flusher:
         in a row the last one is raised. Returns the entries handled.
         """
         stop = stop or asyncio.Event()
+        try:
+            return await self._run(stop, burst, max_failures)
+        finally:
+            if self._lease_ms and not burst:
+                await self._release()
+
+    async def _run(self, stop: asyncio.Event, burst: bool, max_failures: int | None) -> int:
         total = 0
         while not stop.is_set():
+            if self._lease_ms and not burst and await self._lease() == STAND_BY:
+                self.stats.last_progress = time.monotonic()  # standing by is no stall
+                await _wait(stop, self._lease_ms / 4000)
+                continue
+            if time.monotonic() >= self._next_requeue:
+                self._next_requeue = time.monotonic() + REQUEUE_EVERY
+                await self._requeue()
             try:
                 handled = await self.flush_once(block=not burst)
             except Exception as exc:
@@ -216,9 +325,49 @@ class Flusher:
             total += handled
             if burst and handled == 0:
                 break
+            self.iteration_done()
             if not burst and 0 < handled < self._batch and self._linger:
                 await _wait(stop, self._linger)  # let the next batch grow (settings: linger)
         return total
+
+    async def _requeue(self) -> None:
+        """Ledger the compact entries a flusher of the release before quarantined during a
+        rolling upgrade (``writer.requeue_upgraded``); a failure is logged and tried again
+        ``REQUEUE_EVERY`` seconds later, never stopping the flusher."""
+        try:
+            result = await self._store.requeue_upgraded()
+        except Exception as exc:
+            log.warning("flusher: entries quarantined by an older release not requeued: %s", exc)
+            return
+        if result.inserted or result.duplicates or result.lost:
+            log.info(
+                "flusher ledgered %d entries an older release had quarantined (%d already in)",
+                result.inserted, result.duplicates,
+            )  # fmt: skip
+            LEDGER_ROWS.inc(result.inserted)
+
+    def iteration_done(self) -> None:
+        """After an iteration that ended well: the next lease renewal says whether it left
+        more waiting (a read filled a stream's batch)."""
+        self._behind, self._full = self._full, False
+
+    async def _lease(self) -> int:
+        """Take or renew the flush lease: ``HOLD``, ``HELP`` (another holds it and is behind)
+        or ``STAND_BY``. When Redis fails, ``HOLD``: the iteration's own read fails next, with
+        the usual backoff."""
+        try:
+            role = await self._redis.eval(
+                _LEASE, 1, FLUSH_LEASE_KEY, self.consumer, self._lease_ms, int(self._behind)
+            )
+        except RedisError:
+            return HOLD
+        self.role = int(role)
+        return self.role
+
+    async def _release(self) -> None:
+        """Give the lease up if held (best effort: it expires anyway)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.eval(_RELEASE, 1, FLUSH_LEASE_KEY, self.consumer)
 
     async def drain(self, max_failures: int | None = None) -> int:
         """Burst mode: flush (retrying failures) until nothing is left to flush."""
@@ -273,7 +422,10 @@ class Flusher:
         command += ["STREAMS", *self.streams, *[start] * len(self.streams)]
         (reply,) = await _send_packed(self._redis, [tuple(command)])
         with gc_paused():
-            return _entries(reply)
+            entries = _entries(reply)
+        streams = reply.values() if isinstance(reply, dict) else (s[1] for s in reply or ())
+        self._full = self._full or any(len(items) >= self._batch for items in streams)
+        return entries
 
     async def _claim(self) -> list[Entry]:
         """Take over entries another consumer read but did not acknowledge for a while; every
@@ -349,6 +501,17 @@ def _entries(reply: Any) -> list[Entry]:
                 pairs = iter(flat)
                 entries.append((stream, sid, dict(zip(pairs, pairs, strict=False))))
     return entries
+
+
+def _is_record(entry: Entry) -> bool:
+    """Whether a stream entry is a ``record`` (one that does not parse is not)."""
+    stream, sid, fields = entry
+    if fields is None:
+        return False
+    try:
+        return isinstance(parse(stream, sid, fields), RecordEvent)
+    except ValueError:
+        return False
 
 
 def _as_dict(reply: Any) -> dict[str, Any]:

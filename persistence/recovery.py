@@ -52,6 +52,7 @@ from counters.redis.codes import HydrateOutcome
 from counters.redis.keys import UserKeys, bucket_of, meta_key
 from counters.redis.scripts import Scripts
 from persistence.leaderboard import user_award_sums
+from persistence.marks import LedgerMark
 from persistence.store import DurableUser, Store
 
 _BATCH = 256  # buckets opened (runs, barriers) per round trip and per Postgres transaction
@@ -86,6 +87,8 @@ class PostgresHydrator:
         # (fence_entity): an entity of that incarnation needs no further barrier
         self._fenced: dict[int, str] = {}
         self._sweep = asyncio.Lock()  # one sweep of every barrier at a time per process
+        # every stream ledgered up to where it stood at a loss, before entities are read back
+        self.ledger = LedgerMark(scripts, buckets=buckets)
         # may_create of the user scripts: "0" while a complete bucket speaks for its users
         # (every Redis node evicts nothing: trust_complete, set by persistence.restore's
         # eviction check), "2" until then (hydrate every missing user)
@@ -176,23 +179,37 @@ class PostgresHydrator:
     async def fence_entity(self, identity: str) -> str:
         """Before an entity (``<type>:<id>``) Redis does not hold is read from Postgres: returns
         once no flush of a lost Redis incarnation can still add its owner or a creator award on
-        it. Nothing to wait for in a complete bucket (the restore that completed it held every
-        incomplete bucket's barrier first); else the barriers of every incomplete bucket, once
-        per process and incarnation. Returns the entity's bucket's run fenced: what is read
-        then may be written only into it. Raises ``StorageError`` (Postgres down, or a flush
-        holding a barrier past the request's time budget: the caller answers 503)."""
+        it, and no award made before the loss is still waiting in a stream that survived it.
+        Nothing to wait for in a complete bucket (the restore that completed it did both
+        first); else the barriers of every incomplete bucket and the ledger's mark
+        (``persistence/marks.py``), once per process and incarnation. Returns the entity's
+        bucket's run fenced: what is read then may be written only into it. Raises
+        ``StorageError`` (Postgres down, a flush holding a barrier or the flusher behind the
+        mark past the request's time budget: the caller answers 503)."""
         bucket = bucket_of(identity, self._buckets)
         run, complete = await self.open_bucket(bucket, barrier=False)
         if complete or self._fenced.get(bucket) == run:
             return run
-        async with self._sweep:  # the requests right after a loss wait for one sweep
+        # The requests right after a loss wait for one sweep, within their own budget: a sweep
+        # waiting for the flusher may take all of its own, and the queue must not add up.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._store.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._sweep.acquire()
+        except TimeoutError:
+            raise StorageError("the flush barriers are being read for another request") from None
+        try:
             if self._fenced.get(bucket) == run:
                 return run
             runs = await self.open_all(await self.incomplete_buckets())
             if runs.get(bucket, run) != run:
                 raise StorageError(f"Redis lost bucket {bucket} again while an entity was read")
+            await self.ledger.reach({**runs, bucket: run}, max(deadline - loop.time(), 0.0))
             self._fenced.update(runs)
             self._fenced[bucket] = run
+        finally:
+            self._sweep.release()
         return run
 
     async def _hydrate(self, user_id: str) -> bool:

@@ -12,14 +12,17 @@ the bucket complete unless Redis lost it again meanwhile (``complete_bucket.lua`
 Entities too (``EntityRestore``): before a bucket is marked complete, the owner of every entity
 of the bucket Postgres knows, and who already triggered its once-per-actor actions, are put
 back, so a missing owner in a complete bucket is no owner and a brand-new entity is claimed
-with no Postgres read (issue #11).
+with no Postgres read (issue #11). They are read only once every bucket stream was ledgered up
+to where it stood when the loss was seen (``persistence/marks.py``): an award on an entity of a
+lost bucket may still wait, unflushed, in the stream of a bucket that survived.
 
 Only while Redis evicts nothing (``EvictionCheck``): a complete bucket speaks for its users and
 entities while every node reports ``maxmemory-policy noeviction`` (else an evicted user would
 come back empty, an evicted owner look claimable), and each marker records its node's
-``evicted_keys`` when written: a node that evicted a key since (a policy that evicted, then was
-switched back) has its markers dropped, and the restore refills those buckets. While a node may
-evict, the restore waits: nothing it completed could be trusted.
+``run_id`` and ``evicted_keys`` when written: a node that evicted a key since (a policy that
+evicted, then was switched back) or was restarted since (its count back at 0) has its markers
+dropped, and the restore refills those buckets. While a node may evict, the restore waits:
+nothing it completed could be trusted.
 
 On an empty ledger (a first start) there is nobody to restore: every bucket is marked complete
 at once. Progress is in ``/readyz`` (``restore``).
@@ -71,31 +74,40 @@ class RestoreProgress:
     users_restored: int = 0
     passes: int = 0
     last_error: str | None = None
+    ledger_behind: int = 0  # streams not yet ledgered up to where they stood at the loss
 
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] = {
             "complete_buckets": self.complete, "buckets": self.buckets,
             "users_restored": self.users_restored,
         }  # fmt: skip
+        if self.ledger_behind:
+            body["ledger_streams_behind"] = self.ledger_behind
         if self.last_error is not None:
             body["last_error"] = self.last_error
         return body
 
 
-async def evicted_counts(redis: Redis) -> dict[str, int] | None:
-    """Each Redis node's ``evicted_keys`` (INFO stats: keys evicted since it started) by node
-    name ("" for a single Redis); None when a node refuses or lacks it. Raises
-    ``RedisError`` when a node does not answer."""
+async def eviction_marks(redis: Redis) -> dict[str, str] | None:
+    """Each Redis node's ``<run_id>:<evicted_keys>`` (INFO server and stats: this run of the
+    node, and the keys it evicted since it started) by node name ("" for a single Redis); None
+    when a node refuses or lacks them. A restart resets ``evicted_keys`` to 0 and makes another
+    ``run_id``, so a marker recording the pair tells a restarted node from one that evicted
+    nothing. Raises ``RedisError`` when a node does not answer."""
     try:
         if hasattr(redis, "get_primaries"):
             primaries = redis.get_primaries()
-            reply: Any = await redis.info("stats", target_nodes=primaries)
+            reply: Any = await redis.info("server", "stats", target_nodes=primaries)
             if "evicted_keys" in reply:  # one primary: its reply alone
                 reply = {primaries[0].name: reply}
-            return {name: int(info["evicted_keys"]) for name, info in reply.items()}
-        return {"": int((await redis.info("stats"))["evicted_keys"])}
+            return {name: _mark(info) for name, info in reply.items()}
+        return {"": _mark(await redis.info("server", "stats"))}
     except (ResponseError, KeyError, TypeError, ValueError):
         return None
+
+
+def _mark(info: dict[str, Any]) -> str:
+    return f"{info['run_id']}:{int(info['evicted_keys'])}"
 
 
 async def eviction_safe(redis: Redis) -> bool:
@@ -145,13 +157,14 @@ class Trusting(Protocol):
 class EvictionCheck:
     """The rule by which complete buckets speak for users and entities Redis lacks (issue #11).
 
-    A check reads every node's ``maxmemory-policy`` and ``evicted_keys`` and every bucket's
-    marker (``complete`` and the ``evicted_keys`` of its node when it was written:
-    ``complete_bucket.lua``), drops each marker whose node has evicted a key since (or that
-    records none: written before this rule), then trusts complete buckets only while every node
-    answers ``noeviction``. Run by the restore before each pass and by a loop of its own, so
-    requests read a flag and pay no round trip. Left open: a node switched to evicting,
-    evicting and restarted (its count back to 0) between two checks."""
+    A check reads every node's ``maxmemory-policy``, ``run_id`` and ``evicted_keys`` and every
+    bucket's marker (``complete`` and its node's ``<run_id>:<evicted_keys>`` when it was
+    written: ``complete_bucket.lua``), drops each marker whose node has evicted a key since or
+    was restarted since (a node set to evict, evicting and restarted with its data between two
+    checks has its count back at 0, but another ``run_id``), or that records neither (written
+    before this rule), then trusts complete buckets only while every node answers
+    ``noeviction``. Run by the restore before each pass and by a loop of its own, so requests
+    read a flag and pay no round trip."""
 
     def __init__(
         self, redis: Redis, scripts: Scripts, trusting: list[Trusting], *, buckets: int
@@ -164,12 +177,13 @@ class EvictionCheck:
         # What /readyz reports: None until a check answered; else whether a node may evict keys
         # (a policy other than noeviction, or CONFIG/INFO refused) and so change answers.
         self.may_evict: bool | None = None
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, str] = {}
 
-    def evicted(self, bucket: int) -> int:
-        """``evicted_keys`` of the node holding ``bucket`` at the last check (what the restore
-        records in the markers it writes; read before it reads Postgres)."""
-        return self._counts.get(self._node_of(bucket), -1)
+    def evicted(self, bucket: int) -> str:
+        """``<run_id>:<evicted_keys>`` of the node holding ``bucket`` at the last check ("":
+        not known; what the restore records in the markers it writes, read before it reads
+        Postgres)."""
+        return self._counts.get(self._node_of(bucket), "")
 
     def _node_of(self, bucket: int) -> str:
         if not hasattr(self._redis, "get_node_from_key"):
@@ -183,7 +197,7 @@ class EvictionCheck:
         for attempt in range(2):  # a pooled connection Redis's restart broke fails once
             try:
                 safe = await eviction_safe(self._redis)
-                counts = await evicted_counts(self._redis)
+                counts = await eviction_marks(self._redis)
                 break
             except (RedisError, OSError) as exc:
                 if attempt:
@@ -210,10 +224,12 @@ class EvictionCheck:
         for bucket, (complete, evicted) in enumerate(markers):
             if complete is None:
                 incomplete.append(bucket)
-            elif counts is not None and (evicted is None or int(evicted) != self.evicted(bucket)):
+            elif counts is not None and evicted != self.evicted(bucket):
                 stale.append(bucket)
         if stale:  # the restore refills them; until then a missing user is hydrated
-            log.warning("%d bucket markers dropped: Redis evicted keys since", len(stale))
+            log.warning(
+                "%d bucket markers dropped: Redis evicted keys or restarted since", len(stale)
+            )
             await self._scripts.send_many([("HDEL", meta_key(b), "complete") for b in stale])
         self._trust(safe)
         return sorted(incomplete + stale)
@@ -336,9 +352,11 @@ class BucketRestore:
                 found.append(user_id)
         entities = {}
         if self._entities is not None:
+            # awards on their entities still unflushed in streams that survived: ledgered first
+            await self._hydrator.ledger.reach(incomplete, self._store.write_timeout, self._behind)
             now_ms = int(self._hydrator.now() * 1000)
             entities = await self._entities.calls(incomplete, now_ms)
-        evicted = eviction.evicted if eviction is not None else lambda _: 0
+        evicted = eviction.evicted if eviction is not None else lambda _: ""
         left = 0
         ordered = sorted(incomplete.items())
         for first in range(0, len(ordered), _BATCH):  # hydrate a batch's users, then complete it
@@ -366,6 +384,9 @@ class BucketRestore:
                     left += 1
         self.progress.passes += 1
         return left
+
+    def _behind(self, streams: int) -> None:
+        self.progress.ledger_behind = streams
 
     async def _run_all(self, calls: EntityCalls) -> None:
         """Run ``calls``, ``_CALLS`` per pipelined round trip; raises the first failure."""

@@ -20,7 +20,7 @@ from persistence.events import Batch, Rejected
 from persistence.history import read_history
 from persistence.runs import barrier, barriers
 from persistence.webhooks.outbox import OutboxPolicy
-from persistence.writer import WriteResult, quarantine, write_batch
+from persistence.writer import WriteResult, quarantine, requeue_upgraded, write_batch
 
 # The link failed, not the rows sent (transient for the flusher). InternalClientError: a pooled
 # connection left mid-operation when the server went away (seen with Postgres stopped while a
@@ -162,6 +162,11 @@ class Store:
         """Write one batch of events in one transaction (idempotent)."""
         async with self.bounded("write batch", self.write_timeout) as conn:
             return await write_batch(conn, batch, self.outbox)
+
+    async def requeue_upgraded(self) -> WriteResult:
+        """Ledger compact entries an older flusher quarantined (``writer.requeue_upgraded``)."""
+        async with self.bounded("requeue upgraded", self.write_timeout) as conn:
+            return await requeue_upgraded(conn, self.outbox)
 
     async def quarantine(self, rejected: list[Rejected]) -> None:
         """Set entries aside in ``ledger_quarantine`` whatever their content."""

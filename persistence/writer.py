@@ -10,6 +10,7 @@ arrays (``unnest``): one round trip per table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -21,6 +22,7 @@ from counters.redis.keys import bucket_of_key
 from persistence.events import (
     CHANGE_TYPES,
     COMMON,
+    COMPACT,
     XP_FIELDS,
     XP_TYPES,
     Batch,
@@ -30,6 +32,7 @@ from persistence.events import (
     Rejected,
     collapse,
     gc_paused,
+    sort_entries,
 )
 from persistence.runs import retired_runs
 from persistence.staging import copy_in, stage
@@ -280,6 +283,98 @@ async def _quarantine(conn: asyncpg.Connection, rejected: list[Rejected]) -> Non
             for r in rejected
         ],
     )
+
+
+# What a flusher of the release before the compact entry format says of a compact entry (it
+# finds none of the named fields) when it quarantines one during a rolling upgrade.
+OLD_READER_REASON = "missing kind, event_id, user, seq, ts, amount"
+_UPGRADED = """
+SELECT stream, stream_id, fields->>'v1' AS payload FROM ledger_quarantine
+WHERE resolved_at IS NULL AND reason = $1 AND fields ? 'v1' AND fields - 'v1' = '{}'::jsonb
+ORDER BY stream, stream_id LIMIT $2
+"""
+_RESOLVED = """
+UPDATE ledger_quarantine SET resolved_at = now()
+FROM unnest($1::text[], $2::text[]) AS r(stream, stream_id)
+WHERE ledger_quarantine.stream = r.stream AND ledger_quarantine.stream_id = r.stream_id
+"""
+_HELD = "SELECT event_id, stream_id FROM ledger WHERE event_id = ANY($1::text[])"
+_LOST_OF = """
+SELECT l.stream, l.stream_id FROM lost_entries l
+JOIN unnest($1::text[], $2::text[]) AS r(stream, stream_id)
+    ON l.stream = r.stream AND l.stream_id = r.stream_id
+"""
+_REASON = """
+UPDATE ledger_quarantine SET reason = r.reason
+FROM unnest($1::text[], $2::text[], $3::text[]) AS r(stream, stream_id, reason)
+WHERE ledger_quarantine.stream = r.stream AND ledger_quarantine.stream_id = r.stream_id
+"""
+
+
+async def requeue_upgraded(
+    conn: asyncpg.Connection, outbox: OutboxPolicy | None = None, limit: int = 5_000
+) -> WriteResult:
+    """Ledger the compact entries an older flusher quarantined during a rolling upgrade.
+
+    Workers of the release before the compact format (persistence/events.py, ``COMPACT``) read
+    one written by a new worker as an entry without any field and quarantine it (reason
+    ``OLD_READER_REASON``, its one field kept as written). Those are read here as a new flusher
+    reads them and written as a batch (``write_batch``: idempotent; a run a hydration retired
+    meanwhile goes to ``lost_entries``, as from a stream), then marked resolved. One that the
+    new reader refuses too keeps its row with the new reason (so it is not tried again). Up to
+    ``limit`` rows a call; ``WriteResult`` of what was written."""
+    rows = await conn.fetch(_UPGRADED, OLD_READER_REASON, limit)
+    if not rows:
+        return WriteResult(0, 0, 0)
+    entries = [(r["stream"], r["stream_id"], {COMPACT: unescape_text(r["payload"])}) for r in rows]
+    batch = sort_entries(entries)
+    refused = batch.rejected
+    batch.rejected = []
+    result = await write_batch(conn, batch, outbox)
+    # Resolved: what is now in the ledger from this very entry, or set aside as lost; not an
+    # event whose id another entry holds (``write_batch`` quarantines it: its row stays open).
+    not_done = {(x.stream, x.stream_id) for x in refused}
+    if batch.events:
+        held = await conn.fetch(_HELD, [e.event_id for e in batch.events])
+        lost = await conn.fetch(
+            _LOST_OF, [e.stream for e in batch.events], [e.stream_id for e in batch.events]
+        )
+        mine = {(r["event_id"], r["stream_id"]) for r in held}
+        gone = {(r["stream"], r["stream_id"]) for r in lost}
+        not_done |= {
+            (e.stream, e.stream_id)
+            for e in batch.events
+            if (e.event_id, e.stream_id) not in mine and (e.stream, e.stream_id) not in gone
+        }
+    done = [r for r in rows if (r["stream"], r["stream_id"]) not in not_done]
+    async with conn.transaction():
+        await conn.execute(_RESOLVED, [r["stream"] for r in done], [r["stream_id"] for r in done])
+        if refused:
+            await conn.execute(
+                _REASON,
+                [r.stream for r in refused],
+                [r.stream_id for r in refused],
+                [escape_text(r.reason) for r in refused],
+            )
+    return result
+
+
+_ESCAPED = re.compile(r"\\(\\|x([0-9a-f]{2}))")
+
+
+def unescape_text(text: str) -> str:
+    """The text ``escape_text`` was given (a byte that was not UTF-8 comes back as the
+    ``surrogateescape`` character it was read as)."""
+    if "\\" not in text:
+        return text
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(2) is None:
+            return "\\"
+        code = int(match.group(2), 16)
+        return chr(code) if code < 0x80 else chr(0xDC00 + code)
+
+    return _ESCAPED.sub(one, text)
 
 
 def escape_text(text: str) -> str:

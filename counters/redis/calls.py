@@ -38,6 +38,7 @@ from counters.redis.codes import (
     Hydration,
     ImportSkip,
     KeyReuse,
+    MarkOutcome,
     OwnerRestore,
     ReadOutcome,
     RecallOutcome,
@@ -156,6 +157,10 @@ class IdemKey(Keys, frozen=True):
 
 class MetaKey(Keys, frozen=True):
     meta: str
+
+
+class StreamKey(Keys, frozen=True):
+    events: str
 
 
 class RecallKeys(Keys, frozen=True):
@@ -447,14 +452,14 @@ class OpenBucket(Call, frozen=True):
 
 class CompleteBucket(Call, frozen=True):
     """Mark the bucket complete, if Redis did not lose it since ``run`` was read; ``evicted``
-    is its node's ``evicted_keys`` count read before the restore read Postgres."""
+    is its node's ``<run_id>:<evicted_keys>`` read before the restore read Postgres."""
 
     SCRIPT = "complete_bucket"
     KEYS = MetaKey
     CODES = (CompleteOutcome,)
 
     run: str
-    evicted: int = 0
+    evicted: str = ""
 
 
 class RestoreRecord(Call, frozen=True):
@@ -481,10 +486,22 @@ class RestoreOnce(Call, frozen=True):
     run: str = ""  # write only while the entity's bucket's run is this ("": always)
 
 
+class StreamMark(Call, frozen=True):
+    """A bucket stream's mark (``mark`` ""), or whether the flusher ledgered every entry up to
+    ``mark`` (persistence/marks.py)."""
+
+    SCRIPT = "stream_mark"
+    KEYS = StreamKey
+    CODES = (MarkOutcome,)
+
+    mark: str = ""
+
+
 CALLS: tuple[type[Call], ...] = (
     AwardExp, CreatorAward, AdjustExp, ReadExp, AssignEntity, RecallRequest, ReserveCreatorAward,
     SettleCreatorAward, RememberRequest, HydrateUser, RepairUser, ReadXp,
     CancelSubscription, SetSubscription, GrantXp, DebitXp, CaptureHold, ReleaseHold, RefundXp,
     ImportUser, OpenBucket, CompleteBucket, RestoreRecord, RestoreOnce,
+    StreamMark,
 )  # fmt: skip
 """Every script's call type: one per file in ``lua/`` (the contract test checks both ways)."""

@@ -160,3 +160,11 @@ class RestoreOnceOutcome(IntEnum):
 
     RESTORED = 1
     RUN_CHANGED = 2  # the bucket's run is not the one restored: nothing written
+
+
+class MarkOutcome(IntEnum):
+    """``stream_mark``: an entry id follows (persistence/marks.py)."""
+
+    MARKED = 1  # the stream's newest id, its mark ("": empty)
+    REACHED = 2  # every entry up to the mark was ledgered (and deleted)
+    BEHIND = 3  # the oldest entry at or before the mark is still there

@@ -60,6 +60,7 @@ import msgspec
 PREFIX = "ctr"
 LAYOUT_KEY = f"{PREFIX}:layout"  # the deployment's recorded bucket count (issue #12)
 LAYOUT_FIELD = "key_buckets"  # ... in this field of that hash
+FLUSH_LEASE_KEY = f"{PREFIX}:flush:lease"  # which flusher flushes (persistence/flusher.py)
 
 
 def bucket_of(identity: str, buckets: int) -> int:

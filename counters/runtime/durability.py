@@ -84,6 +84,7 @@ def make_flusher(
         batch=settings.flush_batch,
         block_ms=settings.flush_block_ms,
         linger_ms=settings.flush_linger_ms,
+        lease_ms=settings.flush_lease_ms,
         claim_idle_ms=settings.flush_claim_idle_ms,
         backoff_max=settings.flush_backoff_max_seconds,
     )

@@ -73,9 +73,7 @@ function Award.apply()
       redis.call('EXPIRE', KEYS[6], week_ttl)
     end
   end
-  redis.call('XADD', KEYS[3], '*',
-    'event_id', user_id .. ':' .. seq, 'user', user_id, 'seq', seq, 'ts', now_ms, 'run', Bucket.run(KEYS[8]),
-    'kind', 'exp_award', 'action', action, 'amount', added, 'actor', actor, 'target', target,
-    'day', day, 'idem', idem_key, 'exp', total, 'level', new_level)
+  Entry.add(KEYS[3], {'exp_award', user_id, seq, now_ms, Bucket.run(KEYS[8]), action, added,
+    actor, target, idem_key, day, total, new_level})
   return finish({1, added, total, new_level, level, gained, count, seq, 0})
 end

@@ -1,3 +1,4 @@
+-- requires: entry
 -- The bucket's own record (ctr:{bN}:meta, HASH run, complete), shared by every script that may
 -- create a user or writes ledger events. It lives in the bucket's slot, so it is lost exactly
 -- when the bucket's users and stream are lost (an empty restart, a failover, FLUSHALL).

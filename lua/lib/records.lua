@@ -8,6 +8,6 @@ local Records = {}
 
 -- `expires_ms`: unix milliseconds by the service clock when the record expires.
 function Records.ledger(events, meta, scope, key, value, expires_ms)
-  redis.call('XADD', events, '*', 'kind', 'record', 'run', Bucket.run(meta), 'scope', scope,
-    'key', key, 'value', value, 'expires_ms', string.format('%d', expires_ms))
+  Entry.add(events, {'record', scope, key, string.format('%d', expires_ms), Bucket.run(meta),
+    value})
 end

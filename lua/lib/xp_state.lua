@@ -244,15 +244,16 @@ function XP.emit(kind, action, amount, target, at, extra)
   c.seq = c.seq + 1
   c.dirty = true
   if amount == 0 then amount = 0 end -- never "-0"
+  -- persistence/events.py LAYOUTS: the common fields, the kind's own, `extra`'s values
+  -- ({name, value, ...}, in layout order), the state last.
   local fields = {
-    'event_id', c.user_id .. ':' .. c.seq, 'user', c.user_id, 'seq', c.seq, 'ts', c.now_ms,
-    'run', Bucket.run(c.meta), 'kind', kind, 'action', action, 'amount', amount,
-    'actor', at and 'system' or c.actor, 'target', target, 'idem', at and '' or c.idem_key,
-    'effective_ts', at and jint(at * 1000) or c.now_ms,
-    'xp_balance', XP.balance(s), 'xp_allocation', s.alloc, 'xp_topup', XP.topup(s),
-    'xp_held', XP.held(s), 'tier', s.tier or '', 'xp_state', state}
-  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
-  redis.call('XADD', c.events, '*', unpack(fields))
+    kind, c.user_id, c.seq, c.now_ms, Bucket.run(c.meta), action, amount,
+    at and 'system' or c.actor, target, at and '' or c.idem_key,
+    at and jint(at * 1000) or c.now_ms,
+    XP.balance(s), s.alloc, XP.topup(s), XP.held(s), s.tier or ''}
+  for i = 2, #(extra or {}), 2 do fields[#fields + 1] = extra[i] end
+  fields[#fields + 1] = state
+  Entry.add(c.events, fields)
   return state
 end
 

@@ -14,6 +14,7 @@ from counters.exp.entities import Target
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
+from persistence.events import expand
 from tests.support.core import NOON, data_keys, service_headers, user_headers
 
 pytestmark = pytest.mark.anyio
@@ -247,7 +248,7 @@ async def test_every_award_is_an_event(
     await gain(client, "u1", "daily_chat")  # refused: no event
     streams = redis_client.keys("*:events")
     assert len(streams) == 1
-    events = [fields for _, fields in redis_client.xrange(streams[0])]
+    events = [expand(fields) for _, fields in redis_client.xrange(streams[0])]
     assert [e["event_id"] for e in events] == ["u1:1", "u1:2"]
     runs = {e.pop("run") for e in events}  # the bucket's Redis incarnation (persistence/runs.py)
     assert len(runs) == 1 and runs.pop().isdigit()

@@ -20,6 +20,7 @@ import redis
 from api.app import create_app
 from counters.clock import ManualClock
 from counters.settings import Settings
+from persistence.events import expand
 from tests.exp.test_cross_identity import Layout, act, own, pick
 from tests.support.core import service_headers, user_headers
 from tests.support.http import asgi_client
@@ -79,9 +80,9 @@ def state(client: redis.Redis) -> dict[str, Any]:
             found[key] = client.hgetall(key)
         elif kind == "stream":
             found[key] = [
-                {k: v for k, v in fields.items() if k != "run"}
+                {k: v for k, v in expand(fields).items() if k != "run"}
                 for _, fields in client.xrange(key)
-                if fields.get("kind") == "exp_award"
+                if expand(fields).get("kind") == "exp_award"
             ]
         elif kind == "zset":
             found[key] = client.zrange(key, 0, -1, withscores=True)

@@ -23,7 +23,7 @@ from counters.redis.calls import (
 from counters.redis.hydration import NoDurableStore
 from counters.runtime.services import Services
 from counters.settings import Settings
-from persistence.events import Event, ExpAward, XpCapture
+from persistence.events import COMPACT, Event, ExpAward, XpCapture, expand, parse
 
 pytestmark = pytest.mark.anyio
 
@@ -81,8 +81,16 @@ async def test_every_event_the_scripts_write_decodes_as_the_union(
 
         decoded = []
         for bucket in range(buckets):
-            for _, fields in await svc.redis.xrange(keys.stream_key(bucket)):
-                decoded.append(msgspec.convert(fields, Event, strict=False))
+            stream = keys.stream_key(bucket)
+            for sid, fields in await svc.redis.xrange(stream):
+                assert list(fields) == [COMPACT]  # every script writes the compact format
+                named = expand(fields)
+                decoded.append(msgspec.convert(named, Event, strict=False))
+                # Read positionally or by name (as an older worker wrote it): the same event,
+                # its totals in the same order (the ledger row's JSON text)
+                compact, by_name = parse(stream, sid, fields), parse(stream, sid, named)
+                assert compact == by_name
+                assert list(getattr(compact, "totals", ())) == list(getattr(by_name, "totals", ()))
     finally:
         await svc.close()
     kinds = {type(event) for event in decoded}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import anyio
@@ -19,11 +20,12 @@ from counters.cli.embedded import PostgresServer
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import StorageError
-from counters.redis.keys import UserKeys, bucket_of, stream_key
+from counters.redis.keys import FLUSH_LEASE_KEY, UserKeys, bucket_of, stream_key
 from counters.settings import Settings
-from persistence.events import Batch
+from persistence.events import COMPACT, SEP, Batch, Rejected, expand
 from persistence.events import sort_entries as sort
-from persistence.flusher import GROUP, stream_lag
+from persistence.flusher import GROUP, HELP, HOLD, STAND_BY, stream_lag
+from persistence.writer import OLD_READER_REASON, escape_text, unescape_text
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, fetchval, flusher, services, store
 
@@ -124,8 +126,8 @@ async def test_a_batch_partly_ledgered_adds_only_its_new_events(
     entries = []
     for stream in flusher(durable_app).streams:
         entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
-    entries.sort(key=lambda e: (e[2].get("user", ""), int(e[2].get("seq", 0))))
-    ann = [e for e in entries if e[2].get("user") == "ann"]
+    entries.sort(key=lambda e: (expand(e[2]).get("user", ""), int(expand(e[2]).get("seq", 0))))
+    ann = [e for e in entries if expand(e[2]).get("user") == "ann"]
     first = await store(durable_app).write(sort(ann))  # copied: none was ledgered yet
     both = await store(durable_app).write(sort(entries))  # ann's again, and bob's new ones
     assert (first.inserted, first.duplicates) == (4, 0)
@@ -402,3 +404,176 @@ async def test_a_large_reply_is_read_whole_and_the_collector_is_on_while_a_read_
     assert gc.isenabled()
     assert await ledger_count(durable_app) == 800
     assert await fetchval(durable_app, "SELECT exp FROM user_totals WHERE user_id = 'ann'") == 800
+
+
+async def test_a_stream_mixing_both_entry_formats_is_ledgered_once(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """A rolling upgrade: entries an older worker wrote (one field per name, ``event_id``
+    included) and this release's compact ones, interleaved in the same streams, are ledgered
+    alike, each once, and a second delivery of the mixed batch changes nothing."""
+    totals = await burst(durable_client, ["ann", "bob"], 3)
+    totals["ann"] = await adjust(durable_client, "ann", 9, key="fix-1")  # and a record
+    redis_client = services(durable_app).redis
+    written = 0
+    for stream in flusher(durable_app).streams:
+        entries = await redis_client.xrange(stream)
+        if entries:
+            await redis_client.xdel(stream, *(sid for sid, _ in entries))
+        for n, (_, fields) in enumerate(entries):  # every other one as an older worker wrote it
+            assert list(fields) == [COMPACT]
+            await redis_client.xadd(stream, expand(fields) if n % 2 else fields)
+        written += len(entries)
+    assert written == 10
+    entries = []
+    for stream in flusher(durable_app).streams:
+        entries += [(stream, sid, f) for sid, f in await redis_client.xrange(stream)]
+    assert sum(COMPACT not in f for _, _, f in entries) == 5  # named: the older format
+    again = await store(durable_app).write(sort(entries))  # as if delivered before a crash
+    assert (again.inserted, again.quarantined) == (9, 0)
+    draining = flusher(durable_app)
+    assert await draining.drain() == 10
+    assert (draining.stats.duplicates, draining.stats.quarantined) == (9, 0)  # ledgered once
+    await assert_ledger_matches(durable_app, totals)
+    records = await fetchval(durable_app, "SELECT count(*) FROM redis_records")
+    assert records == 1  # the keyed adjust's idempotency record, from either format
+
+
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not reached in time")
+
+
+async def test_one_flusher_holds_the_lease_the_other_stands_by_then_takes_over(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """With a lease, one of two workers' flushers flushes; the other only checks the lease, and
+    takes over when the holder stops (it releases the lease) or its lease lapses."""
+    first, second = flusher(durable_app, lease_ms=8_000), flusher(durable_app, lease_ms=8_000)
+    stops = asyncio.Event(), asyncio.Event()
+    one = asyncio.create_task(first.run(stops[0]))
+    await _until(lambda: _true(first.role == HOLD))
+    two = asyncio.create_task(second.run(stops[1]))
+    try:
+        for n in range(3):
+            await adjust(durable_client, "ann", 5 + n)
+        await _until(lambda: _true(first.stats.events == 3))  # acknowledged after the commit
+        assert (await ledger_count(durable_app), second.stats.events) == (3, 0)
+        assert second.role == STAND_BY
+        stops[0].set()
+        await asyncio.wait_for(one, 5)  # stopping releases the lease
+        await adjust(durable_client, "ann", 9)
+        await _until(lambda: _true(second.stats.events == 1))
+        assert (second.role, await ledger_count(durable_app)) == (HOLD, 4)
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(one, two), 10)
+    assert await services(durable_app).redis.get(FLUSH_LEASE_KEY) is None
+
+
+async def test_a_flusher_standing_by_helps_a_holder_that_is_behind(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """A holder whose last read filled a stream's batch (more was waiting) marks the lease: the
+    flushers standing by flush too until it has caught up."""
+    redis_client = services(durable_app).redis
+    standing = flusher(durable_app, lease_ms=400)
+    stop = asyncio.Event()
+    await redis_client.set(FLUSH_LEASE_KEY, "elsewhere|0", px=60_000)  # another worker holds it
+    task = asyncio.create_task(standing.run(stop))
+    try:
+        await adjust(durable_client, "ann", 5)
+        await asyncio.sleep(0.5)  # a few lease checks
+        assert (standing.role, await ledger_count(durable_app)) == (STAND_BY, 0)
+        await redis_client.set(FLUSH_LEASE_KEY, "elsewhere|1", px=60_000)  # behind: help
+        await _until(lambda: _true(standing.stats.events == 1))
+        assert (standing.role, await ledger_count(durable_app)) == (HELP, 1)
+        assert await redis_client.get(FLUSH_LEASE_KEY) == "elsewhere|1"  # still the other's
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert await redis_client.get(FLUSH_LEASE_KEY) == "elsewhere|1"  # not ours to release
+
+
+async def test_a_holder_is_behind_when_a_read_fills_a_streams_batch(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """What the lease's "behind" says: the last read returned ``batch`` entries of some stream
+    (COUNT is per stream), not that the iteration moved many events in all."""
+    for n in range(3):
+        await adjust(durable_client, "ann", 5 + n)
+    holder = flusher(durable_app, batch=2, lease_ms=60_000)
+    assert await holder._lease() == HOLD
+    assert await holder.flush_once(block=False) == 2  # 2 of ann's 3: more is waiting
+    assert await holder._lease() == HOLD
+    redis_client = services(durable_app).redis
+    assert await redis_client.get(FLUSH_LEASE_KEY) == f"{holder.consumer}|0"  # not yet told
+    holder.iteration_done()  # as ``run`` does
+    await holder._lease()
+    assert await redis_client.get(FLUSH_LEASE_KEY) == f"{holder.consumer}|1"
+    assert await holder.flush_once(block=False) == 1  # the last one: caught up
+    assert not holder._full
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_numbers_of_fifteen_digits_or_more_are_written_exactly(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """Lua writes a number of 15 digits or more in exponent form (1e+14): the compact entry
+    writes its digits instead (lua/lib/entry.lua), so it is ledgered, not quarantined."""
+    await award(durable_client, "ann")  # 20 EXP
+    keys = UserKeys.of("ann", services(durable_app).settings.key_buckets)
+    await services(durable_app).redis.hset(keys.user, "exp", 10**14)
+    total = await adjust(durable_client, "ann", 7, key="big-1")
+    assert total == 10**14 + 7
+    draining = flusher(durable_app)
+    await draining.drain()
+    assert draining.stats.quarantined == 0
+    rows = await fetch(durable_app, "SELECT amount, totals FROM ledger ORDER BY seq")
+    assert [orjson.loads(r["totals"])["exp"] for r in rows] == [20, 10**14 + 7]
+    assert await fetchval(durable_app, "SELECT exp FROM user_totals") == 10**14 + 7
+
+
+async def test_compact_entries_an_older_release_quarantined_are_ledgered_after_all(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """During a rolling upgrade a worker of the release before the compact format reads a new
+    entry as one without any field and quarantines it (acknowledged, gone from the stream). The
+    new release's flusher ledgers those from the quarantine and marks them resolved; one the new
+    reader refuses too stays, with its reason."""
+    totals = await burst(durable_client, ["ann", "bob"], 2)
+    totals["ann"] = await adjust(durable_client, "ann", 9, key="fix-1")  # and a record
+    redis_client = services(durable_app).redis
+    old_reader: list[Rejected] = []
+    for stream in flusher(durable_app).streams:
+        for sid, fields in await redis_client.xrange(stream):
+            old_reader.append(Rejected(stream, sid, OLD_READER_REASON, dict(fields)))
+            await redis_client.xdel(stream, sid)
+    bogus = {COMPACT: SEP.join(["exp_award", "ann", "99"])}  # a field count no layout has
+    old_reader.append(Rejected(old_reader[0].stream, "1-1", OLD_READER_REASON, bogus))
+    await store(durable_app).quarantine(old_reader)
+    assert len(old_reader) == 9  # 7 events, a record, the bogus one
+    draining = flusher(durable_app)
+    assert await draining.drain() == 0  # nothing in the streams: all from the quarantine
+    await assert_ledger_matches(durable_app, totals)
+    assert await fetchval(durable_app, "SELECT count(*) FROM redis_records") == 1
+    rows = await fetch(
+        durable_app, "SELECT stream_id, reason FROM ledger_quarantine WHERE resolved_at IS NULL"
+    )
+    assert [(r["stream_id"], r["reason"]) for r in rows] == [
+        ("1-1", "exp_award entry with 2 fields, its layout has 12")
+    ]
+    await flusher(durable_app).drain()  # looked at again: nothing left to do
+    assert await ledger_count(durable_app) == 7
+
+
+def test_quarantined_text_is_unescaped_exactly() -> None:
+    for text in ("plain", "a\\\\b", "nul\x00x", "\\x00 literal", "caf\u00e9", "bad\udcff", "\x1f|"):
+        assert unescape_text(escape_text(text)) == text

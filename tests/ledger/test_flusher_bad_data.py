@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import httpx2
+import orjson
 import pytest
 from starlette.applications import Starlette
 
@@ -14,6 +15,7 @@ from counters.clock import ManualClock
 from counters.redis.keys import UserKeys, stream_key
 from counters.runtime.durability import flusher_redis
 from counters.settings import Settings
+from persistence.events import COMPACT, LAYOUTS, SEP
 from persistence.flusher import Flusher, stream_lag
 from tests.support.core import service_headers
 from tests.support.persistence import fetch, fetchval, services, store
@@ -126,3 +128,54 @@ async def test_readyz_shows_a_ledger_that_stopped_advancing(
     assert body["status"] == "degraded" and body["postgres"] == "ok"
     assert body["flusher"]["stalled"].startswith("oldest unledgered event is 6")
     assert strict.status_code == 503
+
+
+def compact(user: str, number: int, /, **changed: str | int) -> dict[str, str]:
+    """An ``exp_adjust`` entry in the compact format, as this release's scripts write it, with
+    ``changed`` fields."""
+    named = {**event(user, number), **changed}
+    layout = LAYOUTS["exp_adjust"]
+    return {COMPACT: SEP.join([str(named["kind"]), *(str(named.get(n, "")) for n in layout)])}
+
+
+async def test_bad_compact_entries_are_quarantined_with_their_reason(
+    durable_app: Starlette, durable_settings: Settings
+) -> None:
+    """Compact entries that cannot be ledgered: a field too many (a separator inside a field) or
+    too few, a NUL, a number that is not an integer or out of bigint's range, an unknown kind,
+    a missing seq. Each is set aside with its reason as it was written; the good ones around
+    them are ledgered."""
+    redis = services(durable_app).redis
+    stream = UserKeys.of("ann", 16).events
+    bad = {
+        3: ({"action": f"two{SEP}fields"}, "exp_adjust entry with 12 fields, its layout has 11"),
+        5: ({"action": "nul\x00inside"}, "a NUL character (Postgres text cannot hold it)"),
+        8: ({"exp": "1e3"}, "invalid literal for int() with base 10: '1e3'"),
+        9: ({"amount": 2**63}, "amount out of range"),
+        11: ({"kind": "exp_gift"}, "unknown kind 'exp_gift'"),
+        12: ({"ts": -1}, "ts out of range"),
+        13: ({"seq": ""}, "missing seq"),
+    }
+    for seq in range(1, 16):
+        changed, _ = bad.get(seq, ({}, ""))
+        await redis.xadd(stream, compact("ann", seq, **changed))
+    short = SEP.join(compact("ann", 16)[COMPACT].split(SEP)[:-1])
+    await redis.xadd(stream, {COMPACT: short})
+    client = flusher_redis(durable_settings)
+    try:
+        flusher = Flusher(client, store(durable_app), buckets=16, block_ms=10)
+        assert await flusher.drain(max_failures=1) == 16
+    finally:
+        await client.aclose()
+    seqs = [r["seq"] for r in await fetch(durable_app, "SELECT seq FROM ledger ORDER BY seq")]
+    assert seqs == [s for s in range(1, 16) if s not in bad]
+    rows = await fetch(
+        durable_app, "SELECT reason, fields FROM ledger_quarantine ORDER BY stream_id"
+    )
+    reasons = [reason for _, reason in bad.values()]
+    assert [r["reason"] for r in rows] == [
+        *reasons,
+        "exp_adjust entry with 10 fields, its layout has 11",
+    ]
+    assert all(list(orjson.loads(r["fields"])) == [COMPACT] for r in rows)  # kept as written
+    assert (await stream_lag(redis, [stream])).events == 0

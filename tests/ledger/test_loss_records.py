@@ -6,6 +6,8 @@ keyed retry into a second application, a refund into 404, or a capture into "unk
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 import pytest
 import redis
@@ -13,7 +15,7 @@ from starlette.applications import Starlette
 
 from counters.clock import ManualClock
 from counters.redis.keys import UserKeys
-from persistence.events import sort_entries
+from persistence.events import expand, sort_entries
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, flusher, services, store
 from tests.support.xp import balance, debit, hold, subscribe
@@ -113,6 +115,80 @@ async def test_keyed_retries_after_a_loss_replay_the_first_answer(
     kinds = await ledger_kinds(durable_app, "k1")
     assert kinds.count("exp_award") == 1 and kinds.count("xp_debit") == 1
     assert kinds.count("exp_adjust") == 1
+
+
+async def test_a_read_that_stops_between_an_event_and_its_records_ledgers_them_together(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """A flusher read of ``batch`` entries per stream may stop right after an event, before the
+    records its script appended next (a keyed award: its idempotency record; a keyed debit:
+    its idempotency record, after its transaction record and the event). They are ledgered in
+    the event's transaction, so a loss right after it cannot leave the event ledgered and its
+    record gone (the keyed retry applied again: the flaky load test of session 5, made certain
+    here by a batch that ends at the event)."""
+    award_headers = user_headers("b1", **{"Idempotency-Key": "persona-1"})
+    body = {"action": "create_persona"}
+    first = await durable_client.post("/api/exp/gain", json=body, headers=award_headers)
+    assert first.status_code == 200, first.text
+    one = flusher(durable_app, batch=1)
+    assert await one.flush_once(block=False) == 2  # the event, and its record with it
+    redis_client.flushall()
+    again = await durable_client.post("/api/exp/gain", json=body, headers=award_headers)
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+
+    await subscribe(durable_client, "b2", "pixel_rookie")
+    await flusher(durable_app).drain()
+    spent = await debit(durable_client, "b2", "NEW_IMAGE", **{"Idempotency-Key": "gen-1"})
+    assert spent.status_code == 200, spent.text
+    # the transaction record and the debit (the read's 2 entries), then the key's record
+    assert await flusher(durable_app, batch=2).flush_once(block=False) == 3
+    redis_client.flushall()
+    spent_again = await debit(durable_client, "b2", "NEW_IMAGE", **{"Idempotency-Key": "gen-1"})
+    assert spent_again.json() == spent.json()
+    assert spent_again.headers["idempotent-replayed"] == "true"
+    back = await refund(durable_client, "b2", spent.json()["transaction_id"])
+    assert back.status_code == 200, back.text  # the transaction record came back too
+    await flusher(durable_app).drain()
+    assert (await ledger_kinds(durable_app, "b1")).count("exp_award") == 1
+    assert (await ledger_kinds(durable_app, "b2")).count("xp_debit") == 1
+
+
+@pytest.mark.parametrize("step", ["debit", "hold", "capture", "release", "refund"])
+async def test_an_xp_record_is_never_ledgered_ahead_of_its_event(
+    durable_app: Starlette,
+    durable_client: httpx2.AsyncClient,
+    redis_client: redis.Redis,
+    step: str,
+) -> None:
+    """A helper's finding: a debit wrote its transaction record to the stream *before* its
+    event, so a read of one entry ledgered the record alone; lost with Redis after that, the
+    debit was gone and its record not, and a refund of it answered 200: XP out of nothing.
+    Every XP script now appends its records after its event, so a read that stops at the
+    event takes them with it (the trailing records) and a read never starts with them."""
+    user = f"order-{step}"
+    await subscribe(durable_client, user, "pixel_rookie")
+    await flusher(durable_app).drain()
+    if step in ("hold", "capture", "release"):
+        held = await hold(durable_client, user, "NEW_IMAGE")
+        assert held.status_code == 201, held.text
+        if step != "hold":
+            await flusher(durable_app).drain()
+            path = f"/api/v1/xp/holds/{held.json()['hold_id']}/{step}"
+            settled = await durable_client.post(path, headers=user_headers(user))
+            assert settled.status_code == 200, settled.text
+    else:
+        spent = await debit(durable_client, user, "NEW_IMAGE")
+        assert spent.status_code == 200, spent.text
+        if step == "refund":
+            await flusher(durable_app).drain()
+            back = await refund(durable_client, user, spent.json()["transaction_id"])
+            assert back.status_code == 200, back.text
+    stream = UserKeys.of(user, services(durable_app).settings.key_buckets).events
+    entries: Any = redis_client.xrange(stream)
+    kinds = [expand(fields)["kind"] for _, fields in entries]
+    assert kinds[0] != "record" and kinds[1:] == ["record"] * (len(kinds) - 1), kinds
+    assert await flusher(durable_app, batch=1).flush_once(block=False) == len(kinds)
 
 
 async def test_records_of_a_lost_incarnation_stay_lost(

@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from api.app import create_app
 from counters.cli.embedded import PostgresServer
 from counters.clock import ManualClock
+from counters.runtime.durability import Durability
 from counters.settings import Settings
 from tests.support.core import user_headers
 from tests.support.http import asgi_client
@@ -58,7 +59,22 @@ async def app(
     )
     app = create_app(durable, clock=clock)
     async with app.router.lifespan_context(app):
+        await _started(app)
         yield app
+
+
+async def _started(app: Starlette) -> None:
+    """Wait for the app's own start-up work on Postgres (the migrations and the bucket count,
+    run in the background: ``Durability._migrate_then_flush``). Under load it was still running
+    when a test stopped Postgres: it then timed out mid-call against the stopped server and was
+    cancelled, waiting to retry, at teardown. The request under test must be the only Postgres
+    work while Postgres is stopped."""
+    durability: Durability = app.state.durability
+    for _ in range(600):  # 30 s
+        if durability.schema_ready:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"migrations not applied: {durability.schema_error}")
 
 
 def _stop(server: PostgresServer, sig: signal.Signals) -> None:

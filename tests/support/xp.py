@@ -17,6 +17,7 @@ from counters.clock import ManualClock
 from counters.redis.keys import UserKeys
 from counters.rules import Rules, load_rules
 from counters.settings import DEFAULT_KEY_BUCKETS, Settings
+from persistence.events import expand
 from tests.support.core import service_headers, user_headers
 
 BUCKETS = DEFAULT_KEY_BUCKETS  # Settings.key_buckets, as the suite's settings fixture leaves it
@@ -99,7 +100,8 @@ def events(redis_client: redis.Redis, user: str) -> list[dict[str, str]]:
     """The user's ledger events, oldest first."""
     stream = UserKeys.of(user, BUCKETS).events
     entries: Any = redis_client.xrange(stream)
-    return [fields for _, fields in entries if fields.get("user") == user]
+    named = [expand(fields) for _, fields in entries]
+    return [fields for fields in named if fields.get("user") == user]
 
 
 def kinds(redis_client: redis.Redis, user: str) -> list[tuple[str, str, int]]:

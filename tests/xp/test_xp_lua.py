@@ -39,9 +39,10 @@ def test_xp_scripts_get_the_library_and_others_do_not() -> None:
     assert "xp_state" not in names  # lua/lib/ holds libraries, not scripts
     for name in XP_SCRIPTS:
         source = script_source(name, lua_rules(load_rules()))
-        # Dependencies first, each once: bucket (required by records), records (by idempotency),
-        # idempotency (by xp_state), xp_state, the script.
-        assert source.startswith("-- The bucket's own record")
+        # Dependencies first, each once: entry (required by bucket), bucket (by records),
+        # records (by idempotency), idempotency (by xp_state), xp_state, the script.
+        assert source.startswith("--[[ lib/entry")
+        assert source.index("local Entry = {}") < source.index("local Bucket = {}")
         assert source.index("local Bucket = {}") < source.index("local Records = {}")
         assert source.index("local Records = {}") < source.index("local Idempotency = {}")
         assert source.count("local Bucket = {}") == 1

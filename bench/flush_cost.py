@@ -1,0 +1,222 @@
+"""CPU per ledgered event, flat out, for several checkouts alternated in one session (issue #11).
+
+``python -m bench.flush_cost [--runs 3] [--users 10000] CHECKOUT [CHECKOUT ...]``
+
+Each run is a process of its own with ``CHECKOUT`` first on ``PYTHONPATH`` (and as its working
+directory), so it runs that checkout's service, bench and flusher: it starts a throwaway Redis
+and Postgres (``bench.run.Bench``'s servers), fills the streams with the memory scenario
+(``--users`` users doing a typical day: ~60k events for 10,000), then drains them with one
+flusher (``bench.flush.drain``, as ``flusher_capacity`` in ``make bench`` does) and counts, per
+event ledgered:
+
+- ``flusher``: the draining process's CPU (user + system) over the drain;
+- ``postgres``: the postmaster and its backends, exited ones included, from before the drain to
+  a second after it (the drain's pool closes as it ends: its backends must exit and be reaped);
+- ``redis``: Redis's ``used_cpu_user + used_cpu_sys`` over the same span.
+
+Runs go round robin over the checkouts (A B A B ...), so a change in the machine's load hits each
+about equally; the table gives each checkout's median per column (the total is the median of the
+runs' totals) and each checkout's total against the first's. Only the APIs that the bench had
+before issue #11 are used (``Bench``, ``Bench.memory``, ``Bench.postgres_cpu``, ``flush.drain``,
+``flush.empty_ledger``, ``cpu.redis_cpu``), so commit d7a9f3b can be measured too:
+``git worktree add --detach /work/wt-d7a9 d7a9f3b``. Results are JSON lines on stderr too.
+
+``python -m bench.flush_cost --at-rate 5000 [--seconds 10] VARIANT [VARIANT ...]`` measures the
+steady rate instead, with this checkout's code only: awards made at ``--at-rate`` per second
+for ``--seconds`` while flusher processes ledger them as ``serve`` workers would
+(``bench.flush.at_rate``), per event: the flusher processes' CPU and Postgres's, from their
+start-up's end to the end of the catch-up (Redis's would count the awards too: left out). A
+VARIANT is ``<consumers>:<lease ms>[:<linger ms>]``: ``2:0``, two workers' flushers both
+flushing (no lease), ``2:5000`` one at a time (the flush lease), ``2:5000:200`` lingering 200 ms
+instead of the default. Variants are alternated as checkouts are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import cpu
+
+_COLUMNS = ("flusher", "postgres", "redis", "total")
+
+# Run inside the checkout under test (its code first on sys.path); prints one JSON line.
+_CHILD = r"""
+import asyncio, gc, json, sys, tempfile, time
+from pathlib import Path
+
+import bench, counters, persistence
+from bench import direct, flush
+from bench.options import Options
+from bench.run import Bench
+
+users = int(sys.argv[1])
+exec(sys.argv[2])  # the meters: this harness's own, not the checkout's (older ones miss exited
+# backends)
+with tempfile.TemporaryDirectory(prefix="flush-cost-") as tmp:
+    b = Bench(Options(memory_users=users, only=frozenset({"memory"})), Path(tmp))
+    with b._servers():
+        assert b.postgres is not None, b.report.notes
+        b.with_services(direct.seed_owners)
+        b.seeded = direct.snapshot(b.redis.url)
+        b.memory()  # fills the streams: the memory scenario's events
+        url = b.postgres.url
+        buckets = direct.bench_settings(b.redis.url).key_buckets
+        asyncio.run(flush.empty_ledger(url))
+        time.sleep(1.0)  # the pool's backends exit before the window opens
+        gc.collect()
+        postmaster = int((b.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        pg, rd = tree_cpu(postmaster), redis_cpu(b.redis.url)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        drained = asyncio.run(flush.drain(b.redis.url, url, buckets))
+        flusher, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        time.sleep(1.0)
+        pg, rd = tree_cpu(postmaster) - pg, redis_cpu(b.redis.url) - rd
+        n = max(drained.events, 1)
+        print(json.dumps({
+            "code": [str(Path(m.__file__).parent.parent) for m in (bench, counters, persistence)],
+            "events": drained.events, "buckets": buckets, "seconds": round(wall, 2),
+            "flusher": flusher * 1e6 / n, "postgres": pg * 1e6 / n, "redis": rd * 1e6 / n,
+            "total": (flusher + pg + rd) * 1e6 / n,
+        }))
+"""
+
+
+# The steady rate, run inside this checkout; prints one JSON line (see the module's docstring).
+_RATE_CHILD = r"""
+import asyncio, dataclasses, json, sys, tempfile
+from pathlib import Path
+
+from bench import direct, flush, scenarios
+from bench.options import Options
+from bench.run import Bench
+
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+consumers, lease_ms, *linger = (int(n) for n in sys.argv[3].split(":"))
+with tempfile.TemporaryDirectory(prefix="flush-rate-") as tmp:
+    b = Bench(Options(only=frozenset({"flusher"})), Path(tmp))
+    with b._servers():
+        assert b.postgres is not None, b.report.notes
+        b.with_services(direct.seed_owners)
+        b.seeded = direct.snapshot(b.redis.url)
+        url = b.postgres.url
+        asyncio.run(flush.empty_ledger(url))
+        buckets = direct.bench_settings(b.redis.url).key_buckets
+        awards = scenarios.gain_awards(count=int(rate * seconds), prefix="f")
+
+        async def measure(svc):
+            calls = await direct.award_calls(svc, awards)
+            return await flush.at_rate(
+                b.redis.url, url, buckets, calls, rate, consumers=consumers, lease_ms=lease_ms,
+                linger_ms=linger[0] if linger else None, meters={"postgres": b.postgres_cpu},
+            )
+
+        result = b.with_services(measure)
+        cpu = result.cpu_us_per_event
+        print(json.dumps({
+            **cpu, "total": round(sum(cpu.values()), 1),
+            "events_per_second": result.events_per_second, "max_lag_events": result.max_lag_events,
+            "catch_up_seconds": result.catch_up_seconds,
+        }))
+"""
+
+
+def rate_once(variant: str, rate: float, seconds: float) -> dict[str, object]:
+    """One steady-rate run of ``variant`` (``<consumers>:<lease ms>``) of this checkout."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _RATE_CHILD, str(rate), str(seconds), variant],
+        cwd=root, env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+        timeout=900, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_once(checkout: Path, users: int) -> dict[str, object]:
+    """One drain of ``checkout``'s code in a process of its own; its JSON line as a dict.
+    Raises ``RuntimeError`` if the child failed or ran some other checkout's code."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    env = {k: v for k, v in env.items() if not k.startswith("COUNTERS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(users), inspect.getsource(cpu)],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{checkout}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    code = result.pop("code")
+    if any(Path(str(p)).resolve() != checkout.resolve() for p in code):  # type: ignore[attr-defined]
+        raise RuntimeError(f"{checkout}: the child ran code from {code}")
+    return result
+
+
+def table(
+    names: list[str],
+    runs: dict[str, list[dict[str, object]]],
+    columns: tuple[str, ...] = _COLUMNS,
+    count: str = "events",
+) -> str:
+    """Medians per checkout (or variant) and column (us per event), and each total against the
+    first's."""
+    lines = [f"| checkout | runs | {count} | " + " | ".join(columns) + " | total / first |"]
+    lines.append("|---|---:|---:|" + "---:|" * (len(columns) + 1))
+    first = statistics.median(float(str(r["total"])) for r in runs[names[0]])
+    for name in names:
+        mine = runs[name]
+        medians = [statistics.median(float(str(r[c])) for r in mine) for c in columns]
+        events = statistics.median(float(str(r[count])) for r in mine)
+        cells = " | ".join(f"{m:.1f}" for m in medians)
+        lines.append(
+            f"| {name} | {len(mine)} | {events:,.0f} | {cells} | {medians[-1] / first:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.flush_cost", description=__doc__)
+    parser.add_argument(
+        "checkouts", nargs="+", help="trees to measure (with --at-rate: variants), alternated"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per checkout (median shown)")
+    parser.add_argument("--users", type=int, default=10_000, help="memory scenario users")
+    parser.add_argument("--at-rate", type=float, default=0.0, help="awards/s: the steady rate")
+    parser.add_argument("--seconds", type=float, default=10.0, help="with --at-rate")
+    args = parser.parse_args(argv)
+    names: list[str] = (
+        list(args.checkouts) if args.at_rate else [str(Path(p).resolve()) for p in args.checkouts]
+    )
+    runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
+    for n in range(args.runs):
+        for name in names:
+            if args.at_rate:
+                result = rate_once(name, args.at_rate, args.seconds)
+            else:
+                result = run_once(Path(name), args.users)
+            runs[name].append(result)
+            line = {"run": n, "checkout": name, "load": _load(), **result}
+            line = {k: round(v, 1) if isinstance(v, float) else v for k, v in line.items()}
+            print(json.dumps(line), file=sys.stderr, flush=True)
+    if args.at_rate:
+        print(table(names, runs, ("flusher", "postgres", "total"), "events_per_second"))
+    else:
+        print(table(names, runs))
+    return 0
+
+
+def _load() -> str:
+    """The 1-minute load average, to state next to the figures."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
