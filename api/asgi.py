@@ -224,6 +224,10 @@ class CountersApp(Starlette):
         """``hot_wrapper`` puts middleware the hot routes need too (CORS) around each of them;
         None (no such middleware configured): the hot lane pays nothing for it."""
         super().__init__(routes=routes, **kwargs)
+        # No 307 to the path with or without its trailing slash: Starlette builds that Location
+        # from the client's Host header (an open redirect, and a POST's body not followed by
+        # every client). An unknown path is a 404 with detail and code like any other.
+        self.router.redirect_slashes = False
         self._hot = {(route.method, route.path): route for route in hot}
         self._wrapped: dict[tuple[str, str], ASGIApp] = {}
         if hot_wrapper is not None:

@@ -12,10 +12,12 @@ takes the variable's name and its raw text and raises ``ConfigError`` naming the
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from counters.errors import ConfigError
 
@@ -83,6 +85,42 @@ def check_range(
         raise ConfigError(f"{name}={value!r}: out of range (must be {bounds})")
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+DATABASE_SCHEMES = ("postgresql", "postgres")
+
+
+def check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``url`` is ``<scheme>://...`` with one of
+    ``schemes`` and, when it names one, a port that is a number from 0 to 65535. The URL is not
+    repeated in the message: it may hold a password."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
+        wanted = ", ".join(f"{s}://" for s in schemes)
+        raise ConfigError(f"{name}: not a URL of {wanted}")
+    if "+cluster" in scheme.lower():
+        return  # several host:port seeds; parse_cluster_url (counters/redis/cluster.py) reads them
+    try:
+        urlsplit(url).port  # noqa: B018 - reading it checks it
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+# An origin as a browser sends it (RFC 6454 section 6.1): scheme://host[:port], no path.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^\s/?#@:\[\]]+)(:[0-9]{1,5})?")
+
+
+def check_origins(name: str, origins: tuple[str, ...]) -> None:
+    """Raise ``ConfigError`` naming ``name`` for an entry that is neither ``*`` nor an origin as
+    browsers send it in ``Origin`` (lower case ``scheme://host[:port]``, no path, not even
+    ``/``): it could never match, and the browser's calls would be refused without a word."""
+    bad = [o for o in origins if o != "*" and (o != o.lower() or not _ORIGIN.fullmatch(o))]
+    if bad:
+        raise ConfigError(
+            f"{name}: not an origin (scheme://host[:port] in lower case, no path, or *):"
+            f" {', '.join(repr(o) for o in bad)}"
+        )
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ``ConfigError`` naming ``name`` unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -113,6 +151,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 
 
 DEFAULT_KEY_BUCKETS = 1_024  # issue #12: "a default of 1,024 buckets or more"
+# RFC 7518 section 3.2: "A key of the same size as the hash output (for instance, 256 bits for
+# "HS256") or larger MUST be used with this algorithm."
+MIN_JWT_SECRET_BYTES = 32
 
 
 def env_name(field_name: str) -> str:
@@ -173,8 +214,11 @@ class Settings:
     # (renewed every iteration); the other workers stand by and take over when it lapses, and
     # help while the holder is behind (persistence/flusher.py). 0: every worker flushes. Above
     # 4 x flush_block_ms (an idle holder's longest read), or it lapses between renewals.
-    flush_lease_ms: int = bounded(5_000, ge=0)
-    flush_claim_idle_ms: int = bounded(30_000, ge=0)  # a dead consumer's events are taken after
+    flush_lease_ms: int = bounded(5_000, ge=0, le=60_000)
+    # A dead consumer's events are taken by another after this. Well under
+    # max_unflushed_seconds: a worker killed mid-batch must not fill the durability window
+    # (an attacker's finding: both were 30 s, so every such kill refused writes for ~8 s).
+    flush_claim_idle_ms: int = bounded(10_000, ge=0)
     flush_backoff_max_seconds: float = bounded(5.0, gt=0)  # retry delay cap while a store is down
     # How often each worker checks for buckets Redis does not hold completely and restores them
     # from Postgres (persistence/restore.py); 0: never (users are then hydrated one by one).
@@ -260,15 +304,37 @@ class Settings:
         return self.key_buckets_given or self.key_buckets != DEFAULT_KEY_BUCKETS
 
     def validate(self) -> None:
-        """Reject values outside their range or choices (``ConfigError`` naming the variable)."""
+        """Reject values outside their range or choices, a JWT secret shorter than 32 bytes
+        (development mode too: its generated secret has 43), Redis and Postgres URLs of another
+        scheme or with a bad port, CORS origins a browser never sends, and webhook URLs that are
+        not http(s) or have no secret (``ConfigError`` naming the variable)."""
         for spec in fields(self):
             value = getattr(self, spec.name)
             if "range" in spec.metadata:
                 check_range(env_name(spec.name), value, **spec.metadata["range"])
             if "choices" in spec.metadata:
                 check_choice(env_name(spec.name), value, spec.metadata["choices"])
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"COUNTERS_JWT_SECRET: {len(self.jwt_secret.encode())} bytes, too short (at least"
+                f" {MIN_JWT_SECRET_BYTES}: an HS256 key of 256 bits or more, RFC 7518 section 3.2)"
+            )
+        if self.redis_url is not None:
+            check_url("COUNTERS_REDIS_URL", self.redis_url, REDIS_SCHEMES)
+        if self.database_url is not None:
+            check_url("COUNTERS_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
+        check_origins("COUNTERS_CORS_ORIGINS", self.cors_origins)
         bad_urls = [u for u in self.webhook_urls if not u.startswith(("http://", "https://"))]
         if bad_urls:
             raise ConfigError(f"COUNTERS_WEBHOOK_URLS: not an http(s) URL: {', '.join(bad_urls)}")
+        window_ms = self.max_unflushed_seconds * 1000
+        for name, ms in (("FLUSH_CLAIM_IDLE_MS", self.flush_claim_idle_ms),
+                         ("FLUSH_LEASE_MS", self.flush_lease_ms)):  # fmt: skip
+            if window_ms and ms >= window_ms / 2:
+                raise ConfigError(
+                    f"COUNTERS_{name}: {ms} ms, at least half of COUNTERS_MAX_UNFLUSHED_SECONDS"
+                    f" ({self.max_unflushed_seconds:g} s): a worker killed mid-batch would fill"
+                    " the durability window and refuse writes; keep it under half"
+                )
         if self.webhook_urls and not self.webhook_secret:
             raise ConfigError("COUNTERS_WEBHOOK_SECRET is required with COUNTERS_WEBHOOK_URLS")

@@ -112,9 +112,7 @@ class ClusterFlusher(Flusher):
         self._claims += 1
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in self.streams:
-                pipe.xautoclaim(
-                    stream, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
-                )
+                pipe.xautoclaim(stream, GROUP, self.consumer, self._claim_idle(), count=self._batch)
                 if forgetting:
                     pipe.xinfo_consumers(stream, GROUP)
             replies = await pipe.execute()

@@ -68,22 +68,27 @@ _NOT_ENOUGH_DATA = getattr(redis_hiredis_parser, "NOT_ENOUGH_DATA", False)
 
 GROUP = "flusher"
 _FORGET_CONSUMER_MS = 3_600_000  # a consumer with nothing pending, idle this long, is removed
-FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 2 min
+FORGET_EVERY = 8  # claims (every claim_idle_ms / 2): dead consumers are looked for every 40 s
 _IDLE_BLOCK_DOUBLINGS = 2  # idle, a blocking read waits up to 4 x block_ms (2 s by default)
 _TRAILING = 8  # entries looked at past the last one of a stream read up to the batch size
 
 # The flush lease (see the module's docstring): KEYS[1] the lease, ARGV: this consumer, the
-# lease's time (ms), "1" if this consumer is behind. The value is "<consumer>|<0 or 1>".
+# lease's time (ms), this consumer's state: "0" keeping up, "1" behind, "2" failing (its last
+# write failed: it cannot reach Postgres, say). The value is "<consumer>|<state>".
 # Returns 1: this consumer holds it (taken or renewed); 2: another holds it and is behind (help
-# it); 0: another holds it (stand by).
+# it: flush too); 3: another holds it and is failing (help, and take over what it read and
+# could not write); 0: another holds it (stand by). A key with no expiry is no lease this code
+# wrote (a stray SET): it is taken over, never obeyed forever.
 _LEASE = """
 local mine = ARGV[1] .. '|'
 local holder = redis.call('GET', KEYS[1])
-if not holder or string.sub(holder, 1, #mine) == mine then
+if not holder or string.sub(holder, 1, #mine) == mine or redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('SET', KEYS[1], mine .. ARGV[3], 'PX', ARGV[2])
   return 1
 end
-if string.sub(holder, -2) == '|1' then return 2 end
+local state = string.sub(holder, -2)
+if state == '|1' then return 2 end
+if state == '|2' then return 3 end
 return 0
 """
 # Releases the lease if this consumer (ARGV[1]) holds it: a stopping worker hands over at once.
@@ -95,6 +100,7 @@ end
 return 0
 """
 HOLD, HELP, STAND_BY = 1, 2, 0
+_RESCUE = 3  # the lease script's "help, the holder is failing" (self.role says HELP)
 REQUEUE_EVERY = 30.0  # seconds between looks for compact entries an older flusher quarantined
 
 
@@ -135,7 +141,7 @@ class Flusher:
         batch: int = 1_000,
         block_ms: int = 500,
         linger_ms: int = 0,
-        claim_idle_ms: int = 30_000,
+        claim_idle_ms: int = 10_000,
         backoff_max: float = 5.0,
         consumer: str | None = None,
         after_commit: AfterCommit | None = None,
@@ -160,6 +166,7 @@ class Flusher:
         self._full = False  # the last read filled a stream's COUNT: more was waiting
         self._behind = False  # ... and that iteration ended well: the lease says so
         self.role = STAND_BY if lease_ms else HOLD  # what the lease said last
+        self._rescuing = False  # the holder is failing: its unwritten entries are claimed soon
         self._next_requeue = 0.0  # when to look for entries an older release quarantined
         self.stats = FlusherStats()
 
@@ -291,8 +298,9 @@ class Flusher:
 
     async def _run(self, stop: asyncio.Event, burst: bool, max_failures: int | None) -> int:
         total = 0
+        failing = False  # the last iteration failed: the lease asks the others to help
         while not stop.is_set():
-            if self._lease_ms and not burst and await self._lease() == STAND_BY:
+            if self._lease_ms and not burst and await self._lease(failing) == STAND_BY:
                 self.stats.last_progress = time.monotonic()  # standing by is no stall
                 await _wait(stop, self._lease_ms / 4000)
                 continue
@@ -302,6 +310,7 @@ class Flusher:
             try:
                 handled = await self.flush_once(block=not burst)
             except Exception as exc:
+                failing = True
                 FLUSH_FAILURES.inc()
                 count_store_error(exc)
                 if max_failures is not None and self.stats.failures + 1 >= max_failures:
@@ -312,12 +321,18 @@ class Flusher:
                 self.stats.last_error = str(exc)
                 delay = min(self._backoff_max, 0.05 * 2 ** min(self.stats.failures, 16))
                 delay *= random.uniform(0.5, 1.0)
+                if self._lease_ms and not burst:
+                    # Retrying its own entries keeps them young: wait long enough for another
+                    # worker, told by the lease that this one fails, to claim them (a quarter
+                    # of the lease unacknowledged) and write them if it can.
+                    delay = max(delay, self._lease_ms / 2000)
                 if isinstance(exc, StorageError):
                     log.warning("flush failed (%s); retrying in %.2fs", exc, delay)
                 else:  # a bug: keep the events safe in Redis and keep trying, loudly
                     log.exception("flush failed unexpectedly; retrying in %.2fs", delay)
                 await _wait(stop, delay)
                 continue
+            failing = False
             self.stats.last_progress = time.monotonic()
             if self.stats.failures:
                 log.info("flusher recovered after %d failed attempts", self.stats.failures)
@@ -351,18 +366,36 @@ class Flusher:
         more waiting (a read filled a stream's batch)."""
         self._behind, self._full = self._full, False
 
-    async def _lease(self) -> int:
-        """Take or renew the flush lease: ``HOLD``, ``HELP`` (another holds it and is behind)
-        or ``STAND_BY``. When Redis fails, ``HOLD``: the iteration's own read fails next, with
-        the usual backoff."""
+    async def _lease(self, failing: bool = False) -> int:
+        """Take or renew the flush lease: ``HOLD``, ``HELP`` (another holds it and is behind or
+        failing) or ``STAND_BY``. ``failing``: this consumer's last write failed, so the lease
+        says so and the others flush too: a holder that cannot reach Postgres (a partition of
+        its own) must not stop a deployment whose other workers can (an attacker's finding:
+        the ledger stopped and every write got 503 while the holder renewed its lease). When
+        Redis fails, ``HOLD``: the iteration's own read fails next, with the usual backoff."""
+        state = 2 if failing else int(self._behind)
         try:
             role = await self._redis.eval(
-                _LEASE, 1, FLUSH_LEASE_KEY, self.consumer, self._lease_ms, int(self._behind)
+                _LEASE, 1, FLUSH_LEASE_KEY, self.consumer, self._lease_ms, state
             )
         except RedisError:
             return HOLD
-        self.role = int(role)
+        rescuing = int(role) == _RESCUE
+        if rescuing and not self._rescuing:
+            self._next_claim = 0.0  # claim what the failing holder read, from the next read
+        self._rescuing = rescuing
+        self.role = HELP if rescuing else int(role)
         return self.role
+
+    def _claim_idle(self) -> int:
+        """How long (ms) another consumer's entry must have waited unacknowledged before this
+        one claims it: ``claim_idle_ms``; while the lease's holder is failing, a quarter of the
+        lease: the entries it read and cannot write (it retries them, which keeps them young)
+        would otherwise wait for it, not for Postgres. A claim of entries it does write after
+        all writes them again: a no-op."""
+        if self._rescuing:
+            return min(self._claim_idle_ms, self._lease_ms // 4)
+        return self._claim_idle_ms
 
     async def _release(self) -> None:
         """Give the lease up if held (best effort: it expires anyway)."""
@@ -393,7 +426,7 @@ class Flusher:
                 return entries
             self._own_pending_first = False
         if time.monotonic() >= self._next_claim:
-            self._next_claim = time.monotonic() + self._claim_idle_ms / 2000
+            self._next_claim = time.monotonic() + self._claim_idle() / 2000
             entries = await self._claim()
             if entries:
                 return entries
@@ -434,7 +467,7 @@ class Flusher:
         forgetting = self._claims % FORGET_EVERY == 0
         self._claims += 1
         commands: list[tuple[str | int, ...]] = []
-        me, idle, count = self.consumer, self._claim_idle_ms, self._batch
+        me, idle, count = self.consumer, self._claim_idle(), self._batch
         for stream in self.streams:  # packed by hiredis: redis-py's packer was ~1 ms a bucket
             commands.append(("XAUTOCLAIM", stream, GROUP, me, idle, "0-0", "COUNT", count))
             if forgetting:

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from api.errors import READINESS_STATUS
 from api.http import json_response, query_param, services
 from counters import metrics as metric_objects
+from counters.redis.memory import full_nodes
 from counters.runtime.durability import Durability
 
 # Only Redis gates readiness by default: the API serves from Redis alone while Postgres is down
@@ -28,7 +29,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Whether this instance can serve, with Postgres's status and the flusher's lag."""
+    """Whether this instance can serve, with Postgres's status and the flusher's lag; degraded
+    (``?strict=1``: not ready) while Postgres is down, the flusher stalls, a Redis node may
+    evict keys, or one refuses writes for memory (``redis_memory_full``)."""
     svc = services(request)
     durability: Durability = request.app.state.durability
     strict = query_param(request, "strict", "") in {"1", "true", "yes"}
@@ -40,6 +43,13 @@ async def readyz(request: Request) -> Response:
         body["rules_reload_error"] = reload_error  # the file on disk is not what is served
     postgres_ok = True
     evicting = False
+    memory_full = redis_ok and await _memory_full(request)
+    if memory_full:
+        # PING answers, every write is refused (OOM): degraded, and strict says no.
+        body["redis_memory_full"] = (
+            "a Redis node reached maxmemory under noeviction: every write is refused (OOM)"
+            " until memory is freed or maxmemory is raised"
+        )
     if durability.store is None:
         body["postgres"] = "not configured"
     else:
@@ -71,7 +81,7 @@ async def readyz(request: Request) -> Response:
                     " is refused): evicted records can change answers"
                 )
                 evicting = True
-    healthy = postgres_ok and not evicting
+    healthy = postgres_ok and not evicting and not memory_full
     ready = redis_ok and (healthy or not strict)
     body["status"] = ("ready" if healthy else "degraded") if ready else "not ready"
     return json_response(body, READINESS_STATUS[ready])
@@ -93,6 +103,16 @@ async def _redis_ok(request: Request) -> bool:
     except Exception:  # any failure to answer is "down"; the body says so
         return False
     return False
+
+
+async def _memory_full(request: Request) -> bool:
+    """A Redis node refuses writes because its memory is full (``counters/redis/memory.py``);
+    False when that cannot be read within the timeout (PING said Redis answers)."""
+    try:
+        async with asyncio.timeout(_TIMEOUT):
+            return bool(await full_nodes(services(request).redis))
+    except (RedisError, OSError, TimeoutError):
+        return False
 
 
 async def metrics(request: Request) -> Response:

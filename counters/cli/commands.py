@@ -61,13 +61,20 @@ def load_settings() -> Settings:
     return settings
 
 
-def _embedded(server: RedisServer | PostgresServer, variable: str, stack: ExitStack) -> str:
-    """Start an embedded server until the stack closes; its URL."""
+Embedded = RedisServer | PostgresServer
+
+
+def _embedded(
+    server: Embedded, variable: str, stack: ExitStack, started: list[Embedded] | None
+) -> str:
+    """Start an embedded server until the stack closes (added to ``started``); its URL."""
     try:
         server.start()
     except CountersError as exc:
         raise CommandError(f"{exc} (or set {variable})") from exc
     stack.callback(server.stop)
+    if started is not None:
+        started.append(server)
     name = "Redis" if isinstance(server, RedisServer) else "Postgres"
     click.echo(f"embedded {name} at {redact(server.url)} (data in {server.data_dir})", err=True)
     return server.url
@@ -83,17 +90,23 @@ def _of_running_serve(settings: Settings, kind: str, use: bool) -> str | None:
     return url
 
 
-def database_url(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> str:
+def database_url(
+    settings: Settings, stack: ExitStack, *, beside_serve: bool = True,
+    started: list[Embedded] | None = None,
+) -> str:  # fmt: skip
     """COUNTERS_DATABASE_URL, the running serve's, or the embedded Postgres until exit."""
     if settings.database_url is not None:
         return settings.database_url
     if url := _of_running_serve(settings, "database", beside_serve):
         return url
     server = PostgresServer(settings.data_dir / "postgres")
-    return _embedded(server, "COUNTERS_DATABASE_URL", stack)
+    return _embedded(server, "COUNTERS_DATABASE_URL", stack, started)
 
 
-def redis_url(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> str:
+def redis_url(
+    settings: Settings, stack: ExitStack, *, beside_serve: bool = True,
+    started: list[Embedded] | None = None,
+) -> str:  # fmt: skip
     """COUNTERS_REDIS_URL, the running serve's, or the embedded Redis until exit."""
     if settings.redis_url is not None:
         return settings.redis_url
@@ -102,7 +115,7 @@ def redis_url(settings: Settings, stack: ExitStack, *, beside_serve: bool = True
     if settings.local_cluster:
         return _local_cluster(settings, stack)
     server = RedisServer(settings.data_dir / "redis", persistent=True)
-    return _embedded(server, "COUNTERS_REDIS_URL", stack)
+    return _embedded(server, "COUNTERS_REDIS_URL", stack, started)
 
 
 def _local_cluster(settings: Settings, stack: ExitStack) -> str:
@@ -121,13 +134,16 @@ def _local_cluster(settings: Settings, stack: ExitStack) -> str:
     return cluster.url
 
 
-def with_servers(settings: Settings, stack: ExitStack, *, beside_serve: bool = True) -> Settings:
+def with_servers(
+    settings: Settings, stack: ExitStack, *, beside_serve: bool = True,
+    started: list[Embedded] | None = None,
+) -> Settings:  # fmt: skip
     """The settings with Redis and Postgres URLs: the running serve's, or embedded servers
-    (until exit), for any unset."""
+    (until exit, each added to ``started``), for any unset."""
     return replace(
         settings,
-        redis_url=redis_url(settings, stack, beside_serve=beside_serve),
-        database_url=database_url(settings, stack, beside_serve=beside_serve),
+        redis_url=redis_url(settings, stack, beside_serve=beside_serve, started=started),
+        database_url=database_url(settings, stack, beside_serve=beside_serve, started=started),
     )
 
 
@@ -144,7 +160,7 @@ def check_redis(url: str, variable: str = "COUNTERS_REDIS_URL") -> None:
 
     try:
         asyncio.run(ping())
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, ValueError) as exc:  # ValueError: redis-py refused the URL
         raise CommandError(f"{variable}: cannot use Redis at {redact(url)}: {exc}") from exc
 
 

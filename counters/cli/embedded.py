@@ -144,23 +144,63 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
-def _claim_pidfile(pidfile: Path, what: str) -> None:
-    """Refuse to start over a live server of the same data dir; drop a pid file left by a crash."""
-    try:
-        pid = int(pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
+def _live_server(pid: int, what: str) -> bool:
+    """Whether ``pid`` is a live process of the program ``what`` (``postgres``,
+    ``redis-server``): not when it is gone, a zombie, or another program that got the pid
+    since. Without ``/proc`` (not Linux) any live process counts, to be safe."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        pidfile.unlink(missing_ok=True)
-        return
+        return False
     except PermissionError:
-        pass  # alive, owned by another user
-    raise StorageError(
-        f"a {what} for {pidfile.parent} is already running (pid {pid}): stop it first,"
-        f" or delete {pidfile} if that process is not a {what}"
-    )
+        pass  # alive, owned by another user (the postgres account)
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()  # gone meanwhile, or no /proc at all
+    except OSError:
+        return True
+    name, _, rest = stat_line.partition("(")[2].rpartition(")")
+    return rest.split()[0] != "Z" and name == what[:15]  # comm: at most 15 characters
+
+
+def _postgres_in(data: Path) -> list[int]:
+    """Live ``postgres`` processes whose working directory is ``data``: a postmaster's, or
+    the backends of one killed with -9, which run on until they notice (normally at once).
+    Processes this user may not inspect are not seen (root, the usual case here, sees all)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(proc / "cwd") == str(data) and _live_server(int(proc.name), "postgres"):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _claim_pidfile(pidfile: Path, what: str, locks: tuple[Path, ...] = ()) -> None:
+    """Refuse to start over a live server of the same data dir; drop a pid file (and
+    ``locks``, lock files whose first line is a pid: Postgres's socket locks) left by a crash,
+    only when its pid is not a live ``what``: gone, a zombie, or reused by another program
+    (which stopped Postgres's own check: "lock file already exists")."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pid = 0
+    if pid and _live_server(pid, what):
+        raise StorageError(
+            f"a {what} for {pidfile.parent} is already running (pid {pid}): stop it first,"
+            f" or delete {pidfile} if that process is not a {what}"
+        )
+    if pid:
+        pidfile.unlink(missing_ok=True)
+    for lock in locks:
+        try:
+            holder = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if not _live_server(holder, what):
+            lock.unlink(missing_ok=True)
 
 
 def _check_port_free(port: int) -> None:
@@ -206,6 +246,18 @@ class _Server:
 
     def _running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def exited(self) -> int | None:
+        """The exit status (negative: killed by that signal) when the server we started has
+        exited, reaped now (no zombie left behind); None while it runs or when not started."""
+        if self._proc is None or self._owner != os.getpid():
+            return None
+        return self._proc.poll()
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while we own one."""
+        return None if self._proc is None else self._proc.pid
 
     def _spawn(self, argv: list[str], log: Path, account: tuple[int, int] | None) -> None:
         with log.open("ab") as out:
@@ -386,7 +438,14 @@ class PostgresServer(_Server):
             _make_traversable(bin_dir / "postgres")
         if not (data / "PG_VERSION").exists():
             self._initdb(bin_dir, data, account, self.password)
-        _claim_pidfile(data / "postmaster.pid", "postgres")
+        _claim_pidfile(data / "postmaster.pid", "postgres", tuple(data.glob(".s.PGSQL.*.lock")))
+        # A postmaster killed with -9 leaves its backends attached to the old shared memory
+        # for a moment; the pid file that would have told the new postmaster is gone.
+        deadline = time.monotonic() + 10
+        while (left := _postgres_in(data)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if left:
+            raise StorageError(f"postgres processes {left} still use {data}: stop them first")
         self.port = self.port or free_port()
         _check_port_free(self.port)
         # The Unix socket lives in the data dir (never /var/run/postgresql); a path too long

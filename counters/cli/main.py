@@ -2,7 +2,8 @@
 
 Exit codes, for every command: 0 done (``serve``: stopped by SIGTERM or Ctrl-C after draining),
 1 ``reconcile`` found drift, 2 a setup error (a bad setting, an invalid rules file, a port in
-use, no secrets outside development mode, a server that cannot be reached or started) printed
+use, no secrets outside development mode, a server that cannot be reached or started; for
+``serve`` also an embedded server that exited while serving: ``counters/cli/watch.py``) printed
 as one line, or a usage error.
 """
 
@@ -23,6 +24,7 @@ import click
 from counters.cli import supervisor
 from counters.cli.commands import (
     CommandError,
+    Embedded,
     apply_migrations,
     check_buckets,
     check_redis,
@@ -37,6 +39,7 @@ from counters.cli.http_guard import make_protocol
 from counters.cli.importer import import_command
 from counters.cli.loadtest.command import loadtest
 from counters.cli.state import ServeState, clear_state, running_serve, write_state
+from counters.cli.watch import ServerWatch
 from counters.errors import CountersError
 from counters.metrics import prepare_multiprocess_dir
 from counters.rules import load_rules
@@ -111,19 +114,23 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         raise CommandError(f"a serve already runs on {settings.data_dir} (pid {running.pid})")
     check_port(settings.host, settings.port)
     previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watch = ServerWatch()
     try:
         with ExitStack() as stack:
-            _serve(settings, dev_credentials, stack)
+            _serve(settings, dev_credentials, stack, watch)
     except _Stopped:
         pass  # everything started was stopped on the way out: a clean exit
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if watch.died is not None:  # stopped because of it: the supervisor starts everything again
+        raise CommandError(f"{watch.died}: serve stopped; start it again (the data is kept)")
 
 
-def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack) -> None:
+def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack, watch: ServerWatch) -> None:
     # Embedded servers under the data dir for any URL not configured, stopped on exit.
-    settings = with_servers(settings, stack, beside_serve=False)
+    started: list[Embedded] = []
+    settings = with_servers(settings, stack, beside_serve=False, started=started)
     assert settings.redis_url is not None and settings.database_url is not None
     try:
         apply_migrations(settings.database_url, timeout=5.0)
@@ -152,6 +159,8 @@ def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack) -> None:
     state = ServeState(os.getpid(), api_url, settings.redis_url, settings.database_url)
     write_state(settings.data_dir, state)
     stack.callback(clear_state, settings.data_dir)
+    watch.start(started)  # an embedded server that exits stops serve (counters/cli/watch.py)
+    stack.callback(watch.stop)  # before the servers are stopped on purpose
     supervisor.run(  # uvicorn.run, with SIGHUP reloading the rules in every worker
         "api.main:app_from_env",
         factory=True,

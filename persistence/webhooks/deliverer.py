@@ -54,6 +54,9 @@ WHERE event_id = $1
 """
 
 
+PAUSE_LOG_SECONDS = 60.0  # a pause that lasts is logged again this often, at most
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoints:
     urls: tuple[str, ...]
@@ -106,6 +109,9 @@ class Deliverer:
         self._poll = poll
         self._http = http or httpx.AsyncClient(timeout=endpoints.timeout)
         self.stats = DelivererStats()
+        # While Postgres fails: when the pause began and when it was last logged (clock time).
+        self._paused_since: float | None = None
+        self._paused_logged = 0.0
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -181,15 +187,36 @@ class Deliverer:
             retry_at, outcome.error,
         )  # fmt: skip
 
+    def _paused(self, exc: StorageError) -> None:
+        """Log a pause when it begins, then at most once per ``PAUSE_LOG_SECONDS`` while it
+        lasts (each poll logged it: twice a second per worker while Postgres was down)."""
+        now = self._clock.now()
+        if self._paused_since is None:
+            self._paused_since = self._paused_logged = now
+            log.warning("webhook delivery paused: %s", exc)
+        elif now - self._paused_logged >= PAUSE_LOG_SECONDS:
+            self._paused_logged = now
+            log.warning(
+                "webhook delivery still paused after %.0f s: %s", now - self._paused_since, exc
+            )
+
+    def _resumed(self) -> None:
+        if self._paused_since is not None:
+            log.info(
+                "webhook delivery resumed after %.0f s", self._clock.now() - self._paused_since
+            )
+            self._paused_since = None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set: a full batch goes on at once, else wait ``poll``."""
         while not stop.is_set():
             sent = 0
             try:
                 sent = await self.deliver_once()
+                self._resumed()
             except StorageError as exc:
                 self.stats.last_error = str(exc)
-                log.warning("webhook delivery paused: %s", exc)
+                self._paused(exc)
             except Exception:  # a bug: keep the loop (rows stay due), say so loudly
                 log.exception("webhook delivery failed unexpectedly")
             if sent < self._batch:

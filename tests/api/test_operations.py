@@ -7,6 +7,8 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
 import httpx2
 import pytest
@@ -88,22 +90,31 @@ async def test_xp_outcomes_are_counted_per_generation_type(client: httpx2.AsyncC
     assert {key: after[key] - before[key] for key in after} == expected
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """The service's logging configured as in production (JSON), into a buffer."""
+@contextmanager
+def configured_logs(fmt: str) -> Iterator[io.StringIO]:
+    """The service's logging configured as in production, in ``fmt``, into a buffer."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     stream = io.StringIO()
-    logs.configure("info", "json")
+    logs.configure("info", fmt)
     handler = root.handlers[-1]
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(stream)
-    yield stream
-    for added in list(root.handlers):
-        root.removeHandler(added)
-    for old in saved[0]:
-        root.addHandler(old)
-    root.setLevel(saved[1])
+    try:
+        yield stream
+    finally:
+        for added in list(root.handlers):
+            root.removeHandler(added)
+        for old in saved[0]:
+            root.addHandler(old)
+        root.setLevel(saved[1])
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """The service's logging configured as in production (JSON), into a buffer."""
+    with configured_logs("json") as stream:
+        yield stream
 
 
 async def test_storage_errors_carry_the_request_id_in_the_answer_and_the_log(
@@ -185,3 +196,56 @@ def test_batched_observations_land_in_the_buckets_prometheus_would_use() -> None
         ]
 
     assert samples("batched_seconds") == samples("direct_seconds")
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/exp/gain/"), ("GET", "/api/levels/")])
+async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_callers_host(
+    client: httpx2.AsyncClient, method: str, path: str
+) -> None:
+    """Starlette's default answers 307 with an empty body and a Location built from the Host
+    header: ``Host: evil.example`` sent the caller to http://evil.example/api/exp/gain."""
+    headers = service_headers("slash") | {"Host": "evil.example"}
+    answer = await client.request(method, path, json={"action": "daily_chat"}, headers=headers)
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
+    assert answer.json() == {"detail": "Not Found", "code": "not_found"}
+
+
+ACCESS = "counters.access"
+FORGED = "1999-01-01T00:00:00.000Z INFO counters.access [-] FAKE"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_request_path_cannot_forge_a_log_line_or_color_the_terminal(
+    settings: Settings, clock: ManualClock, fmt: str
+) -> None:
+    """The access log writes the decoded path: ``%0A`` was a raw newline (a standalone forged
+    line in the text format), ``%1b[31m`` a raw ANSI escape; U+2028 and C1's CSI (U+009B)
+    split or color a line too. Each record is one line, with nothing unprintable in it."""
+    app = create_app(replace(settings, access_log=True), clock=clock)
+    transport = httpx2.ASGITransport(app=app)
+    with configured_logs(fmt) as stream:
+        async with (
+            app.router.lifespan_context(app),
+            httpx2.AsyncClient(transport=transport, base_url="http://c") as http,
+        ):
+            for path in (
+                "/api/levels%0A" + FORGED.replace(" ", "%20"),
+                "/api/levels%0D%0A" + FORGED.replace(" ", "%20"),
+                "/nothing%1b[31mred%E2%80%A8" + FORGED.replace(" ", "%20") + "%C2%9B31m",
+            ):
+                assert (await http.get(path)).status_code == 404
+    written = stream.getvalue()
+    assert not any(line.startswith("1999") for line in written.split("\n")), written
+    if fmt == "text":
+        lines = [line for line in written.split("\n") if line.split(" ")[2:3] == [ACCESS]]
+    else:
+        lines = [line for line in written.split("\n") if f'"logger": "{ACCESS}"' in line]
+    assert len(lines) == 3 and all(line.isprintable() for line in lines), written
+    if fmt == "text":
+        assert "/api/levels\\n1999-01-01T00:00:00.000Z INFO counters.access [-] FAKE 404" in written
+        assert "/nothing\\x1b[31mred\\u2028" in written and "\\x9b31m" in written
+    else:
+        paths = [json.loads(line)["message"].split(" ")[1] for line in lines]
+        assert paths[0] == "/api/levels\n1999-01-01T00:00:00.000Z"  # the same text, escaped
+        assert paths[2].startswith("/nothing\x1b[31mred\u20281999")

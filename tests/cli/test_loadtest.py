@@ -111,6 +111,29 @@ def test_a_closed_port_is_one_error_line_and_exit_2() -> None:
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://user:hunter2@127.0.0.1:8731", "credentials in the URL"),
+        ("http://127.1:8731", "127.1 is not a canonical IPv4 address"),
+        ("http://2130706433:8731", "2130706433 is not a canonical IPv4 address"),
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("ftp://127.0.0.1:8731", "is not http(s)://host[:port]"),
+    ],
+)
+def test_a_url_the_driver_cannot_use_is_refused_before_any_request(url: str, message: str) -> None:
+    """``user@`` was a traceback (aiohttp refuses credentials beside the Authorization header)
+    and ``127.1`` (resolved by the system, refused by aiohttp) every request failed."""
+    result = CliRunner().invoke(
+        loadtest, [url, "--requests", "5", "--no-setup"],
+        env={"COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for URL: " in result.output and message in result.output
+    assert "Traceback" not in result.output and "requests in" not in result.output
+    assert "hunter2" not in result.output
+
+
 def test_failed_requests_are_reported_then_one_error_line(tmp_path: Path) -> None:
     """Nothing listens (no setup needed): every request is a connection error, measured."""
     url = f"http://127.0.0.1:{free_port()}"

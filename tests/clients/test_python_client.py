@@ -17,7 +17,9 @@ from types import ModuleType
 import httpx2
 import pytest
 
+from counters import ids
 from counters.cli.embedded import free_port
+from counters.ids import whole
 from counters.xp import guidance as server_guidance
 from counters_client import (
     AsyncCountersClient,
@@ -27,11 +29,13 @@ from counters_client import (
     DailyLimitReached,
     IdempotencyKeyReused,
     InsufficientXp,
+    InvalidId,
     NotFound,
     SelfAction,
     TierRequired,
     Unauthorized,
     Unavailable,
+    _calls,
     format_xp_guidance_message,
     xp_utils,
 )
@@ -479,3 +483,44 @@ def test_sync_refunds_and_limits(live_url: str, redis_url: str) -> None:
         limits = client.limits(user)
         assert (limits.daily_exp_gained, limits.daily_action_counts) == (20, {"daily_chat": 1})
         assert client.check_user_xp_for_generation(user, "NEW_IMAGE")["has_sufficient_xp"]
+
+
+BAD_IDS = ["", "a\nb", "x" * 300, "alice\n", " alice", "a\x1b[31m"]
+
+
+async def test_an_invalid_user_id_raises_before_sending_and_is_never_logged_raw(
+    counters: AsyncCountersClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``award_exp_with_limits("a\\nb", ...)`` answered None, as if the service were down, and
+    logged the raw newline: a caller's bug looked like an outage and forged a log line."""
+    caplog.set_level(logging.DEBUG, logger="counters_client")
+    async with AsyncCountersClient(f"http://127.0.0.1:{free_port()}", service_key="k") as down:
+        for client in (counters, down):  # refused before sending: the same with nothing there
+            for bad in BAD_IDS:
+                with pytest.raises(InvalidId, match="is not a user_id") as raised:
+                    await client.award_exp_with_limits(bad, "daily_chat")
+                assert isinstance(raised.value, ValueError) and raised.value.status == 0
+                check = await client.check_xp_availability(bad, "NEW_IMAGE")  # never raises
+                assert (check["has_sufficient_xp"], check["code"]) == (False, "invalid_request")
+                with pytest.raises(InvalidId):
+                    await client.debit("NEW_IMAGE", user_id=bad)
+            with pytest.raises(InvalidId, match="is not a target_id"):
+                await client.award_exp_with_limits(
+                    new_user(), "character_liked", ("character", "a\nb")
+                )
+    with CountersClient(counters.options.base_url, service_key=SERVICE_KEY) as sync_client:
+        for bad in BAD_IDS:
+            with pytest.raises(InvalidId):
+                sync_client.award_exp_with_limits(bad, "daily_chat")
+    # A refusal the service gives (an unknown action with a newline) is logged escaped.
+    assert await counters.award_exp_with_limits(new_user(), "daily\nchat\x1b[31m") is None
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("no EXP for daily\\nchat\\x1b[31m" in line for line in lines), lines
+    assert all(line.isprintable() for line in lines), lines
+
+
+def test_the_clients_id_shapes_are_the_services() -> None:
+    assert whole(_calls.USER_ID.pattern) == ids.USER_ID_PATTERN
+    assert whole(_calls.TARGET_ID.pattern) == ids.TARGET_ID_PATTERN
+    js = (Path(__file__).resolve().parents[2] / "clients/js/src/client.js").read_text()
+    assert f"const TARGET_ID = /^{_calls.TARGET_ID.pattern}$/;" in js

@@ -144,3 +144,32 @@ async def test_a_node_that_evicted_loses_its_markers_until_restored_again(
     assert await restorer(durable_app).restore_once() == 0  # complete again, trusted again
     await restorer(durable_app).check_eviction()
     assert redis_client.hexists(keys.meta, "complete")
+
+
+def used_memory(client: redis.Redis) -> int:
+    """The largest ``used_memory`` of any node (one Redis: its own)."""
+    if isinstance(client, RedisCluster):
+        infos = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return max(int(info["used_memory"]) for info in infos.values())
+    return int(client.info("memory")["used_memory"])
+
+
+@pytest.mark.usefixtures("policy")
+async def test_readyz_says_degraded_while_redis_refuses_writes_for_memory(
+    durable_client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """maxmemory reached under noeviction: every write was 503 storage_unavailable (OOM only in
+    the logs) while /readyz said ready. It says degraded (strict: not ready) and why, and
+    ready again once memory is back under the limit."""
+    assert (await durable_client.get("/readyz")).json()["status"] == "ready"
+    config_set(redis_client, "maxmemory", used_memory(redis_client) // 2)
+    refused = await durable_client.post("/api/exp/gain", json=CHAT, headers=service_headers("oom"))
+    ready = await durable_client.get("/readyz")
+    strict = await durable_client.get("/readyz?strict=1")
+    config_set(redis_client, "maxmemory", 0)
+    again = (await durable_client.get("/readyz")).json()
+    assert (refused.status_code, refused.json()["code"]) == (503, "storage_unavailable")
+    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+    assert "every write is refused (OOM)" in ready.json()["redis_memory_full"]
+    assert strict.status_code == 503 and strict.json()["status"] == "not ready"
+    assert again["status"] == "ready" and "redis_memory_full" not in again

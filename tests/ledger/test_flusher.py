@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from starlette.applications import Starlette
 
 from api.app import create_app
-from counters.cli.embedded import PostgresServer
+from counters.cli.embedded import PostgresServer, free_port
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.errors import StorageError
@@ -25,6 +25,7 @@ from counters.settings import Settings
 from persistence.events import COMPACT, SEP, Batch, Rejected, expand
 from persistence.events import sort_entries as sort
 from persistence.flusher import GROUP, HELP, HOLD, STAND_BY, stream_lag
+from persistence.store import Store
 from persistence.writer import OLD_READER_REASON, escape_text, unescape_text
 from tests.support.core import service_headers, user_headers
 from tests.support.persistence import fetch, fetchval, flusher, services, store
@@ -497,6 +498,51 @@ async def test_a_flusher_standing_by_helps_a_holder_that_is_behind(
         stop.set()
         await asyncio.wait_for(task, 5)
     assert await redis_client.get(FLUSH_LEASE_KEY) == "elsewhere|1"  # not ours to release
+
+
+async def test_a_holder_that_cannot_reach_postgres_asks_the_others_to_help(
+    durable_app: Starlette, durable_client: httpx2.AsyncClient
+) -> None:
+    """An attacker's finding: a worker cut off from Postgres (its own partition) held the lease
+    and renewed it after every failed write, so the deployment's ledger stopped and, past the
+    durability window, every write of every worker got 503. A failing holder now marks the
+    lease "failing" (``|2``): the others flush too, and claim what it read and could not write
+    (its retries wait half a lease, so those entries age past a quarter of it); it stays the
+    holder."""
+    svc = services(durable_app)
+    unreachable = await Store.open(f"postgresql://counters@127.0.0.1:{free_port()}/none")
+    kind = type(flusher(durable_app))
+    cut_off = kind(svc.redis, unreachable, buckets=svc.settings.key_buckets, block_ms=10,
+                   lease_ms=2_000, backoff_max=0.2)  # fmt: skip
+    healthy = flusher(durable_app, lease_ms=2_000)
+    stops = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(cut_off.run(stops[0]))
+    second = None
+    try:
+        await _until(lambda: _true(cut_off.role == HOLD))
+        second = asyncio.create_task(healthy.run(stops[1]))
+        await adjust(durable_client, "ann", 5)
+        await _until(lambda: _true(healthy.stats.events == 1))
+        assert (healthy.role, await ledger_count(durable_app)) == (HELP, 1)
+        assert cut_off.stats.failures >= 1 and cut_off.role == HOLD
+        lease = await svc.redis.get(FLUSH_LEASE_KEY)
+        assert lease == f"{cut_off.consumer}|2"
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(first, *([second] if second else [])), 10)
+        await unreachable.close()
+
+
+async def test_a_lease_key_without_an_expiry_is_taken_over(durable_app: Starlette) -> None:
+    """An attacker's finding: one stray ``SET ctr:flush:lease ghost|0`` (no expiry) stopped the
+    ledger for good. Every lease this code writes expires, so a key without one is taken."""
+    redis_client = services(durable_app).redis
+    await redis_client.set(FLUSH_LEASE_KEY, "ghost-1-abc|0")
+    taker = flusher(durable_app, lease_ms=8_000)
+    assert await taker._lease() == HOLD
+    assert await redis_client.get(FLUSH_LEASE_KEY) == f"{taker.consumer}|0"
+    assert 0 < await redis_client.pttl(FLUSH_LEASE_KEY) <= 8_000
 
 
 async def test_a_holder_is_behind_when_a_read_fills_a_streams_batch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from starlette.applications import Starlette
 
 from api.app import create_app
+from counters.cli.embedded import PostgresServer
 from counters.clock import ManualClock
 from counters.rules import parse_rules
 from counters.runtime.durability import Durability
@@ -271,3 +273,43 @@ async def test_a_receiver_too_slow_to_answer_gets_it_again_with_the_same_id(
         clock.advance(1.0)
         assert await deliverer(app).deliver_once() == 1
     assert [r.headers["counters-event-id"] for r in slow.received] == ["s1:1:level_up"] * 2
+
+
+async def test_a_postgres_outage_is_logged_when_it_begins_and_ends_not_at_every_poll(
+    durable_settings: Settings,
+    clock: ManualClock,
+    receiver: Receiver,
+    postgres_server: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by an attacker: "webhook delivery paused" was logged at every poll, twice a second
+    per worker, for as long as Postgres was down. Now: when it begins, at most once a minute
+    while it lasts, and once when delivery resumes."""
+    caplog.set_level(logging.INFO, logger="persistence.webhooks")
+    app = webhook_app(durable_settings, clock, receiver.url)  # polls every 0.05 s
+    async with app.router.lifespan_context(app):
+        running = deliverer(app)
+        stop = asyncio.Event()
+        task = asyncio.create_task(running.run(stop))
+        postgres_server.stop()
+        try:
+            await asyncio.sleep(1.0)  # some 20 polls fail
+            clock.advance(61)
+            await asyncio.sleep(0.5)
+        finally:
+            postgres_server.start()
+        try:
+            async with asyncio.timeout(20):
+                while running.stats.last_error is None or not any(
+                    "resumed" in record.getMessage() for record in caplog.records
+                ):
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+    lines = [r.getMessage() for r in caplog.records if r.name == "persistence.webhooks"]
+    paused = [line for line in lines if "paused" in line]
+    assert len(paused) == 2, lines
+    assert paused[0].startswith("webhook delivery paused: ")
+    assert paused[1].startswith("webhook delivery still paused after 61 s: ")
+    assert [line for line in lines if "resumed" in line] == ["webhook delivery resumed after 61 s"]

@@ -20,8 +20,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from counters.cli.embedded import free_port
+from bench import scenarios
+from counters.cli.devcreds import DevCredentials
+from counters.cli.embedded import _claim_pidfile, free_port
 from counters.cli.main import main
+from counters.errors import ConfigError, StorageError
+from counters.settings import Settings
+from tests.support.core import JWT_SECRET
 
 COUNTERS = [sys.executable, "-c", "from counters.cli.main import main; main()"]
 
@@ -86,6 +91,35 @@ def test_every_command_reports_a_bad_setting_on_one_line(
     ]
 
 
+@pytest.mark.parametrize("command", ["serve", "reconcile"])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("COUNTERS_REDIS_URL", "garbage", "COUNTERS_REDIS_URL: not a URL of redis://"),
+        ("COUNTERS_REDIS_URL", "redis://:hunter2@h:abc/0", "COUNTERS_REDIS_URL: Port could not"),
+        ("COUNTERS_DATABASE_URL", "mysql://u:hunter2@h/db", "COUNTERS_DATABASE_URL: not a URL"),
+        ("COUNTERS_CORS_ORIGINS", "not a url", "COUNTERS_CORS_ORIGINS: not an origin"),
+        ("COUNTERS_CORS_ORIGINS", "https://a.example/", "'https://a.example/'"),  # never sent
+    ],
+)
+def test_a_bad_url_or_origin_is_one_line_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, variable: str, value: str,
+    message: str,
+) -> None:  # fmt: skip
+    """A Redis URL of no known scheme was a traceback and exit 1 (from the first connection);
+    an origin no browser sends was accepted, and every call from that page refused."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("COUNTERS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COUNTERS_JWT_SECRET", JWT_SECRET)
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: COUNTERS_"), result.output
+    assert message in lines[0]
+    assert "hunter2" not in result.output  # a URL's password is never repeated
+    assert not (tmp_path / "data").exists()
+
+
 def test_reconcile_with_a_broken_rules_file_is_a_setup_error_not_drift(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text("[exp\nlevels = ")
@@ -98,6 +132,30 @@ def test_serve_without_secrets_refuses_outside_development_mode(tmp_path: Path) 
     done = _run(tmp_path, "serve", COUNTERS_PORT=str(free_port()))
     _one_line_error(done, "no secrets", "COUNTERS_JWT_SECRET", "COUNTERS_DEV_MODE")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("dev_mode", ["0", "1"])
+def test_serve_refuses_a_jwt_secret_shorter_than_256_bits(tmp_path: Path, dev_mode: str) -> None:
+    """RFC 7518 section 3.2: an HS256 key has at least 256 bits; a one-character secret would
+    let anyone forge a user's token by trying every character."""
+    done = _run(
+        tmp_path, "serve", COUNTERS_JWT_SECRET="a", COUNTERS_SERVICE_KEYS="k" * 32,
+        COUNTERS_PORT=str(free_port()), COUNTERS_DEV_MODE=dev_mode,
+    )  # fmt: skip
+    _one_line_error(done, "COUNTERS_JWT_SECRET", "1 bytes", "32", "RFC 7518")
+    assert "'a'" not in done.stderr  # the secret itself is never printed
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_jwt_secret_of_32_bytes_is_enough(tmp_path: Path) -> None:
+    for secret in ("x" * 32, "é" * 16):  # bytes, not characters
+        assert Settings.from_env({"COUNTERS_JWT_SECRET": secret}).jwt_secret == secret
+    with pytest.raises(ConfigError, match="31 bytes"):
+        Settings.from_env({"COUNTERS_JWT_SECRET": "x" * 31})
+    # The suite's, bench's and development mode's own secrets pass.
+    dev_secret = DevCredentials.load_or_create(tmp_path).jwt_secret
+    for secret in (JWT_SECRET, scenarios.JWT_SECRET, dev_secret):
+        Settings.from_env({"COUNTERS_JWT_SECRET": secret})
 
 
 def test_serve_checks_its_port_before_starting_any_server(tmp_path: Path) -> None:
@@ -116,18 +174,11 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
         return response.status, dict(response.headers), response.read()
 
 
-@pytest.fixture
-def serving(outside_pytest_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """`counters serve --workers 2` in development mode, embedded servers, short read timeout."""
-    tmp_path = outside_pytest_tmp
-    port = free_port()
-    env = _env(
-        tmp_path, COUNTERS_PORT=str(port), COUNTERS_DEV_MODE="1", COUNTERS_WORKERS="2",
-        COUNTERS_REQUEST_READ_TIMEOUT_SECONDS="1", COUNTERS_MAX_HEADER_BYTES="4096",
-        COUNTERS_LOG_FORMAT="json", COUNTERS_ACCESS_LOG="yes",
-    )  # fmt: skip
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
+def _start_serve(tmp_path: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """`counters serve` in development mode on embedded servers (log: serve.log), once
+    /healthz answers."""
+    env = _env(tmp_path, COUNTERS_PORT=str(port), COUNTERS_DEV_MODE="1", **settings)
+    with (tmp_path / "serve.log").open("ab") as out:
         proc = subprocess.Popen(
             [*COUNTERS, "serve"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
         )
@@ -135,12 +186,23 @@ def serving(outside_pytest_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes],
     while True:
         try:
             _get(f"http://127.0.0.1:{port}/healthz")
-            break
+            return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise AssertionError(log.read_text()) from None
+                raise AssertionError((tmp_path / "serve.log").read_text()) from None
             time.sleep(0.2)
+
+
+@pytest.fixture
+def serving(outside_pytest_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """`counters serve --workers 2` in development mode, embedded servers, short read timeout."""
+    tmp_path = outside_pytest_tmp
+    port = free_port()
+    proc = _start_serve(
+        tmp_path, port, COUNTERS_WORKERS="2", COUNTERS_REQUEST_READ_TIMEOUT_SECONDS="1",
+        COUNTERS_MAX_HEADER_BYTES="4096", COUNTERS_LOG_FORMAT="json", COUNTERS_ACCESS_LOG="yes",
+    )  # fmt: skip
     try:
         yield proc, port, tmp_path
     finally:
@@ -230,6 +292,73 @@ def test_serve_in_production_shape(serving: tuple[subprocess.Popen[bytes], int, 
     assert "Traceback" not in log
     access = [line for line in log.splitlines() if '"logger": "counters.access"' in line]
     assert any('"request_id": "op-check-1"' in line for line in access)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_an_embedded_server_that_dies_stops_serve_and_a_restart_works(
+    outside_pytest_tmp: Path,
+) -> None:
+    """Found by an attacker: kill -9 of the embedded postmaster was never noticed (a zombie,
+    serve degraded for ever), and starting again failed on its postmaster.pid and socket lock.
+    Now serve reaps it, says so on one line and exits 2 (a supervisor starts everything again),
+    and the next start clears what the dead postmaster left."""
+    tmp_path, port = outside_pytest_tmp, free_port()
+    proc = _start_serve(tmp_path, port)
+    try:
+        pg_data = tmp_path / "data" / "postgres"
+        postmaster = int((pg_data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        assert proc.wait(60) == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "serve.log").read_text()
+    died = [line for line in log.splitlines() if "embedded Postgres" in line and "SIGKILL" in line]
+    assert len(died) == 2, log  # the line logged when it was noticed, and the exit's
+    assert died[-1].startswith(f"Error: embedded Postgres (pid {postmaster}, data in ")
+    assert not Path(f"/proc/{postmaster}").exists()  # reaped: no zombie
+    assert (pg_data / "postmaster.pid").exists()  # what a restart must clear
+    restarted = _start_serve(tmp_path, port)
+    try:
+        status, _, body = _get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and b'"postgres":"ok"' in body.replace(b" ", b""), body
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(60) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_dead_postmasters_pid_and_lock_files_are_dropped_only_when_no_postgres_has_its_pid(
+    tmp_path: Path,
+) -> None:
+    """A pid file whose pid is gone, a zombie, or reused by another program is the dead
+    server's: dropped with its socket locks (Postgres's own check refused a reused pid). One
+    whose pid is a live postgres is not."""
+    fake = tmp_path / "postgres"  # a program whose process name is "postgres"
+    shutil.copy("/bin/sleep", fake)
+    pidfile, lock = tmp_path / "postmaster.pid", tmp_path / ".s.PGSQL.5999.lock"
+    server = subprocess.Popen([str(fake), "30"])
+    try:
+        for pid, live in ((server.pid, True), (os.getpid(), False), (2**22 + 1, False)):
+            pidfile.write_text(f"{pid}\n/data\n")
+            lock.write_text(f"{pid}\n/data\n")
+            if live:
+                with pytest.raises(StorageError, match="already running"):
+                    _claim_pidfile(pidfile, "postgres", (lock,))
+                assert pidfile.exists() and lock.exists()
+            else:
+                _claim_pidfile(pidfile, "postgres", (lock,))
+                assert not pidfile.exists() and not lock.exists()
+        server.kill()
+        time.sleep(0.2)  # a zombie now: not reaped
+        assert Path(f"/proc/{server.pid}").exists()
+        pidfile.write_text(f"{server.pid}\n")
+        _claim_pidfile(pidfile, "postgres")
+        assert not pidfile.exists()
+    finally:
+        server.kill()
+        server.wait()
 
 
 def _children(pid: int) -> list[int]:

@@ -52,11 +52,28 @@ def test_values_are_parsed_by_type() -> None:
         ({"COUNTERS_FLUSH_BACKOFF_MAX_SECONDS": "nan"}, "COUNTERS_FLUSH_BACKOFF_MAX_SECONDS"),
         ({"COUNTERS_LOG_FORMAT": "xml"}, "COUNTERS_LOG_FORMAT='xml': must be one of text, json"),
         ({"COUNTERS_HOLD_TTL_SECONDS": "0"}, "COUNTERS_HOLD_TTL_SECONDS=0: out of range"),
+        # An attacker's findings: a killed worker's entries or lease must not outlast half the
+        # durability window (writes would be refused meanwhile); a lease of a day was accepted.
+        ({"COUNTERS_FLUSH_LEASE_MS": "86400000"}, "COUNTERS_FLUSH_LEASE_MS=86400000: out of"),
+        ({"COUNTERS_FLUSH_CLAIM_IDLE_MS": "30000"}, "COUNTERS_FLUSH_CLAIM_IDLE_MS: 30000 ms"),
+        (
+            {
+                "COUNTERS_FLUSH_LEASE_MS": "5000",
+                "COUNTERS_MAX_UNFLUSHED_SECONDS": "8",
+                "COUNTERS_FLUSH_CLAIM_IDLE_MS": "1000",
+            },
+            "COUNTERS_FLUSH_LEASE_MS: 5000 ms, at least half of COUNTERS_MAX_UNFLUSHED_SECONDS",
+        ),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env(env)
+        Settings.from_env(env).validate()
+
+
+def test_without_a_durability_window_the_claim_and_lease_are_only_bounded_by_range() -> None:
+    env = {"COUNTERS_MAX_UNFLUSHED_SECONDS": "0", "COUNTERS_FLUSH_CLAIM_IDLE_MS": "300000"}
+    Settings.from_env(env).validate()
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 // No dependencies: fetch, AbortController and crypto.randomUUID (browsers, node >= 20).
 
 import {
-  BadResponse, CountersError, Forbidden, Unauthorized, Unavailable, errorFor, excerpt, keyed,
+  BadResponse, CountersError, Forbidden, InvalidId, Unauthorized, Unavailable, errorFor, excerpt,
+  keyed,
 } from './errors.js';
 import { AWARD, LEVELS, USER_PROGRESS, XP_CHECK, mismatch } from './shapes.js';
 
@@ -139,14 +140,44 @@ export async function call(method, path, { body, token, write = false, shape, ..
   }
 }
 
+// The service's shape of a text target id (its counters/ids.py; the Python client's TARGET_ID).
+const TARGET_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+const SHORT_ESCAPES = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * `text` with what is not printable (Unicode's C and Z categories but the space: controls, ESC,
+ * U+2028, ...) escaped as Python's repr writes it (\n, \x1b, \u2028), as the Python client's
+ * printable(): a value from a caller or an answer cannot forge a log line or color a terminal.
+ */
+function printable(text) {
+  return String(text).replace(/[\p{C}\p{Z}]/gu, (char) => {
+    if (char === ' ') return char;
+    if (SHORT_ESCAPES[char]) return SHORT_ESCAPES[char];
+    const code = char.codePointAt(0);
+    const hex = code.toString(16);
+    if (code < 0x100) return `\\x${hex.padStart(2, '0')}`;
+    return code < 0x10000 ? `\\u${hex.padStart(4, '0')}` : `\\U${hex.padStart(8, '0')}`;
+  });
+}
+
+function checkedTargetId(id) {
+  if (Number.isSafeInteger(id) || (typeof id === 'string' && TARGET_ID.test(id))) return id;
+  const shown = printable(JSON.stringify(id) ?? String(id));
+  const detail = `target_id ${shown.length > 80 ? `${shown.slice(0, 60)}... (${String(id).length} characters)` : shown}` +
+    ' is not a target_id the service accepts';
+  throw new InvalidId(0, 'invalid_request', detail, {});
+}
+
 /**
  * Award EXP for `action` (target: null or { type, id } for creator-targeted actions, token: the
  * user's session token). Resolves to the award; rejects as `call` does (DailyLimitReached,
- * DailyCapReached, SelfAction, Unavailable, ... each with its idempotencyKey).
+ * DailyCapReached, SelfAction, Unavailable, ... each with its idempotencyKey), or with
+ * InvalidId before sending when the target's id is not one the service accepts.
  */
-export function award(action, target, sessionToken, options = {}) {
+export async function award(action, target, sessionToken, options = {}) {
   const body = { action };
-  if (target) Object.assign(body, { target_type: target.type, target_id: target.id });
+  if (target) Object.assign(body, { target_type: target.type, target_id: checkedTargetId(target.id) });
   return call('POST', '/api/exp/gain', {
     ...options, body, token: sessionToken, write: true, shape: AWARD,
   });
@@ -154,16 +185,18 @@ export function award(action, target, sessionToken, options = {}) {
 
 /**
  * Errors that even a fail-open award throws: the caller's own credentials are refused (401: a
- * bad, expired or revoked token; 403: credentials not allowed to award). No retry or later call
- * fixes them; swallowed, every award would be lost in silence.
+ * bad, expired or revoked token; 403: credentials not allowed to award), or its id is not one
+ * (InvalidId, before sending). No retry or later call fixes them; swallowed, every award would
+ * be lost in silence.
  */
 export function failsLoudly(error) {
-  return error instanceof Unauthorized || error instanceof Forbidden;
+  return error instanceof Unauthorized || error instanceof Forbidden || error instanceof InvalidId;
 }
 
 function logUnawarded(logger, action, error) {
   const outage = error instanceof Unavailable || error instanceof BadResponse;
-  (outage ? logger?.warn : logger?.debug)?.call(logger, `no EXP for ${action}: ${error.message}`);
+  const line = printable(`no EXP for ${action}: ${error.message}`);
+  (outage ? logger?.warn : logger?.debug)?.call(logger, line);
 }
 
 /**
@@ -198,7 +231,7 @@ export async function checkXP(generationType, options = {}) {
   } catch (error) {
     if (!(error instanceof CountersError)) throw error;
     const { logger } = { ...defaults, ...options };
-    logger?.warn?.(`check-xp ${generationType}: ${error.message}; answering not sufficient`);
+    logger?.warn?.(printable(`check-xp ${generationType}: ${error.message}; answering not sufficient`));
     return { ...FALLBACK_CHECK, code: error.code };
   }
 }

@@ -60,6 +60,12 @@ export class Unauthorized extends CountersError {}
 export class Forbidden extends CountersError {}
 export class NotFound extends CountersError {}
 export class InvalidRequest extends CountersError {}
+/**
+ * An id the service would refuse (a target id not of its shape: empty, over 128 characters, a
+ * control character), refused before anything is sent (status 0, code 'invalid_request').
+ * silentExpGain throws it too: the caller's bug, not an outage (as the Python client's InvalidId).
+ */
+export class InvalidId extends InvalidRequest {}
 export class IdempotencyKeyReused extends InvalidRequest {}
 
 /** An award refused by a rule: nothing was awarded. */

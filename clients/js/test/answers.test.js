@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  BadResponse, CountersError, DailyLimitReached, Forbidden, InvalidRequest, Unauthorized,
+  BadResponse, CountersError, DailyLimitReached, Forbidden, InvalidId, InvalidRequest, Unauthorized,
   Unavailable, award, call, checkXP, errorFor, getProgress, shapes, silentExpGain,
 } from '../src/index.js';
 import { answer, awardBody, deadUrl, keepingLogger, rawServer } from './support/servers.js';
@@ -179,6 +179,34 @@ test('an unreachable service: silentExpGain null, checkXP not sufficient, getPro
   assert.equal(await getProgress(options), null);
   const lost = await rejection(award('daily_chat', null, 't', options));
   assert.ok(lost instanceof Unavailable && lost.idempotencyKey, String(lost));
+});
+
+test('an invalid target id throws InvalidId before sending, even from silentExpGain (as in Python)', async () => {
+  const server = await rawServer(() => undefined);  // counts what arrives, answers nothing
+  try {
+    const options = { baseUrl: server.url, logger: keepingLogger(), deadlineMs: 300 };
+    for (const id of ['', 'a\nb', 'x'.repeat(300), 'alice\n', ' alice', 'a\x1b[31m', null, 1.5]) {
+      const refused = await rejection(silentExpGain('character_liked', { type: 'character', id }, 't', options));
+      assert.ok(refused instanceof InvalidId && refused instanceof InvalidRequest, String(refused));
+      assert.equal(refused.status, 0);
+      assert.equal(refused.code, 'invalid_request');
+      assert.match(refused.detail, /is not a target_id the service accepts/);
+      assert.ok(refused.detail.split('').every((c) => c >= ' '), refused.detail);
+    }
+    assert.equal(server.requests.length, 0);
+    assert.equal(options.logger.lines.length, 0);
+  } finally {
+    await server.close();
+  }
+});
+
+test('what silentExpGain and checkXP log has nothing unprintable in it', async () => {
+  const options = { baseUrl: await deadUrl(), retries: 0, logger: keepingLogger() };
+  assert.equal(await silentExpGain('daily\nchat\x1b[31m\u2028', null, 't', options), null);
+  await checkXP('NEW\r\nIMAGE', options);
+  const [award, check] = options.logger.lines.map((line) => line.message);
+  assert.ok(award.startsWith('no EXP for daily\\nchat\\x1b[31m\\u2028: 0 unavailable'), award);
+  assert.ok(check.startsWith('check-xp NEW\\r\\nIMAGE: 0 unavailable'), check);
 });
 
 test('a stalled service costs a call its deadline, not one timeout per attempt', async () => {

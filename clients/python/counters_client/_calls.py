@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from datetime import datetime
@@ -18,6 +19,7 @@ from counters_client.errors import (
     BadResponse,
     CountersError,
     Forbidden,
+    InvalidId,
     Unauthorized,
     Unavailable,
     error_for,
@@ -50,6 +52,40 @@ FALLBACK_GUIDANCE = (
     "⚠️ We couldn't check your XP credits just now. Please try again in a moment, "
     "or visit your subscription page to see your plan."
 )
+
+
+# The service's shapes of a user id and a text target id (its counters/ids.py; the client
+# imports nothing from the service, and tests/clients/ checks that the two agree).
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
+TARGET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def checked_id(kind: str, value: str, shape: re.Pattern[str]) -> str:
+    """``value`` when it is a whole id of ``shape``, else ``InvalidId`` before anything is sent
+    (the service would answer 422; an award that fails open would swallow it as an outage)."""
+    if isinstance(value, str) and shape.fullmatch(value):
+        return value
+    shown = (
+        repr(value)
+        if len(repr(value)) <= 80
+        else f"{repr(value)[:60]}... ({len(value)} characters)"
+    )
+    detail = f"{kind} {printable(shown)} is not a {kind} the service accepts"
+    raise InvalidId(0, "invalid_request", detail, {})
+
+
+def checked_user(user_id: str | None) -> str | None:
+    """``user_id`` (None: the caller itself), or ``InvalidId``: 1-128 of ``A-Za-z0-9._@:-``,
+    starting with a letter or digit."""
+    return None if user_id is None else checked_id("user_id", user_id, USER_ID)
+
+
+def printable(text: str) -> str:
+    """``text`` with what is not printable escaped (a newline as backslash-n, ESC as ``\\x1b``),
+    so that a value from a caller cannot forge a log line or color a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class Call(NamedTuple, Generic[T]):
@@ -195,8 +231,12 @@ def fallback_check(
 ) -> XpCheckDict:
     """check_xp_availability's answer when the service cannot say (logged as a warning): not
     sufficient, generic guidance (the seed: "System errors - Falls back to generic guidance
-    messages"); the cost when the costs table was already fetched, else 0."""
-    log.warning("check-xp %s for %s: %s; answering not sufficient", generation_type, user_id, error)
+    messages"); the cost when the costs table was already fetched, else 0. ``code`` says why
+    (``invalid_request`` for an ``InvalidId``: nothing was sent, and a tier gate stays shut)."""
+    log.warning(
+        "check-xp %s for %s: %s; answering not sufficient",
+        printable(generation_type), printable(str(user_id)), printable(str(error)),
+    )  # fmt: skip
     cost = tables[1].get(generation_type) if tables else None
     xp_required = cost.xp_cost if cost else 0
     return {
@@ -222,17 +262,20 @@ def check_dict(check: XpCheck) -> XpCheckDict:
 
 def fails_loudly(error: CountersError) -> bool:
     """Errors that even a fail-open award raises: the client's own credentials are wrong (401:
-    a bad or revoked service key or token; 403: a key not allowed to act for users). They are a
-    deployment's mistake that no retry or later call fixes; swallowed, every award would be lost
-    in silence."""
-    return isinstance(error, Unauthorized | Forbidden)
+    a bad or revoked service key or token; 403: a key not allowed to act for users), or the
+    caller's own id is not one (``InvalidId``, refused before sending). They are a mistake that
+    no retry or later call fixes; swallowed, every award would be lost in silence."""
+    return isinstance(error, Unauthorized | Forbidden | InvalidId)
 
 
 def log_unawarded(action: str, user_id: str | None, error: CountersError) -> None:
     """An award that failed open: refusals are routine (debug), outages and answers that do
     not decode are warnings."""
     level = logging.WARNING if isinstance(error, Unavailable | BadResponse) else logging.DEBUG
-    log.log(level, "no EXP for %s by %s: %s", action, user_id, error)
+    log.log(
+        level, "no EXP for %s by %s: %s", printable(action), printable(str(user_id)),
+        printable(str(error)),
+    )  # fmt: skip
 
 
 def cost_on_tier(
@@ -262,28 +305,31 @@ class Calls:
     ) -> Call[Award]:
         body: dict[str, Any] = {"action": action}
         if target is not None:
-            body |= {"target_type": target[0], "target_id": target[1]}
-        return Call("POST", "/api/exp/gain", Award, body, None, user_id, True, key)
+            target_id = target[1]
+            if not isinstance(target_id, int):
+                target_id = checked_id("target_id", target_id, TARGET_ID)
+            body |= {"target_type": target[0], "target_id": target_id}
+        return Call("POST", "/api/exp/gain", Award, body, None, checked_user(user_id), True, key)
 
     @staticmethod
     def progress(user_id: str | None) -> Call[UserProgress]:
-        return Call("GET", "/api/exp/progress", UserProgress, user_id=user_id)
+        return Call("GET", "/api/exp/progress", UserProgress, user_id=checked_user(user_id))
 
     @staticmethod
     def limits(user_id: str | None) -> Call[Limits]:
-        return Call("GET", "/api/exp/limits", Limits, user_id=user_id)
+        return Call("GET", "/api/exp/limits", Limits, user_id=checked_user(user_id))
 
     @staticmethod
     def check_xp(generation_type: str, user_id: str | None, guidance: bool) -> Call[XpCheck]:
         path = f"/api/v1/subscriptions/check-xp/{quote(generation_type, safe='')}"
         params = {"include_guidance": "true" if guidance else "false"}
-        return Call("GET", path, XpCheck, params=params, user_id=user_id)
+        return Call("GET", path, XpCheck, params=params, user_id=checked_user(user_id))
 
     @staticmethod
     def charge(generation_type: str, user_id: str | None, key: str | None, hold: bool) -> Call[Any]:
         path, result = ("/api/v1/xp/holds", Hold) if hold else ("/api/v1/xp/debit", Debit)
         body = {"generation_type": generation_type}
-        return Call("POST", path, result, body, None, user_id, True, key)
+        return Call("POST", path, result, body, None, checked_user(user_id), True, key)
 
     @staticmethod
     def capture(
@@ -291,35 +337,40 @@ class Calls:
     ) -> Call[Capture]:
         body = {} if xp_amount is None else {"xp_amount": xp_amount}
         path = f"/api/v1/xp/holds/{quote(hold_id, safe='')}/capture"
-        return Call("POST", path, Capture, body, None, user_id, True, key)
+        return Call("POST", path, Capture, body, None, checked_user(user_id), True, key)
 
     @staticmethod
     def release(hold_id: str, user_id: str | None, key: str | None) -> Call[Release]:
         path = f"/api/v1/xp/holds/{quote(hold_id, safe='')}/release"
-        return Call("POST", path, Release, None, None, user_id, True, key)
+        return Call("POST", path, Release, None, None, checked_user(user_id), True, key)
 
     @staticmethod
     def refund(transaction_id: str, user_id: str, key: str | None) -> Call[Refund]:
         body = {"transaction_id": transaction_id}
-        return Call("POST", "/api/v1/xp/refunds", Refund, body, None, user_id, True, key)
+        return Call(
+            "POST", "/api/v1/xp/refunds", Refund, body, None, checked_user(user_id), True, key
+        )
 
     @staticmethod
     def grant(
         user_id: str, xp_amount: int, reason: str, expires_at: datetime | None, key: str | None
     ) -> Call[Grant]:
-        body: dict[str, Any] = {"user_id": user_id, "xp_amount": xp_amount, "reason": reason}
+        body: dict[str, Any] = {
+            "user_id": checked_id("user_id", user_id, USER_ID), "xp_amount": xp_amount,
+            "reason": reason,
+        }  # fmt: skip
         if expires_at is not None:
             body["expires_at"] = expires_at.isoformat()
         return Call("POST", "/api/v1/xp/grants", Grant, body, None, None, True, key)
 
     @staticmethod
     def subscribe(user_id: str, tier: str) -> Call[Subscription]:
-        path = f"/api/v1/subscriptions/{quote(user_id, safe='')}"
+        path = f"/api/v1/subscriptions/{quote(checked_id('user_id', user_id, USER_ID), safe='')}"
         return Call("PUT", path, Subscription, {"tier": tier})
 
     @staticmethod
     def balance(user_id: str | None) -> Call[Balance]:
-        return Call("GET", "/api/v1/xp/balance", Balance, user_id=user_id)
+        return Call("GET", "/api/v1/xp/balance", Balance, user_id=checked_user(user_id))
 
     @staticmethod
     def tiers() -> Call[dict[str, Tier]]:

@@ -7,7 +7,8 @@ CountersError                 status, code, detail, the whole body, idempotency_
 ├── Forbidden                 403 forbidden
 ├── NotFound                  404 not_found
 ├── InvalidRequest            400/413/422 (invalid_request, malformed_body, ...)
-│   └── IdempotencyKeyReused  422 idempotency_key_reused
+│   ├── IdempotencyKeyReused  422 idempotency_key_reused
+│   └── InvalidId             status 0: a user or target id refused before sending (ValueError)
 ├── ExpRefused                an award that gave nothing
 │   ├── DailyLimitReached     429 daily_limit_reached (retry_after: seconds)
 │   ├── DailyCapReached       429 daily_cap_reached (retry_after: seconds)
@@ -73,6 +74,15 @@ class InvalidRequest(CountersError):
 
 class IdempotencyKeyReused(InvalidRequest):
     pass
+
+
+class InvalidId(InvalidRequest, ValueError):
+    """An id the service would refuse (a user id or target id not of its shape: empty, over 128
+    characters, a control character), refused by the client before anything is sent (status 0,
+    code ``invalid_request``). Every call raises it, the fail-open award too: it is the caller's
+    bug, not an outage; swallowed, the award would be lost as if the service were down. Only
+    ``check_xp_availability``, which never raises, answers not sufficient instead (its ``code``
+    ``invalid_request``), so that a tier gate stays shut. Also a ``ValueError``."""
 
 
 class ExpRefused(CountersError):

@@ -33,6 +33,42 @@ from counters.cli.loadtest.report import render, summary, write_chart
 _POOL = 100_000  # distinct prepared requests a timed run cycles through, at most
 
 
+def check_target(url: str) -> str:
+    """The base URL to load (no trailing slash), or ``click.BadParameter`` (one line, exit 2)
+    for one the driver could only fail on request by request: not ``http(s)://host[:port]``
+    (a bad port, a query), credentials in it (aiohttp refuses them beside the Authorization
+    header; give --service-key or --jwt-secret), or an IPv4 address written in a legacy short
+    form (``127.1``, ``2130706433``: the system resolves it, aiohttp refuses to connect)."""
+    base = url.rstrip("/")
+    try:
+        parts = urlsplit(base)
+        if parts.username is not None or parts.password is not None:  # before echoing the URL
+            raise click.BadParameter(
+                "credentials in the URL: give --service-key or --jwt-secret instead",
+                param_hint="URL",
+            )
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError as exc:
+        raise click.BadParameter(f"{url!r}: {exc}", param_hint="URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{url!r} is not http(s)://host[:port]", param_hint="URL")
+    if parts.query or parts.fragment:
+        raise click.BadParameter(f"{url!r}: a base URL has no query or fragment", param_hint="URL")
+    host = parts.hostname
+    try:
+        socket.inet_aton(host)  # what the system would read as an IPv4 address
+    except OSError:
+        return base
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise click.BadParameter(
+            f"{host} is not a canonical IPv4 address (write all four parts, as 127.0.0.1)",
+            param_hint="URL",
+        ) from None
+    return base
+
+
 def is_loopback(url: str) -> bool:
     """Whether every address ``url``'s host resolves to is a loopback address."""
     host = urlsplit(url).hostname
@@ -268,7 +304,7 @@ def loadtest(
 ) -> None:  # fmt: skip
     """Drive a running deployment at URL with a mix of requests; report rates, latency
     percentiles and outcomes. Exit 1 when any request failed (transport error, timeout, 5xx)."""
-    base = url.rstrip("/")
+    base = check_target(url)
     if not allow_remote and not is_loopback(base):
         raise click.UsageError(f"{base} is not this machine; pass --allow-remote to load it")
     try:
