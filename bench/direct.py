@@ -28,6 +28,8 @@ from counters.redis.calls import command_args
 from counters.redis.idempotency import Idempotency
 from counters.redis.keys import UserKeys, stream_key
 from counters.redis.scripts import script_source
+from counters.rules import load_rules
+from counters.rules.compiled import lua_rules
 from counters.runtime.services import Services
 from counters.settings import Settings
 
@@ -155,9 +157,10 @@ def new_user_args(call: AwardCall) -> tuple[str | int | float, ...]:
 
 
 async def load_award_script(url: str) -> str:
+    """award_exp.lua compiled with the shipped rules (the bench's), loaded; its SHA."""
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        sha: str = await client.script_load(script_source("award_exp"))
+        sha: str = await client.script_load(script_source("award_exp", lua_rules(load_rules())))
     finally:
         await client.aclose()
     return sha

@@ -11,26 +11,34 @@ for 2,000 subscribed users). ``setting=value`` overrides a boolean Settings fiel
 (``creator_shortcut=false``, ``leaderboards_enabled=false``, ``metrics_enabled=false``).
 Each count takes a minute or two (valgrind runs Python ~50x slower). Totals of one build vary
 by a few million instructions (start-up), so keep N2 - N1 at 1,000 or more for ~1%.
+
+``--redis`` counts Redis's side instead: ``redis-server`` runs under callgrind, collecting only
+inside its script commands (``EVALSHA``, ``EVAL``: the Lua, its ``redis.call``s, cjson), and
+the app runs natively; the same difference per request. The scripts' cost in Redis without
+the noise of ``INFO commandstats`` timings on a shared machine (issue #15).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import uvloop
 
 from api.app import create_app
 from bench import direct, scenarios
 from bench.metrics_cost import _asgi
-from counters.cli.embedded import RedisServer
+from counters.cli.embedded import RedisServer, find_redis_server, free_port
 from counters.settings import Settings
 
 _IN_FLIGHT = 64
@@ -87,23 +95,28 @@ async def _serve(settings: Settings, scenario: str, path: str, raw: list[bytes])
 
 def serve(scenario: str, count: int, overrides: dict[str, bool]) -> None:
     """The measured process: ``count`` requests (plus the warm-up) on a throwaway Redis."""
-    path, raw = _requests(scenario, count + _WARM)
     with (
         tempfile.TemporaryDirectory() as tmp,
         RedisServer(Path(tmp) / "redis", persistent=False) as server,
     ):
-        direct.restore(server.url, [])
-        settings = dataclasses.replace(
-            direct.bench_settings(server.url), redis_timeout_seconds=_SLOW, **overrides
-        )
-        if scenario == "mix":
+        serve_on(server.url, scenario, count, overrides)
 
-            async def seed() -> None:
-                async with direct.services(settings) as svc:
-                    await direct.seed_owners(svc)
 
-            uvloop.run(seed())
-        statuses = uvloop.run(_serve(settings, scenario, path, raw))
+def serve_on(url: str, scenario: str, count: int, overrides: dict[str, bool]) -> None:
+    """``count`` requests (plus the warm-up) through the app, on the Redis at ``url``."""
+    path, raw = _requests(scenario, count + _WARM)
+    direct.restore(url, [])
+    settings = dataclasses.replace(
+        direct.bench_settings(url), redis_timeout_seconds=_SLOW, **overrides
+    )
+    if scenario == "mix":
+
+        async def seed() -> None:
+            async with direct.services(settings) as svc:
+                await direct.seed_owners(svc)
+
+        uvloop.run(seed())
+    statuses = uvloop.run(_serve(settings, scenario, path, raw))
     print(f"statuses {statuses}", file=sys.stderr)
 
 
@@ -120,6 +133,49 @@ def count(scenario: str, requests: int, settings: list[str]) -> int:
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2_000:]}")
+    return int(found.group(1))
+
+
+def count_redis(scenario: str, requests: int, settings: list[str]) -> int:
+    """Instructions callgrind counted inside Redis's script commands (``EVALSHA`` and
+    ``EVAL``: the scripts, their ``redis.call``s, cjson; not the event loop, the protocol
+    parsing or other commands) while this process serves ``requests`` natively."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        command = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
+            "--toggle-collect=evalShaCommand", "--toggle-collect=evalCommand",
+            str(find_redis_server()), "--bind", "127.0.0.1", "--port", str(port),
+            "--save", "", "--appendonly", "no", "--dir", tmp,
+        ]  # fmt: skip
+        with open(f"{tmp}/valgrind.log", "w+") as log:
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+            client = redis.Redis(port=port, socket_timeout=_SLOW)
+            try:
+                deadline = time.monotonic() + _SLOW
+                while True:
+                    try:
+                        client.ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            raise
+                        time.sleep(0.2)
+                serve_on(f"redis://127.0.0.1:{port}/0", scenario, requests, _overrides(settings))
+                with contextlib.suppress(redis.ConnectionError):
+                    client.shutdown(nosave=True)
+            finally:
+                client.close()
+                try:
+                    proc.wait(timeout=_SLOW)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.seek(0)
+            text = log.read()
+    found = _COLLECTED.search(text)
+    if found is None:
+        raise SystemExit(f"valgrind run of redis-server failed:\n{text[-2_000:]}")
     return int(found.group(1))
 
 
@@ -142,15 +198,19 @@ def main() -> None:
     if not args:
         raise SystemExit(__doc__)
     scenario, rest = args[0], args[1:]
+    counter, where = count, "app"
+    if "--redis" in rest:
+        rest = [arg for arg in rest if arg != "--redis"]
+        counter, where = count_redis, "Redis's script commands"
     first, second = 200, 1_200
     if len(rest) >= 2 and rest[0].isdigit() and rest[1].isdigit():
         first, second, rest = int(rest[0]), int(rest[1]), rest[2:]
     _overrides(rest)  # refuse a bad one before a minute of valgrind
-    low, high = count(scenario, first, rest), count(scenario, second, rest)
+    low, high = counter(scenario, first, rest), counter(scenario, second, rest)
     per = (high - low) / (second - first)
     shown = " ".join(rest) or "defaults"
     counted = f"{low:,} at {first}, {high:,} at {second}"
-    print(f"{scenario} ({shown}): {per:,.0f} instructions/request ({counted})")
+    print(f"{scenario} ({shown}), {where}: {per:,.0f} instructions/request ({counted})")
 
 
 if __name__ == "__main__":

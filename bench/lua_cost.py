@@ -6,11 +6,30 @@ holds) with ``lua/lib/xp_state.lua`` loaded as the scripts load it; prints the m
 run, less the empty loop's. A whole debit's EVALSHA costs Redis ~50-100 µs on the 2-vCPU VM
 (``INFO commandstats``), too noisy under other load to show a few µs; a loop inside one EVAL is
 not (issue #15: one ``XP.encode`` per debit instead of two). Reported, never asserted.
+
+``python -m bench.lua_cost calls [N1 N2]``: whole calls instead, as served: the app in this
+process (``bench.instructions``' harness) serves N1 and then N2 requests (default 1,000 and
+4,000) of the gain mix and of the debit, each on an emptied Redis, and this prints Redis's own
+time in its script commands (``INFO commandstats``: ``EVALSHA`` and ``EVAL`` usec) per request
+and per call, the difference of the two runs over N2 - N1 (seeding and warm-up cancel out).
+Timings: they move with the machine's load; ``python -m bench.instructions mix --redis`` counts
+the same work in instructions.
+
+``python -m bench.lua_cost defs``: what running a script's libraries costs every call, in
+instructions (``redis-server`` under callgrind, collecting inside ``EVALSHA`` only): an
+``EVALSHA`` of ``return 1`` against one of award_exp's and debit_xp's libraries followed by
+``return 1``, with a debit's KEYS and ARGV, 200 and then 1,200 calls (and, for scale, 40
+closures, and 40 small tables). An ``EVALSHA`` runs the whole text every call, so every library
+function is defined again (a closure each) per call; every table a script builds is an
+allocation (and later a collection) in Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,8 +37,10 @@ from pathlib import Path
 
 import redis
 
-from counters.cli.embedded import RedisServer
+from counters.cli.embedded import RedisServer, find_redis_server, free_port
 from counters.redis.scripts import script_source
+from counters.rules import load_rules
+from counters.rules.compiled import lua_rules
 
 _STATE = {
     "tier": "pixel_rookie", "anchor": 1764460800, "period_start": 1764460800,
@@ -33,24 +54,155 @@ _TIERS = {
     "arcade_artist": {"level": 2, "monthly_xp": 2000, "rollover": True},
     "game_master": {"level": 3, "monthly_xp": 6000, "rollover": True},
 }
+_THRESHOLDS_CAPS = ("[0,100,300,600,1000,1500]", "[150,150,300,300,500,500]")  # as passed before
 _PIECES = {
     "empty loop": "x = i",
     "XP.encode (the state as stored and ledgered)": "x = XP.encode(s)",
     "XP.decode (the stored state)": "x = XP.decode(ARGV[2])",
-    "cjson.decode of the tiers ARGV": "x = cjson.decode(ARGV[3])",
+    "  of which cjson.decode": "x = cjson.decode(ARGV[2])",
+    "  cmsgpack.unpack of the same state instead": "x = cmsgpack.unpack(packed)",
+    "  cmsgpack.pack of the state (a second encoding)": "x = cmsgpack.pack(raw)",
+    "cjson.decode of the tiers ARGV (before #15 r4)": "x = cjson.decode(ARGV[3])",
+    "Rules.rollover + Rules.cost (compiled, after)": (
+        "x = Rules.rollover(s.tier); x = Rules.cost('EDIT_IMAGE', s.tier)"
+    ),
+    "award: decode thresholds + caps, Levels.of x2 (before)": (
+        "local t, c = cjson.decode(ARGV[4]), cjson.decode(ARGV[5]); local l = 1; "
+        "for j = 1, #t do if 20 >= t[j] then l = j end end; x = c[l]; "
+        "for j = 1, #t do if 40 >= t[j] then l = j end end"
+    ),
+    "award: Rules.level x2 + Rules.cap (compiled, after)": (
+        "x = Rules.cap(Rules.level(20)); x = Rules.level(40)"
+    ),
 }
 
 
 def _script(body: str) -> str:
     """xp_state.lua and its libraries (as debit_xp.lua gets them), then a loop over ``body``."""
-    libraries = script_source("debit_xp").split("\nlocal generation_type", 1)[0]
+    libraries = script_source("debit_xp", lua_rules(load_rules())).split(
+        "\nlocal generation_type", 1
+    )[0]
     return (
         f"{libraries}\nXP.c = {{tiers = {{}}}}\nlocal s = XP.decode(ARGV[2])\nlocal x\n"
+        "local raw = cjson.decode(ARGV[2])\nlocal packed = cmsgpack.pack(raw)\n"
         f"for i = 1, tonumber(ARGV[1]) do {body} end\nreturn 1\n"
     )
 
 
+def _script_stats(url: str) -> tuple[float, int]:
+    """Microseconds Redis spent in EVALSHA and EVAL so far, and their number of calls."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    usec, calls = 0.0, 0
+    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+        usec += float(stats.get(name, {}).get("usec", 0))
+        calls += int(stats.get(name, {}).get("calls", 0))
+    return usec, calls
+
+
+def calls(first: int, second: int) -> None:
+    """Redis's time in script commands per request of the gain mix and the debit, as served."""
+    from bench.instructions import serve_on  # its harness; imported here: it loads the app
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        RedisServer(Path(tmp) / "redis", persistent=False) as server,
+    ):
+        for scenario in ("mix", "debit"):
+            serve_on(server.url, scenario, 0, {})  # the scripts loaded (NOSCRIPT counts calls)
+            spent: list[tuple[float, int]] = []
+            for count in (first, second):
+                usec, number = _script_stats(server.url)
+                serve_on(server.url, scenario, count, {})
+                after_usec, after_number = _script_stats(server.url)
+                spent.append((after_usec - usec, after_number - number))
+            usec = spent[1][0] - spent[0][0]
+            number = spent[1][1] - spent[0][1]
+            per_request = usec / (second - first)
+            print(
+                f"{scenario:6} {per_request:6.1f} us/request in script commands, "
+                f"{usec / number:5.1f} us/call, {number / (second - first):.2f} calls/request"
+            )
+
+
+def _count_evalsha(body: str, calls: int) -> int:
+    """Instructions callgrind counted inside ``EVALSHA`` over ``calls`` calls of ``body``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        command = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
+            "--toggle-collect=evalShaCommand", str(find_redis_server()), "--bind", "127.0.0.1",
+            "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp,
+        ]  # fmt: skip
+        with open(f"{tmp}/log", "w+") as log:
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+            client = redis.Redis(port=port, socket_timeout=60)
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        client.ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            raise
+                        time.sleep(0.2)
+                sha = client.script_load(body)
+                pipe = client.pipeline(transaction=False)
+                for _ in range(calls):
+                    pipe.evalsha(sha, len(_DEBIT_KEYS), *_DEBIT_KEYS, *_DEBIT_ARGV)
+                pipe.execute()
+                with contextlib.suppress(redis.ConnectionError):
+                    client.shutdown(nosave=True)
+            finally:
+                client.close()
+                proc.wait(timeout=60)
+            log.seek(0)
+            found = re.search(r"Collected\s*:\s*(\d+)", log.read())
+    if found is None:
+        raise SystemExit("valgrind run of redis-server failed")
+    return int(found.group(1))
+
+
+_DEBIT_KEYS = ("k:user", "k:events", "k:idem", "k:meta", "k:tx")
+_DEBIT_ARGV = ("u1", "1764460800000", "", "86400", "", "service:0", "1", "v", "EDIT_IMAGE",
+               "xd_1", "debit", "1764464400", "100", "2592000")  # fmt: skip
+
+
+def defs() -> None:
+    """Instructions per call of running award_exp's and debit_xp's libraries (no work), and
+    of 40 closures and 40 tables."""
+    library = lua_rules(load_rules())
+    closures = "\n".join(f"function t.f{i}() return {i} end" for i in range(40))
+    tables = "\n".join(f"t[{i}] = {{x = 1, y = 2, z = 3}}" for i in range(40))
+    bodies = {
+        "return 1": "return 1",
+        "40 closures, then return 1": f"local t = {{}}\n{closures}\nreturn 1",
+        "40 tables of 3 fields, then return 1": f"local t = {{}}\n{tables}\nreturn 1",
+    }
+    for name, cut in (
+        ("award_exp", "\nreturn Award.apply()"),
+        ("debit_xp", "\nlocal generation_type"),
+    ):
+        bodies[f"{name}'s libraries, then return 1"] = (
+            script_source(name, library).split(cut, 1)[0] + "\nreturn 1"
+        )
+    for name, body in bodies.items():
+        per = (_count_evalsha(body, 1_200) - _count_evalsha(body, 200)) / 1_000
+        print(f"{name:40} {per:9,.0f} instructions/call")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["defs"]:
+        defs()
+        return
+    if sys.argv[1:2] == ["calls"]:
+        rest = [int(arg) for arg in sys.argv[2:4]]
+        calls(*(rest if len(rest) == 2 else [1_000, 4_000]))
+        return
     loops = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     state, tiers = json.dumps(_STATE), json.dumps(_TIERS)
     with (
@@ -65,7 +217,7 @@ def main() -> None:
                 best = float("inf")
                 for _ in range(3):  # the least of three: other work on the machine only adds
                     began = time.perf_counter()
-                    client.eval(script, 0, loops, state, tiers)
+                    client.eval(script, 0, loops, state, tiers, *_THRESHOLDS_CAPS)
                     best = min(best, (time.perf_counter() - began) / loops * 1e6)
                 costs[name] = best
         finally:

@@ -1,4 +1,4 @@
--- requires: idempotency, levels, bucket, bounds
+-- requires: idempotency, rules, bucket, bounds
 --[[ adjust_exp: a support correction of a user's total EXP; no daily limit or cap applies.
 
 The total never goes below zero: a larger negative delta is clamped and the applied delta returned.
@@ -11,7 +11,7 @@ KEYS[4]  meta    HASH   ctr:{bN}:meta                  run, complete (lua/lib/bu
 ARGV[1]  user_id      string
 ARGV[2]  delta        int      signed EXP change requested
 ARGV[3]  reason       string   recorded on the event
-ARGV[4]  thresholds   json     [int]: EXP required for levels 1..n
+ARGV[4]  rules        string   the rules version the call was built with (levels compiled in)
 ARGV[5]  now_ms       int      unix milliseconds
 ARGV[6]  fingerprint  string   "" = not idempotent
 ARGV[7]  idem_ttl     int      seconds
@@ -30,18 +30,18 @@ local user_id, delta, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now_ms, fingerprint, idem_ttl = ARGV[5], ARGV[6], ARGV[7]
 local actor, may_create, idem_key = ARGV[8], ARGV[9], ARGV[10]
 
+local wrong_rules = Rules.check(ARGV[4])
+if wrong_rules then return wrong_rules end
 local replayed = Idempotency.replay(KEYS[3], fingerprint, 7, {7, 0, 0, 0, 0, 0, 0})
 if replayed then return replayed end
 if redis.call('EXISTS', KEYS[1]) == 0 and not Bucket.may_create(KEYS[4], may_create) then
   return {6, 0, 0, 0, 0, 0, 0}
 end
 
-local thresholds = Levels.list(ARGV[4])
-
 local user = redis.call('HMGET', KEYS[1], 'exp', 'seq')
 local total = tonumber(user[1]) or 0
 local seq = (tonumber(user[2]) or 0) + 1
-local previous_level = Levels.of(total, thresholds)
+local previous_level = Rules.level(total)
 local applied = math.max(delta, -total)
 local ledger = may_create ~= '1' and {events = KEYS[2], meta = KEYS[4], scope = user_id, now_ms = now_ms} or nil
 if applied > 0 and total + applied > Bounds.MAX then
@@ -49,7 +49,7 @@ if applied > 0 and total + applied > Bounds.MAX then
     {5, 0, total, previous_level, previous_level, seq - 1, 0}, ledger)
 end
 total = total + applied
-local level = Levels.of(total, thresholds)
+local level = Rules.level(total)
 
 redis.call('HSET', KEYS[1], 'exp', total, 'level', level, 'seq', seq)
 Entry.add(KEYS[2], {'exp_adjust', user_id, seq, now_ms, Bucket.run(KEYS[4]), reason, applied,

@@ -23,21 +23,21 @@ ARGV[1]  user_id        string   the user who receives the EXP
 ARGV[2]  action         string
 ARGV[3]  reward         int      EXP the action is worth
 ARGV[4]  daily_limit    int      awards per UTC day; 0 = no limit
-ARGV[5]  thresholds     json     [int]: EXP required for levels 1..n
-ARGV[6]  caps           json     [int]: daily EXP cap of levels 1..n
-ARGV[7]  day            string   UTC day YYYYMMDD (the window is in the key; this is for the event)
-ARGV[8]  day_ttl        int      seconds KEYS[2] lives from now (to midnight + grace, by the
+ARGV[5]  rules          string   the rules version the call was built with: the levels and caps
+                                 are compiled into the script (lib rules); another is refused
+ARGV[6]  day            string   UTC day YYYYMMDD (the window is in the key; this is for the event)
+ARGV[7]  day_ttl        int      seconds KEYS[2] lives from now (to midnight + grace, by the
                                  service's clock: Redis's may differ, so no absolute EXPIREAT)
-ARGV[9]  now_ms         int      unix milliseconds
-ARGV[10] fingerprint    string   request fingerprint; "" = no record (not idempotent)
-ARGV[11] idem_ttl       int      seconds the record KEYS[4] lives
-ARGV[12] actor          string   who triggered the action
-ARGV[13] may_create     "0"|"1"|"2"  "1": a missing user is new; "0": new only in a complete
+ARGV[8]  now_ms         int      unix milliseconds
+ARGV[9]  fingerprint    string   request fingerprint; "" = no record (not idempotent)
+ARGV[10] idem_ttl       int      seconds the record KEYS[4] lives
+ARGV[11] actor          string   who triggered the action
+ARGV[12] may_create     "0"|"1"|"2"  "1": a missing user is new; "0": new only in a complete
                                  bucket (KEYS[8] complete), else hydrated first; "2": always
                                  hydrated first (Redis may evict keys: lua/lib/bucket.lua)
-ARGV[14] target         string   "<type>:<id>" or ""
-ARGV[15] idem_key       string   the Idempotency-Key, recorded on the event
-ARGV[16] week_ttl       int      seconds KEYS[6] lives from now (to the ISO week's end + grace);
+ARGV[13] target         string   "<type>:<id>" or ""
+ARGV[14] idem_key       string   the Idempotency-Key, recorded on the event
+ARGV[15] week_ttl       int      seconds KEYS[6] lives from now (to the ISO week's end + grace);
                                  KEYS[5] lives day_ttl. Both set on the user's first award of a day.
                                  0 = leaderboards off: KEYS[5..7] are unused and not written
 

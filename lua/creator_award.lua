@@ -11,8 +11,8 @@ owner is not ARGV[1] (a transfer, a lost or unknown entity), the actor owns the 
 actor already has an entry in the once-per-actor record (done, or pending under the chain), or
 the owner must first be hydrated (code 6, from Award.apply before any write).
 
-KEYS[1..8] and ARGV[1..16] are award_exp.lua's (lua/lib/award.lua reads them by position);
-The record (KEYS[4]) is unused: ARGV[10] fingerprint is "", an unkeyed request replays nothing.
+KEYS[1..8] and ARGV[1..15] are award_exp.lua's (lua/lib/award.lua reads them by position);
+The record (KEYS[4]) is unused: ARGV[9] fingerprint is "", an unkeyed request replays nothing.
 
 KEYS[1]  user       HASH   ctr:{bN}:user:<uid>
 KEYS[2]  today      HASH   ctr:{bN}:day:<YYYYMMDD>:<uid>
@@ -26,10 +26,10 @@ KEYS[9]  entity     HASH   ctr:{bE}:entity:<type>:<id>           owner, version
 KEYS[10] once       HASH   ctr:{bE}:once:<action>:<type>:<id>    actor -> JSON entry ("once"
                            mode), or an unused key ("plain" mode)
 
-ARGV[1..16]  user_id, action, reward, daily_limit, thresholds, caps, day, day_ttl, now_ms, fingerprint, idem_ttl, actor, may_create, target, idem_key, week_ttl
-ARGV[17] mode      string  "once": record the actor as done in KEYS[10] when awarded; "plain"
-ARGV[18] rid       string  the request id kept on the entry (as the chain keeps it)
-ARGV[19] once_ttl  int     seconds KEYS[10] lives after its last write
+ARGV[1..15]  user_id, action, reward, daily_limit, rules, day, day_ttl, now_ms, fingerprint, idem_ttl, actor, may_create, target, idem_key, week_ttl
+ARGV[16] mode      string  "once": record the actor as done in KEYS[10] when awarded; "plain"
+ARGV[17] rid       string  the request id kept on the entry (as the chain keeps it)
+ARGV[18] once_ttl  int     seconds KEYS[10] lives after its last write
 
 Reply: award_exp's {code, exp_added, total_exp, level, previous_level, daily_exp_gained,
 action_count, seq, replayed}
@@ -43,15 +43,15 @@ action_count, seq, replayed}
 ]]
 
 local owner = redis.call('HGET', KEYS[9], 'owner')
-local actor, mode = ARGV[12], ARGV[17]
+local actor, mode = ARGV[11], ARGV[16]
 if owner ~= ARGV[1] or owner == actor then return {12, 0, 0, 0, 0, 0, 0, 0, 0} end
 if mode == 'once' and redis.call('HEXISTS', KEYS[10], actor) == 1 then
   return {12, 0, 0, 0, 0, 0, 0, 0, 0}
 end
 local reply = Award.apply()
 if mode == 'once' and reply[1] == 1 then  -- a refused award leaves no entry (the chain releases)
-  local entry = {state = 'done', rid = ARGV[18], owner = owner, fp = '-', ts = tonumber(ARGV[9])}
+  local entry = {state = 'done', rid = ARGV[17], owner = owner, fp = '-', ts = tonumber(ARGV[8])}
   redis.call('HSET', KEYS[10], actor, cjson.encode(entry))
-  redis.call('EXPIRE', KEYS[10], ARGV[19])
+  redis.call('EXPIRE', KEYS[10], ARGV[18])
 end
 return reply

@@ -10,15 +10,15 @@ KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused ke
 KEYS[4]  meta         HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 KEYS[5]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the new debit or hold record
 
-ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, rules
             (see lua/lib/xp_state.lua)
 ARGV[9]  generation_type  string
-ARGV[10] costs            json    {"<tier>": XP} for every tier that allows the type
-ARGV[11] transaction_id   string  id of the new debit or hold
-ARGV[12] mode             string  "debit" | "hold"
-ARGV[13] hold_expires_at  int     unix seconds a hold returns to the balance by itself
-ARGV[14] max_holds        int     open holds a user may have
-ARGV[15] record_ttl       int     seconds the record (for capture and refund) is kept
+ARGV[10] transaction_id   string  id of the new debit or hold
+ARGV[11] mode             string  "debit" | "hold"
+ARGV[12] hold_expires_at  int     unix seconds a hold returns to the balance by itself
+ARGV[13] max_holds        int     open holds a user may have
+ARGV[14] record_ttl       int     seconds the record (for capture and refund) is kept
+The cost is the compiled rules' (Rules.cost: the tier's, nil when its gate refuses the type).
 
 Reply: {code, xp taken, transaction id, hold expires_at (0 for a debit), cost, seq, replayed,
         state json}
@@ -30,14 +30,14 @@ Reply: {code, xp taken, transaction id, hold expires_at (0 for a debit), cost, s
   code 13 too_many          too many open holds
 ]]
 
-local generation_type, costs_json, transaction_id = ARGV[9], ARGV[10], ARGV[11]
-local mode, hold_expires_at = ARGV[12], tonumber(ARGV[13])
-local max_holds, record_ttl = tonumber(ARGV[14]), ARGV[15]
+local generation_type, transaction_id = ARGV[9], ARGV[10]
+local mode, hold_expires_at = ARGV[11], tonumber(ARGV[12])
+local max_holds, record_ttl = tonumber(ARGV[13]), ARGV[14]
 
 local early = XP.open()
 if early then return early end
 local s = XP.s
-local cost = s.tier and cjson.decode(costs_json)[s.tier]
+local cost = s.tier and Rules.cost(generation_type, s.tier)
 if not cost then return XP.finish(3, 0, '', 0, 0) end
 if XP.balance(s) < cost then return XP.finish(2, 0, '', 0, cost) end
 if mode == 'hold' and #s.holds >= max_holds then return XP.finish(13, 0, '', 0, cost) end

@@ -6,7 +6,7 @@ KEYS[2]  events  STREAM ctr:{bN}:events
 KEYS[3]  idem    STRING ctr:{bN}:idem:<caller>:<key>   (or an unused key)
 KEYS[4]  meta    HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 
-ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, rules
             (see lua/lib/xp_state.lua)
 ARGV[9]  grant_id    string
 ARGV[10] xp_amount   int     > 0

@@ -1,4 +1,4 @@
--- requires: xp_state, levels
+-- requires: xp_state
 --[[ import_user: one line of `counters import`, applied at most once per user and import id.
 
 Adopting the service: a user's EXP from the product's own table is added to what the service
@@ -16,16 +16,15 @@ KEYS[3]  idem     STRING ctr:{bN}:unused                 (no Idempotency-Key: fi
 KEYS[4]  meta     HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 KEYS[5]  imports  SET    ctr:{bN}:imports:<uid>          import ids applied to the user
 
-ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, rules
             (see lua/lib/xp_state.lua; idem_key is the import id, fingerprint "")
 ARGV[9]  op          string  "exp" | "subscription" | "topup"
-ARGV[10] thresholds  json    [int]: EXP required for levels 1..n
-ARGV[11] amount      int     EXP to add (exp), XP of the top-up (topup), 0 (subscription)
-ARGV[12] tier        string  a key of the tiers json (subscription) or ""
-ARGV[13] at          int     unix seconds: period_start (subscription; 0 = now), expires_at
+ARGV[10] amount      int     EXP to add (exp), XP of the top-up (topup), 0 (subscription)
+ARGV[11] tier        string  a tier of the rules (subscription) or ""
+ARGV[12] at          int     unix seconds: period_start (subscription; 0 = now), expires_at
                              (topup; 0 = never), 0 (exp)
-ARGV[14] max_grants  int     live top-ups a user may have
-ARGV[15] reason      string  the top-up's reason, the event's action as a grant's (topup), ""
+ARGV[13] max_grants  int     live top-ups a user may have
+ARGV[14] reason      string  the top-up's reason, the event's action as a grant's (topup), ""
 
 Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, replayed, state json}
   code 1 done                  applied
@@ -36,8 +35,8 @@ Reply: {code, amount applied, import id, expires_at or period_end, 0, seq, repla
   code 16 total_limit          the total or balance would pass the maximum (lib/bounds.lua)
 ]]
 
-local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
-local max_grants, reason = tonumber(ARGV[14]), ARGV[15]
+local op, amount, tier_name, at = ARGV[9], tonumber(ARGV[10]), ARGV[11], tonumber(ARGV[12])
+local max_grants, reason = tonumber(ARGV[13]), ARGV[14]
 
 local early = XP.open()
 if early then return early end
@@ -48,10 +47,9 @@ if redis.call('SISMEMBER', KEYS[5], import_id) == 1 then
 end
 
 if op == 'exp' then
-  local thresholds = Levels.list(ARGV[10])
   local total = (tonumber(redis.call('HGET', c.user_key, 'exp')) or 0) + amount
   if total > Bounds.MAX then return XP.finish(16, 0, import_id, 0, 0) end
-  local level = Levels.of(total, thresholds)
+  local level = Rules.level(total)
   -- EXP only: the XP state is not written (c.dirty stays as XP.open left it), as award_exp
   -- leaves it: the event carries no xp_state, so a state written here would exist in Redis
   -- and never in Postgres (reconcile drift for every EXP-only imported user).
@@ -65,15 +63,16 @@ end
 
 if op == 'subscription' then
   if s.tier ~= nil then return XP.finish(15, 0, import_id, s.period_end, 0) end
-  if c.tiers[tier_name].monthly_xp - s.alloc > XP.room(s) then
+  if Rules.tier(tier_name).monthly_xp - s.alloc > XP.room(s) then
     return XP.finish(16, 0, import_id, 0, 0)
   end
   local anchor = at > 0 and at or c.now
   local k = XP.period_of(anchor, c.now)
   s.tier, s.next_tier, s.cancel_at_period_end = tier_name, nil, false
   s.anchor, s.period_start, s.period_end = anchor, XP.add_months(anchor, k), XP.add_months(anchor, k + 1)
-  local added = c.tiers[tier_name].monthly_xp - s.alloc
-  s.alloc = c.tiers[tier_name].monthly_xp
+  local monthly_xp = Rules.tier(tier_name).monthly_xp
+  local added = monthly_xp - s.alloc
+  s.alloc = monthly_xp
   XP.emit('xp_import', 'subscription', added, tier_name)
   redis.call('SADD', KEYS[5], import_id)
   return XP.finish(1, added, import_id, s.period_end, 0)

@@ -8,7 +8,7 @@ KEYS[2]  events  STREAM ctr:{bN}:events
 KEYS[3]  idem    STRING an unused key (reads are not idempotent writes)
 KEYS[4]  meta    HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 
-ARGV[1..8]  user_id, now_ms, fingerprint (""), idem_ttl, idem_key (""), actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint (""), idem_ttl, idem_key (""), actor, may_create, rules
             (see lua/lib/xp_state.lua)
 
 Reply: {code, 0, "", 0, 0, seq, 0, state json}

@@ -10,7 +10,7 @@ KEYS[3]  idem         STRING ctr:{bN}:idem:<caller>:<key>       (or an unused ke
 KEYS[4]  meta         HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 KEYS[5]  transaction  STRING ctr:{bN}:xptx:<uid>:<txid>         the debit or hold record
 
-ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, rules
             (see lua/lib/xp_state.lua)
 ARGV[9]  transaction_id  string
 

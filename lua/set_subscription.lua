@@ -11,9 +11,9 @@ KEYS[2]  events  STREAM ctr:{bN}:events
 KEYS[3]  idem    STRING ctr:{bN}:idem:<caller>:<key>   (or an unused key)
 KEYS[4]  meta    HASH   ctr:{bN}:meta          run, complete (lua/lib/bucket.lua)
 
-ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, tiers
+ARGV[1..8]  user_id, now_ms, fingerprint, idem_ttl, idem_key, actor, may_create, rules
             (see lua/lib/xp_state.lua)
-ARGV[9]  tier          string  a key of the tiers json
+ARGV[9]  tier          string  a tier of the rules
 ARGV[10] period_start  int     unix seconds <= now: the subscription's start (anniversary);
                                0 = now for a new subscription, the current one otherwise
 
@@ -31,8 +31,8 @@ local tier_name, period_start = ARGV[9], tonumber(ARGV[10])
 
 local early = XP.open()
 if early then return early end
-local s, tiers, now = XP.s, XP.c.tiers, XP.c.now
-local new = tiers[tier_name]
+local s, now = XP.s, XP.c.now
+local new = Rules.tier(tier_name)
 
 if s.tier == nil then
   if new.monthly_xp - s.alloc > XP.room(s) then return XP.finish(16, 0, '', 0, 0) end
@@ -50,7 +50,7 @@ if period_start > 0 and period_start ~= s.anchor then
   return XP.finish(14, 0, '', s.period_end, 0)
 end
 
-local current = tiers[s.tier]
+local current = Rules.tier(s.tier)
 local level = current and current.level or 0
 if new.level > level then
   local added = math.max(new.monthly_xp - (current and current.monthly_xp or 0), 0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
 from redis.asyncio import Redis
 
 from counters.bulkimport.records import ExpLine, Record, SubscriptionLine
@@ -18,7 +17,8 @@ from counters.redis.codes import MAX_TOTAL, ImportSkip, XpOutcome
 from counters.redis.hydration import Hydrator, may_create_arg, run_hydrated
 from counters.redis.keys import UserKeys
 from counters.redis.scripts import Scripts
-from counters.rules import Rules
+from counters.rules import Rules, rules_version
+from counters.rules.compiled import lua_rules
 
 ACTOR = IMPORT_ACTOR
 ImportOutcome = XpOutcome | ImportSkip
@@ -51,8 +51,9 @@ class ImportService:
         self._hydrator = hydrator
         self._clock = clock
         self._buckets = buckets
-        self._thresholds = msgspec.json.encode(list(rules.exp.thresholds)).decode()
-        self._tiers = rules.xp.tiers_arg
+        # The levels and tiers import_user applies are compiled into it (counters/rules/compiled.py)
+        self._version = rules_version(rules)
+        scripts.use_rules(self._version, lua_rules(rules))
 
     def _call(self, record: Record) -> ImportUser:
         line = record.line
@@ -68,8 +69,8 @@ class ImportService:
         return ImportUser(
             user_id=line.user_id, now_ms=int(self._clock.now() * 1000), fingerprint="",
             idem_ttl=1, idem_key=record.import_id, actor=ACTOR,
-            may_create=may_create_arg(self._hydrator), tiers=self._tiers, op=op,
-            thresholds=self._thresholds, amount=amount, tier=tier, at=at,
+            may_create=may_create_arg(self._hydrator), rules=self._version, op=op,
+            amount=amount, tier=tier, at=at,
             max_grants=self._rules.xp.max_active_grants, reason=reason,
         )  # fmt: skip
 

@@ -4,7 +4,9 @@ An award to oneself (``daily_chat``, ``create_*``) is one Lua script, one round 
 acting user's slot, its idempotency record there too. A creator-targeted award (a like, a fork)
 spans the actor's, the entity's and the owner's slots: ``counters.exp.creator`` runs it as a
 short protocol of single-slot scripts that stays exact (see lua/reserve_creator_award.lua).
-This module chooses the keys, passes the rules as arguments and decodes the fixed-shape reply.
+This module chooses the keys, passes an action's reward and limit as arguments (the levels and
+caps are compiled into the scripts, counters/rules/compiled.py: a call names its rules version)
+and decodes the fixed-shape reply.
 Reaching a limit or a cap is an outcome, not an error.
 """
 
@@ -15,8 +17,6 @@ import hashlib
 import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
-
-import msgspec
 
 from counters.auth import Principal
 from counters.clock import Clock, next_utc_midnight, utc_day
@@ -71,7 +71,6 @@ from counters.rules import Action, ExpRules
 from counters.rules.metrics import count_shadow_refusal
 
 _NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION  # awards a batch runs again one by one
-_UNREACHABLE = 10**12  # a limit or cap no day reaches: how a shadow rule is passed to Lua
 _OUTCOMES = {int(outcome): outcome for outcome in AwardOutcome}
 _PROGRESS_CACHE = 4_096  # progress blocks kept by total EXP (then the cache starts over)
 
@@ -80,6 +79,7 @@ class ExpService:
     def __init__(
         self,
         rules: ExpRules,
+        version: str,
         scripts: Scripts,
         entities: Entities,
         hydrator: Hydrator,
@@ -105,27 +105,23 @@ class ExpService:
         self._creator = CreatorAwards(
             self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
         )
-        self.use_rules(rules)
+        self.use_rules(rules, version)
 
     @property
     def clock(self) -> Clock:
         return self._clock
 
-    def use_rules(self, rules: ExpRules) -> None:
+    def use_rules(self, rules: ExpRules, version: str) -> None:
         """Serve ``rules`` from the next award on (a reload); today's counters are kept.
 
-        Everything derived from the rules is built first and swapped in one step, with no await
-        in between, so a request sees either the old rules or the new ones, never a mix.
+        ``version`` is the rules version the scripts were compiled with (``Scripts.use_rules``:
+        the levels and caps are in their source, a cap in shadow mode as unreachable, so
+        ``award_result`` compares with the real one): every call names it. Everything derived
+        from the rules is swapped in one step, with no await in between, so a request sees
+        either the old rules or the new ones, never a mix.
         """
-        thresholds = msgspec.json.encode(list(rules.thresholds)).decode()  # Levels.list
-        # A cap in shadow mode is passed as unreachable; award_result compares with the real one.
-        caps = [
-            _UNREACHABLE if shadow else cap
-            for cap, shadow in zip(rules.caps_by_level, rules.shadow_caps_by_level, strict=True)
-        ]
-        caps_arg = msgspec.json.encode(caps).decode()
         progress_cache: dict[int, Progress] = {}
-        self.rules, self._thresholds, self._caps = rules, thresholds, caps_arg
+        self.rules, self._version = rules, version
         self._progress = progress_cache
 
     def progress(self, total_exp: int) -> Progress:
@@ -309,12 +305,12 @@ class ExpService:
             user.user, user.day(today.day), user.events, record, *self._boards(user, today),
             user.meta,
         )  # fmt: skip
-        # Positional, in AwardExp's field order: on the hot path msgspec builds a 16-field Struct
+        # Positional, in AwardExp's field order: on the hot path msgspec builds a 15-field Struct
         # from keywords in ~2 us, from positions in ~0.4 us. tests/exp/test_award_exp.py
         # ::test_the_award_call_names_every_argument checks every field gets its value.
         call = AwardExp(
             user_id, action_name, action.exp, 0 if action.shadow else action.daily_limit or 0,
-            self._thresholds, self._caps, today.day, self._day_ttl(user_id, today, now),
+            self._version, today.day, self._day_ttl(user_id, today, now),
             int(now * 1000), fingerprint, self._idempotency_ttl, actor, self.may_create,
             str(target) if target else "", idem_key, self._week_ttl(today, now),
         )  # fmt: skip
@@ -447,7 +443,7 @@ class ExpService:
             meta=user.meta,
         )
         call = AdjustExp(
-            user_id=user_id, delta=delta, reason=reason, thresholds=self._thresholds,
+            user_id=user_id, delta=delta, reason=reason, rules=self._version,
             now_ms=int(self._clock.now() * 1000), fingerprint=fingerprint,
             idem_ttl=self._idempotency_ttl, actor=actor, may_create=self.may_create,
             idem_key=idem_key,

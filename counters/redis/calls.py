@@ -7,6 +7,11 @@ its keys, and ``Call.CODES`` the families of reply codes it answers (``counters/
 ``tests/redis/test_lua_contract.py`` reads every header and compares it with these fields and
 codes, so a header and its call cannot drift apart.
 
+A script that requires the compiled rules (``lua/lib/award.lua``, ``lua/lib/xp_state.lua``,
+``lua/adjust_exp.lua``: counters/rules/compiled.py) takes a ``rules`` field, the rules version
+the call was built with: ``Scripts`` sends the call to that version's script, which refuses any
+other version.
+
 XP scripts share their first three KEYS and eight ARGV (``lua/lib/xp_state.lua``): their calls
 extend ``XpCall`` (and ``XpTxKeys`` when they take a transaction record), as the headers do.
 
@@ -188,8 +193,7 @@ class AwardExp(Call, frozen=True):
     action: str
     reward: int
     daily_limit: int
-    thresholds: str
-    caps: str
+    rules: str
     day: str
     day_ttl: int
     now_ms: int
@@ -222,7 +226,7 @@ class AdjustExp(Call, frozen=True):
     user_id: str
     delta: int
     reason: str
-    thresholds: str
+    rules: str
     now_ms: int
     fingerprint: str
     idem_ttl: int
@@ -376,7 +380,7 @@ class XpCall(Call, frozen=True):
     idem_key: str
     actor: str
     may_create: str
-    tiers: str
+    rules: str
 
 
 class ReadXp(XpCall, frozen=True):
@@ -409,7 +413,6 @@ class DebitXp(XpCall, frozen=True):
     KEYS = XpTxKeys
 
     generation_type: str
-    costs: str
     transaction_id: str
     mode: str
     hold_expires_at: int
@@ -448,7 +451,6 @@ class ImportUser(XpCall, frozen=True):
     CODES = (XpOutcome, Hydration, KeyReuse, ImportSkip)
 
     op: str
-    thresholds: str
     amount: int
     tier: str
     at: int

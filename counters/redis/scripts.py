@@ -11,7 +11,7 @@ import hashlib
 import importlib.resources
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
@@ -29,6 +29,8 @@ _astuple = msgspec.structs.astuple
 # A script (or library) whose first line is ``-- requires: a, b`` runs with ``lua/lib/a.lua`` and
 # ``lua/lib/b.lua`` first.
 _REQUIRES = re.compile(r"^--\s*requires:\s*([a-z0-9_, ]+?)\s*$")
+RULES_LIBRARY = "rules"  # compiled per rules version, not a file (counters/rules/compiled.py)
+_KEPT_VERSIONS = 8  # rules versions whose scripts a process keeps (calls in flight over reloads)
 
 
 def script_names() -> list[str]:
@@ -44,23 +46,52 @@ def _requires(text: str) -> list[str]:
     )
 
 
-def script_source(name: str) -> str:
+def script_source(name: str, rules: str | None = None) -> str:
     """The text Redis runs for ``lua/<name>.lua``: the libraries it requires (and theirs, each
-    once, dependencies first), then the script."""
+    once, dependencies first), then the script. The library ``rules`` is not a file: it is
+    ``rules``, one rules version compiled to Lua (counters/rules/compiled.py); a script that
+    requires it without one is a ``ValueError``."""
     lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
     included: dict[str, str] = {}
 
     def include(lib: str) -> None:
-        if lib not in included:
-            text = lib_dir.joinpath(f"{lib}.lua").read_text("utf-8")
-            for needed in _requires(text):
-                include(needed)
-            included[lib] = text
+        if lib in included:
+            return
+        if lib == RULES_LIBRARY:
+            if rules is None:
+                raise ValueError(f"{name}.lua requires the compiled rules; none given")
+            included[lib] = rules
+            return
+        text = lib_dir.joinpath(f"{lib}.lua").read_text("utf-8")
+        for needed in _requires(text):
+            include(needed)
+        included[lib] = text
 
     text = lua.source(name)
     for lib in _requires(text):
         include(lib)
     return "\n".join([*included.values(), text])
+
+
+def requires_rules(name: str) -> bool:
+    """Whether ``lua/<name>.lua`` (or a library it requires) requires the compiled rules."""
+    lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
+    pending, seen = _requires(lua.source(name)), set()
+    while pending:
+        lib = pending.pop()
+        if lib == RULES_LIBRARY:
+            return True
+        if lib not in seen:
+            seen.add(lib)
+            pending += _requires(lib_dir.joinpath(f"{lib}.lua").read_text("utf-8"))
+    return False
+
+
+class _Compiled(NamedTuple):
+    """The scripts that require the rules, compiled with one rules version: texts and SHAs."""
+
+    sources: dict[str, str]
+    shas: dict[str, str]
 
 
 class Scripts:
@@ -85,16 +116,60 @@ class Scripts:
         # slots (lua/creator_award.lua). None: not when the client is a RedisCluster.
         self.one_node = not isinstance(redis, RedisCluster) if one_node is None else one_node
         self._pipeline = pipeline
-        self._sources = {name: script_source(name) for name in script_names()}
-        self._shas = {
-            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
-        }
+        names = script_names()
+        self._ruled = {name for name in names if requires_rules(name)}
+        self._sources = {name: script_source(name) for name in names if name not in self._ruled}
+        self._shas = {name: _sha(text) for name, text in self._sources.items()}
+        self._compiled: dict[str, _Compiled] = {}  # by rules version, the newest last
+        self._ruled_shas: dict[str, dict[str, str]] = {}  # the same SHAs, by version
         self._send: Callable[..., Awaitable[Any]]
         self._send_many: Callable[[Sequence[Sequence[Arg]]], Awaitable[list[Any]]]
         if pipeline is not None:
             self._send, self._send_many = pipeline.submit, pipeline.execute_many
         else:
             self._send, self._send_many = self._pool_send, self._pool_send_many
+
+    def use_rules(self, version: str, library: str) -> None:
+        """Compile every script that requires the rules with ``library``, the Lua of rules
+        ``version`` (``counters.rules.compiled.lua_rules``); calls naming that version run
+        them from now on. The last few versions are kept, so a call built before a reload is
+        still sent with the rules it was built with. Synchronous: part of a reload's one step."""
+        if version not in self._compiled:
+            sources = {name: script_source(name, library) for name in sorted(self._ruled)}
+            shas = {name: _sha(text) for name, text in sources.items()}
+            self._compiled[version] = _Compiled(sources, shas)
+        else:  # this version is the newest again
+            self._compiled[version] = self._compiled.pop(version)
+        while len(self._compiled) > _KEPT_VERSIONS:
+            del self._compiled[next(iter(self._compiled))]
+        self._ruled_shas = {version: compiled.shas for version, compiled in self._compiled.items()}
+
+    def _for(self, call: Call) -> _Compiled:
+        """The compiled scripts of the rules version ``call`` names (its ``rules`` field)."""
+        version: str = getattr(call, "rules", "")
+        compiled = self._compiled.get(version)
+        if compiled is None:
+            raise RedisStorageError(
+                f"{call.SCRIPT}: no scripts compiled for rules version {version!r} "
+                f"(this process has {', '.join(self._compiled) or 'none'})"
+            )
+        return compiled
+
+    def sha(self, call: Call) -> str:
+        """The SHA ``call`` is sent to: its script's, compiled with the rules it names when
+        the script requires them (on the hot path: two dict lookups)."""
+        sha = self._shas.get(call.SCRIPT)
+        if sha is not None:
+            return sha
+        try:
+            return self._ruled_shas[call.rules][call.SCRIPT]  # type: ignore[attr-defined]
+        except (KeyError, AttributeError):
+            return self._for(call).shas[call.SCRIPT]  # raises, naming the version
+
+    def source(self, call: Call) -> str:
+        """The text of the script ``call`` runs (what NOSCRIPT recovery loads)."""
+        text = self._sources.get(call.SCRIPT)
+        return text if text is not None else self._for(call).sources[call.SCRIPT]
 
     async def run(self, keys: Keys, call: Call) -> list[Any]:
         """Run one script: one round trip. A refusal is a ``RedisRefusal`` naming the script;
@@ -109,7 +184,7 @@ class Scripts:
     def command(self, keys: Keys, call: Call) -> tuple[Arg, ...]:
         """The EVALSHA command of one call (what ``send`` takes)."""
         key_values = _astuple(keys)
-        return ("EVALSHA", self._shas[call.SCRIPT], len(key_values), *key_values,
+        return ("EVALSHA", self.sha(call), len(key_values), *key_values,
                 *_astuple(call))  # fmt: skip
 
     def send(self, command: tuple[Arg, ...]) -> Awaitable[Any]:
@@ -131,9 +206,7 @@ class Scripts:
         """Run many script calls in one pipelined round trip (not a transaction: each call is
         atomic on its own). A call Redis refused gets its ``RedisRefusal`` in its place; a lost
         connection raises ``StorageError`` for them all."""
-        commands = [
-            ("EVALSHA", self._shas[call.SCRIPT], *command_args(keys, call)) for keys, call in calls
-        ]
+        commands = [("EVALSHA", self.sha(call), *command_args(keys, call)) for keys, call in calls]
         replies = await self._send_many(commands)
         return await self._recover([call for _, call in calls], commands, replies)
 
@@ -144,8 +217,8 @@ class Scripts:
         every refusal left is named after its script."""
         missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
         if missing:
-            for script in sorted({calls[i].SCRIPT for i in missing}):
-                await self._load(self._sources[script])
+            for text in sorted({self.source(calls[i]) for i in missing}):
+                await self._load(text)
             again = await self._send_many([commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -202,6 +275,11 @@ class Scripts:
         except RedisError as exc:
             raise _pool_failure(f"pipeline: {exc}", exc) from exc
         return [_refusal(r) if isinstance(r, ResponseError) else r for r in replies]
+
+
+def _sha(text: str) -> str:
+    """The SHA-1 Redis names a script text by."""
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _pool_failure(message: str, exc: RedisError) -> RedisStorageError:

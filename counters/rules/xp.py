@@ -100,14 +100,6 @@ class XpRules(_Rule, frozen=True, dict=True):
     max_active_holds: PositiveInt = 100
 
     @cached_property
-    def tiers_arg(self) -> str:
-        """The tiers as every XP script takes them (lua/lib/xp_state.lua, ARGV ``tiers``):
-        ``{"<tier>": {"level": int, "monthly_xp": int, "rollover": bool}}``."""
-        tiers = {t.name: {"level": t.level, "monthly_xp": t.monthly_xp, "rollover": t.rollover}
-                 for t in self.tiers}  # fmt: skip
-        return msgspec.json.encode(tiers).decode()
-
-    @cached_property
     def tiers_by_name(self) -> dict[str, Tier]:
         return {tier.name: tier for tier in self.tiers}
 

@@ -20,6 +20,7 @@ from counters.redis.hydration import Hydrator, NoDurableStore
 from counters.redis.pipelining import AutoPipeline, connect_timeout
 from counters.redis.scripts import Scripts
 from counters.rules import Rules, load_rules, rules_version
+from counters.rules.compiled import lua_rules
 from counters.rules.metrics import set_rules_version
 from counters.settings import Settings
 from counters.xp.service import XpService
@@ -143,6 +144,8 @@ class Services:
         auto = settings.redis_autopipeline
         pipeline = open_pipeline(settings.redis_url, timeout) if auto else None
         scripts = Scripts(redis, pipeline)
+        version = rules_version(rules)
+        scripts.use_rules(version, lua_rules(rules))
         if store is not None and hydrator is None:
             # exp is built below; the hydrator asks it for today's window only when it runs.
             hydrator = PostgresHydrator(
@@ -159,7 +162,7 @@ class Services:
             durable_lookup=owner_lookup, triggers_lookup=triggers,
         )  # fmt: skip
         exp = ExpService(
-            rules.exp, scripts, entities, hydrator, clock,
+            rules.exp, version, scripts, entities, hydrator, clock,
             buckets=settings.key_buckets,
             idempotency_ttl=settings.idempotency_ttl_seconds,
             day_grace=settings.day_grace_seconds,
@@ -168,7 +171,7 @@ class Services:
             creator_shortcut=settings.creator_shortcut,
         )  # fmt: skip
         xp = XpService(
-            rules.xp, scripts, hydrator, clock,
+            rules.xp, version, scripts, hydrator, clock,
             buckets=settings.key_buckets,
             idempotency_ttl=settings.idempotency_ttl_seconds,
             hold_ttl=settings.hold_ttl_seconds,
@@ -183,7 +186,6 @@ class Services:
             cache_seconds=settings.leaderboard_cache_seconds,
         )  # fmt: skip
         auth = Authenticator(settings.jwt_secret, settings.service_keys)
-        version = rules_version(rules)
         set_rules_version(version)
         return cls(
             settings, rules, clock, redis, scripts, auth, entities, exp, xp,
@@ -192,11 +194,14 @@ class Services:
         )  # fmt: skip
 
     def use_rules(self, rules: Rules) -> None:
-        """Serve ``rules`` from the next request on (see counters/runtime/reload.py)."""
-        self.exp.use_rules(rules.exp)
-        self.xp.use_rules(rules.xp)
+        """Serve ``rules`` from the next request on (see counters/runtime/reload.py): the
+        scripts compiled with them first (no await: nothing is sent), then the services."""
+        version = rules_version(rules)
+        self.scripts.use_rules(version, lua_rules(rules))
+        self.exp.use_rules(rules.exp, version)
+        self.xp.use_rules(rules.xp, version)
         self.entitlements.use_rules(rules.entitlements, rules.exp)
-        self.rules, self.rules_version = rules, rules_version(rules)
+        self.rules, self.rules_version = rules, version
         set_rules_version(self.rules_version)
 
     async def close(self) -> None:

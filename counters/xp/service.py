@@ -87,6 +87,7 @@ class XpService:
     def __init__(
         self,
         rules: XpRules,
+        version: str,
         scripts: Scripts,
         hydrator: Hydrator,
         clock: Clock,
@@ -101,26 +102,18 @@ class XpService:
         self._buckets = buckets
         self._idempotency_ttl = idempotency_ttl
         self.hold_ttl = hold_ttl
-        self.use_rules(rules)
+        self.use_rules(rules, version)
 
-    def use_rules(self, rules: XpRules) -> None:
+    def use_rules(self, rules: XpRules, version: str) -> None:
         """Serve ``rules`` from the next request on (a reload); users' states are kept.
 
-        The tables the scripts take are built first and swapped with the rules in one step.
-        A tier whose gate is in shadow mode is given every generation type's cost, so debit_xp
-        charges what its gate would refuse; ``charge`` reports it as ``shadow_refused``.
+        ``version`` is the rules version the scripts were compiled with (``Scripts.use_rules``;
+        the tiers and costs are in their source, counters/rules/compiled.py): every call names
+        it. A tier whose gate is in shadow mode is compiled with every generation type's cost,
+        so debit_xp charges what its gate would refuse; ``charge`` reports it as
+        ``shadow_refused``. Swapped in one step with the rules.
         """
-        costs = {
-            kind: msgspec.json.encode(
-                {
-                    t.name: rules.cost_for(kind, t)
-                    for t in rules.tiers
-                    if kind in t.allows or t.shadow
-                }
-            ).decode()
-            for kind in rules.costs
-        }
-        self.rules, self._tiers, self._costs = rules, rules.tiers_arg, costs
+        self.rules, self._version = rules, version
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
@@ -142,7 +135,7 @@ class XpService:
         return {
             "user_id": user_id, "now_ms": now_ms, "fingerprint": fingerprint,
             "idem_ttl": self._idempotency_ttl, "idem_key": idem_key, "actor": actor,
-            "may_create": self._hydrator.may_create_code, "tiers": self._tiers,
+            "may_create": self._hydrator.may_create_code, "rules": self._version,
         }  # fmt: skip
 
     async def _run(
@@ -224,11 +217,8 @@ class XpService:
     ) -> DebitXp:
         """The debit_xp call of one debit or hold, with a new transaction id (``NotFound`` for
         an unknown generation type)."""
-        try:
-            costs = self._costs[generation_type]
-        except KeyError:
+        if generation_type not in self.rules.costs:
             require_generation_type(self.rules, generation_type)  # NotFound, listing the types
-            raise
         now = self._clock.now()
         prefix = _HOLD_PREFIX[is_service_caller(actor)] if hold else "xd_"
         transaction_id = prefix + _random_hex()
@@ -238,7 +228,7 @@ class XpService:
         # ::test_the_charge_call_names_every_argument checks every field gets its value.
         return DebitXp(
             user_id, int(now * 1000), fingerprint, self._idempotency_ttl, idem_key, actor,
-            self._hydrator.may_create_code, self._tiers, generation_type, costs, transaction_id,
+            self._hydrator.may_create_code, self._version, generation_type, transaction_id,
             "hold" if hold else "debit", int(now) + self.hold_ttl, self.rules.max_active_holds,
             TRANSACTION_TTL,
         )  # fmt: skip

@@ -1,19 +1,23 @@
--- requires: idempotency, levels, bucket, bounds
+-- requires: idempotency, rules, bucket, bounds
 --[[ Award.apply(): award_exp.lua's whole body, shared with creator_award.lua (one script for a
-creator award on one node). It reads KEYS[1..8] and ARGV[1..16] exactly as award_exp.lua's
+creator award on one node). It reads KEYS[1..8] and ARGV[1..15] exactly as award_exp.lua's
 header describes them, so a script that requires it must lay out those KEYS and ARGV first.
+The levels and caps are the compiled rules' (lib rules: counters/rules/compiled.py) of the
+version ARGV[5] names; a call naming another version is refused before anything is read.
 
 Reply: award_exp.lua's (its codes are listed in the header of each script that requires this).
 ]]
 local Award = {}
 
 function Award.apply()
+  local wrong_rules = Rules.check(ARGV[5])
+  if wrong_rules then return wrong_rules end
   local user_id, action = ARGV[1], ARGV[2]
   local reward, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local day, day_ttl, now_ms = ARGV[7], ARGV[8], ARGV[9]
-  local fingerprint, idem_ttl, actor = ARGV[10], ARGV[11], ARGV[12]
-  local may_create, target, idem_key = ARGV[13], ARGV[14], ARGV[15]
-  local week_ttl = ARGV[16]
+  local day, day_ttl, now_ms = ARGV[6], ARGV[7], ARGV[8]
+  local fingerprint, idem_ttl, actor = ARGV[9], ARGV[10], ARGV[11]
+  local may_create, target, idem_key = ARGV[12], ARGV[13], ARGV[14]
+  local week_ttl = ARGV[15]
   local boards = week_ttl ~= '0'
 
   local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, {7, 0, 0, 0, 0, 0, 0, 0, 0})
@@ -26,24 +30,24 @@ function Award.apply()
     return {6, 0, 0, 0, 0, 0, 0, 0, 0}
   end
 
-  local thresholds, caps = Levels.list(ARGV[5]), Levels.list(ARGV[6])
   local total = tonumber(user[1]) or 0
   local seq = tonumber(user[2]) or 0
-  local level = Levels.of(total, thresholds)
+  local level = Rules.level(total)
   local action_field = 'a:' .. action
   local day_state = redis.call('HMGET', KEYS[2], 'exp', action_field)
   local gained = tonumber(day_state[1]) or 0
   local count = tonumber(day_state[2]) or 0
 
-  local function finish(reply)
-    return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1' and
-      {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms} or nil)
+  local function finish(reply)  -- the ledger's table only for a record (a table costs Redis)
+    return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1'
+      and fingerprint ~= '' and {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms}
+      or nil)
   end
 
   if daily_limit > 0 and count >= daily_limit then
     return finish({2, 0, total, level, level, gained, count, seq, 0})
   end
-  local cap = caps[level]
+  local cap = Rules.cap(level)
   if gained >= cap then
     return finish({3, 0, total, level, level, gained, count, seq, 0})
   end
@@ -56,7 +60,7 @@ function Award.apply()
   gained = gained + added
   count = count + 1
   seq = seq + 1
-  local new_level = Levels.of(total, thresholds)
+  local new_level = Rules.level(total)
 
   redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
   redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)

@@ -1,4 +1,4 @@
--- requires: idempotency, bucket, bounds
+-- requires: idempotency, bucket, rules, bounds
 --[[ lib/xp_state: the XP state of one user, shared by every XP script.
 
 Prepended to each script whose first line is `-- requires: xp_state` (counters/redis/scripts.py). It
@@ -20,7 +20,9 @@ ARGV[6]  actor        string   who asked, recorded on events
 ARGV[7]  may_create   "0"|"1"|"2"  "1": a missing user is new; "0": new only in a complete
                                bucket (KEYS[4] complete), else hydrated first; "2": always
                                hydrated first (Redis may evict keys: lua/lib/bucket.lua)
-ARGV[8]  tiers        json     {"<tier>": {"level": int, "monthly_xp": int, "rollover": bool}}
+ARGV[8]  rules        string   the rules version the call was built with; the tiers (level,
+                               monthly_xp, rollover) are compiled into the script (lib rules:
+                               counters/rules/compiled.py) and another version is refused
 
 State (times in unix seconds; expires_at null = never):
   {"tier": name|null, "anchor": subscription start, "period_start", "period_end",
@@ -167,21 +169,27 @@ function XP.encode(s)
     .. table.concat(grants, ',') .. '],"holds":[' .. table.concat(holds, ',') .. ']}'
 end
 
+-- The stored state, normalized where cjson decoded it (nulls and missing numbers as 0, a null
+-- tier as nil) instead of copied into new tables: a debit's decode cost Redis ~30% less so
+-- (issue #15, bench/lua_cost.py). The stored form is unchanged: the JSON the event carries.
 function XP.decode(text)
-  local s = {tier = nil, anchor = 0, period_start = 0, period_end = 0, alloc = 0, epoch = 0,
-             next_tier = nil, cancel_at_period_end = false, grants = {}, holds = {}}
-  if not text then return s end
-  local raw = cjson.decode(text)
-  s.tier, s.next_tier = opt(raw.tier), opt(raw.next_tier)
-  s.anchor, s.period_start, s.period_end = num(raw.anchor), num(raw.period_start), num(raw.period_end)
-  s.alloc, s.epoch = num(raw.alloc), num(raw.epoch)
-  s.cancel_at_period_end = raw.cancel_at_period_end == true
-  for i, g in ipairs(raw.grants or {}) do
-    s.grants[i] = {id = g.id, left = num(g.left), expires_at = num(g.expires_at)}
+  if not text then
+    return {tier = nil, anchor = 0, period_start = 0, period_end = 0, alloc = 0, epoch = 0,
+            next_tier = nil, cancel_at_period_end = false, grants = {}, holds = {}}
   end
-  for i, h in ipairs(raw.holds or {}) do
-    s.holds[i] = {id = h.id, amount = num(h.amount), expires_at = num(h.expires_at),
-                  generation_type = h.generation_type, parts = XP.decode_parts(h.parts)}
+  local s = cjson.decode(text)
+  s.tier, s.next_tier = opt(s.tier), opt(s.next_tier)
+  s.anchor, s.period_start, s.period_end = num(s.anchor), num(s.period_start), num(s.period_end)
+  s.alloc, s.epoch = num(s.alloc), num(s.epoch)
+  s.cancel_at_period_end = s.cancel_at_period_end == true
+  local grants, holds = opt(s.grants) or {}, opt(s.holds) or {}
+  s.grants, s.holds = grants, holds
+  for _, g in ipairs(grants) do
+    g.left, g.expires_at = num(g.left), num(g.expires_at)
+  end
+  for _, h in ipairs(holds) do
+    h.amount, h.expires_at = num(h.amount), num(h.expires_at)
+    h.parts = XP.decode_parts(opt(h.parts))
   end
   return s
 end
@@ -280,42 +288,50 @@ function XP.restore(parts, at)
   return back
 end
 
--- Burn `amount` (<= the balance), soonest-expiring credit first; never-expiring credit last.
+-- Burn `amount` (<= the balance), soonest-expiring credit first; never-expiring credit last
+-- (ties: the allocation, then the grants in their order). The next source is picked among
+-- those with credit left each time (one taken from is then empty, or the amount is burned):
+-- no table per source and no sort closure, each of which costs Redis an allocation per call
+-- (issue #15: ~2,000 instructions a table, `python -m bench.lua_cost defs`).
+local function expiry_key(at) if at == NEVER then return math.huge end return at end
+
 function XP.burn(amount)
   local s = XP.s
-  local tier = XP.c.tiers[s.tier or '']
+  local grants = s.grants
   local alloc_at = s.period_end
-  if tier and tier.rollover and not s.cancel_at_period_end then alloc_at = NEVER end
-  local sources = {}
-  if s.alloc > 0 then sources[1] = {at = alloc_at, order = 0} end
-  for i, g in ipairs(s.grants) do
-    if g.left > 0 then sources[#sources + 1] = {at = g.expires_at, order = i, grant = g} end
-  end
-  table.sort(sources, function(a, b)
-    local x = a.at == NEVER and math.huge or a.at
-    local y = b.at == NEVER and math.huge or b.at
-    if x ~= y then return x < y end
-    return a.order < b.order
-  end)
+  if Rules.rollover(s.tier) and not s.cancel_at_period_end then alloc_at = NEVER end
   local parts = {}
-  for _, src in ipairs(sources) do
-    if amount <= 0 then break end
-    local g = src.grant
-    local take = math.min(amount, g and g.left or s.alloc)
-    amount = amount - take
-    if g then
-      g.left = g.left - take
-      parts[#parts + 1] = {src = 'grant', xp = take, id = g.id, expires_at = g.expires_at}
-    else
-      s.alloc = s.alloc - take
+  while amount > 0 do
+    local best, best_at = nil, nil -- best: 0 for the allocation, else the grant's index
+    if s.alloc > 0 then best, best_at = 0, expiry_key(alloc_at) end
+    for i, g in ipairs(grants) do
+      if g.left > 0 then
+        local at = expiry_key(g.expires_at)
+        if best == nil or at < best_at then best, best_at = i, at end
+      end
+    end
+    if best == nil then break end
+    if best == 0 then
+      local take = math.min(amount, s.alloc)
+      amount, s.alloc = amount - take, s.alloc - take
       parts[#parts + 1] = {src = 'alloc', xp = take, epoch = s.epoch}
+    else
+      local g = grants[best]
+      local take = math.min(amount, g.left)
+      amount, g.left = amount - take, g.left - take
+      parts[#parts + 1] = {src = 'grant', xp = take, id = g.id, expires_at = g.expires_at}
     end
   end
-  local kept = {}
-  for _, g in ipairs(s.grants) do
-    if g.left > 0 then kept[#kept + 1] = g end
+  for _, g in ipairs(grants) do
+    if g.left <= 0 then -- a grant burned to nothing (or stored so) leaves the state
+      local kept = {}
+      for _, k in ipairs(grants) do
+        if k.left > 0 then kept[#kept + 1] = k end
+      end
+      s.grants = kept
+      break
+    end
   end
-  s.grants = kept
   return parts
 end
 
@@ -338,9 +354,9 @@ end
 
 -- The period that ended at period_end gives way to the next (or the subscription ends).
 function XP.renew()
-  local s, tiers = XP.s, XP.c.tiers
+  local s = XP.s
   local at = s.period_end
-  local old = tiers[s.tier]
+  local old = Rules.tier(s.tier)
   local before = s.alloc
   if s.cancel_at_period_end or old == nil then
     s.alloc, s.epoch = 0, s.epoch + 1
@@ -352,14 +368,14 @@ function XP.renew()
   end
   local carried = 0
   if old.rollover then carried = before else s.epoch = s.epoch + 1 end
-  if s.next_tier and tiers[s.next_tier] then
+  if s.next_tier and Rules.tier(s.next_tier) then
     s.tier, s.next_tier = s.next_tier, nil
     XP.emit('xp_subscription', 'downgrade', 0, '', at)
   end
   s.next_tier = nil
   s.period_start = at
   s.period_end = XP.add_months(s.anchor, XP.period_of(s.anchor, at) + 1)
-  s.alloc = carried + tiers[s.tier].monthly_xp
+  s.alloc = carried + Rules.tier(s.tier).monthly_xp
   local over = -XP.room(s)  -- past lib/bounds' MAX: that much is not allocated
   if over > 0 then s.alloc = math.max(s.alloc - over, 0) end
   XP.emit('xp_allocation', 'renewal', s.alloc - before, '', at)
@@ -402,15 +418,19 @@ end
 function XP.open()
   local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], meta = KEYS[4], user_id = ARGV[1],
              now_ms = ARGV[2], fingerprint = ARGV[3], idem_ttl = ARGV[4], idem_key = ARGV[5],
-             actor = ARGV[6], may_create = ARGV[7], tiers = cjson.decode(ARGV[8])}
+             actor = ARGV[6], may_create = ARGV[7]}
   c.now = fdiv(tonumber(c.now_ms), 1000)
   XP.c = c
+  local wrong_rules = Rules.check(ARGV[8])
+  if wrong_rules then return wrong_rules end
   local replayed = Idempotency.replay(c.idem, c.fingerprint, 7, {7, 0, '', 0, 0, 0, 0, ''})
   if replayed then return replayed end
-  if redis.call('EXISTS', c.user_key) == 0 and not Bucket.may_create(c.meta, c.may_create) then
+  -- Every script that writes the user hash writes its seq, so no seq means no user (one read
+  -- instead of an EXISTS and then the HMGET, as lib/award.lua)
+  local user = redis.call('HMGET', c.user_key, 'xp', 'seq')
+  if not user[2] and not Bucket.may_create(c.meta, c.may_create) then
     return {6, 0, '', 0, 0, 0, 0, ''}
   end
-  local user = redis.call('HMGET', c.user_key, 'xp', 'seq')
   c.seq = tonumber(user[2]) or 0
   c.dirty = false
   XP.s = XP.decode(user[1])
@@ -426,7 +446,8 @@ function XP.finish(code, amount, ref, expires_at, extra, encoded)
   local state = encoded or XP.encode(XP.s)
   if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', c.seq) end
   local reply = {code, amount, ref, expires_at, extra, c.seq, 0, state}
-  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply, c.may_create ~= '1' and
+  return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply, c.may_create ~= '1'
+    and c.fingerprint ~= '' and
     {events = c.events, meta = c.meta, scope = c.user_id, now_ms = c.now_ms} or nil)
 end
 

@@ -291,8 +291,8 @@ def test_the_award_call_names_every_argument(settings: Settings, clock: ManualCl
     }  # fmt: skip
     assert msgspec.structs.asdict(call.call) == {
         "user_id": "owner", "action": "character_liked", "reward": action.exp,
-        "daily_limit": action.daily_limit, "thresholds": svc.exp._thresholds,
-        "caps": svc.exp._caps, "day": window.day, "day_ttl": window.ttl,
+        "daily_limit": action.daily_limit, "rules": svc.rules_version,
+        "day": window.day, "day_ttl": window.ttl,
         "now_ms": int(clock.now() * 1000), "fingerprint": "f" * 32,
         "idem_ttl": settings.idempotency_ttl_seconds, "actor": "fan", "may_create": "1",
         "target": "character:c9", "idem_key": "key-1",

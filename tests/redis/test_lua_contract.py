@@ -19,7 +19,9 @@ import pytest
 import lua
 from counters.redis.calls import CALLS, Call, UserWriteKeys, XpCall
 from counters.redis.codes import MAX_TOTAL
-from counters.redis.scripts import script_names
+from counters.redis.scripts import RULES_LIBRARY, script_names
+from counters.rules import load_rules
+from counters.rules.compiled import lua_rules
 
 _KEY = re.compile(r"^KEYS\[(\d+)\]\s+(\w+)", re.M)
 _ARG = re.compile(r"^ARGV\[(\d+)\]\s+(\w+)", re.M)
@@ -44,6 +46,9 @@ class Header:
 
 
 def _lib(name: str) -> str:
+    """A library's text; ``rules`` is compiled from the shipped rules (not a file)."""
+    if name == RULES_LIBRARY:
+        return lua_rules(load_rules())
     return importlib.resources.files(lua.__name__).joinpath(f"lib/{name}.lua").read_text("utf-8")
 
 

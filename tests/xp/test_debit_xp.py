@@ -280,8 +280,8 @@ def test_the_charge_call_names_every_argument(settings: Settings, clock: ManualC
     assert fields == {
         "user_id": "u1", "now_ms": int(NOON * 1000), "fingerprint": idem.fingerprint,
         "idem_ttl": settings.idempotency_ttl_seconds, "idem_key": "key-1", "actor": "service:0",
-        "may_create": "1", "tiers": svc.xp.rules.tiers_arg, "generation_type": "NEW_IMAGE",
-        "costs": svc.xp._costs["NEW_IMAGE"], "mode": "hold",
+        "may_create": "1", "rules": svc.rules_version, "generation_type": "NEW_IMAGE",
+        "mode": "hold",
         "hold_expires_at": int(NOON) + svc.xp.hold_ttl,
         "max_holds": svc.xp.rules.max_active_holds, "record_ttl": TRANSACTION_TTL,
     }  # fmt: skip

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from counters.redis.scripts import script_names, script_source
+from counters.rules import load_rules
+from counters.rules.compiled import lua_rules
 
 LIBRARY = importlib.resources.files("lua").joinpath("lib", "xp_state.lua").read_text("utf-8")
 XP_SCRIPTS = {
@@ -36,7 +38,7 @@ def test_xp_scripts_get_the_library_and_others_do_not() -> None:
     assert names >= XP_SCRIPTS
     assert "xp_state" not in names  # lua/lib/ holds libraries, not scripts
     for name in XP_SCRIPTS:
-        source = script_source(name)
+        source = script_source(name, lua_rules(load_rules()))
         # Dependencies first, each once: entry (required by bucket), bucket (by records),
         # records (by idempotency), idempotency (by xp_state), xp_state, the script.
         assert source.startswith("--[[ lib/entry")
@@ -47,8 +49,9 @@ def test_xp_scripts_get_the_library_and_others_do_not() -> None:
         assert source.count("local Idempotency = {}") == 1
         assert source.index("local Idempotency = {}") < source.index("--[[ lib/xp_state")
         assert f"-- requires: xp_state\n--[[ {name}:" in source
-    assert "XP.open" not in script_source("award_exp")
-    assert "local Levels = {}" in script_source("award_exp")
+    award = script_source("award_exp", lua_rules(load_rules()))
+    assert "XP.open" not in award
+    assert "local Rules = {" in award
 
 
 def test_add_months_matches_python(redis_client: redis.Redis) -> None:
