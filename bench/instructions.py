@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import uvloop
 from api.app import create_app
 from bench import direct, scenarios
 from bench.metrics_cost import _asgi
+from bench.servers import wait_for_ping
 from counters.cli.embedded import RedisServer, find_redis_server, free_port
 from counters.settings import Settings
 
@@ -152,15 +152,7 @@ def count_redis(scenario: str, requests: int, settings: list[str]) -> int:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
             client = redis.Redis(port=port, socket_timeout=_SLOW)
             try:
-                deadline = time.monotonic() + _SLOW
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except redis.ConnectionError:
-                        if time.monotonic() > deadline or proc.poll() is not None:
-                            raise
-                        time.sleep(0.2)
+                wait_for_ping(client, proc, _SLOW)
                 serve_on(f"redis://127.0.0.1:{port}/0", scenario, requests, _overrides(settings))
                 with contextlib.suppress(redis.ConnectionError):
                     client.shutdown(nosave=True)

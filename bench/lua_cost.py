@@ -37,6 +37,7 @@ from pathlib import Path
 
 import redis
 
+from bench.servers import wait_for_ping
 from counters.cli.embedded import RedisServer, find_redis_server, free_port
 from counters.redis.scripts import script_source
 from counters.rules import load_rules
@@ -141,15 +142,7 @@ def _count_evalsha(body: str, calls: int) -> int:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
             client = redis.Redis(port=port, socket_timeout=60)
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except redis.ConnectionError:
-                        if time.monotonic() > deadline or proc.poll() is not None:
-                            raise
-                        time.sleep(0.2)
+                wait_for_ping(client, proc, 60)
                 sha = client.script_load(body)
                 pipe = client.pipeline(transaction=False)
                 for _ in range(calls):

@@ -11,6 +11,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import redis
 
 from counters.cli.embedded import free_port, stop_process
 
@@ -43,6 +46,21 @@ def _answers(port: int, probe: bytes) -> bool:
             return sock.recv(64).startswith(b"HTTP/1.1 ")
     except OSError:
         return False
+
+
+def wait_for_ping(client: redis.Redis, proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Return once ``client`` answers PING (a redis-server ``proc`` just started, perhaps under
+    valgrind); raises ``redis.ConnectionError`` after ``timeout`` seconds or once ``proc`` has
+    exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True, slots=True)

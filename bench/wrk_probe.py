@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -44,7 +43,7 @@ from bench import direct, scenarios
 from bench.baselines.thin import thin_dir
 from bench.cpu import redis_cpu, tree_cpu
 from bench.load import LoadSpec, run_load
-from bench.servers import BARE_APP, GAIN_APP, THIN_APP, uvicorn_server
+from bench.servers import BARE_APP, GAIN_APP, THIN_APP, uvicorn_server, wait_for_ping
 from counters.auth import issue_token
 from counters.cli.embedded import RedisServer, find_redis_server, free_port, stop_process
 from counters.metrics import prepare_multiprocess_dir
@@ -141,13 +140,10 @@ def _plain_redis(tmp: Path) -> Iterator[int]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         client = redis_py.Redis(port=port, socket_timeout=2)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis_py.ConnectionError:
-                time.sleep(0.05)
-        client.close()
+        try:
+            wait_for_ping(client, proc, 10)
+        finally:
+            client.close()
         yield port
     finally:
         stop_process(proc, 10)
