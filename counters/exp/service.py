@@ -33,6 +33,7 @@ from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
 from counters.exp.leaderboard import Period, window
 from counters.exp.levels import Progress, progress
+from counters.exp.packed import AwardCommands
 from counters.exp.stats import count_award
 from counters.exp.types import (
     Adjustment,
@@ -58,7 +59,7 @@ from counters.redis.codes import (
     AwardOutcome,
     Hydration,
 )
-from counters.redis.hydration import Hydrator, run_hydrated
+from counters.redis.hydration import Hydrator, hydrate_and_run, run_hydrated
 from counters.redis.idempotency import (
     Idempotency,
     claim_callers_key,
@@ -66,6 +67,7 @@ from counters.redis.idempotency import (
     script_args,
 )
 from counters.redis.keys import UserKeys
+from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.rules import Action, ExpRules
 from counters.rules.metrics import count_shadow_refusal
@@ -101,7 +103,7 @@ class ExpService:
         self._day_grace = day_grace
         self._day_jitter = day_jitter
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
-        self._today = _Today(0, "", "", 0, {})  # the UTC day of the last award (see _Today)
+        self._today = _Today(0, "", "", 0, {}, {})  # the UTC day of the last award (see _Today)
         self._creator = CreatorAwards(
             self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
         )
@@ -162,7 +164,7 @@ class ExpService:
             week = window(Period.WEEK, now, 0)
             assert week.ttl is not None
             today = self._today = _Today(
-                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}
+                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}
             )
         return today
 
@@ -182,8 +184,23 @@ class ExpService:
             and (action.user_may_trigger or principal.is_service)
         ):  # prepare_award's checks pass (no target to check or claim): the hot lane's case,
             # one await on the script's reply (README, "The hot path's CPU budget")
-            own = self._own_award(principal.user_id, action_name, action, None, idem)
-            return self.award_result(own, await self._run(own.user_id, own.keys, own.call))
+            send = self._scripts.send_packed
+            if send is None:  # a cluster, or no auto-pipeline: the typed call
+                own = self._own_award(principal.user_id, action_name, action, None, idem)
+                return self.award_result(own, await self._run(own.user_id, own.keys, own.call))
+            user_id = principal.user_id
+            try:
+                reply = await send(self.packed_award(user_id, action_name, action, idem))
+            except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
+                own = self._own_award(user_id, action_name, action, None, idem)
+                command = self._scripts.command(own.keys, own.call)
+                reply = await self._scripts.refused(own.call, command, exc)
+            if reply[0] == _NEEDS_HYDRATION:  # Redis lost the user: hydrate, run it again
+                own = self._own_award(user_id, action_name, action, None, idem)
+                reply = await hydrate_and_run(
+                    self._hydrator, self._scripts, user_id, own.keys, own.call
+                )
+            return self._result(action_name, action, user_id, user_id, None, reply)
         call = await self.prepare_award(principal, action_name, target, idem)
         if call is None:
             action = self.action(action_name)
@@ -282,6 +299,47 @@ class ExpService:
             action_name, action, actor, actor, target, record, fingerprint, idem_key, user
         )
 
+    def packed_award(
+        self, user_id: str, action_name: str, action: Action, idem: Idempotency | None
+    ) -> bytes:
+        """The command ``_own_award`` would build for an award to ``user_id`` itself with no
+        target, packed as RESP from the day's segments (``counters.exp.packed``): the bytes
+        hiredis packs for ``Scripts.command`` of that call, for a fraction of the CPU."""
+        now = self._clock.now()
+        today = self._day_of(now)
+        may_create = self.may_create
+        packer = today.packers.get((self._version, may_create))
+        if packer is None:
+            packer = today.packers[(self._version, may_create)] = self._packer(today, may_create)
+        encoded = user_id.encode()
+        crc = zlib.crc32(encoded)
+        jitter = crc % (self._day_jitter + 1) if self._day_jitter else 0
+        return packer.pack(
+            encoded, crc % self._buckets, action_name, action.exp,
+            0 if action.shadow else action.daily_limit or 0,
+            max(today.midnight + self._day_grace + jitter - int(now), 1), int(now * 1000),
+            self._week_ttl(today, now),
+            None if idem is None else (
+                UserKeys.of(user_id, self._buckets).idempotency(idem.caller, idem.key),
+                idem.fingerprint, idem.key,
+            ),
+        )  # fmt: skip
+
+    def _packer(self, today: _Today, may_create: str) -> AwardCommands:
+        """The packer of ``today``'s award_exp commands under the rules served now: its head
+        taken from the typed command (the SHA of this rules version, the key count)."""
+        sample = self.award_call(
+            "daily_chat", Action(exp=1), "sample", "sample", None, "unused", "", ""
+        )
+        command = self._scripts.command(sample.keys, sample.call)
+        head = command[
+            : len(command) - len(sample.keys.__struct_fields__) - len(sample.call.__struct_fields__)
+        ]
+        return AwardCommands(
+            head, day=today.day, rules_version=self._version, may_create=may_create,
+            idempotency_ttl=self._idempotency_ttl, boards=lambda user: self._boards(user, today),
+        )  # fmt: skip
+
     def award_call(
         self,
         action_name: str,
@@ -360,6 +418,14 @@ class ExpService:
 
     def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         """The typed result of an award_exp reply (or of a stored one) for ``call``."""
+        return self._result(
+            call.action_name, call.action, call.user_id, call.actor, call.target, reply
+        )
+
+    def _result(
+        self, action_name: str, action: Action, user_id: str, actor: str, target: Target | None,
+        reply: list[int],
+    ) -> AwardResult:  # fmt: skip
         code, added, total, level, previous, gained, count, _seq, replayed = reply
         outcome = _OUTCOMES.get(code)  # a dict lookup: AwardOutcome(code) costs ~4x as much
         if outcome is None:
@@ -367,28 +433,31 @@ class ExpService:
             raise ScriptReplyError(f"award_exp replied with unknown code {code}")
         shadow = None
         if outcome is AwardOutcome.AWARDED:
-            shadow = self._shadow_refusal(call, previous, gained, count, bool(replayed))
+            shadow = self._shadow_refusal(
+                action_name, action, previous, gained, count, bool(replayed)
+            )
         # Positional, in AwardResult's field order (from keywords msgspec takes ~4x as long);
         # tests/exp/test_award_exp.py::test_the_award_result_names_every_field checks them.
         result = AwardResult(
-            outcome, call.user_id, call.action_name, added, total, level, previous, gained,
-            self.rules.cap_for(level), count, call.action.daily_limit, call.actor, call.target,
+            outcome, user_id, action_name, added, total, level, previous, gained,
+            self.rules.cap_for(level), count, action.daily_limit, actor, target,
             bool(replayed), shadow,
         )  # fmt: skip
         if not replayed:
-            count_award(call.action, result)
+            count_award(action, result)
         return result
 
     def _shadow_refusal(
-        self, call: AwardCall, level: int, gained: int, count: int, replayed: bool
-    ) -> str | None:
+        self, action_name: str, action: Action, level: int, gained: int, count: int,
+        replayed: bool,
+    ) -> str | None:  # fmt: skip
         """Which shadow rule would have refused this award (``level`` is the level it was made
         at, ``gained`` and ``count`` today's totals after it); counted unless a replay."""
         rules = self.rules
         refusal, name = None, ""
-        limit = call.action.daily_limit
-        if call.action.shadow and limit is not None and count > limit:
-            refusal, name = "daily_limit", call.action_name
+        limit = action.daily_limit
+        if action.shadow and limit is not None and count > limit:
+            refusal, name = "daily_limit", action_name
         elif rules.shadow_caps_by_level[level - 1] and gained > rules.cap_for(level):
             refusal, name = "daily_cap", f"level_{level}"
         if refusal is not None and not replayed:
@@ -462,13 +531,15 @@ class ExpService:
 
 class _Today(NamedTuple):
     """One UTC day of awards: its next midnight, name (YYYYMMDD), ISO week's board id and end
-    (unix seconds), and the board keys of each bucket seen that day (by hash tag)."""
+    (unix seconds), the board keys of each bucket seen that day (by hash tag), and the day's
+    packed award_exp commands (``counters.exp.packed``)."""
 
     midnight: int
     day: str
     week: str
     week_end: int
     boards: dict[str, tuple[str, str, str]]
+    packers: dict[tuple[str, str], AwardCommands]  # by (rules version, may_create)
 
 
 def batch_item_key(batch_key: str, index: int) -> str:

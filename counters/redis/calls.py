@@ -21,9 +21,11 @@ Structs, not dataclasses: an award builds one of each per request on the hot pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
-from typing import ClassVar
+from typing import ClassVar, cast
 
+import hiredis
 import msgspec
 
 from counters.redis.codes import (
@@ -72,6 +74,25 @@ def command_args(keys: Keys, call: Call) -> tuple[Arg, ...]:
     """``numkeys key... arg...``: what EVAL and EVALSHA take after the script."""
     key_values = _astuple(keys)
     return (len(key_values), *key_values, *_astuple(call))
+
+
+# -- packed commands (the hot lane) ---------------------------------------------------------------
+
+
+def bulk(value: bytes) -> bytes:
+    """``value`` as one RESP bulk string, ``$<length>\r\n<value>\r\n``: one argument of a
+    command packed by hand (``AutoPipeline.submit_packed``)."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def packed_args(*args: Arg | bytes) -> bytes:
+    """``args`` as consecutive RESP bulk strings, exactly as hiredis packs them in a command
+    (str as UTF-8, numbers in decimal), without the command's ``*<count>`` header."""
+    packed = _pack(args)
+    return packed[packed.index(b"\r\n") + 2 :]
+
+
+_pack = cast(Callable[[tuple[Arg | bytes, ...]], bytes], hiredis.pack_command)
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -188,6 +188,22 @@ class AutoPipeline:
         protocol.send(_pack(args), future)
         return future
 
+    def submit_packed(self, packed: bytes) -> Awaitable[Any]:
+        """As ``submit``, for a command already packed as RESP (``counters.redis.calls.bulk``):
+        the hot lane's award and debit, whose constant arguments are packed once a day."""
+        protocol = self._protocol
+        if protocol is None or not protocol.usable:
+            return self._submit_packed_connected(packed)
+        future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.send(packed, future)
+        return future
+
+    async def _submit_packed_connected(self, packed: bytes) -> Any:
+        protocol = await self._connect()
+        future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.send(packed, future)
+        return await future
+
     async def execute(self, *args: Arg) -> Any:
         """As ``submit``, as a coroutine."""
         return await self.submit(*args)

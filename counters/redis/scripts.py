@@ -193,6 +193,14 @@ class Scripts:
         ``refused``, which is what ``run`` does."""
         return self._send(*command)
 
+    @property
+    def send_packed(self) -> Callable[[bytes], Awaitable[Any]] | None:
+        """Send a command already packed as RESP (``AutoPipeline.submit_packed``), when the
+        transport is one ``AutoPipeline``; None on a cluster or the pool (which route or pack
+        commands themselves): build the typed call and ``send`` it instead."""
+        pipeline = self._pipeline
+        return pipeline.submit_packed if isinstance(pipeline, AutoPipeline) else None
+
     async def refused(self, call: Call, command: tuple[Arg, ...], exc: RedisRefusal) -> list[Any]:
         """The reply of ``command`` after Redis refused it with ``exc``: sent again once the
         script is loaded when Redis did not know it (NOSCRIPT), else the refusal named after

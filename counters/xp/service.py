@@ -33,8 +33,8 @@ from counters.redis.calls import (
     XpCall,
     XpTxKeys,
 )
-from counters.redis.codes import MAX_TOTAL, XpOutcome
-from counters.redis.hydration import Hydrator, run_hydrated
+from counters.redis.codes import MAX_TOTAL, Hydration, XpOutcome
+from counters.redis.hydration import Hydrator, hydrate_and_run, run_hydrated
 from counters.redis.idempotency import (
     Idempotency,
     claim_callers_key,
@@ -42,10 +42,12 @@ from counters.redis.idempotency import (
     script_args,
 )
 from counters.redis.keys import UserKeys
+from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.rules.metrics import count_shadow_refusal
 from counters.rules.xp import Tier, XpRules
 from counters.xp.guidance import XpCheck, evaluate, require_generation_type
+from counters.xp.packed import DebitCommands
 from counters.xp.state import XpReply, XpState, decode_reply, period_start_problem
 
 # How long a debit or capture can be refunded (and a hold's record is kept).
@@ -55,6 +57,7 @@ TRANSACTION_TTL = 30 * 86_400
 # kind may capture or release it. Ids are made here, so the prefix cannot be chosen by a caller.
 _HOLD_PREFIX = {True: "xhs_", False: "xhu_"}  # by is_service
 _CREDENTIAL = {True: "a service key", False: "a user token"}
+_NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION
 
 
 class XpChange(msgspec.Struct, frozen=True, gc=False):
@@ -114,6 +117,7 @@ class XpService:
         ``shadow_refused``. Swapped in one step with the rules.
         """
         self.rules, self._version = rules, version
+        self._packers: dict[tuple[str, str], DebitCommands] = {}  # by (version, may_create)
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
@@ -138,15 +142,50 @@ class XpService:
             "may_create": self._hydrator.may_create_code, "rules": self._version,
         }  # fmt: skip
 
+    def _keys(
+        self, user_id: str, idem: Idempotency | None, transaction_id: str | None = None
+    ) -> UserWriteKeys:
+        """An XP script's keys: the user's, the request's record, the transaction's if any."""
+        user = UserKeys.of(user_id, self._buckets)
+        idem_record = user.idempotency(idem.caller, idem.key) if idem else user.unused
+        if transaction_id is not None:
+            transaction = user.xp_transaction(transaction_id)
+            return XpTxKeys(user.user, user.events, idem_record, user.meta, transaction)
+        return UserWriteKeys(user=user.user, events=user.events, idem=idem_record, meta=user.meta)
+
+    def packed_charge(
+        self, user_id: str, actor: str, generation_type: str, hold: bool,
+        idem: Idempotency | None, now: float, transaction_id: str,
+    ) -> bytes:  # fmt: skip
+        """The command ``_charge_call`` (with ``_keys``) would send, packed from segments built
+        once per rules version and may_create (``counters.xp.packed``)."""
+        may_create = self._hydrator.may_create_code
+        packer = self._packers.get((self._version, may_create))
+        if packer is None:
+            sample = self._charge_call("sample", "", "", False, None, 0.0, "")
+            keys = self._keys("sample", None, "")
+            command = self._scripts.command(keys, sample)
+            head = command[
+                : len(command) - len(keys.__struct_fields__) - len(sample.__struct_fields__)
+            ]
+            packer = self._packers[(self._version, may_create)] = DebitCommands(
+                head, buckets=self._buckets, rules_version=self._version, may_create=may_create,
+                idempotency_ttl=self._idempotency_ttl, max_holds=self.rules.max_active_holds,
+                record_ttl=TRANSACTION_TTL,
+            )  # fmt: skip
+        return packer.pack(
+            user_id, actor, generation_type, transaction_id, hold, int(now * 1000),
+            int(now) + self.hold_ttl,
+            None if idem is None else (
+                UserKeys.of(user_id, self._buckets).idempotency(idem.caller, idem.key),
+                idem.fingerprint, idem.key,
+            ),
+        )  # fmt: skip
+
     async def _run(
         self, call: XpCall, idem: Idempotency | None, transaction_id: str | None = None
     ) -> XpReply:
-        user = UserKeys.of(call.user_id, self._buckets)
-        idem_record = user.idempotency(idem.caller, idem.key) if idem else user.unused
-        keys = UserWriteKeys(user=user.user, events=user.events, idem=idem_record, meta=user.meta)
-        if transaction_id is not None:
-            transaction = user.xp_transaction(transaction_id)
-            keys = XpTxKeys(user.user, user.events, idem_record, user.meta, transaction)
+        keys = self._keys(call.user_id, idem, transaction_id)
         reply = await run_hydrated(self._hydrator, self._scripts, call.user_id, keys, call)
         reject_reused_key(reply[0])
         return decode_reply(call.SCRIPT, reply)
@@ -188,9 +227,38 @@ class XpService:
         self, user_id: str, actor: str, generation_type: str, hold: bool, idem: Idempotency | None
     ) -> XpChange:
         """Debit one generation's XP (``hold=False``) or reserve it until captured or expired."""
-        call = self.charge_call(user_id, actor, generation_type, hold, idem)
-        transaction_id = call.transaction_id
-        reply = await self._run(call, idem, transaction_id)
+        if generation_type not in self.rules.costs:
+            require_generation_type(self.rules, generation_type)  # NotFound, listing the types
+        now = self._clock.now()
+        prefix = _HOLD_PREFIX[is_service_caller(actor)] if hold else "xd_"
+        transaction_id = prefix + _random_hex()
+        send = self._scripts.send_packed
+        if send is None:  # a cluster, or no auto-pipeline: the typed call
+            call = self._charge_call(
+                user_id, actor, generation_type, hold, idem, now, transaction_id
+            )
+            reply = await self._run(call, idem, transaction_id)
+        else:  # the hot lane: the same command, packed from the day's segments (one await)
+            try:
+                raw = await send(
+                    self.packed_charge(
+                        user_id, actor, generation_type, hold, idem, now, transaction_id
+                    )
+                )
+            except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
+                call = self._charge_call(
+                    user_id, actor, generation_type, hold, idem, now, transaction_id
+                )
+                keys = self._keys(user_id, idem, transaction_id)
+                raw = await self._scripts.refused(call, self._scripts.command(keys, call), exc)
+            if raw[0] == _NEEDS_HYDRATION:  # Redis lost the user: hydrate, run it again
+                call = self._charge_call(
+                    user_id, actor, generation_type, hold, idem, now, transaction_id
+                )
+                keys = self._keys(user_id, idem, transaction_id)
+                raw = await hydrate_and_run(self._hydrator, self._scripts, user_id, keys, call)
+            reject_reused_key(raw[0])
+            reply = decode_reply(DebitXp.SCRIPT, raw)
         if not reply.replayed:
             XP_OUTCOMES.child(generation_type, _charge_label(reply.outcome, hold)).inc()
         change = self._change(
@@ -221,7 +289,14 @@ class XpService:
             require_generation_type(self.rules, generation_type)  # NotFound, listing the types
         now = self._clock.now()
         prefix = _HOLD_PREFIX[is_service_caller(actor)] if hold else "xd_"
-        transaction_id = prefix + _random_hex()
+        return self._charge_call(
+            user_id, actor, generation_type, hold, idem, now, prefix + _random_hex()
+        )
+
+    def _charge_call(
+        self, user_id: str, actor: str, generation_type: str, hold: bool,
+        idem: Idempotency | None, now: float, transaction_id: str,
+    ) -> DebitXp:  # fmt: skip
         fingerprint, idem_key = script_args(idem)
         # Positional, in DebitXp's field order (the hot lane: from keywords msgspec takes ~4x
         # as long); tests/xp/test_debit_xp.py

@@ -1,0 +1,94 @@
+"""The hot lane's packed award_exp command (counters/exp/packed.py) is, byte for byte, what
+hiredis packs for the typed call (``ExpService.award_call`` through ``Scripts.command``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hiredis
+import httpx2
+import msgspec
+import pytest
+import redis
+
+from counters.clock import ManualClock
+from counters.redis.idempotency import Idempotency
+from counters.redis.keys import UserKeys
+from counters.runtime.services import Services
+from counters.settings import Settings
+from tests.support.core import user_headers
+
+
+def typed(svc: Services, user: str, action_name: str, idem: Idempotency | None) -> bytes:
+    """The command the typed path sends for an award to ``user`` itself without a target."""
+    keys = UserKeys.of(user, svc.settings.key_buckets)
+    record = keys.idempotency(idem.caller, idem.key) if idem else keys.unused
+    fingerprint, key = (idem.fingerprint, idem.key) if idem else ("", "")
+    action = svc.exp.action(action_name)
+    call = svc.exp.award_call(action_name, action, user, user, None, record, fingerprint, key)
+    return hiredis.pack_command(svc.scripts.command(call.keys, call.call))
+
+
+@pytest.mark.parametrize("leaderboards", [True, False])
+@pytest.mark.parametrize("jitter", [0, 600])
+def test_the_packed_command_is_the_typed_one(
+    settings: Settings, clock: ManualClock, leaderboards: bool, jitter: int
+) -> None:
+    settings = dataclasses.replace(
+        settings, leaderboards_enabled=leaderboards, day_jitter_seconds=jitter
+    )
+    svc = Services.build(settings, clock=clock)
+    idem = Idempotency.of("service:0", "retry-1", "POST /api/exp/gain u", b"{}")
+    users = ["u1", "alice@example.com", "a" * 128, "x.y-z:9_"]
+    for action_name in svc.exp.rules.actions:
+        action = svc.exp.action(action_name)
+        for user in users:
+            for key in (None, idem):
+                packed = svc.exp.packed_award(user, action_name, action, key)
+                assert packed == typed(svc, user, action_name, key), (action_name, user, key)
+        clock.advance(3_601.5)  # other TTLs and times, and past midnight (a new day's packer)
+
+
+def test_a_reload_and_may_create_change_the_packed_command(
+    settings: Settings, clock: ManualClock
+) -> None:
+    """The packer is per rules version and may_create: a reload (another version and SHA, here
+    another reward) and a changed eviction-policy answer are in the next command."""
+    svc = Services.build(settings, clock=clock)
+    action = svc.exp.action("daily_chat")
+    before = svc.exp.packed_award("u1", "daily_chat", action, None)
+    rules = svc.rules
+    actions = {
+        **rules.exp.actions,
+        "daily_chat": msgspec.structs.replace(action, exp=action.exp + 1),
+    }
+    svc.use_rules(
+        msgspec.structs.replace(rules, exp=msgspec.structs.replace(rules.exp, actions=actions))
+    )
+    reloaded = svc.exp.action("daily_chat")
+    after = svc.exp.packed_award("u1", "daily_chat", reloaded, None)
+    assert after == typed(svc, "u1", "daily_chat", None)
+    assert after != before
+    svc.hydrator.may_create_code = "0"  # type: ignore[misc]
+    assert svc.exp.packed_award("u1", "daily_chat", reloaded, None) == typed(
+        svc, "u1", "daily_chat", None
+    )
+
+
+@pytest.mark.anyio
+async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """NOSCRIPT on the hot lane's packed command: the typed call's recovery loads the script
+    and sends it again, and the award is applied once."""
+    first = await client.post(
+        "/api/exp/gain", json={"action": "daily_chat"}, headers=user_headers("u1")
+    )
+    assert first.status_code == 200
+    redis_client.script_flush()
+    second = await client.post(
+        "/api/exp/gain", json={"action": "create_scene"}, headers=user_headers("u1")
+    )
+    assert second.status_code == 200
+    assert second.json()["action_count"] == 1
+    assert second.json()["total_exp"] == first.json()["total_exp"] + second.json()["exp_added"]
