@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_reply
 from api.http import Reply, check_json_media_type, encode, receive_body, repeated_header
-from counters.logs import REQUEST_ID, access, request_id_from
+from counters.logs import REQUEST_ID, access, new_request_id, request_id_from
 from counters.metrics import HTTP_REQUESTS, Observe
 from counters.runtime.durability import Durability
 from counters.runtime.services import Services
@@ -60,6 +60,9 @@ class HotRoute:
         self.method = method
         self.path = path
         self.handler = handler
+        # The route's histogram children by status (``counters.metrics``: one per label pair
+        # whatever app holds the route), looked up in one step on the hot lane
+        self.timers: dict[int, Observe] = {}
 
     @property
     def name(self) -> str:
@@ -86,11 +89,13 @@ class HotRoute:
                 elif slot < _SINGLE:
                     repeated = name
         authorization, user_id, idempotency_key, length, sent_id, content_type = found
-        raw = [_JSON, _JSON]  # the second is the content-length, once known
+        request_id = ""
         if tag:
-            request_id = request_id_from(_text(sent_id))
+            if sent_id is None:  # the common case: a fresh id
+                request_id = new_request_id()
+            else:
+                request_id = request_id_from(sent_id.decode("latin-1"))
             REQUEST_ID.set(request_id)
-            raw.append((_REQUEST_ID, request_id.encode("latin-1")))
         try:
             if repeated is not None:
                 raise repeated_header(repeated.decode("latin-1"))
@@ -106,14 +111,21 @@ class HotRoute:
                 or (length is not None and length.isdigit() and int(length) > limit)
             ):  # not the common case (the whole body in one message, within the limit)
                 body = await receive_body(_then(message, receive), _text(length), limit)
-            exchange = Exchange(authorization, _text(user_id), _text(idempotency_key), body)
+            exchange = Exchange(
+                authorization,
+                None if user_id is None else user_id.decode("latin-1"),
+                None if idempotency_key is None else idempotency_key.decode("latin-1"),
+                body,
+            )
             status, content, extra = await self.handler(svc, exchange)
         except ClientDisconnect:
             return 0  # nobody is left to answer
         except Exception as exc:
             status, content, extra = error_reply(exc, self.name)
         payload = encode(content)
-        raw[1] = (b"content-length", str(len(payload)).encode())
+        raw = [_JSON, (b"content-length", b"%d" % len(payload))]
+        if tag:
+            raw.append((_REQUEST_ID, request_id.encode("latin-1")))
         if extra:
             raw += [(_header_name(k), v.encode("latin-1")) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -228,10 +240,13 @@ class CountersApp(Starlette):
         # from the client's Host header (an open redirect, and a POST's body not followed by
         # every client). An unknown path is a 404 with detail and code like any other.
         self.router.redirect_slashes = False
-        self._hot = {(route.method, route.path): route for route in hot}
-        self._wrapped: dict[tuple[str, str], ASGIApp] = {}
+        # By path (the method is compared after): no tuple built per request
+        self._hot = {route.path: route for route in hot}
+        self._wrapped: dict[str, ASGIApp] | None = None  # None: no middleware around them
         if hot_wrapper is not None:
-            self._wrapped = {key: hot_wrapper(_status_in_scope(r)) for key, r in self._hot.items()}
+            self._wrapped = {
+                path: hot_wrapper(_status_in_scope(r)) for path, r in self._hot.items()
+            }
         self._metrics = metrics
         self._access_log = access_log
         self._timers = _Timers()
@@ -263,21 +278,29 @@ class CountersApp(Starlette):
             await send_reply(send, error_reply(durability.write_refusal, scope["path"]))
             return
         start = perf_counter()
-        if not scope.get("root_path"):
-            route = self._hot.get((scope["method"], scope["path"]))
-            if route is not None and self._services is not None:
-                scope["app"] = self
-                wrapped = self._wrapped.get((route.method, route.path))
-                if wrapped is None:
-                    status = await route.serve(self._services, scope, receive, send, tag=True)
-                else:
-                    await wrapped(scope, receive, send)
-                    status = scope.get(_HOT_STATUS, 0)
-                if self._metrics and status:
-                    self._timers.get(route.path, status)(perf_counter() - start)
-                if self._access_log and status:
+        route = self._hot.get(scope["path"])
+        services = self._services
+        if (
+            route is not None
+            and route.method == scope["method"]
+            and services is not None
+            and not scope.get("root_path")
+        ):
+            scope["app"] = self
+            if self._wrapped is None:
+                status = await route.serve(services, scope, receive, send, tag=True)
+            else:
+                await self._wrapped[route.path](scope, receive, send)
+                status = scope.get(_HOT_STATUS, 0)
+            if status:
+                if self._metrics:
+                    observe = route.timers.get(status)
+                    if observe is None:
+                        observe = route.timers[status] = self._timers.get(route.path, status)
+                    observe(perf_counter() - start)
+                if self._access_log:
                     access(route.method, route.path, route.path, status, perf_counter() - start)
-                return
+            return
         await self.serve_routed(scope, receive, send, start)
 
     async def serve_routed(self, scope: Scope, receive: Receive, send: Send, start: float) -> None:

@@ -7,9 +7,10 @@ service key, with ``POST /api/exp/gain``'s handler replaced in turn by one that 
 
 - ``lane``: a constant reply (the harness, ``CountersApp``, ``HotRoute.serve``, the encoder);
 - ``+ auth, decode``: the caller authenticated (token cache) and the body decoded;
-- ``+ call built``: the award_exp call built (keys, ARGV), not sent;
+- ``+ call built``: the award_exp command built (packed from the day's segments,
+  ``counters.exp.packed``), not sent;
 - ``+ PING``: instead of the call, one PING on the auto-pipeline (a round trip's own cost);
-- ``+ script run``: the call sent and its reply awaited, nothing made of it;
+- ``+ script run``: the command sent and its reply awaited, nothing made of it;
 - ``+ result``: ``ExpService.award`` whole (the reply decoded, the metrics counted);
 - ``real``: the route as served (the reply body built and encoded).
 
@@ -57,11 +58,10 @@ def _handler(stop: str) -> Handler:
             await svc.exp.award(caller, req.action, None, None)
             return _OK
         action = svc.exp.action(req.action)
-        call = svc.exp.award_call(
-            req.action, action, caller.user_id, caller.user_id, None, "", "", ""
-        )
-        if stop == "+ script run":
-            await svc.exp.run_hydrated(call.user_id, call.keys, call.call)
+        packed = svc.exp.packed_award(caller.user_id, req.action, action, None)
+        send = svc.scripts.send_packed
+        if stop == "+ script run" and send is not None:
+            await send(packed)
         return _OK
 
     return handler

@@ -101,12 +101,9 @@ async def debit(svc: Services, exchange: Exchange) -> Reply:
     change = await _charge(svc, exchange, _DEBIT, hold=False)
     if change.outcome is not XpOutcome.DONE:
         return _refusal_reply(change)
-    body = DebitResponse(
-        transaction_id=change.ref,
-        xp_debited=change.amount,
-        xp_balance=change.state.balance,
-        shadow_refused=change.shadow_refused,
-    )
+    # Positional (the hot lane), in DebitResponse's order: transaction_id, xp_debited,
+    # xp_balance, shadow_refused
+    body = DebitResponse(change.ref, change.amount, change.state.balance, change.shadow_refused)
     return XP_STATUS[change.outcome], body, replay_headers(change.replayed)
 
 

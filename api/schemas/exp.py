@@ -32,7 +32,9 @@ class OwnerRequest(Request, frozen=True):
     owner_id: UserId
 
 
-class GainResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class GainResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The seed's award body (fields in its order; built positionally on the hot lane)."""
+
     awarded_to: str
     action: str
     success: bool

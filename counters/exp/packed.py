@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from counters.redis.calls import AwardExp, AwardExpKeys, bulk, packed_args
+from counters.redis.calls import Arg, AwardExp, AwardExpKeys, bulk, packed_args
 from counters.redis.keys import UserKeys, bucket_tag
 
 # award_exp's command, after the constant head (EVALSHA, SHA, numkeys): KEYS then ARGV in
@@ -73,7 +73,7 @@ class AwardCommands:
 
     def __init__(
         self,
-        head: tuple[str | int, ...],
+        head: tuple[Arg, ...],
         *,
         day: str,
         rules_version: str,

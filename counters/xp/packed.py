@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 
-from counters.redis.calls import DebitXp, XpTxKeys, bulk, packed_args
+from counters.redis.calls import Arg, DebitXp, XpTxKeys, bulk, packed_args
 from counters.redis.keys import UserKeys, bucket_tag
 
 # debit_xp's command after its head: KEYS then ARGV in the order of XpTxKeys and DebitXp.
@@ -73,7 +73,7 @@ class DebitCommands:
 
     def __init__(
         self,
-        head: tuple[str | int, ...],
+        head: tuple[Arg, ...],
         *,
         buckets: int,
         rules_version: str,
