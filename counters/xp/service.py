@@ -263,7 +263,9 @@ class XpService:
             XP_OUTCOMES.child(generation_type, _charge_label(reply.outcome, hold)).inc()
         change = self._change(
             reply,
-            f"{self.rules.max_active_holds} holds are open; capture or release one first",
+            None  # the text only when it is shown (not on the hot lane's success)
+            if reply.outcome is XpOutcome.DONE
+            else f"{self.rules.max_active_holds} holds are open; capture or release one first",
         )
         if reply.outcome in (XpOutcome.INSUFFICIENT, XpOutcome.TIER_REQUIRED):
             check = evaluate(

@@ -67,6 +67,7 @@ class XpState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _state_decoder = msgspec.json.Decoder(XpState)
+_OUTCOMES = {int(outcome): outcome for outcome in XpOutcome}
 
 
 class XpReply(msgspec.Struct, frozen=True, gc=False):
@@ -86,9 +87,11 @@ def decode_reply(script: str, reply: list[Any]) -> XpReply:
     """The typed reply of an XP script; an unknown code or shape is a ``ScriptReplyError``."""
     try:
         code, amount, ref, expires_at, extra, seq, replayed, state = reply
-        outcome = XpOutcome(code)
+        outcome = _OUTCOMES.get(code)  # a dict lookup: XpOutcome(code) costs ~4x as much
+        if outcome is None:
+            outcome = XpOutcome(code)  # ValueError, naming the code
         decoded = _state_decoder.decode(state)
-    except (ValueError, msgspec.DecodeError) as exc:
+    except (ValueError, TypeError, msgspec.DecodeError) as exc:
         raise ScriptReplyError(f"{script} replied {reply[:7]!r}: {exc}") from exc
     return XpReply(
         outcome, int(amount), str(ref), int(expires_at), int(extra), int(seq), bool(replayed),
