@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
@@ -40,9 +41,10 @@ from counters.runtime.services import Services
 _JSON = (b"content-type", b"application/json")
 
 
-class Exchange(NamedTuple):
+class Exchange(msgspec.Struct, frozen=True, gc=False):
     """One hot request: the few headers a hot route reads (the first of repeats; None when
-    absent), found in one pass over the scope's raw headers, and its whole body."""
+    absent), found in one pass over the scope's raw headers, and its whole body. A Struct:
+    built per request in ~0.04 us, a NamedTuple's Python ``__new__`` ~0.4."""
 
     authorization: bytes | None  # raw, as the token cache is keyed (counters.auth)
     user_id: str | None  # X-User-Id
