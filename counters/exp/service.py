@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
 from counters.auth import Principal
-from counters.clock import Clock, next_utc_midnight, utc_day
+from counters.clock import SECONDS_PER_DAY, Clock, next_utc_midnight, utc_day
 from counters.errors import (
     ConflictError,
     ForbiddenError,
@@ -160,7 +160,7 @@ class ExpService:
         """The UTC day of ``now`` (formatting a day costs more than the rest of an award call:
         built once a day)."""
         today = self._today
-        if next_utc_midnight(now) != today.midnight:
+        if not today.midnight - SECONDS_PER_DAY <= now < today.midnight:  # another day
             week = window(Period.WEEK, now, 0)
             assert week.ttl is not None
             today = self._today = _Today(
@@ -312,13 +312,14 @@ class ExpService:
         if packer is None:
             packer = today.packers[(self._version, may_create)] = self._packer(today, may_create)
         encoded = user_id.encode()
-        crc = zlib.crc32(encoded)
+        crc = zlib.crc32(encoded)  # the bucket's and the day jitter's (as UserKeys, _day_ttl)
         jitter = crc % (self._day_jitter + 1) if self._day_jitter else 0
+        second = int(now)
         return packer.pack(
             encoded, crc % self._buckets, action_name, action.exp,
             0 if action.shadow else action.daily_limit or 0,
-            max(today.midnight + self._day_grace + jitter - int(now), 1), int(now * 1000),
-            self._week_ttl(today, now),
+            max(today.midnight + self._day_grace + jitter - second, 1), int(now * 1000),
+            max(today.week_end + self._day_grace - second, 1) if self._leaderboards else 0,
             None if idem is None else (
                 UserKeys.of(user_id, self._buckets).idempotency(idem.caller, idem.key),
                 idem.fingerprint, idem.key,

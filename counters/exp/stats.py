@@ -18,23 +18,27 @@ _OUTCOME_LABEL = {
 }
 
 
-def award_outcome_label(action: Action, result: AwardResult) -> str:
-    """awarded, partial (the daily cap cut the award short), limit, cap or refused."""
-    if result.outcome is AwardOutcome.AWARDED:
-        return "awarded" if result.exp_added >= action.exp else "partial"
-    return _OUTCOME_LABEL[result.outcome]
+_FLOORS: dict[int, int] = {}  # limit -> floor(limit x 0.8): the rules' limits and caps, a few
 
 
 def near(used: int, limit: int) -> bool:
     """envoy's near_limit: within ``limit`` and above ``floor(limit x 0.8)``."""
-    return math.floor(limit * NEAR_LIMIT_RATIO) < used <= limit
+    floor = _FLOORS.get(limit)
+    if floor is None:
+        floor = math.floor(limit * NEAR_LIMIT_RATIO)
+        if len(_FLOORS) < 1_024:
+            _FLOORS[limit] = floor
+    return floor < used <= limit
 
 
 def count_award(action: Action, result: AwardResult) -> None:
-    """Count one award that ran (not a replay) by action and outcome, and its near-limit hits."""
-    AWARD_OUTCOMES.child(result.action, award_outcome_label(action, result)).inc()
+    """Count one award that ran (not a replay) by action and outcome (awarded, partial: the
+    daily cap cut it short, limit, cap or refused), and its near-limit hits."""
     if result.outcome is not AwardOutcome.AWARDED:
+        AWARD_OUTCOMES.child(result.action, _OUTCOME_LABEL[result.outcome]).inc()
         return
+    awarded = "awarded" if result.exp_added >= action.exp else "partial"  # cut by the cap
+    AWARD_OUTCOMES.child(result.action, awarded).inc()
     if action.daily_limit is not None and near(result.action_count, action.daily_limit):
         NEAR_LIMIT.child(result.action, "action").inc()
     if near(result.daily_exp_gained, result.daily_exp_cap):

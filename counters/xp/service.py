@@ -197,9 +197,16 @@ class XpService:
                 f" pass {MAX_TOTAL:,}; nothing was changed"
             )
         return XpChange(
-            reply.outcome, reply.amount, reply.ref, reply.expires_at, reply.extra, reply.replayed,
-            reply.state, detail=None if reply.outcome is XpOutcome.DONE else detail,
-        )  # fmt: skip
+            reply.outcome,
+            reply.amount,
+            reply.ref,
+            reply.expires_at,
+            reply.extra,
+            reply.replayed,
+            reply.state,
+            None,
+            None if reply.outcome is XpOutcome.DONE else detail,
+        )  # fmt: skip (positional, in XpChange's order: check, then detail)
 
     async def state(self, user_id: str) -> XpState:
         """The user's XP state, after the renewals and expiries that came due."""
