@@ -192,6 +192,9 @@ class ExpService:
             try:
                 reply = await send(self.packed_award(user_id, action_name, action, idem))
             except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
+                # and the packers built again from the typed command as it is now (the way
+                # Scripts sends a script may have changed since they were built)
+                self._today.packers.clear()
                 own = self._own_award(user_id, action_name, action, None, idem)
                 command = self._scripts.command(own.keys, own.call)
                 reply = await self._scripts.refused(own.call, command, exc)

@@ -253,6 +253,7 @@ class XpService:
                     )
                 )
             except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
+                self._packers.clear()  # and the packers built again from the typed command now
                 call = self._charge_call(
                     user_id, actor, generation_type, hold, idem, now, transaction_id
                 )

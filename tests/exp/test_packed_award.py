@@ -11,12 +11,16 @@ import msgspec
 import pytest
 import redis
 
+from api.app import create_app
 from counters.clock import ManualClock
 from counters.redis.idempotency import Idempotency
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
 from tests.support.core import user_headers
+from tests.support.http import asgi_client
+
+GAIN = "/api/exp/gain"
 
 
 def typed(svc: Services, user: str, action_name: str, idem: Idempotency | None) -> bytes:
@@ -92,3 +96,25 @@ async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
     assert second.status_code == 200
     assert second.json()["action_count"] == 1
     assert second.json()["total_exp"] == first.json()["total_exp"] + second.json()["exp_added"]
+
+
+@pytest.mark.anyio
+async def test_a_refused_packed_command_rebuilds_the_packers(
+    settings: Settings, clock: ManualClock
+) -> None:
+    """A packer whose head no longer names what Redis knows (the way scripts are sent changed
+    after it was built) costs one refusal: the typed call's recovery answers, and the next
+    command is packed from the typed command as it is now."""
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        svc: Services = app.state.services
+        action = svc.exp.action("daily_chat")
+        svc.exp.packed_award("u1", "daily_chat", action, None)  # today's packer, made stale:
+        (packer,) = svc.exp._today.packers.values()
+        sha = typed(svc, "u1", "daily_chat", None).split(b"\r\n")[4]
+        packer._head = packer._head.replace(sha, b"0" * len(sha))
+        gained = await http.post(GAIN, json={"action": "daily_chat"}, headers=user_headers("u1"))
+        assert gained.status_code == 200
+        assert gained.json()["exp_added"] == action.exp
+        rebuilt = svc.exp.packed_award("u2", "daily_chat", action, None)
+        assert rebuilt == typed(svc, "u2", "daily_chat", None)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hiredis
 import httpx2
+import msgspec
 import pytest
 import redis
 
+from api.app import create_app
 from counters.clock import ManualClock
 from counters.redis.calls import XpTxKeys
 from counters.redis.idempotency import Idempotency
@@ -15,6 +17,7 @@ from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
 from tests.support.core import service_headers, user_headers
+from tests.support.http import asgi_client
 
 
 def test_the_packed_command_is_the_typed_one(settings: Settings, clock: ManualClock) -> None:
@@ -66,3 +69,38 @@ async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
     )
     assert second.status_code == 200
     assert second.json()["xp_balance"] == first.json()["xp_balance"] - second.json()["xp_debited"]
+
+
+@pytest.mark.anyio
+async def test_a_refused_packed_command_rebuilds_the_packers(
+    settings: Settings, clock: ManualClock
+) -> None:
+    """As for awards (tests/exp/test_packed_award.py): a stale packer costs one refusal, the
+    typed call's recovery answers, and the next debit is packed from the typed command."""
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        svc: Services = app.state.services
+        put = await http.put(
+            "/api/v1/subscriptions/u1", json={"tier": "arcade_artist"}, headers=service_headers()
+        )
+        assert put.status_code == 200
+        now = clock.now()
+        svc.xp.packed_charge("u1", "user:u1", "NEW_IMAGE", False, None, now, "xd_1")
+        (packer,) = svc.xp._packers.values()
+        head = packer._head
+        sha = head.split(b"\r\n")[4]
+        packer._head = head.replace(sha, b"0" * len(sha))
+        debit = await http.post(
+            "/api/v1/xp/debit", json={"generation_type": "NEW_IMAGE"}, headers=user_headers("u1")
+        )
+        assert debit.status_code == 200
+        tid = "xd_2"
+        at = UserKeys.of("u1", settings.key_buckets)
+        keys = XpTxKeys(at.user, at.events, at.unused, at.meta, at.xp_transaction(tid))
+        call = svc.xp.charge_call("u1", "user:u1", "NEW_IMAGE", False, None)
+        call = msgspec.structs.replace(call, transaction_id=tid)
+        typed = hiredis.pack_command(svc.scripts.command(keys, call))
+        assert (
+            svc.xp.packed_charge("u1", "user:u1", "NEW_IMAGE", False, None, clock.now(), tid)
+            == typed
+        )
