@@ -12,7 +12,7 @@ them, alternately by
 
 Over HTTP the two differ also in what uvicorn does with their answers and in their scripts'
 cost in Redis; here only their Python (and the Redis client's) is counted, so the difference
-is what the service's own code costs beyond the thinnest design (README, "Fifth round"). Each
+is what the service's own code costs beyond the thinnest design (README, "Sixth round"). Each
 target runs ``rounds`` times (default 3), alternated; the least is printed. Reported, never
 asserted; skipped (with a message) when the probe is not on this machine.
 """
