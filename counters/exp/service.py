@@ -311,9 +311,11 @@ class ExpService:
         now = self._clock.now()
         today = self._day_of(now)
         may_create = self.may_create
-        packer = today.packers.get((self._version, may_create))
+        # by how Scripts sends it too (FCALL or EVALSHA, chosen when Redis first answers)
+        key = (self._version, may_create, self._scripts.functions)
+        packer = today.packers.get(key)
         if packer is None:
-            packer = today.packers[(self._version, may_create)] = self._packer(today, may_create)
+            packer = today.packers[key] = self._packer(today, may_create)
         encoded = user_id.encode()
         crc = zlib.crc32(encoded)  # the bucket's and the day jitter's (as UserKeys, _day_ttl)
         jitter = crc % (self._day_jitter + 1) if self._day_jitter else 0
@@ -543,7 +545,7 @@ class _Today(NamedTuple):
     week: str
     week_end: int
     boards: dict[str, tuple[str, str, str]]
-    packers: dict[tuple[str, str], AwardCommands]  # by (rules version, may_create)
+    packers: dict[tuple[str, str, bool | None], AwardCommands]  # (version, may_create, FCALL)
 
 
 def batch_item_key(batch_key: str, index: int) -> str:

@@ -117,7 +117,8 @@ class XpService:
         ``shadow_refused``. Swapped in one step with the rules.
         """
         self.rules, self._version = rules, version
-        self._packers: dict[tuple[str, str], DebitCommands] = {}  # by (version, may_create)
+        # by (rules version, may_create, FCALL or EVALSHA: Scripts.functions)
+        self._packers: dict[tuple[str, str, bool | None], DebitCommands] = {}
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``, or ``InvalidRequest`` listing the known ones."""
@@ -160,7 +161,8 @@ class XpService:
         """The command ``_charge_call`` (with ``_keys``) would send, packed from segments built
         once per rules version and may_create (``counters.xp.packed``)."""
         may_create = self._hydrator.may_create_code
-        packer = self._packers.get((self._version, may_create))
+        key = (self._version, may_create, self._scripts.functions)  # FCALL or EVALSHA too
+        packer = self._packers.get(key)
         if packer is None:
             sample = self._charge_call("sample", "", "", False, None, 0.0, "")
             keys = self._keys("sample", None, "")
@@ -168,7 +170,7 @@ class XpService:
             head = command[
                 : len(command) - len(keys.__struct_fields__) - len(sample.__struct_fields__)
             ]
-            packer = self._packers[(self._version, may_create)] = DebitCommands(
+            packer = self._packers[key] = DebitCommands(
                 head, buckets=self._buckets, rules_version=self._version, may_create=may_create,
                 idempotency_ttl=self._idempotency_ttl, max_holds=self.rules.max_active_holds,
                 record_ttl=TRANSACTION_TTL,

@@ -53,6 +53,27 @@ def test_the_packed_command_is_the_typed_one(
         clock.advance(3_601.5)  # other TTLs and times, and past midnight (a new day's packer)
 
 
+@pytest.mark.anyio
+async def test_the_packed_command_is_the_typed_one_as_fcall(
+    settings: Settings, clock: ManualClock
+) -> None:
+    """Once Scripts sends FCALL (Redis >= 7, chosen when it first answers), so does the packed
+    command: the packers are kept by how scripts are sent too."""
+    svc = Services.build(settings, clock=clock)
+    try:
+        action = svc.exp.action("daily_chat")
+        before = svc.exp.packed_award("u1", "daily_chat", action, None)  # EVALSHA: not chosen yet
+        assert await svc.scripts.connect()  # the suite's Redis is 7
+        for action_name in svc.exp.rules.actions:
+            action = svc.exp.action(action_name)
+            packed = svc.exp.packed_award("u1", action_name, action, None)
+            assert packed == typed(svc, "u1", action_name, None)
+            assert packed.split(b"\r\n")[2] == b"FCALL"
+        assert before.split(b"\r\n")[2] == b"EVALSHA"
+    finally:
+        await svc.close()
+
+
 def test_a_reload_and_may_create_change_the_packed_command(
     settings: Settings, clock: ManualClock
 ) -> None:
@@ -90,6 +111,7 @@ async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
     )
     assert first.status_code == 200
     redis_client.script_flush()
+    redis_client.function_flush()  # the suite's Redis is 7: scripts go as FCALL
     second = await client.post(
         "/api/exp/gain", json={"action": "create_scene"}, headers=user_headers("u1")
     )

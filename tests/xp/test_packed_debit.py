@@ -64,6 +64,7 @@ async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
     )
     assert first.status_code == 200
     redis_client.script_flush()
+    redis_client.function_flush()  # the suite's Redis is 7: scripts go as FCALL
     second = await client.post(
         "/api/v1/xp/debit", json={"generation_type": "NEW_IMAGE"}, headers=user_headers("u1")
     )
