@@ -184,6 +184,9 @@ class Settings:
     # without secrets refuses to start.
     dev_mode: bool = False
     clock_offset_seconds: float = 0.0
+    # Daily windows and hold expiries follow each worker's clock: /readyz compares it with
+    # Redis's (TIME) and says "degraded" (strict: not ready) past this many seconds; 0: no check.
+    max_clock_skew_seconds: float = bounded(5.0, ge=0)
     # Hash-tag buckets for user keys and event streams (issue #12). Recorded by the deployment
     # on its first start (counters/runtime/layout.py): when not given, the recorded count is used;
     # given and different from the recorded count, the service refuses to start.

@@ -471,9 +471,34 @@ def _record(stream: str, stream_id: str, fields: Mapping[str, str]) -> RecordEve
         record = msgspec.convert(fields, RecordChange, strict=False)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
+    _check_record_key(stream, record.scope, record.key)
     return RecordEvent(
         stream, stream_id, record.scope, record.key, record.value, record.expires_ms, record.run
     )
+
+
+# The keys a record may name (counters/redis/keys.py: ``UserKeys.idempotency``, ``award_record``,
+# ``xp_transaction``), in the bucket of the stream that carries it; an XP record names its user.
+_RECORD_KEY = re.compile(
+    r"ctr:\{b(\d+)\}:(?:idem:[0-9a-f]+|award:[0-9a-f]+|xptx:(.+):[^:]+)\Z", re.S
+)
+
+
+def _check_record_key(stream: str, scope: str, key: str) -> None:
+    """``ValueError`` unless ``key`` is a record key of ``stream``'s bucket (an XP record's, of
+    ``scope``). A recovery writes a record back at its key, before its user (``restore_record``
+    with SET NX): an attacker's forged record naming ``ctr:{bN}:user:<uid>`` was ledgered, and
+    after a Redis loss it took the user's key, so every request of that user answered 503
+    (WRONGTYPE) until the record expired, its expiry as forged, and ``counters reconcile``
+    stopped on it with a traceback."""
+    match = _RECORD_KEY.match(key)
+    if match is None:
+        raise ValueError("record key is not an idempotency, award or XP record key")
+    stream_tag = stream.partition("}")[0]
+    if stream_tag.startswith("ctr:{b") and stream_tag[6:] != match[1]:
+        raise ValueError("record key of another bucket than its stream's")
+    if match[2] is not None and match[2] != scope:
+        raise ValueError("XP record key of another user than its scope")
 
 
 def _owner(stream: str, stream_id: str, fields: Mapping[str, str]) -> OwnerEvent:

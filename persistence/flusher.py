@@ -77,12 +77,18 @@ _TRAILING = 8  # entries looked at past the last one of a stream read up to the 
 # write failed: it cannot reach Postgres, say). The value is "<consumer>|<state>".
 # Returns 1: this consumer holds it (taken or renewed); 2: another holds it and is behind (help
 # it: flush too); 3: another holds it and is failing (help, and take over what it read and
-# could not write); 0: another holds it (stand by). A key with no expiry is no lease this code
-# wrote (a stray SET): it is taken over, never obeyed forever.
-_LEASE = """
+# could not write); 0: another holds it (stand by). A key this code did not write is taken over,
+# never obeyed: one without an expiry, one expiring later than any lease can (``MAX_LEASE_MS``),
+# or a value that is not "<consumer>|<state>" (a stray SET: an attacker's findings, the first
+# stopped the ledger for good, the others until the key expired, every write refused with 503
+# once the durability window filled).
+MAX_LEASE_MS = 60_000  # the most COUNTERS_FLUSH_LEASE_MS allows (counters/settings.py)
+_LEASE = f"""
 local mine = ARGV[1] .. '|'
 local holder = redis.call('GET', KEYS[1])
-if not holder or string.sub(holder, 1, #mine) == mine or redis.call('PTTL', KEYS[1]) < 0 then
+local ttl = holder and redis.call('PTTL', KEYS[1])
+if not holder or string.sub(holder, 1, #mine) == mine or ttl < 0 or ttl > {MAX_LEASE_MS}
+    or not string.find(holder, '^[^|]+|[012]$') then
   redis.call('SET', KEYS[1], mine .. ARGV[3], 'PX', ARGV[2])
   return 1
 end

@@ -7,6 +7,7 @@ know, health checks and reconciliation. Driver failures become ``StorageError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -143,8 +144,10 @@ class Store:
                     yield conn
             except BaseException:
                 # Interrupted mid-query (timeout, cancel, a broken link): a graceful release
-                # would wait on the same stalled server to reset the connection. Drop it.
-                conn.terminate()
+                # would wait on the same stalled server to reset the connection. Drop it (one
+                # the server already closed is back in the pool: that says nothing of the cause).
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
                 raise
             finally:
                 await self.pool.release(conn, timeout=seconds)

@@ -157,10 +157,26 @@ async def write_batch(
         return await _write(conn, batch, outbox, merging=True)
 
 
+# How long a flush transaction may sit idle, waiting for its own process, before Postgres ends
+# it. An attacker's finding: a worker frozen (SIGSTOP, a paused container) with its batch's
+# transaction open kept its ledger rows and its users' ``user_totals`` row locks: every other
+# worker's batch waited behind them, the ledger stopped for the whole deployment, and once the
+# oldest event was ``COUNTERS_MAX_UNFLUSHED_SECONDS`` (30) old every write got 503, for as long
+# as the process stayed frozen. Ended, its entries stay pending and the others claim them after
+# ``COUNTERS_FLUSH_CLAIM_IDLE_MS`` (10 s); the frozen worker, resumed, finds its connection
+# gone (a transient error: it retries, and writes nothing twice). A live flusher is never idle
+# that long inside a transaction (its statements follow each other; only the event loop's
+# other work runs between them).
+IDLE_IN_TRANSACTION_MS = 10_000
+
+
 async def _write(
     conn: asyncpg.Connection, batch: Batch, outbox: OutboxPolicy | None, *, merging: bool
 ) -> WriteResult:
     async with conn.transaction():
+        await conn.execute(
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_MS)}"
+        )
         batch, lost = await _refuse_retired(conn, batch)
         new, skipped = await _insert_ledger(conn, batch.events, merging)
         if outbox is not None and new:

@@ -145,6 +145,9 @@ def settings(redis_url: str, key_buckets: int) -> Settings:
         redis_timeout_seconds=5.0,
         # Tests read their own writes at once; tests/exp/test_leaderboard.py holds the cache.
         leaderboard_cache_seconds=0.0,
+        # The suite's clock stands at NOON of a fixed day (``clock``), days away from Redis's:
+        # tests/ledger/test_persistence_health.py turns the skew check on to test it.
+        max_clock_skew_seconds=0.0,
     )
 
 

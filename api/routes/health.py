@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from counters.runtime.durability import Durability
 # (the flusher catches up later), so failing readiness then would turn a Postgres outage into a
 # full outage. ``?strict=1`` also requires Postgres and a flusher that advances.
 _TIMEOUT = 1.0
+_log = logging.getLogger("counters.health")
 
 
 async def healthz(request: Request) -> Response:
@@ -31,7 +33,8 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Whether this instance can serve, with Postgres's status and the flusher's lag; degraded
     (``?strict=1``: not ready) while Postgres is down, the flusher stalls, a Redis node may
-    evict keys, or one refuses writes for memory (``redis_memory_full``)."""
+    evict keys, one refuses writes for memory (``redis_memory_full``), or this worker's clock is
+    more than COUNTERS_MAX_CLOCK_SKEW_SECONDS off Redis's (``clock_skew_seconds``)."""
     svc = services(request)
     durability: Durability = request.app.state.durability
     strict = query_param(request, "strict", "") in {"1", "true", "yes"}
@@ -43,6 +46,13 @@ async def readyz(request: Request) -> Response:
         body["rules_reload_error"] = reload_error  # the file on disk is not what is served
     postgres_ok = True
     evicting = False
+    skewed = False
+    if redis_ok and svc.settings.max_clock_skew_seconds:
+        skew = await _clock_skew(request)
+        if skew is not None and abs(skew) > svc.settings.max_clock_skew_seconds:
+            skewed = True
+            body["clock_skew_seconds"] = round(skew, 3)
+            _log.warning("clock skew: this worker's clock is %+.3f s off Redis's", skew)
     memory_full = redis_ok and await _memory_full(request)
     if memory_full:
         # PING answers, every write is refused (OOM): degraded, and strict says no.
@@ -81,7 +91,7 @@ async def readyz(request: Request) -> Response:
                     " is refused): evicted records can change answers"
                 )
                 evicting = True
-    healthy = postgres_ok and not evicting and not memory_full
+    healthy = postgres_ok and not evicting and not memory_full and not skewed
     ready = redis_ok and (healthy or not strict)
     body["status"] = ("ready" if healthy else "degraded") if ready else "not ready"
     return json_response(body, READINESS_STATUS[ready])
@@ -103,6 +113,25 @@ async def _redis_ok(request: Request) -> bool:
     except Exception:  # any failure to answer is "down"; the body says so
         return False
     return False
+
+
+async def _clock_skew(request: Request) -> float | None:
+    """Seconds this worker's clock (``Services.clock``: the system clock plus
+    COUNTERS_CLOCK_OFFSET_SECONDS) is ahead of Redis's ``TIME`` (negative: behind), the round
+    trip's midpoint taken as Redis's instant; None when Redis does not answer in time.
+
+    Daily limits and caps are windowed by each worker's own clock (counters/clock.py), so two
+    workers whose clocks disagree by a day give one user two days' limits at once; readiness
+    is where such a worker shows (found by issue #11's second attacker)."""
+    svc = services(request)
+    try:
+        async with asyncio.timeout(_TIMEOUT):
+            before = svc.clock.now()
+            seconds, micros = await svc.redis.time()
+            after = svc.clock.now()
+    except (RedisError, OSError, TimeoutError):
+        return None
+    return (before + after) / 2 - (int(seconds) + int(micros) / 1e6)
 
 
 async def _memory_full(request: Request) -> bool:

@@ -309,6 +309,10 @@ async def _reconcile(settings: Settings, rules: Rules, repair: bool, flush_first
             return await reconciler.run(flusher)
     except CountersError as exc:
         raise CommandError(str(exc)) from exc
+    except (RedisError, *DRIVER_ERRORS) as exc:
+        # A run that stopped half-way could not run (exit 2), not drift (1): an attacker's
+        # finding, one user key of the wrong type (WRONGTYPE) ended it with a traceback, exit 1.
+        raise CommandError(f"reconcile could not run: {type(exc).__name__}: {exc}") from exc
     finally:
         await redis.aclose()
         await store.close()

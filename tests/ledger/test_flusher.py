@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -24,7 +25,7 @@ from counters.redis.keys import FLUSH_LEASE_KEY, UserKeys, bucket_of, stream_key
 from counters.settings import Settings
 from persistence.events import COMPACT, SEP, Batch, Rejected, expand
 from persistence.events import sort_entries as sort
-from persistence.flusher import GROUP, HELP, HOLD, STAND_BY, stream_lag
+from persistence.flusher import GROUP, HELP, HOLD, MAX_LEASE_MS, STAND_BY, stream_lag
 from persistence.store import Store
 from persistence.writer import OLD_READER_REASON, escape_text, unescape_text
 from tests.support.core import service_headers, user_headers
@@ -543,6 +544,38 @@ async def test_a_lease_key_without_an_expiry_is_taken_over(durable_app: Starlett
     assert await taker._lease() == HOLD
     assert await redis_client.get(FLUSH_LEASE_KEY) == f"{taker.consumer}|0"
     assert 0 < await redis_client.pttl(FLUSH_LEASE_KEY) <= 8_000
+
+
+@pytest.mark.parametrize(
+    ("value", "px"),
+    [("ghost-1-abc|0", MAX_LEASE_MS + 60_000), ("ghost", 30_000), ("ghost|9", 30_000)],
+)
+async def test_a_lease_key_no_worker_could_have_written_is_taken_over(
+    durable_app: Starlette, value: str, px: int
+) -> None:
+    """An attacker's finding: ``SET ctr:flush:lease ghost|0 PX 600000`` (an expiry, but longer
+    than any lease) made every flusher stand by: the ledger stopped and, once the oldest event
+    was ``COUNTERS_MAX_UNFLUSHED_SECONDS`` old, every write got 503 until the key expired. A
+    key expiring later than ``MAX_LEASE_MS``, or whose value is not ``<consumer>|<state>``, is
+    no lease a worker wrote: it is taken over."""
+    redis_client = services(durable_app).redis
+    await redis_client.set(FLUSH_LEASE_KEY, value, px=px)
+    taker = flusher(durable_app, lease_ms=8_000)
+    assert await taker._lease() == HOLD
+    assert await redis_client.get(FLUSH_LEASE_KEY) == f"{taker.consumer}|0"
+    assert 0 < await redis_client.pttl(FLUSH_LEASE_KEY) <= 8_000
+
+
+async def test_the_longest_lease_a_worker_may_write_is_obeyed(durable_app: Starlette) -> None:
+    """The other side of the rule above: another worker's lease of ``MAX_LEASE_MS`` (the most
+    ``COUNTERS_FLUSH_LEASE_MS`` allows) is a lease, and this one stands by."""
+    lease_field = next(f for f in dataclasses.fields(Settings) if f.name == "flush_lease_ms")
+    assert lease_field.metadata["range"]["le"] == MAX_LEASE_MS
+    redis_client = services(durable_app).redis
+    await redis_client.set(FLUSH_LEASE_KEY, "other-2-def|0", px=MAX_LEASE_MS)
+    standing = flusher(durable_app, lease_ms=8_000)
+    assert await standing._lease() == STAND_BY
+    assert await redis_client.get(FLUSH_LEASE_KEY) == "other-2-def|0"
 
 
 async def test_a_holder_is_behind_when_a_read_fills_a_streams_batch(

@@ -179,3 +179,42 @@ async def test_bad_compact_entries_are_quarantined_with_their_reason(
     ]
     assert all(list(orjson.loads(r["fields"])) == [COMPACT] for r in rows)  # kept as written
     assert (await stream_lag(redis, [stream])).events == 0
+
+
+async def test_a_record_naming_a_key_no_record_has_is_quarantined(
+    durable_app: Starlette, durable_settings: Settings
+) -> None:
+    """An attacker's finding: a forged ``record`` entry naming ``ctr:{bN}:user:<uid>`` was
+    ledgered into ``redis_records``; after a Redis loss the recovery wrote it back before the
+    user, so the user's hash was a string and every request of theirs answered 503 until the
+    forged expiry. A record must name an idempotency, award or XP record key of its stream's
+    bucket (an XP record, of its scope's user); any other is set aside with the reason."""
+    redis = services(durable_app).redis
+    ann = UserKeys.of("ann", 16)
+    other = next(k for n in range(99) if (k := UserKeys.of(f"u{n}", 16)).tag != ann.tag)
+    good = [
+        ann.xp_transaction("xd_1"),
+        ann.idempotency("service:0", "k1"),
+        ann.award_record("ab12"),
+    ]
+    not_a_record = "record key is not an idempotency, award or XP record key"
+    forged = {
+        ann.user: not_a_record,
+        ann.day("20261130"): not_a_record,
+        f"{ann.tag}:idem:not-hex": not_a_record,
+        other.idempotency("service:0", "k1"): "record key of another bucket than its stream's",
+        f"{ann.tag}:xptx:bob:xd_2": "XP record key of another user than its scope",
+    }
+    for key in [*good, *forged]:
+        entry = SEP.join(["record", "ann", key, "9999999999999", "1", "poison"])
+        await redis.xadd(ann.events, {COMPACT: entry})
+    client = flusher_redis(durable_settings)
+    try:
+        flusher = Flusher(client, store(durable_app), buckets=16, block_ms=10)
+        assert await flusher.drain(max_failures=1) == len(good) + len(forged)
+    finally:
+        await client.aclose()
+    kept = await fetch(durable_app, "SELECT key FROM redis_records ORDER BY key")
+    assert sorted(r["key"] for r in kept) == sorted(good)
+    rows = await fetch(durable_app, "SELECT reason FROM ledger_quarantine ORDER BY stream_id")
+    assert [r["reason"] for r in rows] == list(forged.values())

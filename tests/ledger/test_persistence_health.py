@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import httpx2
 import pytest
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 
+from api.app import create_app
 from counters import metrics
 from counters.cli.embedded import PostgresServer, free_port
+from counters.clock import ManualClock
 from counters.errors import StorageError
 from counters.metrics import count_store_error
 from counters.rules import load_rules, rules_version
+from counters.settings import Settings
 from persistence.store import Store
 from tests.support.core import service_headers
+from tests.support.http import asgi_client
 from tests.support.persistence import flusher
 
 pytestmark = pytest.mark.anyio
@@ -30,6 +37,28 @@ async def test_readyz_without_a_database(client: httpx2.AsyncClient) -> None:
     body = response.json()
     assert body.pop("rules_version") == rules_version(load_rules())  # the shipped defaults
     assert body == {"redis": "ok", "postgres": "not configured", "status": "ready"}
+
+
+@pytest.mark.parametrize("offset", [0.0, -86_400.0, 30.0])
+async def test_readyz_says_degraded_when_this_workers_clock_is_off_redis(
+    settings: Settings, offset: float
+) -> None:
+    """Daily windows follow each worker's clock: a worker a day ahead would count another day's
+    limits (issue #11's second attacker). Past COUNTERS_MAX_CLOCK_SKEW_SECONDS off Redis's TIME,
+    /readyz says degraded, strict says not ready; within it, nothing shows."""
+    checked = replace(settings, max_clock_skew_seconds=5.0)
+    app = create_app(checked, clock=ManualClock(time.time() + offset))
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        plain = await http.get("/readyz")
+        strict = await http.get("/readyz?strict=1")
+    if offset == 0.0:
+        assert (plain.status_code, plain.json()["status"]) == (200, "ready")
+        assert "clock_skew_seconds" not in plain.json()
+        assert strict.status_code == 200
+        return
+    assert (plain.status_code, plain.json()["status"]) == (200, "degraded")
+    assert plain.json()["clock_skew_seconds"] == pytest.approx(offset, abs=2.0)
+    assert (strict.status_code, strict.json()["status"]) == (503, "not ready")
 
 
 async def test_readyz_reports_the_flusher_lag(

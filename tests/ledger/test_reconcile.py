@@ -190,3 +190,17 @@ async def test_the_cli_exits_1_on_drift_lists_the_users_and_repairs(
         durable_app, "SELECT count(*) FROM ledger WHERE kind = 'reconcile_repair'"
     )
     assert count == 2
+
+
+async def test_the_cli_exits_2_when_a_store_fails_half_way(
+    durable_settings: Settings, users: list[str], redis_client: redis.Redis
+) -> None:
+    """An attacker's finding: a user key of the wrong type (bob's hash replaced by a string)
+    stopped reconcile with a traceback and exit 1, which a cron reads as drift. A Redis or
+    Postgres error in the middle of a run is "could not run": one line, exit 2."""
+    redis_client.delete(key("bob"))
+    redis_client.set(key("bob"), "not a hash")
+    result = await anyio.to_thread.run_sync(invoke, ["reconcile", "--no-flush"], durable_settings)
+    assert result.exit_code == 2, result.output
+    assert "reconcile could not run: ResponseError:" in result.output
+    assert "WRONGTYPE" in result.output

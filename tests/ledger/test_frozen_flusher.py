@@ -1,0 +1,61 @@
+"""A flusher frozen with its transaction open does not hold the ledger up for everyone."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from starlette.applications import Starlette
+
+from counters.errors import StorageError
+from counters.redis.keys import UserKeys
+from persistence import writer
+from persistence.events import LedgerEvent
+from persistence.store import is_transient
+from persistence.webhooks.outbox import OutboxPolicy, OutboxRow
+from tests.support.persistence import fetchval, flusher, services, store
+
+pytestmark = pytest.mark.anyio
+
+
+FREEZE_SECONDS = 1.0
+
+
+class Frozen(OutboxPolicy):
+    """Freezes the whole process (a blocking sleep: the event loop stops, as under SIGSTOP)
+    inside the flush transaction, after its ledger rows were written."""
+
+    def rows(self, events: list[LedgerEvent]) -> list[OutboxRow]:
+        time.sleep(FREEZE_SECONDS)
+        return []
+
+
+async def test_a_flush_transaction_left_idle_by_a_frozen_process_is_ended(
+    durable_app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attacker's finding: the flush-lease holder SIGSTOPped while its batch's transaction
+    was open (its ledger rows written, its users' totals locked) stopped every other worker's
+    flush for as long as it stayed frozen, and 30 s later every write got 503. Postgres now
+    ends a flush transaction idle past ``IDLE_IN_TRANSACTION_MS``: the frozen write fails
+    with a transient error (retried, nothing quarantined) and nothing of it stays."""
+    monkeypatch.setattr(writer, "IDLE_IN_TRANSACTION_MS", 200)
+    svc = services(durable_app)
+    ann = UserKeys.of("ann", svc.settings.key_buckets)
+    await svc.redis.xadd(
+        ann.events,
+        {"event_id": "ann:1", "user": "ann", "seq": 1, "ts": 1_700_000_000_000,
+         "kind": "exp_adjust", "action": "adjust", "amount": 5, "exp": 5, "level": 1},
+    )  # fmt: skip
+    frozen = flusher(durable_app)
+    rules = svc.rules
+    store(durable_app).outbox = Frozen(lambda: rules)
+    try:
+        with pytest.raises(StorageError) as raised:
+            await frozen.flush_once(block=False)
+    finally:
+        store(durable_app).outbox = None
+    assert is_transient(raised.value), raised.value  # retried, never split and quarantined
+    assert frozen.stats.quarantined == 0
+    assert await fetchval(durable_app, "SELECT count(*) FROM ledger") == 0  # rolled back
+    assert await flusher(durable_app, claim_idle_ms=0).drain(max_failures=1) == 1
+    assert await fetchval(durable_app, "SELECT exp FROM user_totals WHERE user_id = 'ann'") == 5
