@@ -41,7 +41,11 @@ each chunk parsed (``events.sort_entries``) and written in one transaction
 event: ``flusher``, the process's CPU (parse and write: the flusher minus its Redis reads and
 acks), and ``postgres``, the server's process tree. The drain writes one transaction of 60k
 events with few records; row 2p's batches carry ~1,000 entries over ~1,000 buckets, a tenth of
-them records (likes and forks), and one totals row per event.
+them records (likes and forks), and one totals row per event. With ``--at-rate`` too
+(``--replay --at-rate 3000``), each run feeds the captured entries to two flusher processes
+(as two ``serve`` workers: the lease, the default linger) by ``XADD`` at that many entries a
+second instead, and counts the whole loop (read, parse, write, ack): the flusher processes'
+CPU and Postgres's per ledger event, from the end of their start-up to the end of the catch-up.
 """
 
 from __future__ import annotations
@@ -249,6 +253,88 @@ print(json.dumps({
 """
 
 
+# The captured entries XADDed at a rate while two flusher processes ledger them (--replay
+# --at-rate); prints one JSON line.
+_STEADY_CHILD = r"""
+import asyncio, json, multiprocessing, pickle, sys, tempfile, time
+from pathlib import Path
+
+import redis
+import counters, persistence
+from bench import flush
+from bench.options import Options
+from bench.run import Bench
+
+
+
+def main():  # only here: the spawned flusher processes import this file as their main module
+    entries = pickle.loads(Path(sys.argv[1]).read_bytes())
+    rate = float(sys.argv[2])
+    meters = {}
+    exec(sys.argv[3], meters)  # the meters: this harness's own
+    tree_cpu = meters["tree_cpu"]
+    streams = sorted({stream for stream, _, _ in entries})
+    with tempfile.TemporaryDirectory(prefix="flush-steady-") as tmp:
+        b = Bench(Options(only=frozenset({"flusher"})), Path(tmp))
+        with b._servers():
+            assert b.postgres is not None, b.report.notes
+            url = b.postgres.url
+            asyncio.run(flush.empty_ledger(url))
+            postmaster = int((b.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+            context = multiprocessing.get_context("spawn")
+            stop = context.Event()
+            consumers = [
+                context.Process(
+                    target=flush._consume, args=(b.redis.url, url, 1024, stop, 5000, None),
+                    daemon=True,
+                )
+                for _ in range(2)
+            ]
+            for process in consumers:
+                process.start()
+            time.sleep(4.0)  # the consumers start and join the group
+            client = redis.Redis.from_url(b.redis.url, decode_responses=True)
+            cpu0, pg0 = sum(tree_cpu(p.pid) for p in consumers), tree_cpu(postmaster)
+            started, sent = time.perf_counter(), 0
+            while sent < len(entries):
+                due = min(int((time.perf_counter() - started) * rate), len(entries))
+                if due > sent:
+                    pipe = client.pipeline(transaction=False)
+                    for stream, _, fields in entries[sent:due]:
+                        pipe.xadd(stream, fields)
+                    pipe.execute()
+                    sent = due
+                time.sleep(0.01)
+            while sum(client.xlen(s) for s in streams) and time.perf_counter() - started < 300:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            used = sum(tree_cpu(p.pid) for p in consumers) - cpu0
+            pg = tree_cpu(postmaster) - pg0
+            stop.set()
+            for process in consumers:
+                process.join(20)
+            events = asyncio.run(flush._ledger_rows(url))
+            n = max(events, 1)
+            print(json.dumps({
+                "code": [str(Path(m.__file__).parent.parent) for m in (counters, persistence)],
+                "events": events, "flusher": used * 1e6 / n, "postgres": pg * 1e6 / n,
+                "total": (used + pg) * 1e6 / n,
+            }))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def steady_once(checkout: Path, entries: Path, rate: float) -> dict[str, object]:
+    """The captured ``entries`` fed at ``rate`` a second to ``checkout``'s flushers, in a
+    process of its own (a file: its flusher processes are spawned and import it)."""
+    script = entries.with_name("steady.py")
+    script.write_text(_STEADY_CHILD)
+    return _in_checkout(checkout, str(script), str(entries), str(rate))
+
+
 def capture(path: Path, seconds: float) -> int:
     """Row 2p's stream entries (this checkout's service, flusher off) pickled to ``path``;
     how many."""
@@ -291,12 +377,14 @@ def run_once(checkout: Path, users: int) -> dict[str, object]:
 
 
 def _in_checkout(checkout: Path, child: str, *args: str) -> dict[str, object]:
-    """Run ``child`` (its ``args``, then this harness's CPU meters as source) with
-    ``checkout``'s code; its last JSON line, without ``code`` (checked to be the checkout's)."""
+    """Run ``child`` (source, or a script's path ending in ``.py``; its ``args``, then this
+    harness's CPU meters as source) with ``checkout``'s code; its last JSON line, without
+    ``code`` (checked to be the checkout's)."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     env = {k: v for k, v in env.items() if not k.startswith("COUNTERS_")}
+    program = [child] if child.endswith(".py") else ["-c", child]
     done = subprocess.run(
-        [sys.executable, "-c", child, *args, inspect.getsource(cpu)],
+        [sys.executable, *program, *args, inspect.getsource(cpu)],
         cwd=checkout, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -351,13 +439,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure(args: argparse.Namespace, entries: Path) -> int:
-    names: list[str] = (
-        list(args.checkouts) if args.at_rate else [str(Path(p).resolve()) for p in args.checkouts]
-    )
+    variants = args.at_rate and not args.replay  # --at-rate alone: variants of this checkout
+    names = list(args.checkouts) if variants else [str(Path(p).resolve()) for p in args.checkouts]
     runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     for n in range(args.runs):
         for name in names:
-            if args.at_rate:
+            if args.replay and args.at_rate:
+                result = steady_once(Path(name), entries, args.at_rate)
+            elif args.at_rate:
                 result = rate_once(name, args.at_rate, args.seconds)
             elif args.replay:
                 result = replay_once(Path(name), entries, args.chunk)
@@ -367,7 +456,7 @@ def _measure(args: argparse.Namespace, entries: Path) -> int:
             line = {"run": n, "checkout": name, "load": _load(), **result}
             line = {k: round(v, 1) if isinstance(v, float) else v for k, v in line.items()}
             print(json.dumps(line), file=sys.stderr, flush=True)
-    if args.at_rate:
+    if variants:
         print(table(names, runs, ("flusher", "postgres", "total"), "events_per_second"))
     elif args.replay:
         print(table(names, runs, ("flusher", "postgres", "total")))
