@@ -44,6 +44,7 @@ def create_app(
         try:  # the tiers served before are still defined (counters/runtime/reload.py)
             timeout = max(settings.redis_timeout_seconds, 1.0)
             served = await settle_tiers(services.redis, services.rules, timeout)
+            await services.scripts.connect()  # FCALL on Redis >= 7, else EVALSHA: chosen once
         except BaseException:
             await services.close()
             await durability.close()

@@ -27,7 +27,7 @@ from counters.exp.types import AwardCall
 from counters.redis.calls import command_args
 from counters.redis.idempotency import Idempotency
 from counters.redis.keys import UserKeys, stream_key
-from counters.redis.scripts import script_source
+from counters.redis.scripts import library_source, requires_rules, script_names, script_source
 from counters.rules import load_rules
 from counters.rules.compiled import lua_rules
 from counters.runtime.services import Services
@@ -97,7 +97,7 @@ async def award(svc: Services, award: Award) -> None:
 
 
 async def award_calls(svc: Services, awards: Sequence[Award]) -> list[AwardCall]:
-    """The EVALSHA each award would send, built by the service (awards it refuses are left out,
+    """The script call each award would send, built by the service (awards it refuses are left out,
     and so are creator-targeted ones: they are a protocol of several scripts, not one call)."""
 
     async def prepare(award: Award) -> AwardCall | None:
@@ -123,9 +123,10 @@ class CeilingResult:
 async def lua_ceiling(
     url: str, calls: Sequence[AwardCall], *, batch: int = 200, connections: int = 2
 ) -> CeilingResult:
-    """Awards/s of the award script alone: pipelined EVALSHA from plain redis-py clients, in
-    batches, ``connections`` pipelines in flight (so Redis never waits for the client)."""
-    sha = await load_award_script(url)
+    """Awards/s of the award script alone: pipelined FCALL (EVALSHA on Redis 6.2, as the
+    service sends it) from plain redis-py clients, in batches, ``connections`` pipelines in
+    flight (so Redis never waits for the client)."""
+    script = await load_award_script(url)
     chunks = [calls[i : i + batch] for i in range(0, len(calls), batch)]
     clients = [aioredis.Redis.from_url(url) for _ in range(connections)]
     queue = list(reversed(chunks))
@@ -136,7 +137,7 @@ async def lua_ceiling(
             chunk = queue.pop()
             pipe = client.pipeline(transaction=False)
             for call in chunk:
-                pipe.evalsha(sha, *new_user_args(call))
+                pipe.execute_command(*script, *new_user_args(call))
             await pipe.execute()
             done += len(chunk)
         return done
@@ -152,29 +153,37 @@ async def lua_ceiling(
 
 
 def new_user_args(call: AwardCall) -> tuple[str | int | float, ...]:
-    """EVALSHA's arguments after the SHA, with a missing user created (no hydration here)."""
+    """The script call's arguments after the function (or SHA), with a missing user created
+    (no hydration here)."""
     return command_args(call.keys, msgspec.structs.replace(call.call, may_create="1"))
 
 
-async def load_award_script(url: str) -> str:
-    """award_exp.lua compiled with the shipped rules (the bench's), loaded; its SHA."""
+async def load_award_script(url: str) -> tuple[str, str]:
+    """award_exp.lua compiled with the shipped rules (the bench's), loaded as the service sends
+    it: ``("FCALL", function)`` of its library on Redis >= 7, else ``("EVALSHA", sha)``."""
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        sha: str = await client.script_load(script_source("award_exp", lua_rules(load_rules())))
+        rules = lua_rules(load_rules())
+        version = str((await client.info("server"))["redis_version"])
+        if tuple(int(n) for n in version.split(".")) >= (7, 0):
+            library = library_source([n for n in script_names() if requires_rules(n)], rules)
+            await client.function_load(library.text, replace=True)
+            return ("FCALL", library.functions["award_exp"])
+        sha: str = await client.script_load(script_source("award_exp", rules))
     finally:
         await client.aclose()
-    return sha
+    return ("EVALSHA", sha)
 
 
 async def run_calls(url: str, calls: Sequence[AwardCall], batch: int = 500) -> None:
     """Apply awards as fast as possible (seeding a day of activity)."""
-    sha = await load_award_script(url)
+    script = await load_award_script(url)
     client = aioredis.Redis.from_url(url)
     try:
         for start in range(0, len(calls), batch):
             pipe = client.pipeline(transaction=False)
             for call in calls[start : start + batch]:
-                pipe.evalsha(sha, *new_user_args(call))
+                pipe.execute_command(*script, *new_user_args(call))
             await pipe.execute()
     finally:
         await client.aclose()
@@ -253,7 +262,9 @@ async def creator_cost(
 async def _script_calls(client: aioredis.Redis) -> int:
     stats = await client.info("commandstats")
     return sum(
-        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+        int(v["calls"])
+        for k, v in stats.items()
+        if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro")
     )
 
 

@@ -145,7 +145,7 @@ async def at_rate(
     for process in processes:
         process.start()
     meters = {"flusher": lambda: sum(tree_cpu(p.pid or 0) for p in processes), **(meters or {})}
-    sha = await load_award_script(redis_url)
+    script = await load_award_script(redis_url)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     streams = [stream_key(bucket) for bucket in range(buckets)]
     max_lag_seconds, max_lag_events = 0.0, 0
@@ -171,7 +171,7 @@ async def at_rate(
             if due > sent:
                 pipe = client.pipeline(transaction=False)
                 for call in calls[sent:due]:
-                    pipe.evalsha(sha, *new_user_args(call))
+                    pipe.execute_command(*script, *new_user_args(call))
                 await pipe.execute()
                 sent = due
             await asyncio.sleep(_TICK)

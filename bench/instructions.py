@@ -13,7 +13,8 @@ Each count takes a minute or two (valgrind runs Python ~50x slower). Totals of o
 by a few million instructions (start-up), so keep N2 - N1 at 1,000 or more for ~1%.
 
 ``--redis`` counts Redis's side instead: ``redis-server`` runs under callgrind, collecting only
-inside its script commands (``EVALSHA``, ``EVAL``: the Lua, its ``redis.call``s, cjson), and
+inside its script commands (``FCALL``, ``FCALL_RO``, ``EVALSHA``, ``EVAL``: the Lua, its
+``redis.call``s, cjson), and
 the app runs natively; the same difference per request. The scripts' cost in Redis without
 the noise of ``INFO commandstats`` timings on a shared machine (issue #15).
 """
@@ -137,14 +138,15 @@ def count(scenario: str, requests: int, settings: list[str]) -> int:
 
 
 def count_redis(scenario: str, requests: int, settings: list[str]) -> int:
-    """Instructions callgrind counted inside Redis's script commands (``EVALSHA`` and
-    ``EVAL``: the scripts, their ``redis.call``s, cjson; not the event loop, the protocol
-    parsing or other commands) while this process serves ``requests`` natively."""
+    """Instructions callgrind counted inside Redis's script commands (``FCALL``, ``FCALL_RO``,
+    ``EVALSHA`` and ``EVAL``: the scripts, their ``redis.call``s, cjson; not the event loop,
+    the protocol parsing or other commands) while this process serves ``requests`` natively."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
             "--toggle-collect=evalShaCommand", "--toggle-collect=evalCommand",
+            "--toggle-collect=fcallCommand", "--toggle-collect=fcallroCommand",
             str(find_redis_server()), "--bind", "127.0.0.1", "--port", str(port),
             "--save", "", "--appendonly", "no", "--dir", tmp,
         ]  # fmt: skip

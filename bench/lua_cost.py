@@ -10,8 +10,9 @@ not (issue #15: one ``XP.encode`` per debit instead of two). Reported, never ass
 ``python -m bench.lua_cost calls [N1 N2]``: whole calls instead, as served: the app in this
 process (``bench.instructions``' harness) serves N1 and then N2 requests (default 1,000 and
 4,000) of the gain mix and of the debit, each on an emptied Redis, and this prints Redis's own
-time in its script commands (``INFO commandstats``: ``EVALSHA`` and ``EVAL`` usec) per request
-and per call, the difference of the two runs over N2 - N1 (seeding and warm-up cancel out).
+time in its script commands (``INFO commandstats``: ``FCALL``, ``FCALL_RO``, ``EVALSHA`` and
+``EVAL`` usec) per request and per call, the difference of the two runs over N2 - N1 (seeding
+and warm-up cancel out).
 Timings: they move with the machine's load; ``python -m bench.instructions mix --redis`` counts
 the same work in instructions.
 
@@ -21,7 +22,9 @@ instructions (``redis-server`` under callgrind, collecting inside ``EVALSHA`` on
 ``return 1``, with a debit's KEYS and ARGV, 200 and then 1,200 calls (and, for scale, 40
 closures, and 40 small tables). An ``EVALSHA`` runs the whole text every call, so every library
 function is defined again (a closure each) per call; every table a script builds is an
-allocation (and later a collection) in Redis.
+allocation (and later a collection) in Redis. Then the same as Redis Functions (collecting
+inside ``FCALL``): a library defining award_exp's or debit_xp's libraries once, at ``FUNCTION
+LOAD``, and a function that returns 1, as counters/redis/scripts.py sends scripts to Redis >= 7.
 """
 
 from __future__ import annotations
@@ -91,14 +94,15 @@ def _script(body: str) -> str:
 
 
 def _script_stats(url: str) -> tuple[float, int]:
-    """Microseconds Redis spent in EVALSHA and EVAL so far, and their number of calls."""
+    """Microseconds Redis spent in its script commands (FCALL, FCALL_RO, EVALSHA, EVAL) so
+    far, and their number of calls."""
     client = redis.Redis.from_url(url)
     try:
         stats = client.info("commandstats")
     finally:
         client.close()
     usec, calls = 0.0, 0
-    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+    for name in ("cmdstat_fcall", "cmdstat_fcall_ro", "cmdstat_evalsha", "cmdstat_eval"):
         usec += float(stats.get(name, {}).get("usec", 0))
         calls += int(stats.get(name, {}).get("calls", 0))
     return usec, calls
@@ -129,13 +133,15 @@ def calls(first: int, second: int) -> None:
             )
 
 
-def _count_evalsha(body: str, calls: int) -> int:
-    """Instructions callgrind counted inside ``EVALSHA`` over ``calls`` calls of ``body``."""
+def _count_evalsha(body: str, calls: int, *, function: bool = False) -> int:
+    """Instructions callgrind counted inside ``EVALSHA`` over ``calls`` calls of ``body``; with
+    ``function``, inside ``FCALL`` of a function of a library (``body``, loaded once) instead."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-            "--toggle-collect=evalShaCommand", str(find_redis_server()), "--bind", "127.0.0.1",
+            "--toggle-collect=fcallCommand" if function else "--toggle-collect=evalShaCommand",
+            str(find_redis_server()), "--bind", "127.0.0.1",
             "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp,
         ]  # fmt: skip
         with open(f"{tmp}/log", "w+") as log:
@@ -143,10 +149,12 @@ def _count_evalsha(body: str, calls: int) -> int:
             client = redis.Redis(port=port, socket_timeout=60)
             try:
                 wait_for_ping(client, proc, 60)
-                sha = client.script_load(body)
+                target = client.function_load(body) if function else client.script_load(body)
+                verb = "FCALL" if function else "EVALSHA"
                 pipe = client.pipeline(transaction=False)
                 for _ in range(calls):
-                    pipe.evalsha(sha, len(_DEBIT_KEYS), *_DEBIT_KEYS, *_DEBIT_ARGV)
+                    pipe.execute_command(verb, target, len(_DEBIT_KEYS), *_DEBIT_KEYS,
+                                         *_DEBIT_ARGV)  # fmt: skip
                 pipe.execute()
                 with contextlib.suppress(redis.ConnectionError):
                     client.shutdown(nosave=True)
@@ -176,16 +184,27 @@ def defs() -> None:
         "40 closures, then return 1": f"local t = {{}}\n{closures}\nreturn 1",
         "40 tables of 3 fields, then return 1": f"local t = {{}}\n{tables}\nreturn 1",
     }
+    functions: dict[str, str] = {}
     for name, cut in (
         ("award_exp", "\nreturn Award.apply()"),
         ("debit_xp", "\nlocal generation_type"),
     ):
-        bodies[f"{name}'s libraries, then return 1"] = (
-            script_source(name, library).split(cut, 1)[0] + "\nreturn 1"
+        libraries = script_source(name, library).split(cut, 1)[0]
+        bodies[f"{name}'s libraries, then return 1"] = libraries + "\nreturn 1"
+        functions[f"FCALL: {name}'s libraries loaded once, return 1"] = (
+            f"#!lua name=probe\n{libraries}\n"
+            "redis.register_function('probe', function(keys, args) return 1 end)"
         )
-    for name, body in bodies.items():
-        per = (_count_evalsha(body, 1_200) - _count_evalsha(body, 200)) / 1_000
-        print(f"{name:40} {per:9,.0f} instructions/call")
+    functions["FCALL: return 1"] = (
+        "#!lua name=probe\nredis.register_function('probe', function(keys, args) return 1 end)"
+    )
+    for name, body in [*bodies.items(), *functions.items()]:
+        function = name in functions
+        per = (
+            _count_evalsha(body, 1_200, function=function)
+            - _count_evalsha(body, 200, function=function)
+        ) / 1_000
+        print(f"{name:48} {per:9,.0f} instructions/call")
 
 
 def main() -> None:

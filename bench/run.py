@@ -374,7 +374,7 @@ class Bench:
         self.report.rows.append(self.row("4", name, measured, "synchronous_commit=on"))
 
     def lua_ceiling(self) -> None:
-        self.progress.step("pipelined EVALSHA")
+        self.progress.step("pipelined FCALL")
         self.fresh_redis()
         awards = scenarios.gain_awards(prefix="l")
 
@@ -384,7 +384,7 @@ class Bench:
 
         result: direct.CeilingResult = self.with_services(measure)
         note = f"redis-py pipelines of {result.batch}, {result.connections} in flight"
-        name = "award_exp.lua alone: pipelined EVALSHA, same mix"
+        name = "award_exp.lua alone: pipelined FCALL, same mix"
         detail = dataclasses.asdict(result)
         row = Row("5", name, result.per_second, "awards/s", note=note, detail=detail)
         self.report.rows.append(row)

@@ -1,4 +1,5 @@
 -- requires: bucket
+-- flags: no-writes
 --[[ read_exp: a user's total and today's counters, in one round trip. Writes nothing.
 
 KEYS[1]  user  HASH  ctr:{bN}:user:<uid>

@@ -22,8 +22,9 @@ per event-loop tick. Redis Cluster's redirections are followed (the Redis Cluste
 A node that fails or stalls fails only the calls routed to it (``StorageError``, a prompt 503 +
 Retry-After at the API): its auto-pipeline's own timeout (COUNTERS_REDIS_TIMEOUT_SECONDS) applies
 to it alone, and a failure schedules a refresh of the slot map, so that once a replica is promoted
-the next calls go to it. ``SCRIPT LOAD`` goes to every master: NOSCRIPT is per node, and
-counters/redis/scripts.py recovers from it as on one Redis.
+the next calls go to it. ``SCRIPT LOAD`` and ``FUNCTION LOAD`` go to every master: NOSCRIPT and
+"Function not found" are per node, and counters/redis/scripts.py recovers from them as on one
+Redis.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class ClusterPipeline:
 
     def submit(self, *args: Arg) -> Awaitable[Any]:
         """Send one command to the master of its first key's slot (see the module's text)."""
-        if str(args[0]).upper() == "SCRIPT":
+        if str(args[0]).upper() in ("SCRIPT", "FUNCTION"):
             return self._on_every_master(args)
         return self._call(args)
 
@@ -212,7 +213,8 @@ class ClusterPipeline:
         raise RedisStorageError(f"Redis Cluster: slot {slot} kept moving; try again")
 
     async def _on_every_master(self, args: tuple[Arg, ...]) -> Any:
-        """``SCRIPT LOAD`` and the like: every master runs it; the first reply is returned."""
+        """``SCRIPT LOAD``, ``FUNCTION LOAD`` and the like: every master runs it; the first
+        reply is returned."""
         if not self._nodes:
             await self._refresh()
         masters = sorted({node for node in self._slots if node is not None})

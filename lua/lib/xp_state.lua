@@ -1,7 +1,8 @@
 -- requires: idempotency, bucket, rules, bounds
 --[[ lib/xp_state: the XP state of one user, shared by every XP script.
 
-Prepended to each script whose first line is `-- requires: xp_state` (counters/redis/scripts.py). It
+Defined with each script whose first line is `-- requires: xp_state` (counters/redis/scripts.py:
+once per function library on Redis >= 7, before the script's text under EVALSHA). It
 binds the KEYS and ARGV every XP script shares, replays idempotent requests, loads the state,
 applies the transitions that came due since the user's last touch (each one an event), and
 writes the state and the fixed-shape reply back.

@@ -278,6 +278,7 @@ async def test_scripts_flushed_from_redis_are_loaded_again(
     awards = [{"user_id": f"u{n}", "action": "daily_chat"} for n in range(5)]
     assert statuses(await batch(batch_client, awards[:2])) == [200, 200]
     redis_client.script_flush()
+    redis_client.function_flush()
     assert statuses(await batch(batch_client, awards)) == [429, 429, 200, 200, 200]
 
 

@@ -1,6 +1,7 @@
 """The cluster transport (counters/redis/cluster.py) on the suite's real local cluster: the seed
-URL, routing by slot, MOVED and ASK followed, SCRIPT LOAD on every master, a dead seed skipped;
-and the cluster flusher's polling cost with 1,024 buckets (persistence/cluster_flusher.py)."""
+URL, routing by slot, MOVED and ASK followed, SCRIPT LOAD and FUNCTION LOAD on every master, a
+dead seed skipped; and the cluster flusher's polling cost with 1,024 buckets
+(persistence/cluster_flusher.py)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,13 @@ async def test_calls_follow_ask_then_moved_when_a_slot_migrates(
         # SCRIPT LOAD reaches every master: EVALSHA then runs wherever a key lives.
         sha = await pipeline.execute("SCRIPT", "LOAD", "return KEYS[1]")
         replies = await pipeline.execute_many([("EVALSHA", sha, 1, k) for k in keys])
+        assert replies == keys
+        # So does FUNCTION LOAD: FCALL then runs wherever a key lives, routed by its first key.
+        library = (
+            "#!lua name=routed\nredis.register_function('routed', function(k) return k[1] end)"
+        )
+        assert await pipeline.execute("FUNCTION", "LOAD", "REPLACE", library) == "routed"
+        replies = await pipeline.execute_many([("FCALL", "routed", 1, k) for k in keys])
         assert replies == keys
     finally:
         await pipeline.aclose()

