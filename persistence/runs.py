@@ -39,9 +39,23 @@ _REGISTER = """
 INSERT INTO bucket_runs (bucket, run) SELECT * FROM unnest($1::int[], $2::text[])
 ON CONFLICT (bucket, run) DO NOTHING
 """
-_RETIRED = """
-SELECT bucket, run FROM bucket_runs
-WHERE (bucket, run) IN (SELECT * FROM unnest($1::int[], $2::text[])) AND retired
+# Registers the pairs a flush carries and returns those retired, in one statement: each pair is
+# looked up once (a run is registered by the first batch that carries it, so nearly every pair
+# is already there and only read); a new one is inserted (``ON CONFLICT``: another flusher may
+# register it meanwhile). New rows are never retired. Before, an ``INSERT ... ON CONFLICT DO
+# NOTHING`` of every pair and a ``SELECT`` of the retired ones looked each pair up twice, in two
+# statements: with a batch spread over ~1,000 buckets that was ~0.7 us of Postgres CPU per
+# ledgered event (issue #11).
+_REGISTER_RETIRED = """
+WITH pair AS (SELECT * FROM unnest($1::int[], $2::text[]) AS p(bucket, run)),
+known AS (SELECT r.bucket, r.run, r.retired FROM bucket_runs r JOIN pair USING (bucket, run)),
+added AS (
+    INSERT INTO bucket_runs (bucket, run)
+    SELECT bucket, run FROM pair
+    WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.bucket = pair.bucket AND known.run = pair.run)
+    ON CONFLICT (bucket, run) DO NOTHING
+)
+SELECT bucket, run FROM known WHERE retired
 """
 
 
@@ -56,9 +70,7 @@ async def retired_runs(
         return set()
     stripes = sorted({lock_key(bucket) for bucket, _ in pairs})
     await conn.execute(_SHARE, LOCK_CLASS, stripes)
-    columns = [[b for b, _ in pairs], [r for _, r in pairs]]
-    await conn.execute(_REGISTER, *columns)
-    rows = await conn.fetch(_RETIRED, *columns)
+    rows = await conn.fetch(_REGISTER_RETIRED, [b for b, _ in pairs], [r for _, r in pairs])
     return {(row["bucket"], row["run"]) for row in rows}
 
 
