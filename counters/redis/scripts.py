@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 
 import lua
 from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
@@ -386,26 +386,66 @@ class Scripts:
     ) -> list[Any]:
         """The one recovery from a script Redis does not know (NOSCRIPT, Function not found):
         load each one's text (as the command was sent: the script's for EVALSHA, its library
-        for FCALL), send those calls again; every refusal left is named after its script."""
-        missing = [i for i, reply in enumerate(replies) if _is_missing(reply)]
-        if missing:
-            if self._functions is None:  # Redis was down at connect: choose for the next calls
-                await self.connect()
-            loads: set[tuple[str, str]] = set()
-            for i in missing:
-                if commands[i][0] == "EVALSHA":
-                    loads.add(("SCRIPT", self.source(calls[i])))
-                else:
-                    loads.add(("FUNCTION", self.library(calls[i]).text))
-            for kind, text in sorted(loads):
-                await self._load(kind, text)
-            again = await self._send_many([commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
+        for FCALL), send those calls again. Then the FCALLs Redis refused for memory (``OOM``:
+        ``maxmemory`` reached under ``noeviction``, which refuses ``FUNCTION LOAD`` and a
+        function not flagged ``no-writes`` outright) are sent again as ``EVALSHA`` of their
+        script's text, which Redis refuses only at its first write: a script that writes
+        nothing then (``read_xp`` with no transition due, ``read_exp`` whose library was not
+        loaded yet) answers as it did before Functions, and one that writes is refused before
+        changing anything. Every refusal left is named after its script."""
+        await self._load_missing(calls, commands, replies)
+        full = [
+            i for i, reply in enumerate(replies)
+            if _is_oom(reply) and commands[i][0] != "EVALSHA"
+        ]  # fmt: skip
+        if full:
+            fallback = [("EVALSHA", self._sha_of(calls[i]), *commands[i][2:]) for i in full]
+            again = await self._send_many(fallback)
+            await self._load_missing([calls[i] for i in full], fallback, again)
+            for i, reply in zip(full, again, strict=True):
                 replies[i] = reply
         return [
             RedisRefusal(f"{call.SCRIPT}: {reply}") if isinstance(reply, RedisRefusal) else reply
             for call, reply in zip(calls, replies, strict=True)
         ]
+
+    async def _load_missing(
+        self, calls: Sequence[Call], commands: Sequence[Sequence[Arg]], replies: list[Any]
+    ) -> None:
+        """Load what each call Redis did not know needs and send those calls again, each reply
+        in place. A ``FUNCTION LOAD`` Redis refuses for memory leaves that refusal as the reply
+        of each call it was for (``_recover`` sends those as EVALSHA); any other refusal of a
+        load is raised."""
+        missing = [i for i, reply in enumerate(replies) if _is_missing(reply)]
+        if not missing:
+            return
+        if self._functions is None:  # Redis was down at connect: choose for the next calls
+            await self.connect()
+        loads: dict[tuple[str, str], list[int]] = {}
+        for i in missing:
+            if commands[i][0] == "EVALSHA":
+                loads.setdefault(("SCRIPT", self.source(calls[i])), []).append(i)
+            else:
+                loads.setdefault(("FUNCTION", self.library(calls[i]).text), []).append(i)
+        refused: set[int] = set()
+        for (kind, text), waiting in sorted(loads.items()):
+            try:
+                await self._load(kind, text)
+            except RedisRefusal as exc:
+                if not _is_oom(exc):
+                    raise
+                for i in waiting:
+                    replies[i] = exc
+                refused.update(waiting)
+        resend = [i for i in missing if i not in refused]
+        again = await self._send_many([commands[i] for i in resend])
+        for i, reply in zip(resend, again, strict=True):
+            replies[i] = reply
+
+    def _sha_of(self, call: Call) -> str:
+        """The SHA of the text EVALSHA runs for ``call`` (its rules version's, if it needs them)."""
+        sha = self._shas.get(call.SCRIPT)
+        return sha if sha is not None else self._for(call).shas[call.SCRIPT]
 
     async def _load(self, kind: str, text: str) -> None:
         """SCRIPT LOAD (``kind`` "SCRIPT") or FUNCTION LOAD REPLACE ("FUNCTION": the same text
@@ -421,6 +461,8 @@ class Scripts:
                 await self._redis.script_load(text)
             else:
                 await self._redis.function_load(text, replace=True)
+        except ResponseError as exc:  # refused (OOM for FUNCTION LOAD), as the pipeline's
+            raise _refusal(exc) from exc
         except RedisError as exc:
             raise RedisStorageError(f"{kind} LOAD: {exc}") from exc
 
@@ -499,8 +541,13 @@ def _pool_failure(message: str, exc: RedisError) -> RedisStorageError:
 
 
 def _refusal(exc: ResponseError) -> RedisRefusal:
-    """redis-py's error reply as the auto-pipeline's (redis-py drops NOSCRIPT from the text)."""
-    return RedisRefusal(f"NOSCRIPT {exc}" if isinstance(exc, NoScriptError) else str(exc))
+    """redis-py's error reply as the auto-pipeline's (redis-py drops NOSCRIPT and OOM from the
+    text)."""
+    if isinstance(exc, NoScriptError):
+        return RedisRefusal(f"NOSCRIPT {exc}")
+    if isinstance(exc, OutOfMemoryError):
+        return RedisRefusal(f"OOM {exc}")
+    return RedisRefusal(str(exc))
 
 
 def _is_missing(reply: object) -> bool:
@@ -510,3 +557,8 @@ def _is_missing(reply: object) -> bool:
         return False
     text = str(reply)
     return text.startswith("NOSCRIPT") or text in _MISSING_FUNCTION
+
+
+def _is_oom(reply: object) -> bool:
+    """Redis refused the command for memory (``maxmemory`` reached under ``noeviction``)."""
+    return isinstance(reply, RedisRefusal) and str(reply).startswith("OOM ")

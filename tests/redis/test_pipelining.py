@@ -279,6 +279,36 @@ async def test_a_refused_script_call_is_its_own_storage_error(
         await scripts.run(*bad)
 
 
+async def test_a_full_redis_still_answers_what_writes_nothing_and_refuses_writes_whole(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    """maxmemory reached under noeviction: Redis refuses FUNCTION LOAD and any function not
+    flagged no-writes outright, where EVALSHA runs until its first write. A read whose library
+    was not loaded yet, and a call that writes nothing this time (a claim of an owned entity),
+    still answer; a write is refused before it changes anything (before the fix, every call of
+    a library loaded after the memory filled, and every FCALL of a writing script, was 503)."""
+    keys, claim = _entity("c1"), _assign("maker")
+    assert await scripts.run(keys, claim) == [1, "", 1]  # loads the library of the scripts
+    redis_client.function_flush()  # a rules reload or a FUNCTION FLUSH: nothing loaded now
+    redis_client.script_flush()
+    user = UserDayKeys(user="ctr:{b0}:user:u1", today="ctr:{b0}:day:20260101:u1",
+                       meta="ctr:{b0}:meta")  # fmt: skip
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", 1)
+    try:
+        assert await scripts.run(user, ReadExp(may_create="1")) == [1, 0, 0, []]
+        assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]  # writes nothing
+        with pytest.raises(RedisRefusal, match=r"^assign_entity: OOM "):
+            await scripts.run(_entity("c2"), claim)
+        replies = await scripts.run_many([(keys, _assign("other")), (_entity("c3"), claim)])
+        assert replies[0] == [2, "maker", 1]
+        assert isinstance(replies[1], RedisRefusal) and "OOM" in str(replies[1])
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    assert redis_client.exists("ctr:{b0}:entity:character:c2", "ctr:{b0}:entity:character:c3") == 0
+    assert await scripts.run(_entity("c2"), claim) == [1, "", 1]
+
+
 def _entity(entity_id: str) -> AssignEntityKeys:
     return AssignEntityKeys(
         entity=f"ctr:{{b0}}:entity:character:{entity_id}",
