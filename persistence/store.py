@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -82,6 +83,24 @@ async def storage_errors(what: str) -> AsyncIterator[None]:
         raise PostgresStorageError(f"postgres {what}: {type(exc).__name__}: {exc}") from exc
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def plain_on_loopback(url: str) -> bool | None:
+    """``False`` (no TLS) for a Postgres URL on this machine that names no ``sslmode``, else
+    ``None`` (asyncpg's default: the URL's ``sslmode``, or ``prefer``).
+
+    ``prefer`` first asks the server for TLS, one more round trip per connection; on loopback TLS
+    protects nothing, and the embedded Postgres has none. It also leaves, when a connection
+    attempt times out in that step (a pool acquire's deadline), a future whose exception
+    nobody reads (asyncpg's ``TLSUpgradeProto``): asyncio logs it, and a test's event loop
+    reports it as an error (seen once in CI, after a test that froze its loop for a second)."""
+    parts = urlsplit(url)
+    if "sslmode" in parse_qs(parts.query) or parts.hostname not in _LOOPBACK:
+        return None
+    return False
+
+
 class Store:
     """The pool, with two time budgets: ``timeout`` (seconds) bounds every call made on a
     request's path (connecting included), ``write_timeout`` a flusher batch."""
@@ -107,6 +126,7 @@ class Store:
         """A pool that connects lazily: creating it succeeds while Postgres is down."""
         pool = await asyncpg.create_pool(
             url,
+            ssl=plain_on_loopback(url),
             min_size=0,
             max_size=max_connections,
             timeout=max(timeout, 5.0),  # connecting; request paths are bounded by ``timeout``

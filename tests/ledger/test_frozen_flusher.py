@@ -11,7 +11,7 @@ from counters.errors import StorageError
 from counters.redis.keys import UserKeys
 from persistence import writer
 from persistence.events import LedgerEvent
-from persistence.store import is_transient
+from persistence.store import is_transient, plain_on_loopback
 from persistence.webhooks.outbox import OutboxPolicy, OutboxRow
 from tests.support.persistence import fetchval, flusher, services, store
 
@@ -59,3 +59,21 @@ async def test_a_flush_transaction_left_idle_by_a_frozen_process_is_ended(
     assert await fetchval(durable_app, "SELECT count(*) FROM ledger") == 0  # rolled back
     assert await flusher(durable_app, claim_idle_ms=0).drain(max_failures=1) == 1
     assert await fetchval(durable_app, "SELECT exp FROM user_totals WHERE user_id = 'ann'") == 5
+
+
+@pytest.mark.parametrize(
+    ("url", "ssl"),
+    [
+        ("postgresql://u:p@127.0.0.1:5999/db", False),
+        ("postgresql://u:p@localhost/db", False),
+        ("postgresql://u:p@[::1]:5999/db", False),
+        ("postgresql://u:p@127.0.0.1:5999/db?sslmode=require", None),
+        ("postgresql://u:p@db.example.com/db", None),
+    ],
+)
+def test_the_pool_skips_the_tls_request_on_loopback_unless_the_url_asks(
+    url: str, ssl: bool | None
+) -> None:
+    """No TLS round trip (and no stray unread future when a connect times out in it) where TLS
+    protects nothing; a URL's own sslmode and any other host keep asyncpg's default."""
+    assert plain_on_loopback(url) is ssl
