@@ -87,10 +87,11 @@ async def gain_batch(request: Request) -> Response:
             slots.append(index)
         except RequestError as exc:
             results[index] = _error(exc)
+    asked_at = svc.clock.now()  # for retry_after (award_reply)
     outcomes = await svc.exp.award_many(awards)
     for index, outcome in zip(slots, outcomes, strict=True):
         if isinstance(outcome, AwardResult):
-            status, body, headers = award_reply(svc, outcome)
+            status, body, headers = award_reply(svc, outcome, asked_at)
             results[index] = ItemResult(status=status, body=body, headers=headers or None)
         else:
             results[index] = _error(outcome)

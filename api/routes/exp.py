@@ -45,7 +45,8 @@ async def gain(svc: Services, exchange: Exchange) -> Reply:
     req = decode(exchange.body, gain_decoder)
     target = gain_target(req)
     idem = idempotency_of(caller.caller, exchange.idempotency_key, _GAIN, caller.user_id, req)
-    return award_reply(svc, await svc.exp.award(caller, req.action, target, idem))
+    asked_at = svc.clock.now()  # the day a 429 counted began no later than this
+    return award_reply(svc, await svc.exp.award(caller, req.action, target, idem), asked_at)
 
 
 hot_gain = HotRoute("POST", "/api/exp/gain", gain)
@@ -61,8 +62,14 @@ def gain_target(req: GainRequest) -> Target | None:
     return Target(req.target_type, str(req.target_id))
 
 
-def award_reply(svc: Services, result: AwardResult) -> Reply:
-    """Status, body and headers of an award's outcome (the single and the batch route)."""
+def award_reply(svc: Services, result: AwardResult, asked_at: float) -> Reply:
+    """Status, body and headers of an award's outcome (the single and the batch route).
+
+    ``asked_at`` (Unix seconds) is the clock read before the award was sent: a daily limit or
+    cap refusal's ``retry_after`` (and ``Retry-After``) counts to the UTC midnight after it, less
+    the time already past, at least 1. From the clock at reply time alone, a request counted at
+    23:59:59.9999 and answered just after midnight was told to wait a whole day for a limit that
+    had already reset (attack3, session 7)."""
     status = AWARD_STATUS[result.outcome]
     if result.outcome is AwardOutcome.AWARDED:
         level = result.level
@@ -93,8 +100,7 @@ def award_reply(svc: Services, result: AwardResult) -> Reply:
         )
         return status, error_body(detail, AWARD_CODE[result.outcome]), headers
     # The seed's text, then the numbers it holds (and the seconds until they reset) as fields.
-    now = svc.clock.now()
-    retry_after = max(next_utc_midnight(now) - int(now), 1)
+    retry_after = max(next_utc_midnight(asked_at) - int(svc.clock.now()), 1)
     headers["Retry-After"] = str(retry_after)
     numbers: dict[str, object]
     if result.outcome is AwardOutcome.LIMIT_REACHED:

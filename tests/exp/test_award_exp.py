@@ -9,8 +9,11 @@ import msgspec
 import pytest
 import redis
 
-from counters.clock import ManualClock
+from api.routes.exp import award_reply
+from counters.clock import ManualClock, next_utc_midnight
 from counters.exp.entities import Target
+from counters.exp.types import AwardResult
+from counters.redis.codes import AwardOutcome
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
@@ -316,3 +319,24 @@ def test_the_award_result_names_every_field(settings: Settings, clock: ManualClo
         "action_limit": action.daily_limit, "actor": "fan", "target": target, "replayed": True,
         "shadow_refused": None,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("outcome", [AwardOutcome.LIMIT_REACHED, AwardOutcome.CAP_REACHED])
+def test_a_refusal_counted_before_midnight_and_answered_after_it_says_retry_now(
+    settings: Settings, clock: ManualClock, outcome: AwardOutcome
+) -> None:
+    """retry_after counts to the midnight after the request was sent, not after the reply was
+    built: a limit counted at 23:59:59.9999 and answered at 00:00:00.0002 has already reset
+    (attack3, session 7: it said Retry-After 86400). Counted and answered on one day, it counts
+    the seconds to that day's end."""
+    svc = Services.build(settings, clock=clock)
+    midnight = next_utc_midnight(NOON)
+    result = AwardResult(
+        outcome, "u1", "daily_chat", 0, 20, 1, 1, 150, 150, 1, 1, "u1", None, False
+    )  # fmt: skip
+    clock.at = midnight + 0.0002
+    status, body, headers = award_reply(svc, result, midnight - 0.0001)
+    assert (status, headers, body["retry_after"]) == (429, {"Retry-After": "1"}, 1)
+    clock.at = NOON + 0.5
+    status, body, headers = award_reply(svc, result, NOON)
+    assert (status, headers, body["retry_after"]) == (429, {"Retry-After": "43200"}, 43200)
