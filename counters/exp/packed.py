@@ -20,7 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from counters.redis.calls import Arg, AwardExp, AwardExpKeys, bulk, packed_args
+from counters.redis.calls import (
+    Arg,
+    AwardExp,
+    AwardExpKeys,
+    packed_args,
+    packed_head,
+    packed_idempotency,
+)
 from counters.redis.keys import UserKeys, bucket_tag
 
 # award_exp's command, after the constant head (EVALSHA, SHA, numkeys): KEYS then ARGV in
@@ -44,7 +51,6 @@ _FORMAT = (
     b"%b"  # ARGV[14] idem_key
     b"$%d\r\n%d\r\n"  # ARGV[15] week_ttl
 )
-_EMPTY = bulk(b"")
 _KEYS = len(AwardExpKeys.__struct_fields__)  # 8
 _ARGV = len(AwardExp.__struct_fields__)  # 15
 
@@ -81,7 +87,7 @@ class AwardCommands:
         idempotency_ttl: int,
         boards: Callable[[UserKeys], tuple[str, str, str]],
     ) -> None:
-        self._head = b"*%d\r\n%b" % (len(head) + _KEYS + _ARGV, packed_args(*head))
+        self._head = packed_head(head, _KEYS + _ARGV)
         self._day = day
         self._rules_day = packed_args(rules_version, day)
         self._idem_ttl = packed_args(idempotency_ttl)
@@ -113,10 +119,7 @@ class AwardCommands:
         if rule is None:
             rule = packed_args(action, reward, daily_limit) + self._rules_day
             self._by_action[(action, reward, daily_limit)] = rule
-        if idem is None:
-            record, fingerprint, key = at.unused, _EMPTY, _EMPTY
-        else:
-            record, fingerprint, key = (bulk(part.encode()) for part in idem)
+        record, fingerprint, key = packed_idempotency(at.unused, idem)
         n = len(user_id)
         return _FORMAT % (
             self._head,

@@ -92,6 +92,28 @@ def packed_args(*args: Arg | bytes) -> bytes:
     return packed[packed.index(b"\r\n") + 2 :]
 
 
+def packed_head(head: tuple[Arg, ...], arguments: int) -> bytes:
+    """A packed command's start: ``*<count>`` for ``head`` (what ``Scripts.command`` puts
+    before the keys: EVALSHA and the SHA, or FCALL and the function, then the key count) and
+    ``arguments`` more, then ``head`` packed."""
+    return b"*%d\r\n%b" % (len(head) + arguments, packed_args(*head))
+
+
+_EMPTY = bulk(b"")
+
+
+def packed_idempotency(
+    unused: bytes, idem: tuple[str, str, str] | None
+) -> tuple[bytes, bytes, bytes]:
+    """The packed (record key, fingerprint, Idempotency-Key) arguments of a write: the
+    request's, or without a key the bucket's ``unused`` key (packed) and two empty strings, as
+    the typed calls send them."""
+    if idem is None:
+        return unused, _EMPTY, _EMPTY
+    record, fingerprint, key = idem
+    return bulk(record.encode()), bulk(fingerprint.encode()), bulk(key.encode())
+
+
 _pack = cast(Callable[[tuple[Arg | bytes, ...]], bytes], hiredis.pack_command)
 
 

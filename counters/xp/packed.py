@@ -15,10 +15,15 @@ build it.
 
 from __future__ import annotations
 
-import zlib
-
-from counters.redis.calls import Arg, DebitXp, XpTxKeys, bulk, packed_args
-from counters.redis.keys import UserKeys, bucket_tag
+from counters.redis.calls import (
+    Arg,
+    DebitXp,
+    XpTxKeys,
+    packed_args,
+    packed_head,
+    packed_idempotency,
+)
+from counters.redis.keys import UserKeys, bucket_of, bucket_tag
 
 # debit_xp's command after its head: KEYS then ARGV in the order of XpTxKeys and DebitXp.
 _FORMAT = (
@@ -40,7 +45,6 @@ _FORMAT = (
     b"$%d\r\n%d\r\n"  # ARGV[12] hold_expires_at
     b"%b"  # ARGV[13-14] max_holds, record_ttl
 )
-_EMPTY = bulk(b"")
 _KEYS = len(XpTxKeys.__struct_fields__)  # 5
 _ARGV = len(DebitXp.__struct_fields__)  # 14
 _MODES = {False: packed_args("debit"), True: packed_args("hold")}
@@ -82,7 +86,7 @@ class DebitCommands:
         max_holds: int,
         record_ttl: int,
     ) -> None:
-        self._head = b"*%d\r\n%b" % (len(head) + _KEYS + _ARGV, packed_args(*head))
+        self._head = packed_head(head, _KEYS + _ARGV)
         self._buckets = buckets
         self._rules = (may_create, rules_version)
         self._idem_ttl = packed_args(idempotency_ttl)
@@ -105,17 +109,14 @@ class DebitCommands:
         with these values; ``idem`` is the request's (record key, fingerprint,
         Idempotency-Key), None without one."""
         encoded = user_id.encode()
-        bucket = zlib.crc32(encoded) % self._buckets
+        bucket = bucket_of(user_id, self._buckets)
         at = self._by_bucket.get(bucket)
         if at is None:
             at = self._by_bucket[bucket] = _Bucket(bucket_tag(bucket))
         rule = self._by_type.get(generation_type)
         if rule is None:
             rule = self._by_type[generation_type] = packed_args(*self._rules, generation_type)
-        if idem is None:
-            record, fingerprint, key = at.unused, _EMPTY, _EMPTY
-        else:
-            record, fingerprint, key = (bulk(part.encode()) for part in idem)
+        record, fingerprint, key = packed_idempotency(at.unused, idem)
         tid = transaction_id.encode()
         by = actor.encode()
         n = len(encoded)
