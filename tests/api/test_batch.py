@@ -18,7 +18,7 @@ from api.app import create_app
 from api.routes.batch import MAX_ITEMS
 from counters.clock import ManualClock
 from counters.settings import Settings
-from tests.support.core import data_keys, service_headers, user_headers
+from tests.support.core import data_keys, forget_scripts, service_headers, user_headers
 from tests.support.persistence import flusher
 
 pytestmark = pytest.mark.anyio
@@ -277,8 +277,7 @@ async def test_scripts_flushed_from_redis_are_loaded_again(
 ) -> None:
     awards = [{"user_id": f"u{n}", "action": "daily_chat"} for n in range(5)]
     assert statuses(await batch(batch_client, awards[:2])) == [200, 200]
-    redis_client.script_flush()
-    redis_client.function_flush()
+    forget_scripts(redis_client)
     assert statuses(await batch(batch_client, awards)) == [429, 429, 200, 200, 200]
 
 

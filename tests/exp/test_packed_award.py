@@ -17,7 +17,7 @@ from counters.redis.idempotency import Idempotency
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
-from tests.support.core import user_headers
+from tests.support.core import forget_scripts, user_headers
 from tests.support.http import asgi_client
 
 GAIN = "/api/exp/gain"
@@ -110,8 +110,7 @@ async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
         "/api/exp/gain", json={"action": "daily_chat"}, headers=user_headers("u1")
     )
     assert first.status_code == 200
-    redis_client.script_flush()
-    redis_client.function_flush()  # the suite's Redis is 7: scripts go as FCALL
+    forget_scripts(redis_client)
     second = await client.post(
         "/api/exp/gain", json={"action": "create_scene"}, headers=user_headers("u1")
     )

@@ -18,6 +18,7 @@ from counters.rules import Rules, load_rules, rules_version
 from counters.rules.compiled import UNREACHABLE, lua_rules, lua_string
 from counters.runtime.services import Services
 from counters.settings import Settings
+from tests.support.core import forget_scripts
 
 pytestmark = pytest.mark.anyio
 both_redis = pytest.mark.parametrize("redis_backend", ["single", "cluster"], indirect=True)
@@ -161,8 +162,7 @@ async def test_a_call_runs_with_the_rules_it_was_built_with_across_a_reload(
         for round_ in range(2):
             if round_:  # loaded on every master the first round: unknown now
                 for node in _masters(redis_client):
-                    node.script_flush()
-                    node.function_flush()
+                    forget_scripts(node)
             results = [await svc.exp.run_award(call) for call in old[round_] + new[round_]]
             assert [r.level for r in results] == [1] * 12 + [2] * 12
             assert {r.outcome.name for r in results} == {"AWARDED"}

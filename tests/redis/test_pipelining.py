@@ -21,6 +21,7 @@ from counters.redis.calls import AssignEntity, AssignEntityKeys, ReadExp, UserDa
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
 from counters.redis.scripts import Scripts, _redis_version
 from counters.runtime.services import connect_redis
+from tests.support.core import forget_scripts
 from tests.support.proxy import Mode, TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -160,11 +161,9 @@ async def test_scripts_are_loaded_again_after_script_flush(
     assert await scripts.run(keys, args) == [1, "", 1]
     assert scripts.functions is not False or scripts.command(keys, args)[0] == "EVALSHA"
     assert scripts.functions is not True or scripts.command(keys, args)[0] == "FCALL"
-    redis_client.script_flush()
-    redis_client.function_flush()
+    forget_scripts(redis_client)
     assert await scripts.run(keys, _assign("other")) == [2, "maker", 1]
-    redis_client.script_flush()
-    redis_client.function_flush()
+    forget_scripts(redis_client)
     many = await scripts.run_many([(keys, args)] * 3)
     assert many == [[1, "maker", 1]] * 3
 

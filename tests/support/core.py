@@ -38,3 +38,11 @@ def data_keys(redis_client: redis.Redis) -> list[str]:
     counters/runtime/reload.py): what requests wrote."""
     records = (LAYOUT_KEY, SERVED_TIERS_KEY)
     return sorted(key for key in redis_client.keys("*") if key not in records)
+
+
+def forget_scripts(redis_client: redis.Redis) -> None:
+    """Redis forgets every script and function (SCRIPT FLUSH, FUNCTION FLUSH), as a restart
+    without persistence would: the next call of each answers NOSCRIPT or "Function not found"
+    and must be recovered."""
+    redis_client.script_flush()
+    redis_client.function_flush()

@@ -16,7 +16,7 @@ from counters.redis.idempotency import Idempotency
 from counters.redis.keys import UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
-from tests.support.core import service_headers, user_headers
+from tests.support.core import forget_scripts, service_headers, user_headers
 from tests.support.http import asgi_client
 
 
@@ -63,8 +63,7 @@ async def test_a_flushed_script_is_loaded_again_on_the_packed_path(
         "/api/v1/xp/debit", json={"generation_type": "NEW_IMAGE"}, headers=user_headers("u1")
     )
     assert first.status_code == 200
-    redis_client.script_flush()
-    redis_client.function_flush()  # the suite's Redis is 7: scripts go as FCALL
+    forget_scripts(redis_client)
     second = await client.post(
         "/api/v1/xp/debit", json={"generation_type": "NEW_IMAGE"}, headers=user_headers("u1")
     )
