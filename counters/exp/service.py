@@ -337,12 +337,9 @@ class ExpService:
         sample = self.award_call(
             "daily_chat", Action(exp=1), "sample", "sample", None, "unused", "", ""
         )
-        command = self._scripts.command(sample.keys, sample.call)
-        head = command[
-            : len(command) - len(sample.keys.__struct_fields__) - len(sample.call.__struct_fields__)
-        ]
         return AwardCommands(
-            head, day=today.day, rules_version=self._version, may_create=may_create,
+            self._scripts.command_head(sample.keys, sample.call),
+            day=today.day, rules_version=self._version, may_create=may_create,
             idempotency_ttl=self._idempotency_ttl, boards=lambda user: self._boards(user, today),
         )  # fmt: skip
 

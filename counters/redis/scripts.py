@@ -348,6 +348,12 @@ class Scripts:
         key_values = _astuple(keys)
         return (*target, len(key_values), *key_values, *_astuple(call))
 
+    def command_head(self, keys: Keys, call: Call) -> tuple[Arg, ...]:
+        """The start of ``command(keys, call)`` before the keys: the target (FCALL and the
+        function, or EVALSHA and the SHA) and the key count; what a packed command begins with
+        (counters/exp/packed.py, counters/xp/packed.py)."""
+        return (*self.target(call), len(keys.__struct_fields__))
+
     def send(self, command: tuple[Arg, ...]) -> Awaitable[Any]:
         """Send one ``command`` on the transport: with the auto-pipeline a bare future (the hot
         lane's one await per request). A refusal raises ``RedisRefusal``: hand it to

@@ -166,12 +166,9 @@ class XpService:
         if packer is None:
             sample = self._charge_call("sample", "", "", False, None, 0.0, "")
             keys = self._keys("sample", None, "")
-            command = self._scripts.command(keys, sample)
-            head = command[
-                : len(command) - len(keys.__struct_fields__) - len(sample.__struct_fields__)
-            ]
             packer = self._packers[key] = DebitCommands(
-                head, buckets=self._buckets, rules_version=self._version, may_create=may_create,
+                self._scripts.command_head(keys, sample),
+                buckets=self._buckets, rules_version=self._version, may_create=may_create,
                 idempotency_ttl=self._idempotency_ttl, max_holds=self.rules.max_active_holds,
                 record_ttl=TRANSACTION_TTL,
             )  # fmt: skip
