@@ -180,13 +180,8 @@ class AutoPipeline:
     def submit(self, *args: Arg) -> Awaitable[Any]:
         """Send one command with those queued in the same tick: await its reply (or
         ``RedisRefusal``). While connected this is a bare future, not a coroutine: the hot path
-        pays for no extra frame."""
-        protocol = self._protocol
-        if protocol is None or not protocol.usable:
-            return self._submit_connected(args)
-        future: asyncio.Future[Any] = protocol.loop.create_future()
-        protocol.send(_pack(args), future)
-        return future
+        pays for no extra coroutine frame."""
+        return self.submit_packed(_pack(args))
 
     def submit_packed(self, packed: bytes) -> Awaitable[Any]:
         """As ``submit``, for a command already packed as RESP (``counters.redis.calls.bulk``):
@@ -207,12 +202,6 @@ class AutoPipeline:
     async def execute(self, *args: Arg) -> Any:
         """As ``submit``, as a coroutine."""
         return await self.submit(*args)
-
-    async def _submit_connected(self, args: tuple[Arg, ...]) -> Any:
-        protocol = await self._connect()
-        future: asyncio.Future[Any] = protocol.loop.create_future()
-        protocol.send(_pack(args), future)
-        return await future
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Several commands in the same write; each reply in order, a ``RedisRefusal`` in the
