@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from api.errors import ERROR_CODES
@@ -213,3 +214,142 @@ def test_guard_refusals_are_documented_codes(refusal: tuple[int, str, str]) -> N
     status, _, code = refusal
     assert code in ERROR_CODES
     assert f"({status}" in ERROR_CODES[code]
+
+
+class RecordingTransport(asyncio.Transport):
+    """An in-memory transport that keeps every ``write`` apart (uvicorn's own protocol tests
+    use one the same way): what one answer costs in writes, which a socket cannot show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 9000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def fixed(scope: Scope, receive: Receive, send: Send) -> None:
+    """A body with its Content-Length (as every route of the API answers)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
+async def streamed(scope: Scope, receive: Receive, send: Send) -> None:
+    """Three chunks, no Content-Length: chunked transfer encoding."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for chunk in (b"one", b"", b"three"):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def empty(scope: Scope, receive: Receive, send: Send) -> None:
+    """A 204: no body at all."""
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def served_by(protocol_class: object, app: object, raw: bytes) -> RecordingTransport:
+    """``raw`` fed to a fresh ``protocol_class`` connection serving ``app``; its writes once
+    every answer is complete (or after 5 s)."""
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(
+        app, proxy_headers=False, server_header=False, date_header=False, access_log=False
+    )  # type: ignore[arg-type]
+    state = ServerState()
+    protocol = protocol_class(config=config, server_state=state, app_state={})  # type: ignore[operator]
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(raw)
+    expected = raw.count(b" HTTP/1.")
+    for _ in range(500):
+        if state.total_requests >= expected or transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    return transport
+
+
+REQUESTS = {
+    "get": b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    "head": b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    "pipelined": b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n",
+    "http10": b"GET /x HTTP/1.0\r\nHost: t\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("app", [fixed, streamed, empty], ids=lambda a: a.__name__)
+@pytest.mark.parametrize("request_name", list(REQUESTS))
+async def test_answers_are_uvicorns_bytes_in_fewer_writes(app: object, request_name: str) -> None:
+    """Issue #15: the guarded protocol sends the bytes uvicorn's own protocol sends, for every
+    kind of answer (a sized body, a chunked stream, a 204; to GET, HEAD, pipelined and HTTP/1.0
+    requests), and a sized answer's head and body leave in one write where uvicorn made two."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    raw = REQUESTS[request_name]
+    ours = await served_by(make_protocol(5.0, MAX_HEAD), app, raw)
+    stock = await served_by(HttpToolsProtocol, app, raw)
+    assert b"".join(ours.writes) == b"".join(stock.writes)
+    assert ours.closed == stock.closed
+    answers = raw.count(b" HTTP/1.")
+    sent = [write for write in stock.writes if write]  # uvicorn writes b"" for no body
+    assert all(ours.writes)
+    if request_name == "head" or app is empty:  # a head alone: one write either way
+        assert len(ours.writes) == len(sent) == answers
+    elif app is fixed:
+        assert len(ours.writes) == answers  # one write an answer
+        assert len(sent) == 2 * answers
+    else:  # the head leaves with the first chunk
+        assert len(ours.writes) == len(sent) - answers
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_seconds(
+    settings: Settings,
+) -> None:
+    """uvicorn's keep-alive timeout, kept without a timer per answer: a connection idle after
+    its answer is closed once ``timeout_keep_alive`` (1 s here) has passed, within a TICK."""
+    from counters.cli.http_guard import TICK
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
+        http=make_protocol(5.0, MAX_HEAD), access_log=False, log_config=None, timeout_keep_alive=1,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+
+    def idle_for() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = sock.recv(65_536)
+            answered = time.monotonic()
+            while sock.recv(65_536):
+                pass  # until the server closes
+            return answer, time.monotonic() - answered
+
+    try:
+        answer, idle = await asyncio.to_thread(idle_for)
+    finally:
+        server.should_exit = True
+        await task
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert 1.0 - TICK <= idle <= 1.0 + 2 * TICK + 0.5, idle
