@@ -23,7 +23,21 @@ an attacker: a debit charged, answered 400). Here, while such a request is being
 refusal waits behind its answer (and any request queued before the bad bytes): reading stops,
 the answers go out in order, then the refusal, then the connection closes.
 
-Two costs of uvicorn's protocol are left out (issue #15, measured in bench/README.md):
+**The hot lane** (issue #15). uvicorn's ASGI machinery costs a request more CPU than all of
+the service's own work on it: measured on one VM, a raw ASGI app under uvicorn 30 us of server
+CPU a request, an httptools protocol answering the same bytes with a task a request 5-7 us
+(bench/README.md). So the exact paths of the two hot routes (``POST /api/exp/gain`` and
+``POST /api/v1/xp/debit``, from the app: ``CountersApp.lane``) are served by this protocol
+itself: no ASGI scope, request cycle, ``receive``/``send`` messages or their checks; the
+headers as parsed and the body, once whole, go to ``CountersApp.answer_lane`` (the same code the
+ASGI path runs: ``HotRoute``'s checks, handler, errors, request id, metrics, access log), and
+its answer leaves in one write. Anything that needs ASGI goes through it as before: another
+path (a query string included), HTTP/1.0, ``Expect: 100-continue``, an upgrade, no
+Content-Length or one over the body limit, a request pipelined behind one in flight (it queues
+as uvicorn queues it), an app uvicorn wrapped in middleware. A test sends every kind of answer
+through both and compares the bytes.
+
+Two more costs of uvicorn's protocol are left out, on every request:
 
 - an answer is one ``transport.write`` (one ``send`` system call) of head and body together
   where uvicorn wrote the head and then the body: the head waits for the first body message;
@@ -72,6 +86,10 @@ Refusal = tuple[int, str, str]
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a per-request read deadline and a request-head size limit."""
 
+    # uvicorn's request cycle of the latest request, or a hot lane's (_LaneCycle: the
+    # attributes uvicorn reads of a cycle, and no more)
+    cycle: Any
+
     def __init__(self, *args: Any, read_timeout: float, max_head: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_timeout = read_timeout
@@ -85,6 +103,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_by = 0.0
         self._idle_by = 0.0
         self._refusal: bytes | None = None  # an answer waiting behind requests being served
+        # The app's hot lane (api.asgi.CountersApp.lane and answer_lane), if it has one and
+        # uvicorn did not wrap it in middleware of its own
+        self._lane_of = getattr(self.app, "lane", None)
+        self._answer_lane = getattr(self.app, "answer_lane", None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -112,13 +134,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's answer to bytes that do not parse (``msg`` is its text): ours instead."""
         self._refuse(MALFORMED)
 
+    def on_message_begin(self) -> None:
+        """uvicorn's, but the ASGI scope is built once the head shows the request is not the
+        hot lane's (``on_headers_complete``)."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._in_head = True
+        if not self._read_by:
+            self._arm()
+
     def on_headers_complete(self) -> None:
-        """uvicorn's, with ``_Cycle`` for its request cycle, and the head's end noted."""
+        """The hot lane's request (``_lane_cycle``), else uvicorn's, with ``_Cycle`` for its
+        request cycle; the head's end noted either way."""
         self._in_head = False
         self._head_bytes = 0
         self._head_tail = b""
         http_version = self.parser.get_http_version()
         method = self.parser.get_method()
+        if self._lane_of is not None and http_version == "1.1":
+            cycle = self._lane_cycle(method)
+            if cycle is not None:
+                self.cycle = cycle
+                return
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
         self.scope["method"] = method.decode("ascii")
         if http_version != "1.1":
             self.scope["http_version"] = http_version
@@ -225,16 +274,90 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_tail = b""
         return max(end + 4 - (len(seen) - len(data)), 0)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-        if not self._read_by:
-            self._arm()
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is _LaneCycle:  # bounded by its Content-Length (checked in the head)
+            if not cycle.response_complete:
+                cycle.body += body
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
         self._in_head = True
+        cycle = self.cycle
+        if type(cycle) is _LaneCycle:
+            if not cycle.response_complete:
+                cycle.more_body = False
+                task = self.loop.create_task(self._serve_lane(cycle))
+                task.add_done_callback(self.tasks.discard)
+                self.tasks.add(task)
+            return
         super().on_message_complete()
+
+    def _lane_cycle(self, method: bytes) -> _LaneCycle | None:
+        """The hot lane's cycle for this request if the app serves it there (``CountersApp.
+        lane``) and nothing in it needs ASGI: no request in flight before it on this
+        connection (pipelined ones queue behind it), no upgrade, no ``Expect: 100-continue``,
+        a Content-Length within the app's limit and no Transfer-Encoding."""
+        existing = self.cycle
+        if existing is not None and not existing.response_complete:
+            return None
+        if self.expect_100_continue or self.parser.should_upgrade() or self.root_path:
+            return None
+        if self.limit_concurrency is not None:
+            return None
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+            elif name == b"transfer-encoding":
+                return None
+        if length is None:
+            return None
+        assert self._lane_of is not None
+        route = self._lane_of(method, self.url, length)
+        if route is None:
+            return None
+        return _LaneCycle(route, self.headers, self.parser.should_keep_alive())
+
+    async def _serve_lane(self, cycle: _LaneCycle) -> None:
+        """Answer a hot lane's request: the app's answer (``CountersApp.answer_lane``), its
+        head and body in one write; then as uvicorn after an answer (keep-alive, the next
+        pipelined request)."""
+        assert self._answer_lane is not None  # set with _lane_of
+        try:
+            status, headers, payload = await self._answer_lane(
+                cycle.route, cycle.headers, cycle.body
+            )
+            if self.flow.write_paused and not cycle.disconnected:
+                await self.flow.drain()
+        except BaseException as exc:  # as uvicorn's run_asgi: logged, a 500, the end
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            cycle.response_started = cycle.response_complete = True
+            if not cycle.disconnected and not self.transport.is_closing():
+                self.transport.write(_INTERNAL_ERROR)
+                self.transport.close()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if cycle.disconnected:
+            return  # nobody is left to answer
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        for name, value in headers:
+            head += [name, b": ", value, b"\r\n"]
+        if not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += [b"\r\n", payload]
+        cycle.response_started = cycle.response_complete = True
+        self.transport.write(b"".join(head))
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def _arm(self) -> None:
         self._read_by = self.loop.time() + self._read_timeout
@@ -368,6 +491,50 @@ class _Cycle(RequestResponseCycle):
                 f"Unexpected ASGI message '{message['type']}' sent, after response already "
                 "completed."
             )
+
+
+class _NoEvent:
+    """A lane cycle's ``message_event``: uvicorn sets it when a body part comes or the
+    connection is lost; the hot lane waits on nothing (its task starts with the body whole)."""
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+# uvicorn's answer to an app that failed before answering (RequestResponseCycle)
+_INTERNAL_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+)
+
+
+class _LaneCycle:
+    """One hot lane request on a connection, where uvicorn keeps its request cycle
+    (``protocol.cycle``): the attributes uvicorn and this guard read of a cycle, its route,
+    head and body."""
+
+    __slots__ = (
+        "body",
+        "disconnected",
+        "headers",
+        "keep_alive",
+        "more_body",
+        "response_complete",
+        "response_started",
+        "route",
+    )  # fmt: skip
+    message_event = _NO_EVENT
+
+    def __init__(self, route: Any, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.route = route
+        self.headers = headers
+        self.body = b""
+        self.keep_alive = keep_alive
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
 
 
 class _Sweeper:

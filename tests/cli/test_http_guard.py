@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import uvicorn
@@ -25,7 +26,7 @@ from counters import logs
 from counters.cli.embedded import free_port
 from counters.cli.http_guard import HEAD_TOO_LARGE, MALFORMED, TOO_SLOW, make_protocol
 from counters.settings import Settings
-from tests.support.core import service_headers
+from tests.support.core import SERVICE_KEY, service_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -57,6 +58,7 @@ async def serving(
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
         http=make_protocol(read_timeout, MAX_HEAD), access_log=False, log_config=None,
+        proxy_headers=False,
     )  # fmt: skip
     if log is not None:
         logs.configure("info", "json")
@@ -137,6 +139,24 @@ def exchange(port: int, raw: bytes, *, pause: float = 0.0, rest: bytes = b"") ->
         )  # fmt: skip
         answers.append(head + b"\r\n\r\n" + got[:length])
         got = got[length:]
+    return answers
+
+
+def one_by_one(port: int, requests: list[bytes]) -> list[bytes]:
+    """Send ``requests`` on one connection, each once the answer before it came whole."""
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        got = b""
+        for raw in requests:
+            sock.sendall(raw)
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(65_536)
+            head, _, got = got.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(got) < length:
+                got += sock.recv(65_536)
+            answers.append(head + b"\r\n\r\n" + got[:length])
+            got = got[length:]
     return answers
 
 
@@ -353,3 +373,78 @@ async def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_seconds(
         await task
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert 1.0 - TICK <= idle <= 1.0 + 2 * TICK + 0.5, idle
+
+
+def lane_requests(user: str, path: bytes) -> list[bytes]:
+    """One of each kind of answer the hot routes give, for ``user``, to ``path``."""
+    key = f"Authorization: Bearer {SERVICE_KEY}\r\nX-User-Id: {user}\r\n".encode()
+
+    def request(body: bytes, extra: bytes = b"", auth: bytes = key, debit: bool = False) -> bytes:
+        to = path.replace(b"/api/exp/gain", b"/api/v1/xp/debit") if debit else path
+        return (
+            b"POST " + to + b" HTTP/1.1\r\nHost: x\r\nX-Request-Id: fixed-id\r\n" + auth + extra
+            + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )  # fmt: skip
+
+    daily = b'{"action": "daily_chat"}'
+    return [
+        request(daily, b"Content-Type: application/json\r\n"),  # 200
+        request(daily),  # 429: daily limit, with Retry-After
+        request(b'{"action": "create_scene"}', b"Idempotency-Key: k1\r\n"),  # 200
+        request(b'{"action": "create_scene"}', b"Idempotency-Key: k1\r\n"),  # its replay
+        request(b'{"action": "create_persona"}', b"Idempotency-Key: k1\r\n"),  # key reused: 422
+        request(b'{"action": "nope"}'),  # 422 unknown action
+        request(b'{"action": '),  # 400 malformed JSON
+        request(daily, b"Content-Type: text/plain\r\n"),  # 415
+        request(daily, b"X-User-Id: other\r\n"),  # 400 repeated header
+        request(daily, auth=b"Authorization: Bearer wrong\r\n"),  # 401
+        request(b'{"generation_type": "EDIT_IMAGE"}', debit=True),  # no tier allows it: 4xx
+        request(b'{"generation_type": 7}', debit=True),  # 422
+        request(b'{"action": "create_character"}', b"Connection: close\r\n"),  # then closed
+    ]
+
+
+async def test_the_hot_lane_answers_byte_for_byte_as_asgi(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #15: the protocol serves a hot route's exact path itself (``CountersApp.lane``),
+    without ASGI; the same requests through ASGI (the path with a query string, which the
+    lane leaves to uvicorn) get the same bytes, every kind of answer, in order, pipelined on one
+    connection (only the date header and the user's own id differ)."""
+    from counters.cli.http_guard import GuardedHttpToolsProtocol
+
+    served = {"lane": 0}
+    serve_lane = GuardedHttpToolsProtocol._serve_lane
+
+    async def counted(self: GuardedHttpToolsProtocol, cycle: Any) -> None:
+        served["lane"] += 1
+        await serve_lane(self, cycle)
+
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "_serve_lane", counted)
+    async with serving(settings) as port:
+        lane = await asyncio.to_thread(
+            one_by_one, port, lane_requests("lane-user", b"/api/exp/gain")
+        )
+        lane_count = served["lane"]
+        asgi = await asyncio.to_thread(
+            one_by_one, port, lane_requests("asgi-user", b"/api/exp/gain?via=asgi")
+        )
+        # Pipelined: the first takes the lane, those sent behind it queue for ASGI, in order
+        pipelined = await asyncio.to_thread(
+            exchange, port, b"".join(lane_requests("pipe-user", b"/api/exp/gain"))
+        )
+    assert lane_count == len(lane) == 13
+    assert served["lane"] == lane_count + 1  # none of the ASGI path's, one pipelined
+
+    def comparable(answer: bytes) -> bytes:
+        lines = [line for line in answer.split(b"\r\n") if not line.startswith(b"date: ")]
+        for user in (b"lane-user", b"asgi-user", b"pipe-user"):
+            lines = [line.replace(user, b"USER") for line in lines]
+        return b"\r\n".join(lines)
+
+    assert [comparable(a) for a in lane] == [comparable(a) for a in asgi]
+    assert [comparable(a) for a in pipelined] == [comparable(a) for a in asgi]
+    statuses = [int(a.split(b" ")[1]) for a in lane]
+    assert statuses == [200, 429, 200, 200, 422, 422, 400, 415, 400, 401, 403, 422, 200], statuses
+    assert b"x-request-id: fixed-id" in lane[0] and b"retry-after: " in lane[1]
+    assert b"idempotent-replayed: true" in lane[3].lower()
