@@ -246,7 +246,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self._refusal = b"".join(head) + body
         if self.pipeline and self.cycle is not None and self.cycle.more_body:
-            self.pipeline.popleft()  # queued with its body cut short: it will never be whole
+            # Queued with its body cut short: it will never be whole. It was queued behind a
+            # request in flight (and maybe more queued whole), whose answers go first: the
+            # latest request is the one queued before it, if any, and the refusal waits.
+            self.pipeline.popleft()
+            if self.pipeline:
+                self.cycle = self.pipeline[0][0]
+            self.flow.pause_reading()
+            return
         if self._serving():
             self.flow.pause_reading()
             return

@@ -1,0 +1,75 @@
+"""An attacker's requests against ``counters serve``'s HTTP protocol (counters.cli.http_guard)
+and its hot lane, over real sockets: each test is a defect found that way, through the lane and
+through ASGI (the same path with a query string), which must answer alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+
+from api.asgi import HotRoute
+from counters.settings import Settings
+from tests.cli.test_http_guard import exchange, gain_request, serving, status_and_body
+
+pytestmark = pytest.mark.anyio
+
+DAILY = b'{"action": "daily_chat"}'
+PATHS = [b"/api/exp/gain", b"/api/exp/gain?via=asgi"]  # the hot lane's, then ASGI's
+
+
+def by(path: bytes) -> str:
+    return "asgi" if b"?" in path else "lane"
+
+
+def to(path: bytes, request: bytes) -> bytes:
+    """``request`` (a gain) sent to ``path`` instead."""
+    return request.replace(b"POST /api/exp/gain ", b"POST " + path + b" ", 1)
+
+
+def chunked_gain(user_id: str, chunks: bytes) -> bytes:
+    """A gain whose body comes chunked (``chunks``: the chunked body as sent)."""
+    head = gain_request(user_id, b"").replace(b"Content-Length: 0\r\n", b"")
+    return head.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n") + chunks
+
+
+def slowed(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every hot request takes ``seconds`` longer before its handler runs (a slow Redis)."""
+    handle = HotRoute._handle
+
+    def slow(self: HotRoute, svc: Any, found: Any, body: bytes) -> Awaitable[Any]:
+        async def later() -> Any:
+            await asyncio.sleep(seconds)
+            return await handle(self, svc, found, body)
+
+        return later()
+
+    monkeypatch.setattr(HotRoute, "_handle", slow)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=by)
+async def test_a_queued_request_that_cannot_be_read_waits_for_the_answer_before_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """A request queued behind one in flight whose body then fails (a bad chunk: 400; cut short
+    past the read deadline: 408) was refused at once and the connection closed: the request in
+    flight was applied and its answer lost (a gain awarded, answered 400 only). Its answer, and
+    any queued whole before, now come first."""
+    user = f"queued-{by(path)}"
+    first = to(path, gain_request(f"{user}-1", DAILY))
+    whole = gain_request(f"{user}-2", DAILY)
+    bad_chunk = chunked_gain(f"{user}-3", b"zz\r\n")
+    cut = gain_request(f"{user}-4", DAILY)[:-4]
+    async with serving(settings, read_timeout=0.5) as port:
+        malformed = await asyncio.to_thread(exchange, port, first + whole + bad_chunk)
+        slowed(monkeypatch, 1.0)  # longer than the read deadline
+        slow_first = to(path, gain_request(f"{user}-5", DAILY))
+        too_slow = await asyncio.to_thread(exchange, port, slow_first + cut)
+    assert [status_and_body(a)[0] for a in malformed] == [200, 200, 400], malformed
+    assert [status_and_body(a)[1]["awarded_to"] for a in malformed[:2]] == [
+        f"{user}-1",
+        f"{user}-2",
+    ]
+    assert [status_and_body(a)[0] for a in too_slow] == [200, 408], too_slow
