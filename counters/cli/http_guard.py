@@ -301,6 +301,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.tasks.add(task)
             return
         super().on_message_complete()
+        if cycle is not None and cycle.response_complete and not self.transport.is_closing():
+            # Answered before its body was read whole (a 413, a 404): the connection is idle
+            # from now (the rest of the body cleared the keep-alive deadline of the answer)
+            self._idle_by = self.loop.time() + self.timeout_keep_alive
 
     def _lane_cycle(self, method: bytes) -> _LaneCycle | None:
         """The hot lane's cycle for this request if the app serves it there (``CountersApp.

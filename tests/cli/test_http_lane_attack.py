@@ -5,14 +5,18 @@ through ASGI (the same path with a query string), which must answer alike."""
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
 from api.asgi import HotRoute
+from counters.cli.http_guard import TICK, GuardedHttpToolsProtocol
 from counters.settings import Settings
-from tests.cli.test_http_guard import exchange, gain_request, serving, status_and_body
+from tests.cli.test_http_guard import MAX_BODY, exchange, gain_request, serving, status_and_body
 
 pytestmark = pytest.mark.anyio
 
@@ -73,3 +77,54 @@ async def test_a_queued_request_that_cannot_be_read_waits_for_the_answer_before_
         f"{user}-2",
     ]
     assert [status_and_body(a)[0] for a in too_slow] == [200, 408], too_slow
+
+
+def keep_alive(monkeypatch: pytest.MonkeyPatch, seconds: int) -> None:
+    """Served connections close after ``seconds`` idle (uvicorn's ``timeout_keep_alive``)."""
+    made = GuardedHttpToolsProtocol.connection_made
+
+    def shorter(self: GuardedHttpToolsProtocol, transport: Any) -> None:
+        self.timeout_keep_alive = seconds
+        made(self, transport)
+
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "connection_made", shorter)
+
+
+async def closed_after(port: int, writes: list[tuple[float, bytes]]) -> tuple[list[int], float]:
+    """Each of ``writes`` sent after its pause (s) on one connection: the statuses answered,
+    and how long after the last write the server closed it (inf: not within 10 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = b""
+    try:
+        for pause, data in writes:
+            await asyncio.sleep(pause)
+            writer.write(data)
+        last = time.monotonic()
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(65_536):
+                got += chunk
+        closed = time.monotonic() - last
+    except TimeoutError:
+        closed = math.inf
+    finally:
+        writer.close()
+    return [int(status) for status in re.findall(rb"HTTP/1.1 (\d{3}) ", got)], closed
+
+
+async def test_a_connection_answered_before_its_body_came_whole_still_closes_when_idle(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer sent before its request's body was read (a 413 over the body limit, a 404, the
+    durability gate's 503) armed the keep-alive deadline, the rest of the body cleared it, and
+    the read deadline ended with the body: nothing was left to close the connection, held open
+    for ever after (uvicorn 0.54 does the same). The keep-alive now starts once both are done."""
+    keep_alive(monkeypatch, 1)
+    over = gain_request("early-1", b"x" * (MAX_BODY + 1))
+    unknown = over.replace(b"POST /api/exp/gain ", b"POST /api/nowhere ")
+    async with serving(settings) as port:
+        for request in (over, unknown):
+            statuses, closed = await closed_after(
+                port, [(0, request[:-1000]), (0.3, request[-1000:])]
+            )
+            assert statuses[0] in (404, 413) and len(statuses) == 1, statuses
+            assert closed < 1 + 2 * TICK + 0.5, closed
