@@ -210,8 +210,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((self.cycle, app))
 
     def on_response_complete(self) -> None:
-        """uvicorn's, with the keep-alive deadline a timestamp (no timer per answer); then a
-        refusal waiting behind the answers is sent once none is left to send."""
+        """uvicorn's, with the keep-alive deadline a timestamp (no timer per answer), set only
+        when no request is being read; then a refusal waiting behind the answers is sent once
+        none is left to send."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
@@ -219,7 +220,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
+        elif not self._read_by:  # else a request is being read: its read deadline applies
             self._idle_by = self.loop.time() + self.timeout_keep_alive
         if self._refusal is not None and not self._serving():
             self._send_refusal()

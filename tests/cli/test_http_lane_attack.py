@@ -128,3 +128,23 @@ async def test_a_connection_answered_before_its_body_came_whole_still_closes_whe
             )
             assert statuses[0] in (404, 413) and len(statuses) == 1, statuses
             assert closed < 1 + 2 * TICK + 0.5, closed
+
+
+@pytest.mark.parametrize("path", PATHS, ids=by)
+async def test_a_request_begun_before_the_answer_before_it_has_the_read_deadline(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """A request whose first bytes came while the one before it was being answered was closed
+    the keep-alive seconds after that answer, with nothing said, though its read deadline (from
+    its first byte) had not passed: the answer set the keep-alive deadline over it."""
+    keep_alive(monkeypatch, 1)
+    slowed(monkeypatch, 0.5)
+    user = f"begun-{by(path)}"
+    second = gain_request(f"{user}-2", DAILY)
+    writes = [(0, to(path, gain_request(f"{user}-1", DAILY))), (0.2, second[:20])]
+    async with serving(settings, read_timeout=5.0) as port:
+        statuses, _ = await closed_after(
+            port,
+            [*writes, (1.8, second[20:].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))],
+        )
+    assert statuses == [200, 200]
