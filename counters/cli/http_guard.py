@@ -122,7 +122,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
             return  # the connection ends with the refusal: nothing after it is read
-        self._idle_by = 0.0  # (uvicorn cancels its keep-alive timer here)
         if self._in_head:
             self._head_bytes += self._head_part(data)
             if self._head_bytes > self._max_head:
@@ -141,6 +140,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._in_head = True
+        # Not idle once a request begins (uvicorn cancelled its keep-alive timer on any bytes,
+        # even the CRLFs the parser skips before a request: those kept a connection for ever)
+        self._idle_by = 0.0
         if not self._read_by:
             self._arm()
 

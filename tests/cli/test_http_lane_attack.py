@@ -148,3 +148,18 @@ async def test_a_request_begun_before_the_answer_before_it_has_the_read_deadline
             [*writes, (1.8, second[20:].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))],
         )
     assert statuses == [200, 200]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=by)
+async def test_bytes_that_begin_no_request_do_not_keep_an_idle_connection_open(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """After an answer, a lone CRLF (which HTTP lets come before a request, and the parser
+    skips) cleared the keep-alive deadline and armed no read deadline: two bytes held the
+    connection open for ever (uvicorn 0.54 does the same)."""
+    keep_alive(monkeypatch, 1)
+    async with serving(settings) as port:
+        request = to(path, gain_request(f"crlf-{by(path)}", DAILY))
+        statuses, closed = await closed_after(port, [(0, request), (0.3, b"\r\n")])
+    assert statuses == [200]
+    assert closed < 1 + 2 * TICK + 0.5, closed
