@@ -399,7 +399,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         partial = self._head_bytes > 0 or (
             cycle is not None and cycle.more_body and not cycle.response_complete
         )
-        if partial:
+        # While a request is served, the deadline passed is that of a request begun behind it
+        # (its head's first bytes uncounted when they came with the end of the head before)
+        if partial or self._serving():
             self._refuse(TOO_SLOW)
         else:
             self.transport.close()

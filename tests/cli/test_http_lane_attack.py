@@ -163,3 +163,22 @@ async def test_bytes_that_begin_no_request_do_not_keep_an_idle_connection_open(
         statuses, closed = await closed_after(port, [(0, request), (0.3, b"\r\n")])
     assert statuses == [200]
     assert closed < 1 + 2 * TICK + 0.5, closed
+
+
+@pytest.mark.parametrize("path", PATHS, ids=by)
+async def test_a_read_deadline_passed_behind_a_request_in_flight_waits_for_its_answer(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """A request and the start of the next one's head in one write, the first slower than the
+    read deadline (a slow Redis): when the second's deadline passed the connection was closed
+    at once, with nothing said, for no head bytes had been counted (they came in the chunk of
+    the head before): the first was applied and its answer lost. Now its answer, then a 408."""
+    slowed(monkeypatch, 1.0)
+    user = f"same-chunk-{by(path)}"
+    first = to(path, gain_request(user, DAILY))
+    async with serving(settings, read_timeout=0.5) as port:
+        answers = await asyncio.to_thread(
+            exchange, port, first + b"POST /api/exp/gain HTTP/1.1\r\nHo"
+        )
+    assert [status_and_body(a)[0] for a in answers] == [200, 408], answers
+    assert status_and_body(answers[0])[1]["awarded_to"] == user
