@@ -352,7 +352,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             cycle.response_started = cycle.response_complete = True
             if not cycle.disconnected and not self.transport.is_closing():
-                self.transport.write(_INTERNAL_ERROR)
+                head = [STATUS_LINE[500]]
+                for name, value in self.server_state.default_headers:
+                    head += [name, b": ", value, b"\r\n"]
+                self.transport.write(b"".join(head) + _INTERNAL_ERROR)
                 self.transport.close()
             if not isinstance(exc, Exception):
                 raise
@@ -518,10 +521,11 @@ class _NoEvent:
 
 
 _NO_EVENT = _NoEvent()
-# uvicorn's answer to an app that failed before answering (RequestResponseCycle)
+# uvicorn's answer to an app that failed before answering (RequestResponseCycle), after the
+# status line and default headers
 _INTERNAL_ERROR = (
-    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+    b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n"
+    b"\r\nInternal Server Error"
 )
 
 

@@ -448,3 +448,27 @@ async def test_the_hot_lane_answers_byte_for_byte_as_asgi(
     assert statuses == [200, 429, 200, 200, 422, 422, 400, 415, 400, 401, 403, 422, 200], statuses
     assert b"x-request-id: fixed-id" in lane[0] and b"retry-after: " in lane[1]
     assert b"idempotent-replayed: true" in lane[3].lower()
+
+
+async def test_a_fault_outside_the_handler_is_a_500_and_the_end_of_the_connection(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug past the handler's own error replies (here the request timer) on the hot lane:
+    logged, answered as uvicorn answers an app that raised (a text 500, the connection closed),
+    never a hang; the next connection is served."""
+    from api.asgi import CountersApp
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("timer broke")
+
+    body = b'{"action": "daily_chat"}'
+    async with serving(settings) as port:
+        monkeypatch.setattr(CountersApp, "_answered", broken)
+        failed = await asyncio.to_thread(exchange, port, gain_request("guard-f1", body))
+        monkeypatch.undo()
+        after = await asyncio.to_thread(
+            post, port, "/api/exp/gain", body, service_headers("guard-f2")
+        )
+    assert len(failed) == 1 and failed[0].startswith(b"HTTP/1.1 500 ")
+    assert failed[0].endswith(b"connection: close\r\n\r\nInternal Server Error")
+    assert after[0] == 200
