@@ -306,7 +306,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         if cycle is not None and cycle.response_complete and not self.transport.is_closing():
             # Answered before its body was read whole (a 413, a 404): the connection is idle
-            # from now (the rest of the body cleared the keep-alive deadline of the answer)
+            # from now (the answer set no keep-alive deadline while the body was being read)
             self._idle_by = self.loop.time() + self.timeout_keep_alive
 
     def _lane_cycle(self, method: bytes) -> _LaneCycle | None:
