@@ -13,6 +13,12 @@ more in exponent form (1e+14), so a payload holding "e+" is joined again with it
 through %.17g (exact to 2^53, as Redis writes a number argument). No name, id or number has a
 "+" otherwise; free text may (then the slower join, the same result). Looping over the fields
 every time instead cost ~0.6 us an entry in Redis, more than the format saves in XADD itself.
+
+Entry.add_joined(stream, payload): XADD one entry whose payload the caller joined already (the
+hot scripts: lib/award.lua, XP.emit): its fields separated by \31 and every number written by
+string.format('%d') (integers: the same digits as %.17g, never an exponent). Neither the table
+nor table.concat's number conversions (%.14g, ~2,000 instructions a number in Redis 7.0) are
+paid (issue #15: `python -m bench.instructions debit --redis`).
 ]]
 local Entry = {}
 
@@ -24,5 +30,9 @@ function Entry.add(stream, fields)
     end
     payload = table.concat(fields, '\31')
   end
+  return redis.call('XADD', stream, '*', 'v1', payload)
+end
+
+function Entry.add_joined(stream, payload)
   return redis.call('XADD', stream, '*', 'v1', payload)
 end
