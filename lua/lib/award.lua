@@ -72,12 +72,10 @@ function Award.apply()
 
   -- Numbers as text by %d (redis.call's own %.17g, table.concat's %.14g cost Redis 2-4 times
   -- the instructions: lib/xp_state.lua's jint), each formatted once for the writes and the event.
-  local total_s, level_s, seq_s = string.format('%d', total), string.format('%d', new_level),
-    string.format('%d', seq)
-  local added_s = string.format('%d', added)
+  local int = Entry.int -- small ones formatted once per library load (lib/entry.lua)
+  local total_s, level_s, seq_s, added_s = int(total), int(new_level), int(seq), int(added)
   redis.call('HSET', KEYS[1], 'exp', total_s, 'level', level_s, 'seq', seq_s)
-  redis.call('HSET', KEYS[2], 'exp', string.format('%d', gained), action_field,
-             string.format('%d', count))
+  redis.call('HSET', KEYS[2], 'exp', int(gained), action_field, int(count))
   if boards then
     redis.call('ZINCRBY', KEYS[5], added_s, user_id)
     redis.call('ZINCRBY', KEYS[6], added_s, user_id)

@@ -19,8 +19,27 @@ hot scripts: lib/award.lua, XP.emit): its fields separated by \31 and every numb
 string.format('%d') (integers: the same digits as %.17g, never an exponent). Neither the table
 nor table.concat's number conversions (%.14g, ~2,000 instructions a number in Redis 7.0) are
 paid (issue #15: `python -m bench.instructions debit --redis`).
+
+Entry.int(n): an integer's digits, as string.format('%d', n) writes them (never "-0"); those of
+small integers (|n| < 1024: levels, counts, costs, rewards, a day's EXP, most seqs) kept once
+formatted. A Redis Function's library runs once per load, so they are formatted once per load
+and then cost a table lookup instead of a format (~1,700 instructions each); under EVALSHA
+(Redis 6.2) once per call, as before.
 ]]
 local Entry = {}
+local SMALL = {} -- n -> its digits, for -1024 < n < 1024 (bounded: at most 2,047 strings)
+
+function Entry.int(n)
+  if n > -1024 and n < 1024 then -- false for NaN: never a table key
+    local text = SMALL[n]
+    if not text then
+      text = string.format('%d', n)
+      SMALL[n] = text
+    end
+    return text
+  end
+  return string.format('%d', n)
+end
 
 function Entry.add(stream, fields)
   local payload = table.concat(fields, '\31')

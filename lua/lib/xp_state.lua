@@ -126,7 +126,9 @@ end
 -- go through string.format('%d'), several to a format where they follow each other: Lua's own
 -- number-to-text (tostring, `..`, table.concat: %.14g) and redis.call's (%.17g) cost Redis
 -- 2-4 times as many instructions a number (issue #15, bench.instructions --redis).
-local function jint(n) return string.format('%d', n) end
+-- Small integers are formatted once per library load (lib/entry.lua's Entry.int), looked up
+-- when called: this library is also defined alone (tests/xp/test_xp_lua.py).
+local function jint(n) return Entry.int(n) end
 local function jstr(v)
   if v == nil then return 'null' end
   return cjson.encode(v)
@@ -143,9 +145,9 @@ function XP.encode_parts(parts)
   local out, sep = '[', ''
   for _, p in ipairs(parts) do
     if p.src == 'alloc' then
-      out = out .. sep .. string.format('{"src":"alloc","xp":%d,"epoch":%d}', p.xp, p.epoch)
+      out = out .. sep .. '{"src":"alloc","xp":' .. jint(p.xp) .. ',"epoch":' .. jint(p.epoch) .. '}'
     else
-      out = out .. sep .. string.format('{"src":"grant","xp":%d,"id":', p.xp) .. jstr(p.id)
+      out = out .. sep .. '{"src":"grant","xp":' .. jint(p.xp) .. ',"id":' .. jstr(p.id)
         .. jexpires(p.expires_at)
     end
     sep = ','
@@ -459,10 +461,12 @@ end
 -- Bind the shared KEYS/ARGV, answer a replay or a missing user, load and advance the state.
 -- Returns a reply to return at once, or nil to go on with XP.s.
 function XP.open()
+  -- Every field the call sets is in the constructor (now, seq, dirty, run too), so the table is
+  -- sized once: one more field would cost Redis a rehash of the table.
   local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], meta = KEYS[4], user_id = ARGV[1],
              now_ms = ARGV[2], fingerprint = ARGV[3], idem_ttl = ARGV[4], idem_key = ARGV[5],
-             actor = ARGV[6], may_create = ARGV[7]}
-  c.now = fdiv(tonumber(c.now_ms), 1000)
+             actor = ARGV[6], may_create = ARGV[7], now = fdiv(tonumber(ARGV[2]), 1000), seq = 0,
+             dirty = false, run = false}
   XP.c = c
   local wrong_rules = Rules.check(ARGV[8])
   if wrong_rules then return wrong_rules end
