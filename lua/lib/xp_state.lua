@@ -133,6 +133,20 @@ local function jstr(v)
   if v == nil then return 'null' end
   return cjson.encode(v)
 end
+-- A name of a closed set (a tier, a generation type, a record's kind or status) as JSON,
+-- encoded once per library load (a Redis Function's library runs once) and then looked up;
+-- at most 256 kept, whatever a caller sends. Ids, which are not a closed set, go through jstr.
+local NAMES, named = {}, 0
+local function jname(v)
+  if v == nil then return 'null' end
+  local text = NAMES[v]
+  if text then return text end
+  text = cjson.encode(v)
+  if named < 256 then
+    NAMES[v], named = text, named + 1
+  end
+  return text
+end
 
 -- `,"expires_at":...}` closing a grant or a grant part.
 local function jexpires(n)
@@ -175,13 +189,13 @@ function XP.encode(s)
   for _, h in ipairs(s.holds) do
     holds = holds .. sep .. '{"id":' .. jstr(h.id)
       .. string.format(',"amount":%d,"expires_at":%d,"generation_type":', h.amount, h.expires_at)
-      .. jstr(h.generation_type) .. ',"parts":' .. XP.encode_parts(h.parts) .. '}'
+      .. jname(h.generation_type) .. ',"parts":' .. XP.encode_parts(h.parts) .. '}'
     sep = ','
   end
-  return '{"tier":' .. jstr(s.tier)
+  return '{"tier":' .. jname(s.tier)
     .. string.format(',"anchor":%d,"period_start":%d,"period_end":%d,"alloc":%d,"epoch":%d',
                      s.anchor, s.period_start, s.period_end, s.alloc, s.epoch)
-    .. ',"next_tier":' .. jstr(s.next_tier)
+    .. ',"next_tier":' .. jname(s.next_tier)
     .. ',"cancel_at_period_end":' .. tostring(s.cancel_at_period_end) .. ',"grants":['
     .. grants .. '],"holds":[' .. holds .. ']}'
 end
@@ -213,8 +227,8 @@ end
 
 -- A debit or hold record (KEYS[5] of the scripts that take one): what it burned, its status.
 function XP.record_text(kind, status, xp, generation_type, parts)
-  return '{"kind":' .. jstr(kind) .. ',"status":' .. jstr(status) .. ',"xp":' .. jint(xp)
-    .. ',"generation_type":' .. jstr(generation_type) .. ',"parts":'
+  return '{"kind":' .. jname(kind) .. ',"status":' .. jname(status) .. ',"xp":' .. jint(xp)
+    .. ',"generation_type":' .. jname(generation_type) .. ',"parts":'
     .. XP.encode_parts(parts) .. '}'
 end
 
