@@ -9,6 +9,12 @@ other request, and every non-HTTP scope, goes through Starlette as usual. Starle
 the hot routes (so a GET to them is its 405) and serves them the same way when a request reaches
 them through the router.
 
+Under ``counters serve`` the HTTP protocol goes one step further and serves a hot route's exact
+path itself, without ASGI (``counters.cli.http_guard``, issue #15): it asks ``CountersApp.lane``
+for the route and hands the parsed headers and whole body to ``CountersApp.answer_lane``, which
+runs the same checks, handler and bookkeeping as the ASGI path (``HotRoute.answer`` beside
+``HotRoute.serve``) and returns the status, headers and body to write.
+
 A hot route answers exactly as a Starlette route would: the same body limit, the same error
 replies (``api.errors.error_reply``), the same JSON encoder.
 
@@ -60,6 +66,7 @@ class HotRoute:
 
     def __init__(self, method: str, path: str, handler: Handler) -> None:
         self.method = method
+        self.raw_method = method.encode("ascii")  # as an HTTP parser gives it
         self.path = path
         self.handler = handler
         # The route's histogram children by status (``counters.metrics``: one per label pair
@@ -80,29 +87,11 @@ class HotRoute:
     ) -> int:
         """Answer one request; its status (0 when the client left first). With ``tag``, set
         the request id and echo it in ``X-Request-Id``."""
-        # The first value of each header read, in one pass, by slot (see _SLOTS)
-        found: list[bytes | None] = [None, None, None, None, None, None]
-        repeated = None  # the first of the single-valued headers that came twice
-        for name, value in scope["headers"]:
-            slot = _SLOTS.get(name)
-            if slot is not None:
-                if found[slot] is None:
-                    found[slot] = value
-                elif slot < _SINGLE:
-                    repeated = name
-        authorization, user_id, idempotency_key, length, sent_id, content_type = found
-        request_id = ""
-        if tag:
-            if sent_id is None:  # the common case: a fresh id
-                request_id = new_request_id()
-            else:
-                request_id = request_id_from(sent_id.decode("latin-1"))
-            REQUEST_ID.set(request_id)
+        found, repeated = read_headers(scope["headers"])
+        request_id = _tagged(found[4]) if tag else None
         try:
-            if repeated is not None:
-                raise repeated_header(repeated.decode("latin-1"))
-            if content_type is not None and content_type != b"application/json":
-                check_json_media_type(content_type)  # 415 unless another spelling of JSON
+            _check_head(found, repeated)
+            length = found[3]
             limit = svc.settings.max_body_bytes
             message = await receive()
             body = message.get("body", b"")
@@ -113,26 +102,86 @@ class HotRoute:
                 or (length is not None and length.isdigit() and int(length) > limit)
             ):  # not the common case (the whole body in one message, within the limit)
                 body = await receive_body(_then(message, receive), _text(length), limit)
-            exchange = Exchange(
-                authorization,
-                None if user_id is None else user_id.decode("latin-1"),
-                None if idempotency_key is None else idempotency_key.decode("latin-1"),
-                body,
-            )
-            status, content, extra = await self.handler(svc, exchange)
+            status, content, extra = await self._handle(svc, found, body)
         except ClientDisconnect:
             return 0  # nobody is left to answer
         except Exception as exc:
             status, content, extra = error_reply(exc, self.name)
-        payload = encode(content)
-        raw = [_JSON, (b"content-length", b"%d" % len(payload))]
-        if tag:
-            raw.append((_REQUEST_ID, request_id.encode("latin-1")))
-        if extra:
-            raw += [(_header_name(k), v.encode("latin-1")) for k, v in extra.items()]
+        raw, payload = render(content, extra, request_id)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
         return status
+
+    async def answer(
+        self, svc: Services, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Answer one request whose body was read whole (within ``max_body_bytes``) by the
+        HTTP protocol itself (``counters.cli.http_guard``'s hot lane): status, response
+        headers and body, exactly as ``serve`` would send them with ``tag``."""
+        found, repeated = read_headers(headers)
+        request_id = _tagged(found[4])
+        try:
+            _check_head(found, repeated)
+            status, content, extra = await self._handle(svc, found, body)
+        except Exception as exc:
+            status, content, extra = error_reply(exc, self.name)
+        raw, payload = render(content, extra, request_id)
+        return status, raw, payload
+
+    def _handle(self, svc: Services, found: list[bytes | None], body: bytes) -> Awaitable[Reply]:
+        authorization, user_id, idempotency_key = found[0], found[1], found[2]
+        exchange = Exchange(
+            authorization,
+            None if user_id is None else user_id.decode("latin-1"),
+            None if idempotency_key is None else idempotency_key.decode("latin-1"),
+            body,
+        )
+        return self.handler(svc, exchange)
+
+
+def read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes | None], bytes | None]:
+    """The first value of each header a hot route reads, by slot (``_SLOTS``), found in one
+    pass, and the name of the first single-valued one that came twice (None if none did)."""
+    found: list[bytes | None] = [None, None, None, None, None, None]
+    repeated = None
+    for name, value in headers:
+        slot = _SLOTS.get(name)
+        if slot is not None:
+            if found[slot] is None:
+                found[slot] = value
+            elif slot < _SINGLE:
+                repeated = name
+    return found, repeated
+
+
+def _tagged(sent_id: bytes | None) -> str:
+    """The request's id (the caller's usable ``X-Request-Id``, else a fresh one), set for the
+    log lines logged while it is served."""
+    request_id = new_request_id() if sent_id is None else request_id_from(sent_id.decode("latin-1"))
+    REQUEST_ID.set(request_id)
+    return request_id
+
+
+def _check_head(found: list[bytes | None], repeated: bytes | None) -> None:
+    """Refuse a repeated single-valued header (400) or a body that is not JSON (415)."""
+    if repeated is not None:
+        raise repeated_header(repeated.decode("latin-1"))
+    content_type = found[5]
+    if content_type is not None and content_type != b"application/json":
+        check_json_media_type(content_type)  # 415 unless another spelling of JSON
+
+
+def render(
+    content: object, extra: dict[str, str] | None, request_id: str | None
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """A reply's response headers and JSON body (the request id echoed when given)."""
+    payload = encode(content)
+    raw = [_JSON, (b"content-length", b"%d" % len(payload))]
+    if request_id is not None:
+        raw.append((_REQUEST_ID, request_id.encode("latin-1")))
+    if extra:
+        raw += [(_header_name(k), v.encode("latin-1")) for k, v in extra.items()]
+    return raw, payload
 
 
 _HEADER_NAMES: dict[str, bytes] = {}  # extra headers' names as sent (a handful of names)
@@ -180,10 +229,7 @@ _READS_BY_POST = frozenset({"/api/v1/subscriptions/preview-generation-cost"})
 async def send_reply(send: Send, reply: Reply) -> None:
     """Answer ``reply`` (status, JSON body, extra headers) straight through ASGI."""
     status, content, extra = reply
-    payload = encode(content)
-    raw = [_JSON, (b"content-length", str(len(payload)).encode())]
-    if extra:
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    raw, payload = render(content, extra, None)
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
 
@@ -244,6 +290,7 @@ class CountersApp(Starlette):
         self.router.redirect_slashes = False
         # By path (the method is compared after): no tuple built per request
         self._hot = {route.path: route for route in hot}
+        self._lanes = {route.path.encode("latin-1"): route for route in hot}  # by raw path
         self._wrapped: dict[str, ASGIApp] | None = None  # None: no middleware around them
         if hot_wrapper is not None:
             self._wrapped = {
@@ -270,14 +317,8 @@ class CountersApp(Starlette):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        durability = self.durability
-        if (
-            durability is not None
-            and durability.write_refusal is not None
-            and scope["method"] in _WRITES
-            and scope["path"] not in _READS_BY_POST
-        ):  # the durability window is full: writes wait (one attribute read when it is not)
-            await send_reply(send, error_reply(durability.write_refusal, scope["path"]))
+        if self._refuses_writes(scope["method"], scope["path"]):
+            await send_reply(send, self._write_refusal(scope["path"]))
             return
         start = perf_counter()
         route = self._hot.get(scope["path"])
@@ -295,15 +336,67 @@ class CountersApp(Starlette):
                 await self._wrapped[route.path](scope, receive, send)
                 status = scope.get(_HOT_STATUS, 0)
             if status:
-                if self._metrics:
-                    observe = route.timers.get(status)
-                    if observe is None:
-                        observe = route.timers[status] = self._timers.get(route.path, status)
-                    observe(perf_counter() - start)
-                if self._access_log:
-                    access(route.method, route.path, route.path, status, perf_counter() - start)
+                self._answered(route, status, start)
             return
         await self.serve_routed(scope, receive, send, start)
+
+    def lane(self, method: bytes, path: bytes, length: int) -> HotRoute | None:
+        """The hot route an HTTP protocol may serve itself (``answer_lane``) for a request
+        line's ``method`` and raw ``path`` (exactly a hot route's: no query, no escapes) with a
+        body of ``length`` bytes; None when there is none, while no services are set (before
+        the lifespan starts), when middleware wraps the hot routes (CORS) and for a body over
+        ``max_body_bytes`` (its 413 is ASGI's to answer): those go through ASGI."""
+        route = self._lanes.get(path)
+        if route is None or route.raw_method != method:
+            return None
+        services = self._services
+        if services is None or self._wrapped is not None:
+            return None
+        if length > services.settings.max_body_bytes:
+            return None
+        return route
+
+    async def answer_lane(
+        self, route: HotRoute, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Answer a request of ``route`` (from ``lane``) read whole by the HTTP protocol, as
+        ``__call__`` would through ASGI: the durability gate, the request id, the timer and the
+        access log. Status, response headers (uvicorn's defaults not included) and body."""
+        if self._refuses_writes(route.method, route.path):
+            status, content, extra = self._write_refusal(route.path)
+            raw, payload = render(content, extra, None)
+            return status, raw, payload
+        start = perf_counter()
+        services = self._services
+        assert services is not None  # lane() gave the route
+        status, raw, payload = await route.answer(services, headers, body)
+        self._answered(route, status, start)
+        return status, raw, payload
+
+    def _refuses_writes(self, method: str, path: str) -> bool:
+        """Whether the durability window is full and this request would write (one attribute
+        read when it is not)."""
+        durability = self.durability
+        return (
+            durability is not None
+            and durability.write_refusal is not None
+            and method in _WRITES
+            and path not in _READS_BY_POST
+        )
+
+    def _write_refusal(self, path: str) -> Reply:
+        assert self.durability is not None and self.durability.write_refusal is not None
+        return error_reply(self.durability.write_refusal, path)
+
+    def _answered(self, route: HotRoute, status: int, start: float) -> None:
+        """Time a hot request into its route's histogram and access-log it (when enabled)."""
+        if self._metrics:
+            observe = route.timers.get(status)
+            if observe is None:
+                observe = route.timers[status] = self._timers.get(route.path, status)
+            observe(perf_counter() - start)
+        if self._access_log:
+            access(route.method, route.path, route.path, status, perf_counter() - start)
 
     async def serve_routed(self, scope: Scope, receive: Receive, send: Send, start: float) -> None:
         """Through Starlette: the request id set and echoed, the status caught for the timer."""

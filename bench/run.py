@@ -1,8 +1,9 @@
 """``make bench``: every target measured in one run, side by side, on this machine.
 
 Throwaway servers only (an embedded Redis without persistence, an embedded Postgres), all on
-127.0.0.1 and free ports; every HTTP target runs under the same uvicorn settings and is driven by
-the same load generator (bench/load.py) from a process of its own. Each target starts from the
+127.0.0.1 and free ports; every HTTP target runs under the same uvicorn settings (the service as
+``counters serve`` runs it, its HTTP protocol included: bench/serve.py) and is driven by the same
+load generator (bench/load.py) from a process of its own. Each target starts from the
 same Redis state: emptied, with the entities that likes and forks go to already owned.
 """
 

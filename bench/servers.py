@@ -30,7 +30,8 @@ THIN_APP = "bench.baselines.thin:app_from_env"  # the shared thin probe (bench.w
 def uvicorn_argv(
     factory: str, port: int, workers: int, loop: str = "uvloop", http: str = "httptools"
 ) -> list[str]:
-    """The command line of ``counters serve`` (see counters/cli/main.py), for any app factory."""
+    """Stock uvicorn with ``counters serve``'s options (counters/cli/supervisor.py), for the
+    baselines (served as shipped) and the ablations of another loop or HTTP parser."""
     return [
         sys.executable, "-m", "uvicorn", factory, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -84,10 +85,17 @@ def uvicorn_server(
     The server sees only the COUNTERS_* variables in ``env``, none inherited from our own.
     """
     port = free_port()
+    if factory == GAIN_APP and (loop, http) == ("uvloop", "httptools"):
+        # The service as `counters serve` runs it: its protocol and options (bench/serve.py)
+        argv = [sys.executable, "-m", "bench.serve", factory]
+        env = {**env, "COUNTERS_HOST": "127.0.0.1", "COUNTERS_PORT": str(port)}
+        env |= {"COUNTERS_WORKERS": str(workers), "COUNTERS_LOG_LEVEL": "warning"}
+    else:
+        argv = uvicorn_argv(factory, port, workers, loop, http)
     probe = f"GET {probe_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("COUNTERS_")}
     proc = subprocess.Popen(
-        uvicorn_argv(factory, port, workers, loop, http),
+        argv,
         env={**inherited, **env, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

@@ -35,7 +35,6 @@ from counters.cli.commands import (
     with_servers,
 )
 from counters.cli.devcreds import DevCredentials
-from counters.cli.http_guard import make_protocol
 from counters.cli.importer import import_command
 from counters.cli.loadtest.command import loadtest
 from counters.cli.state import ServeState, clear_state, running_serve, write_state
@@ -161,19 +160,5 @@ def _serve(settings: Settings, dev_credentials: bool, stack: ExitStack, watch: S
     stack.callback(clear_state, settings.data_dir)
     watch.start(started)  # an embedded server that exits stops serve (counters/cli/watch.py)
     stack.callback(watch.stop)  # before the servers are stopped on purpose
-    supervisor.run(  # uvicorn.run, with SIGHUP reloading the rules in every worker
-        "api.main:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http=make_protocol(settings.request_read_timeout_seconds, settings.max_header_bytes),
-        timeout_keep_alive=settings.keep_alive_seconds,
-        timeout_graceful_shutdown=30,  # then open connections are closed
-        access_log=False,  # the app logs its own (COUNTERS_ACCESS_LOG), with the request id
-        proxy_headers=False,  # nothing reads the client's address; it cost ~3% CPU a request
-        server_header=False,
-        log_config=None,  # logging is ours (counters.logs), configured above and in workers
-        log_level=settings.log_level,
-    )
+    # uvicorn.run, with SIGHUP reloading the rules in every worker
+    supervisor.run("api.main:app_from_env", **supervisor.serve_options(settings))

@@ -488,6 +488,11 @@ class Scripts:
         value = await self._send("GET", key)
         return None if value is None else str(value)
 
+    async def hget(self, key: str, field: str) -> str | None:
+        """A plain HGET, on the same transport as the scripts."""
+        value = await self._send("HGET", key, field)
+        return None if value is None else str(value)
+
     async def aclose(self) -> None:
         """Close the auto-pipeline's connection (the client's pool is closed by its owner)."""
         if self._pipeline is not None:

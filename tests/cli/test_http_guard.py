@@ -14,9 +14,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from api.errors import ERROR_CODES
@@ -24,7 +26,7 @@ from counters import logs
 from counters.cli.embedded import free_port
 from counters.cli.http_guard import HEAD_TOO_LARGE, MALFORMED, TOO_SLOW, make_protocol
 from counters.settings import Settings
-from tests.support.core import service_headers
+from tests.support.core import SERVICE_KEY, service_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -56,6 +58,7 @@ async def serving(
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
         http=make_protocol(read_timeout, MAX_HEAD), access_log=False, log_config=None,
+        proxy_headers=False,
     )  # fmt: skip
     if log is not None:
         logs.configure("info", "json")
@@ -139,6 +142,24 @@ def exchange(port: int, raw: bytes, *, pause: float = 0.0, rest: bytes = b"") ->
     return answers
 
 
+def one_by_one(port: int, requests: list[bytes]) -> list[bytes]:
+    """Send ``requests`` on one connection, each once the answer before it came whole."""
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        got = b""
+        for raw in requests:
+            sock.sendall(raw)
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(65_536)
+            head, _, got = got.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(got) < length:
+                got += sock.recv(65_536)
+            answers.append(head + b"\r\n\r\n" + got[:length])
+            got = got[length:]
+    return answers
+
+
 def gain_request(user_id: str, body: bytes, *, length: int | None = None) -> bytes:
     head = "".join(f"{k}: {v}\r\n" for k, v in service_headers(user_id).items())
     return (
@@ -213,3 +234,241 @@ def test_guard_refusals_are_documented_codes(refusal: tuple[int, str, str]) -> N
     status, _, code = refusal
     assert code in ERROR_CODES
     assert f"({status}" in ERROR_CODES[code]
+
+
+class RecordingTransport(asyncio.Transport):
+    """An in-memory transport that keeps every ``write`` apart (uvicorn's own protocol tests
+    use one the same way): what one answer costs in writes, which a socket cannot show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 9000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def fixed(scope: Scope, receive: Receive, send: Send) -> None:
+    """A body with its Content-Length (as every route of the API answers)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
+async def streamed(scope: Scope, receive: Receive, send: Send) -> None:
+    """Three chunks, no Content-Length: chunked transfer encoding."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for chunk in (b"one", b"", b"three"):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def empty(scope: Scope, receive: Receive, send: Send) -> None:
+    """A 204: no body at all."""
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def served_by(protocol_class: object, app: object, raw: bytes) -> RecordingTransport:
+    """``raw`` fed to a fresh ``protocol_class`` connection serving ``app``; its writes once
+    every answer is complete (or after 5 s)."""
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(
+        app, proxy_headers=False, server_header=False, date_header=False, access_log=False
+    )  # type: ignore[arg-type]
+    state = ServerState()
+    protocol = protocol_class(config=config, server_state=state, app_state={})  # type: ignore[operator]
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(raw)
+    expected = raw.count(b" HTTP/1.")
+    for _ in range(500):
+        if state.total_requests >= expected or transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    return transport
+
+
+REQUESTS = {
+    "get": b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    "head": b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    "pipelined": b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n",
+    "http10": b"GET /x HTTP/1.0\r\nHost: t\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("app", [fixed, streamed, empty], ids=lambda a: a.__name__)
+@pytest.mark.parametrize("request_name", list(REQUESTS))
+async def test_answers_are_uvicorns_bytes_in_fewer_writes(app: object, request_name: str) -> None:
+    """Issue #15: the guarded protocol sends the bytes uvicorn's own protocol sends, for every
+    kind of answer (a sized body, a chunked stream, a 204; to GET, HEAD, pipelined and HTTP/1.0
+    requests), and a sized answer's head and body leave in one write where uvicorn made two."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    raw = REQUESTS[request_name]
+    ours = await served_by(make_protocol(5.0, MAX_HEAD), app, raw)
+    stock = await served_by(HttpToolsProtocol, app, raw)
+    assert b"".join(ours.writes) == b"".join(stock.writes)
+    assert ours.closed == stock.closed
+    answers = raw.count(b" HTTP/1.")
+    sent = [write for write in stock.writes if write]  # uvicorn writes b"" for no body
+    assert all(ours.writes)
+    if request_name == "head" or app is empty:  # a head alone: one write either way
+        assert len(ours.writes) == len(sent) == answers
+    elif app is fixed:
+        assert len(ours.writes) == answers  # one write an answer
+        assert len(sent) == 2 * answers
+    else:  # the head leaves with the first chunk
+        assert len(ours.writes) == len(sent) - answers
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_seconds(
+    settings: Settings,
+) -> None:
+    """uvicorn's keep-alive timeout, kept without a timer per answer: a connection idle after
+    its answer is closed once ``timeout_keep_alive`` (1 s here) has passed, within a TICK."""
+    from counters.cli.http_guard import TICK
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
+        http=make_protocol(5.0, MAX_HEAD), access_log=False, log_config=None, timeout_keep_alive=1,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+
+    def idle_for() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = sock.recv(65_536)
+            answered = time.monotonic()
+            while sock.recv(65_536):
+                pass  # until the server closes
+            return answer, time.monotonic() - answered
+
+    try:
+        answer, idle = await asyncio.to_thread(idle_for)
+    finally:
+        server.should_exit = True
+        await task
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert 1.0 - TICK <= idle <= 1.0 + 2 * TICK + 0.5, idle
+
+
+def lane_requests(user: str, path: bytes) -> list[bytes]:
+    """One of each kind of answer the hot routes give, for ``user``, to ``path``."""
+    key = f"Authorization: Bearer {SERVICE_KEY}\r\nX-User-Id: {user}\r\n".encode()
+
+    def request(body: bytes, extra: bytes = b"", auth: bytes = key, debit: bool = False) -> bytes:
+        to = path.replace(b"/api/exp/gain", b"/api/v1/xp/debit") if debit else path
+        return (
+            b"POST " + to + b" HTTP/1.1\r\nHost: x\r\nX-Request-Id: fixed-id\r\n" + auth + extra
+            + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )  # fmt: skip
+
+    daily = b'{"action": "daily_chat"}'
+    return [
+        request(daily, b"Content-Type: application/json\r\n"),  # 200
+        request(daily),  # 429: daily limit, with Retry-After
+        request(b'{"action": "create_scene"}', b"Idempotency-Key: k1\r\n"),  # 200
+        request(b'{"action": "create_scene"}', b"Idempotency-Key: k1\r\n"),  # its replay
+        request(b'{"action": "create_persona"}', b"Idempotency-Key: k1\r\n"),  # key reused: 422
+        request(b'{"action": "nope"}'),  # 422 unknown action
+        request(b'{"action": '),  # 400 malformed JSON
+        request(daily, b"Content-Type: text/plain\r\n"),  # 415
+        request(daily, b"X-User-Id: other\r\n"),  # 400 repeated header
+        request(daily, auth=b"Authorization: Bearer wrong\r\n"),  # 401
+        request(b'{"generation_type": "EDIT_IMAGE"}', debit=True),  # no tier allows it: 4xx
+        request(b'{"generation_type": 7}', debit=True),  # 422
+        request(b'{"action": "create_character"}', b"Connection: close\r\n"),  # then closed
+    ]
+
+
+async def test_the_hot_lane_answers_byte_for_byte_as_asgi(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #15: the protocol serves a hot route's exact path itself (``CountersApp.lane``),
+    without ASGI; the same requests through ASGI (the path with a query string, which the
+    lane leaves to uvicorn) get the same bytes, every kind of answer, in order, pipelined on one
+    connection (only the date header and the user's own id differ)."""
+    from counters.cli.http_guard import GuardedHttpToolsProtocol
+
+    served = {"lane": 0}
+    serve_lane = GuardedHttpToolsProtocol._serve_lane
+
+    async def counted(self: GuardedHttpToolsProtocol, cycle: Any) -> None:
+        served["lane"] += 1
+        await serve_lane(self, cycle)
+
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "_serve_lane", counted)
+    async with serving(settings) as port:
+        lane = await asyncio.to_thread(
+            one_by_one, port, lane_requests("lane-user", b"/api/exp/gain")
+        )
+        lane_count = served["lane"]
+        asgi = await asyncio.to_thread(
+            one_by_one, port, lane_requests("asgi-user", b"/api/exp/gain?via=asgi")
+        )
+        # Pipelined: the first takes the lane, those sent behind it queue for ASGI, in order
+        pipelined = await asyncio.to_thread(
+            exchange, port, b"".join(lane_requests("pipe-user", b"/api/exp/gain"))
+        )
+    assert lane_count == len(lane) == 13
+    assert served["lane"] == lane_count + 1  # none of the ASGI path's, one pipelined
+
+    def comparable(answer: bytes) -> bytes:
+        lines = [line for line in answer.split(b"\r\n") if not line.startswith(b"date: ")]
+        for user in (b"lane-user", b"asgi-user", b"pipe-user"):
+            lines = [line.replace(user, b"USER") for line in lines]
+        return b"\r\n".join(lines)
+
+    assert [comparable(a) for a in lane] == [comparable(a) for a in asgi]
+    assert [comparable(a) for a in pipelined] == [comparable(a) for a in asgi]
+    statuses = [int(a.split(b" ")[1]) for a in lane]
+    assert statuses == [200, 429, 200, 200, 422, 422, 400, 415, 400, 401, 403, 422, 200], statuses
+    assert b"x-request-id: fixed-id" in lane[0] and b"retry-after: " in lane[1]
+    assert b"idempotent-replayed: true" in lane[3].lower()
+
+
+async def test_a_fault_outside_the_handler_is_a_500_and_the_end_of_the_connection(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug past the handler's own error replies (here the request timer) on the hot lane:
+    logged, answered as uvicorn answers an app that raised (a text 500, the connection closed),
+    never a hang; the next connection is served."""
+    from api.asgi import CountersApp
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("timer broke")
+
+    body = b'{"action": "daily_chat"}'
+    async with serving(settings) as port:
+        monkeypatch.setattr(CountersApp, "_answered", broken)
+        failed = await asyncio.to_thread(exchange, port, gain_request("guard-f1", body))
+        monkeypatch.undo()
+        after = await asyncio.to_thread(
+            post, port, "/api/exp/gain", body, service_headers("guard-f2")
+        )
+    assert len(failed) == 1 and failed[0].startswith(b"HTTP/1.1 500 ")
+    assert failed[0].endswith(b"connection: close\r\n\r\nInternal Server Error")
+    assert after[0] == 200

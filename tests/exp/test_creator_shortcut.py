@@ -145,3 +145,32 @@ async def test_on_a_cluster_the_one_script_award_needs_the_entity_and_owner_in_o
         assert calls[1] < calls[0] - 40, calls
     else:  # never a script across two slots: the chain, call for call
         assert calls[1] == calls[0], calls
+
+
+@pytest.mark.parametrize("kind", ["same", "different"])
+async def test_an_entity_this_process_never_saw_takes_the_one_script_award(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, kind: str
+) -> None:
+    """No owner hint yet (a fresh worker, or the entity's first like since it started): on one
+    node the owner is read with one HGET and the award is one script, not the chain's three
+    (a fifth of row 2's likes and forks ran the chain before); the answer is the chain's."""
+    owner, fan, entity = pick(Layout(kind, settings.key_buckets), "a", "b", "character:c")
+    answers = []
+    for shortcut in (False, True):
+        redis_client.flushall()
+        owning = create_app(settings, clock=clock)
+        async with owning.router.lifespan_context(owning), asgi_client(owning) as http:
+            await own(http, entity, owner)  # another worker recorded the owner
+        redis_client.config_resetstat()
+        app = create_app(replace(settings, creator_shortcut=shortcut), clock=clock)
+        async with app.router.lifespan_context(app), asgi_client(app) as http:
+            response = await http.post(
+                GAIN, json=act("character_liked", entity), headers=user_headers(fan)
+            )
+        answers.append((response.status_code, response.json()))
+        if shortcut:
+            assert evalsha_calls(redis_client) == 1
+        else:
+            assert evalsha_calls(redis_client) == 3  # reserve, award, settle
+    assert answers[0] == answers[1]
+    assert answers[1][0] == 200 and answers[1][1]["awarded_to"] == owner
