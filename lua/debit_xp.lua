@@ -43,8 +43,7 @@ if XP.balance(s) < cost then return XP.finish(2, 0, '', 0, cost) end
 if mode == 'hold' and #s.holds >= max_holds then return XP.finish(13, 0, '', 0, cost) end
 
 local parts = XP.burn(cost)
-local record = {kind = mode, status = mode == 'hold' and 'held' or 'debited', xp = cost,
-                generation_type = generation_type, parts = parts}
+local status = mode == 'hold' and 'held' or 'debited'
 -- The record after the event, on the stream too: a flusher's read that ends between them takes
 -- the records that follow an event with it (persistence/flusher.py), never a record without
 -- its event (a refund of a debit a Redis loss erased would create XP).
@@ -52,9 +51,11 @@ if mode == 'hold' then
   s.holds[#s.holds + 1] = {id = transaction_id, amount = cost, expires_at = hold_expires_at,
                            generation_type = generation_type, parts = parts}
   local state = XP.emit('xp_hold', generation_type, -cost, transaction_id)
-  XP.save_record(KEYS[5], record, record_ttl)
+  XP.save_record_text(KEYS[5], XP.record_text(mode, status, cost, generation_type, parts),
+                     record_ttl)
   return XP.finish(1, cost, transaction_id, hold_expires_at, cost, state)
 end
 local state = XP.emit('xp_debit', generation_type, -cost, transaction_id)
-XP.save_record(KEYS[5], record, record_ttl)
+XP.save_record_text(KEYS[5], XP.record_text(mode, status, cost, generation_type, parts),
+                   record_ttl)
 return XP.finish(1, cost, transaction_id, 0, cost, state)

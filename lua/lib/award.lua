@@ -8,6 +8,17 @@ version ARGV[5] names; a call naming another version is refused before anything 
 Reply: award_exp.lua's (its codes are listed in the header of each script that requires this).
 ]]
 local Award = {}
+-- The key_reused reply, built once (a Redis Function's library runs once per load).
+local KEY_REUSED = {7, 0, 0, 0, 0, 0, 0, 0, 0}
+
+-- Remember the reply for the record KEYS[4] (with its ledger entry when a durable store keeps
+-- records) and return it. A function of the library, not a closure made per call: each costs
+-- Redis an allocation (issue #15); the ledger's table only for a record.
+local function finish(reply, fingerprint, idem_ttl, may_create, user_id, now_ms)
+  return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1'
+    and fingerprint ~= '' and {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms}
+    or nil)
+end
 
 function Award.apply()
   local wrong_rules = Rules.check(ARGV[5])
@@ -20,7 +31,7 @@ function Award.apply()
   local week_ttl = ARGV[15]
   local boards = week_ttl ~= '0'
 
-  local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, {7, 0, 0, 0, 0, 0, 0, 0, 0})
+  local replayed = Idempotency.replay(KEYS[4], fingerprint, 9, KEY_REUSED)
   if replayed then return replayed end
 
   -- Every script that writes the user hash writes its seq, so no seq means no user (one read
@@ -38,23 +49,20 @@ function Award.apply()
   local gained = tonumber(day_state[1]) or 0
   local count = tonumber(day_state[2]) or 0
 
-  local function finish(reply)  -- the ledger's table only for a record (a table costs Redis)
-    return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1'
-      and fingerprint ~= '' and {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms}
-      or nil)
-  end
-
   if daily_limit > 0 and count >= daily_limit then
-    return finish({2, 0, total, level, level, gained, count, seq, 0})
+    return finish({2, 0, total, level, level, gained, count, seq, 0}, fingerprint, idem_ttl,
+                  may_create, user_id, now_ms)
   end
   local cap = Rules.cap(level)
   if gained >= cap then
-    return finish({3, 0, total, level, level, gained, count, seq, 0})
+    return finish({3, 0, total, level, level, gained, count, seq, 0}, fingerprint, idem_ttl,
+                  may_create, user_id, now_ms)
   end
 
   local added = math.min(reward, cap - gained)
   if total + added > Bounds.MAX then  -- lib/bounds: nothing written
-    return finish({5, 0, total, level, level, gained, count, seq, 0})
+    return finish({5, 0, total, level, level, gained, count, seq, 0}, fingerprint, idem_ttl,
+                  may_create, user_id, now_ms)
   end
   total = total + added
   gained = gained + added
@@ -62,12 +70,16 @@ function Award.apply()
   seq = seq + 1
   local new_level = Rules.level(total)
 
-  redis.call('HSET', KEYS[1], 'exp', total, 'level', new_level, 'seq', seq)
-  redis.call('HSET', KEYS[2], 'exp', gained, action_field, count)
+  -- Numbers as text by %d (redis.call's own %.17g, table.concat's %.14g cost Redis 2-4 times
+  -- the instructions: lib/xp_state.lua's jint), each formatted once for the writes and the event.
+  local int = Entry.int -- small ones formatted once per library load (lib/entry.lua)
+  local total_s, level_s, seq_s, added_s = int(total), int(new_level), int(seq), int(added)
+  redis.call('HSET', KEYS[1], 'exp', total_s, 'level', level_s, 'seq', seq_s)
+  redis.call('HSET', KEYS[2], 'exp', int(gained), action_field, int(count))
   if boards then
-    redis.call('ZINCRBY', KEYS[5], added, user_id)
-    redis.call('ZINCRBY', KEYS[6], added, user_id)
-    redis.call('ZINCRBY', KEYS[7], added, user_id)
+    redis.call('ZINCRBY', KEYS[5], added_s, user_id)
+    redis.call('ZINCRBY', KEYS[6], added_s, user_id)
+    redis.call('ZINCRBY', KEYS[7], added_s, user_id)
   end
   if not day_state[1] then  -- the day's first award creates the hash: its clean-up time, once
     redis.call('EXPIRE', KEYS[2], day_ttl)
@@ -76,7 +88,9 @@ function Award.apply()
       redis.call('EXPIRE', KEYS[6], week_ttl)
     end
   end
-  Entry.add(KEYS[3], {'exp_award', user_id, seq, now_ms, Bucket.run(KEYS[8]), action, added,
-    actor, target, idem_key, day, total, new_level})
-  return finish({1, added, total, new_level, level, gained, count, seq, 0})
+  Entry.add_joined(KEYS[3], 'exp_award\31' .. user_id .. '\31' .. seq_s .. '\31' .. now_ms .. '\31'
+    .. Bucket.run(KEYS[8]) .. '\31' .. action .. '\31' .. added_s .. '\31' .. actor .. '\31'
+    .. target .. '\31' .. idem_key .. '\31' .. day .. '\31' .. total_s .. '\31' .. level_s)
+  return finish({1, added, total, new_level, level, gained, count, seq, 0}, fingerprint, idem_ttl,
+                may_create, user_id, now_ms)
 end

@@ -47,15 +47,16 @@ function Idempotency.replay(key, fingerprint, replayed_slot, mismatch)
 end
 
 -- Remember `reply` for repeats of this request, and return it. With `ledger` ({events, meta,
--- scope, now_ms} of the record's slot) the record also goes to the ledger (lib/records.lua),
--- so a keyed retry after a Redis loss replays it instead of running again.
+-- scope, now_ms} of the record's slot, and its run when the script read it already) the record
+-- also goes to the ledger (lib/records.lua), so a keyed retry after a Redis loss replays it
+-- instead of running again.
 function Idempotency.remember(key, fingerprint, ttl, reply, ledger)
   if fingerprint ~= '' then
     local value = fingerprint .. '|' .. cjson.encode(reply)
     redis.call('SET', key, value, 'EX', ttl)
     if ledger then
       Records.ledger(ledger.events, ledger.meta, ledger.scope, key, value,
-                     tonumber(ledger.now_ms) + tonumber(ttl) * 1000)
+                     tonumber(ledger.now_ms) + tonumber(ttl) * 1000, ledger.run)
     end
   end
   return reply

@@ -6,8 +6,9 @@
 -- Only with a durable store (may_create "0"): Redis alone has nowhere to keep them.
 local Records = {}
 
--- `expires_ms`: unix milliseconds by the service clock when the record expires.
-function Records.ledger(events, meta, scope, key, value, expires_ms)
-  Entry.add(events, {'record', scope, key, string.format('%d', expires_ms), Bucket.run(meta),
-    value})
+-- `expires_ms`: unix milliseconds by the service clock when the record expires. `run`: the
+-- bucket's run when the script read it already (Bucket.run(meta) otherwise).
+function Records.ledger(events, meta, scope, key, value, expires_ms, run)
+  Entry.add_joined(events, 'record\31' .. scope .. '\31' .. key .. '\31'
+    .. string.format('%d', expires_ms) .. '\31' .. (run or Bucket.run(meta)) .. '\31' .. value)
 end

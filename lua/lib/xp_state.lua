@@ -55,6 +55,9 @@ Reply of every XP script: {code, amount, ref, expires_at, extra, seq, replayed, 
 
 local XP = {}
 local NEVER = 0 -- expires_at of a grant that never expires
+-- The key_reused reply, built once (a Redis Function's library runs once per load): a table
+-- built per call only to be passed along costs Redis an allocation (issue #15).
+local KEY_REUSED = {7, 0, '', 0, 0, 0, 0, ''}
 
 local function num(v)
   if v == nil or v == cjson.null then return 0 end
@@ -119,28 +122,51 @@ function XP.period_of(anchor, ts)
   return k
 end
 
--- Encoding by hand keeps empty lists as [] (cjson writes {}) and the key order fixed.
-local function jint(n) return string.format('%d', n) end
+-- Encoding by hand keeps empty lists as [] (cjson writes {}) and the key order fixed. Numbers
+-- go through string.format('%d'), several to a format where they follow each other: Lua's own
+-- number-to-text (tostring, `..`, table.concat: %.14g) and redis.call's (%.17g) cost Redis
+-- 2-4 times as many instructions a number (issue #15, bench.instructions --redis).
+-- Small integers are formatted once per library load (lib/entry.lua's Entry.int), looked up
+-- when called: this library is also defined alone (tests/xp/test_xp_lua.py).
+local function jint(n) return Entry.int(n) end
 local function jstr(v)
   if v == nil then return 'null' end
   return cjson.encode(v)
 end
-local function jexp(n)
-  if n == NEVER then return 'null' end
-  return jint(n)
+-- A name of a closed set (a tier, a generation type, a record's kind or status) as JSON,
+-- encoded once per library load (a Redis Function's library runs once) and then looked up;
+-- at most 256 kept, whatever a caller sends. Ids, which are not a closed set, go through jstr.
+local NAMES, named = {}, 0
+local function jname(v)
+  if v == nil then return 'null' end
+  local text = NAMES[v]
+  if text then return text end
+  text = cjson.encode(v)
+  if named < 256 then
+    NAMES[v], named = text, named + 1
+  end
+  return text
 end
 
+-- `,"expires_at":...}` closing a grant or a grant part.
+local function jexpires(n)
+  if n == NEVER then return ',"expires_at":null}' end
+  return string.format(',"expires_at":%d}', n)
+end
+
+-- Lists are joined as they are built (a state holds a few entries): no table per list.
 function XP.encode_parts(parts)
-  local out = {}
-  for i, p in ipairs(parts) do
+  local out, sep = '[', ''
+  for _, p in ipairs(parts) do
     if p.src == 'alloc' then
-      out[i] = '{"src":"alloc","xp":' .. jint(p.xp) .. ',"epoch":' .. jint(p.epoch) .. '}'
+      out = out .. sep .. '{"src":"alloc","xp":' .. jint(p.xp) .. ',"epoch":' .. jint(p.epoch) .. '}'
     else
-      out[i] = '{"src":"grant","xp":' .. jint(p.xp) .. ',"id":' .. jstr(p.id)
-        .. ',"expires_at":' .. jexp(p.expires_at) .. '}'
+      out = out .. sep .. '{"src":"grant","xp":' .. jint(p.xp) .. ',"id":' .. jstr(p.id)
+        .. jexpires(p.expires_at)
     end
+    sep = ','
   end
-  return '[' .. table.concat(out, ',') .. ']'
+  return out .. ']'
 end
 
 function XP.decode_parts(raw)
@@ -153,21 +179,25 @@ function XP.decode_parts(raw)
 end
 
 function XP.encode(s)
-  local grants, holds = {}, {}
-  for i, g in ipairs(s.grants) do
-    grants[i] = '{"id":' .. jstr(g.id) .. ',"left":' .. jint(g.left) .. ',"expires_at":'
-      .. jexp(g.expires_at) .. '}'
+  local grants, holds, sep = '', '', ''
+  for _, g in ipairs(s.grants) do
+    grants = grants .. sep .. '{"id":' .. jstr(g.id) .. string.format(',"left":%d', g.left)
+      .. jexpires(g.expires_at)
+    sep = ','
   end
-  for i, h in ipairs(s.holds) do
-    holds[i] = '{"id":' .. jstr(h.id) .. ',"amount":' .. jint(h.amount) .. ',"expires_at":'
-      .. jint(h.expires_at) .. ',"generation_type":' .. jstr(h.generation_type) .. ',"parts":'
-      .. XP.encode_parts(h.parts) .. '}'
+  sep = ''
+  for _, h in ipairs(s.holds) do
+    holds = holds .. sep .. '{"id":' .. jstr(h.id)
+      .. string.format(',"amount":%d,"expires_at":%d,"generation_type":', h.amount, h.expires_at)
+      .. jname(h.generation_type) .. ',"parts":' .. XP.encode_parts(h.parts) .. '}'
+    sep = ','
   end
-  return '{"tier":' .. jstr(s.tier) .. ',"anchor":' .. jint(s.anchor) .. ',"period_start":'
-    .. jint(s.period_start) .. ',"period_end":' .. jint(s.period_end) .. ',"alloc":'
-    .. jint(s.alloc) .. ',"epoch":' .. jint(s.epoch) .. ',"next_tier":' .. jstr(s.next_tier)
+  return '{"tier":' .. jname(s.tier)
+    .. string.format(',"anchor":%d,"period_start":%d,"period_end":%d,"alloc":%d,"epoch":%d',
+                     s.anchor, s.period_start, s.period_end, s.alloc, s.epoch)
+    .. ',"next_tier":' .. jname(s.next_tier)
     .. ',"cancel_at_period_end":' .. tostring(s.cancel_at_period_end) .. ',"grants":['
-    .. table.concat(grants, ',') .. '],"holds":[' .. table.concat(holds, ',') .. ']}'
+    .. grants .. '],"holds":[' .. holds .. ']}'
 end
 
 -- The stored state, normalized where cjson decoded it (nulls and missing numbers as 0, a null
@@ -195,17 +225,32 @@ function XP.decode(text)
   return s
 end
 
--- A debit or hold record (KEYS[4] of the scripts that take one): what it burned, its status.
-function XP.encode_record(r)
-  return '{"kind":' .. jstr(r.kind) .. ',"status":' .. jstr(r.status) .. ',"xp":' .. jint(r.xp)
-    .. ',"generation_type":' .. jstr(r.generation_type) .. ',"parts":'
-    .. XP.encode_parts(r.parts) .. '}'
+-- A debit or hold record (KEYS[5] of the scripts that take one): what it burned, its status.
+function XP.record_text(kind, status, xp, generation_type, parts)
+  return '{"kind":' .. jname(kind) .. ',"status":' .. jname(status) .. ',"xp":' .. jint(xp)
+    .. ',"generation_type":' .. jname(generation_type) .. ',"parts":'
+    .. XP.encode_parts(parts) .. '}'
 end
 
--- Write a debit or hold record (for `ttl` seconds; nil: keep its TTL) and ledger it
--- (lib/records.lua), so a refund or capture after a Redis loss still finds it.
-function XP.save_record(key, record, ttl)
-  local text = XP.encode_record(record)
+function XP.encode_record(r)
+  return XP.record_text(r.kind, r.status, r.xp, r.generation_type, r.parts)
+end
+
+-- The bucket's run (lib/bucket.lua), read once per call however many entries it ledgers.
+local function run_of(c)
+  local run = c.run
+  if not run then
+    run = Bucket.run(c.meta)
+    c.run = run
+  end
+  return run
+end
+
+-- Write a debit or hold record's text (XP.record_text) for `ttl` seconds (nil: keep its TTL)
+-- and ledger it (lib/records.lua), so a refund or capture after a Redis loss still finds it.
+-- Its expiry by the service clock: now_ms + the TTL just set (Redis's clock does not move
+-- within a script), PTTL only for a kept TTL.
+function XP.save_record_text(key, text, ttl)
   if ttl then
     redis.call('SET', key, text, 'EX', ttl)
   else
@@ -213,7 +258,13 @@ function XP.save_record(key, record, ttl)
   end
   local c = XP.c
   if c.may_create == '1' then return end -- no durable store: nothing to ledger
-  Records.ledger(c.events, c.meta, c.user_id, key, text, tonumber(c.now_ms) + redis.call('PTTL', key))
+  local left_ms
+  if ttl then left_ms = tonumber(ttl) * 1000 else left_ms = redis.call('PTTL', key) end
+  Records.ledger(c.events, c.meta, c.user_id, key, text, tonumber(c.now_ms) + left_ms, run_of(c))
+end
+
+function XP.save_record(key, record, ttl)
+  XP.save_record_text(key, XP.encode_record(record), ttl)
 end
 
 function XP.read_record(key)
@@ -249,17 +300,24 @@ function XP.emit(kind, action, amount, target, at, extra)
   local state = XP.encode(s)
   c.seq = c.seq + 1
   c.dirty = true
-  if amount == 0 then amount = 0 end -- never "-0"
+  local topup = XP.topup(s)
   -- persistence/events.py LAYOUTS: the common fields, the kind's own, `extra`'s values
-  -- ({name, value, ...}, in layout order), the state last.
-  local fields = {
-    kind, c.user_id, c.seq, c.now_ms, Bucket.run(c.meta), action, amount,
-    at and 'system' or c.actor, target, at and '' or c.idem_key,
-    at and jint(at * 1000) or c.now_ms,
-    XP.balance(s), s.alloc, XP.topup(s), XP.held(s), s.tier or ''}
-  for i = 2, #(extra or {}), 2 do fields[#fields + 1] = extra[i] end
-  fields[#fields + 1] = state
-  Entry.add(c.events, fields)
+  -- ({name, value, ...}, in layout order), the state last; joined here (Entry.add_joined),
+  -- every number by %d (amount 0 is never "-0").
+  local tail = ''
+  if extra then
+    for i = 2, #extra, 2 do
+      local v = extra[i]
+      if type(v) == 'number' then v = jint(v) end
+      tail = tail .. v .. '\31'
+    end
+  end
+  Entry.add_joined(c.events, kind .. '\31' .. c.user_id .. '\31' .. jint(c.seq) .. '\31'
+    .. c.now_ms .. '\31' .. run_of(c) .. '\31' .. action .. '\31' .. jint(amount) .. '\31'
+    .. (at and 'system' or c.actor) .. '\31' .. target .. '\31' .. (at and '' or c.idem_key)
+    .. '\31' .. (at and jint(at * 1000) or c.now_ms) .. '\31'
+    .. string.format('%d\31%d\31%d\31%d\31', s.alloc + topup, s.alloc, topup, XP.held(s))
+    .. (s.tier or '') .. '\31' .. tail .. state)
   return state
 end
 
@@ -417,14 +475,16 @@ end
 -- Bind the shared KEYS/ARGV, answer a replay or a missing user, load and advance the state.
 -- Returns a reply to return at once, or nil to go on with XP.s.
 function XP.open()
+  -- Every field the call sets is in the constructor (now, seq, dirty, run too), so the table is
+  -- sized once: one more field would cost Redis a rehash of the table.
   local c = {user_key = KEYS[1], events = KEYS[2], idem = KEYS[3], meta = KEYS[4], user_id = ARGV[1],
              now_ms = ARGV[2], fingerprint = ARGV[3], idem_ttl = ARGV[4], idem_key = ARGV[5],
-             actor = ARGV[6], may_create = ARGV[7]}
-  c.now = fdiv(tonumber(c.now_ms), 1000)
+             actor = ARGV[6], may_create = ARGV[7], now = fdiv(tonumber(ARGV[2]), 1000), seq = 0,
+             dirty = false, run = false}
   XP.c = c
   local wrong_rules = Rules.check(ARGV[8])
   if wrong_rules then return wrong_rules end
-  local replayed = Idempotency.replay(c.idem, c.fingerprint, 7, {7, 0, '', 0, 0, 0, 0, ''})
+  local replayed = Idempotency.replay(c.idem, c.fingerprint, 7, KEY_REUSED)
   if replayed then return replayed end
   -- Every script that writes the user hash writes its seq, so no seq means no user (one read
   -- instead of an EXISTS and then the HMGET, as lib/award.lua)
@@ -445,11 +505,11 @@ end
 function XP.finish(code, amount, ref, expires_at, extra, encoded)
   local c = XP.c
   local state = encoded or XP.encode(XP.s)
-  if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', c.seq) end
+  if c.dirty then redis.call('HSET', c.user_key, 'xp', state, 'seq', jint(c.seq)) end
   local reply = {code, amount, ref, expires_at, extra, c.seq, 0, state}
   return Idempotency.remember(c.idem, c.fingerprint, c.idem_ttl, reply, c.may_create ~= '1'
     and c.fingerprint ~= '' and
-    {events = c.events, meta = c.meta, scope = c.user_id, now_ms = c.now_ms} or nil)
+    {events = c.events, meta = c.meta, scope = c.user_id, now_ms = c.now_ms, run = c.run} or nil)
 end
 
 -- Why an id is not among the open holds: 4 never a hold, 8 expired, 5 captured or released.
