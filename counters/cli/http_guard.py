@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import urllib.parse
 import weakref
 from typing import Any, ClassVar
@@ -73,6 +74,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+_log = logging.getLogger(__name__)
 # How often a worker's connections are checked for a passed read or keep-alive deadline (s).
 TICK = 0.25
 
@@ -288,7 +290,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if type(cycle) is _LaneCycle:  # bounded by its Content-Length (checked in the head)
             if not cycle.response_complete:
-                cycle.body += body
+                cycle.chunks.append(body)  # joined once whole: no copy per chunk
             return
         super().on_body(body)
 
@@ -344,7 +346,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         assert self._answer_lane is not None  # set with _lane_of
         try:
             status, headers, payload = await self._answer_lane(
-                cycle.route, cycle.headers, cycle.body
+                cycle.route, cycle.headers, b"".join(cycle.chunks)
             )
             if self.flow.write_paused and not cycle.disconnected:
                 await self.flow.drain()
@@ -535,7 +537,7 @@ class _LaneCycle:
     head and body."""
 
     __slots__ = (
-        "body",
+        "chunks",
         "disconnected",
         "headers",
         "keep_alive",
@@ -549,7 +551,7 @@ class _LaneCycle:
     def __init__(self, route: Any, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.route = route
         self.headers = headers
-        self.body = b""
+        self.chunks: list[bytes] = []  # the body's parts as they came (usually one)
         self.keep_alive = keep_alive
         self.more_body = True
         self.disconnected = False
@@ -590,7 +592,12 @@ class _Sweeper:
     def _tick(self) -> None:
         now = self._loop.time()
         for protocol in list(self._watched):
-            protocol.check_deadlines(now)
+            try:
+                protocol.check_deadlines(now)
+            except Exception:  # one connection's fault never stops every deadline of the worker
+                _log.exception("deadline check failed: connection aborted")
+                self._watched.discard(protocol)
+                protocol.transport.abort()
         self._timer = self._loop.call_later(TICK, self._tick) if self._watched else None
 
 

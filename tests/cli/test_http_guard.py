@@ -472,3 +472,32 @@ async def test_a_fault_outside_the_handler_is_a_500_and_the_end_of_the_connectio
     assert len(failed) == 1 and failed[0].startswith(b"HTTP/1.1 500 ")
     assert failed[0].endswith(b"connection: close\r\n\r\nInternal Server Error")
     assert after[0] == 200
+
+
+async def test_one_connections_failing_deadline_check_stops_no_other_deadline() -> None:
+    """The sweeper checks every connection of a worker: a check that raises (a bug) aborts
+    that connection alone, logged; the others' deadlines still fire, tick after tick."""
+    from counters.cli.http_guard import TICK, _Sweeper
+
+    class Watched:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.checks, self.transport = fails, 0, self
+            self.aborted = False
+
+        def check_deadlines(self, now: float) -> None:
+            self.checks += 1
+            if self.fails:
+                raise RuntimeError("broken check")
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    sweeper = _Sweeper(asyncio.get_running_loop())
+    broken, healthy = Watched(True), Watched(False)
+    sweeper.watch(broken)  # type: ignore[arg-type]
+    sweeper.watch(healthy)  # type: ignore[arg-type]
+    await asyncio.sleep(TICK * 3.5)
+    sweeper.forget(healthy)  # type: ignore[arg-type]
+    await asyncio.sleep(TICK * 1.5)  # nothing watched: the timer stops
+    assert broken.aborted and broken.checks == 1
+    assert healthy.checks >= 2
