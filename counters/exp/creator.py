@@ -75,7 +75,8 @@ from counters.redis.codes import (
     ReserveOutcome,
 )
 from counters.redis.idempotency import Idempotency, reject_reused_key
-from counters.redis.keys import UserKeys, request_digest
+from counters.redis.keys import EntityKeys, UserKeys, request_digest
+from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.rules import Action
 
@@ -200,6 +201,33 @@ class CreatorAwards:
         user = UserKeys.of(owner, self._buckets)
         if not self._scripts.one_node and user.tag != keys.tag:
             return None
+        rid = secrets.token_hex(16)
+        send = self._scripts.send_packed
+        if send is None:  # the pool: the typed call
+            reply = await self._scripts.run(*self._shortcut_call(award, owner, user, keys, rid))
+        else:  # the auto-pipeline: the same command packed from the day's segments
+            try:
+                reply = await send(
+                    self._exp.packed_creator(
+                        owner, award.actor, award.action_name, award.action, award.target, rid,
+                        self._once_ttl,
+                    )
+                )  # fmt: skip
+            except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
+                self._exp.forget_packers()  # built again from the typed command as it is now
+                script_keys, call = self._shortcut_call(award, owner, user, keys, rid)
+                command = self._scripts.command(script_keys, call)
+                reply = await self._scripts.refused(call, command, exc)
+        if reply[0] == _CHAIN or reply[0] == _NEEDS_HYDRATION:
+            return None
+        return self._exp.result_of(
+            award.action_name, award.action, owner, award.actor, award.target, reply
+        )
+
+    def _shortcut_call(
+        self, award: _Award, owner: str, user: UserKeys, keys: EntityKeys, rid: str
+    ) -> tuple[CreatorAwardKeys, CreatorAward]:
+        """creator_award's typed keys and call (``ExpService.packed_creator`` packs the same)."""
         once = award.action.once_per_actor
         base = self._exp.award_call(
             award.action_name, award.action, owner, award.actor, award.target, user.unused,
@@ -207,17 +235,10 @@ class CreatorAwards:
         )  # fmt: skip
         # award_exp's call and keys, extended (positional: the fields of AwardExp, AwardExpKeys
         # first; tests/redis/test_lua_contract.py checks the header lays them out the same)
-        argv = (
-            *_astuple(base.call), "once" if once else "plain", secrets.token_hex(16),
-            self._once_ttl,
-        )  # fmt: skip
+        argv = (*_astuple(base.call), "once" if once else "plain", rid, self._once_ttl)
         call = CreatorAward(*argv)
         once_key = keys.once(award.action_name) if once else keys.unused
-        script_keys = CreatorAwardKeys(*(*_astuple(base.keys), keys.owner, once_key))
-        reply = await self._scripts.run(script_keys, call)
-        if reply[0] == _CHAIN or reply[0] == _NEEDS_HYDRATION:
-            return None
-        return self._exp.award_result(base, reply)
+        return CreatorAwardKeys(*(*_astuple(base.keys), keys.owner, once_key)), call
 
     def _learn_owner(self, target: Target, owner: str) -> None:
         """Keep ``owner`` as the hint for ``target`` (bounded: all hints go when full)."""

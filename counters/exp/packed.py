@@ -24,6 +24,8 @@ from counters.redis.calls import (
     Arg,
     AwardExp,
     AwardExpKeys,
+    CreatorAward,
+    CreatorAwardKeys,
     packed_args,
     packed_head,
     packed_idempotency,
@@ -134,4 +136,115 @@ class AwardCommands:
             n, user_id,
             self._may_create, key,
             len(str(week_ttl)), week_ttl,
+        )  # fmt: skip
+
+
+# creator_award's command (lua/creator_award.lua): award_exp's KEYS and ARGV for the owner,
+# with the actor and the target, then the entity's two keys and three more ARGV.
+_CREATOR_FORMAT = (
+    b"%b"  # *<count>, FCALL (or EVALSHA), the function (or SHA), 10
+    b"$%d\r\n%b%b\r\n"  # KEYS[1] user: the owner's
+    b"$%d\r\n%b%b\r\n"  # KEYS[2] today: the owner's
+    b"%b"  # KEYS[3] events
+    b"%b"  # KEYS[4] record: the bucket's unused key (no Idempotency-Key on this path)
+    b"%b"  # KEYS[5-8] day, week and all-time boards, meta
+    b"$%d\r\n%b\r\n"  # KEYS[9] entity: its owner record
+    b"$%d\r\n%b\r\n"  # KEYS[10] once: its once-per-actor HASH, or its unused key
+    b"$%d\r\n%b\r\n"  # ARGV[1] user_id: the owner
+    b"%b"  # ARGV[2-6] action, reward, daily_limit, rules, day
+    b"$%d\r\n%d\r\n"  # ARGV[7] day_ttl
+    b"$%d\r\n%d\r\n"  # ARGV[8] now_ms
+    b"%b"  # ARGV[9-10] fingerprint (""), idem_ttl
+    b"$%d\r\n%b\r\n"  # ARGV[11] actor
+    b"%b"  # ARGV[12] may_create
+    b"$%d\r\n%b\r\n"  # ARGV[13] target
+    b"%b"  # ARGV[14] idem_key ("")
+    b"$%d\r\n%d\r\n"  # ARGV[15] week_ttl
+    b"%b"  # ARGV[16] mode
+    b"$%d\r\n%b\r\n"  # ARGV[17] rid
+    b"%b"  # ARGV[18] once_ttl
+)
+_CREATOR_KEYS = len(CreatorAwardKeys.__struct_fields__)  # 10
+_CREATOR_ARGV = len(CreatorAward.__struct_fields__)  # 18
+
+
+class CreatorCommands:
+    """Packs creator_award commands (the one-script creator award, counters/exp/creator.py)
+    of one rules version, UTC day and ``may_create``, as ``AwardCommands`` packs award_exp's:
+    the bytes hiredis packs for ``Scripts.command`` of the typed ``CreatorAward`` call
+    (tests/exp/test_packed_award.py). Bounded as ``AwardCommands``."""
+
+    def __init__(
+        self,
+        head: tuple[Arg, ...],
+        *,
+        day: str,
+        rules_version: str,
+        may_create: str,
+        idempotency_ttl: int,
+        once_ttl: int,
+        boards: Callable[[UserKeys], tuple[str, str, str]],
+    ) -> None:
+        self._head = packed_head(head, _CREATOR_KEYS + _CREATOR_ARGV)
+        self._day = day
+        self._rules_day = packed_args(rules_version, day)
+        self._no_fingerprint = packed_args("", idempotency_ttl)
+        self._may_create = packed_args(may_create)
+        self._no_key = packed_args("")
+        self._modes = {True: packed_args("once"), False: packed_args("plain")}
+        self._once_ttl = packed_args(once_ttl)
+        self._boards = boards
+        self._by_bucket: dict[int, _Bucket] = {}
+        self._by_action: dict[tuple[str, int, int], bytes] = {}
+
+    def pack(
+        self,
+        owner: bytes,
+        bucket: int,
+        action: str,
+        reward: int,
+        daily_limit: int,
+        day_ttl: int,
+        now_ms: int,
+        week_ttl: int,
+        actor: bytes,
+        target: bytes,
+        entity: bytes,
+        once: bytes | None,
+        unused: bytes,
+        rid: bytes,
+    ) -> bytes:
+        """creator_award's command paying ``owner`` (UTF-8, in ``bucket``) for ``actor``'s
+        ``action`` on ``target`` ("type:id"); ``entity`` its owner record key, ``once`` its
+        once-per-actor HASH (None: the action is not once per actor, ``unused`` goes there)."""
+        at = self._by_bucket.get(bucket)
+        if at is None:
+            user = UserKeys("", bucket_tag(bucket))
+            at = self._by_bucket[bucket] = _Bucket(user, self._day, self._boards(user))
+        rule = self._by_action.get((action, reward, daily_limit))
+        if rule is None:
+            rule = packed_args(action, reward, daily_limit) + self._rules_day
+            self._by_action[(action, reward, daily_limit)] = rule
+        n = len(owner)
+        once_key = unused if once is None else once
+        return _CREATOR_FORMAT % (
+            self._head,
+            len(at.user_prefix) + n, at.user_prefix, owner,
+            len(at.day_prefix) + n, at.day_prefix, owner,
+            at.events, at.unused, at.boards_meta,
+            len(entity), entity,
+            len(once_key), once_key,
+            n, owner,
+            rule,
+            len(str(day_ttl)), day_ttl,
+            len(str(now_ms)), now_ms,
+            self._no_fingerprint,
+            len(actor), actor,
+            self._may_create,
+            len(target), target,
+            self._no_key,
+            len(str(week_ttl)), week_ttl,
+            self._modes[once is not None],
+            len(rid), rid,
+            self._once_ttl,
         )  # fmt: skip

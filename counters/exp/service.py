@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
+import msgspec
+
 from counters.auth import Principal
 from counters.clock import SECONDS_PER_DAY, Clock, next_utc_midnight, utc_day
 from counters.errors import (
@@ -33,7 +35,7 @@ from counters.exp.creator import CreatorAwards
 from counters.exp.entities import Entities, Target
 from counters.exp.leaderboard import Period, window
 from counters.exp.levels import Progress, progress
-from counters.exp.packed import AwardCommands
+from counters.exp.packed import AwardCommands, CreatorCommands
 from counters.exp.stats import count_award
 from counters.exp.types import (
     Adjustment,
@@ -48,6 +50,8 @@ from counters.redis.calls import (
     AwardExp,
     AwardExpKeys,
     Call,
+    CreatorAward,
+    CreatorAwardKeys,
     Keys,
     ReadExp,
     UserDayKeys,
@@ -66,7 +70,7 @@ from counters.redis.idempotency import (
     reject_reused_key,
     script_args,
 )
-from counters.redis.keys import UserKeys
+from counters.redis.keys import EntityKeys, UserKeys
 from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.rules import Action, ExpRules
@@ -103,7 +107,7 @@ class ExpService:
         self._day_grace = day_grace
         self._day_jitter = day_jitter
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
-        self._today = _Today(0, "", "", 0, {}, {})  # the UTC day of the last award (see _Today)
+        self._today = _Today(0, "", "", 0, {}, {}, {})  # the UTC day of the last award (see _Today)
         self._creator = CreatorAwards(
             self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
         )
@@ -164,7 +168,7 @@ class ExpService:
             week = window(Period.WEEK, now, 0)
             assert week.ttl is not None
             today = self._today = _Today(
-                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}
+                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}, {}
             )
         return today
 
@@ -194,7 +198,7 @@ class ExpService:
             except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
                 # and the packers built again from the typed command as it is now (the way
                 # Scripts sends a script may have changed since they were built)
-                self._today.packers.clear()
+                self.forget_packers()
                 own = self._own_award(user_id, action_name, action, None, idem)
                 command = self._scripts.command(own.keys, own.call)
                 reply = await self._scripts.refused(own.call, command, exc)
@@ -317,19 +321,55 @@ class ExpService:
         if packer is None:
             packer = today.packers[key] = self._packer(today, may_create)
         encoded = user_id.encode()
-        crc = zlib.crc32(encoded)  # the bucket's and the day jitter's (as UserKeys, _day_ttl)
-        jitter = crc % (self._day_jitter + 1) if self._day_jitter else 0
-        second = int(now)
+        bucket, day_ttl, week_ttl = self._packed_times(encoded, today, now)
         return packer.pack(
-            encoded, crc % self._buckets, action_name, action.exp,
+            encoded, bucket, action_name, action.exp,
             0 if action.shadow else action.daily_limit or 0,
-            max(today.midnight + self._day_grace + jitter - second, 1), int(now * 1000),
-            max(today.week_end + self._day_grace - second, 1) if self._leaderboards else 0,
+            day_ttl, int(now * 1000), week_ttl,
             None if idem is None else (
                 UserKeys.of(user_id, self._buckets).idempotency(idem.caller, idem.key),
                 idem.fingerprint, idem.key,
             ),
         )  # fmt: skip
+
+    def packed_creator(
+        self, owner: str, actor: str, action_name: str, action: Action, target: Target,
+        rid: str, once_ttl: int,
+    ) -> bytes:  # fmt: skip
+        """The one-script creator award's command (counters/exp/creator.py, ``_shortcut``):
+        ``actor``'s unkeyed ``action_name`` on ``target`` paying ``owner``, packed from the
+        day's segments (``CreatorCommands``): the bytes hiredis packs for the typed
+        ``CreatorAward`` call."""
+        now = self._clock.now()
+        today = self._day_of(now)
+        may_create = self.may_create
+        key = (self._version, may_create, self._scripts.functions, once_ttl)
+        packer = today.creator_packers.get(key)
+        if packer is None:
+            packer = today.creator_packers[key] = self._creator_packer(today, may_create, once_ttl)
+        encoded = owner.encode()
+        bucket, day_ttl, week_ttl = self._packed_times(encoded, today, now)
+        entity = EntityKeys.of(target.type, target.id, self._buckets)
+        return packer.pack(
+            encoded, bucket, action_name, action.exp,
+            0 if action.shadow else action.daily_limit or 0,
+            day_ttl, int(now * 1000), week_ttl, actor.encode(), str(target).encode(),
+            entity.owner.encode(),
+            entity.once(action_name).encode() if action.once_per_actor else None,
+            entity.unused.encode(), rid.encode(),
+        )  # fmt: skip
+
+    def _packed_times(self, user_id: bytes, today: _Today, now: float) -> tuple[int, int, int]:
+        """A packed award's bucket of ``user_id`` (UTF-8), its day TTL and the week board's
+        (as ``UserKeys`` and ``award_call`` compute them)."""
+        crc = zlib.crc32(user_id)  # the bucket's and the day jitter's (as UserKeys, _day_ttl)
+        jitter = crc % (self._day_jitter + 1) if self._day_jitter else 0
+        second = int(now)
+        return (
+            crc % self._buckets,
+            max(today.midnight + self._day_grace + jitter - second, 1),
+            max(today.week_end + self._day_grace - second, 1) if self._leaderboards else 0,
+        )
 
     def _packer(self, today: _Today, may_create: str) -> AwardCommands:
         """The packer of ``today``'s award_exp commands under the rules served now: its head
@@ -341,6 +381,21 @@ class ExpService:
             self._scripts.command_head(sample.keys, sample.call),
             day=today.day, rules_version=self._version, may_create=may_create,
             idempotency_ttl=self._idempotency_ttl, boards=lambda user: self._boards(user, today),
+        )  # fmt: skip
+
+    def _creator_packer(self, today: _Today, may_create: str, once_ttl: int) -> CreatorCommands:
+        """The packer of ``today``'s creator_award commands: its head from the typed command."""
+        sample = self.award_call(
+            "daily_chat", Action(exp=1), "sample", "sample", None, "unused", "", ""
+        )
+        key_args = (*msgspec.structs.astuple(sample.keys), "entity", "once")
+        argv = (*msgspec.structs.astuple(sample.call), "plain", "rid", once_ttl)
+        keys, call = CreatorAwardKeys(*key_args), CreatorAward(*argv)
+        return CreatorCommands(
+            self._scripts.command_head(keys, call),
+            day=today.day, rules_version=self._version, may_create=may_create,
+            idempotency_ttl=self._idempotency_ttl, once_ttl=once_ttl,
+            boards=lambda user: self._boards(user, today),
         )  # fmt: skip
 
     def award_call(
@@ -418,6 +473,20 @@ class ExpService:
         """Run a script touching ``user_id``; hydrate the user first if it answers
         ``NEEDS_HYDRATION`` (counters/redis/hydration.py). Raises ``StorageError``."""
         return self._run(user_id, keys, call)
+
+    def forget_packers(self) -> None:
+        """Drop today's packed-command packers (award_exp's and creator_award's): a packed
+        command was refused, so they are built again from the typed command as it is now."""
+        self._today.packers.clear()
+        self._today.creator_packers.clear()
+
+    def result_of(
+        self, action_name: str, action: Action, user_id: str, actor: str, target: Target | None,
+        reply: list[int],
+    ) -> AwardResult:  # fmt: skip
+        """The typed result of an award_exp (or creator_award) reply paying ``user_id`` for
+        ``actor``'s ``action_name`` (on ``target``)."""
+        return self._result(action_name, action, user_id, actor, target, reply)
 
     def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
         """The typed result of an award_exp reply (or of a stored one) for ``call``."""
@@ -543,6 +612,7 @@ class _Today(NamedTuple):
     week_end: int
     boards: dict[str, tuple[str, str, str]]
     packers: dict[tuple[str, str, bool | None], AwardCommands]  # (version, may_create, FCALL)
+    creator_packers: dict[tuple[str, str, bool | None, int], CreatorCommands]  # and once_ttl
 
 
 def batch_item_key(batch_key: str, index: int) -> str:

@@ -10,14 +10,17 @@ import httpx2
 import msgspec
 import pytest
 import redis
+from msgspec.structs import astuple
 
 from api.app import create_app
 from counters.clock import ManualClock
+from counters.exp.entities import Target
+from counters.redis.calls import CreatorAward, CreatorAwardKeys
 from counters.redis.idempotency import Idempotency
-from counters.redis.keys import UserKeys
+from counters.redis.keys import EntityKeys, UserKeys
 from counters.runtime.services import Services
 from counters.settings import Settings
-from tests.support.core import forget_scripts, user_headers
+from tests.support.core import SERVICE_KEY, forget_scripts, user_headers
 from tests.support.http import asgi_client
 
 GAIN = "/api/exp/gain"
@@ -139,3 +142,71 @@ async def test_a_refused_packed_command_rebuilds_the_packers(
         assert gained.json()["exp_added"] == action.exp
         rebuilt = svc.exp.packed_award("u2", "daily_chat", action, None)
         assert rebuilt == typed(svc, "u2", "daily_chat", None)
+
+
+def typed_creator(
+    svc: Services, owner: str, actor: str, action_name: str, target: Target, rid: str
+) -> bytes:
+    """The command the one-script creator award's typed path sends (counters/exp/creator.py)."""
+    buckets = svc.settings.key_buckets
+    entity, user = EntityKeys.of(target.type, target.id, buckets), UserKeys.of(owner, buckets)
+    action = svc.exp.action(action_name)
+    base = svc.exp.award_call(action_name, action, owner, actor, target, user.unused, "", "", user)
+    once = action.once_per_actor
+    call = CreatorAward(*astuple(base.call), "once" if once else "plain", rid, ONCE_TTL)
+    once_key = entity.once(action_name) if once else entity.unused
+    keys = CreatorAwardKeys(*astuple(base.keys), entity.owner, once_key)
+    return hiredis.pack_command(svc.scripts.command(keys, call))
+
+
+ONCE_TTL = 86_400 * 400
+
+
+@pytest.mark.parametrize("leaderboards", [True, False])
+@pytest.mark.parametrize("jitter", [0, 600])
+def test_the_packed_creator_command_is_the_typed_one(
+    settings: Settings, clock: ManualClock, leaderboards: bool, jitter: int
+) -> None:
+    """The one-script creator award's packed command (``CreatorCommands``) is, byte for byte,
+    its typed ``CreatorAward`` call: every creator action (once per actor or not), owners,
+    actors and entities in several buckets, across TTLs and midnight."""
+    settings = dataclasses.replace(
+        settings, leaderboards_enabled=leaderboards, day_jitter_seconds=jitter
+    )
+    svc = Services.build(settings, clock=clock)
+    creator_actions = [n for n, a in svc.exp.rules.actions.items() if a.awards == "creator"]
+    assert len(creator_actions) >= 2
+    pairs = [("u1", "fan-9"), ("alice@example.com", "b" * 128), ("x.y-z:9_", "u1")]
+    targets = [Target("character", "c1"), Target("scene", "s-77.x"), Target("character", "9")]
+    for action_name in creator_actions:
+        action = svc.exp.action(action_name)
+        for owner, actor in pairs:
+            for target in targets:
+                rid = f"r{len(owner)}{target.id}"
+                packed = svc.exp.packed_creator(
+                    owner, actor, action_name, action, target, rid, ONCE_TTL
+                )
+                typed = typed_creator(svc, owner, actor, action_name, target, rid)
+                assert packed == typed, (action_name, owner, actor, target)
+        clock.advance(3_601.5)
+
+
+@pytest.mark.anyio
+async def test_a_flushed_script_is_loaded_again_on_the_packed_creator_path(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """NOSCRIPT (Function not found) on the one-script creator award's packed command: the
+    typed call's recovery loads it and sends it again; the owner is paid once."""
+    headers = {"Authorization": f"Bearer {SERVICE_KEY}"}
+    owned = await client.put(
+        "/api/entities/character/c9", json={"owner_id": "maker"}, headers=headers
+    )
+    assert owned.status_code == 200
+    like = {"action": "character_liked", "target_type": "character", "target_id": "c9"}
+    first = await client.post(GAIN, json=like, headers=user_headers("fan1"))
+    assert first.status_code == 200 and first.json()["awarded_to"] == "maker"
+    forget_scripts(redis_client)
+    second = await client.post(GAIN, json=like, headers=user_headers("fan2"))
+    assert second.status_code == 200
+    assert second.json()["total_exp"] == first.json()["total_exp"] + second.json()["exp_added"]
+    assert second.json()["action_count"] == 2
