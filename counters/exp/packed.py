@@ -70,7 +70,35 @@ class _Bucket:
         self.boards_meta = packed_args(*boards, user.meta)
 
 
-class AwardCommands:
+class _Segments:
+    """What both packers keep: a day's pieces per bucket and an action's rule segment."""
+
+    def __init__(
+        self, day: str, rules_version: str, boards: Callable[[UserKeys], tuple[str, str, str]]
+    ) -> None:
+        self._day = day
+        self._rules_day = packed_args(rules_version, day)
+        self._boards = boards
+        self._by_bucket: dict[int, _Bucket] = {}
+        self._by_action: dict[tuple[str, int, int], bytes] = {}
+
+    def _bucket(self, bucket: int) -> _Bucket:
+        at = self._by_bucket.get(bucket)
+        if at is None:
+            user = UserKeys("", bucket_tag(bucket))
+            at = self._by_bucket[bucket] = _Bucket(user, self._day, self._boards(user))
+        return at
+
+    def _rule(self, action: str, reward: int, daily_limit: int) -> bytes:
+        """ARGV action, reward, daily_limit, rules, day, packed."""
+        rule = self._by_action.get((action, reward, daily_limit))
+        if rule is None:
+            rule = packed_args(action, reward, daily_limit) + self._rules_day
+            self._by_action[(action, reward, daily_limit)] = rule
+        return rule
+
+
+class AwardCommands(_Segments):
     """Packs award_exp commands of one rules version, UTC day and ``may_create``.
 
     ``head`` is the command's start as ``Scripts.command`` makes it before the keys (EVALSHA,
@@ -89,14 +117,10 @@ class AwardCommands:
         idempotency_ttl: int,
         boards: Callable[[UserKeys], tuple[str, str, str]],
     ) -> None:
+        super().__init__(day, rules_version, boards)
         self._head = packed_head(head, _KEYS + _ARGV)
-        self._day = day
-        self._rules_day = packed_args(rules_version, day)
         self._idem_ttl = packed_args(idempotency_ttl)
         self._may_create = packed_args(may_create, "")  # and the target: none on this path
-        self._boards = boards
-        self._by_bucket: dict[int, _Bucket] = {}
-        self._by_action: dict[tuple[str, int, int], bytes] = {}
 
     def pack(
         self,
@@ -113,14 +137,8 @@ class AwardCommands:
         """award_exp's command paying ``user_id`` (UTF-8, in ``bucket``) for ``action``, as
         ``ExpService.award_call`` builds it with no target; ``idem`` is the request's (record
         key, fingerprint, Idempotency-Key), None without one."""
-        at = self._by_bucket.get(bucket)
-        if at is None:
-            user = UserKeys("", bucket_tag(bucket))
-            at = self._by_bucket[bucket] = _Bucket(user, self._day, self._boards(user))
-        rule = self._by_action.get((action, reward, daily_limit))
-        if rule is None:
-            rule = packed_args(action, reward, daily_limit) + self._rules_day
-            self._by_action[(action, reward, daily_limit)] = rule
+        at = self._bucket(bucket)
+        rule = self._rule(action, reward, daily_limit)
         record, fingerprint, key = packed_idempotency(at.unused, idem)
         n = len(user_id)
         return _FORMAT % (
@@ -168,7 +186,7 @@ _CREATOR_KEYS = len(CreatorAwardKeys.__struct_fields__)  # 10
 _CREATOR_ARGV = len(CreatorAward.__struct_fields__)  # 18
 
 
-class CreatorCommands:
+class CreatorCommands(_Segments):
     """Packs creator_award commands (the one-script creator award, counters/exp/creator.py)
     of one rules version, UTC day and ``may_create``, as ``AwardCommands`` packs award_exp's:
     the bytes hiredis packs for ``Scripts.command`` of the typed ``CreatorAward`` call
@@ -185,17 +203,13 @@ class CreatorCommands:
         once_ttl: int,
         boards: Callable[[UserKeys], tuple[str, str, str]],
     ) -> None:
+        super().__init__(day, rules_version, boards)
         self._head = packed_head(head, _CREATOR_KEYS + _CREATOR_ARGV)
-        self._day = day
-        self._rules_day = packed_args(rules_version, day)
         self._no_fingerprint = packed_args("", idempotency_ttl)
         self._may_create = packed_args(may_create)
         self._no_key = packed_args("")
         self._modes = {True: packed_args("once"), False: packed_args("plain")}
         self._once_ttl = packed_args(once_ttl)
-        self._boards = boards
-        self._by_bucket: dict[int, _Bucket] = {}
-        self._by_action: dict[tuple[str, int, int], bytes] = {}
 
     def pack(
         self,
@@ -217,14 +231,8 @@ class CreatorCommands:
         """creator_award's command paying ``owner`` (UTF-8, in ``bucket``) for ``actor``'s
         ``action`` on ``target`` ("type:id"); ``entity`` its owner record key, ``once`` its
         once-per-actor HASH (None: the action is not once per actor, ``unused`` goes there)."""
-        at = self._by_bucket.get(bucket)
-        if at is None:
-            user = UserKeys("", bucket_tag(bucket))
-            at = self._by_bucket[bucket] = _Bucket(user, self._day, self._boards(user))
-        rule = self._by_action.get((action, reward, daily_limit))
-        if rule is None:
-            rule = packed_args(action, reward, daily_limit) + self._rules_day
-            self._by_action[(action, reward, daily_limit)] = rule
+        at = self._bucket(bucket)
+        rule = self._rule(action, reward, daily_limit)
         n = len(owner)
         once_key = unused if once is None else once
         return _CREATOR_FORMAT % (
