@@ -242,9 +242,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         status, detail, code = refusal
         body = orjson.dumps({"detail": detail, "code": code})
-        head = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            head += [name, b": ", value, b"\r\n"]
+        head = self._status_and_defaults(status)
         head.append(
             b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % len(body)
@@ -354,9 +352,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             cycle.response_started = cycle.response_complete = True
             if not cycle.disconnected and not self.transport.is_closing():
-                head = [STATUS_LINE[500]]
-                for name, value in self.server_state.default_headers:
-                    head += [name, b": ", value, b"\r\n"]
+                head = self._status_and_defaults(500)
                 self.transport.write(b"".join(head) + _INTERNAL_ERROR)
                 self.transport.close()
             if not isinstance(exc, Exception):
@@ -364,9 +360,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if cycle.disconnected:
             return  # nobody is left to answer
-        head = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            head += [name, b": ", value, b"\r\n"]
+        head = self._status_and_defaults(status)
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         if not cycle.keep_alive:
@@ -377,6 +371,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not cycle.keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+    def _status_and_defaults(self, status: int) -> list[bytes]:
+        """An answer's start as this protocol writes it itself: the status line, then
+        uvicorn's default headers (date, server), each line's parts to join."""
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        return head
 
     def _arm(self) -> None:
         self._read_by = self.loop.time() + self._read_timeout
