@@ -1,7 +1,7 @@
 """An outside reviewer's attack on the one-script creator award (counters/exp/creator.py,
 ``_shortcut``; lua/creator_award.lua; the packed command, counters/exp/packed.py): odd-but-valid
 ids, few buckets, two workers racing on once-per-actor, Redis forgetting its scripts mid-load.
-Each case runs through HTTP on the suite's real Redis."""
+Each case runs through HTTP on the suite's real Redis (one on a Redis of its own, restarted)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 from api.app import create_app
+from counters.cli.embedded import RedisServer
 from counters.clock import ManualClock
 from counters.settings import Settings
 from tests.cli.test_http_guard import serving
@@ -376,3 +378,41 @@ async def test_keyed_and_unkeyed_likes_racing_a_transfer_pay_each_fan_once(
         for r in answers:
             assert r.status_code in (200, 409), (r.status_code, r.text)
         assert (await total(w1, a)) + (await total(w1, b)) == 5 * len(fans)
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_a_real_redis_restart_mid_load(
+    settings: Settings, clock: ManualClock, tmp_path: Path, persistent: bool
+) -> None:
+    """A worker with the owner hinted; Redis (our own, AOF or nothing on disk) restarts while
+    likes are in flight. With the AOF every fan is paid at most once, before or after; with
+    nothing kept the entity is unknown after (no Postgres): 404, never the hinted owner paid."""
+    server = RedisServer(tmp_path / "redis", persistent=persistent)
+    server.start()
+    try:
+        served = replace(settings, redis_url=server.url)
+        async with AsyncExitStack() as stack:
+            (w1,) = await _workers(stack, served, clock, 1)
+            await own(w1, "character:c", "owner")
+            like = act("character_liked", "character:c")
+
+            async def fan(i: int) -> int:
+                return (await w1.post(GAIN, json=like, headers=user_headers(f"f{i}"))).status_code
+
+            assert [await fan(i) for i in range(3)] == [200] * 3  # hinted, hydrated
+            first = asyncio.gather(*(fan(i) for i in range(3, 15)))
+            await asyncio.to_thread(server.restart)
+            during = await first
+            after = [await fan(i) for i in range(15)]
+            owner_total = await total(w1, "owner")
+        assert set(during) <= {200, 503}, during
+        if persistent:
+            assert after[:3] == [409] * 3
+            # paid during the restart: 409 after; a 503 may have run (its command was sent)
+            assert all(a == 409 for d, a in zip(during, after[3:], strict=True) if d == 200)
+            # every fan paid exactly once in all
+            assert owner_total == 5 * 15
+        else:
+            assert set(after) == {404}, after
+    finally:
+        server.stop()
