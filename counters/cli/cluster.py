@@ -61,7 +61,8 @@ class LocalCluster:
     def start(self, timeout: float = 60.0) -> None:
         """Start every node and form the cluster (a no-op for nodes already running)."""
         password = self.password
-        if not self.servers:
+        fresh = not self.servers
+        if fresh:
             count = self.masters * (1 + self.replicas_per_master)
             for index in range(count):
                 node_dir = _private_dir(self.data_dir / f"node{index}")
@@ -88,8 +89,21 @@ class LocalCluster:
                 server.port = _cluster_port({s.port for s in self.servers})
                 self.servers.append(server)
         for server in self.servers:
-            server.start()
+            self._start_node(server, repick=fresh)
         self._form(time.monotonic() + timeout)
+
+    def _start_node(self, server: RedisServer, repick: bool) -> None:
+        """Start one node. A new node whose port (or bus port) was taken between the check and
+        the bind gets a new pair, up to three times; a restarted node keeps its port, which its
+        peers know."""
+        for attempt in range(3):
+            try:
+                server.start()
+                return
+            except StorageError as error:
+                if not repick or attempt == 2 or "Failed listening" not in str(error):
+                    raise
+                server.port = _cluster_port({s.port for s in self.servers})
 
     def _form(self, deadline: float) -> None:
         clients = [self.client(server) for server in self.servers]
@@ -182,12 +196,27 @@ class LocalCluster:
 
 def _cluster_port(taken: set[int]) -> int:
     """A free port p on 127.0.0.1 whose bus port p + 10,000 is free too (Redis Cluster's rule:
-    p <= 55,535), not in ``taken``."""
+    p <= 55,535), not in ``taken``.
+
+    Both lie below the kernel's ephemeral range where it can (10,000..22,767 with Linux's default
+    32,768..60,999): an outgoing connection, the nodes' own bus links among them, may otherwise
+    take the bus port between this check and the node's bind (a CI run lost a node so)."""
+    low, high = 10_000, min(55_535, _ephemeral_low() - 10_001)
+    if high - low < 1_000:
+        low, high = 20_000, 55_535
     for _ in range(1_000):
-        port = random.randint(20_000, 55_535)
+        port = random.randint(low, high)
         if port not in taken and _free(port) and _free(port + 10_000):
             return port
     raise StorageError("no free port pair for a Redis Cluster node")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's file; 32,768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def _free(port: int) -> bool:

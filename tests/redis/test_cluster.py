@@ -6,6 +6,7 @@ dead seed skipped; and the cluster flusher's polling cost with 1,024 buckets
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import redis
 
 from api.app import create_app
+from counters.cli import cluster as cluster_module
 from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import RedisServer, free_port
 from counters.cli.state import redact
@@ -206,3 +208,39 @@ def test_the_local_cluster_starts_again_after_its_nodes_left_rdb_files(tmp_path:
         info = again.client(again.servers[0]).execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
         assert "cluster_state:ok" in str(info)
         assert again.client(again.servers[0]).get(key) is None  # a new cluster: nothing kept
+
+
+def test_cluster_ports_and_their_bus_ports_stay_below_the_ephemeral_range() -> None:
+    """A CI run lost a node: its bus port (port + 10,000) was in the kernel's ephemeral range,
+    and an outgoing connection took it between the check and the node's bind."""
+    low = cluster_module._ephemeral_low()
+    ports = {cluster_module._cluster_port(set()) for _ in range(200)}
+    assert all(p >= 10_000 and p + 10_000 < low for p in ports)
+
+
+def test_a_new_node_whose_bus_port_is_taken_gets_another_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pair is checked, then taken by someone else before redis-server binds it: the node
+    fails ("Failed listening on port ... (cluster)") and gets a new pair, not a failed start."""
+    real = cluster_module._cluster_port
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken_bus = squatter.getsockname()[1]
+    picks: list[int] = []
+
+    def first_taken(taken: set[int]) -> int:
+        port = taken_bus - 10_000 if not picks else real(taken | {taken_bus - 10_000})
+        picks.append(port)
+        return port
+
+    monkeypatch.setattr(cluster_module, "_cluster_port", first_taken)
+    try:
+        with LocalCluster(tmp_path / "cluster", masters=3, replicas_per_master=0) as cluster:
+            assert taken_bus - 10_000 not in {s.port for s in cluster.servers}
+            assert len(picks) == 4  # three nodes, one of them twice
+            info = cluster.client(cluster.servers[0]).execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+            assert "cluster_state:ok" in str(info)
+    finally:
+        squatter.close()
