@@ -226,10 +226,11 @@ _WRITES = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 _READS_BY_POST = frozenset({"/api/v1/subscriptions/preview-generation-cost"})
 
 
-async def send_reply(send: Send, reply: Reply) -> None:
-    """Answer ``reply`` (status, JSON body, extra headers) straight through ASGI."""
+async def send_reply(send: Send, reply: Reply, request_id: str | None = None) -> None:
+    """Answer ``reply`` (status, JSON body, extra headers) straight through ASGI, echoing
+    ``request_id`` in ``X-Request-Id`` when given."""
     status, content, extra = reply
-    raw, payload = render(content, extra, None)
+    raw, payload = render(content, extra, request_id)
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
 
@@ -318,7 +319,8 @@ class CountersApp(Starlette):
             await super().__call__(scope, receive, send)
             return
         if self._refuses_writes(scope["method"], scope["path"]):
-            await send_reply(send, self._write_refusal(scope["path"]))
+            found, _ = read_headers(scope["headers"])
+            await send_reply(send, self._write_refusal(scope["path"]), _tagged(found[4]))
             return
         start = perf_counter()
         route = self._hot.get(scope["path"])
@@ -364,7 +366,8 @@ class CountersApp(Starlette):
         access log. Status, response headers (uvicorn's defaults not included) and body."""
         if self._refuses_writes(route.method, route.path):
             status, content, extra = self._write_refusal(route.path)
-            raw, payload = render(content, extra, None)
+            found, _ = read_headers(headers)
+            raw, payload = render(content, extra, _tagged(found[4]))
             return status, raw, payload
         start = perf_counter()
         services = self._services

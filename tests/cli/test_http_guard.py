@@ -10,6 +10,7 @@ import http.client
 import io
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,7 @@ from api.errors import ERROR_CODES
 from counters import logs
 from counters.cli.embedded import free_port
 from counters.cli.http_guard import HEAD_TOO_LARGE, MALFORMED, TOO_SLOW, make_protocol
+from counters.errors import BacklogFull
 from counters.settings import Settings
 from tests.support.core import SERVICE_KEY, service_headers
 
@@ -50,13 +52,18 @@ def log_lines() -> Iterator[io.StringIO]:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, log: io.StringIO | None = None, *, read_timeout: float = 5.0
+    settings: Settings,
+    log: io.StringIO | None = None,
+    *,
+    read_timeout: float = 5.0,
+    app: object | None = None,
 ) -> AsyncIterator[int]:
-    """The app behind uvicorn with the guarded protocol, configured as ``counters serve`` does;
-    with ``log``, the logging too, in the order of a worker: uvicorn's Config, then ours."""
+    """The app (``app``, else one made from ``settings``) behind uvicorn with the guarded
+    protocol, configured as ``counters serve`` does; with ``log``, the logging too, in the order
+    of a worker: uvicorn's Config, then ours."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
+        app or create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
         http=make_protocol(read_timeout, MAX_HEAD), access_log=False, log_config=None,
         proxy_headers=False,
     )  # fmt: skip
@@ -501,3 +508,43 @@ async def test_one_connections_failing_deadline_check_stops_no_other_deadline() 
     await asyncio.sleep(TICK * 1.5)  # nothing watched: the timer stops
     assert broken.aborted and broken.checks == 1
     assert healthy.checks >= 2
+
+
+async def test_the_durability_gates_503_carries_the_request_id_on_both_paths(
+    settings: Settings,
+) -> None:
+    """While the durability window is full every write gets 503 before any handler runs; that
+    answer, too, echoes the caller's ``X-Request-Id`` (or names a fresh one), on the hot lane and
+    through ASGI alike: an operator tracing a refused call finds it as any other (it had none)."""
+    app = create_app(settings)
+    body = b'{"action": "daily_chat"}'
+    auth = "".join(f"{k}: {v}\r\n" for k, v in service_headers("gate-user").items()).encode()
+
+    def request(path: bytes, sent_id: bytes) -> bytes:
+        return (
+            b"POST "
+            + path
+            + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + auth
+            + sent_id
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+
+    async with serving(settings, app=app) as port:
+        durability = app.state.durability
+        durability.write_refusal = BacklogFull("Too many changes are not yet durable")
+        answers = [
+            await asyncio.to_thread(exchange, port, request(path, sent_id))
+            for path in (b"/api/exp/gain", b"/api/exp/gain?via=asgi")
+            for sent_id in (b"X-Request-Id: fixed-id\r\n", b"")
+        ]
+        durability.write_refusal = None
+        after = await asyncio.to_thread(exchange, port, request(b"/api/exp/gain", b""))
+    for (answer,) in answers:
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in answer
+    assert b"x-request-id: fixed-id\r\n" in answers[0][0]
+    assert b"x-request-id: fixed-id\r\n" in answers[2][0]
+    for fresh in (answers[1][0], answers[3][0]):
+        assert re.search(rb"\r\nx-request-id: [0-9a-f]{8}-[0-9a-f]+\r\n", fresh), fresh
+    assert after[0].startswith(b"HTTP/1.1 200 ")
