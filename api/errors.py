@@ -107,6 +107,9 @@ ERROR_CODES: dict[str, str] = {
         "the request did not arrive whole within COUNTERS_REQUEST_READ_TIMEOUT_SECONDS (408)"
     ),
     "header_too_large": "the request head is over COUNTERS_MAX_HEADER_BYTES (431)",
+    "transfer_coding_not_supported": (
+        "a Transfer-Encoding other than chunked, e.g. gzip (501; the connection closes)"
+    ),
     "unauthorized": "no, malformed, expired or unknown credentials (401)",
     "forbidden": "the credentials may not do this (403)",
     "not_found": "an unknown route, target, generation type, hold or transaction (404)",

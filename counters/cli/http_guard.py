@@ -82,7 +82,33 @@ TICK = 0.25
 MALFORMED = (400, "Invalid HTTP request received", "malformed_request")
 HEAD_TOO_LARGE = (431, "Request header fields too large", "header_too_large")
 TOO_SLOW = (408, "The request did not arrive whole in time", "request_timeout")
+UNSUPPORTED_CODING = (
+    501,
+    "Transfer-Encoding other than chunked is not supported; send the body as is",
+    "transfer_coding_not_supported",
+)
 Refusal = tuple[int, str, str]
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a request refused by its head."""
+
+
+def _framing_refusal(headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+    """Why a request's ``Transfer-Encoding`` cannot be served, or None (none, or only
+    ``chunked``, which httptools decodes). RFC 9112 section 6.1: a transfer coding the server
+    does not understand gets 501; section 6.3: a body whose last coding is not chunked has no
+    length the server can find, 400 and the connection closed. httptools read ``gzip,
+    chunked`` as chunked and handed the compressed bytes on as the body."""
+    codings: list[bytes] = []
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
+    if not codings or codings == [b"chunked"]:
+        return None
+    if codings[-1] != b"chunked":
+        return MALFORMED
+    return UNSUPPORTED_CODING
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -105,6 +131,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_by = 0.0
         self._idle_by = 0.0
         self._refusal: bytes | None = None  # an answer waiting behind requests being served
+        self._refused_head: Refusal | None = None  # why on_headers_complete stopped the parser
         # The app's hot lane (api.asgi.CountersApp.lane and answer_lane), if it has one and
         # uvicorn did not wrap it in middleware of its own
         self._lane_of = getattr(self.app, "lane", None)
@@ -132,8 +159,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to bytes that do not parse (``msg`` is its text): ours instead."""
-        self._refuse(MALFORMED)
+        """uvicorn's answer to bytes that do not parse (``msg`` is its text): ours instead, or
+        the refusal a parser callback raised ``_Refused`` for."""
+        self._refuse(self._refused_head or MALFORMED)
 
     def on_message_begin(self) -> None:
         """uvicorn's, but the ASGI scope is built once the head shows the request is not the
@@ -154,6 +182,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._head_tail = b""
+        refusal = _framing_refusal(self.headers)
+        if refusal is not None:  # stops the parser: uvicorn answers with send_400_response
+            self._refused_head = refusal
+            raise _Refused(refusal[1])
         http_version = self.parser.get_http_version()
         method = self.parser.get_method()
         if self._lane_of is not None and http_version == "1.1":

@@ -25,7 +25,13 @@ from api.app import create_app
 from api.errors import ERROR_CODES
 from counters import logs
 from counters.cli.embedded import free_port
-from counters.cli.http_guard import HEAD_TOO_LARGE, MALFORMED, TOO_SLOW, make_protocol
+from counters.cli.http_guard import (
+    HEAD_TOO_LARGE,
+    MALFORMED,
+    TOO_SLOW,
+    UNSUPPORTED_CODING,
+    make_protocol,
+)
 from counters.errors import BacklogFull
 from counters.settings import Settings
 from tests.support.core import SERVICE_KEY, service_headers
@@ -233,7 +239,9 @@ async def test_a_request_cut_short_is_answered_408_and_an_idle_connection_closed
     assert after[0] == 200 and json.loads(after[1])["exp_added"] > 0  # the cut one was not applied
 
 
-@pytest.mark.parametrize("refusal", [MALFORMED, HEAD_TOO_LARGE, TOO_SLOW], ids=lambda r: r[2])
+@pytest.mark.parametrize(
+    "refusal", [MALFORMED, HEAD_TOO_LARGE, TOO_SLOW, UNSUPPORTED_CODING], ids=lambda r: r[2]
+)
 def test_guard_refusals_are_documented_codes(refusal: tuple[int, str, str]) -> None:
     """Every refusal the guarded protocol answers itself uses a code of the API's catalogue
     (``api.errors.ERROR_CODES``, published in the OpenAPI schema), whose description names the
@@ -548,3 +556,46 @@ async def test_the_durability_gates_503_carries_the_request_id_on_both_paths(
     for fresh in (answers[1][0], answers[3][0]):
         assert re.search(rb"\r\nx-request-id: [0-9a-f]{8}-[0-9a-f]+\r\n", fresh), fresh
     assert after[0].startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    ("coding", "expected"),
+    [
+        (b"gzip, chunked", UNSUPPORTED_CODING),
+        (b"deflate,Chunked", UNSUPPORTED_CODING),
+        (b"chunked, gzip", MALFORMED),
+        (b"gzip", MALFORMED),
+    ],
+    ids=["gzip-chunked", "deflate-chunked", "chunked-gzip", "gzip"],
+)
+async def test_a_transfer_coding_other_than_chunked_is_refused_and_changes_nothing(
+    settings: Settings, coding: bytes, expected: tuple[int, str, str]
+) -> None:
+    """RFC 9112: a coding the server does not decode is 501, a body whose last coding is not
+    chunked has no length (400); either way the connection closes, the body unread. httptools
+    took ``gzip, chunked`` for chunked and handed the compressed bytes on as the body (the
+    handler saw them as JSON). ``chunked`` alone is served (either case)."""
+    body = b'{"action": "daily_chat"}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    auth = "".join(f"{k}: {v}\r\n" for k, v in service_headers("coding-user").items()).encode()
+
+    def request(value: bytes) -> bytes:
+        return (
+            b"POST /api/exp/gain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + auth
+            + b"Transfer-Encoding: "
+            + value
+            + b"\r\n\r\n"
+            + chunked
+        )
+
+    async with serving(settings) as port:
+        refused = await asyncio.to_thread(exchange, port, request(coding))
+        served = await asyncio.to_thread(exchange, port, request(b"CHUNKED"))
+    assert len(refused) == 1 and status_and_body(refused[0]) == (
+        expected[0],
+        {"detail": expected[1], "code": expected[2]},
+    )
+    assert b"connection: close\r\n" in refused[0]
+    assert len(served) == 1 and status_and_body(served[0])[0] == 200
+    assert status_and_body(served[0])[1]["exp_added"] == 20  # the refused one applied nothing
