@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -50,6 +49,7 @@ import msgspec
 from counters.errors import ConflictError, NotFound, ScriptReplyError, StorageError
 from counters.exp.entities import Entities, Target
 from counters.exp.types import AwardCall, AwardResult
+from counters.ids import random_hex
 from counters.redis.calls import (
     ClaimKeys,
     ClaimRequest,
@@ -147,7 +147,7 @@ class CreatorAwards:
                 shortcut = await self._shortcut(award)
                 if shortcut is not None:
                     return shortcut
-            result, settle = await self._reserve_and_pay(award, secrets.token_hex(16), _UNKEYED, "")
+            result, settle = await self._reserve_and_pay(award, random_hex(16), _UNKEYED, "")
             await settle  # D
             return result
         acting = UserKeys.of(actor, self._buckets)
@@ -201,7 +201,7 @@ class CreatorAwards:
         user = UserKeys.of(owner, self._buckets)
         if not self._scripts.one_node and user.tag != keys.tag:
             return None
-        rid = secrets.token_hex(16)
+        rid = random_hex(16)
         send = self._scripts.send_packed
         if send is None:  # the pool: the typed call
             reply = await self._scripts.run(*self._shortcut_call(award, owner, user, keys, rid))

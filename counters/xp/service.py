@@ -8,7 +8,6 @@ does not allow a generation, is an outcome, not an error.
 
 from __future__ import annotations
 
-import os
 import secrets
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ import msgspec
 from counters.auth import is_service_caller
 from counters.clock import Clock, to_datetime
 from counters.errors import ForbiddenError, InvalidRequest, NotFound, shown
-from counters.ids import SYSTEM_ACTOR, TRANSACTION_ID, is_whole
+from counters.ids import SYSTEM_ACTOR, TRANSACTION_ID, is_whole, random_hex
 from counters.metrics import XP_OUTCOMES
 from counters.redis.calls import (
     CancelSubscription,
@@ -445,21 +444,9 @@ class XpService:
         return self._change(reply, f"User {user_id} has no subscription to cancel")
 
 
-_RANDOM = bytearray()  # cryptographically random bytes drawn ahead, 12 a transaction id
-_RANDOM_DRAW = 12 * 512
-
-
 def _random_hex() -> str:
-    """24 hex digits of ``secrets.token_bytes``, drawn 512 ids at a time (one getrandom call
-    instead of one per debit: a syscall on the hot lane)."""
-    if not _RANDOM:
-        _RANDOM.extend(secrets.token_bytes(_RANDOM_DRAW))
-    part = _RANDOM[-12:]
-    del _RANDOM[-12:]
-    return part.hex()
-
-
-os.register_at_fork(after_in_child=_RANDOM.clear)  # a forked worker draws its own bytes
+    """A transaction id's random part: 24 hex digits (``counters.ids.random_hex``)."""
+    return random_hex(12)
 
 
 _CHARGE_LABELS = {
