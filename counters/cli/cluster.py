@@ -95,13 +95,16 @@ class LocalCluster:
     def _start_node(self, server: RedisServer, repick: bool) -> None:
         """Start one node. A new node whose port (or bus port) was taken between the check and
         the bind gets a new pair, up to three times; a restarted node keeps its port, which its
-        peers know."""
+        peers know. Taken is either redis-server's "Failed listening on port p (tcp|cluster)"
+        or, for the port itself, the start's own check before it runs ("... is already in
+        use")."""
         for attempt in range(3):
             try:
                 server.start()
                 return
             except StorageError as error:
-                if not repick or attempt == 2 or "Failed listening" not in str(error):
+                taken = "Failed listening" in str(error) or "is already in use" in str(error)
+                if not repick or attempt == 2 or not taken:
                     raise
                 server.port = _cluster_port({s.port for s in self.servers})
 
@@ -196,7 +199,8 @@ class LocalCluster:
 
 def _cluster_port(taken: set[int]) -> int:
     """A free port p on 127.0.0.1 whose bus port p + 10,000 is free too (Redis Cluster's rule:
-    p <= 55,535), not in ``taken``.
+    p <= 55,535); neither of them a port or bus port of ``taken`` (the other nodes' ports, all
+    picked before any node starts: the check that a port is free cannot see them).
 
     Both lie below the kernel's ephemeral range where it can (10,000..22,767 with Linux's default
     32,768..60,999): an outgoing connection, the nodes' own bus links among them, may otherwise
@@ -204,9 +208,12 @@ def _cluster_port(taken: set[int]) -> int:
     low, high = 10_000, min(55_535, _ephemeral_low() - 10_001)
     if high - low < 1_000:
         low, high = 20_000, 55_535
+    busy = taken | {p + 10_000 for p in taken}
     for _ in range(1_000):
         port = random.randint(low, high)
-        if port not in taken and _free(port) and _free(port + 10_000):
+        if port in busy or port + 10_000 in busy:
+            continue
+        if _free(port) and _free(port + 10_000):
             return port
     raise StorageError("no free port pair for a Redis Cluster node")
 

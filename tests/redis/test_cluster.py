@@ -244,3 +244,43 @@ def test_a_new_node_whose_bus_port_is_taken_gets_another_pair(
             assert "cluster_state:ok" in str(info)
     finally:
         squatter.close()
+
+
+def test_a_new_node_whose_own_port_is_taken_gets_another_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the node's own port is the one taken before the start: the start's own
+    check refuses it ("127.0.0.1:p is already in use"), before redis-server runs; the node gets
+    a new pair all the same (it failed the cluster's start)."""
+    real = cluster_module._cluster_port
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", real(set())))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks: list[int] = []
+
+    def first_taken(ports: set[int]) -> int:
+        port = taken if not picks else real(ports | {taken})
+        picks.append(port)
+        return port
+
+    monkeypatch.setattr(cluster_module, "_cluster_port", first_taken)
+    try:
+        with LocalCluster(tmp_path / "cluster", masters=3, replicas_per_master=0) as cluster:
+            assert taken not in {s.port for s in cluster.servers}
+            assert len(picks) == 4  # three nodes, one of them twice
+            info = cluster.client(cluster.servers[0]).execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+            assert "cluster_state:ok" in str(info)
+    finally:
+        squatter.close()
+
+
+def test_a_pair_never_overlaps_the_pairs_already_picked() -> None:
+    """Every node's port is picked before any node starts, so the check that a port is free
+    cannot see another node's pair: node B's bus port (p + 10,000) could be node A's port, and
+    whichever started second failed. A pick leaves out the ports and bus ports of ``taken``."""
+    taken = {cluster_module._cluster_port(set()) for _ in range(200)}
+    busy = taken | {p + 10_000 for p in taken}
+    for _ in range(5_000):
+        port = cluster_module._cluster_port(taken)
+        assert port not in busy and port + 10_000 not in busy
