@@ -293,7 +293,11 @@ class CountersApp(Starlette):
         self._hot = {route.path: route for route in hot}
         self._lanes = {route.path.encode("latin-1"): route for route in hot}  # by raw path
         self._wrapped: dict[str, ASGIApp] | None = None  # None: no middleware around them
+        # The durability gate answers in front of Starlette's middleware: behind the hot
+        # routes' (CORS), else a browser on an allowed origin cannot read its 503
+        self._gate: ASGIApp = self._refuse_write
         if hot_wrapper is not None:
+            self._gate = hot_wrapper(self._refuse_write)
             self._wrapped = {
                 path: hot_wrapper(_status_in_scope(r)) for path, r in self._hot.items()
             }
@@ -319,8 +323,7 @@ class CountersApp(Starlette):
             await super().__call__(scope, receive, send)
             return
         if self._refuses_writes(scope["method"], scope["path"]):
-            found, _ = read_headers(scope["headers"])
-            await send_reply(send, self._write_refusal(scope["path"]), _tagged(found[4]))
+            await self._gate(scope, receive, send)
             return
         start = perf_counter()
         route = self._hot.get(scope["path"])
@@ -386,6 +389,12 @@ class CountersApp(Starlette):
             and method in _WRITES
             and path not in _READS_BY_POST
         )
+
+    async def _refuse_write(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The durability gate's answer through ASGI (``_write_refusal``), echoing the caller's
+        ``X-Request-Id`` or naming a fresh one."""
+        found, _ = read_headers(scope["headers"])
+        await send_reply(send, self._write_refusal(scope["path"]), _tagged(found[4]))
 
     def _write_refusal(self, path: str) -> Reply:
         assert self.durability is not None and self.durability.write_refusal is not None

@@ -10,6 +10,7 @@ import pytest
 
 from api.app import create_app
 from counters.clock import ManualClock
+from counters.errors import BacklogFull
 from counters.settings import Settings
 from tests.support.core import user_headers
 
@@ -60,6 +61,30 @@ async def test_answers_carry_the_cors_headers(
     assert response.status_code < 500
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert "Retry-After" in response.headers["access-control-expose-headers"]
+
+
+@pytest.mark.parametrize("path", ["/api/exp/gain", "/api/exp/gain?via=asgi", "/api/v1/xp/grants"])
+async def test_the_durability_gates_503_carries_the_cors_headers(
+    settings: Settings, clock: ManualClock, path: str
+) -> None:
+    """While the durability window is full every write gets 503 before any route runs, in
+    front of Starlette's middleware: it carried no CORS headers, so a browser on an allowed
+    origin saw a failed fetch, not the 503, its Retry-After or its X-Request-Id."""
+    app = create_app(replace(settings, cors_origins=(ORIGIN,)), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://counters") as http:
+            app.state.durability.write_refusal = BacklogFull("Too many changes are not yet durable")
+            body = {"action": "daily_chat"}
+            allowed = await http.post(path, json=body, headers=user_headers("u1", Origin=ORIGIN))
+            other = await http.post(
+                path, json=body, headers=user_headers("u1", Origin="https://evil.example")
+            )
+    assert allowed.status_code == 503 and allowed.headers["retry-after"] == "1"
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert "X-Request-Id" in allowed.headers["access-control-expose-headers"]
+    assert allowed.headers["x-request-id"]
+    assert other.status_code == 503 and "access-control-allow-origin" not in other.headers
 
 
 async def test_another_origin_gets_no_cors_headers(cors_client: httpx2.AsyncClient) -> None:
