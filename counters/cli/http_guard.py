@@ -176,6 +176,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._read_by:
             self._arm()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """uvicorn's, for the head's fields only: a chunked body's trailer fields (parsed after
+        ``on_headers_complete``) are dropped. uvicorn appended them to the request's headers,
+        the ASGI scope's list, which the app reads once the body is whole: a trailer acted as
+        a header the head never had (``Authorization``, ``X-User-Id``), past whatever checked
+        the head. RFC 9110 section 6.5.1: a trailer field is not merged into the header
+        section."""
+        if self._in_head:
+            super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         """The hot lane's request (``_lane_cycle``), else uvicorn's, with ``_Cycle`` for its
         request cycle; the head's end noted either way."""

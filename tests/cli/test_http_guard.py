@@ -599,3 +599,43 @@ async def test_a_transfer_coding_other_than_chunked_is_refused_and_changes_nothi
     assert b"connection: close\r\n" in refused[0]
     assert len(served) == 1 and status_and_body(served[0])[0] == 200
     assert status_and_body(served[0])[1]["exp_added"] == 20  # the refused one applied nothing
+
+
+async def test_trailer_fields_are_never_taken_for_headers(settings: Settings) -> None:
+    """A chunked body may end in trailer fields; uvicorn appended them to the request's headers
+    (the ASGI scope's list, read once the body is whole), so a trailer acted as a header the
+    head never had: ``Authorization`` and ``X-User-Id`` sent after the body authenticated the
+    request and chose its user, past whatever checked the head (a gateway). RFC 9110 section
+    6.5.1: a trailer field is not merged into the header section; here it is dropped."""
+    body = b'{"action": "daily_chat"}'
+    chunked = b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+    key = b"Authorization: Bearer " + SERVICE_KEY.encode() + b"\r\n"
+
+    def request(head: bytes, trailer: bytes) -> bytes:
+        return (
+            b"POST /api/exp/gain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + head
+            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + chunked
+            + trailer
+            + b"\r\n"
+        )
+
+    async with serving(settings) as port:
+        unauthenticated = await asyncio.to_thread(
+            exchange, port, request(b"", key + b"X-User-Id: trailer-1\r\n")
+        )
+        no_user = await asyncio.to_thread(exchange, port, request(key, b"X-User-Id: trailer-2\r\n"))
+        other_user = await asyncio.to_thread(
+            exchange, port, request(key + b"X-User-Id: head-3\r\n", b"X-User-Id: trailer-3\r\n")
+        )
+        after = [
+            await asyncio.to_thread(post, port, "/api/exp/gain", body, service_headers(user))
+            for user in ("trailer-1", "trailer-2", "trailer-3")
+        ]
+    assert status_and_body(unauthenticated[0])[0] == 401
+    assert status_and_body(no_user[0])[0] == 422  # a service key must name the user
+    status, answer = status_and_body(other_user[0])  # no repeated X-User-Id either
+    assert status == 200 and answer["awarded_to"] == "head-3"
+    for status, answer in after:  # none of them was awarded before
+        assert status == 200 and json.loads(answer)["total_exp"] == 20
