@@ -53,9 +53,16 @@ def test_the_gain_budget_is_what_bare_over_the_goal_leaves_after_the_floors() ->
     # (56 + 19) / 0.6 = 125; 125 - 39 - 44 - 31 = 11; the service uses 134 - 39 = 95.
     assert gain_budget(report) == (
         "gain's CPU budget at 0.6 x bare: 125 us/request; uvicorn's floor (r1) 39 + Redis 44 + "
-        "generator 31 leave the service's own Python 11 us; it uses 95"
+        "generator 31 leave the service's own work 11 us; it uses 95"
     )
     assert gain_budget(Report(rows=report.rows)) is None  # no r1: no floor to take away
+    # The hot lane's floor (r2), when measured, is the one gain's requests take
+    lane = Row("r2", "lane floor", 40_000.0, cpu_us={"server": 27.0, "db": 2.0, "load": 12.0})
+    with_lane = dataclasses.replace(report, ablations=[*report.ablations, lane])
+    assert gain_budget(with_lane) == (
+        "gain's CPU budget at 0.6 x bare: 125 us/request; the hot lane's floor (r2) 27 + Redis "
+        "44 + generator 31 leave the service's own work 23 us; it uses 107"
+    )
 
 
 def test_progress_counts_the_plan_and_estimates_from_runs_so_far() -> None:
