@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from bench import cpu, flush, scenarios
 from bench.measured import Measured
-from bench.servers import BARE_APP, GAIN_APP, RAW_APP
+from bench.servers import BARE_APP, FLOOR_APP, GAIN_APP, RAW_APP
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -24,6 +24,8 @@ def ways_there(bench: Bench) -> None:
          lambda: bench.http(GAIN_APP, bench.gain_requests, env=no_autopipeline, ablation=True)),
         ("r1", "bare route's body from a raw ASGI app (uvicorn's own floor, no Starlette)",
          lambda: bench.http(RAW_APP, bench.bare_requests, env={}, probe="/", ablation=True)),
+        ("r2", "the hot lane's floor: gain's requests, one Redis round trip, bare's body",
+         lambda: bench.http(FLOOR_APP, bench.gain_requests, ablation=True)),
         ("w1", f"bare, {other} worker(s)",
          lambda: bench.http(BARE_APP, bench.bare_requests, env={}, probe="/", workers=other,
                            ablation=True)),

@@ -20,7 +20,14 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid`` and its direct children (uvicorn's workers,
     Postgres's backends), including children that have exited."""
-    total = 0
+    user, system = tree_cpu_parts(pid)
+    return user + system
+
+
+def tree_cpu_parts(pid: int) -> tuple[float, float]:
+    """``tree_cpu`` as (user, system) CPU seconds: the processes' own code against the
+    kernel's work on their behalf (syscalls: socket reads and writes, epoll)."""
+    user = system = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -30,10 +37,10 @@ def tree_cpu(pid: int) -> float:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if int(entry) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
+            user, system = user + int(fields[11]), system + int(fields[12])
         if int(entry) == pid:  # children that exited (a closed pool's backends) and were reaped
-            total += int(fields[13]) + int(fields[14])
-    return total / _TICKS
+            user, system = user + int(fields[13]), system + int(fields[14])
+    return user / _TICKS, system / _TICKS
 
 
 def machine_cpu() -> dict[str, float]:

@@ -16,7 +16,7 @@ from bench.options import Options
 
 _START_ALLOWANCE = 4.0  # seconds to start uvicorn and its workers, by observation
 _STEP_SECONDS = 20.0  # a non-HTTP step: the Lua ceiling, memory, the flusher
-ABLATIONS = 8  # the "ways there" runs (bench/ablations.py), with Postgres
+ABLATIONS = 9  # the "ways there" runs (bench/ablations.py), with Postgres
 
 
 def planned(options: Options, wanted: Callable[..., bool]) -> tuple[int, int]:

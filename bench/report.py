@@ -134,25 +134,30 @@ TARGETS: list[Target] = [
 
 
 def gain_budget(report: Report, goal: float = 0.6) -> str | None:
-    """What ``goal`` x the bare ceiling leaves the service's own Python per gain request.
+    """What ``goal`` x the bare ceiling leaves the service's own work per gain request.
 
     On a CPU-bound machine rates go as the inverse of total CPU per request, so gain reaches
     ``goal`` x bare only if its server + Redis + generator CPU stays under bare's / ``goal``.
-    Take away uvicorn's own floor (ablation r1), Redis's and the generator's share of a gain
-    request: what is left is the budget of everything the service itself does in Python.
+    Take away the server's floor, Redis's and the generator's share of a gain request: what is
+    left is the budget of everything the service itself does. The floor is the hot lane's
+    (ablation r2: the service's protocol and lane, one Redis round trip, no work; the path
+    ``counters serve`` serves gain by since issue #15's seventh round), else uvicorn's ASGI
+    floor (r1) for a report without r2.
     """
     bare, gain = report.row("1"), report.row("2")
-    floor = next((row for row in report.ablations if row.key == "r1" and row.rate), None)
+    floors = {row.key: row for row in report.ablations if row.key in ("r1", "r2") and row.rate}
+    floor = floors.get("r2") or floors.get("r1")
     if bare is None or gain is None or floor is None or "server" not in gain.cpu_us:
         return None
     budget = sum(bare.cpu_us.values()) / goal
-    uvicorn, redis = floor.cpu_us.get("server", 0.0), gain.cpu_us.get("db", 0.0)
+    base, redis = floor.cpu_us.get("server", 0.0), gain.cpu_us.get("db", 0.0)
     load = gain.cpu_us.get("load", 0.0)
-    left, used = budget - uvicorn - redis - load, gain.cpu_us["server"] - uvicorn
+    left, used = budget - base - redis - load, gain.cpu_us["server"] - base
+    name = "the hot lane's floor (r2)" if floor.key == "r2" else "uvicorn's floor (r1)"
     return (
-        f"gain's CPU budget at {goal} x bare: {budget:.0f} us/request; uvicorn's floor (r1) "
-        f"{uvicorn:.0f} + Redis {redis:.0f} + generator {load:.0f} leave the service's own "
-        f"Python {left:.0f} us; it uses {used:.0f}"
+        f"gain's CPU budget at {goal} x bare: {budget:.0f} us/request; {name} "
+        f"{base:.0f} + Redis {redis:.0f} + generator {load:.0f} leave the service's own "
+        f"work {left:.0f} us; it uses {used:.0f}"
     )
 
 

@@ -27,7 +27,7 @@ from bench.measured import Measured, median_run
 from bench.options import Options, parse
 from bench.progress import Progress
 from bench.report import Report, Row, render, write_json
-from bench.servers import BARE_APP, GAIN_APP, PG_APP, Server, uvicorn_server
+from bench.servers import BARE_APP, FLOOR_APP, GAIN_APP, PG_APP, Server, uvicorn_server
 from counters.cli.cluster import LocalCluster
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.errors import ConfigError, StorageError
@@ -147,7 +147,7 @@ class Bench:
         self, server: Server, factory: str, db: Callable[[], float] | None
     ) -> dict[str, Callable[[], float]]:
         meters: dict[str, Callable[[], float]] = {"server": lambda: cpu.tree_cpu(server.pid)}
-        if db is None and factory == GAIN_APP:
+        if db is None and factory in (GAIN_APP, FLOOR_APP):
             db = lambda: cpu.redis_cpu(self.redis.url)  # noqa: E731
         if db is not None:
             meters["db"] = db

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The app factories served: the service, and the baselines it is measured against.
 GAIN_APP = "api.main:app_from_env"
+# The service with both hot routes' handlers replaced by one Redis round trip (bench.floor)
+FLOOR_APP = "bench.baselines.floor:app_from_env"
 BARE_APP = "bench.baselines.bare:app_from_env"
 RAW_APP = "bench.baselines.raw_asgi:app_from_env"
 PG_APP = "bench.baselines.pg_award:app_from_env"
@@ -85,7 +87,7 @@ def uvicorn_server(
     The server sees only the COUNTERS_* variables in ``env``, none inherited from our own.
     """
     port = free_port()
-    if factory == GAIN_APP and (loop, http) == ("uvloop", "httptools"):
+    if factory in (GAIN_APP, FLOOR_APP) and (loop, http) == ("uvloop", "httptools"):
         # The service as `counters serve` runs it: its protocol and options (bench/serve.py)
         argv = [sys.executable, "-m", "bench.serve", factory]
         env = {**env, "COUNTERS_HOST": "127.0.0.1", "COUNTERS_PORT": str(port)}

@@ -11,7 +11,8 @@ from bench.measured import Measured, median_run
 from bench.options import Options
 from bench.progress import ABLATIONS, Progress, planned
 from bench.report import Report, Row, gain_budget
-from tests.support.core import SERVICE_KEY
+from counters.settings import Settings
+from tests.support.core import SERVICE_KEY, user_headers
 from tests.support.http import asgi_client
 
 
@@ -52,9 +53,16 @@ def test_the_gain_budget_is_what_bare_over_the_goal_leaves_after_the_floors() ->
     # (56 + 19) / 0.6 = 125; 125 - 39 - 44 - 31 = 11; the service uses 134 - 39 = 95.
     assert gain_budget(report) == (
         "gain's CPU budget at 0.6 x bare: 125 us/request; uvicorn's floor (r1) 39 + Redis 44 + "
-        "generator 31 leave the service's own Python 11 us; it uses 95"
+        "generator 31 leave the service's own work 11 us; it uses 95"
     )
     assert gain_budget(Report(rows=report.rows)) is None  # no r1: no floor to take away
+    # The hot lane's floor (r2), when measured, is the one gain's requests take
+    lane = Row("r2", "lane floor", 40_000.0, cpu_us={"server": 27.0, "db": 2.0, "load": 12.0})
+    with_lane = dataclasses.replace(report, ablations=[*report.ablations, lane])
+    assert gain_budget(with_lane) == (
+        "gain's CPU budget at 0.6 x bare: 125 us/request; the hot lane's floor (r2) 27 + Redis "
+        "44 + generator 31 leave the service's own work 23 us; it uses 107"
+    )
 
 
 def test_progress_counts_the_plan_and_estimates_from_runs_so_far() -> None:
@@ -105,3 +113,27 @@ async def test_the_postgres_only_baseline_serves_the_current_reply(
     assert liked.json()["awarded_to"] == "owner-1"
     assert chat.status_code == 200 and chat.json()["unlocked_features"] == []
     assert again.status_code == 429 and "Daily limit reached" in again.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_the_lanes_floor_answers_the_hot_routes_with_one_round_trip_and_nothing_else(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench.floor``'s middle target (bench/baselines/floor.py): both hot routes answer bare's
+    body whoever asks (no authentication, no body read, no script: a gain changes nothing),
+    while every other route is the service's own."""
+    from api.app import create_app
+    from api.routes import exp as exp_routes
+    from api.routes import xp as xp_routes
+    from bench.baselines import bare, floor
+
+    for route in (exp_routes.hot_gain, xp_routes.hot_debit):
+        monkeypatch.setattr(route, "handler", floor.floor)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        gain = await http.post("/api/exp/gain", content=b"not json")
+        debit = await http.post("/api/v1/xp/debit", json={"generation_type": "EDIT_IMAGE"})
+        progress = await http.get("/api/exp/progress", headers=user_headers("floor-user"))
+    assert (gain.status_code, gain.content) == (200, bare.BODY)
+    assert (debit.status_code, debit.content) == (200, bare.BODY)
+    assert progress.status_code == 200 and progress.json()["total_exp"] == 0

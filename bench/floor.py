@@ -1,0 +1,134 @@
+"""Where a hot request's server CPU goes in ``make bench``'s setting: the service against the
+lane's floor and the bare ceiling, in one run.
+
+``python -m bench.floor [--seconds 8] [--rounds 2]`` serves, one after another and
+``--rounds`` times alternated, with ``make bench``'s options (two workers, 64 connections,
+metrics on, row 2's requests: the gain mix, 100k users, the service key):
+
+- ``bare``: row 1's bare Starlette route under stock uvicorn (the ceiling);
+- ``floor``: the service served as ``counters serve`` serves it, its hot routes answered by
+  one Redis round trip and the bare route's body (``bench/baselines/floor.py``): HTTP in, the
+  lane's framing, one auto-pipelined call, HTTP out, and none of the service's own work;
+- ``gain``: row 2, the service itself.
+
+For each it prints requests/s, the ratio to bare, and CPU microseconds per request: the
+server's user and system time (/proc), Redis's and the load generator's. The floor's server
+CPU against the budget 0.6 x bare leaves the server (bare's total CPU per request / 0.6, less
+Redis's and the generator's share of a gain) says whether any work split inside the service
+could reach the target (README, Performance, "Ninth round"). Reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import direct
+from bench.cpu import CpuWindow, redis_cpu, tree_cpu_parts
+from bench.load import LoadSpec, run_load
+from bench.options import Options
+from bench.run import Bench
+from bench.servers import BARE_APP, FLOOR_APP, GAIN_APP, uvicorn_server
+
+TARGETS = (("bare", BARE_APP), ("floor", FLOOR_APP), ("gain", GAIN_APP))
+
+
+@dataclass(frozen=True, slots=True)
+class FloorRun:
+    """One measured run: requests/s and CPU µs per request (server user and system, Redis,
+    the load generator)."""
+
+    name: str
+    rps: float
+    user_us: float
+    system_us: float
+    redis_us: float
+    load_us: float
+
+    @property
+    def total_us(self) -> float:
+        """Every process's CPU per request: what a CPU-bound 2-core machine divides."""
+        return self.user_us + self.system_us + self.redis_us + self.load_us
+
+
+def measure(seconds: float, rounds: int, tmp: Path) -> list[FloorRun]:
+    """Run every target ``rounds`` times, alternated, each from row 2's starting state."""
+    bench = Bench(Options(), tmp)
+    bench.redis.start()
+    runs: list[FloorRun] = []
+    try:
+        bench.with_services(direct.seed_owners)
+        bench.seeded = direct.snapshot(bench.redis.url)
+        for _ in range(rounds):
+            for name, factory in TARGETS:
+                bench.fresh_redis()
+                runs.append(_once(bench, name, factory, seconds))
+                print(f"{name:<6} {runs[-1].rps:>9,.0f} req/s", file=sys.stderr, flush=True)
+    finally:
+        bench.redis.stop()
+    return runs
+
+
+def _once(bench: Bench, name: str, factory: str, seconds: float) -> FloorRun:
+    options = bench.options
+    requests = bench.bare_requests if factory == BARE_APP else bench.gain_requests
+    probe = "/" if factory == BARE_APP else "/api/levels"
+    with uvicorn_server(factory, bench.env(), workers=options.workers, probe_path=probe) as srv:
+        meters = {
+            "user": lambda: tree_cpu_parts(srv.pid)[0],
+            "system": lambda: tree_cpu_parts(srv.pid)[1],
+            "redis": lambda: redis_cpu(bench.redis.url),
+        }
+        window = CpuWindow(meters)
+        spec = LoadSpec(
+            srv.port, requests, connections=options.connections, warmup=options.warmup,
+            duration=seconds,
+        )  # fmt: skip
+        result = run_load(spec, window)
+    per = window.per_request_us(result.requests)
+    load_us = result.cpu_seconds / max(result.requests, 1) * 1e6
+    redis_us = per.get("redis", 0.0) if factory != BARE_APP else 0.0
+    return FloorRun(name, result.rps, per["user"], per["system"], redis_us, load_us)
+
+
+def render(runs: list[FloorRun]) -> str:
+    """Medians per target, their ratios to bare, and the server budget 0.6 x bare leaves."""
+
+    def med(name: str, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs if r.name == name)
+
+    bare = med("bare", "rps")
+    lines = []
+    for name, _ in TARGETS:
+        lines.append(
+            f"{name:<6} {med(name, 'rps'):>9,.0f} req/s  /bare {med(name, 'rps') / bare:.2f}  "
+            f"CPU us/request: server {med(name, 'user_us'):5.1f} user + "
+            f"{med(name, 'system_us'):4.1f} system, Redis {med(name, 'redis_us'):5.1f}, "
+            f"load {med(name, 'load_us'):5.1f}, all {med(name, 'total_us'):5.1f}"
+        )
+    budget = med("bare", "total_us") / 0.6 - med("gain", "redis_us") - med("gain", "load_us")
+    floor = med("floor", "user_us") + med("floor", "system_us")
+    gain = med("gain", "user_us") + med("gain", "system_us")
+    lines.append(
+        f"0.6 x bare leaves a gain request's server {budget:.1f} us (at bare's CPU use); "
+        f"the floor's server takes {floor:.1f}, the service's {gain:.1f}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        print(render(measure(args.seconds, args.rounds, Path(tmp))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
