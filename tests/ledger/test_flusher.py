@@ -441,7 +441,9 @@ async def test_a_stream_mixing_both_entry_formats_is_ledgered_once(
     assert records == 1  # the keyed adjust's idempotency record, from either format
 
 
-async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
+    """Poll ``check`` until it holds; a bound on the wait, not a timing: on a cluster, with
+    another suite running beside it, a helping flusher once took over 10 s to get there."""
     for _ in range(int(seconds / 0.02)):
         if await check():
             return
