@@ -95,7 +95,10 @@ def random_hex(nbytes: int) -> str:
     """``2 * nbytes`` hex digits of ``secrets.token_bytes`` (1 <= ``nbytes`` <= 64), drawn
     6,144 bytes at a time: one ``getrandom`` call per few hundred ids instead of one per id (a
     syscall on the hot lane: a debit's transaction id, a creator award's reservation id). A
-    forked process draws its own bytes."""
+    forked process draws its own bytes. ``ValueError`` for ``nbytes`` outside 1..64 (0 would
+    hand out, and empty, the whole pool)."""
+    if not 0 < nbytes <= 64:
+        raise ValueError(f"random_hex takes 1 to 64 bytes, not {nbytes}")
     if len(_RANDOM) < nbytes:
         _RANDOM.extend(secrets.token_bytes(_RANDOM_DRAW))
     part = _RANDOM[-nbytes:]

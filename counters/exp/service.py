@@ -207,7 +207,7 @@ class ExpService:
                 reply = await hydrate_and_run(
                     self._hydrator, self._scripts, user_id, own.keys, own.call
                 )
-            return self._result(action_name, action, user_id, user_id, None, reply)
+            return self.result_of(action_name, action, user_id, user_id, None, reply)
         call = await self.prepare_award(principal, action_name, target, idem)
         if call is None:
             action = self.action(action_name)
@@ -374,9 +374,7 @@ class ExpService:
     def _packer(self, today: _Today, may_create: str) -> AwardCommands:
         """The packer of ``today``'s award_exp commands under the rules served now: its head
         taken from the typed command (the SHA of this rules version, the key count)."""
-        sample = self.award_call(
-            "daily_chat", Action(exp=1), "sample", "sample", None, "unused", "", ""
-        )
+        sample = self._sample_call()
         return AwardCommands(
             self._scripts.command_head(sample.keys, sample.call),
             day=today.day, rules_version=self._version, may_create=may_create,
@@ -385,9 +383,7 @@ class ExpService:
 
     def _creator_packer(self, today: _Today, may_create: str, once_ttl: int) -> CreatorCommands:
         """The packer of ``today``'s creator_award commands: its head from the typed command."""
-        sample = self.award_call(
-            "daily_chat", Action(exp=1), "sample", "sample", None, "unused", "", ""
-        )
+        sample = self._sample_call()
         key_args = (*msgspec.structs.astuple(sample.keys), "entity", "once")
         argv = (*msgspec.structs.astuple(sample.call), "plain", "rid", once_ttl)
         keys, call = CreatorAwardKeys(*key_args), CreatorAward(*argv)
@@ -397,6 +393,13 @@ class ExpService:
             idempotency_ttl=self._idempotency_ttl, once_ttl=once_ttl,
             boards=lambda user: self._boards(user, today),
         )  # fmt: skip
+
+    def _sample_call(self) -> AwardCall:
+        """An award_exp call of today's rules whose command head (function or SHA, key count)
+        a packer takes: every command packed for the day starts the same way."""
+        return self.award_call(
+            "daily_chat", Action(exp=1), "sample", "sample", None, "unused", "", ""
+        )
 
     def award_call(
         self,
@@ -480,24 +483,19 @@ class ExpService:
         self._today.packers.clear()
         self._today.creator_packers.clear()
 
+    def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
+        """The typed result of an award_exp reply (or of a stored one) for ``call``."""
+        return self.result_of(
+            call.action_name, call.action, call.user_id, call.actor, call.target, reply
+        )
+
     def result_of(
         self, action_name: str, action: Action, user_id: str, actor: str, target: Target | None,
         reply: list[int],
     ) -> AwardResult:  # fmt: skip
         """The typed result of an award_exp (or creator_award) reply paying ``user_id`` for
-        ``actor``'s ``action_name`` (on ``target``)."""
-        return self._result(action_name, action, user_id, actor, target, reply)
-
-    def award_result(self, call: AwardCall, reply: list[int]) -> AwardResult:
-        """The typed result of an award_exp reply (or of a stored one) for ``call``."""
-        return self._result(
-            call.action_name, call.action, call.user_id, call.actor, call.target, reply
-        )
-
-    def _result(
-        self, action_name: str, action: Action, user_id: str, actor: str, target: Target | None,
-        reply: list[int],
-    ) -> AwardResult:  # fmt: skip
+        ``actor``'s ``action_name`` (on ``target``); ``ScriptReplyError`` for an unknown code
+        (``IdempotencyMismatch`` for key_reused). Counted in the award metrics unless replayed."""
         code, added, total, level, previous, gained, count, _seq, replayed = reply
         outcome = _OUTCOMES.get(code)  # a dict lookup: AwardOutcome(code) costs ~4x as much
         if outcome is None:

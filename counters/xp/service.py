@@ -236,7 +236,7 @@ class XpService:
             require_generation_type(self.rules, generation_type)  # NotFound, listing the types
         now = self._clock.now()
         prefix = _HOLD_PREFIX[is_service_caller(actor)] if hold else "xd_"
-        transaction_id = prefix + _random_hex()
+        transaction_id = prefix + random_hex(12)  # 24 hex digits
         send = self._scripts.send_packed
         if send is None:  # a cluster, or no auto-pipeline: the typed call
             call = self._charge_call(
@@ -298,7 +298,7 @@ class XpService:
         now = self._clock.now()
         prefix = _HOLD_PREFIX[is_service_caller(actor)] if hold else "xd_"
         return self._charge_call(
-            user_id, actor, generation_type, hold, idem, now, prefix + _random_hex()
+            user_id, actor, generation_type, hold, idem, now, prefix + random_hex(12)
         )
 
     def _charge_call(
@@ -442,11 +442,6 @@ class XpService:
         call = CancelSubscription(**self._common(user_id, actor, idem, now_ms))
         reply = await self._run(call, idem)
         return self._change(reply, f"User {user_id} has no subscription to cancel")
-
-
-def _random_hex() -> str:
-    """A transaction id's random part: 24 hex digits (``counters.ids.random_hex``)."""
-    return random_hex(12)
 
 
 _CHARGE_LABELS = {

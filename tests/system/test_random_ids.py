@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from counters import ids
 from counters.ids import random_hex
 
@@ -37,3 +39,10 @@ def test_a_forked_worker_draws_its_own_bytes() -> None:
     child = os.read(read, 64).decode()
     os.close(read)
     assert len(child) == 32 and child != random_hex(16)
+
+
+@pytest.mark.parametrize("nbytes", [0, -1, 65])
+def test_a_size_outside_one_to_64_bytes_is_refused(nbytes: int) -> None:
+    """``_RANDOM[-0:]`` is the whole pool: a size of 0 would hand out (and empty) all of it."""
+    with pytest.raises(ValueError, match="1 to 64 bytes"):
+        random_hex(nbytes)
