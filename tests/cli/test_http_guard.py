@@ -173,11 +173,22 @@ def one_by_one(port: int, requests: list[bytes]) -> list[bytes]:
     return answers
 
 
-def gain_request(user_id: str, body: bytes, *, length: int | None = None) -> bytes:
+def gain_request(
+    user_id: str,
+    body: bytes,
+    *,
+    length: int | None = None,
+    path: bytes = b"/api/exp/gain",
+    extra: bytes = b"",
+) -> bytes:
+    """A gain as a service sends it for ``user_id``, ``extra`` header lines in its head."""
     head = "".join(f"{k}: {v}\r\n" for k, v in service_headers(user_id).items())
     return (
-        b"POST /api/exp/gain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + head.encode()
+        + extra
         + b"Content-Length: %d\r\n\r\n" % (len(body) if length is None else length)
         + body
     )
@@ -526,18 +537,9 @@ async def test_the_durability_gates_503_carries_the_request_id_on_both_paths(
     through ASGI alike: an operator tracing a refused call finds it as any other (it had none)."""
     app = create_app(settings)
     body = b'{"action": "daily_chat"}'
-    auth = "".join(f"{k}: {v}\r\n" for k, v in service_headers("gate-user").items()).encode()
 
     def request(path: bytes, sent_id: bytes) -> bytes:
-        return (
-            b"POST "
-            + path
-            + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + auth
-            + sent_id
-            + b"Content-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
+        return gain_request("gate-user", body, path=path, extra=sent_id)
 
     async with serving(settings, app=app) as port:
         durability = app.state.durability
