@@ -21,12 +21,19 @@ Usage: ``.venv/bin/python -m bench.wrk_probe [--seconds 8] [--warmup 3]``; needs
 (Debian's package). Prints one line a target: the ratio to bare (the mean of both bare runs),
 and the CPU microseconds per request of the server process and of Redis over the measured run
 (/proc and ``INFO cpu``; 1 s clock ticks make them approximate). Reported, never asserted.
+
+``--load python --workers 2`` keeps the probe's targets, tokens and bodies but drives them as
+``make bench`` drives its rows: its load generator (``bench/load.py``: 64 connections, one
+precomputed request per token, in a seeded order, cycled) instead of ``wrk``, and two uvicorn
+workers; the generator's CPU per request is printed too. The thin probe's design measured in
+``make bench``'s setting: what issue #15's 0.6 means there for the thinnest service.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import re
 import shutil
 import subprocess
@@ -78,6 +85,7 @@ class WrkResult:
     non_2xx: int
     server_us: float = 0.0
     redis_us: float = 0.0
+    generator_us: float = 0.0  # --load python only: the load generator's CPU per request
 
 
 def _wrk_script(path: str, bodies: list[str], where: Path) -> Path:
@@ -95,6 +103,18 @@ def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, i
     if rps is None or done is None:
         raise RuntimeError(f"wrk printed no rate:\n{out}")
     return float(rps.group(1)), int(non.group(1)) if non else 0, int(done.group(1))
+
+
+def _python_requests(path: str, tokens: Path, bodies: list[str]) -> list[bytes]:
+    """One request per token, its body picked from ``bodies`` by a seeded generator (the same
+    list for every target of a run, as wrk's script picks at random)."""
+    pick = random.Random(15).choice
+    return [
+        scenarios.http_request(
+            "POST", path, {"Authorization": f"Bearer {token}"}, pick(bodies).encode()
+        )
+        for token in tokens.read_text().splitlines()
+    ]
 
 
 def _every_token_once(port: int, path: str, tokens: Path) -> None:
@@ -149,8 +169,12 @@ def _plain_redis(tmp: Path) -> Iterator[int]:
         stop_process(proc, 10)
 
 
-def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
-    """Run the targets; raises ``RuntimeError`` when a server does not start or wrk fails."""
+def measure(
+    seconds: float, warmup: float, tmp: Path, *, load: str = "wrk", workers: int = 1
+) -> list[WrkResult]:
+    """Run the targets, driven by ``wrk`` or (``load="python"``) by ``bench/load.py``, each
+    served by ``workers`` uvicorn workers; raises ``RuntimeError`` when a server does not start
+    or wrk fails."""
     users = [f"wp{n}" for n in range(TOKENS)]
     tokens = tmp / "tokens"
     tokens.write_text("\n".join(issue_token(scenarios.JWT_SECRET, user) for user in users))
@@ -161,6 +185,14 @@ def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
         "/api/v1/xp/debit", ['{"generation_type":"EDIT_IMAGE"}'], tmp / "debit.lua"
     )
     bare_lua = _wrk_script("/", [f'{{"action":"{a}"}}' for a in ACTIONS], tmp / "bare.lua")
+    gain_bodies = [f'{{"action":"{a}"}}' for a in ACTIONS]
+    python_requests = {
+        "/": _python_requests("/", tokens, gain_bodies),
+        "/api/exp/gain": _python_requests("/api/exp/gain", tokens, gain_bodies),
+        "/api/v1/xp/debit": _python_requests(
+            "/api/v1/xp/debit", tokens, ['{"generation_type":"EDIT_IMAGE"}']
+        ),
+    }
     redis = RedisServer(tmp / "redis", persistent=False)
     redis.start()
     results: list[WrkResult] = []
@@ -190,21 +222,48 @@ def measure(seconds: float, warmup: float, tmp: Path) -> list[WrkResult]:
                     redis_url = f"redis://127.0.0.1:{port}/0"
                     served = {"THIN_TOKENS": str(tokens), "THIN_REDIS_PORT": str(port)}
                 probe = "/healthz" if app == GAIN_APP else "/"
-                serving = uvicorn_server(app, served, workers=1, probe_path=probe)
+                serving = uvicorn_server(app, served, workers=workers, probe_path=probe)
                 server = stack.enter_context(serving)
                 url = f"http://127.0.0.1:{server.port}{path}"
                 if app == GAIN_APP:
                     _every_token_once(server.port, path, tokens)
-                _wrk(url, script, tokens, warmup)
-                server_before, redis_before = tree_cpu(server.pid), redis_cpu(redis_url)
-                rps, non, done = _wrk(url, script, tokens, seconds)
-                server_us = (tree_cpu(server.pid) - server_before) / max(done, 1) * 1e6
-                redis_us = (redis_cpu(redis_url) - redis_before) / max(done, 1) * 1e6
-            results.append(WrkResult(name, rps, non, server_us, redis_us))
+                if load == "python":
+                    result = _python_run(
+                        server.port, server.pid, redis_url, python_requests[path], seconds, warmup
+                    )
+                    results.append(replace(result, name=name))
+                    rps, non = result.rps, result.non_2xx
+                else:
+                    _wrk(url, script, tokens, warmup)
+                    server_before, redis_before = tree_cpu(server.pid), redis_cpu(redis_url)
+                    rps, non, done = _wrk(url, script, tokens, seconds)
+                    server_us = (tree_cpu(server.pid) - server_before) / max(done, 1) * 1e6
+                    redis_us = (redis_cpu(redis_url) - redis_before) / max(done, 1) * 1e6
+                    results.append(WrkResult(name, rps, non, server_us, redis_us))
             print(f"{name:<6} {rps:>9,.0f} req/s  non-2xx {non}", file=sys.stderr, flush=True)
     finally:
         redis.stop()
     return results
+
+
+def _python_run(
+    port: int, pid: int, redis_url: str, requests: list[bytes], seconds: float, warmup: float
+) -> WrkResult:
+    """One target driven by ``make bench``'s load generator; CPU sampled over its window."""
+    marks: dict[str, tuple[float, float]] = {}
+
+    def window(edge: str) -> None:
+        marks[edge] = (tree_cpu(pid), redis_cpu(redis_url))
+
+    spec = LoadSpec(port, requests, connections=64, warmup=warmup, duration=seconds)
+    result = run_load(spec, window)
+    done = max(result.requests, 1)
+    (server_0, redis_0), (server_1, redis_1) = marks["start"], marks["end"]
+    non = sum(count for status, count in result.statuses.items() if not 200 <= status < 300)
+    return WrkResult(
+        "", result.rps, non, (server_1 - server_0) / done * 1e6, (redis_1 - redis_0) / done * 1e6,
+        result.cpu_seconds / done * 1e6,
+    )  # fmt: skip
 
 
 def render(results: list[WrkResult]) -> str:
@@ -214,6 +273,7 @@ def render(results: list[WrkResult]) -> str:
     lines = [
         f"{r.name:<6} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}  "
         f"CPU us/request: server {r.server_us:5.1f}, Redis {r.redis_us:5.1f}"
+        + (f", generator {r.generator_us:5.1f}" if r.generator_us else "")
         for r in results
     ]
     return "\n".join(lines)
@@ -223,12 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
+    if args.load == "wrk" and shutil.which("wrk") is None:
         print("bench.wrk_probe needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="wrk-probe-") as tmp:
-        print(render(measure(args.seconds, args.warmup, Path(tmp))))
+        found = measure(args.seconds, args.warmup, Path(tmp), load=args.load, workers=args.workers)
+        print(render(found))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,24 @@ async def test_the_lanes_floor_answers_the_hot_routes_with_one_round_trip_and_no
     assert (gain.status_code, gain.content) == (200, bare.BODY)
     assert (debit.status_code, debit.content) == (200, bare.BODY)
     assert progress.status_code == 200 and progress.json()["total_exp"] == 0
+
+
+def test_the_probes_python_load_sends_each_token_once_with_the_same_bodies_every_run(
+    tmp_path: Path,
+) -> None:
+    """``bench.wrk_probe --load python``: one request per token, in the token file's order (the
+    load generator cycles the list), each body one of the probe's, picked by a seeded
+    generator so every target of a run (and every run) gets the same requests."""
+    from bench import wrk_probe
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-a\ntok-b\ntok-c")
+    bodies = ['{"action":"daily_chat"}', '{"action":"create_scene"}']
+    first = wrk_probe._python_requests("/api/exp/gain", tokens, bodies)
+    again = wrk_probe._python_requests("/api/exp/gain", tokens, bodies)
+    assert first == again and len(first) == 3
+    for token, request in zip(("tok-a", "tok-b", "tok-c"), first, strict=True):
+        head, body = request.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"POST /api/exp/gain HTTP/1.1\r\n")
+        assert f"Authorization: Bearer {token}".encode() in head
+        assert body.decode() in bodies
