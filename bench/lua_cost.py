@@ -16,6 +16,16 @@ and warm-up cancel out).
 Timings: they move with the machine's load; ``python -m bench.instructions mix --redis`` counts
 the same work in instructions.
 
+``python -m bench.lua_cost steps [N1 N2]``: where a whole debit's work goes in Redis, in
+instructions (timings of these loops moved by 30 µs from run to run on a shared VM).
+debit_xp.lua with its libraries, as the service sends it (``may_create`` "0": its record
+ledgered too), runs N1 and then N2 times (default 200 and 1,200) in one ``EVALSHA`` on one
+subscribed user with a top-up, in a ``redis-server`` under callgrind (collecting inside
+``EVALSHA`` only), each time cut after one more step (the state read and advanced, the checks,
+the burn, the state encoded, the ledger event, the state written back and the reply, the
+record's text, then the whole script); prints each cut's instructions per debit (the difference
+of the two counts over N2 - N1) and what its step added.
+
 ``python -m bench.lua_cost defs``: what running a script's libraries costs every call, in
 instructions (``redis-server`` under callgrind, collecting inside ``EVALSHA`` only): an
 ``EVALSHA`` of ``return 1`` against one of award_exp's and debit_xp's libraries followed by
@@ -36,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -133,29 +144,22 @@ def calls(first: int, second: int) -> None:
             )
 
 
-def _count_evalsha(body: str, calls: int, *, function: bool = False) -> int:
-    """Instructions callgrind counted inside ``EVALSHA`` over ``calls`` calls of ``body``; with
-    ``function``, inside ``FCALL`` of a function of a library (``body``, loaded once) instead."""
+def _callgrind_redis(toggle: str, work: Callable[[redis.Redis], None]) -> int:
+    """Instructions callgrind counted inside Redis's ``toggle`` function (``evalShaCommand``,
+    ``fcallCommand``) while ``work`` ran against a redis-server of its own under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-            "--toggle-collect=fcallCommand" if function else "--toggle-collect=evalShaCommand",
-            str(find_redis_server()), "--bind", "127.0.0.1",
+            f"--toggle-collect={toggle}", str(find_redis_server()), "--bind", "127.0.0.1",
             "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp,
         ]  # fmt: skip
         with open(f"{tmp}/log", "w+") as log:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-            client = redis.Redis(port=port, socket_timeout=60)
+            client = redis.Redis(port=port, socket_timeout=120)
             try:
                 wait_for_ping(client, proc, 60)
-                target = client.function_load(body) if function else client.script_load(body)
-                verb = "FCALL" if function else "EVALSHA"
-                pipe = client.pipeline(transaction=False)
-                for _ in range(calls):
-                    pipe.execute_command(verb, target, len(_DEBIT_KEYS), *_DEBIT_KEYS,
-                                         *_DEBIT_ARGV)  # fmt: skip
-                pipe.execute()
+                work(client)
                 with contextlib.suppress(redis.ConnectionError):
                     client.shutdown(nosave=True)
             finally:
@@ -166,6 +170,21 @@ def _count_evalsha(body: str, calls: int, *, function: bool = False) -> int:
     if found is None:
         raise SystemExit("valgrind run of redis-server failed")
     return int(found.group(1))
+
+
+def _count_evalsha(body: str, calls: int, *, function: bool = False) -> int:
+    """Instructions callgrind counted inside ``EVALSHA`` over ``calls`` calls of ``body``; with
+    ``function``, inside ``FCALL`` of a function of a library (``body``, loaded once) instead."""
+
+    def work(client: redis.Redis) -> None:
+        target = client.function_load(body) if function else client.script_load(body)
+        verb = "FCALL" if function else "EVALSHA"
+        pipe = client.pipeline(transaction=False)
+        for _ in range(calls):
+            pipe.execute_command(verb, target, len(_DEBIT_KEYS), *_DEBIT_KEYS, *_DEBIT_ARGV)
+        pipe.execute()
+
+    return _callgrind_redis("fcallCommand" if function else "evalShaCommand", work)
 
 
 _DEBIT_KEYS = ("k:user", "k:events", "k:idem", "k:meta", "k:tx")
@@ -207,7 +226,86 @@ def defs() -> None:
         print(f"{name:48} {per:9,.0f} instructions/call")
 
 
+# The debit's steps, each cut running the ones before it (debit_xp.lua's own text, shortened).
+_OPEN = "local early = XP.open() if early then return early end local s = XP.s "
+_COST = "local cost = Rules.cost(generation_type, s.tier) "
+_BURN = _COST + "local parts = XP.burn(cost) "
+_EMIT = _BURN + "local state = XP.emit('xp_debit', generation_type, -cost, transaction_id) "
+_FINISH = "return XP.finish(1, cost, transaction_id, 0, cost, state)"
+_READ = "local user = redis.call('HMGET', KEYS[1], 'xp', 'seq') "
+_STEPS = {
+    "the loop alone (a transaction id and key a debit)": "return 1",
+    "+ the user's hash read (HMGET)": _READ + "return 1",
+    "+ its state decoded by cjson": _READ + "local raw = cjson.decode(user[1]) return 1",
+    "+ XP.open instead (rules, replay, decode, advance)": _OPEN + "return 1",
+    "+ the cost, balance checks": (
+        _OPEN + _COST + "if XP.balance(s) < cost then return 2 end return 1"
+    ),
+    "+ the burn": _OPEN + _BURN + "return 1",
+    "+ the state encoded once": _OPEN + _BURN + "local state = XP.encode(s) return 1",
+    "+ the ledger event instead (XP.emit: encode, XADD)": _OPEN + _EMIT + "return 1",
+    "+ the state written back, the reply": _OPEN + _EMIT + _FINISH,
+    "+ the record's text": (
+        _OPEN
+        + _EMIT
+        + "local t = XP.record_text(mode, 'debited', cost, generation_type, parts) "
+        + _FINISH
+    ),
+    "the whole debit (+ the record SET and ledgered)": None,
+}
+
+
+def _count_debits(script: str, argv: tuple[str, ...], state: str, loops: int) -> int:
+    """Instructions callgrind counted inside one ``EVALSHA`` of ``script`` running ``loops``
+    debits on a user whose XP state is ``state``."""
+
+    def work(client: redis.Redis) -> None:
+        keys = _DEBIT_KEYS
+        client.hset(keys[0], mapping={"xp": state, "seq": 1})
+        client.hset(keys[3], mapping={"run": "1", "complete": "1"})
+        client.evalsha(client.script_load(script), len(keys), *keys, *argv, loops)
+
+    return _callgrind_redis("evalShaCommand", work)
+
+
+def step_scripts() -> tuple[tuple[str, ...], str, dict[str, str]]:
+    """What ``steps`` runs: the debits' ARGV (the loop count goes after it, as ARGV[15]), the
+    user's XP state (JSON, as stored), and each cut's script (KEYS: ``_DEBIT_KEYS``; the user's
+    hash holds the state and seq 1, the meta hash run and complete before it runs)."""
+    from counters.rules import rules_version
+
+    rules = load_rules()
+    source = script_source("debit_xp", lua_rules(rules))
+    libraries, body = source.split("\nlocal generation_type", 1)
+    header, whole = body.split("\nlocal early", 1)
+    header, whole = "local generation_type" + header, "local early" + whole
+    argv = (*_DEBIT_ARGV[:6], "0", rules_version(rules), *_DEBIT_ARGV[8:])
+    scripts = {
+        name: f"{libraries}\nlocal function debit()\n{header}\n{step or whole}\nend\n"
+        "for i = 1, tonumber(ARGV[15]) do\n"
+        "  ARGV[10] = 'xd_' .. i; KEYS[5] = 'k:tx:' .. i; debit()\nend\nreturn 1\n"
+        for name, step in _STEPS.items()
+    }
+    return argv, json.dumps(_STATE, separators=(",", ":")), scripts
+
+
+def steps(first: int, second: int) -> None:
+    """Instructions per debit of each cut of debit_xp.lua (``_STEPS``) in an ``EVALSHA`` loop:
+    the count at ``second`` loops less the count at ``first``, over the difference."""
+    argv, state, scripts = step_scripts()
+    before = 0.0
+    for name, script in scripts.items():
+        counts = [_count_debits(script, argv, state, loops) for loops in (first, second)]
+        per = (counts[1] - counts[0]) / (second - first)
+        print(f"{name:52} {per:9,.0f} instructions  ({per - before:+9,.0f})", flush=True)
+        before = per
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["steps"]:
+        rest = [int(arg) for arg in sys.argv[2:4]]
+        steps(*(rest if len(rest) == 2 else [200, 1_200]))
+        return
     if sys.argv[1:2] == ["defs"]:
         defs()
         return

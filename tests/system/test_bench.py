@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import redis
 
 from bench.load import LoadResult
 from bench.measured import Measured, median_run
@@ -159,3 +161,27 @@ def test_the_probes_python_load_sends_each_token_once_with_the_same_bodies_every
         assert head.startswith(b"POST /api/exp/gain HTTP/1.1\r\n")
         assert f"Authorization: Bearer {token}".encode() in head
         assert body.decode() in bodies
+
+
+def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
+    redis_client: redis.Redis,
+) -> None:
+    """``python -m bench.lua_cost steps`` counts cuts of debit_xp.lua's own text: each cut must
+    still run against today's script (a cut naming a function the script no longer has fails
+    here, not under valgrind), and the last is the whole debit: the XP taken, the event and the
+    record ledgered, the record written."""
+    from bench import lua_cost
+
+    argv, state, scripts = lua_cost.step_scripts()
+    keys = lua_cost._DEBIT_KEYS
+    entries = []
+    for script in scripts.values():
+        redis_client.flushall()
+        redis_client.hset(keys[0], mapping={"xp": state, "seq": 1})
+        redis_client.hset(keys[3], mapping={"run": "1", "complete": "1"})
+        assert redis_client.eval(script, len(keys), *keys, *argv, 3) == 1
+        entries.append(redis_client.xlen(keys[1]))
+    assert entries[0] == 0 and entries[-1] == 6  # three debits: an event and a record each
+    after = json.loads(redis_client.hget(keys[0], "xp"))
+    assert after["alloc"] + after["grants"][0]["left"] < 600 + 10_000_000
+    assert redis_client.exists("k:tx:1", "k:tx:2", "k:tx:3") == 3
