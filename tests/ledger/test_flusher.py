@@ -515,9 +515,11 @@ async def test_a_holder_that_cannot_reach_postgres_asks_the_others_to_help(
     svc = services(durable_app)
     unreachable = await Store.open(f"postgresql://counters@127.0.0.1:{free_port()}/none")
     kind = type(flusher(durable_app))
+    # A lease of 6 s: with 2 s, on a slow VM running the cluster, the cut-off holder once went
+    # 2 s without renewing it and the healthy one took the lease over instead of helping
     cut_off = kind(svc.redis, unreachable, buckets=svc.settings.key_buckets, block_ms=10,
-                   lease_ms=2_000, backoff_max=0.2)  # fmt: skip
-    healthy = flusher(durable_app, lease_ms=2_000)
+                   lease_ms=6_000, backoff_max=0.2)  # fmt: skip
+    healthy = flusher(durable_app, lease_ms=6_000)
     stops = asyncio.Event(), asyncio.Event()
     first = asyncio.create_task(cut_off.run(stops[0]))
     second = None
