@@ -54,7 +54,7 @@ import redis
 from bench.servers import wait_for_ping
 from counters.cli.embedded import RedisServer, find_redis_server, free_port
 from counters.redis.scripts import script_source
-from counters.rules import load_rules
+from counters.rules import load_rules, rules_version
 from counters.rules.compiled import lua_rules
 
 _STATE = {
@@ -255,14 +255,20 @@ _STEPS = {
 }
 
 
+def prepare_debits(client: redis.Redis, state: str) -> None:
+    """The user ``step_scripts``' debits charge (``_DEBIT_KEYS``): its hash with XP state
+    ``state`` and seq 1, and its bucket's meta hash (a run, complete)."""
+    client.hset(_DEBIT_KEYS[0], mapping={"xp": state, "seq": 1})
+    client.hset(_DEBIT_KEYS[3], mapping={"run": "1", "complete": "1"})
+
+
 def _count_debits(script: str, argv: tuple[str, ...], state: str, loops: int) -> int:
     """Instructions callgrind counted inside one ``EVALSHA`` of ``script`` running ``loops``
     debits on a user whose XP state is ``state``."""
 
     def work(client: redis.Redis) -> None:
+        prepare_debits(client, state)
         keys = _DEBIT_KEYS
-        client.hset(keys[0], mapping={"xp": state, "seq": 1})
-        client.hset(keys[3], mapping={"run": "1", "complete": "1"})
         client.evalsha(client.script_load(script), len(keys), *keys, *argv, loops)
 
     return _callgrind_redis("evalShaCommand", work)
@@ -270,10 +276,8 @@ def _count_debits(script: str, argv: tuple[str, ...], state: str, loops: int) ->
 
 def step_scripts() -> tuple[tuple[str, ...], str, dict[str, str]]:
     """What ``steps`` runs: the debits' ARGV (the loop count goes after it, as ARGV[15]), the
-    user's XP state (JSON, as stored), and each cut's script (KEYS: ``_DEBIT_KEYS``; the user's
-    hash holds the state and seq 1, the meta hash run and complete before it runs)."""
-    from counters.rules import rules_version
-
+    user's XP state (JSON, as stored), and each cut's script (KEYS: ``_DEBIT_KEYS``, set up
+    by ``prepare_debits`` before it runs)."""
     rules = load_rules()
     source = script_source("debit_xp", lua_rules(rules))
     libraries, body = source.split("\nlocal generation_type", 1)

@@ -178,21 +178,20 @@ def measure(
     users = [f"wp{n}" for n in range(TOKENS)]
     tokens = tmp / "tokens"
     tokens.write_text("\n".join(issue_token(scenarios.JWT_SECRET, user) for user in users))
-    gain_lua = _wrk_script(
-        "/api/exp/gain", [f'{{"action":"{a}"}}' for a in ACTIONS], tmp / "gain.lua"
-    )
-    debit_lua = _wrk_script(
-        "/api/v1/xp/debit", ['{"generation_type":"EDIT_IMAGE"}'], tmp / "debit.lua"
-    )
-    bare_lua = _wrk_script("/", [f'{{"action":"{a}"}}' for a in ACTIONS], tmp / "bare.lua")
     gain_bodies = [f'{{"action":"{a}"}}' for a in ACTIONS]
-    python_requests = {
-        "/": _python_requests("/", tokens, gain_bodies),
-        "/api/exp/gain": _python_requests("/api/exp/gain", tokens, gain_bodies),
-        "/api/v1/xp/debit": _python_requests(
-            "/api/v1/xp/debit", tokens, ['{"generation_type":"EDIT_IMAGE"}']
-        ),
-    }
+    debit_bodies = ['{"generation_type":"EDIT_IMAGE"}']
+    gain_lua = _wrk_script("/api/exp/gain", gain_bodies, tmp / "gain.lua")
+    debit_lua = _wrk_script("/api/v1/xp/debit", debit_bodies, tmp / "debit.lua")
+    bare_lua = _wrk_script("/", gain_bodies, tmp / "bare.lua")
+    python_requests = (
+        {
+            "/": _python_requests("/", tokens, gain_bodies),
+            "/api/exp/gain": _python_requests("/api/exp/gain", tokens, gain_bodies),
+            "/api/v1/xp/debit": _python_requests("/api/v1/xp/debit", tokens, debit_bodies),
+        }
+        if load == "python"
+        else {}
+    )
     redis = RedisServer(tmp / "redis", persistent=False)
     redis.start()
     results: list[WrkResult] = []

@@ -177,8 +177,7 @@ def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
     entries = []
     for script in scripts.values():
         redis_client.flushall()
-        redis_client.hset(keys[0], mapping={"xp": state, "seq": 1})
-        redis_client.hset(keys[3], mapping={"run": "1", "complete": "1"})
+        lua_cost.prepare_debits(redis_client, state)
         assert redis_client.eval(script, len(keys), *keys, *argv, 3) == 1
         entries.append(redis_client.xlen(keys[1]))
     assert entries[0] == 0 and entries[-1] == 6  # three debits: an event and a record each
