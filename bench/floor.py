@@ -1,7 +1,8 @@
 """Where a hot request's server CPU goes in ``make bench``'s setting: the service against the
 lane's floor and the bare ceiling, in one run.
 
-``python -m bench.floor [--seconds 8] [--rounds 2]`` serves, one after another and
+``python -m bench.floor [--seconds 8] [--rounds 2] [--variant NAME:VAR=VALUE[,VAR=VALUE]]``
+serves, one after another and
 ``--rounds`` times alternated, with ``make bench``'s options (two workers, 64 connections,
 metrics on, row 2's requests: the gain mix, 100k users, the service key):
 
@@ -9,7 +10,10 @@ metrics on, row 2's requests: the gain mix, 100k users, the service key):
 - ``floor``: the service served as ``counters serve`` serves it, its hot routes answered by
   one Redis round trip and the bare route's body (``bench/baselines/floor.py``): HTTP in, the
   lane's framing, one auto-pipelined call, HTTP out, and none of the service's own work;
-- ``gain``: row 2, the service itself.
+- ``gain``: row 2, the service itself;
+- each ``--variant``: row 2 again with those settings changed (for example
+  ``boards-off:COUNTERS_LEADERBOARDS_ENABLED=false`` or ``metrics-off:COUNTERS_METRICS_ENABLED=0``),
+  so what a part of the contract costs shows in the same rounds as the service and its floor.
 
 For each it prints requests/s, the ratio to bare, and CPU microseconds per request: the
 server's user and system time (/proc), Redis's and the load generator's. The floor's server
@@ -55,29 +59,47 @@ class FloorRun:
         return self.user_us + self.system_us + self.redis_us + self.load_us
 
 
-def measure(seconds: float, rounds: int, tmp: Path) -> list[FloorRun]:
-    """Run every target ``rounds`` times, alternated, each from row 2's starting state."""
+Variant = tuple[str, dict[str, str]]  # a name, and the settings (environment) it changes
+
+
+def parse_variant(text: str) -> Variant:
+    """``NAME:VAR=VALUE[,VAR=VALUE...]`` as ``(NAME, {VAR: VALUE})``; raises ``ValueError``."""
+    name, sep, assignments = text.partition(":")
+    pairs = [item.partition("=") for item in assignments.split(",") if item]
+    if not name or not sep or not pairs or any(not k or not eq for k, eq, _ in pairs):
+        raise ValueError(f"a variant is NAME:VAR=VALUE[,VAR=VALUE], not {text!r}")
+    return name, {k: v for k, _, v in pairs}
+
+
+def measure(
+    seconds: float, rounds: int, tmp: Path, variants: tuple[Variant, ...] = ()
+) -> list[FloorRun]:
+    """Run every target (and each variant of ``gain``) ``rounds`` times, alternated, each from
+    row 2's starting state."""
     bench = Bench(Options(), tmp)
     bench.redis.start()
     runs: list[FloorRun] = []
     try:
         bench.with_services(direct.seed_owners)
         bench.seeded = direct.snapshot(bench.redis.url)
+        targets = [(name, factory, {}) for name, factory in TARGETS]
+        targets += [(name, GAIN_APP, env) for name, env in variants]
         for _ in range(rounds):
-            for name, factory in TARGETS:
+            for name, factory, env in targets:
                 bench.fresh_redis()
-                runs.append(_once(bench, name, factory, seconds))
+                runs.append(_once(bench, name, factory, seconds, env))
                 print(f"{name:<6} {runs[-1].rps:>9,.0f} req/s", file=sys.stderr, flush=True)
     finally:
         bench.redis.stop()
     return runs
 
 
-def _once(bench: Bench, name: str, factory: str, seconds: float) -> FloorRun:
+def _once(bench: Bench, name: str, factory: str, seconds: float, env: dict[str, str]) -> FloorRun:
     options = bench.options
     requests = bench.bare_requests if factory == BARE_APP else bench.gain_requests
     probe = "/" if factory == BARE_APP else "/api/levels"
-    with uvicorn_server(factory, bench.env(), workers=options.workers, probe_path=probe) as srv:
+    served = bench.env(**env)
+    with uvicorn_server(factory, served, workers=options.workers, probe_path=probe) as srv:
         meters = {
             "user": lambda: tree_cpu_parts(srv.pid)[0],
             "system": lambda: tree_cpu_parts(srv.pid)[1],
@@ -103,7 +125,7 @@ def render(runs: list[FloorRun]) -> str:
 
     bare = med("bare", "rps")
     lines = []
-    for name, _ in TARGETS:
+    for name in dict.fromkeys(r.name for r in runs):
         lines.append(
             f"{name:<6} {med(name, 'rps'):>9,.0f} req/s  /bare {med(name, 'rps') / bare:.2f}  "
             f"CPU us/request: server {med(name, 'user_us'):5.1f} user + "
@@ -124,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[])
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
-        print(render(measure(args.seconds, args.rounds, Path(tmp))))
+        print(render(measure(args.seconds, args.rounds, Path(tmp), tuple(args.variant))))
     return 0
 
 

@@ -37,6 +37,7 @@ from api.schemas.exp import gain_decoder
 from bench import direct, hot_cost, scenarios
 from bench.metrics_cost import _asgi
 from counters.cli.embedded import RedisServer
+from counters.redis.pipelining import RedisRefusal
 from counters.runtime.services import Services
 
 Handler = Callable[[Services, Exchange], Awaitable[Reply]]
@@ -61,7 +62,10 @@ def _handler(stop: str) -> Handler:
         packed = svc.exp.packed_award(caller.user_id, req.action, action, None)
         send = svc.scripts.send_packed
         if stop == "+ script run" and send is not None:
-            await send(packed)
+            try:
+                await send(packed)
+            except RedisRefusal:  # the library not loaded yet (a flushed Redis): the typed
+                await svc.exp.award(caller, req.action, None, None)  # call loads it, once
         return _OK
 
     return handler

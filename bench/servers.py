@@ -27,6 +27,8 @@ BARE_APP = "bench.baselines.bare:app_from_env"
 RAW_APP = "bench.baselines.raw_asgi:app_from_env"
 PG_APP = "bench.baselines.pg_award:app_from_env"
 THIN_APP = "bench.baselines.thin:app_from_env"  # the shared thin probe (bench.wrk_probe only)
+# The probe's design on this service's hot lane (bench.wrk_probe only)
+THIN_LANE_APP = "bench.baselines.thin_lane:app_from_env"
 
 
 def uvicorn_argv(
@@ -87,7 +89,7 @@ def uvicorn_server(
     The server sees only the COUNTERS_* variables in ``env``, none inherited from our own.
     """
     port = free_port()
-    if factory in (GAIN_APP, FLOOR_APP) and (loop, http) == ("uvloop", "httptools"):
+    if factory in (GAIN_APP, FLOOR_APP, THIN_LANE_APP) and (loop, http) == ("uvloop", "httptools"):
         # The service as `counters serve` runs it: its protocol and options (bench/serve.py)
         argv = [sys.executable, "-m", "bench.serve", factory]
         env = {**env, "COUNTERS_HOST": "127.0.0.1", "COUNTERS_PORT": str(port)}

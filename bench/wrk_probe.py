@@ -23,22 +23,41 @@ and the CPU microseconds per request of the server process and of Redis over the
 (/proc and ``INFO cpu``; 1 s clock ticks make them approximate). Reported, never asserted.
 
 ``--load python --workers 2`` keeps the probe's targets, tokens and bodies but drives them as
-``make bench`` drives its rows: its load generator (``bench/load.py``: 64 connections, one
-precomputed request per token, in a seeded order, cycled) instead of ``wrk``, and two uvicorn
-workers; the generator's CPU per request is printed too. The thin probe's design measured in
-``make bench``'s setting: what issue #15's 0.6 means there for the thinnest service.
+``make bench`` drives its rows: its load generator (``bench/load.py``: 64 connections,
+precomputed requests cycled in a seeded order) instead of ``wrk``, and two uvicorn workers; the
+generator's CPU per request is printed too. The thin probe's design measured in ``make
+bench``'s setting: what issue #15's 0.6 means there for the thinnest service. Its gain requests
+are every token with every action once, then every token's creations again, shuffled (280,000
+requests): each is an award the rules allow (the limits are 1 and 2 a day, the four actions
+earn 80 EXP and the creations again 60, under level 1's cap of 150), so until the list runs out
+every target does the same work a request, however fast it cycles (with one fixed action a
+token, the faster target reached more cheap 429s: session 10's reviewer).
+
+- ``thin-lane`` (with the probe present): the probe's design on this service's hot lane
+  (``bench/baselines/thin_lane.py``: thin's token dict and script, the service's HTTP protocol,
+  lane and auto-pipeline), so thin's division of labour is measured on the same HTTP path as
+  ours, not on stock uvicorn's.
+
+``--rounds N`` runs the targets N times, alternated (bare, ..., bare2 each round, so drift hits
+them alike); each round's ratios are against that round's bare runs, and a summary prints each
+target's median ratio and range. A window in which other processes used, or the hypervisor stole,
+10% or more of the machine's CPU is flagged NOISY (``make bench``'s rule, ``bench/run.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -48,9 +67,16 @@ import redis as redis_py
 
 from bench import direct, scenarios
 from bench.baselines.thin import thin_dir
-from bench.cpu import redis_cpu, tree_cpu
+from bench.cpu import machine_cpu, redis_cpu, tree_cpu
 from bench.load import LoadSpec, run_load
-from bench.servers import BARE_APP, GAIN_APP, THIN_APP, uvicorn_server, wait_for_ping
+from bench.servers import (
+    BARE_APP,
+    GAIN_APP,
+    THIN_APP,
+    THIN_LANE_APP,
+    uvicorn_server,
+    wait_for_ping,
+)
 from counters.auth import issue_token
 from counters.cli.embedded import RedisServer, find_redis_server, free_port, stop_process
 from counters.metrics import prepare_multiprocess_dir
@@ -58,6 +84,7 @@ from counters.metrics import prepare_multiprocess_dir
 TOKENS = 40_000
 ACTIONS = ("create_character", "create_scene", "create_persona", "daily_chat")
 TIER = "pixel_rookie"
+NOISY = 10.0  # % of the machine's CPU used by others or stolen in a window (bench/run.py's rule)
 
 # wrk's request generator: a random token of the file, a random body of the list (as thin's).
 _WRK_LUA = """
@@ -86,12 +113,40 @@ class WrkResult:
     server_us: float = 0.0
     redis_us: float = 0.0
     generator_us: float = 0.0  # --load python only: the load generator's CPU per request
+    others: float = 0.0  # % of the machine's CPU used by other processes or stolen meanwhile
+    split: tuple[int, ...] = ()  # --load python: the generator's connections each worker holds
 
 
 def _wrk_script(path: str, bodies: list[str], where: Path) -> Path:
     lua_bodies = ", ".join("'" + body + "'" for body in bodies)
     where.write_text(_WRK_LUA % {"bodies": lua_bodies, "path": path})
     return where
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def connections_by_worker(port: int) -> tuple[int, ...]:
+    """How many established connections to ``port`` each process holds, most first (``ss``
+    from iproute2; empty without it). With two workers, an uneven split leaves one worker's
+    core short of work while the other's is saturated."""
+    if shutil.which("ss") is None:
+        return ()
+    argv = ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    held: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+),", out):
+        held[pid] = held.get(pid, 0) + 1
+    return tuple(sorted(held.values(), reverse=True))
+
+
+def _others(busy: float, steal: float, ours: float, wall: float) -> float:
+    """% of the machine's CPU over ``wall`` seconds used by processes not measured, or stolen."""
+    capacity = wall * (os.cpu_count() or 1)
+    return max(busy - ours, 0.0) / capacity * 100 + steal / capacity * 100
 
 
 def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, int, int]:
@@ -105,16 +160,23 @@ def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, i
     return float(rps.group(1)), int(non.group(1)) if non else 0, int(done.group(1))
 
 
-def _python_requests(path: str, tokens: Path, bodies: list[str]) -> list[bytes]:
-    """One request per token, its body picked from ``bodies`` by a seeded generator (the same
-    list for every target of a run, as wrk's script picks at random)."""
-    pick = random.Random(15).choice
-    return [
-        scenarios.http_request(
-            "POST", path, {"Authorization": f"Bearer {token}"}, pick(bodies).encode()
-        )
-        for token in tokens.read_text().splitlines()
+def _python_requests(path: str, tokens: Path, bodies: list[str], again: int = 0) -> list[bytes]:
+    """Every token with every body once, shuffled; then every token with the first ``again``
+    bodies once more, shuffled (seeded: the same list for every target of a run)."""
+    shuffle = random.Random(15).shuffle
+    lines = tokens.read_text().splitlines()
+    passes = [
+        [(t, b) for t in lines for b in bodies],
+        [(t, b) for t in lines for b in bodies[:again]],
     ]
+    out: list[bytes] = []
+    for pairs in passes:
+        shuffle(pairs)
+        out += [
+            scenarios.http_request("POST", path, {"Authorization": f"Bearer {t}"}, b.encode())
+            for t, b in pairs
+        ]
+    return out
 
 
 def _every_token_once(port: int, path: str, tokens: Path) -> None:
@@ -170,11 +232,17 @@ def _plain_redis(tmp: Path) -> Iterator[int]:
 
 
 def measure(
-    seconds: float, warmup: float, tmp: Path, *, load: str = "wrk", workers: int = 1
-) -> list[WrkResult]:
-    """Run the targets, driven by ``wrk`` or (``load="python"``) by ``bench/load.py``, each
-    served by ``workers`` uvicorn workers; raises ``RuntimeError`` when a server does not start
-    or wrk fails."""
+    seconds: float,
+    warmup: float,
+    tmp: Path,
+    *,
+    load: str = "wrk",
+    workers: int = 1,
+    rounds: int = 1,
+) -> list[list[WrkResult]]:
+    """Run the targets ``rounds`` times, alternated, driven by ``wrk`` or (``load="python"``)
+    by ``bench/load.py``, each served by ``workers`` uvicorn workers: each round's results in
+    serving order. Raises ``RuntimeError`` when a server does not start or wrk fails."""
     users = [f"wp{n}" for n in range(TOKENS)]
     tokens = tmp / "tokens"
     tokens.write_text("\n".join(issue_token(scenarios.JWT_SECRET, user) for user in users))
@@ -183,10 +251,11 @@ def measure(
     gain_lua = _wrk_script("/api/exp/gain", gain_bodies, tmp / "gain.lua")
     debit_lua = _wrk_script("/api/v1/xp/debit", debit_bodies, tmp / "debit.lua")
     bare_lua = _wrk_script("/", gain_bodies, tmp / "bare.lua")
+    creations = len(ACTIONS) - 1  # ACTIONS lists the creations first
     python_requests = (
         {
-            "/": _python_requests("/", tokens, gain_bodies),
-            "/api/exp/gain": _python_requests("/api/exp/gain", tokens, gain_bodies),
+            "/": _python_requests("/", tokens, gain_bodies, creations),
+            "/api/exp/gain": _python_requests("/api/exp/gain", tokens, gain_bodies, creations),
             "/api/v1/xp/debit": _python_requests("/api/v1/xp/debit", tokens, debit_bodies),
         }
         if load == "python"
@@ -194,7 +263,7 @@ def measure(
     )
     redis = RedisServer(tmp / "redis", persistent=False)
     redis.start()
-    results: list[WrkResult] = []
+    found: list[list[WrkResult]] = []
     try:
         env = {
             "COUNTERS_REDIS_URL": redis.url,
@@ -209,76 +278,139 @@ def measure(
         ]
         if thin_dir() is not None:
             targets.append(("thin", THIN_APP, gain_lua, "/api/exp/gain", False))
+            targets.append(("thin-lane", THIN_LANE_APP, gain_lua, "/api/exp/gain", False))
         targets.append(("bare2", BARE_APP, bare_lua, "/", False))
-        for name, app, script, path, subscribed in targets:
-            _flushall(redis.url)
-            if subscribed:
-                _subscribe(redis.url, users)
-            with ExitStack() as stack:
-                redis_url, served = redis.url, env | prepare_multiprocess_dir(tmp / name)
-                if app == THIN_APP:
-                    port = stack.enter_context(_plain_redis(tmp / "thin-redis"))
-                    redis_url = f"redis://127.0.0.1:{port}/0"
-                    served = {"THIN_TOKENS": str(tokens), "THIN_REDIS_PORT": str(port)}
-                probe = "/healthz" if app == GAIN_APP else "/"
-                serving = uvicorn_server(app, served, workers=workers, probe_path=probe)
-                server = stack.enter_context(serving)
-                url = f"http://127.0.0.1:{server.port}{path}"
-                # thin's token dict is filled in every worker before it serves; ours fills per
-                # worker, and a request goes to whichever worker accepted its connection: with
-                # two workers, five passes leave a token uncached in a worker 1 time in 32
-                passes = 4 * workers - 3 if app == GAIN_APP else 0
-                for _ in range(passes):
-                    _every_token_once(server.port, path, tokens)
-                if load == "python":
-                    result = _python_run(
-                        server.port, server.pid, redis_url, python_requests[path], seconds, warmup
-                    )
-                    results.append(replace(result, name=name))
-                    rps, non = result.rps, result.non_2xx
-                else:
-                    _wrk(url, script, tokens, warmup)
-                    server_before, redis_before = tree_cpu(server.pid), redis_cpu(redis_url)
-                    rps, non, done = _wrk(url, script, tokens, seconds)
-                    server_us = (tree_cpu(server.pid) - server_before) / max(done, 1) * 1e6
-                    redis_us = (redis_cpu(redis_url) - redis_before) / max(done, 1) * 1e6
-                    results.append(WrkResult(name, rps, non, server_us, redis_us))
-            print(f"{name:<6} {rps:>9,.0f} req/s  non-2xx {non}", file=sys.stderr, flush=True)
+        for _ in range(rounds):
+            results: list[WrkResult] = []
+            for name, app, script, path, subscribed in targets:
+                _flushall(redis.url)
+                if subscribed:
+                    _subscribe(redis.url, users)
+                with ExitStack() as stack:
+                    redis_url, served = redis.url, env | prepare_multiprocess_dir(tmp / name)
+                    if app == THIN_APP:
+                        port = stack.enter_context(_plain_redis(tmp / "thin-redis"))
+                        redis_url = f"redis://127.0.0.1:{port}/0"
+                        served = {"THIN_TOKENS": str(tokens), "THIN_REDIS_PORT": str(port)}
+                    elif app == THIN_LANE_APP:
+                        served |= {"THIN_TOKENS": str(tokens)}
+                    probe = "/" if app in (BARE_APP, THIN_APP) else "/healthz"
+                    serving = uvicorn_server(app, served, workers=workers, probe_path=probe)
+                    server = stack.enter_context(serving)
+                    url = f"http://127.0.0.1:{server.port}{path}"
+                    # thin's token dict is filled in every worker before it serves; ours fills
+                    # per worker, and a request goes to whichever worker accepted its
+                    # connection: with two workers, five passes leave a token uncached in a
+                    # worker 1 time in 32
+                    passes = 4 * workers - 3 if app == GAIN_APP else 0
+                    for _ in range(passes):
+                        _every_token_once(server.port, path, tokens)
+                    if load == "python":
+                        run = _python_run(
+                            server.port, server.pid, redis_url, python_requests[path], seconds,
+                            warmup,
+                        )  # fmt: skip
+                    else:
+                        run = _wrk_run(url, script, tokens, seconds, warmup, server.pid, redis_url)
+                    results.append(replace(run, name=name))
+                noisy = " NOISY" if run.others >= NOISY else ""
+                print(
+                    f"{name:<9} {run.rps:>9,.0f} req/s  non-2xx {run.non_2xx}  "
+                    f"others {run.others:.0f}%{noisy}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            found.append(results)
     finally:
         redis.stop()
-    return results
+    return found
+
+
+def _wrk_run(
+    url: str, script: Path, tokens: Path, seconds: float, warmup: float, pid: int, redis_url: str
+) -> WrkResult:
+    """One target under ``wrk``, warmed first; CPU sampled around the measured run."""
+    _wrk(url, script, tokens, warmup)
+    server_0, redis_0, wrk_0, machine_0 = (
+        tree_cpu(pid), redis_cpu(redis_url), _children_cpu(), machine_cpu(),
+    )  # fmt: skip
+    began = time.monotonic()
+    rps, non, done = _wrk(url, script, tokens, seconds)
+    wall = time.monotonic() - began
+    server_s, redis_s = tree_cpu(pid) - server_0, redis_cpu(redis_url) - redis_0
+    machine_1 = machine_cpu()
+    ours = server_s + redis_s + _children_cpu() - wrk_0
+    busy, steal = (machine_1[k] - machine_0[k] for k in ("busy", "steal"))
+    done = max(done, 1)
+    return WrkResult(
+        "", rps, non, server_s / done * 1e6, redis_s / done * 1e6,
+        others=_others(busy, steal, ours, wall),
+    )  # fmt: skip
 
 
 def _python_run(
     port: int, pid: int, redis_url: str, requests: list[bytes], seconds: float, warmup: float
 ) -> WrkResult:
     """One target driven by ``make bench``'s load generator; CPU sampled over its window."""
-    marks: dict[str, tuple[float, float]] = {}
+    marks: dict[str, tuple[float, float, dict[str, float], float]] = {}
+
+    split: list[tuple[int, ...]] = []
 
     def window(edge: str) -> None:
-        marks[edge] = (tree_cpu(pid), redis_cpu(redis_url))
+        if edge == "start":
+            split.append(connections_by_worker(port))
+        marks[edge] = (tree_cpu(pid), redis_cpu(redis_url), machine_cpu(), time.monotonic())
 
     spec = LoadSpec(port, requests, connections=64, warmup=warmup, duration=seconds)
     result = run_load(spec, window)
     done = max(result.requests, 1)
-    (server_0, redis_0), (server_1, redis_1) = marks["start"], marks["end"]
+    (server_0, redis_0, machine_0, t_0), (server_1, redis_1, machine_1, t_1) = (
+        marks["start"], marks["end"],
+    )  # fmt: skip
+    server_s, redis_s = server_1 - server_0, redis_1 - redis_0
+    busy, steal = (machine_1[k] - machine_0[k] for k in ("busy", "steal"))
+    others = _others(busy, steal, server_s + redis_s + result.cpu_seconds, t_1 - t_0)
     non = sum(count for status, count in result.statuses.items() if not 200 <= status < 300)
     return WrkResult(
-        "", result.rps, non, (server_1 - server_0) / done * 1e6, (redis_1 - redis_0) / done * 1e6,
-        result.cpu_seconds / done * 1e6,
+        "", result.rps, non, server_s / done * 1e6, redis_s / done * 1e6,
+        result.cpu_seconds / done * 1e6, others, split[0] if split else (),
     )  # fmt: skip
 
 
 def render(results: list[WrkResult]) -> str:
-    """One line a target with its ratio to the mean of the bare runs."""
+    """One line a target with its ratio to the mean of the round's bare runs."""
     bares = [r.rps for r in results if r.name.startswith("bare")]
     bare = sum(bares) / len(bares)
     lines = [
-        f"{r.name:<6} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}  "
+        f"{r.name:<9} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}  "
         f"CPU us/request: server {r.server_us:5.1f}, Redis {r.redis_us:5.1f}"
         + (f", generator {r.generator_us:5.1f}" if r.generator_us else "")
+        + (f"  connections {'/'.join(map(str, r.split))}" if r.split else "")
+        + (f"  NOISY: others {r.others:.0f}%" if r.others >= NOISY else "")
         for r in results
     ]
+    return "\n".join(lines)
+
+
+def summary(rounds: list[list[WrkResult]]) -> str:
+    """Each target's median ratio to its round's bare, its range, and its median CPU per
+    request (server + Redis [+ generator]), over the rounds; rounds with a NOISY window are
+    counted (not dropped: on a shared VM that could leave none)."""
+    ratios: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    noisy = sum(any(r.others >= NOISY for r in results) for results in rounds)
+    for results in rounds:
+        bares = [r.rps for r in results if r.name.startswith("bare")]
+        bare = sum(bares) / len(bares)
+        for r in results:
+            ratios.setdefault(r.name, []).append(r.rps / bare)
+            cpu.setdefault(r.name, []).append(r.server_us + r.redis_us + r.generator_us)
+    lines = [f"over {len(rounds)} rounds ({noisy} with a NOISY window): median /bare (range)"]
+    for name, values in ratios.items():
+        lines.append(
+            f"{name:<9} {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+            f"  CPU us/request {statistics.median(cpu[name]):6.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -288,13 +420,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
     if args.load == "wrk" and shutil.which("wrk") is None:
         print("bench.wrk_probe needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="wrk-probe-") as tmp:
-        found = measure(args.seconds, args.warmup, Path(tmp), load=args.load, workers=args.workers)
-        print(render(found))
+        found = measure(
+            args.seconds, args.warmup, Path(tmp), load=args.load, workers=args.workers,
+            rounds=args.rounds,
+        )  # fmt: skip
+        print("\n\n".join(render(results) for results in found))
+        if len(found) > 1:
+            print("\n" + summary(found))
     return 0
 
 

@@ -142,25 +142,75 @@ async def test_the_lanes_floor_answers_the_hot_routes_with_one_round_trip_and_no
     assert progress.status_code == 200 and progress.json()["total_exp"] == 0
 
 
-def test_the_probes_python_load_sends_each_token_once_with_the_same_bodies_every_run(
+def test_the_probes_python_load_sends_every_token_every_body_then_the_repeats_it_may(
     tmp_path: Path,
 ) -> None:
-    """``bench.wrk_probe --load python``: one request per token, in the token file's order (the
-    load generator cycles the list), each body one of the probe's, picked by a seeded
-    generator so every target of a run (and every run) gets the same requests."""
+    """``bench.wrk_probe --load python``: every token with every body once, then every token
+    with the first ``again`` bodies once more, each pass shuffled by a seeded generator, so
+    every target of a run (and every run) gets the same requests, each one the rules allow."""
     from bench import wrk_probe
 
     tokens = tmp_path / "tokens"
     tokens.write_text("tok-a\ntok-b\ntok-c")
-    bodies = ['{"action":"daily_chat"}', '{"action":"create_scene"}']
-    first = wrk_probe._python_requests("/api/exp/gain", tokens, bodies)
-    again = wrk_probe._python_requests("/api/exp/gain", tokens, bodies)
-    assert first == again and len(first) == 3
-    for token, request in zip(("tok-a", "tok-b", "tok-c"), first, strict=True):
+    bodies = ['{"action":"create_scene"}', '{"action":"daily_chat"}']
+    first = wrk_probe._python_requests("/api/exp/gain", tokens, bodies, again=1)
+    assert first == wrk_probe._python_requests("/api/exp/gain", tokens, bodies, again=1)
+
+    def pair(request: bytes) -> tuple[str, str]:
         head, body = request.split(b"\r\n\r\n", 1)
         assert head.startswith(b"POST /api/exp/gain HTTP/1.1\r\n")
-        assert f"Authorization: Bearer {token}".encode() in head
-        assert body.decode() in bodies
+        token = next(
+            line.split(b" ")[-1]
+            for line in head.split(b"\r\n")
+            if line.startswith(b"Authorization")
+        )
+        return token.decode(), body.decode()
+
+    pairs = [pair(request) for request in first]
+    every = {(t, b) for t in ("tok-a", "tok-b", "tok-c") for b in bodies}
+    assert len(pairs) == 9 and set(pairs[:6]) == every
+    assert sorted(pairs[6:]) == [(t, bodies[0]) for t in ("tok-a", "tok-b", "tok-c")]
+    assert pairs[:6] != sorted(pairs[:6]) or pairs[6:] != sorted(pairs[6:])  # shuffled
+
+
+@pytest.mark.anyio
+async def test_thin_on_the_lane_awards_by_the_probes_script_and_answers_its_bytes(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench.wrk_probe``'s thin-lane target (bench/baselines/thin_lane.py): a known token's
+    gain runs the shared probe's own award_reply.lua and answers the bytes it built; a repeat is
+    its 429; an unknown token a 401; the service's other routes stay its own."""
+    from api.app import create_app
+    from api.routes import exp as exp_routes
+    from bench.baselines import thin, thin_lane
+
+    where = thin.thin_dir()
+    if where is None:
+        pytest.skip("the shared thin probe (../shared/perf/thin) is not on this machine")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-0\ntok-1\n")
+    handler = thin_lane.ThinOnLane(
+        thin_lane.read_tokens(str(tokens)), (where / "award_reply.lua").read_text()
+    )
+    monkeypatch.setattr(exp_routes.hot_gain, "handler", handler)
+    app = create_app(settings)
+    chat = b'{"action":"daily_chat"}'
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        first = await http.post(
+            "/api/exp/gain", content=chat, headers={"Authorization": "Bearer tok-1"}
+        )
+        again = await http.post(
+            "/api/exp/gain", content=chat, headers={"Authorization": "Bearer tok-1"}
+        )
+        stranger = await http.post(
+            "/api/exp/gain", content=chat, headers={"Authorization": "Bearer x"}
+        )
+        levels = await http.get("/api/levels")
+    assert first.status_code == 200, first.text
+    assert first.json()["awarded_to"] == "u1" and first.json()["exp_added"] == 20
+    assert again.status_code == 429 and "Daily limit reached" in again.json()["detail"]
+    assert stranger.status_code == 401
+    assert levels.status_code == 200 and "1" in levels.json()
 
 
 def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
@@ -184,3 +234,17 @@ def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
     after = json.loads(redis_client.hget(keys[0], "xp"))
     assert after["alloc"] + after["grants"][0]["left"] < 600 + 10_000_000
     assert redis_client.exists("k:tx:1", "k:tx:2", "k:tx:3") == 3
+
+
+def test_a_floor_variant_names_the_settings_it_changes() -> None:
+    """``bench.floor --variant NAME:VAR=VALUE[,VAR=VALUE]``: row 2 again with those settings."""
+    from bench.floor import parse_variant
+
+    assert parse_variant("boards-off:COUNTERS_LEADERBOARDS_ENABLED=false") == (
+        "boards-off",
+        {"COUNTERS_LEADERBOARDS_ENABLED": "false"},
+    )
+    assert parse_variant("lean:A=0,B=") == ("lean", {"A": "0", "B": ""})
+    for bad in ("no-colon", ":A=1", "name:", "name:A", "name:=1"):
+        with pytest.raises(ValueError, match="NAME:VAR=VALUE"):
+            parse_variant(bad)
