@@ -12,7 +12,12 @@ service key, with ``POST /api/exp/gain``'s handler replaced in turn by one that 
 - ``+ PING``: instead of the call, one PING on the auto-pipeline (a round trip's own cost);
 - ``+ script run``: the command sent and its reply awaited, nothing made of it;
 - ``+ result``: ``ExpService.award`` whole (the reply decoded, the metrics counted);
-- ``real``: the route as served (the reply body built and encoded).
+- ``real``: the route as served (the reply body built and encoded);
+- ``thin-lane`` (with the shared thin probe on this machine): the probe's handler on the lane
+  (``bench/baselines/thin_lane.py``: the body to ``award_reply.lua``, its bytes back), the
+  caller taken from the service key's ``X-User-Id`` rather than thin's token dict. What our
+  gain adds to thin's design is ``real`` less this, not less ``lane``: thin pays a round trip,
+  a CRC and a packed command too.
 
 Each step runs ``rounds`` times (default 3), the steps alternated; the least of its rounds is
 printed (other work on the machine only adds). Each difference is what that step adds. The
@@ -35,6 +40,8 @@ from api.asgi import Exchange
 from api.http import Reply, decode
 from api.schemas.exp import gain_decoder
 from bench import direct, hot_cost, scenarios
+from bench.baselines.thin import thin_dir
+from bench.baselines.thin_lane import ThinOnLane
 from bench.metrics_cost import _asgi
 from counters.cli.embedded import RedisServer
 from counters.redis.pipelining import RedisRefusal
@@ -71,6 +78,24 @@ def _handler(stop: str) -> Handler:
     return handler
 
 
+class _ThinStep:
+    """thin on the lane's work for a service-key request: its user from ``X-User-Id``."""
+
+    def __init__(self, thin: ThinOnLane) -> None:
+        self.thin = thin
+
+    async def __call__(self, svc: Services, exchange: Exchange) -> Reply:
+        return await self.thin.award(svc, (exchange.user_id or "").encode(), exchange.body)
+
+
+def thin_handler() -> Handler | None:
+    """The ``thin-lane`` step's handler, or None without the shared thin probe."""
+    where = thin_dir()
+    if where is None:
+        return None
+    return _ThinStep(ThinOnLane({}, (where / "award_reply.lua").read_text()))
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 12_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -80,6 +105,9 @@ def main() -> None:
     real = exp_routes.hot_gain.handler
     stops = ["lane", "+ auth, decode", "+ call built", "+ PING", "+ script run", "+ result"]
     steps = [(stop, _handler(stop)) for stop in stops] + [("real", real)]
+    thin = thin_handler()
+    if thin is not None:
+        steps.append(("thin-lane", thin))
     seen: dict[str, list[float]] = {name: [] for name, _ in steps}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -89,6 +117,8 @@ def main() -> None:
             for _ in range(rounds):  # the steps alternated, so load drifts hit them alike
                 for name, handler in steps:
                     direct.restore(server.url, [])
+                    if isinstance(handler, _ThinStep):
+                        handler.thin.loaded = False  # a flushed Redis: load the script again
                     exp_routes.hot_gain.handler = handler
                     seen[name].append(
                         uvloop.run(hot_cost.measure(server.url, "/api/exp/gain", calls, False))

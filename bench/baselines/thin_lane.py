@@ -59,6 +59,11 @@ class ThinOnLane:
         user = self.tokens.get(exchange.authorization or b"")
         if user is None:
             return 401, _UNAUTHENTICATED, None
+        return await self.award(svc, user, exchange.body)
+
+    async def award(self, svc: Services, user: bytes, body: bytes) -> Reply:
+        """thin's work once the caller is known: ``body`` to the script, its reply back
+        (``bench.hot_split``'s ``thin-lane`` step calls it with the service key's user)."""
         send = svc.scripts.send_packed
         assert send is not None, "thin on the lane needs the single-node auto-pipeline"
         if not self.loaded:
@@ -69,7 +74,7 @@ class ThinOnLane:
             hiredis.pack_command((
                 b"EVALSHA", self.sha, b"3", b"ctr:%s:user:%s" % (tag, user),
                 b"ctr:%s:day:%s:%s" % (tag, _DAY.encode(), user), b"ctr:%s:events" % tag,
-                user, exchange.body, _DAY_TTL,
+                user, body, _DAY_TTL,
             ))
         )  # fmt: skip
         status, payload = reply

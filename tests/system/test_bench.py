@@ -213,6 +213,32 @@ async def test_thin_on_the_lane_awards_by_the_probes_script_and_answers_its_byte
     assert levels.status_code == 200 and "1" in levels.json()
 
 
+@pytest.mark.anyio
+async def test_hot_splits_thin_step_awards_by_the_probes_script_for_the_service_keys_user(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench.hot_split``'s ``thin-lane`` step: thin on the lane's work (the probe's own
+    award_reply.lua, its bytes back) for the user a service-key request names, so the split
+    can set our gain beside thin's design, not beside a lane with no round trip."""
+    from api.app import create_app
+    from api.routes import exp as exp_routes
+    from bench import hot_split
+
+    handler = hot_split.thin_handler()
+    if handler is None:
+        pytest.skip("the shared thin probe (../shared/perf/thin) is not on this machine")
+    monkeypatch.setattr(exp_routes.hot_gain, "handler", handler)
+    app = create_app(settings)
+    headers = {"Authorization": f"Bearer {SERVICE_KEY}", "X-User-Id": "fan-7"}
+    chat = b'{"action":"daily_chat"}'
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        first = await http.post("/api/exp/gain", content=chat, headers=headers)
+        again = await http.post("/api/exp/gain", content=chat, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["awarded_to"] == "fan-7" and first.json()["exp_added"] == 20
+    assert again.status_code == 429 and "Daily limit reached" in again.json()["detail"]
+
+
 def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
     redis_client: redis.Redis,
 ) -> None:
