@@ -131,8 +131,8 @@ def _children_cpu() -> float:
 
 def connections_by_worker(port: int) -> tuple[int, ...]:
     """How many established connections to ``port`` each process holds, most first (``ss``
-    from iproute2; empty without it). With two workers, an uneven split leaves one worker's
-    core short of work while the other's is saturated."""
+    from iproute2; empty without it). Printed so an uneven split is seen; in session 11's runs
+    no worker was saturated (README, "Eleventh round"), so it did not decide a ratio."""
     if shutil.which("ss") is None:
         return ()
     argv = ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"]
@@ -300,8 +300,9 @@ def measure(
                     url = f"http://127.0.0.1:{server.port}{path}"
                     # thin's token dict is filled in every worker before it serves; ours fills
                     # per worker, and a request goes to whichever worker accepted its
-                    # connection: with two workers, five passes leave a token uncached in a
-                    # worker 1 time in 32
+                    # connection: with two workers split evenly, five passes leave a token
+                    # uncached in a worker 1 time in 32 (at a 2:1 split, ~13% in the smaller;
+                    # a bias against our gain of ~0.5 us a request)
                     passes = 4 * workers - 3 if app == GAIN_APP else 0
                     for _ in range(passes):
                         _every_token_once(server.port, path, tokens)
