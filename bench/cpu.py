@@ -15,6 +15,9 @@ from pathlib import Path
 import redis
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+# % of the machine's CPU other processes used, or the hypervisor stole, during a measured
+# window that makes it NOISY (``make bench``'s rule; ``bench.wrk_probe`` flags the same)
+NOISY_PERCENT = 10.0
 
 
 def tree_cpu(pid: int) -> float:
@@ -94,6 +97,12 @@ class CpuWindow:
             "others": round(max(others, 0.0) / capacity * 100, 1),
             "steal": round(self.seconds["machine_steal"] / capacity * 100, 1),
         }
+
+    def noisy(self, load_seconds: float) -> float:
+        """Other processes' and stolen % of the machine's CPU over the window, summed: a window
+        at ``NOISY_PERCENT`` or more is noisy."""
+        shares = self.others_percent(load_seconds)
+        return shares.get("others", 0.0) + shares.get("steal", 0.0)
 
     def per_request_us(self, requests: int) -> dict[str, float]:
         if not requests:

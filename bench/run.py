@@ -37,7 +37,6 @@ from persistence.migrate import migrate_url
 
 XP_DEBIT = "/api/v1/xp/debit"
 XP_TIER = "pixel_rookie"  # the lowest tier that allows EDIT_IMAGE
-_NOISY = 10.0  # % of the CPU taken by others (or stolen) during a window that makes it noisy
 
 
 class Bench:
@@ -170,7 +169,7 @@ class Bench:
         if measured.spread:
             note += f" (median of {self.options.repeat}: {measured.spread})"
         others = measured.machine.get("others", 0.0) + measured.machine.get("steal", 0.0)
-        if others >= _NOISY:
+        if others >= cpu.NOISY_PERCENT:
             note += f" NOISY: other processes {measured.machine['others']:.0f}%"
             note += f", stolen {measured.machine['steal']:.0f}% of the CPU"
         detail = dataclasses.asdict(result) | {"machine_cpu_percent": measured.machine}

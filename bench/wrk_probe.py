@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import resource
@@ -57,7 +56,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -67,7 +65,7 @@ import redis as redis_py
 
 from bench import direct, scenarios
 from bench.baselines.thin import thin_dir
-from bench.cpu import machine_cpu, redis_cpu, tree_cpu
+from bench.cpu import NOISY_PERCENT, CpuWindow, redis_cpu, tree_cpu
 from bench.load import LoadSpec, run_load
 from bench.servers import (
     BARE_APP,
@@ -84,7 +82,6 @@ from counters.metrics import prepare_multiprocess_dir
 TOKENS = 40_000
 ACTIONS = ("create_character", "create_scene", "create_persona", "daily_chat")
 TIER = "pixel_rookie"
-NOISY = 10.0  # % of the machine's CPU used by others or stolen in a window (bench/run.py's rule)
 
 # wrk's request generator: a random token of the file, a random body of the list (as thin's).
 _WRK_LUA = """
@@ -141,12 +138,6 @@ def connections_by_worker(port: int) -> tuple[int, ...]:
     for pid in re.findall(r"pid=(\d+),", out):
         held[pid] = held.get(pid, 0) + 1
     return tuple(sorted(held.values(), reverse=True))
-
-
-def _others(busy: float, steal: float, ours: float, wall: float) -> float:
-    """% of the machine's CPU over ``wall`` seconds used by processes not measured, or stolen."""
-    capacity = wall * (os.cpu_count() or 1)
-    return max(busy - ours, 0.0) / capacity * 100 + steal / capacity * 100
 
 
 def _wrk(url: str, script: Path, tokens: Path, seconds: float) -> tuple[float, int, int]:
@@ -314,7 +305,7 @@ def measure(
                     else:
                         run = _wrk_run(url, script, tokens, seconds, warmup, server.pid, redis_url)
                     results.append(replace(run, name=name))
-                noisy = " NOISY" if run.others >= NOISY else ""
+                noisy = " NOISY" if run.others >= NOISY_PERCENT else ""
                 print(
                     f"{name:<9} {run.rps:>9,.0f} req/s  non-2xx {run.non_2xx}  "
                     f"others {run.others:.0f}%{noisy}",
@@ -330,64 +321,62 @@ def measure(
 def _wrk_run(
     url: str, script: Path, tokens: Path, seconds: float, warmup: float, pid: int, redis_url: str
 ) -> WrkResult:
-    """One target under ``wrk``, warmed first; CPU sampled around the measured run."""
+    """One target under ``wrk``, warmed first; CPU sampled around the measured run (wrk's
+    own once it has exited, so it counts as ours, not as another process's)."""
     _wrk(url, script, tokens, warmup)
-    server_0, redis_0, wrk_0, machine_0 = (
-        tree_cpu(pid), redis_cpu(redis_url), _children_cpu(), machine_cpu(),
-    )  # fmt: skip
-    began = time.monotonic()
+    window = _window(pid, redis_url)
+    window.meters["wrk"] = _children_cpu
+    window("start")
     rps, non, done = _wrk(url, script, tokens, seconds)
-    wall = time.monotonic() - began
-    server_s, redis_s = tree_cpu(pid) - server_0, redis_cpu(redis_url) - redis_0
-    machine_1 = machine_cpu()
-    ours = server_s + redis_s + _children_cpu() - wrk_0
-    busy, steal = (machine_1[k] - machine_0[k] for k in ("busy", "steal"))
-    done = max(done, 1)
-    return WrkResult(
-        "", rps, non, server_s / done * 1e6, redis_s / done * 1e6,
-        others=_others(busy, steal, ours, wall),
-    )  # fmt: skip
+    window("end")
+    per = window.per_request_us(max(done, 1))
+    return WrkResult("", rps, non, per["server"], per["redis"], others=window.noisy(0.0))
 
 
 def _python_run(
     port: int, pid: int, redis_url: str, requests: list[bytes], seconds: float, warmup: float
 ) -> WrkResult:
-    """One target driven by ``make bench``'s load generator; CPU sampled over its window."""
-    marks: dict[str, tuple[float, float, dict[str, float], float]] = {}
-
+    """One target driven by ``make bench``'s load generator; CPU sampled over its window, and
+    the workers' connection split at its start."""
+    cpu = _window(pid, redis_url)
     split: list[tuple[int, ...]] = []
 
     def window(edge: str) -> None:
         if edge == "start":
             split.append(connections_by_worker(port))
-        marks[edge] = (tree_cpu(pid), redis_cpu(redis_url), machine_cpu(), time.monotonic())
+        cpu(edge)
 
     spec = LoadSpec(port, requests, connections=64, warmup=warmup, duration=seconds)
     result = run_load(spec, window)
     done = max(result.requests, 1)
-    (server_0, redis_0, machine_0, t_0), (server_1, redis_1, machine_1, t_1) = (
-        marks["start"], marks["end"],
-    )  # fmt: skip
-    server_s, redis_s = server_1 - server_0, redis_1 - redis_0
-    busy, steal = (machine_1[k] - machine_0[k] for k in ("busy", "steal"))
-    others = _others(busy, steal, server_s + redis_s + result.cpu_seconds, t_1 - t_0)
+    per = cpu.per_request_us(done)
     non = sum(count for status, count in result.statuses.items() if not 200 <= status < 300)
     return WrkResult(
-        "", result.rps, non, server_s / done * 1e6, redis_s / done * 1e6,
-        result.cpu_seconds / done * 1e6, others, split[0] if split else (),
+        "", result.rps, non, per["server"], per["redis"], result.cpu_seconds / done * 1e6,
+        cpu.noisy(result.cpu_seconds), split[0] if split else (),
     )  # fmt: skip
+
+
+def _window(pid: int, redis_url: str) -> CpuWindow:
+    """The server's (its process tree's) and Redis's CPU, and the machine's, over a window."""
+    return CpuWindow({"server": lambda: tree_cpu(pid), "redis": lambda: redis_cpu(redis_url)})
+
+
+def _bare_rps(results: list[WrkResult]) -> float:
+    """The mean rate of a round's bare runs (bare and bare2): what its ratios are against."""
+    bares = [r.rps for r in results if r.name.startswith("bare")]
+    return sum(bares) / len(bares)
 
 
 def render(results: list[WrkResult]) -> str:
     """One line a target with its ratio to the mean of the round's bare runs."""
-    bares = [r.rps for r in results if r.name.startswith("bare")]
-    bare = sum(bares) / len(bares)
+    bare = _bare_rps(results)
     lines = [
         f"{r.name:<9} {r.rps:>9,.0f} req/s  non-2xx {r.non_2xx:<7} /bare {r.rps / bare:.2f}  "
         f"CPU us/request: server {r.server_us:5.1f}, Redis {r.redis_us:5.1f}"
         + (f", generator {r.generator_us:5.1f}" if r.generator_us else "")
         + (f"  connections {'/'.join(map(str, r.split))}" if r.split else "")
-        + (f"  NOISY: others {r.others:.0f}%" if r.others >= NOISY else "")
+        + (f"  NOISY: others {r.others:.0f}%" if r.others >= NOISY_PERCENT else "")
         for r in results
     ]
     return "\n".join(lines)
@@ -399,10 +388,9 @@ def summary(rounds: list[list[WrkResult]]) -> str:
     counted (not dropped: on a shared VM that could leave none)."""
     ratios: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
-    noisy = sum(any(r.others >= NOISY for r in results) for results in rounds)
+    noisy = sum(any(r.others >= NOISY_PERCENT for r in results) for results in rounds)
     for results in rounds:
-        bares = [r.rps for r in results if r.name.startswith("bare")]
-        bare = sum(bares) / len(bares)
+        bare = _bare_rps(results)
         for r in results:
             ratios.setdefault(r.name, []).append(r.rps / bare)
             cpu.setdefault(r.name, []).append(r.server_us + r.redis_us + r.generator_us)

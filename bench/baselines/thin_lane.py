@@ -37,6 +37,7 @@ from api.http import Reply
 from api.main import app_from_env as service_app
 from api.routes import exp as exp_routes
 from bench.baselines.thin import thin_dir
+from counters.redis.pipelining import RedisRefusal
 from counters.runtime.services import Services
 
 _UNAUTHENTICATED = msgspec.Raw(b'{"detail":"Not authenticated"}')
@@ -46,13 +47,13 @@ _DAY = "20261130"  # the probe's day key, as thin.py has it
 
 class ThinOnLane:
     """The probe's handler for the hot lane: ``tokens`` maps ``b"Bearer <token>"`` to a user
-    id; ``script`` is ``award_reply.lua``'s source (loaded into Redis on the first call)."""
+    id; ``script`` is ``award_reply.lua``'s source (loaded into Redis whenever Redis answers
+    NOSCRIPT: on the first call, and after a flush or a restart)."""
 
     def __init__(self, tokens: dict[bytes, bytes], script: str) -> None:
         self.tokens = tokens
         self.script = script.encode()
         self.sha = hashlib.sha1(self.script).hexdigest().encode()
-        self.loaded = False
 
     async def __call__(self, svc: Services, exchange: Exchange) -> Reply:
         """401 for an unknown token; else the script's ``{status, body}`` as the reply."""
@@ -66,17 +67,19 @@ class ThinOnLane:
         (``bench.hot_split``'s ``thin-lane`` step calls it with the service key's user)."""
         send = svc.scripts.send_packed
         assert send is not None, "thin on the lane needs the single-node auto-pipeline"
-        if not self.loaded:
-            await send(hiredis.pack_command((b"SCRIPT", b"LOAD", self.script)))
-            self.loaded = True
         tag = b"{b%d}" % (zlib.crc32(user) % 1024)
-        reply: Any = await send(
-            hiredis.pack_command((
-                b"EVALSHA", self.sha, b"3", b"ctr:%s:user:%s" % (tag, user),
-                b"ctr:%s:day:%s:%s" % (tag, _DAY.encode(), user), b"ctr:%s:events" % tag,
-                user, body, _DAY_TTL,
-            ))
-        )  # fmt: skip
+        command = hiredis.pack_command((
+            b"EVALSHA", self.sha, b"3", b"ctr:%s:user:%s" % (tag, user),
+            b"ctr:%s:day:%s:%s" % (tag, _DAY.encode(), user), b"ctr:%s:events" % tag,
+            user, body, _DAY_TTL,
+        ))  # fmt: skip
+        try:
+            reply: Any = await send(command)
+        except RedisRefusal as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            await send(hiredis.pack_command((b"SCRIPT", b"LOAD", self.script)))
+            reply = await send(command)
         status, payload = reply
         return int(status), msgspec.Raw(payload), None
 
