@@ -1,7 +1,7 @@
 """Where a hot request's server CPU goes in ``make bench``'s setting: the service against the
 lane's floor and the bare ceiling, in one run.
 
-``python -m bench.floor [--seconds 8] [--rounds 2] [--variant NAME:VAR=VALUE[,VAR=VALUE]]``
+``python -m bench.floor [--seconds 8] [--rounds 2] [--variant NAME[@TARGET]:VAR=VALUE[,...]]``
 serves, one after another and
 ``--rounds`` times alternated, with ``make bench``'s options (two workers, 64 connections,
 metrics on, row 2's requests: the gain mix, 100k users, the service key):
@@ -10,10 +10,16 @@ metrics on, row 2's requests: the gain mix, 100k users, the service key):
 - ``floor``: the service served as ``counters serve`` serves it, its hot routes answered by
   one Redis round trip and the bare route's body (``bench/baselines/floor.py``): HTTP in, the
   lane's framing, one auto-pipelined call, HTTP out, and none of the service's own work;
+- ``floor-lua``: the floor again, its one round trip the service's own script command for each
+  request, packed by the service's packers (``bench/baselines/floor_lua.py``): the service's
+  Redis work with next to none of its Python (its rate is the most any split of work between
+  the service's Python and these scripts could reach);
 - ``gain``: row 2, the service itself;
-- each ``--variant``: row 2 again with those settings changed (for example
-  ``boards-off:COUNTERS_LEADERBOARDS_ENABLED=false`` or ``metrics-off:COUNTERS_METRICS_ENABLED=0``),
-  so what a part of the contract costs shows in the same rounds as the service and its floor.
+- each ``--variant``: row 2 (or with ``@TARGET``, another target) again with those settings
+  changed (for example ``boards-off:COUNTERS_LEADERBOARDS_ENABLED=false``,
+  ``metrics-off:COUNTERS_METRICS_ENABLED=0`` or
+  ``lua-boards-off@floor-lua:COUNTERS_LEADERBOARDS_ENABLED=false``), so what a part of the
+  contract costs shows in the same rounds as the service and its floors.
 
 For each it prints requests/s, the ratio to bare, and CPU microseconds per request: the
 server's user and system time (/proc), Redis's and the load generator's. The floor's server
@@ -25,6 +31,7 @@ could reach the target (README, Performance, "Ninth round"). Reported, never ass
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -36,9 +43,14 @@ from bench.cpu import CpuWindow, redis_cpu, tree_cpu_parts
 from bench.load import LoadSpec, run_load
 from bench.options import Options
 from bench.run import Bench
-from bench.servers import BARE_APP, FLOOR_APP, GAIN_APP, uvicorn_server
+from bench.servers import BARE_APP, FLOOR_APP, FLOOR_LUA_APP, GAIN_APP, uvicorn_server
 
-TARGETS = (("bare", BARE_APP), ("floor", FLOOR_APP), ("gain", GAIN_APP))
+TARGETS = (
+    ("bare", BARE_APP),
+    ("floor", FLOOR_APP),
+    ("floor-lua", FLOOR_LUA_APP),
+    ("gain", GAIN_APP),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,23 +70,38 @@ class FloorRun:
         """Every process's CPU per request: what a CPU-bound 2-core machine divides."""
         return self.user_us + self.system_us + self.redis_us + self.load_us
 
+    @property
+    def busy(self) -> float:
+        """The share of the machine's CPU the measured processes kept busy (0-1): under 1,
+        requests waited with a core idle (on a round trip between processes), so the rate is
+        less than the CPU per request alone allows."""
+        return self.rps * self.total_us / 1e6 / (os.cpu_count() or 1)
 
-Variant = tuple[str, dict[str, str]]  # a name, and the settings (environment) it changes
+
+# A name, the target it varies (a name of TARGETS other than bare) and the settings
+# (environment) it changes
+Variant = tuple[str, str, dict[str, str]]
 
 
 def parse_variant(text: str) -> Variant:
-    """``NAME:VAR=VALUE[,VAR=VALUE...]`` as ``(NAME, {VAR: VALUE})``; raises ``ValueError``."""
-    name, sep, assignments = text.partition(":")
+    """``NAME[@TARGET]:VAR=VALUE[,VAR=VALUE...]`` as ``(NAME, TARGET, {VAR: VALUE})``, TARGET
+    ``gain`` unless named; raises ``ValueError``."""
+    head, sep, assignments = text.partition(":")
+    name, at, target = head.partition("@")
     pairs = [item.partition("=") for item in assignments.split(",") if item]
     if not name or not sep or not pairs or any(not k or not eq for k, eq, _ in pairs):
-        raise ValueError(f"a variant is NAME:VAR=VALUE[,VAR=VALUE], not {text!r}")
-    return name, {k: v for k, _, v in pairs}
+        raise ValueError(f"a variant is NAME[@TARGET]:VAR=VALUE[,VAR=VALUE], not {text!r}")
+    served = dict(TARGETS)
+    if at and (target not in served or served[target] == BARE_APP):
+        others = ", ".join(n for n, f in TARGETS if f != BARE_APP)
+        raise ValueError(f"a variant's TARGET is one of {others}, not {target!r}")
+    return name, target if at else "gain", {k: v for k, _, v in pairs}
 
 
 def measure(
     seconds: float, rounds: int, tmp: Path, variants: tuple[Variant, ...] = ()
 ) -> list[FloorRun]:
-    """Run every target (and each variant of ``gain``) ``rounds`` times, alternated, each from
+    """Run every target (and each variant) ``rounds`` times, alternated, each from
     row 2's starting state."""
     bench = Bench(Options(), tmp)
     bench.redis.start()
@@ -83,12 +110,12 @@ def measure(
         bench.with_services(direct.seed_owners)
         bench.seeded = direct.snapshot(bench.redis.url)
         targets = [(name, factory, {}) for name, factory in TARGETS]
-        targets += [(name, GAIN_APP, env) for name, env in variants]
+        targets += [(name, dict(TARGETS)[target], env) for name, target, env in variants]
         for _ in range(rounds):
             for name, factory, env in targets:
                 bench.fresh_redis()
                 runs.append(_once(bench, name, factory, seconds, env))
-                print(f"{name:<6} {runs[-1].rps:>9,.0f} req/s", file=sys.stderr, flush=True)
+                print(f"{name:<9} {runs[-1].rps:>9,.0f} req/s", file=sys.stderr, flush=True)
     finally:
         bench.redis.stop()
     return runs
@@ -127,10 +154,11 @@ def render(runs: list[FloorRun]) -> str:
     lines = []
     for name in dict.fromkeys(r.name for r in runs):
         lines.append(
-            f"{name:<6} {med(name, 'rps'):>9,.0f} req/s  /bare {med(name, 'rps') / bare:.2f}  "
+            f"{name:<9} {med(name, 'rps'):>9,.0f} req/s  /bare {med(name, 'rps') / bare:.2f}  "
             f"CPU us/request: server {med(name, 'user_us'):5.1f} user + "
             f"{med(name, 'system_us'):4.1f} system, Redis {med(name, 'redis_us'):5.1f}, "
-            f"load {med(name, 'load_us'):5.1f}, all {med(name, 'total_us'):5.1f}"
+            f"load {med(name, 'load_us'):5.1f}, all {med(name, 'total_us'):5.1f}, "
+            f"busy {med(name, 'busy'):.0%}"
         )
     budget = med("bare", "total_us") / 0.6 - med("gain", "redis_us") - med("gain", "load_us")
     floor = med("floor", "user_us") + med("floor", "system_us")

@@ -23,12 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 GAIN_APP = "api.main:app_from_env"
 # The service with both hot routes' handlers replaced by one Redis round trip (bench.floor)
 FLOOR_APP = "bench.baselines.floor:app_from_env"
+# The floor with the service's own script commands: its Redis work, none of its Python (bench.floor)
+FLOOR_LUA_APP = "bench.baselines.floor_lua:app_from_env"
 BARE_APP = "bench.baselines.bare:app_from_env"
 RAW_APP = "bench.baselines.raw_asgi:app_from_env"
 PG_APP = "bench.baselines.pg_award:app_from_env"
 THIN_APP = "bench.baselines.thin:app_from_env"  # the shared thin probe (bench.wrk_probe only)
 # The probe's design on this service's hot lane (bench.wrk_probe only)
 THIN_LANE_APP = "bench.baselines.thin_lane:app_from_env"
+# Served as `counters serve` serves the service (its protocol, the hot lane), not stock uvicorn
+_ON_THE_LANE = frozenset({GAIN_APP, FLOOR_APP, FLOOR_LUA_APP, THIN_LANE_APP})
 
 
 def uvicorn_argv(
@@ -89,7 +93,7 @@ def uvicorn_server(
     The server sees only the COUNTERS_* variables in ``env``, none inherited from our own.
     """
     port = free_port()
-    if factory in (GAIN_APP, FLOOR_APP, THIN_LANE_APP) and (loop, http) == ("uvloop", "httptools"):
+    if factory in _ON_THE_LANE and (loop, http) == ("uvloop", "httptools"):
         # The service as `counters serve` runs it: its protocol and options (bench/serve.py)
         argv = [sys.executable, "-m", "bench.serve", factory]
         env = {**env, "COUNTERS_HOST": "127.0.0.1", "COUNTERS_PORT": str(port)}

@@ -15,7 +15,7 @@ from bench.options import Options
 from bench.progress import ABLATIONS, Progress, planned
 from bench.report import Report, Row, gain_budget
 from counters.settings import Settings
-from tests.support.core import SERVICE_KEY, user_headers
+from tests.support.core import SERVICE_KEY, service_headers, user_headers
 from tests.support.http import asgi_client
 
 
@@ -142,6 +142,42 @@ async def test_the_lanes_floor_answers_the_hot_routes_with_one_round_trip_and_no
     assert progress.status_code == 200 and progress.json()["total_exp"] == 0
 
 
+@pytest.mark.anyio
+async def test_the_floor_with_lua_runs_the_services_own_scripts_and_answers_bare(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench.floor``'s ``floor-lua`` (bench/baselines/floor_lua.py): the gain route answers
+    bare's body, but only after Redis ran the service's own command for the request: a daily
+    chat earns its EXP, a like pays the entity's owner (the run's seeded owner), once."""
+    from api.app import create_app
+    from api.routes import exp as exp_routes
+    from bench import scenarios
+    from bench.baselines import bare, floor_lua
+
+    monkeypatch.setattr(exp_routes.hot_gain, "handler", floor_lua.floor_lua)
+    kind, entity, owner = scenarios.owned_entities()[0]
+    like = {"action": f"{kind}_liked", "target_type": kind, "target_id": entity}
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        put = await http.put(
+            f"/api/entities/{kind}/{entity}", json={"owner_id": owner},
+            headers=service_headers(),
+        )  # fmt: skip
+        assert put.status_code == 200, put.text
+        rewards = (await http.get("/api/exp/limits", headers=user_headers("fan"))).json()
+        answers = [
+            await http.post("/api/exp/gain", json={"action": "daily_chat"},
+                            headers=service_headers("fan")),
+            await http.post("/api/exp/gain", json=like, headers=service_headers("fan")),
+            await http.post("/api/exp/gain", json=like, headers=service_headers("fan")),
+        ]  # fmt: skip
+        fan = (await http.get("/api/exp/progress", headers=user_headers("fan"))).json()
+        paid = (await http.get("/api/exp/progress", headers=user_headers(owner))).json()
+    assert [(a.status_code, a.content) for a in answers] == [(200, bare.BODY)] * 3
+    assert fan["total_exp"] == rewards["exp_rewards"]["daily_chat"]
+    assert paid["total_exp"] == rewards["exp_rewards"][f"{kind}_liked"]  # once per actor
+
+
 def test_the_probes_python_load_sends_every_token_every_body_then_the_repeats_it_may(
     tmp_path: Path,
 ) -> None:
@@ -263,14 +299,19 @@ def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
 
 
 def test_a_floor_variant_names_the_settings_it_changes() -> None:
-    """``bench.floor --variant NAME:VAR=VALUE[,VAR=VALUE]``: row 2 again with those settings."""
+    """``bench.floor --variant NAME[@TARGET]:VAR=VALUE[,VAR=VALUE]``: row 2 (or another served
+    target) again with those settings."""
     from bench.floor import parse_variant
 
     assert parse_variant("boards-off:COUNTERS_LEADERBOARDS_ENABLED=false") == (
         "boards-off",
+        "gain",
         {"COUNTERS_LEADERBOARDS_ENABLED": "false"},
     )
-    assert parse_variant("lean:A=0,B=") == ("lean", {"A": "0", "B": ""})
-    for bad in ("no-colon", ":A=1", "name:", "name:A", "name:=1"):
-        with pytest.raises(ValueError, match="NAME:VAR=VALUE"):
+    assert parse_variant("lean@floor-lua:A=0,B=") == ("lean", "floor-lua", {"A": "0", "B": ""})
+    for bad in ("no-colon", ":A=1", "name:", "name:A", "name:=1", "@gain:A=1"):
+        with pytest.raises(ValueError, match=r"NAME\[@TARGET\]:VAR=VALUE"):
+            parse_variant(bad)
+    for bad in ("x@bare:A=1", "x@nowhere:A=1", "x@:A=1"):
+        with pytest.raises(ValueError, match="TARGET is one of floor, floor-lua, gain"):
             parse_variant(bad)
