@@ -25,6 +25,8 @@ GAIN_APP = "api.main:app_from_env"
 FLOOR_APP = "bench.baselines.floor:app_from_env"
 # The floor with the service's own script commands: its Redis work, none of its Python (bench.floor)
 FLOOR_LUA_APP = "bench.baselines.floor_lua:app_from_env"
+# floor-lua's commands packed ahead, once per worker (bench.floor --memo)
+FLOOR_MEMO_APP = "bench.baselines.floor_memo:app_from_env"
 BARE_APP = "bench.baselines.bare:app_from_env"
 RAW_APP = "bench.baselines.raw_asgi:app_from_env"
 PG_APP = "bench.baselines.pg_award:app_from_env"
@@ -32,7 +34,7 @@ THIN_APP = "bench.baselines.thin:app_from_env"  # the shared thin probe (bench.w
 # The probe's design on this service's hot lane (bench.wrk_probe only)
 THIN_LANE_APP = "bench.baselines.thin_lane:app_from_env"
 # Served as `counters serve` serves the service (its protocol, the hot lane), not stock uvicorn
-_ON_THE_LANE = frozenset({GAIN_APP, FLOOR_APP, FLOOR_LUA_APP, THIN_LANE_APP})
+_ON_THE_LANE = frozenset({GAIN_APP, FLOOR_APP, FLOOR_LUA_APP, FLOOR_MEMO_APP, THIN_LANE_APP})
 
 
 def uvicorn_argv(
