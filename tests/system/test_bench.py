@@ -178,6 +178,66 @@ async def test_the_floor_with_lua_runs_the_services_own_scripts_and_answers_bare
     assert paid["total_exp"] == rewards["exp_rewards"][f"{kind}_liked"]  # once per actor
 
 
+@pytest.mark.anyio
+async def test_the_floor_with_commands_packed_ahead_runs_each_requests_own_commands(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench.floor --memo`` (bench/baselines/floor_memo.py): a worker's first gain packs every
+    request of row 2's cycle; each later one sends its own packed command(s), so a self-award
+    earns its EXP, a like pays the entity's seeded owner and a create claims its entity."""
+    import msgspec
+
+    from api.app import create_app
+    from api.routes import exp as exp_routes
+    from bench import scenarios
+    from bench.baselines import bare, floor_memo
+
+    monkeypatch.setattr(exp_routes.hot_gain, "handler", floor_memo.floor_memo)
+    monkeypatch.setattr(floor_memo, "_MEMO", {})
+    monkeypatch.setattr(floor_memo, "_BUILT", [False])
+    awards = scenarios.gain_awards()
+    own = next(a for a in awards if a.target_id is None)
+    like = next(a for a in awards if a.action == "character_liked")
+    create = next(a for a in awards if a.action == "create_character" and a.target_id)
+    owner = dict(((k, i), o) for k, i, o in scenarios.owned_entities())[
+        (str(like.target_type), str(like.target_id))
+    ]
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        put = await http.put(
+            f"/api/entities/{like.target_type}/{like.target_id}", json={"owner_id": owner},
+            headers=service_headers(),
+        )  # fmt: skip
+        assert put.status_code == 200, put.text
+        rewards = (await http.get("/api/exp/limits", headers=user_headers("x"))).json()
+        first = await http.post(
+            "/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("warm-up")
+        )
+        assert len(floor_memo._MEMO) == len(awards)  # packed on the first gain
+        answers = [
+            await http.post(
+                "/api/exp/gain",
+                content=msgspec.json.encode(a.body()),
+                headers={**service_headers(a.user_id), "Content-Type": "application/json"},
+            )
+            for a in (own, like, create)
+        ]
+        progress = {
+            who: (await http.get("/api/exp/progress", headers=user_headers(who))).json()
+            for who in (own.user_id, owner, create.user_id)
+        }
+        claimed = await http.put(
+            f"/api/entities/{create.target_type}/{create.target_id}",
+            json={"owner_id": create.user_id}, headers=service_headers(),
+        )  # fmt: skip
+    assert (first.status_code, first.content) == (200, bare.BODY)
+    assert [(a.status_code, a.content) for a in answers] == [(200, bare.BODY)] * 3
+    assert progress[own.user_id]["total_exp"] == rewards["exp_rewards"][own.action]
+    assert progress[owner]["total_exp"] == rewards["exp_rewards"]["character_liked"]
+    assert progress[create.user_id]["total_exp"] == rewards["exp_rewards"]["create_character"]
+    assert claimed.json()["previous_owner_id"] == create.user_id  # the create claimed it
+
+
 def test_the_probes_python_load_sends_every_token_every_body_then_the_repeats_it_may(
     tmp_path: Path,
 ) -> None:
