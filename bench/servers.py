@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GAIN_APP = "api.main:app_from_env"
 # The service with both hot routes' handlers replaced by one Redis round trip (bench.floor)
 FLOOR_APP = "bench.baselines.floor:app_from_env"
-# The floor with the service's own script commands: its Redis work, none of its Python (bench.floor)
+# The floor with the service's own script commands: its Redis work and packing (bench.floor)
 FLOOR_LUA_APP = "bench.baselines.floor_lua:app_from_env"
 # floor-lua's commands packed ahead, once per worker (bench.floor --memo)
 FLOOR_MEMO_APP = "bench.baselines.floor_memo:app_from_env"

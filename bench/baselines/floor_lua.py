@@ -1,11 +1,11 @@
-"""The hot lane's floor with the service's own Redis work: what no division of labour between
-this service's Python and its scripts can beat in ``make bench``'s setting (issue #15).
+"""The hot lane's floor with the service's own Redis work and its command packing: the service
+less its result, reply, idempotency and metrics Python, in ``make bench``'s setting (issue #15).
 
 ``bench/baselines/floor.py`` answers with one ``PING``: it measures HTTP and the lane, not the
 work. This baseline sends the very command the service sends for each request of row 2's mix,
 packed by the service's own packers, and runs the real scripts, so Redis does exactly the
 service's work (the award, the ledger event, the leaderboards, the creator protocol's
-once-per-actor record and the owner's limits) and the Python does next to nothing around it:
+once-per-actor record and the owner's limits) and the Python does little around it:
 
 - the caller: ``Auth.authenticate_raw`` (a dict lookup of the raw header, as served);
 - the body decoded by the route's own msgspec decoder (any design hands Redis the action);
@@ -24,10 +24,10 @@ once-per-actor record and the owner's limits) and the Python does next to nothin
 - then the bare route's fixed body: no reply parsed, no body encoded, no idempotency, no
   metrics beyond the lane's timer.
 
-So ``floor-lua`` against ``floor`` is the Redis work's price, and ``gain`` against
-``floor-lua`` is everything the service's Python adds to it. If ``floor-lua`` is under 0.6x
-bare, no Python split reaches the target with these scripts; what is left is the scripts'
-own cost (README, Performance, "Twelfth round"). Not a target and not the service.
+So ``floor-lua`` against ``floor`` is the Redis work's price with the packing's, and ``gain``
+against ``floor-lua`` is what the service's result, reply and bookkeeping add. The bound on
+every split of work with these scripts is ``floor-memo`` (``bench/baselines/floor_memo.py``),
+not this (README, Performance, "Twelfth round"). Not a target and not the service.
 """
 
 from __future__ import annotations
