@@ -8,8 +8,11 @@ The caller names the owner it expects (ARGV[1], from an earlier answer): the ent
 read here, in the same atomic step as the award, so this stays the award's linearization point.
 Anything but the plain case is left to the chain, with nothing written (code 12 chain): the
 owner is not ARGV[1] (a transfer, a lost or unknown entity), the actor owns the entity, the
-actor already has an entry in the once-per-actor record (done, or pending under the chain), or
-the owner must first be hydrated (code 6, from Award.apply before any write).
+actor's entry in the once-per-actor record is pending under the chain or names another owner,
+or the owner must first be hydrated (code 6, from Award.apply before any write). One repeat is
+answered here, as the chain's B answers it (reserve_creator_award.lua, code 4): the actor's
+entry is done and paid this same owner (code 4 already_triggered, nothing written). Row 2's
+repeated likes took the shortcut's call and then B's: two round trips for a refusal.
 
 KEYS[1..8] and ARGV[1..15] are award_exp.lua's (lua/lib/award.lua reads them by position);
 The record (KEYS[4]) is unused: ARGV[9] fingerprint is "", an unkeyed request replays nothing.
@@ -36,6 +39,8 @@ action_count, seq, replayed}
   code 1 awarded           possibly partial
   code 2 limit_reached     the action's daily limit (nothing written: the chain releases too)
   code 3 cap_reached       the level's daily EXP cap (likewise)
+  code 4 already_triggered the actor's done entry paid this owner (nothing written; the
+                           reply's other fields as the chain's: 0, 0, 1, 1, 0, 0, 0, 0)
   code 5 total_limit       the owner's total would pass the maximum (likewise)
   code 6 needs_hydration   nothing written: the chain hydrates the owner
   code 7 key_reused        never here (no fingerprint); Award.apply can answer it
@@ -45,8 +50,13 @@ action_count, seq, replayed}
 local owner = redis.call('HGET', KEYS[9], 'owner')
 local actor, mode = ARGV[11], ARGV[16]
 if owner ~= ARGV[1] or owner == actor then return {12, 0, 0, 0, 0, 0, 0, 0, 0} end
-if mode == 'once' and redis.call('HEXISTS', KEYS[10], actor) == 1 then
-  return {12, 0, 0, 0, 0, 0, 0, 0, 0}
+if mode == 'once' then
+  local stored = redis.call('HGET', KEYS[10], actor)
+  if stored then
+    local entry = cjson.decode(stored)
+    if entry.state == 'done' and entry.owner == owner then return {4, 0, 0, 1, 1, 0, 0, 0, 0} end
+    return {12, 0, 0, 0, 0, 0, 0, 0, 0}
+  end
 end
 local reply = Award.apply()
 if mode == 'once' and reply[1] == 1 then  -- a refused award leaves no entry (the chain releases)

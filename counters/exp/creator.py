@@ -31,9 +31,11 @@ The one-script shortcut: an unkeyed award whose entity's and owner's keys are on
 The owner it pays is the one an earlier answer named for the entity (a bounded in-process hint),
 or on one node, the first time this process sees the entity, the one a plain HGET just read
 (two round trips, against the chain's three scripts: a fifth of row 2's likes and forks);
-the script reads the owner in the same atomic step and leaves anything else (a transfer, an
-unknown entity, a repeat, a user to hydrate) to the chain with nothing written, so the answer and
-the state are the chain's (tests/exp/test_creator_shortcut.py runs both and compares).
+the script reads the owner in the same atomic step, answers a repeat that paid this same owner
+(already triggered, as B would), and leaves anything else (a transfer, an unknown entity, a
+repeat pending or paid to another owner, a user to hydrate) to the chain with nothing written,
+so the answer and the state are the chain's (tests/exp/test_creator_shortcut.py runs both and
+compares).
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ class CreatorAward(AwardExp, frozen=True):
 
     SCRIPT = "creator_award"
     KEYS = CreatorAwardKeys
-    CODES = (AwardApplied, Hydration, KeyReuse, CreatorChain)
+    CODES = (AwardOutcome, Hydration, KeyReuse, CreatorChain)
 
     mode: str
     rid: str

@@ -57,6 +57,8 @@ async def run(
         await own(http, c, b)  # a transfer: the owner hinted for c is now wrong
         for fan in fans[22:25]:  # b: 15 EXP
             await gain(fan, act("character_liked", c))
+        # a repeat whose first like paid a (the hint is b now): the chain's answer, a's
+        await gain(fans[0], act("character_liked", c))
         for fan in fans[25:]:  # 10 EXP each past level 2 (100), a partial 5, the cap (150)
             await gain(fan, act("forked", d))
         await gain(fans[0], act("forked", c))
@@ -123,6 +125,30 @@ async def test_the_one_script_award_answers_and_writes_what_the_chain_does(
     assert any(body.get("action") == "forked" and body["exp_added"] == 5 for _, body in chain)
     # The shortcut ran: most likes and forks took one call instead of the chain's three.
     assert shortcut_calls < chain_calls - 40, (shortcut_calls, chain_calls)
+
+
+@pytest.mark.parametrize("kind", ["same", "different"])
+async def test_a_repeat_that_paid_the_same_owner_is_refused_in_one_script(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, kind: str
+) -> None:
+    """A repeated like whose first one paid the entity's owner now is answered by
+    creator_award.lua itself (409 already_triggered, as the chain's B answers it): one script
+    call, nothing written; before session 12 it took that call and then B's."""
+    owner, fan, entity = pick(Layout(kind, settings.key_buckets), "o", "f", "character:e")
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        await own(http, entity, owner)
+        first = await http.post(GAIN, json=act("character_liked", entity),
+                                headers=user_headers(fan))  # fmt: skip
+        before, calls = state(redis_client), evalsha_calls(redis_client)
+        again = await http.post(GAIN, json=act("character_liked", entity),
+                                headers=user_headers(fan))  # fmt: skip
+        after, calls_after = state(redis_client), evalsha_calls(redis_client)
+    assert first.status_code == 200 and first.json()["awarded_to"] == owner
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "already_triggered"
+    assert after == before  # nothing written
+    assert calls_after - calls == 1
 
 
 @pytest.mark.parametrize("kind", ["same", "different"])
