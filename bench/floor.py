@@ -1,7 +1,7 @@
 """Where a hot request's server CPU goes in ``make bench``'s setting: the service against the
 lane's floor and the bare ceiling, in one run.
 
-``python -m bench.floor [--seconds 8] [--rounds 2] [--variant NAME[@TARGET]:VAR=VALUE[,...]]
+``python -m bench.floor [--seconds 10] [--rounds 2] [--variant NAME[@TARGET]:VAR=VALUE[,...]]
 [--memo]``
 serves, one after another and
 ``--rounds`` times alternated, with ``make bench``'s options (two workers, 64 connections,
@@ -28,11 +28,13 @@ metrics on, row 2's requests: the gain mix, 100k users, the service key):
   ``lua-boards-off@floor-lua:COUNTERS_LEADERBOARDS_ENABLED=false``), so what a part of the
   contract costs shows in the same rounds as the service and its floors.
 
-For each it prints requests/s, the ratio to bare, and CPU microseconds per request: the
-server's user and system time (/proc), Redis's and the load generator's. The floor's server
-CPU against the budget 0.6 x bare leaves the server (bare's total CPU per request / 0.6, less
-Redis's and the generator's share of a gain) says whether any work split inside the service
-could reach the target (README, Performance, "Ninth round"). Reported, never asserted.
+For each it prints requests/s, the ratio to bare, CPU microseconds per request (the server's
+user and system time from /proc, Redis's and the load generator's) and the busy share of the
+cores, then each target's ratio round by round. The floor's server CPU against the budget 0.6 x
+bare leaves the server (bare's total CPU per request / 0.6, less Redis's and the generator's
+share of a gain; also scaled by gain's busy share against bare's, since a Redis-backed row
+leaves cores idle) says whether any work split inside the service could reach the target
+(README, Performance, "Ninth round"). Reported, never asserted.
 """
 
 from __future__ import annotations
@@ -180,19 +182,42 @@ def render(runs: list[FloorRun]) -> str:
             f"load {med(name, 'load_us'):5.1f}, all {med(name, 'total_us'):5.1f}, "
             f"busy {med(name, 'busy'):.0%}"
         )
-    budget = med("bare", "total_us") / 0.6 - med("gain", "redis_us") - med("gain", "load_us")
+    lines += [f"{name:<9} per round / that round's bare: {ratios}" for name, ratios in
+              per_round(runs).items()]  # fmt: skip
+    # What a gain request may spend at 0.6 x bare's rate: the CPU the machine gives a request
+    # at that rate (bare's per request / 0.6, scaled by how busy gain keeps the machine against
+    # bare), less Redis's and the generator's share of a gain
+    others = med("gain", "redis_us") + med("gain", "load_us")
+    at_bare = med("bare", "total_us") / 0.6 - others
+    at_gain = med("bare", "total_us") * med("gain", "busy") / med("bare", "busy") / 0.6 - others
     floor = med("floor", "user_us") + med("floor", "system_us")
     gain = med("gain", "user_us") + med("gain", "system_us")
     lines.append(
-        f"0.6 x bare leaves a gain request's server {budget:.1f} us (at bare's CPU use); "
-        f"the floor's server takes {floor:.1f}, the service's {gain:.1f}"
+        f"0.6 x bare leaves a gain request's server {at_bare:.1f} us at bare's busy share, "
+        f"{at_gain:.1f} at gain's; the floor's server takes {floor:.1f}, the service's {gain:.1f}"
     )
     return "\n".join(lines)
 
 
+def per_round(runs: list[FloorRun]) -> dict[str, str]:
+    """Each target's ratio to the bare run of its own round, round by round (runs in the order
+    ``measure`` made them: each round starts with bare). On a VM whose bare moves by a third
+    within a run, these, not the ratio of medians taken from different rounds, are what to
+    compare."""
+    found: dict[str, list[float]] = {}
+    bare = 0.0
+    for run in runs:
+        if run.name == "bare":
+            bare = run.rps
+        elif bare:
+            found.setdefault(run.name, []).append(run.rps / bare)
+    return {name: ", ".join(f"{r:.2f}" for r in ratios) for name, ratios in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
+    # make bench's measured window (bench/options.py); session 12 and before measured 8 s
+    parser.add_argument("--seconds", type=float, default=Options().duration)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variant", type=parse_variant, action="append", default=[])
     parser.add_argument("--memo", action="store_true", help="floor-memo too (see TARGETS)")

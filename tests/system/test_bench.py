@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -356,6 +357,34 @@ def test_each_cut_of_the_debit_steps_runs_and_the_whole_one_debits(
     after = json.loads(redis_client.hget(keys[0], "xp"))
     assert after["alloc"] + after["grants"][0]["left"] < 600 + 10_000_000
     assert redis_client.exists("k:tx:1", "k:tx:2", "k:tx:3") == 3
+
+
+def test_the_floor_report_gives_each_round_its_own_bare_and_both_budgets() -> None:
+    """``bench.floor``'s report: every target's ratio to the bare run of its own round (bare
+    moves by a third within a run on this VM), and the server budget at 0.6 x bare both at
+    bare's busy share and at gain's."""
+    from bench.floor import FloorRun, per_round, render
+
+    def run(name: str, rps: float, server: float, redis_us: float) -> FloorRun:
+        return FloorRun(name, rps, server, 0.0, redis_us, 10.0)
+
+    runs = [
+        run("bare", 20_000, 40.0, 0.0), run("floor", 30_000, 20.0, 2.0),
+        run("gain", 10_000, 80.0, 30.0),
+        run("bare", 40_000, 30.0, 0.0), run("floor", 50_000, 10.0, 2.0),
+        run("gain", 10_000, 80.0, 30.0),
+    ]  # fmt: skip
+    assert per_round(runs) == {"floor": "1.50, 1.25", "gain": "0.50, 0.25"}
+    report = render(runs)
+    assert "gain      per round / that round's bare: 0.50, 0.25" in report
+    # bare: 45 us a request (the median of 50 and 40) and busy the median of its two runs'
+    # shares (rate x CPU a request / cores); gain's others: Redis 30 + generator 10 = 40 us
+    cores = os.cpu_count() or 1
+    bare_busy = (20_000 * 50 / 1e6 + 40_000 * 40 / 1e6) / 2 / cores
+    gain_busy = 10_000 * 120 / 1e6 / cores
+    at_bare = 45 / 0.6 - 40
+    at_gain = 45 * gain_busy / bare_busy / 0.6 - 40
+    assert f"server {at_bare:.1f} us at bare's busy share, {at_gain:.1f} at gain's" in report
 
 
 def test_a_floor_variant_names_the_settings_it_changes() -> None:
