@@ -71,8 +71,8 @@ async def floor_lua(svc: Services, exchange: Exchange) -> Reply:
         elif action.awards == "creator":
             owner = _OWNERS[str(target)]
             if owner != user:
-                once_ttl = exp.rules.liker_memory_days * 86_400
                 rid = random_hex(16)
+                once_ttl = exp._creator._once_ttl  # the service's, from its rules
                 reply = await send(
                     exp.packed_creator(owner, user, req.action, action, target, rid, once_ttl)
                 )

@@ -41,7 +41,6 @@ from bench.baselines.bare import BODY
 from bench.baselines.floor_lua import _OWNERS, floor_lua
 from counters.exp.entities import Target
 from counters.ids import random_hex
-from counters.redis.calls import AssignEntity, AssignEntityKeys
 from counters.redis.codes import CreatorChain
 from counters.redis.pipelining import RedisRefusal
 from counters.runtime.services import Services
@@ -57,8 +56,7 @@ _pack = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
 def build(svc: Services) -> int:
     """Pack every request of row 2's cycle into ``_MEMO``; returns how many."""
     exp, entities = svc.exp, svc.entities
-    once_ttl = exp.rules.liker_memory_days * 86_400
-    ledger = "1" if entities._durable_lookup is not None else "0"
+    once_ttl = exp._creator._once_ttl
     encode = msgspec.json.encode
     for award in scenarios.gain_awards():
         user, name = award.user_id, award.action
@@ -75,14 +73,9 @@ def build(svc: Services) -> int:
             at = command.index(rid.encode())
             _MEMO[key] = ("rid", command[:at], command[at + len(rid) :])
             continue
-        keys = entities.keys(target)
         claim = svc.scripts.command(
-            AssignEntityKeys(entity=keys.owner, events=keys.events, meta=keys.meta),
-            AssignEntity(
-                owner_id=user, mode="claim", ledger=ledger, target=str(target),
-                may_create=entities.may_create, version=0, now_ms=int(time.time() * 1000),
-            ),
-        )  # fmt: skip
+            *entities.assign_call(target, user, "claim", entities.may_create, 0)
+        )
         own = exp._own_award(user, name, action, target, None)
         paid = svc.scripts.command(own.keys, own.call)
         _MEMO[key] = ("two", _pack(claim), _pack(paid))

@@ -144,17 +144,26 @@ class Entities:
             raise ScriptReplyError(f"assign_entity replied with unknown code {code}")
         return code, previous
 
-    async def _run(
+    def assign_call(
         self, target: Target, owner: str, mode: str, may_create: str, version: int, run: str = ""
-    ) -> tuple[int, str]:
+    ) -> tuple[AssignEntityKeys, AssignEntity]:
+        """assign_entity's typed keys and call making ``owner`` ``target``'s owner (``mode``
+        "claim" or "assign"; ``may_create``, ``version`` and ``run`` as the script's header
+        describes them), timed by the service clock."""
         keys = self.keys(target)
         ledger = "1" if self._durable_lookup is not None else "0"
         now_ms = int(self._clock.now() * 1000)
-        code, previous, _version = await self._scripts.run(
+        return (
             AssignEntityKeys(entity=keys.owner, events=keys.events, meta=keys.meta),
             AssignEntity(
                 owner_id=owner, mode=mode, ledger=ledger, target=str(target),
                 may_create=may_create, version=version, now_ms=now_ms, run=run,
             ),
         )  # fmt: skip
+
+    async def _run(
+        self, target: Target, owner: str, mode: str, may_create: str, version: int, run: str = ""
+    ) -> tuple[int, str]:
+        call = self.assign_call(target, owner, mode, may_create, version, run)
+        code, previous, _version = await self._scripts.run(*call)
         return int(code), str(previous)
