@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx2
 import pytest
 import redis
 
@@ -143,6 +144,21 @@ async def test_the_lanes_floor_answers_the_hot_routes_with_one_round_trip_and_no
     assert progress.status_code == 200 and progress.json()["total_exp"] == 0
 
 
+async def _owned_and_rewards(
+    http: httpx2.AsyncClient, kind: str, entity_id: str, owner: str
+) -> dict[str, int]:
+    """Record ``owner`` as the entity's owner (as the run's seed does), and return each
+    action's EXP reward (``GET /api/exp/limits``)."""
+    put = await http.put(
+        f"/api/entities/{kind}/{entity_id}", json={"owner_id": owner}, headers=service_headers()
+    )
+    assert put.status_code == 200, put.text
+    rewards: dict[str, int] = (
+        await http.get("/api/exp/limits", headers=user_headers("reader"))
+    ).json()["exp_rewards"]
+    return rewards
+
+
 @pytest.mark.anyio
 async def test_the_floor_with_lua_runs_the_services_own_scripts_and_answers_bare(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
@@ -160,12 +176,7 @@ async def test_the_floor_with_lua_runs_the_services_own_scripts_and_answers_bare
     like = {"action": f"{kind}_liked", "target_type": kind, "target_id": entity}
     app = create_app(settings)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
-        put = await http.put(
-            f"/api/entities/{kind}/{entity}", json={"owner_id": owner},
-            headers=service_headers(),
-        )  # fmt: skip
-        assert put.status_code == 200, put.text
-        rewards = (await http.get("/api/exp/limits", headers=user_headers("fan"))).json()
+        rewards = await _owned_and_rewards(http, kind, entity, owner)
         answers = [
             await http.post("/api/exp/gain", json={"action": "daily_chat"},
                             headers=service_headers("fan")),
@@ -175,8 +186,8 @@ async def test_the_floor_with_lua_runs_the_services_own_scripts_and_answers_bare
         fan = (await http.get("/api/exp/progress", headers=user_headers("fan"))).json()
         paid = (await http.get("/api/exp/progress", headers=user_headers(owner))).json()
     assert [(a.status_code, a.content) for a in answers] == [(200, bare.BODY)] * 3
-    assert fan["total_exp"] == rewards["exp_rewards"]["daily_chat"]
-    assert paid["total_exp"] == rewards["exp_rewards"][f"{kind}_liked"]  # once per actor
+    assert fan["total_exp"] == rewards["daily_chat"]
+    assert paid["total_exp"] == rewards[f"{kind}_liked"]  # once per actor
 
 
 @pytest.mark.anyio
@@ -205,12 +216,7 @@ async def test_the_floor_with_commands_packed_ahead_runs_each_requests_own_comma
     ]
     app = create_app(settings)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
-        put = await http.put(
-            f"/api/entities/{like.target_type}/{like.target_id}", json={"owner_id": owner},
-            headers=service_headers(),
-        )  # fmt: skip
-        assert put.status_code == 200, put.text
-        rewards = (await http.get("/api/exp/limits", headers=user_headers("x"))).json()
+        rewards = await _owned_and_rewards(http, str(like.target_type), str(like.target_id), owner)
         first = await http.post(
             "/api/exp/gain", json={"action": "daily_chat"}, headers=service_headers("warm-up")
         )
@@ -233,9 +239,9 @@ async def test_the_floor_with_commands_packed_ahead_runs_each_requests_own_comma
         )  # fmt: skip
     assert (first.status_code, first.content) == (200, bare.BODY)
     assert [(a.status_code, a.content) for a in answers] == [(200, bare.BODY)] * 3
-    assert progress[own.user_id]["total_exp"] == rewards["exp_rewards"][own.action]
-    assert progress[owner]["total_exp"] == rewards["exp_rewards"]["character_liked"]
-    assert progress[create.user_id]["total_exp"] == rewards["exp_rewards"]["create_character"]
+    assert progress[own.user_id]["total_exp"] == rewards[own.action]
+    assert progress[owner]["total_exp"] == rewards["character_liked"]
+    assert progress[create.user_id]["total_exp"] == rewards["create_character"]
     assert claimed.json()["previous_owner_id"] == create.user_id  # the create claimed it
 
 
