@@ -20,6 +20,12 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_PERCENT = 10.0
 
 
+def disturbed(shares: dict[str, float]) -> float:
+    """The % of the machine's CPU a window lost to other processes and the hypervisor, from
+    ``CpuWindow.others_percent``'s shares: what ``NOISY_PERCENT`` is compared with."""
+    return shares.get("others", 0.0) + shares.get("steal", 0.0)
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid`` and its direct children (uvicorn's workers,
     Postgres's backends), including children that have exited."""
@@ -101,8 +107,7 @@ class CpuWindow:
     def noisy(self, load_seconds: float) -> float:
         """Other processes' and stolen % of the machine's CPU over the window, summed: a window
         at ``NOISY_PERCENT`` or more is noisy."""
-        shares = self.others_percent(load_seconds)
-        return shares.get("others", 0.0) + shares.get("steal", 0.0)
+        return disturbed(self.others_percent(load_seconds))
 
     def per_request_us(self, requests: int) -> dict[str, float]:
         if not requests:

@@ -168,8 +168,7 @@ class Bench:
             note += f" ({result.errors} connections lost)"
         if measured.spread:
             note += f" (median of {self.options.repeat}: {measured.spread})"
-        others = measured.machine.get("others", 0.0) + measured.machine.get("steal", 0.0)
-        if others >= cpu.NOISY_PERCENT:
+        if cpu.disturbed(measured.machine) >= cpu.NOISY_PERCENT:
             note += f" NOISY: other processes {measured.machine['others']:.0f}%"
             note += f", stolen {measured.machine['steal']:.0f}% of the CPU"
         detail = dataclasses.asdict(result) | {"machine_cpu_percent": measured.machine}
