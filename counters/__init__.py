@@ -14,7 +14,8 @@ walks the imports and fails on an edge against it)::
                           servers, dev creds; cli.loadtest: the load driver shared with make bench
     counters.bulkimport   import files: lines validated against the rules, applied once each
 
-    shared by all: counters.errors, counters.clock, counters.settings, counters.auth
+    shared by all: counters.errors, counters.clock, counters.settings, counters.auth,
+                   counters.tasks (tasks whose failure nobody is left waiting for)
 
 The domain (``counters.exp``, ``counters.xp``, ``counters.rules``, ``counters.redis`` and the
 shared modules) never imports ``persistence``, ``counters.runtime``, ``counters.cli`` or

@@ -18,6 +18,7 @@ import asyncpg  # type: ignore[import-untyped]
 from counters.errors import PostgresStorageError, StorageError
 from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
+from counters.tasks import shielded
 from persistence.events import Batch, Rejected
 from persistence.history import read_history
 from persistence.runs import barrier, barriers
@@ -144,8 +145,12 @@ class Store:
     @asynccontextmanager
     async def connection(self, what: str) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; failures while acquiring or using it are ``StorageError``."""
-        async with storage_errors(what), self.pool.acquire() as conn:
-            yield conn
+        async with storage_errors(what):
+            conn = await self.pool.acquire()
+            try:
+                yield conn
+            finally:
+                await shielded(self.pool.release(conn))
 
     @asynccontextmanager
     async def bounded(self, what: str, seconds: float) -> AsyncIterator[asyncpg.Connection]:
@@ -170,7 +175,7 @@ class Store:
                     conn.terminate()
                 raise
             finally:
-                await self.pool.release(conn, timeout=seconds)
+                await shielded(self.pool.release(conn, timeout=seconds))
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when Postgres answers within ``timeout`` seconds."""

@@ -40,6 +40,7 @@ from redis.crc import key_slot
 
 from counters.errors import ConfigError, RedisStorageError, StorageError
 from counters.redis.pipelining import Arg, AutoPipeline, RedisRefusal
+from counters.tasks import retrieve
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
 SLOTS = 16_384
@@ -235,7 +236,7 @@ class ClusterPipeline:
         arrives before the first map: they wait for the same one)."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._refresh())
-            self._refreshing.add_done_callback(_retrieve)
+            self._refreshing.add_done_callback(retrieve)
         await asyncio.shield(self._refreshing)
         node = self._slots[slot]
         if node is None:
@@ -252,7 +253,7 @@ class ClusterPipeline:
             return
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._refresh())
-            self._refreshing.add_done_callback(_retrieve)
+            self._refreshing.add_done_callback(retrieve)
 
     async def _refresh(self) -> None:
         """Read the slot map (CLUSTER SLOTS) from the first node that answers: known masters
@@ -286,8 +287,3 @@ def _address_in(redirect: str) -> tuple[str, int]:
     """The node of a ``MOVED``/``ASK`` error: ``MOVED 3999 127.0.0.1:6381``."""
     host, _, port = redirect.split()[2].rpartition(":")
     return host, int(port)
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

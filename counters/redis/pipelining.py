@@ -34,6 +34,7 @@ import hiredis
 from redis.asyncio.connection import parse_url
 
 from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
+from counters.tasks import retrieve
 
 Arg = str | int | float | bytes
 
@@ -233,7 +234,7 @@ class AutoPipeline:
         connecting = self._connecting
         if connecting is None or connecting.done():
             connecting = self._connecting = asyncio.ensure_future(self._open())
-            connecting.add_done_callback(_retrieve)
+            connecting.add_done_callback(retrieve)
         return await asyncio.shield(connecting)
 
     async def _open(self) -> _Protocol:
@@ -276,9 +277,3 @@ def connect_timeout(timeout: float) -> float:
     machine measured over 0.5 s, while a stopped Redis still accepts (the kernel does) and is
     caught by the command's own timeout."""
     return max(timeout, 2.0)
-
-
-def _retrieve(task: asyncio.Task[_Protocol]) -> None:
-    """Mark a failed connect as seen, even when every caller waiting for it was cancelled."""
-    if not task.cancelled():
-        task.exception()

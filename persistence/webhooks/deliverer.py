@@ -127,7 +127,7 @@ class Deliverer:
         async with (
             storage_errors("webhook delivery"),
             asyncio.timeout(limit),
-            self._store.pool.acquire() as conn,
+            self._store.connection("webhook delivery") as conn,  # released shielded
             conn.transaction(),
         ):
             rows = await conn.fetch(_DUE, at, self._batch)

@@ -1,0 +1,65 @@
+"""counters.tasks: a shielded awaitable that fails after its caller gave up leaves nothing for
+asyncio to report as "never retrieved" (what failed CI in session 12: asyncpg's own shielded
+release failing after a stopped Postgres, its caller already cancelled)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+
+from counters.tasks import shielded
+
+pytestmark = pytest.mark.anyio
+
+
+class Gone(Exception):
+    """The failure that arrives after the caller stopped waiting."""
+
+
+async def _fails_later(started: asyncio.Event, proceed: asyncio.Event) -> None:
+    started.set()
+    await proceed.wait()
+    raise Gone("connection was closed in the middle of operation")
+
+
+async def _reported(wrap: bool) -> list[dict[str, Any]]:
+    """What the loop's exception handler saw once a caller, cancelled while awaiting an inner
+    shielded task (as asyncpg's Pool.release shields its own), let that task fail."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    try:
+        started, proceed = asyncio.Event(), asyncio.Event()
+
+        async def release() -> None:  # Pool.release's shape: a shield the caller cannot reach
+            await asyncio.shield(_fails_later(started, proceed))
+
+        caller = asyncio.ensure_future(shielded(release()) if wrap else release())
+        await started.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        proceed.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        del caller
+        gc.collect()  # a never-retrieved exception is reported when its task is collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    return seen
+
+
+async def test_a_failure_nobody_waits_for_any_more_is_retrieved() -> None:
+    reported = await _reported(wrap=True)
+    assert not [c for c in reported if isinstance(c.get("exception"), Gone)], reported
+
+
+async def test_without_it_asyncio_reports_the_failure_the_caller_left() -> None:
+    """The control: the same shape unwrapped is reported, so the test above can fail."""
+    reported = await _reported(wrap=False)
+    assert [c for c in reported if isinstance(c.get("exception"), Gone)], reported
