@@ -269,6 +269,11 @@ class Settings:
     # An unkeyed like or fork runs as one script when its entity and owner share a Redis node
     # (lua/creator_award.lua); false: always the chain of single-slot scripts (issue #10).
     creator_shortcut: bool = True
+    # A worker answers an unkeyed self-award whose (user, action) it has already seen refused
+    # at its daily limit today without asking Redis (counters/exp/service.py, "Refusals held
+    # locally", as envoy's ratelimit caches over-limit keys): at most this many pairs per
+    # worker, the oldest dropped first; 0: every award asks Redis.
+    limit_cache_entries: int = bounded(65_536, ge=0, le=10_000_000)
     # Webhooks (persistence/webhooks): endpoints every event is POSTed to, and the HMAC secret
     # of the Counters-Signature header. No endpoints: no outbox rows, no deliverer.
     webhook_urls: tuple[str, ...] = ()

@@ -8,6 +8,22 @@ This module chooses the keys, passes an action's reward and limit as arguments (
 caps are compiled into the scripts, counters/rules/compiled.py: a call names its rules version)
 and decodes the fixed-shape reply.
 Reaching a limit or a cap is an outcome, not an error.
+
+**Refusals held locally.** Within one UTC day an action's count only grows: ``award_exp.lua``
+adds to it, ``hydrate_user.lua`` writes it only where Redis has none, and nothing else writes
+it. So once Redis has refused a user's action at its daily limit (code 2), that answer stands
+until midnight, whichever worker asks. Each worker keeps the refusals of unkeyed self-awards
+(``daily_chat``, ``create_*``) it has seen today, at most ``limit_cache_entries`` pairs (oldest
+dropped first), in the day's ``_Today`` (so they go at midnight), and answers a repeat with the
+same 429 without a round trip, as envoy's ratelimit caches over-limit keys until the window
+ends. The refusal's reply is reused as it was: its count decides; a rules reload that raises
+the limit (or puts the action in shadow mode) is seen at once, since the cached count is
+compared with the rule served now. Keyed requests always go to Redis (their record may hold an
+earlier answer to replay), as do creator awards and anything refused for its cap (a level-up
+raises the cap). After a Redis loss that forgot part of today (its unflushed events), a worker
+that saw the refusal goes on refusing while Redis alone would allow the action again: the
+limit the user had reached holds. The 429 body and headers are the same either way
+(``api.routes.exp.award_reply`` reads only the action and its limit from a refusal).
 """
 
 from __future__ import annotations
@@ -77,6 +93,8 @@ from counters.rules import Action, ExpRules
 from counters.rules.metrics import count_shadow_refusal
 
 _NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION  # awards a batch runs again one by one
+_LIMIT_REACHED = int(AwardOutcome.LIMIT_REACHED)
+_COUNT = 6  # an award_exp reply's action_count
 _OUTCOMES = {int(outcome): outcome for outcome in AwardOutcome}
 _PROGRESS_CACHE = 4_096  # progress blocks kept by total EXP (then the cache starts over)
 
@@ -97,7 +115,10 @@ class ExpService:
         day_jitter: int,
         leaderboards: bool = True,
         creator_shortcut: bool = True,
+        limit_cache_entries: int = 0,
     ) -> None:
+        """``limit_cache_entries``: how many refusals at a daily limit a worker keeps (module
+        docstring, "Refusals held locally"; COUNTERS_LIMIT_CACHE_ENTRIES); 0 keeps none."""
         self._scripts = scripts
         self._entities = entities
         self._hydrator = hydrator
@@ -107,7 +128,9 @@ class ExpService:
         self._day_grace = day_grace
         self._day_jitter = day_jitter
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
-        self._today = _Today(0, "", "", 0, {}, {}, {})  # the UTC day of the last award (see _Today)
+        self._limit_cache_entries = limit_cache_entries
+        # The UTC day of the last award (see _Today)
+        self._today = _Today(0, "", "", 0, {}, {}, {}, {})
         self._creator = CreatorAwards(
             self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
         )
@@ -168,7 +191,7 @@ class ExpService:
             week = window(Period.WEEK, now, 0)
             assert week.ttl is not None
             today = self._today = _Today(
-                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}, {}
+                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}, {}, {}
             )
         return today
 
@@ -188,25 +211,34 @@ class ExpService:
             and (action.user_may_trigger or principal.is_service)
         ):  # prepare_award's checks pass (no target to check or claim): the hot lane's case,
             # one await on the script's reply (README, "The hot path's CPU budget")
+            user_id = principal.user_id
+            now = self._clock.now()
+            today = self._day_of(now)
+            if idem is None:  # a refusal at the daily limit held from earlier today
+                refused = today.refused.get((user_id, action_name))
+                if refused is not None and _still_refused(refused, action):
+                    return self.result_of(action_name, action, user_id, user_id, None, refused)
             send = self._scripts.send_packed
             if send is None:  # a cluster, or no auto-pipeline: the typed call
-                own = self._own_award(principal.user_id, action_name, action, None, idem)
-                return self.award_result(own, await self._run(own.user_id, own.keys, own.call))
-            user_id = principal.user_id
-            try:
-                reply = await send(self.packed_award(user_id, action_name, action, idem))
-            except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
-                # and the packers built again from the typed command as it is now (the way
-                # Scripts sends a script may have changed since they were built)
-                self.forget_packers()
                 own = self._own_award(user_id, action_name, action, None, idem)
-                command = self._scripts.command(own.keys, own.call)
-                reply = await self._scripts.refused(own.call, command, exc)
-            if reply[0] == _NEEDS_HYDRATION:  # Redis lost the user: hydrate, run it again
-                own = self._own_award(user_id, action_name, action, None, idem)
-                reply = await hydrate_and_run(
-                    self._hydrator, self._scripts, user_id, own.keys, own.call
-                )
+                reply = await self._run(own.user_id, own.keys, own.call)
+            else:  # inline, not a coroutine of its own: the hot lane awaits once
+                try:
+                    reply = await send(self.packed_award(user_id, action_name, action, idem, now))
+                except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's
+                    # recovery, and the packers built again from the typed command as it is now
+                    # (the way Scripts sends a script may have changed since they were built)
+                    self.forget_packers()
+                    own = self._own_award(user_id, action_name, action, None, idem)
+                    command = self._scripts.command(own.keys, own.call)
+                    reply = await self._scripts.refused(own.call, command, exc)
+                if reply[0] == _NEEDS_HYDRATION:  # Redis lost the user: hydrate, run it again
+                    own = self._own_award(user_id, action_name, action, None, idem)
+                    reply = await hydrate_and_run(
+                        self._hydrator, self._scripts, user_id, own.keys, own.call
+                    )
+            if reply[0] == _LIMIT_REACHED and idem is None and self._limit_cache_entries:
+                self._hold_refusal(today, user_id, action_name, reply)
             return self.result_of(action_name, action, user_id, user_id, None, reply)
         call = await self.prepare_award(principal, action_name, target, idem)
         if call is None:
@@ -214,6 +246,17 @@ class ExpService:
             assert target is not None  # prepare_award checked it
             return await self._creator.award(principal.user_id, action_name, action, target, idem)
         return await self._run_award(call)
+
+    def _hold_refusal(
+        self, today: _Today, user_id: str, action_name: str, reply: list[int]
+    ) -> None:
+        """Keep an unkeyed self-award's refusal at its daily limit (``reply``, award_exp's
+        code 2) for the rest of ``today`` (module docstring, "Refusals held locally"), the
+        oldest kept dropped first when ``limit_cache_entries`` are held."""
+        refused = today.refused
+        if len(refused) >= self._limit_cache_entries:
+            del refused[next(iter(refused))]
+        refused[(user_id, action_name)] = reply
 
     async def claim_batch_key(self, idem: Idempotency) -> None:
         """Claim a batch's Idempotency-Key for the service caller (``claim_callers_key``: scope
@@ -307,12 +350,15 @@ class ExpService:
         )
 
     def packed_award(
-        self, user_id: str, action_name: str, action: Action, idem: Idempotency | None
-    ) -> bytes:
+        self, user_id: str, action_name: str, action: Action, idem: Idempotency | None,
+        now: float | None = None,
+    ) -> bytes:  # fmt: skip
         """The command ``_own_award`` would build for an award to ``user_id`` itself with no
         target, packed as RESP from the day's segments (``counters.exp.packed``): the bytes
-        hiredis packs for ``Scripts.command`` of that call, for a fraction of the CPU."""
-        now = self._clock.now()
+        hiredis packs for ``Scripts.command`` of that call, for a fraction of the CPU.
+        ``now`` (Unix seconds) is the clock's, read here when not given."""
+        if now is None:
+            now = self._clock.now()
         today = self._day_of(now)
         may_create = self.may_create
         # by how Scripts sends it too (FCALL or EVALSHA, chosen when Redis first answers)
@@ -601,8 +647,9 @@ class ExpService:
 
 class _Today(NamedTuple):
     """One UTC day of awards: its next midnight, name (YYYYMMDD), ISO week's board id and end
-    (unix seconds), the board keys of each bucket seen that day (by hash tag), and the day's
-    packed award_exp commands (``counters.exp.packed``)."""
+    (unix seconds), the board keys of each bucket seen that day (by hash tag), the day's
+    packed award_exp commands (``counters.exp.packed``) and the refusals at a daily limit held
+    for the rest of it."""
 
     midnight: int
     day: str
@@ -611,6 +658,17 @@ class _Today(NamedTuple):
     boards: dict[str, tuple[str, str, str]]
     packers: dict[tuple[str, str, bool | None], AwardCommands]  # (version, may_create, FCALL)
     creator_packers: dict[tuple[str, str, bool | None, int], CreatorCommands]  # and once_ttl
+    # Unkeyed self-awards Redis refused at their daily limit today, by (user, action): the
+    # reply it gave (module docstring, "Refusals held locally")
+    refused: dict[tuple[str, str], list[int]]
+
+
+def _still_refused(reply: list[int], action: Action) -> bool:
+    """Whether a held refusal at the daily limit (``reply``, award_exp's code 2) still holds
+    under ``action``'s rule as served now: not in shadow mode, and the count the refusal saw
+    still at or over the limit (a reload may have raised it)."""
+    limit = action.daily_limit
+    return not action.shadow and limit is not None and 0 < limit <= reply[_COUNT]
 
 
 def batch_item_key(batch_key: str, index: int) -> str:

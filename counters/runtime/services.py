@@ -169,6 +169,7 @@ class Services:
             day_jitter=settings.day_jitter_seconds,
             leaderboards=settings.leaderboards_enabled,
             creator_shortcut=settings.creator_shortcut,
+            limit_cache_entries=settings.limit_cache_entries,
         )  # fmt: skip
         xp = XpService(
             rules.xp, version, scripts, hydrator, clock,
