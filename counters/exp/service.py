@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
@@ -130,7 +131,7 @@ class ExpService:
         self._leaderboards = leaderboards  # award_exp.lua adds to the boards (3 ZINCRBY)
         self._limit_cache_entries = limit_cache_entries
         # The UTC day of the last award (see _Today)
-        self._today = _Today(0, "", "", 0, {}, {}, {}, {})
+        self._today = _Today(0, "", "", 0, {}, {}, {}, OrderedDict())
         self._creator = CreatorAwards(
             self, scripts, entities, buckets, idempotency_ttl, shortcut=creator_shortcut
         )
@@ -191,8 +192,9 @@ class ExpService:
             week = window(Period.WEEK, now, 0)
             assert week.ttl is not None
             today = self._today = _Today(
-                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}, {}, {}
-            )
+                next_utc_midnight(now), utc_day(now), week.id, int(now) + week.ttl, {}, {}, {},
+                OrderedDict(),
+            )  # fmt: skip
         return today
 
     async def award(
@@ -254,9 +256,13 @@ class ExpService:
         code 2) for the rest of ``today`` (module docstring, "Refusals held locally"), the
         oldest kept dropped first when ``limit_cache_entries`` are held."""
         refused = today.refused
-        if len(refused) >= self._limit_cache_entries:
-            del refused[next(iter(refused))]
-        refused[(user_id, action_name)] = reply
+        key = (user_id, action_name)
+        refused[key] = reply
+        refused.move_to_end(key)  # held again (a raised limit asked Redis): the newest now
+        if len(refused) > self._limit_cache_entries:
+            # O(1): a plain dict's first key is found by scanning the slots its deletions
+            # left at the front of its table, O(size) a hold once it is full
+            refused.popitem(last=False)
 
     async def claim_batch_key(self, idem: Idempotency) -> None:
         """Claim a batch's Idempotency-Key for the service caller (``claim_callers_key``: scope
@@ -660,7 +666,7 @@ class _Today(NamedTuple):
     creator_packers: dict[tuple[str, str, bool | None, int], CreatorCommands]  # and once_ttl
     # Unkeyed self-awards Redis refused at their daily limit today, by (user, action): the
     # reply it gave (module docstring, "Refusals held locally")
-    refused: dict[tuple[str, str], list[int]]
+    refused: OrderedDict[tuple[str, str], list[int]]
 
 
 def _still_refused(reply: list[int], action: Action) -> bool:
