@@ -12,17 +12,20 @@ Reaching a limit or a cap is an outcome, not an error.
 **Refusals held locally.** Within one UTC day an action's count only grows: ``award_exp.lua``
 adds to it, ``hydrate_user.lua`` writes it only where Redis has none, and nothing else writes
 it. So once Redis has refused a user's action at its daily limit (code 2), that answer stands
-until midnight, whichever worker asks. Each worker keeps the refusals of unkeyed self-awards
-(``daily_chat``, ``create_*``) it has seen today, at most ``limit_cache_entries`` pairs (oldest
-dropped first), in the day's ``_Today`` (so they go at midnight), and answers a repeat with the
-same 429 without a round trip, as envoy's ratelimit caches over-limit keys until the window
-ends. The refusal's reply is reused as it was: its count decides; a rules reload that raises
-the limit (or puts the action in shadow mode) is seen at once, since the cached count is
-compared with the rule served now. Keyed requests always go to Redis (their record may hold an
-earlier answer to replay), as do creator awards and anything refused for its cap (a level-up
-raises the cap). After a Redis loss that forgot part of today (its unflushed events), a worker
-that saw the refusal goes on refusing while Redis alone would allow the action again: the
-limit the user had reached holds. The 429 body and headers are the same either way
+until midnight, whichever worker asks, for as long as Redis keeps today's count. Each worker
+keeps the refusals of unkeyed self-awards (``daily_chat``, ``create_*``) it has seen today, at
+most ``limit_cache_entries`` pairs (oldest dropped first), in the day's ``_Today`` (so they go
+at midnight), and answers a repeat with the same 429 without a round trip, as envoy's
+ratelimit caches over-limit keys until the window ends. The refusal's reply is reused as it
+was: its count decides; a rules reload that raises the limit (or puts the action in shadow
+mode) is seen at once, since the cached count is compared with the rule served now. Keyed
+requests always go to Redis (their record may hold an earlier answer to replay), as do creator
+awards and anything refused for its cap (a level-up raises the cap). After a Redis loss that
+forgot part of today (its unflushed events, or the day hash evicted), a worker that saw the
+refusal goes on refusing while Redis alone (another worker, or the batch route, which always
+asks Redis) would allow the action again: the limit the user had reached holds where the
+refusal was seen. Likewise a worker holding a refusal answers it while Redis is unreachable,
+where the others answer 503. The 429 body and headers are the same either way
 (``api.routes.exp.award_reply`` reads only the action and its limit from a refusal).
 """
 

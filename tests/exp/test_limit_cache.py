@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx2
 import pytest
@@ -20,10 +21,12 @@ from prometheus_client import REGISTRY
 from api.app import create_app
 from counters import metrics
 from counters.clock import ManualClock
+from counters.exp.service import ExpService
+from counters.rules import load_rules
 from counters.settings import Settings
 from tests.exp.test_creator_shortcut import evalsha_calls, state
 from tests.exp.test_cross_identity import Layout, pick
-from tests.support.core import service_headers
+from tests.support.core import NOON, service_headers
 from tests.support.http import asgi_client
 from tests.support.rules import DAILY_CHAT, LOW_CAP, write_rules
 
@@ -210,3 +213,26 @@ async def test_a_worker_that_held_a_refusal_keeps_the_limit_after_redis_forgets_
         for key in redis_client.scan_iter("ctr:*:day:*u1"):
             redis_client.delete(key)
         assert (await gain(http, "u1", CHAT)).status_code == 429
+
+
+REFUSAL = [2, 0, 20, 1, 1, 20, 1, 1, 0]  # award_exp's code 2: limit_reached, count 1
+
+
+def test_the_oldest_is_dropped_first_and_a_refreshed_hold_does_not_shrink_the_cache() -> None:
+    """A pair held again (a raised limit asked Redis, which refused again) takes the newer
+    reply and becomes the newest; holding it drops nobody else (helper-54's attack: it used to
+    drop the oldest other pair and keep its old place, so it went next)."""
+    rules = load_rules()
+    svc = ExpService(
+        rules.exp, "test", None, SimpleNamespace(), None, ManualClock(NOON),  # type: ignore[arg-type]
+        buckets=16, idempotency_ttl=60, day_grace=3_600, day_jitter=0, limit_cache_entries=3,
+    )  # fmt: skip
+    today = svc._day_of(NOON)
+    for user in ("u1", "u2", "u3"):
+        svc._hold_refusal(today, user, "daily_chat", REFUSAL)
+    svc._hold_refusal(today, "u2", "daily_chat", [2, 0, 20, 1, 1, 20, 2, 1, 0])
+    assert set(today.refused) == {("u1", "daily_chat"), ("u2", "daily_chat"), ("u3", "daily_chat")}
+    assert today.refused[("u2", "daily_chat")][6] == 2  # the newer reply
+    svc._hold_refusal(today, "u4", "daily_chat", REFUSAL)  # drops u1, the oldest
+    svc._hold_refusal(today, "u5", "daily_chat", REFUSAL)  # then u3: u2 was held again after it
+    assert set(today.refused) == {("u2", "daily_chat"), ("u4", "daily_chat"), ("u5", "daily_chat")}
