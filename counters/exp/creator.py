@@ -77,7 +77,7 @@ from counters.redis.codes import (
     ReserveOutcome,
 )
 from counters.redis.idempotency import Idempotency, reject_reused_key
-from counters.redis.keys import EntityKeys, UserKeys, request_digest
+from counters.redis.keys import EntityKeys, UserKeys, bucket_of, bucket_tag, request_digest
 from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.rules import Action
@@ -191,7 +191,7 @@ class CreatorAwards:
         hinted and its keys share a node with the entity's; None: run the chain instead."""
         assert self._owners is not None
         keys = self._entities.keys(award.target)
-        owner = self._owners.get(str(award.target))
+        owner = self._owners.get(keys.identity)  # str(award.target), already formatted
         if owner is None and self._scripts.one_node:
             # No hint yet: read the owner (a plain HGET, cheaper than the chain's three
             # scripts and round trips); the script checks it again, atomically
@@ -200,23 +200,24 @@ class CreatorAwards:
                 self._learn_owner(award.target, owner)
         if owner is None or owner == award.actor:
             return None
-        user = UserKeys.of(owner, self._buckets)
-        if not self._scripts.one_node and user.tag != keys.tag:
+        if not self._scripts.one_node and bucket_tag(bucket_of(owner, self._buckets)) != keys.tag:
             return None
         rid = random_hex(16)
         send = self._scripts.send_packed
         if send is None:  # the pool: the typed call
+            user = UserKeys.of(owner, self._buckets)
             reply = await self._scripts.run(*self._shortcut_call(award, owner, user, keys, rid))
         else:  # the auto-pipeline: the same command packed from the day's segments
             try:
                 reply = await send(
                     self._exp.packed_creator(
                         owner, award.actor, award.action_name, award.action, award.target, rid,
-                        self._once_ttl,
+                        self._once_ttl, keys,
                     )
                 )  # fmt: skip
             except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
                 self._exp.forget_packers()  # built again from the typed command as it is now
+                user = UserKeys.of(owner, self._buckets)
                 script_keys, call = self._shortcut_call(award, owner, user, keys, rid)
                 command = self._scripts.command(script_keys, call)
                 reply = await self._scripts.refused(call, command, exc)
