@@ -94,7 +94,8 @@ _NO_OWNER, _OWN = ReserveOutcome.NO_OWNER, ReserveOutcome.OWN_ENTITY
 _NEEDS_OWNER_RESTORE = OwnerRestore.NEEDS_OWNER_RESTORE
 _CLAIMED = ClaimOutcome.CLAIMED, ClaimOutcome.JOINED  # run the request (else: its answer)
 _UNKEYED = "-"  # the fingerprint of an unkeyed request's rid record: C still records it
-_ROUNDS = 4  # B answers "pending" at most once per competing request; this bounds the loop
+_ROUNDS = 4  # B answers "pending" at most once: completed, the entry is done (then B answers
+# already triggered) or refused (then this request answers that refusal); this bounds the loop
 _CHAIN = CreatorChain.CHAIN
 _astuple = msgspec.structs.astuple
 _NEEDS_HYDRATION = Hydration.NEEDS_HYDRATION
@@ -291,8 +292,15 @@ class CreatorAwards:
                 reply = [_ALREADY, 0, 0, 1, 1, 0, 0, 0, 0]
                 return self._exp.award_result(refused, reply), _done()
             elif code == _PENDING:  # another request of this actor: finish it first
-                _, settle = await self._pay(award, owner, str(got_rid), str(got_fp), "")
+                competing, settle = await self._pay(award, owner, str(got_rid), str(got_fp), "")
                 await settle
+                if competing.outcome is not AwardOutcome.AWARDED:
+                    # Refused (the owner's daily limit or cap) and released: this request, of
+                    # the same actor, action and owner and running meanwhile, meets the same
+                    # refusal there. Asking B again could meet yet another competitor's fresh
+                    # pending entry every round (released entries are reserved again), and a
+                    # burst of repeats at the limit ran out of rounds: 503 with nothing down.
+                    return msgspec.structs.replace(competing, replayed=False), _done()
             elif code == _RESERVED:
                 self._learn_owner(award.target, owner)
                 return await self._pay(award, owner, str(got_rid), str(got_fp), idem_key)
