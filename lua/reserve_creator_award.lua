@@ -49,7 +49,9 @@ Reply: {code, owner, rid, fingerprint}
   code 8 needs_owner_restore   no owner record, and Redis cannot tell there is none: restore
                                it from Postgres, then call again
   code 9 pending               under another request: complete {owner, rid, fingerprint}
-                               first, then call again
+                               first, then call again; two more elements: the entity's owner
+                               now and the entry's ts (whether the competitor's refusal is
+                               this request's too: the same owner, the same UTC day)
   code 10 no_owner             nobody owns the entity
   code 11 own_entity           the actor owns the entity
 ]]
@@ -78,7 +80,7 @@ if stored then
   if entry.rid == rid then return {1, entry.owner, rid, entry.fp} end
   if entry.state == 'done' then return {4, entry.owner, '', ''} end
   if now_ms - tonumber(entry.ts) <= stale_ms then
-    return {9, entry.owner, entry.rid, entry.fp}
+    return {9, entry.owner, entry.rid, entry.fp, owner, tostring(entry.ts)}
   end
   entry.state = 'done'
   redis.call('HSET', KEYS[2], actor, cjson.encode(entry))

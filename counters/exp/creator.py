@@ -49,7 +49,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from counters.errors import ConflictError, NotFound, ScriptReplyError, StorageError
+from counters.clock import SECONDS_PER_DAY
 from counters.exp.entities import Entities, Target
+from counters.exp.stats import count_award
 from counters.exp.types import AwardCall, AwardResult
 from counters.ids import random_hex
 from counters.redis.calls import (
@@ -272,9 +274,10 @@ class CreatorAwards:
                 stale_ms=self._idempotency_ttl * 1000, once_ttl=self._once_ttl,
                 may_create=may_create,
             )  # fmt: skip
-            code, owner, got_rid, got_fp = await self._scripts.run(
+            reply = await self._scripts.run(
                 ReserveKeys(entity=keys.owner, record=record, meta=keys.meta), reserve
             )
+            code, owner, got_rid, got_fp = reply[:4]
             owner, code = str(owner), int(code)
             if code == _NEEDS_OWNER_RESTORE:
                 if not await self._entities.restore(award.target):  # with its once-records
@@ -294,13 +297,22 @@ class CreatorAwards:
             elif code == _PENDING:  # another request of this actor: finish it first
                 competing, settle = await self._pay(award, owner, str(got_rid), str(got_fp), "")
                 await settle
-                if competing.outcome is not AwardOutcome.AWARDED:
+                if competing.outcome is not AwardOutcome.AWARDED and _refusal_holds(
+                    owner, reply, reserve.now_ms
+                ):
                     # Refused (the owner's daily limit or cap) and released: this request, of
-                    # the same actor, action and owner and running meanwhile, meets the same
-                    # refusal there. Asking B again could meet yet another competitor's fresh
+                    # the same actor and action, meets the same refusal there when the entity
+                    # still has that owner (B pays the owner now: not the one the entry was
+                    # reserved for before a transfer) and the refusal is of today (C's record
+                    # replays it: the entry's ts bounds when C ran, and limits start over at
+                    # midnight). Asking B again could meet yet another competitor's fresh
                     # pending entry every round (released entries are reserved again), and a
                     # burst of repeats at the limit ran out of rounds: 503 with nothing down.
-                    return msgspec.structs.replace(competing, replayed=False), _done()
+                    # This request's answer, counted as one (as a held refusal is): C's run
+                    # counted the competitor's, whichever request ran it
+                    competing = msgspec.structs.replace(competing, replayed=False)
+                    count_award(award.action, competing)
+                    return competing, _done()
             elif code == _RESERVED:
                 self._learn_owner(award.target, owner)
                 return await self._pay(award, owner, str(got_rid), str(got_fp), idem_key)
@@ -382,6 +394,16 @@ def restore_once_calls(
     return {
         action: RestoreOnce(json.dumps(found), once_ttl, run) for action, found in entries.items()
     }
+
+
+def _refusal_holds(owner: str, reply: list[Any], now_ms: int) -> bool:
+    """Whether a competitor's refusal (B's pending ``reply``: its entry's owner, then the
+    entity's owner now and the entry's ts) is this request's answer too: the same owner, and
+    C ran for it this UTC day (at or after the entry's ts, at or before now)."""
+    if len(reply) < 6 or str(reply[4]) != owner:
+        return False
+    day_ms = SECONDS_PER_DAY * 1000
+    return int(reply[5]) // day_ms == now_ms // day_ms
 
 
 async def _done() -> None:
