@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from counters.errors import ConflictError, NotFound, ScriptReplyError, StorageError
-from counters.clock import SECONDS_PER_DAY
 from counters.exp.entities import Entities, Target
 from counters.exp.stats import count_award
 from counters.exp.types import AwardCall, AwardResult
@@ -267,6 +266,7 @@ class CreatorAwards:
         else:
             mode, record = "plain", keys.unused
         may_create = self._entities.may_create
+        started_ms = int(self._exp.clock.now() * 1000)
         for _ in range(_ROUNDS):
             reserve = ReserveCreatorAward(
                 actor=award.actor, rid=rid, fingerprint=fingerprint, mode=mode,
@@ -298,16 +298,20 @@ class CreatorAwards:
                 competing, settle = await self._pay(award, owner, str(got_rid), str(got_fp), "")
                 await settle
                 if competing.outcome is not AwardOutcome.AWARDED and _refusal_holds(
-                    owner, reply, reserve.now_ms
+                    owner, reply, started_ms
                 ):
                     # Refused (the owner's daily limit or cap) and released: this request, of
-                    # the same actor and action, meets the same refusal there when the entity
-                    # still has that owner (B pays the owner now: not the one the entry was
-                    # reserved for before a transfer) and the refusal is of today (C's record
-                    # replays it: the entry's ts bounds when C ran, and limits start over at
-                    # midnight). Asking B again could meet yet another competitor's fresh
-                    # pending entry every round (released entries are reserved again), and a
-                    # burst of repeats at the limit ran out of rounds: 503 with nothing down.
+                    # the same actor and action, meets the same refusal when the entity still
+                    # has that owner (B pays the owner now: not the one the entry was reserved
+                    # for before a transfer) and the refusal was decided while this request ran
+                    # (the entry was reserved after it started, so its C ran after that too: a
+                    # refusal stored earlier may be stale, from yesterday, before a reload or
+                    # before the owner's level-up raised the cap). Asking B again could meet
+                    # yet another competitor's fresh pending entry every round (released
+                    # entries are reserved again), and a burst of repeats at the limit ran out
+                    # of rounds: 503 with nothing down. An entry reserved before this request
+                    # started is completed and B asked again, so every round after the first
+                    # ends in a payment (then 409), this request's own reservation, or this.
                     # This request's answer, counted as one (as a held refusal is): C's run
                     # counted the competitor's, whichever request ran it
                     competing = msgspec.structs.replace(competing, replayed=False)
@@ -396,14 +400,14 @@ def restore_once_calls(
     }
 
 
-def _refusal_holds(owner: str, reply: list[Any], now_ms: int) -> bool:
+def _refusal_holds(owner: str, reply: list[Any], started_ms: int) -> bool:
     """Whether a competitor's refusal (B's pending ``reply``: its entry's owner, then the
-    entity's owner now and the entry's ts) is this request's answer too: the same owner, and
-    C ran for it this UTC day (at or after the entry's ts, at or before now)."""
+    entity's owner now and the entry's ts, Unix ms) is this request's answer too: the same
+    owner, and the entry reserved at or after ``started_ms`` (this request's first B), so C
+    decided it while this request ran (linearizable: this request takes effect just after)."""
     if len(reply) < 6 or str(reply[4]) != owner:
         return False
-    day_ms = SECONDS_PER_DAY * 1000
-    return int(reply[5]) // day_ms == now_ms // day_ms
+    return int(reply[5]) >= started_ms
 
 
 async def _done() -> None:

@@ -1,11 +1,14 @@
-"""Review of 6e1ef5a: a request that completes a competitor's pending like refused at the
-owner's limit answers that refusal. The refusal is the competitor's: its owner (the entry's,
-not the entity's now) and its time (C's record replays whenever C ran). Where either differs
-from this request's, the chain before 6e1ef5a (release, reserve, pay the owner now) answers."""
+"""Review of 6e1ef5a (helper-56): a request that completes a competitor's pending like refused
+at the owner's limit answers that refusal. The refusal is the competitor's: its owner (the
+entry's, not the entity's now) and its time (C's record replays whenever C ran). Where either
+differs from this request's (another owner now; decided before this request started), the chain
+before 6e1ef5a (release, reserve, pay the owner now) answers."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,6 +20,7 @@ from counters.settings import Settings
 from tests.exp.test_cross_identity import Layout, act, own, pick, total
 from tests.support.core import user_headers
 from tests.support.http import asgi_client
+from tests.support.rules import write_rules
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +91,7 @@ async def test_a_competitors_refusal_from_yesterday_is_not_todays_answer(
         }
         refused = {k: fp for k, (fp, _, reply) in refused.items() if json.loads(reply)[0] == 2}
         assert len(refused) == 1
-        (key, fp), = refused.items()
+        ((key, fp),) = refused.items()
         rid = key.rpartition(":")[2]
         pending(redis_client, settings.key_buckets, c, "fan", rid, a, int(clock.now() * 1000), fp)
         clock.advance(120)  # 00:01 the next day: a's limit starts over
@@ -126,9 +130,43 @@ async def test_a_refusal_answered_from_a_competitor_is_counted(
             str(k): str(redis_client.get(k)).partition("|")
             for k in redis_client.scan_iter(match=f"{owner_tag}:award:*")
         }
-        (key, (fp, _, _)), = [(k, v) for k, v in records.items() if json.loads(v[2])[0] == 2]
+        ((key, (fp, _, _)),) = [(k, v) for k, v in records.items() if json.loads(v[2])[0] == 2]
         pending(redis_client, settings.key_buckets, c, "fan", key.rpartition(":")[2], a,
                 int(clock.now() * 1000), fp)  # fmt: skip
         r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers("fan"))
         assert r.status_code == 429, r.text
         assert award_counts().get(label, 0.0) - before == 2
+
+
+async def test_a_competitors_refusal_from_before_this_request_is_asked_again(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Same day, but the refusal was stored before this request started, and a reload has
+    raised the limit since: the like is asked again and pays. A competitor's refusal is this
+    request's answer only when it was decided while this request ran (its entry reserved after
+    this request's first B), not merely the same UTC day."""
+    a, c = pick(Layout("different", settings.key_buckets), "a", "character:c")
+    rules = write_rules(tmp_path / "rules.toml")
+    app = create_app(replace(settings, rules=rules), clock=clock)
+    async with app.router.lifespan_context(app), asgi_client(app) as http:
+        await own(http, c, a)
+        for n in range(LIMIT):
+            r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers(f"f{n}"))
+            assert r.status_code == 200, r.text
+        first = user_headers("fan") | {"Idempotency-Key": "k0"}
+        r = await http.post(GAIN, json=act(LIKE, c), headers=first)
+        assert r.status_code == 429, r.text
+        owner_tag = UserKeys.of(a, settings.key_buckets).tag
+        records = {
+            str(k): str(redis_client.get(k)).partition("|")
+            for k in redis_client.scan_iter(match=f"{owner_tag}:award:*")
+        }
+        ((key, (fp, _, _)),) = [(k, v) for k, v in records.items() if json.loads(v[2])[0] == 2]
+        pending(redis_client, settings.key_buckets, c, "fan", key.rpartition(":")[2], a,
+                int(clock.now() * 1000), fp)  # fmt: skip
+        clock.advance(60)
+        write_rules(rules, ("daily_limit = 20\n", "daily_limit = 21\n"))
+        assert app.state.rules_reloader.reload() == "ok"
+        r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers("fan"))
+        assert r.status_code == 200, r.text
+        assert r.json()["awarded_to"] == a
