@@ -40,6 +40,20 @@ def pending(client: redis.Redis, buckets: int, entity: str, fan: str, rid: str, 
     client.expire(key, 3600)
 
 
+def leave_refusal_pending(
+    client: redis.Redis, buckets: int, owner: str, entity: str, ts_ms: int
+) -> None:
+    """The fan's keyed like just refused at ``owner``'s limit, as if its D had failed: C's
+    record of the refusal (in the owner's slot) kept, its entry pending under its rid again."""
+    owner_tag = UserKeys.of(owner, buckets).tag
+    records = {
+        str(k): str(client.get(k)).partition("|")
+        for k in client.scan_iter(match=f"{owner_tag}:award:*")
+    }
+    ((key, (fp, _, _)),) = [(k, v) for k, v in records.items() if json.loads(v[2])[0] == 2]
+    pending(client, buckets, entity, "fan", key.rpartition(":")[2], owner, ts_ms, fp)
+
+
 @pytest.mark.parametrize("kind", ["same", "different"])
 async def test_a_competitor_refused_by_the_former_owner_is_not_this_likes_answer(
     settings: Settings, clock: ManualClock, redis_client: redis.Redis, kind: str
@@ -84,16 +98,7 @@ async def test_a_competitors_refusal_from_yesterday_is_not_todays_answer(
         r = await http.post(GAIN, json=act(LIKE, c), headers=first)
         assert r.status_code == 429, r.text
         # its D failed: C's record of the refusal stays, and the entry pending under its rid
-        owner_tag = UserKeys.of(a, settings.key_buckets).tag
-        refused = {
-            str(k): str(redis_client.get(k)).partition("|")
-            for k in redis_client.scan_iter(match=f"{owner_tag}:award:*")
-        }
-        refused = {k: fp for k, (fp, _, reply) in refused.items() if json.loads(reply)[0] == 2}
-        assert len(refused) == 1
-        ((key, fp),) = refused.items()
-        rid = key.rpartition(":")[2]
-        pending(redis_client, settings.key_buckets, c, "fan", rid, a, int(clock.now() * 1000), fp)
+        leave_refusal_pending(redis_client, settings.key_buckets, a, c, int(clock.now() * 1000))
         clock.advance(120)  # 00:01 the next day: a's limit starts over
         headers = user_headers("fan") | ({"Idempotency-Key": "k1"} if keyed else {})
         r = await http.post(GAIN, json=act(LIKE, c), headers=headers)
@@ -125,14 +130,7 @@ async def test_a_refusal_answered_from_a_competitor_is_counted(
         first = user_headers("fan") | {"Idempotency-Key": "k0"}
         r = await http.post(GAIN, json=act(LIKE, c), headers=first)
         assert r.status_code == 429, r.text
-        owner_tag = UserKeys.of(a, settings.key_buckets).tag
-        records = {
-            str(k): str(redis_client.get(k)).partition("|")
-            for k in redis_client.scan_iter(match=f"{owner_tag}:award:*")
-        }
-        ((key, (fp, _, _)),) = [(k, v) for k, v in records.items() if json.loads(v[2])[0] == 2]
-        pending(redis_client, settings.key_buckets, c, "fan", key.rpartition(":")[2], a,
-                int(clock.now() * 1000), fp)  # fmt: skip
+        leave_refusal_pending(redis_client, settings.key_buckets, a, c, int(clock.now() * 1000))
         r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers("fan"))
         assert r.status_code == 429, r.text
         assert award_counts().get(label, 0.0) - before == 2
@@ -156,14 +154,7 @@ async def test_a_competitors_refusal_from_before_this_request_is_asked_again(
         first = user_headers("fan") | {"Idempotency-Key": "k0"}
         r = await http.post(GAIN, json=act(LIKE, c), headers=first)
         assert r.status_code == 429, r.text
-        owner_tag = UserKeys.of(a, settings.key_buckets).tag
-        records = {
-            str(k): str(redis_client.get(k)).partition("|")
-            for k in redis_client.scan_iter(match=f"{owner_tag}:award:*")
-        }
-        ((key, (fp, _, _)),) = [(k, v) for k, v in records.items() if json.loads(v[2])[0] == 2]
-        pending(redis_client, settings.key_buckets, c, "fan", key.rpartition(":")[2], a,
-                int(clock.now() * 1000), fp)  # fmt: skip
+        leave_refusal_pending(redis_client, settings.key_buckets, a, c, int(clock.now() * 1000))
         clock.advance(60)
         write_rules(rules, ("daily_limit = 20\n", "daily_limit = 21\n"))
         assert app.state.rules_reloader.reload() == "ok"
