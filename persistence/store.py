@@ -18,7 +18,7 @@ import asyncpg  # type: ignore[import-untyped]
 from counters.errors import PostgresStorageError, StorageError
 from counters.exp.entities import DurableOwner
 from counters.history import HistoryPage, HistoryQuery
-from counters.tasks import shielded
+from counters.tasks import log_orphaned_driver_futures, shielded
 from persistence.events import Batch, Rejected
 from persistence.history import read_history
 from persistence.runs import barrier, barriers
@@ -125,6 +125,7 @@ class Store:
         write_timeout: float = 30.0,
     ) -> Store:
         """A pool that connects lazily: creating it succeeds while Postgres is down."""
+        log_orphaned_driver_futures()  # asyncpg's unreachable waiters (counters.tasks)
         pool = await asyncpg.create_pool(
             url,
             ssl=plain_on_loopback(url),

@@ -47,6 +47,7 @@ from counters.clock import Clock, utc_day
 from counters.errors import InvalidRequest, NotFound, StorageError
 from counters.redis.keys import board_keys, bucket_of
 from counters.redis.scripts import Scripts
+from counters.tasks import retrieve
 
 MAX_LIMIT = 100
 _TIMEOUT = 2.0
@@ -235,7 +236,9 @@ class Leaderboards:
         if cached is None or now - cached[0] >= self._cache_seconds:
             for old in [k for k, (at, _) in self._cache.items() if now - at >= self._cache_seconds]:
                 del self._cache[old]  # past periods and limits nobody asks for go too
-            cached = (now, asyncio.ensure_future(self._read_tops(span, keys, limit)))
+            reading = asyncio.ensure_future(self._read_tops(span, keys, limit))
+            reading.add_done_callback(retrieve)  # its callers may all have gone (shielded)
+            cached = (now, reading)
             self._cache[key] = cached
         try:
             return await asyncio.shield(cached[1])

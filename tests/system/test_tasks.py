@@ -1,6 +1,7 @@
 """counters.tasks: a shielded awaitable that fails after its caller gave up leaves nothing for
 asyncio to report as "never retrieved" (what failed CI in session 12: asyncpg's own shielded
-release failing after a stopped Postgres, its caller already cancelled)."""
+release failing after a stopped Postgres, its caller already cancelled); asyncpg's waiters
+left failed where nobody can reach them are logged, and only those (CI, session 13)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import gc
 from typing import Any
 
 import pytest
+from asyncpg.exceptions import ConnectionDoesNotExistError
 
-from counters.tasks import shielded
+from counters.tasks import log_orphaned_driver_futures, shielded
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +65,48 @@ async def test_without_it_asyncio_reports_the_failure_the_caller_left() -> None:
     """The control: the same shape unwrapped is reported, so the test above can fail."""
     reported = await _reported(wrap=False)
     assert [c for c in reported if isinstance(c.get("exception"), Gone)], reported
+
+
+async def _orphan(exc: BaseException) -> None:
+    """A bare future failed with ``exc`` and dropped unretrieved (as asyncpg's protocol leaves
+    a waiter whose coroutine was cancelled), then collected."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    del future
+    gc.collect()
+    await asyncio.sleep(0)
+
+
+async def test_an_orphaned_asyncpg_waiter_is_logged_and_everything_else_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``log_orphaned_driver_futures``: asyncpg's ConnectionDoesNotExistError on a bare future
+    nobody can retrieve (CI, sessions 12 and 13) is a warning; any other report, another
+    exception on a bare future or asyncpg's error on a task, still reaches the handler the
+    loop had (here a recorder, standing for anyio's test runner or asyncio's default)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    try:
+        log_orphaned_driver_futures()
+        log_orphaned_driver_futures()  # idempotent: one filter, not two
+        lost = ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        with caplog.at_level("WARNING", logger="counters.tasks"):
+            await _orphan(lost)
+        assert not seen
+        assert "a connection was lost while nobody waited on it" in caplog.text
+        await _orphan(Gone("ours"))
+
+        async def fails() -> None:
+            raise ConnectionDoesNotExistError("in a task of ours")
+
+        task = asyncio.ensure_future(fails())
+        await asyncio.sleep(0)
+        del task
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    reported = [type(c.get("exception")).__name__ for c in seen]
+    assert reported == ["Gone", "ConnectionDoesNotExistError"], seen
