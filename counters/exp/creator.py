@@ -78,7 +78,7 @@ from counters.redis.codes import (
     ReserveOutcome,
 )
 from counters.redis.idempotency import Idempotency, reject_reused_key
-from counters.redis.keys import EntityKeys, UserKeys, bucket_of, bucket_tag, request_digest
+from counters.redis.keys import EntityKeys, UserKeys, request_digest
 from counters.redis.pipelining import RedisRefusal
 from counters.redis.scripts import Scripts
 from counters.rules import Action
@@ -202,12 +202,15 @@ class CreatorAwards:
                 self._learn_owner(award.target, owner)
         if owner is None or owner == award.actor:
             return None
-        if not self._scripts.one_node and bucket_tag(bucket_of(owner, self._buckets)) != keys.tag:
-            return None
+        user = None  # the owner's keys: built only where used (on one node, only to recover)
+        if not self._scripts.one_node:
+            user = UserKeys.of(owner, self._buckets)
+            if user.tag != keys.tag:
+                return None
         rid = random_hex(16)
         send = self._scripts.send_packed
         if send is None:  # the pool: the typed call
-            user = UserKeys.of(owner, self._buckets)
+            user = user or UserKeys.of(owner, self._buckets)
             reply = await self._scripts.run(*self._shortcut_call(award, owner, user, keys, rid))
         else:  # the auto-pipeline: the same command packed from the day's segments
             try:
@@ -219,7 +222,7 @@ class CreatorAwards:
                 )  # fmt: skip
             except RedisRefusal as exc:  # NOSCRIPT (a restarted Redis): the typed call's recovery
                 self._exp.forget_packers()  # built again from the typed command as it is now
-                user = UserKeys.of(owner, self._buckets)
+                user = user or UserKeys.of(owner, self._buckets)
                 script_keys, call = self._shortcut_call(award, owner, user, keys, rid)
                 command = self._scripts.command(script_keys, call)
                 reply = await self._scripts.refused(call, command, exc)

@@ -255,10 +255,8 @@ class ExpService:
             assert target is not None  # _check_target refuses a creator award without one
             return await self._creator.award(principal.user_id, action_name, action, target, idem)
         call = await self.prepare_award(principal, action_name, target, idem)
-        if call is None:
-            action = self.action(action_name)
-            assert target is not None  # prepare_award checked it
-            return await self._creator.award(principal.user_id, action_name, action, target, idem)
+        # None only for a creator award a caller may trigger, which went to the branch above
+        assert call is not None
         return await self._run_award(call)
 
     def _hold_refusal(
