@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import httpx2
 import pytest
 import redis
 
@@ -40,6 +41,22 @@ def pending(client: redis.Redis, buckets: int, entity: str, fan: str, rid: str, 
     client.expire(key, 3600)
 
 
+async def owned_at_the_limit(http: httpx2.AsyncClient, entity: str, owner: str) -> None:
+    """``entity`` owned by ``owner``, who then earns today's ``LIMIT`` likes of it."""
+    await own(http, entity, owner)
+    for n in range(LIMIT):
+        r = await http.post(GAIN, json=act(LIKE, entity), headers=user_headers(f"f{n}"))
+        assert r.status_code == 200, r.text
+
+
+async def refused_keyed_like(http: httpx2.AsyncClient, entity: str) -> None:
+    """The fan's keyed like of ``entity`` (the chain: C records its answer under the request's
+    rid), refused at its owner's limit."""
+    first = user_headers("fan") | {"Idempotency-Key": "k0"}
+    r = await http.post(GAIN, json=act(LIKE, entity), headers=first)
+    assert r.status_code == 429, r.text
+
+
 def leave_refusal_pending(
     client: redis.Redis, buckets: int, owner: str, entity: str, ts_ms: int
 ) -> None:
@@ -65,10 +82,7 @@ async def test_a_competitor_refused_by_the_former_owner_is_not_this_likes_answer
     a, b, c = pick(Layout(kind, settings.key_buckets), "a", "b", "character:c")
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
-        await own(http, c, a)
-        for n in range(LIMIT):  # a at its daily limit of likes
-            r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers(f"f{n}"))
-            assert r.status_code == 200, r.text
+        await owned_at_the_limit(http, c, a)
         now_ms = int(clock.now() * 1000)
         pending(redis_client, settings.key_buckets, c, "fan", "r1", a, now_ms)
         await own(http, c, b)  # the transfer answers
@@ -89,14 +103,8 @@ async def test_a_competitors_refusal_from_yesterday_is_not_todays_answer(
     clock.at = (int(clock.now()) // 86_400 + 1) * 86_400 - 60  # 23:59
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
-        await own(http, c, a)
-        for n in range(LIMIT):
-            r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers(f"f{n}"))
-            assert r.status_code == 200, r.text
-        # a keyed like (the chain: C records its answer under the request's rid)
-        first = user_headers("fan") | {"Idempotency-Key": "k0"}
-        r = await http.post(GAIN, json=act(LIKE, c), headers=first)
-        assert r.status_code == 429, r.text
+        await owned_at_the_limit(http, c, a)
+        await refused_keyed_like(http, c)
         # its D failed: C's record of the refusal stays, and the entry pending under its rid
         leave_refusal_pending(redis_client, settings.key_buckets, a, c, int(clock.now() * 1000))
         clock.advance(120)  # 00:01 the next day: a's limit starts over
@@ -121,15 +129,10 @@ async def test_a_refusal_answered_from_a_competitor_is_counted(
     a, c = pick(Layout("different", settings.key_buckets), "a", "character:c")
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
-        await own(http, c, a)
-        for n in range(LIMIT):
-            r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers(f"f{n}"))
-            assert r.status_code == 200, r.text
+        await owned_at_the_limit(http, c, a)
         label = ("counters_exp_awards_total", ("action", LIKE), ("outcome", "limit"))
         before = award_counts().get(label, 0.0)
-        first = user_headers("fan") | {"Idempotency-Key": "k0"}
-        r = await http.post(GAIN, json=act(LIKE, c), headers=first)
-        assert r.status_code == 429, r.text
+        await refused_keyed_like(http, c)
         leave_refusal_pending(redis_client, settings.key_buckets, a, c, int(clock.now() * 1000))
         r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers("fan"))
         assert r.status_code == 429, r.text
@@ -147,13 +150,8 @@ async def test_a_competitors_refusal_from_before_this_request_is_asked_again(
     rules = write_rules(tmp_path / "rules.toml")
     app = create_app(replace(settings, rules=rules), clock=clock)
     async with app.router.lifespan_context(app), asgi_client(app) as http:
-        await own(http, c, a)
-        for n in range(LIMIT):
-            r = await http.post(GAIN, json=act(LIKE, c), headers=user_headers(f"f{n}"))
-            assert r.status_code == 200, r.text
-        first = user_headers("fan") | {"Idempotency-Key": "k0"}
-        r = await http.post(GAIN, json=act(LIKE, c), headers=first)
-        assert r.status_code == 429, r.text
+        await owned_at_the_limit(http, c, a)
+        await refused_keyed_like(http, c)
         leave_refusal_pending(redis_client, settings.key_buckets, a, c, int(clock.now() * 1000))
         clock.advance(60)
         write_rules(rules, ("daily_limit = 20\n", "daily_limit = 21\n"))

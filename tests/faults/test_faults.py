@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,21 +82,28 @@ async def _create_database(url: str, name: str) -> None:
         await conn.close()
 
 
+def open_stack(
+    tmp: Path, postgres_server: PostgresServer, database: str, rules: Callable[[Path], Path]
+) -> Iterator[Stack]:
+    """An AOF Redis of its own in ``tmp``, a fresh ``database`` on the suite's Postgres behind a
+    proxy, and the rules file ``rules(tmp)`` writes: a module fixture's body."""
+    postgres_server.start()
+    admin = postgres_server.url.rsplit("/", 1)[0] + "/postgres"
+    run_sync(_create_database(admin, database))
+    redis = RedisServer(tmp / "redis", persistent=True)
+    redis.start()
+    with TcpProxy(postgres_server.port) as proxy:
+        yield Stack(redis, postgres_server, database, proxy, rules(tmp), tmp)
+    redis.stop()
+
+
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
 ) -> Iterator[Stack]:
     """An AOF Redis of the suite's own, a fresh database on the suite's Postgres behind a proxy;
     shared by the module's tests (each has users of its own; reconcile checks them all)."""
-    tmp = tmp_path_factory.mktemp("faults")
-    postgres_server.start()
-    admin = postgres_server.url.rsplit("/", 1)[0] + "/postgres"
-    run_sync(_create_database(admin, "faults"))
-    redis = RedisServer(tmp / "redis", persistent=True)
-    redis.start()
-    with TcpProxy(postgres_server.port) as proxy:
-        yield Stack(redis, postgres_server, "faults", proxy, fault_rules(tmp), tmp)
-    redis.stop()
+    yield from open_stack(tmp_path_factory.mktemp("faults"), postgres_server, "faults", fault_rules)
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,12 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx2
 import pytest
 
-from counters.cli.embedded import PostgresServer, RedisServer
+from counters.cli.embedded import PostgresServer
 from counters.redis.keys import bucket_of
 from tests.faults.harness import Call, Load, Serve, counters_command
-from tests.faults.test_faults import Stack, _create_database
+from tests.faults.test_faults import Stack, open_stack
 from tests.support.core import SERVICE_KEY, user_headers
-from tests.support.persistence import run_sync
-from tests.support.proxy import Mode, TcpProxy
+from tests.support.proxy import Mode
 
 pytestmark = pytest.mark.anyio
 
@@ -71,15 +70,9 @@ def likes_rules(directory: Path) -> Path:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
 ) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("likes")
-    postgres_server.start()
-    admin = postgres_server.url.rsplit("/", 1)[0] + "/postgres"
-    run_sync(_create_database(admin, "likes_faults"))
-    redis = RedisServer(tmp / "redis", persistent=True)
-    redis.start()
-    with TcpProxy(postgres_server.port) as proxy:
-        yield Stack(redis, postgres_server, "likes_faults", proxy, likes_rules(tmp), tmp)
-    redis.stop()
+    yield from open_stack(
+        tmp_path_factory.mktemp("likes"), postgres_server, "likes_faults", likes_rules
+    )
 
 
 @pytest.fixture(scope="module")
