@@ -65,6 +65,9 @@ LAYOUT_KEY = f"{PREFIX}:layout"  # the deployment's recorded bucket count (issue
 LAYOUT_FIELD = "key_buckets"  # ... in this field of that hash
 SERVED_TIERS_KEY = f"{PREFIX}:tiers"  # SET: every tier name the deployment served (reload.py)
 FLUSH_LEASE_KEY = f"{PREFIX}:flush:lease"  # which flusher flushes (persistence/flusher.py)
+# HASH: Functions library name -> unix ms a process last loaded it (counters/redis/scripts.py,
+# "Retiring libraries")
+LIBRARIES_KEY = f"{PREFIX}:libraries"
 
 
 def bucket_of(identity: str, buckets: int) -> int:

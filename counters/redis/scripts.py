@@ -21,13 +21,31 @@ Either way a script Redis does not know (restarted empty, failed over, ``SCRIPT 
 ``FUNCTION FLUSH``: ``NOSCRIPT`` or ``ERR Function not found``) is loaded, on every master of a
 cluster, and its calls sent again, in one place (``Scripts._recover``). ``FUNCTION LOAD`` is
 replicated and written to the AOF like any write; ``SCRIPT LOAD`` never was.
+
+**Retiring libraries.** Every code or rules version is a library of its own, and Redis keeps
+each one (in its RDB and AOF too) until it is deleted: ~73 KB of Lua text per rules version,
+more once compiled, for as long as the deployment lives. So whenever a process loads a library
+it also records, in the ``ctr:libraries`` hash (``LIBRARIES_KEY``), the time it loaded it, and
+then deletes (``FUNCTION DELETE``, on every master) each ``counters_*`` library that it does not
+use itself and that no process has loaded for ``retire_after`` seconds (a day by default). A
+process still calling a library it loaded longer ago than that meets "Function not found" once
+and loads it again, which is the ordinary recovery: the call had not run, and it is sent again.
+So a library is deleted only when a newer one is loaded, never under a steady deployment, and
+a process that still uses an old one costs one reload a day at most. This runs after the
+recovery that loaded the library, in the background (the calls waiting on it do not wait for
+it), on the auto-pipeline or a cluster's, not on the redis-py pool (which routes ``FUNCTION``
+commands its own way). Scripts sent as ``EVALSHA`` cannot be deleted one by one (only ``SCRIPT
+FLUSH``, of all of them): on Redis < 7 old versions' scripts stay until Redis restarts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -40,7 +58,9 @@ import lua
 from counters.errors import OutcomeUnknown, RedisStorageError, StorageError
 from counters.redis.calls import Arg, Call, Keys
 from counters.redis.cluster import ClusterPipeline
+from counters.redis.keys import LIBRARIES_KEY
 from counters.redis.pipelining import AutoPipeline, RedisRefusal
+from counters.tasks import retrieve
 
 _astuple = msgspec.structs.astuple
 
@@ -57,6 +77,9 @@ _MISSING_FUNCTION = ("ERR Function not found", "Function not found")  # hiredis'
 _FUNCTIONS_SINCE = (7, 0)  # the first Redis with FUNCTION LOAD and FCALL
 _DIGEST = "@DIGEST@"  # where a library's text names itself, until its digest is known
 RULES_LIBRARY = "rules"  # compiled per rules version, not a file (counters/rules/compiled.py)
+RETIRE_AFTER = 86_400.0  # seconds a library nobody loaded is kept ("Retiring libraries")
+_LIBRARIES = "counters_*"  # every library of this service, as FUNCTION LIST's pattern
+_log = logging.getLogger("counters.scripts")
 _KEPT_VERSIONS = 8  # rules versions whose scripts a process keeps (calls in flight over reloads)
 
 
@@ -204,6 +227,8 @@ class Scripts:
 
     ``functions``: True sends FCALL, False EVALSHA; None (the default) asks the server's
     version at ``connect`` (or the first ``run``/``run_many``), sending EVALSHA until then.
+    ``retire_after``: seconds since any process last loaded a library before a process that
+    loads another deletes it (module docstring, "Retiring libraries"); None never deletes.
     """
 
     def __init__(
@@ -213,6 +238,7 @@ class Scripts:
         *,
         one_node: bool | None = None,
         functions: bool | None = None,
+        retire_after: float | None = RETIRE_AFTER,
     ) -> None:
         self._redis = redis
         # Whether every key is on one Redis (no Cluster): a script may then take keys of several
@@ -227,6 +253,8 @@ class Scripts:
         self._library = library_source(sorted(self._sources))  # the scripts without rules
         self._compiled: dict[str, _Compiled] = {}  # by rules version, the newest last
         self._functions = functions
+        self._retire_after = retire_after
+        self._retiring: asyncio.Task[list[str]] | None = None  # the latest retirement run
         # What each call is sent to (the hot path: two dict lookups): by script name, and by
         # rules version then script name for the scripts that require the rules.
         self._targets: dict[str, Target] = {}
@@ -428,12 +456,16 @@ class Scripts:
         if self._functions is None:  # Redis was down at connect: choose for the next calls
             await self.connect()
         loads: dict[tuple[str, str], list[int]] = {}
+        names: dict[str, str] = {}  # a library's name by its text
         for i in missing:
             if commands[i][0] == "EVALSHA":
                 loads.setdefault(("SCRIPT", self.source(calls[i])), []).append(i)
             else:
-                loads.setdefault(("FUNCTION", self.library(calls[i]).text), []).append(i)
+                library = self.library(calls[i])
+                names[library.text] = library.name
+                loads.setdefault(("FUNCTION", library.text), []).append(i)
         refused: set[int] = set()
+        loaded: list[str] = []
         for (kind, text), waiting in sorted(loads.items()):
             try:
                 await self._load(kind, text)
@@ -443,10 +475,81 @@ class Scripts:
                 for i in waiting:
                     replies[i] = exc
                 refused.update(waiting)
+            else:
+                if kind == "FUNCTION":
+                    loaded.append(names[text])
         resend = [i for i in missing if i not in refused]
         again = await self._send_many([commands[i] for i in resend])
         for i, reply in zip(resend, again, strict=True):
             replies[i] = reply
+        if loaded:
+            self._retire_soon(loaded)
+
+    def _retire_soon(self, loaded: list[str]) -> None:
+        """Run ``retire_libraries(loaded)`` in the background (one run at a time: a load while
+        one runs is recorded by the next load's run, or by this process's next recovery)."""
+        if self._retire_after is None or self._pipeline is None:
+            return
+        if self._retiring is None or self._retiring.done():
+            self._retiring = asyncio.ensure_future(self.retire_libraries(loaded))
+            self._retiring.add_done_callback(retrieve)
+
+    @property
+    def retiring(self) -> asyncio.Task[list[str]] | None:
+        """The latest background retirement run (None before the first load), to await."""
+        return self._retiring
+
+    async def retire_libraries(self, loaded: Sequence[str] = ()) -> list[str]:
+        """Record that this process loaded the libraries ``loaded`` (now), then delete every
+        ``counters_*`` library this process does not use whose last load (by any process) is
+        more than ``retire_after`` seconds ago; the names deleted, sorted (module docstring,
+        "Retiring libraries"). A library Redis has that nobody recorded (loaded by a release
+        before this one) is recorded now, so it is retired a day later. Best effort: a Redis
+        failure is logged and ends the run, deleting nothing more (``[]`` if it failed before
+        the first deletion); a library another master lacks is deleted where it is."""
+        if self._retire_after is None or self._pipeline is None:
+            return []
+        now_ms = int(time.time() * 1000)
+        keep = {self._library.name, *(c.library.name for c in self._compiled.values())}
+        retired: list[str] = []
+        try:
+            if loaded:
+                await self._send("HSET", LIBRARIES_KEY, *(x for n in loaded for x in (n, now_ms)))
+            present = _library_names(
+                await self._send("FUNCTION", "LIST", "LIBRARYNAME", _LIBRARIES)
+            )
+            recorded = _pairs(await self._send("HGETALL", LIBRARIES_KEY))
+            # none, or not a time (written by hand): recorded as loaded now
+            unrecorded = [name for name in present if _whole(recorded.get(name)) is None]
+            if unrecorded:
+                await self._send(
+                    "HSET", LIBRARIES_KEY, *(x for n in unrecorded for x in (n, now_ms))
+                )
+            gone = [name for name in recorded if name not in present and name not in loaded]
+            if gone:  # deleted or flushed since: the hash stays as small as the library list
+                await self._send("HDEL", LIBRARIES_KEY, *gone)
+            stale_ms = now_ms - self._retire_after * 1000
+            for name in sorted(present):
+                loaded_ms = _whole(recorded.get(name))
+                if name in keep or loaded_ms is None or loaded_ms > stale_ms:
+                    continue
+                try:
+                    await self._send("FUNCTION", "DELETE", name)
+                except RedisRefusal as exc:  # a cluster master without it, or deleted meanwhile
+                    if "not found" not in str(exc).lower():
+                        raise
+                await self._send("HDEL", LIBRARIES_KEY, name)
+                retired.append(name)
+        except StorageError as exc:
+            _log.warning("retiring unused script libraries stopped: %s", exc)
+        if retired:
+            _log.info(
+                "retired %d script libraries no process loaded for %gs: %s",
+                len(retired),
+                self._retire_after,
+                ", ".join(retired),
+            )
+        return retired
 
     def _sha_of(self, call: Call) -> str:
         """The SHA of the text EVALSHA runs for ``call`` (its rules version's, if it needs them)."""
@@ -559,6 +662,34 @@ def _refusal(exc: ResponseError) -> RedisRefusal:
     if isinstance(exc, OutOfMemoryError):
         return RedisRefusal(f"OOM {exc}")
     return RedisRefusal(str(exc))
+
+
+def _library_names(reply: object) -> list[str]:
+    """The library names in a ``FUNCTION LIST`` reply (RESP2: one flat list of name, value
+    pairs per library)."""
+    names = []
+    for entry in reply if isinstance(reply, list) else []:
+        fields = _pairs(entry)
+        if "library_name" in fields:
+            names.append(str(fields["library_name"]))
+    return names
+
+
+def _whole(value: object) -> int | None:
+    """``value`` (a Redis reply) as a whole number, None when it is not one."""
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _pairs(reply: object) -> dict[str, Any]:
+    """A flat RESP2 list of field, value pairs (``HGETALL``, a ``FUNCTION LIST`` entry) as a
+    dict with text keys."""
+    if not isinstance(reply, list):
+        return {}
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): v
+        for k, v in zip(reply[::2], reply[1::2], strict=True)
+    }
 
 
 def _is_missing(reply: object) -> bool:
