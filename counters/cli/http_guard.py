@@ -88,6 +88,9 @@ UNSUPPORTED_CODING = (
     "transfer_coding_not_supported",
 )
 Refusal = tuple[int, str, str]
+_UNPARSED = (
+    "Invalid HTTP request received."  # uvicorn's warning (and text) for bytes that do not parse
+)
 
 
 class _Refused(Exception):
@@ -156,7 +159,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self._max_head:
                 self._refuse(HEAD_TOO_LARGE)
                 return
-        super().data_received(data)
+        # uvicorn 0.54's data_received, inline, but its warning "Invalid HTTP request
+        # received." only for bytes that do not parse: a head refused on purpose (a transfer
+        # coding, _framing_refusal) is a request answered, as a 4xx from the app is, and a
+        # client sending them would otherwise write a misleading warning per request.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refused_head is None:
+                self.logger.warning(_UNPARSED)
+            else:
+                self.logger.debug("refused a request by its head: %d %s", *self._refused_head[::2])
+            self.send_400_response(_UNPARSED)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that do not parse (``msg`` is its text): ours instead, or

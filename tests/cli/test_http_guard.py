@@ -641,3 +641,25 @@ async def test_trailer_fields_are_never_taken_for_headers(settings: Settings) ->
     assert status == 200 and answer["awarded_to"] == "head-3"
     for status, answer in after:  # none of them was awarded before
         assert status == 200 and json.loads(answer)["total_exp"] == 20
+
+
+async def test_a_refused_transfer_coding_logs_no_parse_warning_and_garbage_still_does(
+    settings: Settings, log_lines: io.StringIO
+) -> None:
+    """uvicorn logged "Invalid HTTP request received." (a warning) for every head this
+    protocol refuses on purpose: a client sending ``Transfer-Encoding: gzip`` wrote a
+    misleading warning per request. Bytes that do not parse as HTTP still get it."""
+    refused = (
+        b"POST /api/v1/xp/balance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    async with serving(settings, log_lines) as port:
+        answer = await asyncio.to_thread(exchange, port, refused)
+        assert status_and_body(answer[0])[1]["code"] == "transfer_coding_not_supported"
+        quiet = log_lines.getvalue()
+        garbage = await asyncio.to_thread(exchange, port, b"NOT HTTP AT ALL\r\n\r\n")
+        assert status_and_body(garbage[0])[1]["code"] == "malformed_request"
+    warned = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    parse_warnings = [w for w in warned if w["message"] == "Invalid HTTP request received."]
+    assert "Invalid HTTP request received." not in quiet
+    assert len(parse_warnings) == 1 and parse_warnings[0]["level"].lower() == "warning"
