@@ -168,6 +168,13 @@ async def write_batch(
 # that long inside a transaction (its statements follow each other; only the event loop's
 # other work runs between them).
 IDLE_IN_TRANSACTION_MS = 10_000
+# How long one statement of a flush transaction may run before Postgres cancels it: the same
+# bound for a process frozen in the middle of a statement. A COPY is not idle while it waits
+# for the rest of its rows, so a worker frozen halfway through sending them held its batch's
+# locks past IDLE_IN_TRANSACTION_MS, for as long as it stayed frozen. Cancelled (SQLSTATE
+# 57014, transient), the write is retried and writes nothing twice. A live flusher's statement
+# that runs this long (a batch waiting on locks another transaction holds) is retried too.
+STATEMENT_TIMEOUT_MS = 10_000
 
 
 async def _write(
@@ -175,7 +182,8 @@ async def _write(
 ) -> WriteResult:
     async with conn.transaction():
         await conn.execute(
-            f"SET LOCAL idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_MS)}"
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_MS)};"
+            f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}"
         )
         batch, lost = await _refuse_retired(conn, batch)
         new, skipped = await _insert_ledger(conn, batch.events, merging)
