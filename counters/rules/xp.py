@@ -151,14 +151,50 @@ def validate_xp_rules(xp: XpRules) -> None:
 
 
 def _check_template(where: str, template: str) -> None:
+    """Refuse a template that could fail or bloat at request time: only plain ``{name}``
+    placeholders of ``PLACEHOLDERS`` (no format spec, no conversion), and it must render."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise RulesError(f"{where}: not a valid template: {exc}") from exc
+    fields = [name for _, name, _, _ in parts if name is not None]
     unknown = sorted(set(fields) - PLACEHOLDERS)
     if unknown or any(name == "" for name in fields):
         known = ", ".join(sorted(PLACEHOLDERS))
         raise RulesError(f"{where}: unknown placeholder(s) {unknown or ['{}']}; known: {known}")
+    for _, name, spec, conversion in parts:
+        if spec or conversion:
+            extra = f"!{conversion}" if conversion else ""
+            extra += f":{spec}" if spec else ""
+            raise RulesError(
+                f"{where}: placeholder {{{name}{extra}}} has a format spec or conversion;"
+                f" only plain {{{name}}} is allowed"
+            )
+    for sample in _SAMPLES:  # the types counters.xp.guidance passes, each shape once
+        try:
+            template.format(**sample)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise RulesError(f"{where}: does not render: {exc}") from exc
+
+
+# Values of the types counters.xp.guidance fills templates with: with a recommended tier (an
+# integer and a fractional price) and without one (its placeholders are then "").
+_SAMPLE = {
+    "generation_type": "NEW_IMAGE",
+    "xp_required": 12,
+    "xp_balance": 5,
+    "xp_deficit": 7,
+    "current_tier": "Pixel Rookie",
+    "recommended_tier": "Arcade Artist",
+    "recommended_price": 20,
+    "recommended_xp": 800,
+}
+_SAMPLES: tuple[dict[str, object], ...] = (
+    _SAMPLE,
+    {**_SAMPLE, "recommended_price": 19.5},
+    {**_SAMPLE, "current_tier": "", "recommended_tier": "", "recommended_price": "",
+     "recommended_xp": ""},
+)  # fmt: skip
 
 
 class _XpOnly(msgspec.Struct, frozen=True):

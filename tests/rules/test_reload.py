@@ -129,6 +129,31 @@ async def test_a_bad_file_keeps_the_old_rules_and_says_so(
     assert again.status_code == 200 and again.json()["action_limit"] == 1
 
 
+async def test_a_template_with_a_format_spec_is_refused_not_served(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path
+) -> None:
+    """It used to pass validation and make check-xp and preview answer 500 for everyone."""
+    old = await version(http)
+    rules_path.write_text(
+        rules_path.read_text().replace(
+            "Need {xp_required} XP, have", "Need {xp_required:s} XP, have"
+        ),
+        "utf-8",
+    )
+    assert app.state.rules_reloader.reload() == "invalid"
+    ready = (await http.get("/readyz")).json()
+    assert ready["rules_version"] == old
+    assert str(rules_path) in ready["rules_reload_error"]
+    assert "xp.messages.sufficient" in ready["rules_reload_error"]
+    assert "format spec" in ready["rules_reload_error"]
+    check = await http.get("/api/v1/subscriptions/check-xp/NEW_IMAGE", headers=user_headers("u9"))
+    assert check.status_code == 200, check.text
+    preview = await http.post(
+        "/api/v1/subscriptions/preview-generation-cost", json=IMAGE, headers=user_headers("u9")
+    )
+    assert preview.status_code == 200, preview.text
+
+
 async def test_sighup_and_a_changed_file_reload(http: httpx2.AsyncClient, rules_path: Path) -> None:
     old = await version(http)
     write_rules(rules_path, TWICE)

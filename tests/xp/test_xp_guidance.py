@@ -10,6 +10,7 @@ import pytest
 from counters.clock import ManualClock
 from counters.errors import InvalidRequest, NotFound, RulesError
 from counters.rules import load_rules, parse_rules
+from counters.rules import xp as xp_rules
 from counters.runtime.services import Services
 from counters.settings import Settings
 from counters.xp.guidance import evaluate, format_xp_guidance_message, get_generation_cost
@@ -142,6 +143,38 @@ def test_a_rules_file_without_xp_gets_the_shipped_tables() -> None:
         ("({xp_deficit} XP short)", "({shortfall} XP short)", "xp.messages.insufficient"),
         ("🎯 Recommended: {recommended_tier}", "🎯 {0}", "xp.guidance.recommended"),
         ("monthly_xp = 600", "monthly_xp = -600", "Expected `int` >= 1"),
+        # A format spec or conversion passed validation and raised at request time (500s).
+        (
+            'Need {xp_required} XP, have {xp_balance} XP."',
+            'Need {xp_required:s} XP."',
+            "xp.messages.sufficient: placeholder {xp_required:s} has a format spec or conversion",
+        ),
+        (
+            "({xp_deficit} XP short)",
+            "({xp_deficit:s} XP short)",
+            "xp.messages.insufficient: placeholder {xp_deficit:s} has a format spec",
+        ),
+        (
+            "You have {xp_balance} XP.",
+            "You have {xp_balance:>3000000} XP.",
+            "xp.guidance.sufficient: placeholder {xp_balance:>3000000} has a format spec",
+        ),
+        (
+            "unlock {generation_type} and",
+            "unlock {generation_type!r} and",
+            "xp.guidance.no_subscription: placeholder {generation_type!r} has a format spec or"
+            " conversion; only plain {generation_type} is allowed",
+        ),
+        (
+            "(A${recommended_price}/month)",
+            "(A${recommended_price:.2f}/month)",
+            "xp.guidance.recommended: placeholder {recommended_price:.2f}",
+        ),
+        (
+            '{generation_type} is not included in {current_tier}."\n',
+            '{generation_type} is not included in {current_tier.upper}."\n',
+            "xp.messages.tier_required: unknown placeholder(s) ['current_tier.upper']",
+        ),
     ],
 )
 def test_a_bad_xp_section_names_the_bad_entry(old: str, new: str, message: str) -> None:
@@ -150,6 +183,13 @@ def test_a_bad_xp_section_names_the_bad_entry(old: str, new: str, message: str) 
         parse_rules(DEFAULTS.replace(old, new, 1), "custom.toml")
     assert "custom.toml" in str(error.value)
     assert message in str(error.value)
+
+
+def test_every_template_renders_with_the_types_guidance_passes() -> None:
+    """The samples a template is rendered against at validation cover every placeholder."""
+    assert set(xp_rules._SAMPLE) == xp_rules.PLACEHOLDERS
+    for sample in xp_rules._SAMPLES:
+        assert set(sample) == xp_rules.PLACEHOLDERS
 
 
 @pytest.mark.anyio
