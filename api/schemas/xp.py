@@ -12,7 +12,7 @@ from api.schemas.exp import Label
 from counters.clock import to_datetime
 from counters.ids import GrantReason, TransactionId, UserId
 from counters.rules.xp import XpRules
-from counters.xp.guidance import RecommendedTier, TierInfo, XpCheck, tier_info
+from counters.xp.guidance import RecommendedTier, TierInfo, XpCheck, gate_refuses, tier_info
 from counters.xp.service import XpChange
 from counters.xp.state import XpState
 
@@ -66,10 +66,11 @@ class PreviewResponse(XpCheck, frozen=True, kw_only=True):
     xp_balance_after: int | None
 
 
-class Refusal(_Response, frozen=True):
+class Refusal(_Response, frozen=True, omit_defaults=True):
     """The seed's middleware body for a refused debit or hold (402 or 403), then our additions:
     ``code`` (the same as ``error``), ``detail`` (the same as ``message``: every error body has
-    ``detail`` and ``code``) and the numbers the seed gives only inside ``message``."""
+    ``detail`` and ``code``), the numbers the seed gives only inside ``message``, and
+    ``shadow_refused`` when a tier gate in shadow mode would have refused it (403) first."""
 
     error: str
     message: str
@@ -81,6 +82,7 @@ class Refusal(_Response, frozen=True):
     xp_balance: int
     xp_required: int
     xp_deficit: int
+    shadow_refused: str | None = None  # a tier gate in shadow mode would have refused it
 
 
 class DebitResponse(_Response, frozen=True, omit_defaults=True):
@@ -190,7 +192,7 @@ def preview_response(rules: XpRules, generation_type: str, check: XpCheck) -> Pr
         model=rules.costs[generation_type].model,
         base_xp_cost=rules.costs[generation_type].xp,
         xp_cost=check.xp_required,
-        tier_allows=tier is not None and generation_type in tier.allows,
+        tier_allows=tier is not None and not gate_refuses(tier, generation_type),
         xp_balance_after=after,
     )
 
@@ -203,6 +205,7 @@ def refusal(change: XpChange) -> Refusal:
         subscription_url=check.subscription_url, recommended_tier=check.recommended_tier,
         code=change.error, detail=check.message, xp_balance=check.xp_balance,
         xp_required=check.xp_required, xp_deficit=check.xp_deficit,
+        shadow_refused=change.shadow_refused,
     )  # fmt: skip
 
 

@@ -74,7 +74,12 @@ def evaluate(
     balance: int,
     include_guidance: bool,
 ) -> XpCheck:
-    """The check of one generation for a user on ``tier_name`` (None: no subscription)."""
+    """The check of one generation for a user on ``tier_name`` (None: no subscription).
+
+    It answers what a debit would: a tier gate in shadow mode (``Tier.shadow``) refuses nothing,
+    so a type it does not allow is checked against the balance at its base cost, like the debit
+    that charges it. The recommended tier is chosen by the gates as written.
+    """
     require_generation_type(rules, generation_type)
     tier = rules.tier(tier_name)
     required = rules.cost_for(generation_type, tier)
@@ -82,7 +87,7 @@ def evaluate(
     situation: Situation
     if tier is None:
         situation, recommended = "no_subscription", rules.lowest_allowing(generation_type)
-    elif generation_type not in tier.allows:
+    elif gate_refuses(tier, generation_type):
         situation = "tier_required"
         recommended = rules.lowest_allowing(generation_type, tier.level)
     elif deficit > 0:
@@ -104,6 +109,11 @@ def evaluate(
         current_tier=tier_info(tier),
         recommended_tier=recommended_info(recommended),
     )
+
+
+def gate_refuses(tier: Tier, generation_type: str) -> bool:
+    """Whether ``tier``'s gate refuses the type as served (a gate in shadow mode refuses none)."""
+    return not tier.shadow and generation_type not in tier.allows
 
 
 def _values(
@@ -186,7 +196,7 @@ def format_xp_guidance_message(
             above = [t for t in rules.tiers if t.level > level and t.monthly_xp >= xp_required]
             recommended = above[0] if above else None
         situation = "no_subscription" if tier is None else "insufficient"
-        if tier is not None and generation_type is not None and generation_type not in tier.allows:
+        if tier is not None and generation_type is not None and gate_refuses(tier, generation_type):
             situation = "tier_required"
     kind = generation_type or "this generation"
     values = _values(kind, xp_required, xp_balance, tier, recommended)

@@ -273,19 +273,29 @@ class XpService:
             if reply.outcome is XpOutcome.DONE
             else f"{self.rules.max_active_holds} holds are open; capture or release one first",
         )
+        tier = self.rules.tier(reply.state.tier)
+        # A gate in shadow mode would have refused this request (403) before the script's
+        # answer: a debit or hold served, or refused for the balance (402), says so.
+        shadow_refused = None
+        if (
+            tier is not None
+            and tier.shadow
+            and generation_type not in tier.allows
+            and reply.outcome in (XpOutcome.DONE, XpOutcome.INSUFFICIENT)
+        ):
+            if not reply.replayed:
+                count_shadow_refusal("tier_gate", tier.name)
+            shadow_refused = "tier_gate"
         if reply.outcome in (XpOutcome.INSUFFICIENT, XpOutcome.TIER_REQUIRED):
             check = evaluate(
                 self.rules, generation_type, reply.state.tier, reply.state.balance, True
             )
             return XpChange(
-                change.outcome, 0, "", 0, reply.extra, reply.replayed, reply.state, check=check
-            )
-        tier = self.rules.tier(reply.state.tier)
-        gated = tier is not None and tier.shadow and generation_type not in tier.allows
-        if reply.outcome is XpOutcome.DONE and tier is not None and gated:
-            if not reply.replayed:
-                count_shadow_refusal("tier_gate", tier.name)
-            return msgspec.structs.replace(change, shadow_refused="tier_gate")
+                change.outcome, 0, "", 0, reply.extra, reply.replayed, reply.state, check=check,
+                shadow_refused=shadow_refused,
+            )  # fmt: skip
+        if shadow_refused is not None:
+            return msgspec.structs.replace(change, shadow_refused=shadow_refused)
         return change
 
     def charge_call(

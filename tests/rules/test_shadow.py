@@ -15,7 +15,7 @@ from api.app import create_app
 from counters import metrics
 from counters.clock import ManualClock
 from counters.settings import Settings
-from tests.support.core import service_headers
+from tests.support.core import service_headers, user_headers
 from tests.support.http import asgi_client
 from tests.support.rules import DAILY_CHAT, LOW_CAP, ROOKIE, write_rules
 
@@ -26,6 +26,7 @@ SHADOWED = (
     (LOW_CAP, LOW_CAP + "shadow = true\n"),
     (ROOKIE, ROOKIE + "shadow = true\n"),
 )
+SHORT = "Insufficient credits. Need 720 XP, have 600 XP (120 XP short)."
 
 
 def refused(rule: str, name: str) -> float:
@@ -119,3 +120,58 @@ async def test_a_shadow_tier_gate_charges_and_counts(shadow_client: httpx2.Async
     )
     assert image.status_code == 200 and "shadow_refused" not in image.json()
     assert refused("tier_gate", "pixel_rookie") == before + 1
+
+
+async def test_a_shadow_tier_gate_short_of_xp_says_so(shadow_client: httpx2.AsyncClient) -> None:
+    """A 402 for the balance describes the balance (as the debit charges the base cost), not
+    the gate that is only watched; it names the gate that would have refused it first."""
+    before = refused("tier_gate", "pixel_rookie")
+    response = await shadow_client.put(
+        "/api/v1/subscriptions/u4", json={"tier": "pixel_rookie"}, headers=service_headers()
+    )
+    assert response.status_code == 200 and response.json()["xp_balance"] == 600
+    audio = {"generation_type": "NEW_VIDEO_WITH_AUDIO"}  # 720 XP, not allowed on pixel_rookie
+    for path in ("/api/v1/xp/debit", "/api/v1/xp/holds"):
+        short = await shadow_client.post(path, json=audio, headers=service_headers("u4"))
+        assert short.status_code == 402, short.text
+        body = short.json()
+        assert (body["error"], body["code"], body["xp_deficit"]) == (
+            "insufficient_xp", "insufficient_xp", 120,
+        )  # fmt: skip
+        assert body["message"] == body["detail"] == SHORT
+        assert body["guidance"].startswith("⚡ You need 120 more XP credits.")
+        assert "not included" not in body["guidance"]
+        assert body["shadow_refused"] == "tier_gate"
+    assert refused("tier_gate", "pixel_rookie") == before + 2
+
+
+async def test_check_and_preview_answer_what_a_shadow_gate_serves(
+    shadow_client: httpx2.AsyncClient,
+) -> None:
+    """check-xp and preview say what the debit would do: a shadowed gate refuses nothing."""
+    response = await shadow_client.put(
+        "/api/v1/subscriptions/u5", json={"tier": "pixel_rookie"}, headers=service_headers()
+    )
+    assert response.status_code == 200, response.text
+    before = refused("tier_gate", "pixel_rookie")
+    check = await shadow_client.get(
+        "/api/v1/subscriptions/check-xp/NEW_VIDEO_WITH_AUDIO?include_guidance=true",
+        headers=user_headers("u5"),
+    )
+    assert check.status_code == 200, check.text
+    body = check.json()
+    assert (body["has_sufficient_xp"], body["xp_required"], body["message"]) == (False, 720, SHORT)
+    assert body["guidance"].startswith("⚡ You need 120 more XP credits.")
+    assert "shadow_refused" not in body
+    preview = await shadow_client.post(
+        "/api/v1/subscriptions/preview-generation-cost",
+        json={"generation_type": "NEW_VIDEO"},
+        headers=user_headers("u5"),
+    )
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert (body["has_sufficient_xp"], body["tier_allows"], body["xp_balance_after"]) == (
+        True, True, 585,
+    )  # fmt: skip
+    assert body["message"] == "Sufficient credits. Need 15 XP, have 600 XP."
+    assert refused("tier_gate", "pixel_rookie") == before  # a check is not a request refused

@@ -79,6 +79,27 @@ def test_format_xp_guidance_message_as_the_seed_calls_it() -> None:
         format_xp_guidance_message(False, 0, 12, "Diamond")
 
 
+def test_a_shadow_gate_is_checked_as_served() -> None:
+    """A tier gate in shadow mode refuses nothing: a type it does not allow is checked against
+    the balance at its base cost, by evaluate (check-xp, preview, a 402) and the seed helper."""
+    xp = load_rules().xp
+    tiers = list(xp.tiers)
+    tiers[0] = msgspec.structs.replace(tiers[0], shadow=True)
+    shadowed = msgspec.structs.replace(xp, tiers=tuple(tiers))
+    short = evaluate(shadowed, "NEW_VIDEO_WITH_AUDIO", "pixel_rookie", 600, include_guidance=True)
+    assert (short.has_sufficient_xp, short.xp_required, short.xp_deficit) == (False, 720, 120)
+    assert short.message == "Insufficient credits. Need 720 XP, have 600 XP (120 XP short)."
+    assert isinstance(short.guidance, str) and "not included" not in short.guidance
+    enough = evaluate(shadowed, "NEW_VIDEO", "pixel_rookie", 600, include_guidance=False)
+    assert enough.has_sufficient_xp and enough.message.startswith("Sufficient credits.")
+    as_written = evaluate(xp, "NEW_VIDEO", "pixel_rookie", 600, include_guidance=False)
+    assert not as_written.has_sufficient_xp and "not included" in as_written.message
+    helper = format_xp_guidance_message(
+        False, 600, 720, "pixel_rookie", generation_type="NEW_VIDEO_WITH_AUDIO", rules=shadowed
+    )
+    assert helper.startswith("⚡ You need 120 more XP credits.")
+
+
 def test_get_generation_cost_as_the_seed_calls_it() -> None:
     assert get_generation_cost("NEW_IMAGE", user_tier=1) == 12
     assert get_generation_cost("NEW_VIDEO_WITH_AUDIO") == 720
