@@ -4,7 +4,8 @@
   A user acts only as themself: ``X-User-Id`` naming anybody else is refused.
 - ``Bearer <service key>``: one of COUNTERS_SERVICE_KEYS, acting for the user in ``X-User-Id``.
 - Neither acts as a user id the ledger uses for another actor (``counters.ids.is_reserved_actor``:
-  ``service:0``, ``import``, ...): a token whose ``sub`` is one is 401, such an ``X-User-Id`` 422.
+  ``service:0``, ``import``, ...): a token whose ``sub`` is one is 401, such an ``X-User-Id`` 422
+  (as such a user id in a path, a request body or an import line: ``counters.ids.UserId``).
 
 JWT expiry is checked against real time (``now``, injectable), not the shifted service clock:
 tokens come from an issuer that lives in real time. Verified tokens are cached until they expire.
@@ -28,11 +29,10 @@ import jwt
 import msgspec
 
 from counters.errors import AuthError, ForbiddenError, InvalidRequest
-from counters.ids import USER_ID, is_reserved_actor, is_whole
+from counters.ids import RESERVED_FORMS, USER_ID, is_reserved_actor, is_whole
 
 _CACHE_LIMIT = 65_536
 _SERVICE_HEADERS_LIMIT = 256  # spellings of valid service-key headers remembered ("Bearer k", ...)
-_RESERVED = "system, import, reconcile, service:*, user:*"  # counters.ids.is_reserved_actor
 _MAX_EXP = 253_402_300_799  # 9999-12-31T23:59:59Z: later than any token may live
 
 
@@ -51,14 +51,15 @@ def is_service_caller(caller: str) -> bool:
 
 
 def check_user_id(user_id: str, where: str) -> str:
-    """A valid user id, or ``InvalidRequest`` naming where it came from."""
+    """A valid user id, or ``InvalidRequest`` naming where it came from and why (a reserved
+    actor's form first: ``USER_ID`` refuses those too, and the message would not say so)."""
+    if is_reserved_actor(user_id):
+        raise InvalidRequest(f"{where} names a reserved actor ({RESERVED_FORMS}), not a user")
     if not is_whole(USER_ID, user_id):
         raise InvalidRequest(
             f"{where} must be 1-128 characters of letters, digits and ._@:- "
             "starting with a letter or digit"
         )
-    if is_reserved_actor(user_id):
-        raise InvalidRequest(f"{where} names a reserved actor ({_RESERVED}), not a user")
     return user_id
 
 
@@ -148,12 +149,12 @@ class Authenticator:
         if expires <= now:  # checked here rather than by PyJWT so that time is injectable
             raise AuthError("Token has expired")
         sub = claims["sub"]
+        if isinstance(sub, str) and is_reserved_actor(sub):  # before USER_ID, which refuses it
+            raise AuthError(
+                f"Invalid token: 'sub' names a reserved actor ({RESERVED_FORMS}), not a user"
+            )
         if not isinstance(sub, str) or not is_whole(USER_ID, sub):
             raise AuthError("Invalid token: 'sub' is not a valid user id")
-        if is_reserved_actor(sub):
-            raise AuthError(
-                f"Invalid token: 'sub' names a reserved actor ({_RESERVED}), not a user"
-            )
         return sub, float(expires)
 
 

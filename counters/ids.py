@@ -25,7 +25,22 @@ def whole(body: str) -> str:
     return f"^{body}$(?!\\n)"
 
 
-USER_ID_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
+# The ledger's actors that are not users: the XP transitions that came due ("system"), import
+# lines ("import"), reconcile's repairs ("reconcile"), service keys ("service:<n>") and a user
+# token on the XP side ("user:<id>"). No user id has one of these forms, wherever it comes from
+# (a token's ``sub``, ``X-User-Id``, a path, a request body, an import line: ``USER_ID_PATTERN``
+# refuses them), so an award's actor (the user's id) is never one of them and a ledger actor
+# means one thing.
+SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR = "system", "import", "reconcile"
+_RESERVED_ACTORS = (SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR)
+_RESERVED_PREFIXES = ("service:", "user:")
+RESERVED_FORMS = "system, import, reconcile, service:*, user:*"  # for messages
+# A lookahead that fails on a reserved form: one of the names as the whole string, or a prefix.
+_NOT_RESERVED = (
+    f"(?!(?:{'|'.join(map(re.escape, _RESERVED_ACTORS))})$(?!\\n)"
+    f"|{'|'.join(map(re.escape, _RESERVED_PREFIXES))})"
+)
+USER_ID_PATTERN = whole(_NOT_RESERVED + r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 TARGET_ID_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_PATTERN = whole(r"[a-z][a-z0-9_]{0,63}")  # rules: actions, tiers, entity types
 TRANSACTION_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,64}")
@@ -49,18 +64,9 @@ TransactionId = Annotated[str, msgspec.Meta(pattern=TRANSACTION_ID_PATTERN)]
 IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
-# The ledger's actors that are not users: the XP transitions that came due ("system"), import
-# lines ("import"), reconcile's repairs ("reconcile"), service keys ("service:<n>") and a user
-# token on the XP side ("user:<id>"). A caller may not act as a user id of one of these forms (a
-# token's ``sub``, ``X-User-Id``: counters/auth.py), so an award's actor (the user's id) is
-# never one of them.
-SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR = "system", "import", "reconcile"
-_RESERVED_ACTORS = frozenset({SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR})
-_RESERVED_PREFIXES = ("service:", "user:")
-
-
 def is_reserved_actor(user_id: str) -> bool:
-    """Whether ``user_id`` has the form of an actor that is not a user (see above)."""
+    """Whether ``user_id`` has the form of an actor that is not a user (see ``_RESERVED_ACTORS``;
+    ``USER_ID_PATTERN`` refuses the same forms)."""
     return user_id in _RESERVED_ACTORS or user_id.startswith(_RESERVED_PREFIXES)
 
 
@@ -72,13 +78,34 @@ NO_CONTROL_CHARACTERS = msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]*\Z")  # $ allo
 GrantReason = Annotated[str, msgspec.Meta(min_length=1, max_length=200), NO_CONTROL_CHARACTERS]
 
 
+USER_ID_RULE = (
+    "1-128 characters of letters, digits and ._@:- starting with a letter or digit, and not"
+    f" one the ledger records for a reserved actor ({RESERVED_FORMS}), which is not a user"
+)
+
+
+def _refusal(kind: object, value: str) -> str:
+    """msgspec's message refusing ``value`` as a ``kind``."""
+    try:
+        msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    raise AssertionError(f"{value!r} is a {kind}")
+
+
+_USER_ID_REFUSED = _refusal(UserId, "")  # how msgspec words a refused UserId, before " - at"
+
+
 def validation_detail(exc: msgspec.ValidationError) -> str:
-    """msgspec's message, with a refused control character worded for people: the pattern of
-    ``NO_CONTROL_CHARACTERS`` means nothing to a caller."""
+    """msgspec's message, with a refused control character or user id worded for people: the
+    patterns of ``NO_CONTROL_CHARACTERS`` and ``UserId`` mean nothing to a caller."""
     message = str(exc)
     if message.startswith("Expected `str` matching regex '\\\\A[^\\\\x00-"):
         where = message.rpartition(" - at ")[2]
         return f"{where} must not contain control characters (U+0000-U+001F, U+007F)"
+    if message.startswith(_USER_ID_REFUSED):
+        where = message.rpartition(" - at ")[2]
+        return f"{where} must be a user id: {USER_ID_RULE}"
     return message
 
 

@@ -140,6 +140,31 @@ async def test_bad_items_are_their_own_4xx_and_the_rest_still_apply(
     assert await total(batch_client, "u1") == 20
 
 
+async def test_an_item_naming_a_reserved_actor_is_its_own_422_and_pays_nobody(
+    batch_client: httpx2.AsyncClient,
+) -> None:
+    """A black-box finding: an item with ``user_id`` ``system`` liking a character paid its
+    owner, whose history then showed the actor ``system``."""
+    await own(batch_client, "character", "c1", "maker")
+    like = {"action": "character_liked", "target_type": "character", "target_id": "c1"}
+    reserved = ["system", "import", "reconcile", "service:1", "user:demo-user"]
+    results = await batch(
+        batch_client,
+        [
+            *({"user_id": actor, **like} for actor in reserved),
+            {"user_id": "u1", "action": "daily_chat"},
+            *({"user_id": actor, "action": "daily_chat"} for actor in reserved),
+        ],
+    )
+    assert statuses(results) == [422] * 5 + [200] + [422] * 5
+    for result in results[:5] + results[6:]:
+        assert result["body"]["code"] == "invalid_request", result
+        assert "user_id" in result["body"]["detail"], result
+        assert "reserved actor" in result["body"]["detail"], result
+    assert await total(batch_client, "maker") == 0
+    assert await total(batch_client, "u1") == 20
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [

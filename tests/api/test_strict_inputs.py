@@ -17,9 +17,13 @@ import redis
 
 from counters.ids import (
     IDEMPOTENCY_KEY_PATTERN,
+    IMPORT_ACTOR,
+    RECONCILE_ACTOR,
+    SYSTEM_ACTOR,
     TARGET_ID_PATTERN,
     TRANSACTION_ID_PATTERN,
     USER_ID_PATTERN,
+    is_reserved_actor,
 )
 from tests.support.core import JWT_SECRET, data_keys, service_headers, user_headers
 
@@ -75,6 +79,49 @@ async def test_a_user_cannot_act_as_an_actor_the_ledger_records_for_others(
     # a user id that merely contains such a form is a user
     fine = await client.post("/api/exp/gain", json=gain, headers=user_headers("importer:service"))
     assert fine.status_code == 200
+
+
+# Every form the ledger records for an actor that is not a user (counters.ids.is_reserved_actor).
+RESERVED = ["system", "import", "reconcile", "service:1", "user:x"]
+
+
+def test_the_user_id_pattern_refuses_exactly_the_reserved_forms() -> None:
+    """One definition: ``UserId`` (bodies, import lines) refuses what ``is_reserved_actor``
+    (tokens, X-User-Id, paths) names, and nothing else of a user id's shape."""
+    samples = [
+        *RESERVED, "service:", "user:", "system\n", "SYSTEM", "Service:0", "User:x", "systems",
+        "importer:service", "my.user:x", "reconcile1", "service", "a",
+    ]  # fmt: skip
+    for sample in samples:
+        shaped = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}", sample) is not None
+        expected = shaped and not is_reserved_actor(sample)
+        assert (re.search(USER_ID_PATTERN, sample) is not None) is expected, sample
+    assert {SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR} <= set(RESERVED)
+
+
+@pytest.mark.parametrize("reserved", RESERVED)
+async def test_a_reserved_actor_named_in_a_body_or_a_path_is_422_and_changes_nothing(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, reserved: str
+) -> None:
+    """A black-box finding: the body's ``user_id`` (adjust, grant) and ``owner_id`` were only
+    checked for shape, so ``system`` could be adjusted, granted XP and own entities (its EXP
+    then on the leaderboard, its ledger rows not told from the service's own)."""
+    adjust = {"user_id": reserved, "delta": 5, "reason": "x"}
+    grant = {"user_id": reserved, "xp_amount": 5, "reason": "x"}
+    writes: list[tuple[str, str, dict[str, object] | None, str]] = [
+        ("POST", "/api/admin/exp/adjust", adjust, "user_id"),
+        ("POST", "/api/v1/xp/grants", grant, "user_id"),
+        ("PUT", "/api/entities/scene/x", {"owner_id": reserved}, "owner_id"),
+        ("PUT", f"/api/v1/subscriptions/{reserved}", {"tier": "pixel_rookie"}, "user_id"),
+        ("DELETE", f"/api/v1/subscriptions/{reserved}", None, "user_id"),
+    ]  # fmt: skip
+    for method, path, body, field in writes:
+        response = await client.request(method, path, json=body, headers=service_headers())
+        assert response.status_code == 422, (path, response.text)
+        error = response.json()
+        assert error["code"] == "invalid_request", error
+        assert field in error["detail"] and "reserved actor" in error["detail"], error
+    assert data_keys(redis_client) == []
 
 
 @pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400, "true"])

@@ -143,7 +143,7 @@ def test_a_bad_line_imports_nothing(
     assert "line 3: Expected `int` >= 0 - at `$.exp`" in result.output
     assert "line 4: unknown tier 'platinum'; known tiers: pixel_rookie" in result.output
     assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
-    assert "line 6: Expected `str` matching regex" in result.output
+    assert "line 6: `$.user_id` must be a user id: 1-128 characters" in result.output
     assert "line 7: period_start must be after 1970-01-01T00:00:00Z" in result.output
     control = "`$.reason` must not contain control characters (U+0000-U+001F, U+007F)"
     assert f"line 8: {control}" in result.output and f"line 9: {control}" in result.output
@@ -215,3 +215,25 @@ async def test_an_import_line_past_the_maximum_is_skipped_and_changes_nothing(
     past = Record(2, ExpLine(user_id="near", exp=6), f"imp_{2:032x}")
     assert await importer.apply(past) is XpOutcome.TOTAL_LIMIT
     assert {key: redis_client.dump(key) for key in redis_client.keys("*")} == before
+
+
+def test_a_line_naming_a_reserved_actor_is_refused_and_imports_nothing(
+    redis_url: str, database_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A black-box finding: ``{"kind": "exp", "user_id": "system", ...}`` was imported, a user
+    the ledger could not tell from the service's own actor."""
+    reserved = ["system", "import", "reconcile", "service:1", "user:x"]
+    lines = [
+        LINES[0],
+        *({"kind": "exp", "user_id": actor, "exp": 5} for actor in reserved),
+        {"kind": "topup", "user_id": "system", "xp_amount": 5},
+        {"kind": "subscription", "user_id": "import", "tier": "pixel_rookie"},
+    ]
+    path = write_jsonl(tmp_path / "reserved.jsonl", lines)
+    result = run_import(redis_url, database_url, str(path))
+    assert result.exit_code == 2, result.output
+    refused = [line for line in result.output.splitlines() if "reserved actor" in line]
+    assert [line.partition(":")[0] for line in refused] == [f"line {n}" for n in range(2, 9)]
+    assert all("user_id" in line for line in refused), refused
+    assert data_keys(redis_client) == []
+    assert ledger(database_url) == []

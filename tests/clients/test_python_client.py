@@ -519,6 +519,21 @@ async def test_an_invalid_user_id_raises_before_sending_and_is_never_logged_raw(
     assert all(line.isprintable() for line in lines), lines
 
 
+async def test_a_reserved_actor_raises_invalid_id_before_sending() -> None:
+    """``award_exp_with_limits("system", ...)`` answered None (the service's 422 swallowed as
+    an outage); ids the service refuses raise ``InvalidId``, reserved actors' too."""
+    async with AsyncCountersClient(f"http://127.0.0.1:{free_port()}", service_key="k") as down:
+        for reserved in ("system", "import", "reconcile", "service:1", "user:x"):
+            with pytest.raises(InvalidId, match="is not a user_id"):
+                await down.award_exp_with_limits(reserved, "daily_chat")
+            with pytest.raises(InvalidId):
+                await down.debit("NEW_IMAGE", user_id=reserved)
+            with pytest.raises(InvalidId):
+                await down.grant(reserved, 5, "gift")
+            with pytest.raises(InvalidId):
+                await down.set_subscription(reserved, "pixel_rookie")
+
+
 def test_the_clients_id_shapes_are_the_services() -> None:
     assert whole(_calls.USER_ID.pattern) == ids.USER_ID_PATTERN
     assert whole(_calls.TARGET_ID.pattern) == ids.TARGET_ID_PATTERN

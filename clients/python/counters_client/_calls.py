@@ -55,8 +55,12 @@ FALLBACK_GUIDANCE = (
 
 
 # The service's shapes of a user id and a text target id (its counters/ids.py; the client
-# imports nothing from the service, and tests/clients/ checks that the two agree).
-USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
+# imports nothing from the service, and tests/clients/ checks that the two agree). A user id is
+# never one of the forms the ledger records for other actors (system, import, reconcile,
+# service:*, user:*): the service refuses those with a 422.
+USER_ID = re.compile(
+    r"(?!(?:system|import|reconcile)$(?!\n)|service:|user:)[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}"
+)
 TARGET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -76,7 +80,7 @@ def checked_id(kind: str, value: str, shape: re.Pattern[str]) -> str:
 
 def checked_user(user_id: str | None) -> str | None:
     """``user_id`` (None: the caller itself), or ``InvalidId``: 1-128 of ``A-Za-z0-9._@:-``,
-    starting with a letter or digit."""
+    starting with a letter or digit, and not a reserved actor's form (``system``, ...)."""
     return None if user_id is None else checked_id("user_id", user_id, USER_ID)
 
 
