@@ -30,7 +30,9 @@ def whole(body: str) -> str:
 # token on the XP side ("user:<id>"). No user id has one of these forms, wherever it comes from
 # (a token's ``sub``, ``X-User-Id``, a path, a request body, an import line: ``USER_ID_PATTERN``
 # refuses them), so an award's actor (the user's id) is never one of them and a ledger actor
-# means one thing.
+# means one thing. Matched case-sensitively, as every id is (Redis keys, the ledger's text
+# columns): the service writes these actors in lower case only, so ``SYSTEM`` or ``Service:0``
+# is a user of its own that no ledger row can confuse with an actor.
 SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR = "system", "import", "reconcile"
 _RESERVED_ACTORS = (SYSTEM_ACTOR, IMPORT_ACTOR, RECONCILE_ACTOR)
 _RESERVED_PREFIXES = ("service:", "user:")

@@ -124,6 +124,24 @@ async def test_a_reserved_actor_named_in_a_body_or_a_path_is_422_and_changes_not
     assert data_keys(redis_client) == []
 
 
+@pytest.mark.parametrize("user_id", ["SYSTEM", "Import", "Service:0", "USER:x"])
+async def test_reserved_forms_match_case_sensitively_as_every_id_does(
+    client: httpx2.AsyncClient, user_id: str
+) -> None:
+    """Ids are case-sensitive everywhere (Redis keys, the ledger's text columns) and the service
+    writes its own actors in lower case only: ``SYSTEM`` is a user, not the actor ``system``."""
+    gain = {"action": "daily_chat"}
+    for headers in (user_headers(user_id), service_headers(user_id)):
+        response = await client.post("/api/exp/gain", json=gain, headers=headers)
+        assert response.status_code in (200, 429), response.text  # the 2nd: the daily limit
+    adjust = {"user_id": user_id, "delta": 5, "reason": "support"}
+    response = await client.post("/api/admin/exp/adjust", json=adjust, headers=service_headers())
+    assert response.status_code == 200, response.text
+    owner = {"owner_id": user_id}
+    response = await client.put("/api/entities/scene/s1", json=owner, headers=service_headers())
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400, "true"])
 async def test_a_token_expiry_that_is_not_a_finite_time_is_401(
     client: httpx2.AsyncClient, exp: str

@@ -532,6 +532,8 @@ async def test_a_reserved_actor_raises_invalid_id_before_sending() -> None:
                 await down.grant(reserved, 5, "gift")
             with pytest.raises(InvalidId):
                 await down.set_subscription(reserved, "pixel_rookie")
+        # ids are case-sensitive: "SYSTEM" is a user (here: fails open, the service is down)
+        assert await down.award_exp_with_limits("SYSTEM", "daily_chat") is None
 
 
 def test_the_clients_id_shapes_are_the_services() -> None:

@@ -57,7 +57,7 @@ FALLBACK_GUIDANCE = (
 # The service's shapes of a user id and a text target id (its counters/ids.py; the client
 # imports nothing from the service, and tests/clients/ checks that the two agree). A user id is
 # never one of the forms the ledger records for other actors (system, import, reconcile,
-# service:*, user:*): the service refuses those with a 422.
+# service:*, user:*; matched case-sensitively): the service refuses those with a 422.
 USER_ID = re.compile(
     r"(?!(?:system|import|reconcile)$(?!\n)|service:|user:)[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}"
 )
