@@ -154,6 +154,7 @@ DEFAULT_KEY_BUCKETS = 1_024  # issue #12: "a default of 1,024 buckets or more"
 # RFC 7518 section 3.2: "A key of the same size as the hash output (for instance, 256 bits for
 # "HS256") or larger MUST be used with this algorithm."
 MIN_JWT_SECRET_BYTES = 32
+MAX_CLOCK_OFFSET = 315_576_000  # ten years of 365.25 days: COUNTERS_CLOCK_OFFSET_SECONDS
 
 
 def env_name(field_name: str) -> str:
@@ -183,7 +184,12 @@ class Settings:
     # (`make run` turns it on), and serves the JS client's demo page at /demo. Off, `serve`
     # without secrets refuses to start.
     dev_mode: bool = False
-    clock_offset_seconds: float = 0.0
+    # Shifts "now" by up to ten years either way (staging, load tests that simulate later days).
+    # Bounded, because every time the service stores or shows is counted from now: 1e308 made
+    # "now" infinite, and every award and progress read a 500 (a reviewer's finding). Ten years
+    # is more than any simulation needs, and keeps now, a hold's expiry and a period's end far
+    # inside what the replies (years 1-9999 UTC) and Postgres can hold.
+    clock_offset_seconds: float = bounded(0.0, ge=-MAX_CLOCK_OFFSET, le=MAX_CLOCK_OFFSET)
     # Daily windows and hold expiries follow each worker's clock: /readyz compares it with
     # Redis's (TIME) and says "degraded" (strict: not ready) past this many seconds; 0: no check.
     max_clock_skew_seconds: float = bounded(5.0, ge=0)

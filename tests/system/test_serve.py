@@ -91,6 +91,23 @@ def test_every_command_reports_a_bad_setting_on_one_line(
     ]
 
 
+def test_a_clock_offset_past_ten_years_stops_serve_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer's finding: COUNTERS_CLOCK_OFFSET_SECONDS=1e308 started, and then every award
+    and progress read answered 500 ("cannot convert float infinity to integer")."""
+    monkeypatch.setenv("COUNTERS_CLOCK_OFFSET_SECONDS", "1e308")
+    monkeypatch.setenv("COUNTERS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COUNTERS_JWT_SECRET", JWT_SECRET)
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "Error: COUNTERS_CLOCK_OFFSET_SECONDS=1e+308: out of range"
+        " (must be >= -315576000 and <= 315576000)"
+    ]
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("command", ["serve", "reconcile"])
 @pytest.mark.parametrize(
     ("variable", "value", "message"),

@@ -52,6 +52,14 @@ def test_values_are_parsed_by_type() -> None:
         ({"COUNTERS_FLUSH_BACKOFF_MAX_SECONDS": "nan"}, "COUNTERS_FLUSH_BACKOFF_MAX_SECONDS"),
         ({"COUNTERS_LOG_FORMAT": "xml"}, "COUNTERS_LOG_FORMAT='xml': must be one of text, json"),
         ({"COUNTERS_HOLD_TTL_SECONDS": "0"}, "COUNTERS_HOLD_TTL_SECONDS=0: out of range"),
+        # A reviewer's finding: 1e308 was accepted, "now" became infinite, and every award and
+        # progress read answered 500 ("cannot convert float infinity to integer").
+        (
+            {"COUNTERS_CLOCK_OFFSET_SECONDS": "1e308"},
+            r"COUNTERS_CLOCK_OFFSET_SECONDS=1e\+308: out of range \(must be >= -315576000 and"
+            r" <= 315576000\)",
+        ),
+        ({"COUNTERS_CLOCK_OFFSET_SECONDS": "-315576001"}, "CLOCK_OFFSET_SECONDS=-315576001.0: out"),
         # An attacker's findings: a killed worker's entries or lease must not outlast half the
         # durability window (writes would be refused meanwhile); a lease of a day was accepted.
         ({"COUNTERS_FLUSH_LEASE_MS": "86400000"}, "COUNTERS_FLUSH_LEASE_MS=86400000: out of"),
@@ -103,6 +111,12 @@ def test_the_parsers_name_the_variable_they_are_given() -> None:
 
 def test_the_clock_offset_moves_now_to_another_day() -> None:
     assert SystemClock(86_400).now() - SystemClock().now() == pytest.approx(86_400, abs=1)
+
+
+@pytest.mark.parametrize("raw", ["315576000", "-315576000", "-86400.5"])
+def test_the_clock_offset_reaches_ten_years_either_way(raw: str) -> None:
+    settings = Settings.from_env({"COUNTERS_CLOCK_OFFSET_SECONDS": raw})
+    assert settings.clock_offset_seconds == float(raw)
 
 
 def test_utc_day_and_midnight() -> None:
