@@ -9,9 +9,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Annotated, Protocol
+
+import msgspec
 
 SECONDS_PER_DAY = 86_400
+# A time a caller hands in (a request body, an import line) must name its offset: a time without
+# one means the sender's local time, which the service cannot know (``datetime.timestamp`` would
+# read it in the server's).
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Clock(Protocol):

@@ -9,7 +9,7 @@ import msgspec
 
 from api.schemas.common import Request
 from api.schemas.exp import Label
-from counters.clock import to_datetime
+from counters.clock import AwareDatetime, to_datetime
 from counters.ids import GrantReason, TransactionId, UserId
 from counters.rules.xp import XpRules
 from counters.xp.guidance import RecommendedTier, TierInfo, XpCheck, gate_refuses, tier_info
@@ -19,7 +19,6 @@ from counters.xp.state import XpState
 XpAmount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
 GenerationTypeName = Label
 TierName = Label
-AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class GenerationRequest(Request, frozen=True):

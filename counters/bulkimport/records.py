@@ -9,6 +9,7 @@ Formats (by suffix: ``.csv``, else JSON Lines)::
      "reason": "legacy balance"}       expires_at, reason optional (the ledger's action)
 
 A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields.
+Times name their offset, as in the API's bodies (``counters.clock.AwareDatetime``).
 
 The import id of a line is derived from its content (the validated record and how many identical
 records came before it in the file), so the same file applied twice, or re-ordered, applies each
@@ -23,12 +24,12 @@ import io
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
+from counters.clock import AwareDatetime
 from counters.errors import shown
 from counters.ids import GrantReason, UserId, validation_detail
 from counters.redis.codes import MAX_TOTAL
@@ -55,14 +56,14 @@ class SubscriptionLine(_Line, frozen=True, tag="subscription"):
     """A subscription to start (a user with an active one is left as is)."""
 
     tier: str
-    period_start: datetime | None = None
+    period_start: AwareDatetime | None = None
 
 
 class TopupLine(_Line, frozen=True, tag="topup"):
     """A top-up to grant."""
 
     xp_amount: Positive
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
     reason: GrantReason = "import"  # the API's shape (POST /api/v1/xp/grants); the ledger action
 
 

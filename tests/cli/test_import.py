@@ -15,16 +15,17 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from counters.bulkimport.records import ExpLine, Record
+from counters.bulkimport.records import ExpLine, Record, read_records
 from counters.bulkimport.service import ImportService
 from counters.cli.importer import import_command
 from counters.cli.main import main
 from counters.clock import ManualClock
 from counters.redis.codes import MAX_TOTAL, XpOutcome
 from counters.redis.hydration import NoDurableStore
+from counters.rules import load_rules
 from counters.runtime.services import Services
 from counters.settings import Settings
-from tests.support.core import JWT_SECRET, SERVICE_KEY, data_keys
+from tests.support.core import JWT_SECRET, NOON, SERVICE_KEY, data_keys
 from tests.support.persistence import run_sync
 
 LINES = [
@@ -150,6 +151,37 @@ def test_a_bad_line_imports_nothing(
     assert "line 10: Expected `str` of length >= 1 - at `$.reason`" in result.output
     assert "8 bad line(s)" in result.output and "nothing was imported" in result.output
     assert data_keys(redis_client) == [] and ledger(database_url) == []
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_an_import_time_names_its_offset(tmp_path: Path, suffix: str) -> None:
+    """A time without an offset was read in the importing machine's time zone
+    (``datetime.timestamp``): the same file started periods and expired top-ups hours apart on
+    two machines. The API's bodies already refuse one (422)."""
+    path = tmp_path / f"naive{suffix}"
+    if suffix == ".csv":
+        path.write_text(
+            "kind,user_id,tier,period_start,xp_amount,expires_at\n"
+            "topup,n-1,,,5,2030-01-01T00:00:00\n"
+            "subscription,n-1,pixel_rookie,2026-11-01T00:00:00,,\n"
+            "topup,n-1,,,5,2030-01-01T00:00:00+10:00\n"
+        )
+        first, second = 2, 3
+    else:
+        topup = {"kind": "topup", "user_id": "n-1", "xp_amount": 5}
+        write_jsonl(path, [
+            {**topup, "expires_at": "2030-01-01T00:00:00"},
+            {"kind": "subscription", "user_id": "n-1", "tier": "pixel_rookie",
+             "period_start": "2026-11-01T00:00:00"},
+            {**topup, "expires_at": "2030-01-01T00:00:00Z"},
+        ])  # fmt: skip
+        first, second = 1, 2
+    records, errors = read_records(path, load_rules(), NOON)
+    assert [str(error) for error in errors] == [
+        f"line {first}: Expected `datetime` with a timezone component - at `$.expires_at`",
+        f"line {second}: Expected `datetime` with a timezone component - at `$.period_start`",
+    ]
+    assert [record.line_number for record in records] == [second + 1]
 
 
 def test_csv_lines_add_to_what_the_service_counted(
