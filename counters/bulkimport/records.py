@@ -29,12 +29,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-from counters.clock import AwareDatetime
+from counters.clock import AwareDatetime, unix_seconds
 from counters.errors import shown
 from counters.ids import GrantReason, UserId, validation_detail
 from counters.redis.codes import MAX_TOTAL
 from counters.rules import Rules
-from counters.xp.state import period_start_problem
+from counters.xp.state import expiry_problem, period_start_problem
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Positive = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
@@ -132,8 +132,10 @@ def _check(line: Line, rules: Rules, now: float) -> None:
         problem = None if start is None else period_start_problem(start, now)
         if problem is not None:
             raise ValueError(problem)
-    elif line.expires_at is not None and line.expires_at.timestamp() <= now:
-        raise ValueError("expires_at must be in the future")
+    elif line.expires_at is not None:
+        problem = expiry_problem(unix_seconds(line.expires_at), now)  # as the API's grant
+        if problem is not None:
+            raise ValueError(problem)
 
 
 def _check_sum(line: Line, sums: Counter[tuple[str, str]]) -> None:

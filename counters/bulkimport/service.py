@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from counters.bulkimport.records import ExpLine, Record, SubscriptionLine
-from counters.clock import Clock
+from counters.clock import Clock, unix_seconds
 from counters.errors import RedisStorageError, ScriptReplyError
 from counters.ids import IMPORT_ACTOR
 from counters.redis.calls import ImportUser, ImportUserKeys
@@ -65,7 +65,7 @@ class ImportService:
             at = 0 if line.period_start is None else int(line.period_start.timestamp())
         else:
             amount, reason = line.xp_amount, line.reason
-            at = 0 if line.expires_at is None else int(line.expires_at.timestamp())
+            at = 0 if line.expires_at is None else unix_seconds(line.expires_at)
         return ImportUser(
             user_id=line.user_id, now_ms=int(self._clock.now() * 1000), fingerprint="",
             idem_ttl=1, idem_key=record.import_id, actor=ACTOR,

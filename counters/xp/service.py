@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from counters.auth import is_service_caller
-from counters.clock import Clock, to_datetime
+from counters.clock import Clock, to_datetime, unix_seconds
 from counters.errors import ForbiddenError, InvalidRequest, NotFound, shown
 from counters.ids import SYSTEM_ACTOR, TRANSACTION_ID, is_whole, random_hex
 from counters.metrics import XP_OUTCOMES
@@ -47,7 +47,13 @@ from counters.rules.metrics import count_shadow_refusal
 from counters.rules.xp import Tier, XpRules
 from counters.xp.guidance import XpCheck, evaluate, require_generation_type
 from counters.xp.packed import DebitCommands
-from counters.xp.state import XpReply, XpState, decode_reply, period_start_problem
+from counters.xp.state import (
+    XpReply,
+    XpState,
+    decode_reply,
+    expiry_problem,
+    period_start_problem,
+)
 
 # How long a debit or capture can be refunded (and a hold's record is kept).
 TRANSACTION_TTL = 30 * 86_400
@@ -392,9 +398,10 @@ class XpService:
         caller's whatever user the grant names (``claim_callers_key``: the same key for another
         user is 422); the grant's own record in the user's slot applies it once."""
         now = self._clock.now()
-        expiry = 0 if expires_at is None else int(expires_at.timestamp())
-        if expires_at is not None and expiry <= now:
-            raise InvalidRequest(f"expires_at must be in the future (now is {to_datetime(now)})")
+        expiry = 0 if expires_at is None else unix_seconds(expires_at)
+        problem = None if expires_at is None else expiry_problem(expiry, now)
+        if problem is not None:  # before the key is claimed: a refused grant changes nothing
+            raise InvalidRequest(problem)
         if idem is not None:  # the key is the service caller's, whatever user it names
             await claim_callers_key(self._scripts, idem, self._buckets, self._idempotency_ttl)
         grant_id = "xg_" + secrets.token_hex(12)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from counters.clock import to_datetime
+from counters.clock import LATEST, to_datetime
 from counters.errors import ScriptReplyError
 from counters.redis.codes import XpOutcome
 
@@ -110,3 +110,24 @@ def period_start_problem(start: float, now: float) -> str | None:
     if start > now:
         return f"period_start must not be in the future (now is {to_datetime(now)})"
     return None
+
+
+def expiry_problem(expires_at: int, now: float) -> str | None:
+    """Why ``expires_at`` (unix seconds, as the scripts keep it) cannot end a top-up, or None if
+    it can: the rule of POST /api/v1/xp/grants and of an import's topup line alike.
+
+    It must be in the future (a top-up granted expired would be taken back at once), and its UTC
+    instant at most 9999-12-31T23:59:59Z (``counters.clock.LATEST``): every reply that shows the
+    top-up writes its expiry as a time, and none can be written later than that."""
+    if expires_at <= now:
+        return f"expires_at must be in the future (now is {to_datetime(now)})"
+    if expires_at > LATEST:
+        return (
+            f"expires_at must be at most {_iso(LATEST)} in UTC, the latest time the service can"
+            " show (leave it out for a top-up that never expires)"
+        )
+    return None
+
+
+def _iso(ts: int) -> str:
+    return to_datetime(ts).isoformat().replace("+00:00", "Z")

@@ -137,6 +137,14 @@ def test_a_bad_line_imports_nothing(
         {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": "a\u0000b"},
         {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": "forged\nline"},
         {"kind": "topup", "user_id": "adopted-7", "xp_amount": 5, "reason": ""},
+        # A reviewer's finding: imported, then the user's balance answered 500 for good (no
+        # reply can write a time in year 10000 UTC); the API's grant refuses it too (422).
+        {
+            "kind": "topup",
+            "user_id": "adopted-8",
+            "xp_amount": 5,
+            "expires_at": "9999-12-31T23:59:59-12:00",
+        },
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", bad)
     result = run_import(redis_url, database_url, str(path))
@@ -149,7 +157,8 @@ def test_a_bad_line_imports_nothing(
     control = "`$.reason` must not contain control characters (U+0000-U+001F, U+007F)"
     assert f"line 8: {control}" in result.output and f"line 9: {control}" in result.output
     assert "line 10: Expected `str` of length >= 1 - at `$.reason`" in result.output
-    assert "8 bad line(s)" in result.output and "nothing was imported" in result.output
+    assert "line 11: expires_at must be at most 9999-12-31T23:59:59Z in UTC" in result.output
+    assert "9 bad line(s)" in result.output and "nothing was imported" in result.output
     assert data_keys(redis_client) == [] and ledger(database_url) == []
 
 

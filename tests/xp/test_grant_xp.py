@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx2
 import pytest
 import redis
 
-from counters.clock import ManualClock
+from counters.clock import LATEST, ManualClock
+from counters.redis.keys import UserKeys
 from counters.settings import Settings
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.xp import (
+    BUCKETS,
     app_client,
     balance,
     debit,
@@ -22,6 +26,8 @@ from tests.support.xp import (
 )
 
 pytestmark = pytest.mark.anyio
+
+LATEST_RULE = "expires_at must be at most 9999-12-31T23:59:59Z in UTC"
 
 
 async def test_a_grant_adds_to_the_balance(
@@ -96,6 +102,10 @@ async def test_transitions_are_applied_in_time_order(
         ({"xp_amount": 10**10}, 422, "<= 1000000000"),
         ({"xp_amount": 10, "expires_at": iso(NOON)}, 422, "in the future"),
         ({"xp_amount": 10, "expires_at": iso(NOON - 1)}, 422, "in the future"),
+        # A reviewer's finding: year 10000 in UTC was granted, then answered 500 (as did the
+        # user's balance from then on): no reply can write that time.
+        ({"xp_amount": 10, "expires_at": "9999-12-31T23:59:59-12:00"}, 422, LATEST_RULE),
+        ({"xp_amount": 10, "expires_at": "9999-12-31T12:00:00-23:59"}, 422, LATEST_RULE),
         ({"xp_amount": 10, "reason": ""}, 422, "length >= 1"),
         ({"xp_amount": 10, "user_id": "bad id"}, 422, "user_id"),
     ],
@@ -112,6 +122,55 @@ async def test_bad_grants_change_nothing(
     assert response.status_code == status
     assert fragment in response.json()["detail"]
     assert kinds(redis_client, "u1") == []
+
+
+async def test_a_refused_year_10000_grant_leaves_the_balance_readable(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """The reviewer's repro: the grant was applied, answered 500, and the balance answered 500
+    every time after."""
+    body = {"user_id": "y10k-x", "xp_amount": 7, "reason": "r",
+            "expires_at": "9999-12-31T23:59:59-12:00"}  # fmt: skip
+    response = await client.post("/api/v1/xp/grants", json=body, headers=service_headers())
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+    assert response.json()["detail"] == (
+        "expires_at must be at most 9999-12-31T23:59:59Z in UTC, the latest time the service can"
+        " show (leave it out for a top-up that never expires)"
+    )
+    assert kinds(redis_client, "y10k-x") == []
+    assert (await balance(client, "y10k-x"))["xp_balance"] == 0
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    ["9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59+14:00"],
+)
+async def test_the_last_second_of_year_9999_utc_is_a_valid_expiry(
+    client: httpx2.AsyncClient, expires_at: str
+) -> None:
+    """Callers send 9999-12-31T23:59:59Z for "never": it is the latest time a reply can show."""
+    body = {"user_id": "u1", "xp_amount": 7, "reason": "r", "expires_at": expires_at}
+    response = await client.post("/api/v1/xp/grants", json=body, headers=service_headers())
+    assert response.status_code == 200, response.text
+    shown = response.json()["expires_at"]
+    assert shown <= "9999-12-31T23:59:59Z"
+    assert (await balance(client, "u1"))["topups"][0]["expires_at"] == shown
+
+
+async def test_a_top_up_stored_with_a_year_10000_expiry_is_shown_as_year_9999(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """A top-up granted or imported before its expiry was bounded stays in the user's state (no
+    route removes one): its expiry is shown as the latest time a reply can hold, at most a day
+    early in year 9999, instead of the balance answering 500 for good."""
+    await grant(client, "u1", 7, LATEST)
+    key = UserKeys.of("u1", BUCKETS).user
+    state = json.loads(redis_client.hget(key, "xp"))
+    state["grants"][0]["expires_at"] = LATEST + 43_200  # 9999-12-31T23:59:59-12:00
+    redis_client.hset(key, "xp", json.dumps(state))
+    view = await balance(client, "u1")
+    assert (view["xp_topup"], view["topups"][0]["expires_at"]) == (7, "9999-12-31T23:59:59Z")
 
 
 async def test_grants_are_for_services_only(client: httpx2.AsyncClient) -> None:
