@@ -111,7 +111,8 @@ class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
 
 def parse_query(user_id: str, family: Family, params: Mapping[str, Sequence[str]]) -> HistoryQuery:
     """A query from URL parameters ``kind`` (repeated or comma-separated), ``since``, ``until``
-    (ISO 8601; a time without offset is UTC), ``cursor`` and ``limit`` (1-200, default 50).
+    (ISO 8601; a time without offset is UTC; in UTC, within years 1-9999, as Python's datetime
+    and so the driver), ``cursor`` and ``limit`` (1-200, default 50).
 
     Raises ``InvalidRequest`` naming the bad parameter."""
     unknown = sorted(set(params) - {"kind", "since", "until", "cursor", "limit"})
@@ -156,4 +157,13 @@ def _time(params: Mapping[str, Sequence[str]], name: str) -> datetime | None:
         at = datetime.fromisoformat(_LOST_PLUS.sub(r"+\1", raw.strip()))
     except ValueError as exc:
         raise InvalidRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z") from exc
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    try:
+        # The query compares in UTC, and asyncpg converts to it: a time whose UTC instant leaves
+        # datetime's years 1-9999 (0001-01-01T00:00:00+14:00 is in year 0 there) was the
+        # driver's DataError, answered 503 storage_unavailable and counted as a store failure.
+        return at.astimezone(UTC) if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise InvalidRequest(
+            f"{name} must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC;"
+            f" {shown(raw)} is outside them"
+        ) from exc

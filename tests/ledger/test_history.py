@@ -118,6 +118,18 @@ async def test_xp_transactions_list_the_xp_family_only(
         ),
         ("since=yesterday", "since must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z"),
         ("since=2026-11-22&until=2026-11-21", "since must be before until"),
+        # A reviewer's findings: in UTC these leave years 1-9999, the driver refused them, and
+        # the route answered 503 storage_unavailable (an ERROR logged, a store failure counted).
+        (
+            "since=0001-01-01T00:00:00%2B14:00",
+            "since must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC;"
+            " 0001-01-01T00:00:00+14:00 is outside them",
+        ),
+        (
+            "until=9999-12-31T23:59:59-12:00",
+            "until must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC;"
+            " 9999-12-31T23:59:59-12:00 is outside them",
+        ),
         ("cursor=bm9wZQ", "Invalid cursor: pass next_cursor from a previous page"),
         ("cursor=%25%25", "Invalid cursor: pass next_cursor from a previous page"),
         ("page=2", "Unknown query parameter(s): page"),
@@ -132,6 +144,33 @@ async def test_bad_parameters_are_422_with_detail(
         422,
         {"detail": detail, "code": "invalid_request"},
     )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59.999999Z",
+        "since=0001-01-01T14:00:00%2B14:00",  # 0001-01-01T00:00:00Z
+        "until=9999-12-31T23:59:59%2B14:00",
+    ],
+)
+@pytest.mark.parametrize("url", [HISTORY, "/api/v1/xp/transactions"])
+async def test_times_at_the_ends_of_years_1_to_9999_in_utc_are_read(
+    durable_client: httpx2.AsyncClient, url: str, query: str
+) -> None:
+    """The first and last instants datetime holds in UTC reach Postgres, and find nothing."""
+    response = await durable_client.get(f"{url}?{query}", headers=user_headers("u"))
+    assert (response.status_code, response.json()) == (200, {"items": [], "next_cursor": None})
+
+
+async def test_the_transactions_route_refuses_a_time_past_year_9999_in_utc(
+    durable_client: httpx2.AsyncClient,
+) -> None:
+    response = await durable_client.get(
+        "/api/v1/xp/transactions?until=9999-12-31T23:59:59-12:00", headers=user_headers("u")
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("until must be a time from 0001-01-01T00:00:00Z")
 
 
 async def test_without_postgres_history_is_503_with_retry_after(
