@@ -17,7 +17,7 @@ from counters.errors import (
     RequestError,
     UnsupportedMediaType,
 )
-from counters.ids import validation_detail
+from counters.ids import is_digits, validation_detail
 from counters.redis.idempotency import Idempotency
 from counters.runtime.services import Services
 
@@ -103,7 +103,7 @@ def check_json_media_type(content_type: str | bytes | None) -> None:
 async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The body from ASGI messages, refused with 413 as soon as it (or its declared length)
     passes ``limit``; ``ClientDisconnect`` if the client went away first."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and is_digits(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"Body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from counters.errors import InvalidRequest, shown
-from counters.ids import NAME, is_whole
+from counters.ids import NAME, is_digits, is_whole
 
 Family = Literal["exp", "xp"]
 REPAIR_KIND = "reconcile_repair"
@@ -144,7 +144,7 @@ def _limit(params: Mapping[str, Sequence[str]]) -> int:
     raw = _single(params, "limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not is_digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

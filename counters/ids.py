@@ -116,6 +116,15 @@ def is_whole(pattern: re.Pattern[str], value: str) -> bool:
     return pattern.fullmatch(value) is not None
 
 
+def is_digits(text: str) -> bool:
+    """``text`` is one or more ASCII digits, 0-9: a number a caller writes in a query, a header
+    or a setting. ``str.isdigit`` alone also takes other scripts' digits (U+0661 ARABIC-INDIC
+    DIGIT ONE, U+FF11 FULLWIDTH DIGIT ONE), which ``int`` reads as numbers, and superscripts
+    (U+00B2), which it cannot: a ``ValueError`` where a 422 was due (a reviewer's finding:
+    ``limit=`` U+0661 was a limit of 1, while ``limit=+5`` was refused)."""
+    return text.isascii() and text.isdigit()
+
+
 _RANDOM = bytearray()  # cryptographically random bytes drawn ahead (random_hex)
 _RANDOM_DRAW = 6_144
 

@@ -9,6 +9,7 @@ from starlette.routing import Route
 from api.http import json_response, principal, query_param, services
 from counters.errors import InvalidRequest
 from counters.exp.leaderboard import Period
+from counters.ids import is_digits
 
 _DEFAULT_LIMIT = "10"
 
@@ -22,7 +23,7 @@ async def leaderboard(request: Request) -> Response:
         raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)}")
     period = Period.parse(query_param(request, "period", Period.DAY.value))
     raw = query_param(request, "limit", _DEFAULT_LIMIT)
-    if not raw.isdigit():
+    if not is_digits(raw):
         raise InvalidRequest("limit must be an integer from 1 to 100")
     return json_response(await svc.leaderboards.board(period, int(raw), user_id))
 

@@ -39,6 +39,7 @@ from urllib.parse import quote, unquote
 from redis.crc import key_slot
 
 from counters.errors import ConfigError, RedisStorageError, StorageError
+from counters.ids import is_digits
 from counters.redis.pipelining import Arg, AutoPipeline, RedisRefusal
 from counters.tasks import retrieve
 
@@ -98,7 +99,7 @@ def parse_cluster_url(url: str) -> ClusterAddress:
         if not part:
             continue
         host, _, port = part.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+        if not host or not is_digits(port) or not 0 < int(port) < 65_536:
             raise ConfigError(f"COUNTERS_REDIS_URL: seed {part!r} is not host:port")
         seeds.append((host.strip("[]"), int(port)))
     if not seeds:

@@ -30,7 +30,9 @@ def verify(secret: str, header: str, body: bytes, now: float, tolerance: float =
     ``tolerance`` seconds of ``now``. Constant-time comparison."""
     parts = [part.partition("=") for part in header.split(",")]
     stamps = [value for key, _, value in parts if key == "t"]
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    # ASCII digits only: str.isdigit also takes "²", which int() cannot read (a ValueError out
+    # of a check that answers True or False), and other scripts' digits, which no signer writes.
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):
         return False
     timestamp = int(stamps[0])
     if abs(now - timestamp) > tolerance:

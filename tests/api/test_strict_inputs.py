@@ -14,7 +14,9 @@ import time
 import httpx2
 import pytest
 import redis
+from starlette.types import Message
 
+from api.http import receive_body
 from counters.ids import (
     IDEMPOTENCY_KEY_PATTERN,
     IMPORT_ACTOR,
@@ -217,6 +219,20 @@ async def test_a_batch_nested_too_deeply_is_400_never_500(
         "code": "malformed_body",
     }
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "1\u00b9"])
+async def test_a_content_length_of_digits_other_than_ascii_is_not_read_as_a_number(
+    declared: str,
+) -> None:
+    """A header's text is latin-1, where the superscripts (U+00B2, U+00B9) pass str.isdigit
+    and then int() raised: a 500, had the HTTP server let the header through. The body itself
+    is still counted against the limit."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    assert await receive_body(receive, declared, 5) == b"{}"
 
 
 @pytest.mark.parametrize(

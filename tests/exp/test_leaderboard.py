@@ -123,6 +123,12 @@ async def test_every_award_key_shares_the_users_hash_tag(
         ("limit=0", "limit must be an integer from 1 to 100"),
         ("limit=101", "limit must be an integer from 1 to 100"),
         ("limit=ten", "limit must be an integer from 1 to 100"),
+        # A reviewer's finding: other scripts' digits were a limit (int() reads them), while
+        # "+5" was refused; a superscript two was a 500 (int() cannot read it).
+        ("limit=%D9%A1", "limit must be an integer from 1 to 100"),  # U+0661 ARABIC-INDIC ONE
+        ("limit=%EF%BC%91", "limit must be an integer from 1 to 100"),  # U+FF11 FULLWIDTH ONE
+        ("limit=%C2%B2", "limit must be an integer from 1 to 100"),  # U+00B2 SUPERSCRIPT TWO
+        ("limit=%2B5", "limit must be an integer from 1 to 100"),
         ("top=3", "Unknown query parameter(s): top"),
         ("limit=5&limit=100", "Query parameter limit is given 2 times; give it once"),
         ("period=day&period=all", "Query parameter period is given 2 times; give it once"),

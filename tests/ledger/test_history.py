@@ -111,6 +111,12 @@ async def test_xp_transactions_list_the_xp_family_only(
         ("limit=0", "limit must be an integer from 1 to 200"),
         ("limit=201", "limit must be an integer from 1 to 200"),
         ("limit=abc", "limit must be an integer from 1 to 200"),
+        # A reviewer's finding: other scripts' digits were a limit (int() reads them), while
+        # "+5" was refused; a superscript two was a 500 (int() cannot read it).
+        ("limit=%D9%A1", "limit must be an integer from 1 to 200"),  # U+0661 ARABIC-INDIC ONE
+        ("limit=%EF%BC%91", "limit must be an integer from 1 to 200"),  # U+FF11 FULLWIDTH ONE
+        ("limit=%C2%B2", "limit must be an integer from 1 to 200"),  # U+00B2 SUPERSCRIPT TWO
+        ("limit=%2B5", "limit must be an integer from 1 to 200"),
         ("kind=xp_debit", "kind 'xp_debit' is not a exp ledger kind (exp_... or reconcile_repair)"),
         (  # a kind is a name as a whole string (counters.ids), no trailing newline
             "kind=exp_award%0A",
@@ -171,6 +177,18 @@ async def test_the_transactions_route_refuses_a_time_past_year_9999_in_utc(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith("until must be a time from 0001-01-01T00:00:00Z")
+
+
+async def test_the_transactions_route_takes_a_limit_in_ascii_digits_only(
+    durable_client: httpx2.AsyncClient,
+) -> None:
+    url = "/api/v1/xp/transactions?limit="
+    fullwidth = await durable_client.get(f"{url}%EF%BC%95", headers=user_headers("u"))
+    assert (fullwidth.status_code, fullwidth.json()["detail"]) == (
+        422,
+        "limit must be an integer from 1 to 200",
+    )
+    assert (await durable_client.get(f"{url}5", headers=user_headers("u"))).status_code == 200
 
 
 async def test_without_postgres_history_is_503_with_retry_after(

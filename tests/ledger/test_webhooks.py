@@ -246,6 +246,10 @@ async def test_the_background_deliverer_sends_without_being_asked(
         (f"v1=junk,{sign(SECRET, 1_000, b'{}')}", 1_000, True),  # any matching v1 will do
         ("v1=abc", 1_000, False),
         ("t=abc,v1=abc", 1_000, False),
+        # ASCII digits only: a superscript two made verify raise ValueError (int() cannot read
+        # it), and U+0661 U+0660 U+0660 U+0660 read as 1000 passed a signature of t=1000.
+        ("t=\u00b2,v1=abc", 1_000, False),
+        (sign(SECRET, 1_000, b"{}").replace("t=1000", "t=\u0661\u0660\u0660\u0660"), 1_000, False),
         ("", 1_000, False),
     ],
 )

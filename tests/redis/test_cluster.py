@@ -48,7 +48,9 @@ def test_the_seed_url_is_read_strictly() -> None:
     assert parse_cluster_url("rediss+cluster://app:pw@h:1").tls
     assert is_cluster_url("redis+cluster://h:1") and not is_cluster_url("redis://h:1/0")
     for bad in ("redis://h:1", "redis+cluster://", "redis+cluster://h", "redis+cluster://h:0",
-                "redis+cluster://h:1/2"):  # fmt: skip
+                "redis+cluster://h:1/2",
+                "redis+cluster://h:\u00b2",  # a superscript two: was a ValueError traceback
+                "redis+cluster://h:\u0667\u0660\u0660\u0660"):  # fmt: skip
         with pytest.raises(ConfigError, match="COUNTERS_REDIS_URL"):
             parse_cluster_url(bad)
     assert "s%40cret" not in redact("redis+cluster://:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
