@@ -128,7 +128,9 @@ def _check(line: Line, rules: Rules, now: float) -> None:
             raise ValueError(f"unknown tier '{shown(line.tier)}'; known tiers: {known}")
         if rules.xp.tiers_by_name[line.tier].retired:
             raise ValueError(f"tier '{line.tier}' is retired: it takes no new subscriptions")
-        start = None if line.period_start is None else line.period_start.timestamp()
+        # The second the import sends (service.py): the float let 1970-01-01T00:00:00.5Z pass,
+        # and the script then read its second, 0, as "now".
+        start = None if line.period_start is None else unix_seconds(line.period_start)
         problem = None if start is None else period_start_problem(start, now)
         if problem is not None:
             raise ValueError(problem)

@@ -62,7 +62,7 @@ class ImportService:
             op, amount = "exp", line.exp
         elif isinstance(line, SubscriptionLine):
             op, tier = "subscription", line.tier
-            at = 0 if line.period_start is None else int(line.period_start.timestamp())
+            at = 0 if line.period_start is None else unix_seconds(line.period_start)
         else:
             amount, reason = line.xp_amount, line.reason
             at = 0 if line.expires_at is None else unix_seconds(line.expires_at)

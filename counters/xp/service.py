@@ -433,7 +433,7 @@ class XpService:
                 code="tier_retired",
             )
         now = self._clock.now()
-        start = 0 if period_start is None else int(period_start.timestamp())
+        start = 0 if period_start is None else unix_seconds(period_start)
         problem = None if period_start is None else period_start_problem(start, now)
         if problem is not None:
             raise InvalidRequest(problem)

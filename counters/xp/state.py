@@ -99,14 +99,21 @@ def decode_reply(script: str, reply: list[Any]) -> XpReply:
     )  # fmt: skip
 
 
-def period_start_problem(start: float, now: float) -> str | None:
-    """Why ``start`` (unix seconds) cannot start a subscription period, or None if it can.
+def period_start_problem(start: int, now: float) -> str | None:
+    """Why ``start`` (unix seconds, as the scripts keep it: ``counters.clock.unix_seconds`` of
+    the caller's time) cannot start a subscription period, or None if it can: the rule of
+    PUT /api/v1/subscriptions/{user_id} and of an import's subscription line alike.
 
-    The bound is what the scripts can hold: a period_start of 0 means "now" in their ARGV, so the
-    earliest expressible start is one second after the Unix epoch; a start later than ``now``
-    would be a period that has not begun."""
+    The bound is what the scripts can hold: they keep periods in whole seconds (a fraction of the
+    caller's time is dropped, and the reply shows the start kept), and a period_start of 0 means
+    "now" in their ARGV, so the earliest expressible start is 1970-01-01T00:00:01Z; a start later
+    than ``now`` would be a period that has not begun. (The message said "after
+    1970-01-01T00:00:00Z", which 1970-01-01T00:00:00.5Z is: a reviewer's finding.)"""
     if start <= 0:
-        return "period_start must be after 1970-01-01T00:00:00Z"
+        return (
+            "period_start must be 1970-01-01T00:00:01Z or later (periods are kept in whole"
+            " seconds: a fraction of a second is dropped)"
+        )
     if start > now:
         return f"period_start must not be in the future (now is {to_datetime(now)})"
     return None

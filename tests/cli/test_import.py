@@ -153,7 +153,7 @@ def test_a_bad_line_imports_nothing(
     assert "line 4: unknown tier 'platinum'; known tiers: pixel_rookie" in result.output
     assert "line 5: level 2 does not match 450 EXP (level 3)" in result.output
     assert "line 6: `$.user_id` must be a user id: 1-128 characters" in result.output
-    assert "line 7: period_start must be after 1970-01-01T00:00:00Z" in result.output
+    assert "line 7: period_start must be 1970-01-01T00:00:01Z or later" in result.output
     control = "`$.reason` must not contain control characters (U+0000-U+001F, U+007F)"
     assert f"line 8: {control}" in result.output and f"line 9: {control}" in result.output
     assert "line 10: Expected `str` of length >= 1 - at `$.reason`" in result.output
@@ -191,6 +191,20 @@ def test_an_import_time_names_its_offset(tmp_path: Path, suffix: str) -> None:
         f"line {second}: Expected `datetime` with a timezone component - at `$.period_start`",
     ]
     assert [record.line_number for record in records] == [second + 1]
+
+
+def test_a_period_start_in_the_epochs_first_second_is_refused(tmp_path: Path) -> None:
+    """A reviewer's finding, the import's side: 1970-01-01T00:00:00.5Z passed the check (as a
+    float, it is after 0) and the import then sent its second, 0, which the script reads as
+    "now": a subscription started today instead of a refused line."""
+    line = {"kind": "subscription", "user_id": "e-1", "tier": "pixel_rookie",
+            "period_start": "1970-01-01T00:00:00.5Z"}  # fmt: skip
+    records, errors = read_records(write_jsonl(tmp_path / "e.jsonl", [line]), load_rules(), NOON)
+    assert records == []
+    assert [str(error) for error in errors] == [
+        "line 1: period_start must be 1970-01-01T00:00:01Z or later (periods are kept in whole"
+        " seconds: a fraction of a second is dropped)"
+    ]
 
 
 def test_csv_lines_add_to_what_the_service_counted(

@@ -26,6 +26,11 @@ from tests.support.xp import (
 
 pytestmark = pytest.mark.anyio
 
+EARLIEST_START = (
+    "period_start must be 1970-01-01T00:00:01Z or later (periods are kept in whole seconds: a"
+    " fraction of a second is dropped)"
+)
+
 DAY = 86_400
 PERIOD_END = NOON + 30 * DAY  # 2026-12-21 12:00, a month after NOON
 
@@ -250,7 +255,14 @@ async def test_the_same_tier_again_changes_nothing(
         (
             {"tier": "pixel_rookie", "period_start": "1970-01-01T00:00:00Z"},
             422,
-            "after 1970-01-01T00:00:00Z",
+            EARLIEST_START,
+        ),
+        # A reviewer's finding: this was refused as not "after 1970-01-01T00:00:00Z", which it
+        # is; its whole second, the one periods are kept in, is 0.
+        (
+            {"tier": "pixel_rookie", "period_start": "1970-01-01T00:00:00.5Z"},
+            422,
+            EARLIEST_START,
         ),
         ({"tier": "pixel_rookie", "period_start": "2026-01-01T00:00:00"}, 422, "timezone"),
         ({"tier": "pixel_rookie", "period_start": "yesterday"}, 422, "datetime"),
@@ -269,6 +281,22 @@ async def test_bad_subscription_requests(
     assert response.status_code == status
     assert fragment in response.json()["detail"]
     assert kinds(redis_client, "u1") == []
+
+
+async def test_a_fraction_of_a_second_in_period_start_is_dropped(
+    client: httpx2.AsyncClient, redis_client: redis.Redis
+) -> None:
+    """Periods are kept in whole seconds: a start's fraction is dropped, the reply shows the
+    second kept, and the same second with another fraction is the same start (no 409)."""
+    body = {"tier": "pixel_rookie", "period_start": "2026-11-21T11:59:59.750Z"}
+    response = await client.put("/api/v1/subscriptions/u1", json=body, headers=service_headers())
+    assert response.status_code == 200, response.text
+    assert response.json()["period_start"] == "2026-11-21T11:59:59Z"
+    before = kinds(redis_client, "u1")
+    body["period_start"] = "2026-11-21T11:59:59.2Z"
+    again = await client.put("/api/v1/subscriptions/u1", json=body, headers=service_headers())
+    assert (again.status_code, again.json()["change"]) == (200, "none")
+    assert kinds(redis_client, "u1") == before
 
 
 async def test_period_start_of_an_active_subscription_cannot_move(
