@@ -151,8 +151,8 @@ _HISTORY = (
         "limit", "query", Annotated[int, msgspec.Meta(ge=1, le=HISTORY_MAX)], "1-200, default 50"
     ),
     Param("kind", "query", str, "ledger kinds of the family, comma-separated (exp_award, ...)"),
-    Param("since", "query", str, "ISO 8601 time, inclusive (UTC when no offset)"),
-    Param("until", "query", str, "ISO 8601 time, exclusive"),
+    Param("since", "query", str, "ISO 8601 time, inclusive (no offset: UTC; in UTC, years 1-9999)"),
+    Param("until", "query", str, "ISO 8601 time, exclusive (as since)"),
     Param("cursor", "query", str, "next_cursor of the previous page"),
 )
 

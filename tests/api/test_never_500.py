@@ -51,6 +51,12 @@ field_names = st.sampled_from(
      "generation_type", "include_guidance", "xp_amount", "transaction_id", "tier",
      "period_start", "expires_at", "idempotency_key"]
 )  # fmt: skip
+# Times at the ends of datetime's years in UTC (a grant expiring in year 10000 was applied, then
+# a 500) and in the epoch's first second.
+EXPIRIES = ["2030-01-01T00:00:00Z", "yesterday", "2030-01-01", "9999-12-31T23:59:59-12:00",
+            "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00+14:00"]  # fmt: skip
+STARTS = ["2026-11-01T00:00:00Z", "1970-01-01T00:00:00.5Z", "0001-01-01T00:00:00+14:00",
+          "9999-12-31T23:59:59-12:00"]  # fmt: skip
 # Nearly valid bodies reach deeper than random ones: real names, odd values beside them.
 nearly_valid = st.fixed_dictionaries(
     {},
@@ -66,7 +72,8 @@ nearly_valid = st.fixed_dictionaries(
         "reason": st.text(max_size=10),
         "delta": st.integers(min_value=-(2**70), max_value=2**70),
         "owner_id": st.sampled_from(["u2", "u1", "bad id"]),
-        "expires_at": st.sampled_from(["2030-01-01T00:00:00Z", "yesterday", "2030-01-01"]),
+        "expires_at": st.sampled_from(EXPIRIES),
+        "period_start": st.sampled_from(STARTS),
         "awards": st.lists(
             st.fixed_dictionaries({"user_id": st.just("u3"), "action": st.just("daily_chat")}),
             max_size=3,
