@@ -39,6 +39,7 @@ from counters_client import (
     format_xp_guidance_message,
     xp_utils,
 )
+from counters_client.errors import error_for
 from counters_client.types import Award
 from tests.support.core import SERVICE_KEY, issue_token_for
 
@@ -283,6 +284,14 @@ async def test_a_gateways_502_or_504_is_unavailable_with_the_key_to_retry(status
         assert await client.award_exp_with_limits("u1", "daily_chat") is None
     assert (gone.value.status, gone.value.code) == (status, f"http_{status}")
     assert gone.value.idempotency_key == "mine-1"
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("7", 7), ("\u00b2", None), ("\u0667", None)])
+def test_retry_after_is_read_in_ascii_digits_only(header: str, seconds: int | None) -> None:
+    """A superscript two passed str.isdigit and then int() raised out of error_for, in place of
+    the Unavailable the caller handles; other scripts' digits no server writes."""
+    error = error_for(503, {"detail": "busy", "code": "storage_unavailable"}, header)
+    assert isinstance(error, Unavailable) and error.retry_after == seconds
 
 
 async def test_a_refused_service_key_is_raised_even_by_fail_open_awards(live_url: str) -> None:
