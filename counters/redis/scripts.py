@@ -41,6 +41,7 @@ FLUSH``, of all of them): on Redis < 7 old versions' scripts stay until Redis re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.resources
 import logging
@@ -597,7 +598,14 @@ class Scripts:
         return None if value is None else str(value)
 
     async def aclose(self) -> None:
-        """Close the auto-pipeline's connection (the client's pool is closed by its owner)."""
+        """Stop a retirement run still going (its next command would connect again, after the
+        close), then close the auto-pipeline's connection (the client's pool is closed by its
+        owner)."""
+        retiring = self._retiring
+        if retiring is not None and not retiring.done():
+            retiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retiring
         if self._pipeline is not None:
             await self._pipeline.aclose()
 

@@ -9,6 +9,7 @@ service never sleeps a day, and neither does this test.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
@@ -165,3 +166,25 @@ async def test_only_this_services_stale_libraries_go_and_never_the_ones_in_use(
         for node in masters:
             node.function_delete("someone_else")
         await svc.close()
+
+
+async def test_closing_stops_a_retirement_run_before_it_connects_again(
+    settings: Settings, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    """A run still going when the service closes is cancelled first: its next command would
+    have opened a new connection after the close, left open (found as an unclosed transport
+    in a later test)."""
+
+    def clients() -> int:
+        return sum(len(node.client_list()) for node in _masters(redis_client))
+
+    before = clients()
+    svc = Services.build(settings, clock=clock, rules=_with_level_2_at(14))
+    assert await svc.scripts.connect()
+    await _award(svc, "c1")  # loads the library: a run starts in the background
+    running = svc.scripts.retiring
+    assert running is not None and not running.done()
+    await svc.close()
+    assert running.done()
+    await asyncio.sleep(0.2)  # what the run would have sent by now (nothing is waited for)
+    assert clients() == before
