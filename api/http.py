@@ -16,6 +16,7 @@ from counters.errors import (
     PayloadTooLarge,
     RequestError,
     UnsupportedMediaType,
+    shown,
 )
 from counters.ids import is_digits, validation_detail
 from counters.redis.idempotency import Idempotency
@@ -160,6 +161,19 @@ def principal(request: Request) -> Principal:
 def service_caller(request: Request) -> str:
     """The caller id of a service key, for service-only routes (403 for user tokens)."""
     return services(request).auth.authenticate_service(single_header(request, "authorization"))
+
+
+def check_body_user(request: Request, user_id: str) -> None:
+    """Refuse (422) an ``X-User-Id`` naming someone other than ``user_id``, the user a
+    service-only route's body names (a grant, an adjust): the request would act for the body's
+    user whatever the header said, and a caller that sent the header meant it. The batch route
+    refuses the header outright (its items name several users)."""
+    sent = single_header(request, "x-user-id")
+    if sent is not None and sent != user_id:
+        raise InvalidRequest(
+            f"X-User-Id names {shown(sent)!r} but the body's user_id is {user_id!r}: "
+            "this route acts for the body's user_id (send the header with that value, or none)"
+        )
 
 
 def idempotency(

@@ -10,6 +10,7 @@ from api.asgi import Exchange, HotRoute
 from api.errors import AWARD_CODE, AWARD_STATUS, error_body
 from api.http import (
     Reply,
+    check_body_user,
     decode,
     idempotency,
     idempotency_of,
@@ -158,6 +159,7 @@ async def adjust(request: Request) -> Response:
     svc = services(request)
     caller = service_caller(request)
     req = decode(await read_body(request), adjust_decoder)
+    check_body_user(request, req.user_id)
     idem = idempotency(request, caller, req.user_id, req)
     result = await svc.exp.adjust(req.user_id, req.delta, req.reason, caller, idem)
     body = AdjustResponse(

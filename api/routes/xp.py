@@ -10,6 +10,7 @@ from api.asgi import Exchange, HotRoute
 from api.errors import XP_CODE, XP_HOLD_CREATED, XP_STATUS, error_body
 from api.http import (
     Reply,
+    check_body_user,
     decode,
     idempotency,
     idempotency_of,
@@ -184,6 +185,7 @@ async def grant(request: Request) -> Response:
     svc = services(request)
     caller = service_caller(request)
     req = decode(await read_body(request), grant_decoder)
+    check_body_user(request, req.user_id)
     idem = idempotency(request, caller, req.user_id, req)
     change = await svc.xp.grant(
         req.user_id, caller, req.xp_amount, req.reason, req.expires_at, idem

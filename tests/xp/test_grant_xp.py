@@ -205,3 +205,19 @@ async def test_live_top_ups_are_bounded(settings: Settings, clock: ManualClock) 
         assert response.status_code == 409
         assert "2 top-ups are live" in response.json()["detail"]
         assert (await balance(client, "u1"))["xp_balance"] == 2
+
+
+@pytest.mark.parametrize("route", ["/api/v1/xp/grants", "/api/admin/exp/adjust"])
+async def test_an_x_user_id_naming_someone_else_than_the_body_is_refused(
+    client: httpx2.AsyncClient, redis_client: redis.Redis, route: str
+) -> None:
+    """A grant and an adjust act for the body's user_id; an X-User-Id naming another user was
+    silently ignored (a reviewer's finding), where the batch route refuses the header."""
+    body: dict[str, object] = {"user_id": "u1", "reason": "top_up"}
+    body |= {"xp_amount": 5} if "grants" in route else {"delta": 5}
+    other = await client.post(route, json=body, headers=service_headers("u2"))
+    assert other.status_code == 422, other.text
+    assert "X-User-Id names 'u2' but the body's user_id is 'u1'" in other.json()["detail"]
+    assert kinds(redis_client, "u1") == [] and kinds(redis_client, "u2") == []
+    same = await client.post(route, json=body, headers=service_headers("u1"))
+    assert same.status_code == 200, same.text
