@@ -539,7 +539,10 @@ async def test_the_durability_gates_503_carries_the_request_id_on_both_paths(
     body = b'{"action": "daily_chat"}'
 
     def request(path: bytes, sent_id: bytes) -> bytes:
-        return gain_request("gate-user", body, path=path, extra=sent_id)
+        # Connection: close, so that ``exchange`` reads to the end at once instead of waiting
+        # out the keep-alive timeout (5 s) five times; the gate answers the same either way.
+        close = b"Connection: close\r\n"
+        return gain_request("gate-user", body, path=path, extra=sent_id + close)
 
     async with serving(settings, app=app) as port:
         durability = app.state.durability
@@ -581,10 +584,11 @@ async def test_a_transfer_coding_other_than_chunked_is_refused_and_changes_nothi
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     auth = "".join(f"{k}: {v}\r\n" for k, v in service_headers("coding-user").items()).encode()
 
-    def request(value: bytes) -> bytes:
+    def request(value: bytes, extra: bytes = b"") -> bytes:
         return (
             b"POST /api/exp/gain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + auth
+            + extra
             + b"Transfer-Encoding: "
             + value
             + b"\r\n\r\n"
@@ -593,7 +597,11 @@ async def test_a_transfer_coding_other_than_chunked_is_refused_and_changes_nothi
 
     async with serving(settings) as port:
         refused = await asyncio.to_thread(exchange, port, request(coding))
-        served = await asyncio.to_thread(exchange, port, request(b"CHUNKED"))
+        # Connection: close on the served one only (the refused one must close by itself), so
+        # that ``exchange`` does not wait out the keep-alive timeout (5 s) for its end.
+        served = await asyncio.to_thread(
+            exchange, port, request(b"CHUNKED", b"Connection: close\r\n")
+        )
     assert len(refused) == 1 and status_and_body(refused[0]) == (
         expected[0],
         {"detail": expected[1], "code": expected[2]},
