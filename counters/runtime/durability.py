@@ -33,6 +33,7 @@ from counters.rules import Rules, load_rules
 from counters.runtime.layout import check_ledger_layout, settle_buckets
 from counters.runtime.services import Services, connect_redis, is_cluster
 from counters.settings import Settings
+from counters.tasks import cancel_and_wait
 from persistence.cluster_flusher import ClusterFlusher
 from persistence.flusher import Flusher, FlusherTask, Lag, longest_block_ms
 from persistence.migrate import migrate_url
@@ -290,15 +291,9 @@ class Durability:
         if self._watch is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._watch, 10)
-        if self._prepare is not None:
-            self._prepare.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prepare
-        for task in (self._restore_task, self._eviction_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in (self._prepare, self._restore_task, self._eviction_task):
+            if task is not None:  # again and again if need be (counters.tasks.cancel_and_wait)
+                await cancel_and_wait(task)
         if self._task is not None:
             await self._task.stop()
             assert self.flusher is not None

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from asyncpg.exceptions import ConnectionDoesNotExistError
 
-from counters.tasks import log_orphaned_driver_futures, shielded
+from counters.tasks import cancel_and_wait, log_orphaned_driver_futures, shielded
 
 pytestmark = pytest.mark.anyio
 
@@ -110,3 +110,35 @@ async def test_an_orphaned_asyncpg_waiter_is_logged_and_everything_else_reported
         loop.set_exception_handler(previous)
     reported = [type(c.get("exception")).__name__ for c in seen]
     assert reported == ["Gone", "ConnectionDoesNotExistError"], seen
+
+
+async def _swallows_one_cancel(reached: asyncio.Event) -> None:
+    """Goes on after its first cancellation, as a task inside Python 3.11's ``wait_for``
+    does when its inner future completes at the moment the cancellation comes."""
+    try:
+        reached.set()
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        pass
+    await asyncio.sleep(30)  # a restore pass's wait for the ledger
+
+
+async def test_a_task_that_swallowed_a_cancellation_is_cancelled_again() -> None:
+    reached = asyncio.Event()
+    task = asyncio.create_task(_swallows_one_cancel(reached))
+    await reached.wait()
+    async with asyncio.timeout(5):  # one cancel() alone: 30 s
+        await cancel_and_wait(task, every=0.05)
+    assert task.cancelled()
+
+
+async def test_a_failure_found_while_stopping_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("broken before shutdown")
+
+    task = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    assert "broken before shutdown" in caplog.text
