@@ -32,6 +32,7 @@ from counters.cli.http_guard import (
     UNSUPPORTED_CODING,
     make_protocol,
 )
+from counters.clock import ManualClock
 from counters.errors import BacklogFull
 from counters.settings import Settings
 from tests.support.core import SERVICE_KEY, service_headers
@@ -431,7 +432,7 @@ def lane_requests(user: str, path: bytes) -> list[bytes]:
 
 
 async def test_the_hot_lane_answers_byte_for_byte_as_asgi(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue #15: the protocol serves a hot route's exact path itself (``CountersApp.lane``),
     without ASGI; the same requests through ASGI (the path with a query string, which the
@@ -447,7 +448,9 @@ async def test_the_hot_lane_answers_byte_for_byte_as_asgi(
         await serve_lane(self, cycle)
 
     monkeypatch.setattr(GuardedHttpToolsProtocol, "_serve_lane", counted)
-    async with serving(settings) as port:
+    # A clock that stands still: a 429's Retry-After counts to midnight, and on the system
+    # clock the two halves could fall either side of a second (once in a full run)
+    async with serving(settings, app=create_app(settings, clock=clock)) as port:
         lane = await asyncio.to_thread(
             one_by_one, port, lane_requests("lane-user", b"/api/exp/gain")
         )
