@@ -165,14 +165,14 @@ def service_caller(request: Request) -> str:
 
 def check_body_user(request: Request, user_id: str) -> None:
     """Refuse (422) an ``X-User-Id`` naming someone other than ``user_id``, the user a
-    service-only route's body names (a grant, an adjust): the request would act for the body's
-    user whatever the header said, and a caller that sent the header meant it. The batch route
-    refuses the header outright (its items name several users)."""
+    service-only route names in its body (a grant, an adjust) or its path (a subscription): the
+    request would act for that user whatever the header said, and a caller that sent the header
+    meant it. The batch route refuses the header outright (its items name several users)."""
     sent = single_header(request, "x-user-id")
     if sent is not None and sent != user_id:
         raise InvalidRequest(
-            f"X-User-Id names {shown(sent)!r} but the body's user_id is {user_id!r}: "
-            "this route acts for the body's user_id (send the header with that value, or none)"
+            f"X-User-Id names {shown(sent)!r} but the request's user_id is {user_id!r}: "
+            "this route acts for that user_id (send the header with that value, or none)"
         )
 
 

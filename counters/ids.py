@@ -116,13 +116,19 @@ def is_whole(pattern: re.Pattern[str], value: str) -> bool:
     return pattern.fullmatch(value) is not None
 
 
+MAX_DIGITS = 64  # the longest digit string ``is_digits`` takes (far past any number read)
+
+
 def is_digits(text: str) -> bool:
     """``text`` is one or more ASCII digits, 0-9: a number a caller writes in a query, a header
     or a setting. ``str.isdigit`` alone also takes other scripts' digits (U+0661 ARABIC-INDIC
     DIGIT ONE, U+FF11 FULLWIDTH DIGIT ONE), which ``int`` reads as numbers, and superscripts
     (U+00B2), which it cannot: a ``ValueError`` where a 422 was due (a reviewer's finding:
-    ``limit=`` U+0661 was a limit of 1, while ``limit=+5`` was refused)."""
-    return text.isascii() and text.isdigit()
+    ``limit=`` U+0661 was a limit of 1, while ``limit=+5`` was refused). At most
+    ``MAX_DIGITS`` of them: ``int`` refuses a string of more than 4,300 digits (CPython's
+    conversion limit, a ``ValueError``), and no number the service reads is that long (a
+    second reviewer's finding: ``limit=`` 4,301 nines was a 500)."""
+    return 0 < len(text) <= MAX_DIGITS and text.isascii() and text.isdigit()
 
 
 _RANDOM = bytearray()  # cryptographically random bytes drawn ahead (random_hex)

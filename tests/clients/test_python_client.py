@@ -286,7 +286,9 @@ async def test_a_gateways_502_or_504_is_unavailable_with_the_key_to_retry(status
     assert gone.value.idempotency_key == "mine-1"
 
 
-@pytest.mark.parametrize(("header", "seconds"), [("7", 7), ("\u00b2", None), ("\u0667", None)])
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("7", 7), ("\u00b2", None), ("\u0667", None), ("9" * 4301, None)]
+)
 def test_retry_after_is_read_in_ascii_digits_only(header: str, seconds: int | None) -> None:
     """A superscript two passed str.isdigit and then int() raised out of error_for, in place of
     the Unavailable the caller handles; other scripts' digits no server writes."""

@@ -189,6 +189,12 @@ async def test_the_transactions_route_takes_a_limit_in_ascii_digits_only(
         "limit must be an integer from 1 to 200",
     )
     assert (await durable_client.get(f"{url}5", headers=user_headers("u"))).status_code == 200
+    # More digits than int() reads (4,300), on each route that takes a limit: a 500 before
+    for route in ("/api/v1/xp/transactions", "/api/exp/history", "/api/exp/leaderboard"):
+        for raw in ("9" * 4301, "0" * 4300 + "5"):
+            long = await durable_client.get(f"{route}?limit={raw}", headers=user_headers("u"))
+            assert long.status_code == 422, (route, long.text)
+            assert long.json()["detail"].startswith("limit must be an integer from 1 to")
 
 
 async def test_without_postgres_history_is_503_with_retry_after(

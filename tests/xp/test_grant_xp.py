@@ -217,7 +217,26 @@ async def test_an_x_user_id_naming_someone_else_than_the_body_is_refused(
     body |= {"xp_amount": 5} if "grants" in route else {"delta": 5}
     other = await client.post(route, json=body, headers=service_headers("u2"))
     assert other.status_code == 422, other.text
-    assert "X-User-Id names 'u2' but the body's user_id is 'u1'" in other.json()["detail"]
+    assert "X-User-Id names 'u2' but the request's user_id is 'u1'" in other.json()["detail"]
     assert kinds(redis_client, "u1") == [] and kinds(redis_client, "u2") == []
     same = await client.post(route, json=body, headers=service_headers("u1"))
     assert same.status_code == 200, same.text
+
+
+async def test_a_subscription_refuses_an_x_user_id_naming_another_user(
+    client: httpx2.AsyncClient,
+) -> None:
+    """Its user is in its path; the header was ignored, even as ``system`` (a reviewer's
+    finding after grants and adjusts were fixed)."""
+    for sent in ("u2", "system"):
+        put = await client.put(
+            "/api/v1/subscriptions/u1", json={"tier": "pixel_rookie"}, headers=service_headers(sent)
+        )
+        assert put.status_code == 422, put.text
+        gone = await client.delete("/api/v1/subscriptions/u1", headers=service_headers(sent))
+        assert gone.status_code == 422, gone.text
+    assert "pixel_rookie" not in str(await balance(client, "u1"))
+    put = await client.put(
+        "/api/v1/subscriptions/u1", json={"tier": "pixel_rookie"}, headers=service_headers("u1")
+    )
+    assert put.status_code == 200, put.text

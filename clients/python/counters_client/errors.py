@@ -178,7 +178,13 @@ def error_for(status: int, body: Any, retry_after: str | None = None) -> Counter
     kind = BY_CODE.get(code) or _BY_STATUS.get(status, CountersError)
     error = kind(status, code, detail, body)
     # ASCII digits only, as the JS client's /^\d+$/: str.isdigit also takes "²", which int()
-    # cannot read, and a proxy's odd header would have raised out of building the error.
-    if retry_after is not None and retry_after.isascii() and retry_after.isdigit():
+    # cannot read, and a proxy's odd header would have raised out of building the error; and
+    # at most 64 of them (int() refuses more than 4,300 digits).
+    if (
+        retry_after is not None
+        and len(retry_after) <= 64
+        and retry_after.isascii()
+        and retry_after.isdigit()
+    ):
         error.retry_after = int(retry_after)
     return error
