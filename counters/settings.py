@@ -36,16 +36,23 @@ def parse_bool(name: str, raw: str) -> bool:
 
 
 def parse_int(name: str, raw: str) -> int:
-    """A base-10 integer (underscores allowed); an error naming ``name`` otherwise."""
+    """A base-10 integer in ASCII (underscores allowed); an error naming ``name`` otherwise.
+    ``int`` also reads other scripts' digits (``COUNTERS_PORT=``U+FF18... was port 8000: a
+    reviewer's finding), which no operator means and no log shows as a number."""
     try:
+        if not raw.isascii():
+            raise ValueError(raw)
         return int(raw.strip())
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: not an integer") from None
 
 
 def parse_float(name: str, raw: str) -> float:
-    """A finite decimal number; an error naming ``name`` otherwise."""
+    """A finite decimal number in ASCII (underscores allowed, as ``parse_int``); an error
+    naming ``name`` otherwise."""
     try:
+        if not raw.isascii():
+            raise ValueError(raw)
         value = float(raw.strip())
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: not a number") from None

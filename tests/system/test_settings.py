@@ -109,6 +109,17 @@ def test_the_parsers_name_the_variable_they_are_given() -> None:
     assert parse_int("COUNTERS_Y", " 1_000 ") == 1000
 
 
+@pytest.mark.parametrize("raw", ["\uff18\uff10\uff10\uff10", "\u0661\u0660\u0660"])
+def test_numbers_in_settings_are_ascii(raw: str) -> None:
+    """int() and float() read other scripts' digits: COUNTERS_PORT in fullwidth digits was port
+    8000, and an offset in Arabic-Indic digits 100 s (a reviewer's finding)."""
+    with pytest.raises(ConfigError, match=r"COUNTERS_PORT=.*: not an integer"):
+        Settings.from_env({"COUNTERS_PORT": raw})
+    with pytest.raises(ConfigError, match=r"COUNTERS_CLOCK_OFFSET_SECONDS=.*: not a number"):
+        Settings.from_env({"COUNTERS_CLOCK_OFFSET_SECONDS": raw})
+    assert Settings.from_env({"COUNTERS_PORT": "8000"}).port == 8000
+
+
 def test_the_clock_offset_moves_now_to_another_day() -> None:
     assert SystemClock(86_400).now() - SystemClock().now() == pytest.approx(86_400, abs=1)
 
