@@ -306,8 +306,15 @@ def _stable(reply: Any) -> Any:
 
 
 async def check(
-    load: LikeLoad, stack: Stack, loss_at: float | None = None, loss_wall: float | None = None
+    load: LikeLoad,
+    stack: Stack,
+    loss_at: float | None = None,
+    loss_wall: float | None = None,
+    loss_began: float | None = None,
 ) -> dict[str, int]:
+    """The oracle. With a loss: ``loss_began`` and ``loss_at`` (monotonic) bound the time Redis
+    was being emptied; a like answered before it began was applied before it, one sent after
+    it ended after it, and one in flight across it on either side."""
     w = load.w
     likes = load.likes
     problems: list[str] = []
@@ -390,10 +397,16 @@ async def check(
             if len(paid) != len(found) and not (not paid and triple in unsure):
                 problems.append(f"{triple}: {len(paid)} paid answers, {len(found)} ledger rows")
         else:
-            before = [p for p in paid.values() if p.call.sent_at < loss_at]
+            began = loss_at if loss_began is None else loss_began
+            before = [p for p in paid.values() if p.call.sent_at + p.call.elapsed < began]
             after = [p for p in paid.values() if p.call.sent_at >= loss_at]
-            if len(before) > 1 or len(after) > 1:
-                problems.append(f"{triple}: paid {len(before)} before, {len(after)} after loss")
+            # In flight across the loss (sent before it ended, answered after it began): applied
+            # on one side or the other. Once on each side at most, so twice in all at most.
+            if len(before) > 1 or len(after) > 1 or len(paid) > 2:
+                problems.append(
+                    f"{triple}: paid {len(before)} before, {len(after)} after loss,"
+                    f" {len(paid) - len(before) - len(after)} in flight across it"
+                )
             if after and len(found) != 1:
                 problems.append(f"{triple}: paid after the loss, {len(found)} ledger rows")
             if before and after and found:
@@ -469,7 +482,11 @@ async def check(
 
 
 async def finish(
-    load: LikeLoad, stack: Stack, loss_at: float | None = None, loss_wall: float | None = None
+    load: LikeLoad,
+    stack: Stack,
+    loss_at: float | None = None,
+    loss_wall: float | None = None,
+    loss_began: float | None = None,
 ) -> dict[str, int]:
     """Retry the keyed requests, drain and reconcile (exit 0), then the oracle."""
     await load.retry_keyed()
@@ -480,7 +497,7 @@ async def finish(
     )
     code = await anyio.to_thread.run_sync(lambda: counters_command(["reconcile"], env))
     assert code == 0, "counters reconcile found drift"
-    summary = await check(load, stack, loss_at, loss_wall)
+    summary = await check(load, stack, loss_at, loss_wall, loss_began)
     assert summary["paid"] > 0 and summary["ledgered"] > 0, summary
     return summary
 
@@ -615,7 +632,7 @@ async def test_repeated_likes_across_a_redis_data_loss(
     await asyncio.sleep(1.0)
     if postgres_down:
         await anyio.to_thread.run_sync(stack.pg_proxy.set_mode, Mode.REFUSE)
-    loss_wall = time.time()
+    loss_wall, loss_began = time.time(), time.monotonic()
     await anyio.to_thread.run_sync(lambda: _empty_redis(stack))
     loss_at = time.monotonic()  # nothing sent from now on may be lost
     if postgres_down:
@@ -626,4 +643,4 @@ async def test_repeated_likes_across_a_redis_data_loss(
     assert any(like.paid and like.call.sent_at > loss_at for like in load.likes) or any(
         like.call.status == 409 and like.call.sent_at > loss_at for like in load.likes
     )
-    await finish(load, stack, loss_at, loss_wall)
+    await finish(load, stack, loss_at, loss_wall, loss_began)
