@@ -154,6 +154,8 @@ def _time(params: Mapping[str, Sequence[str]], name: str) -> datetime | None:
     if raw is None:
         return None
     try:
+        if not raw.isprintable():  # fromisoformat took "...Z" and a NUL after it as a time
+            raise ValueError(raw)
         at = datetime.fromisoformat(_LOST_PLUS.sub(r"+\1", raw.strip()))
     except ValueError as exc:
         raise InvalidRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z") from exc
@@ -164,6 +166,7 @@ def _time(params: Mapping[str, Sequence[str]], name: str) -> datetime | None:
         return at.astimezone(UTC) if at.tzinfo is not None else at.replace(tzinfo=UTC)
     except OverflowError as exc:
         raise InvalidRequest(
-            f"{name} must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC;"
+            f"{name} must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
+            f" in UTC;"
             f" {shown(raw)} is outside them"
         ) from exc

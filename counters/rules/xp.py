@@ -152,7 +152,12 @@ def validate_xp_rules(xp: XpRules) -> None:
 
 def _check_template(where: str, template: str) -> None:
     """Refuse a template that could fail or bloat at request time: only plain ``{name}``
-    placeholders of ``PLACEHOLDERS`` (no format spec, no conversion), and it must render."""
+    placeholders of ``PLACEHOLDERS`` (no format spec, no conversion), and it must render; and
+    no control characters, which a reply's ``message`` and ``guidance`` would carry to a user
+    (a NUL was served: a second reviewer's finding)."""
+    control = next((c for c in template if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        raise RulesError(f"{where}: control character U+{ord(control):04X} in a message")
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:

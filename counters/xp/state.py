@@ -115,7 +115,7 @@ def period_start_problem(start: int, now: float) -> str | None:
             " seconds: a fraction of a second is dropped)"
         )
     if start > now:
-        return f"period_start must not be in the future (now is {to_datetime(now)})"
+        return f"period_start must not be in the future (now is {_iso(int(now))})"
     return None
 
 
@@ -127,7 +127,7 @@ def expiry_problem(expires_at: int, now: float) -> str | None:
     instant at most 9999-12-31T23:59:59Z (``counters.clock.LATEST``): every reply that shows the
     top-up writes its expiry as a time, and none can be written later than that."""
     if expires_at <= now:
-        return f"expires_at must be in the future (now is {to_datetime(now)})"
+        return f"expires_at must be in the future (now is {_iso(int(now))})"
     if expires_at > LATEST:
         return (
             f"expires_at must be at most {_iso(LATEST)} in UTC, the latest time the service can"
@@ -137,4 +137,5 @@ def expiry_problem(expires_at: int, now: float) -> str | None:
 
 
 def _iso(ts: int) -> str:
+    """``ts`` (unix seconds) as the replies write a time: ISO 8601 in UTC with ``Z``."""
     return to_datetime(ts).isoformat().replace("+00:00", "Z")

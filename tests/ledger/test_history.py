@@ -123,17 +123,24 @@ async def test_xp_transactions_list_the_xp_family_only(
             "kind 'exp_award\n' is not a exp ledger kind (exp_... or reconcile_repair)",
         ),
         ("since=yesterday", "since must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z"),
+        # A second reviewer's: a NUL after the time was read as the time
+        (
+            "since=2026-11-21T00:00:00Z%00",
+            "since must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z",
+        ),
         ("since=2026-11-22&until=2026-11-21", "since must be before until"),
         # A reviewer's findings: in UTC these leave years 1-9999, the driver refused them, and
         # the route answered 503 storage_unavailable (an ERROR logged, a store failure counted).
         (
             "since=0001-01-01T00:00:00%2B14:00",
-            "since must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC;"
+            "since must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z in"
+            " UTC;"
             " 0001-01-01T00:00:00+14:00 is outside them",
         ),
         (
             "until=9999-12-31T23:59:59-12:00",
-            "until must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC;"
+            "until must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z in"
+            " UTC;"
             " 9999-12-31T23:59:59-12:00 is outside them",
         ),
         ("cursor=bm9wZQ", "Invalid cursor: pass next_cursor from a previous page"),

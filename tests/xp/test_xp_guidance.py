@@ -196,6 +196,12 @@ def test_a_rules_file_without_xp_gets_the_shipped_tables() -> None:
             '{generation_type} is not included in {current_tier.upper}."\n',
             "xp.messages.tier_required: unknown placeholder(s) ['current_tier.upper']",
         ),
+        # A NUL (TOML's \u0000) was served in every 402's message (a second reviewer's finding)
+        (
+            "Sufficient credits. Need {xp_required} XP",
+            "Sufficient credits.\\u0000 Need {xp_required} XP",
+            "xp.messages.sufficient: control character U+0000 in a message",
+        ),
     ],
 )
 def test_a_bad_xp_section_names_the_bad_entry(old: str, new: str, message: str) -> None:
