@@ -28,7 +28,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx2
 from click.testing import CliRunner
 
-from counters.cli.embedded import free_port
+from counters.cli.embedded import RedisServer, free_port
 from counters.cli.main import main
 from counters.rules import ExpRules, load_rules
 from tests.support.core import SERVICE_KEY
@@ -105,6 +105,21 @@ class Serve:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+async def paused(server: RedisServer, seconds: float) -> tuple[float, float]:
+    """Stall ``server`` (SIGSTOP: its connections stay open, nothing answers) for ``seconds``,
+    then resume it, even if the wait is cancelled; the monotonic times it stopped and resumed.
+    Its process must be running: a pid of 0 would stop this test's own process group."""
+    assert server._proc is not None, "the server is not running"
+    pid = server._proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return stopped_at, time.monotonic()
 
 
 def counters_command(args: list[str], env: dict[str, str]) -> int:

@@ -10,7 +10,6 @@ calls meet ASK and TRYAGAIN, then MOVED), and a master SIGKILLed with its replic
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -26,7 +25,15 @@ from counters.cli.embedded import PostgresServer, RedisServer
 from counters.redis.cluster import slot_of
 from counters.redis.keys import bucket_of, bucket_tag
 from counters.settings import DEFAULT_KEY_BUCKETS
-from tests.faults.harness import Load, Serve, check, counters_command, fault_rules, rules_of
+from tests.faults.harness import (
+    Load,
+    Serve,
+    check,
+    counters_command,
+    fault_rules,
+    paused,
+    rules_of,
+)
 from tests.faults.test_faults import _create_database
 from tests.support.core import JWT_SECRET, SERVICE_KEY
 from tests.support.persistence import run_sync
@@ -130,15 +137,8 @@ async def test_a_stalled_master_gives_prompt_503s_to_its_users_only(
     theirs = {u for u in load.users if cstack.master_of(u) is stalled}
     running = asyncio.create_task(load.run(LOAD_SECONDS + 0.8))
     await asyncio.sleep(LOAD_SECONDS)
-    assert stalled._proc is not None
-    pid = stalled._proc.pid
-    os.kill(pid, signal.SIGSTOP)  # shorter than the 1 s node timeout: no failover
-    stopped_at = time.monotonic()
-    try:
-        await asyncio.sleep(0.7)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    resumed_at = time.monotonic()
+    # shorter than the 1 s node timeout: no failover
+    stopped_at, resumed_at = await paused(stalled, 0.7)
     await running
     refused = [c for c in load.calls if c.status == 503]
     assert refused, "no request noticed that a master stalled"

@@ -10,7 +10,6 @@ seconds of load; the suite's own servers only.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import time
@@ -27,7 +26,15 @@ import redis.asyncio
 from counters.cli.embedded import PostgresServer, RedisServer
 from counters.redis.keys import LAYOUT_KEY, stream_key
 from counters.settings import DEFAULT_KEY_BUCKETS
-from tests.faults.harness import Load, Serve, check, counters_command, fault_rules, rules_of
+from tests.faults.harness import (
+    Load,
+    Serve,
+    check,
+    counters_command,
+    fault_rules,
+    paused,
+    rules_of,
+)
 from tests.support.core import JWT_SECRET, SERVICE_KEY
 from tests.support.persistence import run_sync
 from tests.support.proxy import Mode, TcpProxy
@@ -154,12 +161,7 @@ async def test_redis_stopped_gives_prompt_503s_never_a_hang(stack: Stack, serve:
     await load.warm()
     running = asyncio.create_task(load.run(LOAD_SECONDS + 2.5))
     await asyncio.sleep(LOAD_SECONDS)
-    pid = stack.redis._proc.pid if stack.redis._proc else 0
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        await asyncio.sleep(2.0)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    await paused(stack.redis, 2.0)
     await running
     refused = [c for c in load.calls if c.status == 503]
     assert refused, "no request noticed that Redis stopped"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
 import shutil
 import signal
@@ -40,7 +39,7 @@ import pytest
 
 from counters.cli.embedded import PostgresServer
 from counters.redis.keys import bucket_of
-from tests.faults.harness import Call, Load, Serve, counters_command
+from tests.faults.harness import Call, Load, Serve, counters_command, paused
 from tests.faults.test_faults import Stack, open_stack
 from tests.support.core import SERVICE_KEY, user_headers
 from tests.support.proxy import Mode
@@ -547,12 +546,7 @@ async def test_repeated_likes_across_a_redis_stall(stack: Stack, serve: Serve, l
     load = await prepare(serve, stack, "s", layout, seed=12)
     running = asyncio.create_task(load.run(3.0))
     await asyncio.sleep(0.8)
-    pid = stack.redis._proc.pid if stack.redis._proc else 0
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        await asyncio.sleep(1.2)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    await paused(stack.redis, 1.2)
     await running
     assert any(like.call.status == 503 for like in load.likes), "nobody noticed the stall"
     await finish(load, stack)
