@@ -28,12 +28,12 @@ from collections.abc import Callable, Sequence
 import jwt
 import msgspec
 
+from counters.clock import LATEST
 from counters.errors import AuthError, ForbiddenError, InvalidRequest
 from counters.ids import RESERVED_FORMS, USER_ID, is_reserved_actor, is_whole
 
 _CACHE_LIMIT = 65_536
 _SERVICE_HEADERS_LIMIT = 256  # spellings of valid service-key headers remembered ("Bearer k", ...)
-_MAX_EXP = 253_402_300_799  # 9999-12-31T23:59:59Z: later than any token may live
 
 
 class Principal(msgspec.Struct, frozen=True, gc=False):
@@ -183,7 +183,7 @@ def _expiry(value: object) -> float:
         raise AuthError("Invalid token: 'exp' is not a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise AuthError("Invalid token: 'exp' is not a finite number")
-    if not 0 <= value <= _MAX_EXP:
+    if not 0 <= value <= LATEST:  # 9999-12-31T23:59:59Z: later than any token may live
         raise AuthError("Invalid token: 'exp' is out of range")
     return float(value)
 
