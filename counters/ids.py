@@ -75,6 +75,7 @@ def is_reserved_actor(user_id: str) -> bool:
 # Free text a caller chooses (a reason, a label) reaches the ledger: control characters (NUL,
 # which Postgres text cannot hold, newlines, escapes) are refused at the door, by the API (422,
 # ``api.http.decode``) and by ``counters import`` alike (``validation_detail`` words it).
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")  # U+0000-U+001F, U+007F: C0 controls, DEL
 NO_CONTROL_CHARACTERS = msgspec.Meta(pattern=r"\A[^\x00-\x1f\x7f]*\Z")  # $ allows a final \n
 # A top-up's reason (POST /api/v1/xp/grants, an import's topup line): the ledger's action.
 GrantReason = Annotated[str, msgspec.Meta(min_length=1, max_length=200), NO_CONTROL_CHARACTERS]

@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 
 from counters.errors import RulesError
-from counters.ids import GenerationType, Name
+from counters.ids import CONTROL_CHARACTER, GenerationType, Name
 
 # At most 10^12: what a script adds stays exact in Lua's doubles next to a total of up to 10^15
 # (lua/lib/bounds.lua).
@@ -155,9 +155,9 @@ def _check_template(where: str, template: str) -> None:
     placeholders of ``PLACEHOLDERS`` (no format spec, no conversion), and it must render; and
     no control characters, which a reply's ``message`` and ``guidance`` would carry to a user
     (a NUL was served: a second reviewer's finding)."""
-    control = next((c for c in template if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    control = CONTROL_CHARACTER.search(template)  # those request bodies refuse (counters.ids)
     if control is not None:
-        raise RulesError(f"{where}: control character U+{ord(control):04X} in a message")
+        raise RulesError(f"{where}: control character U+{ord(control[0]):04X} in a message")
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
