@@ -189,6 +189,7 @@ async def assign_owner(request: Request) -> Response:
     if not is_whole(TARGET_ID, target_id):
         raise InvalidRequest("target_id must be 1-128 letters, digits and _.- characters")
     req = decode(await read_body(request), owner_decoder)
+    check_body_user(request, req.owner_id)  # as a grant's: the route acts for the body's owner
     previous = await svc.entities.assign(Target(target_type, target_id), req.owner_id)
     body = OwnerResponse(
         target_type=target_type, target_id=target_id, owner_id=req.owner_id,

@@ -342,6 +342,23 @@ async def test_ownership_routes_are_for_services(client: httpx2.AsyncClient) -> 
     )
 
 
+async def test_an_ownership_put_refuses_an_x_user_id_naming_another_user(
+    client: httpx2.AsyncClient,
+) -> None:
+    """The route acts for the body's owner_id; an X-User-Id naming someone else was silently
+    ignored (session 14's note), where grants, adjusts and subscriptions refuse it (422)."""
+    put = "/api/entities/character/11"
+    for sent in ("other", "system"):
+        refused = await client.put(put, json={"owner_id": "maker"}, headers=service_headers(sent))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "invalid_request"
+    fork = {"action": "forked", "target_type": "character", "target_id": 11}
+    unowned = await client.post("/api/exp/gain", json=fork, headers=user_headers("f1"))
+    assert unowned.status_code != 200, unowned.text  # nothing was recorded
+    same = await client.put(put, json={"owner_id": "maker"}, headers=service_headers("maker"))
+    assert (same.status_code, same.json()["previous_owner_id"]) == (200, None), same.text
+
+
 async def test_adjust_clamps_at_zero_and_reports_progress(client: httpx2.AsyncClient) -> None:
     url = "/api/admin/exp/adjust"
     up = await client.post(
