@@ -115,7 +115,6 @@ def _libraries(names: Sequence[str], rules: str | None) -> dict[str, str]:
     dependencies first, by library name. ``rules`` is the library ``rules`` (not a file: one
     rules version compiled to Lua, counters/rules/compiled.py); a script that requires it
     without one is a ``ValueError``."""
-    lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
     included: dict[str, str] = {}
 
     def include(name: str, lib: str) -> None:
@@ -126,7 +125,7 @@ def _libraries(names: Sequence[str], rules: str | None) -> dict[str, str]:
                 raise ValueError(f"{name}.lua requires the compiled rules; none given")
             included[lib] = rules
             return
-        text = lib_dir.joinpath(f"{lib}.lua").read_text("utf-8")
+        text = lua.library(lib)
         for needed in _requires(text):
             include(name, needed)
         included[lib] = text
@@ -192,7 +191,6 @@ def library_source(names: Sequence[str], rules: str | None = None) -> Library:
 
 def requires_rules(name: str) -> bool:
     """Whether ``lua/<name>.lua`` (or a library it requires) requires the compiled rules."""
-    lib_dir = importlib.resources.files(lua.__name__).joinpath("lib")
     pending, seen = _requires(lua.source(name)), set()
     while pending:
         lib = pending.pop()
@@ -200,7 +198,7 @@ def requires_rules(name: str) -> bool:
             return True
         if lib not in seen:
             seen.add(lib)
-            pending += _requires(lib_dir.joinpath(f"{lib}.lua").read_text("utf-8"))
+            pending += _requires(lua.library(lib))
     return False
 
 

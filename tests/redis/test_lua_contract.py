@@ -8,7 +8,6 @@ of shared ones) and its reply codes one a line as ``code <n> <name>``; a script'
 
 from __future__ import annotations
 
-import importlib.resources
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -49,7 +48,7 @@ def _lib(name: str) -> str:
     """A library's text; ``rules`` is compiled from the shipped rules (not a file)."""
     if name == RULES_LIBRARY:
         return lua_rules(load_rules())
-    return importlib.resources.files(lua.__name__).joinpath(f"lib/{name}.lua").read_text("utf-8")
+    return lua.library(name)
 
 
 def split(text: str) -> tuple[str, str]:

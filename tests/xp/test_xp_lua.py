@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import calendar
-import importlib.resources
 from datetime import UTC, datetime, timedelta
 
 import redis
 
+import lua
 from counters.redis.scripts import script_names, script_source
 from counters.rules import load_rules
 from counters.rules.compiled import lua_rules
 
-LIBRARY = importlib.resources.files("lua").joinpath("lib", "xp_state.lua").read_text("utf-8")
+LIBRARY = lua.library("xp_state")
 XP_SCRIPTS = {
     "capture_hold",
     "cancel_subscription",
