@@ -9,7 +9,8 @@ being received: a client that connects and sends nothing, or half a body, holds 
 - every request must arrive whole, head and body, within ``read_timeout`` seconds from the
   connection (the first request) or from its first byte (the next ones on a kept-alive
   connection; between requests uvicorn's keep-alive timeout applies), else the connection is
-  closed (a request already being served then sees ``http.disconnect``);
+  closed (a request already being served then sees ``http.disconnect``); time while this
+  side has stopped reading (behind a request being answered) does not count;
 - a request head (request line and headers, never the body) longer than ``max_head`` bytes is
   answered 431 and the connection closed.
 
@@ -454,8 +455,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def check_deadlines(self, now: float) -> None:
         """Act on a deadline passed by ``now`` (``loop.time()``): the read deadline's 408 or
-        close, or the end of an idle kept-alive connection (uvicorn's keep-alive timeout)."""
-        if self._read_by and now >= self._read_by:
+        close, or the end of an idle kept-alive connection (uvicorn's keep-alive timeout).
+
+        The read deadline does not run while this side has stopped reading (a request
+        pipelined behind one being answered, or a body the app has not taken yet): the
+        rest of the request may be waiting in the socket's buffer, sent in time. While paused
+        it is kept ``read_timeout`` ahead, so it restarts when reading resumes (up to ``TICK``
+        early): a slow answer ahead of a pipelined request sent whole and in time once cost it
+        a 408."""
+        if self._read_by and self.flow.read_paused and self._refusal is None:
+            self._read_by = max(self._read_by, now + self._read_timeout)
+        elif self._read_by and now >= self._read_by:
             self._too_slow()
         elif self._idle_by and now >= self._idle_by:
             self._idle_by = 0.0

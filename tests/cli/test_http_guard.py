@@ -251,6 +251,57 @@ async def test_a_request_cut_short_is_answered_408_and_an_idle_connection_closed
     assert after[0] == 200 and json.loads(after[1])["exp_added"] > 0  # the cut one was not applied
 
 
+async def test_the_read_deadline_waits_while_reading_waits_behind_a_slow_answer() -> None:
+    """A request pipelined behind a slow one: its head came with the first, the rest of its
+    body just after (in time), but reading stops while the request ahead is answered, so that
+    rest waits in the socket. The read deadline ran meanwhile and answered it 408 (sessions
+    11-14's notes); it now runs only while this side reads."""
+    answer_after = 1.2  # seconds the first request takes: over twice the read deadline
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        if scope["path"] == "/slow":
+            await asyncio.sleep(answer_after)
+        payload = json.dumps({"path": scope["path"], "bytes": len(body)}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(payload)),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    body = b'{"action": "daily_chat"}'
+    slow = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    behind = (
+        b"POST /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+        % (len(body))
+    )
+
+    def send_in_three(port: int) -> list[bytes]:
+        """The slow request; once its app has its body, the next one's head and a part of
+        its body; at once the rest (reading has stopped by then: it waits in the socket)."""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for part in (slow, behind + body[:5], body[5:]):
+                sock.sendall(part)
+                time.sleep(0.1)
+            got = b""
+            while chunk := sock.recv(65_536):
+                got += chunk
+        return [b"HTTP/1.1" + answer for answer in got.split(b"HTTP/1.1")[1:]]
+
+    async with serving(Settings(), read_timeout=0.5, app=app) as port:
+        answers = await asyncio.to_thread(send_in_three, port)
+    assert [status_and_body(a) for a in answers] == [
+        (200, {"path": "/slow", "bytes": len(body)}),
+        (200, {"path": "/next", "bytes": len(body)}),
+    ]
+
+
 @pytest.mark.parametrize(
     "refusal", [MALFORMED, HEAD_TOO_LARGE, TOO_SLOW, UNSUPPORTED_CODING], ids=lambda r: r[2]
 )
