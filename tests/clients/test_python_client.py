@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import logging
 import time
+import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from types import ModuleType
 import httpx2
 import pytest
 
+from api.schemas.exp import TargetId
 from counters import ids
 from counters.cli.embedded import free_port
 from counters.ids import whole
@@ -547,8 +549,47 @@ async def test_a_reserved_actor_raises_invalid_id_before_sending() -> None:
         assert await down.award_exp_with_limits("SYSTEM", "daily_chat") is None
 
 
+BAD_INTEGER_TARGET_IDS = [-5, -1, 2**63, 10**5000, True, False, 1.0, None]
+
+
+async def test_an_integer_target_id_the_service_refuses_raises_before_sending(
+    counters: AsyncCountersClient,
+) -> None:
+    """Reviewer helper-63: ``("character", -5)``, ``2**63`` and ``True`` were sent, the service
+    answered 422 and the fail-open award returned None with a debug line: an award lost in
+    silence. They raise ``InvalidId`` before sending now, as a bad text id does; 0 and
+    2**63 - 1, the service's bounds, are sent and awarded."""
+    requests: list[bytes] = []
+    async with (
+        raw_server(dripping("body", requests)) as url,
+        AsyncCountersClient(url, service_key="k", deadline=0.5, timeout=0.5) as client,
+    ):
+        for bad in BAD_INTEGER_TARGET_IDS:
+            target = ("character", bad)
+            with pytest.raises(InvalidId, match="is not a target_id the service accepts") as no:
+                await client.award_exp_with_limits("pyu1", "character_liked", target)  # type: ignore[arg-type]
+            assert no.value.status == 0 and no.value.detail.isprintable()
+            assert "0 to 9223372036854775807" in no.value.detail
+            with pytest.raises(InvalidId):
+                await client.award("character_liked", user_id="pyu1", target=target)  # type: ignore[arg-type]
+
+        def sync_award() -> None:
+            with CountersClient(url, service_key="k") as sync_client, pytest.raises(InvalidId):
+                sync_client.award_exp_with_limits("pyu1", "character_liked", ("character", -5))
+
+        await asyncio.to_thread(sync_award)
+    assert requests == []
+    for bound in (0, 2**63 - 1):
+        user = new_user()
+        created = await counters.award("create_persona", user_id=user, target=("persona", bound))
+        assert created.exp_added > 0
+
+
 def test_the_clients_id_shapes_are_the_services() -> None:
     assert whole(_calls.USER_ID.pattern) == ids.USER_ID_PATTERN
     assert whole(_calls.TARGET_ID.pattern) == ids.TARGET_ID_PATTERN
+    (integer, _text) = typing.get_args(TargetId)
+    limits = integer.__metadata__[0]
+    assert (limits.ge, limits.le) == (0, _calls.MAX_TARGET_ID)
     js = (Path(__file__).resolve().parents[2] / "clients/js/src/client.js").read_text()
     assert f"const TARGET_ID = /^{_calls.TARGET_ID.pattern}$/;" in js

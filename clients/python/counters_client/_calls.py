@@ -62,6 +62,15 @@ USER_ID = re.compile(
     r"(?!(?:system|import|reconcile)$(?!\n)|service:|user:)[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}"
 )
 TARGET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# An integer target id: the service takes 0 to 2**63 - 1 (api/schemas/exp.py's ``TargetId``, a
+# signed 64-bit integer's non-negative range) and refuses a bool (msgspec does not read JSON
+# ``true`` as an int), so the client refuses the same (reviewer helper-63: -5, 2**63 and True
+# were sent, refused with a 422, and the fail-open award swallowed it).
+MAX_TARGET_ID = 2**63 - 1
+TARGET_ID_RULE = (
+    f"an integer from 0 to {MAX_TARGET_ID}, or 1-128 letters, digits and _.- starting with a"
+    " letter or digit"
+)
 
 
 def checked_id(kind: str, value: str, shape: re.Pattern[str]) -> str:
@@ -69,13 +78,36 @@ def checked_id(kind: str, value: str, shape: re.Pattern[str]) -> str:
     (the service would answer 422; an award that fails open would swallow it as an outage)."""
     if isinstance(value, str) and shape.fullmatch(value):
         return value
-    shown = (
-        repr(value)
-        if len(repr(value)) <= 80
-        else f"{repr(value)[:60]}... ({len(value)} characters)"
-    )
+    raise invalid_id(kind, value)
+
+
+def invalid_id(kind: str, value: object, rule: str = "") -> InvalidId:
+    """The ``InvalidId`` refusing ``value`` as a ``kind``: the value quoted (escaped, and cut
+    when long), then ``rule`` when given."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses > 4,300 digits
+        shown = f"(an integer of {value.bit_length()} bits)"
+    else:
+        shown = repr(value)
+        if len(shown) > 80:
+            size = len(value) if isinstance(value, str) else len(shown)
+            shown = f"{shown[:60]}... ({size} characters)"
     detail = f"{kind} {printable(shown)} is not a {kind} the service accepts"
-    raise InvalidId(0, "invalid_request", detail, {})
+    return InvalidId(0, "invalid_request", detail + (f" ({rule})" if rule else ""), {})
+
+
+def checked_target(target: Target) -> Target:
+    """``target`` as the ``(target_type, target_id)`` pair to send, or ``InvalidId`` before
+    anything is sent for a target id the service would refuse (``TARGET_ID_RULE``)."""
+    target_type, target_id = target
+    if isinstance(target_id, str):
+        return target_type, checked_id("target_id", target_id, TARGET_ID)
+    if (
+        isinstance(target_id, int)
+        and not isinstance(target_id, bool)
+        and 0 <= target_id <= MAX_TARGET_ID
+    ):
+        return target_type, target_id
+    raise invalid_id("target_id", target_id, TARGET_ID_RULE)
 
 
 def checked_user(user_id: str | None) -> str | None:
@@ -309,10 +341,8 @@ class Calls:
     ) -> Call[Award]:
         body: dict[str, Any] = {"action": action}
         if target is not None:
-            target_id = target[1]
-            if not isinstance(target_id, int):
-                target_id = checked_id("target_id", target_id, TARGET_ID)
-            body |= {"target_type": target[0], "target_id": target_id}
+            target_type, target_id = checked_target(target)
+            body |= {"target_type": target_type, "target_id": target_id}
         return Call("POST", "/api/exp/gain", Award, body, None, checked_user(user_id), True, key)
 
     @staticmethod

@@ -78,11 +78,12 @@ class IdempotencyKeyReused(InvalidRequest):
 
 class InvalidId(InvalidRequest, ValueError):
     """An id the service would refuse (a user id or target id not of its shape: empty, over 128
-    characters, a control character), refused by the client before anything is sent (status 0,
-    code ``invalid_request``). Every call raises it, the fail-open award too: it is the caller's
-    bug, not an outage; swallowed, the award would be lost as if the service were down. Only
-    ``check_xp_availability``, which never raises, answers not sufficient instead (its ``code``
-    ``invalid_request``), so that a tier gate stays shut. Also a ``ValueError``."""
+    characters, a control character; an integer target id outside 0 to 2**63 - 1, or a bool),
+    refused by the client before anything is sent (status 0, code ``invalid_request``). Every
+    call raises it, the fail-open award too: it is the caller's bug, not an outage; swallowed,
+    the award would be lost as if the service were down. Only ``check_xp_availability``, which
+    never raises, answers not sufficient instead (its ``code`` ``invalid_request``), so that a
+    tier gate stays shut. Also a ``ValueError``."""
 
 
 class ExpRefused(CountersError):
