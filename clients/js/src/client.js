@@ -161,11 +161,24 @@ function printable(text) {
   });
 }
 
+// An integer target id: the service takes 0 to 2^63 - 1 and no boolean (api/schemas/exp.py's
+// TargetId); a number is exact only up to Number.MAX_SAFE_INTEGER, so a larger id goes as a
+// string (the service keys a target by its id's text: 123 and '123' are one entity).
+const TARGET_ID_RULE = `a whole number from 0 to ${Number.MAX_SAFE_INTEGER} (a larger one as a ` +
+  'string), or 1-128 letters, digits and _.- starting with a letter or digit';
+
+/**
+ * `id` when the service accepts it as a target_id, else InvalidId before anything is sent: the
+ * service would answer 422, and silentExpGain would swallow it (a reviewer, helper-63: -5 was
+ * sent, refused, and resolved to null with a console.debug line).
+ */
 function checkedTargetId(id) {
-  if (Number.isSafeInteger(id) || (typeof id === 'string' && TARGET_ID.test(id))) return id;
-  const shown = printable(JSON.stringify(id) ?? String(id));
+  if ((Number.isSafeInteger(id) && id >= 0) || (typeof id === 'string' && TARGET_ID.test(id))) {
+    return id;
+  }
+  const shown = printable(typeof id === 'bigint' ? `${id}n` : (JSON.stringify(id) ?? String(id)));
   const detail = `target_id ${shown.length > 80 ? `${shown.slice(0, 60)}... (${String(id).length} characters)` : shown}` +
-    ' is not a target_id the service accepts';
+    ` is not a target_id the service accepts (${TARGET_ID_RULE})`;
   throw new InvalidId(0, 'invalid_request', detail, {});
 }
 

@@ -62,7 +62,8 @@ export class NotFound extends CountersError {}
 export class InvalidRequest extends CountersError {}
 /**
  * An id the service would refuse (a target id not of its shape: empty, over 128 characters, a
- * control character), refused before anything is sent (status 0, code 'invalid_request').
+ * control character; a number below 0 or past Number.MAX_SAFE_INTEGER, a boolean), refused
+ * before anything is sent (status 0, code 'invalid_request').
  * silentExpGain throws it too: the caller's bug, not an outage (as the Python client's InvalidId).
  */
 export class InvalidId extends InvalidRequest {}

@@ -185,7 +185,8 @@ test('an invalid target id throws InvalidId before sending, even from silentExpG
   const server = await rawServer(() => undefined);  // counts what arrives, answers nothing
   try {
     const options = { baseUrl: server.url, logger: keepingLogger(), deadlineMs: 300 };
-    for (const id of ['', 'a\nb', 'x'.repeat(300), 'alice\n', ' alice', 'a\x1b[31m', null, 1.5]) {
+    const integers = [-5, -1, 2 ** 63, Number.MAX_SAFE_INTEGER + 1, true, false, NaN, Infinity, 10n];
+    for (const id of ['', 'a\nb', 'x'.repeat(300), 'alice\n', ' alice', 'a\x1b[31m', null, 1.5, ...integers]) {
       const refused = await rejection(silentExpGain('character_liked', { type: 'character', id }, 't', options));
       assert.ok(refused instanceof InvalidId && refused instanceof InvalidRequest, String(refused));
       assert.equal(refused.status, 0);
@@ -195,6 +196,19 @@ test('an invalid target id throws InvalidId before sending, even from silentExpG
     }
     assert.equal(server.requests.length, 0);
     assert.equal(options.logger.lines.length, 0);
+  } finally {
+    await server.close();
+  }
+});
+
+test('an integer target id from 0 to Number.MAX_SAFE_INTEGER is sent', async () => {
+  const server = await rawServer(() => answer(200, awardBody()));
+  try {
+    for (const id of [0, 123, Number.MAX_SAFE_INTEGER, '9223372036854775807']) {
+      const gained = await award('character_liked', { type: 'character', id }, 't', { baseUrl: server.url });
+      assert.equal(gained.exp_added, 20);
+    }
+    assert.equal(server.requests.length, 4);
   } finally {
     await server.close();
   }
