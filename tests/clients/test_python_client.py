@@ -289,6 +289,48 @@ async def test_a_gateways_502_or_504_is_unavailable_with_the_key_to_retry(status
 
 
 @pytest.mark.parametrize(
+    ("status", "code", "level"),
+    [
+        (422, "invalid_request", logging.WARNING),
+        (400, "malformed_body", logging.WARNING),
+        (404, "not_found", logging.WARNING),
+        (422, "idempotency_key_reused", logging.WARNING),
+        (418, "teapot", logging.WARNING),
+        (429, "daily_limit_reached", logging.DEBUG),
+        (429, "daily_cap_reached", logging.DEBUG),
+        (409, "already_triggered", logging.DEBUG),
+        (409, "self_action", logging.DEBUG),
+        (409, "total_limit", logging.DEBUG),
+    ],
+)
+async def test_an_award_refused_for_the_callers_mistake_is_a_warning(
+    status: int, code: str, level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reviewer helper-63: a 422 on an award (an unknown action, a target type the action does
+    not take) was logged at debug, so every such award was lost unseen. Only a rule's refusal
+    (a limit, the cap, a 409) is routine; any other 4xx is the caller's mistake, a warning. The
+    award still fails open (None)."""
+    caplog.set_level(logging.DEBUG, logger="counters_client")
+    body = b'{"detail": "no", "code": "%s"}' % code.encode()
+    async with (
+        raw_server(answering(status, body)) as url,
+        AsyncCountersClient(url, service_key="k") as client,
+    ):
+        assert await client.award_exp_with_limits("u1", "daily_chat") is None
+    [record] = [r for r in caplog.records if r.getMessage().startswith("no EXP")]
+    assert record.levelno == level, record.getMessage()
+
+
+async def test_an_unknown_action_is_logged_as_a_warning(
+    counters: AsyncCountersClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The live service's 422 for an action it does not know: None, and a warning."""
+    with caplog.at_level(logging.WARNING, "counters_client"):
+        assert await counters.award_exp_with_limits(new_user(), "no_such_action") is None
+    assert "no EXP for no_such_action" in caplog.text and "422 invalid_request" in caplog.text
+
+
+@pytest.mark.parametrize(
     ("header", "seconds"), [("7", 7), ("\u00b2", None), ("\u0667", None), ("9" * 4301, None)]
 )
 def test_retry_after_is_read_in_ascii_digits_only(header: str, seconds: int | None) -> None:

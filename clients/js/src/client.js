@@ -2,8 +2,8 @@
 // No dependencies: fetch, AbortController and crypto.randomUUID (browsers, node >= 20).
 
 import {
-  BadResponse, CountersError, Forbidden, InvalidId, Unauthorized, Unavailable, errorFor, excerpt,
-  keyed,
+  BadResponse, Conflict, CountersError, ExpRefused, Forbidden, InvalidId, Unauthorized, Unavailable,
+  errorFor, excerpt, keyed,
 } from './errors.js';
 import { AWARD, LEVELS, USER_PROGRESS, XP_CHECK, mismatch } from './shapes.js';
 
@@ -206,18 +206,26 @@ export function failsLoudly(error) {
   return error instanceof Unauthorized || error instanceof Forbidden || error instanceof InvalidId;
 }
 
+/**
+ * An award that failed open, logged: a rule's refusal (a limit, the cap, already triggered, one's
+ * own entity: ExpRefused, and the other 409s) is routine (debug); the rest warn: outages,
+ * answers that are not the service's, and any other error answer (a 422 for an unknown action, a
+ * 404 for an entity with no recorded owner), the caller's mistake, which would otherwise lose
+ * every such award unseen (a reviewer, helper-63: a 422 went to console.debug).
+ */
 function logUnawarded(logger, action, error) {
-  const outage = error instanceof Unavailable || error instanceof BadResponse;
+  const routine = error instanceof ExpRefused || error instanceof Conflict;
   const line = printable(`no EXP for ${action}: ${error.message}`);
-  (outage ? logger?.warn : logger?.debug)?.call(logger, line);
+  (routine ? logger?.debug : logger?.warn)?.call(logger, line);
 }
 
 /**
  * The seed's silentExpGain(action, target, sessionToken): award EXP for `action` (target is
  * null or { type, id } for creator-targeted actions). Fails open: resolves to the award, or
  * null when nothing was awarded (a limit, the cap, an outage, an answer that is not the
- * service's; logged). It throws only when the caller's own credentials are refused
- * (Unauthorized, Forbidden: a broken login is no outage), or anything with expFailOpen false.
+ * service's; logged: see logUnawarded). It throws only when the caller's own credentials are
+ * refused (Unauthorized, Forbidden: a broken login is no outage) or the target's id is not one
+ * (InvalidId, before sending), or anything with expFailOpen false.
  */
 export async function silentExpGain(action, target, sessionToken, options = {}) {
   const { expFailOpen, logger } = { ...defaults, ...options };

@@ -167,6 +167,24 @@ test('refused credentials throw even from silentExpGain; expFailOpen false throw
   }
 });
 
+test("an award refused for the caller's mistake warns; a rule's refusal is debug", async () => {
+  const answers = [
+    [422, 'invalid_request', 'warn'], [400, 'malformed_body', 'warn'], [404, 'not_found', 'warn'],
+    [418, 'teapot', 'warn'], [429, 'daily_limit_reached', 'debug'],
+    [409, 'already_triggered', 'debug'], [409, 'total_limit', 'debug'],
+  ];
+  const server = await rawServer((n) => answer(answers[n][0], JSON.stringify({ detail: 'no', code: answers[n][1] })));
+  const options = { baseUrl: server.url, logger: keepingLogger() };
+  try {
+    for (const [status, code] of answers) {
+      assert.equal(await silentExpGain('daily_chat', null, 't', options), null, `${status} ${code}`);
+    }
+    assert.deepEqual(options.logger.lines.map((line) => line.level), answers.map((row) => row[2]));
+  } finally {
+    await server.close();
+  }
+});
+
 test('an unreachable service: silentExpGain null, checkXP not sufficient, getProgress null', async () => {
   const options = { baseUrl: await deadUrl(), retries: 1, logger: keepingLogger() };
   assert.equal(await silentExpGain('daily_chat', null, 't', options), null);

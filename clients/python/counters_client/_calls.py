@@ -17,7 +17,9 @@ import msgspec
 
 from counters_client.errors import (
     BadResponse,
+    Conflict,
     CountersError,
+    ExpRefused,
     Forbidden,
     InvalidId,
     Unauthorized,
@@ -305,9 +307,14 @@ def fails_loudly(error: CountersError) -> bool:
 
 
 def log_unawarded(action: str, user_id: str | None, error: CountersError) -> None:
-    """An award that failed open: refusals are routine (debug), outages and answers that do
-    not decode are warnings."""
-    level = logging.WARNING if isinstance(error, Unavailable | BadResponse) else logging.DEBUG
+    """An award that failed open: a rule's refusal (a limit, the cap, already triggered, one's
+    own entity: ``ExpRefused``, and the other 409s) is routine (debug); the rest are warnings:
+    outages, answers that do not decode, and any other error answer (a 422 for an unknown
+    action, a target type the action does not take; a 404 for an entity with no recorded
+    owner), which is the caller's mistake, not an outage, and would otherwise lose every such
+    award unseen (reviewer helper-63: a 422 was logged at debug)."""
+    routine = isinstance(error, ExpRefused | Conflict)
+    level = logging.DEBUG if routine else logging.WARNING
     log.log(
         level, "no EXP for %s by %s: %s", printable(action), printable(str(user_id)),
         printable(str(error)),

@@ -17,8 +17,10 @@ pooled keep-alive ``httpx2`` client.
 - Results are typed (``counters_client.types``); errors are exceptions by ``code``
   (``counters_client.errors``).
 - EXP awards fail open: ``award_exp_with_limits`` answers None (and logs) when nothing was
-  awarded, for a refusal or an outage, so an outage never breaks a chat; it raises only when
-  the client's own credentials are refused (401/403: a bad service key is no outage). Debits
+  awarded, for a refusal or an outage, so an outage never breaks a chat: a rule's refusal at
+  debug, an outage or any other error answer (a 422: the caller's mistake) at warning. It
+  raises only when the client's own credentials are refused (401/403: a bad service key is no
+  outage) or an id is not one the service takes (``InvalidId``). Debits
   and holds fail closed: they raise. ``check_xp_availability`` never raises: when the service
   cannot say, it answers "not sufficient" with generic guidance, as the seed's system-error
   path does.
