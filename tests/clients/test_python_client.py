@@ -32,6 +32,7 @@ from counters_client import (
     IdempotencyKeyReused,
     InsufficientXp,
     InvalidId,
+    InvalidRequest,
     NotFound,
     SelfAction,
     TierRequired,
@@ -448,6 +449,52 @@ async def test_the_seeds_helpers(counters: AsyncCountersClient) -> None:
     full = await counters.check_xp_availability(user, "NEW_VIDEO")
     assert full["has_sufficient_xp"] is False
     assert full["recommended_tier"] and full["recommended_tier"]["tier_name"] == "arcade_artist"
+
+
+async def test_an_unknown_generation_type_or_tier_raises_the_clients_own_errors(
+    counters: AsyncCountersClient, live_url: str
+) -> None:
+    """Reviewer helper-63: ``get_generation_cost("NOPE")`` and ``user_tier=7`` raised bare
+    ``KeyError``s. They raise what the service answers for the same lookup: ``NotFound`` for
+    the type, ``InvalidRequest`` for the tier (a bool too: ``True == 1`` matched level 1)."""
+    with pytest.raises(NotFound, match="Unknown generation type 'NOPE'; known types: ") as no:
+        await counters.get_generation_cost("NOPE")
+    assert (no.value.status, no.value.code) == (0, "not_found")
+    for tier in (7, "gold", True, "a\nb"):
+        with pytest.raises(InvalidRequest, match=r"Unknown tier .*; known tiers: 1 ") as bad:
+            await counters.get_generation_cost("NEW_IMAGE", user_tier=tier)
+        assert (bad.value.status, bad.value.code) == (0, "invalid_request")
+        assert not isinstance(bad.value, KeyError) and bad.value.detail.isprintable()
+    xp_utils.configure(counters)
+    with pytest.raises(NotFound):
+        await xp_utils.get_generation_cost("NOPE")
+
+    def sync_costs() -> None:
+        with CountersClient(live_url, service_key=SERVICE_KEY) as client:
+            with pytest.raises(NotFound):
+                client.get_generation_cost("NOPE")
+            with pytest.raises(InvalidRequest):
+                client.get_generation_cost("NEW_IMAGE", user_tier=7)
+
+    await asyncio.to_thread(sync_costs)
+
+
+async def test_a_target_not_a_pair_is_a_type_error_naming_the_shape() -> None:
+    """Reviewer helper-63: the JS client's ``{"type": ..., "id": ...}`` raised ``KeyError: 1``.
+    The Python client takes one shape, a ``(target_type, target_id)`` pair, and says so
+    before sending anything; the fail-open award lets the ``TypeError`` through."""
+    requests: list[bytes] = []
+    async with (
+        raw_server(dripping("body", requests)) as url,
+        AsyncCountersClient(url, service_key="k", deadline=0.5, timeout=0.5) as client,
+    ):
+        for target in ({"type": "character", "id": "x"}, ("character",), "character", 5):
+            with pytest.raises(TypeError, match=r"a \(target_type, target_id\) pair such as"):
+                await client.award_exp_with_limits("u1", "character_liked", target)  # type: ignore[arg-type]
+        award = client.award("character_liked", user_id="u1", target=["character", "c1"])  # type: ignore[arg-type]
+        with pytest.raises(Unavailable):  # a list of two is a pair: sent
+            await award
+    assert len(requests) == 1
 
 
 @pytest.mark.parametrize("has_xp", [True, False])

@@ -22,6 +22,8 @@ from counters_client.errors import (
     ExpRefused,
     Forbidden,
     InvalidId,
+    InvalidRequest,
+    NotFound,
     Unauthorized,
     Unavailable,
     error_for,
@@ -83,23 +85,34 @@ def checked_id(kind: str, value: str, shape: re.Pattern[str]) -> str:
     raise invalid_id(kind, value)
 
 
-def invalid_id(kind: str, value: object, rule: str = "") -> InvalidId:
-    """The ``InvalidId`` refusing ``value`` as a ``kind``: the value quoted (escaped, and cut
-    when long), then ``rule`` when given."""
+def quoted(value: object) -> str:
+    """``value`` as a message quotes a caller's value: its repr, escaped, cut when long."""
     if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses > 4,300 digits
-        shown = f"(an integer of {value.bit_length()} bits)"
-    else:
-        shown = repr(value)
-        if len(shown) > 80:
-            size = len(value) if isinstance(value, str) else len(shown)
-            shown = f"{shown[:60]}... ({size} characters)"
-    detail = f"{kind} {printable(shown)} is not a {kind} the service accepts"
+        return f"(an integer of {value.bit_length()} bits)"
+    shown = repr(value)
+    if len(shown) > 80:
+        size = len(value) if isinstance(value, str) else len(shown)
+        shown = f"{shown[:60]}... ({size} characters)"
+    return printable(shown)
+
+
+def invalid_id(kind: str, value: object, rule: str = "") -> InvalidId:
+    """The ``InvalidId`` refusing ``value`` as a ``kind`` (then ``rule``, when given)."""
+    detail = f"{kind} {quoted(value)} is not a {kind} the service accepts"
     return InvalidId(0, "invalid_request", detail + (f" ({rule})" if rule else ""), {})
 
 
 def checked_target(target: Target) -> Target:
-    """``target`` as the ``(target_type, target_id)`` pair to send, or ``InvalidId`` before
-    anything is sent for a target id the service would refuse (``TARGET_ID_RULE``)."""
+    """``target`` as the ``(target_type, target_id)`` pair to send; before anything is sent,
+    ``TypeError`` for what is not such a pair (a tuple or list of two) and ``InvalidId`` for a
+    target id the service would refuse (``TARGET_ID_RULE``). One shape, not the JS client's
+    ``{"type": ..., "id": ...}`` too: a mapping raised a bare ``KeyError: 1`` (reviewer
+    helper-63), and now says which shape the Python client takes; mypy flags it before that."""
+    if not isinstance(target, tuple | list) or len(target) != 2:
+        raise TypeError(
+            "target must be a (target_type, target_id) pair such as ('character', 123), not"
+            f" {quoted(target)}"
+        )
     target_type, target_id = target
     if isinstance(target_id, str):
         return target_type, checked_id("target_id", target_id, TARGET_ID)
@@ -327,16 +340,27 @@ def cost_on_tier(
     generation_type: str,
     user_tier: int | str | None,
 ) -> int:
-    """XP one generation costs on a tier (level, name or display name; None: the base cost)."""
+    """XP one generation costs on a tier (level, name or display name; None: the base cost),
+    from the tables the service sent. What the service answers for the same lookup (its
+    ``counters.xp.guidance.get_generation_cost``), with status 0 (decided here, nothing sent
+    for it): ``NotFound`` (code ``not_found``) for an unknown generation type, and
+    ``InvalidRequest`` (``invalid_request``) for an unknown tier or a bool (``True == 1``
+    would have matched level 1). They were bare ``KeyError``s (reviewer helper-63)."""
     if generation_type not in costs:
-        raise KeyError(f"unknown generation type {generation_type!r}; known: {', '.join(costs)}")
+        known_types = ", ".join(costs)
+        detail = f"Unknown generation type {quoted(generation_type)}; known types: {known_types}"
+        raise NotFound(0, "not_found", detail, {})
     base = costs[generation_type].xp_cost
     if user_tier is None:
         return base
     for tier in tiers.values():
-        if user_tier in (tier.tier_level, tier.tier_name, tier.tier_display_name):
+        if not isinstance(user_tier, bool) and user_tier in (
+            tier.tier_level, tier.tier_name, tier.tier_display_name,
+        ):  # fmt: skip
             return tier.cost_overrides.get(generation_type, base)
-    raise KeyError(f"unknown tier {user_tier!r}")
+    known = ", ".join(f"{tier.tier_level} ({tier.tier_name})" for tier in tiers.values())
+    detail = f"Unknown tier {quoted(user_tier)}; known tiers: {known}"
+    raise InvalidRequest(0, "invalid_request", detail, {})
 
 
 class Calls:

@@ -183,7 +183,9 @@ class AsyncCountersClient:
         idempotency_key: str | None = None,
     ) -> Award | None:
         """The seed's ``award_exp_with_limits``: the award, or None when nothing was awarded
-        (a limit, the cap, an outage; logged). With ``exp_fail_open=False`` it raises."""
+        (a limit, the cap, an outage; logged). With ``exp_fail_open=False`` it raises.
+        ``target`` is a ``(target_type, target_id)`` pair such as ``("character", 123)``;
+        anything else (a mapping too) is a ``TypeError``, before anything is sent."""
         try:
             return await self.award(
                 action, user_id=user_id, target=target, idempotency_key=idempotency_key
@@ -299,7 +301,9 @@ class AsyncCountersClient:
     async def get_generation_cost(
         self, generation_type: str, user_tier: int | str | None = None
     ) -> int:
-        """The seed's ``get_generation_cost``: XP one generation costs on a tier."""
+        """The seed's ``get_generation_cost``: XP one generation costs on a tier (level, name or
+        display name). ``NotFound`` for an unknown generation type, ``InvalidRequest`` for an
+        unknown tier (status 0: decided from the tables, as the service decides)."""
         tiers, costs = await self.tables()
         return cost_on_tier(tiers, costs, generation_type, user_tier)
 
@@ -497,6 +501,7 @@ class CountersClient:
         return self.call(Calls.balance(user_id))
 
     def get_generation_cost(self, generation_type: str, user_tier: int | str | None = None) -> int:
+        """As ``AsyncCountersClient.get_generation_cost``."""
         if self._tables is None:
             self._tables = (self.call(Calls.tiers()), self.call(Calls.costs()))
         return cost_on_tier(*self._tables, generation_type, user_tier)

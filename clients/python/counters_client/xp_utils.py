@@ -51,5 +51,6 @@ async def check_user_xp_for_generation(user_id: str, generation_type: str) -> Xp
 
 
 async def get_generation_cost(generation_type: str, user_tier: int | str | None = None) -> int:
-    """XP one generation costs on a tier (level, name or display name)."""
+    """XP one generation costs on a tier (level, name or display name); ``NotFound`` for an
+    unknown generation type, ``InvalidRequest`` for an unknown tier."""
     return await default_client().get_generation_cost(generation_type, user_tier)
