@@ -183,14 +183,28 @@ function checkedTargetId(id) {
 }
 
 /**
+ * The body's target fields of `target`, a { type, id } object, or TypeError naming that shape
+ * (the Python client's ('character', 123) pair lost its id here: a reviewer, helper-63, had the
+ * Python client refuse the JS shape with a TypeError, and this is its mirror).
+ */
+function checkedTarget(target) {
+  if (typeof target !== 'object' || Array.isArray(target)) {
+    const shown = printable(JSON.stringify(target) ?? String(target)).slice(0, 80);
+    throw new TypeError(`target must be { type, id } such as { type: 'character', id: 123 }, not ${shown}`);
+  }
+  return { target_type: target.type, target_id: checkedTargetId(target.id) };
+}
+
+/**
  * Award EXP for `action` (target: null or { type, id } for creator-targeted actions, token: the
  * user's session token). Resolves to the award; rejects as `call` does (DailyLimitReached,
- * DailyCapReached, SelfAction, Unavailable, ... each with its idempotencyKey), or with
- * InvalidId before sending when the target's id is not one the service accepts.
+ * DailyCapReached, SelfAction, Unavailable, ... each with its idempotencyKey), or, before
+ * sending, with InvalidId when the target's id is not one the service accepts and TypeError
+ * when the target is not a { type, id } object.
  */
 export async function award(action, target, sessionToken, options = {}) {
   const body = { action };
-  if (target) Object.assign(body, { target_type: target.type, target_id: checkedTargetId(target.id) });
+  if (target) Object.assign(body, checkedTarget(target));
   return call('POST', '/api/exp/gain', {
     ...options, body, token: sessionToken, write: true, shape: AWARD,
   });

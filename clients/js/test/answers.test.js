@@ -219,6 +219,20 @@ test('an invalid target id throws InvalidId before sending, even from silentExpG
   }
 });
 
+test("a target that is not { type, id } (Python's pair) is a TypeError naming the shape", async () => {
+  const server = await rawServer(() => undefined);  // counts what arrives, answers nothing
+  try {
+    for (const target of [['character', 123], 'character', 5, true]) {
+      const refused = await rejection(silentExpGain('character_liked', target, 't', { baseUrl: server.url }));
+      assert.ok(refused instanceof TypeError, String(refused));
+      assert.match(refused.message, /target must be \{ type, id \} such as/);
+    }
+    assert.equal(server.requests.length, 0);
+  } finally {
+    await server.close();
+  }
+});
+
 test('an integer target id from 0 to Number.MAX_SAFE_INTEGER is sent', async () => {
   const server = await rawServer(() => answer(200, awardBody()));
   try {

@@ -25,6 +25,10 @@ test('against the live service: an award, then the daily limit resolves to null'
   const check = await checkXP('NEW_IMAGE', { ...options, token: TOKEN });
   assert.equal(check.has_sufficient_xp, false);
   assert.ok(check.guidance.startsWith('🎮'));
+  // An unknown generation type: the service's 404, as the Python client's check answers it.
+  const unknown = await checkXP('NO_SUCH_TYPE', { ...options, token: TOKEN, logger: null });
+  assert.equal(unknown.has_sufficient_xp, false);
+  assert.equal(unknown.code, 'not_found');
 });
 
 test('against the live service: a refused token throws even from silentExpGain', live, async () => {
