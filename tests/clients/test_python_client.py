@@ -574,6 +574,73 @@ async def test_the_example_apps_tier_gate_answers_the_seeds_402(
             assert anonymous.status_code == 401, anonymous.text
 
 
+class DebitAs(httpx2.AsyncBaseTransport):
+    """Forwards every request to the live service, but a debit as ``user`` (another user, in the
+    state the acting user's may have reached after the gate's check), or, with ``user`` None,
+    answers it with no answer at all (a refused connection)."""
+
+    def __init__(self, user: str | None) -> None:
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.user = user
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/api/v1/xp/debit":
+            if self.user is None:
+                raise httpx2.ConnectError("refused", request=request)
+            request.headers["X-User-Id"] = self.user
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_example_app_never_answers_500_for_the_clients_exceptions(
+    live_url: str, counters: AsyncCountersClient
+) -> None:
+    """Reviewer helper-63: ``POST /chat`` as ``X-User-Id: system`` was a plain 500 (the
+    ``InvalidId`` unhandled), and so was ``/generate`` when the debit after the gate's check
+    raised. Now: 422 with a JSON detail for the caller's bad id, the service's own 402 or 403
+    body for a debit refused after the gate (the balance or tier changed in between), 503 when
+    the service cannot be reached."""
+    acting, short, untiered = new_user(), new_user(), new_user()
+    for user in (acting, short):
+        await counters.set_subscription(user, "arcade_artist")  # 800 XP
+    for _ in range(5):
+        await counters.debit("IMAGE_TO_VIDEO", user_id=short)  # 150 each: 50 left
+    module = example_module()
+
+    async def post(path: str, user: str, debit_as: str | None = "") -> httpx2.Response:
+        transport = None if debit_as == "" else DebitAs(debit_as)
+        async with AsyncCountersClient(
+            live_url, service_key=SERVICE_KEY, transport=transport, backoff=0.01
+        ) as client:
+            app = httpx2.ASGITransport(app=module.create_example_app(client))
+            async with httpx2.AsyncClient(transport=app, base_url="http://example") as http:
+                return await http.post(path, headers={"X-User-Id": user})
+
+    for bad in ("system", "service:1", "a b"):
+        chat = await post("/chat", bad)
+        assert chat.status_code == 422, chat.text
+        assert chat.json()["code"] == "invalid_request"
+        assert "is not a user_id the service accepts" in chat.json()["detail"]
+        generate = await post("/generate/NEW_IMAGE", bad)  # the gate stays shut: its 402
+        assert generate.status_code == 402, generate.text
+    insufficient = await post("/generate/IMAGE_TO_VIDEO", acting, debit_as=short)
+    assert insufficient.status_code == 402, insufficient.text
+    body = insufficient.json()
+    assert (body["error"], body["code"], body["xp_balance"], body["xp_deficit"]) == (
+        "insufficient_xp", "insufficient_xp", 50, 100,
+    )  # fmt: skip
+    assert body["guidance"] and body["subscription_url"] == "/subscriptions"
+    tier = await post("/generate/IMAGE_TO_VIDEO", acting, debit_as=untiered)
+    assert tier.status_code == 403, tier.text
+    assert (tier.json()["error"], tier.json()["code"]) == ("tier_required", "tier_required")
+    down = await post("/generate/IMAGE_TO_VIDEO", acting, debit_as=None)
+    assert down.status_code == 503, down.text
+    assert down.json()["code"] == "unavailable"
+    assert (await counters.balance(acting)).xp_balance == 800  # nothing was debited
+
+
 def test_sync_refunds_and_limits(live_url: str, redis_url: str) -> None:
     user = new_user()
     with CountersClient(live_url, service_key=SERVICE_KEY) as client:
