@@ -218,7 +218,7 @@ OPERATIONS: tuple[Op, ...] = (
 )  # fmt: skip
 
 _ERRORS: dict[Auth, tuple[int, ...]] = {
-    "none": (404, 503),
+    "none": (400, 404, 503),  # 400: a repeated header (api.asgi.SingleHeaders)
     "user": (400, 401, 403, 404, 409, 413, 422, 429, 503),
     "service": (400, 401, 403, 404, 409, 413, 422, 503),
 }

@@ -25,6 +25,7 @@ from api.http import (
     read_body,
     service_caller,
     services,
+    single_header,
 )
 from api.routes.exp import award_reply, gain_target, hot_gain
 from api.schemas.exp import GainRequest
@@ -73,7 +74,7 @@ async def gain_batch(request: Request) -> Response:
         )
     batch = decode(await read_body(request, MAX_ITEMS * _MAX_ITEM_BYTES), batch_decoder)
     # A key on the batch (as Stripe's): the batch, acting as the service caller itself.
-    batch_key = request.headers.get("idempotency-key")
+    batch_key = single_header(request, "idempotency-key")
     batch_idem = idempotency_of(caller, batch_key, _ROUTE, caller, batch)
     if batch_idem is not None:
         await svc.exp.claim_batch_key(batch_idem)

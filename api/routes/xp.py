@@ -22,6 +22,7 @@ from api.http import (
     reply_response,
     service_caller,
     services,
+    single_header,
 )
 from api.schemas.xp import (
     CaptureRequest,
@@ -114,12 +115,11 @@ _HOLDS = "/api/v1/xp/holds"
 
 
 async def create_hold(request: Request) -> Response:
-    headers = request.headers
-    authorization = headers.get("authorization")
+    authorization = single_header(request, "authorization")
     exchange = Exchange(
         None if authorization is None else authorization.encode("latin-1"),
-        headers.get("x-user-id"),
-        headers.get("idempotency-key"),
+        single_header(request, "x-user-id"),
+        single_header(request, "idempotency-key"),
         await read_body(request),
     )
     change = await _charge(services(request), exchange, f"POST {_HOLDS}", hold=True)

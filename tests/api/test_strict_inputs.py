@@ -14,8 +14,11 @@ import time
 import httpx2
 import pytest
 import redis
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
 from starlette.types import Message
 
+from api.app import create_app
 from api.http import receive_body
 from counters.ids import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -27,6 +30,7 @@ from counters.ids import (
     USER_ID_PATTERN,
     is_reserved_actor,
 )
+from counters.settings import Settings
 from tests.support.core import JWT_SECRET, data_keys, service_headers, user_headers
 
 pytestmark = pytest.mark.anyio
@@ -269,6 +273,68 @@ async def test_a_single_valued_header_sent_twice_is_400_and_applies_nothing(
     }
     progress = await client.get("/api/exp/progress", headers=service_headers(user))
     assert progress.json()["total_exp"] == 0  # nothing was applied
+
+
+# A value for each path parameter of any route, and a body each write route would apply.
+PATH_VALUES = {"target_type": "character", "target_id": "c1", "generation_type": "NEW_IMAGE",
+               "user_id": "rh-u1", "hold_id": "h1", "feature": "fork"}  # fmt: skip
+BODIES: dict[tuple[str, str], object] = {
+    ("POST", "/api/exp/gain"): {"action": "daily_chat"},
+    ("POST", "/api/exp/gain/batch"): {"awards": [{"user_id": "rh-u1", "action": "daily_chat"}]},
+    ("POST", "/api/admin/exp/adjust"): {"user_id": "rh-u1", "delta": 5, "reason": "t"},
+    ("PUT", "/api/entities/{target_type}/{target_id}"): {"owner_id": "rh-u1"},
+    ("POST", "/api/v1/subscriptions/preview-generation-cost"): {"generation_type": "NEW_IMAGE"},
+    ("PUT", "/api/v1/subscriptions/{user_id}"): {"tier": "arcade_artist"},
+    ("POST", "/api/v1/xp/debit"): {"generation_type": "NEW_IMAGE"},
+    ("POST", "/api/v1/xp/holds"): {"generation_type": "NEW_IMAGE"},
+    ("POST", "/api/v1/xp/refunds"): {"transaction_id": "t1"},
+    ("POST", "/api/v1/xp/grants"): {"user_id": "rh-u1", "xp_amount": 5, "reason": "t"},
+}
+
+
+def every_route(app: Starlette) -> list[tuple[str, str, str]]:
+    """Each route of ``app`` as (method, path template, a path to send), mounts included."""
+    found = []
+    for route in app.routes:
+        if isinstance(route, Mount):
+            found.append(("GET", route.path, f"{route.path}/"))
+        elif isinstance(route, Route):
+            path = route.path.format(**{name: PATH_VALUES[name] for name in route.param_convertors})
+            found += [(m, route.path, path) for m in sorted(route.methods or ()) if m != "HEAD"]
+    return found
+
+
+@pytest.mark.parametrize("name", ["Authorization", "X-User-Id", "Idempotency-Key"])
+async def test_every_route_refuses_a_repeated_single_valued_header_and_writes_nothing(
+    client: httpx2.AsyncClient, settings: Settings, redis_client: redis.Redis, name: str
+) -> None:
+    """Found by reviewer helper-63: POST /api/v1/xp/holds, POST /api/exp/gain/batch and PUT
+    /api/entities took the first of a repeated header (a hold made on the first X-User-Id)
+    where every other route answered 400. Every route the app serves, whether it reads the
+    header or not, answers 400 ``repeated_header`` (``api.asgi.SingleHeaders``), and Redis is
+    left exactly as it was."""
+    subscribed = await client.put(  # XP to hold or debit: a request taken would write
+        "/api/v1/subscriptions/rh-u1", json={"tier": "pixel_rookie"}, headers=service_headers()
+    )
+    assert subscribed.status_code == 200, subscribed.text
+    before = {key: redis_client.dump(key) for key in data_keys(redis_client)}
+    base = service_headers("rh-u1") | {"Idempotency-Key": "rh-k1"}
+    twice = {"Authorization": user_headers("rh-u2")["Authorization"], "X-User-Id": "rh-u2",
+             "Idempotency-Key": "rh-k2"}[name]  # fmt: skip
+    routes = every_route(create_app(settings))
+    assert len(routes) > 25  # the walk found the app's routes
+    answered = {}
+    for method, template, path in routes:
+        body = BODIES.get((method, template))
+        response = await client.request(
+            method, path, json=body, headers=[*base.items(), (name, twice)]
+        )
+        is_json = "json" in response.headers["content-type"]  # /docs, /metrics: not JSON
+        answered[method, path] = (response.status_code, response.json() if is_json else "...")
+    refused = (400, {"detail": f"The {name.lower()} header was sent more than once",
+                     "code": "repeated_header"})  # fmt: skip
+    assert {route: answer for route, answer in answered.items() if answer != refused} == {}
+    assert {key: redis_client.dump(key) for key in data_keys(redis_client)} == before
 
 
 @pytest.mark.parametrize(
