@@ -9,7 +9,8 @@ Formats (by suffix: ``.csv``, else JSON Lines)::
      "reason": "legacy balance"}       expires_at, reason optional (the ledger's action)
 
 A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields.
-Times name their offset, as in the API's bodies (``counters.clock.AwareDatetime``).
+Times name their offset, as in the API's bodies (``counters.clock.AwareDatetime``). One byte
+order mark opening a file (Excel's "CSV UTF-8" writes one) is not part of its first line.
 
 The import id of a line is derived from its content (the validated record and how many identical
 records came before it in the file), so the same file applied twice, or re-ordered, applies each
@@ -91,8 +92,12 @@ _DECODER = msgspec.json.Decoder(Line)
 
 
 def _raw_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON text or CSV row dict) of every non-blank line."""
-    text = path.read_text("utf-8")
+    """(line number, JSON text or CSV row dict) of every non-blank line.
+
+    Read as ``utf-8-sig``: one leading byte order mark is dropped. Read as part of the text it
+    made the CSV header's first name U+FEFF + "kind" (every line "missing required field
+    'kind'") and JSON Lines' first line malformed (a reviewer helper-63 finding)."""
+    text = path.read_text("utf-8-sig")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         for row in reader:

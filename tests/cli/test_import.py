@@ -223,6 +223,27 @@ def test_csv_lines_add_to_what_the_service_counted(
     assert result.exit_code == 2 and "line 2: more cells than the header names" in result.output
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_file_opening_with_a_byte_order_mark_reads_as_without_one(
+    tmp_path: Path, suffix: str
+) -> None:
+    """Found by reviewer helper-63: Excel's "CSV UTF-8" opens the file with a byte order mark,
+    which was read as part of the first header name (every line "Object missing required field
+    'kind'") or of the first JSON line ("JSON is malformed"). One leading mark is dropped."""
+    text = (
+        "kind,user_id,exp\nexp,bom-1,10\n"
+        if suffix == ".csv"
+        else '{"kind": "exp", "user_id": "bom-1", "exp": 10}\n'
+    )
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    records, errors = read_records(path, load_rules(), NOON)
+    assert errors == []
+    assert [record.line for record in records] == [ExpLine(user_id="bom-1", exp=10)]
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # two marks: the second is text
+    assert read_records(path, load_rules(), NOON)[0] == []
+
+
 @pytest.fixture
 async def importing(
     settings: Settings, clock: ManualClock
