@@ -8,9 +8,11 @@ Formats (by suffix: ``.csv``, else JSON Lines)::
     {"kind": "topup", "user_id": "u1", "xp_amount": 100, "expires_at": "2027-01-01T00:00:00Z",
      "reason": "legacy balance"}       expires_at, reason optional (the ledger's action)
 
-A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields.
-Times name their offset, as in the API's bodies (``counters.clock.AwareDatetime``). One byte
-order mark opening a file (Excel's "CSV UTF-8" writes one) is not part of its first line.
+A CSV file has a header naming the same fields (``kind`` first); empty cells are absent fields,
+and a number (``exp``, ``level``, ``xp_amount``) is ASCII digits only, as the API's query integers
+(``counters.ids.is_digits``), where JSON Lines take JSON integers. Times name their offset, as in
+the API's bodies (``counters.clock.AwareDatetime``). One byte order mark opening a file (Excel's
+"CSV UTF-8" writes one) is not part of its first line.
 
 The import id of a line is derived from its content (the validated record and how many identical
 records came before it in the file), so the same file applied twice, or re-ordered, applies each
@@ -32,7 +34,7 @@ import msgspec
 
 from counters.clock import AwareDatetime, unix_seconds
 from counters.errors import shown
-from counters.ids import GrantReason, UserId, validation_detail
+from counters.ids import GrantReason, UserId, is_digits, validation_detail
 from counters.redis.codes import MAX_TOTAL
 from counters.rules import Rules
 from counters.xp.state import expiry_problem, period_start_problem
@@ -112,12 +114,34 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, line
 
 
+def _integer_fields() -> frozenset[str]:
+    """The names of the integer fields of every line kind (``exp``, ``level``, ``xp_amount``)."""
+    found = set()
+    for struct in msgspec.inspect.multi_type_info([ExpLine, SubscriptionLine, TopupLine]):
+        assert isinstance(struct, msgspec.inspect.StructType)
+        for field in struct.fields:
+            kind = field.type
+            kinds = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
+            if any(isinstance(k, msgspec.inspect.IntType) for k in kinds):
+                found.add(field.name)
+    return frozenset(found)
+
+
+_INTEGER_FIELDS = _integer_fields()
+
+
 def _parse(raw: Any) -> Line:
     if isinstance(raw, ValueError):
         raise raw
     if isinstance(raw, str):
         return _DECODER.decode(raw)
-    line: Line = msgspec.convert(raw, Line, strict=False)  # CSV cells are text: "450" -> 450
+    # CSV cells are text, converted by msgspec ("450" -> 450), which also took "1e3" as 1000
+    # while refusing "1.5" and "1e20" as text (a reviewer helper-63 finding): one rule instead,
+    # an integer cell is ASCII digits, as a query's integer is (counters.ids.is_digits).
+    for name, cell in raw.items():
+        if name in _INTEGER_FIELDS and not is_digits(cell):
+            raise ValueError(f"{name} must be a whole number in digits 0-9, got {shown(cell)!r}")
+    line: Line = msgspec.convert(raw, Line, strict=False)
     return line
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from counters.bulkimport.records import ExpLine, Record, read_records
+from counters.bulkimport.records import ExpLine, Record, TopupLine, read_records
 from counters.bulkimport.service import ImportService
 from counters.cli.importer import import_command
 from counters.cli.main import main
@@ -242,6 +242,38 @@ def test_a_file_opening_with_a_byte_order_mark_reads_as_without_one(
     assert [record.line for record in records] == [ExpLine(user_id="bom-1", exp=10)]
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # two marks: the second is text
     assert read_records(path, load_rules(), NOON)[0] == []
+
+
+def test_a_csv_number_is_ascii_digits_and_a_json_lines_number_a_json_integer(
+    tmp_path: Path,
+) -> None:
+    """Found by reviewer helper-63: CSV took an ``exp`` of ``1e3`` as 1000 but refused ``1.5``
+    and ``1e20`` as "got `str`", and JSON Lines refused ``5.0``. One rule, the API's for a
+    query's integer (``counters.ids.is_digits``): a CSV number is ASCII digits; a JSON Lines
+    number stays a JSON integer."""
+    path = tmp_path / "numbers.csv"
+    cells = ["1e3", "1.5", "1e20", "+5", " 5", "-1", "\u0661", "1000"]
+    path.write_text(
+        "kind,user_id,exp,level,xp_amount\n"
+        + "".join(f"exp,n-{i},{cell},,\n" for i, cell in enumerate(cells))
+        + "exp,n-l,100,2.0,\ntopup,n-t,,,1e2\ntopup,n-t,,,100\n"
+    )
+    records, errors = read_records(path, load_rules(), NOON)
+    assert [str(error) for error in errors] == [
+        *(f"line {n}: exp must be a whole number in digits 0-9, got {cell!r}"
+          for n, cell in enumerate(cells[:-1], start=2)),
+        "line 10: level must be a whole number in digits 0-9, got '2.0'",
+        "line 11: xp_amount must be a whole number in digits 0-9, got '1e2'",
+    ]  # fmt: skip
+    assert [(r.line_number, r.line) for r in records] == [
+        (9, ExpLine(user_id="n-7", exp=1000)),
+        (12, TopupLine(user_id="n-t", xp_amount=100)),
+    ]
+    lines = [{"kind": "exp", "user_id": "j-1", "exp": 5.0}, {"kind": "exp", "user_id": "j-2",
+             "exp": 5}]  # fmt: skip
+    records, errors = read_records(write_jsonl(tmp_path / "n.jsonl", lines), load_rules(), NOON)
+    assert [str(error) for error in errors] == ["line 1: Expected `int`, got `float` - at `$.exp`"]
+    assert [record.line for record in records] == [ExpLine(user_id="j-2", exp=5)]
 
 
 @pytest.fixture
