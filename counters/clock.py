@@ -76,6 +76,12 @@ def to_datetime(ts: float) -> datetime:
     return datetime.fromtimestamp(ts if ts <= LATEST else LATEST, UTC)
 
 
+def iso_utc(ts: float) -> str:
+    """``ts`` as the replies write a time, in JSON bodies and in a ``detail`` alike: ISO 8601
+    in UTC with ``Z`` (``2026-11-20T00:00:00Z``, as msgspec encodes an aware UTC datetime)."""
+    return to_datetime(ts).isoformat().replace("+00:00", "Z")
+
+
 def unix_seconds(at: datetime) -> int:
     """The unix second an aware ``at`` falls in (a fraction of a second is dropped): how the
     scripts keep a time a caller hands in. Exact, where ``int(at.timestamp())`` is not: a float

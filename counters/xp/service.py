@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from counters.auth import is_service_caller
-from counters.clock import Clock, to_datetime, unix_seconds
+from counters.clock import Clock, iso_utc, unix_seconds
 from counters.errors import ForbiddenError, InvalidRequest, NotFound, shown
 from counters.ids import SYSTEM_ACTOR, TRANSACTION_ID, is_whole, random_hex
 from counters.metrics import XP_OUTCOMES
@@ -444,9 +444,9 @@ class XpService:
         reply = await self._run(call, idem)
         state = reply.state
         detail = (  # the path that works: set_subscription.lua moves no active subscription
-            f"period_start differs from the subscription's start ({to_datetime(state.anchor)});"
+            f"period_start differs from the subscription's start ({iso_utc(state.anchor)});"
             f" an active subscription's start does not move: cancel it (DELETE) and, once it"
-            f" has ended at {to_datetime(state.period_end)}, subscribe again with the new"
+            f" has ended at {iso_utc(state.period_end)}, subscribe again with the new"
             f" period_start"
         )
         return self._change(reply, detail)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from counters.clock import LATEST, to_datetime
+from counters.clock import LATEST, iso_utc
 from counters.errors import ScriptReplyError
 from counters.redis.codes import XpOutcome
 
@@ -115,7 +115,7 @@ def period_start_problem(start: int, now: float) -> str | None:
             " seconds: a fraction of a second is dropped)"
         )
     if start > now:
-        return f"period_start must not be in the future (now is {_iso(int(now))})"
+        return f"period_start must not be in the future (now is {iso_utc(int(now))})"
     return None
 
 
@@ -127,15 +127,10 @@ def expiry_problem(expires_at: int, now: float) -> str | None:
     instant at most 9999-12-31T23:59:59Z (``counters.clock.LATEST``): every reply that shows the
     top-up writes its expiry as a time, and none can be written later than that."""
     if expires_at <= now:
-        return f"expires_at must be in the future (now is {_iso(int(now))})"
+        return f"expires_at must be in the future (now is {iso_utc(int(now))})"
     if expires_at > LATEST:
         return (
-            f"expires_at must be at most {_iso(LATEST)} in UTC, the latest time the service can"
+            f"expires_at must be at most {iso_utc(LATEST)} in UTC, the latest time the service can"
             " show (leave it out for a top-up that never expires)"
         )
     return None
-
-
-def _iso(ts: int) -> str:
-    """``ts`` (unix seconds) as the replies write a time: ISO 8601 in UTC with ``Z``."""
-    return to_datetime(ts).isoformat().replace("+00:00", "Z")

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 import redis
 
-from counters.clock import ManualClock, to_datetime
+from counters.clock import ManualClock
 from counters.rules import load_rules
 from counters.settings import Settings
 from tests.support.core import NOON, service_headers, user_headers
@@ -302,6 +302,8 @@ async def test_a_fraction_of_a_second_in_period_start_is_dropped(
 async def test_period_start_of_an_active_subscription_cannot_move(
     client: httpx2.AsyncClient,
 ) -> None:
+    """The 409 names the start as every reply writes a time (a reviewer helper-63 finding: it
+    read "2026-11-21 12:00:00+00:00", Python's ``str`` of a datetime)."""
     await subscribe(client, "u1", "pixel_rookie")
     response = await client.put(
         "/api/v1/subscriptions/u1",
@@ -309,7 +311,9 @@ async def test_period_start_of_an_active_subscription_cannot_move(
         headers=service_headers(),
     )
     assert response.status_code == 409
-    assert "period_start differs" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert f"period_start differs from the subscription's start ({iso(NOON)});" in detail
+    assert f"once it has ended at {iso(PERIOD_END)}, subscribe again" in detail
     assert (await balance(client, "u1"))["current_tier"]["tier_name"] == "pixel_rookie"
 
 
@@ -325,7 +329,7 @@ async def test_the_conflict_names_the_path_that_moves_period_start(
     early = await client.put("/api/v1/subscriptions/u1", json=moved, headers=service_headers())
     assert early.status_code == 409
     detail = early.json()["detail"]
-    assert f"once it has ended at {to_datetime(PERIOD_END)}" in detail, detail
+    assert f"once it has ended at {iso(PERIOD_END)}" in detail, detail
     assert "cancel it (DELETE)" in detail
     clock.at = PERIOD_END + DAY  # what the detail says works
     body = await subscribe(client, "u1", "pixel_rookie", NOON + 5 * DAY)
