@@ -121,8 +121,10 @@ def parse_query(user_id: str, family: Family, params: Mapping[str, Sequence[str]
     kinds = tuple(k for value in params.get("kind", ()) for k in value.split(",") if k)
     for kind in kinds:
         if not is_whole(NAME, kind) or not (kind.startswith(f"{family}_") or kind == REPAIR_KIND):
-            expected = f"{family}_... or {REPAIR_KIND}"
-            raise InvalidRequest(f"kind '{shown(kind)}' is not a {family} ledger kind ({expected})")
+            expected = f"{family}_... or {REPAIR_KIND}"  # "an": "exp" and "xp" open with a vowel
+            raise InvalidRequest(
+                f"kind '{shown(kind)}' is not an {family} ledger kind ({expected})"
+            )
     since, until = _time(params, "since"), _time(params, "until")
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("since must be before until")

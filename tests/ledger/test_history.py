@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from counters.cli.embedded import PostgresServer
 from counters.clock import ManualClock
 from counters.errors import InvalidRequest
-from counters.history import Cursor
+from counters.history import Cursor, Family, parse_query
 from tests.ledger.test_persistence_xp import xp_story
 from tests.support.core import NOON, service_headers, user_headers
 from tests.support.persistence import flusher
@@ -117,10 +117,14 @@ async def test_xp_transactions_list_the_xp_family_only(
         ("limit=%EF%BC%91", "limit must be an integer from 1 to 200"),  # U+FF11 FULLWIDTH ONE
         ("limit=%C2%B2", "limit must be an integer from 1 to 200"),  # U+00B2 SUPERSCRIPT TWO
         ("limit=%2B5", "limit must be an integer from 1 to 200"),
-        ("kind=xp_debit", "kind 'xp_debit' is not a exp ledger kind (exp_... or reconcile_repair)"),
+        # "not a exp": a reviewer helper-63 finding
+        (
+            "kind=xp_debit",
+            "kind 'xp_debit' is not an exp ledger kind (exp_... or reconcile_repair)",
+        ),
         (  # a kind is a name as a whole string (counters.ids), no trailing newline
             "kind=exp_award%0A",
-            "kind 'exp_award\n' is not a exp ledger kind (exp_... or reconcile_repair)",
+            "kind 'exp_award\n' is not an exp ledger kind (exp_... or reconcile_repair)",
         ),
         ("since=yesterday", "since must be an ISO 8601 time, e.g. 2026-11-21T00:00:00Z"),
         # A second reviewer's: a NUL after the time was read as the time
@@ -245,3 +249,16 @@ def test_a_cursor_round_trips_to_the_microsecond() -> None:
     cursor = Cursor(int(NOON * 1_000_000) + 123, 42)
     assert Cursor.decode(cursor.encode()) == cursor
     assert Cursor.of(cursor.occurred_at, 42) == cursor
+
+
+@pytest.mark.parametrize(("family", "other"), [("exp", "xp_debit"), ("xp", "exp_award")])
+def test_a_kind_of_the_other_family_is_refused_naming_the_family(
+    family: Family, other: str
+) -> None:
+    """Both families read "an ...": the detail said "is not a exp ledger kind" (a reviewer
+    helper-63 finding)."""
+    with pytest.raises(InvalidRequest) as refused:
+        parse_query("u", family, {"kind": [other]})
+    assert refused.value.detail == (
+        f"kind '{other}' is not an {family} ledger kind ({family}_... or reconcile_repair)"
+    )
