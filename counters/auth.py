@@ -132,8 +132,13 @@ class Authenticator:
         """The user a JWT names and its expiry (unix seconds); ``AuthError`` if it is not
         valid now."""
         now = self._now()
-        if token.count(".") != 2:  # not shaped like a JWT: meant as a service key
-            raise AuthError("Unknown service key")
+        if token.count(".") != 2:  # not shaped like a JWT: a service key, or a broken token
+            # Not "Unknown service key": a user whose JWT was cut short read that it had been
+            # taken for a service key (a reviewer helper-63 finding).
+            raise AuthError(
+                "The bearer credential is neither a known service key nor a valid token"
+                " (a token is a JWT: three parts separated by dots)"
+            )
         if self._secret is None:
             raise AuthError("Unknown service key, and user tokens are not enabled")
         try:

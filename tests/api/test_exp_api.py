@@ -19,6 +19,12 @@ pytestmark = pytest.mark.anyio
 CHAT = {"action": "daily_chat"}
 
 
+NEITHER = (
+    "The bearer credential is neither a known service key nor a valid token"
+    " (a token is a JWT: three parts separated by dots)"
+)
+
+
 def snapshot(redis_client: redis.Redis) -> dict[str, bytes | None]:
     return {key: redis_client.dump(key) for key in redis_client.keys("*")}
 
@@ -28,7 +34,9 @@ def snapshot(redis_client: redis.Redis) -> dict[str, bytes | None]:
     [
         ({}, 401, "Missing Authorization header: send 'Authorization: Bearer <token>'"),
         ({"Authorization": "Basic abc"}, 401, "Authorization must be 'Bearer <token>'"),
-        ({"Authorization": "Bearer not-a-key"}, 401, "Unknown service key"),
+        # "Unknown service key" misled a user whose token was broken (reviewer helper-63)
+        ({"Authorization": "Bearer not-a-jwt"}, 401, NEITHER),
+        ({"Authorization": "Bearer a.b"}, 401, NEITHER),
         ({"Authorization": "Bearer a.b.c"}, 401, "Invalid token: Invalid header padding"),
         (
             {"Authorization": "Bearer " + jwt.encode({"sub": "u1", "exp": 2**40}, "x" * 40)},
@@ -460,7 +468,7 @@ def test_the_token_cache_is_keyed_by_the_raw_header_and_still_checks_x_user_id()
             auth.authenticate_raw(service_header, None)
         with pytest.raises(InvalidRequest):
             auth.authenticate_raw(service_header, "bad id!")
-        with pytest.raises(AuthError, match="Unknown service key"):
+        with pytest.raises(AuthError, match="neither a known service key nor a valid token"):
             auth.authenticate_raw(b"Bearer not-the-key", "u7")
     assert auth._service_headers == {service_header: "service:0"}
     assert list(auth._user_headers) == [user_header]
