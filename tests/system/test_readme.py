@@ -10,9 +10,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from api.schemas.exp import AdjustRequest
+from api.schemas.xp import GrantRequest
+from counters.bulkimport.records import ExpLine, TopupLine
 from counters.cli.embedded import free_port
+from counters.redis.codes import MAX_TOTAL
+from counters.rules.xp import PositiveInt
 from tests.support.live import serving
 
 README = Path(__file__).parents[2] / "README.md"
@@ -24,6 +30,36 @@ def shell_blocks(section: str) -> list[str]:
     start = text.index(f"\n## {section}\n")
     end = text.find("\n## ", start + 1)
     return re.findall(r"```sh\n(.*?)```", text[start : end if end > 0 else None], re.S)
+
+
+def upper_bound(kind: object, name: str | None = None) -> int:
+    """The ``le`` of an integer type, or of field ``name`` of a Struct type."""
+    info = msgspec.inspect.type_info(kind)
+    if name is not None:
+        assert isinstance(info, msgspec.inspect.StructType)
+        [info] = [field.type for field in info.fields if field.name == name]
+    assert isinstance(info, msgspec.inspect.IntType) and info.le is not None
+    return info.le
+
+
+def test_the_maximum_section_names_the_amount_bounds_the_types_hold() -> None:
+    """README, "The maximum": the bounds that keep each script's comparison exact. It said
+    request bodies were bounded at 10^12 where the API takes at most 10^9 (a reviewer
+    helper-63 finding): each bound it names is the one the types hold."""
+    text = " ".join(README.read_text().split())
+    body = re.search(r"a request body's `delta` or `xp_amount` is at most 10\^(\d+)", text)
+    rest = re.search(
+        r"an import line's `exp` or `xp_amount` and the rules' rewards, caps, costs and monthly"
+        r" XP at most 10\^(\d+)",
+        text,
+    )
+    assert body is not None and rest is not None
+    assert upper_bound(AdjustRequest, "delta") == upper_bound(GrantRequest, "xp_amount")
+    assert upper_bound(GrantRequest, "xp_amount") == 10 ** int(body.group(1))
+    bounds = {upper_bound(ExpLine, "exp"), upper_bound(TopupLine, "xp_amount")}
+    assert bounds | {upper_bound(PositiveInt)} == {10 ** int(rest.group(1))}
+    assert f"Every amount a script adds is at most 10^{rest.group(1)}," in text
+    assert MAX_TOTAL + 10 ** int(rest.group(1)) < 2**53  # a double holds the sum exactly
 
 
 @pytest.fixture
