@@ -209,14 +209,23 @@ def check_tiers_kept(served: Iterable[str], rules: Rules) -> None:
 
 
 def rules_text(path: Path | None = None) -> tuple[str, str]:
-    """(text, source name) of the rules file at ``path``, or of the shipped defaults."""
+    """(text, source name) of the rules file at ``path``, or of the shipped defaults.
+
+    A file that cannot be read (missing, a directory, no permission) or is not UTF-8 (TOML 1.0:
+    "A TOML file must be a valid UTF-8 encoded Unicode document") raises ``RulesError`` like bad
+    TOML does, so every caller (a reload, the file watch, serve, reconcile, import) refuses it
+    the same way: a decode error used to escape them all as a traceback (reviewer helper-66)."""
     if path is None:
         resource = importlib.resources.files("counters.rules").joinpath("default_rules.toml")
         return resource.read_text("utf-8"), "default_rules.toml"
     try:
-        return path.read_text("utf-8"), str(path)
+        return path.read_text("utf-8"), str(path)  # one decode of the whole file: exact offsets
     except OSError as exc:
         raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise RulesError(
+            f"{path}: not valid UTF-8 at byte {exc.start} ({exc.reason}); a TOML file is UTF-8"
+        ) from exc
 
 
 def rules_version(rules: Rules) -> str:

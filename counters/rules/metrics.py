@@ -2,8 +2,9 @@
 
 They live with every other metric in ``counters.metrics`` (one module, one multiprocess set-up);
 this module names the ones the rules code uses. Names: ``counters_rules_version_info{version}``
-(1 for the loaded version), ``counters_rules_reloads_total{result="ok"|"invalid"|"unchanged"}``
-and ``counters_shadow_refused_total{rule="daily_limit"|"daily_cap"|"tier_gate", name}``.
+(1 for the loaded version),
+``counters_rules_reloads_total{result="ok"|"invalid"|"unchanged"|"error"}`` and
+``counters_shadow_refused_total{rule="daily_limit"|"daily_cap"|"tier_gate", name}``.
 """
 
 from __future__ import annotations

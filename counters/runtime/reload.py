@@ -5,8 +5,10 @@ counters/cli/supervisor.py; every worker also polls the file's modification time
 reads and validates the whole file first; only valid rules are swapped in, in one step with no
 await in between (``Services.use_rules``), so a request sees the old rules or the new ones. An
 invalid file keeps the old rules, logs one line and counts ``counters_rules_reloads_total``
-with ``result="invalid"``. Counters live in Redis and are never touched by a reload: a new limit
-or cap applies to today's counts from the next request on.
+with ``result="invalid"``; a reload that fails for any other reason (a bug) is logged with its
+traceback, counted with ``result="error"`` and shown in ``/readyz``, and the file watch goes on.
+Counters live in Redis and are never touched by a reload: a new limit or cap applies to today's
+counts from the next request on.
 
 Tiers are the exception to "anything valid goes": users' states hold their tier by name, so
 rules that drop (or rename) a tier this deployment served are refused like an invalid file
@@ -137,10 +139,24 @@ class RulesReloader:
         """Reload on SIGHUP, and poll the file every ``watch_seconds`` (0: no polling)."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_guarded)
             self._signal = True
         if self.path is not None and self.watch_seconds > 0:
             self._task = loop.create_task(self._watch(), name="rules-watch")
+
+    def _reload_guarded(self) -> None:
+        """``reload``, where nothing awaits its result (SIGHUP, the file watch): an unexpected
+        exception is logged, counted (``result="error"``) and shown in ``/readyz``, not raised.
+
+        Raised, it ended the watch task silently (nothing awaits it until ``close``) and never
+        reloaded again, or became asyncio's "Exception in callback" traceback for SIGHUP
+        (reviewer helper-66, with a rules file that was not UTF-8)."""
+        try:
+            self.reload()
+        except Exception as exc:  # a bug, not a bad file: the next change is still read
+            self.last_error = f"{self.path}: reload failed: {exc!r}"
+            RULES_RELOADS.labels(result="error").inc()
+            log.exception("rules reload failed, still serving %s", self.services.rules_version)
 
     async def _watch(self) -> None:
         while True:
@@ -148,7 +164,7 @@ class RulesReloader:
             mtime = self._stat()
             if mtime is not None and mtime != self._mtime:
                 self._mtime = mtime
-                self.reload()
+                self._reload_guarded()
 
     async def close(self) -> None:
         """Stop watching (and listening for SIGHUP)."""

@@ -86,6 +86,18 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         parse_rules("[exp", "broken.toml")
     with pytest.raises(RulesError, match="cannot read rules file"):
         load_rules(tmp_path / "missing.toml")
+    with pytest.raises(RulesError, match="cannot read rules file: Is a directory"):
+        load_rules(tmp_path)
+
+
+def test_a_file_that_is_not_utf8_is_invalid_rules_naming_the_byte(tmp_path: Path) -> None:
+    """TOML 1.0: a TOML file is UTF-8. The decode error was no ``RulesError``, so it escaped
+    every caller as a traceback (reviewer helper-66)."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(DEFAULTS.encode() + "# café\n".encode("latin-1"))
+    offset = len(DEFAULTS.encode()) + len("# caf")
+    with pytest.raises(RulesError, match=f"^{path}: not valid UTF-8 at byte {offset} "):
+        load_rules(path)
 
 
 def test_another_file_can_change_the_rules(tmp_path: Path) -> None:

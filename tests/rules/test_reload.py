@@ -173,6 +173,76 @@ async def test_sighup_and_a_changed_file_reload(http: httpx2.AsyncClient, rules_
     assert await version(http) not in (old, hup)
 
 
+def touch(rules_path: Path, mtime: int) -> None:
+    """Give the file its own mtime, so the file watch (every 0.05 s here) notices a change even
+    within the clock's resolution."""
+    os.utime(rules_path, (mtime, mtime))
+
+
+async def test_a_file_that_is_not_utf8_is_refused_and_the_watch_takes_the_next_valid_one(
+    app: Starlette, http: httpx2.AsyncClient, rules_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decode error used to end the watch task silently (no log, no metric, no
+    ``rules_reload_error``), and the file was never reloaded again (reviewer helper-66)."""
+    old = await version(http)
+    invalid = reloads("invalid")
+    rules_path.write_bytes(b"\xff\xfe")
+    touch(rules_path, 1)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloads("invalid") > invalid:
+            break
+    assert reloads("invalid") == invalid + 1
+    errors = [r.getMessage() for r in caplog.records if r.name == "counters.rules"]
+    assert len(errors) == 1 and f"{rules_path}: not valid UTF-8 at byte 0" in errors[0]
+    ready = (await http.get("/readyz")).json()
+    assert ready["rules_version"] == old
+    assert ready["rules_reload_error"] == f"{rules_path}: not valid UTF-8 at byte 0" + (
+        " (invalid start byte); a TOML file is UTF-8"
+    )
+    assert app.state.rules_reloader.reload() == "invalid"  # SIGHUP's path: no traceback either
+    touch(write_rules(rules_path, TWICE), 2)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if await version(http) != old:
+            break
+    ready = (await http.get("/readyz")).json()
+    assert ready["rules_version"] != old and "rules_reload_error" not in ready
+
+
+async def test_an_unexpected_error_in_a_reload_is_logged_and_counted_and_the_watch_goes_on(
+    http: httpx2.AsyncClient, rules_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """An exception a reload does not expect (a bug) ended the watch task silently, and made
+    SIGHUP's an asyncio "Exception in callback" traceback (reviewer helper-66)."""
+    old = await version(http)
+    errors = reloads("error")
+
+    def broken(text: str, source: str) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("counters.runtime.reload.parse_rules", broken)
+    os.kill(os.getpid(), signal.SIGHUP)
+    touch(rules_path, 1)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if reloads("error") >= errors + 2:
+            break
+    assert reloads("error") == errors + 2  # SIGHUP's, and the watch's
+    failed = [r for r in caplog.records if r.name == "counters.rules"]
+    assert len(failed) == 2 and all(r.exc_info and r.exc_info[0] is RuntimeError for r in failed)
+    ready = (await http.get("/readyz")).json()
+    assert ready["rules_version"] == old and "RuntimeError('a bug')" in ready["rules_reload_error"]
+    monkeypatch.undo()
+    touch(write_rules(rules_path, TWICE), 2)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if await version(http) != old:
+            break
+    assert await version(http) != old
+
+
 async def test_comments_do_not_change_the_version(
     app: Starlette, http: httpx2.AsyncClient, rules_path: Path
 ) -> None:

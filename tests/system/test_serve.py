@@ -145,6 +145,24 @@ def test_reconcile_with_a_broken_rules_file_is_a_setup_error_not_drift(tmp_path:
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize(
+    "command", [("serve",), ("reconcile",), ("import", "--dry-run")], ids=lambda c: c[0]
+)
+def test_a_rules_file_that_is_not_utf8_stops_serve_reconcile_and_import_in_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A decode error escaped as a traceback and exit 1 (for reconcile: "drift left"); now it
+    is invalid rules like bad TOML, naming the file and the byte (reviewer helper-66)."""
+    rules = tmp_path / "rules.toml"
+    rules.write_bytes(b"# ok\n\xff\xfe")
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"kind": "exp", "user_id": "u1", "exp": 1}\n')
+    args = (*command, str(lines)) if command[0] == "import" else command
+    done = _run(tmp_path, *args, COUNTERS_RULES=str(rules), COUNTERS_PORT=str(free_port()))
+    _one_line_error(done, str(rules), "not valid UTF-8 at byte 5")
+    assert not (tmp_path / "data").exists()
+
+
 def test_serve_without_secrets_refuses_outside_development_mode(tmp_path: Path) -> None:
     done = _run(tmp_path, "serve", COUNTERS_PORT=str(free_port()))
     _one_line_error(done, "no secrets", "COUNTERS_JWT_SECRET", "COUNTERS_DEV_MODE")
