@@ -231,7 +231,11 @@ _REF = "#/components/schemas/{name}"
 
 @cache
 def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route (built once per process)."""
+    """The OpenAPI 3.1 document of every route (built once per process).
+
+    Parameters' types go through ``schema_components`` with the bodies': on its own,
+    ``msgspec.json.schema`` of an enum is ``{"$ref": "#/$defs/Period", "$defs": ...}``, and a
+    ``$ref`` resolves from the document's root, which has no ``$defs`` (reviewer helper-66)."""
     types = list(dict.fromkeys([ErrorBody, *(t for op in OPERATIONS for t in _types(op))]))
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     by_type = dict(zip(types, schemas, strict=True))
@@ -269,7 +273,18 @@ def document() -> dict[str, Any]:
 
 
 def _types(op: Op) -> list[Any]:
-    return [t for t in (op.request, *op.ok.values(), *op.refusals.values()) if t is not None]
+    kinds = (op.request, *op.ok.values(), *op.refusals.values(), *(p.kind for p in _params(op)))
+    return [t for t in kinds if t is not None]
+
+
+def _params(op: Op) -> list[Param]:
+    """The operation's parameters, with the headers its caller and method add."""
+    params = list(op.params)
+    if op.auth == "user":
+        params.append(_X_USER_ID)
+    if op.method == "POST":
+        params.append(_IDEMPOTENCY_KEY)
+    return params
 
 
 def _operation(op: Op, by_type: dict[Any, dict[str, Any]]) -> dict[str, Any]:
@@ -283,18 +298,13 @@ def _operation(op: Op, by_type: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         responses[str(status)] = _response(
             "Refused: the seed's middleware body", {"anyOf": [by_type[kind], by_type[ErrorBody]]}
         )
-    params = list(op.params)
-    if op.auth == "user":
-        params.append(_X_USER_ID)
-    if op.method == "POST":
-        params.append(_IDEMPOTENCY_KEY)
     operation: dict[str, Any] = {
         "summary": op.summary,
         "operationId": f"{op.method.lower()}_{op.path.strip('/').replace('/', '_')}".translate(
             str.maketrans("", "", "{}-")
         ),
         "tags": ["xp" if "/v1/" in op.path else "exp" if op.path.startswith("/api/") else "health"],
-        "parameters": [_parameter(p) for p in params],
+        "parameters": [_parameter(p, by_type[p.kind]) for p in _params(op)],
         "responses": responses,
     }
     if op.request is not None:
@@ -317,11 +327,11 @@ def _response(
     }
 
 
-def _parameter(param: Param) -> dict[str, Any]:
+def _parameter(param: Param, schema: dict[str, Any]) -> dict[str, Any]:
     found = {
         "name": param.name,
         "in": param.where,
         "required": param.where == "path",
-        "schema": msgspec.json.schema(param.kind),
+        "schema": schema,
     }
     return found | ({"description": param.description} if param.description else {})
