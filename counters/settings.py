@@ -112,6 +112,36 @@ def check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be POSTed to, or None: it must be ``http(s)://host[:port]...`` with a
+    host and, when it names one, a port from 1 to 65535 (RFC 3986 section 3.2.2-3.2.3; port 0
+    cannot be connected to)."""
+    if not url.startswith(("http://", "https://")):
+        return "not http(s)"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [IPv6 address
+        return str(exc)
+    if not parts.hostname:
+        return "no host"
+    host_port = parts.netloc.rpartition("@")[2]
+    after_host = host_port.partition("]")[2] if host_port.startswith("[") else host_port
+    port = after_host.partition(":")[2]
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def check_webhook_urls(name: str, urls: tuple[str, ...]) -> None:
+    """Raise ``ConfigError`` naming ``name`` and each entry that cannot be POSTed to.
+
+    Reviewer helper-66: ``http://`` (no host) and ``http://127.0.0.1:99999/x`` were accepted
+    and served, and every delivery to them failed, while ``ftp://...`` was refused."""
+    bad = [f"{url} ({why})" for url in urls if (why := _webhook_url_problem(url))]
+    if bad:
+        raise ConfigError(f"{name}: not an http(s)://host[:port] URL: {', '.join(bad)}")
+
+
 # An origin as a browser sends it (RFC 6454 section 6.1): scheme://host[:port], no path.
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^\s/?#@:\[\]]+)(:[0-9]{1,5})?")
 
@@ -352,9 +382,7 @@ class Settings:
         if self.database_url is not None:
             check_url("COUNTERS_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
         check_origins("COUNTERS_CORS_ORIGINS", self.cors_origins)
-        bad_urls = [u for u in self.webhook_urls if not u.startswith(("http://", "https://"))]
-        if bad_urls:
-            raise ConfigError(f"COUNTERS_WEBHOOK_URLS: not an http(s) URL: {', '.join(bad_urls)}")
+        check_webhook_urls("COUNTERS_WEBHOOK_URLS", self.webhook_urls)
         window_ms = self.max_unflushed_seconds * 1000
         for name, ms in (("FLUSH_CLAIM_IDLE_MS", self.flush_claim_idle_ms),
                          ("FLUSH_LEASE_MS", self.flush_lease_ms)):  # fmt: skip

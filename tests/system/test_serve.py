@@ -117,6 +117,8 @@ def test_a_clock_offset_past_ten_years_stops_serve_on_one_line(
         ("COUNTERS_DATABASE_URL", "mysql://u:hunter2@h/db", "COUNTERS_DATABASE_URL: not a URL"),
         ("COUNTERS_CORS_ORIGINS", "not a url", "COUNTERS_CORS_ORIGINS: not an origin"),
         ("COUNTERS_CORS_ORIGINS", "https://a.example/", "'https://a.example/'"),  # never sent
+        ("COUNTERS_WEBHOOK_URLS", "http://", "COUNTERS_WEBHOOK_URLS: not an http(s)://host"),
+        ("COUNTERS_WEBHOOK_URLS", "http://127.0.0.1:99999/x", "port '99999' is not a number"),
     ],
 )
 def test_a_bad_url_or_origin_is_one_line_before_anything_starts(
@@ -124,7 +126,8 @@ def test_a_bad_url_or_origin_is_one_line_before_anything_starts(
     message: str,
 ) -> None:  # fmt: skip
     """A Redis URL of no known scheme was a traceback and exit 1 (from the first connection);
-    an origin no browser sends was accepted, and every call from that page refused."""
+    an origin no browser sends was accepted, and every call from that page refused; a webhook
+    URL without a host or with a port over 65535 was served, and every delivery failed."""
     monkeypatch.setenv(variable, value)
     monkeypatch.setenv("COUNTERS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COUNTERS_JWT_SECRET", JWT_SECRET)

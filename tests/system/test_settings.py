@@ -79,6 +79,37 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> No
         Settings.from_env(env).validate()
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://hooks.example/x", "not http(s)"),
+        ("not a url", "not http(s)"),
+        ("http://", "no host"),
+        ("https://:443/x", "no host"),
+        ("http://127.0.0.1:99999/x", "port '99999' is not a number from 1 to 65535"),
+        ("http://127.0.0.1:0/x", "port '0' is not a number from 1 to 65535"),
+        ("http://hooks.example:http/x", "port 'http' is not a number"),
+        ("http://[::1]:70000/x", "port '70000'"),
+        ("http://[::1/x", "Invalid IPv6 URL"),
+    ],
+)
+def test_a_webhook_url_that_cannot_be_posted_to_is_refused_saying_why(url: str, why: str) -> None:
+    """Reviewer helper-66: `http://` and a port of 99999 were accepted and served; every
+    delivery to them then failed."""
+    env = {"COUNTERS_WEBHOOK_URLS": f"https://ok.example/in,{url}", "COUNTERS_WEBHOOK_SECRET": "s"}
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env).validate()
+    line = "COUNTERS_WEBHOOK_URLS: not an http(s)://host[:port] URL: "
+    assert str(error.value).startswith(f"{line}{url} ({why}")  # the valid entry is not named
+
+
+def test_webhook_urls_with_a_host_and_a_port_in_range_are_kept() -> None:
+    urls = "http://127.0.0.1:65535/x,https://hooks.example/in?t=1,http://u:p@[::1]:1/,http://h:/"
+    settings = Settings.from_env({"COUNTERS_WEBHOOK_URLS": urls, "COUNTERS_WEBHOOK_SECRET": "s"})
+    settings.validate()
+    assert len(settings.webhook_urls) == 4
+
+
 def test_without_a_durability_window_the_claim_and_lease_are_only_bounded_by_range() -> None:
     env = {"COUNTERS_MAX_UNFLUSHED_SECONDS": "0", "COUNTERS_FLUSH_CLAIM_IDLE_MS": "300000"}
     Settings.from_env(env).validate()
