@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from counters.cli.embedded import PostgresServer, RedisServer, free_port
-from counters.cli.loadtest.command import loadtest
+from counters.cli.loadtest.command import check_target, loadtest
 from counters.rules import parse_rules, rules_version
 from tests.support.core import SERVICE_KEY
 from tests.support.persistence import migrate_and_truncate
@@ -119,6 +120,8 @@ def test_a_closed_port_is_one_error_line_and_exit_2() -> None:
         ("http://2130706433:8731", "2130706433 is not a canonical IPv4 address"),
         ("http://127.0.0.1:99999", "Port out of range"),
         ("ftp://127.0.0.1:8731", "is not http(s)://host[:port]"),
+        ("http://127.0.0.1:8731/api", "a base URL has no path"),
+        ("http://127.0.0.1:8731/api/", "a base URL has no path"),
     ],
 )
 def test_a_url_the_driver_cannot_use_is_refused_before_any_request(url: str, message: str) -> None:
@@ -132,6 +135,61 @@ def test_a_url_the_driver_cannot_use_is_refused_before_any_request(url: str, mes
     assert "Invalid value for URL: " in result.output and message in result.output
     assert "Traceback" not in result.output and "requests in" not in result.output
     assert "hunter2" not in result.output
+
+
+def test_a_url_with_a_path_is_refused_and_a_bare_slash_is_the_same_host() -> None:
+    """Routes are appended to the base: ``.../api`` sent every setup request to
+    ``/api/api/...`` and failed on 120 404s, "is the service key right?" (reviewer helper-66)."""
+    assert check_target("http://127.0.0.1:8731/") == "http://127.0.0.1:8731"
+    with pytest.raises(click.BadParameter, match="a base URL has no path"):
+        check_target("http://127.0.0.1:8731/api")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "mix", "message"),
+    [
+        ("bad\x00", "gain", "<n> is not a user id"),
+        ("user:", "debit", "<n> is not a user id"),  # a reserved actor's form
+        ("x" * 128, "debit", "<n> is not a user id"),  # x...x0 is 129 characters
+        ("a@", "gain", "makes entity ids the service refuses"),  # a@c0: no @ in an entity id
+    ],
+)
+def test_a_user_prefix_that_makes_ids_the_service_refuses_is_refused_before_any_request(
+    prefix: str, mix: str, message: str
+) -> None:
+    """User and entity id shapes are the service's code (``counters.ids``), so they are
+    checked before setup, which sent every request and failed on 422s each, asking whether
+    the service key was right (reviewer helper-66). Nothing listens at the URL: a request
+    would say "setup could not reach"."""
+    result = CliRunner().invoke(
+        loadtest, [f"http://127.0.0.1:{free_port()}", "--user-prefix", prefix, "--mix", mix,
+                   "--requests", "5"],
+        env={"COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --user-prefix" in result.output and message in result.output
+    assert "could not reach" not in result.output
+
+
+def test_setup_refused_for_a_reason_other_than_the_key_says_that_reason(served: Served) -> None:
+    """A 422 for an unknown --tier asked "is the service key right?" (reviewer helper-66): the
+    tiers are the deployment's rules, so the service refuses it, and the line shows its first
+    refusal's code and detail. A 401 still asks about the key."""
+    code, output = run_loadtest(
+        served.url, "--tier", "nope", "--mix", "debit", "--users", "3", "--requests", "5"
+    )
+    assert code == 1, output
+    line = output.strip().splitlines()[-1]
+    assert line.startswith("Error: setup failed: statuses {") and "nope" in line, line
+    assert "service key" not in line
+    result = CliRunner().invoke(
+        loadtest, [served.url, "--mix", "debit", "--users", "3", "--requests", "5"],
+        env={"COUNTERS_LOADTEST_SERVICE_KEY": "not-the-key"},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: setup failed: statuses {401: 3} (is the service key right?)"
+    )
 
 
 def test_failed_requests_are_reported_then_one_error_line(tmp_path: Path) -> None:

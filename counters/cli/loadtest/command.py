@@ -29,6 +29,8 @@ from counters.cli.loadtest.driver import Plan, Prepared, Recorder, drive
 from counters.cli.loadtest.mixes import Mix, MixError, Request, load_mix, requests_for
 from counters.cli.loadtest.population import Population
 from counters.cli.loadtest.report import render, summary, write_chart
+from counters.errors import shown
+from counters.ids import TARGET_ID, USER_ID, USER_ID_RULE, is_whole
 
 _POOL = 100_000  # distinct prepared requests a timed run cycles through, at most
 
@@ -36,9 +38,11 @@ _POOL = 100_000  # distinct prepared requests a timed run cycles through, at mos
 def check_target(url: str) -> str:
     """The base URL to load (no trailing slash), or ``click.BadParameter`` (one line, exit 2)
     for one the driver could only fail on request by request: not ``http(s)://host[:port]``
-    (a bad port, a query), credentials in it (aiohttp refuses them beside the Authorization
-    header; give --service-key or --jwt-secret), or an IPv4 address written in a legacy short
-    form (``127.1``, ``2130706433``: the system resolves it, aiohttp refuses to connect)."""
+    (a bad port, a query, a path: the routes are appended to it, so ``.../api`` sent every
+    request to ``/api/api/...``, a 404 each, reviewer helper-66), credentials in it (aiohttp
+    refuses them beside the Authorization header; give --service-key or --jwt-secret), or an
+    IPv4 address written in a legacy short form (``127.1``, ``2130706433``: the system resolves
+    it, aiohttp refuses to connect)."""
     base = url.rstrip("/")
     try:
         parts = urlsplit(base)
@@ -54,6 +58,10 @@ def check_target(url: str) -> str:
         raise click.BadParameter(f"{url!r} is not http(s)://host[:port]", param_hint="URL")
     if parts.query or parts.fragment:
         raise click.BadParameter(f"{url!r}: a base URL has no query or fragment", param_hint="URL")
+    if parts.path:  # "" or "/" (stripped above) only
+        raise click.BadParameter(
+            f"{url!r}: a base URL has no path (give http(s)://host[:port])", param_hint="URL"
+        )
     host = parts.hostname
     try:
         socket.inet_aton(host)  # what the system would read as an IPv4 address
@@ -67,6 +75,35 @@ def check_target(url: str) -> str:
             param_hint="URL",
         ) from None
     return base
+
+
+def check_user_prefix(population: Population, mix: Mix, pool: int) -> None:
+    """``click.BadParameter`` (exit 2, before any request) for a ``--user-prefix`` that makes ids
+    the service refuses: user ids ``<prefix><n>`` (``counters.ids.USER_ID``) and, for a mix that
+    names entities, their ids ``<prefix>c<n>``, ``<prefix>new-<kind>-<n>`` (``TARGET_ID``).
+    Those shapes are the service's code, not the deployment's rules, so they are checked here;
+    before, setup sent every request and failed with a 422 each (reviewer helper-66). The
+    longest id of each kind is checked too, as both shapes bound the length. ``--tier`` is not
+    checked here: the tiers are the deployment's rules, which only the service knows (its
+    refusal is shown, see ``refusal_reason``)."""
+    prefix = population.prefix
+    users = (population.user(0), population.user(population.users - 1))
+    if not all(is_whole(USER_ID, user) for user in users):
+        raise click.BadParameter(
+            f"{shown(repr(prefix))}<n> is not a user id: {USER_ID_RULE}", param_hint="--user-prefix"
+        )
+    entities = []
+    if mix.creator_awards:
+        entities += [f"{prefix}c{population.characters - 1}", f"{prefix}s{population.scenes - 1}"]
+    for operation, _ in mix.weights:
+        if operation.startswith("gain:create_"):
+            entities.append(f"{prefix}new-{operation.removeprefix('gain:create_')}-{pool - 1}")
+    if not all(is_whole(TARGET_ID, entity) for entity in entities):
+        raise click.BadParameter(
+            f"{shown(repr(prefix))} makes entity ids the service refuses: they are "
+            "1-128 letters, digits and _.- characters, starting with a letter or digit",
+            param_hint="--user-prefix",
+        )
 
 
 def is_loopback(url: str) -> bool:
@@ -152,6 +189,7 @@ async def set_up(
         raise click.UsageError("this mix needs a service key to set up (owners, subscriptions)")
     headers = {"Authorization": f"Bearer {creds.service_key}"}
     statuses: dict[int, int] = {}
+    refused: list[tuple[int, bytes]] = []  # the first refusal: its status and body
     limit = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     try:
@@ -162,8 +200,10 @@ async def set_up(
 
                 async def one(method: str, url: str, body: dict[str, str]) -> None:
                     async with limit, session.request(method, url, json=body, headers=headers) as r:
-                        await r.read()
+                        answer = await r.read()
                         statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status >= 400 and r.status != 409 and not refused:
+                            refused.append((r.status, answer))
                     bar.update()
 
                 await asyncio.gather(*(one(*call) for call in calls))
@@ -171,8 +211,30 @@ async def set_up(
         raise CommandError(f"setup could not reach {base}: {exc}") from exc
     bad = {s: n for s, n in statuses.items() if s >= 400 and s != 409}
     if bad:
-        raise click.ClickException(f"setup failed: statuses {bad} (is the service key right?)")
+        raise click.ClickException(f"setup failed: statuses {bad}{refusal_reason(*refused[0])}")
     return statuses
+
+
+def refusal_reason(status: int, body: bytes) -> str:
+    """Why setup was refused, for its one error line: a 401 or 403 asks about the service key;
+    any other refusal shows the first one's ``code`` and ``detail`` (README: every error body
+    has them). Before, every failed setup asked about the key, also a 422 for an unknown
+    ``--tier``, whose key was right (reviewer helper-66)."""
+    if status in (401, 403):
+        return " (is the service key right?)"
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return f"; the first {status} said: {shown_text(body.decode('utf-8', 'replace'))}"
+    code, detail = parsed.get("code"), parsed.get("detail")
+    return f"; the first {status} was {shown_text(str(code))}: {shown_text(str(detail))}"
+
+
+def shown_text(text: str) -> str:
+    """``text`` on one line (what is not printable escaped), as long as ``shown`` allows."""
+    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 class _Progress:
@@ -320,6 +382,8 @@ def loadtest(
     population = Population(
         user_prefix, users, max(users // 10, 1), max(users // 50, 1), entity_prefix=user_prefix
     )
+    pool = min(count or max(users * 2, 10_000), _POOL)
+    check_user_prefix(population, mix, pool)
     if chart_path is not None:
         try:
             import matplotlib  # noqa: F401
@@ -330,7 +394,6 @@ def loadtest(
     setup = {} if no_setup else asyncio.run(
         set_up(base, mix, population, creds, tier, concurrency)
     )  # fmt: skip
-    pool = min(count or max(users * 2, 10_000), _POOL)
     requests = prepare(base, requests_for(mix, population, pool, seed), creds, as_user)
     plan = Plan(requests, concurrency, rate, duration, count, timeout)
     progress = _Progress(count, duration)
