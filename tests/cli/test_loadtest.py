@@ -145,6 +145,21 @@ def test_a_url_with_a_path_is_refused_and_a_bare_slash_is_the_same_host() -> Non
         check_target("http://127.0.0.1:8731/api")
 
 
+@pytest.mark.parametrize("option", ["--duration", "--rate", "--timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "NaN", "infinity"])
+def test_every_float_option_refuses_a_number_that_is_not_finite(option: str, value: str) -> None:
+    """click's FloatRange(0, min_open=True) took nan (no comparison with it is true) and inf:
+    ``--duration nan`` ran forever, ``--timeout nan`` was taken (reviewer helper-66)."""
+    result = CliRunner().invoke(
+        loadtest, [f"http://127.0.0.1:{free_port()}", option, value, "--requests", "1",
+                   "--no-setup"],
+        env={"COUNTERS_LOADTEST_SERVICE_KEY": SERVICE_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert "is not a finite number" in result.output and "requests in" not in result.output
+
+
 @pytest.mark.parametrize(
     ("prefix", "mix", "message"),
     [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import os
 import socket
 import sys
@@ -33,6 +34,22 @@ from counters.errors import shown
 from counters.ids import TARGET_ID, USER_ID, USER_ID_RULE, is_whole
 
 _POOL = 100_000  # distinct prepared requests a timed run cycles through, at most
+
+
+class Positive(click.FloatRange):
+    """A finite number above 0 (``--duration``, ``--rate``, ``--timeout``). click's
+    ``FloatRange(0, min_open=True)`` takes ``nan`` (every comparison with it is false) and
+    ``inf`` (no upper bound): ``--duration nan`` or ``inf`` ran forever, ``--timeout nan`` never
+    timed a request out (reviewer helper-66). Refused as any bad value is, exit 2."""
+
+    def __init__(self) -> None:
+        super().__init__(0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds or requests/s", param, ctx)
+        return number
 
 
 def check_target(url: str) -> str:
@@ -285,7 +302,7 @@ class _Progress:
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(0, min_open=True),
+    type=Positive(),
     default=None,
     help="seconds to run [10 unless --requests]",
 )
@@ -305,7 +322,7 @@ class _Progress:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(0, min_open=True),
+    type=Positive(),
     default=None,
     help="open loop: requests/s (latency from the scheduled time)",
 )
@@ -350,7 +367,7 @@ class _Progress:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Positive(),
     default=10.0,
     show_default=True,
     help="seconds before a request counts as an error",
