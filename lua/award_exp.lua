@@ -48,6 +48,8 @@ Reply: {code, exp_added, total_exp, level, previous_level, daily_exp_gained, act
   code 5 total_limit         the total would pass the maximum (lib/bounds.lua)
   code 6 needs_hydration
   code 7 key_reused          idempotency key reused with a different request
+replayed: 0 for an answer decided now; a replay of the record KEYS[4] answers the stored reply
+with the unix ms it was decided at there (1 from a record written before it kept that time).
 (A repeat of a once-per-actor action is answered in the entity's slot, never here.)
 ]]
 

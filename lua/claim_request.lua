@@ -28,7 +28,8 @@ ARGV[4]  claim        string   "pending": claim the key until the answer is reme
                                reply (json, as remember_request.lua's) recorded at once: the key
                                of a batch, a grant or an adjust, whose work keeps its own records
 
-Reply: {0} | {8} | {6} | {7} | the stored reply of remember_request.lua, its replayed slot (9) set to 1
+Reply: {0} | {8} | {6} | {7} | the stored reply of remember_request.lua, its replayed slot (9)
+       the unix ms its answer was decided at (1 from a record that kept 0: lib/idempotency.lua)
   code 0 claimed             the key is this request's now: run it
   code 8 joined              another attempt of this request holds the pending claim: run it too
   code 6 needs_hydration     no record, and the acting user may be one Redis forgot

@@ -12,7 +12,9 @@ KEYS[3]  meta    HASH    ctr:{bA}:meta            the bucket's record (its run)
 ARGV[1]  fingerprint  string   this request's fingerprint
 ARGV[2]  idem_ttl     int      seconds the record lives
 ARGV[3]  reply        json     [code, exp_added, total_exp, level, previous_level,
-                               daily_exp_gained, action_count, seq, replayed (0), awarded_to]
+                               daily_exp_gained, action_count, seq, decided_ms, awarded_to]:
+                               decided_ms the unix ms the award was asked at (in the replayed
+                               slot: a replay of the record reports it, lib/idempotency.lua)
 ARGV[4]  ledger       "0"|"1"  "1": a durable store keeps the record too
 ARGV[5]  scope        string   the acting user (whose hydration restores the record)
 ARGV[6]  now_ms       int      the service clock, ms (the record's expiry in the ledger)

@@ -70,7 +70,14 @@ def award_reply(svc: Services, result: AwardResult, asked_at: float) -> Reply:
     cap refusal's ``retry_after`` (and ``Retry-After``) counts to the UTC midnight after it, less
     the time already past, at least 1. From the clock at reply time alone, a request counted at
     23:59:59.9999 and answered just after midnight was told to wait a whole day for a limit that
-    had already reset (attack3, session 7)."""
+    had already reset (attack3, session 7).
+
+    A replay (README "Idempotency": a repeat returns the first response) reports the wait of
+    the limit that refused the first request: to the UTC midnight after the time its record
+    kept (``decided_ms``), less the time past since, at least 0 (``Retry-After: 0``, retry
+    now; RFC 9110 allows it). Counted from the replay, a 429 at 23:59:59 replayed at 00:00:03
+    said 86396 while a new request succeeded at once (reviewer helper-66). A record written
+    before records kept that time counts from the replay, as before."""
     status = AWARD_STATUS[result.outcome]
     if result.outcome is AwardOutcome.AWARDED:
         level = result.level
@@ -101,7 +108,10 @@ def award_reply(svc: Services, result: AwardResult, asked_at: float) -> Reply:
         )
         return status, error_body(detail, AWARD_CODE[result.outcome]), headers
     # The seed's text, then the numbers it holds (and the seconds until they reset) as fields.
-    retry_after = max(next_utc_midnight(asked_at) - int(svc.clock.now()), 1)
+    if result.decided_ms:
+        retry_after = max(next_utc_midnight(result.decided_ms / 1000) - int(svc.clock.now()), 0)
+    else:
+        retry_after = max(next_utc_midnight(asked_at) - int(svc.clock.now()), 1)
     headers["Retry-After"] = str(retry_after)
     numbers: dict[str, object]
     if result.outcome is AwardOutcome.LIMIT_REACHED:

@@ -154,6 +154,7 @@ class CreatorAwards:
             result, settle = await self._reserve_and_pay(award, random_hex(16), _UNKEYED, "")
             await settle  # D
             return result
+        asked_ms = int(self._exp.clock.now() * 1000)  # kept in the record (remember_request)
         acting = UserKeys.of(actor, self._buckets)
         record = acting.idempotency(idem.caller, idem.key)
         claim = ClaimRequest(
@@ -176,7 +177,7 @@ class CreatorAwards:
             raise
         reply = [
             int(result.outcome), result.exp_added, result.total_exp, result.level,
-            result.previous_level, result.daily_exp_gained, result.action_count, 0, 0,
+            result.previous_level, result.daily_exp_gained, result.action_count, 0, asked_ms,
             result.awarded_to,
         ]  # fmt: skip
         remember = RememberRequest(

@@ -571,10 +571,12 @@ class ExpService:
             )
         # Positional, in AwardResult's field order (from keywords msgspec takes ~4x as long);
         # tests/exp/test_award_exp.py::test_the_award_result_names_every_field checks them.
+        # The replayed slot: 0 (decided now), 1 (a record that kept no time), else the unix
+        # ms the record's answer was decided at (lua/lib/award.lua)
         result = AwardResult(
             outcome, user_id, action_name, added, total, level, previous, gained,
             self.rules.cap_for(level), count, action.daily_limit, actor, target,
-            bool(replayed), shadow,
+            bool(replayed), shadow, replayed if replayed > 1 else 0,
         )  # fmt: skip
         if not replayed:
             count_award(action, result)

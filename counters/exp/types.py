@@ -36,6 +36,9 @@ class AwardResult(msgspec.Struct, frozen=True, gc=False):
     replayed: bool
     # A rule in shadow mode that would have refused this award: "daily_limit" or "daily_cap".
     shadow_refused: str | None = None
+    # A replay of a record that keeps it: the unix ms the first answer was decided at (a 429's
+    # wait counts to the midnight after it: api/routes/exp.py award_reply); else 0.
+    decided_ms: int = 0
 
     @property
     def leveled_up(self) -> bool:

@@ -13,11 +13,16 @@ local KEY_REUSED = {7, 0, 0, 0, 0, 0, 0, 0, 0}
 
 -- Remember the reply for the record KEYS[4] (with its ledger entry when a durable store keeps
 -- records) and return it. A function of the library, not a closure made per call: each costs
--- Redis an allocation (issue #15); the ledger's table only for a record.
+-- Redis an allocation (issue #15); the ledger's table only for a record. The record's replayed
+-- slot holds now_ms, when the answer was decided, so a replayed 429 counts its wait to the
+-- midnight after that, not after the replay (reviewer helper-66); the reply returned holds 0.
 local function finish(reply, fingerprint, idem_ttl, may_create, user_id, now_ms)
-  return Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1'
-    and fingerprint ~= '' and {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms}
-    or nil)
+  if fingerprint == '' then return reply end
+  reply[9] = tonumber(now_ms)
+  Idempotency.remember(KEYS[4], fingerprint, idem_ttl, reply, may_create ~= '1'
+    and {events = KEYS[3], meta = KEYS[8], scope = user_id, now_ms = now_ms} or nil)
+  reply[9] = 0
+  return reply
 end
 
 function Award.apply()

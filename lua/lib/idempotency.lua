@@ -26,10 +26,12 @@ function Idempotency.attempts(rest)
   return tonumber(string.sub(rest, #PENDING + 1))
 end
 
--- A stored reply, its replayed slot set to 1.
+-- A stored reply, its replayed slot set to 1 unless the record keeps a time there: an award's
+-- record holds the unix ms its answer was decided at (lib/award.lua; a 429's wait counts from
+-- it), a record written before that, and every other script's, holds 0.
 function Idempotency.replayed(rest, replayed_slot)
   local reply = cjson.decode(rest)
-  reply[replayed_slot] = 1
+  if (tonumber(reply[replayed_slot]) or 0) == 0 then reply[replayed_slot] = 1 end
   return reply
 end
 

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from api.app import create_app
 from api.routes.batch import MAX_ITEMS
-from counters.clock import ManualClock
+from counters.clock import ManualClock, next_utc_midnight
 from counters.settings import Settings
 from tests.support.core import data_keys, forget_scripts, service_headers, user_headers
 from tests.support.persistence import flusher
@@ -331,3 +331,22 @@ async def test_users_redis_forgot_are_hydrated_item_by_item(
     results = await batch(durable_client, [*awards, *awards, {**awards[0], "user_id": "new"}])
     assert statuses(results) == [200, 200, 200, 429, 429, 429, 200]
     assert [r["body"]["total_exp"] for r in results[:3]] == [30, 30, 30]
+
+
+async def test_a_keyed_item_s_429_replayed_after_midnight_reports_its_limit_s_wait(
+    batch_client: httpx2.AsyncClient, clock: ManualClock
+) -> None:
+    """As the single route: the replay counts to the midnight after the first request, not
+    after the replay, which said a whole day for a limit already reset (reviewer helper-66)."""
+    midnight = next_utc_midnight(clock.now())
+    clock.at = midnight - 1
+    awards = [
+        {"user_id": "u1", "action": "daily_chat"},
+        {"user_id": "u1", "action": "daily_chat", "idempotency_key": "chat-1"},
+    ]
+    first = await batch(batch_client, awards)
+    assert statuses(first) == [200, 429] and first[1]["headers"] == {"Retry-After": "1"}
+    clock.at = midnight + 3
+    again = await batch(batch_client, awards[1:])
+    assert again[0]["status"] == 429 and again[0]["body"]["retry_after"] == 0
+    assert again[0]["headers"] == {"Retry-After": "0", "Idempotent-Replayed": "true"}

@@ -310,14 +310,14 @@ def test_the_award_result_names_every_field(settings: Settings, clock: ManualClo
     target = Target("character", "c9")
     record = UserKeys.of("owner", settings.key_buckets).award_record("rid-1")
     call = svc.exp.award_call("character_liked", action, "owner", "fan", target, record, "", "")
-    # code, added, total, level, previous, gained, count, seq, replayed
-    result = svc.exp.award_result(call, [1, 10, 110, 2, 1, 30, 2, 9, 1])
+    # code, added, total, level, previous, gained, count, seq, replayed (the record's time)
+    result = svc.exp.award_result(call, [1, 10, 110, 2, 1, 30, 2, 9, 1_795_262_400_000])
     assert msgspec.structs.asdict(result) == {
         "outcome": 1, "awarded_to": "owner", "action": "character_liked", "exp_added": 10,
         "total_exp": 110, "level": 2, "previous_level": 1, "daily_exp_gained": 30,
         "daily_exp_cap": svc.exp.rules.cap_for(2), "action_count": 2,
         "action_limit": action.daily_limit, "actor": "fan", "target": target, "replayed": True,
-        "shadow_refused": None,
+        "shadow_refused": None, "decided_ms": 1_795_262_400_000,
     }  # fmt: skip
 
 
@@ -340,3 +340,38 @@ def test_a_refusal_counted_before_midnight_and_answered_after_it_says_retry_now(
     clock.at = NOON + 0.5
     status, body, headers = award_reply(svc, result, NOON)
     assert (status, headers, body["retry_after"]) == (429, {"Retry-After": "43200"}, 43200)
+
+
+async def test_a_429_replayed_after_midnight_reports_the_wait_of_the_limit_that_refused_it(
+    client: httpx2.AsyncClient, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    """A repeat returns the first response, and that response's wait is its limit's: to the
+    midnight after the first request. Counted from the replay, a 429 at 23:59:59 replayed at
+    00:00:03 said 86396 while a new request succeeded at once (reviewer helper-66)."""
+    keyed = service_headers("u1", **{"Idempotency-Key": "chat-1"})
+    clock.at = MIDNIGHT - 1
+    assert (await gain(client, "u1", "daily_chat")).status_code == 200
+    first = await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=keyed)
+    assert (first.status_code, first.json()["retry_after"], first.headers["Retry-After"]) == (
+        429, 1, "1",
+    )  # fmt: skip
+    clock.at = MIDNIGHT - 0.5  # the same day: the same wait
+    same_day = await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=keyed)
+    assert same_day.json() == first.json() and same_day.headers["Retry-After"] == "1"
+    clock.at = MIDNIGHT + 3
+    replay = await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=keyed)
+    assert replay.status_code == 429 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == {**first.json(), "retry_after": 0}
+    assert replay.headers["Retry-After"] == "0"  # retry now (RFC 9110 allows 0)
+    assert (await gain(client, "u1", "daily_chat")).status_code == 200  # the limit reset
+    # A record written before records kept their time (its replayed slot 0) still replays,
+    # its wait counted from the replay, as before.
+    [record] = redis_client.keys("*:idem:*")
+    fingerprint, _, reply = str(redis_client.get(record)).partition("|")
+    old = msgspec.json.decode(reply)
+    assert old[8] == int((MIDNIGHT - 1) * 1000)
+    old_format = f"{fingerprint}|{msgspec.json.encode([*old[:8], 0]).decode()}"
+    redis_client.set(record, old_format, keepttl=True)
+    again = await client.post("/api/exp/gain", json={"action": "daily_chat"}, headers=keyed)
+    assert again.status_code == 429 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == {**first.json(), "retry_after": 86_400 - 3}
