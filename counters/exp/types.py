@@ -20,6 +20,12 @@ from counters.rules import Action
 
 
 class AwardResult(msgspec.Struct, frozen=True, gc=False):
+    """An award's outcome and the user's numbers as the script saw them when it decided.
+
+    A refusal at the daily limit may be one a worker held (ExpService, "Refusals held
+    locally"): its numbers (``total_exp``, ``level``, ``daily_exp_gained``) are those of the
+    first refusal today, not read again; the seed's 429 body shows none of them."""
+
     outcome: AwardOutcome
     awarded_to: str
     action: str
