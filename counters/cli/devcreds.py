@@ -63,8 +63,9 @@ class DevCredentials:
                 f"also in {env_file} (source it to run the README's examples):",
                 f"  user token for {DEMO_USER} (30 days): {token}",
                 f"  service key: {self.service_key}",
+                # A read: an award here (daily_chat, once a day) would be refused when the
+                # README's "Try it" sends it next (a new user's walkthrough, session 15)
                 "Try:",
-                f"  curl -s -X POST {base_url}/api/exp/gain -H 'Authorization: Bearer {token}' "
-                "-H 'Content-Type: application/json' -d '{\"action\": \"daily_chat\"}'",
+                f"  curl -s {base_url}/api/exp/progress -H 'Authorization: Bearer {token}'",
             ]
         )

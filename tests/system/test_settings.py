@@ -182,3 +182,6 @@ def test_dev_mode_banner_names_the_demo_page(tmp_path: Path) -> None:
     banner = creds.banner("http://127.0.0.1:8000", tmp_path, demo=True)
     assert "http://127.0.0.1:8000/demo?token=ey" in banner
     assert "/demo" not in creds.banner("http://127.0.0.1:8000", tmp_path)
+    # Its curl reads: a daily_chat there (once a day) made the README's "Try it" award a 429
+    [try_line] = [line for line in banner.splitlines() if "curl" in line]
+    assert "-X POST" not in try_line and "/api/exp/progress" in try_line
