@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from counters.errors import ConfigError
+from counters.ids import is_digits
 
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
@@ -127,7 +128,7 @@ def _webhook_url_problem(url: str) -> str | None:
     host_port = parts.netloc.rpartition("@")[2]
     after_host = host_port.partition("]")[2] if host_port.startswith("[") else host_port
     port = after_host.partition(":")[2]
-    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    if port and not (is_digits(port) and 1 <= int(port) <= 65535):
         return f"port {port!r} is not a number from 1 to 65535"
     return None
 

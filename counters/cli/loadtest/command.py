@@ -32,6 +32,7 @@ from counters.cli.loadtest.population import Population
 from counters.cli.loadtest.report import render, summary, write_chart
 from counters.errors import shown
 from counters.ids import TARGET_ID, USER_ID, USER_ID_RULE, is_whole
+from counters.logs import escape
 
 _POOL = 100_000  # distinct prepared requests a timed run cycles through, at most
 
@@ -250,8 +251,9 @@ def refusal_reason(status: int, body: bytes) -> str:
 
 
 def shown_text(text: str) -> str:
-    """``text`` on one line (what is not printable escaped), as long as ``shown`` allows."""
-    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
+    """``text`` on one line (what is not printable escaped, ``counters.logs.escape``), as long
+    as ``shown`` allows."""
+    return shown(escape(text))
 
 
 class _Progress:
